@@ -1,0 +1,50 @@
+# The README's two commands:  make run  (the main job)   make test  (the whole test suite)
+# Both are idempotent: the venv is rebuilt only when the packaging files change.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# Debian packages the tests use as real peers and validators.
+APT_PACKAGES := dcmtk dicom3tools postgresql orthanc
+APT_PROBES := storescu dciodvfy Orthanc
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test venv system-deps lint bench demo-model clean
+
+run: venv
+	$(BIN)/amagi serve
+
+test: venv system-deps
+	$(BIN)/python -m pytest
+
+venv: $(STAMP)
+
+# torch first (the CPU wheel), then everything else under the torch constraint.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	@$(BIN)/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" \
+		|| { echo "torch is not 2.13.0 in $(VENV)"; exit 1; }
+	@touch $@
+
+# Installs the Debian peers only when one of them is missing (apt-get update first).
+system-deps:
+	@missing=0; for p in $(APT_PROBES); do command -v $$p >/dev/null || missing=1; done; \
+	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
+	 if [ $$missing = 1 ]; then \
+	   echo "installing Debian packages: $(APT_PACKAGES)"; \
+	   $(SUDO) apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	 fi
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

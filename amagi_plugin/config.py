@@ -1,0 +1,477 @@
+"""Configuration: one typed object, loaded once and passed down.
+
+Precedence, lowest to highest: built-in defaults < TOML file < environment < command-line flags.
+
+- File: ``--config PATH`` or ``AMAGI_CONFIG``; no file is needed, the defaults work.
+- Environment: ``AMAGI_<SECTION>_<KEY>``, e.g. ``AMAGI_LISTENER_PORT=11113``.
+- Flags: ``--<section>-<key> VALUE`` on every command (``--listener-port 11113``), the generic
+  ``--set section.key=VALUE``, and per-command short forms such as ``amagi serve --port``.
+
+Every value remembers where it came from (``amagi config show``). An invalid value raises
+:class:`~amagi_plugin.errors.ConfigError` whose one-line message names the key and its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amagi_plugin.errors import ConfigError
+
+ENV_PREFIX = "AMAGI_"
+CONFIG_ENV = "AMAGI_CONFIG"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 §6.2: AE VR, no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    if not value.strip() or not _AE_TITLE.match(value):
+        raise ValueError("an AE title is 1-16 printable ASCII characters, no backslash")
+    return value
+
+
+def _check_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("a TCP port is between 1 and 65535")
+    return value
+
+
+def _check_positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _check_non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _choice(*choices: str):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _opt(default: Any, help: str, check=None, metavar: str | None = None) -> Any:  # noqa: A002
+    """A config field: default, one-line help (shown by ``amagi config template``), check."""
+    kw: dict[str, Any] = {"metadata": {"help": help, "check": check, "metavar": metavar}}
+    if isinstance(default, list):
+        kw["default_factory"] = lambda: list(default)
+    else:
+        kw["default"] = default
+    return field(**kw)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer that receives our results: ``AE_TITLE@HOST:PORT`` (TLS options from file)."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @classmethod
+    def parse(cls, value: str | Mapping[str, Any]) -> Destination:
+        if isinstance(value, Mapping):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ValueError(f"unknown destination keys: {', '.join(sorted(unknown))}")
+            try:
+                dest = cls(**dict(value))
+            except TypeError as e:
+                raise ValueError("a destination needs ae_title, host and port") from e
+            port = dest.port
+        else:
+            m = re.match(r"^(?P<ae>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)$", value.strip())
+            if not m:
+                raise ValueError(f"{value!r} is not AE_TITLE@HOST:PORT")
+            port = int(m["port"])
+            dest = cls(m["ae"], m["host"].strip("[]"), port)
+        _check_ae_title(dest.ae_title)
+        _check_port(int(port))
+        return dataclasses.replace(dest, port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    var_dir: Path = _opt(Path("var"), "Working directory for the database, spool and results")
+    spool_dir: Path | None = _opt(None, "Where received instances are kept (default: VAR_DIR/spool)")
+    results_dir: Path | None = _opt(None, "Where results are written (default: VAR_DIR/results)")
+    reserve_mb: int = _opt(1024, "Free space (MiB) kept in reserve: below it C-STORE gets A700",
+                           _check_non_negative)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = _opt("", "SQLAlchemy URL (default: sqlite:///VAR_DIR/amagi.db); "
+                    "postgresql+psycopg://... for PostgreSQL")
+    store_patient_id: bool = _opt(False, "Keep the Patient ID in the case store (names never are)")
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    ae_title: str = _opt("AMAGI", "Our AE title", _check_ae_title)
+    port: int = _opt(11112, "TCP port of the DICOM listener", _check_port)
+    bind_address: str = _opt("0.0.0.0", "Address the listener binds to")
+    max_pdu: int = _opt(262144, "Maximum PDU size we accept (bytes, 0 = unlimited)",
+                        _check_non_negative)
+    acse_timeout: float = _opt(30.0, "ACSE timeout (s)", _check_positive)
+    dimse_timeout: float = _opt(60.0, "DIMSE timeout (s)", _check_positive)
+    network_timeout: float = _opt(60.0, "Network timeout (s)", _check_positive)
+    allowed_calling_aes: list[str] = _opt([], "Calling AE titles allowed to connect (empty: any)")
+    tls: bool = _opt(False, "Require DICOM TLS on the listener")
+    tls_cert: str = _opt("", "Listener certificate (PEM)")
+    tls_key: str = _opt("", "Listener private key (PEM)")
+    tls_ca: str = _opt("", "CA bundle used to verify client certificates (PEM)")
+    require_client_cert: bool = _opt(False, "With TLS: require a client certificate")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    count: int = _opt(1, "Worker threads running the analysis pipeline", _check_positive)
+    lease_s: float = _opt(900.0, "Job lease (s): a job whose worker died is retried after it",
+                          _check_positive)
+    max_attempts: int = _opt(3, "Attempts per job before it is marked failed", _check_positive)
+    series_timeout_s: float = _opt(60.0, "Inactivity (s) after which a multi-frame series is complete",
+                                   _check_positive)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _opt("demo", "Model: 'demo' (bundled, synthetic-data demo) or a named architecture")
+    checkpoint: str = _opt("", "Checkpoint file (.pth) for the model; empty: the bundled demo weights")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    prediction_hz: float = _opt(10.0, "Predictions per second of video (the authors: 10)",
+                                _check_positive)
+    batch_size: int = _opt(8, "Clips per inference batch", _check_positive)
+    bf16: bool = _opt(False, "bfloat16 autocast for inference")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    smoothing: str = _opt("morphology", "Post-processing: morphology (opening then closing) or median",
+                          _choice("morphology", "median", "none"))
+    smoothing_s: float = _opt(1.0, "Length of each smoothing filter (s)", _check_non_negative)
+    threshold: float = _opt(0.5, "Probability above which a prediction is bleeding", _check_positive)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    destinations: list[Destination] = _opt([], "Where results are sent: AE_TITLE@HOST:PORT ...")
+    calling_ae_title: str = _opt("AMAGI", "Calling AE title for outbound associations",
+                                 _check_ae_title)
+    retry_initial_s: float = _opt(30.0, "First retry delay (s); doubles each time", _check_positive)
+    retry_max_s: float = _opt(3600.0, "Longest retry delay (s)", _check_positive)
+    storage_commitment: bool = _opt(False, "Request Storage Commitment after sending")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = _opt(False, "Serve Prometheus metrics over HTTP")
+    port: int = _opt(9464, "Port of the metrics endpoint", _check_port)
+    bind_address: str = _opt("127.0.0.1", "Address of the metrics endpoint")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = _opt("info", "debug, info, warning or error",
+                      _choice("debug", "info", "warning", "error"))
+    format: str = _opt("text", "text (human-readable) or json (one object per line)",
+                       _choice("text", "json"))
+    file: str = _opt("", "Also log to this file")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration, with the origin of every value in :attr:`sources`."""
+
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    file: Path | None = None
+
+    # Derived locations: one place decides them.
+    @property
+    def var_dir(self) -> Path:
+        return self.storage.var_dir
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.storage.spool_dir or self.storage.var_dir / "spool"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.storage.results_dir or self.storage.var_dir / "results"
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.storage.var_dir / 'amagi.db'}"
+
+    def get(self, key: str) -> Any:
+        section, name = key.split(".", 1)
+        return getattr(getattr(self, section), name)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key as the loader sees it."""
+
+    section: str
+    name: str
+    type: Any
+    default: Any
+    help: str
+    check: Any
+    metavar: str | None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section}_{self.name}".upper()
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.section}-{self.name}".replace("_", "-")
+
+
+def keys() -> list[Key]:
+    """Every configuration key, in section order."""
+    out = []
+    for sec in dataclasses.fields(Config):
+        if sec.name in ("sources", "file"):
+            continue
+        cls = sec.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            out.append(Key(sec.name, f.name, hints[f.name], default, f.metadata["help"],
+                           f.metadata["check"], f.metadata["metavar"]))
+    return out
+
+
+def _parse(key: Key, raw: Any) -> Any:
+    """Coerce a raw value (a TOML value or a string from env/flags) to the key's type."""
+    typ = key.type
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw in ("", None):
+            return None
+        typ, origin = args[0], typing.get_origin(args[0])
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if isinstance(raw, str):
+            raw = [p for p in re.split(r"[,\s]+", raw.strip()) if p]
+        if not isinstance(raw, list):
+            raise ValueError("expected a list")
+        if item is Destination:
+            return [Destination.parse(v) for v in raw]
+        return [str(v) for v in raw]
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        s = str(raw).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if typ is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError("expected an integer")
+        try:
+            return int(raw)
+        except (TypeError, ValueError) as e:
+            raise ValueError("expected an integer") from e
+    if typ is float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        try:
+            return float(raw)
+        except (TypeError, ValueError) as e:
+            raise ValueError("expected a number") from e
+    if typ is Path:
+        return Path(str(raw)).expanduser()
+    if not isinstance(raw, str):
+        raise ValueError("expected a string")
+    return raw
+
+
+def _coerce(key: Key, raw: Any, source: str) -> Any:
+    try:
+        value = _parse(key, raw)
+        if key.check is not None and value is not None:
+            if isinstance(value, list):
+                value = [key.check(v) for v in value]
+            else:
+                value = key.check(value)
+    except ValueError as e:
+        raise ConfigError(f"invalid value for {key.dotted} ({source}): {raw!r}: {e}") from None
+    return value
+
+
+def _flatten_file(data: Mapping[str, Any], path: Path, known: dict[str, Key]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, body in data.items():
+        if not isinstance(body, Mapping):
+            if section == "destinations":  # [[destinations]] as a top-level array of tables
+                flat["delivery.destinations"] = body
+                continue
+            raise ConfigError(f"{path}: '{section}' must be a [section] table")
+        for name, value in body.items():
+            dotted = f"{section}.{name}"
+            if dotted not in known:
+                hint = difflib.get_close_matches(dotted, known, n=1)
+                tip = f"; did you mean '{hint[0]}'?" if hint else ""
+                raise ConfigError(f"{path}: unknown configuration key '{dotted}'{tip}")
+            flat[dotted] = value
+    return flat
+
+
+def load_config(
+    file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Build the effective configuration.
+
+    Parameters
+    ----------
+    file
+        TOML file; when ``None``, ``AMAGI_CONFIG`` from ``environ`` is used if set.
+    environ
+        Environment mapping (``os.environ`` when ``None``).
+    overrides
+        ``{"section.key": value}`` from command-line flags (strings or typed values).
+    cwd
+        Directory that relative paths are resolved against (the current one when ``None``).
+    """
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    known = {k.dotted: k for k in keys()}
+    values: dict[str, Any] = {d: k.default for d, k in known.items()}
+    sources: dict[str, str] = dict.fromkeys(known, "default")
+
+    path: Path | None = None
+    if file is None and environ.get(CONFIG_ENV):
+        file = environ[CONFIG_ENV]
+    if file is not None:
+        path = Path(file).expanduser()
+        if not path.is_absolute():
+            path = cwd / path
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        for dotted, raw in _flatten_file(data, path, known).items():
+            values[dotted] = _coerce(known[dotted], raw, f"file {path}")
+            sources[dotted] = f"file {path}"
+
+    for dotted, key in known.items():
+        if key.env in environ:
+            values[dotted] = _coerce(key, environ[key.env], f"env {key.env}")
+            sources[dotted] = f"env {key.env}"
+
+    for dotted, raw in (overrides or {}).items():
+        if dotted not in known:
+            hint = difflib.get_close_matches(dotted, known, n=1)
+            tip = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(f"unknown configuration key '{dotted}'{tip}")
+        values[dotted] = _coerce(known[dotted], raw, "command line")
+        sources[dotted] = "command line"
+
+    # Relative paths are anchored once, here, so nothing later depends on the cwd.
+    for dotted, key in known.items():
+        if isinstance(values[dotted], Path) and not values[dotted].is_absolute():
+            values[dotted] = (cwd / values[dotted]).resolve()
+
+    sections: dict[str, dict[str, Any]] = {}
+    for dotted, value in values.items():
+        section, name = dotted.split(".", 1)
+        sections.setdefault(section, {})[name] = value
+    built = {
+        s.name: s.default_factory(**sections[s.name])  # type: ignore[misc]
+        for s in dataclasses.fields(Config)
+        if s.name in sections
+    }
+    return Config(**built, sources=sources, file=path)
+
+
+def parse_set_option(text: str) -> tuple[str, str]:
+    """``section.key=value`` from ``--set``."""
+    dotted, sep, value = text.partition("=")
+    if not sep or "." not in dotted:
+        raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
+    return dotted.strip(), value
+
+
+def render_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) if value else "(none)"
+    if value is None or value == "":
+        return "(unset)"
+    return str(value)
+
+
+def template() -> str:
+    """A commented TOML file listing every key with its default."""
+    lines = ["# AMAGI plugin configuration. Every key is optional; shown with its default.",
+             "# Override order: defaults < this file < AMAGI_<SECTION>_<KEY> < flags.", ""]
+    current = None
+    for key in keys():
+        if key.section != current:
+            current = key.section
+            lines += ["" if lines[-1] else "", f"[{current}]"]
+        lines.append(f"# {key.help}  (env {key.env}, flag {key.flag})")
+        lines.append(f"# {key.name} = {_toml_value(key.default)}")
+    lines += ["", "# Destinations may also be tables, with TLS per destination:",
+              "# [[delivery.destinations]]",
+              '# ae_title = "PACS"', '# host = "pacs.example.org"', "# port = 11112",
+              "# tls = true", '# tls_ca = "/etc/amagi/ca.pem"']
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if value is None:
+        return '""'
+    return f'"{value}"'
