@@ -17,12 +17,13 @@ import dataclasses
 import difflib
 import os
 import re
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from amagi_plugin.errors import ConfigError
 
@@ -65,7 +66,7 @@ def _choice(*choices: str):
     return check
 
 
-def _opt(default: Any, help: str, check=None, metavar: str | None = None) -> Any:  # noqa: A002
+def _opt(default: Any, help: str, check=None, metavar: str | None = None) -> Any:
     """A config field: default, one-line help (shown by ``amagi config template``), check."""
     kw: dict[str, Any] = {"metadata": {"help": help, "check": check, "metavar": metavar}}
     if isinstance(default, list):
@@ -331,10 +332,8 @@ def _coerce(key: Key, raw: Any, source: str) -> Any:
     try:
         value = _parse(key, raw)
         if key.check is not None and value is not None:
-            if isinstance(value, list):
-                value = [key.check(v) for v in value]
-            else:
-                value = key.check(value)
+            value = ([key.check(v) for v in value] if isinstance(value, list)
+                     else key.check(value))
     except ValueError as e:
         raise ConfigError(f"invalid value for {key.dotted} ({source}): {raw!r}: {e}") from None
     return value
@@ -415,7 +414,7 @@ def load_config(
         sources[dotted] = "command line"
 
     # Relative paths are anchored once, here, so nothing later depends on the cwd.
-    for dotted, key in known.items():
+    for dotted in known:
         if isinstance(values[dotted], Path) and not values[dotted].is_absolute():
             values[dotted] = (cwd / values[dotted]).resolve()
 
@@ -455,7 +454,7 @@ def template() -> str:
     for key in keys():
         if key.section != current:
             current = key.section
-            lines += ["" if lines[-1] else "", f"[{current}]"]
+            lines += ([""] if lines[-1] else []) + [f"[{current}]"]
         lines.append(f"# {key.help}  (env {key.env}, flag {key.flag})")
         lines.append(f"# {key.name} = {_toml_value(key.default)}")
     lines += ["", "# Destinations may also be tables, with TLS per destination:",

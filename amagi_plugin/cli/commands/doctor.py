@@ -1,0 +1,36 @@
+"""``amagi doctor``: check the installation for real and print a table (exit 1 on failure)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from amagi_plugin.cli.table import render_table
+from amagi_plugin.errors import ExitCode
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("doctor", parents=parents, help="check the environment",
+                       description="Check torch, codecs, DICOM libraries, database, spool, model "
+                       "and DICOM tools. Exit status 1 when a required part is missing.")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="output format (default: %(default)s)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, ctx) -> int:
+    from amagi_plugin.doctor import run_checks
+
+    checks = run_checks(ctx.config)
+    failed = [c for c in checks if c.failed]
+    if args.format == "json":
+        ctx.print(json.dumps([{"check": c.name, "status": c.status.value, "detail": c.detail,
+                               "required": c.required} for c in checks], indent=2))
+    else:
+        rows = [{"check": c.name, "status": c.status.value,
+                 "detail": c.detail + ("" if c.required else " [optional]")} for c in checks]
+        ctx.print(render_table(rows, ["check", "status", "detail"]))
+        ctx.print("")
+        ctx.print(f"{len(failed)} required check(s) failed: {', '.join(c.name for c in failed)}"
+                  if failed else "all required checks passed")
+    return ExitCode.FAILURE if failed else ExitCode.OK

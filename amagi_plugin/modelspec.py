@@ -1,0 +1,77 @@
+"""Which model the plugin runs: the bundled demo, or an architecture plus a checkpoint file.
+
+The bundled demo model lives in ``models/weights/demo/``: ``model.json`` names the
+architecture, the checkpoint file beside it, the version and how it was trained. Weights
+are never downloaded: a user's checkpoint is a path in the configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amagi_plugin.config import ModelConfig
+from amagi_plugin.errors import InputError
+
+DEMO_NAME = "demo"
+DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "weights" / "demo"
+DEMO_NOTICE = "demo model trained on synthetic data; not for clinical use"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: what to build, which weights, and how to label its results.
+
+    ``weights`` is ``'demo-synthetic'`` (bundled demo), ``'authors'`` (the authors'
+    published checkpoint, detected by file name or declared in the config) or ``'user'``.
+    """
+
+    name: str
+    arch: str
+    checkpoint: Path | None
+    weights: str
+    version: str
+    description: str = ""
+
+    @property
+    def label(self) -> str:
+        suffix = f" ({DEMO_NOTICE})" if self.weights == "demo-synthetic" else ""
+        return f"{self.name} {self.version}{suffix}"
+
+
+def demo_manifest(directory: Path = DEMO_DIR) -> dict[str, Any]:
+    path = directory / "model.json"
+    if not path.is_file():
+        raise InputError(f"the bundled demo model is missing ({path}); build it with "
+                         "'make demo-model' or configure model.checkpoint")
+    return json.loads(path.read_text())
+
+
+def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
+    """Turn ``[model]`` configuration into a :class:`ModelSpec` (checks files exist)."""
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint).expanduser()
+        if not path.is_file():
+            raise InputError(f"model checkpoint not found: {path}")
+        if cfg.name == DEMO_NAME:
+            raise InputError("model.checkpoint is set: also set model.name to its architecture "
+                             "(e.g. amagi_sf50, amagi_sf152)")
+        weights = "authors" if _looks_like_authors(path) else "user"
+        return ModelSpec(cfg.name, cfg.name, path, weights, version=path.stem)
+    if cfg.name != DEMO_NAME:
+        raise InputError(f"model.name is {cfg.name!r} but no model.checkpoint is configured; "
+                         "weights are never downloaded: point model.checkpoint at a .pth file")
+    manifest = demo_manifest(demo_dir)
+    ckpt = demo_dir / manifest["checkpoint"]
+    if not ckpt.is_file():
+        raise InputError(f"the bundled demo checkpoint is missing: {ckpt}")
+    return ModelSpec(f"amagi-demo-{manifest['arch']}", manifest["arch"], ckpt, "demo-synthetic",
+                     manifest.get("version", "0"), manifest.get("description", DEMO_NOTICE))
+
+
+def _looks_like_authors(path: Path) -> bool:
+    # The authors' Google Drive files carry their config names (split*_SF50/152...).
+    name = path.name.lower()
+    return "sf50" in name or "sf152" in name or ("amagi" in name and "split" in name)

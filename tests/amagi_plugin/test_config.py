@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from amagi_plugin.config import ConfigError, Destination, keys, load_config, template
+
+
+def test_defaults_work_without_a_file(tmp_path: Path) -> None:
+    cfg = load_config(environ={}, cwd=tmp_path)
+    assert cfg.listener.ae_title == "AMAGI"
+    assert cfg.listener.port == 11112
+    assert cfg.var_dir == tmp_path / "var"
+    assert cfg.spool_dir == tmp_path / "var" / "spool"
+    assert cfg.database_url == f"sqlite:///{tmp_path / 'var' / 'amagi.db'}"
+    assert cfg.model.name == "demo"
+    assert set(cfg.sources.values()) == {"default"}
+
+
+def test_precedence_file_env_flag(tmp_path: Path) -> None:
+    f = tmp_path / "amagi.toml"
+    f.write_text('[listener]\nport = 2000\nae_title = "FROMFILE"\n[worker]\ncount = 3\n')
+    env = {"AMAGI_LISTENER_PORT": "3000", "AMAGI_WORKER_COUNT": "4"}
+    cfg = load_config(f, environ=env, overrides={"listener.port": "4000"}, cwd=tmp_path)
+    assert cfg.listener.port == 4000 and cfg.sources["listener.port"] == "command line"
+    assert cfg.worker.count == 4 and cfg.sources["worker.count"] == "env AMAGI_WORKER_COUNT"
+    assert cfg.listener.ae_title == "FROMFILE"
+    assert cfg.sources["listener.ae_title"] == f"file {f}"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[storage]\nreserve_mb = 5\n")
+    cfg = load_config(environ={"AMAGI_CONFIG": str(f)}, cwd=tmp_path)
+    assert cfg.storage.reserve_mb == 5 and cfg.file == f
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"overrides": {"listener.port": "abc"}}, "listener.port (command line): 'abc': expected an integer"),
+        ({"environ": {"AMAGI_LISTENER_PORT": "70000"}}, "listener.port (env AMAGI_LISTENER_PORT)"),
+        ({"overrides": {"listener.ae_title": "WAY_TOO_LONG_AE_TITLE"}}, "listener.ae_title"),
+        ({"overrides": {"analysis.smoothing": "gaussian"}}, "must be one of morphology, median"),
+        ({"overrides": {"listener.tls": "maybe"}}, "expected true or false"),
+        ({"overrides": {"listner.port": "1"}}, "did you mean 'listener.port'"),
+        ({"overrides": {"delivery.destinations": "PACS@host"}}, "is not AE_TITLE@HOST:PORT"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path: Path, source, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ=source.get("environ", {}), overrides=source.get("overrides"), cwd=tmp_path)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[listener\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: not valid TOML"):
+        load_config(bad, environ={}, cwd=tmp_path)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[listener]\nprot = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown configuration key 'listener.prot'; did you mean 'listener.port'"):
+        load_config(unknown, environ={}, cwd=tmp_path)
+    typed = tmp_path / "typed.toml"
+    typed.write_text('[worker]\ncount = "two"\n')
+    with pytest.raises(ConfigError, match=r"worker.count \(file .*typed.toml\)"):
+        load_config(typed, environ={}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "nope.toml", environ={}, cwd=tmp_path)
+
+
+def test_destinations_from_flag_and_file_tables(tmp_path: Path) -> None:
+    cfg = load_config(environ={}, overrides={"delivery.destinations": "PACS@10.0.0.5:104,ARCH@[::1]:11112"},
+                      cwd=tmp_path)
+    assert cfg.delivery.destinations == [Destination("PACS", "10.0.0.5", 104), Destination("ARCH", "::1", 11112)]
+    f = tmp_path / "d.toml"
+    f.write_text('[[delivery.destinations]]\nae_title = "PACS"\nhost = "pacs"\nport = 2762\ntls = true\n'
+                 'tls_ca = "/ca.pem"\n')
+    cfg = load_config(f, environ={}, cwd=tmp_path)
+    assert cfg.delivery.destinations == [Destination("PACS", "pacs", 2762, tls=True, tls_ca="/ca.pem")]
+
+
+def test_template_is_valid_toml_listing_every_key(tmp_path: Path) -> None:
+    text = template()
+    body, _, example = text.partition("# Destinations may also be tables")
+    for key in keys():
+        assert f"# {key.name} = " in body and key.env in body and key.flag in body
+    # Uncommenting every default gives a file that loads to exactly the defaults.
+    uncommented = re.sub(r"^# (\w+ = )", r"\1", body, flags=re.M)
+    f = tmp_path / "t.toml"
+    f.write_text(uncommented)
+    from_file = load_config(f, environ={}, cwd=tmp_path)
+    defaults = load_config(environ={}, cwd=tmp_path)
+    assert all(src.startswith("file ") for src in from_file.sources.values())
+    for key in keys():
+        assert from_file.get(key.dotted) == defaults.get(key.dotted), key.dotted
+    # The commented example of a destination table is valid too.
+    example_toml = re.sub(r"^# ?", "", example.split("\n", 1)[1], flags=re.M)
+    f.write_text(example_toml)
+    assert load_config(f, environ={}, cwd=tmp_path).delivery.destinations[0].tls is True
+
+
+def test_cli_config_show_reports_sources(run_cli, tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text("[listener]\nport = 5000\n")
+    r = run_cli("config", "show", "--config", str(f), "--format", "json", "--worker-count", "2",
+                env={"AMAGI_LISTENER_AE_TITLE": "ENVAE"})
+    assert r.code == 0, r.stderr
+    values = {row["key"]: row for row in json.loads(r.stdout)["values"]}
+    assert values["listener.port"] == {"key": "listener.port", "value": "5000", "source": f"file {f}"}
+    assert values["listener.ae_title"]["source"] == "env AMAGI_LISTENER_AE_TITLE"
+    assert values["worker.count"] == {"key": "worker.count", "value": "2", "source": "command line"}
+    assert values["database.url"]["value"].startswith("sqlite:///")
+    table = run_cli("config", "show", "--set", "model.prediction_hz=5")
+    assert table.code == 0
+    assert any(ln.split()[:3] == ["model.prediction_hz", "5.0", "command"] for ln in table.stdout.splitlines())
+
+
+def test_cli_bad_config_value_is_one_line(run_cli) -> None:
+    r = run_cli("config", "show", "--listener-port", "abc")
+    assert r.code == 2
+    assert r.stderr.strip() == "amagi: error: invalid value for listener.port (command line): 'abc': expected an integer"
+    r = run_cli("config", "show", env={"AMAGI_WORKER_COUNT": "-1"})
+    assert r.code == 2 and "worker.count (env AMAGI_WORKER_COUNT)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_database_password_is_masked(run_cli) -> None:
+    r = run_cli("config", "show", "--database-url", "postgresql+psycopg://amagi:s3cret@db:5432/amagi")
+    assert "s3cret" not in r.stdout and "amagi:***@db" in r.stdout

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from amagi_plugin.logsetup import PHI_FILTER, REDACTED, register_phi, setup_logging
+
+
+@pytest.fixture
+def stream():
+    buf = io.StringIO()
+    yield buf
+    setup_logging("warning", "text", io.StringIO())
+
+
+def test_json_lines_with_extra_fields(stream) -> None:
+    setup_logging("info", "json", stream)
+    logging.getLogger("amagi_plugin.test").info("job %s done", "42", extra={"sop_instance_uid": "1.2.3"})
+    record = json.loads(stream.getvalue().strip())
+    assert record["message"] == "job 42 done"
+    assert record["level"] == "info" and record["logger"] == "amagi_plugin.test"
+    assert record["sop_instance_uid"] == "1.2.3"
+
+
+def test_text_format_is_human_readable(stream) -> None:
+    setup_logging("info", "text", stream)
+    logging.getLogger("x").warning("hello")
+    assert stream.getvalue().rstrip().endswith("WARNING x: hello")
+    logging.getLogger("x").debug("hidden")
+    assert "hidden" not in stream.getvalue()
+
+
+def test_patient_identifiers_are_redacted(stream) -> None:
+    setup_logging("info", "text", stream)
+    register_phi("Doe^Jane", "PID-778899")
+    logging.getLogger("x").info("received %s for %s", "PID-778899", "Doe^Jane (Jane Doe)")
+    out = stream.getvalue()
+    assert "778899" not in out and "Jane" not in out and "Doe" not in out
+    assert out.count(REDACTED) >= 2
+    assert PHI_FILTER.scrub("nothing to hide") == "nothing to hide"
