@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amagi_plugin.analysis import (
+    Timeline,
+    case_index,
+    closing,
+    find_events,
+    opening,
+    runs,
+    smooth_decisions,
+)
+
+
+def b(s: str) -> np.ndarray:
+    return np.array([c == "1" for c in s])
+
+
+def s(x: np.ndarray) -> str:
+    return "".join("1" if v else "0" for v in x)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 5])
+def test_opening_removes_short_runs_and_keeps_long_ones(size: int) -> None:
+    x = b("0" * 6 + "1" * (size - 1) + "0" * 6 + "1" * size + "0" * 6 + "1" * (size + 3) + "0" * 3)
+    out = opening(x, size)
+    kept = [(a, z) for a, z in runs(x) if z - a >= size]
+    assert runs(out) == kept
+    np.testing.assert_array_equal(opening(out, size), out)  # idempotent
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_closing_fills_short_gaps_only(size: int) -> None:
+    x = b("1" * 5 + "0" * (size - 1) + "1" * 5 + "0" * size + "1" * 5)
+    out = closing(x, size)
+    assert runs(out) == [(0, 5 + size - 1 + 5), (5 + size - 1 + 5 + size, len(x))]
+    np.testing.assert_array_equal(closing(out, size), out)
+
+
+def test_runs_touching_the_edges() -> None:
+    assert runs(b("110011")) == [(0, 2), (4, 6)]
+    assert s(opening(b("111000"), 3)) == "111000"
+    assert s(closing(b("101"), 2)) == "111"
+
+
+def test_smoothing_methods() -> None:
+    p = np.array([0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.2, 0.8, 0.9, 0.9, 0.1, 0.1])
+    assert s(smooth_decisions(p, rate_hz=3, method="none")) == "101111011100"
+    # opening (3) drops the lone first positive; closing (3) bridges the one-sample gap.
+    assert s(smooth_decisions(p, rate_hz=3, method="morphology", length_s=1.0)) == "001111111100"
+    assert s(smooth_decisions(p, rate_hz=3, method="median", length_s=1.0)) == "111111111100"
+    with pytest.raises(ValueError, match="method"):
+        smooth_decisions(p, 3, method="gauss")
+
+
+def test_events_and_index_hand_computed() -> None:
+    # 10 Hz predictions on a 30 fps video: prediction k at t = k/10 s, frame 3k.
+    p = np.array([0.1, 0.2, 0.7, 0.9, 0.8, 0.3, 0.1, 0.6, 0.95, 0.2])
+    decisions = p >= 0.5
+    tl = Timeline(times_s=np.arange(10) / 10, frames=np.arange(10) * 3, rate_hz=10.0, duration_s=1.0)
+    events = find_events(p, decisions, tl)
+    assert len(events) == 2
+    e1, e2 = events
+    assert (e1.start_s, e1.end_s, e1.duration_s) == (0.2, 0.5, 0.3)
+    assert (e1.start_frame, e1.end_frame, e1.key_frame) == (7, 13, 10)  # 1-based frames 6, 12, 9
+    assert e1.peak_probability == 0.9 and e1.mean_probability == pytest.approx(0.8)
+    assert (e2.start_s, e2.end_s, e2.key_frame) == (0.7, 0.9, 25)
+    idx = case_index(events, 1.0)
+    assert idx.event_count == 2 and idx.total_duration_s == pytest.approx(0.5)
+    assert idx.max_duration_s == pytest.approx(0.3) and idx.mean_duration_s == pytest.approx(0.25)
+    assert idx.first_bleed_s == 0.2 and idx.video_duration_s == 1.0
+
+
+def test_event_at_video_end_is_clipped_and_empty_case() -> None:
+    p = np.array([0.0, 0.0, 1.0, 1.0])
+    tl = Timeline(np.arange(4) / 10, np.arange(4) * 3, 10.0, duration_s=0.35)
+    (e,) = find_events(p, p > 0.5, tl)
+    assert e.end_s == 0.35 and e.duration_s == pytest.approx(0.15)
+    idx = case_index([], 12.0)
+    assert idx.event_count == 0 and idx.total_duration_s == 0 and idx.first_bleed_s is None
