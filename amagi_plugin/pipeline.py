@@ -1,0 +1,282 @@
+"""Whole-video bleeding analysis: decode → MONAI transforms → AMAGI → post-processing → masks.
+
+Decoding and preprocessing run in a background thread that stays ahead of inference
+through a bounded queue, so the two overlap and memory does not grow with the video:
+only the frames of the clips in flight are held. Each clip is computed once and shared by
+the three predictions that use it (:mod:`amagi_plugin.schedule`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from amagi_plugin.analysis import Timeline, case_index, find_events, smooth_decisions
+from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer
+from amagi_plugin.schedule import ClipSchedule, shared_clip_probabilities
+from amagi_plugin.transforms import clip_frame_transform, native_frame_transform
+from dicom_io.results import BleedingEvent, CaseIndex
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+class VideoLike(Protocol):
+    """What the pipeline needs of a video (``dicom_io.video.open_video`` provides it)."""
+
+    frame_count: int
+    fps: float
+
+    def frames(self, start: int = 0, stop: int | None = None, step: int = 1
+               ) -> Iterator[tuple[int, float, np.ndarray]]: ...
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Knobs of one analysis (from the ``[model]`` and ``[analysis]`` configuration)."""
+
+    prediction_hz: float = 10.0
+    batch_size: int = 8
+    device: str = "cpu"
+    bf16: bool = False
+    threshold: float = 0.5
+    smoothing: str = "morphology"
+    smoothing_s: float = 1.0
+    decode_ahead: int = 64  # frames buffered between the decoder and the network
+    key_frame_masks: bool = True
+
+
+@dataclass
+class AnalysisResult:
+    """Everything one analysis produced, in memory (small: no frames but the key frames)."""
+
+    schedule: ClipSchedule
+    timeline: Timeline
+    probabilities: np.ndarray  # bleeding probability per prediction, (P,)
+    decisions: np.ndarray  # post-processed binary decision per prediction, (P,)
+    events: list[BleedingEvent]
+    index: CaseIndex
+    key_frames: dict[int, np.ndarray] = field(default_factory=dict)  # 1-based → RGB (H, W, 3)
+    masks: dict[int, np.ndarray] = field(default_factory=dict)  # 1-based → bool (H, W)
+    timings: dict[str, float] = field(default_factory=dict)  # stage → seconds
+    clips_computed: int = 0
+
+
+class _End:
+    """Sentinel closing the frame queue (carries the decoder's exception, if any)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class FramePrefetcher:
+    """Decodes and preprocesses the needed frames in a thread, ahead of the consumer.
+
+    ``get(index)`` returns the preprocessed frame ``index`` once decoded; frames before
+    ``release_before(index)`` are dropped. The queue bound keeps memory constant.
+    """
+
+    def __init__(self, video: VideoLike, needed: Sequence[int], transform: Callable[[np.ndarray], Any],
+                 capacity: int, timings: dict[str, float]) -> None:
+        self._video = video
+        self._needed = sorted(set(needed))
+        self._transform = transform
+        self._queue: queue.Queue[tuple[int, torch.Tensor] | _End] = queue.Queue(maxsize=capacity)
+        self._cache: dict[int, torch.Tensor] = {}
+        self._done = False
+        self._stop = threading.Event()
+        self._timings = timings
+        self._thread = threading.Thread(target=self._run, name="amagi-decode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        wanted = set(self._needed)
+        last = self._needed[-1] if self._needed else -1
+        decode_s = transform_s = 0.0
+        try:
+            t0 = time.perf_counter()
+            for index, _t, rgb in self._video.frames(0, last + 1):
+                decode_s += time.perf_counter() - t0
+                if index in wanted:
+                    t1 = time.perf_counter()
+                    tensor = torch.as_tensor(self._transform(rgb))
+                    transform_s += time.perf_counter() - t1
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put((index, tensor), timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                if self._stop.is_set():
+                    return
+                t0 = time.perf_counter()
+            self._put_end(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put_end(e)
+        finally:
+            self._timings["decode"] = self._timings.get("decode", 0.0) + decode_s
+            self._timings["transforms"] = self._timings.get("transforms", 0.0) + transform_s
+
+    def _put_end(self, error: BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(_End(error), timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, index: int) -> torch.Tensor:
+        while index not in self._cache:
+            if self._done:
+                raise RuntimeError(f"frame {index} was never decoded (video shorter than its "
+                                   "header says?)")
+            item = self._queue.get()
+            if isinstance(item, _End):
+                self._done = True
+                if item.error is not None:
+                    raise item.error
+                continue
+            self._cache[item[0]] = item[1]
+        return self._cache[index]
+
+    def release_before(self, index: int) -> None:
+        for k in [k for k in self._cache if k < index]:
+            del self._cache[k]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class BleedingAnalyzer:
+    """Runs a clip model (AMAGI or SlowFast) over a whole video.
+
+    Parameters
+    ----------
+    model
+        A recogniser: ``model(clips (N, 3, T, S, S)) -> logits (N, 2)``; for key-frame
+        masks, ``model.segment(frames (N, 3, H, W))`` returning [aux, main] logits at 1/4
+        resolution (AMAGI); plain SlowFast has no segmentation and gives no masks.
+    options
+        :class:`AnalysisOptions`.
+    input_size, clip_len, mean, std
+        The model's preprocessing constants (from its weights' configuration).
+    """
+
+    def __init__(self, model: torch.nn.Module, options: AnalysisOptions, input_size: int = 224,
+                 clip_len: int = 8, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        self.model = model.eval().to(options.device)
+        self.options = options
+        self.input_size = input_size
+        self.clip_len = clip_len
+        norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+        self.transform = clip_frame_transform(input_size, **norm)
+        self.native_transform = native_frame_transform(**norm)
+        self.inferer = ClipProbabilityInferer(options.device, options.bf16)
+
+    def schedule_for(self, video: VideoLike) -> ClipSchedule:
+        return ClipSchedule(video.frame_count, video.fps, clip_len=self.clip_len,
+                            prediction_hz=self.options.prediction_hz)
+
+    def clip_probabilities(self, video: VideoLike, schedule: ClipSchedule,
+                           progress: ProgressFn | None = None,
+                           timings: dict[str, float] | None = None) -> tuple[np.ndarray, int]:
+        """Per-prediction class probabilities ``(P, C)`` and the number of clips computed."""
+        timings = timings if timings is not None else {}
+        starts = schedule.clip_starts()
+        needed = {f for s in starts for f in schedule.clip_frames(s)}
+        prefetch = FramePrefetcher(video, sorted(needed), self.transform,
+                                   self.options.decode_ahead, timings)
+        computed = 0
+
+        def probs(batch: Sequence[int]) -> np.ndarray:
+            nonlocal computed
+            clips = torch.stack([
+                torch.stack([prefetch.get(f) for f in schedule.clip_frames(s)], dim=1)
+                for s in batch])
+            prefetch.release_before(schedule.grid_frame(batch[-1] + 1))
+            t0 = time.perf_counter()
+            out = self.inferer(clips.as_subclass(torch.Tensor), self.model).numpy()
+            timings["video_network"] = timings.get("video_network", 0.0) + time.perf_counter() - t0
+            computed += len(batch)
+            if progress:
+                progress(computed, len(starts))
+            return out
+
+        try:
+            result = shared_clip_probabilities(schedule, probs, self.options.batch_size)
+        finally:
+            prefetch.close()
+        return result, computed
+
+    def segment_frames(self, frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """Bleeding masks (bool, native resolution) for RGB frames keyed by frame number."""
+        segment = getattr(self.model, "segment", None)
+        if segment is None or not frames:
+            return {}
+        inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
+
+        def main_logits(x: torch.Tensor) -> torch.Tensor:
+            out = segment(x)
+            return out[-1] if isinstance(out, list | tuple) else out
+
+        masks = {}
+        for number, rgb in frames.items():
+            x = torch.as_tensor(self.native_transform(rgb))[None].as_subclass(torch.Tensor)
+            masks[number] = (inferer(x, main_logits)[0] >= 0.5).numpy()
+        return masks
+
+    def analyze(self, video: VideoLike, progress: ProgressFn | None = None) -> AnalysisResult:
+        opts = self.options
+        timings: dict[str, float] = defaultdict(float)
+        t_start = time.perf_counter()
+        schedule = self.schedule_for(video)
+        probs, computed = self.clip_probabilities(video, schedule, progress, timings)
+        points = list(schedule.prediction_points())
+        frames = np.array([schedule.grid_frame(g) for g in points])
+        timeline = Timeline(times_s=frames / video.fps, frames=frames,
+                            rate_hz=1.0 / (schedule.prediction_step * schedule.grid_s),
+                            duration_s=schedule.duration_s)
+        t0 = time.perf_counter()
+        bleeding = probs[:, 1]
+        decisions = smooth_decisions(bleeding, timeline.rate_hz, opts.threshold, opts.smoothing,
+                                     opts.smoothing_s)
+        events = find_events(bleeding, decisions, timeline)
+        index = case_index(events, schedule.duration_s)
+        timings["post_processing"] = time.perf_counter() - t0
+        result = AnalysisResult(schedule, timeline, bleeding, decisions, events, index,
+                                clips_computed=computed)
+        if events:
+            t0 = time.perf_counter()
+            result.key_frames = read_frames(video, [e.key_frame for e in events])
+            timings["decode"] += time.perf_counter() - t0
+            if opts.key_frame_masks:
+                t0 = time.perf_counter()
+                result.masks = self.segment_frames(result.key_frames)
+                timings["segmentation"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        result.timings = dict(timings)
+        log.info("analysis done: %d predictions, %d clips, %d events, %.1f s",
+                 len(points), computed, len(events), timings["total"])
+        return result
+
+
+def read_frames(video: VideoLike, numbers: Sequence[int]) -> dict[int, np.ndarray]:
+    """RGB frames by 1-based frame number (each read with a short seek-and-decode)."""
+    out: dict[int, np.ndarray] = {}
+    for number in sorted(set(numbers)):
+        for index, _t, rgb in video.frames(number - 1, number):
+            if index == number - 1:
+                out[number] = rgb
+    return out

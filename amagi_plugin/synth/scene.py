@@ -1,0 +1,491 @@
+"""Scene parameters of one synthetic case, and the seeded sampler that draws them.
+
+A case is fully determined by a :class:`SceneParams` (which carries its own ``seed`` for the
+textures and sensor noise): the renderer reads nothing else. :func:`sample_scene` draws a
+``SceneParams`` from a seed inside the ranges of a :class:`SceneRanges`; the named presets in
+:data:`DOMAINS` let evaluation use looks never seen in training (``"train"`` vs ``"shifted"``:
+other palette families, event sizes, camera speeds, more smoke and instruments).
+
+Units: positions of world objects (events, pools, patches) are canvas pixels; sizes are
+canvas pixels; times are frame indices (``start_frame`` inclusive, ``end_frame`` exclusive)
+or seconds where the name says ``_s``/``_hz``; colours are RGB in 0–1.
+
+Sampler (what :func:`sample_scene` does, in order, all from ``numpy.random.default_rng(seed)``):
+
+1. palette family uniformly from ``ranges.palettes``, each base colour jittered by ±0.04;
+2. texture scale, fat fraction, vessel density, vignette, sensor noise;
+3. camera: a speed ``s`` uniform in ``ranges.camera_speed`` scales pan amplitude, frequencies,
+   zoom and rotation amplitudes and shake;
+4. events: count ``round(rate · minutes)`` with ``rate`` uniform in ``ranges.events_per_minute``,
+   at least ``ranges.min_events``, reduced until they fit with ``ranges.min_gap_s`` between them;
+   durations uniform in ``ranges.event_duration_s`` (at most half the video); the free time is
+   split at random (Dirichlet) between the gaps. Each event's maximal pool radius is
+   log-uniform in ``ranges.event_size`` × the shorter view side; its source is a point of the
+   central 70 % of the view at the event's middle frame;
+5. hard negatives: static pools of old (sometimes fresh-looking) blood, round or elongated
+   like a dried trail, and red tissue patches, placed where the camera looks at a random time;
+6. instruments and smoke episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from amagi_plugin.synth.camera import CameraMotion, screen_to_world, world_to_screen
+from amagi_plugin.synth.errors import SynthError
+
+RGB = tuple[float, float, float]
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Palette:
+    """Tissue colours of a case (RGB, 0–1)."""
+
+    name: str
+    tissue_light: RGB
+    tissue_dark: RGB
+    fat: RGB
+    vessel: RGB
+    red_patch: RGB
+
+
+#: Base colours of each palette family; "pale" and "dark" are kept out of the training domain.
+PALETTE_FAMILIES: dict[str, Palette] = {
+    "pink": Palette("pink", (0.86, 0.52, 0.50), (0.62, 0.26, 0.26), (0.93, 0.80, 0.45),
+                    (0.50, 0.10, 0.14), (0.72, 0.22, 0.22)),
+    "red": Palette("red", (0.74, 0.32, 0.28), (0.46, 0.14, 0.13), (0.90, 0.74, 0.40),
+                   (0.38, 0.06, 0.08), (0.64, 0.13, 0.12)),
+    "yellow": Palette("yellow", (0.92, 0.74, 0.52), (0.72, 0.44, 0.32), (0.96, 0.86, 0.50),
+                      (0.55, 0.12, 0.12), (0.72, 0.25, 0.20)),
+    "pale": Palette("pale", (0.92, 0.72, 0.68), (0.72, 0.50, 0.48), (0.95, 0.90, 0.72),
+                    (0.60, 0.25, 0.25), (0.76, 0.30, 0.28)),
+    "dark": Palette("dark", (0.58, 0.27, 0.23), (0.32, 0.11, 0.10), (0.72, 0.58, 0.30),
+                    (0.26, 0.04, 0.05), (0.48, 0.10, 0.09)),
+}
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """A laparoscopic/robotic instrument: a shaft entering from the border, jaws at the tip.
+
+    Screen space: ``tip(t) = (tip_home + tip_amplitude · sin(2π tip_hz t + tip_phases)) · (W, H)``;
+    the shaft runs from the tip in direction ``entry_angle`` (radians, 0 = +x, π/2 = down).
+    """
+
+    entry_angle: float
+    tip_home: tuple[float, float]
+    tip_amplitude: tuple[float, float]
+    tip_hz: tuple[float, float]
+    tip_phases: tuple[float, float]
+    width_frac: float  # shaft diameter / shorter view side
+    tone: float  # grey level of the metal, 0-1
+    dark_shaft: bool  # black insulated shaft with metallic jaws
+    jaw_length_frac: float
+    jaw_hz: float
+    wobble: float  # radians of slow shaft-angle change
+
+
+@dataclass(frozen=True)
+class SmokeEpisode:
+    """Electrocautery smoke between two frames; ``density`` is the peak opacity (≤ 0.45)."""
+
+    start_frame: int
+    end_frame: int
+    density: float
+    drift: tuple[float, float]  # screen pixels per second
+
+
+@dataclass(frozen=True)
+class BleedingEvent:
+    """One active bleeding: a pool growing from ``source`` plus a flowing streak.
+
+    Active (labelled 1) for frames ``start_frame <= k < end_frame``; afterwards the blood stays
+    as a residual that no longer grows, flows or pulses and darkens over ``darken_s`` seconds.
+    """
+
+    start_frame: int
+    end_frame: int
+    source: tuple[float, float]  # world pixels
+    max_radius: float  # world pixels
+    initial_radius: float
+    growth_tau_s: float
+    flow_angle: float  # radians, world frame
+    streak_length: float  # world pixels
+    streak_width: float
+    flow_speed: float  # world pixels / s at which the streak front advances
+    meander: float  # world pixels of lateral streak wiggle
+    ripple_speed: float  # world pixels / s of the texture moving along the flow
+    ripple_wavelength: float
+    pulse_hz: float
+    pulse_depth: float  # 0-1
+    colour: RGB  # fresh blood
+    old_colour: RGB  # colour the residual darkens to
+    darken_s: float
+    irregularity: float
+    size_class: str  # "small" or "large"
+
+
+@dataclass(frozen=True)
+class BloodPool:
+    """A hard negative: static pooled/old blood (also trail-shaped), moving with the tissue."""
+
+    centre: tuple[float, float]
+    radius: float
+    elongation: float  # 1 = round; > 1 stretched along ``angle``
+    angle: float
+    colour: RGB
+    irregularity: float
+
+
+@dataclass(frozen=True)
+class RedPatch:
+    """A hard negative: reddish tissue (inflamed mucosa, muscle) baked into the texture."""
+
+    centre: tuple[float, float]
+    radius: float
+    colour: RGB
+
+
+@dataclass(frozen=True)
+class SceneParams:
+    """Everything the renderer needs for one case (see the module docstring for units)."""
+
+    seed: int
+    width: int
+    height: int
+    fps: float
+    n_frames: int
+    domain: str
+    palette: Palette
+    canvas_size: tuple[int, int]  # (width, height) in world pixels
+    texture_scale: float  # pixels of the largest tissue structures
+    fat_fraction: float
+    vessel_density: float
+    vignette: float
+    light_flicker: float
+    noise_std: float
+    camera: CameraMotion
+    instruments: tuple[Instrument, ...] = ()
+    smoke: tuple[SmokeEpisode, ...] = ()
+    events: tuple[BleedingEvent, ...] = ()
+    pools: tuple[BloodPool, ...] = ()
+    red_patches: tuple[RedPatch, ...] = ()
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / self.fps
+
+    @property
+    def canvas_centre(self) -> tuple[float, float]:
+        return self.canvas_size[0] / 2.0, self.canvas_size[1] / 2.0
+
+    def pose(self, frame: int) -> tuple[float, float, float, float]:
+        """Camera ``(cx, cy, zoom, theta)`` at frame ``frame``."""
+        return self.camera.pose(frame / self.fps, self.canvas_centre)
+
+    def frame_labels(self) -> np.ndarray:
+        """Per-frame active-bleeding labels, ``uint8 (n_frames,)``: 1 inside an event."""
+        labels = np.zeros(self.n_frames, np.uint8)
+        for ev in self.events:
+            labels[ev.start_frame:ev.end_frame] = 1
+        return labels
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (tuples become lists); inverse of :meth:`from_dict`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SceneParams:
+        """Rebuild from :meth:`to_dict` output (e.g. a case's ``labels.json['scene']``)."""
+        d = {k: _tuplify(v) for k, v in data.items()}
+        try:
+            d["palette"] = Palette(**d["palette"])
+            d["camera"] = CameraMotion(**d["camera"])
+            d["instruments"] = tuple(Instrument(**x) for x in d.get("instruments", ()))
+            d["smoke"] = tuple(SmokeEpisode(**x) for x in d.get("smoke", ()))
+            d["events"] = tuple(BleedingEvent(**x) for x in d.get("events", ()))
+            d["pools"] = tuple(BloodPool(**x) for x in d.get("pools", ()))
+            d["red_patches"] = tuple(RedPatch(**x) for x in d.get("red_patches", ()))
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise SynthError(f"not a valid scene description: {e}") from e
+
+
+def _tuplify(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuplify(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class SceneRanges:
+    """The knobs of :func:`sample_scene`: ranges ``(low, high)`` each scene is drawn from."""
+
+    palettes: tuple[str, ...] = ("pink", "red", "yellow")
+    events_per_minute: tuple[float, float] = (2.0, 4.0)
+    min_events: int = 1
+    event_duration_s: tuple[float, float] = (3.0, 12.0)
+    min_gap_s: float = 2.0
+    event_size: tuple[float, float] = (0.03, 0.14)  # max pool radius / shorter view side
+    small_event_size: float = 0.06  # below this an event is "small"
+    camera_speed: tuple[float, float] = (0.3, 1.0)
+    instruments: tuple[int, int] = (1, 3)
+    smoke_per_minute: tuple[float, float] = (0.0, 1.5)
+    pools: tuple[int, int] = (1, 3)
+    red_patches: tuple[int, int] = (0, 4)
+    fresh_looking_pool_probability: float = 0.35
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.palettes if p not in PALETTE_FAMILIES]
+        if not self.palettes or unknown:
+            raise SynthError(f"palettes must be among {', '.join(PALETTE_FAMILIES)}, "
+                             f"got {', '.join(self.palettes) or 'none'}")
+        for name in ("events_per_minute", "event_duration_s", "event_size", "camera_speed",
+                     "instruments", "smoke_per_minute", "pools", "red_patches"):
+            lo, hi = getattr(self, name)
+            if lo < 0 or hi < lo:
+                raise SynthError(f"{name} must be a range 0 <= low <= high, got ({lo}, {hi})")
+        if self.event_size[0] <= 0 or self.event_size[1] > 0.5:
+            raise SynthError(f"event_size must lie in (0, 0.5], got {self.event_size}")
+        if self.event_duration_s[0] <= 0:
+            raise SynthError("event_duration_s must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: Named presets: train on "train", evaluate generalisation on "shifted".
+DOMAINS: dict[str, SceneRanges] = {
+    "train": SceneRanges(),
+    "shifted": SceneRanges(palettes=("pale", "dark"), event_size=(0.02, 0.18),
+                           camera_speed=(1.0, 1.6), instruments=(2, 4),
+                           smoke_per_minute=(1.0, 3.0), pools=(2, 5), red_patches=(2, 6),
+                           fresh_looking_pool_probability=0.5),
+}
+
+
+@dataclass
+class _Sampler:
+    rng: np.random.Generator
+    width: int
+    height: int
+    fps: float
+    n_frames: int
+    ranges: SceneRanges
+    side: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.side = float(min(self.width, self.height))
+
+    def u(self, lo: float, hi: float) -> float:
+        return float(self.rng.uniform(lo, hi))
+
+    def jitter(self, rgb: RGB, amount: float = 0.04) -> RGB:
+        out = np.clip(np.asarray(rgb) + self.rng.uniform(-amount, amount, 3), 0.0, 1.0)
+        return tuple(round(float(v), 4) for v in out)  # type: ignore[return-value]
+
+
+def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float = 10.0,
+                 duration_s: float = 60.0, ranges: SceneRanges | str = "train") -> SceneParams:
+    """Draw the scene of one case from ``seed`` (see the module docstring for the steps).
+
+    Parameters
+    ----------
+    seed
+        Non-negative integer; the same seed and arguments always give the same scene.
+    width, height
+        Frame size in pixels (16–4096 each).
+    fps
+        Frame rate in frames per second.
+    duration_s
+        Video length in seconds.
+    ranges
+        A :class:`SceneRanges` or the name of a preset in :data:`DOMAINS`.
+    """
+    if isinstance(ranges, str):
+        if ranges not in DOMAINS:
+            raise SynthError(f"unknown domain {ranges!r}; choose one of {', '.join(DOMAINS)}")
+        domain, ranges = ranges, DOMAINS[ranges]
+    else:
+        domain = next((k for k, v in DOMAINS.items() if v == ranges), "custom")
+    if not (16 <= width <= 4096 and 16 <= height <= 4096):
+        raise SynthError(f"frame size must be 16-4096 pixels per side, got {width}x{height}")
+    if not 1.0 <= fps <= 120.0:
+        raise SynthError(f"fps must be between 1 and 120, got {fps}")
+    n_frames = round(duration_s * fps)
+    if n_frames < 8:
+        raise SynthError(f"duration {duration_s} s at {fps} fps gives {n_frames} frames; "
+                         "at least 8 are needed")
+    if seed < 0:
+        raise SynthError(f"seed must be >= 0, got {seed}")
+    rng = np.random.default_rng(seed)
+    s = _Sampler(rng, width, height, fps, n_frames, ranges)
+
+    name = ranges.palettes[int(rng.integers(len(ranges.palettes)))]
+    base = PALETTE_FAMILIES[name]
+    palette = Palette(name, s.jitter(base.tissue_light), s.jitter(base.tissue_dark),
+                      s.jitter(base.fat), s.jitter(base.vessel, 0.03),
+                      s.jitter(base.red_patch, 0.03))
+
+    speed = s.u(*ranges.camera_speed)
+    camera = CameraMotion(
+        pan_amplitude=(speed * s.u(0.12, 0.3) * width, speed * s.u(0.12, 0.3) * height),
+        pan_hz=(speed * s.u(0.01, 0.03), speed * s.u(0.03, 0.08)),
+        pan_phases=tuple(float(p) for p in rng.uniform(0, 2 * math.pi, 4)),  # type: ignore[arg-type]
+        zoom_base=s.u(0.95, 1.15), zoom_amplitude=speed * s.u(0.02, 0.12),
+        zoom_hz=speed * s.u(0.02, 0.06), zoom_phase=s.u(0, 2 * math.pi),
+        rotation_amplitude=speed * s.u(0.01, 0.08), rotation_hz=speed * s.u(0.01, 0.05),
+        rotation_phase=s.u(0, 2 * math.pi),
+        shake_amplitude=speed * s.u(0.0, 0.006) * s.side, shake_hz=s.u(0.8, 2.0),
+    )
+    hx, hy = camera.max_extent(width, height)
+    margin = 8
+    canvas = (math.ceil(2 * hx) + 2 * margin, math.ceil(2 * hy) + 2 * margin)
+    centre = (canvas[0] / 2.0, canvas[1] / 2.0)
+
+    def world_at(frame: int, fx: float, fy: float) -> tuple[float, float]:
+        """World point seen at view fraction (fx, fy) of frame ``frame``."""
+        pose = camera.pose(frame / fps, centre)
+        wx, wy = screen_to_world(pose, np.float64((fx - 0.5) * width),
+                                 np.float64((fy - 0.5) * height))
+        return round(float(wx), 3), round(float(wy), 3)
+
+    def screen_of(frame: int, world: tuple[float, float]) -> tuple[float, float]:
+        """Offset from the view centre (pixels) at which ``world`` is seen at ``frame``."""
+        return world_to_screen(camera.pose(frame / fps, centre), *world)
+
+    events = _sample_events(s, world_at, screen_of, camera.zoom_base)
+    pools = []
+    for _ in range(int(rng.integers(ranges.pools[0], ranges.pools[1] + 1))):
+        fresh = rng.random() < ranges.fresh_looking_pool_probability
+        colour = ((s.u(0.55, 0.78), s.u(0.03, 0.08), s.u(0.05, 0.10)) if fresh
+                  else (s.u(0.25, 0.5), s.u(0.02, 0.06), s.u(0.03, 0.07)))
+        elong = 1.0 if rng.random() < 0.5 else s.u(1.8, 4.0)
+        pools.append(BloodPool(
+            centre=world_at(int(rng.integers(n_frames)), s.u(0.1, 0.9), s.u(0.1, 0.9)),
+            radius=s.side * camera.zoom_base * math.exp(s.u(math.log(0.03), math.log(0.13))),
+            elongation=elong, angle=s.u(0, math.pi),
+            colour=tuple(round(c, 4) for c in colour), irregularity=s.u(0.1, 0.35)))
+    patches = [RedPatch(centre=world_at(int(rng.integers(n_frames)), s.u(0.1, 0.9),
+                                        s.u(0.1, 0.9)),
+                        radius=s.side * s.u(0.05, 0.2), colour=s.jitter(palette.red_patch, 0.05))
+               for _ in range(int(rng.integers(ranges.red_patches[0],
+                                               ranges.red_patches[1] + 1)))]
+
+    instruments = []
+    for _ in range(int(rng.integers(ranges.instruments[0], ranges.instruments[1] + 1))):
+        a = s.u(-0.35 * math.pi, 1.35 * math.pi)  # shaft towards the sides or the bottom
+        home = (0.5 - 0.12 * math.cos(a) + s.u(-0.15, 0.15),
+                0.5 - 0.12 * math.sin(a) + s.u(-0.15, 0.15))
+        instruments.append(Instrument(
+            entry_angle=a, tip_home=home,
+            tip_amplitude=(s.u(0.04, 0.18), s.u(0.04, 0.18)),
+            tip_hz=(s.u(0.04, 0.25), s.u(0.04, 0.25)),
+            tip_phases=(s.u(0, 2 * math.pi), s.u(0, 2 * math.pi)),
+            width_frac=s.u(0.06, 0.11), tone=s.u(0.5, 0.8), dark_shaft=bool(rng.random() < 0.5),
+            jaw_length_frac=s.u(0.08, 0.14), jaw_hz=s.u(0.1, 0.6), wobble=s.u(0.0, 0.25)))
+
+    smoke = []
+    minutes = n_frames / fps / 60.0
+    n_smoke = int(rng.poisson(s.u(*ranges.smoke_per_minute) * minutes))
+    for _ in range(n_smoke):
+        length = round(s.u(2.0, 6.0) * fps)
+        start = int(rng.integers(0, max(1, n_frames - length // 2)))
+        smoke.append(SmokeEpisode(start, min(n_frames, start + length), s.u(0.2, 0.45),
+                                  (s.u(-6, 6) * s.side / 224, -s.u(4, 14) * s.side / 224)))
+
+    return SceneParams(
+        seed=int(seed), width=width, height=height, fps=float(fps), n_frames=n_frames,
+        domain=domain, palette=palette, canvas_size=canvas,
+        texture_scale=s.side * s.u(0.18, 0.35), fat_fraction=s.u(0.1, 0.45),
+        vessel_density=s.u(0.2, 1.0), vignette=s.u(0.25, 0.5), light_flicker=s.u(0.0, 0.04),
+        noise_std=s.u(0.004, 0.018), camera=camera, instruments=tuple(instruments),
+        smoke=tuple(smoke), events=tuple(events), pools=tuple(pools),
+        red_patches=tuple(patches))
+
+
+def _sample_events(s: _Sampler, world_at, screen_of, zoom: float) -> list[BleedingEvent]:
+    r, rng, fps = s.ranges, s.rng, s.fps
+    minutes = s.n_frames / fps / 60.0
+    count = max(r.min_events, round(s.u(*r.events_per_minute) * minutes))
+    gap = math.ceil(r.min_gap_s * fps)
+    lo_d = max(2, round(r.event_duration_s[0] * fps))
+    hi_d = max(lo_d, round(r.event_duration_s[1] * fps))
+    cap = max(2, s.n_frames // 2)
+    lead = max(round(0.5 * fps), 1)  # no event in the first half second
+    wanted = count
+    durations: list[int] = []
+    free = 0
+    while count > 0:
+        durations = [min(cap, int(rng.integers(lo_d, hi_d + 1))) for _ in range(count)]
+        free = s.n_frames - sum(durations) - lead - (count - 1) * gap - 1
+        if free >= 0:
+            break
+        count -= 1
+    if count == 0 and wanted > 0:  # too short even for one event: a short one in the middle
+        durations, count = [max(2, s.n_frames // 3)], 1
+        lead = s.n_frames // 3
+        free = max(0, s.n_frames - durations[0] - lead - 1)
+    if count == 0:
+        return []
+    shares = rng.dirichlet(np.ones(count + 1)) * free
+    extra = np.floor(shares).astype(int)
+    events = []
+    t = lead + int(extra[0])
+    for i, d in enumerate(durations):
+        start, end = t, t + d
+        size_frac = math.exp(s.u(math.log(r.event_size[0]), math.log(r.event_size[1])))
+        radius = size_frac * s.side * zoom
+        duration_s = d / fps
+        streak_len = radius * s.u(0.3, 3.5)
+        colour = (s.u(0.62, 0.86), s.u(0.02, 0.08), s.u(0.04, 0.11))
+        events.append(BleedingEvent(
+            start_frame=int(start), end_frame=int(end),
+            source=_visible_source(s, world_at, screen_of, start, end),
+            max_radius=round(radius, 3), initial_radius=round(max(1.5, 0.25 * radius), 3),
+            growth_tau_s=duration_s * s.u(0.15, 0.5), flow_angle=math.pi / 2 + s.u(-1.1, 1.1),
+            streak_length=streak_len, streak_width=max(1.2, radius * s.u(0.25, 0.5)),
+            flow_speed=streak_len / (duration_s * s.u(0.3, 0.8)),
+            meander=radius * s.u(0.05, 0.3),
+            ripple_speed=s.side * s.u(0.05, 0.12), ripple_wavelength=max(3.0, radius * s.u(0.4, 0.9)),
+            pulse_hz=s.u(0.8, 1.6), pulse_depth=s.u(0.3, 1.0),
+            colour=tuple(round(c, 4) for c in colour),  # type: ignore[arg-type]
+            old_colour=(s.u(0.3, 0.45), s.u(0.02, 0.05), s.u(0.03, 0.06)),
+            darken_s=s.u(2.0, 6.0), irregularity=s.u(0.1, 0.35),
+            size_class="small" if size_frac < r.small_event_size else "large"))
+        t = end + gap + int(extra[i + 1])
+    return events
+
+
+
+def _visible_source(s: _Sampler, world_at, screen_of, start: int, end: int,
+                    ) -> tuple[float, float]:
+    """A source point that stays inside the view for the whole event (best of 12 tries).
+
+    Candidates are points of the central 70 % of the view at the middle frame; each is scored
+    by its smallest distance to the view border (in view fractions) over 8 frames of the event.
+    """
+    frames = np.linspace(start, max(start, end - 1), 8).round().astype(int)
+    best, best_margin = (0.0, 0.0), -math.inf
+    for _ in range(12):
+        cand = world_at((start + end) // 2, s.u(0.15, 0.85), s.u(0.15, 0.85))
+        margin = math.inf
+        for f in frames:
+            qx, qy = screen_of(int(f), cand)
+            margin = min(margin, 0.5 - abs(qx) / s.width, 0.5 - abs(qy) / s.height)
+        if margin > best_margin:
+            best, best_margin = cand, margin
+        if margin > 0.15:
+            break
+    return best

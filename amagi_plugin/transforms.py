@@ -1,0 +1,66 @@
+"""Frame preprocessing as the authors' inference: scale the short side, centre crop, normalise.
+
+MONAI transforms, channel-first. The authors use ``Scale(224)`` + ``CenterCrop(224)`` and
+``Normalize(mean/255, std/255)`` after ``ToTensor`` (reference README, quirk 20); on the
+0-255 scale that is ``(x - mean) / std`` with the RGB mean/std of the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import CenterSpatialCrop, Compose, NormalizeIntensity, Transform
+
+#: The authors' RGB normalisation on the 0-255 scale (img_norm_cfg).
+AUTHORS_MEAN = (117.1168392375, 75.27494787, 67.376296503)
+AUTHORS_STD = (60.241352388, 51.261253263, 49.192591569)
+
+
+class FrameToTensor(Transform):
+    """``uint8 (H, W, 3)`` RGB → ``float32 (3, H, W)`` on the 0-255 scale."""
+
+    def __call__(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(np.ascontiguousarray(frame) if isinstance(frame, np.ndarray) else frame)
+        if t.ndim != 3 or t.shape[-1] != 3:
+            raise ValueError(f"expected an RGB frame of shape (H, W, 3), got {tuple(t.shape)}")
+        return t.permute(2, 0, 1).float()
+
+
+class ResizeShortSide(Transform):
+    """Resize ``(C, H, W)`` so the shorter side is ``size`` pixels (bilinear, antialiased)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        scale = self.size / min(h, w)
+        new = (max(self.size, round(h * scale)), max(self.size, round(w * scale)))
+        if new == (h, w):
+            return img
+        out = F.interpolate(img[None].float(), size=new, mode="bilinear", align_corners=False,
+                            antialias=True)
+        return out[0]
+
+
+def clip_frame_transform(size: int = 224, mean: Sequence[float] = AUTHORS_MEAN,
+                         std: Sequence[float] = AUTHORS_STD) -> Compose:
+    """The per-frame preprocessing of a clip: RGB frame → normalised ``(3, size, size)``."""
+    return Compose([
+        FrameToTensor(),
+        ResizeShortSide(size),
+        CenterSpatialCrop((size, size)),
+        NormalizeIntensity(subtrahend=list(mean), divisor=list(std), channel_wise=True),
+    ])
+
+
+def native_frame_transform(mean: Sequence[float] = AUTHORS_MEAN,
+                           std: Sequence[float] = AUTHORS_STD) -> Compose:
+    """Normalisation only, at native resolution (for key-frame segmentation)."""
+    return Compose([
+        FrameToTensor(),
+        NormalizeIntensity(subtrahend=list(mean), divisor=list(std), channel_wise=True),
+    ])

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+from amagi_plugin.schedule import naive_clip_probabilities
+
+
+class ArrayVideo:
+    """A decoded video in memory, with the frames() contract of dicom_io.video."""
+
+    def __init__(self, frames: np.ndarray, fps: float) -> None:
+        self._frames, self.fps, self.frame_count = frames, fps, len(frames)
+        self.decoded = 0
+
+    def frames(self, start=0, stop=None, step=1):
+        for i in range(start, self.frame_count if stop is None else min(stop, self.frame_count), step):
+            self.decoded += 1
+            yield i, i / self.fps, self._frames[i]
+
+
+class RednessNet(nn.Module):
+    """Bleeding logit grows with the red excess of the clip, weighted over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        red = (clips[:, 0] - clips[:, 1]).mean(dim=(-1, -2))  # (N, T)
+        z = ((red + 0.5) * self.w).sum(dim=1, keepdim=True)
+        return torch.cat([-z, z], dim=1)
+
+    def segment(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        red = frames[:, :1] - frames[:, 1:2]
+        small = nn.functional.avg_pool2d(red, 4)
+        logits = torch.cat([-small, small], dim=1) * 4
+        return [logits, logits]
+
+
+def synthetic_frames(n: int, fps: float, bleed: tuple[float, float], size=(48, 64)) -> np.ndarray:
+    t = np.arange(n) / fps
+    frames = np.full((n, *size, 3), 90, np.uint8)
+    on = (t >= bleed[0]) & (t < bleed[1])
+    frames[on, 10:30, 20:40, 0] = 250  # a red patch while bleeding
+    frames[on, 10:30, 20:40, 1:] = 20
+    return frames
+
+
+@pytest.mark.parametrize("fps", [30.0, 25.0])
+def test_pipeline_equals_naive_three_clip_computation(fps: float) -> None:
+    video = ArrayVideo(synthetic_frames(int(6 * fps), fps, (2.0, 4.0)), fps)
+    analyzer = BleedingAnalyzer(RednessNet(), AnalysisOptions(batch_size=4, decode_ahead=16),
+                                input_size=32)
+    result = analyzer.analyze(video)
+    sched = result.schedule
+    frames = {}
+    for i, _, rgb in ArrayVideo(video._frames, fps).frames():
+        frames[i] = torch.as_tensor(analyzer.transform(rgb))
+
+    def naive(starts):
+        clips = torch.stack([torch.stack([frames[f] for f in sched.clip_frames(s)], dim=1)
+                             for s in starts]).as_subclass(torch.Tensor)
+        with torch.no_grad():
+            return torch.softmax(analyzer.model(clips), dim=1).numpy()
+
+    expected = naive_clip_probabilities(sched, naive)[:, 1]
+    np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=1e-6)
+    assert result.clips_computed == len(sched.clip_starts()) < 3 * len(result.probabilities)
+    assert video.decoded <= video.frame_count + len(result.key_frames)
+
+
+def test_pipeline_finds_the_event_and_its_mask() -> None:
+    fps = 30.0
+    video = ArrayVideo(synthetic_frames(180, fps, (2.0, 4.0)), fps)
+    result = BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=32).analyze(video)
+    assert result.index.event_count == 1
+    (e,) = result.events
+    # Clips reach 0.7 s ahead of and behind each prediction: edges within that.
+    assert abs(e.start_s - 2.0) <= 0.8 and abs(e.end_s - 4.0) <= 0.8
+    assert 60 < e.key_frame <= 121
+    mask = result.masks[e.key_frame]
+    assert mask.shape == (48, 64)
+    assert mask[12:28, 22:38].all() and not mask[:, :16].any()
+    assert set(result.timings) >= {"decode", "transforms", "video_network", "post_processing"}
+
+
+def test_decoder_errors_reach_the_caller() -> None:
+    class Broken(ArrayVideo):
+        def frames(self, start=0, stop=None, step=1):
+            yield from super().frames(start, 10, step)
+            raise OSError("stream damaged at frame 10")
+
+    video = Broken(synthetic_frames(90, 30.0, (0, 0)), 30.0)
+    with pytest.raises(OSError, match="damaged at frame 10"):
+        BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=32).analyze(video)
