@@ -75,3 +75,29 @@ def _looks_like_authors(path: Path) -> bool:
     # The authors' Google Drive files carry their config names (split*_SF50/152...).
     name = path.name.lower()
     return "sf50" in name or "sf152" in name or ("amagi" in name and "split" in name)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is present, else ``cpu``; anything else is checked."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def load_model(spec: ModelSpec, device: str = "cpu"):
+    """Build ``spec.arch`` and load its checkpoint (strict); returns the model in eval mode."""
+    from models import build_model, load_checkpoint
+
+    overrides: dict[str, Any] = {}
+    if spec.weights == "demo-synthetic":
+        overrides = dict(demo_manifest(spec.checkpoint.parent).get("build", {}))  # type: ignore[union-attr]
+    model = build_model(spec.arch, **overrides)
+    if spec.checkpoint is not None:
+        load_checkpoint(model, spec.checkpoint)
+    return model.eval().to(device)

@@ -121,7 +121,7 @@ class FramePrefetcher:
                     return
                 t0 = time.perf_counter()
             self._put_end(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+        except BaseException as e:
             self._put_end(e)
         finally:
             self._timings["decode"] = self._timings.get("decode", 0.0) + decode_s
@@ -185,6 +185,13 @@ class BleedingAnalyzer:
         self.native_transform = native_frame_transform(**norm)
         self.inferer = ClipProbabilityInferer(options.device, options.bf16)
 
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, options: AnalysisOptions) -> BleedingAnalyzer:
+        """An analyzer using the preprocessing constants stored with ``model.default_cfg``."""
+        cfg = model.default_cfg
+        return cls(model, options, input_size=cfg.input_size, clip_len=cfg.clip_len,
+                   mean=cfg.mean, std=cfg.std)
+
     def schedule_for(self, video: VideoLike) -> ClipSchedule:
         return ClipSchedule(video.frame_count, video.fps, clip_len=self.clip_len,
                             prediction_hz=self.options.prediction_hz)
@@ -222,8 +229,9 @@ class BleedingAnalyzer:
 
     def segment_frames(self, frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """Bleeding masks (bool, native resolution) for RGB frames keyed by frame number."""
+        cfg = getattr(self.model, "default_cfg", None)
         segment = getattr(self.model, "segment", None)
-        if segment is None or not frames:
+        if segment is None or not frames or (cfg is not None and not cfg.has_segmentation):
             return {}
         inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
 

@@ -1,0 +1,122 @@
+"""``amagi process`` end to end on real encoded video with a small AMAGI (deterministic weights)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dicom_io.encode import encode_video, write_video_dicom
+from dicom_io.sr import read_bleeding_report
+from dicom_io.validate import run_dciodvfy
+
+SUMMARY_KEYS = {"sop_instance_uid", "study_instance_uid", "model", "fps", "duration_s",
+                "prediction_hz", "events", "event_count", "total_bleeding_s"}
+EVENT_KEYS = {"start_s", "end_s", "duration_s", "peak_probability", "key_frame"}
+# dciodvfy's known false warnings on our SR (TCOORD attributes, private coding scheme).
+KNOWN_SR_WARNINGS = ("Temporal Range Type", "Referenced Time Offsets", "Standard Extended SOP Class",
+                     "<99AMAGI>", "Coding Scheme UID")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "amagi_tiny_test.pth"
+    torch.save({"meta": {}, "state_dict": build_model("amagi_tiny").state_dict()}, path)
+    return path
+
+
+def _frames(n: int = 60, size=(144, 176)) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [np.clip(rng.normal(120, 30, (*size, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "video.dcm"
+    write_video_dicom(_frames(), path, fps=30)
+    return path
+
+
+def _model_args(ckpt: Path) -> list[str]:
+    return ["--model", "amagi_tiny", "--checkpoint", str(ckpt), "--no-progress"]
+
+
+def test_process_dicom_video_writes_everything(run_cli, tmp_path, video, tiny_checkpoint) -> None:
+    out = tmp_path / "out"
+    # A threshold near 0 makes the whole video one event, so every object kind is written.
+    r = run_cli("process", str(video), "-od", str(out), *_model_args(tiny_checkpoint),
+                "--set", "analysis.threshold=1e-6")
+    assert r.code == 0, r.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert set(doc) == SUMMARY_KEYS
+    assert doc["model"] == {"name": "amagi_tiny", "version": "amagi_tiny_test", "weights": "user"}
+    assert doc["fps"] == 30.0 and doc["duration_s"] == 2.0 and doc["prediction_hz"] == 10.0
+    assert doc["event_count"] == len(doc["events"]) == 1
+    assert set(doc["events"][0]) == EVENT_KEYS
+    with (out / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 20 and all(row["bleeding"] == "1" for row in rows)
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    files = sorted((out / "dicom").glob("*.dcm"))
+    assert len(files) == 4  # SR, SEG, key image, KOS
+    modalities = set()
+    for f in files:
+        v = run_dciodvfy(f)
+        assert v.errors == [], (f, v.errors)
+        modalities.add(_modality(f))
+        unexpected = [w for w in v.warnings if not any(k in w for k in KNOWN_SR_WARNINGS)]
+        assert unexpected == [], (f, unexpected)
+    assert modalities == {"SR", "SEG", "ES", "KO"}
+    report = read_bleeding_report(next(f for f in files if _modality(f) == "SR"))
+    assert report.index.event_count == doc["event_count"]
+    assert report.index.total_duration_s == doc["total_bleeding_s"]
+    assert [(e.start_s, e.end_s, e.key_frame, e.peak_probability) for e in report.events] == [
+        (e["start_s"], e["end_s"], e["key_frame"], e["peak_probability"]) for e in doc["events"]]
+    assert report.source.sop_instance_uid == doc["sop_instance_uid"]
+
+
+def _modality(path: Path) -> str:
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True).Modality
+
+
+def test_process_plain_video_file(run_cli, tmp_path, tiny_checkpoint) -> None:
+    mp4 = tmp_path / "clip.mp4"
+    encode_video(_frames(45), mp4, fps=25)
+    r = run_cli("process", str(mp4), "-od", str(tmp_path / "o"), *_model_args(tiny_checkpoint))
+    assert r.code == 0, r.stderr
+    doc = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert doc["sop_instance_uid"] is None and doc["fps"] == 25.0 and doc["duration_s"] == 1.8
+    assert not (tmp_path / "o" / "dicom").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "truncated", "empty-dir"])
+def test_process_bad_input_is_one_clear_line(run_cli, tmp_path, video, tiny_checkpoint, case) -> None:
+    target = tmp_path / case
+    if case == "garbage":
+        target.write_bytes(b"not a dicom file at all" * 10)
+    elif case == "truncated":
+        data = video.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    elif case == "empty-dir":
+        target.mkdir()
+    r = run_cli("process", str(target), "-od", str(tmp_path / "o"), *_model_args(tiny_checkpoint))
+    assert r.code == 3, (r.code, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("amagi:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_process_without_weights_says_what_to_do(run_cli, tmp_path, video) -> None:
+    r = run_cli("process", str(video), "--model", "amagi_sf50", "--no-progress")
+    assert r.code == 3
+    assert "no model.checkpoint is configured" in r.stderr and "never downloaded" in r.stderr
