@@ -1,0 +1,114 @@
+"""Export of produced objects to destinations, with persistent exponential-backoff retries.
+
+Each (object, destination) pair is one row: ``pending`` until sent (``sent``) or given up
+(``failed``, only when a ``max_attempts`` is passed). ``next_attempt_at`` lives in the
+database, so retries survive restarts: after a restart :func:`deliveries_due` lists what is
+owed. Functions take a Session; the caller commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from db.errors import NotFoundError
+from db.schema import Delivery, DeliveryState, ProducedObject, utcnow
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A delivery to attempt now."""
+
+    delivery_id: int
+    destination: str
+    object_id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+    attempts: int
+
+
+def schedule_delivery(session: Session, object_id: int, destination: str, *,
+                      now: datetime | None = None) -> Delivery:
+    """Owe ``destination`` (``"AE@host:port"``) a produced object; idempotent per pair."""
+    if session.get(ProducedObject, object_id) is None:
+        raise NotFoundError(f"no produced object {object_id}")
+    row = session.scalar(sa.select(Delivery).where(Delivery.object_id == object_id,
+                                                   Delivery.destination == destination))
+    if row is None:
+        now = now or utcnow()
+        row = Delivery(object_id=object_id, destination=destination, state=DeliveryState.PENDING,
+                       attempts=0, next_attempt_at=now, created_at=now)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def deliveries_due(session: Session, *, now: datetime | None = None, limit: int = 100
+                   ) -> list[DueDelivery]:
+    """Pending deliveries whose next attempt time has come, oldest first."""
+    now = now or utcnow()
+    rows = session.execute(
+        sa.select(Delivery.id, Delivery.destination, ProducedObject.id,
+                  ProducedObject.sop_instance_uid, ProducedObject.sop_class_uid,
+                  ProducedObject.path, Delivery.attempts)
+        .join(ProducedObject, ProducedObject.id == Delivery.object_id)
+        .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+        .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))
+    return [DueDelivery(*r) for r in rows]
+
+
+def mark_sent(session: Session, delivery_id: int, *, now: datetime | None = None) -> None:
+    """Record a successful C-STORE of the object to the destination."""
+    now = now or utcnow()
+    row = _get(session, delivery_id)
+    row.state, row.sent_at, row.last_attempt_at = DeliveryState.SENT, now, now
+    row.attempts += 1
+    row.next_attempt_at, row.last_error = None, None
+    session.flush()
+
+
+def retry_delay_s(attempts: int, initial_s: float, max_s: float) -> float:
+    """Delay before the next try after ``attempts`` failures: ``initial_s · 2^(attempts-1)``,
+    capped at ``max_s`` (seconds)."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be 1 or more, got {attempts!r}")
+    if not (initial_s > 0 and max_s > 0):
+        raise ValueError(f"retry delays must be > 0, got initial_s={initial_s!r}, max_s={max_s!r}")
+    return min(max_s, initial_s * 2.0 ** min(attempts - 1, 60))
+
+
+def mark_failed(session: Session, delivery_id: int, error: str, *, initial_s: float,
+                max_s: float, max_attempts: int | None = None, now: datetime | None = None
+                ) -> DeliveryState:
+    """Record a failed attempt and schedule the next one with exponential backoff.
+
+    Parameters
+    ----------
+    initial_s, max_s
+        First retry delay and the cap (seconds); the delay doubles per failure.
+    max_attempts
+        Give up (state ``failed``) after this many attempts; ``None`` retries forever.
+    """
+    now = now or utcnow()
+    row = _get(session, delivery_id)
+    row.attempts += 1
+    row.last_attempt_at, row.last_error = now, error[:MAX_ERROR_CHARS]
+    if max_attempts is not None and row.attempts >= max_attempts:
+        row.state, row.next_attempt_at = DeliveryState.FAILED, None
+    else:
+        row.next_attempt_at = now + timedelta(seconds=retry_delay_s(row.attempts, initial_s, max_s))
+    session.flush()
+    return row.state
+
+
+def _get(session: Session, delivery_id: int) -> Delivery:
+    row = session.get(Delivery, delivery_id)
+    if row is None:
+        raise NotFoundError(f"no delivery {delivery_id}")
+    return row

@@ -1,0 +1,1 @@
+"""Alembic revisions of the case store (driven by :mod:`db.migrate`, no ``alembic.ini``)."""

@@ -1,0 +1,265 @@
+"""The durable job queue: functions on a :class:`~sqlalchemy.orm.Session`.
+
+A job is one received instance to analyse with one model version. Its states are
+``received → queued → running → done | failed``; a failed attempt goes back to ``queued``
+until ``max_attempts`` is spent. A running job holds a *lease*: a worker renews it with
+:func:`heartbeat`, and when it expires (the worker died) :func:`claim_next` hands the job to
+another worker.
+
+:func:`claim_next` is atomic across processes: ``SELECT ... FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, a ``BEGIN IMMEDIATE`` transaction (the database write lock) on SQLite. It runs in
+its own transaction and commits; the other functions leave the commit to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.engine import SQLITE_BEGIN_OPTION
+from db.errors import LeaseLostError, NotFoundError
+from db.schema import Instance, Job, JobState, Series, Study, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs to run a job it has claimed (times are UTC)."""
+
+    job_id: int
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    spool_path: str
+    model_name: str
+    model_version: str
+    attempt: int  # 1 for the first attempt
+    max_attempts: int
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    job_id: int
+    created: bool  # False: the job already existed (idempotent enqueue)
+    state: JobState
+
+
+def _now(now: datetime | None) -> datetime:
+    return utcnow() if now is None else now
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
+
+
+def enqueue(session: Session, sop_instance_uid: str, *, model_name: str, model_version: str,
+            max_attempts: int = 3, ready: bool = True, now: datetime | None = None
+            ) -> EnqueueResult:
+    """Queue the analysis of a received instance with a model version, once.
+
+    Parameters
+    ----------
+    session
+        Open session; the caller commits.
+    sop_instance_uid
+        An instance already recorded with :func:`db.records.record_instance`.
+    model_name, model_version
+        The model; ``(instance, model_version)`` identifies the job.
+    max_attempts
+        Attempts before the job is marked failed.
+    ready
+        ``True``: the job is ``queued`` at once. ``False``: it stays ``received`` (e.g. a
+        series not complete yet) until :func:`release`.
+
+    Returns
+    -------
+    EnqueueResult
+        ``created`` is ``False`` when the job existed already; it is then left unchanged.
+
+    Raises
+    ------
+    NotFoundError
+        No instance with that SOP Instance UID was recorded.
+    """
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be 1 or more, got {max_attempts!r}")
+    now = _now(now)
+    instance_id = session.scalar(
+        sa.select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid))
+    if instance_id is None:
+        raise NotFoundError(f"no received instance {sop_instance_uid}")
+    existing = session.scalar(sa.select(Job).where(Job.instance_id == instance_id,
+                                                   Job.model_version == model_version))
+    if existing is not None:
+        return EnqueueResult(existing.id, False, existing.state)
+    state = JobState.QUEUED if ready else JobState.RECEIVED
+    job = Job(instance_id=instance_id, model_name=model_name, model_version=model_version,
+              state=state, attempts=0, max_attempts=max_attempts, created_at=now,
+              updated_at=now, queued_at=now if ready else None)
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:  # another process enqueued it between our select and insert
+        existing = session.scalar(sa.select(Job).where(Job.instance_id == instance_id,
+                                                       Job.model_version == model_version))
+        if existing is None:
+            raise
+        return EnqueueResult(existing.id, False, existing.state)
+    log.info("job %d queued: instance %s, model %s %s", job.id, sop_instance_uid, model_name,
+             model_version)
+    return EnqueueResult(job.id, True, state)
+
+
+def release(session: Session, job_id: int, *, now: datetime | None = None) -> None:
+    """Move a ``received`` job to ``queued`` (no-op for a job already past that state)."""
+    now = _now(now)
+    session.execute(sa.update(Job).where(Job.id == job_id, Job.state == JobState.RECEIVED)
+                    .values(state=JobState.QUEUED, queued_at=now, updated_at=now))
+
+
+def claim_next(session: Session, worker: str, lease_s: float, *, now: datetime | None = None
+               ) -> ClaimedJob | None:
+    """Atomically take the oldest runnable job for ``worker``, or ``None`` when there is none.
+
+    Runnable: ``queued`` and past its retry delay, or ``running`` with an expired lease (its
+    worker is presumed dead). A job whose lease expired on its last attempt is marked
+    ``failed`` instead. Runs in its own transaction and commits before returning.
+
+    Parameters
+    ----------
+    session
+        A session with no transaction open (a fresh one).
+    worker
+        Name of the claiming worker (e.g. ``host:pid:thread``).
+    lease_s
+        Lease length in seconds; renew it with :func:`heartbeat` before it runs out.
+    """
+    _check_positive("lease_s", lease_s)
+    if session.in_transaction():
+        raise RuntimeError("claim_next needs a session without an open transaction")
+    now = _now(now)
+    session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+    try:
+        expired = sa.and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+        session.execute(
+            sa.update(Job).where(expired, Job.attempts >= Job.max_attempts)
+            .values(state=JobState.FAILED, worker=None, lease_expires_at=None, finished_at=now,
+                    updated_at=now, last_error="lease expired on the last attempt"),
+            execution_options={"synchronize_session": False})
+        runnable = sa.or_(
+            sa.and_(Job.state == JobState.QUEUED,
+                    sa.or_(Job.not_before.is_(None), Job.not_before <= now)),
+            expired)
+        job_id = session.scalar(sa.select(Job.id).where(runnable).order_by(Job.id).limit(1)
+                                .with_for_update(skip_locked=True))
+        if job_id is None:
+            session.commit()
+            return None
+        job = session.get_one(Job, job_id, populate_existing=True)
+        if job.state == JobState.RUNNING:
+            log.warning("job %d: lease of worker %s expired; reclaimed by %s", job.id,
+                        job.worker, worker)
+        lease = now + timedelta(seconds=lease_s)
+        job.state, job.worker, job.lease_expires_at = JobState.RUNNING, worker, lease
+        job.attempts += 1
+        job.started_at, job.updated_at, job.not_before = now, now, None
+        inst, spool, series, study = session.execute(
+            sa.select(Instance.sop_instance_uid, Instance.spool_path, Series.series_instance_uid,
+                      Study.study_instance_uid).select_from(Instance)
+            .join(Series, Series.id == Instance.series_id).join(Study, Study.id == Series.study_id)
+            .where(Instance.id == job.instance_id)).one()
+        claimed = ClaimedJob(job.id, inst, series, study, spool, job.model_name,
+                             job.model_version, job.attempts, job.max_attempts, lease)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return claimed
+
+
+def _owned(job_id: int, worker: str):
+    return sa.and_(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
+
+
+def heartbeat(session: Session, job_id: int, worker: str, lease_s: float, *,
+              now: datetime | None = None) -> datetime:
+    """Renew ``worker``'s lease on a running job; returns the new expiry (UTC).
+
+    Raises
+    ------
+    LeaseLostError
+        The job is not running under ``worker`` any more (reclaimed, finished or unknown).
+    """
+    _check_positive("lease_s", lease_s)
+    now = _now(now)
+    lease = now + timedelta(seconds=lease_s)
+    result = session.execute(sa.update(Job).where(_owned(job_id, worker))
+                             .values(lease_expires_at=lease, updated_at=now),
+                             execution_options={"synchronize_session": False})
+    if result.rowcount != 1:
+        raise LeaseLostError(f"job {job_id} is no longer held by worker {worker}")
+    return lease
+
+
+def complete(session: Session, job_id: int, worker: str, *, now: datetime | None = None) -> None:
+    """Mark a job ``done``.
+
+    Raises
+    ------
+    LeaseLostError
+        The job is not running under ``worker``.
+    """
+    now = _now(now)
+    result = session.execute(
+        sa.update(Job).where(_owned(job_id, worker))
+        .values(state=JobState.DONE, lease_expires_at=None, finished_at=now, updated_at=now,
+                last_error=None),
+        execution_options={"synchronize_session": False})
+    if result.rowcount != 1:
+        raise LeaseLostError(f"job {job_id} is no longer held by worker {worker}")
+
+
+def fail(session: Session, job_id: int, worker: str, error: str, *, retry_delay_s: float = 0.0,
+         now: datetime | None = None) -> JobState:
+    """Record a failed attempt: back to ``queued`` (after ``retry_delay_s`` seconds) while
+    attempts remain, else ``failed``. Returns the new state.
+
+    Raises
+    ------
+    LeaseLostError
+        The job is not running under ``worker``.
+    """
+    if retry_delay_s < 0:
+        raise ValueError(f"retry_delay_s must be 0 or more, got {retry_delay_s!r}")
+    now = _now(now)
+    job = session.scalar(sa.select(Job).where(_owned(job_id, worker)))
+    if job is None:
+        raise LeaseLostError(f"job {job_id} is no longer held by worker {worker}")
+    job.last_error = error[:MAX_ERROR_CHARS]
+    job.lease_expires_at, job.worker, job.updated_at = None, None, now
+    if job.attempts >= job.max_attempts:
+        job.state, job.finished_at = JobState.FAILED, now
+        log.warning("job %d failed after %d attempts", job.id, job.attempts)
+    else:
+        job.state, job.queued_at = JobState.QUEUED, now
+        job.not_before = now + timedelta(seconds=retry_delay_s)
+    session.flush()
+    return job.state
+
+
+def job_counts(session: Session) -> dict[JobState, int]:
+    """Number of jobs in each state (every state present, zeros included)."""
+    counts = dict.fromkeys(JobState, 0)
+    for state, n in session.execute(sa.select(Job.state, sa.func.count()).group_by(Job.state)):
+        counts[JobState(state)] = n
+    return counts

@@ -1,0 +1,189 @@
+"""The durable job queue on SQLite and a real PostgreSQL: idempotency, leases, retries, and
+two real processes claiming concurrently."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import db
+from db import queue, records
+from db.schema import Job
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def _receive(database: db.Database, n: int, prefix: str = "1.2.3") -> list[str]:
+    uids = [f"{prefix}.{i}" for i in range(n)]
+    with database.session() as s:
+        for uid in uids:
+            records.record_instance(
+                s, sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.77.1.1.1",
+                transfer_syntax_uid="1.2.840.10008.1.2.4.102", study_instance_uid=f"{prefix}.9",
+                series_instance_uid=f"{prefix}.9.1", size_bytes=10, spool_path=f"/spool/{uid}",
+                received_at=T0)
+    return uids
+
+
+def _enqueue_all(database, uids, **kw):
+    with database.session() as s:
+        return [queue.enqueue(s, u, model_name="demo", model_version="v1", now=T0, **kw).job_id
+                for u in uids]
+
+
+def test_enqueue_is_idempotent(database):
+    (uid,) = _receive(database, 1)
+    with database.session() as s:
+        first = queue.enqueue(s, uid, model_name="demo", model_version="v1")
+        again = queue.enqueue(s, uid, model_name="demo", model_version="v1")
+        other = queue.enqueue(s, uid, model_name="demo", model_version="v2")
+    with database.session() as s:  # a later session, after commit
+        later = queue.enqueue(s, uid, model_name="demo", model_version="v1")
+        n_jobs = s.query(Job).count()
+    assert first.created and not again.created and not later.created and other.created
+    assert first.job_id == again.job_id == later.job_id != other.job_id
+    assert n_jobs == 2
+
+
+def test_enqueue_unknown_instance(database):
+    with database.session() as s, pytest.raises(db.NotFoundError, match=r"9\.9"):
+        queue.enqueue(s, "9.9", model_name="demo", model_version="v1")
+
+
+def test_claim_order_received_release_and_complete(database):
+    uids = _receive(database, 3)
+    with database.session() as s:
+        held = queue.enqueue(s, uids[0], model_name="demo", model_version="v1", ready=False)
+        ready = [queue.enqueue(s, u, model_name="demo", model_version="v1").job_id
+                 for u in uids[1:]]
+    assert held.state == db.JobState.RECEIVED
+    with database.session() as s:
+        first = queue.claim_next(s, "w1", 60, now=T0)
+    assert first is not None and first.job_id == ready[0] and first.attempt == 1
+    assert first.spool_path == f"/spool/{uids[1]}" and first.study_instance_uid == "1.2.3.9"
+    assert first.lease_expires_at == T0 + timedelta(seconds=60)
+    with database.session() as s:
+        queue.release(s, held.job_id)
+    with database.session() as s:
+        second = queue.claim_next(s, "w1", 60, now=T0)
+    assert second is not None and second.job_id == held.job_id
+    with database.session() as s:
+        queue.complete(s, first.job_id, "w1", now=T0)
+        with pytest.raises(db.LeaseLostError):
+            queue.complete(s, first.job_id, "w1")  # already done
+        with pytest.raises(db.LeaseLostError):
+            queue.heartbeat(s, second.job_id, "someone-else", 60)
+    with database.session() as s:
+        counts = queue.job_counts(s)
+    assert counts[db.JobState.DONE] == 1 and counts[db.JobState.RUNNING] == 1
+    assert counts[db.JobState.QUEUED] == 1 and counts[db.JobState.FAILED] == 0
+
+
+def test_claim_needs_fresh_session(database):
+    with database.session() as s:
+        s.query(Job).count()
+        with pytest.raises(RuntimeError, match="open transaction"):
+            queue.claim_next(s, "w", 10)
+
+
+def test_expired_lease_is_reclaimed(database):
+    _enqueue_all(database, _receive(database, 1))
+    with database.session() as s:
+        a = queue.claim_next(s, "dead-worker", 30, now=T0)
+    with database.session() as s:  # lease still valid: nothing to claim
+        assert queue.claim_next(s, "w2", 30, now=T0 + timedelta(seconds=29)) is None
+    with database.session() as s:  # the worker renews it
+        assert queue.heartbeat(s, a.job_id, "dead-worker", 30, now=T0 + timedelta(seconds=20)) \
+            == T0 + timedelta(seconds=50)
+    with database.session() as s:
+        assert queue.claim_next(s, "w2", 30, now=T0 + timedelta(seconds=45)) is None
+    with database.session() as s:  # then dies: past the lease, another worker takes it
+        b = queue.claim_next(s, "w2", 30, now=T0 + timedelta(seconds=51))
+    assert b is not None and b.job_id == a.job_id and b.attempt == 2
+    with database.session() as s:
+        with pytest.raises(db.LeaseLostError):
+            queue.heartbeat(s, a.job_id, "dead-worker", 30)
+        with pytest.raises(db.LeaseLostError):
+            queue.complete(s, a.job_id, "dead-worker")
+        queue.complete(s, b.job_id, "w2", now=T0 + timedelta(seconds=60))
+    with database.session() as s:
+        job = s.get(Job, a.job_id)
+        assert job.state == db.JobState.DONE and job.worker == "w2" and job.attempts == 2
+
+
+def test_expired_lease_on_last_attempt_fails_the_job(database):
+    _enqueue_all(database, _receive(database, 1), max_attempts=1)
+    with database.session() as s:
+        a = queue.claim_next(s, "dead", 10, now=T0)
+    with database.session() as s:
+        assert queue.claim_next(s, "w2", 10, now=T0 + timedelta(seconds=11)) is None
+    with database.session() as s:
+        job = s.get(Job, a.job_id)
+        assert job.state == db.JobState.FAILED and "lease expired" in job.last_error
+
+
+def test_retry_budget_and_delay(database):
+    (job_id,) = _enqueue_all(database, _receive(database, 1), max_attempts=3)
+    now = T0
+    for attempt in (1, 2):
+        with database.session() as s:
+            c = queue.claim_next(s, "w", 60, now=now)
+            assert c.job_id == job_id and c.attempt == attempt
+        with database.session() as s:
+            state = queue.fail(s, job_id, "w", f"boom {attempt}", retry_delay_s=10, now=now)
+        assert state == db.JobState.QUEUED
+        with database.session() as s:  # waits out the retry delay
+            assert queue.claim_next(s, "w", 60, now=now + timedelta(seconds=9)) is None
+        now += timedelta(seconds=10)
+    with database.session() as s:
+        c = queue.claim_next(s, "w", 60, now=now)
+        assert c.attempt == 3
+    with database.session() as s:
+        assert queue.fail(s, job_id, "w", "boom 3", now=now) == db.JobState.FAILED
+    with database.session() as s:
+        assert queue.claim_next(s, "w", 60, now=now + timedelta(days=1)) is None
+        job = s.get(Job, job_id)
+        assert job.attempts == 3 and job.last_error == "boom 3" and job.finished_at == now
+
+
+def _claim_loop(url: str, worker: str, start, out) -> None:
+    """Child process: claim and complete jobs until none is left; report the ids."""
+    database = db.open_database(url)
+    claimed: list[int] = []
+    start.wait(30)
+    while True:
+        with database.session() as s:
+            job = queue.claim_next(s, worker, 60)
+        if job is None:
+            break
+        claimed.append(job.job_id)
+        time.sleep(0.005)  # "work", so the two processes interleave
+        with database.session() as s:
+            queue.complete(s, job.job_id, worker)
+    database.dispose()
+    out.put((worker, claimed))
+
+
+def test_two_processes_never_claim_the_same_job(database, db_url):
+    job_ids = _enqueue_all(database, _receive(database, 40))
+    mp = multiprocessing.get_context("spawn")
+    start, out = mp.Event(), mp.Queue()
+    procs = [mp.Process(target=_claim_loop, args=(db_url, f"proc{i}", start, out))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    a, b = results["proc0"], results["proc1"]
+    assert a and b, "both processes should have claimed jobs"
+    assert not set(a) & set(b), f"claimed twice: {sorted(set(a) & set(b))}"
+    assert len(a) == len(set(a)) and len(b) == len(set(b))
+    assert sorted(a + b) == sorted(job_ids)
+    with database.session() as s:
+        assert queue.job_counts(s)[db.JobState.DONE] == 40

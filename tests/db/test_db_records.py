@@ -1,0 +1,121 @@
+"""Recording instances, runs, produced objects and deliveries (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import db
+from db import deliveries, queue, records
+from db.queries import get_case
+from db.schema import AnalysisRun, BleedingEvent, Instance, Study
+from tests.db.conftest import build_cohort
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def _instance(s, uid="1.5.1", **kw):
+    base = dict(sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.77.1.1.1",
+                transfer_syntax_uid="1.2.840.10008.1.2.4.102", study_instance_uid="1.5",
+                series_instance_uid="1.5.0", size_bytes=1234, spool_path=f"/spool/{uid}")
+    return records.record_instance(s, **{**base, **kw})
+
+
+def test_patient_id_only_when_asked(database):
+    with database.session() as s:
+        _instance(s, "1.5.1", patient_id="SECRET-1")
+        _instance(s, "1.5.2", study_instance_uid="1.6", series_instance_uid="1.6.0",
+                  patient_id="KEEP-2", store_patient_id=True)
+    with database.session() as s:
+        assert s.query(Study).filter_by(study_instance_uid="1.5").one().patient_id is None
+        assert s.query(Study).filter_by(study_instance_uid="1.6").one().patient_id == "KEEP-2"
+        assert not hasattr(Study, "patient_name")
+
+
+def test_instance_received_twice_updates_one_row(database):
+    with database.session() as s:
+        _instance(s, received_at=T0, calling_ae="A1")
+    with database.session() as s:
+        _instance(s, received_at=T0 + timedelta(hours=1), calling_ae="A2", size_bytes=99)
+    with database.session() as s:
+        (inst,) = s.query(Instance).all()
+        assert (inst.calling_ae, inst.size_bytes, inst.received_at) == \
+            ("A2", 99, T0 + timedelta(hours=1))
+
+
+def test_record_run_replaces_previous_and_validates(database):
+    with database.session() as s:
+        _instance(s)
+        job = queue.enqueue(s, "1.5.1", model_name="demo", model_version="v1").job_id
+    ev = records.EventRecord(1.0, 2.5, 30, 75, 0.8, 0.6, 50)
+    with database.session() as s:
+        records.record_run(s, job, weights_kind="demo", events=[ev, ev], video_duration_s=10)
+    with database.session() as s:
+        run = records.record_run(s, job, weights_kind="demo", events=[ev], video_duration_s=10)
+        assert run.index.event_count == 1 and run.index.total_duration_s == 1.5
+    with database.session() as s:
+        assert s.query(BleedingEvent).count() == 1
+        with pytest.raises(ValueError, match="end_s"):
+            records.record_run(s, job, weights_kind="demo", video_duration_s=10,
+                               events=[records.EventRecord(3.0, 2.0, 0, 0, 0.5, 0.5, 0)])
+        with pytest.raises(ValueError, match="peak_probability"):
+            records.record_run(s, job, weights_kind="demo", video_duration_s=10,
+                               events=[records.EventRecord(1.0, 2.0, 0, 1, 1.5, 0.5, 0)])
+        with pytest.raises(db.NotFoundError):
+            records.record_run(s, 9999, weights_kind="demo", events=[], video_duration_s=1)
+
+
+def test_indices_from_events():
+    evs = [records.EventRecord(10, 40, 0, 1, 0.9, 0.5, 0), records.EventRecord(5, 8, 0, 1, 1, 1, 0)]
+    ix = records.IndicesRecord.from_events(evs, 100.0)
+    assert (ix.event_count, ix.total_duration_s, ix.max_duration_s, ix.first_bleed_s) == \
+        (2, 33.0, 30.0, 5.0)
+    assert ix.mean_duration_s == 16.5
+    empty = records.IndicesRecord.from_events([], 50.0)
+    assert (empty.event_count, empty.total_duration_s, empty.first_bleed_s) == (0, 0.0, None)
+
+
+def test_objects_and_delivery_backoff_survive_restart(db_url):
+    database = db.open_database(db_url)
+    ids = build_cohort(database)
+    with database.session() as s:
+        run_id = s.query(AnalysisRun).filter_by(job_id=ids["A"]).one().id
+        sr = records.record_object(s, run_id, kind="sr", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.22",
+                                   sop_instance_uid="2.25.1", path="/results/sr.dcm")
+        again = records.record_object(s, run_id, kind=db.ObjectKind.SR, sop_class_uid="x",
+                                      sop_instance_uid="2.25.1", path="/results/sr2.dcm")
+        assert again.id == sr.id
+        with pytest.raises(ValueError, match="kind"):
+            records.record_object(s, run_id, kind="pdf", sop_class_uid="x",
+                                  sop_instance_uid="2.25.2", path="/p")
+        d1 = deliveries.schedule_delivery(s, sr.id, "PACS@10.0.0.1:104", now=T0).id
+        d2 = deliveries.schedule_delivery(s, sr.id, "ARCH@10.0.0.2:104", now=T0).id
+        assert deliveries.schedule_delivery(s, sr.id, "PACS@10.0.0.1:104").id == d1
+    with database.session() as s:
+        due = deliveries.deliveries_due(s, now=T0)
+        assert [d.delivery_id for d in due] == [d1, d2] and due[0].path == "/results/sr2.dcm"
+        deliveries.mark_sent(s, d2, now=T0)
+        for _ in range(3):
+            deliveries.mark_failed(s, d1, "association rejected", initial_s=30, max_s=100, now=T0)
+    database.dispose()
+    database = db.open_database(db_url)  # a restart: the schedule is in the database
+    with database.session() as s:
+        assert deliveries.deliveries_due(s, now=T0 + timedelta(seconds=99)) == []
+        (due,) = deliveries.deliveries_due(s, now=T0 + timedelta(seconds=100))  # 30, 60, capped 100
+        assert due.delivery_id == d1 and due.attempts == 3
+        state = deliveries.mark_failed(s, d1, "again", initial_s=30, max_s=100, max_attempts=4,
+                                       now=T0)
+        assert state == db.DeliveryState.FAILED
+        assert deliveries.deliveries_due(s, now=T0 + timedelta(days=1)) == []
+        detail = get_case(s, ids["A"])
+    (obj,) = detail.objects
+    assert {d["destination"]: d["state"] for d in obj.deliveries} == {
+        "PACS@10.0.0.1:104": "failed", "ARCH@10.0.0.2:104": "sent"}
+    database.dispose()
+
+
+def test_retry_delay_formula():
+    assert [deliveries.retry_delay_s(n, 30, 3600) for n in (1, 2, 3, 8)] == [30, 60, 120, 3600]
+    with pytest.raises(ValueError, match="attempts"):
+        deliveries.retry_delay_s(0, 30, 60)
