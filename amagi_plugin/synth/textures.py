@@ -19,7 +19,7 @@ CH_RGB = slice(0, 3)
 CH_IRREGULAR = 3  # smooth noise (std 1) that makes blood boundaries irregular
 CH_RIPPLE = 4  # smooth noise (std 1) that distorts the flow ripples
 CH_NEGATIVE = 5  # opacity (0-1) of static pooled/old blood (hard negatives)
-N_CHANNELS = 6
+N_CHANNELS = 8  # two unused: 32-byte rows are the fastest to gather
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -63,7 +63,8 @@ class TissueCanvas:
     Attributes
     ----------
     channels
-        ``float32 (rows, cols, 6)``: RGB 0–1, two noise fields, hard-negative blood opacity.
+        ``float32 (rows, cols, 8)``: RGB 0–1, two noise fields, hard-negative blood opacity,
+        two zero channels.
     specular
         ``float32 (rows, cols)``: wet-tissue highlight strength 0–1.
     """
@@ -132,7 +133,7 @@ def build_canvas(scene: SceneParams) -> TissueCanvas:
     specular = smoothstep(2.0, 2.8, spec_field) * (1.0 - fat_alpha * 0.5)
     ripple = smooth_noise(rng, shape, max(1.5, s / 8))
 
-    channels = np.empty((ch, cw, N_CHANNELS), np.float32)
+    channels = np.zeros((ch, cw, N_CHANNELS), np.float32)
     channels[..., CH_RGB] = np.clip(rgb, 0.0, 1.0)
     channels[..., CH_IRREGULAR] = irregular
     channels[..., CH_RIPPLE] = ripple
@@ -142,7 +143,7 @@ def build_canvas(scene: SceneParams) -> TissueCanvas:
 
 def _bake_patch(rgb, patch: RedPatch, xx, yy, irregular, micro) -> np.ndarray:
     d = np.hypot(xx - patch.centre[0], yy - patch.centre[1]) / patch.radius
-    d *= 1.0 + 0.3 * irregular
+    d /= 1.0 + 0.3 * np.tanh(irregular)
     alpha = smoothstep(1.0, 0.5, d) * 0.85
     colour = np.asarray(patch.colour, np.float32) * (0.85 + 0.15 * micro)[..., None]
     return rgb + (colour - rgb) * alpha[..., None]
@@ -152,9 +153,10 @@ def _bake_pool(rgb, negative, pool: BloodPool, xx, yy, irregular, micro, glint_f
     dx, dy = xx - pool.centre[0], yy - pool.centre[1]
     c, s = math.cos(pool.angle), math.sin(pool.angle)
     u, v = dx * c + dy * s, -dx * s + dy * c
-    d = np.hypot(u / pool.elongation, v) * (1.0 + pool.irregularity * irregular)
-    alpha = np.clip((pool.radius - d) / 1.5 + 0.5, 0.0, 1.0)
-    depth = np.clip((pool.radius - d) / max(pool.radius, 1.0), 0.0, 1.0)
+    bound = pool.radius * (1.0 + pool.irregularity * np.tanh(irregular))
+    d = np.hypot(u / pool.elongation, v)
+    alpha = np.clip((bound - d) / 1.5 + 0.5, 0.0, 1.0)
+    depth = np.clip((bound - d) / max(pool.radius, 1.0), 0.0, 1.0)
     shade = (0.75 + 0.25 * np.sqrt(depth) + 0.08 * micro)[..., None]
     colour = np.asarray(pool.colour, np.float32) * shade
     glint = smoothstep(2.3, 3.0, glint_field) * (depth > 0.2) * 0.7

@@ -1,0 +1,120 @@
+"""Dynamics and appearance of bleeding events (active, then residual).
+
+An event is evaluated in world coordinates, so it sticks to the tissue under camera motion.
+While **active** (``start_frame <= k < end_frame``) its pool grows (saturating exponential)
+and pulses with the heart rate, a streak advances along ``flow_angle`` at ``flow_speed``,
+and ripples travel outward in the pool and down the streak, with moving glints: the blood
+changes from frame to frame. Once it **ends**, the elapsed time is frozen at the last active
+frame: the residual keeps its final shape, stops flowing and pulsing, and darkens towards
+``old_colour`` over ``darken_s`` seconds, then stays still. Residual blood is never part of
+the active-bleeding mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from amagi_plugin.synth.scene import BleedingEvent
+
+#: Opacity at or above which a pixel belongs to the blood region (masks use the same cut).
+MASK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class EventState:
+    """The state of one event at one frame (times in seconds, sizes in world pixels)."""
+
+    active: bool
+    elapsed_s: float  # frozen at the last active frame once the event ended
+    since_end_s: float  # 0 while active
+    radius: float
+    streak_length: float
+    pulse: float  # 0-1 heart-beat phase value (0 once ended)
+
+
+def event_state(ev: BleedingEvent, frame: int, fps: float) -> EventState | None:
+    """State of ``ev`` at ``frame``, or ``None`` before it starts."""
+    if frame < ev.start_frame:
+        return None
+    active = frame < ev.end_frame
+    last = frame if active else ev.end_frame - 1
+    elapsed = (last - ev.start_frame) / fps
+    grow = 1.0 - math.exp(-elapsed / ev.growth_tau_s)
+    radius = ev.initial_radius + (ev.max_radius - ev.initial_radius) * grow
+    pulse = 0.5 + 0.5 * math.sin(2.0 * math.pi * ev.pulse_hz * elapsed)
+    if active:
+        radius *= 1.0 + 0.12 * ev.pulse_depth * (pulse - 0.5)
+    streak = min(ev.streak_length, ev.flow_speed * elapsed)
+    since_end = 0.0 if active else (frame - ev.end_frame + 1) / fps
+    return EventState(active, elapsed, since_end, radius, streak, pulse if active else 0.0)
+
+
+def world_extent(ev: BleedingEvent) -> tuple[float, float, float, float]:
+    """World bounding box ``(x0, y0, x1, y1)`` any state of ``ev`` can cover."""
+    pool = ev.max_radius * (1.0 + 0.12 * ev.pulse_depth) * 1.6 + 2.0
+    reach = ev.streak_length + ev.streak_width * 1.6 + ev.meander + 2.0
+    ex, ey = math.cos(ev.flow_angle) * reach, math.sin(ev.flow_angle) * reach
+    sx, sy = ev.source
+    return (min(sx - pool, sx + ex - pool), min(sy - pool, sy + ey - pool),
+            max(sx + pool, sx + ex + pool), max(sy + pool, sy + ey + pool))
+
+
+def render_event(ev: BleedingEvent, st: EventState, wx: np.ndarray, wy: np.ndarray,
+                 irregular: np.ndarray, ripple_noise: np.ndarray, zoom: float,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Opacity and colour of ``ev`` in state ``st`` at world points ``(wx, wy)``.
+
+    Parameters
+    ----------
+    wx, wy
+        ``float32 (h, w)`` world coordinates of the pixels to evaluate.
+    irregular, ripple_noise
+        ``float32 (h, w)`` canvas noise fields sampled at the same points (std 1).
+    zoom
+        World pixels per screen pixel (keeps edges about one screen pixel wide).
+
+    Returns
+    -------
+    alpha, rgb
+        ``float32 (h, w)`` opacity 0–1 and ``float32 (h, w, 3)`` colour 0–1.
+    """
+    edge = max(zoom, 0.5)
+    dx = wx - ev.source[0]
+    dy = wy - ev.source[1]
+    rho = np.sqrt(dx * dx + dy * dy)
+    soft = max(1.5 * edge, 0.2 * st.radius)  # thin film at the rim: translucent
+    # Boundary radius r·(1 + irregularity·tanh(noise)): bounded, so the pool stays one blob.
+    bound = st.radius * (1.0 + ev.irregularity * np.tanh(irregular))
+    a_pool = np.clip((bound - rho) / soft + 0.5, 0.0, 1.0)
+    c, s = math.cos(ev.flow_angle), math.sin(ev.flow_angle)
+    u = dx * c + dy * s
+    v = dy * c - dx * s
+    taper = 1.0 - 0.5 * np.clip(u / max(ev.streak_length, 1.0), 0.0, 1.0)
+    centre = ev.meander * np.sin(u / max(ev.streak_width * 3.0, 1.0) + ev.source[0] * 0.1)
+    half = ev.streak_width * taper * (1.0 + 0.3 * np.tanh(irregular))
+    a_streak = (np.clip((half - np.abs(v - centre)) / edge + 0.5, 0.0, 1.0)
+                * np.clip((st.streak_length - u) / (2.0 * edge) + 0.5, 0.0, 1.0)
+                * (u > 0))
+    alpha = np.maximum(a_pool, a_streak)
+
+    lam = ev.ripple_wavelength
+    t = st.elapsed_s
+    phase_streak = 2.0 * math.pi * (u - ev.ripple_speed * t) / lam + 2.5 * ripple_noise
+    phase_pool = 2.0 * math.pi * (rho - 0.6 * ev.ripple_speed * t) / lam + 2.5 * ripple_noise
+    ripple = 0.5 + 0.5 * np.sin(np.where(a_streak > a_pool, phase_streak, phase_pool))
+    fresh = np.asarray(ev.colour, np.float32)
+    if st.active:
+        near = np.exp(-rho / max(0.5 * st.radius, 1.0))
+        bright = 0.72 + 0.34 * ripple + 0.3 * st.pulse * ev.pulse_depth * near
+        rgb = fresh * bright[..., None]
+        glint = (np.clip((ripple - 0.9) * 10.0, 0.0, 1.0)
+                 * np.clip(ripple_noise - 0.3, 0.0, 1.0) * 0.8)
+        rgb = rgb + (0.97 - rgb) * glint[..., None]
+    else:
+        k = min(1.0, st.since_end_s / ev.darken_s)
+        colour = fresh + (np.asarray(ev.old_colour, np.float32) - fresh) * k
+        rgb = colour * (0.85 + 0.15 * ripple)[..., None]
+    return alpha.astype(np.float32), rgb.astype(np.float32)

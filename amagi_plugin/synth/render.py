@@ -1,0 +1,265 @@
+"""Frame renderer: camera view of the tissue canvas + bleeding + instruments + smoke.
+
+:class:`Renderer` precomputes everything static (canvas, pixel grids, vignette, noise bank) and
+then renders any frame independently, so ``render(k)`` is a pure function of ``(scene, k)``.
+
+Compositing order, per frame: tissue with baked-in red patches and old pools (bilinear sample
+of the canvas under the camera pose) → view-dependent wet highlights → residual blood of ended
+events → active events → instrument shadows and instruments → smoke → vignette and light
+flicker → sensor noise → 8-bit.
+
+Masks (per frame, ``bool (H, W)``):
+
+- ``active``: pixels where an active event's opacity is ≥ 0.5 and no instrument covers them
+  (instrument opacity < 0.5). Smoke (peak opacity 0.45) does not remove blood from the mask.
+- ``negative``: visible static pooled blood or residual blood of ended events (opacity ≥ 0.5),
+  not active and not under an instrument: the hard negatives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from amagi_plugin.synth.camera import screen_to_world, world_to_screen
+from amagi_plugin.synth.events import MASK_THRESHOLD, event_state, render_event, world_extent
+from amagi_plugin.synth.scene import Instrument, SceneParams
+from amagi_plugin.synth.textures import (
+    CH_IRREGULAR,
+    CH_NEGATIVE,
+    CH_RIPPLE,
+    build_canvas,
+    smooth_noise,
+)
+
+_NOISE_BANK = 16
+
+
+@dataclass(frozen=True)
+class RenderedFrame:
+    """One rendered frame.
+
+    Attributes
+    ----------
+    index
+        0-based frame number.
+    rgb
+        ``uint8 (H, W, 3)``.
+    active
+        ``bool (H, W)`` active-bleeding mask.
+    negative
+        ``bool (H, W)`` hard-negative blood mask (static pools, residual blood).
+    """
+
+    index: int
+    rgb: np.ndarray
+    active: np.ndarray
+    negative: np.ndarray
+
+
+class Renderer:
+    """Render the frames of one :class:`SceneParams` (see the module docstring)."""
+
+    def __init__(self, scene: SceneParams) -> None:
+        self.scene = scene
+        w, h = scene.width, scene.height
+        canvas = build_canvas(scene)
+        self._cw, self._ch = scene.canvas_size
+        self._flat = canvas.channels.reshape(-1, canvas.channels.shape[-1])
+        self._spec = canvas.specular.reshape(-1)
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        self._x, self._y = xs, ys
+        self._qx = xs - (w - 1) / 2.0
+        self._qy = ys - (h - 1) / 2.0
+        r2 = (self._qx / (w / 2.0)) ** 2 + (self._qy / (h / 2.0)) ** 2
+        self._vignette = (1.0 - scene.vignette * 0.5 * r2).astype(np.float32)[..., None]
+        rng = np.random.default_rng([scene.seed, 2])
+        # 8-bit sensor noise, +0.5 so that the final truncation rounds.
+        self._noise = (rng.standard_normal((_NOISE_BANK, h, w, 3)) * (255.0 * scene.noise_std)
+                       + 0.5).astype(np.float32)
+        self._noise_order = rng.permutation(_NOISE_BANK)
+        self._smoke = (np.clip(0.55 + 0.35 * smooth_noise(rng, (h, w), min(w, h) / 6.0)
+                               + 0.15 * smooth_noise(rng, (h, w), min(w, h) / 20.0), 0.0, 1.0)
+                       if scene.smoke else None)
+        self._side = float(min(w, h))
+
+    def __len__(self) -> int:
+        return self.scene.n_frames
+
+    def frames(self, start: int = 0, stop: int | None = None) -> Iterator[RenderedFrame]:
+        """Render frames ``start`` (inclusive) to ``stop`` (exclusive, default the end)."""
+        stop = self.scene.n_frames if stop is None else stop
+        for k in range(start, stop):
+            yield self.render(k)
+
+    def render(self, k: int) -> RenderedFrame:
+        """Render frame ``k`` (0-based)."""
+        sc = self.scene
+        if not 0 <= k < sc.n_frames:
+            raise IndexError(f"frame {k} outside 0..{sc.n_frames - 1}")
+        t = k / sc.fps
+        pose = sc.pose(k)
+        wx, wy = screen_to_world(pose, self._qx, self._qy)
+        samples = self._sample(wx, wy)
+        rgb = np.ascontiguousarray(samples[..., 0:3])
+        irregular = samples[..., CH_IRREGULAR]
+        ripple = samples[..., CH_RIPPLE]
+        negative_alpha = samples[..., CH_NEGATIVE]
+
+        # Wet highlights: sampled with a shift that follows the camera (view dependence).
+        c0x, c0y = sc.canvas_centre
+        shift = (round(0.3 * (pose[0] - c0x)), round(0.3 * (pose[1] - c0y)))
+        spec = self._spec_at(wx, wy, shift)
+        rgb += (1.0 - rgb) * (spec * 0.85)[..., None]
+
+        h, w = sc.height, sc.width
+        active_alpha = np.zeros((h, w), np.float32)
+        for ev in sc.events:
+            st = event_state(ev, k, sc.fps)
+            if st is None:
+                continue
+            box = self._screen_box(pose, world_extent(ev))
+            if box is None:
+                continue
+            r0, r1, c0, c1 = box
+            win = (slice(r0, r1), slice(c0, c1))
+            alpha, colour = render_event(ev, st, wx[win], wy[win], irregular[win], ripple[win],
+                                         pose[2])
+            sub = rgb[win]
+            sub += (colour - sub) * alpha[..., None]
+            if st.active:
+                np.maximum(active_alpha[win], alpha, out=active_alpha[win])
+            else:
+                np.maximum(negative_alpha[win], alpha, out=negative_alpha[win])
+
+        occluder = np.zeros((h, w), np.float32)
+        for inst in sc.instruments:
+            self._draw_instrument(rgb, occluder, inst, t)
+
+        for ep in sc.smoke:
+            if ep.start_frame <= k < ep.end_frame and self._smoke is not None:
+                env = math.sin(math.pi * (k - ep.start_frame + 0.5) / (ep.end_frame - ep.start_frame))
+                dy = round(ep.drift[1] * t) % h
+                dx = round(ep.drift[0] * t) % w
+                dens = np.roll(self._smoke, (dy, dx), axis=(0, 1)) * (ep.density * env)
+                rgb += (np.float32(0.86) - rgb) * dens[..., None]
+
+        flicker = 1.0 + sc.light_flicker * math.sin(2.0 * math.pi * 0.9 * t + sc.seed % 7)
+        rgb *= self._vignette * np.float32(255.0 * flicker)
+        rgb += self._noise[self._noise_order[k % _NOISE_BANK]]
+        np.clip(rgb, 0.0, 255.0, out=rgb)
+        out = rgb.astype(np.uint8)
+
+        visible = occluder < MASK_THRESHOLD
+        active = (active_alpha >= MASK_THRESHOLD) & visible
+        negative = (negative_alpha >= MASK_THRESHOLD) & visible & ~active
+        return RenderedFrame(k, out, active, negative)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _sample(self, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
+        """Bilinear sample of every canvas channel at world points, ``float32 (H, W, C)``."""
+        cw = self._cw
+        x0 = np.clip(np.floor(wx), 0, cw - 2)
+        y0 = np.clip(np.floor(wy), 0, self._ch - 2)
+        fx = np.clip(wx - x0, 0.0, 1.0)[..., None]
+        fy = np.clip(wy - y0, 0.0, 1.0)[..., None]
+        i = y0.astype(np.intp) * cw + x0.astype(np.intp)
+        f = self._flat
+        a = np.take(f, i, axis=0)
+        top = np.take(f, i + 1, axis=0)
+        top -= a
+        top *= fx
+        top += a
+        b = np.take(f, i + cw, axis=0)
+        bottom = np.take(f, i + (cw + 1), axis=0)
+        bottom -= b
+        bottom *= fx
+        bottom += b
+        bottom -= top
+        bottom *= fy
+        bottom += top
+        return bottom
+
+    def _spec_at(self, wx: np.ndarray, wy: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+        x = np.clip(wx.astype(np.intp) + shift[0], 0, self._cw - 1)
+        y = np.clip(wy.astype(np.intp) + shift[1], 0, self._ch - 1)
+        return np.take(self._spec, y * self._cw + x)
+
+    def _screen_box(self, pose, extent) -> tuple[int, int, int, int] | None:
+        """Pixel rows/cols ``(r0, r1, c0, c1)`` covering a world box, or ``None`` if unseen."""
+        x0, y0, x1, y1 = extent
+        pts = [world_to_screen(pose, x, y) for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))]
+        sc = self.scene
+        cx, cy = (sc.width - 1) / 2.0, (sc.height - 1) / 2.0
+        c0 = max(0, math.floor(min(p[0] for p in pts) + cx) - 1)
+        c1 = min(sc.width, math.ceil(max(p[0] for p in pts) + cx) + 2)
+        r0 = max(0, math.floor(min(p[1] for p in pts) + cy) - 1)
+        r1 = min(sc.height, math.ceil(max(p[1] for p in pts) + cy) + 2)
+        if c0 >= c1 or r0 >= r1:
+            return None
+        return r0, r1, c0, c1
+
+    def _draw_instrument(self, rgb: np.ndarray, occluder: np.ndarray, inst: Instrument,
+                         t: float) -> None:
+        """Composite one instrument (shadow, shaft, jaws) into ``rgb``; update ``occluder``."""
+        sc, side = self.scene, self._side
+        tau = 2.0 * math.pi * t
+        tx = (inst.tip_home[0] + inst.tip_amplitude[0]
+              * math.sin(inst.tip_hz[0] * tau + inst.tip_phases[0])) * sc.width
+        ty = (inst.tip_home[1] + inst.tip_amplitude[1]
+              * math.sin(inst.tip_hz[1] * tau + inst.tip_phases[1])) * sc.height
+        a = inst.entry_angle + inst.wobble * math.sin(0.07 * tau + inst.tip_phases[1])
+        ex, ey = math.cos(a), math.sin(a)
+        half = inst.width_frac * side / 2.0
+        jaw_len = inst.jaw_length_frac * side
+        opening = 0.38 * (0.5 + 0.5 * math.sin(inst.jaw_hz * tau + inst.tip_phases[0]))
+
+        # Only the pixels near the segment from just ahead of the tip to beyond the border.
+        reach = 1.5 * math.hypot(sc.width, sc.height)
+        off = 0.035 * side
+        pad = 1.3 * half + 1.2 * off + jaw_len + 2.0
+        xs = (tx - ex * jaw_len, tx + ex * reach)
+        ys = (ty - ey * jaw_len, ty + ey * reach)
+        c0 = max(0, int(min(xs) - pad))
+        c1 = min(sc.width, int(max(xs) + pad) + 1)
+        r0 = max(0, int(min(ys) - pad))
+        r1 = min(sc.height, int(max(ys) + pad) + 1)
+        if c0 >= c1 or r0 >= r1:
+            return
+        win = (slice(r0, r1), slice(c0, c1))
+        X, Y = self._x[win], self._y[win]
+        sub = rgb[win]
+
+        # Shadow: the shaft shifted down-right, softened.
+        sdx, sdy = X - (tx + off), Y - (ty + 1.2 * off)
+        su = sdx * ex + sdy * ey
+        sv = sdy * ex - sdx * ey
+        shadow = (np.clip((1.3 * half - np.abs(sv)) / (0.5 * half), 0.0, 1.0)
+                  * np.clip(su / (0.5 * half) + 0.5, 0.0, 1.0)) * 0.45
+        sub *= (1.0 - shadow)[..., None]
+
+        dx, dy = X - tx, Y - ty
+        u = dx * ex + dy * ey
+        v = dy * ex - dx * ey
+        body = np.clip(half + 0.5 - np.abs(v), 0.0, 1.0) * np.clip(u + 0.5, 0.0, 1.0)
+        forward = -u  # distance ahead of the tip
+        spread = math.tan(opening) * 2.0 * half / jaw_len
+        jaw_half = half * 0.42 * np.clip(1.0 - forward / jaw_len, 0.0, 1.0) + 0.5
+        ahead = (forward > -0.5) & (forward < jaw_len)
+        jaws = np.maximum(np.clip(jaw_half - np.abs(v - forward * spread), 0.0, 1.0),
+                          np.clip(jaw_half - np.abs(v + forward * spread), 0.0, 1.0)) * ahead
+        alpha = np.maximum(body, jaws)
+
+        n = np.clip(v / half, -1.0, 1.0)
+        cyl = 0.4 + 0.6 * np.sqrt(1.0 - n * n)
+        spec = np.exp(-(((n + 0.35) / 0.16) ** 2))
+        metal = (u < 0.7 * jaw_len) | (jaws > body)
+        base = np.where(metal | (not inst.dark_shaft), np.float32(inst.tone), np.float32(0.13))
+        grey = base * cyl + spec * np.where(metal, np.float32(0.55), np.float32(0.3))
+        colour = grey[..., None] * np.asarray((0.98, 1.0, 1.04), np.float32)
+        sub += (colour - sub) * alpha[..., None]
+        np.maximum(occluder[win], alpha, out=occluder[win])

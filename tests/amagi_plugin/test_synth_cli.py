@@ -1,0 +1,170 @@
+"""``amagi synth`` end to end: files, DICOM, MP4, masks, rawframes and annotation lists."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from amagi_plugin.cli import Context, main
+from amagi_plugin.errors import ExitCode
+from amagi_plugin.synth import Renderer, SceneParams
+from dicom_io.sopclasses import VIDEO_ENDOSCOPIC
+
+ARGS = ["--cases", "2", "--seed", "3", "--duration-s", "4", "--size", "96x80", "--fps", "10",
+        "--mask-every", "7", "--no-progress"]
+
+
+def _run(tmp: Path, *argv: str) -> tuple[int, str, str]:
+    ctx = Context(stdout=io.StringIO(), stderr=io.StringIO(), environ={}, cwd=tmp)
+    code = main(["synth", *argv], ctx=ctx)
+    return code, ctx.stdout.getvalue(), ctx.stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("synth")
+    code, out, err = _run(tmp, "-od", "ds", *ARGS)
+    assert code == 0, err
+    assert "wrote 2 synthetic case(s)" in out
+    return tmp / "ds"
+
+
+def _index(root: Path) -> dict:
+    return json.loads((root / "cases.json").read_text())
+
+
+def test_index_lists_cases_with_patients(dataset):
+    index = _index(dataset)
+    assert [c["case_id"] for c in index["cases"]] == ["s3_c0000", "s3_c0001"]
+    assert index["patients"] == ["SYN3-0000", "SYN3-0001"]
+    for rec in index["cases"]:
+        for rel in rec["files"].values():
+            assert (dataset / rel).exists(), rel
+        assert set(rec["files"]) == {"labels", "mp4", "dicom", "rawframes", "annotations"}
+
+
+def test_labels_json_matches_the_scene_and_the_files(dataset):
+    for rec in _index(dataset)["cases"]:
+        case = dataset / rec["dir"]
+        doc = json.loads((case / "labels.json").read_text())
+        scene = SceneParams.from_dict(doc["scene"])
+        assert scene.seed == doc["seed"] == rec["seed"]
+        labels = np.array(doc["frame_labels"])
+        assert len(labels) == doc["n_frames"] == 40
+        for ev in doc["events"]:
+            assert labels[ev["start_frame"]:ev["end_frame"]].all()
+            assert ev["start_s"] == pytest.approx(ev["start_frame"] / 10)
+        assert labels.sum() == sum(e["end_frame"] - e["start_frame"] for e in doc["events"])
+        # Masks: the listed frames (every 7th + event middles), identical to a fresh render.
+        frames = [m["frame"] for m in doc["masks"]]
+        assert set(range(0, 40, 7)) <= set(frames)
+        assert {e["middle_frame"] for e in doc["events"]} <= set(frames)
+        renderer = Renderer(scene)
+        for m in doc["masks"]:
+            mask = np.asarray(Image.open(case / m["mask"])) > 0
+            rgb = np.asarray(Image.open(case / m["image"]))
+            fr = renderer.render(m["frame"])
+            assert np.array_equal(mask, fr.active)
+            assert np.array_equal(rgb, fr.rgb)
+            assert mask.any() == bool(labels[m["frame"]] and m["active_pixels"])
+            if not labels[m["frame"]]:
+                assert not mask.any()
+
+
+def test_mp4_and_rawframes_decode_to_the_rendered_video(dataset):
+    rec = _index(dataset)["cases"][0]
+    case = dataset / rec["dir"]
+    scene = SceneParams.from_dict(json.loads((case / "labels.json").read_text())["scene"])
+    renderer = Renderer(scene)
+    with av.open(str(case / "video.mp4")) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(decoded) == 40 and decoded[0].shape == (80, 96, 3)
+    jpgs = sorted((case / "rawframes").glob("img_*.jpg"))
+    assert [p.name for p in jpgs] == [f"img_{k:05d}.jpg" for k in range(1, 41)]
+    for k in (0, 17, 39):
+        ref = renderer.render(k).rgb.astype(int)
+        assert np.abs(decoded[k].astype(int) - ref).mean() < 8
+        assert np.abs(np.asarray(Image.open(jpgs[k])).astype(int) - ref).mean() < 6
+
+
+def test_dicom_is_video_endoscopic_h264_with_synthetic_identity(dataset):
+    rec = _index(dataset)["cases"][1]
+    ds = pydicom.dcmread(dataset / rec["files"]["dicom"])
+    assert ds.SOPClassUID == VIDEO_ENDOSCOPIC
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.102"
+    assert int(ds.NumberOfFrames) == 40 and (ds.Rows, ds.Columns) == (80, 96)
+    assert ds.PatientID == rec["patient_id"]
+    assert str(ds.PatientName).startswith("SYNTHETIC^")
+    other = pydicom.dcmread(dataset / _index(dataset)["cases"][0]["files"]["dicom"])
+    assert other.StudyInstanceUID != ds.StudyInstanceUID
+
+
+@pytest.mark.integration
+def test_dicom_passes_dciodvfy(dataset):
+    path = dataset / _index(dataset)["cases"][0]["files"]["dicom"]
+    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    errors = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
+    assert errors == []
+
+
+def test_annotation_lists_follow_the_clip_rule(dataset):
+    index = _index(dataset)
+    all_lines = (dataset / "annotations.txt").read_text().splitlines()
+    per_case: list[str] = []
+    for rec in index["cases"]:
+        case = dataset / rec["dir"]
+        labels = json.loads((case / "labels.json").read_text())["frame_labels"]
+        lines = (case / "annotations.txt").read_text().splitlines()
+        per_case += lines
+        starts = []
+        for line in lines:
+            folder, total, label = line.split(" ")
+            start = int(folder.rsplit("_f", 1)[1])
+            starts.append(start)
+            assert int(total) == 24
+            assert int(label) == labels[start + 12]
+            files = sorted((dataset / folder).iterdir())
+            assert [p.name for p in files] == [f"img_{j:05d}.jpg" for j in range(1, 25)]
+            assert os.path.samefile(files[12], case / "rawframes" / f"img_{start + 13:05d}.jpg")
+        assert starts == list(range(0, 40 - 24 + 1, 3))
+        assert {int(x.split()[2]) for x in lines} <= {0, 1}
+    assert all_lines == per_case
+
+
+def test_same_seed_same_data_even_with_two_jobs(dataset, tmp_path):
+    code, _, err = _run(tmp_path, "-od", "again", *ARGS, "--jobs", "2", "--formats", "mp4")
+    assert code == 0, err
+    for rec in _index(dataset)["cases"]:
+        a = json.loads((dataset / rec["dir"] / "labels.json").read_text())
+        b = json.loads((tmp_path / "again" / rec["dir"] / "labels.json").read_text())
+        for key in ("frame_labels", "events", "masks", "scene", "active_pixels"):
+            assert a[key] == b[key]
+        for m in a["masks"]:
+            assert (dataset / rec["dir"] / m["mask"]).read_bytes() == \
+                (tmp_path / "again" / rec["dir"] / m["mask"]).read_bytes()
+    assert not (tmp_path / "again" / "s3_c0000" / "video.dcm").exists()
+    code, _, err = _run(tmp_path, "-od", "other", *ARGS[:3], "4", *ARGS[4:], "--formats", "mp4")
+    assert code == 0, err
+    a = json.loads((dataset / "s3_c0000" / "labels.json").read_text())
+    b = json.loads((tmp_path / "other" / "s4_c0000" / "labels.json").read_text())
+    assert a["scene"] != b["scene"]
+
+
+def test_refuses_to_overwrite_and_rejects_bad_options(dataset, tmp_path):
+    code, _, err = _run(dataset.parent, "-od", "ds", *ARGS)
+    assert code == ExitCode.BAD_INPUT and "already exists" in err and len(err.splitlines()) == 1
+    code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--formats", "dicom,avi")
+    assert code == ExitCode.USAGE and "avi" in err
+    code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--palettes", "blue")
+    assert code == ExitCode.USAGE and "palettes" in err
+    code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--domain", "nowhere")
+    assert code == ExitCode.BAD_INPUT and "domain" in err
