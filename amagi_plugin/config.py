@@ -109,8 +109,14 @@ class Destination:
         _check_port(int(port))
         return dataclasses.replace(dest, port=int(port))
 
+    @property
+    def key(self) -> str:
+        """``AE@HOST:PORT``: how the case store names this destination."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
+        return self.key + (" (TLS)" if self.tls else "")
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,8 @@ class ListenerConfig:
 @dataclass(frozen=True)
 class WorkerConfig:
     count: int = _opt(1, "Worker threads running the analysis pipeline", _check_positive)
-    lease_s: float = _opt(900.0, "Job lease (s): a job whose worker died is retried after it",
+    lease_s: float = _opt(60.0, "Job lease (s), renewed while the job runs: a job whose worker died "
+                          "is taken again after it",
                           _check_positive)
     max_attempts: int = _opt(3, "Attempts per job before it is marked failed", _check_positive)
     series_timeout_s: float = _opt(60.0, "Inactivity (s) after which a multi-frame series is complete",

@@ -83,7 +83,7 @@ def process_video(
     try:
         result = analyzer.analyze(video, progress)
     except DicomIOError as e:
-        raise InputError(f"{Path(str(source)).name}: {e}") from e
+        raise InputError(str(e)) from e
     doc = summary(result, spec, video.fps, video.sop_instance_uid, video.study_instance_uid)
     outcome = ProcessOutcome(out, doc, result, out / "summary.json", out / "predictions.csv",
                              out / "timeline.png")

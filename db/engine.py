@@ -122,9 +122,17 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session that commits when the block ends normally and rolls back on an exception."""
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session that commits when the block ends normally and rolls back on an exception.
+
+        ``write=True`` takes SQLite's write lock at once (``BEGIN IMMEDIATE``): a session that
+        reads and then writes would otherwise fail with "database is locked" when another
+        writer committed in between (SQLite cannot upgrade a read transaction). Concurrent
+        writers then wait up to the busy timeout instead. No effect on PostgreSQL.
+        """
         with self._sessions() as s:
+            if write:
+                s.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
             try:
                 yield s
                 s.commit()

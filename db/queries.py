@@ -22,6 +22,7 @@ from db.schema import (
     BleedingEvent,
     CaseIndex,
     Delivery,
+    DeliveryState,
     Instance,
     Job,
     JobState,
@@ -357,3 +358,35 @@ def cohort_stats(session: Session, flt: CaseFilter | None = None) -> CohortStats
         first_bleed_median_s=median(firsts),
         video_duration_total_s=float(sum(r[4] for r in rows)),
     )
+
+
+def service_status(session: Session, *, recent: int = 10) -> dict[str, Any]:
+    """What ``amagi status`` shows: jobs by state, running jobs, recent failures, deliveries."""
+    jobs = {s.value: 0 for s in JobState}
+    for state, n in session.execute(sa.select(Job.state, sa.func.count()).group_by(Job.state)):
+        jobs[JobState(state).value] = n
+    running = [
+        {"job": r[0], "sop_instance_uid": r[1], "worker": r[2], "since": r[3]}
+        for r in session.execute(
+            sa.select(Job.id, Instance.sop_instance_uid, Job.worker, Job.started_at)
+            .join(Instance, Instance.id == Job.instance_id)
+            .where(Job.state == JobState.RUNNING).order_by(Job.started_at))]
+    failed = [
+        {"job": r[0], "sop_instance_uid": r[1], "attempts": r[2], "error": r[3] or ""}
+        for r in session.execute(
+            sa.select(Job.id, Instance.sop_instance_uid, Job.attempts, Job.last_error)
+            .join(Instance, Instance.id == Job.instance_id)
+            .where(Job.state == JobState.FAILED)
+            .order_by(Job.updated_at.desc()).limit(recent))]
+    counts = {s.value: 0 for s in DeliveryState}
+    for state, n in session.execute(
+            sa.select(Delivery.state, sa.func.count()).group_by(Delivery.state)):
+        counts[DeliveryState(state).value] = n
+    by_dest = [
+        {"destination": r[0], "pending": r[1], "next_attempt_at": r[2], "last_error": r[3]}
+        for r in session.execute(
+            sa.select(Delivery.destination, sa.func.count(), sa.func.min(Delivery.next_attempt_at),
+                      sa.func.max(Delivery.last_error))
+            .where(Delivery.state == DeliveryState.PENDING).group_by(Delivery.destination))]
+    return {"jobs": jobs, "running": running, "failed": failed,
+            "deliveries": {**counts, "by_destination": by_dest}}

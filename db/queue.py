@@ -263,3 +263,15 @@ def job_counts(session: Session) -> dict[JobState, int]:
     for state, n in session.execute(sa.select(Job.state, sa.func.count()).group_by(Job.state)):
         counts[JobState(state)] = n
     return counts
+
+
+def received_jobs(session: Session) -> list[tuple[int, str, str, datetime]]:
+    """Jobs still ``received`` (waiting for their association or series to complete):
+    ``(job_id, sop_instance_uid, series_instance_uid, received_at)``, oldest first."""
+    rows = session.execute(
+        sa.select(Job.id, Instance.sop_instance_uid, Series.series_instance_uid,
+                  Instance.received_at)
+        .join(Instance, Instance.id == Job.instance_id)
+        .join(Series, Series.id == Instance.series_id)
+        .where(Job.state == JobState.RECEIVED).order_by(Instance.received_at))
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

@@ -259,3 +259,23 @@ def record_object(
     obj.series_instance_uid = series_instance_uid
     session.flush()
     return obj
+
+
+def latest_report(session: Session, sop_instance_uid: str, *, exclude_job_id: int | None = None
+                  ) -> tuple[str, str, str, str] | None:
+    """The most recent SR produced for an instance by another job (a predecessor document):
+    ``(study_uid, series_uid, sop_instance_uid, sop_class_uid)`` of the SR, or ``None``."""
+    q = (sa.select(Study.study_instance_uid, ProducedObject.series_instance_uid,
+                   ProducedObject.sop_instance_uid, ProducedObject.sop_class_uid)
+         .join(AnalysisRun, AnalysisRun.id == ProducedObject.run_id)
+         .join(Job, Job.id == AnalysisRun.job_id)
+         .join(Instance, Instance.id == Job.instance_id)
+         .join(Series, Series.id == Instance.series_id)
+         .join(Study, Study.id == Series.study_id)
+         .where(Instance.sop_instance_uid == sop_instance_uid,
+                ProducedObject.kind == ObjectKind.SR)
+         .order_by(ProducedObject.created_at.desc(), ProducedObject.id.desc()).limit(1))
+    if exclude_job_id is not None:
+        q = q.where(Job.id != exclude_job_id)
+    row = session.execute(q).first()
+    return (row[0], row[1], row[2], row[3]) if row else None

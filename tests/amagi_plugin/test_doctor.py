@@ -66,3 +66,12 @@ def test_doctor_table_output(run_cli, tmp_path: Path) -> None:
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["check", "status", "detail"]
     assert lines[-1].startswith("1 required check(s) failed: model")
+
+
+def test_doctor_sees_a_migrated_database(run_cli, doctor, tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    up = run_cli("db", "upgrade", "--storage-var-dir", str(var))
+    assert up.code == 0, up.stderr
+    _, checks = doctor()
+    assert checks["database"]["status"] == "ok"
+    assert "at revision" in checks["database"]["detail"]

@@ -1,0 +1,48 @@
+"""``amagi serve``: the DICOM listener with automatic analysis and delivery (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+
+from amagi_plugin.cli import config_flag
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve", parents=parents, help="run the DICOM listener and analyse what it receives",
+        description="Receive surgical videos by C-STORE, analyse each one when its association "
+        "ends, record the case and send SR, SEG, key images and KOS to the configured "
+        "destinations (retrying until they confirm). Stops on SIGINT/SIGTERM.")
+    net = p.add_argument_group("network (as pynetdicom's storescp)")
+    config_flag(net, "-aet", "--ae-title", key="listener.ae_title", metavar="AETITLE")
+    config_flag(net, "-p", "--port", key="listener.port", metavar="PORT")
+    config_flag(net, "-ba", "--bind-address", key="listener.bind_address", metavar="ADDRESS")
+    config_flag(net, "--max-pdu", key="listener.max_pdu", metavar="BYTES")
+    config_flag(net, "-ta", "--acse-timeout", key="listener.acse_timeout", metavar="S")
+    config_flag(net, "-td", "--dimse-timeout", key="listener.dimse_timeout", metavar="S")
+    config_flag(net, "-tn", "--network-timeout", key="listener.network_timeout", metavar="S")
+    p.add_argument("--destination", dest="destinations", action="append", default=[],
+                   metavar="AE_TITLE@HOST:PORT",
+                   help="send results there (repeatable; adds to delivery.destinations)")
+    config_flag(p, "--workers", key="worker.count", metavar="N")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, ctx) -> int:
+    import dataclasses
+
+    from amagi_plugin.cli.commands.process import analyzer_from_config
+    from amagi_plugin.config import ConfigError, Destination
+    from amagi_plugin.service.app import Service
+
+    cfg = ctx.config
+    if args.destinations:
+        try:
+            extra = [Destination.parse(d) for d in args.destinations]
+        except ValueError as e:
+            raise ConfigError(f"invalid --destination: {e}") from None
+        cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(
+            cfg.delivery, destinations=[*cfg.delivery.destinations, *extra]))
+    analyzer, spec = analyzer_from_config(cfg)
+    Service(cfg, analyzer, spec).serve_forever()
+    return 0

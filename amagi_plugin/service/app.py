@@ -1,0 +1,273 @@
+"""Wiring of ``amagi serve``: listener, queue, workers, deliveries and metrics in one process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+
+from amagi_plugin.config import Config, Destination
+from amagi_plugin.logsetup import register_phi
+from amagi_plugin.modelspec import ModelSpec
+from amagi_plugin.pipeline import BleedingAnalyzer
+from amagi_plugin.service.delivery import DeliveryLoop
+from amagi_plugin.service.metrics import Metrics, MetricsServer
+from amagi_plugin.service.worker import Worker
+from db import Database, open_database
+from db.queue import enqueue, job_counts, received_jobs, release
+from db.records import record_instance
+from dicom_io.net.records import AssociationSummary, StoredInstance
+from dicom_io.sopclasses import INPUT_SOP_CLASSES, VL_ENDOSCOPIC
+
+log = logging.getLogger(__name__)
+
+
+def _study_date(value: str | None) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(value or "", "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+class Service:
+    """The plugin as a DICOM node.
+
+    ``start()`` opens (and migrates) the database, releases jobs whose association ended
+    before a restart, starts the workers, the delivery loop, the series watcher, the
+    optional metrics endpoint and finally the listener; ``stop()`` reverses that.
+    """
+
+    def __init__(self, cfg: Config, analyzer: BleedingAnalyzer, spec: ModelSpec) -> None:
+        self.cfg = cfg
+        self.analyzer = analyzer
+        self.spec = spec
+        self.stop_event = threading.Event()
+        self.metrics = Metrics()
+        self.database: Database | None = None
+        self.listener = None
+        self.workers: list[Worker] = []
+        self.delivery: DeliveryLoop | None = None
+        self.metrics_server: MetricsServer | None = None
+        self._pending: dict[str, int] = {}  # SOP instance UID → job waiting for its association
+        self._series: dict[str, tuple[int, float, int | None, int]] = {}  # uid → job, last, expected, n
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._describe_metrics()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.cfg
+        for d in (cfg.var_dir, cfg.spool_dir, cfg.results_dir):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        self.database = open_database(cfg.database_url)
+        self._release_after_restart()
+        destinations = {d.key: d for d in cfg.delivery.destinations}
+        for i in range(cfg.worker.count):
+            w = Worker(i, self.database, self.analyzer, self.spec, cfg.results_dir,
+                       list(destinations), cfg.worker.lease_s, self.stop_event, self.metrics)
+            w.start()
+            self.workers.append(w)
+        self.delivery = DeliveryLoop(self.database, destinations, self._send,
+                                     cfg.delivery.retry_initial_s, cfg.delivery.retry_max_s,
+                                     self.stop_event, self.metrics)
+        self.delivery.start()
+        watcher = threading.Thread(target=self._watch_series, name="amagi-series", daemon=True)
+        watcher.start()
+        self._threads.append(watcher)
+        if cfg.metrics.enabled:
+            self.metrics_server = MetricsServer(self.metrics, cfg.metrics.bind_address,
+                                                cfg.metrics.port)
+            self.metrics_server.start()
+            self.metrics.add_collector(self._job_gauges)
+        self.listener = self._make_listener()
+        self.listener.start()
+        log.info("amagi serve: %s on %s:%d, model %s, %d worker(s), destinations: %s",
+                 cfg.listener.ae_title, cfg.listener.bind_address, self.listener.port,
+                 self.spec.label, cfg.worker.count,
+                 ", ".join(str(d) for d in cfg.delivery.destinations) or "none (results kept on disk)")
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+        self.stop_event.set()
+        for t in [*self.workers, *([self.delivery] if self.delivery else []), *self._threads]:
+            t.join(timeout=30)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.database is not None:
+            self.database.dispose()
+
+    def serve_forever(self) -> None:
+        """Start, then run until SIGINT/SIGTERM."""
+        stopping = threading.Event()
+
+        def on_signal(signum, frame) -> None:
+            log.info("signal %d: stopping", signum)
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        try:
+            while not stopping.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    @property
+    def port(self) -> int:
+        return self.listener.port if self.listener else self.cfg.listener.port
+
+    # -- listener callbacks ------------------------------------------------------------
+    def _make_listener(self):
+        from dicom_io.net.listener import DicomListener
+
+        lc = self.cfg.listener
+        return DicomListener(
+            ae_title=lc.ae_title, bind_address=lc.bind_address, port=lc.port,
+            spool_dir=self.cfg.spool_dir, on_stored=self._on_stored,
+            on_association_released=self._on_released, max_pdu=lc.max_pdu,
+            acse_timeout=lc.acse_timeout, dimse_timeout=lc.dimse_timeout,
+            network_timeout=lc.network_timeout, allowed_calling_aes=lc.allowed_calling_aes,
+            reserve_bytes=self.cfg.storage.reserve_mb << 20, tls=self._server_tls(),
+            on_received_phi=register_phi)
+
+    def _server_tls(self):
+        lc = self.cfg.listener
+        if not lc.tls:
+            return None
+        from dicom_io.net.tls import server_context
+
+        return server_context(lc.tls_cert, lc.tls_key, ca_file=lc.tls_ca or None,
+                              require_client_cert=lc.require_client_cert)
+
+    def _on_stored(self, inst: StoredInstance) -> None:
+        """Record the instance (the C-STORE succeeds only if this returns) and queue its job."""
+        hdr = pydicom.dcmread(inst.path, stop_before_pixels=True, specific_tags=[
+            "StudyDate", "StudyDescription", "SeriesDescription", "PatientID"])
+        assert self.database is not None
+        self.metrics.inc("amagi_received_bytes_total", inst.size_bytes)
+        self.metrics.inc("amagi_received_instances_total")
+        with self.database.session(write=True) as s:
+            record_instance(
+                s, sop_instance_uid=inst.sop_instance_uid, sop_class_uid=inst.sop_class_uid,
+                transfer_syntax_uid=inst.transfer_syntax, study_instance_uid=inst.study_instance_uid,
+                series_instance_uid=inst.series_instance_uid, size_bytes=inst.size_bytes,
+                spool_path=str(inst.path), calling_ae=inst.calling_ae, received_at=inst.received_at,
+                study_date=_study_date(hdr.get("StudyDate")),
+                study_description=hdr.get("StudyDescription"), modality=inst.modality,
+                series_description=hdr.get("SeriesDescription"),
+                number_of_frames=inst.number_of_frames, patient_id=hdr.get("PatientID"),
+                store_patient_id=self.cfg.database.store_patient_id)
+            if inst.sop_class_uid not in INPUT_SOP_CLASSES:
+                return  # a result object sent back to us: stored, not analysed
+            if self._is_series_member(inst):
+                self._track_series(s, inst)
+                return
+            job = enqueue(s, inst.sop_instance_uid, model_name=self.spec.name,
+                          model_version=self.spec.version,
+                          max_attempts=self.cfg.worker.max_attempts, ready=False)
+        if job.created:
+            with self._lock:
+                self._pending[inst.sop_instance_uid] = job.job_id
+        else:
+            log.info("instance %s already analysed with %s: no new job",
+                     inst.sop_instance_uid, self.spec.label)
+
+    @staticmethod
+    def _is_series_member(inst: StoredInstance) -> bool:
+        return inst.sop_class_uid == VL_ENDOSCOPIC and (inst.number_of_frames or 1) == 1
+
+    def _track_series(self, session, inst: StoredInstance) -> None:
+        """Single-frame images: one job per series, released when complete or quiet."""
+        with self._lock:
+            entry = self._series.get(inst.series_instance_uid)
+        if entry is None:
+            job = enqueue(session, inst.sop_instance_uid, model_name=self.spec.name,
+                          model_version=self.spec.version,
+                          max_attempts=self.cfg.worker.max_attempts, ready=False)
+            entry = (job.job_id, time.monotonic(), inst.images_in_acquisition, 0)
+        job_id, _, expected, n = entry
+        entry = (job_id, time.monotonic(), expected or inst.images_in_acquisition, n + 1)
+        with self._lock:
+            self._series[inst.series_instance_uid] = entry
+        if entry[2] and entry[3] >= entry[2]:
+            release(session, job_id)
+            with self._lock:
+                self._series.pop(inst.series_instance_uid, None)
+            log.info("series %s complete (%d images): job %d queued", inst.series_instance_uid,
+                     entry[3], job_id)
+
+    def _on_released(self, summary: AssociationSummary) -> None:
+        """A video instance becomes a job when the association that brought it ends."""
+        assert self.database is not None
+        with self._lock:
+            jobs = [self._pending.pop(i.sop_instance_uid) for i in summary.instances
+                    if i.sop_instance_uid in self._pending]
+        if not jobs:
+            return
+        with self.database.session(write=True) as s:
+            for job_id in jobs:
+                release(s, job_id)
+        log.info("association from %s %s: %d job(s) queued", summary.calling_ae,
+                 "aborted" if summary.aborted else "released", len(jobs))
+
+    def _watch_series(self) -> None:
+        timeout = self.cfg.worker.series_timeout_s
+        while not self.stop_event.wait(min(1.0, timeout / 4)):
+            now = time.monotonic()
+            with self._lock:
+                quiet = [(uid, e[0]) for uid, e in self._series.items() if now - e[1] >= timeout]
+                for uid, _ in quiet:
+                    del self._series[uid]
+            if quiet and self.database is not None:
+                with self.database.session(write=True) as s:
+                    for uid, job_id in quiet:
+                        release(s, job_id)
+                        log.info("series %s quiet for %.0f s: job %d queued", uid, timeout, job_id)
+
+    def _release_after_restart(self) -> None:
+        """Jobs left ``received`` by a previous run: their associations are over."""
+        assert self.database is not None
+        with self.database.session(write=True) as s:
+            stale = received_jobs(s)
+            for job_id, *_ in stale:
+                release(s, job_id)
+        if stale:
+            log.info("%d job(s) received before a restart queued now", len(stale))
+
+    # -- deliveries ----------------------------------------------------------------------
+    def _send(self, paths: list[Path], dest: Destination) -> list[tuple[bool, str | None]]:
+        from dicom_io.net.scu import send_instances
+
+        tls = None
+        if dest.tls:
+            from dicom_io.net.tls import client_context
+
+            tls = client_context(ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
+                                 key_file=dest.tls_key or None)
+        results = send_instances(paths, dest.ae_title, dest.host, dest.port,
+                                 calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
+        return [(r.ok, r.error) for r in results]
+
+    # -- metrics -----------------------------------------------------------------------
+    def _describe_metrics(self) -> None:
+        m = self.metrics
+        m.describe("amagi_received_bytes_total", "counter", "Bytes received by C-STORE")
+        m.describe("amagi_received_instances_total", "counter", "Instances received by C-STORE")
+        m.describe("amagi_jobs_total", "counter", "Jobs finished, by outcome")
+        m.describe("amagi_jobs", "gauge", "Jobs in the queue, by state")
+        m.describe("amagi_stage_seconds_total", "counter", "Seconds spent per pipeline stage")
+        m.describe("amagi_deliveries_total", "counter", "Delivery attempts, by result")
+
+    def _job_gauges(self):
+        assert self.database is not None
+        with self.database.session() as s:
+            counts = job_counts(s)
+        return {"amagi_jobs": {(("state", str(getattr(k, "value", k))),): float(v)
+                               for k, v in counts.items()}}

@@ -1,0 +1,102 @@
+"""Sends produced objects to their destinations, with persistent exponential-backoff retries.
+
+Deliveries live in the database (``db.deliveries``): an object is owed to a destination
+from the moment its run commits until the destination confirmed it with C-STORE Success,
+so unsent results survive restarts. Files are never deleted here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from amagi_plugin.config import Destination
+from amagi_plugin.service.metrics import Metrics
+from db import Database
+from db.deliveries import DueDelivery, deliveries_due, mark_failed, mark_sent
+
+log = logging.getLogger(__name__)
+
+SendFn = Callable[[list[Path], Destination], list[tuple[bool, str | None]]]
+
+
+class DeliveryLoop(threading.Thread):
+    """Polls for due deliveries and sends them, one association per destination and round."""
+
+    def __init__(self, database: Database, destinations: Mapping[str, Destination], send: SendFn,
+                 retry_initial_s: float, retry_max_s: float, stop: threading.Event,
+                 metrics: Metrics | None = None, poll_s: float = 1.0) -> None:
+        super().__init__(name="amagi-delivery", daemon=True)
+        self.database = database
+        self.destinations = dict(destinations)
+        self.send = send
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.stop_event = stop
+        self.metrics = metrics
+        self.poll_s = poll_s
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("delivery round failed; retrying")
+                busy = False
+            if not busy:
+                self.stop_event.wait(self.poll_s)
+
+    def run_once(self) -> bool:
+        """One round over the due deliveries; ``True`` if anything was attempted."""
+        with self.database.session() as s:
+            due = deliveries_due(s, limit=200)
+        if not due:
+            return False
+        by_dest: dict[str, list[DueDelivery]] = defaultdict(list)
+        for d in due:
+            by_dest[d.destination].append(d)
+        for key, items in by_dest.items():
+            self._deliver(key, items)
+        return True
+
+    def _deliver(self, key: str, items: list[DueDelivery]) -> None:
+        dest = self.destinations.get(key)
+        if dest is None:
+            self._failed(items, f"destination {key} is no longer configured")
+            return
+        present = [d for d in items if Path(d.path).is_file()]
+        missing = [d for d in items if d not in present]
+        if missing:
+            self._failed(missing, "result file missing from disk")
+        if not present:
+            return
+        try:
+            outcomes = self.send([Path(d.path) for d in present], dest)
+        except Exception as e:  # unreachable peer, rejected association, TLS failure...
+            log.warning("delivery to %s failed: %s", key, e)
+            self._failed(present, f"{type(e).__name__}: {e}")
+            return
+        with self.database.session(write=True) as s:
+            for d, (ok, error) in zip(present, outcomes, strict=True):
+                if ok:
+                    mark_sent(s, d.delivery_id)
+                    log.info("delivered %s to %s", d.sop_instance_uid, key)
+                    self._count("amagi_deliveries_total", result="sent")
+                else:
+                    mark_failed(s, d.delivery_id, error or "C-STORE failed",
+                                initial_s=self.retry_initial_s, max_s=self.retry_max_s)
+                    self._count("amagi_deliveries_total", result="retry")
+
+    def _failed(self, items: list[DueDelivery], error: str) -> None:
+        with self.database.session(write=True) as s:
+            for d in items:
+                mark_failed(s, d.delivery_id, error, initial_s=self.retry_initial_s,
+                            max_s=self.retry_max_s)
+                self._count("amagi_deliveries_total", result="retry")
+
+    def _count(self, name: str, **labels: str) -> None:
+        if self.metrics:
+            self.metrics.inc(name, **labels)

@@ -1,0 +1,189 @@
+"""Workers: claim a job, run the pipeline, record the case and owe its results to destinations.
+
+A claimed job holds a lease that a heartbeat thread renews; if the process dies, the lease
+runs out and any worker takes the job again. The run's outputs go to a per-job directory
+that a new attempt clears first, and the run, its objects and their deliveries are recorded
+in one transaction with the job's completion: a destination only ever receives the objects
+of the one attempt that committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from amagi_plugin.modelspec import ModelSpec
+from amagi_plugin.pipeline import BleedingAnalyzer
+from amagi_plugin.process import ProcessOutcome, process_video
+from amagi_plugin.service.metrics import Metrics
+from db import Database, LeaseLostError
+from db.deliveries import schedule_delivery
+from db.queue import ClaimedJob, claim_next, complete, fail, heartbeat
+from db.records import EventRecord, latest_report, record_object, record_run
+from dicom_io.results import InstanceRef
+from dicom_io.sopclasses import VL_ENDOSCOPIC
+
+log = logging.getLogger(__name__)
+
+# InstanceRef.sop_class_uid → db ObjectKind value
+_KINDS = {"1.2.840.10008.5.1.4.1.1.88.34": "sr", "1.2.840.10008.5.1.4.1.1.88.33": "sr",
+          "1.2.840.10008.5.1.4.1.1.66.4": "seg", "1.2.840.10008.5.1.4.1.1.88.59": "kos",
+          VL_ENDOSCOPIC: "key_image"}
+
+
+def worker_name(index: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:w{index}"
+
+
+class Worker(threading.Thread):
+    """One worker thread; several share the model (inference is read-only)."""
+
+    def __init__(self, index: int, database: Database, analyzer: BleedingAnalyzer, spec: ModelSpec,
+                 results_dir: Path, destinations: Sequence[str], lease_s: float,
+                 stop: threading.Event, metrics: Metrics | None = None, poll_s: float = 1.0,
+                 on_job_done: Callable[[int], None] | None = None) -> None:
+        super().__init__(name=f"amagi-worker-{index}", daemon=True)
+        self.ident_name = worker_name(index)
+        self.database = database
+        self.analyzer = analyzer
+        self.spec = spec
+        self.results_dir = results_dir
+        self.destinations = list(destinations)
+        self.lease_s = lease_s
+        self.stop_event = stop
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.on_job_done = on_job_done
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                with self.database.session() as s:
+                    job = claim_next(s, self.ident_name, self.lease_s)
+            except Exception:
+                log.exception("cannot claim a job; retrying")
+                self.stop_event.wait(self.poll_s * 5)
+                continue
+            if job is None:
+                self.stop_event.wait(self.poll_s)
+                continue
+            self.run_job(job)
+
+    def run_job(self, job: ClaimedJob) -> None:
+        log.info("job %d: attempt %d/%d on %s", job.job_id, job.attempt, job.max_attempts,
+                 job.sop_instance_uid)
+        lost = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, lost), daemon=True,
+                                name=f"amagi-heartbeat-{job.job_id}")
+        done = threading.Event()
+        beat.done = done  # type: ignore[attr-defined]
+        beat.start()
+        started = datetime.now(timezone.utc)
+        try:
+            outcome = self._analyse(job)
+            if lost.is_set():
+                raise LeaseLostError(f"job {job.job_id}: lease lost during the analysis")
+            self._commit(job, outcome, started)
+            self._count("amagi_jobs_total", state="done")
+            for stage, seconds in outcome.result.timings.items():
+                self._count("amagi_stage_seconds_total", seconds, stage=stage)
+            log.info("job %d done: %d event(s)", job.job_id, outcome.result.index.event_count)
+        except LeaseLostError as e:
+            log.warning("%s; another worker owns it now", e)
+        except Exception as e:
+            log.warning("job %d failed (attempt %d/%d): %s", job.job_id, job.attempt,
+                        job.max_attempts, e, exc_info=log.isEnabledFor(logging.DEBUG))
+            try:
+                with self.database.session(write=True) as s:
+                    state = fail(s, job.job_id, self.ident_name, f"{type(e).__name__}: {e}",
+                                 retry_delay_s=min(300.0, 10.0 * 2 ** (job.attempt - 1)))
+                self._count("amagi_jobs_total", state=str(getattr(state, "value", state)))
+            except LeaseLostError:
+                pass
+        finally:
+            done.set()
+            beat.join(timeout=5)
+            if self.on_job_done:
+                self.on_job_done(job.job_id)
+
+    def _heartbeat(self, job: ClaimedJob, lost: threading.Event) -> None:
+        done: threading.Event = threading.current_thread().done  # type: ignore[attr-defined]
+        while not done.wait(max(1.0, self.lease_s / 3)):
+            try:
+                with self.database.session(write=True) as s:
+                    heartbeat(s, job.job_id, self.ident_name, self.lease_s)
+            except LeaseLostError:
+                lost.set()
+                return
+            except Exception:
+                log.exception("job %d: heartbeat failed", job.job_id)
+
+    def _analyse(self, job: ClaimedJob) -> ProcessOutcome:
+        out = self.results_dir / f"job-{job.job_id}"
+        if out.exists():  # a previous attempt died half-way: its files were never recorded
+            shutil.rmtree(out)
+        with self.database.session() as s:
+            prev = latest_report(s, job.sop_instance_uid, exclude_job_id=job.job_id)
+        predecessor = InstanceRef(*prev) if prev else None
+        spool = Path(job.spool_path)
+        source: Path | list[Path] = spool
+        if _is_single_frame_series(spool):
+            source = sorted(spool.parent.glob("*.dcm"))
+        return process_video(source, out, self.analyzer, self.spec, predecessor=predecessor)
+
+    def _commit(self, job: ClaimedJob, outcome: ProcessOutcome, started: datetime) -> None:
+        result = outcome.result
+        events = [EventRecord(start_s=e.start_s, end_s=e.end_s, start_frame=e.start_frame,
+                              end_frame=e.end_frame, peak_probability=e.peak_probability,
+                              mean_probability=e.mean_probability, key_frame=e.key_frame)
+                  for e in result.events]
+        opts = self.analyzer.options
+        with self.database.session(write=True) as s:
+            run = record_run(
+                s, job.job_id, weights_kind=self.spec.weights, events=events,
+                video_duration_s=result.schedule.duration_s,
+                parameters={"prediction_hz": opts.prediction_hz, "threshold": opts.threshold,
+                            "smoothing": opts.smoothing, "smoothing_s": opts.smoothing_s,
+                            "arch": self.spec.arch, "bf16": opts.bf16},
+                timings={k: round(v, 3) for k, v in result.timings.items()},
+                started_at=started, finished_at=datetime.now(timezone.utc))
+            for ref in outcome.dicom_objects:
+                obj = record_object(s, run.id, kind=_KINDS[ref.sop_class_uid],
+                                    sop_class_uid=ref.sop_class_uid,
+                                    sop_instance_uid=ref.sop_instance_uid, path=str(ref.path),
+                                    series_instance_uid=ref.series_instance_uid)
+                for dest in self.destinations:
+                    schedule_delivery(s, obj.id, dest)
+            complete(s, job.job_id, self.ident_name)
+
+    def _count(self, name: str, value: float = 1.0, **labels: str) -> None:
+        if self.metrics:
+            self.metrics.inc(name, value, **labels)
+
+
+def _is_single_frame_series(path: Path) -> bool:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID",
+                                                                           "NumberOfFrames"])
+    except Exception:
+        return False
+    return ds.get("SOPClassUID") == VL_ENDOSCOPIC and int(ds.get("NumberOfFrames", 1) or 1) == 1
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds (used by tests and shutdown)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,168 @@
+"""Real peers for the service tests: DCMTK storescp/storescu and Orthanc, on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from dicom_io.encode import VideoMetadata, write_video_dicom
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def make_video(path: Path, seconds: float = 1.0, fps: float = 30.0, seed: int = 0,
+               size=(96, 128), study_uid: str | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    frames = [np.clip(rng.normal(120, 30, (*size, 3)), 0, 255).astype(np.uint8)
+              for _ in range(int(seconds * fps))]
+    meta = VideoMetadata(patient_name="Test^Patient", patient_id=f"PID{seed:04d}")
+    if study_uid:
+        meta.study_instance_uid = study_uid
+    write_video_dicom(frames, path, fps=fps, meta=meta)
+    return path
+
+
+def storescu(port: int, *files: Path, aec: str = "AMAGI", aet: str = "STORESCU",
+             extra: tuple[str, ...] = ("-xn",), timeout: float = 120
+             ) -> subprocess.CompletedProcess[str]:
+    """DCMTK storescu: ``-xn`` proposes H.264 HP@L4.1, ``-R`` only the needed contexts."""
+    cmd = ["storescu", *extra, "-R", "-aet", aet, "-aec", aec, "127.0.0.1", str(port),
+           *map(str, files)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+class StoreSCP:
+    """DCMTK storescp accepting every transfer syntax into a directory."""
+
+    def __init__(self, directory: Path, ae_title: str = "PACS", port: int | None = None) -> None:
+        self.directory = directory
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StoreSCP:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["storescp", "+xa", "-aet", self.ae_title, "-od", str(self.directory), str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._listening, 10, what="storescp to listen")
+        return self
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def received(self) -> list[pydicom.Dataset]:
+        out = []
+        for f in sorted(self.directory.iterdir()):
+            if f.is_file():
+                with contextlib.suppress(Exception):
+                    out.append(pydicom.dcmread(f, stop_before_pixels=True))
+        return out
+
+    def files(self) -> list[Path]:
+        return sorted(f for f in self.directory.iterdir() if f.is_file())
+
+    @property
+    def destination(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+
+class Orthanc:
+    """Debian's Orthanc, configured in a temporary directory on free ports."""
+
+    def __init__(self, workdir: Path, amagi_port: int, ae_title: str = "ORTHANC") -> None:
+        self.workdir = workdir
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.ae_title = ae_title
+        self.amagi_port = amagi_port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Orthanc:
+        exe = shutil.which("Orthanc")
+        if exe is None:
+            raise AssertionError("Orthanc is not installed (make test installs Debian 'orthanc')")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "amagi-test", "StorageDirectory": str(self.workdir / "db"),
+            "IndexDirectory": str(self.workdir / "db"), "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port, "DicomAet": self.ae_title, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True,
+            "DicomModalities": {"amagi": ["AMAGI", "127.0.0.1", self.amagi_port]},
+            "DicomCheckCalledAet": False, "Plugins": [], "StableAge": 1,
+            "DicomScuTimeout": 30, "HttpTimeout": 60,
+        }
+        cfg = self.workdir / "orthanc.json"
+        cfg.write_text(json.dumps(config))
+        self.log = (self.workdir / "orthanc.log").open("wb")
+        self.proc = subprocess.Popen([exe, str(cfg)], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(self._up, 30, what="Orthanc to start")
+        return self
+
+    def _up(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.log.close()
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, data: bytes | dict, timeout: float = 120):
+        body = data if isinstance(data, bytes) else json.dumps(data).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body,
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+        return json.loads(raw) if raw.strip() else None
+
+    @property
+    def destination(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.dicom_port}"
+
+
+@contextlib.contextmanager
+def running(peer) -> Iterator:
+    peer.start()
+    try:
+        yield peer
+    finally:
+        peer.stop()

@@ -1,0 +1,274 @@
+"""``amagi serve`` against real peers on loopback: DCMTK storescu/storescp, Orthanc, dciodvfy.
+
+The model is the small AMAGI variant with deterministic random weights and a threshold near
+zero, so every video yields one event and every result kind (SR, SEG, key image, KOS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+from pydicom.encaps import encapsulate, generate_fragments
+
+from amagi_plugin.cli.commands.process import analyzer_from_config
+from amagi_plugin.config import load_config
+from amagi_plugin.service.app import Service
+from db import open_database
+from db.queries import service_status
+from dicom_io.validate import run_dciodvfy
+from tests.amagi_plugin.serve_support import (
+    Orthanc,
+    StoreSCP,
+    free_port,
+    make_video,
+    running,
+    storescu,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+RESULT_MODALITIES = {"SR", "SEG", "ES", "KO"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "amagi_tiny_serve.pth"
+    torch.save({"meta": {}, "state_dict": build_model("amagi_tiny").state_dict()}, path)
+    return path
+
+
+def _overrides(tmp: Path, checkpoint: Path, port: int, **extra: str) -> dict[str, str]:
+    base = {
+        "storage.var_dir": str(tmp / "var"), "storage.reserve_mb": "16",
+        "listener.port": str(port), "listener.bind_address": "127.0.0.1",
+        "model.name": "amagi_tiny", "model.checkpoint": str(checkpoint),
+        "analysis.threshold": "1e-6", "worker.lease_s": "5",
+        "delivery.retry_initial_s": "0.5", "delivery.retry_max_s": "2",
+    }
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def service(tmp_path, checkpoint):
+    """``service(**overrides)`` starts an in-process service; stopped after the test."""
+    started: list[Service] = []
+
+    def start(**extra: str) -> Service:
+        cfg = load_config(environ={}, cwd=tmp_path,
+                          overrides=_overrides(tmp_path, checkpoint, free_port(), **extra))
+        analyzer, spec = analyzer_from_config(cfg)
+        svc = Service(cfg, analyzer, spec)
+        svc.start()
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+def _status(svc: Service) -> dict:
+    with svc.database.session() as s:
+        return service_status(s)
+
+
+def test_push_analyse_deliver_and_query(service, tmp_path, run_cli) -> None:
+    with running(StoreSCP(tmp_path / "pacs")) as pacs:
+        svc = service(**{"delivery.destinations": pacs.destination})
+        video = make_video(tmp_path / "video.dcm", seconds=1.0)
+        r = storescu(svc.port, video)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: len(pacs.files()) >= 4, 120, what="4 results at the destination")
+        received = pacs.received()
+        assert {ds.Modality for ds in received} == RESULT_MODALITIES
+        src = pydicom.dcmread(video, stop_before_pixels=True)
+        assert {ds.StudyInstanceUID for ds in received} == {src.StudyInstanceUID}
+        assert src.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in received}
+        for f in pacs.files():
+            assert run_dciodvfy(f).errors == [], f
+
+        cases = run_cli("cases", "list", "--format", "json", "--storage-var-dir",
+                        str(tmp_path / "var"))
+        assert cases.code == 0, cases.stderr
+        (case,) = json.loads(cases.stdout)
+        assert case["sop_instance_uid"] == src.SOPInstanceUID and case["event_count"] == 1
+
+        # The same instance pushed again with the same model: no new job, nothing resent.
+        assert storescu(svc.port, video).returncode == 0
+        time.sleep(3)
+        st = _status(svc)
+        assert sum(st["jobs"].values()) == 1 and st["jobs"]["done"] == 1
+        assert len(pacs.files()) == 4 and st["deliveries"]["sent"] == 4
+
+
+def test_destination_down_then_up(service, tmp_path) -> None:
+    pacs = StoreSCP(tmp_path / "pacs")
+    svc = service(**{"delivery.destinations": pacs.destination})
+    assert storescu(svc.port, make_video(tmp_path / "v.dcm")).returncode == 0
+    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the job")
+    wait_until(lambda: any(r["last_error"] for r in _status(svc)["deliveries"]["by_destination"]),
+               30, what="a failed delivery attempt")
+    assert _status(svc)["deliveries"]["sent"] == 0
+    with running(pacs):
+        wait_until(lambda: len(pacs.files()) >= 4, 60, what="delivery after the peer came up")
+    assert _status(svc)["deliveries"]["pending"] == 0
+
+
+def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(service, tmp_path) -> None:
+    svc = service(**{"worker.max_attempts": "1"})
+    good = make_video(tmp_path / "good.dcm", seed=1)
+    # A DICOM whose H.264 stream is cut short: accepted on the wire, fails in the pipeline.
+    truncated = make_video(tmp_path / "trunc_src.dcm", seconds=2.0, seed=2)
+    ds = pydicom.dcmread(truncated)
+    stream = b"".join(generate_fragments(ds.PixelData))
+    ds.PixelData = encapsulate([stream[: len(stream) // 5]])
+    ds.save_as(tmp_path / "trunc.dcm")
+    r = storescu(svc.port, tmp_path / "trunc.dcm")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: _status(svc)["jobs"]["failed"] == 1, 120, what="the truncated video to fail")
+    (failure,) = _status(svc)["failed"]
+    assert "truncated" in failure["error"], failure
+    # Garbage that claims to be DICOM Part 10 is refused with a failure status.
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\0" * 128 + b"DICM" + os.urandom(2000))
+    bad = storescu(svc.port, junk, extra=())
+    assert bad.returncode != 0 or "Failed" in bad.stderr + bad.stdout
+    # ... and the listener still serves.
+    assert storescu(svc.port, good).returncode == 0
+    wait_until(lambda: _status(svc)["jobs"]["done"] >= 1, 120, what="the good video")
+
+
+def test_disk_reserve_gives_a700_and_leaves_nothing(service, tmp_path) -> None:
+    svc = service(**{"storage.reserve_mb": str(1 << 40)})
+    r = storescu(svc.port, make_video(tmp_path / "v.dcm"), extra=("-xn", "-v"))
+    assert "refused: outofresources" in (r.stdout + r.stderr).lower()  # DCMTK's name for 0xA700
+    spool = tmp_path / "var" / "spool"
+    assert not [p for p in spool.rglob("*") if p.is_file()]
+
+
+def test_calling_ae_allow_list(service, tmp_path) -> None:
+    svc = service(**{"listener.allowed_calling_aes": "MODALITY1"})
+    video = make_video(tmp_path / "v.dcm")
+    assert storescu(svc.port, video, aet="INTRUDER").returncode != 0
+    assert storescu(svc.port, video, aet="MODALITY1").returncode == 0
+
+
+def test_twenty_concurrent_associations(service, tmp_path) -> None:
+    svc = service(**{"analysis.threshold": "0.5"})
+    videos = [make_video(tmp_path / f"v{i}.dcm", seconds=0.5, seed=100 + i) for i in range(20)]
+    results: list[int] = []
+
+    def push(v: Path) -> None:
+        results.append(storescu(svc.port, v).returncode)
+
+    threads = [threading.Thread(target=push, args=(v,)) for v in videos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [0] * 20
+    wait_until(lambda: _status(svc)["jobs"]["done"] == 20, 300, interval=1, what="20 jobs")
+    assert sum(_status(svc)["jobs"].values()) == 20
+
+
+@pytest.mark.slow
+def test_kill_during_inference_then_restart_delivers_once(tmp_path, checkpoint) -> None:
+    """kill -9 while the worker runs; after restart the job resumes and results arrive once."""
+    port = free_port()
+    with running(StoreSCP(tmp_path / "pacs")) as pacs:
+        overrides = _overrides(tmp_path, checkpoint, port, **{
+            "delivery.destinations": pacs.destination, "worker.lease_s": "3"})
+        cfg = tmp_path / "amagi.toml"
+        sections: dict[str, list[str]] = {}
+        for k, v in overrides.items():
+            sec, key = k.split(".")
+            sections.setdefault(sec, []).append(f"{key} = {json.dumps(_typed(v))}")
+        cfg.write_text("\n".join(f"[{s}]\n" + "\n".join(lines) for s, lines in sections.items()))
+        cmd = [sys.executable, "-m", "amagi_plugin", "serve", "--config", str(cfg)]
+
+        def start() -> subprocess.Popen[bytes]:
+            p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=open(tmp_path / "serve.log", "ab"))  # noqa: SIM115
+            wait_until(lambda: _listening(port), 60, what="amagi serve to listen")
+            return p
+
+        proc = start()
+        video = make_video(tmp_path / "long.dcm", seconds=8.0, size=(160, 208))
+        assert storescu(port, video).returncode == 0
+        database = open_database(f"sqlite:///{tmp_path / 'var' / 'amagi.db'}", upgrade=False)
+        wait_until(lambda: _db_status(database)["jobs"]["running"] == 1, 60, interval=0.05,
+                   what="the job to run")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(pacs.files()) == 0
+        proc = start()
+        try:
+            wait_until(lambda: _db_status(database)["jobs"]["done"] == 1, 180, interval=0.5,
+                       what="the resumed job")
+            wait_until(lambda: len(pacs.files()) >= 4, 60, what="delivery")
+            time.sleep(2)
+            received = pacs.received()
+            assert len(received) == 4, [ds.Modality for ds in received]
+            assert len({ds.SOPInstanceUID for ds in received}) == 4
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            database.dispose()
+
+
+def _typed(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    if "@" in v:
+        return [v]
+    return v
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _db_status(database) -> dict:
+    with database.session() as s:
+        return service_status(s)
+
+
+def test_orthanc_pushes_video_and_receives_results(service, tmp_path) -> None:
+    """Orthanc as the PACS: upload, ask Orthanc to send to amagi, find SR/SEG in the study."""
+    amagi_port = free_port()
+    with running(Orthanc(tmp_path / "orthanc", amagi_port)) as pacs:
+        service(**{"listener.port": str(amagi_port), "delivery.destinations": pacs.destination})
+        video = make_video(tmp_path / "video.dcm")
+        uploaded = pacs.post("/instances", video.read_bytes())
+        study = uploaded["ParentStudy"]
+        pacs.post("/modalities/amagi/store", {"Resources": [uploaded["ID"]], "Synchronous": True})
+
+        def modalities() -> set[str]:
+            series = pacs.get(f"/studies/{study}/series")
+            return {s["MainDicomTags"].get("Modality") for s in series}
+
+        found = wait_until(lambda: (m := modalities()) >= {"SR", "SEG"} and m, 120,
+                           what="SR and SEG in Orthanc's study")
+        assert {"ES", "SR", "SEG", "KO"} <= found
