@@ -22,7 +22,11 @@ import torch
 
 from amagi_plugin.analysis import Timeline, case_index, find_events, smooth_decisions
 from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer
-from amagi_plugin.schedule import ClipSchedule, shared_clip_probabilities
+from amagi_plugin.schedule import (
+    ClipSchedule,
+    naive_clip_probabilities,
+    shared_clip_probabilities,
+)
 from amagi_plugin.transforms import clip_frame_transform, native_frame_transform
 from dicom_io.results import BleedingEvent, CaseIndex
 
@@ -54,6 +58,7 @@ class AnalysisOptions:
     smoothing_s: float = 1.0
     decode_ahead: int = 64  # frames buffered between the decoder and the network
     key_frame_masks: bool = True
+    share_clips: bool = True  # False: the authors' three fresh clips per prediction (baseline)
 
 
 @dataclass
@@ -212,7 +217,8 @@ class BleedingAnalyzer:
             clips = torch.stack([
                 torch.stack([prefetch.get(f) for f in schedule.clip_frames(s)], dim=1)
                 for s in batch])
-            prefetch.release_before(schedule.grid_frame(batch[-1] + 1))
+            # Later requests never start before this batch's first clip (both schedules).
+            prefetch.release_before(schedule.grid_frame(min(batch)))
             t0 = time.perf_counter()
             out = self.inferer(clips.as_subclass(torch.Tensor), self.model).numpy()
             timings["video_network"] = timings.get("video_network", 0.0) + time.perf_counter() - t0
@@ -222,7 +228,10 @@ class BleedingAnalyzer:
             return out
 
         try:
-            result = shared_clip_probabilities(schedule, probs, self.options.batch_size)
+            if self.options.share_clips:
+                result = shared_clip_probabilities(schedule, probs, self.options.batch_size)
+            else:
+                result = naive_clip_probabilities(schedule, probs)
         finally:
             prefetch.close()
         return result, computed

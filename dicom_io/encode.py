@@ -23,10 +23,10 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_buffer
 from pydicom.tag import Tag
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     generate_uid,
 )
@@ -105,8 +105,11 @@ def encode_video(
     bitrate: int | None = None,
     crf: int | None = None,
     gop: int | None = None,
+    preset: str | None = None,
 ) -> int:
     """Encode RGB ``uint8 (H, W, 3)`` frames to an MPEG-TS (default) or MP4 file.
+
+    ``preset`` is the x264/x265 speed preset (``ultrafast`` ... ``veryslow``).
 
     Returns the number of frames written. ``container`` is taken from the suffix when
     ``None`` (``.mp4`` → mp4, anything else → mpegts).
@@ -130,6 +133,8 @@ def encode_video(
                     opts["level"] = "4"  # Main Profile @ High Level
                 if crf is not None and codec != "mpeg2":
                     opts["crf"] = str(crf)
+                if preset is not None and codec != "mpeg2":
+                    opts["preset"] = preset
                 if gop is not None:
                     stream.gop_size = gop
                 if bitrate is not None:
@@ -197,7 +202,7 @@ def _base_dataset(meta: VideoMetadata, n_frames: int, fps: float, rows: int, col
     # Multi-frame and Cine (PS3.3 C.7.6.6, C.7.6.5)
     ds.NumberOfFrames = n_frames
     ds.FrameIncrementPointer = Tag("FrameTime")
-    ds.FrameTime = f"{1000.0 / fps:.6g}"
+    ds.FrameTime = f"{1000.0 / fps:.12g}"
     ds.CineRate = round(fps)
     ds.RecommendedDisplayFrameRate = round(fps)
     ds.StartTrim = 1
@@ -253,6 +258,9 @@ def wrap_video_as_dicom(
     fragmentable = transfer_syntax.endswith(".1") or codec == "hevc"
     if fragment_size and not fragmentable:
         raise ValueError(f"{transfer_syntax} requires a single fragment (PS3.5 §8.2.8)")
+    if fragment_size and fragment_size % 2:
+        # an odd fragment would be padded to even length, inserting a byte into the stream
+        raise ValueError(f"fragment_size must be even (PS3.5 A.4), got {fragment_size}")
     ds = _base_dataset(meta, n, fps, rows, cols)
     ds.PhotometricInterpretation = "YBR_PARTIAL_420"
     ds.LossyImageCompression = "01"
@@ -260,7 +268,7 @@ def wrap_video_as_dicom(
     if frame_time_vector:
         ds.FrameIncrementPointer = Tag("FrameTimeVector")
         del ds.FrameTime
-        ds.FrameTimeVector = [0.0] + [round(1000.0 / fps, 4)] * (n - 1)
+        ds.FrameTimeVector = [0.0] + [round(1000.0 / fps, 6)] * (n - 1)
     ds.file_meta = _file_meta(ds, transfer_syntax)
     with video_path.open("rb") as fh:
         if fragment_size:
@@ -275,8 +283,11 @@ def wrap_video_as_dicom(
     return ds
 
 
-class _Window(io.RawIOBase):
-    """A read-only view of ``length`` bytes of ``fh`` from ``offset`` (for fragmenting)."""
+class _Window(io.BufferedIOBase):
+    """A read-only view of ``length`` bytes of ``fh`` from ``offset`` (for fragmenting).
+
+    A :class:`io.BufferedIOBase` because :func:`pydicom.encaps.encapsulate_buffer` requires one.
+    """
 
     def __init__(self, fh: io.BufferedReader, offset: int, length: int) -> None:
         self._fh, self._start, self._len, self._pos = fh, offset, length, 0
@@ -295,14 +306,19 @@ class _Window(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
-    def readinto(self, b) -> int:  # type: ignore[override]
-        want = min(len(b), self._len - self._pos)
+    def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+        left = self._len - self._pos
+        want = left if size is None or size < 0 else min(size, left)
         if want <= 0:
-            return 0
+            return b""
         self._fh.seek(self._start + self._pos)
         data = self._fh.read(want)
-        b[: len(data)] = data
         self._pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
         return len(data)
 
 
@@ -357,7 +373,8 @@ def write_multiframe_dicom(
     elif transfer_syntax == RLELossless:
         ds.PhotometricInterpretation = "RGB"
         ds.LossyImageCompression = "00"
-        ds.compress(RLELossless, arr, encoding_plugin="pydicom")
+        # keep the UID from ``meta`` (pydicom would generate a new one)
+        ds.compress(RLELossless, arr, encoding_plugin="pydicom", generate_instance_uid=False)
     elif transfer_syntax == JPEGBaseline8Bit:
         ds.PhotometricInterpretation = "YBR_FULL_422"
         ds.LossyImageCompression = "01"

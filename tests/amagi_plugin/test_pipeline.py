@@ -69,6 +69,11 @@ def test_pipeline_equals_naive_three_clip_computation(fps: float) -> None:
 
     expected = naive_clip_probabilities(sched, naive)[:, 1]
     np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=1e-6)
+    # The same video through the analyzer's own naive mode (three fresh clips per prediction).
+    naive_run = BleedingAnalyzer(RednessNet(), AnalysisOptions(share_clips=False, decode_ahead=16),
+                                 input_size=32).analyze(ArrayVideo(video._frames, fps))
+    np.testing.assert_allclose(naive_run.probabilities, result.probabilities, rtol=0, atol=1e-6)
+    assert naive_run.clips_computed == 3 * len(result.probabilities)
     assert result.clips_computed == len(sched.clip_starts()) < 3 * len(result.probabilities)
     assert video.decoded <= video.frame_count + len(result.key_frames)
 

@@ -1,0 +1,165 @@
+"""Storage Commitment Push Model, SCU side (PS3.4 Annex J).
+
+:func:`request_storage_commitment` sends the N-ACTION request (Action Type 1) listing the
+instances, then waits for the SCP's N-EVENT-REPORT (Event Type 1: all committed, 2: some
+failed) **on the same association** (PS3.4 J.3.3). Reports sent on a separate association
+initiated by the SCP are not supported.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import evt
+
+from dicom_io.errors import NetworkError
+from dicom_io.net.checks import check_uid
+from dicom_io.net.scu import DEFAULT_MAX_PDU, _associate, _make_ae
+
+logger = logging.getLogger(__name__)
+
+STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # well-known SOP instance
+_REQUEST_COMMITMENT = 1
+_EVENT_SUCCESS, _EVENT_FAILURES = 1, 2
+
+
+@dataclass(frozen=True)
+class CommitmentResult:
+    """Commitment outcome of one instance.
+
+    Attributes
+    ----------
+    sop_class_uid, sop_instance_uid : str
+        The instance.
+    committed : bool
+        ``True`` when the SCP listed it in Referenced SOP Sequence (it takes responsibility).
+    failure_reason : int or None
+        Failure Reason (0008,1197) when listed in Failed SOP Sequence (e.g. 0x0112 no such
+        object instance), ``None`` if committed or not mentioned in the report.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    committed: bool
+    failure_reason: int | None
+
+
+def _request_dataset(transaction_uid: str, instances: Sequence[tuple[str, str]]) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = transaction_uid
+    refs = []
+    for sop_class, sop_instance in instances:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        refs.append(item)
+    ds.ReferencedSOPSequence = refs
+    return ds
+
+
+def _on_report(event: Any, transaction_uid: str, reports: queue.Queue[tuple[int, Dataset]]
+               ) -> tuple[int, None]:
+    """EVT_N_EVENT_REPORT on our association: queue the report of our transaction."""
+    try:
+        info = event.event_information
+        if str(info.get("TransactionUID", "")) == transaction_uid:
+            reports.put((int(event.request.EventTypeID), info))
+        else:
+            logger.warning("storage commitment report for an unknown transaction ignored")
+    except Exception:
+        logger.exception("unreadable storage commitment report")
+        return 0x0110, None
+    return 0x0000, None
+
+
+def request_storage_commitment(
+    instances: Sequence[tuple[str, str]],
+    ae_title: str,
+    host: str,
+    port: int,
+    calling_ae_title: str = "AMAGI",
+    tls: ssl.SSLContext | None = None,
+    timeout: float = 60.0,
+    transaction_uid: str | None = None,
+    tls_server_hostname: str | None = None,
+) -> list[CommitmentResult]:
+    """Ask a peer to commit to storing ``instances`` and wait for its answer.
+
+    Parameters
+    ----------
+    instances : sequence of (sop_class_uid, sop_instance_uid)
+        The instances sent earlier.
+    ae_title, host, port : str, str, int
+        The Storage Commitment SCP (usually the PACS the instances went to).
+    calling_ae_title : str
+        Our AE title.
+    tls : ssl.SSLContext, optional
+        Client TLS context.
+    timeout : float
+        Seconds to wait for each network step and for the N-EVENT-REPORT.
+    transaction_uid : str, optional
+        Transaction UID (0008,1195); a fresh one by default.
+
+    Returns
+    -------
+    list of CommitmentResult
+        One per instance, in order.
+
+    Raises
+    ------
+    ValueError
+        If ``instances`` is empty or holds an invalid UID.
+    NetworkError
+        If no association could be made, the N-ACTION failed, or no report arrived within
+        ``timeout`` seconds.
+    """
+    if not instances:
+        raise ValueError("instances must list at least one (sop_class_uid, sop_instance_uid)")
+    for sop_class, sop_instance in instances:
+        for uid, name in ((sop_class, "sop_class_uid"), (sop_instance, "sop_instance_uid")):
+            ok, why = check_uid(uid, name)
+            if not ok:
+                raise ValueError(why)
+    transaction_uid = transaction_uid or generate_uid()
+    reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+    ae = _make_ae(calling_ae_title, timeout, DEFAULT_MAX_PDU)
+    ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL)
+    peer = f"{ae_title}@{host}:{port}"
+    assoc = _associate(ae, ae_title, host, port, DEFAULT_MAX_PDU, tls, tls_server_hostname,
+                       evt_handlers=[(evt.EVT_N_EVENT_REPORT, _on_report,
+                                      [transaction_uid, reports])])
+    try:
+        if not assoc.is_established:
+            raise NetworkError(f"{peer} does not support Storage Commitment Push Model")
+        status, _ = assoc.send_n_action(_request_dataset(transaction_uid, instances),
+                                        _REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
+                                        STORAGE_COMMITMENT_INSTANCE)
+        if "Status" not in status:
+            raise NetworkError(f"no N-ACTION response from {peer} within {timeout} s")
+        if int(status.Status) != 0:
+            raise NetworkError(f"{peer} refused the commitment request "
+                               f"(status 0x{int(status.Status):04X})")
+        try:
+            event_type, info = reports.get(timeout=timeout)
+        except queue.Empty:
+            raise NetworkError(f"no storage commitment report from {peer} within "
+                               f"{timeout} s (transaction {transaction_uid})") from None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    committed = {str(i.ReferencedSOPInstanceUID)
+                 for i in info.get("ReferencedSOPSequence", [])}
+    failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0x0110))
+              for i in info.get("FailedSOPSequence", [])}
+    logger.info("storage commitment %s from %s: event type %d, %d committed, %d failed",
+                transaction_uid, peer, event_type, len(committed), len(failed))
+    return [CommitmentResult(c, i, i in committed and i not in failed, failed.get(i))
+            for c, i in instances]
