@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ class Service:
         self._series: dict[str, tuple[int, float, int | None, int]] = {}  # uid → job, last, expected, n
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._previous_tempdir: str | None = None
         self._describe_metrics()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -64,6 +66,12 @@ class Service:
         cfg = self.cfg
         for d in (cfg.var_dir, cfg.spool_dir, cfg.results_dir):
             Path(d).mkdir(parents=True, exist_ok=True)
+        # pynetdicom streams each C-STORE to a temporary file before our handler runs: keep it
+        # on the spool's filesystem so that placing it is a rename, not a copy.
+        incoming = Path(cfg.spool_dir) / ".incoming"
+        incoming.mkdir(exist_ok=True)
+        self._previous_tempdir = tempfile.tempdir
+        tempfile.tempdir = str(incoming)
         self.database = open_database(cfg.database_url)
         self._release_after_restart()
         destinations = {d.key: d for d in cfg.delivery.destinations}
@@ -101,6 +109,7 @@ class Service:
             self.metrics_server.stop()
         if self.database is not None:
             self.database.dispose()
+        tempfile.tempdir = self._previous_tempdir
 
     def serve_forever(self) -> None:
         """Start, then run until SIGINT/SIGTERM."""
