@@ -59,6 +59,8 @@ class Service:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._previous_tempdir: str | None = None
+        self._jobs_queued = threading.Event()
+        self._results_ready = threading.Event()
         self._describe_metrics()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -77,12 +79,14 @@ class Service:
         destinations = {d.key: d for d in cfg.delivery.destinations}
         for i in range(cfg.worker.count):
             w = Worker(i, self.database, self.analyzer, self.spec, cfg.results_dir,
-                       list(destinations), cfg.worker.lease_s, self.stop_event, self.metrics)
+                       list(destinations), cfg.worker.lease_s, self.stop_event, self.metrics,
+                       on_job_done=lambda _job: self._results_ready.set(),
+                       wakeup=self._jobs_queued)
             w.start()
             self.workers.append(w)
         self.delivery = DeliveryLoop(self.database, destinations, self._send,
                                      cfg.delivery.retry_initial_s, cfg.delivery.retry_max_s,
-                                     self.stop_event, self.metrics)
+                                     self.stop_event, self.metrics, wakeup=self._results_ready)
         self.delivery.start()
         watcher = threading.Thread(target=self._watch_series, name="amagi-series", daemon=True)
         watcher.start()
@@ -103,6 +107,8 @@ class Service:
         if self.listener is not None:
             self.listener.stop()
         self.stop_event.set()
+        self._jobs_queued.set()
+        self._results_ready.set()
         for t in [*self.workers, *([self.delivery] if self.delivery else []), *self._threads]:
             t.join(timeout=30)
         if self.metrics_server is not None:
@@ -209,6 +215,7 @@ class Service:
             release(session, job_id)
             with self._lock:
                 self._series.pop(inst.series_instance_uid, None)
+            self._jobs_queued.set()
             log.info("series %s complete (%d images): job %d queued", inst.series_instance_uid,
                      entry[3], job_id)
 
@@ -223,6 +230,7 @@ class Service:
         with self.database.session(write=True) as s:
             for job_id in jobs:
                 release(s, job_id)
+        self._jobs_queued.set()
         log.info("association from %s %s: %d job(s) queued", summary.calling_ae,
                  "aborted" if summary.aborted else "released", len(jobs))
 
@@ -239,6 +247,7 @@ class Service:
                     for uid, job_id in quiet:
                         release(s, job_id)
                         log.info("series %s quiet for %.0f s: job %d queued", uid, timeout, job_id)
+                self._jobs_queued.set()
 
     def _release_after_restart(self) -> None:
         """Jobs left ``received`` by a previous run: their associations are over."""

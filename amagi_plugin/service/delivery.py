@@ -28,7 +28,8 @@ class DeliveryLoop(threading.Thread):
 
     def __init__(self, database: Database, destinations: Mapping[str, Destination], send: SendFn,
                  retry_initial_s: float, retry_max_s: float, stop: threading.Event,
-                 metrics: Metrics | None = None, poll_s: float = 1.0) -> None:
+                 metrics: Metrics | None = None, poll_s: float = 1.0,
+                 wakeup: threading.Event | None = None) -> None:
         super().__init__(name="amagi-delivery", daemon=True)
         self.database = database
         self.destinations = dict(destinations)
@@ -38,6 +39,7 @@ class DeliveryLoop(threading.Thread):
         self.stop_event = stop
         self.metrics = metrics
         self.poll_s = poll_s
+        self.wakeup = wakeup or threading.Event()  # set when a run commits new deliveries
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -46,8 +48,8 @@ class DeliveryLoop(threading.Thread):
             except Exception:
                 log.exception("delivery round failed; retrying")
                 busy = False
-            if not busy:
-                self.stop_event.wait(self.poll_s)
+            if not busy and self.wakeup.wait(self.poll_s):
+                self.wakeup.clear()
 
     def run_once(self) -> bool:
         """One round over the due deliveries; ``True`` if anything was attempted."""

@@ -48,7 +48,8 @@ class Worker(threading.Thread):
     def __init__(self, index: int, database: Database, analyzer: BleedingAnalyzer, spec: ModelSpec,
                  results_dir: Path, destinations: Sequence[str], lease_s: float,
                  stop: threading.Event, metrics: Metrics | None = None, poll_s: float = 1.0,
-                 on_job_done: Callable[[int], None] | None = None) -> None:
+                 on_job_done: Callable[[int], None] | None = None,
+                 wakeup: threading.Event | None = None) -> None:
         super().__init__(name=f"amagi-worker-{index}", daemon=True)
         self.ident_name = worker_name(index)
         self.database = database
@@ -61,6 +62,7 @@ class Worker(threading.Thread):
         self.metrics = metrics
         self.poll_s = poll_s
         self.on_job_done = on_job_done
+        self.wakeup = wakeup or threading.Event()  # set when a job is queued: no poll delay
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -72,7 +74,8 @@ class Worker(threading.Thread):
                 self.stop_event.wait(self.poll_s * 5)
                 continue
             if job is None:
-                self.stop_event.wait(self.poll_s)
+                if self.wakeup.wait(self.poll_s):
+                    self.wakeup.clear()
                 continue
             self.run_job(job)
 
