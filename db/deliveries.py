@@ -112,3 +112,26 @@ def _get(session: Session, delivery_id: int) -> Delivery:
     if row is None:
         raise NotFoundError(f"no delivery {delivery_id}")
     return row
+
+
+def sent_awaiting_commitment(session: Session, destination: str, *, limit: int = 500
+                             ) -> list[DueDelivery]:
+    """Deliveries sent to ``destination`` whose Storage Commitment was not requested yet."""
+    rows = session.execute(
+        sa.select(Delivery.id, Delivery.destination, ProducedObject.id,
+                  ProducedObject.sop_instance_uid, ProducedObject.sop_class_uid,
+                  ProducedObject.path, Delivery.attempts)
+        .join(ProducedObject, ProducedObject.id == Delivery.object_id)
+        .where(Delivery.state == DeliveryState.SENT, Delivery.destination == destination,
+               Delivery.commitment.is_(None))
+        .order_by(Delivery.id).limit(limit))
+    return [DueDelivery(*r) for r in rows]
+
+
+def record_commitment(session: Session, delivery_id: int, committed: bool, reason: str = "", *,
+                      now: datetime | None = None) -> None:
+    """Record the destination's Storage Commitment answer for one delivered object."""
+    row = _get(session, delivery_id)
+    row.commitment = "committed" if committed else f"failed: {reason or 'no reason given'}"[:256]
+    row.commitment_at = now or utcnow()
+    session.flush()

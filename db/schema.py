@@ -272,5 +272,9 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     sent_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Storage Commitment (PS3.4 Annex J) after sending, when configured: "committed" or
+    # "failed: <reason>"; None when not requested (yet).
+    commitment: Mapped[str | None] = mapped_column(sa.String(256))
+    commitment_at: Mapped[datetime | None]
 
     object: Mapped[ProducedObject] = relationship(back_populates="deliveries")

@@ -86,7 +86,8 @@ class Service:
             self.workers.append(w)
         self.delivery = DeliveryLoop(self.database, destinations, self._send,
                                      cfg.delivery.retry_initial_s, cfg.delivery.retry_max_s,
-                                     self.stop_event, self.metrics, wakeup=self._results_ready)
+                                     self.stop_event, self.metrics, wakeup=self._results_ready,
+                                     commit=self._commit if cfg.delivery.storage_commitment else None)
         self.delivery.start()
         watcher = threading.Thread(target=self._watch_series, name="amagi-series", daemon=True)
         watcher.start()
@@ -272,6 +273,29 @@ class Service:
         results = send_instances(paths, dest.ae_title, dest.host, dest.port,
                                  calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
         return [(r.ok, r.error) for r in results]
+
+    def _commit(self, refs: list[tuple[str, str]], dest: Destination) -> list[tuple[bool, str]]:
+        from dicom_io.net.commitment import request_storage_commitment
+
+        tls = None
+        if dest.tls:
+            from dicom_io.net.tls import client_context
+
+            tls = client_context(ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
+                                 key_file=dest.tls_key or None)
+        results = request_storage_commitment(refs, dest.ae_title, dest.host, dest.port,
+                                             calling_ae_title=self.cfg.delivery.calling_ae_title,
+                                             tls=tls)
+        by_uid = {r.sop_instance_uid: r for r in results}
+        out = []
+        for _cls, uid in refs:
+            r = by_uid.get(uid)
+            if r is None or (not r.committed and r.failure_reason is None):
+                out.append((False, "not in the commitment report"))
+            else:
+                out.append((r.committed, "" if r.committed else
+                            f"Failure Reason 0x{r.failure_reason:04X}"))
+        return out
 
     # -- metrics -----------------------------------------------------------------------
     def _describe_metrics(self) -> None:

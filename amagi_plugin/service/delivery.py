@@ -16,11 +16,19 @@ from pathlib import Path
 from amagi_plugin.config import Destination
 from amagi_plugin.service.metrics import Metrics
 from db import Database
-from db.deliveries import DueDelivery, deliveries_due, mark_failed, mark_sent
+from db.deliveries import (
+    DueDelivery,
+    deliveries_due,
+    mark_failed,
+    mark_sent,
+    record_commitment,
+)
 
 log = logging.getLogger(__name__)
 
 SendFn = Callable[[list[Path], Destination], list[tuple[bool, str | None]]]
+#: (sop_class_uid, sop_instance_uid) pairs → (committed, reason) per pair (Storage Commitment).
+CommitFn = Callable[[list[tuple[str, str]], Destination], list[tuple[bool, str]]]
 
 
 class DeliveryLoop(threading.Thread):
@@ -29,7 +37,7 @@ class DeliveryLoop(threading.Thread):
     def __init__(self, database: Database, destinations: Mapping[str, Destination], send: SendFn,
                  retry_initial_s: float, retry_max_s: float, stop: threading.Event,
                  metrics: Metrics | None = None, poll_s: float = 1.0,
-                 wakeup: threading.Event | None = None) -> None:
+                 wakeup: threading.Event | None = None, commit: CommitFn | None = None) -> None:
         super().__init__(name="amagi-delivery", daemon=True)
         self.database = database
         self.destinations = dict(destinations)
@@ -40,6 +48,7 @@ class DeliveryLoop(threading.Thread):
         self.metrics = metrics
         self.poll_s = poll_s
         self.wakeup = wakeup or threading.Event()  # set when a run commits new deliveries
+        self.commit = commit  # None: no Storage Commitment requested
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -81,16 +90,33 @@ class DeliveryLoop(threading.Thread):
             log.warning("delivery to %s failed: %s", key, e)
             self._failed(present, f"{type(e).__name__}: {e}")
             return
+        sent = []
         with self.database.session(write=True) as s:
             for d, (ok, error) in zip(present, outcomes, strict=True):
                 if ok:
                     mark_sent(s, d.delivery_id)
+                    sent.append(d)
                     log.info("delivered %s to %s", d.sop_instance_uid, key)
                     self._count("amagi_deliveries_total", result="sent")
                 else:
                     mark_failed(s, d.delivery_id, error or "C-STORE failed",
                                 initial_s=self.retry_initial_s, max_s=self.retry_max_s)
                     self._count("amagi_deliveries_total", result="retry")
+        if sent and self.commit is not None:
+            self._request_commitment(dest, sent)
+
+    def _request_commitment(self, dest: Destination, sent: list[DueDelivery]) -> None:
+        """Ask the destination to commit to what it just stored; record each answer."""
+        try:
+            answers = self.commit([(d.sop_class_uid, d.sop_instance_uid) for d in sent], dest)
+        except Exception as e:  # the objects were delivered; only the commitment failed
+            log.warning("storage commitment from %s failed: %s", dest.key, e)
+            answers = [(False, f"{type(e).__name__}: {e}")] * len(sent)
+        with self.database.session(write=True) as s:
+            for d, (committed, reason) in zip(sent, answers, strict=True):
+                record_commitment(s, d.delivery_id, committed, reason)
+        log.info("storage commitment from %s: %d of %d committed", dest.key,
+                 sum(1 for c, _ in answers if c), len(sent))
 
     def _failed(self, items: list[DueDelivery], error: str) -> None:
         with self.database.session(write=True) as s:

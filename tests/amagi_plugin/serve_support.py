@@ -166,3 +166,48 @@ def running(peer) -> Iterator:
         yield peer
     finally:
         peer.stop()
+
+
+class CommittingPACS:
+    """A pynetdicom peer that stores our result objects and answers Storage Commitment
+    (N-ACTION, then an N-EVENT-REPORT on the same association) for what it stored."""
+
+    def __init__(self, ae_title: str = "COMMITPACS") -> None:
+        self.ae_title = ae_title
+        self.stored: set[str] = set()
+        self.server = None
+
+    def start(self) -> CommittingPACS:
+        import threading
+
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        from dicom_io.net.commitment import STORAGE_COMMITMENT_PUSH_MODEL
+        from dicom_io.sopclasses import RESULT_SOP_CLASSES
+        from tests.dicom_io._net_fixtures import send_commitment_report
+
+        def on_store(event):
+            self.stored.add(event.request.AffectedSOPInstanceUID)
+            return 0x0000
+
+        def on_action(event):
+            threading.Thread(target=send_commitment_report,
+                             args=(event.assoc, event.action_information, self.stored),
+                             daemon=True).start()
+            return 0x0000, None
+
+        ae = AE(self.ae_title)
+        for uid in RESULT_SOP_CLASSES:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL)
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, on_store), (evt.EVT_N_ACTION, on_action)])
+        return self
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+
+    @property
+    def destination(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.server.server_address[1]}"

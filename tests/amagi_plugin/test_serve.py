@@ -27,6 +27,7 @@ from db import open_database
 from db.queries import service_status
 from dicom_io.validate import run_dciodvfy
 from tests.amagi_plugin.serve_support import (
+    CommittingPACS,
     Orthanc,
     StoreSCP,
     free_port,
@@ -151,6 +152,23 @@ def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(service, tmp_path)
     # ... and the listener still serves.
     assert storescu(svc.port, good).returncode == 0
     wait_until(lambda: _status(svc)["jobs"]["done"] >= 1, 120, what="the good video")
+
+
+def test_storage_commitment_outcome_is_recorded(service, tmp_path) -> None:
+    with running(CommittingPACS()) as pacs:
+        svc = service(**{"delivery.destinations": pacs.destination,
+                         "delivery.storage_commitment": "true"})
+        assert storescu(svc.port, make_video(tmp_path / "v.dcm")).returncode == 0
+        wait_until(lambda: len(pacs.stored) == 4, 120, what="4 results at the PACS")
+
+        def commitments() -> list[str | None]:
+            from db.schema import Delivery
+
+            with svc.database.session() as s:
+                return [d.commitment for d in s.query(Delivery)]
+
+        wait_until(lambda: commitments() and all(commitments()), 60, what="commitment answers")
+        assert commitments() == ["committed"] * 4
 
 
 def test_disk_reserve_gives_a700_and_leaves_nothing(service, tmp_path) -> None:

@@ -24,6 +24,7 @@ from pynetdicom import _config
 
 from dicom_io.encode import VideoMetadata, write_multiframe_dicom, write_video_dicom
 from dicom_io.net.checks import dataset_offset
+from dicom_io.net.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 from dicom_io.net.listener import DicomListener
 from dicom_io.net.records import AssociationSummary, StoredInstance
 from dicom_io.sopclasses import COMPREHENSIVE_SR
@@ -210,3 +211,26 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on port {port}")
+
+
+def send_commitment_report(assoc: Any, request: Dataset, known: set[str]) -> None:
+    """As a Storage Commitment SCP: report ``known`` instances committed, others failed."""
+    time.sleep(0.1)  # after the N-ACTION response, as a PACS would
+    info = Dataset()
+    info.TransactionUID = request.TransactionUID
+    ok, failed = [], []
+    for ref in request.ReferencedSOPSequence:
+        item = Dataset()
+        item.ReferencedSOPClassUID = ref.ReferencedSOPClassUID
+        item.ReferencedSOPInstanceUID = ref.ReferencedSOPInstanceUID
+        if ref.ReferencedSOPInstanceUID in known:
+            ok.append(item)
+        else:
+            item.FailureReason = 0x0112  # no such object instance
+            failed.append(item)
+    if ok:
+        info.ReferencedSOPSequence = ok
+    if failed:
+        info.FailedSOPSequence = failed
+    assoc.send_n_event_report(info, 2 if failed else 1, STORAGE_COMMITMENT_PUSH_MODEL,
+                              STORAGE_COMMITMENT_INSTANCE)

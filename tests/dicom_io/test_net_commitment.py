@@ -8,40 +8,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydicom import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 
 from dicom_io.errors import NetworkError
 from dicom_io.net.commitment import (
-    STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
     request_storage_commitment,
 )
 from dicom_io.sopclasses import COMPREHENSIVE_3D_SR, SEGMENTATION
-from tests.dicom_io._net_fixtures import Recorder, running_listener
-
-
-def _report(assoc: Any, request: Dataset, known: set[str]) -> None:
-    time.sleep(0.1)  # after the N-ACTION response, as a PACS would
-    info = Dataset()
-    info.TransactionUID = request.TransactionUID
-    ok, failed = [], []
-    for ref in request.ReferencedSOPSequence:
-        item = Dataset()
-        item.ReferencedSOPClassUID = ref.ReferencedSOPClassUID
-        item.ReferencedSOPInstanceUID = ref.ReferencedSOPInstanceUID
-        if ref.ReferencedSOPInstanceUID in known:
-            ok.append(item)
-        else:
-            item.FailureReason = 0x0112  # no such object instance
-            failed.append(item)
-    if ok:
-        info.ReferencedSOPSequence = ok
-    if failed:
-        info.FailedSOPSequence = failed
-    assoc.send_n_event_report(info, 2 if failed else 1, STORAGE_COMMITMENT_PUSH_MODEL,
-                              STORAGE_COMMITMENT_INSTANCE)
+from tests.dicom_io._net_fixtures import Recorder, running_listener, send_commitment_report
 
 
 @pytest.fixture
@@ -56,7 +32,7 @@ def commitment_scp() -> Iterator[tuple[int, set[str], dict[str, bool]]]:
     def on_action(event: Any) -> tuple[int, None]:
         request = event.action_information
         if not behaviour["silent"]:
-            threading.Thread(target=_report, args=(event.assoc, request, known),
+            threading.Thread(target=send_commitment_report, args=(event.assoc, request, known),
                              daemon=True).start()
         return 0x0000, None
 
