@@ -1,0 +1,177 @@
+"""AMAGI: SlowFast features re-weighted by a segmentation network's bleeding map.
+
+``Amagi`` is the backbone (``slow_path``, ``fast_path``, ``seg_model``: the authors' key
+layout) and ``AmagiHead`` the fusion head with the semantics of the authors' ``AmagiHead2``
+(reference README, quirks 1, 6 and 14-17):
+
+- the segmentation net sees the clip's centre frame ``x[:, :, T // 2]`` (already normalised
+  with the SlowFast mean/std) and returns ``[aux, main]`` logits at 1/4 resolution;
+- the head sums the two raw logit maps, reduces them with ``Conv2d(2, 2, k, stride=k)`` to
+  the pathways' spatial grid and applies a per-channel sigmoid;
+- each pathway goes through a 1x1x1 conv with temporal stride ``time_rate``, is re-weighted
+  as ``s0·f + s1·f``, passed through ``map_*`` plus a residual, and collapsed over time by
+  ``map_*2``; the two results are concatenated ``[slow-path part, fast-path part]`` and go
+  through a 1x1 conv, global average pooling, dropout and the classifier.
+
+The authors' names are swapped (their ``fast_conv`` acts on the slow pathway); the module
+names are kept for the checkpoint keys, and the docstrings say which pathway each touches.
+Sizes that the authors hard-coded (8 frames, 7x7, 2048/256 channels) are computed here from
+the clip length, the input size and the pathway widths; the authors' configuration gives
+their exact numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from models.errors import InputShapeError, ModelConfigError
+from models.hrnet_ocr import HRNetOCR
+from models.resnet3d import ResNet3dPathway
+from models.slowfast import Pathways, SlowFast
+
+__all__ = ["Amagi", "AmagiFeatures", "AmagiHead"]
+
+AmagiFeatures = tuple[Pathways, list[torch.Tensor]]
+"""Backbone output: ``((x_slow, x_fast), [seg_aux, seg_main])``."""
+
+
+class Amagi(SlowFast):
+    """SlowFast backbone plus a frozen HRNet-OCR run on each clip's centre frame.
+
+    Parameters
+    ----------
+    slow_path, fast_path : ResNet3dPathway
+        The two pathways (see :class:`models.slowfast.SlowFast`).
+    seg_model : HRNetOCR
+        Segmentation network; its parameters are frozen (``requires_grad=False``).
+    resample_rate, speed_ratio : int
+        τ and α.
+    seg_train_mode : bool
+        If False (default) the segmentation net stays in eval mode when the model is put in
+        training mode, so its BatchNorm statistics do not drift. The authors' code left it
+        in training mode (its BN running statistics changed while training AMAGI); pass
+        True to reproduce that. Eval-mode outputs are the same either way.
+    """
+
+    def __init__(self, slow_path: ResNet3dPathway, fast_path: ResNet3dPathway,
+                 seg_model: HRNetOCR, resample_rate: int, speed_ratio: int,
+                 seg_train_mode: bool = False) -> None:
+        super().__init__(slow_path, fast_path, resample_rate, speed_ratio)
+        self.seg_model = seg_model
+        self.seg_train_mode = seg_train_mode
+        for p in self.seg_model.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Amagi:
+        super().train(mode)
+        if not self.seg_train_mode:
+            self.seg_model.eval()
+        return self
+
+    def segment(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Run the segmentation net on normalised frames (N, 3, H, W) -> [aux, main] logits."""
+        return self.seg_model(frames)
+
+    def forward(self, x: torch.Tensor) -> AmagiFeatures:  # type: ignore[override]
+        """(N, 3, T, H, W) -> ((x_slow, x_fast), [seg_aux, seg_main]).
+
+        The segmentation input is frame ``T // 2`` of the full-rate clip.
+        """
+        if x.dim() != 5:
+            raise InputShapeError(f"AMAGI expects (N, C, T, H, W), got shape {tuple(x.shape)}")
+        seg_out = self.seg_model(x[:, :, x.shape[2] // 2])
+        return super().forward(x), seg_out
+
+
+class AmagiHead(nn.Module):
+    """The authors' ``AmagiHead2``: segmentation-weighted fusion of both pathways.
+
+    Parameters
+    ----------
+    slow_channels : int
+        Channels of the slow pathway output (2048 for R50/R152).
+    fast_channels : int
+        Channels of the fast pathway output (256).
+    slow_frames, fast_frames : int
+        Frames of the slow / fast pathway outputs (4 and 8 for an 8-frame clip, τ=α=2).
+    feature_size : int
+        Spatial size of the pathway outputs (7 for 224 input).
+    seg_size : int
+        Spatial size of the segmentation logits (56 for 224 input); must be a multiple of
+        ``feature_size``: the reduction conv has kernel = stride = seg_size / feature_size.
+    num_classes : int
+        Number of logits (2).
+    seg_classes : int
+        Channels of the segmentation logits (2: background, bleeding).
+    time_rate : int
+        Temporal stride of ``fast_conv``/``slow_conv`` (2).
+    dropout : float
+        Dropout before the classifier (0.5; inactive in eval).
+    """
+
+    def __init__(self, slow_channels: int = 2048, fast_channels: int = 256,
+                 slow_frames: int = 4, fast_frames: int = 8, feature_size: int = 7,
+                 seg_size: int = 56, num_classes: int = 2, seg_classes: int = 2,
+                 time_rate: int = 2, dropout: float = 0.5) -> None:
+        super().__init__()
+        if seg_size % feature_size:
+            raise ModelConfigError(f"segmentation size {seg_size} is not a multiple of the "
+                                   f"feature size {feature_size}")
+        if seg_classes != 2:
+            raise ModelConfigError(f"AmagiHead re-weights with 2 segmentation maps, "
+                                   f"got seg_classes={seg_classes}")
+        slow_mid, fast_mid = slow_channels // 2, fast_channels // 2
+        t_slow = math.ceil(slow_frames / time_rate)
+        t_fast = math.ceil(fast_frames / time_rate)
+        k = seg_size // feature_size
+        self.slow_mid, self.fast_mid = slow_mid, fast_mid
+        self.t_slow, self.t_fast, self.feature_size = t_slow, t_fast, feature_size
+        # registration order = the authors' key order
+        self.fc_cls = nn.Linear(slow_channels, num_classes)
+        self.seg_reduction = nn.Conv2d(seg_classes, seg_classes, k, stride=k)
+        #: on the slow pathway (authors' name)
+        self.fast_conv = nn.Conv3d(slow_channels, slow_mid, 1, stride=(time_rate, 1, 1))
+        #: on the fast pathway (authors' name)
+        self.slow_conv = nn.Conv3d(fast_channels, fast_mid, 1, stride=(time_rate, 1, 1))
+        self.map_fast = nn.Conv3d(slow_mid, slow_mid, 1)
+        self.map_slow = nn.Conv3d(fast_mid, fast_mid, 1)
+        #: collapses the slow-pathway branch over time: the "fusion layer" Grad-CAM target
+        self.map_fast2 = nn.Conv3d(slow_mid, fast_mid, (t_slow, 1, 1))
+        self.map_slow2 = nn.Conv3d(fast_mid, fast_mid, (t_fast, 1, 1))
+        self.last_fusion = nn.Conv2d(2 * fast_mid, slow_channels, 1)
+        self.sigmoid = nn.Sigmoid()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def seg_map(self, seg_out: list[torch.Tensor]) -> torch.Tensor:
+        """Sigmoid re-weighting maps (N, 2, h, w) from ``[aux, main]`` segmentation logits."""
+        return self.sigmoid(self.seg_reduction(seg_out[0] + seg_out[1]))
+
+    @staticmethod
+    def _reweight(f: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        # The authors expand each map to (N, C, T, h, w) and compute s0*f + s1*f (two
+        # products, then a sum); broadcasting gives the same values without the copies.
+        s0 = s[:, 0, None, None]
+        s1 = s[:, 1, None, None]
+        return s0 * f + s1 * f
+
+    def forward(self, features: AmagiFeatures) -> torch.Tensor:
+        """((x_slow, x_fast), [seg_aux, seg_main]) -> logits (N, num_classes)."""
+        (x_slow, x_fast), seg_out = features
+        if x_slow.shape[-1] != self.feature_size or x_slow.shape[-2] != self.feature_size:
+            raise InputShapeError(
+                f"AMAGI head built for {self.feature_size}x{self.feature_size} features, got "
+                f"{tuple(x_slow.shape[-2:])}: the input size differs from the model's")
+        s = self.seg_map(seg_out)
+        a = self.fast_conv(x_slow)
+        a = self.map_fast(self._reweight(a, s)) + a
+        a = self.map_fast2(a).squeeze(2)
+        b = self.slow_conv(x_fast)
+        b = self.map_slow(self._reweight(b, s)) + b
+        b = self.map_slow2(b).squeeze(2)
+        x = self.last_fusion(torch.cat([a, b], dim=1))
+        x = self.dropout(self.gap(x))
+        return self.fc_cls(x.flatten(1))
