@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = demo_manifest()
         demo = (manifest["arch"], str(DEMO_DIR / manifest["checkpoint"]), "demo model")
-    except Exception:  # noqa: BLE001 - no bundled demo yet: same architecture, synthetic weights
+    except Exception:  # no bundled demo yet: the same architecture with synthetic weights
         demo = ("amagi_tiny", None, "amagi_tiny (synthetic weights; no demo model bundled)")
 
     rows = []

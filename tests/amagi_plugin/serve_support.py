@@ -211,3 +211,36 @@ class CommittingPACS:
     @property
     def destination(self) -> str:
         return f"{self.ae_title}@127.0.0.1:{self.server.server_address[1]}"
+
+
+def make_image_series(folder: Path, n: int = 20, fps: float = 30.0, seed: int = 0) -> list[Path]:
+    """``n`` single-frame VL Endoscopic images of one series, ``1/fps`` s apart
+    (Acquisition DateTime), as an endoscope that stores frames one by one."""
+    import datetime as dt
+
+    from pydicom.uid import generate_uid
+
+    from dicom_io.encode import write_multiframe_dicom
+    from dicom_io.sopclasses import VL_ENDOSCOPIC
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    study, series = generate_uid(), generate_uid()
+    t0 = dt.datetime(2026, 3, 2, 9, 0, 0)
+    paths = []
+    for k in range(n):
+        path = folder / f"img_{k:03d}.dcm"
+        frame = np.clip(rng.normal(120, 30, (96, 128, 3)), 0, 255).astype(np.uint8)
+        meta = VideoMetadata(study_instance_uid=study, series_instance_uid=series,
+                             sop_instance_uid=generate_uid(), instance_number=k + 1,
+                             sop_class_uid=VL_ENDOSCOPIC)
+        write_multiframe_dicom([frame], path, fps=1.0, meta=meta)
+        ds = pydicom.dcmread(path)
+        for kw in ("NumberOfFrames", "FrameIncrementPointer", "FrameTime", "CineRate",
+                   "RecommendedDisplayFrameRate", "StartTrim", "StopTrim"):
+            delattr(ds, kw)
+        stamp = t0 + dt.timedelta(seconds=k / fps)
+        ds.AcquisitionDateTime = stamp.strftime("%Y%m%d%H%M%S.%f")
+        ds.save_as(path)
+        paths.append(path)
+    return paths

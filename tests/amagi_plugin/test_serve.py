@@ -31,6 +31,7 @@ from tests.amagi_plugin.serve_support import (
     Orthanc,
     StoreSCP,
     free_port,
+    make_image_series,
     make_video,
     running,
     storescu,
@@ -169,6 +170,35 @@ def test_storage_commitment_outcome_is_recorded(service, tmp_path) -> None:
 
         wait_until(lambda: commitments() and all(commitments()), 60, what="commitment answers")
         assert commitments() == ["committed"] * 4
+
+
+def test_single_frame_series_becomes_one_job_after_inactivity(service, tmp_path, run_cli) -> None:
+    svc = service(**{"worker.series_timeout_s": "1", "analysis.threshold": "0.5"})
+    images = make_image_series(tmp_path / "series", n=20)
+    r = storescu(svc.port, *images, extra=())
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the series job")
+    assert sum(_status(svc)["jobs"].values()) == 1  # one job for the 20 images
+    (job_dir,) = (tmp_path / "var" / "results").iterdir()
+    doc = json.loads((job_dir / "summary.json").read_text())
+    assert doc["fps"] == pytest.approx(30.0, rel=0.01) and doc["duration_s"] == pytest.approx(0.667, abs=0.01)
+
+
+def test_metrics_endpoint(service, tmp_path) -> None:
+    import urllib.request
+
+    port = free_port()
+    svc = service(**{"metrics.enabled": "true", "metrics.port": str(port)})
+    video = make_video(tmp_path / "v.dcm")
+    assert storescu(svc.port, video).returncode == 0
+    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the job")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    # The listener counts the spooled file (it differs from the sent file by its File Meta).
+    assert float(values["amagi_received_bytes_total"]) > 0.9 * video.stat().st_size
+    assert values['amagi_jobs{state="done"}'] == "1"
+    assert float(values['amagi_stage_seconds_total{stage="video_network"}']) > 0
 
 
 def test_disk_reserve_gives_a700_and_leaves_nothing(service, tmp_path) -> None:
