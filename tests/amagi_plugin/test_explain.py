@@ -3,21 +3,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from tests.amagi_plugin.serve_support import make_video
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from models import build_model
-
+def setup(tmp_path_factory, tiny_checkpoint):
     d = tmp_path_factory.mktemp("explain")
-    torch.manual_seed(0)
-    ckpt = d / "tiny.pth"
-    torch.save({"state_dict": build_model("amagi_tiny").state_dict()}, ckpt)
-    return make_video(d / "v.dcm", seconds=2.0), ckpt
+    return make_video(d / "v.dcm", seconds=2.0), tiny_checkpoint
 
 
 @pytest.mark.parametrize("layer", ["fast", "fusion"])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dicom_io.encode import encode_video, write_video_dicom
 from dicom_io.sr import read_bleeding_report
@@ -20,16 +19,6 @@ EVENT_KEYS = {"start_s", "end_s", "duration_s", "peak_probability", "key_frame"}
 # dciodvfy's known false warnings on our SR (TCOORD attributes, private coding scheme).
 KNOWN_SR_WARNINGS = ("Temporal Range Type", "Referenced Time Offsets", "Standard Extended SOP Class",
                      "<99AMAGI>", "Coding Scheme UID")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from models import build_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "amagi_tiny_test.pth"
-    torch.save({"meta": {}, "state_dict": build_model("amagi_tiny").state_dict()}, path)
-    return path
 
 
 def _frames(n: int = 60, size=(144, 176)) -> list[np.ndarray]:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
 from pydicom.encaps import encapsulate, generate_fragments
 
 from amagi_plugin.cli.commands.process import analyzer_from_config
@@ -43,16 +42,6 @@ pytestmark = pytest.mark.integration
 RESULT_MODALITIES = {"SR", "SEG", "ES", "KO"}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from models import build_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "amagi_tiny_serve.pth"
-    torch.save({"meta": {}, "state_dict": build_model("amagi_tiny").state_dict()}, path)
-    return path
-
-
 def _overrides(tmp: Path, checkpoint: Path, port: int, **extra: str) -> dict[str, str]:
     base = {
         "storage.var_dir": str(tmp / "var"), "storage.reserve_mb": "16",
@@ -66,13 +55,13 @@ def _overrides(tmp: Path, checkpoint: Path, port: int, **extra: str) -> dict[str
 
 
 @pytest.fixture
-def service(tmp_path, checkpoint):
+def service(tmp_path, tiny_checkpoint):
     """``service(**overrides)`` starts an in-process service; stopped after the test."""
     started: list[Service] = []
 
     def start(**extra: str) -> Service:
         cfg = load_config(environ={}, cwd=tmp_path,
-                          overrides=_overrides(tmp_path, checkpoint, free_port(), **extra))
+                          overrides=_overrides(tmp_path, tiny_checkpoint, free_port(), **extra))
         analyzer, spec = analyzer_from_config(cfg)
         svc = Service(cfg, analyzer, spec)
         svc.start()
@@ -128,6 +117,8 @@ def test_destination_down_then_up(service, tmp_path) -> None:
     assert _status(svc)["deliveries"]["sent"] == 0
     with running(pacs):
         wait_until(lambda: len(pacs.files()) >= 4, 60, what="delivery after the peer came up")
+        # Files land at the peer a moment before the deliveries are marked sent.
+        wait_until(lambda: _status(svc)["deliveries"]["sent"] == 4, 30, what="deliveries recorded")
     assert _status(svc)["deliveries"]["pending"] == 0
 
 
@@ -235,11 +226,11 @@ def test_twenty_concurrent_associations(service, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_kill_during_inference_then_restart_delivers_once(tmp_path, checkpoint) -> None:
+def test_kill_during_inference_then_restart_delivers_once(tmp_path, tiny_checkpoint) -> None:
     """kill -9 while the worker runs; after restart the job resumes and results arrive once."""
     port = free_port()
     with running(StoreSCP(tmp_path / "pacs")) as pacs:
-        overrides = _overrides(tmp_path, checkpoint, port, **{
+        overrides = _overrides(tmp_path, tiny_checkpoint, port, **{
             "delivery.destinations": pacs.destination, "worker.lease_s": "3"})
         cfg = tmp_path / "amagi.toml"
         sections: dict[str, list[str]] = {}
