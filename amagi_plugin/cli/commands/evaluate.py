@@ -1,0 +1,160 @@
+"""``amagi evaluate``: compare bleeding detectors on annotated videos, patient-level folds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from amagi_plugin.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate", parents=parents, help="evaluate models on annotated videos",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run each model over every case of --data (folders with labels.json and "
+        "video.dcm/video.mp4, as 'amagi synth' writes them) with the same post-processing as "
+        "'amagi process', and write metrics.json, metrics.md (pooled, per-fold and per-case "
+        "tables: frame P/R/F1, AUROC, AP, event F1 at IoU 0.1/0.25/0.5, count and duration "
+        "errors), predictions.json and one fold<k>.png per fold.")
+    p.add_argument("--data", required=True, metavar="DIR", help="evaluation cases")
+    p.add_argument("-od", "--output-directory", required=True, metavar="DIR")
+    p.add_argument("--model-dir", metavar="DIR",
+                   help="a folder with model.json (main model and its baseline); default: the "
+                   "bundled demo model unless --checkpoint is given")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=[ARCH:]PATH",
+                   help="a model to evaluate (repeatable); ARCH defaults to the 'arch' in the "
+                   "checkpoint's meta")
+    p.add_argument("--folds", type=int, default=3, help="patient-level folds (1 = none)")
+    p.add_argument("--fold-seed", type=int, default=0)
+    p.add_argument("--prediction-hz", type=float, default=None,
+                   help="predictions per second (default: model.prediction_hz)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto, cpu, cuda (default: model.device)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (in all)")
+    p.add_argument("-j", "--jobs", type=int, default=1,
+                   help="worker processes (cases and models are spread over them)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def _from_model_dir(d: Path) -> list[tuple[str, str, Path, dict[str, Any]]]:
+    path = d / "model.json"
+    if not path.is_file():
+        raise InputError(f"no model.json in {d}")
+    m = json.loads(path.read_text())
+    out = []
+    for entry in (m.get("baseline"), m):
+        if entry:
+            out.append(("", entry["arch"], d / entry["checkpoint"], dict(entry.get("build", {}))))
+    return out
+
+
+def _from_flag(text: str, cwd: Path) -> tuple[str, str, Path, dict[str, Any]]:
+    from models import CheckpointError, read_checkpoint
+
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise InputError(f"--checkpoint expects NAME=[ARCH:]PATH, got {text!r}")
+    arch, _, path = rest.rpartition(":") if ":" in rest else ("", "", rest)
+    p = Path(path) if Path(path).is_absolute() else cwd / path
+    build: dict[str, Any] = {}
+    if not arch:
+        try:
+            meta = read_checkpoint(p).get("meta", {})
+        except CheckpointError as e:
+            raise InputError(str(e)) from None
+        arch, build = meta.get("arch", ""), dict(meta.get("build", {}))
+        if not arch:
+            raise InputError(f"{p} records no architecture; use NAME=ARCH:PATH")
+    return name, arch, p, build
+
+
+def _display(arch: str, has_seg: bool, taken: set[str]) -> str:
+    name = "AMAGI" if has_seg else "SlowFast"
+    return name if name not in taken else f"{name} ({arch})"
+
+
+def run(args: argparse.Namespace, ctx) -> int:
+    import torch
+
+    from amagi_plugin.evaluation.cases import load_cases
+    from amagi_plugin.evaluation.run import ModelSpec, evaluate_models, write_outputs
+    from amagi_plugin.modelspec import DEMO_DIR, DEMO_NOTICE, resolve_device
+    from amagi_plugin.pipeline import AnalysisOptions
+    from models import CheckpointError, build_model, load_checkpoint
+
+    cfg = ctx.config
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = ctx.cwd / args.data
+    cases = load_cases(data)
+    specs = [_from_flag(t, ctx.cwd) for t in args.checkpoint]
+    model_dir = ctx.cwd / args.model_dir if args.model_dir else (None if specs else DEMO_DIR)
+    demo = False
+    if model_dir is not None:
+        specs = _from_model_dir(model_dir) + specs
+        demo = model_dir.resolve() == DEMO_DIR.resolve() or "synthetic" in json.loads(
+            (model_dir / "model.json").read_text()).get("description", "")
+    device = resolve_device(args.device or cfg.model.device)
+    options = AnalysisOptions(
+        prediction_hz=args.prediction_hz or cfg.model.prediction_hz,
+        batch_size=args.batch_size or cfg.model.batch_size, device=device,
+        bf16=cfg.model.bf16, threshold=cfg.analysis.threshold,
+        smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
+        key_frame_masks=False)
+    models: list[ModelSpec] = []
+    info: dict[str, Any] = {}
+    for name, arch, path, build in specs:
+        try:  # fail early, in this process, on a checkpoint that does not fit
+            model = build_model(arch, **build)
+            load_checkpoint(model, path)
+        except CheckpointError as e:
+            raise InputError(str(e)) from None
+        label = name or _display(arch, model.default_cfg.has_segmentation, set(info))
+        if label in info:
+            raise InputError(f"two models are named {label!r}")
+        models.append(ModelSpec(label, arch, path, build))
+        info[label] = {"arch": arch, "checkpoint": path.name, "build": build}
+    index = data / "cases.json"
+    meta = json.loads(index.read_text()) if index.is_file() else {}
+    settings = meta.get("settings", {})
+    ranges = meta.get("ranges")
+    domain = ranges if isinstance(ranges, str) else "custom ranges"
+    description = (f"{len(cases)} case(s) from {data.name}"
+                   + (f", amagi synth seed {meta['seed']}, domain {domain}, "
+                      f"{settings.get('duration_s')} s at {settings.get('fps')} fps, "
+                      f"{settings.get('width')}x{settings.get('height')}" if meta else ""))
+    if args.folds > 1 and len({c.patient_id for c in cases}) < args.folds:
+        raise InputError(f"{len({c.patient_id for c in cases})} patient(s) cannot make "
+                         f"{args.folds} folds (use --folds 1)")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
+    doc, preds = evaluate_models(models, options, cases, folds=args.folds,
+                                 fold_seed=args.fold_seed, jobs=args.jobs, threads=args.threads,
+                                 progress=None if args.no_progress else ctx.stderr)
+    doc = {"notice": DEMO_NOTICE if demo else None,
+           "data": {"root": str(data), "description": description, "seed": meta.get("seed"),
+                    "ranges": ranges, "settings": settings,
+                    "case_seeds": [c.get("seed") for c in meta.get("cases", [])]},
+           "model_info": info,
+           "post_processing": {"threshold": options.threshold, "smoothing": options.smoothing,
+                               "smoothing_s": options.smoothing_s,
+                               "prediction_hz": options.prediction_hz},
+           **doc}
+    out = ctx.cwd / args.output_directory
+    write_outputs(doc, preds, out, title="Held-out evaluation" + (" (demo model)" if demo else ""))
+    for m in doc["models"]:
+        s = doc["pooled"][m]
+        ctx.print(f"{m}: frame F1 {s['frame']['f1']:.3f}, AUROC {s['frame']['auroc']}, "
+                  f"event F1@0.5 {s['events']['iou_0.5']['f1']:.3f}, count error "
+                  f"{_pct(s['index']['count_error_rel'])}, duration error "
+                  f"{_pct(s['index']['duration_error_rel'])}")
+    ctx.print(f"wrote {out}/metrics.json, metrics.md, predictions.json and fold plots")
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"

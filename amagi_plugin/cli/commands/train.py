@@ -1,0 +1,267 @@
+"""``amagi train seg|clip|demo``: train the bleeding models with the authors' recipe.
+
+``seg`` trains the segmentation net (HRNet-OCR) on frame/mask PNG pairs; ``clip`` trains
+AMAGI (with that segmentation net frozen inside) or the plain SlowFast baseline on the
+authors' rawframe layout (``folder total_frames label`` lists); ``demo`` builds the bundled
+demo model end to end (what ``make demo-model`` runs). Checkpoints are written after every
+epoch in the authors' layout; ``--resume`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from amagi_plugin.errors import InputError
+
+#: ``--arch`` shorthands: small variants on the CPU, the authors' sizes on a GPU.
+ARCH_ALIASES = {"amagi": ("amagi_tiny", "amagi_sf50"),
+                "slowfast": ("slowfast_tiny", "slowfast_r50_amagi")}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    g = p.add_argument_group("optimisation (the authors' recipe unless changed)")
+    g.add_argument("-od", "--output-directory", required=True, metavar="DIR",
+                   help="checkpoints (latest.pth, authors' layout) and train.log go here")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--lr", type=float, default=lr, help="SGD learning rate")
+    g.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up length before the cosine decay")
+    g.add_argument("--seed", type=int, default=0, help="data order and augmentation seed")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--resume", action="store_true", help="continue from DIR/latest.pth")
+    g.add_argument("--keep-epochs", action="store_true", help="also keep epoch_N.pth files")
+    g.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
+                   help="end this session after epoch N (continue later with --resume)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    f = p.add_argument_group("patient-level cross-validation")
+    f.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="split patients into K folds and train on all but --fold")
+    f.add_argument("--fold", type=int, default=0, metavar="I", help="held-out fold (0-based)")
+    f.add_argument("--fold-seed", type=int, default=0, help="seed of the patient shuffle")
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    # No parents here: this level only dispatches, and the shared flags would make
+    # argparse's prefix matching see '--data' as ambiguous (--database-url ...).
+    p = sub.add_parser("train", help="train bleeding models (seg, clip, demo)",
+                       description=__doc__.splitlines()[0], allow_abbrev=False)
+    tsub = p.add_subparsers(dest="train_command", metavar="{seg,clip,demo}")
+    tsub.required = True
+    s = tsub.add_parser("seg", parents=parents, help="train the bleeding segmentation net",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Train HRNet-OCR on masks/NAME.png + frames/NAME.png pairs "
+                        "found under --data (as 'amagi synth' writes them), weighted CE with "
+                        "class weights [0.4, 1].")
+    s.add_argument("--data", required=True, metavar="DIR", help="folder searched for masks/")
+    s.add_argument("--arch", default="amagi", help="AMAGI variant whose segmentation net to "
+                   "train (amagi = amagi_tiny on CPU, amagi_sf50 on CUDA)")
+    s.add_argument("--crop", type=int, default=None, metavar="PIXELS",
+                   help="training crop side (default: the model's input size)")
+    s.add_argument("--class-weights", type=_floats, default=(0.4, 1.0), metavar="BG,BLEED")
+    s.add_argument("--pos-fraction", type=float, default=0.5, metavar="P",
+                   help="share of training crops centred on a bleeding pixel")
+    s.add_argument("--input-size", type=int, default=None,
+                   help="scale frames so the short side is this (default: the model's)")
+    _common(s, epochs=10, lr=0.01)
+    s.set_defaults(handler=run_seg)
+    c = tsub.add_parser("clip", parents=parents, help="train AMAGI or the SlowFast baseline",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Train a clip classifier on an annotation list "
+                        "('folder total_frames label', folders relative to --data-root).")
+    c.add_argument("--arch", required=True, help="amagi, slowfast, or a variant name "
+                   "(amagi_tiny, slowfast_tiny, amagi_sf50, slowfast_r50_amagi, ...)")
+    c.add_argument("--annotations", required=True, metavar="FILE", help="annotation list")
+    c.add_argument("--data-root", metavar="DIR",
+                   help="folder the list's paths are relative to (default: the list's folder)")
+    c.add_argument("--seg-checkpoint", metavar="PATH",
+                   help="trained segmentation checkpoint (required for AMAGI)")
+    c.add_argument("--class-weights", default="authors", metavar="W",
+                   help="'authors' (0.6060,2.8592), 'balanced' (N/(2·N_c) on this data, the "
+                   "authors' formula) or NORMAL,BLEEDING")
+    c.add_argument("--input-size", type=int, default=None, help="override the variant's size")
+    _common(c, epochs=100, lr=0.01)
+    c.set_defaults(handler=run_clip)
+    d = tsub.add_parser("demo", parents=parents, help="build the bundled demo model",
+                        description="Synthesise data, train seg, AMAGI and SlowFast, evaluate "
+                        "and write models/weights/demo/ (what 'make demo-model' runs).")
+    d.add_argument("--work-dir", metavar="DIR", help="intermediate files (default var/demo-model)")
+    d.add_argument("--dest", metavar="DIR", help="output (default models/weights/demo)")
+    d.add_argument("--quick", action="store_true", help="a minutes-long run of every stage")
+    d.set_defaults(handler=run_demo)
+
+
+def _arch(name: str, device: str) -> str:
+    from models import list_models
+
+    if name in ARCH_ALIASES:
+        return ARCH_ALIASES[name][1 if device.startswith("cuda") else 0]
+    if name not in list_models():
+        raise InputError(f"unknown --arch {name!r}; use amagi, slowfast or one of "
+                         f"{', '.join(list_models())}")
+    return name
+
+
+def _device(name: str) -> str:
+    from amagi_plugin.modelspec import resolve_device
+
+    return resolve_device(name)
+
+
+def _fold_filter(records: list, args: argparse.Namespace) -> tuple[list, dict]:
+    from models.training import split_by_patient
+
+    if args.folds is None:
+        return records, {}
+    try:
+        train, test = split_by_patient([r.patient for r in records], args.folds, args.fold,
+                                       args.fold_seed)
+    except ValueError as e:
+        raise InputError(f"cannot split by patient: {e}") from None
+    held = sorted({records[i].patient for i in test})
+    return [records[i] for i in train], {"folds": args.folds, "fold": args.fold,
+                                         "fold_seed": args.fold_seed, "held_out_patients": held}
+
+
+@contextlib.contextmanager
+def _log_to(out: Path) -> Iterator[None]:
+    """Append the training loggers' records to ``out/train.log`` while the block runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    h = logging.FileHandler(out / "train.log")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    h.setLevel(logging.INFO)
+    loggers = [logging.getLogger(n) for n in ("models.training", "models.checkpoint")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(h)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(h)
+            lg.setLevel(level)
+        h.close()
+
+
+def _common_cfg(args: argparse.Namespace, ctx, device: str) -> dict:
+    return dict(out_dir=str(ctx.cwd / args.output_directory), epochs=args.epochs,
+                batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                seed=args.seed, device=device, resume=args.resume, threads=args.threads,
+                keep_epochs=args.keep_epochs, stop_after_epoch=args.stop_after_epoch)
+
+
+def run_seg(args: argparse.Namespace, ctx) -> int:
+    from models import build_model, model_cfg
+    from models.training import SegDataset, SegTrainConfig, TrainingDataError, train_seg_model
+    from models.training.data import find_seg_pairs
+
+    device = _device(args.device)
+    arch = _arch(args.arch, device)
+    mcfg = model_cfg(arch)
+    if not mcfg.has_segmentation:
+        raise InputError(f"{arch} has no segmentation net; use an AMAGI variant")
+    try:
+        records = find_seg_pairs(ctx.cwd / args.data)
+    except TrainingDataError as e:
+        raise InputError(str(e)) from None
+    records, fold = _fold_filter(records, args)
+    cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights)
+    ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
+                    train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction)
+    seg = build_model(arch).backbone.seg_model
+    with _log_to(Path(cfg.out_dir)):
+        result = train_seg_model(seg, ds, cfg,
+                                 progress=None if args.no_progress else ctx.stderr)
+    last = result.history[-1] if result.history else {}
+    ctx.print(f"segmentation net of {arch} trained on {len(ds)} frames: {result.checkpoint} "
+              f"(loss {last.get('loss')}, pixel accuracy {last.get('accuracy')}) "
+              f"{json.dumps(fold) if fold else ''}".rstrip())
+    return 0
+
+
+def run_clip(args: argparse.Namespace, ctx) -> int:
+    from models import CheckpointError, build_model, load_checkpoint
+    from models.training import (
+        AUTHORS_CLIP_CLASS_WEIGHTS,
+        ClipDataset,
+        ClipTrainConfig,
+        TrainingDataError,
+        balanced_class_weights,
+        read_annotation_list,
+        train_clip_model,
+    )
+
+    device = _device(args.device)
+    arch = _arch(args.arch, device)
+    overrides = {"input_size": args.input_size} if args.input_size else {}
+    try:
+        records = read_annotation_list(ctx.cwd / args.annotations,
+                                       ctx.cwd / args.data_root if args.data_root else None)
+    except TrainingDataError as e:
+        raise InputError(str(e)) from None
+    records, fold = _fold_filter(records, args)
+    labels = [r.label for r in records]
+    if args.class_weights == "authors":
+        weights = AUTHORS_CLIP_CLASS_WEIGHTS
+    elif args.class_weights == "balanced":
+        try:
+            weights = balanced_class_weights(labels)
+        except ValueError as e:
+            raise InputError(f"--class-weights balanced: {e}") from None
+    else:
+        try:
+            weights = _floats(args.class_weights)
+        except argparse.ArgumentTypeError as e:
+            raise InputError(str(e)) from None
+    model = build_model(arch, **overrides)
+    mcfg = model.default_cfg
+    seg_source = None
+    if mcfg.has_segmentation:
+        if not args.seg_checkpoint:
+            raise InputError(f"{arch} needs --seg-checkpoint (train it with 'amagi train seg')")
+        seg_source = str(ctx.cwd / args.seg_checkpoint)
+        try:
+            load_checkpoint(model, seg_source, kind="segmentation")
+        except CheckpointError as e:
+            raise InputError(str(e)) from None
+    cfg = ClipTrainConfig(**_common_cfg(args, ctx, device), class_weights=tuple(weights))
+    ds = ClipDataset(records, mcfg.input_size, mcfg.mean, mcfg.std, mcfg.clip_len,
+                     mcfg.frame_interval, train=True, seed=args.seed)
+    meta = {"arch": arch, "build": overrides, "class_weights": list(weights),
+            "seg_checkpoint": seg_source, "clips": len(ds),
+            "positives": int(sum(labels)), **fold}
+    with _log_to(Path(cfg.out_dir)):
+        result = train_clip_model(model, ds, cfg,
+                                  progress=None if args.no_progress else ctx.stderr, meta=meta)
+    last = result.history[-1] if result.history else {}
+    ctx.print(f"{arch} trained on {len(ds)} clips ({sum(labels)} bleeding), class weights "
+              f"{list(weights)}: {result.checkpoint} (loss {last.get('loss')}, accuracy "
+              f"{last.get('accuracy')}, {result.seconds:.0f} s)")
+    return 0
+
+
+def run_demo(args: argparse.Namespace, ctx) -> int:
+    from amagi_plugin.demo_model import DEFAULT_WORK, DemoConfig, build_demo
+    from amagi_plugin.modelspec import DEMO_DIR
+
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    work = ctx.cwd / args.work_dir if args.work_dir else DEFAULT_WORK
+    dest = ctx.cwd / args.dest if args.dest else DEMO_DIR
+    training = build_demo(work, cfg, dest)
+    ctx.print(f"demo model written to {dest} ({json.dumps(training['seconds'])})")
+    return 0

@@ -1,0 +1,118 @@
+"""Ground truth of evaluation cases and running the analysis pipeline on them.
+
+An evaluation data set is a folder written by ``amagi synth`` (``cases.json`` plus one
+folder per case with ``labels.json`` and ``video.dcm`` or ``video.mp4``), or any folder of
+case folders laid out the same way (``labels.json`` needs ``fps``, ``frame_labels`` and
+``events`` with ``start_s``/``end_s``; ``patient_id`` defaults to the folder name).
+Every model goes through the same :class:`~amagi_plugin.pipeline.BleedingAnalyzer`
+post-processing (threshold, smoothing) as ``amagi process``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amagi_plugin.errors import InputError
+
+log = logging.getLogger(__name__)
+
+VIDEO_NAMES = ("video.dcm", "video.mp4")
+
+
+@dataclass(frozen=True)
+class TruthCase:
+    """One evaluation case: its video and ground truth."""
+
+    case_id: str
+    patient_id: str
+    video: Path
+    fps: float
+    frame_labels: np.ndarray  # uint8 (n_frames,)
+    events: list[tuple[float, float]]  # seconds, [start, end)
+
+
+@dataclass
+class CasePrediction:
+    """One model's output on one case (prediction instants and post-processed events)."""
+
+    case_id: str
+    model: str
+    times_s: np.ndarray
+    frames: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+    decisions: np.ndarray
+    events: list[tuple[float, float]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, "model": self.model,
+                "frames": self.frames.tolist(), "labels": self.labels.tolist(),
+                "probabilities": [round(float(p), 6) for p in self.probabilities],
+                "decisions": self.decisions.astype(int).tolist(),
+                "events": [[round(a, 3), round(b, 3)] for a, b in self.events],
+                "seconds": round(self.seconds, 2)}
+
+
+def load_cases(root: Path) -> list[TruthCase]:
+    """Every case folder under ``root`` (order of ``cases.json`` when present).
+
+    Raises
+    ------
+    InputError
+        No case, missing video, or a ``labels.json`` without the needed keys.
+    """
+    if not root.is_dir():
+        raise InputError(f"evaluation data folder not found: {root}")
+    index = root / "cases.json"
+    if index.is_file():
+        dirs = [root / c["dir"] for c in json.loads(index.read_text())["cases"]]
+    else:
+        dirs = sorted(p.parent for p in root.glob("*/labels.json"))
+    cases = []
+    for d in dirs:
+        try:
+            doc = json.loads((d / "labels.json").read_text())
+            fps = float(doc["fps"])
+            labels = np.asarray(doc["frame_labels"], dtype=np.uint8)
+            events = [(float(e["start_s"]), float(e["end_s"])) for e in doc["events"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{d}/labels.json is not a usable ground truth: {e}") from None
+        video = next((d / n for n in VIDEO_NAMES if (d / n).is_file()), None)
+        if video is None:
+            raise InputError(f"{d} has no video ({' or '.join(VIDEO_NAMES)})")
+        cases.append(TruthCase(str(doc.get("case_id", d.name)),
+                               str(doc.get("patient_id", d.name)), video, fps, labels, events))
+    if not cases:
+        raise InputError(f"no evaluation case (*/labels.json) under {root}")
+    return cases
+
+
+def predict_case(analyzer, case: TruthCase, model_name: str,
+                 progress: Callable[[int, int], None] | None = None) -> CasePrediction:
+    """Run ``analyzer`` (a :class:`BleedingAnalyzer`) on ``case`` and pair it with the truth."""
+    from dicom_io.video import open_video
+
+    t0 = time.perf_counter()
+    video = open_video(case.video, fallback_fps=case.fps)
+    result = analyzer.analyze(video, progress=progress)
+    frames = np.asarray(result.timeline.frames, dtype=np.int64)
+    if len(case.frame_labels) < video.frame_count:
+        raise InputError(f"{case.case_id}: {len(case.frame_labels)} frame labels for "
+                         f"{video.frame_count} frames")
+    labels = case.frame_labels[frames]
+    events = [(float(e.start_s), float(e.end_s)) for e in result.events]
+    seconds = time.perf_counter() - t0
+    log.info("%s on %s: %d predictions, %d events (truth %d) in %.1f s", model_name,
+             case.case_id, len(frames), len(events), len(case.events), seconds)
+    return CasePrediction(case.case_id, model_name, np.asarray(result.timeline.times_s), frames,
+                          labels, np.asarray(result.probabilities), np.asarray(result.decisions),
+                          events, seconds)

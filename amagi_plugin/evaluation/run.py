@@ -1,0 +1,154 @@
+"""The whole evaluation: several models on the same cases, patient-level folds, outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from amagi_plugin.evaluation.cases import CasePrediction, TruthCase, predict_case
+from amagi_plugin.evaluation.metrics import index_errors
+from amagi_plugin.evaluation.report import IOUS, markdown_report, plot_fold, summarize
+
+__all__ = ["ModelSpec", "build_analyzer", "evaluate_models", "write_outputs"]
+
+log = logging.getLogger(__name__)
+
+
+def _folds(cases: Sequence[TruthCase], k: int, seed: int) -> list[int]:
+    if k <= 1:
+        return [0] * len(cases)
+    from models.training.splits import patient_folds
+
+    return patient_folds([c.patient_id for c in cases], k, seed)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one evaluated model (picklable, for worker processes)."""
+
+    label: str
+    arch: str
+    checkpoint: Path
+    build: dict[str, Any] = field(default_factory=dict)
+
+
+def build_analyzer(spec: ModelSpec, options: Any) -> Any:
+    """Build ``spec``'s model, load its checkpoint (strict), wrap it in an analyzer."""
+    from amagi_plugin.pipeline import BleedingAnalyzer
+    from models import build_model, load_checkpoint
+
+    model = build_model(spec.arch, **spec.build)
+    load_checkpoint(model, spec.checkpoint)
+    return BleedingAnalyzer.for_model(model, options)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(specs: Sequence[ModelSpec], options: Any, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update({s.label: build_analyzer(s, options) for s in specs})
+
+
+def _work(case: TruthCase, label: str) -> CasePrediction:
+    return predict_case(_WORKER[label], case, label)
+
+
+def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[TruthCase], *,
+                    folds: int = 3, fold_seed: int = 0, ious: Sequence[float] = IOUS,
+                    jobs: int = 1, threads: int | None = None,
+                    progress: TextIO | None = None) -> tuple[dict[str, Any],
+                                                             list[CasePrediction]]:
+    """Run every model on every case; returns the metrics document and the predictions.
+
+    Parameters
+    ----------
+    specs
+        The models (display label, architecture, checkpoint, build overrides).
+    options
+        :class:`~amagi_plugin.pipeline.AnalysisOptions`, the same for every model.
+    folds
+        Patient-level folds of the cases (1 = one group).
+    jobs
+        Worker processes (1 = this process); each uses ``threads // jobs`` torch threads.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    fold_of = _folds(cases, folds, fold_seed)
+    truth = {c.case_id: c for c in cases}
+    models = [s.label for s in specs]
+    bar = tqdm(total=len(cases) * len(models), unit="run", desc="amagi evaluate",
+               file=progress, disable=progress is None)
+    tasks = [(case, m) for case in cases for m in models]
+    results: list[CasePrediction] = []
+    if jobs <= 1:
+        analyzers = {s.label: build_analyzer(s, options) for s in specs}
+        for case, m in tasks:
+            results.append(predict_case(analyzers[m], case, m))
+            bar.update()
+    else:
+        import torch
+
+        per = max(1, (threads or torch.get_num_threads()) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
+                                 initargs=(list(specs), options, per)) as pool:
+            for pred in pool.map(_work, *zip(*tasks, strict=True)):
+                results.append(pred)
+                bar.update()
+    bar.close()
+    preds: dict[str, list[CasePrediction]] = {
+        m: [p for p in results if p.model == m] for m in models}
+    doc: dict[str, Any] = {"models": models, "folds": max(1, folds), "fold_seed": fold_seed,
+                           "ious": list(ious)}
+    doc["pooled"] = {m: summarize(preds[m], truth, ious) for m in models}
+    doc["per_fold"] = {}
+    for k in sorted(set(fold_of)):
+        ids = {c.case_id for c, f in zip(cases, fold_of, strict=True) if f == k}
+        doc["per_fold"][str(k)] = {m: summarize([p for p in preds[m] if p.case_id in ids],
+                                                truth, ious) for m in models}
+    rows = []
+    for c, f in zip(cases, fold_of, strict=True):
+        row: dict[str, Any] = {"case_id": c.case_id, "patient_id": c.patient_id, "fold": f,
+                               "true_count": len(c.events),
+                               "true_duration_s": round(sum(b - a for a, b in c.events), 3),
+                               "true_events": [[round(a, 3), round(b, 3)] for a, b in c.events],
+                               "models": {}}
+        for m in models:
+            p = next(p for p in preds[m] if p.case_id == c.case_id)
+            e = index_errors(p.events, c.events)
+            row["models"][m] = {"pred_count": e.pred_count,
+                                "pred_duration_s": round(e.pred_duration_s, 3),
+                                "count_error": e.count_error,
+                                "duration_error_s": round(e.duration_error_s, 3),
+                                "events": [[round(a, 3), round(b, 3)] for a, b in p.events],
+                                "mean_probability": round(float(p.probabilities.mean()), 6)}
+        rows.append(row)
+    doc["cases"] = rows
+    return doc, [p for m in models for p in preds[m]]
+
+
+def write_outputs(doc: dict[str, Any], preds: Sequence[CasePrediction], out: Path,
+                  title: str = "Evaluation") -> list[Path]:
+    """``metrics.json``, ``metrics.md``, ``predictions.json`` and ``fold<k>.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    p = out / "metrics.json"
+    p.write_text(json.dumps(doc, indent=1) + "\n")
+    written.append(p)
+    p = out / "metrics.md"
+    p.write_text(markdown_report(doc, title))
+    written.append(p)
+    p = out / "predictions.json"
+    p.write_text(json.dumps([x.to_dict() for x in preds]) + "\n")
+    written.append(p)
+    for k in sorted({c["fold"] for c in doc["cases"]}):
+        written.append(plot_fold(doc, k, out / f"fold{k + 1}.png"))
+    return written

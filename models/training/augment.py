@@ -1,0 +1,139 @@
+"""Seeded MONAI preprocessing for training and validation clips and segmentation frames.
+
+Clips are ``float32 (3, T, H, W)`` on the 0-255 scale. MONAI treats every axis after the
+channel as spatial, so a clip is viewed as ``(3·T, H, W)`` while it is cropped, resized and
+flipped: every frame of a clip gets the same crop and flip. Normalisation is
+``(x - mean) / std`` per RGB channel with the model's constants (0-255 scale).
+
+Training (the authors' pipeline, scaled down): random resized crop (a random box of
+``crop_scale``–100 % of each side, any aspect), resize to ``size × size``, horizontal flip
+with probability 0.5, normalisation. Validation: short side to ``size``, centre crop,
+normalisation, the same as inference (:mod:`amagi_plugin.transforms`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import (
+    CenterSpatialCrop,
+    Compose,
+    NormalizeIntensity,
+    RandCropByPosNegLabeld,
+    RandFlip,
+    RandFlipd,
+    RandScaleCrop,
+    Resize,
+)
+
+__all__ = ["ClipAugment", "SegAugment", "resize_short", "resize_short_centre_crop"]
+
+
+def resize_short(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(C, H, W)``: scale so the short side is ``size`` (bilinear, antialiased)."""
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    new = (max(size, round(h * scale)), max(size, round(w * scale)))
+    if new == (h, w):
+        return x.float()
+    return F.interpolate(x[None].float(), size=new, mode="bilinear", align_corners=False,
+                         antialias=True)[0]
+
+
+def resize_short_centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(C, H, W)``: scale the short side to ``size`` (bilinear, antialiased), centre crop."""
+    return CenterSpatialCrop((size, size))(resize_short(x, size)).as_tensor()
+
+
+class ClipAugment:
+    """Clip preprocessing; ``__call__(frames uint8 (T, H, W, 3), seed) -> (3, T, S, S)``.
+
+    Parameters
+    ----------
+    size
+        Output side in pixels.
+    mean, std
+        RGB normalisation constants (0-255 scale).
+    train
+        Random resized crop + flip (seeded per call) if True, else resize + centre crop.
+    crop_scale
+        Smallest crop side as a fraction of the frame side.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
+                 train: bool = True, crop_scale: float = 0.7) -> None:
+        self.size, self.train = int(size), train
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.random = Compose([
+            RandScaleCrop(roi_scale=crop_scale, max_roi_scale=1.0, random_size=True),
+            Resize((self.size, self.size), mode="bilinear", anti_aliasing=False),
+            RandFlip(prob=0.5, spatial_axis=1),
+        ])
+
+    def __call__(self, frames: np.ndarray, seed: int = 0) -> torch.Tensor:
+        t = frames.shape[0]
+        x = torch.as_tensor(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()  # 3,T,H,W
+        flat = x.reshape(3 * t, *x.shape[2:])
+        if self.train:
+            self.random.set_random_state(seed=int(seed) % (2**32))
+            flat = torch.as_tensor(self.random(flat)).as_subclass(torch.Tensor)
+        else:
+            flat = resize_short_centre_crop(flat, self.size)
+        norm = NormalizeIntensity(subtrahend=np.repeat(self.mean, t),
+                                  divisor=np.repeat(self.std, t), channel_wise=True)
+        out = torch.as_tensor(norm(flat)).as_subclass(torch.Tensor)
+        return out.reshape(3, t, self.size, self.size).contiguous()
+
+
+class SegAugment:
+    """Frame + mask preprocessing; ``__call__(rgb (H, W, 3), mask (H, W), seed)`` returns
+    ``(image float32 (3, C, C) normalised, target int64 (C, C))``.
+
+    Frames are first scaled so the short side is ``size`` (the scale the model sees at
+    inference). Training then takes a ``crop``-pixel square (default ``size``) centred on a
+    bleeding pixel with probability ``pos_fraction``, else on a background pixel (MONAI
+    ``RandCropByPosNegLabeld``; bleeding is sparse), and flips it horizontally with
+    probability 0.5. Validation centre-crops ``size × size``.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
+                 train: bool = True, crop: int | None = None,
+                 pos_fraction: float = 0.5) -> None:
+        if not 0.0 < pos_fraction < 1.0:
+            raise ValueError(f"pos_fraction must be in (0, 1), got {pos_fraction}")
+        self.size, self.train = int(size), train
+        self.crop = int(crop or size)
+        self.norm = NormalizeIntensity(subtrahend=list(mean), divisor=list(std),
+                                       channel_wise=True)
+        self.random = Compose([
+            RandCropByPosNegLabeld(("image", "mask"), label_key="mask",
+                                   spatial_size=(self.crop, self.crop), pos=pos_fraction,
+                                   neg=1.0 - pos_fraction,
+                                   num_samples=1, allow_smaller=True),
+            RandFlipd(("image", "mask"), prob=0.5, spatial_axis=1),
+        ])
+
+    def __call__(self, rgb: np.ndarray, mask: np.ndarray, seed: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.as_tensor(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
+        m = torch.as_tensor((np.asarray(mask) > 0).astype(np.float32))[None]
+        both = resize_short(torch.cat([image, m]), self.size)
+        image, m = both[:3], (both[3:] >= 0.5).float()
+        if self.train:
+            self.random.set_random_state(seed=int(seed) % (2**32))
+            with warnings.catch_warnings():  # frames without bleeding: background crops
+                warnings.filterwarnings("ignore", message="Num foregrounds 0")
+                out = self.random({"image": image, "mask": m})
+            d = out[0] if isinstance(out, list) else out
+            image, m = torch.as_tensor(d["image"]), torch.as_tensor(d["mask"])
+        else:
+            image = CenterSpatialCrop((self.size, self.size))(image)
+            m = CenterSpatialCrop((self.size, self.size))(m)
+        image = torch.as_tensor(self.norm(image)).as_subclass(torch.Tensor)
+        target = (torch.as_tensor(m).as_subclass(torch.Tensor)[0] >= 0.5).long()
+        return image.contiguous(), target

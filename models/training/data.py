@@ -1,0 +1,304 @@
+"""Training data in the authors' layout: rawframe clip folders and mask PNGs.
+
+Clips (mmaction2 ``RawframeDataset``): an annotation list holds one line per clip,
+``folder total_frames label``, the folder relative to a data root (``data_prefix``) and
+holding ``img_00001.jpg ... img_{total_frames:05d}.jpg``. A clip is ``clip_len`` frames
+``frame_interval`` apart (``SampleFrames(8, 3, num_clips=1)``): in training it starts at a
+random offset when the folder is longer than ``clip_len · frame_interval``, in validation
+at the centred offset. ``amagi synth`` writes exactly this layout (``annotations.txt`` and
+``cases.json`` with patient ids); user data prepared the authors' way is read the same way.
+
+Segmentation: pairs ``<case>/frames/NAME.png`` (RGB) and ``<case>/masks/NAME.png``
+(0 = background, > 0 = active bleeding); ``images/`` is accepted for ``frames/``.
+
+Decoded frames are cached in memory by file identity (device, inode), so the hard-linked
+frames of overlapping clip folders are decoded once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from models.errors import ModelError
+from models.training.augment import ClipAugment, SegAugment
+
+__all__ = [
+    "ClipDataset",
+    "ClipRecord",
+    "FrameCache",
+    "SegDataset",
+    "SegRecord",
+    "TrainingDataError",
+    "find_seg_pairs",
+    "patient_map",
+    "read_annotation_list",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDataError(ModelError):
+    """Training data missing or not in the expected layout."""
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One annotation line: clip folder (absolute), its frame count, label and patient."""
+
+    folder: Path
+    total_frames: int
+    label: int
+    patient: str
+
+
+@dataclass(frozen=True)
+class SegRecord:
+    """One segmentation sample: RGB frame, mask, patient."""
+
+    image: Path
+    mask: Path
+    patient: str
+
+
+def patient_map(root: Path) -> dict[str, str]:
+    """Case folder name → patient id from ``root/cases.json`` (empty if there is none)."""
+    index = root / "cases.json"
+    if not index.is_file():
+        return {}
+    try:
+        doc = json.loads(index.read_text())
+        return {str(c["dir"]): str(c["patient_id"]) for c in doc["cases"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrainingDataError(f"{index} is not a valid dataset index: {e}") from e
+
+
+def _patient_of(rel: str, patients: dict[str, str]) -> str:
+    first = Path(rel).parts[0] if Path(rel).parts else rel
+    return patients.get(first, first)
+
+
+def read_annotation_list(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
+                         ) -> list[ClipRecord]:
+    """Read a ``folder total_frames label`` list.
+
+    Parameters
+    ----------
+    path
+        The list file.
+    root
+        Directory the folders are relative to (default: the list's directory). Patients
+        come from ``root/cases.json`` when present, else from the first path component of
+        each folder (the case folder).
+
+    Raises
+    ------
+    TrainingDataError
+        Missing file, malformed line, or missing clip folder.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingDataError(f"annotation list not found: {p}")
+    base = Path(root) if root is not None else p.parent
+    patients = patient_map(base)
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            folder, total, label = parts[0], int(parts[1]), int(parts[2])
+        except (IndexError, ValueError):
+            raise TrainingDataError(
+                f"{p}:{n}: expected 'folder total_frames label', got {line.strip()!r}") from None
+        full = base / folder
+        if not full.is_dir():
+            raise TrainingDataError(f"{p}:{n}: clip folder not found: {full}")
+        out.append(ClipRecord(full, total, label, _patient_of(folder, patients)))
+    if not out:
+        raise TrainingDataError(f"{p} lists no clips")
+    return out
+
+
+def find_seg_pairs(root: str | os.PathLike[str]) -> list[SegRecord]:
+    """Every ``masks/NAME.png`` under ``root`` with its ``frames/NAME.png`` (or ``images/``).
+
+    Raises
+    ------
+    TrainingDataError
+        If no pair is found or a mask has no frame.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise TrainingDataError(f"segmentation data folder not found: {base}")
+    patients = patient_map(base)
+    out = []
+    for mask_dir in sorted(base.rglob("masks")):
+        if not mask_dir.is_dir():
+            continue
+        case = mask_dir.parent
+        images = next((case / d for d in ("frames", "images") if (case / d).is_dir()), None)
+        for mask in sorted(mask_dir.glob("*.png")):
+            if images is None or not (images / mask.name).is_file():
+                raise TrainingDataError(f"mask {mask} has no image {case}/frames/{mask.name}")
+            rel = case.relative_to(base).as_posix()
+            out.append(SegRecord(images / mask.name, mask, _patient_of(rel or case.name,
+                                                                          patients)))
+    if not out:
+        raise TrainingDataError(f"no masks/*.png with matching frames/ found under {base}")
+    return out
+
+
+class FrameCache:
+    """Decoded RGB frames keyed by file identity, optionally resized on load.
+
+    Parameters
+    ----------
+    short_side
+        If set, frames are resized (bilinear) so the short side is at most this many pixels
+        before caching (saves memory; augmentation crops from the cached frame).
+    """
+
+    def __init__(self, short_side: int | None = None) -> None:
+        self.short_side = short_side
+        self._frames: dict[tuple[int, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def load(self, path: Path) -> np.ndarray:
+        """``uint8 (H, W, 3)`` frame at ``path``."""
+        try:
+            st = path.stat()
+        except OSError:
+            raise TrainingDataError(f"frame not found: {path}") from None
+        key = (st.st_dev, st.st_ino)
+        frame = self._frames.get(key)
+        if frame is None:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if self.short_side and min(im.size) > self.short_side:
+                    s = self.short_side / min(im.size)
+                    im = im.resize((round(im.size[0] * s), round(im.size[1] * s)),
+                                   Image.BILINEAR)
+                frame = np.asarray(im)
+            self._frames[key] = frame
+        return frame
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class ClipDataset(Dataset):
+    """Clips of an annotation list → ``(clip float32 (3, T, S, S), label int)``.
+
+    Parameters
+    ----------
+    records
+        From :func:`read_annotation_list`.
+    size, mean, std
+        The model's input size and normalisation (``model.default_cfg``).
+    clip_len, frame_interval
+        The authors' 8 and 3.
+    train
+        Seeded random sampling offset, crop and flip; else centred offset and centre crop.
+    seed
+        Augmentation seed; item ``i`` of epoch ``e`` always gets the same randomness.
+    cache
+        A shared :class:`FrameCache` (one is created if omitted).
+    """
+
+    def __init__(self, records: Sequence[ClipRecord], size: int, mean: Sequence[float],
+                 std: Sequence[float], clip_len: int = 8, frame_interval: int = 3,
+                 train: bool = True, seed: int = 0, cache: FrameCache | None = None,
+                 filename_tmpl: str = "img_{:05d}.jpg") -> None:
+        self.records = list(records)
+        self.clip_len, self.frame_interval = clip_len, frame_interval
+        self.train, self.seed, self.epoch = train, seed, 0
+        self.cache = cache or FrameCache()
+        self.tmpl = filename_tmpl
+        self.augment = ClipAugment(size, mean, std, train=train)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.records]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def frame_indices(self, record: ClipRecord, rng: np.random.Generator | None) -> list[int]:
+        """1-based frame numbers of the clip (``SampleFrames``; short folders loop)."""
+        span = self.clip_len * self.frame_interval
+        room = record.total_frames - span
+        if room > 0:
+            offset = int(rng.integers(0, room + 1)) if rng is not None else room // 2
+        else:
+            offset = 0
+        return [(offset + k * self.frame_interval) % max(1, record.total_frames) + 1
+                for k in range(self.clip_len)]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        r = self.records[i]
+        seed = _item_seed(self.seed, self.epoch, i)
+        rng = np.random.default_rng(seed) if self.train else None
+        frames = np.stack([self.cache.load(r.folder / self.tmpl.format(k))
+                           for k in self.frame_indices(r, rng)])
+        return self.augment(frames, seed), r.label
+
+
+class SegDataset(Dataset):
+    """Frame/mask pairs → ``(image float32 (3, C, C), target int64 (C, C))`` (see
+    :class:`~models.training.augment.SegAugment`; ``crop`` defaults to ``size``)."""
+
+    def __init__(self, records: Sequence[SegRecord], size: int, mean: Sequence[float],
+                 std: Sequence[float], train: bool = True, seed: int = 0,
+                 crop: int | None = None, pos_fraction: float = 0.5) -> None:
+        self.records = list(records)
+        self.train, self.seed, self.epoch = train, seed, 0
+        self.augment = SegAugment(size, mean, std, train=train, crop=crop,
+                                  pos_fraction=pos_fraction)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i not in self._cache:
+            r = self.records[i]
+            try:
+                with Image.open(r.image) as im:
+                    rgb = np.asarray(im.convert("RGB"))
+                with Image.open(r.mask) as im:
+                    mask = np.asarray(im.convert("L")) > 0
+            except OSError as e:
+                raise TrainingDataError(f"cannot read {r.image} / {r.mask}: {e}") from e
+            if mask.shape != rgb.shape[:2]:
+                raise TrainingDataError(f"mask {r.mask} is {mask.shape}, frame is "
+                                        f"{rgb.shape[:2]}")
+            self._cache[i] = (rgb, mask)
+        return self._cache[i]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb, mask = self._load(i)
+        return self.augment(rgb, mask, _item_seed(self.seed, self.epoch, i))
+
+
+def subset(records: Sequence, keep: Callable[[object], bool]) -> list:
+    """Records for which ``keep(record)`` is true (helper for patient splits)."""
+    return [r for r in records if keep(r)]

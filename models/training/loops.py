@@ -1,0 +1,259 @@
+"""Resumable training loops for the segmentation net and the clip models.
+
+Both loops step a warm-up + cosine schedule per iteration, clip gradients at 40, log a line
+per epoch and show a tqdm bar, and write after every epoch ``<out_dir>/latest.pth`` (the
+authors' ``{'meta', 'state_dict', 'optimizer'}`` layout, readable by
+:func:`models.load_checkpoint`); ``meta`` carries the epoch, the scheduler state and the
+loss history, so ``resume=True`` continues where a run stopped. Data order and augmentation
+depend only on ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted
+one. The AMAGI segmentation net stays frozen (no gradient, BN in eval mode) during clip
+training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models.checkpoint import read_checkpoint, save_checkpoint
+from models.errors import ModelError
+from models.training.recipe import (
+    AUTHORS_CLIP_CLASS_WEIGHTS,
+    AUTHORS_SEG_CLASS_WEIGHTS,
+    GRAD_CLIP,
+    build_optimizer,
+    clip_gradients,
+    seg_loss,
+    warmup_cosine,
+)
+
+__all__ = ["ClipTrainConfig", "SegTrainConfig", "TrainResult", "train_clip_model",
+           "train_seg_model"]
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest.pth"
+
+
+@dataclass(frozen=True)
+class _Common:
+    out_dir: str
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_epochs: float = 1.0
+    grad_clip: float = GRAD_CLIP
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    threads: int | None = None
+    keep_epochs: bool = False  # also keep epoch_N.pth files
+    stop_after_epoch: int | None = None  # end this session early (resume later)
+
+
+@dataclass(frozen=True)
+class SegTrainConfig(_Common):
+    """Segmentation training (HRNet-OCR, weighted CE on [aux, main] outputs)."""
+
+    class_weights: tuple[float, float] = AUTHORS_SEG_CLASS_WEIGHTS
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig(_Common):
+    """Clip-classifier training (AMAGI or SlowFast, weighted CE)."""
+
+    class_weights: tuple[float, ...] = AUTHORS_CLIP_CLASS_WEIGHTS
+
+
+@dataclass
+class TrainResult:
+    """Where the weights went and how the loss evolved (one entry per epoch)."""
+
+    checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _setup(cfg: _Common) -> torch.device:
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ModelError(f"epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {cfg.device!r} requested but CUDA is not available")
+    torch.manual_seed(cfg.seed)
+    return torch.device(cfg.device)
+
+
+def _loader(ds: Dataset, cfg: _Common, epoch: int) -> DataLoader:
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(epoch)
+    seed = int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0])
+    torch.manual_seed(seed)  # dropout of this epoch, so a resumed run matches
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
+                      drop_last=len(ds) > cfg.batch_size, num_workers=0)
+
+
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, out: Path
+            ) -> tuple[int, list[dict[str, float]]]:
+    path = out / LATEST
+    if not path.is_file():
+        log.info("no checkpoint to resume in %s: starting from scratch", out)
+        return 0, []
+    ck = read_checkpoint(path)
+    model.load_state_dict(ck["state_dict"])
+    optimizer.load_state_dict(ck["optimizer"])
+    meta = ck["meta"]
+    scheduler.load_state_dict(meta["scheduler"])
+    log.info("resumed %s at epoch %d", path, meta["epoch"])
+    return int(meta["epoch"]), list(meta.get("history", []))
+
+
+def _loop(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn,
+          meta_extra: dict[str, Any], progress: TextIO | None) -> TrainResult:
+    device = _setup(cfg)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_ds) // cfg.batch_size) if len(train_ds) > cfg.batch_size \
+        else 1
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = warmup_cosine(optimizer, total, warmup)
+    start, history = (_resume(model, optimizer, scheduler, out) if cfg.resume else (0, []))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    t_start = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        loader = _loader(train_ds, cfg, epoch)
+        bar = tqdm(loader, desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   file=progress, disable=progress is None, leave=False)
+        losses, correct, seen, t0 = [], 0, 0, time.perf_counter()
+        for x, y in bar:
+            x, y = x.to(device), y.to(device)
+            loss, n_ok = loss_fn(model, x, y)
+            if not math.isfinite(float(loss.detach())):
+                raise ModelError(f"{kind} training diverged at epoch {epoch + 1} (loss {loss})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(trainable, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            correct += n_ok
+            seen += int(y.numel())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        bar.close()
+        entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5),
+                 "accuracy": round(correct / max(1, seen), 5),
+                 "lr": round(float(scheduler.get_last_lr()[0]), 7),
+                 "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(entry)
+        log.info("%s epoch %d/%d: loss %.4f, accuracy %.3f, lr %.5f, %.1f s", kind, epoch + 1,
+                 cfg.epochs, entry["loss"], entry["accuracy"], entry["lr"], entry["seconds"])
+        meta = {"epoch": epoch + 1, "kind": kind, "config": asdict(cfg),
+                "scheduler": scheduler.state_dict(), "history": history, **meta_extra}
+        path = save_checkpoint(model, out / LATEST, meta=meta, optimizer=optimizer)
+        if cfg.keep_epochs:
+            shutil.copyfile(path, out / f"epoch_{epoch + 1}.pth")
+        if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
+            log.info("%s: stopping after epoch %d as asked (resume to continue)", kind, epoch + 1)
+            break
+    return TrainResult(out / LATEST, history, time.perf_counter() - t_start)
+
+
+def train_seg_model(seg_model: nn.Module, train_ds: Dataset, cfg: SegTrainConfig,
+                    progress: TextIO | None = None) -> TrainResult:
+    """Train an HRNet-OCR bleeding segmenter on ``(image, target)`` batches.
+
+    The checkpoint's ``state_dict`` has the segmentation net's own keys, the layout of the
+    authors' standalone segmentation file: load it into an AMAGI model with
+    ``load_checkpoint(model, path, kind='segmentation')``.
+    """
+    for p in seg_model.parameters():
+        p.requires_grad_(True)
+
+    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        outputs = model(x)
+        loss = seg_loss(outputs, y, cfg.class_weights)
+        with torch.no_grad():
+            up = nn.functional.interpolate(outputs[-1], size=y.shape[-2:], mode="bilinear",
+                                           align_corners=False)
+            ok = int((up.argmax(1) == y).sum())
+        return loss, ok
+
+    return _loop(seg_model, train_ds, cfg, "seg", step, {"task": "segmentation"}, progress)
+
+
+def train_clip_model(model: nn.Module, train_ds: Dataset, cfg: ClipTrainConfig,
+                     progress: TextIO | None = None, meta: dict[str, Any] | None = None
+                     ) -> TrainResult:
+    """Train a clip classifier (``model(clips) -> logits``) with weighted cross-entropy.
+
+    An AMAGI model's segmentation net must already hold trained weights; it is checked to
+    be frozen (no parameter requires a gradient) before training starts.
+
+    Raises
+    ------
+    ModelError
+        If the segmentation net of an AMAGI model is not frozen, or the loss diverges.
+    """
+    seg = getattr(getattr(model, "backbone", None), "seg_model", None)
+    if seg is not None and any(p.requires_grad for p in seg.parameters()):
+        raise ModelError("the segmentation net inside AMAGI must be frozen for clip training")
+    weights = torch.as_tensor(cfg.class_weights, dtype=torch.float32, device=cfg.device)
+
+    def step(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        logits = m(x)
+        loss = nn.functional.cross_entropy(logits, y, weight=weights)
+        return loss, int((logits.argmax(1) == y).sum())
+
+    extra = {"task": "clip", **(meta or {})}
+    return _loop(model, train_ds, cfg, "clip", step, extra, progress)
+
+
+def export_weights(checkpoint: str | os.PathLike[str], dest: str | os.PathLike[str],
+                   meta: dict[str, Any] | None = None) -> Path:
+    """Copy a training checkpoint without its optimizer state (for distribution)."""
+    ck = read_checkpoint(checkpoint)
+    payload = {"meta": {**{k: v for k, v in ck.get("meta", {}).items() if k != "scheduler"},
+                        **(meta or {})},
+               "state_dict": ck["state_dict"], "optimizer": {}}
+    d = Path(dest)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = d.with_name(d.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, d)
+    return d
+
+
+def evaluate_clips(model: nn.Module, ds: Dataset, batch_size: int = 16,
+                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Bleeding probabilities and labels of every clip of ``ds`` (eval mode, no grad)."""
+    model.eval().to(device)
+    probs: list[np.ndarray] = []
+    labels: list[int] = []
+    with torch.no_grad():
+        for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
+            probs.append(torch.softmax(model(x.to(device)), 1)[:, 1].cpu().numpy())
+            labels.extend(int(v) for v in y)
+    return np.concatenate(probs), np.asarray(labels)
+
+

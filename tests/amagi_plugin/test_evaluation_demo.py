@@ -1,0 +1,69 @@
+"""The committed demo model: it loads, says what it is, and its recorded metrics reproduce."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from amagi_plugin.cli import Context, main
+from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
+from models import build_model, load_checkpoint
+
+
+def _manifest() -> dict:
+    return demo_manifest(DEMO_DIR)
+
+
+def test_demo_model_loads_and_is_labelled_synthetic() -> None:
+    m = _manifest()
+    text = m["description"].lower()
+    assert "synthetic" in text and "not for clinical use" in text
+    total = 0
+    for entry in (m, m["baseline"]):
+        path = DEMO_DIR / entry["checkpoint"]
+        total += path.stat().st_size
+        model = build_model(entry["arch"], **entry.get("build", {}))
+        assert load_checkpoint(model, path).ok
+    assert total <= 25 * 2**20
+    training = json.loads((DEMO_DIR / m["training"]).read_text())
+    metrics = json.loads((DEMO_DIR / m["metrics"]).read_text())
+    assert "synthetic" in training["notice"]
+    assert training["eval_data"]["seed"] != training["train_data"]["seed"]
+    assert training["eval_data"]["domain"] != training["train_data"]["domain"]
+    assert metrics["data"]["seed"] == training["eval_data"]["seed"]
+    assert len(metrics["cases"]) == training["eval_data"]["cases"]
+
+
+@pytest.mark.slow
+def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path) -> None:
+    """Regenerate held-out case 0 from its recorded seed and scene ranges, evaluate both
+    demo models with 'amagi evaluate', and compare with the recorded per-case results."""
+    m = _manifest()
+    training = json.loads((DEMO_DIR / m["training"]).read_text())
+    recorded = json.loads((DEMO_DIR / m["metrics"]).read_text())
+    ev = training["eval_data"]
+    ctx = Context(stdout=io.StringIO(), stderr=io.StringIO(), environ={}, cwd=tmp_path)
+    code = main(["synth", "-od", "heldout", "--cases", "1", "--seed", str(ev["seed"]),
+                 "--domain", ev["domain"], "--duration-s", str(ev["duration_s"]),
+                 "--size", f"{ev['size'][0]}x{ev['size'][1]}", "--fps", str(ev["fps"]),
+                 "--formats", "dicom", "--no-progress"], ctx=ctx)
+    assert code == 0, ctx.stderr.getvalue()
+    code = main(["evaluate", "--data", "heldout", "-od", "eval", "--model-dir", str(DEMO_DIR),
+                 "--folds", "1", "--prediction-hz",
+                 str(recorded["post_processing"]["prediction_hz"]), "--no-progress"], ctx=ctx)
+    assert code == 0, ctx.stderr.getvalue()
+    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert doc["post_processing"] == recorded["post_processing"]
+    mine, theirs = doc["cases"][0], recorded["cases"][0]
+    assert mine["case_id"] == theirs["case_id"]
+    assert mine["true_events"] == theirs["true_events"]
+    for model in recorded["models"]:
+        a, b = mine["models"][model], theirs["models"][model]
+        assert a["pred_count"] == b["pred_count"], model
+        assert len(a["events"]) == len(b["events"]), model
+        for ea, eb in zip(a["events"], b["events"], strict=True):
+            assert ea == pytest.approx(eb, abs=0.11), model
+        assert a["mean_probability"] == pytest.approx(b["mean_probability"], abs=2e-3), model

@@ -1,0 +1,134 @@
+"""``amagi train seg|clip`` and ``amagi evaluate`` end to end on tiny synthetic data."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from amagi_plugin.cli import Context, main
+from amagi_plugin.errors import ExitCode
+from amagi_plugin.evaluation import event_counts, frame_counts, prf
+from models import build_model, load_checkpoint, read_checkpoint
+
+SYNTH = ["--seed", "11", "--size", "80x64", "--fps", "30", "--no-progress"]
+
+
+def _run(tmp: Path, *argv: str) -> tuple[int, str, str]:
+    ctx = Context(stdout=io.StringIO(), stderr=io.StringIO(), environ={}, cwd=tmp)
+    code = main(list(argv), ctx=ctx)
+    return code, ctx.stdout.getvalue(), ctx.stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Train data (2 patients), held-out DICOM cases, a seg net, AMAGI and SlowFast."""
+    tmp = tmp_path_factory.mktemp("train")
+    torch.set_num_threads(2)
+    code, _, err = _run(tmp, "synth", "-od", "train", "--cases", "2", "--duration-s", "4",
+                        "--formats", "rawframes", "--clip-stride", "12", *SYNTH)
+    assert code == 0, err
+    code, _, err = _run(tmp, "synth", "-od", "heldout", "--cases", "2", "--duration-s", "3",
+                        "--formats", "dicom", "--domain", "shifted", "--seed", "12",
+                        *SYNTH[2:])
+    assert code == 0, err
+    code, out, err = _run(tmp, "train", "seg", "--data", "train", "-od", "seg", "--arch",
+                          "amagi_tiny", "--epochs", "1", "--input-size", "64", "--crop", "32",
+                          "--batch-size", "4", "--no-progress")
+    assert code == 0, err
+    assert "segmentation net of amagi_tiny trained" in out
+    common = ["--annotations", "train/annotations.txt", "--epochs", "1", "--input-size", "64",
+              "--batch-size", "4", "--class-weights", "balanced", "--no-progress"]
+    code, out, err = _run(tmp, "train", "clip", "--arch", "amagi", "-od", "amagi",
+                          "--seg-checkpoint", "seg/latest.pth", *common)
+    assert code == 0, err
+    assert "amagi_tiny trained on" in out
+    code, out, err = _run(tmp, "train", "clip", "--arch", "slowfast", "-od", "slowfast", *common)
+    assert code == 0, err
+    return tmp
+
+
+def test_checkpoints_have_the_authors_layout(trained: Path) -> None:
+    ck = read_checkpoint(trained / "amagi" / "latest.pth")
+    assert set(ck) == {"meta", "state_dict", "optimizer"}
+    meta = ck["meta"]
+    assert meta["arch"] == "amagi_tiny" and meta["build"] == {"input_size": 64}
+    assert meta["epoch"] == 1 and meta["config"]["momentum"] == 0.9
+    assert meta["config"]["weight_decay"] == 4e-5 and meta["config"]["grad_clip"] == 40.0
+    model = build_model("amagi_tiny", input_size=64)
+    assert load_checkpoint(model, trained / "amagi" / "latest.pth").ok
+    seg = read_checkpoint(trained / "seg" / "latest.pth")["state_dict"]
+    # the frozen segmentation net inside AMAGI is exactly the trained one
+    for k, v in seg.items():
+        assert torch.equal(model.state_dict()["backbone.seg_model." + k], v), k
+    assert (trained / "amagi" / "train.log").read_text().count("clip epoch 1/1") == 1
+
+
+def test_evaluate_writes_consistent_tables(trained: Path) -> None:
+    code, out, err = _run(trained, "evaluate", "--data", "heldout", "-od", "eval",
+                          "--checkpoint", "amagi=amagi/latest.pth",
+                          "--checkpoint", "slowfast=slowfast_tiny:slowfast/latest.pth",
+                          "--folds", "2", "--no-progress")
+    assert code == 0, err
+    assert "amagi: frame F1" in out and "slowfast: frame F1" in out
+    doc = json.loads((trained / "eval" / "metrics.json").read_text())
+    preds = json.loads((trained / "eval" / "predictions.json").read_text())
+    assert doc["models"] == ["amagi", "slowfast"] and len(preds) == 4
+    assert sorted({c["fold"] for c in doc["cases"]}) == [0, 1]
+    assert (trained / "eval" / "fold1.png").stat().st_size > 1000
+    assert (trained / "eval" / "fold2.png").is_file()
+    truth = {c["case_id"]: c["true_events"] for c in doc["cases"]}
+    labels_json = json.loads((trained / "heldout" / "s12_c0000" / "labels.json").read_text())
+    assert truth["s12_c0000"] == [[round(e["start_s"], 3), round(e["end_s"], 3)]
+                                  for e in labels_json["events"]]
+    for model in doc["models"]:
+        mine = [p for p in preds if p["model"] == model]
+        labels = np.concatenate([p["labels"] for p in mine])
+        decisions = np.concatenate([p["decisions"] for p in mine])
+        c = frame_counts(labels, decisions)
+        assert {k: doc["pooled"][model]["frame"][k] for k in c} == c
+        assert doc["pooled"][model]["frame"]["f1"] == pytest.approx(
+            prf(c["tp"], c["fp"], c["fn"])["f1"], abs=1e-4)
+        tp = sum(event_counts([tuple(e) for e in p["events"]],
+                              [tuple(e) for e in truth[p["case_id"]]], 0.5).tp for p in mine)
+        assert doc["pooled"][model]["events"]["iou_0.5"]["tp"] == tp
+        # labels follow the per-frame ground truth at the prediction frames
+        p0 = next(p for p in mine if p["case_id"] == "s12_c0000")
+        assert p0["labels"] == [labels_json["frame_labels"][f] for f in p0["frames"]]
+    md = (trained / "eval" / "metrics.md").read_text()
+    assert "event F1@0.5" in md and "## Per fold (2-fold, patient-level)" in md
+
+
+def test_user_errors_are_one_line(trained: Path) -> None:
+    code, _, err = _run(trained, "train", "clip", "--arch", "amagi", "-od", "x",
+                        "--annotations", "train/annotations.txt", "--no-progress")
+    assert code == ExitCode.BAD_INPUT and "needs --seg-checkpoint" in err
+    code, _, err = _run(trained, "train", "clip", "--arch", "nope", "-od", "x",
+                        "--annotations", "train/annotations.txt")
+    assert code == ExitCode.BAD_INPUT and "unknown --arch 'nope'" in err
+    code, _, err = _run(trained, "train", "clip", "--arch", "slowfast", "-od", "x",
+                        "--annotations", "train/annotations.txt", "--folds", "3")
+    assert code == ExitCode.BAD_INPUT and "cannot make 3 folds" in err
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "-od", "e2",
+                        "--checkpoint", "amagi=amagi/latest.pth", "--folds", "3")
+    assert code == ExitCode.BAD_INPUT and "cannot make 3 folds" in err
+    code, _, err = _run(trained, "train", "seg", "--data", "nowhere", "-od", "x")
+    assert code == ExitCode.BAD_INPUT and "not found" in err
+
+
+def test_evaluate_in_worker_processes_gives_the_same_predictions(trained: Path) -> None:
+    args = ["evaluate", "--data", "heldout", "--checkpoint", "amagi=amagi/latest.pth",
+            "--folds", "1", "--no-progress"]
+    assert _run(trained, *args, "-od", "one")[0] == 0
+    code, _, err = _run(trained, *args, "-od", "two", "--jobs", "2", "--threads", "2")
+    assert code == 0, err
+    one = json.loads((trained / "one" / "predictions.json").read_text())
+    two = json.loads((trained / "two" / "predictions.json").read_text())
+    assert [p["case_id"] for p in one] == [p["case_id"] for p in two]
+    for a, b in zip(one, two, strict=True):
+        assert a["events"] == b["events"]
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)

@@ -1,0 +1,226 @@
+"""Training recipe, data layout, splits and the resumable loops on tiny models."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import build_model, load_checkpoint, read_checkpoint
+from models.errors import ModelError
+from models.training import (
+    AUTHORS_CLIP_CLASS_WEIGHTS,
+    ClipDataset,
+    ClipTrainConfig,
+    SegDataset,
+    SegTrainConfig,
+    TrainingDataError,
+    balanced_class_weights,
+    find_seg_pairs,
+    patient_folds,
+    read_annotation_list,
+    split_by_patient,
+    train_clip_model,
+    train_seg_model,
+    warmup_cosine,
+)
+from models.training.recipe import build_optimizer, clip_gradients
+
+MEAN, STD = (117.0, 75.0, 67.0), (60.0, 51.0, 49.0)
+
+
+def _write_dataset(root: Path, n_cases: int = 2, clips_per_case: int = 4) -> Path:
+    """The authors' layout: <case>/clips/<clip>/img_00001..24.jpg, masks/ + frames/, list.
+
+    Bleeding clips (label 1) show a red disc that grows frame by frame; normal clips a
+    static dark-red disc (a hard negative). Masks mark the growing disc only.
+    """
+    rng = np.random.default_rng(0)
+    lines = []
+    for c in range(n_cases):
+        case = root / f"case{c}"
+        (case / "masks").mkdir(parents=True)
+        (case / "frames").mkdir()
+        for k in range(clips_per_case):
+            label = k % 2
+            folder = case / "clips" / f"clip{k}"
+            folder.mkdir(parents=True)
+            cx, cy = rng.integers(20, 44, 2)
+            yy, xx = np.mgrid[:48, :64]
+            for j in range(24):
+                img = np.full((48, 64, 3), (200, 150, 120), np.uint8)
+                img += rng.integers(0, 12, img.shape, dtype=np.uint8)
+                r = 4 + j // 2 if label else 8
+                disc = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+                img[disc] = (220, 10, 20) if label else (90, 10, 15)
+                Image.fromarray(img).save(folder / f"img_{j + 1:05d}.jpg", quality=95)
+                if j == 12:
+                    name = f"img_{k + 1:05d}.png"
+                    Image.fromarray(img).save(case / "frames" / name)
+                    Image.fromarray((disc & bool(label)).astype(np.uint8) * 255).save(
+                        case / "masks" / name)
+            lines.append(f"case{c}/clips/clip{k} 24 {label}")
+    (root / "annotations.txt").write_text("\n".join(lines) + "\n")
+    return root / "annotations.txt"
+
+
+def test_balanced_weights_reproduce_the_authors_formula() -> None:
+    # 82.5 % normal, 17.5 % bleeding gives the authors' [0.6060, 2.8592] to 3 decimals.
+    w = balanced_class_weights([0] * 825 + [1] * 175)
+    assert w == pytest.approx(AUTHORS_CLIP_CLASS_WEIGHTS, abs=3e-3)
+    assert balanced_class_weights([0, 1, 1, 1]) == (2.0, round(4 / 6, 4))
+    with pytest.raises(ValueError, match="every class"):
+        balanced_class_weights([0, 0])
+
+
+def test_warmup_cosine_schedule() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=10, warmup_steps=4, warmup_ratio=0.1)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.1, 0.325, 0.55, 0.775])
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[7] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
+
+
+def test_optimizer_and_gradient_clip_follow_the_recipe() -> None:
+    model = build_model("slowfast_tiny", input_size=32)
+    opt = build_optimizer(model.parameters())
+    g = opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["weight_decay"]) == (0.01, 0.9, 4e-5)
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([300.0, 400.0, 0.0])
+    assert clip_gradients([p], 40.0) == pytest.approx(500.0)
+    assert float(p.grad.norm()) == pytest.approx(40.0, rel=1e-4)
+
+
+def test_patient_folds_keep_patients_together() -> None:
+    patients = ["a", "a", "b", "c", "c", "c", "d", "e", "f"]
+    folds = patient_folds(patients, 3, seed=1)
+    for pid in set(patients):
+        assert len({f for p, f in zip(patients, folds, strict=True) if p == pid}) == 1
+    per_fold = [len({p for p, f in zip(patients, folds, strict=True) if f == k}) for k in range(3)]
+    assert sorted(per_fold) == [2, 2, 2]
+    train, test = split_by_patient(patients, 3, 0, seed=1)
+    assert sorted(train + test) == list(range(len(patients)))
+    assert not {patients[i] for i in train} & {patients[i] for i in test}
+    with pytest.raises(ValueError, match="cannot make 3 folds"):
+        patient_folds(["a", "b"], 3)
+
+
+def test_annotation_list_and_clip_dataset(tmp_path: Path) -> None:
+    ann = _write_dataset(tmp_path)
+    records = read_annotation_list(ann)
+    assert [r.label for r in records] == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert records[0].patient == "case0" and records[5].patient == "case1"
+    ds = ClipDataset(records, 32, MEAN, STD, train=True, seed=3)
+    assert ds.frame_indices(records[0], None) == [1, 4, 7, 10, 13, 16, 19, 22]
+    x, y = ds[1]
+    assert x.shape == (3, 8, 32, 32) and x.dtype == torch.float32 and y == 1
+    x2, _ = ds[1]
+    assert torch.equal(x, x2)  # seeded per (seed, epoch, index)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], x)
+    val = ClipDataset(records, 32, MEAN, STD, train=False)
+    assert torch.equal(val[2][0], val[2][0])
+    # normalisation: the background (200, 150, 120) maps to (200 - mean) / std
+    centre = val[0][0][:, 0, 0, 0]
+    assert centre[0] == pytest.approx((200 + 5.5 - MEAN[0]) / STD[0], abs=0.3)
+
+
+def test_bad_annotation_lines_raise(tmp_path: Path) -> None:
+    ann = tmp_path / "a.txt"
+    ann.write_text("only_two 24\n")
+    with pytest.raises(TrainingDataError, match="expected 'folder total_frames label'"):
+        read_annotation_list(ann)
+    ann.write_text("missing 24 1\n")
+    with pytest.raises(TrainingDataError, match="clip folder not found"):
+        read_annotation_list(ann)
+    with pytest.raises(TrainingDataError, match="not found"):
+        read_annotation_list(tmp_path / "nope.txt")
+
+
+def test_a_few_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    model = build_model("slowfast_tiny", input_size=32, dropout=0.0).train()
+    x = torch.randn(8, 3, 8, 32, 32)
+    y = torch.tensor([0, 1] * 4)
+    x[y == 1, 0] += 1.5  # bleeding clips are redder
+    opt = build_optimizer(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        clip_gradients(model.parameters())
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def _clip_cfg(out: Path, epochs: int, resume: bool = False,
+              stop: int | None = None) -> ClipTrainConfig:
+    return ClipTrainConfig(out_dir=str(out), epochs=epochs, batch_size=4, lr=0.02,
+                           warmup_epochs=0.5, seed=5, resume=resume, stop_after_epoch=stop)
+
+
+def test_clip_training_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
+    records = read_annotation_list(_write_dataset(tmp_path / "data"))
+
+    def run(out: Path, resume: bool = False, stop: int | None = None):
+        torch.manual_seed(0)
+        model = build_model("slowfast_tiny", input_size=32)
+        ds = ClipDataset(records, 32, MEAN, STD, seed=5)
+        return model, train_clip_model(model, ds, _clip_cfg(out, 2, resume, stop),
+                                       meta={"arch": "slowfast_tiny"})
+
+    full_model, full = run(tmp_path / "full")
+    _, first = run(tmp_path / "split", stop=1)  # an interrupted session
+    assert [h["epoch"] for h in first.history] == [1]
+    resumed_model, resumed = run(tmp_path / "split", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[1]["loss"] == pytest.approx(full.history[1]["loss"], rel=1e-5)
+    for k, v in full_model.state_dict().items():
+        assert torch.allclose(v.float(), resumed_model.state_dict()[k].float(), atol=1e-6), k
+    ck = read_checkpoint(full.checkpoint)
+    assert set(ck) == {"meta", "state_dict", "optimizer"}
+    assert ck["meta"]["epoch"] == 2 and ck["meta"]["arch"] == "slowfast_tiny"
+    fresh = build_model("slowfast_tiny", input_size=32)
+    assert load_checkpoint(fresh, full.checkpoint).ok
+
+
+def test_seg_training_then_frozen_inside_amagi(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    ann = _write_dataset(root)
+    pairs = find_seg_pairs(root)
+    assert len(pairs) == 8 and pairs[0].image.parent.name == "frames"
+    seg = build_model("amagi_tiny", input_size=32).backbone.seg_model
+    seg_ds = SegDataset(pairs, 32, MEAN, STD, seed=1, crop=32)
+    image, target = seg_ds[1]
+    assert image.shape == (3, 32, 32) and target.dtype == torch.int64 and target.sum() > 0
+    res = train_seg_model(seg, seg_ds, SegTrainConfig(out_dir=str(tmp_path / "seg"), epochs=3,
+                                                      batch_size=4, lr=0.02, seed=1))
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    amagi = build_model("amagi_tiny", input_size=32)
+    report = load_checkpoint(amagi, res.checkpoint, kind="segmentation")
+    assert report.ok and report.kind.value == "segmentation"
+    before = {k: v.clone() for k, v in amagi.backbone.seg_model.state_dict().items()}
+    ds = ClipDataset(read_annotation_list(ann), 32, MEAN, STD, seed=2)
+    train_clip_model(amagi, ds, _clip_cfg(tmp_path / "amagi", 1))
+    after = amagi.backbone.seg_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN stats
+    assert not any(p.requires_grad for p in amagi.backbone.seg_model.parameters())
+    for p in amagi.backbone.seg_model.parameters():
+        p.requires_grad_(True)
+    with pytest.raises(ModelError, match="must be frozen"):
+        train_clip_model(amagi, ds, _clip_cfg(tmp_path / "x", 1))
