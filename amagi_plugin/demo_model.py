@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amagi_plugin.logsetup import setup_logging
 from amagi_plugin.modelspec import DEMO_DIR, DEMO_NOTICE
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dest", type=Path, default=DEMO_DIR, help="where the demo model goes")
     p.add_argument("--quick", action="store_true", help="tiny run of every stage")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("info", "text")  # the program's one logging setup
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
     training = build_demo(args.work_dir, cfg, args.dest)
     print(json.dumps(training["seconds"]))
