@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amagi_plugin.config import Config
+from db import mask_url
 
 TORCH_VERSION = "2.13.0"
 REQUIRED_DECODERS = ("h264", "hevc", "mpeg2video")
@@ -97,8 +98,9 @@ def check_database(cfg: Config) -> Check:
                 return Check(name, Status.OK, f"{path} will be created at first start")
             return Check(name, Status.FAIL, f"{path}: directory {parent} is not writable")
     try:
-        from db.migrate import status
         from sqlalchemy import create_engine
+
+        from db.migrate import status
 
         engine = create_engine(url)
         try:
@@ -106,11 +108,11 @@ def check_database(cfg: Config) -> Check:
         finally:
             engine.dispose()
     except Exception as e:
-        return Check(name, Status.FAIL, f"unreachable ({_safe_url(url)}): "
+        return Check(name, Status.FAIL, f"unreachable ({mask_url(url)}): "
                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if current == head:
-        return Check(name, Status.OK, f"{_safe_url(url)} at revision {current}")
-    return Check(name, Status.WARN, f"{_safe_url(url)} at revision {current or 'none'}, head is "
+        return Check(name, Status.OK, f"{mask_url(url)} at revision {current}")
+    return Check(name, Status.WARN, f"{mask_url(url)} at revision {current or 'none'}, head is "
                  f"{head}: upgraded automatically at start ('amagi db upgrade' does it now)")
 
 
@@ -159,12 +161,6 @@ def check_tools() -> Iterator[Check]:
             yield Check(tool, Status.OK, f"{path} ({what})", required=False)
         else:
             yield Check(tool, Status.WARN, f"not found ({what}; optional)", required=False)
-
-
-def _safe_url(url: str) -> str:
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 def run_checks(cfg: Config, progress: Callable[[str], None] | None = None) -> list[Check]:

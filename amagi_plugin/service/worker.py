@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -181,12 +180,3 @@ def _is_single_frame_series(path: Path) -> bool:
         return False
     return ds.get("SOPClassUID") == VL_ENDOSCOPIC and int(ds.get("NumberOfFrames", 1) or 1) == 1
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds (used by tests and shutdown)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

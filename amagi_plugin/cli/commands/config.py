@@ -7,6 +7,7 @@ import json
 
 from amagi_plugin.cli.table import render_table
 from amagi_plugin.config import keys, render_value, template
+from db import mask_url
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -31,13 +32,13 @@ def run_show(args: argparse.Namespace, ctx) -> int:
                      "source": cfg.sources[key.dotted]})
     # Derived locations, so an operator sees where data actually goes.
     derived = {"storage.spool_dir": cfg.spool_dir, "storage.results_dir": cfg.results_dir,
-               "database.url": _mask_password(cfg.database_url)}
+               "database.url": mask_url(cfg.database_url)}
     for row in rows:
         if row["key"] in derived and row["value"] == "(unset)":
             row["value"] = str(derived[row["key"]])
             row["source"] = "default (derived from storage.var_dir)"
         elif row["key"] == "database.url":
-            row["value"] = _mask_password(row["value"])
+            row["value"] = mask_url(row["value"])
     if args.format == "json":
         ctx.print(json.dumps({"file": str(cfg.file) if cfg.file else None, "values": rows}, indent=2))
     else:
@@ -50,9 +51,3 @@ def run_template(args: argparse.Namespace, ctx) -> int:
     ctx.stdout.write(template())
     return 0
 
-
-def _mask_password(url: str) -> str:
-    """Hide the password of a database URL (``user:secret@host`` → ``user:***@host``)."""
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
