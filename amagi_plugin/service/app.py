@@ -264,25 +264,25 @@ class Service:
     def _send(self, paths: list[Path], dest: Destination) -> list[tuple[bool, str | None]]:
         from dicom_io.net.scu import send_instances
 
-        tls = None
-        if dest.tls:
-            from dicom_io.net.tls import client_context
-
-            tls = client_context(ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
-                                 key_file=dest.tls_key or None)
+        tls = self._client_tls(dest)
         results = send_instances(paths, dest.ae_title, dest.host, dest.port,
                                  calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
         return [(r.ok, r.error) for r in results]
 
+    @staticmethod
+    def _client_tls(dest: Destination):
+        """The TLS context for an outbound association to ``dest`` (None: plaintext)."""
+        if not dest.tls:
+            return None
+        from dicom_io.net.tls import client_context
+
+        return client_context(ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
+                              key_file=dest.tls_key or None)
+
     def _commit(self, refs: list[tuple[str, str]], dest: Destination) -> list[tuple[bool, str]]:
         from dicom_io.net.commitment import request_storage_commitment
 
-        tls = None
-        if dest.tls:
-            from dicom_io.net.tls import client_context
-
-            tls = client_context(ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
-                                 key_file=dest.tls_key or None)
+        tls = self._client_tls(dest)
         results = request_storage_commitment(refs, dest.ae_title, dest.host, dest.port,
                                              calling_ae_title=self.cfg.delivery.calling_ae_title,
                                              tls=tls)

@@ -27,14 +27,19 @@ from db.deliveries import schedule_delivery
 from db.queue import ClaimedJob, claim_next, complete, fail, heartbeat
 from db.records import EventRecord, latest_report, record_object, record_run
 from dicom_io.results import InstanceRef
-from dicom_io.sopclasses import VL_ENDOSCOPIC
+from dicom_io.sopclasses import (
+    COMPREHENSIVE_3D_SR,
+    COMPREHENSIVE_SR,
+    KEY_OBJECT_SELECTION,
+    SEGMENTATION,
+    VL_ENDOSCOPIC,
+)
 
 log = logging.getLogger(__name__)
 
 # InstanceRef.sop_class_uid → db ObjectKind value
-_KINDS = {"1.2.840.10008.5.1.4.1.1.88.34": "sr", "1.2.840.10008.5.1.4.1.1.88.33": "sr",
-          "1.2.840.10008.5.1.4.1.1.66.4": "seg", "1.2.840.10008.5.1.4.1.1.88.59": "kos",
-          VL_ENDOSCOPIC: "key_image"}
+_KINDS = {COMPREHENSIVE_3D_SR: "sr", COMPREHENSIVE_SR: "sr", SEGMENTATION: "seg",
+          KEY_OBJECT_SELECTION: "kos", VL_ENDOSCOPIC: "key_image"}
 
 
 def worker_name(index: int) -> str:
