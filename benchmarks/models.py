@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--devices", nargs="+", default=None, choices=("cpu", "cuda"),
+                   help="devices to measure (default: cpu, and cuda when there is one)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -105,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 
     repeats = args.repeats or (2 if args.quick else 3)
     batches = (1,) if args.quick else (1, 8)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if "cuda" in devices and not torch.cuda.is_available():
+        print("benchmarks/models.py: --devices cuda asked for, but torch sees no CUDA device",
+              file=sys.stderr)
+        return 2
     models = [BASELINE, *[m for m in args.models if m != BASELINE]]
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} CPU threads, best of {repeats}"

@@ -88,8 +88,15 @@ def upgrade(url_or_engine: str | URL | Engine, revision: str = "head") -> str | 
 def status(url_or_engine: str | URL | Engine) -> tuple[str | None, str]:
     """``(current revision or None for an empty database, head revision)``.
 
-    The database is migrated when the two are equal (``amagi doctor`` checks this).
+    The database is migrated when the two are equal (``amagi doctor`` checks this). A SQLite
+    file that does not exist reads as empty and is not created (asking must not write).
     """
+    if not isinstance(url_or_engine, Engine):
+        url = sa.make_url(url_or_engine)
+        if (url.get_backend_name() == "sqlite" and url.database
+                and url.database != ":memory:" and not url.database.startswith("file:")
+                and not Path(url.database).exists()):
+            return None, head_revision()
     engine, owned = _engine(url_or_engine)
     try:
         with engine.connect() as conn:

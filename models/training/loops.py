@@ -63,6 +63,7 @@ class _Common:
     threads: int | None = None
     keep_epochs: bool = False  # also keep epoch_N.pth files
     stop_after_epoch: int | None = None  # end this session early (resume later)
+    workers: int = 0  # data-loading processes (0: in the training process)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def _loader(ds: Dataset, cfg: _Common, epoch: int) -> DataLoader:
     torch.manual_seed(seed)  # dropout of this epoch, so a resumed run matches
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
-                      drop_last=len(ds) > cfg.batch_size, num_workers=0)
+                      drop_last=len(ds) > cfg.batch_size, num_workers=cfg.workers)
 
 
 def _resume(model: nn.Module, optimizer: torch.optim.Optimizer,

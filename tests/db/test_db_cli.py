@@ -38,6 +38,13 @@ def test_db_current_and_upgrade_from_empty(run_cli, env):
     assert r.code == 0 and f"already at revision {head}" in r.stdout
 
 
+def test_db_current_does_not_create_a_missing_sqlite_file(run_cli, tmp_path):
+    path = tmp_path / "nowhere" / "amagi.db"
+    r = run_cli("db", "current", "--database-url", f"sqlite:///{path}")
+    assert r.code == 1 and "empty" in r.stdout, (r.stdout, r.stderr)
+    assert not path.exists() and not path.parent.exists()
+
+
 def test_default_url_is_sqlite_under_var_dir(run_cli, tmp_path):
     r = run_cli("db", "upgrade", "--storage-var-dir", str(tmp_path / "v"))
     assert r.code == 0, r.stderr

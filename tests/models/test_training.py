@@ -169,9 +169,10 @@ def test_a_few_steps_reduce_the_loss() -> None:
 
 
 def _clip_cfg(out: Path, epochs: int, resume: bool = False,
-              stop: int | None = None) -> ClipTrainConfig:
+              stop: int | None = None, workers: int = 0) -> ClipTrainConfig:
     return ClipTrainConfig(out_dir=str(out), epochs=epochs, batch_size=4, lr=0.02,
-                           warmup_epochs=0.5, seed=5, resume=resume, stop_after_epoch=stop)
+                           warmup_epochs=0.5, seed=5, resume=resume, stop_after_epoch=stop,
+                           workers=workers)
 
 
 def test_clip_training_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
@@ -197,6 +198,22 @@ def test_clip_training_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
     assert ck["meta"]["epoch"] == 2 and ck["meta"]["arch"] == "slowfast_tiny"
     fresh = build_model("slowfast_tiny", input_size=32)
     assert load_checkpoint(fresh, full.checkpoint).ok
+
+
+def test_data_loading_processes_do_not_change_training(tmp_path: Path) -> None:
+    """Augmentation is seeded per (seed, epoch, item), so ``--workers N`` trains the same."""
+    records = read_annotation_list(_write_dataset(tmp_path / "data"))
+
+    def run(out: Path, workers: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model("slowfast_tiny", input_size=32)
+        ds = ClipDataset(records, 32, MEAN, STD, seed=5)
+        train_clip_model(model, ds, _clip_cfg(out, 1, workers=workers), meta={})
+        return model.state_dict()
+
+    inline, two = run(tmp_path / "w0", 0), run(tmp_path / "w2", 2)
+    for k, v in inline.items():
+        assert torch.allclose(v.float(), two[k].float(), atol=1e-6), k
 
 
 def test_seg_training_then_frozen_inside_amagi(tmp_path: Path) -> None:

@@ -42,6 +42,9 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--seed", type=int, default=0, help="data order and augmentation seed")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="data-loading processes (0: decode and augment in the training "
+                   "process; a few help keep a GPU busy)")
     g.add_argument("--resume", action="store_true", help="continue from DIR/latest.pth")
     g.add_argument("--keep-epochs", action="store_true", help="also keep epoch_N.pth files")
     g.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
@@ -162,7 +165,8 @@ def _common_cfg(args: argparse.Namespace, ctx, device: str) -> dict:
     return dict(out_dir=str(ctx.cwd / args.output_directory), epochs=args.epochs,
                 batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                 seed=args.seed, device=device, resume=args.resume, threads=args.threads,
-                keep_epochs=args.keep_epochs, stop_after_epoch=args.stop_after_epoch)
+                keep_epochs=args.keep_epochs, stop_after_epoch=args.stop_after_epoch,
+                workers=args.workers)
 
 
 def run_seg(args: argparse.Namespace, ctx) -> int:
