@@ -70,7 +70,7 @@ def _decode_only(path: str, seconds: float | None) -> dict:
 
 
 def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None,
-             share: bool, threads: int) -> dict:
+             share: bool, threads: int, device: str = "cpu") -> dict:
     import torch
 
     from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
@@ -91,7 +91,8 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
     video = open_video(path)
     if seconds is not None:
         video = _Prefix(video, int(seconds * video.fps))
-    analyzer = BleedingAnalyzer.for_model(model, AnalysisOptions(share_clips=share))
+    analyzer = BleedingAnalyzer.for_model(model, AnalysisOptions(share_clips=share,
+                                                                 device=device))
     t0 = time.perf_counter()
     result = analyzer.analyze(video)
     wall = time.perf_counter() - t0
@@ -125,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="segment for the shared-vs-naive comparison")
     ap.add_argument("--sf50-seconds", type=float, default=6.0, help="segment for amagi_sf50")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto",
+                    help="cpu, cuda, or auto (default: cuda when torch sees one)")
     args = ap.parse_args(argv)
+    from amagi_plugin.modelspec import resolve_device
+
+    device = resolve_device(args.device)
     if args.quick:
         args.seconds, args.naive_seconds, args.sf50_seconds = 30.0, 10.0, 2.0
     video = make_video(OUT / f"pipeline_720p_{int(args.seconds)}s.dcm", args.seconds)
@@ -141,18 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     floor = _run(_decode_only, str(video), None)
     rows.append(("decode only (floor)", floor, None))
-    full = _run(_analyse, str(video), demo[0], demo[1], None, True, args.threads)
+    full = _run(_analyse, str(video), demo[0], demo[1], None, True, args.threads, device)
     rows.append((f"{demo[2]}, shared clips", full, None))
-    seg_shared = _run(_analyse, str(video), demo[0], demo[1], args.naive_seconds, True, args.threads)
-    seg_naive = _run(_analyse, str(video), demo[0], demo[1], args.naive_seconds, False, args.threads)
+    seg_shared = _run(_analyse, str(video), demo[0], demo[1], args.naive_seconds, True, args.threads, device)
+    seg_naive = _run(_analyse, str(video), demo[0], demo[1], args.naive_seconds, False, args.threads, device)
     diff = float(np.max(np.abs(seg_shared["probs"] - seg_naive["probs"])))
     rows.append((f"{demo[0]}, {args.naive_seconds:g} s, naive 3 clips/pred", seg_naive, None))
     rows.append((f"{demo[0]}, {args.naive_seconds:g} s, shared", seg_shared, seg_naive["wall"]))
-    sf50 = _run(_analyse, str(video), "amagi_sf50", None, args.sf50_seconds, True, args.threads)
+    sf50 = _run(_analyse, str(video), "amagi_sf50", None, args.sf50_seconds, True, args.threads, device)
     rows.append((f"amagi_sf50 (synthetic), {args.sf50_seconds:g} s, shared", sf50, None))
 
     print(f"\nvideo: {video.name}, 1280x720 H.264, {floor['video_s']:.0f} s; "
-          f"{args.threads} torch threads")
+          f"{args.threads} torch threads, device {device}")
     hdr = (f"{'case':48} {'video s':>8} {'wall s':>8} {'RTF':>7} {'× real time':>11} "
            f"{'clips':>6} {'speed-up':>9} {'peak RSS MB':>11}")
     print(hdr)

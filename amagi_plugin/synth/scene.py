@@ -260,6 +260,9 @@ class SceneRanges:
             raise SynthError(f"event_size must lie in (0, 0.5], got {self.event_size}")
         if self.event_duration_s[0] <= 0:
             raise SynthError("event_duration_s must be positive")
+        if not 0.0 <= self.fresh_looking_pool_probability <= 1.0:
+            raise SynthError("fresh_looking_pool_probability must lie in [0, 1], got "
+                             f"{self.fresh_looking_pool_probability}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,7 @@ import pytest
 from amagi_plugin.cli import Context, main
 from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
 from models import build_model, load_checkpoint
+from tests.amagi_plugin.test_process_demo import synth_in_fresh_process
 
 
 def _manifest() -> dict:
@@ -46,11 +47,10 @@ def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path) -> None:
     recorded = json.loads((DEMO_DIR / m["metrics"]).read_text())
     ev = training["eval_data"]
     ctx = Context(stdout=io.StringIO(), stderr=io.StringIO(), environ={}, cwd=tmp_path)
-    code = main(["synth", "-od", "heldout", "--cases", "1", "--seed", str(ev["seed"]),
-                 "--domain", ev["domain"], "--duration-s", str(ev["duration_s"]),
-                 "--size", f"{ev['size'][0]}x{ev['size'][1]}", "--fps", str(ev["fps"]),
-                 "--formats", "dicom", "--no-progress"], ctx=ctx)
-    assert code == 0, ctx.stderr.getvalue()
+    synth_in_fresh_process(tmp_path, "-od", "heldout", "--cases", "1", "--seed", str(ev["seed"]),
+                           "--domain", ev["domain"], "--duration-s", str(ev["duration_s"]),
+                           "--size", f"{ev['size'][0]}x{ev['size'][1]}", "--fps", str(ev["fps"]),
+                           "--formats", "dicom")
     code = main(["evaluate", "--data", "heldout", "-od", "eval", "--model-dir", str(DEMO_DIR),
                  "--folds", "1", "--prediction-hz",
                  str(recorded["post_processing"]["prediction_hz"]), "--no-progress"], ctx=ctx)

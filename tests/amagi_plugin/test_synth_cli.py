@@ -168,3 +168,16 @@ def test_refuses_to_overwrite_and_rejects_bad_options(dataset, tmp_path):
     assert code == ExitCode.USAGE and "palettes" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--domain", "nowhere")
     assert code == ExitCode.BAD_INPUT and "domain" in err
+
+
+def test_scene_range_flags_reach_the_scenes(tmp_path):
+    """``--pools`` and ``--fresh-pool-probability`` (the demo's hard-negative emphasis)."""
+    code, _, err = _run(tmp_path, "-od", "hard", *ARGS, "--formats", "rawframes",
+                        "--pools", "3,3", "--fresh-pool-probability", "1")
+    assert code == 0, err
+    for case in sorted((tmp_path / "hard").glob("s3_c*")):
+        pools = json.loads((case / "labels.json").read_text())["scene"]["pools"]
+        assert len(pools) == 3
+        assert all(p["colour"][0] >= 0.55 for p in pools)  # fresh-looking red
+    code, _, err = _run(tmp_path, "-od", "bad", *ARGS, "--fresh-pool-probability", "1.5")
+    assert code == ExitCode.USAGE and "fresh_looking_pool_probability" in err
