@@ -69,3 +69,13 @@ def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path) -> None:
         # Run-to-run variation of 2.2e-3 was seen on this mean over 300 predictions (cause not
         # pinned down: numerics that depend on thread count, or the re-encoded video).
         assert a["mean_probability"] == pytest.approx(b["mean_probability"], abs=1e-2), model
+
+
+def test_make_demo_model_configuration_is_the_committed_one() -> None:
+    """``make demo-model`` rebuilds what is committed: its defaults equal the recorded config."""
+    import dataclasses
+
+    from amagi_plugin.demo_model import DemoConfig
+
+    training = json.loads((DEMO_DIR / _manifest()["training"]).read_text())
+    assert json.loads(json.dumps(dataclasses.asdict(DemoConfig()))) == training["config"]
