@@ -76,6 +76,10 @@ class DemoConfig:
     prediction_hz: float = 10.0
     version: str = "2.0"
 
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as recorded in ``training.json`` (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
     @classmethod
     def quick(cls) -> DemoConfig:
         """A minutes-long run of every stage (for trying the pipeline, not for use)."""
@@ -106,7 +110,7 @@ def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, 
 def _check_work_dir(work: Path, cfg: DemoConfig) -> None:
     """Resume only a build of the same configuration: stages reuse whatever they find."""
     record = work / "config.json"
-    wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    wanted = cfg.to_json()
     if record.is_file():
         found = json.loads(record.read_text())
         if found != wanted:
@@ -164,8 +168,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
                 "--threads", str(max(1, cfg.threads // len(jobs)))]
         log_file = (out / "stdout.log").open("a")
         procs.append((name, out, log_file, subprocess.Popen(
-            [sys.executable, "-c", "import sys; from amagi_plugin.cli import main; "
-             "sys.exit(main(sys.argv[1:]))", *argv], stdout=log_file,
+            [sys.executable, "-m", "amagi_plugin.cli", *argv], stdout=log_file,
             stderr=subprocess.STDOUT, cwd=REPO)))
     for name, out, log_file, proc in procs:
         code = proc.wait()
@@ -213,7 +216,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
     training = {
         "notice": DEMO_NOTICE,
         "command": "make demo-model  (python -m amagi_plugin.demo_model)",
-        "config": dataclasses.asdict(cfg),
+        "config": cfg.to_json(),
         "train_data": {"generator": "amagi synth", "seed": cfg.train_seed, "domain": "train",
                        "cases": cfg.train_cases, "duration_s": cfg.train_duration_s},
         "eval_data": {"generator": "amagi synth", "seed": cfg.eval_seed,

@@ -147,14 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     floor = _run(_decode_only, str(video), None)
     rows.append(("decode only (floor)", floor, None))
-    full = _run(_analyse, str(video), demo[0], demo[1], None, True, args.threads, device)
+    def analyse(arch: str, checkpoint: str | None, seconds: float | None, share: bool) -> dict:
+        return _run(_analyse, str(video), arch, checkpoint, seconds, share, args.threads, device)
+
+    full = analyse(demo[0], demo[1], None, True)
     rows.append((f"{demo[2]}, shared clips", full, None))
-    seg_shared = _run(_analyse, str(video), demo[0], demo[1], args.naive_seconds, True, args.threads, device)
-    seg_naive = _run(_analyse, str(video), demo[0], demo[1], args.naive_seconds, False, args.threads, device)
+    seg_shared = analyse(demo[0], demo[1], args.naive_seconds, True)
+    seg_naive = analyse(demo[0], demo[1], args.naive_seconds, False)
     diff = float(np.max(np.abs(seg_shared["probs"] - seg_naive["probs"])))
     rows.append((f"{demo[0]}, {args.naive_seconds:g} s, naive 3 clips/pred", seg_naive, None))
     rows.append((f"{demo[0]}, {args.naive_seconds:g} s, shared", seg_shared, seg_naive["wall"]))
-    sf50 = _run(_analyse, str(video), "amagi_sf50", None, args.sf50_seconds, True, args.threads, device)
+    sf50 = analyse("amagi_sf50", None, args.sf50_seconds, True)
     rows.append((f"amagi_sf50 (synthetic), {args.sf50_seconds:g} s, shared", sf50, None))
 
     print(f"\nvideo: {video.name}, 1280x720 H.264, {floor['video_s']:.0f} s; "

@@ -62,6 +62,17 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
+def sqlite_file(url: str | URL) -> Path | None:
+    """The database file of a SQLite URL; ``None`` for other backends, in-memory databases
+    and ``file:`` URIs."""
+    parsed = _parse_url(url)
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or db in (None, "", ":memory:") \
+            or db.startswith("file:"):
+        return None
+    return Path(db).expanduser()
+
+
 def create_engine(url: str | URL, **kw: Any) -> Engine:
     """Make an engine for ``url``; SQLite gets its parent directory and its pragmas.
 
@@ -72,8 +83,8 @@ def create_engine(url: str | URL, **kw: Any) -> Engine:
     """
     parsed = _parse_url(url)
     is_sqlite = parsed.get_backend_name() == "sqlite"
-    if is_sqlite and parsed.database not in (None, "", ":memory:"):
-        path = Path(parsed.database).expanduser()
+    path = sqlite_file(parsed)
+    if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

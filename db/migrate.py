@@ -20,7 +20,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import OperationalError
 
-from db.engine import SQLITE_BEGIN_OPTION, create_engine, mask_url, unreachable
+from db.engine import SQLITE_BEGIN_OPTION, create_engine, mask_url, sqlite_file, unreachable
 from db.errors import SchemaError
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,8 @@ def status(url_or_engine: str | URL | Engine) -> tuple[str | None, str]:
     file that does not exist reads as empty and is not created (asking must not write).
     """
     if not isinstance(url_or_engine, Engine):
-        url = sa.make_url(url_or_engine)
-        if (url.get_backend_name() == "sqlite" and url.database
-                and url.database != ":memory:" and not url.database.startswith("file:")
-                and not Path(url.database).exists()):
+        path = sqlite_file(url_or_engine)
+        if path is not None and not path.exists():
             return None, head_revision()
     engine, owned = _engine(url_or_engine)
     try:

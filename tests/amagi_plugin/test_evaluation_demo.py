@@ -11,7 +11,7 @@ import pytest
 from amagi_plugin.cli import Context, main
 from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
 from models import build_model, load_checkpoint
-from tests.amagi_plugin.test_process_demo import synth_in_fresh_process
+from tests.amagi_plugin.cli_support import synth_in_fresh_process
 
 
 def _manifest() -> dict:
@@ -73,9 +73,7 @@ def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path) -> None:
 
 def test_make_demo_model_configuration_is_the_committed_one() -> None:
     """``make demo-model`` rebuilds what is committed: its defaults equal the recorded config."""
-    import dataclasses
-
     from amagi_plugin.demo_model import DemoConfig
 
     training = json.loads((DEMO_DIR / _manifest()["training"]).read_text())
-    assert json.loads(json.dumps(dataclasses.asdict(DemoConfig()))) == training["config"]
+    assert DemoConfig().to_json() == training["config"]

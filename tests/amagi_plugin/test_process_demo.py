@@ -7,8 +7,6 @@ training scene ranges); the seed was fixed before the model was trained, not pic
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,10 @@ import pytest
 from amagi_plugin.evaluation.metrics import interval_iou
 from dicom_io.sr import read_bleeding_report
 from dicom_io.validate import run_dciodvfy
+from tests.amagi_plugin.cli_support import synth_in_fresh_process
 from tests.amagi_plugin.test_process import KNOWN_SR_WARNINGS, _modality
 
 SEED = 424242
-
-
-def synth_in_fresh_process(cwd: Path, *argv: str) -> None:
-    """``amagi synth`` in its own process: the H.264 bytes of a case were seen to depend on
-    what was encoded earlier in the same process (not yet explained), and the recorded demo
-    results come from fresh processes."""
-    r = subprocess.run([sys.executable, "-c", "import sys; from amagi_plugin.cli import main; "
-                        "sys.exit(main(sys.argv[1:]))", "synth", *argv, "--no-progress"],
-                       cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.slow

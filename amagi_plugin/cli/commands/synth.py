@@ -82,6 +82,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     s.add_argument("--pools", type=_int_range, metavar="LOW,HIGH",
                    help="static pooled-blood hard negatives per case")
     s.add_argument("--fresh-pool-probability", type=float, metavar="P",
+                   dest="fresh_looking_pool_probability",
                    help="chance that a static pool looks like fresh blood (the hardest "
                    "negative: only its stillness tells it from active bleeding)")
     s.add_argument("--smoke-per-minute", type=_range, metavar="LOW,HIGH")
@@ -95,10 +96,8 @@ def _ranges(args: argparse.Namespace):
         raise InputError(f"unknown --domain {args.domain!r}; choose one of {', '.join(DOMAINS)}")
     overrides = {name: getattr(args, name) for name in
                  ("event_size", "event_duration_s", "events_per_minute", "camera_speed",
-                  "instruments", "pools", "smoke_per_minute", "fresh_pool_probability")
+                  "instruments", "pools", "smoke_per_minute", "fresh_looking_pool_probability")
                  if getattr(args, name) is not None}
-    if "fresh_pool_probability" in overrides:
-        overrides["fresh_looking_pool_probability"] = overrides.pop("fresh_pool_probability")
     if args.palettes:
         overrides["palettes"] = tuple(x.strip() for x in args.palettes.split(",") if x.strip())
     if not overrides:
