@@ -33,10 +33,13 @@ from pydicom.uid import (
 
 from dicom_io.sopclasses import VIDEO_ENDOSCOPIC
 
-# codec -> (PyAV encoder, pixel format, options, LossyImageCompressionMethod)
+# codec -> (PyAV encoder, pixel format, options, LossyImageCompressionMethod).
+# x264's macroblock-tree rate control is off: with it, the same frames gave a different
+# first GOP from one encode to the next (libx264 in PyAV 18), and generated data sets must
+# be reproducible.
 _ENCODERS: dict[str, tuple[str, str, dict[str, str], str]] = {
-    "h264": ("libx264", "yuv420p", {"profile": "high", "level": "4.1", "preset": "veryfast"},
-             "ISO_14496_10"),
+    "h264": ("libx264", "yuv420p", {"profile": "high", "level": "4.1", "preset": "veryfast",
+                                    "x264-params": "mbtree=0"}, "ISO_14496_10"),
     "mpeg2": ("mpeg2video", "yuv420p", {"profile": "4", "level": "8"}, "ISO_13818_2"),
     "hevc": ("libx265", "yuv420p", {"x265-params": "log-level=error:profile=main:level-idc=5.1",
                                     "preset": "ultrafast"}, "ISO_23008_2"),
