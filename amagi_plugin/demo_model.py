@@ -47,7 +47,7 @@ class DemoConfig:
 
     # training data (amagi synth, domain "train")
     train_seed: int = 101
-    train_cases: int = 32
+    train_cases: int = 48
     train_duration_s: float = 30.0
     train_cases_per_patient: int = 2
     size: tuple[int, int] = (160, 128)
@@ -74,7 +74,7 @@ class DemoConfig:
     train_seed_model: int = 7
     threads: int = 2
     prediction_hz: float = 10.0
-    version: str = "2.0"
+    version: str = "3.0"
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as recorded in ``training.json`` (tuples become lists)."""
