@@ -254,9 +254,15 @@ class AVDecoder:
     def _counted(self, decoded: Iterator[av.VideoFrame], index: int,
                  first: av.VideoFrame | None, origin: int | None
                  ) -> Iterator[tuple[int, av.VideoFrame | None, str | None]]:
-        """Count frames from ``index`` (``first`` already taken from ``decoded``, if given)."""
+        """Count frames from ``index`` (``first`` already taken from ``decoded``, if given).
+
+        A frame the decoder lost (damaged or cut data) shows as a jump in the stream's
+        timestamps that had agreed with the DICOM timing until then: the previous frame is
+        repeated in its place, with a warning, so later frames keep their true indices.
+        """
         warned = False
         frame = first
+        previous: av.VideoFrame | None = None
         try:
             while True:
                 if frame is None:
@@ -264,14 +270,38 @@ class AVDecoder:
                     if frame is None:
                         return
                 if not warned:
+                    lost = 0 if previous is None else self._lost_before(frame, index, origin)
+                    if lost:
+                        logger.warning("%s: frame(s) %d-%d missing from the stream; frame %d "
+                                       "repeated in their place", self.path, index,
+                                       index + lost - 1, index - 1)
+                        for _ in range(lost):
+                            yield index, previous, None
+                            index += 1
                     warned = self._check_time(frame, index, origin)
                     if origin is None and index == 0 and frame.pts is not None:
                         origin = frame.pts
                 yield index, frame, None
+                previous = frame
                 index += 1
                 frame = None
         except (av.error.FFmpegError, OSError) as e:
             yield index, None, f"decoding stopped at frame {index}: {e}"
+
+    def _lost_before(self, frame: av.VideoFrame, index: int, origin: int | None) -> int:
+        """How many frames before ``frame`` the decoder skipped, by its timestamp (0 if its
+        timestamp is not exactly a later frame's)."""
+        if self.times is None or origin is None:
+            return 0
+        t = self._stream_time(frame, origin)
+        if t is None:
+            return 0
+        later = self._index_of(t)
+        if later <= index or later >= len(self.times):
+            return 0
+        rate = self._rate()
+        interval = 1.0 / rate if rate else 0.04
+        return later - index if abs(t - float(self.times[later])) <= 0.25 * interval else 0
 
     def _check_time(self, frame: av.VideoFrame, index: int, origin: int | None) -> bool:
         """Warn (once per call site) when the stream's timestamp disagrees with DICOM timing."""
