@@ -270,7 +270,8 @@ class AVDecoder:
                     if frame is None:
                         return
                 if not warned:
-                    lost = 0 if previous is None else self._lost_before(frame, index, origin)
+                    t = None if origin is None else self._stream_time(frame, origin)
+                    lost = 0 if previous is None else self._lost_before(t, index)
                     if lost:
                         logger.warning("%s: frame(s) %d-%d missing from the stream; frame %d "
                                        "repeated in their place", self.path, index,
@@ -278,7 +279,7 @@ class AVDecoder:
                         for _ in range(lost):
                             yield index, previous, None
                             index += 1
-                    warned = self._check_time(frame, index, origin)
+                    warned = self._check_time(t, index)
                     if origin is None and index == 0 and frame.pts is not None:
                         origin = frame.pts
                 yield index, frame, None
@@ -288,32 +289,29 @@ class AVDecoder:
         except (av.error.FFmpegError, OSError) as e:
             yield index, None, f"decoding stopped at frame {index}: {e}"
 
-    def _lost_before(self, frame: av.VideoFrame, index: int, origin: int | None) -> int:
-        """How many frames before ``frame`` the decoder skipped, by its timestamp (0 if its
-        timestamp is not exactly a later frame's)."""
-        if self.times is None or origin is None:
-            return 0
-        t = self._stream_time(frame, origin)
-        if t is None:
+    def _frame_interval(self) -> float:
+        """Seconds between frames (0.04 when the rate is unknown)."""
+        rate = self._rate()
+        return 1.0 / rate if rate else 0.04
+
+    def _lost_before(self, t: float | None, index: int) -> int:
+        """How many frames the decoder skipped before the frame at stream time ``t`` s (0
+        unless ``t`` is exactly a later frame's time)."""
+        if self.times is None or t is None:
             return 0
         later = self._index_of(t)
         if later <= index or later >= len(self.times):
             return 0
-        rate = self._rate()
-        interval = 1.0 / rate if rate else 0.04
-        return later - index if abs(t - float(self.times[later])) <= 0.25 * interval else 0
+        exact = abs(t - float(self.times[later])) <= 0.25 * self._frame_interval()
+        return later - index if exact else 0
 
-    def _check_time(self, frame: av.VideoFrame, index: int, origin: int | None) -> bool:
-        """Warn (once per call site) when the stream's timestamp disagrees with DICOM timing."""
-        if self.times is None or index >= len(self.times) or origin is None:
-            return False
-        t = self._stream_time(frame, origin)
-        if t is None:
+    def _check_time(self, t: float | None, index: int) -> bool:
+        """Warn (once per call site) when the stream's timestamp ``t`` disagrees with DICOM
+        timing."""
+        if self.times is None or index >= len(self.times) or t is None:
             return False
         expected = float(self.times[index])
-        rate = self._rate()
-        interval = 1.0 / rate if rate else 0.04
-        if abs(t - expected) > 0.5 * interval:
+        if abs(t - expected) > 0.5 * self._frame_interval():
             logger.warning(
                 "%s: frame %d is at %.3f s in the stream's timestamps but %.3f s in the DICOM "
                 "timing; using the DICOM timing", self.path, index, t, expected)
