@@ -67,14 +67,14 @@ class DemoConfig:
     seg_crop: int = 64
     seg_lr: float = 0.05
     seg_pos_fraction: float = 0.75
-    clip_epochs: int = 10
+    clip_epochs: int = 12
     batch_size: int = 8
     clip_lr: float = 0.002  # at the authors' 0.01 the tiny nets stay on a plateau for most epochs
     warmup_epochs: float = 1.0
     train_seed_model: int = 7
     threads: int = 2
     prediction_hz: float = 10.0
-    version: str = "3.0"
+    version: str = "4.0"
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as recorded in ``training.json`` (tuples become lists)."""
@@ -96,15 +96,45 @@ def _cli(argv: list[str]) -> None:
 
 
 def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, domain: str,
-           formats: str, per_patient: int) -> None:
+           formats: str, per_patient: int) -> bool:
+    """Generate a data set unless it is already there; True if it was generated now."""
     if (root / "cases.json").is_file():
         log.info("reusing %s", root)
-        return
+        return False
     _cli(["synth", "-od", str(root), "--cases", str(cases), "--seed", str(seed),
           "--duration-s", str(duration), "--size", f"{cfg.size[0]}x{cfg.size[1]}",
           "--fps", str(cfg.fps), "--formats", formats, "--clip-stride", str(cfg.clip_stride),
           "--domain", domain, "--cases-per-patient", str(per_patient), "--overwrite",
           "--jobs", str(cfg.threads), "--no-progress"])
+    return True
+
+
+class StageTimes:
+    """Wall time of each build stage, kept in ``<work>/timings.json``.
+
+    A resumed build skips the stages it finds done; it reports how long each took when it
+    ran, not the moment it took to skip it. A stage skipped but never timed (a work
+    directory from before this record existed) is reported as ``None``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float | None] = (json.loads(path.read_text())
+                                                 if path.is_file() else {})
+
+    def record(self, stage: str, started: float, ran: bool) -> None:
+        """Store the time since ``started`` (``time.perf_counter``) if the stage ran now."""
+        if ran or stage not in self.seconds:
+            self.seconds[stage] = time.perf_counter() - started if ran else None
+            self.path.write_text(json.dumps(self.seconds, indent=1) + "\n")
+
+    def report(self) -> dict[str, float | None]:
+        """Rounded stage times plus their total (``None`` if a stage was never timed)."""
+        out = {k: None if v is None else round(v, 1) for k, v in self.seconds.items()
+               if k != "total"}
+        known = list(out.values())
+        out["total"] = None if None in known else round(sum(known), 1)
+        return out
 
 
 def _check_work_dir(work: Path, cfg: DemoConfig) -> None:
@@ -128,29 +158,29 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
     """Run every stage; returns the ``training.json`` document."""
     work.mkdir(parents=True, exist_ok=True)
     _check_work_dir(work, cfg)
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    timings = StageTimes(work / "timings.json")
     train_root, eval_root = work / "data" / "train", work / "data" / "heldout"
 
     t0 = time.perf_counter()
-    _synth(train_root, cfg.train_cases, cfg.train_seed, cfg.train_duration_s, cfg, "train",
-           "rawframes", cfg.train_cases_per_patient)
-    _synth(eval_root, cfg.eval_cases, cfg.eval_seed, cfg.eval_duration_s, cfg,
-           cfg.eval_domain, "dicom", 1)
-    timings["synth"] = time.perf_counter() - t0
+    ran = _synth(train_root, cfg.train_cases, cfg.train_seed, cfg.train_duration_s, cfg,
+                 "train", "rawframes", cfg.train_cases_per_patient)
+    ran |= _synth(eval_root, cfg.eval_cases, cfg.eval_seed, cfg.eval_duration_s, cfg,
+                  cfg.eval_domain, "dicom", 1)
+    timings.record("synth", t0, ran)
 
     common = ["--threads", str(cfg.threads), "--batch-size", str(cfg.batch_size),
               "--warmup-epochs", str(cfg.warmup_epochs), "--seed", str(cfg.train_seed_model),
               "--resume", "--no-progress"]
     seg_dir, amagi_dir, sf_dir = work / "seg", work / "amagi", work / "slowfast"
     t0 = time.perf_counter()
-    if not (seg_dir / "done").is_file():
+    ran = not (seg_dir / "done").is_file()
+    if ran:
         _cli(["train", "seg", "--data", str(train_root), "-od", str(seg_dir),
               "--arch", cfg.arch, "--epochs", str(cfg.seg_epochs), "--crop", str(cfg.seg_crop),
               "--pos-fraction", str(cfg.seg_pos_fraction),
               "--lr", str(cfg.seg_lr), *common])
         (seg_dir / "done").write_text("ok\n")
-    timings["train_seg"] = time.perf_counter() - t0
+    timings.record("train_seg", t0, ran)
     clip_args = ["--annotations", str(train_root / "annotations.txt"),
                  "--epochs", str(cfg.clip_epochs), "--lr", str(cfg.clip_lr),
                  "--class-weights", "balanced", *common]
@@ -176,7 +206,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
         if code != 0:
             raise SystemExit(f"training {name} failed (exit {code}); see {out}/stdout.log")
         (out / "done").write_text("ok\n")
-    timings["train_clip_models"] = time.perf_counter() - t0
+    timings.record("train_clip_models", t0, bool(procs))
 
     from models.training.loops import export_weights
 
@@ -200,13 +230,13 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
     t0 = time.perf_counter()
     evaluated = work / "evaluation" / "metrics.json"
     newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
-    if not evaluated.is_file() or evaluated.stat().st_mtime < newest:
+    ran = not evaluated.is_file() or evaluated.stat().st_mtime < newest
+    if ran:
         _cli(["evaluate", "--data", str(eval_root), "--model-dir", str(stage), "-od",
               str(work / "evaluation"), "--folds", str(cfg.folds), "--fold-seed",
               str(cfg.fold_seed), "--prediction-hz", str(cfg.prediction_hz),
               "--threads", str(cfg.threads), "--jobs", str(cfg.threads), "--no-progress"])
-    timings["evaluate"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
+    timings.record("evaluate", t0, ran)
 
     histories = {}
     for name, d in (("seg", seg_dir), ("amagi", amagi_dir), ("slowfast", sf_dir)):
@@ -224,7 +254,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
                       "duration_s": cfg.eval_duration_s, "size": list(cfg.size),
                       "fps": cfg.fps, "folds": cfg.folds, "fold_seed": cfg.fold_seed},
         "history": histories,
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "seconds": timings.report(),
     }
     (stage / "training.json").write_text(json.dumps(training, indent=1) + "\n")
     for f in ("metrics.json", "metrics.md"):
@@ -236,7 +266,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(stage.iterdir()):
         shutil.copyfile(f, dest / f.name)
-    log.info("demo model written to %s in %.1f min", dest, timings["total"] / 60)
+    log.info("demo model written to %s; stage times (s): %s", dest, training["seconds"])
     return training
 
 
@@ -271,7 +301,8 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str) 
         f"{cfg['clip_lr']} momentum 0.9 wd 4e-5, grad clip 40, linear warm-up "
         f"{cfg['warmup_epochs']} epoch then cosine, weighted CE N/(2·N_c) (the authors' "
         "formula); the segmentation net frozen inside AMAGI",
-        "- wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()), "",
+        "- wall time (s): " + ", ".join(f"{k} {'not timed' if v is None else f'{v:.0f}'}"
+                                         for k, v in secs.items()), "",
     ]
     body = metrics_md.split("\n", 1)[1] if metrics_md.startswith("#") else metrics_md
     return "\n".join(lines) + "\n## Held-out metrics\n" + body.replace("\n## ", "\n### ")

@@ -236,23 +236,63 @@ class BleedingAnalyzer:
             prefetch.close()
         return result, computed
 
-    def segment_frames(self, frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """Bleeding masks (bool, native resolution) for RGB frames keyed by frame number."""
+    def _segmentation_network(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The model's main segmentation logits as a function, or None without segmentation."""
         cfg = getattr(self.model, "default_cfg", None)
         segment = getattr(self.model, "segment", None)
-        if segment is None or not frames or (cfg is not None and not cfg.has_segmentation):
-            return {}
-        inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
+        if segment is None or (cfg is not None and not cfg.has_segmentation):
+            return None
 
         def main_logits(x: torch.Tensor) -> torch.Tensor:
             out = segment(x)
             return out[-1] if isinstance(out, list | tuple) else out
 
+        return main_logits
+
+    def segment_frames(self, frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """Bleeding masks (bool, native resolution) for RGB frames keyed by frame number."""
+        network = self._segmentation_network()
+        if network is None or not frames:
+            return {}
+        inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
         masks = {}
         for number, rgb in frames.items():
             x = torch.as_tensor(self.native_transform(rgb))[None].as_subclass(torch.Tensor)
-            masks[number] = (inferer(x, main_logits)[0] >= 0.5).numpy()
+            masks[number] = (inferer(x, network)[0] >= 0.5).numpy()
         return masks
+
+    def guidance_areas(self, video: VideoLike, indices: Sequence[int],
+                       batch_size: int = 32) -> np.ndarray | None:
+        """Fraction of each frame that the segmentation net marks as bleeding (p ≥ 0.5).
+
+        The frames (0-based ``indices``) go through the clip preprocessing, so the net sees
+        them as AMAGI sees a clip's centre frame. This measures the guidance map on its own
+        (``amagi evaluate`` scores it against the frame labels). ``None`` for a model without
+        segmentation; ``nan`` for a frame the decoder did not deliver.
+        """
+        network = self._segmentation_network()
+        if network is None or len(indices) == 0:
+            return None
+        inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
+        wanted = sorted({int(i) for i in indices})
+        found: dict[int, float] = {}
+        batch: list[tuple[int, torch.Tensor]] = []
+
+        def flush() -> None:
+            x = torch.stack([t for _, t in batch]).as_subclass(torch.Tensor)
+            for (index, _), p in zip(batch, inferer(x, network), strict=True):
+                found[index] = float((p >= 0.5).float().mean())
+            batch.clear()
+
+        targets = set(wanted)
+        for index, _t, rgb in video.frames(wanted[0], wanted[-1] + 1):
+            if index in targets:
+                batch.append((index, torch.as_tensor(self.transform(rgb))))
+                if len(batch) == batch_size:
+                    flush()
+        if batch:
+            flush()
+        return np.array([found.get(int(i), np.nan) for i in indices], dtype=np.float64)
 
     def analyze(self, video: VideoLike, progress: ProgressFn | None = None) -> AnalysisResult:
         opts = self.options

@@ -52,14 +52,19 @@ class CasePrediction:
     decisions: np.ndarray
     events: list[tuple[float, float]]
     seconds: float
+    # Bleeding area of the segmentation net's map on each prediction's frame (AMAGI only).
+    guidance: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = ({} if self.guidance is None
+                 else {"guidance": [None if np.isnan(g) else round(float(g), 6)
+                                    for g in self.guidance]})
         return {"case_id": self.case_id, "model": self.model,
                 "frames": self.frames.tolist(), "labels": self.labels.tolist(),
                 "probabilities": [round(float(p), 6) for p in self.probabilities],
                 "decisions": self.decisions.astype(int).tolist(),
                 "events": [[round(a, 3), round(b, 3)] for a, b in self.events],
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2), **extra}
 
 
 def load_cases(root: Path) -> list[TruthCase]:
@@ -98,7 +103,11 @@ def load_cases(root: Path) -> list[TruthCase]:
 
 def predict_case(analyzer, case: TruthCase, model_name: str,
                  progress: Callable[[int, int], None] | None = None) -> CasePrediction:
-    """Run ``analyzer`` (a :class:`BleedingAnalyzer`) on ``case`` and pair it with the truth."""
+    """Run ``analyzer`` (a :class:`BleedingAnalyzer`) on ``case`` and pair it with the truth.
+
+    For a model with segmentation, the segmentation net's bleeding area on each prediction's
+    frame is recorded too (after ``seconds`` is taken, so timings stay the pipeline's).
+    """
     from dicom_io.video import open_video
 
     t0 = time.perf_counter()
@@ -113,6 +122,7 @@ def predict_case(analyzer, case: TruthCase, model_name: str,
     seconds = time.perf_counter() - t0
     log.info("%s on %s: %d predictions, %d events (truth %d) in %.1f s", model_name,
              case.case_id, len(frames), len(events), len(case.events), seconds)
+    guidance = analyzer.guidance_areas(video, frames)
     return CasePrediction(case.case_id, model_name, np.asarray(result.timeline.times_s), frames,
                           labels, np.asarray(result.probabilities), np.asarray(result.decisions),
-                          events, seconds)
+                          events, seconds, guidance)

@@ -114,3 +114,24 @@ def test_summarize_pools_cases() -> None:
                       "models": {"m": {"pred_count": 1, "pred_duration_s": 0.3}}}]}
     md = markdown_report(doc)
     assert "| m | 0.750 | 0.750 | 0.750 |" in md and "50.0 %" in md and "**demo**" in md
+
+
+def test_guidance_scores_the_segmentation_area_alone() -> None:
+    a = _pred("a", [1, 1, 0, 0], [0.9, 0.6, 0.7, 0.1], [])
+    b = _pred("b", [0, 1, 1, 0], [0.2, 0.4, 0.8, 0.3], [])
+    a.guidance = np.array([0.30, 0.05, 0.10, 0.0])
+    b.guidance = np.array([0.20, np.nan, 0.02, 0.0])  # a frame the decoder did not deliver
+    truth = {"a": _truth("a", []), "b": _truth("b", [])}
+    g = summarize([a, b], truth)["guidance"]
+    # 7 frames: positives 0.30, 0.05, 0.02; negatives 0.10, 0.0, 0.20, 0.0.
+    # Pairs won by the positive: 0.30 beats all 4, 0.05 beats 2, 0.02 beats 2 -> 8 / 12.
+    assert g["auroc"] == pytest.approx(8 / 12, abs=1e-4)
+    assert g["frames"] == 7
+    assert g["area_bleeding"] == pytest.approx((0.30 + 0.05 + 0.02) / 3, abs=1e-4)
+    assert g["area_normal"] == pytest.approx(0.30 / 4, abs=1e-4)
+    # ranking 0.30+, 0.20-, 0.10-, 0.05+, 0.02+, 0-, 0-: AP = (1/3)(1 + 2/4 + 3/5)
+    assert g["ap"] == pytest.approx((1 + 2 / 4 + 3 / 5) / 3, abs=1e-4)
+    assert a.to_dict()["guidance"] == [0.3, 0.05, 0.1, 0.0]
+    assert b.to_dict()["guidance"][1] is None
+    b.guidance = None  # a model without segmentation gets no guidance entry
+    assert "guidance" not in summarize([a, b], truth)

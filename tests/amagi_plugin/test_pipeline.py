@@ -93,6 +93,28 @@ def test_pipeline_finds_the_event_and_its_mask() -> None:
     assert set(result.timings) >= {"decode", "transforms", "video_network", "post_processing"}
 
 
+def test_guidance_areas_measure_the_segmentation_map() -> None:
+    fps = 30.0
+    video = ArrayVideo(synthetic_frames(180, fps, (2.0, 4.0)), fps)
+    analyzer = BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=32)
+    indices = [30, 90, 90, 150, 75, 400]  # any order, repeats, one past the end
+    areas = analyzer.guidance_areas(video, indices)
+    assert areas.shape == (6,)
+    # The 20x20 red patch of a 48x64 frame, seen at 32x32 after resize and centre crop, is
+    # about 13x13 pixels (17 % of the input); the quarter-resolution map widens it a little.
+    assert areas[1] == areas[2] and 0.12 < areas[1] < 0.3 and 0.12 < areas[4] < 0.3
+    assert areas[0] == 0.0 and areas[3] == 0.0
+    assert np.isnan(areas[5])
+    assert video.decoded == 180 - 30  # one pass from the first wanted frame (to the end here)
+
+    class NoSegmentation(nn.Module):
+        def forward(self, clips: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(clips), 2)
+
+    plain = BleedingAnalyzer(NoSegmentation(), AnalysisOptions(), input_size=32)
+    assert plain.guidance_areas(video, indices) is None
+
+
 def test_decoder_errors_reach_the_caller() -> None:
     class Broken(ArrayVideo):
         def frames(self, start=0, stop=None, step=1):

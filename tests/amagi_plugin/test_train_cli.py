@@ -12,7 +12,7 @@ import torch
 
 from amagi_plugin.cli import Context, main
 from amagi_plugin.errors import ExitCode
-from amagi_plugin.evaluation import event_counts, frame_counts, prf
+from amagi_plugin.evaluation import auroc, event_counts, frame_counts, prf
 from models import build_model, load_checkpoint, read_checkpoint
 
 SYNTH = ["--seed", "11", "--size", "80x64", "--fps", "30", "--no-progress"]
@@ -99,8 +99,20 @@ def test_evaluate_writes_consistent_tables(trained: Path) -> None:
         # labels follow the per-frame ground truth at the prediction frames
         p0 = next(p for p in mine if p["case_id"] == "s12_c0000")
         assert p0["labels"] == [labels_json["frame_labels"][f] for f in p0["frames"]]
+    # AMAGI's segmenter is also scored on its own, on every prediction's frame
+    guided = [p for p in preds if p["model"] == "amagi"]
+    assert all(len(p["guidance"]) == len(p["frames"]) for p in guided)
+    assert all(0.0 <= g <= 1.0 for p in guided for g in p["guidance"])
+    assert not any("guidance" in p for p in preds if p["model"] == "slowfast")
+    g = doc["pooled"]["amagi"]["guidance"]
+    assert g["frames"] == sum(len(p["frames"]) for p in guided)
+    assert g["auroc"] == pytest.approx(auroc(np.concatenate([p["labels"] for p in guided]),
+                                             np.concatenate([p["guidance"] for p in guided])),
+                                       abs=1e-4)
+    assert "guidance" not in doc["pooled"]["slowfast"]
     md = (trained / "eval" / "metrics.md").read_text()
     assert "event F1@0.5" in md and "## Per fold (2-fold, patient-level)" in md
+    assert "## Segmentation guidance" in md and "| amagi |" in md
 
 
 def test_user_errors_are_one_line(trained: Path) -> None:
