@@ -67,14 +67,14 @@ class DemoConfig:
     seg_crop: int = 64
     seg_lr: float = 0.05
     seg_pos_fraction: float = 0.75
-    clip_epochs: int = 12
+    clip_epochs: int = 10
     batch_size: int = 8
     clip_lr: float = 0.002  # at the authors' 0.01 the tiny nets stay on a plateau for most epochs
     warmup_epochs: float = 1.0
     train_seed_model: int = 7
     threads: int = 2
     prediction_hz: float = 10.0
-    version: str = "4.0"
+    version: str = "3.0"
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as recorded in ``training.json`` (tuples become lists)."""
@@ -114,7 +114,8 @@ class StageTimes:
 
     A resumed build skips the stages it finds done; it reports how long each took when it
     ran, not the moment it took to skip it. A stage skipped but never timed (a work
-    directory from before this record existed) is reported as ``None``.
+    directory from before this record existed) is reported as ``None``. A training stage
+    interrupted and continued counts the run that finished it (the epochs it trained).
     """
 
     def __init__(self, path: Path) -> None:

@@ -84,10 +84,10 @@ def _guidance(labels: np.ndarray, areas: np.ndarray) -> dict[str, Any]:
             "frames": int(ok.sum())}
 
 
-def _fmt(x: Any, pct: bool = False) -> str:
+def _fmt(x: Any, pct: bool = False, pct_digits: int = 1) -> str:
     if x is None:
         return "–"
-    return f"{100 * x:.1f} %" if pct else f"{x:.3f}"
+    return f"{100 * x:.{pct_digits}f} %" if pct else f"{x:.3f}"
 
 
 def _row(name: str, s: dict[str, Any], prefix: Sequence[str] = ()) -> str:
@@ -152,7 +152,7 @@ def _guidance_lines(doc: dict[str, Any]) -> list[str]:
     for m in guided:
         g = doc["pooled"][m]["guidance"]
         lines.append(f"| {m} | {_fmt(g['auroc'])} | {_fmt(g['ap'])} | "
-                     f"{_fmt(g['area_bleeding'], True)} | {_fmt(g['area_normal'], True)} |")
+                     f"{_fmt(g['area_bleeding'], True, 2)} | {_fmt(g['area_normal'], True, 2)} |")
     return lines
 
 
