@@ -271,10 +271,12 @@ class BleedingAnalyzer:
         segmentation; ``nan`` for a frame the decoder did not deliver.
         """
         network = self._segmentation_network()
-        if network is None or len(indices) == 0:
+        if network is None:
             return None
+        wanted = {int(i) for i in indices}
+        if not wanted:
+            return np.empty(0)
         inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
-        wanted = sorted({int(i) for i in indices})
         found: dict[int, float] = {}
         batch: list[tuple[int, torch.Tensor]] = []
 
@@ -284,9 +286,8 @@ class BleedingAnalyzer:
                 found[index] = float((p >= 0.5).float().mean())
             batch.clear()
 
-        targets = set(wanted)
-        for index, _t, rgb in video.frames(wanted[0], wanted[-1] + 1):
-            if index in targets:
+        for index, _t, rgb in video.frames(min(wanted), max(wanted) + 1):
+            if index in wanted:
                 batch.append((index, torch.as_tensor(self.transform(rgb))))
                 if len(batch) == batch_size:
                     flush()

@@ -106,6 +106,7 @@ def test_guidance_areas_measure_the_segmentation_map() -> None:
     assert areas[0] == 0.0 and areas[3] == 0.0
     assert np.isnan(areas[5])
     assert video.decoded == 180 - 30  # one pass from the first wanted frame (to the end here)
+    assert analyzer.guidance_areas(video, []).shape == (0,)
 
     class NoSegmentation(nn.Module):
         def forward(self, clips: torch.Tensor) -> torch.Tensor:
