@@ -131,8 +131,7 @@ class StageTimes:
 
     def report(self) -> dict[str, float | None]:
         """Rounded stage times plus their total (``None`` if a stage was never timed)."""
-        out = {k: None if v is None else round(v, 1) for k, v in self.seconds.items()
-               if k != "total"}
+        out = {k: None if v is None else round(v, 1) for k, v in self.seconds.items()}
         known = list(out.values())
         out["total"] = None if None in known else round(sum(known), 1)
         return out
