@@ -45,19 +45,29 @@ DEFAULT_WORK = REPO / "var" / "demo-model"
 class DemoConfig:
     """Every knob of the demo build (recorded in ``training.json``)."""
 
-    # training data (amagi synth, domain "train")
+    # training data (amagi synth, domain-randomised looks)
     train_seed: int = 101
+    train_domain: str = "randomised"
     train_cases: int = 48
     train_duration_s: float = 30.0
     train_cases_per_patient: int = 2
     size: tuple[int, int] = (160, 128)
     fps: float = 30.0
     clip_stride: int = 12
-    # held-out evaluation data (other seeds, domain "shifted")
+    # held-out evaluation data (other seeds; looks, field stops and a bleeding form never
+    # trained on; >= 4 events a case)
     eval_seed: int = 9001
     eval_cases: int = 9
-    eval_duration_s: float = 30.0
-    eval_domain: str = "shifted"
+    eval_duration_s: float = 180.0
+    eval_domain: str = "heldout"
+    # bleeding-free held-out cases full of still blood (false alarms per hour)
+    static_seed: int = 9101
+    static_cases: int = 3
+    static_duration_s: float = 180.0
+    # the first held-out set (v1-v3), kept for comparison
+    shifted_seed: int = 9001
+    shifted_cases: int = 9
+    shifted_duration_s: float = 30.0
     folds: int = 3
     fold_seed: int = 0
     # models and optimisation
@@ -71,10 +81,11 @@ class DemoConfig:
     batch_size: int = 8
     clip_lr: float = 0.002  # at the authors' 0.01 the tiny nets stay on a plateau for most epochs
     warmup_epochs: float = 1.0
+    still_negatives: float = 0.35  # bleeding clips replaced by their still centre frame
     train_seed_model: int = 7
     threads: int = 2
     prediction_hz: float = 10.0
-    version: str = "3.0"
+    version: str = "4.0"
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as recorded in ``training.json`` (tuples become lists)."""
@@ -84,7 +95,8 @@ class DemoConfig:
     def quick(cls) -> DemoConfig:
         """A minutes-long run of every stage (for trying the pipeline, not for use)."""
         return cls(train_cases=4, train_duration_s=12.0, eval_cases=3, eval_duration_s=8.0,
-                   seg_epochs=1, clip_epochs=1, clip_stride=45)
+                   static_cases=1, static_duration_s=8.0, shifted_cases=3,
+                   shifted_duration_s=8.0, seg_epochs=1, clip_epochs=1, clip_stride=45)
 
 
 def _cli(argv: list[str]) -> None:
@@ -159,13 +171,18 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
     work.mkdir(parents=True, exist_ok=True)
     _check_work_dir(work, cfg)
     timings = StageTimes(work / "timings.json")
-    train_root, eval_root = work / "data" / "train", work / "data" / "heldout"
+    train_root = work / "data" / "train"
+    eval_sets = {  # name -> (seed, cases, duration, domain)
+        "heldout": (cfg.eval_seed, cfg.eval_cases, cfg.eval_duration_s, cfg.eval_domain),
+        "static": (cfg.static_seed, cfg.static_cases, cfg.static_duration_s, "static"),
+        "shifted": (cfg.shifted_seed, cfg.shifted_cases, cfg.shifted_duration_s, "shifted"),
+    }
 
     t0 = time.perf_counter()
     ran = _synth(train_root, cfg.train_cases, cfg.train_seed, cfg.train_duration_s, cfg,
-                 "train", "rawframes", cfg.train_cases_per_patient)
-    ran |= _synth(eval_root, cfg.eval_cases, cfg.eval_seed, cfg.eval_duration_s, cfg,
-                  cfg.eval_domain, "dicom", 1)
+                 cfg.train_domain, "rawframes", cfg.train_cases_per_patient)
+    for name, (seed, cases, duration, domain) in eval_sets.items():
+        ran |= _synth(work / "data" / name, cases, seed, duration, cfg, domain, "dicom", 1)
     timings.record("synth", t0, ran)
 
     common = ["--threads", str(cfg.threads), "--batch-size", str(cfg.batch_size),
@@ -183,7 +200,8 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
     timings.record("train_seg", t0, ran)
     clip_args = ["--annotations", str(train_root / "annotations.txt"),
                  "--epochs", str(cfg.clip_epochs), "--lr", str(cfg.clip_lr),
-                 "--class-weights", "balanced", *common]
+                 "--class-weights", "balanced", "--still-negatives", str(cfg.still_negatives),
+                 *common]
     jobs = [("amagi", cfg.arch, amagi_dir, ["--seg-checkpoint", str(seg_dir / "latest.pth")]),
             ("slowfast", cfg.baseline_arch, sf_dir, [])]
     # AMAGI and the baseline train side by side, one thread each (2 cores): same data,
@@ -228,13 +246,16 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
     (stage / "model.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
     t0 = time.perf_counter()
-    evaluated = work / "evaluation" / "metrics.json"
     newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
-    ran = not evaluated.is_file() or evaluated.stat().st_mtime < newest
-    if ran:
-        _cli(["evaluate", "--data", str(eval_root), "--model-dir", str(stage), "-od",
-              str(work / "evaluation"), "--folds", str(cfg.folds), "--fold-seed",
-              str(cfg.fold_seed), "--prediction-hz", str(cfg.prediction_hz),
+    ran = False
+    for name, (_, cases, _, _) in eval_sets.items():
+        evaluated = work / "evaluation" / name / "metrics.json"
+        if evaluated.is_file() and evaluated.stat().st_mtime >= newest:
+            continue
+        ran = True
+        _cli(["evaluate", "--data", str(work / "data" / name), "--model-dir", str(stage),
+              "-od", str(evaluated.parent), "--folds", str(min(cfg.folds, cases)),
+              "--fold-seed", str(cfg.fold_seed), "--prediction-hz", str(cfg.prediction_hz),
               "--threads", str(cfg.threads), "--jobs", str(cfg.threads), "--no-progress"])
     timings.record("evaluate", t0, ran)
 
@@ -247,22 +268,32 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
         "notice": DEMO_NOTICE,
         "command": "make demo-model  (python -m amagi_plugin.demo_model)",
         "config": cfg.to_json(),
-        "train_data": {"generator": "amagi synth", "seed": cfg.train_seed, "domain": "train",
-                       "cases": cfg.train_cases, "duration_s": cfg.train_duration_s},
+        "train_data": {"generator": "amagi synth", "seed": cfg.train_seed,
+                       "domain": cfg.train_domain, "cases": cfg.train_cases,
+                       "duration_s": cfg.train_duration_s},
         "eval_data": {"generator": "amagi synth", "seed": cfg.eval_seed,
                       "domain": cfg.eval_domain, "cases": cfg.eval_cases,
                       "duration_s": cfg.eval_duration_s, "size": list(cfg.size),
                       "fps": cfg.fps, "folds": cfg.folds, "fold_seed": cfg.fold_seed},
+        "other_eval_data": {
+            name: {"generator": "amagi synth", "seed": seed, "domain": domain, "cases": cases,
+                   "duration_s": duration, "metrics": f"metrics_{name}.json"}
+            for name, (seed, cases, duration, domain) in eval_sets.items() if name != "heldout"},
         "history": histories,
         "seconds": timings.report(),
     }
     (stage / "training.json").write_text(json.dumps(training, indent=1) + "\n")
-    for f in ("metrics.json", "metrics.md"):
-        shutil.copyfile(work / "evaluation" / f, stage / f)
-    for png in sorted((work / "evaluation").glob("*.png")):
-        shutil.copyfile(png, stage / png.name)
-    (stage / "README.md").write_text(readme(manifest, training,
-                                            (stage / "metrics.md").read_text()))
+    for name in eval_sets:
+        suffix = "" if name == "heldout" else f"_{name}"
+        for f in ("metrics.json", "metrics.md"):
+            stem, ext = f.split(".")
+            shutil.copyfile(work / "evaluation" / name / f, stage / f"{stem}{suffix}.{ext}")
+        for png in sorted((work / "evaluation" / name).glob("*.png")):
+            shutil.copyfile(png, stage / f"{png.stem}{suffix}.png")
+    (stage / "README.md").write_text(readme(
+        manifest, training, (stage / "metrics.md").read_text(),
+        {name: (stage / f"metrics_{name}.md").read_text() for name in eval_sets
+         if name != "heldout"}))
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(stage.iterdir()):
         shutil.copyfile(f, dest / f.name)
@@ -270,8 +301,13 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR) -> dict[str, 
     return training
 
 
-def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str) -> str:
-    """The demo folder's README: what the model is, how it was made, what it scores."""
+def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
+           others: dict[str, str] | None = None) -> str:
+    """The demo folder's README: what the model is, how it was made, what it scores.
+
+    ``metrics_md`` is the main held-out report; ``others`` maps the name of each further
+    evaluation set (``static``, ``shifted``) to its report.
+    """
     cfg = training["config"]
     tr, ev = training["train_data"], training["eval_data"]
     secs = training["seconds"]
@@ -290,9 +326,12 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str) 
         f"{tr['cases']} cases × {tr['duration_s']:g} s ({cfg['train_cases_per_patient']} per "
         f"synthetic patient), {cfg['size'][0]}x{cfg['size'][1]} at {cfg['fps']:g} fps",
         f"- held-out evaluation: `amagi synth --seed {ev['seed']} --domain {ev['domain']}`, "
-        f"{ev['cases']} cases × {ev['duration_s']:g} s: other seeds and scene ranges "
-        "(palette families, event sizes, camera speeds, smoke, instrument and red-patch counts) "
-        f"outside the training ranges; {ev['folds']}-fold patient-level tables", "",
+        f"{ev['cases']} cases × {ev['duration_s']:g} s: other seeds, palette families, a "
+        "field-stop family and a bleeding form never seen in training, wider camera-chain "
+        f"ranges, at least 4 events a case; {ev['folds']}-fold patient-level tables",
+        *[f"- {name}: `amagi synth --seed {o['seed']} --domain {o['domain']}`, {o['cases']} "
+          f"cases × {o['duration_s']:g} s (`{o['metrics']}`)"
+          for name, o in training.get("other_eval_data", {}).items()], "",
         "## Training", "",
         f"- segmentation: HRNet-W8-OCR, {cfg['seg_epochs']} epochs, {cfg['seg_crop']}-pixel "
         f"crops ({cfg['seg_pos_fraction']:.0%} centred on bleeding), class weights [0.4, 1], "
@@ -300,12 +339,22 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str) 
         f"- clips: {cfg['clip_epochs']} epochs, batch {cfg['batch_size']}, SGD lr "
         f"{cfg['clip_lr']} momentum 0.9 wd 4e-5, grad clip 40, linear warm-up "
         f"{cfg['warmup_epochs']} epoch then cosine, weighted CE N/(2·N_c) (the authors' "
-        "formula); the segmentation net frozen inside AMAGI",
+        "formula, on the labels after still negatives); the segmentation net frozen inside "
+        f"AMAGI; still negatives {cfg.get('still_negatives', 0):.0%} (a bleeding clip replaced "
+        "by its centre frame held still under camera motion, labelled not bleeding: the pair "
+        "differs only over time)",
         "- wall time (s): " + ", ".join(f"{k} {'not timed' if v is None else f'{v:.0f}'}"
                                          for k, v in secs.items()), "",
     ]
-    body = metrics_md.split("\n", 1)[1] if metrics_md.startswith("#") else metrics_md
-    return "\n".join(lines) + "\n## Held-out metrics\n" + body.replace("\n## ", "\n### ")
+    titles = {"static": "Bleeding-free held-out cases full of still blood",
+              "shifted": "The first held-out set (v1-v3), for comparison"}
+
+    def section(title: str, md: str) -> str:
+        body = md.split("\n", 1)[1] if md.startswith("#") else md
+        return f"\n## {title}\n" + body.replace("\n## ", "\n### ")
+
+    return ("\n".join(lines) + section("Held-out metrics", metrics_md)
+            + "".join(section(titles.get(k, k), v) for k, v in (others or {}).items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 An evaluation data set is a folder written by ``amagi synth`` (``cases.json`` plus one
 folder per case with ``labels.json`` and ``video.dcm`` or ``video.mp4``), or any folder of
 case folders laid out the same way (``labels.json`` needs ``fps``, ``frame_labels`` and
-``events`` with ``start_s``/``end_s``; ``patient_id`` defaults to the folder name).
+``events`` with ``start_s``/``end_s``; ``patient_id`` defaults to the folder name; an
+optional top-level ``tags`` object of string values, e.g. ``{"look": "palette-B"}``, lets the
+evaluation pool the cases per tag value).
 Every model goes through the same :class:`~amagi_plugin.pipeline.BleedingAnalyzer`
 post-processing (threshold, smoothing) as ``amagi process``.
 """
@@ -14,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,18 @@ class TruthCase:
     fps: float
     frame_labels: np.ndarray  # uint8 (n_frames,)
     events: list[tuple[float, float]]  # seconds, [start, end)
+    # Grouping tags from labels.json (e.g. {"look": "palette-B"}); empty when absent.
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the case in seconds: its number of frame labels over ``fps``."""
+        return len(self.frame_labels) / self.fps
+
+    @property
+    def bleeding_free(self) -> bool:
+        """``True`` when the case has no true event."""
+        return not self.events
 
 
 @dataclass
@@ -89,16 +103,32 @@ def load_cases(root: Path) -> list[TruthCase]:
             fps = float(doc["fps"])
             labels = np.asarray(doc["frame_labels"], dtype=np.uint8)
             events = [(float(e["start_s"]), float(e["end_s"])) for e in doc["events"]]
+            if fps <= 0:
+                raise ValueError(f"fps must be > 0, got {fps}")
+            tags = _tags(doc.get("tags"))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{d}/labels.json is not a usable ground truth: {e}") from None
         video = next((d / n for n in VIDEO_NAMES if (d / n).is_file()), None)
         if video is None:
             raise InputError(f"{d} has no video ({' or '.join(VIDEO_NAMES)})")
         cases.append(TruthCase(str(doc.get("case_id", d.name)),
-                               str(doc.get("patient_id", d.name)), video, fps, labels, events))
+                               str(doc.get("patient_id", d.name)), video, fps, labels, events,
+                               tags))
     if not cases:
         raise InputError(f"no evaluation case (*/labels.json) under {root}")
     return cases
+
+
+def _tags(value: Any) -> dict[str, str]:
+    """The ``tags`` object of a labels.json: absent → ``{}``, else a dict of str → str."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"tags must be an object of strings, got {type(value).__name__}")
+    bad = {k: v for k, v in value.items() if not isinstance(v, str)}
+    if bad:
+        raise TypeError(f"tags must map names to strings, got {bad!r}")
+    return dict(value)
 
 
 def predict_case(analyzer, case: TruthCase, model_name: str,

@@ -9,7 +9,15 @@ Pure functions on arrays and intervals (seconds). Conventions:
   decreasing temporal IoU; a pair counts when IoU ≥ the threshold;
   ``F1 = 2·TP / (n_pred + n_true)``;
 - index (per case): count error ``|n_pred - n_true|`` and duration error
-  ``|total_pred - total_true|`` (s), each also as a fraction of the ground truth.
+  ``|total_pred - total_true|`` (s), each also as a fraction of the ground truth (``None``
+  for a case without true events, where the fraction is undefined);
+- false alarms (per case): predicted events that overlap no true event (a positive-length
+  intersection), and the seconds of the case outside every true event; on a bleeding-free
+  case every predicted event is a false alarm and the whole case is non-bleeding time;
+- onset latency (per true event ``[start, end)``): seconds from ``start`` to the first
+  positive post-processed decision at a prediction instant ``t`` with ``start <= t < end``;
+  0 when a predicted event began before ``start`` and is still on at ``start``; ``None``
+  (missed) when no decision inside the event is positive.
 """
 
 from __future__ import annotations
@@ -22,12 +30,16 @@ import numpy as np
 __all__ = [
     "CaseIndexError",
     "EventCounts",
+    "FalseAlarms",
     "auroc",
     "average_precision",
     "event_counts",
+    "false_alarms",
     "frame_counts",
     "index_errors",
     "interval_iou",
+    "latency_summary",
+    "onset_latencies",
     "prf",
 ]
 
@@ -185,3 +197,91 @@ def index_errors(pred: Sequence[Interval], true: Sequence[Interval]) -> CaseInde
     """Count and total-duration errors of predicted against true events."""
     return CaseIndexError(len(true), len(pred), float(sum(e - s for s, e in true)),
                        float(sum(e - s for s, e in pred)))
+
+
+def _covered_s(intervals: Sequence[Interval], duration_s: float) -> float:
+    """Seconds of ``[0, duration_s)`` covered by the union of ``intervals``."""
+    clipped = sorted((max(0.0, a), min(duration_s, b)) for a, b in intervals)
+    total, reach = 0.0, 0.0
+    for a, b in clipped:
+        a = max(a, reach)
+        if b > a:
+            total += b - a
+            reach = b
+    return total
+
+
+@dataclass(frozen=True)
+class FalseAlarms:
+    """Predicted events of one case that overlap no true event, and its non-bleeding time."""
+
+    count: int
+    non_bleeding_s: float
+
+    def per_hour(self) -> float | None:
+        """False alarms per hour of non-bleeding time (``None`` without such time)."""
+        return 3600.0 * self.count / self.non_bleeding_s if self.non_bleeding_s > 0 else None
+
+
+def false_alarms(pred: Sequence[Interval], true: Sequence[Interval],
+                 duration_s: float) -> FalseAlarms:
+    """False alarms of one case of ``duration_s`` seconds.
+
+    A predicted event is a false alarm when its intersection with every true event is
+    empty (touching end to start is no overlap). ``non_bleeding_s`` is ``duration_s``
+    minus the union of the true events clipped to ``[0, duration_s)``.
+
+    Raises
+    ------
+    ValueError
+        ``duration_s`` is negative or not finite.
+    """
+    if not np.isfinite(duration_s) or duration_s < 0:
+        raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
+    count = sum(1 for p in pred
+                if all(min(p[1], t[1]) - max(p[0], t[0]) <= 0 for t in true))
+    return FalseAlarms(count, max(0.0, duration_s - _covered_s(true, duration_s)))
+
+
+def onset_latencies(true: Sequence[Interval], times_s: Sequence[float],
+                    decisions: Sequence[bool], pred: Sequence[Interval]) -> list[float | None]:
+    """Onset latency (s) of each true event, in the order of ``true``; ``None`` = missed.
+
+    Parameters
+    ----------
+    true
+        True events ``[start, end)`` in seconds.
+    times_s, decisions
+        Prediction instants (s) and the post-processed binary decision at each, shape (P,).
+    pred
+        The predicted events ``[start, end)`` (s) made from ``decisions``; one that starts
+        before a true event's start and ends after it means the alarm was already on, so
+        that event's latency is 0.
+
+    Raises
+    ------
+    ValueError
+        ``times_s`` and ``decisions`` differ in shape.
+    """
+    t = np.asarray(times_s, dtype=np.float64)
+    d = np.asarray(decisions, dtype=bool)
+    if t.shape != d.shape:
+        raise ValueError(f"times_s {t.shape} and decisions {d.shape} differ in shape")
+    out: list[float | None] = []
+    for start, end in true:
+        if any(a < start < b for a, b in pred):
+            out.append(0.0)
+            continue
+        hits = np.flatnonzero(d & (t >= start) & (t < end))
+        out.append(max(0.0, float(t[hits[0]] - start)) if hits.size else None)
+    return out
+
+
+def latency_summary(latencies: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Median and 90th percentile (linear interpolation, NumPy's default) of the detected
+    events' latencies (s), and how many events were detected and missed (``None``)."""
+    found = np.asarray([x for x in latencies if x is not None], dtype=np.float64)
+    return {"events": len(latencies), "detected": int(found.size),
+            "missed": len(latencies) - int(found.size),
+            "median_s": float(np.median(found)) if found.size else None,
+            "p90_s": float(np.percentile(found, 90)) if found.size else None}

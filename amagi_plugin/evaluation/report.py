@@ -1,10 +1,17 @@
-"""Aggregating per-case predictions into per-fold and pooled tables, and the plots.
+"""Aggregating per-case predictions into per-fold, per-tag and pooled tables, and the plots.
 
 Every number is computed from :class:`~amagi_plugin.evaluation.cases.CasePrediction`
 objects: frame-level counts and scores are pooled over the cases of a group, event counts
 are summed, and the surgical analysis index errors are averaged over cases (``*_rel`` is
 the mean of per-case fractions of the ground truth, ``*_pooled_rel`` the summed error over
 the summed ground truth).
+
+Bleeding-free cases (no true event) have no relative index (a fraction of zero true
+events is undefined), so the whole ``index`` block is computed over the cases with at
+least one true event; what a model predicts on a bleeding-free case is reported in
+``false_alarms`` instead (``per_hour_bleeding_free``). ``false_alarms.per_hour_non_bleeding``
+counts, over every case, the predicted events that overlap no true event per hour outside
+the true events. ``onset`` pools the onset latencies of every true event of the group.
 """
 
 from __future__ import annotations
@@ -18,12 +25,16 @@ import numpy as np
 
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase
 from amagi_plugin.evaluation.metrics import (
+    CaseIndexError,
     EventCounts,
     auroc,
     average_precision,
     event_counts,
+    false_alarms,
     frame_counts,
     index_errors,
+    latency_summary,
+    onset_latencies,
     prf,
 )
 
@@ -54,24 +65,70 @@ def summarize(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
         for p in preds:
             total = total + event_counts(p.events, truth[p.case_id].events, iou)
         events[f"iou_{iou:g}"] = {k: _r(v) for k, v in total.to_dict().items()}
-    idx = [index_errors(p.events, truth[p.case_id].events) for p in preds]
-    rel_c = [e.count_error_rel for e in idx if e.count_error_rel is not None]
-    rel_d = [e.duration_error_rel for e in idx if e.duration_error_rel is not None]
-    index = {
-        "cases": len(idx),
-        "count_error_mean": _r(np.mean([e.count_error for e in idx])),
-        "duration_error_s_mean": _r(np.mean([e.duration_error_s for e in idx])),
-        "count_error_rel": _r(np.mean(rel_c)) if rel_c else None,
-        "duration_error_rel": _r(np.mean(rel_d)) if rel_d else None,
-        "count_error_pooled_rel": _r(sum(e.count_error for e in idx)
-                                     / max(1, sum(e.true_count for e in idx))),
-        "duration_error_pooled_rel": _r(sum(e.duration_error_s for e in idx)
-                                        / max(1e-9, sum(e.true_duration_s for e in idx))),
-    }
-    out = {"frame": frame, "events": events, "index": index}
+    index: dict[str, Any] = {"cases": len(preds)}
+    index.update(_index([index_errors(p.events, truth[p.case_id].events) for p in preds]))
+    out = {"frame": frame, "events": events, "index": index,
+           "false_alarms": _false_alarms(preds, truth),
+           "onset": _onset(preds, truth)}
     if all(p.guidance is not None for p in preds):
         out["guidance"] = _guidance(labels, np.concatenate([p.guidance for p in preds]))
     return out
+
+
+def _index(idx: Sequence[CaseIndexError]) -> dict[str, Any]:
+    """Surgical analysis index over the cases with at least one true event."""
+    with_events = [e for e in idx if e.true_count > 0]
+    rel_c = [e.count_error_rel for e in with_events if e.count_error_rel is not None]
+    rel_d = [e.duration_error_rel for e in with_events if e.duration_error_rel is not None]
+    true_s = sum(e.true_duration_s for e in with_events)
+    return {
+        "cases_indexed": len(with_events),
+        "cases_bleeding_free": len(idx) - len(with_events),
+        "count_error_mean": (_r(np.mean([e.count_error for e in with_events]))
+                             if with_events else None),
+        "duration_error_s_mean": (_r(np.mean([e.duration_error_s for e in with_events]))
+                                  if with_events else None),
+        "count_error_rel": _r(np.mean(rel_c)) if rel_c else None,
+        "duration_error_rel": _r(np.mean(rel_d)) if rel_d else None,
+        "count_error_pooled_rel": (_r(sum(e.count_error for e in with_events)
+                                      / sum(e.true_count for e in with_events))
+                                   if with_events else None),
+        "duration_error_pooled_rel": (_r(sum(e.duration_error_s for e in with_events) / true_s)
+                                      if true_s > 0 else None),
+    }
+
+
+def _per_hour(count: int, seconds: float) -> float | None:
+    return _r(3600.0 * count / seconds) if seconds > 0 else None
+
+
+def _false_alarms(preds: Sequence[CasePrediction], truth: dict[str, TruthCase]
+                  ) -> dict[str, Any]:
+    """False alarms per hour on bleeding-free cases and per hour of non-bleeding time."""
+    free_n, free_s, free_alarms, all_s, all_alarms = 0, 0.0, 0, 0.0, 0
+    for p in preds:
+        case = truth[p.case_id]
+        fa = false_alarms(p.events, case.events, case.duration_s)
+        all_s += fa.non_bleeding_s
+        all_alarms += fa.count
+        if case.bleeding_free:
+            free_n += 1
+            free_s += case.duration_s
+            free_alarms += len(p.events)
+    return {"bleeding_free_cases": free_n, "bleeding_free_hours": _r(free_s / 3600.0, 6),
+            "bleeding_free_false_alarms": free_alarms,
+            "per_hour_bleeding_free": _per_hour(free_alarms, free_s),
+            "non_bleeding_hours": _r(all_s / 3600.0, 6), "non_bleeding_false_alarms": all_alarms,
+            "per_hour_non_bleeding": _per_hour(all_alarms, all_s)}
+
+
+def _onset(preds: Sequence[CasePrediction], truth: dict[str, TruthCase]) -> dict[str, Any]:
+    """Onset latencies of every true event of the group, pooled."""
+    latencies: list[float | None] = []
+    for p in preds:
+        latencies += onset_latencies(truth[p.case_id].events, p.times_s, p.decisions, p.events)
+    return {k: _r(v) if isinstance(v, float) else v
+            for k, v in latency_summary(latencies).items()}
 
 
 def _guidance(labels: np.ndarray, areas: np.ndarray) -> dict[str, Any]:
@@ -105,8 +162,50 @@ def _header(ious: Sequence[float], prefix: Sequence[str] = ()) -> list[str]:
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
 
+def _alarm_header(prefix: Sequence[str] = ()) -> list[str]:
+    cols = [*prefix, "model", "bleeding-free cases", "bleeding-free hours",
+            "false alarms/h, bleeding-free cases", "false alarms/h, non-bleeding time",
+            "true events", "missed", "median onset latency (s)", "p90 onset latency (s)"]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def _alarm_row(name: str, s: dict[str, Any], prefix: Sequence[str] = ()) -> str:
+    fa, on = s.get("false_alarms"), s.get("onset")
+    if fa is None or on is None:  # written before these figures existed
+        cells = [*prefix, name, *["–"] * 8]
+    else:
+        cells = [*prefix, name, str(fa["bleeding_free_cases"]),
+                 _fmt(fa["bleeding_free_hours"]), _fmt(fa["per_hour_bleeding_free"]),
+                 _fmt(fa["per_hour_non_bleeding"]), str(on["events"]), str(on["missed"]),
+                 _fmt(on["median_s"]), _fmt(on["p90_s"])]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _tables(groups: dict[str, dict[str, Any]], models: Sequence[str], ious: Sequence[float],
+            col: str) -> list[str]:
+    """The main table and the false-alarm/latency table of groups (name -> model -> summary)."""
+    lines = [*_header(ious, [col])]
+    for g, group in groups.items():
+        lines += [_row(m, group[m], [g]) for m in models]
+    lines += ["", *_alarm_header([col])]
+    for g, group in groups.items():
+        lines += [_alarm_row(m, group[m], [g]) for m in models]
+    return lines
+
+
+def _latency_cell(case_model: dict[str, Any]) -> str:
+    lat = case_model.get("onset_latencies_s")
+    if lat is None:
+        return "–"
+    found = [x for x in lat if x is not None]
+    if not found:
+        return f"{len(lat)} missed" if lat else "–"
+    text = f"{float(np.median(found)):.2f}"
+    return text + (f" ({len(lat) - len(found)} missed)" if len(found) < len(lat) else "")
+
+
 def markdown_report(doc: dict[str, Any], title: str = "Evaluation") -> str:
-    """Markdown tables (pooled, per fold, per case) of an ``amagi evaluate`` result."""
+    """Markdown tables (pooled, per fold, per tag, per case) of an ``amagi evaluate`` result."""
     ious = doc["ious"]
     models = doc["models"]
     lines = [f"# {title}", ""]
@@ -115,23 +214,40 @@ def markdown_report(doc: dict[str, Any], title: str = "Evaluation") -> str:
     lines += [f"Data: {doc['data']['description']}", "",
               f"Post-processing (same for every model): {doc['post_processing']}", "",
               "Count and duration errors are the authors' surgical analysis index: mean over "
-              "cases of |predicted − true| / true.", "",
+              "cases of |predicted − true| / true, over the cases with at least one true "
+              "event. A bleeding-free case has no such fraction; what a model predicts there "
+              "is counted as false alarms instead.", "",
+              "False alarms/h, bleeding-free cases: every predicted event on a case without "
+              "true events, over the hours of those cases. False alarms/h, non-bleeding time: "
+              "predicted events that overlap no true event, over the hours outside true "
+              "events, on every case. Onset latency: from a true event's start to the first "
+              "positive post-processed decision inside it (0 when an alarm was already on); "
+              "an event without one is missed.", "",
               "## Pooled over all held-out cases", "", *_header(ious)]
     lines += [_row(m, doc["pooled"][m]) for m in models]
+    lines += ["", *_alarm_header()]
+    lines += [_alarm_row(m, doc["pooled"][m]) for m in models]
     lines += _guidance_lines(doc)
+    folds = {str(int(k) + 1): v for k, v in
+             sorted(doc["per_fold"].items(), key=lambda kv: int(kv[0]))}
     lines += ["", f"## Per fold ({doc['folds']}-fold, patient-level)", "",
-              *_header(ious, ["fold"])]
-    for k, fold in sorted(doc["per_fold"].items(), key=lambda kv: int(kv[0])):
-        lines += [_row(m, fold[m], [str(int(k) + 1)]) for m in models]
+              *_tables(folds, models, ious, "fold")]
+    for tag, groups in sorted(doc.get("per_tag", {}).items()):
+        lines += ["", f"## Per {tag}", "", *_tables(dict(sorted(groups.items())), models,
+                                                     ious, tag)]
     lines += ["", "## Per case", "",
               "| case | patient | fold | true count | true duration (s) | "
-              + " | ".join(f"{m} count | {m} duration (s)" for m in models) + " |",
-              "|" + "---|" * (5 + 2 * len(models))]
+              + " | ".join(f"{m} count | {m} duration (s) | {m} false alarms | "
+                           f"{m} onset latency (s)" for m in models) + " |",
+              "|" + "---|" * (5 + 4 * len(models))]
     for c in doc["cases"]:
-        cells = [c["case_id"], c["patient_id"], str(c["fold"] + 1), str(c["true_count"]),
+        free = " (bleeding-free)" if c["true_count"] == 0 else ""
+        cells = [c["case_id"], c["patient_id"], str(c["fold"] + 1), f"{c['true_count']}{free}",
                  f"{c['true_duration_s']:.1f}"]
         for m in models:
-            cells += [str(c["models"][m]["pred_count"]), f"{c['models'][m]['pred_duration_s']:.1f}"]
+            cm = c["models"][m]
+            cells += [str(cm["pred_count"]), f"{cm['pred_duration_s']:.1f}",
+                      str(cm.get("false_alarms", "–")), _latency_cell(cm)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

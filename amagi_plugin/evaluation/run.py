@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase, predict_case
-from amagi_plugin.evaluation.metrics import index_errors
+from amagi_plugin.evaluation.metrics import false_alarms, index_errors, onset_latencies
 from amagi_plugin.evaluation.report import IOUS, markdown_report, plot_fold, summarize
 
-__all__ = ["ModelSpec", "build_analyzer", "evaluate_models", "write_outputs"]
+__all__ = ["ModelSpec", "build_analyzer", "evaluate_models", "metrics_document",
+           "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,6 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
     from tqdm import tqdm
 
     fold_of = _folds(cases, folds, fold_seed)
-    truth = {c.case_id: c for c in cases}
     models = [s.label for s in specs]
     bar = tqdm(total=len(cases) * len(models), unit="run", desc="amagi evaluate",
                file=progress, disable=progress is None)
@@ -104,35 +104,85 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
                 results.append(pred)
                 bar.update()
     bar.close()
+    doc = metrics_document(models, cases, results, fold_of, ious, folds=max(1, folds),
+                           fold_seed=fold_seed)
+    return doc, [p for m in models for p in results if p.model == m]
+
+
+def metrics_document(models: Sequence[str], cases: Sequence[TruthCase],
+                     results: Sequence[CasePrediction], fold_of: Sequence[int],
+                     ious: Sequence[float] = IOUS, *, folds: int | None = None,
+                     fold_seed: int = 0) -> dict[str, Any]:
+    """The metrics document of finished predictions (one per model and case).
+
+    ``fold_of`` gives each case's fold (0-based, in the order of ``cases``); ``folds``
+    defaults to the number of distinct folds.
+
+    Keys: ``models``, ``folds``, ``fold_seed``, ``ious``, ``pooled`` (model → summary),
+    ``per_fold`` (fold index as a string → model → summary), ``per_tag`` (tag name → tag
+    value → model → summary, over the cases whose labels.json carries that tag; empty when
+    no case has tags) and ``cases`` (one row per case, with each model's figures).
+    """
+    truth = {c.case_id: c for c in cases}
     preds: dict[str, list[CasePrediction]] = {
         m: [p for p in results if p.model == m] for m in models}
-    doc: dict[str, Any] = {"models": models, "folds": max(1, folds), "fold_seed": fold_seed,
-                           "ious": list(ious)}
+    doc: dict[str, Any] = {"models": list(models),
+                           "folds": folds if folds is not None else len(set(fold_of)) or 1,
+                           "fold_seed": fold_seed, "ious": list(ious)}
     doc["pooled"] = {m: summarize(preds[m], truth, ious) for m in models}
     doc["per_fold"] = {}
     for k in sorted(set(fold_of)):
         ids = {c.case_id for c, f in zip(cases, fold_of, strict=True) if f == k}
         doc["per_fold"][str(k)] = {m: summarize([p for p in preds[m] if p.case_id in ids],
                                                 truth, ious) for m in models}
+    doc["per_tag"] = {}
+    for tag, groups in _tag_groups(cases).items():
+        doc["per_tag"][tag] = {value: {m: summarize([p for p in preds[m] if p.case_id in ids],
+                                                    truth, ious) for m in models}
+                               for value, ids in groups.items()}
     rows = []
     for c, f in zip(cases, fold_of, strict=True):
         row: dict[str, Any] = {"case_id": c.case_id, "patient_id": c.patient_id, "fold": f,
                                "true_count": len(c.events),
                                "true_duration_s": round(sum(b - a for a, b in c.events), 3),
                                "true_events": [[round(a, 3), round(b, 3)] for a, b in c.events],
+                               "bleeding_free": c.bleeding_free,
+                               "duration_s": round(c.duration_s, 3), "tags": dict(c.tags),
                                "models": {}}
         for m in models:
             p = next(p for p in preds[m] if p.case_id == c.case_id)
-            e = index_errors(p.events, c.events)
-            row["models"][m] = {"pred_count": e.pred_count,
-                                "pred_duration_s": round(e.pred_duration_s, 3),
-                                "count_error": e.count_error,
-                                "duration_error_s": round(e.duration_error_s, 3),
-                                "events": [[round(a, 3), round(b, 3)] for a, b in p.events],
-                                "mean_probability": round(float(p.probabilities.mean()), 6)}
+            row["models"][m] = _case_figures(p, c)
         rows.append(row)
     doc["cases"] = rows
-    return doc, [p for m in models for p in preds[m]]
+    return doc
+
+
+def _case_figures(p: CasePrediction, c: TruthCase) -> dict[str, Any]:
+    e = index_errors(p.events, c.events)
+    return {"pred_count": e.pred_count,
+            "pred_duration_s": round(e.pred_duration_s, 3),
+            "count_error": e.count_error,
+            "duration_error_s": round(e.duration_error_s, 3),
+            "events": [[round(a, 3), round(b, 3)] for a, b in p.events],
+            "mean_probability": round(float(p.probabilities.mean()), 6),
+            "count_error_rel": _round(e.count_error_rel),
+            "duration_error_rel": _round(e.duration_error_rel),
+            "false_alarms": false_alarms(p.events, c.events, c.duration_s).count,
+            "onset_latencies_s": [_round(x, 3) for x in onset_latencies(
+                c.events, p.times_s, p.decisions, p.events)]}
+
+
+def _round(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def _tag_groups(cases: Sequence[TruthCase]) -> dict[str, dict[str, set[str]]]:
+    """Tag name -> tag value -> ids of the cases carrying it (cases without a tag skip it)."""
+    groups: dict[str, dict[str, set[str]]] = {}
+    for c in cases:
+        for tag, value in c.tags.items():
+            groups.setdefault(tag, {}).setdefault(value, set()).add(c.case_id)
+    return {t: dict(sorted(v.items())) for t, v in sorted(groups.items())}
 
 
 def write_outputs(doc: dict[str, Any], preds: Sequence[CasePrediction], out: Path,

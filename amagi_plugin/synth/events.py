@@ -12,12 +12,13 @@ the active-bleeding mask.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from amagi_plugin.synth.scene import BleedingEvent
+from amagi_plugin.synth.scene import BleedingEvent, StillBlood
 
 #: Opacity at or above which a pixel belongs to the blood region (masks use the same cut).
 MASK_THRESHOLD = 0.5
@@ -41,15 +42,42 @@ def event_state(ev: BleedingEvent, frame: int, fps: float) -> EventState | None:
         return None
     active = frame < ev.end_frame
     last = frame if active else ev.end_frame - 1
-    elapsed = (last - ev.start_frame) / fps
+    since_end = 0.0 if active else (frame - ev.end_frame + 1) / fps
+    return _state_at(ev, (last - ev.start_frame) / fps, active, since_end)
+
+
+def _state_at(ev: BleedingEvent, elapsed: float, active: bool, since_end: float) -> EventState:
+    """The state after ``elapsed`` seconds of bleeding (frozen there when not ``active``)."""
     grow = 1.0 - math.exp(-elapsed / ev.growth_tau_s)
     radius = ev.initial_radius + (ev.max_radius - ev.initial_radius) * grow
     pulse = 0.5 + 0.5 * math.sin(2.0 * math.pi * ev.pulse_hz * elapsed)
+    spurt = ev.form == "spurt"
     if active:
-        radius *= 1.0 + 0.12 * ev.pulse_depth * (pulse - 0.5)
+        radius *= 1.0 + (0.25 if spurt else 0.12) * ev.pulse_depth * (pulse - 0.5)
     streak = min(ev.streak_length, ev.flow_speed * elapsed)
-    since_end = 0.0 if active else (frame - ev.end_frame + 1) / fps
+    if spurt and active:  # the jet lengthens with each beat and falls back between
+        streak *= 0.5 + 0.5 * pulse
     return EventState(active, elapsed, since_end, radius, streak, pulse if active else 0.0)
+
+
+def still_state(still: StillBlood, frame: int, fps: float) -> EventState | None:
+    """State of a :class:`StillBlood` at ``frame`` (``None`` where it is not visible).
+
+    The state is the one its blood would have after ``frozen_s`` seconds of active bleeding,
+    marked active so that it is drawn with the fresh-blood look, but the same at every frame
+    (no growth, flow, ripple travel or pulse); a suction one shrinks linearly to nothing.
+    """
+    ev = still.blood
+    if not ev.start_frame <= frame < ev.end_frame:
+        return None
+    st = _state_at(ev, still.frozen_s, True, 0.0)  # one instant of bleeding, held
+    if still.kind == "suction" and frame >= still.vanish_frame >= 0:
+        left = 1.0 - (frame - still.vanish_frame) / fps / max(still.vanish_s, 1e-6)
+        if left <= 0.05:
+            return None
+        st = dataclasses.replace(st, radius=st.radius * left,
+                                 streak_length=st.streak_length * left)
+    return st
 
 
 def world_extent(ev: BleedingEvent) -> tuple[float, float, float, float]:

@@ -5,15 +5,19 @@ then renders any frame independently, so ``render(k)`` is a pure function of ``(
 
 Compositing order, per frame: tissue with baked-in red patches and old pools (bilinear sample
 of the canvas under the camera pose) → view-dependent wet highlights → residual blood of ended
-events → active events → instrument shadows and instruments → smoke → vignette and light
-flicker → sensor noise → 8-bit.
+events → active events → still look-alikes of active blood → instrument shadows and
+instruments → smoke → the case's look (blur, white balance, tone curve) → vignette and light
+flicker → sensor noise → field stop → 8-bit.
 
 Masks (per frame, ``bool (H, W)``):
 
 - ``active``: pixels where an active event's opacity is ≥ 0.5 and no instrument covers them
   (instrument opacity < 0.5). Smoke (peak opacity 0.45) does not remove blood from the mask.
-- ``negative``: visible static pooled blood or residual blood of ended events (opacity ≥ 0.5),
-  not active and not under an instrument: the hard negatives.
+- ``negative``: visible static pooled blood, residual blood of ended events or still
+  look-alikes of active blood (opacity ≥ 0.5), not active and not under an instrument: the
+  hard negatives.
+
+Both masks are empty outside the field stop.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from amagi_plugin.synth.camera import screen_to_world, world_to_screen
-from amagi_plugin.synth.events import MASK_THRESHOLD, event_state, render_event, world_extent
+from amagi_plugin.synth.events import (
+    MASK_THRESHOLD,
+    event_state,
+    render_event,
+    still_state,
+    world_extent,
+)
+from amagi_plugin.synth.look import apply_look, scope_alpha
 from amagi_plugin.synth.scene import Instrument, SceneParams
 from amagi_plugin.synth.textures import (
     CH_IRREGULAR,
@@ -85,6 +96,8 @@ class Renderer:
                                + 0.15 * smooth_noise(rng, (h, w), min(w, h) / 20.0), 0.0, 1.0)
                        if scene.smoke else None)
         self._side = float(min(w, h))
+        self._scope = (scope_alpha(scene.look, h, w)[..., None]
+                       if scene.look is not None and scene.look.scope_mask != "none" else None)
 
     def __len__(self) -> int:
         return self.scene.n_frames
@@ -135,6 +148,19 @@ class Renderer:
             else:
                 np.maximum(negative_alpha[win], alpha, out=negative_alpha[win])
 
+        for still in sc.still:  # look-alikes of active blood, drawn as hard negatives
+            st = still_state(still, k, sc.fps)
+            box = None if st is None else self._screen_box(pose, world_extent(still.blood))
+            if st is None or box is None:
+                continue
+            r0, r1, c0, c1 = box
+            win = (slice(r0, r1), slice(c0, c1))
+            alpha, colour = render_event(still.blood, st, wx[win], wy[win], irregular[win],
+                                         ripple[win], pose[2])
+            sub = rgb[win]
+            sub += (colour - sub) * alpha[..., None]
+            np.maximum(negative_alpha[win], alpha, out=negative_alpha[win])
+
         occluder = np.zeros((h, w), np.float32)
         for inst in sc.instruments:
             self._draw_instrument(rgb, occluder, inst, t)
@@ -147,13 +173,19 @@ class Renderer:
                 dens = np.roll(self._smoke, (dy, dx), axis=(0, 1)) * (ep.density * env)
                 rgb += (np.float32(0.86) - rgb) * dens[..., None]
 
+        if sc.look is not None:
+            rgb = apply_look(rgb, sc.look)
         flicker = 1.0 + sc.light_flicker * math.sin(2.0 * math.pi * 0.9 * t + sc.seed % 7)
         rgb *= self._vignette * np.float32(255.0 * flicker)
         rgb += self._noise[self._noise_order[k % _NOISE_BANK]]
+        if self._scope is not None:
+            rgb *= self._scope
         np.clip(rgb, 0.0, 255.0, out=rgb)
         out = rgb.astype(np.uint8)
 
         visible = occluder < MASK_THRESHOLD
+        if self._scope is not None:
+            visible &= self._scope[..., 0] >= MASK_THRESHOLD
         active = (active_alpha >= MASK_THRESHOLD) & visible
         negative = (negative_alpha >= MASK_THRESHOLD) & visible & ~active
         return RenderedFrame(k, out, active, negative)

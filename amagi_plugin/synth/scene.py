@@ -29,6 +29,7 @@ Sampler (what :func:`sample_scene` does, in order, all from ``numpy.random.defau
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ import numpy as np
 
 from amagi_plugin.synth.camera import CameraMotion, screen_to_world, world_to_screen
 from amagi_plugin.synth.errors import SynthError
+from amagi_plugin.synth.look import Look, LookRanges, sample_look
 
 RGB = tuple[float, float, float]
 
@@ -131,6 +133,34 @@ class BleedingEvent:
     darken_s: float
     irregularity: float
     size_class: str  # "small" or "large"
+    form: str = "ooze"  # one of BLEEDING_FORMS
+
+
+#: How active bleeding looks over time (see :mod:`amagi_plugin.synth.events`): a pool spreading
+#: from a point; a pulsatile jet; a thin stream running down the tissue with a small pool; a
+#: tiny source of a few pixels; an ooze whose source lies under an instrument.
+BLEEDING_FORMS = ("ooze", "spurt", "stream", "tiny", "occluded")
+
+#: Hard negatives drawn with the active-blood model itself (same colours, texture and glints in
+#: a single frame): frozen fresh-looking blood, and blood being sucked away (shrinking).
+STILL_KINDS = ("fresh_still", "suction")
+
+
+@dataclass(frozen=True)
+class StillBlood:
+    """A hard negative with the single-frame look of active bleeding but no bleeding dynamics.
+
+    ``blood`` supplies the appearance (colour, shape, ripple texture) and the visible interval
+    ``blood.start_frame <= k < blood.end_frame``; its state is frozen at ``frozen_s`` seconds of
+    growth, so it neither grows, flows nor pulses. A ``"suction"`` one shrinks to nothing over
+    ``vanish_s`` seconds from ``vanish_frame`` on (blood being removed, never added).
+    """
+
+    kind: str
+    blood: BleedingEvent
+    frozen_s: float
+    vanish_frame: int = -1
+    vanish_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +209,8 @@ class SceneParams:
     pools: tuple[BloodPool, ...] = ()
     red_patches: tuple[RedPatch, ...] = ()
     format_version: int = FORMAT_VERSION
+    still: tuple[StillBlood, ...] = ()
+    look: Look | None = None
 
     @property
     def duration_s(self) -> float:
@@ -199,6 +231,15 @@ class SceneParams:
             labels[ev.start_frame:ev.end_frame] = 1
         return labels
 
+    def tags(self) -> dict[str, str]:
+        """The randomised families of this case (for per-family evaluation), ``name → value``."""
+        forms = sorted({ev.form for ev in self.events})
+        kinds = sorted({x.kind for x in self.still})
+        return {"palette": self.palette.name,
+                "scope_mask": self.look.scope_mask if self.look else "none",
+                "bleeding": "+".join(forms) if forms else "none",
+                "still_blood": "+".join(kinds) if kinds else "none"}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (tuples become lists); inverse of :meth:`from_dict`."""
         return dataclasses.asdict(self)
@@ -215,6 +256,9 @@ class SceneParams:
             d["events"] = tuple(BleedingEvent(**x) for x in d.get("events", ()))
             d["pools"] = tuple(BloodPool(**x) for x in d.get("pools", ()))
             d["red_patches"] = tuple(RedPatch(**x) for x in d.get("red_patches", ()))
+            d["still"] = tuple(StillBlood(**{**x, "blood": BleedingEvent(**x["blood"])})
+                               for x in d.get("still", ()))
+            d["look"] = Look(**d["look"]) if d.get("look") else None
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise SynthError(f"not a valid scene description: {e}") from e
@@ -245,6 +289,15 @@ class SceneRanges:
     pools: tuple[int, int] = (1, 3)
     red_patches: tuple[int, int] = (0, 4)
     fresh_looking_pool_probability: float = 0.35
+    # Domain randomisation (off in the first presets, so their scenes stay as they were).
+    palette_jitter: float = 0.0  # extra ± jitter of every palette colour
+    hue_shift_deg: tuple[float, float] = (0.0, 0.0)  # rotation of the tissue colours' hue
+    saturation_scale: tuple[float, float] = (1.0, 1.0)
+    forms: tuple[str, ...] = ("ooze",)
+    still_blood: tuple[int, int] = (0, 0)  # StillBlood hard negatives per case
+    still_kinds: tuple[str, ...] = ("fresh_still",)
+    bleeding_free_probability: float = 0.0
+    look: LookRanges | None = None
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.palettes if p not in PALETTE_FAMILIES]
@@ -260,22 +313,67 @@ class SceneRanges:
             raise SynthError(f"event_size must lie in (0, 0.5], got {self.event_size}")
         if self.event_duration_s[0] <= 0:
             raise SynthError("event_duration_s must be positive")
-        if not 0.0 <= self.fresh_looking_pool_probability <= 1.0:
-            raise SynthError("fresh_looking_pool_probability must lie in [0, 1], got "
-                             f"{self.fresh_looking_pool_probability}")
+        for name in ("fresh_looking_pool_probability", "bleeding_free_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SynthError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name, allowed in (("forms", BLEEDING_FORMS), ("still_kinds", STILL_KINDS)):
+            values = getattr(self, name)
+            bad = [v for v in values if v not in allowed]
+            if not values or bad:
+                raise SynthError(f"{name} must be among {', '.join(allowed)}, "
+                                 f"got {', '.join(values) or 'none'}")
+        lo, hi = self.still_blood
+        if lo < 0 or hi < lo:
+            raise SynthError(f"still_blood must be a range 0 <= low <= high, got ({lo}, {hi})")
+        if not 0.0 <= self.palette_jitter <= 0.3 or self.saturation_scale[0] <= 0:
+            raise SynthError("palette_jitter must lie in [0, 0.3] and saturation_scale be "
+                             "positive")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-#: Named presets: train on "train", evaluate generalisation on "shifted".
+#: The domain-randomised training look: continuous palettes, camera chains, every bleeding
+#: form but one, frozen look-alikes of active blood in every case, some bleeding-free cases.
+_RANDOMISED = SceneRanges(
+    palettes=("pink", "red", "yellow"), events_per_minute=(2.0, 6.0), min_events=0,
+    event_duration_s=(2.0, 12.0), min_gap_s=1.5, event_size=(0.015, 0.14),
+    camera_speed=(0.2, 1.3), instruments=(1, 3), smoke_per_minute=(0.0, 2.0), pools=(1, 4),
+    red_patches=(0, 5), fresh_looking_pool_probability=0.5, palette_jitter=0.08,
+    hue_shift_deg=(-12.0, 18.0), saturation_scale=(0.7, 1.3),
+    forms=("ooze", "stream", "tiny", "occluded"), still_blood=(1, 3),
+    still_kinds=("fresh_still", "suction"), bleeding_free_probability=0.1,
+    look=LookRanges())
+
+#: Held-out looks: palette families, a field-stop family and a bleeding form never trained
+#: on, with wider camera-chain ranges.
+_HELDOUT = dataclasses.replace(
+    _RANDOMISED, palettes=("pale", "dark"), events_per_minute=(1.5, 3.0), min_events=4,
+    event_duration_s=(3.0, 10.0), min_gap_s=4.0, forms=("ooze", "stream", "tiny", "spurt"),
+    bleeding_free_probability=0.0,
+    look=LookRanges(scope_masks=("rounded_rect", "round"), white_balance=0.2,
+                    gamma=(0.75, 1.35), blur_sigma=(0.3, 1.5)))
+
+#: Named presets: train on "train" or "randomised"; evaluate generalisation on "shifted" (the
+#: first held-out set) or "heldout" (held-out looks, ≥ 4 events a case); "static" is
+#: bleeding-free video full of still blood (false alarms per hour).
 DOMAINS: dict[str, SceneRanges] = {
     "train": SceneRanges(),
     "shifted": SceneRanges(palettes=("pale", "dark"), event_size=(0.02, 0.18),
                            camera_speed=(1.0, 1.6), instruments=(2, 4),
                            smoke_per_minute=(1.0, 3.0), pools=(2, 5), red_patches=(2, 6),
                            fresh_looking_pool_probability=0.5),
+    "randomised": _RANDOMISED,
+    "heldout": _HELDOUT,
+    "static": dataclasses.replace(_HELDOUT, min_events=0, bleeding_free_probability=1.0,
+                                  still_blood=(2, 4), pools=(2, 5)),
 }
+
+
+#: The fields of :class:`SceneRanges` that only :func:`_randomise` reads.
+_RANDOMISATION = tuple(f for f in dataclasses.fields(SceneRanges) if f.name in (
+    "palette_jitter", "hue_shift_deg", "saturation_scale", "forms", "still_blood",
+    "still_kinds", "bleeding_free_probability", "look"))
 
 
 @dataclass
@@ -408,7 +506,7 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
         smoke.append(SmokeEpisode(start, min(n_frames, start + length), s.u(0.2, 0.45),
                                   (s.u(-6, 6) * s.side / 224, -s.u(4, 14) * s.side / 224)))
 
-    return SceneParams(
+    scene = SceneParams(
         seed=int(seed), width=width, height=height, fps=float(fps), n_frames=n_frames,
         domain=domain, palette=palette, canvas_size=canvas,
         texture_scale=s.side * s.u(0.18, 0.35), fat_fraction=s.u(0.1, 0.45),
@@ -416,6 +514,10 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
         noise_std=s.u(0.004, 0.018), camera=camera, instruments=tuple(instruments),
         smoke=tuple(smoke), events=tuple(events), pools=tuple(pools),
         red_patches=tuple(patches))
+    if all(getattr(ranges, f.name) == f.default for f in _RANDOMISATION):
+        return scene
+    s2 = _Sampler(np.random.default_rng([seed, 7]), width, height, fps, n_frames, ranges)
+    return _randomise(s2, scene, world_at, screen_of)
 
 
 def _sample_events(s: _Sampler, world_at, screen_of, zoom: float) -> list[BleedingEvent]:
@@ -448,28 +550,130 @@ def _sample_events(s: _Sampler, world_at, screen_of, zoom: float) -> list[Bleedi
     t = lead + int(extra[0])
     for i, d in enumerate(durations):
         start, end = t, t + d
-        size_frac = math.exp(s.u(math.log(r.event_size[0]), math.log(r.event_size[1])))
-        radius = size_frac * s.side * zoom
-        duration_s = d / fps
-        streak_len = radius * s.u(0.3, 3.5)
-        colour = (s.u(0.62, 0.86), s.u(0.02, 0.08), s.u(0.04, 0.11))
-        events.append(BleedingEvent(
-            start_frame=int(start), end_frame=int(end),
-            source=_visible_source(s, world_at, screen_of, start, end),
-            max_radius=round(radius, 3), initial_radius=round(max(1.5, 0.25 * radius), 3),
-            growth_tau_s=duration_s * s.u(0.15, 0.5), flow_angle=math.pi / 2 + s.u(-1.1, 1.1),
-            streak_length=streak_len, streak_width=max(1.2, radius * s.u(0.25, 0.5)),
-            flow_speed=streak_len / (duration_s * s.u(0.3, 0.8)),
-            meander=radius * s.u(0.05, 0.3),
-            ripple_speed=s.side * s.u(0.05, 0.12), ripple_wavelength=max(3.0, radius * s.u(0.4, 0.9)),
-            pulse_hz=s.u(0.8, 1.6), pulse_depth=s.u(0.3, 1.0),
-            colour=tuple(round(c, 4) for c in colour),  # type: ignore[arg-type]
-            old_colour=(s.u(0.3, 0.45), s.u(0.02, 0.05), s.u(0.03, 0.06)),
-            darken_s=s.u(2.0, 6.0), irregularity=s.u(0.1, 0.35),
-            size_class="small" if size_frac < r.small_event_size else "large"))
+        events.append(_draw_event(
+            s, start, end, r.event_size,
+            lambda start=start, end=end: _visible_source(s, world_at, screen_of, start, end),
+            zoom))
         t = end + gap + int(extra[i + 1])
     return events
 
+
+
+def _draw_event(s: _Sampler, start: int, end: int, size_range: tuple[float, float], source,
+                zoom: float) -> BleedingEvent:
+    """One ooze-form event's appearance and dynamics (``source()`` draws its source point)."""
+    size_frac = math.exp(s.u(math.log(size_range[0]), math.log(size_range[1])))
+    radius = size_frac * s.side * zoom
+    duration_s = (end - start) / s.fps
+    streak_len = radius * s.u(0.3, 3.5)
+    colour = (s.u(0.62, 0.86), s.u(0.02, 0.08), s.u(0.04, 0.11))
+    return BleedingEvent(
+        start_frame=int(start), end_frame=int(end), source=source(),
+        max_radius=round(radius, 3), initial_radius=round(max(1.5, 0.25 * radius), 3),
+        growth_tau_s=duration_s * s.u(0.15, 0.5), flow_angle=math.pi / 2 + s.u(-1.1, 1.1),
+        streak_length=streak_len, streak_width=max(1.2, radius * s.u(0.25, 0.5)),
+        flow_speed=streak_len / (duration_s * s.u(0.3, 0.8)),
+        meander=radius * s.u(0.05, 0.3),
+        ripple_speed=s.side * s.u(0.05, 0.12), ripple_wavelength=max(3.0, radius * s.u(0.4, 0.9)),
+        pulse_hz=s.u(0.8, 1.6), pulse_depth=s.u(0.3, 1.0),
+        colour=tuple(round(c, 4) for c in colour),  # type: ignore[arg-type]
+        old_colour=(s.u(0.3, 0.45), s.u(0.02, 0.05), s.u(0.03, 0.06)),
+        darken_s=s.u(2.0, 6.0), irregularity=s.u(0.1, 0.35),
+        size_class="small" if size_frac < s.ranges.small_event_size else "large")
+
+
+def _with_form(s: _Sampler, ev: BleedingEvent, form: str, zoom: float) -> BleedingEvent:
+    """``ev`` reshaped into ``form`` (see :data:`BLEEDING_FORMS`)."""
+    duration_s = (ev.end_frame - ev.start_frame) / s.fps
+    if form == "stream":
+        r = ev.max_radius * 0.45
+        length = ev.max_radius * s.u(3.0, 6.0)
+        return dataclasses.replace(
+            ev, form=form, max_radius=round(r, 3), initial_radius=round(max(1.2, 0.4 * r), 3),
+            streak_length=length, streak_width=max(1.2, r * s.u(0.5, 0.9)),
+            flow_speed=length / (duration_s * s.u(0.2, 0.5)))
+    if form == "tiny":
+        r = s.side * zoom * s.u(0.012, 0.03)
+        length = r * s.u(0.5, 2.5)
+        return dataclasses.replace(
+            ev, form=form, max_radius=round(r, 3), initial_radius=round(max(1.0, 0.3 * r), 3),
+            streak_length=length, streak_width=max(1.0, 0.4 * r),
+            flow_speed=length / (duration_s * s.u(0.3, 0.8)), meander=0.1 * r,
+            ripple_wavelength=max(2.0, r * 0.8), size_class="small")
+    if form == "spurt":
+        return dataclasses.replace(ev, form=form, pulse_hz=s.u(1.0, 1.8),
+                                   pulse_depth=s.u(0.8, 1.0),
+                                   streak_length=ev.streak_length * s.u(1.2, 2.0))
+    return dataclasses.replace(ev, form=form)
+
+
+def _randomise(s: _Sampler, scene: SceneParams, world_at, screen_of) -> SceneParams:
+    """Apply the domain randomisation of ``s.ranges`` (its own generator: the first presets,
+    which enable none of it, keep exactly the scenes they always had)."""
+    r, rng = s.ranges, s.rng
+    zoom = scene.camera.zoom_base
+    events = list(scene.events)
+    if r.bleeding_free_probability and rng.random() < r.bleeding_free_probability:
+        events = []
+    instruments = list(scene.instruments)
+    if r.forms != ("ooze",):
+        for i, ev in enumerate(events):
+            form = r.forms[int(rng.integers(len(r.forms)))]
+            events[i] = _with_form(s, ev, form, zoom)
+            if form == "occluded":  # an instrument parked over the source
+                mid = (ev.start_frame + ev.end_frame) // 2
+                qx, qy = screen_of(mid, ev.source)
+                tip = (0.5 + qx / s.width, 0.5 + qy / s.height)
+                a = s.u(-0.35 * math.pi, 1.35 * math.pi)
+                back = 0.05  # the jaws lie just past the tip, over the source
+                instruments.append(Instrument(
+                    entry_angle=a, tip_home=(tip[0] + back * math.cos(a),
+                                             tip[1] + back * math.sin(a)),
+                    tip_amplitude=(s.u(0.0, 0.02), s.u(0.0, 0.02)),
+                    tip_hz=(s.u(0.02, 0.08), s.u(0.02, 0.08)),
+                    tip_phases=(s.u(0, 2 * math.pi), s.u(0, 2 * math.pi)),
+                    width_frac=s.u(0.06, 0.1), tone=s.u(0.5, 0.8),
+                    dark_shaft=bool(rng.random() < 0.5), jaw_length_frac=s.u(0.08, 0.12),
+                    jaw_hz=s.u(0.05, 0.2), wobble=s.u(0.0, 0.05)))
+    palette = scene.palette
+    if r.palette_jitter or r.hue_shift_deg != (0.0, 0.0) or r.saturation_scale != (1.0, 1.0):
+        hue = s.u(*r.hue_shift_deg) / 360.0
+        sat = s.u(*r.saturation_scale)
+
+        def shift(rgb: RGB, tissue: bool = True) -> RGB:
+            h, l_, sa = colorsys.rgb_to_hls(*rgb)
+            if tissue:
+                h, sa = (h + hue) % 1.0, min(1.0, sa * sat)
+            out = np.clip(np.asarray(colorsys.hls_to_rgb(h, l_, sa))
+                          + rng.uniform(-r.palette_jitter, r.palette_jitter, 3), 0.0, 1.0)
+            return tuple(round(float(v), 4) for v in out)  # type: ignore[return-value]
+
+        palette = Palette(palette.name, shift(palette.tissue_light), shift(palette.tissue_dark),
+                          shift(palette.fat), shift(palette.vessel, False),
+                          shift(palette.red_patch, False))
+    still = []
+    n = scene.n_frames
+    for _ in range(int(rng.integers(r.still_blood[0], r.still_blood[1] + 1))):
+        kind = r.still_kinds[int(rng.integers(len(r.still_kinds)))]
+        seen = int(rng.integers(n))
+        look = _draw_event(s, 0, n, r.event_size,
+                           lambda seen=seen: world_at(seen, s.u(0.15, 0.85), s.u(0.15, 0.85)),
+                           zoom)
+        form = r.forms[int(rng.integers(len(r.forms)))]
+        look = _with_form(s, look, "ooze" if form == "occluded" else form, zoom)
+        tau = s.u(1.5, 5.0)  # its own growth, independent of the video's length
+        look = dataclasses.replace(look, growth_tau_s=tau,
+                                   flow_speed=look.streak_length / (tau * s.u(1.0, 2.0)))
+        frozen = tau * s.u(0.6, 2.5)
+        if kind == "suction":
+            start = int(rng.integers(0, max(1, n - 1)))
+            still.append(StillBlood(kind, look, frozen, vanish_frame=start,
+                                    vanish_s=s.u(1.0, 4.0)))
+        else:
+            still.append(StillBlood(kind, look, frozen))
+    return dataclasses.replace(
+        scene, events=tuple(events), instruments=tuple(instruments), palette=palette,
+        still=tuple(still), look=sample_look(rng, r.look) if r.look is not None else None)
 
 
 def _visible_source(s: _Sampler, world_at, screen_of, start: int, end: int,

@@ -195,6 +195,9 @@ def write_case(spec: CaseSpec, root: str | os.PathLike[str], options: OutputOpti
     if rawframes:
         (case_dir / "rawframes").mkdir()
     chosen = set(mask_frames(scene, options.mask_every))
+    # A randomised look brings its own compression strength.
+    quality = scene.look.jpeg_quality if scene.look is not None else options.jpeg_quality
+    encode_kw = {"crf": scene.look.crf} if scene.look is not None else {}
     side = _Pass()
     both = "mp4" in options.formats and "dicom" in options.formats
     # Keep the frames for the second encoder when they fit in 256 MB; else render again.
@@ -207,7 +210,7 @@ def write_case(spec: CaseSpec, root: str | os.PathLike[str], options: OutputOpti
             side.negative_pixels.append(int(fr.negative.sum()))
             if rawframes:
                 Image.fromarray(fr.rgb).save(case_dir / "rawframes" / _frame_name(fr.index, ".jpg"),
-                                             quality=options.jpeg_quality)
+                                             quality=quality)
             if fr.index in chosen:
                 name = _frame_name(fr.index, ".png")
                 Image.fromarray(fr.active.astype(np.uint8) * 255).save(case_dir / "masks" / name)
@@ -231,17 +234,17 @@ def write_case(spec: CaseSpec, root: str | os.PathLike[str], options: OutputOpti
     files: dict[str, str] = {"labels": "labels.json"}
     mp4, dcm = case_dir / "video.mp4", case_dir / "video.dcm"
     if "mp4" in options.formats:
-        encode_video(first_pass(), mp4, scene.fps)
+        encode_video(first_pass(), mp4, scene.fps, **encode_kw)
         files["mp4"] = "video.mp4"
     elif "dicom" in options.formats:
-        write_video_dicom(first_pass(), dcm, fps=scene.fps, meta=meta)
+        write_video_dicom(first_pass(), dcm, fps=scene.fps, meta=meta, **encode_kw)
     else:
         for _ in first_pass():
             pass
     if "dicom" in options.formats:
         if both:  # rendering is deterministic: a second pass gives the same frames
             frames = keep if keep is not None else (fr.rgb for fr in renderer.frames())
-            write_video_dicom(frames, dcm, fps=scene.fps, meta=meta)
+            write_video_dicom(frames, dcm, fps=scene.fps, meta=meta, **encode_kw)
         files["dicom"] = "video.dcm"
 
     labels = scene.frame_labels()
@@ -255,7 +258,7 @@ def write_case(spec: CaseSpec, root: str | os.PathLike[str], options: OutputOpti
     events = [{"index": i, "start_frame": ev.start_frame, "end_frame": ev.end_frame,
                "start_s": ev.start_frame / scene.fps, "end_s": ev.end_frame / scene.fps,
                "duration_s": (ev.end_frame - ev.start_frame) / scene.fps,
-               "size_class": ev.size_class, "max_radius_px": ev.max_radius,
+               "size_class": ev.size_class, "form": ev.form, "max_radius_px": ev.max_radius,
                "middle_frame": (ev.start_frame + ev.end_frame - 1) // 2}
               for i, ev in enumerate(scene.events)]
     doc = {
@@ -272,7 +275,7 @@ def write_case(spec: CaseSpec, root: str | os.PathLike[str], options: OutputOpti
         "clips": {"clip_len": options.clip_len, "frame_interval": options.frame_interval,
                   "stride": options.clip_stride, "folder_frames": options.clip_span,
                   "label_offset": options.centre_offset, "count": len(lines)},
-        "files": files, "scene": scene.to_dict(),
+        "tags": scene.tags(), "files": files, "scene": scene.to_dict(),
     }
     (case_dir / "labels.json").write_text(json.dumps(doc, indent=1))
     elapsed = time.perf_counter() - t0
@@ -283,7 +286,7 @@ def write_case(spec: CaseSpec, root: str | os.PathLike[str], options: OutputOpti
             "fps": scene.fps, "n_events": len(events),
             "active_frames": int(labels.sum()),
             "events": [[e["start_frame"], e["end_frame"]] for e in events],
-            "palette": scene.palette.name, "domain": scene.domain,
+            "palette": scene.palette.name, "domain": scene.domain, "tags": scene.tags(),
             "files": {k: f"{spec.case_id}/{v}" for k, v in files.items()},
             "annotation_lines": lines, "seconds": round(elapsed, 3)}
 

@@ -30,7 +30,41 @@ from monai.transforms import (
     Resize,
 )
 
-__all__ = ["ClipAugment", "SegAugment", "resize_short", "resize_short_centre_crop"]
+__all__ = ["ClipAugment", "SegAugment", "freeze_clip", "resize_short",
+           "resize_short_centre_crop"]
+
+
+def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
+                max_speed: float = 1.5) -> np.ndarray:
+    """A clip of ``length`` frames showing one still ``frame`` under camera-like motion.
+
+    Every frame is ``frame`` translated by a whole number of pixels along a straight drift
+    (speed up to ``max_speed`` pixels per frame on each axis) plus up to one pixel of shake,
+    with the border replicated. Nothing in the scene grows or flows, so whatever ``frame``
+    shows, the clip is not active bleeding: a hard negative whose every single frame looks
+    like its source clip's (blood that moves only with the camera).
+
+    Parameters
+    ----------
+    frame
+        ``uint8 (H, W, 3)``.
+    length
+        Frames in the clip (the model's ``clip_len``).
+    rng
+        Source of the drift and shake.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8 (length, H, W, 3)``.
+    """
+    h, w = frame.shape[:2]
+    v = rng.uniform(-max_speed, max_speed, 2)
+    steps = np.arange(length) - (length - 1) / 2.0
+    shifts = np.round(steps[:, None] * v[None, :] + rng.integers(-1, 2, (length, 2))).astype(int)
+    m = int(np.abs(shifts).max()) + 1
+    padded = np.pad(frame, ((m, m), (m, m), (0, 0)), mode="edge")
+    return np.stack([padded[m + dy:m + dy + h, m + dx:m + dx + w] for dx, dy in shifts])
 
 
 def resize_short(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from models.errors import ModelError
-from models.training.augment import ClipAugment, SegAugment
+from models.training.augment import ClipAugment, SegAugment, freeze_clip
 
 __all__ = [
     "ClipDataset",
@@ -216,12 +216,20 @@ class ClipDataset(Dataset):
         Augmentation seed; item ``i`` of epoch ``e`` always gets the same randomness.
     cache
         A shared :class:`FrameCache` (one is created if omitted).
+    still_negatives
+        Training only: the probability that a bleeding clip is replaced by its centre frame
+        held still under camera-like motion (:func:`~models.training.augment.freeze_clip`) and
+        labelled not bleeding. Each such pair differs only over time, so colour alone cannot
+        fit them: the lever that teaches "flowing", not "red". 0 (the authors' recipe) = off.
     """
 
     def __init__(self, records: Sequence[ClipRecord], size: int, mean: Sequence[float],
                  std: Sequence[float], clip_len: int = 8, frame_interval: int = 3,
                  train: bool = True, seed: int = 0, cache: FrameCache | None = None,
-                 filename_tmpl: str = "img_{:05d}.jpg") -> None:
+                 filename_tmpl: str = "img_{:05d}.jpg", still_negatives: float = 0.0) -> None:
+        if not 0.0 <= still_negatives < 1.0:
+            raise ValueError(f"still_negatives must lie in [0, 1), got {still_negatives}")
+        self.still_negatives = still_negatives
         self.records = list(records)
         self.clip_len, self.frame_interval = clip_len, frame_interval
         self.train, self.seed, self.epoch = train, seed, 0
@@ -254,8 +262,12 @@ class ClipDataset(Dataset):
         r = self.records[i]
         seed = _item_seed(self.seed, self.epoch, i)
         rng = np.random.default_rng(seed) if self.train else None
-        frames = np.stack([self.cache.load(r.folder / self.tmpl.format(k))
-                           for k in self.frame_indices(r, rng)])
+        indices = self.frame_indices(r, rng)
+        if (rng is not None and r.label == 1 and self.still_negatives
+                and rng.random() < self.still_negatives):
+            centre = self.cache.load(r.folder / self.tmpl.format(indices[len(indices) // 2]))
+            return self.augment(freeze_clip(centre, len(indices), rng), seed), 0
+        frames = np.stack([self.cache.load(r.folder / self.tmpl.format(k)) for k in indices])
         return self.augment(frames, seed), r.label
 
 

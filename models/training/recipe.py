@@ -35,15 +35,22 @@ AUX_LOSS_WEIGHTS = (0.4, 1.0)
 GRAD_CLIP = 40.0
 
 
-def balanced_class_weights(labels: Sequence[int], num_classes: int = 2) -> tuple[float, ...]:
+def balanced_class_weights(labels: Sequence[int], num_classes: int = 2,
+                           relabelled: float = 0.0) -> tuple[float, ...]:
     """``N / (num_classes · N_c)`` per class (the formula behind the authors' weights).
+
+    ``relabelled`` is the expected fraction of class-1 samples that training turns into
+    class 0 (still negatives): the counts are taken after it.
 
     Raises
     ------
     ValueError
         If a class has no sample.
     """
-    counts = [sum(1 for y in labels if int(y) == c) for c in range(num_classes)]
+    counts = [float(sum(1 for y in labels if int(y) == c)) for c in range(num_classes)]
+    if relabelled:
+        moved = counts[1] * relabelled
+        counts[0], counts[1] = counts[0] + moved, counts[1] - moved
     if min(counts) == 0:
         raise ValueError(f"every class needs at least one sample, got counts {counts}")
     n = sum(counts)

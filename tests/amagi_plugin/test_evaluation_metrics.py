@@ -5,19 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from amagi_plugin.errors import InputError
 from amagi_plugin.evaluation import (
     CasePrediction,
     TruthCase,
     auroc,
     average_precision,
     event_counts,
+    false_alarms,
     frame_counts,
     index_errors,
     interval_iou,
+    latency_summary,
+    load_cases,
     markdown_report,
+    onset_latencies,
     prf,
     summarize,
 )
+from amagi_plugin.evaluation.run import metrics_document
 
 
 def test_frame_counts_and_prf() -> None:
@@ -84,10 +90,11 @@ def _pred(case: str, labels, probs, events) -> CasePrediction:
                           np.asarray(labels), probs, probs >= 0.5, events, 0.0)
 
 
-def _truth(case: str, events) -> TruthCase:
+def _truth(case: str, events, n_frames: int = 1, tags=None) -> TruthCase:
     from pathlib import Path
 
-    return TruthCase(case, case, Path("/nonexistent"), 10.0, np.zeros(1, np.uint8), events)
+    return TruthCase(case, case, Path("/nonexistent"), 10.0, np.zeros(n_frames, np.uint8),
+                     events, tags or {})
 
 
 def test_summarize_pools_cases() -> None:
@@ -135,3 +142,169 @@ def test_guidance_scores_the_segmentation_area_alone() -> None:
     assert b.to_dict()["guidance"][1] is None
     b.guidance = None  # a model without segmentation gets no guidance entry
     assert "guidance" not in summarize([a, b], truth)
+
+
+def test_false_alarms_by_hand() -> None:
+    pred = [(0.0, 2.0), (5.0, 7.0), (10.0, 11.0), (20.0, 21.0)]
+    true = [(4.0, 6.0), (11.0, 15.0)]
+    # (5, 7) overlaps (4, 6); (10, 11) only touches (11, 15): 3 false alarms.
+    # Non-bleeding time 30 - 2 - 4 = 24 s -> 3 per 24 s = 450 per hour.
+    fa = false_alarms(pred, true, 30.0)
+    assert (fa.count, fa.non_bleeding_s) == (3, pytest.approx(24.0))
+    assert fa.per_hour() == pytest.approx(450.0)
+    # overlapping true events count once, and the part past the end of the case not at all
+    assert false_alarms([], [(0.0, 10.0), (5.0, 12.0)], 11.0).non_bleeding_s == 0.0
+    assert false_alarms([], [(0.0, 10.0), (5.0, 12.0)], 11.0).per_hour() is None
+    # bleeding-free: every predicted event is a false alarm, the whole case is non-bleeding
+    free = false_alarms([(1.0, 2.0), (3.0, 4.0)], [], 60.0)
+    assert (free.count, free.non_bleeding_s) == (2, 60.0)
+    with pytest.raises(ValueError, match="duration_s"):
+        false_alarms([], [], -1.0)
+
+
+def test_onset_latencies_by_hand() -> None:
+    times = np.arange(20) * 0.5  # 0.0, 0.5, ..., 9.5 s
+    decisions = np.zeros(20, bool)
+    decisions[[4, 5, 6]] = True  # 2.0-3.0 s -> event (2.0, 3.5)
+    decisions[[13, 14]] = True  # 6.5-7.0 s -> event (6.5, 7.5)
+    pred = [(2.0, 3.5), (6.5, 7.5)]
+    true = [(1.2, 4.0),  # first positive inside at 2.0 s -> 0.8
+            (3.2, 5.0),  # no positive decision inside, but (2.0, 3.5) is on at 3.2 -> 0
+            (8.0, 9.0),  # nothing -> missed
+            (6.5, 8.0),  # positive at its very start -> 0
+            (1.0, 2.0)]  # 2.0 s is the excluded end, (2.0, 3.5) does not start before -> missed
+    got = onset_latencies(true, times, decisions, pred)
+    assert got[0] == pytest.approx(0.8)
+    assert got[1:] == [0.0, None, 0.0, None]
+    with pytest.raises(ValueError, match="differ in shape"):
+        onset_latencies(true, times[:3], decisions, pred)
+
+
+def test_latency_summary_by_hand() -> None:
+    # detected 0, 0.2, 0.5, 1.0, 2.0: median 0.5; p90 at rank 0.9 * 4 = 3.6 -> 1.0 + 0.6 * 1.0
+    s = latency_summary([0.0, 0.2, None, 0.5, 1.0, 2.0])
+    assert (s["events"], s["detected"], s["missed"]) == (6, 5, 1)
+    assert s["median_s"] == pytest.approx(0.5) and s["p90_s"] == pytest.approx(1.6)
+    assert latency_summary([None, None]) == {"events": 2, "detected": 0, "missed": 2,
+                                             "median_s": None, "p90_s": None}
+
+
+def _timed(case: str, duration_s: int, true, positive) -> CasePrediction:
+    """One prediction per second; ``positive`` lists the positive seconds."""
+    times = np.arange(duration_s, dtype=float)
+    decisions = np.isin(np.arange(duration_s), positive)
+    labels = np.array([any(a <= t < b for a, b in true) for t in times], np.uint8)
+    events = []  # the runs of decisions, each to one second after its last positive
+    for i in np.flatnonzero(decisions):
+        if events and events[-1][1] == i:
+            events[-1] = (events[-1][0], float(i + 1))
+        else:
+            events.append((float(i), float(i + 1)))
+    return CasePrediction(case, "m", times, np.arange(duration_s), labels,
+                          np.where(decisions, 0.9, 0.1), decisions, events, 0.0)
+
+
+def _three_cases(tags=None):
+    tags = tags or {}
+    true = {"a": [(10.0, 20.0)], "b": [], "c": [(5.0, 10.0), (20.0, 25.0)]}
+    preds = [_timed("a", 60, true["a"], [*range(12, 22), 40, 41]),  # (12, 22), (40, 42)
+             _timed("b", 120, true["b"], [30, 31, 32, 80]),  # (30, 33), (80, 81)
+             _timed("c", 30, true["c"], [3, 4, 5, 6, 7, 26, 27])]  # (3, 8), (26, 28)
+    duration = {"a": 60, "b": 120, "c": 30}
+    truth = {k: _truth(k, v, n_frames=10 * duration[k], tags=tags.get(k))
+             for k, v in true.items()}
+    return preds, truth
+
+
+def test_bleeding_free_cases_leave_the_index_and_count_as_false_alarms() -> None:
+    preds, truth = _three_cases()
+    assert [p.events for p in preds] == [[(12.0, 22.0), (40.0, 42.0)],
+                                         [(30.0, 33.0), (80.0, 81.0)],
+                                         [(3.0, 8.0), (26.0, 28.0)]]
+    assert truth["b"].duration_s == 120.0 and truth["b"].bleeding_free
+    s = summarize(preds, truth)
+    # index over a and c only: count errors 1 (of 1) and 0 (of 2); durations |12-10| of 10
+    # and |7-10| of 10. Were b counted, the pooled count error would be (1+2+0)/3 = 1.
+    assert s["index"] == pytest.approx(
+        {"cases": 3, "cases_indexed": 2, "cases_bleeding_free": 1,
+         "count_error_mean": 0.5, "duration_error_s_mean": 2.5,
+         "count_error_rel": 0.5, "duration_error_rel": 0.25,
+         "count_error_pooled_rel": 0.3333, "duration_error_pooled_rel": 0.25}, abs=1e-4)
+    # bleeding-free: 2 alarms in 120 s = 60/h. Non-bleeding time 50 + 120 + 20 = 190 s with
+    # alarms (40, 42) in a, both in b, (26, 28) in c -> 4 * 3600 / 190.
+    assert s["false_alarms"] == pytest.approx(
+        {"bleeding_free_cases": 1, "bleeding_free_hours": 0.033333,
+         "bleeding_free_false_alarms": 2, "per_hour_bleeding_free": 60.0,
+         "non_bleeding_hours": 0.052778, "non_bleeding_false_alarms": 4,
+         "per_hour_non_bleeding": 75.7895}, abs=1e-4)
+    # latencies: a 12 - 10 = 2; c (3, 8) already on at 5 -> 0; c (20, 25) missed.
+    # median of {0, 2} = 1; p90 = 0 + 0.9 * 2
+    assert s["onset"] == pytest.approx({"events": 3, "detected": 2, "missed": 1,
+                                        "median_s": 1.0, "p90_s": 1.8})
+    # a group of bleeding-free cases alone: no index, no latency, still false alarms
+    only_b = summarize([preds[1]], truth)
+    assert only_b["index"]["cases_indexed"] == 0
+    assert all(only_b["index"][k] is None for k in (
+        "count_error_mean", "duration_error_s_mean", "count_error_rel", "duration_error_rel",
+        "count_error_pooled_rel", "duration_error_pooled_rel"))
+    assert only_b["onset"]["events"] == 0 and only_b["onset"]["median_s"] is None
+    assert only_b["false_alarms"]["per_hour_bleeding_free"] == pytest.approx(60.0)
+    # no bleeding-free case: that rate is undefined, not 0
+    assert summarize([preds[0]], truth)["false_alarms"]["per_hour_bleeding_free"] is None
+
+
+def test_metrics_document_pools_per_tag_and_shows_bleeding_free_cases() -> None:
+    preds, truth = _three_cases({"a": {"look": "x"}, "b": {"look": "y"},
+                                 "c": {"look": "x", "form": "ooze"}})
+    cases = [truth[k] for k in ("a", "b", "c")]
+    doc = metrics_document(["m"], cases, preds, [0, 1, 0], folds=2, fold_seed=3)
+    assert (doc["folds"], doc["fold_seed"]) == (2, 3)
+    assert sorted(doc["per_tag"]) == ["form", "look"]
+    assert sorted(doc["per_tag"]["look"]) == ["x", "y"] and list(doc["per_tag"]["form"]) == ["ooze"]
+    x = doc["per_tag"]["look"]["x"]["m"]  # cases a and c
+    assert x["index"]["cases"] == 2 and x["false_alarms"]["bleeding_free_cases"] == 0
+    assert x["events"]["iou_0.5"]["n_true"] == 3
+    y = doc["per_tag"]["look"]["y"]["m"]  # case b alone
+    assert y["false_alarms"]["per_hour_bleeding_free"] == pytest.approx(60.0)
+    assert doc["per_fold"]["1"]["m"]["index"]["cases_bleeding_free"] == 1
+    rows = {c["case_id"]: c for c in doc["cases"]}
+    assert rows["b"]["bleeding_free"] and not rows["a"]["bleeding_free"]
+    assert rows["b"]["duration_s"] == 120.0 and rows["c"]["tags"] == {"look": "x", "form": "ooze"}
+    b, c = rows["b"]["models"]["m"], rows["c"]["models"]["m"]
+    assert (b["pred_count"], b["false_alarms"], b["onset_latencies_s"]) == (2, 2, [])
+    assert b["count_error_rel"] is None and b["duration_error_rel"] is None
+    assert (c["false_alarms"], c["onset_latencies_s"]) == (1, [0.0, None])
+    assert c["duration_error_rel"] == pytest.approx(0.3)
+    assert rows["a"]["models"]["m"]["onset_latencies_s"] == [2.0]
+    md = markdown_report({**doc, "data": {"description": "three cases"},
+                          "post_processing": {"threshold": 0.5}})
+    assert "| b | b | 2 | 0 (bleeding-free) | 0.0 | 2 | 4.0 | 2 | – |" in md
+    assert "| c | c | 1 | 2 | 10.0 | 2 | 7.0 | 1 | 0.00 (1 missed) |" in md
+    # pooled alarm row: 1 bleeding-free case, 0.033 h, 60/h, 75.79/h, 3 events, 1 missed
+    assert "| m | 1 | 0.033 | 60.000 | 75.790 | 3 | 1 | 1.000 | 1.800 |" in md
+    assert "## Per look" in md and "| y | m | 1 | 0.033 | 60.000 |" in md
+    untagged = metrics_document(["m"], [_truth(k, truth[k].events, len(truth[k].frame_labels))
+                                        for k in ("a", "b", "c")], preds, [0, 0, 0])
+    assert untagged["per_tag"] == {} and "## Per " not in markdown_report(
+        {**untagged, "data": {"description": "x"}, "post_processing": {}}).replace(
+            "## Per fold", "").replace("## Per case", "")
+
+
+def test_load_cases_reads_tags_and_rejects_bad_ones(tmp_path) -> None:
+    import json
+
+    def write(name: str, **extra) -> None:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "video.mp4").write_bytes(b"")
+        (d / "labels.json").write_text(json.dumps(
+            {"fps": 25, "frame_labels": [0] * 100, "events": [], **extra}))
+
+    write("c0", tags={"look": "held-out palette"})
+    write("c1")
+    cases = load_cases(tmp_path)
+    assert [c.tags for c in cases] == [{"look": "held-out palette"}, {}]
+    assert cases[0].duration_s == 4.0 and cases[0].bleeding_free
+    write("c2", tags={"look": 3})
+    with pytest.raises(InputError, match=r"c2/labels\.json.*tags"):
+        load_cases(tmp_path)

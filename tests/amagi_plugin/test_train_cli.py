@@ -30,7 +30,8 @@ def trained(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("train")
     torch.set_num_threads(2)
     code, _, err = _run(tmp, "synth", "-od", "train", "--cases", "2", "--duration-s", "4",
-                        "--formats", "rawframes", "--clip-stride", "12", *SYNTH)
+                        "--formats", "rawframes", "--clip-stride", "12",
+                        "--domain", "randomised", "--events-per-minute", "20,30", *SYNTH)
     assert code == 0, err
     code, _, err = _run(tmp, "synth", "-od", "heldout", "--cases", "2", "--duration-s", "3",
                         "--formats", "dicom", "--domain", "shifted", "--seed", "12",
@@ -47,7 +48,8 @@ def trained(tmp_path_factory) -> Path:
                           "--seg-checkpoint", "seg/latest.pth", *common)
     assert code == 0, err
     assert "amagi_tiny trained on" in out
-    code, out, err = _run(tmp, "train", "clip", "--arch", "slowfast", "-od", "slowfast", *common)
+    code, out, err = _run(tmp, "train", "clip", "--arch", "slowfast", "-od", "slowfast",
+                          "--still-negatives", "0.3", *common)
     assert code == 0, err
     return tmp
 
@@ -66,6 +68,8 @@ def test_checkpoints_have_the_authors_layout(trained: Path) -> None:
     for k, v in seg.items():
         assert torch.equal(model.state_dict()["backbone.seg_model." + k], v), k
     assert (trained / "amagi" / "train.log").read_text().count("clip epoch 1/1") == 1
+    assert meta["still_negatives"] == 0.0
+    assert read_checkpoint(trained / "slowfast" / "latest.pth")["meta"]["still_negatives"] == 0.3
 
 
 def test_evaluate_writes_consistent_tables(trained: Path) -> None:
@@ -130,6 +134,9 @@ def test_user_errors_are_one_line(trained: Path) -> None:
     assert code == ExitCode.BAD_INPUT and "cannot make 3 folds" in err
     code, _, err = _run(trained, "train", "seg", "--data", "nowhere", "-od", "x")
     assert code == ExitCode.BAD_INPUT and "not found" in err
+    code, _, err = _run(trained, "train", "clip", "--arch", "slowfast", "-od", "x",
+                        "--annotations", "train/annotations.txt", "--still-negatives", "1.5")
+    assert code == ExitCode.BAD_INPUT and "--still-negatives must lie in [0, 1)" in err
 
 
 def test_evaluate_in_worker_processes_gives_the_same_predictions(trained: Path) -> None:

@@ -29,6 +29,7 @@ from models.training import (
     train_seg_model,
     warmup_cosine,
 )
+from models.training.augment import freeze_clip
 from models.training.recipe import build_optimizer, clip_gradients
 
 MEAN, STD = (117.0, 75.0, 67.0), (60.0, 51.0, 49.0)
@@ -241,3 +242,44 @@ def test_seg_training_then_frozen_inside_amagi(tmp_path: Path) -> None:
         p.requires_grad_(True)
     with pytest.raises(ModelError, match="must be frozen"):
         train_clip_model(amagi, ds, _clip_cfg(tmp_path / "x", 1))
+
+
+def test_relabelled_bleeding_clips_count_as_normal_in_balanced_weights() -> None:
+    # 6 normal, 4 bleeding of which half become still negatives: 8 normal, 2 bleeding.
+    assert balanced_class_weights([0] * 6 + [1] * 4, relabelled=0.5) == (
+        round(10 / 16, 4), round(10 / 4, 4))
+
+
+def test_freeze_clip_moves_one_frame_rigidly() -> None:
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    clip = freeze_clip(frame, 8, np.random.default_rng(4), max_speed=1.5)
+    assert clip.shape == (8, 40, 50, 3) and clip.dtype == np.uint8
+    # Each frame is the source shifted by whole pixels: its interior matches somewhere.
+    for t in range(8):
+        found = [(dy, dx) for dy in range(-7, 8) for dx in range(-7, 8)
+                 if np.array_equal(clip[t, 8:-8, 8:-8], frame[8 + dy:32 + dy, 8 + dx:42 + dx])]
+        assert len(found) == 1, t
+    assert not np.array_equal(clip[0], clip[-1])  # it moves, like a camera
+    assert np.array_equal(clip, freeze_clip(frame, 8, np.random.default_rng(4)))
+
+
+def test_still_negatives_relabel_only_bleeding_clips(tmp_path: Path) -> None:
+    records = read_annotation_list(_write_dataset(tmp_path))
+    plain = ClipDataset(records, 32, MEAN, STD, train=True, seed=3)
+    still = ClipDataset(records, 32, MEAN, STD, train=True, seed=3, still_negatives=0.9)
+    seen = [still[i][1] for i in range(len(records))]
+    relabelled = [i for i, r in enumerate(records) if r.label == 1 and seen[i] == 0]
+    assert all(seen[i] == 0 for i, r in enumerate(records) if r.label == 0)
+    assert relabelled  # at 0.9 some of the 4 bleeding clips became still negatives
+    for i in relabelled:
+        x, _ = still[i]
+        # the still clip's frames are shifted copies of one frame: frame-to-frame change is
+        # a translation, so every frame has the same mean colour up to the replicated border
+        means = x.mean(dim=(2, 3))
+        assert (means - means[:, :1]).abs().max() < 0.25
+        assert not torch.equal(x, plain[i][0])
+    val = ClipDataset(records, 32, MEAN, STD, train=False, still_negatives=0.9)
+    assert [val[i][1] for i in range(len(records))] == [r.label for r in records]
+    with pytest.raises(ValueError, match="still_negatives"):
+        ClipDataset(records, 32, MEAN, STD, still_negatives=1.0)

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "video.dcm/video.mp4, as 'amagi synth' writes them) with the same post-processing as "
         "'amagi process', and write metrics.json, metrics.md (pooled, per-fold and per-case "
         "tables: frame P/R/F1, AUROC, AP, event F1 at IoU 0.1/0.25/0.5, count and duration "
-        "errors), predictions.json and one fold<k>.png per fold.")
+        "errors over the cases with events, false alarms per hour on bleeding-free cases and "
+        "per hour of non-bleeding time, onset latency; per tag value too when labels.json "
+        "carries 'tags'), predictions.json and one fold<k>.png per fold.")
     p.add_argument("--data", required=True, metavar="DIR", help="evaluation cases")
     p.add_argument("-od", "--output-directory", required=True, metavar="DIR")
     p.add_argument("--model-dir", metavar="DIR",
@@ -151,10 +153,17 @@ def run(args: argparse.Namespace, ctx) -> int:
         ctx.print(f"{m}: frame F1 {s['frame']['f1']:.3f}, AUROC {s['frame']['auroc']}, "
                   f"event F1@0.5 {s['events']['iou_0.5']['f1']:.3f}, count error "
                   f"{_pct(s['index']['count_error_rel'])}, duration error "
-                  f"{_pct(s['index']['duration_error_rel'])}")
+                  f"{_pct(s['index']['duration_error_rel'])}, false alarms/h on bleeding-free "
+                  f"cases {_num(s['false_alarms']['per_hour_bleeding_free'])}, median onset "
+                  f"latency {_num(s['onset']['median_s'])} s ({s['onset']['missed']} of "
+                  f"{s['onset']['events']} events missed)")
     ctx.print(f"wrote {out}/metrics.json, metrics.md, predictions.json and fold plots")
     return 0
 
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"

@@ -67,8 +67,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     v.add_argument("--jpeg-quality", type=int, default=90, help="rawframe JPEG quality")
     s = p.add_argument_group("scene ranges (override the domain preset)")
     s.add_argument("--domain", default="train",
-                   help="preset of scene ranges: train or shifted (unseen palettes, sizes, "
-                   "camera speeds)")
+                   help="preset of scene ranges: train, randomised (domain-randomised looks, "
+                   "still look-alikes of active blood), shifted or heldout (looks, field stops "
+                   "and a bleeding form outside training), static (bleeding-free, still blood)")
     s.add_argument("--palettes", metavar="NAMES",
                    help="comma-separated palette families: pink, red, yellow, pale, dark")
     s.add_argument("--event-size", type=_range, metavar="LOW,HIGH",

@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="'authors' (0.6060,2.8592), 'balanced' (N/(2·N_c) on this data, the "
                    "authors' formula) or NORMAL,BLEEDING")
     c.add_argument("--input-size", type=int, default=None, help="override the variant's size")
+    c.add_argument("--still-negatives", type=float, default=0.0, metavar="P",
+                   help="chance that a bleeding clip is replaced by its centre frame held "
+                   "still under camera motion, labelled not bleeding (0 = the authors' recipe)")
     _common(c, epochs=100, lr=0.01)
     c.set_defaults(handler=run_clip)
     d = tsub.add_parser("demo", parents=parents, help="build the bundled demo model",
@@ -220,11 +223,13 @@ def run_clip(args: argparse.Namespace, ctx) -> int:
         raise InputError(str(e)) from None
     records, fold = _fold_filter(records, args)
     labels = [r.label for r in records]
+    if not 0.0 <= args.still_negatives < 1.0:
+        raise InputError(f"--still-negatives must lie in [0, 1), got {args.still_negatives}")
     if args.class_weights == "authors":
         weights = AUTHORS_CLIP_CLASS_WEIGHTS
     elif args.class_weights == "balanced":
         try:
-            weights = balanced_class_weights(labels)
+            weights = balanced_class_weights(labels, relabelled=args.still_negatives)
         except ValueError as e:
             raise InputError(f"--class-weights balanced: {e}") from None
     else:
@@ -245,8 +250,10 @@ def run_clip(args: argparse.Namespace, ctx) -> int:
             raise InputError(str(e)) from None
     cfg = ClipTrainConfig(**_common_cfg(args, ctx, device), class_weights=tuple(weights))
     ds = ClipDataset(records, mcfg.input_size, mcfg.mean, mcfg.std, mcfg.clip_len,
-                     mcfg.frame_interval, train=True, seed=args.seed)
+                     mcfg.frame_interval, train=True, seed=args.seed,
+                     still_negatives=args.still_negatives)
     meta = {"arch": arch, "build": overrides, "class_weights": list(weights),
+            "still_negatives": args.still_negatives,
             "seg_checkpoint": seg_source, "clips": len(ds),
             "positives": int(sum(labels)), **fold}
     with _log_to(Path(cfg.out_dir)):
