@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Debian packages the tests use as real peers and validators.
-APT_PACKAGES := dcmtk dicom3tools postgresql orthanc
-APT_PROBES := storescu dciodvfy Orthanc
+APT_PACKAGES := dcmtk dicom3tools postgresql orthanc poppler-utils chromium
+APT_PROBES := storescu dciodvfy Orthanc pdftotext chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test venv system-deps lint bench demo-model clean
@@ -52,5 +52,10 @@ clean:
 # The bundled demo model (synthetic data, not for clinical use): synthesise, train seg,
 # AMAGI and the SlowFast baseline, evaluate 3-fold on held-out cases, write
 # models/weights/demo/. Resumable (intermediate files in var/demo-model); <= 60 min on 2 cores.
+# DEVICE=cuda trains and evaluates on the GPU and synthesises with every core;
+# RECIPE=randomised (or randomised-gpu, a GPU budget) trains on domain-randomised looks
+# (see models/weights/demo/heldout-looks/README.md).
+DEVICE ?= cpu
+RECIPE ?= shipped
 demo-model: venv
-	$(BIN)/python -m amagi_plugin.demo_model
+	$(BIN)/python -m amagi_plugin.demo_model --device $(DEVICE) --recipe $(RECIPE)

@@ -146,6 +146,9 @@ class ListenerConfig:
     dimse_timeout: float = _opt(60.0, "DIMSE timeout (s)", _check_positive)
     network_timeout: float = _opt(60.0, "Network timeout (s)", _check_positive)
     allowed_calling_aes: list[str] = _opt([], "Calling AE titles allowed to connect (empty: any)")
+    require_called_ae: bool = _opt(True, "Reject associations whose called AE title is not ours")
+    max_associations: int = _opt(32, "Concurrent associations accepted; more are rejected",
+                                 _check_positive)
     tls: bool = _opt(False, "Require DICOM TLS on the listener")
     tls_cert: str = _opt("", "Listener certificate (PEM)")
     tls_key: str = _opt("", "Listener private key (PEM)")

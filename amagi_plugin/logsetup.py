@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 from collections import OrderedDict
@@ -16,6 +17,8 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 REDACTED = "[redacted]"
+#: C0/C1 control characters (newline included) and DEL, escaped in every log message.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class PhiFilter(logging.Filter):
@@ -43,16 +46,22 @@ class PhiFilter(logging.Filter):
                     self._values.popitem(last=False)
 
     def scrub(self, text: str) -> str:
+        """``text`` with every registered value masked where it stands as a whole value:
+        never inside a longer word or number, nor a component of a UID ("1.2.840.12345")."""
         with self._lock:
             values = sorted(self._values, key=len, reverse=True)
         for v in values:
             if v in text:
-                text = text.replace(v, REDACTED)
+                text = re.sub(rf"(?<!\w)(?<!\w\.){re.escape(v)}(?!\w)(?!\.\w)", REDACTED, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
         if self._values:
-            msg = self.scrub(record.getMessage())
+            msg = self.scrub(msg)
+        # A peer's bytes (AE titles, reasons) must not forge log lines or drive a terminal.
+        msg = _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), msg)
+        if msg != record.msg or record.args:
             record.msg, record.args = msg, None
         return True
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amagi_plugin.modelspec import DEMO_NOTICE, ModelSpec
 from amagi_plugin.pipeline import AnalysisResult
+from amagi_plugin.report import NOTICE_COLOUR, draw_timeline
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -62,42 +67,38 @@ def write_predictions_csv(path: Path, result: AnalysisResult) -> None:
         atomic_write(path, fh.read().encode())
 
 
+def timeline_figure(result: AnalysisResult, spec: ModelSpec, title: str = "",
+                    threshold: float = 0.5) -> Figure:
+    """Bleeding probability over time with the detected events shaded and numbered.
+
+    The headline (count, total, ``title``), the model line (with the demo notice for a
+    demo model) and the legend sit in their own places above the plot: they never overlap,
+    whatever the length of the title.
+    """
+    from matplotlib.figure import Figure
+
+    idx = result.index
+    head = (f"{idx.event_count} bleeding event(s), {idx.total_duration_s:.1f} s in total"
+            + (f" - {title}" if title else ""))
+    demo = spec.weights == "demo-synthetic"
+    note = f"{spec.name} {spec.version}: {DEMO_NOTICE}" if demo else spec.label
+    fig = Figure(figsize=(12, 3.6), dpi=100)
+    fig.text(0.01, 0.975, head, ha="left", va="top", fontsize=10)
+    fig.text(0.01, 0.905, note, ha="left", va="top", fontsize=8.5,
+             color=NOTICE_COLOUR if demo else "black", weight="bold" if demo else "normal")
+    ax = fig.add_axes((0.055, 0.15, 0.935, 0.65))
+    draw_timeline(ax, result.timeline.times_s, result.probabilities,
+                  sorted(result.events, key=lambda e: e.start_s), result.schedule.duration_s,
+                  threshold)
+    # the legend goes below the plot, right-aligned with the time-axis label's line
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower right", bbox_to_anchor=(0.99, 0.0),
+               ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
 def write_timeline_png(path: Path, result: AnalysisResult, spec: ModelSpec, title: str = "",
                        threshold: float = 0.5) -> None:
-    """Bleeding probability over time with the detected events shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tl = result.timeline
-    minutes = result.schedule.duration_s >= 180
-    scale = 60.0 if minutes else 1.0
-    fig, ax = plt.subplots(figsize=(12, 3.2), dpi=100)
-    try:
-        for e in result.events:
-            ax.axvspan(e.start_s / scale, e.end_s / scale, color="#d62728", alpha=0.25, lw=0)
-        ax.plot(tl.times_s / scale, result.probabilities, color="#1f3b73", lw=0.9,
-                label="bleeding probability")
-        ax.axhline(threshold, color="grey", ls="--", lw=0.8, label=f"threshold {threshold:g}")
-        ax.set_xlim(0, result.schedule.duration_s / scale)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("time (min)" if minutes else "time (s)")
-        ax.set_ylabel("P(active bleeding)")
-        idx = result.index
-        head = (f"{idx.event_count} bleeding event(s), {idx.total_duration_s:.1f} s in total"
-                + (f" — {title}" if title else ""))
-        ax.set_title(head, loc="left", fontsize=10)
-        note = spec.label if spec.weights != "demo-synthetic" else f"{spec.name}: {DEMO_NOTICE}"
-        ax.text(1.0, 1.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
-                color="#a00" if spec.weights == "demo-synthetic" else "black")
-        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-
+    """Write :func:`timeline_figure` as a PNG (1200 x 360 pixels), atomically."""
+    buffer = io.BytesIO()
+    timeline_figure(result, spec, title, threshold).savefig(buffer, format="png")
+    atomic_write(path, buffer.getvalue())

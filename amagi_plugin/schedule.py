@@ -20,8 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from amagi_plugin.errors import InputError
+
 #: The authors' grid: 3 frames at 30 fps.
 GRID_S = 0.1
+
+
+class UnanalysableVideoError(InputError, ValueError):
+    """A video that no attempt can ever analyse (too few frames for one clip, no frame rate).
+
+    It is an :class:`~amagi_plugin.errors.InputError`, so a worker fails the job at once
+    instead of retrying, and a ``ValueError`` for callers building schedules by hand.
+    """
 
 
 @dataclass(frozen=True)
@@ -49,10 +59,15 @@ class ClipSchedule:
     prediction_hz: float = 1.0 / GRID_S
 
     def __post_init__(self) -> None:
-        if self.frame_count <= 0:
-            raise ValueError(f"frame_count must be positive, got {self.frame_count}")
-        if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.clip_len < 1:
+            raise ValueError(f"clip_len must be 1 or more, got {self.clip_len}")
+        if self.frame_count < self.clip_len:
+            raise UnanalysableVideoError(
+                f"too few frames: the video has {self.frame_count} frame(s) and one clip "
+                f"needs {self.clip_len}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise UnanalysableVideoError(
+                f"no frame rate: the frame times give {self.fps!r} frames/s")
         if self.prediction_hz <= 0 or self.prediction_hz > 1.0 / self.grid_s + 1e-9:
             raise ValueError(f"prediction_hz must be in (0, {1.0 / self.grid_s:g}], "
                              f"got {self.prediction_hz}")

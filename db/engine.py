@@ -163,7 +163,7 @@ class Database:
         return f"Database({self.url!r})"
 
 
-def open_database(url: str | URL, *, upgrade: bool = True) -> Database:
+def open_database(url: str | URL, *, upgrade: bool = True, create: bool = True) -> Database:
     """Open the case store at ``url``, creating or upgrading its schema to the head revision.
 
     Parameters
@@ -174,6 +174,9 @@ def open_database(url: str | URL, *, upgrade: bool = True) -> Database:
     upgrade
         Apply pending Alembic migrations (default). ``False`` only checks that the database
         answers (``amagi db current`` uses it).
+    create
+        ``False``: a SQLite file that does not exist is an error instead of a new, empty
+        database (commands that only read, such as ``amagi status``, use it).
 
     Raises
     ------
@@ -182,6 +185,11 @@ def open_database(url: str | URL, *, upgrade: bool = True) -> Database:
     """
     from db import migrate
 
+    path = sqlite_file(url)
+    if not create and path is not None and not path.exists():
+        raise DatabaseUnavailableError(
+            f"no database at {mask_url(url)}: nothing received yet, or another "
+            "storage.var_dir / database.url")
     engine = create_engine(url)
     try:
         if upgrade:

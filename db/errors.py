@@ -41,3 +41,9 @@ class LeaseLostError(DbError):
     """A worker touched a job it no longer holds (lease expired and reclaimed, or finished)."""
 
     exit_code = 1
+
+
+class JobStateError(DbError):
+    """An operation asked of a job in a state that does not allow it (requeue a done job)."""
+
+    exit_code = 3

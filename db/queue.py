@@ -14,6 +14,7 @@ its own transaction and commits; the other functions leave the commit to the cal
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.engine import SQLITE_BEGIN_OPTION
-from db.errors import LeaseLostError, NotFoundError
+from db.errors import JobStateError, LeaseLostError, NotFoundError
 from db.schema import Instance, Job, JobState, Series, Study, utcnow
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class EnqueueResult:
     job_id: int
     created: bool  # False: the job already existed (idempotent enqueue)
     state: JobState
+    requeued: bool = False  # the job existed, had failed, and is queued again
 
 
 def _now(now: datetime | None) -> datetime:
@@ -84,7 +86,9 @@ def enqueue(session: Session, sop_instance_uid: str, *, model_name: str, model_v
     Returns
     -------
     EnqueueResult
-        ``created`` is ``False`` when the job existed already; it is then left unchanged.
+        ``created`` is ``False`` when the job existed already; it is then left unchanged,
+        unless its last attempt had failed: an instance received again (e.g. corrected) is
+        worth another try, so the job starts over with fresh attempts (``requeued``).
 
     Raises
     ------
@@ -101,6 +105,9 @@ def enqueue(session: Session, sop_instance_uid: str, *, model_name: str, model_v
     existing = session.scalar(sa.select(Job).where(Job.instance_id == instance_id,
                                                    Job.model_version == model_version))
     if existing is not None:
+        if existing.state == JobState.FAILED:
+            state = requeue(session, existing.id, ready=ready, max_attempts=max_attempts, now=now)
+            return EnqueueResult(existing.id, False, state, requeued=True)
         return EnqueueResult(existing.id, False, existing.state)
     state = JobState.QUEUED if ready else JobState.RECEIVED
     job = Job(instance_id=instance_id, model_name=model_name, model_version=model_version,
@@ -118,6 +125,38 @@ def enqueue(session: Session, sop_instance_uid: str, *, model_name: str, model_v
     log.info("job %d queued: instance %s, model %s %s", job.id, sop_instance_uid, model_name,
              model_version)
     return EnqueueResult(job.id, True, state)
+
+
+def requeue(session: Session, job_id: int, *, ready: bool = True,
+            max_attempts: int | None = None, now: datetime | None = None) -> JobState:
+    """Give a ``failed`` job a fresh start: attempts back to 0, ``queued`` (or ``received``
+    when ``ready`` is ``False``, until :func:`release`). The caller commits.
+
+    Its last error is kept until the next attempt ends. Returns the new state.
+
+    Raises
+    ------
+    NotFoundError
+        No job ``job_id``.
+    JobStateError
+        The job is not ``failed`` (queued, running and done jobs are left alone).
+    """
+    now = _now(now)
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    if job.state != JobState.FAILED:
+        raise JobStateError(f"job {job_id} is {JobState(job.state).value}, not failed; "
+                            "only a failed job can be queued again")
+    job.state = JobState.QUEUED if ready else JobState.RECEIVED
+    job.attempts, job.worker, job.lease_expires_at = 0, None, None
+    job.not_before, job.finished_at, job.updated_at = None, None, now
+    job.queued_at = now if ready else None
+    if max_attempts is not None:
+        job.max_attempts = max_attempts
+    session.flush()
+    log.info("job %d queued again (it had failed: %s)", job.id, job.last_error or "no error")
+    return job.state
 
 
 def release(session: Session, job_id: int, *, now: datetime | None = None) -> None:
@@ -230,9 +269,12 @@ def complete(session: Session, job_id: int, worker: str, *, now: datetime | None
 
 
 def fail(session: Session, job_id: int, worker: str, error: str, *, retry_delay_s: float = 0.0,
-         now: datetime | None = None) -> JobState:
+         permanent: bool = False, now: datetime | None = None) -> JobState:
     """Record a failed attempt: back to ``queued`` (after ``retry_delay_s`` seconds) while
     attempts remain, else ``failed``. Returns the new state.
+
+    ``permanent=True`` (input that no attempt can ever analyse: too few frames, no pixel
+    data, an unreadable stream) marks the job ``failed`` at once, whatever attempts remain.
 
     Raises
     ------
@@ -247,14 +289,38 @@ def fail(session: Session, job_id: int, worker: str, error: str, *, retry_delay_
         raise LeaseLostError(f"job {job_id} is no longer held by worker {worker}")
     job.last_error = error[:MAX_ERROR_CHARS]
     job.lease_expires_at, job.worker, job.updated_at = None, None, now
-    if job.attempts >= job.max_attempts:
+    if permanent or job.attempts >= job.max_attempts:
         job.state, job.finished_at = JobState.FAILED, now
-        log.warning("job %d failed after %d attempts", job.id, job.attempts)
+        log.warning("job %d failed after %d attempt(s)%s", job.id, job.attempts,
+                    " (the input can never succeed)" if permanent else "")
     else:
         job.state, job.queued_at = JobState.QUEUED, now
         job.not_before = now + timedelta(seconds=retry_delay_s)
     session.flush()
     return job.state
+
+
+def expire_dead_leases(session: Session, host: str, pid_alive: Callable[[int], bool], *,
+                       now: datetime | None = None) -> int:
+    """Expire now the leases of running jobs held by workers of dead processes on ``host``.
+
+    Worker names are ``host:pid:wN`` (see ``amagi_plugin.service.worker.worker_name``); a
+    restarted server thus takes its own killed run's jobs at once instead of after a full
+    lease. Jobs of live processes and other hosts are left alone. Returns how many.
+    """
+    now = _now(now)
+    dead = []
+    for job_id, worker in session.execute(
+            sa.select(Job.id, Job.worker).where(Job.state == JobState.RUNNING,
+                                                Job.worker.like(f"{host}:%"))):
+        parts = (worker or "").split(":")
+        if len(parts) >= 3 and parts[-2].isdigit() and not pid_alive(int(parts[-2])):
+            dead.append(job_id)
+    if dead:
+        session.execute(sa.update(Job).where(Job.id.in_(dead), Job.state == JobState.RUNNING)
+                        .values(lease_expires_at=now - timedelta(seconds=1), updated_at=now),
+                        execution_options={"synchronize_session": False})
+    return len(dead)
 
 
 def job_counts(session: Session) -> dict[JobState, int]:

@@ -75,6 +75,7 @@ class ObjectKind(str, enum.Enum):
     SEG = "seg"
     KOS = "kos"
     KEY_IMAGE = "key_image"
+    PDF = "pdf"  # the report, Encapsulated PDF (PS3.3 A.45.1)
 
 
 def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:

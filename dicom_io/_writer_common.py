@@ -2,22 +2,56 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
-import re
 from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
+from dicom_io import codes
 from dicom_io.errors import WriterError
-from dicom_io.results import InstanceRef, InvalidResultError
+from dicom_io.results import (
+    MANUFACTURER,
+    AlgorithmInfo,
+    InstanceRef,
+    InvalidResultError,
+    is_valid_uid,
+)
 
 logger = logging.getLogger(__name__)
 
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+#: Fallback character set of a result (PS3.3 C.12.1.1.2, UTF-8): it encodes any text.
+UTF8 = "ISO_IR 192"
 
-MANUFACTURER = "AMAGI workstation plugin"
+
+def result_character_set(source: Dataset) -> str | list[str] | None:
+    """Specific Character Set for a result built by highdicom from ``source``.
+
+    The source's value when highdicom accepts it; an empty or ``ISO_IR 6`` first value of
+    a multi-valued one (the default repertoire, C.12.1.1.2) as ``ISO 2022 IR 6``; ``None``
+    for the default repertoire alone. Any other value pydicom decodes but highdicom refuses
+    (a single code-extension term, ``ISO 2022 IR 149``, pydicom's aliases) gives
+    ``ISO_IR 192``: the text copied from the source was decoded already, and UTF-8 encodes
+    it whatever its script.
+    """
+    from highdicom.valuerep import _check_specific_character_set
+
+    raw = source.get("SpecificCharacterSet")
+    if raw is None:
+        return None
+    values = [str(v).strip() for v in ([raw] if isinstance(raw, str) else list(raw))]
+    if len(values) > 1 and values[0] in ("", "ISO_IR 6"):
+        values[0] = "ISO 2022 IR 6"
+    if all(v in ("", "ISO_IR 6", "ISO 2022 IR 6") for v in values):
+        return None
+    wanted: str | list[str] = values[0] if len(values) == 1 else values
+    try:
+        return _check_specific_character_set(wanted)
+    except ValueError:
+        logger.info("Specific Character Set %r written as %s in the results", raw, UTF8)
+        return UTF8
 
 
 def uid_or_new(name: str, value: str | None) -> str:
@@ -50,11 +84,6 @@ def new_uids(source: Dataset, series_instance_uid: str | None,
         raise InvalidResultError(f"sop_instance_uid {sop} is already used by the source or "
                                  f"the new series")
     return series, sop
-
-
-def is_valid_uid(value: object) -> bool:
-    """Whether ``value`` is a UID string per PS3.5 §9.1 (digits and dots, <= 64 chars)."""
-    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def check_positive_int(name: str, value: object, high: int = 2**31 - 1) -> int:
@@ -163,3 +192,56 @@ def reference_dataset(ref: InstanceRef | Dataset, name: str) -> Dataset:
     ds.SOPInstanceUID = uid_or_new(f"{name}.sop_instance_uid", ref.sop_instance_uid)
     ds.SOPClassUID = uid_or_new(f"{name}.sop_class_uid", ref.sop_class_uid)
     return ds
+
+
+def algorithm_equipment(algorithm: AlgorithmInfo) -> Dataset:
+    """The Contributing Equipment Sequence item naming the algorithm (IHE AI Results).
+
+    Manufacturer, Manufacturer's Model Name (algorithm name), Software Versions
+    (algorithm version), Device UID (derived from the weights), Purpose of Reference
+    "Processing Equipment" (DCM 109102), Contribution Date Time and Description
+    (PS3.3 C.12.1, Contributing Equipment Sequence).
+    """
+    item = Dataset()
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = algorithm.name
+    item.SoftwareVersions = algorithm.version
+    item.DeviceUID = algorithm.device_uid
+    purpose = Dataset()
+    purpose.CodeValue = codes.PROCESSING_EQUIPMENT.value
+    purpose.CodingSchemeDesignator = codes.PROCESSING_EQUIPMENT.scheme_designator
+    purpose.CodeMeaning = codes.PROCESSING_EQUIPMENT.meaning
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    item.ContributionDateTime = _dt.datetime.now().astimezone().strftime("%Y%m%d%H%M%S.%f%z")
+    text = f"AI algorithm {algorithm.name} {algorithm.version} (weights: {algorithm.weights.value})"
+    if algorithm.disclaimer:
+        text += f"; {algorithm.disclaimer}"
+    item.ContributionDescription = text
+    return item
+
+
+def add_algorithm_equipment(ds: Dataset, algorithm: AlgorithmInfo) -> None:
+    """Name the algorithm as the equipment that made ``ds`` (IHE AI Results).
+
+    Sets the General Equipment Manufacturer's Model Name and Software Versions to the
+    algorithm's and appends :func:`algorithm_equipment` (with the Device UID) to the
+    Contributing Equipment Sequence, keeping the items already there (acquisition
+    equipment, libraries). The Device UID is not repeated in General Equipment: dciodvfy
+    (dicom3tools 2022) does not know it there yet.
+    """
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = algorithm.name
+    ds.SoftwareVersions = algorithm.version
+    items = list(ds.get("ContributingEquipmentSequence", []))
+    items.append(algorithm_equipment(algorithm))
+    ds.ContributingEquipmentSequence = items
+
+
+def find_algorithm_equipment(ds: Dataset) -> Dataset | None:
+    """The Contributing Equipment item written by :func:`add_algorithm_equipment`, if any."""
+    for item in ds.get("ContributingEquipmentSequence", []):
+        purpose = item.get("PurposeOfReferenceCodeSequence")
+        if (item.get("Manufacturer") == MANUFACTURER and item.get("DeviceUID") and purpose
+                and codes.same_code(purpose[0], codes.PROCESSING_EQUIPMENT)):
+            return item
+    return None

@@ -141,17 +141,23 @@ class AVDecoder:
             if raw is not None:
                 raw.close()
 
-    def count_packets(self) -> int:
+    def count_packets(self, *, stop_on_error: bool = False) -> int:
         """Number of video packets (one per frame) found by demuxing the whole stream.
 
-        Reads the stream once without decoding; used for plain files whose container
-        does not state a frame count (MPEG-TS).
+        Reads the stream once without decoding (memory does not grow with it); used for
+        plain files whose container does not state a frame count (MPEG-TS), and to check a
+        DICOM header's Number of Frames. ``stop_on_error=True`` returns the packets found
+        before damage instead of raising.
         """
+        count = 0
         with self._open() as (container, vs):
             try:
-                return sum(1 for packet in container.demux(vs) if packet.size)
-            except av.error.FFmpegError as e:
-                raise VideoDecodeError(f"{self.path}: cannot demux the stream ({e})") from e
+                for packet in container.demux(vs):
+                    count += 1 if packet.size else 0
+            except (av.error.FFmpegError, OSError) as e:
+                if not stop_on_error:
+                    raise VideoDecodeError(f"{self.path}: cannot demux the stream ({e})") from e
+        return count
 
     # -- index <-> stream time -------------------------------------------------------
     def _uniform(self) -> bool:

@@ -41,6 +41,8 @@ OF_INTEREST = Code("113000", "DCM", "Of Interest")
 SOURCE = Code("260753009", "SCT", "Source")
 SOURCE_OF_MEASUREMENT = Code("121112", "DCM", "Source of Measurement")
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
+#: Purpose of Reference of the algorithm's Contributing Equipment item (CID 7005).
+PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 
 # --- private concepts (99AMAGI) --------------------------------------------------------
 EVENT_TIME_RANGE = Code("TRANGE", PRIVATE_SCHEME, "Bleeding event time range")

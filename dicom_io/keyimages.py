@@ -19,7 +19,7 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from dicom_io._writer_common import (
-    MANUFACTURER,
+    add_algorithm_equipment,
     check_frame_number,
     check_out_dir,
     check_positive_int,
@@ -27,6 +27,7 @@ from dicom_io._writer_common import (
     frame_count,
     instance_ref,
     new_uids,
+    result_character_set,
     save_atomically,
     uid_or_new,
 )
@@ -75,6 +76,11 @@ def _key_image(source: Dataset, number: int, rgb: np.ndarray, algorithm: Algorit
     for key in _COPIED:
         if key in source:
             ds[key] = copy.deepcopy(source[key])
+    charset = result_character_set(source)  # as in the SR, SEG and KOS
+    if charset is None:
+        ds.pop("SpecificCharacterSet", None)
+    else:
+        ds.SpecificCharacterSet = charset
     for key in _TYPE2:
         if key not in ds:
             setattr(ds, key, "")
@@ -87,9 +93,7 @@ def _key_image(source: Dataset, number: int, rgb: np.ndarray, algorithm: Algorit
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
     ds.SeriesDescription = algorithm.disclaimer or SERIES_DESCRIPTION
-    ds.Manufacturer = MANUFACTURER
-    ds.ManufacturerModelName = algorithm.name
-    ds.SoftwareVersions = algorithm.version
+    add_algorithm_equipment(ds, algorithm)
     # General Image, VL Image, Acquisition Context
     ds.InstanceNumber = instance_number
     ds.PatientOrientation = ""

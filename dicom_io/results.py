@@ -8,15 +8,26 @@ that they survive a DICOM DS round trip exactly: times to 1 ms, probabilities to
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
+import os
+import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydicom.uid import generate_uid
 
 from dicom_io.errors import WriterError
 
 #: Required wording on every object made with the project's demo weights.
 DEMO_DISCLAIMER = "demo model trained on synthetic data, not for clinical use"
+#: Manufacturer of every object we write, and of the algorithm (General Equipment, TID 4019).
+MANUFACTURER = "AMAGI workstation plugin"
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_CHUNK = 1 << 20
 
 TIME_DECIMALS = 3
 PROBABILITY_DECIMALS = 4
@@ -167,25 +178,67 @@ class CaseIndex:
         )
 
 
+def is_valid_uid(value: object) -> bool:
+    """Whether ``value`` is a UID string per PS3.5 §9.1 (digits and dots, <= 64 chars)."""
+    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+def weights_device_uid(path: str | os.PathLike[str]) -> str:
+    """Device UID of an algorithm, derived from the contents of its weights file.
+
+    The first 128 bits of the file's SHA-256, made a version-8 UUID (RFC 9562), written
+    as a ``2.25`` UID (PS3.5 B.2): the same file always gives the same UID, and a
+    retrained checkpoint (different bytes) a different one, as IHE AI Results asks of
+    the Device UID in the Contributing Equipment Sequence.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint file (read in 1 MiB chunks; its size does not matter).
+
+    Raises
+    ------
+    InvalidResultError
+        When the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise InvalidResultError(f"cannot read the weights file {os.fspath(path)!r}: {e}") from e
+    raw = bytearray(digest.digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (custom)
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
+    return f"2.25.{uuid.UUID(bytes=bytes(raw)).int}"
+
+
 @dataclass(frozen=True)
 class AlgorithmInfo:
-    """Identification of the algorithm that produced the results (TID 4019).
+    """Identification of the algorithm that produced the results (TID 4019, IHE AIR).
 
     Parameters
     ----------
     name, version : str
-        Algorithm name and version (1-64 characters, no backslash).
+        Algorithm name and version (1-64 characters, no backslash); written as the
+        Manufacturer's Model Name and Software Versions of the algorithm's equipment.
     weights : WeightsKind or str
         ``'authors'`` (published checkpoints), ``'demo-synthetic'`` (the project's demo
         model trained on synthetic data) or ``'user'`` (weights trained by the user).
     description : str
         Free-text description (up to 1024 characters).
+    device_uid : str, optional
+        Device UID of the algorithm (PS3.3 C.7.5.1), normally :func:`weights_device_uid`
+        of its checkpoint; when omitted, a UID derived from :data:`MANUFACTURER`, name
+        and version (the same for every checkpoint of that name and version).
     """
 
     name: str
     version: str
     weights: WeightsKind | str = WeightsKind.USER
     description: str = ""
+    device_uid: str | None = None
 
     def __post_init__(self) -> None:
         for attr, limit in (("name", 64), ("version", 64), ("description", 1024)):
@@ -198,6 +251,11 @@ class AlgorithmInfo:
             raise InvalidResultError(f"name and version must not be empty, got "
                                      f"{self.name!r}, {self.version!r}")
         object.__setattr__(self, "weights", WeightsKind.coerce(self.weights))
+        if self.device_uid is None:
+            object.__setattr__(self, "device_uid", str(generate_uid(
+                entropy_srcs=[MANUFACTURER, self.name, self.version])))
+        elif not is_valid_uid(self.device_uid):
+            raise InvalidResultError(f"device_uid is not a valid DICOM UID: {self.device_uid!r}")
 
     @property
     def disclaimer(self) -> str | None:

@@ -28,6 +28,7 @@ from pydicom.tag import Tag
 from dicom_io import codes
 from dicom_io._writer_common import (
     MANUFACTURER,
+    add_algorithm_equipment,
     check_frame_number,
     check_out_dir,
     check_positive_int,
@@ -35,6 +36,7 @@ from dicom_io._writer_common import (
     frame_count,
     instance_ref,
     new_uids,
+    result_character_set,
     save_atomically,
 )
 from dicom_io.errors import InvalidInstanceError
@@ -96,7 +98,8 @@ def _one_frame_seg(source: Dataset, mask: np.ndarray, algorithm: AlgorithmInfo,
         instance_number=instance_number, manufacturer=MANUFACTURER,
         manufacturer_model_name=algorithm.name, software_versions=algorithm.version,
         device_serial_number="0", omit_empty_frames=False, content_label="BLEEDING",
-        content_description=text, series_description=text)
+        content_description=text, series_description=text,
+        specific_character_set=result_character_set(source))
 
 
 def write_bleeding_segmentation(
@@ -163,6 +166,7 @@ def write_bleeding_segmentation(
     seg.PixelData = data + b"\0" * (len(data) % 2)
     seg.NumberOfFrames = len(checked)
     seg.PatientOrientation = ""  # Type 2C, else dciodvfy reports an error (stack_notes §4)
+    add_algorithm_equipment(seg, algorithm)
     path = save_atomically(seg, out)
     logger.info("bleeding SEG with %d key frames for %s", len(checked), source.SOPInstanceUID)
     return instance_ref(seg, path)

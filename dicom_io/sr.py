@@ -37,14 +37,17 @@ from pydicom.uid import generate_uid
 from dicom_io import codes
 from dicom_io._writer_common import (
     MANUFACTURER,
+    add_algorithm_equipment,
     check_frame_number,
     check_out_dir,
     check_positive_int,
     check_source,
+    find_algorithm_equipment,
     frame_count,
     instance_ref,
     new_uids,
     reference_dataset,
+    result_character_set,
     save_atomically,
 )
 from dicom_io.errors import InvalidInstanceError
@@ -245,8 +248,8 @@ def write_bleeding_report(
     groups = [_event_group(i, e, source, algorithm) for i, e in enumerate(events, 1)]
     groups.append(_case_group(index, source, algorithm))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=generate_uid(entropy_srcs=[MANUFACTURER, algorithm.name, algorithm.version]),
-        name=algorithm.name, manufacturer_name=MANUFACTURER)
+        uid=algorithm.device_uid, name=algorithm.name, manufacturer_name=MANUFACTURER,
+        model_name=algorithm.name)
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept.from_code(Code("121007", "DCM", "Device")),
         observer_identifying_attributes=device))
@@ -261,12 +264,14 @@ def write_bleeding_report(
             is_complete=True, is_final=False, is_verified=False,
             institution_name=institution_name, previous_versions=previous,
             series_description=algorithm.disclaimer or SERIES_DESCRIPTION,
+            specific_character_set=result_character_set(source),
         )
     except (ValueError, TypeError, AttributeError) as e:
         raise InvalidResultError(f"could not build the bleeding SR: {e}") from e
     scheme_items = list(sr.get("CodingSchemeIdentificationSequence", []))
     scheme_items.append(codes.private_scheme_item())
     sr.CodingSchemeIdentificationSequence = scheme_items
+    add_algorithm_equipment(sr, algorithm)
     path = save_atomically(sr, out)
     logger.info("bleeding SR with %d events for %s", len(events), source.SOPInstanceUID)
     return instance_ref(sr, path)
@@ -312,7 +317,7 @@ def _opt(values: list[float], what: str) -> float | None:
     return values[0] if values else None
 
 
-def _algorithm(group: Dataset) -> AlgorithmInfo:
+def _algorithm(group: Dataset, device_uid: str | None) -> AlgorithmInfo:
     name = _one(_children(group, _ALGORITHM_NAME, "TEXT"), "algorithm name").TextValue
     version = _one(_children(group, _ALGORITHM_VERSION, "TEXT"), "algorithm version").TextValue
     weights, description = None, ""
@@ -324,7 +329,7 @@ def _algorithm(group: Dataset) -> AlgorithmInfo:
             description = text[len(_DESCRIPTION_PREFIX):]
     if weights is None:
         raise InvalidInstanceError("bleeding SR: algorithm parameters lack the weights kind")
-    return AlgorithmInfo(str(name), str(version), weights, description)
+    return AlgorithmInfo(str(name), str(version), weights, description, device_uid)
 
 
 def _event(group: Dataset) -> BleedingEvent:
@@ -418,7 +423,8 @@ def read_bleeding_report(path: str | os.PathLike[str]) -> BleedingReport:
         case = _one([g for g in groups if _children(g, codes.EVENT_COUNT)], "case summary")
         events = [_event(g) for g in groups if g is not case]
         index = _index(case)
-        algorithm = _algorithm(case)
+        equipment = find_algorithm_equipment(ds)
+        algorithm = _algorithm(case, str(equipment.DeviceUID) if equipment else None)
         image = _one(_children(case, codes.SOURCE_OF_MEASUREMENT, "IMAGE"),
                      "case source image")
         sop = image.ReferencedSOPSequence[0]

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_io.avdecode import AVDecoder
 from dicom_io.encode import VIDEO_TRANSFER_SYNTAXES
@@ -66,6 +67,11 @@ _RATE_TOLERANCE = 1e-3
 #: FFmpeg demuxers accepted for plain video files (research use).
 _PLAIN_FORMATS = frozenset({"mpegts", "mov,mp4,m4a,3gp,3g2,mj2", "mpeg", "matroska,webm",
                             "avi", "h264", "hevc", "mpegvideo"})
+
+#: Declared frame counts up to this are used as they are: what is allocated per frame
+#: (times, the clip schedule) stays small, and a stream that ends early is a truncation
+#: found while decoding. Above it, the stream is counted before anything is allocated.
+_UNCHECKED_FRAMES = 1 << 16
 
 _FrameReader = Callable[[int, "int | None", int], Iterator[tuple[int, np.ndarray]]]
 PathArg = str | os.PathLike[str]
@@ -376,7 +382,7 @@ def open_video(source: PathArg | Iterable[PathArg], *, fallback_fps: float | Non
         return _open_dicom_video(path, header, pixel_offset, fallback_fps, thread_type)
     if sop_class == VL_ENDOSCOPIC or "NumberOfFrames" not in header:
         return _open_series([path], fallback_fps, skip_non_dicom=False)
-    return _open_multiframe(path, header, fallback_fps)
+    return _open_multiframe(path, header, pixel_offset, fallback_fps)
 
 
 def _frame_count(path: Path, header: Dataset) -> int:
@@ -386,6 +392,80 @@ def _frame_count(path: Path, header: Dataset) -> int:
     if n <= 0:
         raise EmptyVideoError(f"{path}: Number of Frames is {n}; the video holds no frame")
     return n
+
+
+def check_declared_frames(declared: int, counted: int) -> tuple[bool, str]:
+    """Whether a header's Number of Frames is credible for a stream holding ``counted``.
+
+    A stream a little short of its header is a truncation (its good frames are decoded
+    and the damage reported); one holding less than half of what the header claims (with
+    64 frames of slack) is a header that lies, refused before anything proportional to it
+    is allocated.
+
+    Returns
+    -------
+    (ok, reason) : tuple of (bool, str)
+    """
+    if declared > 2 * counted + 64:
+        return False, (f"Number of Frames (0028,0008) is {declared} but the pixel data "
+                       f"holds {counted} frame(s)")
+    return True, ""
+
+
+def _check_stream_frames(path: Path, declared: int, decoder: AVDecoder) -> None:
+    """Refuse a Number of Frames far above what the bit stream holds (see
+    :func:`check_declared_frames`); the stream is demuxed (not decoded) only for counts
+    above :data:`_UNCHECKED_FRAMES` that the container does not state."""
+    counted = decoder.info.frames
+    if not counted:
+        if declared <= _UNCHECKED_FRAMES:
+            return
+        counted = decoder.count_packets(stop_on_error=True)
+    ok, why = check_declared_frames(declared, counted)
+    if not ok:
+        raise InvalidInstanceError(f"{path}: {why}")
+
+
+def _pixel_element_length(path: Path, offset: int) -> int | None:
+    """The defined length (bytes) of the Pixel Data element at ``offset``; ``None`` when
+    undefined (encapsulated)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        head = fh.read(12)
+    if len(head) < 8:
+        return 0
+    if head[4:6] in (b"OB", b"OW", b"UN", b"OV", b"OF", b"OD", b"OL"):
+        length = int.from_bytes(head[8:12], "little") if len(head) == 12 else 0
+    else:  # implicit VR
+        length = int.from_bytes(head[4:8], "little")
+    return None if length == 0xFFFFFFFF else length
+
+
+def _check_pixel_frames(path: Path, header: Dataset, offset: int, n: int, rows: int,
+                        cols: int) -> None:
+    """Refuse a Number of Frames (or Rows/Columns) the Pixel Data cannot hold, before
+    anything proportional to them is allocated.
+
+    Native pixel data must hold ``n`` frames of ``rows x cols`` samples; encapsulated data
+    (RLE, JPEG) needs at least one fragment per frame (PS3.5 A.4).
+    """
+    length = _pixel_element_length(path, offset)
+    if length is None:
+        counted = len(index_fragments(path, offset).offsets)
+        if counted < n:
+            raise InvalidInstanceError(
+                f"{path}: Number of Frames (0028,0008) is {n} but the pixel data holds "
+                f"{counted} fragment(s), at least one per frame being required")
+        return
+    if header.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return  # deflated: the element's length is not that of the inflated frames
+    samples = _int_or_none(header, "SamplesPerPixel") or 1
+    bits = _int_or_none(header, "BitsAllocated") or 8
+    frame_bytes = rows * cols * samples * bits // 8
+    if frame_bytes * n > length:
+        raise InvalidInstanceError(
+            f"{path}: Number of Frames (0028,0008) is {n} of {rows}x{cols} but the pixel "
+            f"data holds {length} bytes, {length // max(1, frame_bytes)} frame(s)")
 
 
 def _geometry(path: Path, header: Dataset) -> tuple[int, int]:
@@ -407,10 +487,11 @@ def _open_dicom_video(path: Path, header: Dataset, pixel_offset: int,
                       fallback_fps: float | None, thread_type: str) -> VideoSource:
     n = _frame_count(path, header)
     rows, cols = _geometry(path, header)
-    timing = timing_from_dataset(header, n)
     fragments = index_fragments(path, pixel_offset)
-    decoder = AVDecoder(path, fragments, frame_count=n,
-                        times=None if timing is None else timing.times, thread_type=thread_type)
+    decoder = AVDecoder(path, fragments, frame_count=n, thread_type=thread_type)
+    _check_stream_frames(path, n, decoder)  # before the timing allocates n values
+    timing = timing_from_dataset(header, n)
+    decoder.times = None if timing is None else timing.times
     info = decoder.info
     if info.container_format not in _PLAIN_FORMATS:
         raise VideoDecodeError(f"{path}: the bit stream's container ({info.container_format!r}) "
@@ -447,9 +528,11 @@ def _open_dicom_video(path: Path, header: Dataset, pixel_offset: int,
                        rows=rows, columns=cols, timing=timing, reader=decoder.iter_frames)
 
 
-def _open_multiframe(path: Path, header: Dataset, fallback_fps: float | None) -> VideoSource:
+def _open_multiframe(path: Path, header: Dataset, pixel_offset: int,
+                     fallback_fps: float | None) -> VideoSource:
     n = _frame_count(path, header)
     rows, cols = _geometry(path, header)
+    _check_pixel_frames(path, header, pixel_offset, n, rows, cols)
     timing = timing_from_dataset(header, n)
     if timing is None:
         timing = _fallback(path, n, fallback_fps, "no Frame Time or Frame Time Vector")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
+import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -13,6 +17,7 @@ from pathlib import Path
 import pydicom
 
 from amagi_plugin.config import Config, Destination
+from amagi_plugin.errors import AmagiError
 from amagi_plugin.logsetup import register_phi
 from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.pipeline import BleedingAnalyzer
@@ -20,12 +25,34 @@ from amagi_plugin.service.delivery import DeliveryLoop
 from amagi_plugin.service.metrics import Metrics, MetricsServer
 from amagi_plugin.service.worker import Worker
 from db import Database, open_database
-from db.queue import enqueue, job_counts, received_jobs, release
+from db.queue import enqueue, expire_dead_leases, job_counts, received_jobs, release
 from db.records import record_instance
 from dicom_io.net.records import AssociationSummary, StoredInstance
 from dicom_io.sopclasses import INPUT_SOP_CLASSES, VL_ENDOSCOPIC
 
 log = logging.getLogger(__name__)
+
+#: File in the var directory where the running service publishes its workers' health.
+HEALTH_FILE = "workers.json"
+#: Seconds between two supervisor rounds (dead worker check, health file).
+SUPERVISE_S = 1.0
+
+
+class StartupError(AmagiError):
+    """The service cannot start (full disk, ...); the message is the one line to show."""
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (ours is always alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _study_date(value: str | None) -> dt.date | None:
@@ -66,24 +93,33 @@ class Service:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
-        for d in (cfg.var_dir, cfg.spool_dir, cfg.results_dir):
-            Path(d).mkdir(parents=True, exist_ok=True)
-        # pynetdicom streams each C-STORE to a temporary file before our handler runs: keep it
-        # on the spool's filesystem so that placing it is a rename, not a copy.
-        incoming = Path(cfg.spool_dir) / ".incoming"
-        incoming.mkdir(exist_ok=True)
+        try:
+            for d in (cfg.var_dir, cfg.spool_dir, cfg.results_dir):
+                Path(d).mkdir(parents=True, exist_ok=True)
+            self._check_free_space()
+            # pynetdicom streams each C-STORE to a temporary file before our handler runs:
+            # keep it on the spool's filesystem so that placing it is a rename, not a copy.
+            incoming = self.incoming_dir
+            incoming.mkdir(exist_ok=True)
+        except OSError as e:
+            raise StartupError(f"cannot start: {e.strerror or e} ({e.filename or cfg.var_dir})"
+                               ) from e
+        from dicom_io.net.spool import remove_partial_uploads
+
+        remove_partial_uploads(Path(cfg.spool_dir), incoming)  # left by a previous run
         self._previous_tempdir = tempfile.tempdir
         tempfile.tempdir = str(incoming)
         self.database = open_database(cfg.database_url)
         self._release_after_restart()
-        destinations = {d.key: d for d in cfg.delivery.destinations}
         for i in range(cfg.worker.count):
-            w = Worker(i, self.database, self.analyzer, self.spec, cfg.results_dir,
-                       list(destinations), cfg.worker.lease_s, self.stop_event, self.metrics,
-                       on_job_done=lambda _job: self._results_ready.set(),
-                       wakeup=self._jobs_queued)
+            w = self._make_worker(i)
             w.start()
             self.workers.append(w)
+        supervisor = threading.Thread(target=self._supervise, name="amagi-supervisor",
+                                      daemon=True)
+        supervisor.start()
+        self._threads.append(supervisor)
+        destinations = {d.key: d for d in cfg.delivery.destinations}
         self.delivery = DeliveryLoop(self.database, destinations, self._send,
                                      cfg.delivery.retry_initial_s, cfg.delivery.retry_max_s,
                                      self.stop_event, self.metrics, wakeup=self._results_ready,
@@ -104,6 +140,67 @@ class Service:
                  self.spec.label, cfg.worker.count,
                  ", ".join(str(d) for d in cfg.delivery.destinations) or "none (results kept on disk)")
 
+    @property
+    def incoming_dir(self) -> Path:
+        """Where pynetdicom streams data sets being received (on the spool filesystem)."""
+        return Path(self.cfg.spool_dir) / ".incoming"
+
+    def _check_free_space(self) -> None:
+        """Refuse to start below the free-space reserve, with one line saying so."""
+        reserve = self.cfg.storage.reserve_mb << 20
+        for d in {Path(self.cfg.var_dir), Path(self.cfg.spool_dir)}:
+            free = shutil.disk_usage(d).free
+            if free < reserve:
+                raise StartupError(
+                    f"cannot start: {free >> 20} MiB free on the filesystem of {d}, below "
+                    f"the reserve of {self.cfg.storage.reserve_mb} MiB (storage.reserve_mb); "
+                    "free some space or lower the reserve")
+
+    def _make_worker(self, index: int, restarts: int = 0) -> Worker:
+        assert self.database is not None
+        cfg = self.cfg
+        w = Worker(index, self.database, self.analyzer, self.spec, cfg.results_dir,
+                   [d.key for d in cfg.delivery.destinations], cfg.worker.lease_s,
+                   self.stop_event, self.metrics,
+                   on_job_done=lambda _job: self._results_ready.set(),
+                   wakeup=self._jobs_queued)
+        w.restarts = restarts
+        return w
+
+    def _supervise(self) -> None:
+        """Replace any worker thread that ended, and publish the workers' health."""
+        while not self.stop_event.wait(SUPERVISE_S):
+            for i, w in enumerate(list(self.workers)):
+                if w.is_alive() or self.stop_event.is_set():
+                    continue
+                log.error("worker %s ended (%s); starting a new one", w.name,
+                          w.last_error or "no error recorded")
+                new = self._make_worker(w.index, w.restarts + 1)
+                new.last_error = w.last_error
+                new.start()
+                self.workers[i] = new
+            self._write_health()
+
+    def worker_health(self) -> list[dict]:
+        """Each worker's health (see :class:`~amagi_plugin.service.worker.WorkerHealth`)."""
+        import dataclasses
+
+        return [dataclasses.asdict(w.health()) for w in self.workers]
+
+    def _write_health(self) -> None:
+        listener = self.listener
+        doc = {"pid": os.getpid(), "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+               "workers": self.worker_health(),
+               "refused_c_stores": listener.refused_counts() if listener is not None else {}}
+        path = Path(self.cfg.var_dir) / HEALTH_FILE
+        tmp = path.with_name(f".{HEALTH_FILE}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk must not stop the supervisor
+            log.debug("cannot write %s: %s", path, e)
+            tmp.unlink(missing_ok=True)
+
     def stop(self) -> None:
         if self.listener is not None:
             self.listener.stop()
@@ -116,6 +213,7 @@ class Service:
             self.metrics_server.stop()
         if self.database is not None:
             self.database.dispose()
+        (Path(self.cfg.var_dir) / HEALTH_FILE).unlink(missing_ok=True)
         tempfile.tempdir = self._previous_tempdir
 
     def serve_forever(self) -> None:
@@ -151,7 +249,8 @@ class Service:
             acse_timeout=lc.acse_timeout, dimse_timeout=lc.dimse_timeout,
             network_timeout=lc.network_timeout, allowed_calling_aes=lc.allowed_calling_aes,
             reserve_bytes=self.cfg.storage.reserve_mb << 20, tls=self._server_tls(),
-            on_received_phi=register_phi)
+            on_received_phi=register_phi, max_associations=lc.max_associations,
+            require_called_ae=lc.require_called_ae, incoming_dir=self.incoming_dir)
 
     def _server_tls(self):
         lc = self.cfg.listener
@@ -188,9 +287,12 @@ class Service:
             job = enqueue(s, inst.sop_instance_uid, model_name=self.spec.name,
                           model_version=self.spec.version,
                           max_attempts=self.cfg.worker.max_attempts, ready=False)
-        if job.created:
+        if job.created or job.requeued:
             with self._lock:
                 self._pending[inst.sop_instance_uid] = job.job_id
+            if job.requeued:
+                log.info("instance %s received again; its job %d had failed and is queued "
+                         "again when the association ends", inst.sop_instance_uid, job.job_id)
         else:
             log.info("instance %s already analysed with %s: no new job",
                      inst.sop_instance_uid, self.spec.label)
@@ -257,8 +359,12 @@ class Service:
             stale = received_jobs(s)
             for job_id, *_ in stale:
                 release(s, job_id)
+            retaken = expire_dead_leases(s, socket.gethostname(), _pid_alive)
         if stale:
             log.info("%d job(s) received before a restart queued now", len(stale))
+        if retaken:
+            log.info("%d job(s) of a previous run on this host taken again without waiting "
+                     "for their lease", retaken)
 
     # -- deliveries ----------------------------------------------------------------------
     def _send(self, paths: list[Path], dest: Destination) -> list[tuple[bool, str | None]]:

@@ -21,6 +21,7 @@ from dicom_io.encode import VIDEO_TRANSFER_SYNTAXES
 from dicom_io.sopclasses import (
     COMPREHENSIVE_3D_SR,
     COMPREHENSIVE_SR,
+    ENCAPSULATED_PDF,
     INPUT_SOP_CLASSES,
     KEY_OBJECT_SELECTION,
     RESULT_SOP_CLASSES,
@@ -54,7 +55,8 @@ def transfer_syntaxes_for(sop_class_uid: str) -> tuple[str, ...]:
     tuple of str
         Multi-frame input classes: every video syntax plus :data:`IMAGE_SYNTAXES`;
         VL Endoscopic (single frame): :data:`IMAGE_SYNTAXES`; SR and KOS: native plus
-        Deflated Explicit VR Little Endian; SEG: native plus RLE Lossless; Verification: native.
+        Deflated Explicit VR Little Endian; SEG: native plus RLE Lossless; Encapsulated PDF and
+        Verification: native.
 
     Raises
     ------
@@ -69,6 +71,8 @@ def transfer_syntaxes_for(sop_class_uid: str) -> tuple[str, ...]:
         return (*VIDEO_SYNTAXES, *IMAGE_SYNTAXES)
     if sop_class_uid in _SR_CLASSES:
         return (*NATIVE_SYNTAXES, DeflatedExplicitVRLittleEndian)
+    if sop_class_uid == ENCAPSULATED_PDF:
+        return NATIVE_SYNTAXES
     if sop_class_uid == SEGMENTATION:
         return (*NATIVE_SYNTAXES, RLELossless)
     if sop_class_uid in RESULT_SOP_CLASSES:

@@ -8,9 +8,11 @@ Patient name and ID are never logged; they go to the ``on_received_phi`` callbac
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import logging
+import os
 import threading
 import time
 import uuid
@@ -38,6 +40,54 @@ class _AssociationState:
     peer_address: str
     instances: list[StoredInstance] = field(default_factory=list)
     failed: int = 0
+    received: int = 0  # bytes of PDU data received
+    checked_at: int = 0  # ``received`` when free space was last checked
+    discarded: str | None = None  # why the data set being received goes to no file
+
+
+class _Discard:
+    """Stands in for the temporary file of a data set being received that will not be kept:
+    the data that still arrives is dropped, the partial file is closed (by the thread that
+    writes, on its next call) and removed at once. pynetdicom only calls ``write``,
+    ``file.flush``, ``close`` and reads ``name``."""
+
+    def __init__(self, partial: Any) -> None:
+        self._partial = partial
+        self.name = partial.name
+        self.file = self
+        Path(partial.name).unlink(missing_ok=True)
+
+    def _close_partial(self) -> None:
+        partial, self._partial = self._partial, None
+        if partial is not None:
+            # already closed, or mid-write in the other thread at an abort
+            with contextlib.suppress(Exception):
+                partial.close()
+
+    def write(self, data: bytes) -> int:
+        self._close_partial()
+        return len(data)
+
+    def flush(self) -> None:
+        self._close_partial()
+
+    def close(self) -> None:
+        self._close_partial()
+
+
+def _discard_partial(assoc: Any) -> int:
+    """Drop the data set ``assoc`` is receiving (its partial file is removed); returns the
+    bytes removed (0 when none was being received)."""
+    msg = getattr(getattr(assoc, "dimse", None), "message", None)
+    partial = getattr(msg, "_data_set_file", None)
+    if partial is None or isinstance(partial, _Discard):
+        return 0
+    try:
+        size = os.path.getsize(partial.name)
+    except OSError:
+        size = 0
+    msg._data_set_file = _Discard(partial)
+    return size
 
 
 @dataclass
@@ -58,6 +108,10 @@ class ListenerState:
         Free-space accounting of the spool filesystem.
     allowed_calling_aes : tuple of str
         Allow-list (for the rejection log line); empty means any AE.
+    incoming_dir : Path or None
+        Where pynetdicom writes data sets being received (for log lines only).
+    check_every : int
+        Bytes received on an association between two free-space checks.
     """
 
     spool_dir: Path
@@ -66,8 +120,21 @@ class ListenerState:
     on_received_phi: Callable[[str, str], None] | None
     space: SpaceGuard
     allowed_calling_aes: tuple[str, ...] = ()
+    incoming_dir: Path | None = None
+    check_every: int = 1 << 20
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _associations: dict[int, _AssociationState] = field(default_factory=dict)
+    _refused: dict[int, int] = field(default_factory=dict)
+
+    def count_refused(self, status: int) -> None:
+        """Count a C-STORE answered with failure ``status``."""
+        with self._lock:
+            self._refused[status] = self._refused.get(status, 0) + 1
+
+    def refused(self) -> dict[str, int]:
+        """C-STOREs refused since start, by status name (``"0xA700 Out of Resources"``)."""
+        with self._lock:
+            return {st.status_name(k): v for k, v in sorted(self._refused.items())}
 
     def association(self, assoc: Any) -> _AssociationState:
         """The state of ``assoc``, created on first use."""
@@ -110,14 +177,21 @@ def handle_accepted(event: Any, state: ListenerState) -> None:
 
 
 def handle_rejected(event: Any, state: ListenerState) -> None:
-    """EVT_REJECTED: one clear log line naming the calling AE and the reason."""
-    calling = str(event.assoc.requestor.ae_title).strip()
-    address = event.assoc.requestor.address
+    """EVT_REJECTED: one clear log line naming the calling and called AE and the reason."""
+    assoc = event.assoc
+    calling = str(assoc.requestor.ae_title).strip()
+    address = assoc.requestor.address
+    primitive = getattr(assoc.requestor, "primitive", None)
+    called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+    ours = str(assoc.acceptor.ae_title).strip()
     if state.allowed_calling_aes and calling not in state.allowed_calling_aes:
         reason = "calling AE title is not on the allow-list"
+    elif getattr(assoc.ae, "require_called_aet", False) and called != ours:
+        reason = f"called AE title {called!r} is not ours ({ours!r})"
     else:
-        reason = "too many associations or called AE title not recognised"
-    logger.warning("association from AE %r at %s rejected: %s", calling, address, reason)
+        reason = "too many associations at once"
+    logger.warning("association from AE %r at %s to %r rejected: %s", calling, address,
+                   called, reason)
 
 
 def handle_echo(event: Any, state: ListenerState) -> int:
@@ -125,7 +199,46 @@ def handle_echo(event: Any, state: ListenerState) -> int:
     return st.SUCCESS
 
 
+def handle_data_recv(event: Any, state: ListenerState) -> None:
+    """EVT_DATA_RECV: check free space while a data set arrives (every ``check_every``
+    bytes). Below the reserve the rest of the data set is dropped, its partial file removed,
+    and the C-STORE is answered 0xA700 once the request is complete.
+
+    pynetdicom triggers this in the thread that then decodes the PDU and writes the data
+    set (its state machine), so swapping the file here races with no write."""
+    try:
+        if not state.has_association(event.assoc):
+            return  # negotiation PDUs
+        a = state.association(event.assoc)
+        a.received += len(event.data)
+        if a.discarded:  # a data set whose file appeared after the check is dropped too
+            _discard_partial(event.assoc)
+            return
+        if a.received - a.checked_at < state.check_every:
+            return
+        a.checked_at = a.received
+        ok, why = state.space.has_room()
+        if ok:
+            return
+        removed = _discard_partial(event.assoc)
+        a.discarded = f"free space fell below the reserve while receiving: {why}"
+        logger.warning("association %s from AE %r: %s; the data set being received is "
+                       "dropped (%d partial bytes removed) and will be refused with 0xA700",
+                       a.association_id, a.calling_ae, a.discarded, removed)
+    except Exception:
+        logger.exception("free-space check while receiving failed")
+
+
 def _finish(event: Any, state: ListenerState, aborted: bool) -> None:
+    if aborted:
+        try:
+            removed = _discard_partial(event.assoc)
+        except Exception:
+            logger.exception("cannot remove the partial upload of an aborted association")
+            removed = 0
+        if removed:
+            logger.warning("aborted association left a partial data set of %d bytes; removed",
+                           removed)
     a = state.pop_association(event.assoc)
     if a is None:
         return
@@ -230,6 +343,10 @@ def _report_phi(header: Dataset, state: ListenerState) -> None:
 
 
 def _store(event: Any, state: ListenerState, a: _AssociationState) -> StoredInstance:
+    if a.discarded:
+        why, a.discarded = a.discarded, None
+        a.checked_at = a.received - state.check_every  # check again on the next data
+        raise _Refused(st.OUT_OF_RESOURCES, why)
     req = event.request
     sop_class = str(req.AffectedSOPClassUID)
     sop_instance = str(req.AffectedSOPInstanceUID)
@@ -311,11 +428,13 @@ def handle_store(event: Any, state: ListenerState) -> int:
         instance = _store(event, state, a)
     except _Refused as e:
         a.failed += 1
+        state.count_refused(e.status)
         logger.warning("C-STORE from AE %r (association %s) failed: %s: %s", a.calling_ae,
                        a.association_id, st.status_name(e.status), e)
         return e.status
     except Exception:
         a.failed += 1
+        state.count_refused(st.PROCESSING_FAILURE)
         logger.exception("C-STORE from AE %r (association %s) failed unexpectedly",
                          a.calling_ae, a.association_id)
         return st.PROCESSING_FAILURE

@@ -19,6 +19,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io.net import handlers
 from dicom_io.net.contexts import accepted_contexts
+from dicom_io.net.pduguard import PduLimitedAccept
 from dicom_io.net.records import AssociationSummary, StoredInstance
 from dicom_io.net.spool import SpaceGuard
 from dicom_io.net.tls import DeferredHandshake
@@ -75,6 +76,16 @@ class DicomListener:
         application can redact these values from logs. They are never logged here.
     max_associations : int
         Concurrent associations accepted before new ones are rejected (transient).
+    require_called_ae : bool
+        Reject associations whose Called AE Title is not ``ae_title`` (PS3.8 7.1.1.9,
+        reason 7 "called-AE-title-not-recognized"). On by default.
+    incoming_dir : path-like, optional
+        Where pynetdicom streams C-STORE data sets being received (the process's
+        temporary directory); a data set an aborted association leaves there is removed.
+
+    A PDU announcing more than ``max_pdu`` bytes (P-DATA-TF) or than
+    :data:`dicom_io.net.pduguard.MAX_CONTROL_PDU` (any other PDU) closes the connection
+    from its header, before its body is read (:mod:`dicom_io.net.pduguard`).
     """
 
     def __init__(
@@ -94,6 +105,8 @@ class DicomListener:
         tls: ssl.SSLContext | None = None,
         on_received_phi: Callable[[str, str], None] | None = None,
         max_associations: int = 32,
+        require_called_ae: bool = True,
+        incoming_dir: str | Path | None = None,
     ) -> None:
         if not isinstance(ae_title, str) or not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"ae_title must be 1-16 characters, got {ae_title!r}")
@@ -117,6 +130,7 @@ class DicomListener:
         self.network_timeout = network_timeout
         self.allowed_calling_aes = tuple(a.strip() for a in allowed_calling_aes)
         self.max_associations = max_associations
+        self.require_called_ae = bool(require_called_ae)
         self.tls = tls
         self._state = handlers.ListenerState(
             spool_dir=self.spool_dir,
@@ -125,6 +139,7 @@ class DicomListener:
             on_received_phi=on_received_phi,
             space=SpaceGuard(self.spool_dir, reserve_bytes),
             allowed_calling_aes=self.allowed_calling_aes,
+            incoming_dir=None if incoming_dir is None else Path(incoming_dir),
         )
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
@@ -137,6 +152,7 @@ class DicomListener:
         ae.network_timeout = self.network_timeout
         ae.maximum_associations = self.max_associations
         ae.require_calling_aet = list(self.allowed_calling_aes)
+        ae.require_called_aet = self.require_called_ae
         for abstract, syntaxes in accepted_contexts():
             ae.add_supported_context(abstract, list(syntaxes))
         return ae
@@ -161,23 +177,27 @@ class DicomListener:
             (evt.EVT_REJECTED, handlers.handle_rejected, [s]),
             (evt.EVT_C_ECHO, handlers.handle_echo, [s]),
             (evt.EVT_C_STORE, handlers.handle_store, [s]),
+            (evt.EVT_DATA_RECV, handlers.handle_data_recv, [s]),
             (evt.EVT_RELEASED, handlers.handle_released, [s]),
             (evt.EVT_ABORTED, handlers.handle_aborted, [s]),
             (evt.EVT_CONN_CLOSE, handlers.handle_conn_close, [s]),
         ]
         ae = self._make_ae()
-        # pynetdicom only calls wrap_socket() on it (see DeferredHandshake)
+        # pynetdicom only calls wrap_socket() on it (see DeferredHandshake, PduLimitedAccept)
         tls = DeferredHandshake(self.tls, self.network_timeout) if self.tls else None
+        accept = PduLimitedAccept(self.max_pdu, tls)
         server = ae.start_server((self.bind_address, self._requested_port), block=False,
                                  evt_handlers=evt_handlers,
-                                 ssl_context=tls)  # type: ignore[arg-type]
+                                 ssl_context=accept)  # type: ignore[arg-type]
         if server is None:  # block=False always returns the server
             raise RuntimeError("pynetdicom did not return a server")
         self._ae, self._server = ae, server
         logger.info("listening as AE %r on %s:%d (TLS %s, max PDU %d, reserve %d bytes, "
-                    "calling AEs %s)", self.ae_title, self.bind_address, self.port,
-                    "on" if self.tls else "off", self.max_pdu, s.space.reserve_bytes,
-                    ", ".join(self.allowed_calling_aes) or "any")
+                    "calling AEs %s, called AE %s, at most %d associations)", self.ae_title,
+                    self.bind_address, self.port, "on" if self.tls else "off", self.max_pdu,
+                    s.space.reserve_bytes, ", ".join(self.allowed_calling_aes) or "any",
+                    "enforced" if self.require_called_ae else "not checked",
+                    self.max_associations)
 
     def stop(self) -> None:
         """Stop accepting, abort associations still open, and wait for the server thread.
@@ -204,6 +224,10 @@ class DicomListener:
         if self._server is None:
             raise RuntimeError("listener not started")
         return int(self._server.server_address[1])
+
+    def refused_counts(self) -> dict[str, int]:
+        """C-STOREs refused since start, by status name."""
+        return self._state.refused()
 
     @property
     def is_running(self) -> bool:

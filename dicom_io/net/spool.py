@@ -84,6 +84,16 @@ class SpaceGuard:
             self._in_flight += nbytes
             return True, ""
 
+    def has_room(self) -> tuple[bool, str]:
+        """Whether free space minus in-flight bytes is still at least the reserve."""
+        with self._lock:
+            free = shutil.disk_usage(self.spool_dir).free
+            left = free - self._in_flight
+        if left < self.reserve_bytes:
+            return False, (f"{left} bytes free on the spool filesystem, the reserve is "
+                           f"{self.reserve_bytes} bytes")
+        return True, ""
+
     def release(self, nbytes: int) -> None:
         """Give back bytes reserved by :meth:`try_reserve`."""
         with self._lock:
@@ -171,3 +181,33 @@ def place(src: Path, spool_dir: Path, parts: tuple[str, ...], name: str) -> Plac
             backup.unlink(missing_ok=True)
         raise
     return PlacedFile(final, backup)
+
+
+def remove_partial_uploads(spool_dir: Path, incoming_dir: Path | None = None
+                           ) -> tuple[int, int]:
+    """Remove what interrupted transfers left: every file in ``incoming_dir`` (data sets
+    pynetdicom was receiving) and the hidden ``.partial`` files of :func:`place` under
+    ``spool_dir``. Call it when nothing is being received (at start-up).
+
+    Returns
+    -------
+    (files, bytes) : tuple of int
+        How much was removed.
+    """
+    candidates: list[Path] = []
+    if incoming_dir is not None and incoming_dir.is_dir():
+        candidates += [p for p in incoming_dir.iterdir() if p.is_file()]
+    if spool_dir.is_dir():
+        candidates += [p for p in spool_dir.rglob(".*.partial") if p.is_file()]
+    files = size = 0
+    for path in candidates:
+        try:
+            n = path.stat().st_size
+            path.unlink()
+        except OSError as e:
+            logger.warning("cannot remove partial upload %s: %s", path.name, e.strerror or e)
+            continue
+        files, size = files + 1, size + n
+    if files:
+        logger.info("removed %d partial upload(s), %d bytes", files, size)
+    return files, size

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from amagi_plugin.demo_model import StageTimes
 
 
@@ -32,3 +34,52 @@ def test_stage_skipped_but_never_timed_is_reported_as_unknown(tmp_path: Path) ->
     times.record("evaluate", time.perf_counter() - 2.0, ran=True)
     report = times.report()
     assert report["synth"] is None and report["evaluate"] >= 2.0 and report["total"] is None
+
+
+@pytest.mark.slow
+def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
+    """``make demo-model RECIPE=randomised``'s code path at minute scale: every stage, every
+    evaluation set, a labelled README; a second run finds everything done, changes nothing."""
+    from amagi_plugin.demo_model import DemoConfig, build_demo
+    from amagi_plugin.modelspec import DEMO_NOTICE
+    from models import build_model, load_checkpoint
+
+    cfg = DemoConfig.recipe("randomised").quick()
+    assert cfg.train_domain == "randomised" and cfg.static_cases and cfg.shifted_cases
+    dest = tmp_path / "dest"
+    training = build_demo(tmp_path / "work", cfg, dest)
+    assert training["device"] == "cpu" and training["config"] == cfg.to_json()
+    assert set(training["other_eval_data"]) == {"static", "shifted"}
+    for name in ("metrics.json", "metrics_static.json", "metrics_shifted.json"):
+        doc = json.loads((dest / name).read_text())
+        assert doc["notice"] == DEMO_NOTICE and set(doc["models"]) == {"SlowFast", "AMAGI"}
+    static = json.loads((dest / "metrics_static.json").read_text())
+    assert all(c["bleeding_free"] for c in static["cases"])
+    assert static["pooled"]["AMAGI"]["false_alarms"]["bleeding_free_hours"] > 0
+    heldout = json.loads((dest / "metrics.json").read_text())
+    assert heldout["data"]["seed"] == cfg.eval_seed and len(heldout["cases"]) == cfg.eval_cases
+    readme = (dest / "README.md").read_text()
+    assert DEMO_NOTICE.capitalize() in readme
+    assert "## Bleeding-free held-out cases" in readme and "## The first held-out set" in readme
+    assert "still negatives 35%" in readme
+    manifest = json.loads((dest / "model.json").read_text())
+    model = build_model(manifest["arch"])
+    assert load_checkpoint(model, dest / manifest["checkpoint"]).ok
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    again = build_demo(tmp_path / "work", cfg, dest)
+    assert again["seconds"] == training["seconds"]
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
+def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
+    from amagi_plugin.demo_model import RECIPES, DemoConfig
+
+    assert DemoConfig.recipe("shipped") == DemoConfig()
+    randomised = DemoConfig.recipe("randomised")
+    assert (randomised.train_domain, randomised.eval_domain) == ("randomised", "heldout")
+    assert randomised.still_negatives > 0 and randomised.eval_duration_s >= 180
+    assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu"}
+    gpu = DemoConfig.recipe("randomised-gpu")
+    assert gpu.train_domain == "randomised" and gpu.clip_epochs > randomised.clip_epochs
+    with pytest.raises(SystemExit, match="unknown demo recipe 'gpu'"):
+        DemoConfig.recipe("gpu")

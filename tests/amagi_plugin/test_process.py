@@ -16,9 +16,10 @@ from dicom_io.validate import run_dciodvfy
 SUMMARY_KEYS = {"sop_instance_uid", "study_instance_uid", "model", "fps", "duration_s",
                 "prediction_hz", "events", "event_count", "total_bleeding_s"}
 EVENT_KEYS = {"start_s", "end_s", "duration_s", "peak_probability", "key_frame"}
-# dciodvfy's known false warnings on our SR (TCOORD attributes, private coding scheme).
+# dciodvfy's known false warnings on our SR (TCOORD attributes, private coding scheme) and on
+# every object (Device UID in the Contributing Equipment item, newer than dicom3tools 2022).
 KNOWN_SR_WARNINGS = ("Temporal Range Type", "Referenced Time Offsets", "Standard Extended SOP Class",
-                     "<99AMAGI>", "Coding Scheme UID")
+                     "<99AMAGI>", "Coding Scheme UID", "(0x0018,0x1002) UI Device UID")
 
 
 def _frames(n: int = 60, size=(144, 176)) -> list[np.ndarray]:
@@ -53,9 +54,10 @@ def test_process_dicom_video_writes_everything(run_cli, tmp_path, video, tiny_ch
         rows = list(csv.DictReader(fh))
     assert len(rows) == 20 and all(row["bleeding"] == "1" for row in rows)
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
 
     files = sorted((out / "dicom").glob("*.dcm"))
-    assert len(files) == 4  # SR, SEG, key image, KOS
+    assert len(files) == 5  # SR, SEG, key image, report PDF, KOS
     modalities = set()
     for f in files:
         v = run_dciodvfy(f)
@@ -63,7 +65,7 @@ def test_process_dicom_video_writes_everything(run_cli, tmp_path, video, tiny_ch
         modalities.add(_modality(f))
         unexpected = [w for w in v.warnings if not any(k in w for k in KNOWN_SR_WARNINGS)]
         assert unexpected == [], (f, unexpected)
-    assert modalities == {"SR", "SEG", "ES", "KO"}
+    assert modalities == {"SR", "SEG", "ES", "KO", "DOC"}
     report = read_bleeding_report(next(f for f in files if _modality(f) == "SR"))
     assert report.index.event_count == doc["event_count"]
     assert report.index.total_duration_s == doc["total_bleeding_s"]
@@ -86,6 +88,7 @@ def test_process_plain_video_file(run_cli, tmp_path, tiny_checkpoint) -> None:
     doc = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert doc["sop_instance_uid"] is None and doc["fps"] == 25.0 and doc["duration_s"] == 1.8
     assert not (tmp_path / "o" / "dicom").exists()
+    assert (tmp_path / "o" / "report.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "truncated", "empty-dir"])

@@ -48,8 +48,8 @@ def test_demo_model_finds_the_events_of_a_generated_video(run_cli, tmp_path: Pat
 
     files = sorted((out / "dicom").glob("*.dcm"))
     modalities = [_modality(f) for f in files]
-    # one SR, one SEG (masks on every key frame), a key image per event, one KOS
-    assert sorted(modalities) == sorted(["SR", "SEG", "KO"] + ["ES"] * len(truth))
+    # one SR, one SEG (masks on every key frame), a key image per event, the report, one KOS
+    assert sorted(modalities) == sorted(["SR", "SEG", "KO", "DOC"] + ["ES"] * len(truth))
     for f in files:
         v = run_dciodvfy(f)
         assert v.errors == [], (f, v.errors)

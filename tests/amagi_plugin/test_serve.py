@@ -39,7 +39,7 @@ from tests.amagi_plugin.serve_support import (
 
 pytestmark = pytest.mark.integration
 
-RESULT_MODALITIES = {"SR", "SEG", "ES", "KO"}
+RESULT_MODALITIES = {"SR", "SEG", "ES", "KO", "DOC"}
 
 
 def _overrides(tmp: Path, checkpoint: Path, port: int, **extra: str) -> dict[str, str]:
@@ -84,7 +84,7 @@ def test_push_analyse_deliver_and_query(service, tmp_path, run_cli) -> None:
         video = make_video(tmp_path / "video.dcm", seconds=1.0)
         r = storescu(svc.port, video)
         assert r.returncode == 0, r.stderr
-        wait_until(lambda: len(pacs.files()) >= 4, 120, what="4 results at the destination")
+        wait_until(lambda: len(pacs.files()) >= 5, 120, what="5 results at the destination")
         received = pacs.received()
         assert {ds.Modality for ds in received} == RESULT_MODALITIES
         src = pydicom.dcmread(video, stop_before_pixels=True)
@@ -98,13 +98,22 @@ def test_push_analyse_deliver_and_query(service, tmp_path, run_cli) -> None:
         assert cases.code == 0, cases.stderr
         (case,) = json.loads(cases.stdout)
         assert case["sop_instance_uid"] == src.SOPInstanceUID and case["event_count"] == 1
+        report = run_cli("cases", "show", src.SOPInstanceUID, "--html", "--storage-var-dir",
+                         str(tmp_path / "var"))
+        assert report.code == 0, report.stderr
+        page = Path(report.stdout.strip())
+        assert page.parent.name == f"job-{case['case_id']}" and "<html" in page.read_text()
+        missing = run_cli("cases", "show", src.SOPInstanceUID, "--html", "--storage-var-dir",
+                          str(tmp_path / "var"), "--storage-results-dir",
+                          str(tmp_path / "elsewhere"))
+        assert missing.code == 3 and "has no HTML report" in missing.stderr
 
         # The same instance pushed again with the same model: no new job, nothing resent.
         assert storescu(svc.port, video).returncode == 0
         time.sleep(3)
         st = _status(svc)
         assert sum(st["jobs"].values()) == 1 and st["jobs"]["done"] == 1
-        assert len(pacs.files()) == 4 and st["deliveries"]["sent"] == 4
+        assert len(pacs.files()) == 5 and st["deliveries"]["sent"] == 5
 
 
 def test_destination_down_then_up(service, tmp_path) -> None:
@@ -116,9 +125,9 @@ def test_destination_down_then_up(service, tmp_path) -> None:
                30, what="a failed delivery attempt")
     assert _status(svc)["deliveries"]["sent"] == 0
     with running(pacs):
-        wait_until(lambda: len(pacs.files()) >= 4, 60, what="delivery after the peer came up")
+        wait_until(lambda: len(pacs.files()) >= 5, 60, what="delivery after the peer came up")
         # Files land at the peer a moment before the deliveries are marked sent.
-        wait_until(lambda: _status(svc)["deliveries"]["sent"] == 4, 30, what="deliveries recorded")
+        wait_until(lambda: _status(svc)["deliveries"]["sent"] == 5, 30, what="deliveries recorded")
     assert _status(svc)["deliveries"]["pending"] == 0
 
 
@@ -151,7 +160,7 @@ def test_storage_commitment_outcome_is_recorded(service, tmp_path) -> None:
         svc = service(**{"delivery.destinations": pacs.destination,
                          "delivery.storage_commitment": "true"})
         assert storescu(svc.port, make_video(tmp_path / "v.dcm")).returncode == 0
-        wait_until(lambda: len(pacs.stored) == 4, 120, what="4 results at the PACS")
+        wait_until(lambda: len(pacs.stored) == 5, 120, what="5 results at the PACS")
 
         def commitments() -> list[str | None]:
             from db.schema import Delivery
@@ -160,7 +169,7 @@ def test_storage_commitment_outcome_is_recorded(service, tmp_path) -> None:
                 return [d.commitment for d in s.query(Delivery)]
 
         wait_until(lambda: commitments() and all(commitments()), 60, what="commitment answers")
-        assert commitments() == ["committed"] * 4
+        assert commitments() == ["committed"] * 5
 
 
 def test_single_frame_series_becomes_one_job_after_inactivity(service, tmp_path, run_cli) -> None:
@@ -193,7 +202,18 @@ def test_metrics_endpoint(service, tmp_path) -> None:
 
 
 def test_disk_reserve_gives_a700_and_leaves_nothing(service, tmp_path) -> None:
-    svc = service(**{"storage.reserve_mb": str(1 << 40)})
+    import shutil
+
+    # Started 64 MiB above the reserve (below it, it would not start), then a filler file
+    # takes the filesystem 64 MiB below it.
+    free_mb = shutil.disk_usage(tmp_path).free >> 20
+    svc = service(**{"storage.reserve_mb": str(free_mb - 64)})
+    with (tmp_path / "filler").open("wb") as f:
+        f.truncate(0)
+        for _ in range(128):
+            f.write(b"\0" * (1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
     r = storescu(svc.port, make_video(tmp_path / "v.dcm"), extra=("-xn", "-v"))
     assert "refused: outofresources" in (r.stdout + r.stderr).lower()  # DCMTK's name for 0xA700
     spool = tmp_path / "var" / "spool"
@@ -260,11 +280,11 @@ def test_kill_during_inference_then_restart_delivers_once(tmp_path, tiny_checkpo
         try:
             wait_until(lambda: _db_status(database)["jobs"]["done"] == 1, 180, interval=0.5,
                        what="the resumed job")
-            wait_until(lambda: len(pacs.files()) >= 4, 60, what="delivery")
+            wait_until(lambda: len(pacs.files()) >= 5, 60, what="delivery")
             time.sleep(2)
             received = pacs.received()
-            assert len(received) == 4, [ds.Modality for ds in received]
-            assert len({ds.SOPInstanceUID for ds in received}) == 4
+            assert len(received) == 5, [ds.Modality for ds in received]
+            assert len({ds.SOPInstanceUID for ds in received}) == 5
         finally:
             proc.terminate()
             proc.wait(timeout=30)

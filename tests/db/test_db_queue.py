@@ -187,3 +187,72 @@ def test_two_processes_never_claim_the_same_job(database, db_url):
     assert sorted(a + b) == sorted(job_ids)
     with database.session() as s:
         assert queue.job_counts(s)[db.JobState.DONE] == 40
+
+
+def test_permanent_failure_ends_at_once(database):
+    (uid,) = _receive(database, 1)
+    (job_id,) = _enqueue_all(database, [uid], max_attempts=3)
+    with database.session() as s:
+        queue.claim_next(s, "w1", 60, now=T0)
+    with database.session() as s:
+        state = queue.fail(s, job_id, "w1", "too few frames", permanent=True, retry_delay_s=10,
+                           now=T0)
+    assert state == db.JobState.FAILED
+    with database.session() as s:
+        job = s.get(Job, job_id)
+        assert (job.attempts, job.last_error) == (1, "too few frames")
+    with database.session() as s:
+        assert queue.claim_next(s, "w1", 60, now=T0 + timedelta(hours=1)) is None
+
+
+def test_failed_job_is_requeued_by_a_new_enqueue_and_by_hand(database):
+    (uid,) = _receive(database, 1)
+    (job_id,) = _enqueue_all(database, [uid], max_attempts=2)
+    for _ in range(2):
+        with database.session() as s:
+            queue.claim_next(s, "w1", 60, now=T0 + timedelta(hours=1))
+        with database.session() as s:
+            queue.fail(s, job_id, "w1", "bad header", now=T0)
+    with database.session() as s:
+        assert s.get(Job, job_id).state == db.JobState.FAILED
+        again = queue.enqueue(s, uid, model_name="demo", model_version="v1", ready=False,
+                              max_attempts=3)
+    assert (again.job_id, again.created, again.requeued) == (job_id, False, True)
+    assert again.state == db.JobState.RECEIVED  # waits for its association, as a new job
+    with database.session() as s:
+        job = s.get(Job, job_id)
+        assert (job.attempts, job.max_attempts, job.last_error) == (0, 3, "bad header")
+        queue.release(s, job_id)
+    with database.session() as s:
+        claimed = queue.claim_next(s, "w2", 60)
+        assert claimed is not None and claimed.job_id == job_id and claimed.attempt == 1
+    # by hand: only failed jobs
+    with database.session() as s, pytest.raises(db.JobStateError, match="is running, not failed"):
+        queue.requeue(s, job_id)
+    with database.session() as s:
+        queue.fail(s, job_id, "w2", "still bad", permanent=True)
+    with database.session() as s:
+        assert queue.requeue(s, job_id) == db.JobState.QUEUED
+    with database.session() as s, pytest.raises(db.NotFoundError):
+        queue.requeue(s, 424242)
+    # a done job is never requeued by a new enqueue
+    with database.session() as s:
+        queue.claim_next(s, "w3", 60)
+    with database.session() as s:
+        queue.complete(s, job_id, "w3")
+        again = queue.enqueue(s, uid, model_name="demo", model_version="v1")
+    assert not again.created and not again.requeued and again.state == db.JobState.DONE
+
+
+def test_leases_of_dead_processes_on_this_host_expire_at_once(database):
+    uids = _receive(database, 3)
+    ids = _enqueue_all(database, uids)
+    for worker in ("hostA:111:w0", "hostA:222:w0", "hostB:111:w0"):
+        with database.session() as s:
+            queue.claim_next(s, worker, 3600, now=T0)
+    with database.session() as s:  # pid 111 is dead on hostA, 222 alive; hostB not ours
+        assert queue.expire_dead_leases(s, "hostA", lambda pid: pid != 111, now=T0) == 1
+    with database.session() as s:
+        retaken = queue.claim_next(s, "hostA:333:w0", 60, now=T0)
+        assert retaken is not None and retaken.job_id == ids[0] and retaken.attempt == 2
+        assert queue.claim_next(s, "hostA:333:w0", 60, now=T0) is None

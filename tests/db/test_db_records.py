@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 
 import db
 from db import deliveries, queue, records
@@ -87,7 +88,7 @@ def test_objects_and_delivery_backoff_survive_restart(db_url):
                                       sop_instance_uid="2.25.1", path="/results/sr2.dcm")
         assert again.id == sr.id
         with pytest.raises(ValueError, match="kind"):
-            records.record_object(s, run_id, kind="pdf", sop_class_uid="x",
+            records.record_object(s, run_id, kind="pdf-a", sop_class_uid="x",
                                   sop_instance_uid="2.25.2", path="/p")
         d1 = deliveries.schedule_delivery(s, sr.id, "PACS@10.0.0.1:104", now=T0).id
         d2 = deliveries.schedule_delivery(s, sr.id, "ARCH@10.0.0.2:104", now=T0).id
@@ -112,6 +113,24 @@ def test_objects_and_delivery_backoff_survive_restart(db_url):
     (obj,) = detail.objects
     assert {d["destination"]: d["state"] for d in obj.deliveries} == {
         "PACS@10.0.0.1:104": "failed", "ARCH@10.0.0.2:104": "sent"}
+    database.dispose()
+
+
+def test_report_pdf_is_an_object_kind_and_the_database_checks_kinds(db_url):
+    """Migration 0003 lets the report PDF in; the CHECK still refuses anything else."""
+    database = db.open_database(db_url)
+    ids = build_cohort(database)
+    with database.session() as s:
+        run_id = s.query(AnalysisRun).filter_by(job_id=ids["A"]).one().id
+        pdf = records.record_object(s, run_id, kind="pdf",
+                                    sop_class_uid="1.2.840.10008.5.1.4.1.1.104.1",
+                                    sop_instance_uid="2.25.9", path="/results/report.dcm")
+        pdf_id = pdf.id
+    with database.session() as s:
+        assert s.get(db.schema.ProducedObject, pdf_id).kind == db.ObjectKind.PDF
+    with pytest.raises(sa.exc.IntegrityError), database.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE produced_objects SET kind = 'bogus' WHERE id = :i"),
+                     {"i": pdf_id})
     database.dispose()
 
 

@@ -91,7 +91,7 @@ def test_kos_rejects_bad_references(sources, tmp_path):
     foreign = InstanceRef(generate_uid(), generate_uid(), generate_uid(), VL_ENDOSCOPIC)
     with pytest.raises(InvalidResultError, match="not the video's study"):
         write_key_object_selection(src.header, [4], [foreign], DEMO, tmp_path)
-    with pytest.raises(InvalidResultError, match="key_images were given without key_frames"):
+    with pytest.raises(InvalidResultError, match="key_images or documents were given without key_frames"):
         write_key_object_selection(src.header, [], images, DEMO, tmp_path)
     with pytest.raises(InvalidResultError, match=r"key_frames\[0\] must be a frame number"):
         write_key_object_selection(src.header, [99], images, DEMO, tmp_path)

@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     show.add_argument("case", metavar="CASE",
                       help="case id, SOP Instance UID, or Study Instance UID (one case)")
     _format(show, ("table", "json"), "table")
+    report = show.add_mutually_exclusive_group()
+    report.add_argument("--html", action="store_true",
+                        help="print the path of the case's HTML report (timeline, events, key "
+                        "frames; self-contained)")
+    report.add_argument("--open", action="store_true",
+                        help="open the case's HTML report in the default web browser")
     show.set_defaults(handler=run_show)
 
     exp = actions.add_parser("export", parents=parents, help="write matching cases to CSV/JSON",
@@ -154,7 +160,7 @@ def _case_filter(args: argparse.Namespace):
 def _open(ctx):
     from db import open_database
 
-    return open_database(ctx.config.database_url)
+    return open_database(ctx.config.database_url, create=False)
 
 
 def _plain(value: Any) -> Any:
@@ -211,10 +217,26 @@ def run_show(args: argparse.Namespace, ctx) -> int:
             detail = get_case(s, args.case)
     finally:
         database.dispose()
+    if args.html or args.open:
+        return _show_report(detail.case.case_id, args.open, ctx)
     if args.format == "json":
         ctx.print(json.dumps(_as_dict(detail), indent=2))
     else:
         ctx.print(render_case(detail))
+    return 0
+
+
+def _show_report(case_id: int, open_it: bool, ctx) -> int:
+    """Print (and with ``open_it`` open) the HTML report ``amagi serve`` wrote for the case."""
+    import webbrowser
+
+    path = ctx.config.results_dir / f"job-{case_id}" / "report.html"
+    if not path.is_file():
+        raise InputError(f"case {case_id} has no HTML report at {path} (not analysed yet, or "
+                         "its results were removed)")
+    ctx.print(str(path))
+    if open_it and not webbrowser.open(path.resolve().as_uri()):
+        raise InputError(f"no web browser could be started; open {path} by hand")
     return 0
 
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
+from pathlib import Path
+from typing import Any
+
+#: A health file older than this (s) belongs to a service that stopped publishing.
+STALE_AFTER_S = 30.0
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -20,12 +27,13 @@ def run(args: argparse.Namespace, ctx) -> int:
     from db import open_database
     from db.queries import service_status
 
-    database = open_database(ctx.config.database_url)
+    database = open_database(ctx.config.database_url, create=False)
     try:
         with database.session() as s:
             st = service_status(s)
     finally:
         database.dispose()
+    st["service"] = service_health(Path(ctx.config.var_dir))
     if args.format == "json":
         ctx.print(json.dumps(st, indent=2, default=str))
         return 0
@@ -39,6 +47,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         ctx.print("\nrecent failures:")
         rows = [{**r, "error": r["error"][-160:]} for r in st["failed"]]  # the cause is at the end
         ctx.print(render_table(rows, ["job", "sop_instance_uid", "attempts", "error"]))
+    _print_service(ctx, st["service"])
     ctx.print(f"\ndeliveries pending: {st['deliveries']['pending']}, "
               f"failed: {st['deliveries']['failed']}, sent: {st['deliveries']['sent']}")
     for row in st["deliveries"]["by_destination"]:
@@ -46,3 +55,52 @@ def run(args: argparse.Namespace, ctx) -> int:
                   + (f", next try {row['next_attempt_at']}" if row["next_attempt_at"] else "")
                   + (f", last error: {row['last_error']}" if row["last_error"] else ""))
     return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def service_health(var_dir: Path, now: dt.datetime | None = None) -> dict[str, Any] | None:
+    """What the running ``amagi serve`` last published (workers, refused C-STOREs), with
+    ``running`` false when its process is gone or it stopped publishing; ``None`` when no
+    service has published in ``var_dir``."""
+    from amagi_plugin.service.app import HEALTH_FILE
+
+    try:
+        doc = json.loads((var_dir / HEALTH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    try:
+        age = (now - dt.datetime.fromisoformat(doc["updated_at"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        age = float("inf")
+    doc["age_s"] = round(age, 1)
+    doc["running"] = _pid_alive(int(doc.get("pid", 0) or 0)) and age < STALE_AFTER_S
+    return doc
+
+
+def _print_service(ctx, health: dict[str, Any] | None) -> None:
+    from amagi_plugin.cli.table import render_table
+
+    if health is None:
+        ctx.print("\nservice: no health published (amagi serve not running here)")
+        return
+    state = "running" if health["running"] else "NOT RUNNING (last report " \
+        f"{health['age_s']:.0f} s ago)"
+    ctx.print(f"\nservice: pid {health.get('pid')}, {state}")
+    workers = [{**w, "alive": "yes" if w.get("alive") else "NO"}
+               for w in health.get("workers", [])]
+    if workers:
+        ctx.print(render_table(workers, ["name", "alive", "state", "jobs_finished", "restarts",
+                                         "last_error"]))
+    refused = health.get("refused_c_stores") or {}
+    if refused:
+        ctx.print("refused C-STOREs: " + ", ".join(f"{k}: {v}" for k, v in refused.items()))

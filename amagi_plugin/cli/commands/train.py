@@ -106,6 +106,11 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                         "and write models/weights/demo/ (what 'make demo-model' runs).")
     d.add_argument("--work-dir", metavar="DIR", help="intermediate files (default var/demo-model)")
     d.add_argument("--dest", metavar="DIR", help="output (default models/weights/demo)")
+    d.add_argument("--recipe", default="shipped",
+                   help="shipped (the bundled model's), randomised (held-out looks) or "
+                   "randomised-gpu (the same with a GPU's budget)")
+    d.add_argument("--device", dest="demo_device", default="cpu",
+                   help="cpu, cuda, cuda:N or auto: where the networks train and evaluate")
     d.add_argument("--quick", action="store_true", help="a minutes-long run of every stage")
     d.set_defaults(handler=run_demo)
 
@@ -270,9 +275,10 @@ def run_demo(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.demo_model import DEFAULT_WORK, DemoConfig, build_demo
     from amagi_plugin.modelspec import DEMO_DIR
 
-    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    cfg = DemoConfig.recipe(args.recipe)
+    cfg = cfg.quick() if args.quick else cfg
     work = ctx.cwd / args.work_dir if args.work_dir else DEFAULT_WORK
     dest = ctx.cwd / args.dest if args.dest else DEMO_DIR
-    training = build_demo(work, cfg, dest)
+    training = build_demo(work, cfg, dest, _device(args.demo_device))
     ctx.print(f"demo model written to {dest} ({json.dumps(training['seconds'])})")
     return 0
