@@ -21,6 +21,7 @@ from amagi_plugin.errors import AmagiError
 from amagi_plugin.logsetup import register_phi
 from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.pipeline import BleedingAnalyzer
+from amagi_plugin.service import pid_alive
 from amagi_plugin.service.delivery import DeliveryLoop
 from amagi_plugin.service.metrics import Metrics, MetricsServer
 from amagi_plugin.service.worker import Worker
@@ -38,21 +39,41 @@ HEALTH_FILE = "workers.json"
 SUPERVISE_S = 1.0
 
 
+class _IncomingTempdir:
+    """Points :data:`tempfile.tempdir` at the spool's ``.incoming`` of a running service.
+
+    pynetdicom streams each C-STORE to a temporary file in the default temporary directory
+    before our handler runs; keeping that on the spool's filesystem makes placing it a
+    rename. The setting is process-wide, so with several services in one process (tests,
+    benchmarks) it follows the newest one still running, and returns to what it was before
+    the first once the last stops, whatever order they stop in.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: list[tuple[int, str]] = []  # (id of the service, its incoming dir)
+        self._before: str | None = None
+
+    def claim(self, owner: object, incoming: Path) -> None:
+        with self._lock:
+            if not self._active:
+                self._before = tempfile.tempdir
+            self._active.append((id(owner), str(incoming)))
+            tempfile.tempdir = str(incoming)
+
+    def release(self, owner: object) -> None:
+        with self._lock:
+            was = len(self._active)
+            self._active = [a for a in self._active if a[0] != id(owner)]
+            if len(self._active) != was:
+                tempfile.tempdir = self._active[-1][1] if self._active else self._before
+
+
+_INCOMING_TEMPDIR = _IncomingTempdir()
+
+
 class StartupError(AmagiError):
     """The service cannot start (full disk, ...); the message is the one line to show."""
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (ours is always alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _study_date(value: str | None) -> dt.date | None:
@@ -85,7 +106,6 @@ class Service:
         self._series: dict[str, tuple[int, float, int | None, int]] = {}  # uid → job, last, expected, n
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._previous_tempdir: str | None = None
         self._jobs_queued = threading.Event()
         self._results_ready = threading.Event()
         self._describe_metrics()
@@ -107,34 +127,37 @@ class Service:
         from dicom_io.net.spool import remove_partial_uploads
 
         remove_partial_uploads(Path(cfg.spool_dir), incoming)  # left by a previous run
-        self._previous_tempdir = tempfile.tempdir
-        tempfile.tempdir = str(incoming)
-        self.database = open_database(cfg.database_url)
-        self._release_after_restart()
-        for i in range(cfg.worker.count):
-            w = self._make_worker(i)
-            w.start()
-            self.workers.append(w)
-        supervisor = threading.Thread(target=self._supervise, name="amagi-supervisor",
-                                      daemon=True)
-        supervisor.start()
-        self._threads.append(supervisor)
-        destinations = {d.key: d for d in cfg.delivery.destinations}
-        self.delivery = DeliveryLoop(self.database, destinations, self._send,
-                                     cfg.delivery.retry_initial_s, cfg.delivery.retry_max_s,
-                                     self.stop_event, self.metrics, wakeup=self._results_ready,
-                                     commit=self._commit if cfg.delivery.storage_commitment else None)
-        self.delivery.start()
-        watcher = threading.Thread(target=self._watch_series, name="amagi-series", daemon=True)
-        watcher.start()
-        self._threads.append(watcher)
-        if cfg.metrics.enabled:
-            self.metrics_server = MetricsServer(self.metrics, cfg.metrics.bind_address,
-                                                cfg.metrics.port)
-            self.metrics_server.start()
-            self.metrics.add_collector(self._job_gauges)
-        self.listener = self._make_listener()
-        self.listener.start()
+        _INCOMING_TEMPDIR.claim(self, incoming)
+        try:
+            self.database = open_database(cfg.database_url)
+            self._release_after_restart()
+            for i in range(cfg.worker.count):
+                w = self._make_worker(i)
+                w.start()
+                self.workers.append(w)
+            supervisor = threading.Thread(target=self._supervise, name="amagi-supervisor",
+                                          daemon=True)
+            supervisor.start()
+            self._threads.append(supervisor)
+            destinations = {d.key: d for d in cfg.delivery.destinations}
+            self.delivery = DeliveryLoop(self.database, destinations, self._send,
+                                         cfg.delivery.retry_initial_s, cfg.delivery.retry_max_s,
+                                         self.stop_event, self.metrics, wakeup=self._results_ready,
+                                         commit=self._commit if cfg.delivery.storage_commitment else None)
+            self.delivery.start()
+            watcher = threading.Thread(target=self._watch_series, name="amagi-series", daemon=True)
+            watcher.start()
+            self._threads.append(watcher)
+            if cfg.metrics.enabled:
+                self.metrics_server = MetricsServer(self.metrics, cfg.metrics.bind_address,
+                                                    cfg.metrics.port)
+                self.metrics_server.start()
+                self.metrics.add_collector(self._job_gauges)
+            self.listener = self._make_listener()
+            self.listener.start()
+        except BaseException:  # a half-started service stops what it started
+            self.stop()
+            raise
         log.info("amagi serve: %s on %s:%d, model %s, %d worker(s), destinations: %s",
                  cfg.listener.ae_title, cfg.listener.bind_address, self.listener.port,
                  self.spec.label, cfg.worker.count,
@@ -214,7 +237,7 @@ class Service:
         if self.database is not None:
             self.database.dispose()
         (Path(self.cfg.var_dir) / HEALTH_FILE).unlink(missing_ok=True)
-        tempfile.tempdir = self._previous_tempdir
+        _INCOMING_TEMPDIR.release(self)
 
     def serve_forever(self) -> None:
         """Start, then run until SIGINT/SIGTERM."""
@@ -359,7 +382,7 @@ class Service:
             stale = received_jobs(s)
             for job_id, *_ in stale:
                 release(s, job_id)
-            retaken = expire_dead_leases(s, socket.gethostname(), _pid_alive)
+            retaken = expire_dead_leases(s, socket.gethostname(), pid_alive)
         if stale:
             log.info("%d job(s) received before a restart queued now", len(stale))
         if retaken:

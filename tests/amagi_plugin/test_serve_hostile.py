@@ -25,6 +25,7 @@ from dicom_io.encode import VideoMetadata, write_video_dicom
 from tests.amagi_plugin import test_serve
 from tests.amagi_plugin.serve_support import free_port, make_video, storescu, wait_until
 from tests.amagi_plugin.test_serve import _overrides, _status
+from tests.dicom_io.test_video_errors import _edit as _edited
 
 service = test_serve.service  # the same fixture: an in-process service per test
 
@@ -40,15 +41,6 @@ def _video(path: Path, n: int, seed: int = 0, meta: VideoMetadata | None = None)
     return path
 
 
-def _edited(src: Path, dst: Path, **changes) -> Path:
-    ds = pydicom.dcmread(src)
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.save_as(dst)
-    return dst
 
 
 def _jobs(svc) -> dict[str, tuple[str, int, str | None]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from dicom_io.encode import VideoMetadata, encode_video, wrap_video_as_dicom
+from tests.dicom_io._net_fixtures import free_port, wait_port
 
 
 def synthetic_frames(n: int, rows: int = 64, cols: int = 96, seed: int = 0) -> np.ndarray:
@@ -126,3 +127,20 @@ def _run_dciodvfy(path: Path) -> list[str]:
 def dciodvfy_errors() -> Callable[[Path], list[str]]:
     """``dciodvfy_errors(path)``: the ``Error`` lines dicom3tools' dciodvfy prints for a file."""
     return _run_dciodvfy
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """DCMTK storescp accepting every transfer syntax it knows, bit-preserving."""
+    out = tmp_path / "storescp"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "+xa", "+B", "-aet", "STORESCP", "-od", str(out),
+                             "-fe", ".dcm", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port)
+        yield port, out
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,27 +19,11 @@ from tests.dicom_io._net_fixtures import (
     make_video,
     pynetdicom_config,  # noqa: F401
     running_listener,
-    wait_port,
-)
+    )
 
 pytestmark = [pytest.mark.usefixtures("pynetdicom_config")]
 
 
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """DCMTK storescp accepting every transfer syntax it knows, bit-preserving."""
-    out = tmp_path / "storescp"
-    out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(["storescp", "+xa", "+B", "-aet", "STORESCP", "-od", str(out),
-                             "-fe", ".dcm", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port)
-        yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

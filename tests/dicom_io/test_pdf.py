@@ -4,9 +4,7 @@ to real peers (DCMTK storescp, Orthanc) by the same C-STORE SCU the delivery loo
 from __future__ import annotations
 
 import io
-import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,6 @@ from tests.dicom_io._net_fixtures import (
     dataset_part,
     free_port,
     pynetdicom_config,  # noqa: F401
-    wait_port,
 )
 from tests.dicom_io._writers_fixtures import (
     AUTHORS,
@@ -123,20 +120,6 @@ def test_kos_lists_the_report(sources, tmp_path, pdf_odd):
         write_key_object_selection(src.header, [], [], DEMO, tmp_path, documents=[report])
 
 
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    out = tmp_path / "storescp"
-    out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(["storescp", "+xa", "+B", "-aet", "STORESCP", "-od", str(out),
-                             "-fe", ".dcm", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_port(port)
-        yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

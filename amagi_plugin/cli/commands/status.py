@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from amagi_plugin.service import pid_alive
 
 #: A health file older than this (s) belongs to a service that stopped publishing.
 STALE_AFTER_S = 30.0
@@ -57,16 +58,6 @@ def run(args: argparse.Namespace, ctx) -> int:
     return 0
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def service_health(var_dir: Path, now: dt.datetime | None = None) -> dict[str, Any] | None:
     """What the running ``amagi serve`` last published (workers, refused C-STOREs), with
     ``running`` false when its process is gone or it stopped publishing; ``None`` when no
@@ -83,7 +74,7 @@ def service_health(var_dir: Path, now: dt.datetime | None = None) -> dict[str, A
     except (KeyError, TypeError, ValueError):
         age = float("inf")
     doc["age_s"] = round(age, 1)
-    doc["running"] = _pid_alive(int(doc.get("pid", 0) or 0)) and age < STALE_AFTER_S
+    doc["running"] = pid_alive(int(doc.get("pid", 0) or 0)) and age < STALE_AFTER_S
     return doc
 
 
