@@ -8,6 +8,7 @@ that they survive a DICOM DS round trip exactly: times to 1 ms, probabilities to
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import math
 import os
@@ -201,13 +202,24 @@ def weights_device_uid(path: str | os.PathLike[str]) -> str:
     InvalidResultError
         When the file cannot be read.
     """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InvalidResultError(f"cannot read the weights file {os.fspath(path)!r}: {e}") from e
+    # Every analysed video asks; the file is hashed once per version of it on disk.
+    return _device_uid_of(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _device_uid_of(path: str, size: int, mtime_ns: int) -> str:
+    """:func:`weights_device_uid` of the file at ``path`` as it was at ``(size, mtime_ns)``."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(_CHUNK):
                 digest.update(chunk)
     except OSError as e:
-        raise InvalidResultError(f"cannot read the weights file {os.fspath(path)!r}: {e}") from e
+        raise InvalidResultError(f"cannot read the weights file {path!r}: {e}") from e
     raw = bytearray(digest.digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (custom)
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant

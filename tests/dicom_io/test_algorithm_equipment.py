@@ -4,6 +4,7 @@ Sequence, with a Device UID derived from the weights (a retrained checkpoint dif
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 from matplotlib.figure import Figure
@@ -52,6 +53,10 @@ def test_device_uid_follows_the_weights_bytes(tmp_path):
     assert weights_device_uid(retrained) != uid
     with pytest.raises(InvalidResultError, match="cannot read the weights file"):
         weights_device_uid(tmp_path / "missing.pth")
+    # Retrained in place (same path and size, new bytes): the UID follows the new file.
+    trained.write_bytes(retrained.read_bytes())
+    os.utime(trained, ns=(1, 1))
+    assert weights_device_uid(trained) == weights_device_uid(retrained) != uid
 
 
 def test_algorithm_device_uid_default_and_checks():
