@@ -6,7 +6,16 @@ at restart, unfinished jobs are picked up again (lease expiry) and unsent result
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+from pathlib import Path
+from typing import Any
+
+#: What a running service publishes in its var dir every second (workers, refused C-STOREs).
+HEALTH_FILE = "workers.json"
+#: Published health older than this (s) means the service stopped publishing.
+STALE_AFTER_S = 30.0
 
 
 def pid_alive(pid: int) -> bool:
@@ -20,3 +29,21 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's process: it exists
         return True
     return True
+
+
+def service_health(var_dir: Path, now: dt.datetime | None = None) -> dict[str, Any] | None:
+    """What the running ``amagi serve`` last published (workers, refused C-STOREs), with
+    ``running`` false when its process is gone or it stopped publishing; ``None`` when no
+    service has published in ``var_dir``."""
+    try:
+        doc = json.loads((var_dir / HEALTH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    try:
+        age = (now - dt.datetime.fromisoformat(doc["updated_at"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        age = float("inf")
+    doc["age_s"] = round(age, 1)
+    doc["running"] = pid_alive(int(doc.get("pid", 0) or 0)) and age < STALE_AFTER_S
+    return doc

@@ -21,7 +21,7 @@ from amagi_plugin.errors import AmagiError
 from amagi_plugin.logsetup import register_phi
 from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.pipeline import BleedingAnalyzer
-from amagi_plugin.service import pid_alive
+from amagi_plugin.service import HEALTH_FILE, pid_alive
 from amagi_plugin.service.delivery import DeliveryLoop
 from amagi_plugin.service.metrics import Metrics, MetricsServer
 from amagi_plugin.service.worker import Worker
@@ -34,7 +34,6 @@ from dicom_io.sopclasses import INPUT_SOP_CLASSES, VL_ENDOSCOPIC
 log = logging.getLogger(__name__)
 
 #: File in the var directory where the running service publishes its workers' health.
-HEALTH_FILE = "workers.json"
 #: Seconds between two supervisor rounds (dead worker check, health file).
 SUPERVISE_S = 1.0
 

@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from amagi_plugin.service.app import HEALTH_FILE
+from amagi_plugin.service import HEALTH_FILE
 from db.schema import Job
 from dicom_io.encode import VideoMetadata, write_video_dicom
 from tests.amagi_plugin import test_serve

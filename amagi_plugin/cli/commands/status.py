@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
-from amagi_plugin.service import pid_alive
-
-#: A health file older than this (s) belongs to a service that stopped publishing.
-STALE_AFTER_S = 30.0
+from amagi_plugin.service import service_health
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -56,26 +52,6 @@ def run(args: argparse.Namespace, ctx) -> int:
                   + (f", next try {row['next_attempt_at']}" if row["next_attempt_at"] else "")
                   + (f", last error: {row['last_error']}" if row["last_error"] else ""))
     return 0
-
-
-def service_health(var_dir: Path, now: dt.datetime | None = None) -> dict[str, Any] | None:
-    """What the running ``amagi serve`` last published (workers, refused C-STOREs), with
-    ``running`` false when its process is gone or it stopped publishing; ``None`` when no
-    service has published in ``var_dir``."""
-    from amagi_plugin.service.app import HEALTH_FILE
-
-    try:
-        doc = json.loads((var_dir / HEALTH_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    now = now or dt.datetime.now(dt.timezone.utc)
-    try:
-        age = (now - dt.datetime.fromisoformat(doc["updated_at"])).total_seconds()
-    except (KeyError, TypeError, ValueError):
-        age = float("inf")
-    doc["age_s"] = round(age, 1)
-    doc["running"] = pid_alive(int(doc.get("pid", 0) or 0)) and age < STALE_AFTER_S
-    return doc
 
 
 def _print_service(ctx, health: dict[str, Any] | None) -> None:
