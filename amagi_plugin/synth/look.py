@@ -121,10 +121,9 @@ def scope_alpha(look: Look, height: int, width: int) -> np.ndarray:
     # Work in pixels of the shorter half side so that the rim width is in pixels.
     side = min(hx, hy)
     px, py = u * hx / side, v * hy / side
-    r = look.scope_size * max(hx, hy) / side if look.scope_mask == "rounded_rect" else \
-        look.scope_size
     if look.scope_mask == "none":
         return np.ones((height, width), np.float32)
+    r = look.scope_size
     if look.scope_mask == "round":
         dist = np.hypot(px, py) - r
     elif look.scope_mask == "octagon":

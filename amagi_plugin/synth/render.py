@@ -130,8 +130,11 @@ class Renderer:
 
         h, w = sc.height, sc.width
         active_alpha = np.zeros((h, w), np.float32)
-        for ev in sc.events:
-            st = event_state(ev, k, sc.fps)
+        # Events (active, or residual once ended), then the still look-alikes of active
+        # blood; everything but an active event is a hard negative.
+        blood = [(ev, event_state(ev, k, sc.fps), True) for ev in sc.events]
+        blood += [(x.blood, still_state(x, k, sc.fps), False) for x in sc.still]
+        for ev, st, bleeding in blood:
             if st is None:
                 continue
             box = self._screen_box(pose, world_extent(ev))
@@ -143,23 +146,8 @@ class Renderer:
                                          pose[2])
             sub = rgb[win]
             sub += (colour - sub) * alpha[..., None]
-            if st.active:
-                np.maximum(active_alpha[win], alpha, out=active_alpha[win])
-            else:
-                np.maximum(negative_alpha[win], alpha, out=negative_alpha[win])
-
-        for still in sc.still:  # look-alikes of active blood, drawn as hard negatives
-            st = still_state(still, k, sc.fps)
-            box = None if st is None else self._screen_box(pose, world_extent(still.blood))
-            if st is None or box is None:
-                continue
-            r0, r1, c0, c1 = box
-            win = (slice(r0, r1), slice(c0, c1))
-            alpha, colour = render_event(still.blood, st, wx[win], wy[win], irregular[win],
-                                         ripple[win], pose[2])
-            sub = rgb[win]
-            sub += (colour - sub) * alpha[..., None]
-            np.maximum(negative_alpha[win], alpha, out=negative_alpha[win])
+            target = active_alpha if bleeding and st.active else negative_alpha
+            np.maximum(target[win], alpha, out=target[win])
 
         occluder = np.zeros((h, w), np.float32)
         for inst in sc.instruments:
