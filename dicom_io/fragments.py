@@ -88,6 +88,24 @@ def read_header(path: str | os.PathLike[str]) -> tuple[FileDataset, int | None]:
     return header, pos
 
 
+#: Explicit VRs whose element header is 12 bytes with a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = (b"OB", b"OW", b"UN", b"OV", b"OF", b"OD", b"OL")
+
+
+def element_length(fh, element_offset: int) -> tuple[int, int] | None:
+    """``(value length, offset of the value)`` of the data element whose tag is at
+    ``element_offset`` in the open binary file ``fh`` (explicit VR with a 4-byte length, or
+    implicit VR); the length is ``0xFFFFFFFF`` when undefined. ``None`` when the file ends
+    inside the element's header."""
+    fh.seek(element_offset)
+    head = fh.read(12)
+    if len(head) >= 12 and head[4:6] in _LONG_VRS:
+        return struct.unpack("<I", head[8:12])[0], element_offset + 12
+    if len(head) < 12 and (len(head) < 8 or head[4:6] in _LONG_VRS):
+        return None
+    return struct.unpack("<I", head[4:8])[0], element_offset + 8  # implicit VR
+
+
 def index_fragments(path: str | os.PathLike[str], element_offset: int) -> FragmentIndex:
     """Walk the items of an encapsulated Pixel Data element (PS3.5 A.4) and index them.
 
@@ -116,16 +134,10 @@ def index_fragments(path: str | os.PathLike[str], element_offset: int) -> Fragme
     lengths: list[int] = []
     damage: str | None = None
     with open(path, "rb") as fh:
-        fh.seek(element_offset)
-        head = fh.read(12)
-        if len(head) < 12:
+        header = element_length(fh, element_offset)
+        if header is None:
             raise VideoDecodeError(f"{os.fspath(path)}: file ends inside the Pixel Data header")
-        if head[4:6] in (b"OB", b"OW", b"UN"):
-            (length,) = struct.unpack("<I", head[8:12])
-            pos = element_offset + 12
-        else:  # Implicit VR: no encapsulated video can be stored that way
-            (length,) = struct.unpack("<I", head[4:8])
-            pos = element_offset + 8
+        length, pos = header
         if length != _UNDEFINED:
             raise VideoDecodeError(
                 f"{os.fspath(path)}: Pixel Data is not encapsulated (defined length {length}); "

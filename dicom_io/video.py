@@ -49,7 +49,7 @@ from dicom_io.errors import (
     UnsupportedTransferSyntaxError,
     VideoDecodeError,
 )
-from dicom_io.fragments import index_fragments, read_header
+from dicom_io.fragments import element_length, index_fragments, read_header
 from dicom_io.native import PIXEL_TRANSFER_SYNTAXES, iter_multiframe, read_single
 from dicom_io.series import list_series_files, order_series
 from dicom_io.sopclasses import INPUT_SOP_CLASSES, VL_ENDOSCOPIC
@@ -428,17 +428,12 @@ def _check_stream_frames(path: Path, declared: int, decoder: AVDecoder) -> None:
 
 def _pixel_element_length(path: Path, offset: int) -> int | None:
     """The defined length (bytes) of the Pixel Data element at ``offset``; ``None`` when
-    undefined (encapsulated)."""
+    undefined (encapsulated), 0 when the file ends inside its header."""
     with open(path, "rb") as fh:
-        fh.seek(offset)
-        head = fh.read(12)
-    if len(head) < 8:
+        header = element_length(fh, offset)
+    if header is None:
         return 0
-    if head[4:6] in (b"OB", b"OW", b"UN", b"OV", b"OF", b"OD", b"OL"):
-        length = int.from_bytes(head[8:12], "little") if len(head) == 12 else 0
-    else:  # implicit VR
-        length = int.from_bytes(head[4:8], "little")
-    return None if length == 0xFFFFFFFF else length
+    return None if header[0] == 0xFFFFFFFF else header[0]
 
 
 def _check_pixel_frames(path: Path, header: Dataset, offset: int, n: int, rows: int,
