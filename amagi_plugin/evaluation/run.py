@@ -79,6 +79,7 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
     jobs
         Worker processes (1 = this process); each uses ``threads // jobs`` torch threads.
     """
+    import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
@@ -98,7 +99,9 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
         import torch
 
         per = max(1, (threads or torch.get_num_threads()) // jobs)
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
+        # spawn, not fork: the caller may hold CUDA (a forked child cannot use it) or threads
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker,
                                  initargs=(list(specs), options, per)) as pool:
             for pred in pool.map(_work, *zip(*tasks, strict=True)):
                 results.append(pred)
