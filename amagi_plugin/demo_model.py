@@ -33,12 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amagi_plugin.errors import AmagiError, ConfigError, ExitCode, exit_code_for
 from amagi_plugin.logsetup import setup_logging
 from amagi_plugin.modelspec import DEMO_DIR, DEMO_NOTICE
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class DemoBuildError(AmagiError):
+    """A stage of the demo build failed, or its work directory holds another build."""
+
 DEFAULT_WORK = REPO / "var" / "demo-model"
 
 
@@ -96,7 +102,7 @@ class DemoConfig:
     def recipe(cls, name: str) -> DemoConfig:
         """A named recipe of :data:`RECIPES`."""
         if name not in RECIPES:
-            raise SystemExit(f"unknown demo recipe {name!r}; choose one of {', '.join(RECIPES)}")
+            raise ConfigError(f"unknown demo recipe {name!r}; choose one of {', '.join(RECIPES)}")
         return cls(**RECIPES[name])
 
     def quick(self) -> DemoConfig:
@@ -135,7 +141,7 @@ def _cli(argv: list[str]) -> None:
 
     code = main(argv, ctx=Context(stdout=sys.stdout, stderr=sys.stderr))
     if code != 0:
-        raise SystemExit(f"amagi {' '.join(argv[:2])} failed with exit code {code}")
+        raise DemoBuildError(f"amagi {' '.join(argv[:2])} failed with exit code {code}")
 
 
 def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, domain: str,
@@ -189,10 +195,10 @@ def _check_work_dir(work: Path, cfg: DemoConfig) -> None:
         if found != wanted:
             changed = sorted(k for k in wanted.keys() | found.keys()
                              if wanted.get(k) != found.get(k))
-            raise SystemExit(f"{work} holds a build with another configuration "
+            raise DemoBuildError(f"{work} holds a build with another configuration "
                              f"({', '.join(changed)} differ); remove it or pass --work-dir")
     elif any(work.iterdir()):
-        raise SystemExit(f"{work} is not empty and records no configuration; remove it or "
+        raise DemoBuildError(f"{work} is not empty and records no configuration; remove it or "
                          "pass --work-dir")
     record.write_text(json.dumps(wanted, indent=1) + "\n")
 
@@ -266,7 +272,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         code = proc.wait()
         log_file.close()
         if code != 0:
-            raise SystemExit(f"training {name} failed (exit {code}); see {out}/stdout.log")
+            raise DemoBuildError(f"training {name} failed (exit {code}); see {out}/stdout.log")
         (out / "done").write_text("ok\n")
     timings.record("train_clip_models", t0, bool(procs))
 
@@ -424,9 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (train and evaluate)")
     args = p.parse_args(argv)
     setup_logging("info", "text")  # the program's one logging setup
-    cfg = DemoConfig.recipe(args.recipe)
-    training = build_demo(args.work_dir, cfg.quick() if args.quick else cfg, args.dest,
-                          args.device)
+    try:
+        cfg = DemoConfig.recipe(args.recipe)
+        training = build_demo(args.work_dir, cfg.quick() if args.quick else cfg, args.dest,
+                              args.device)
+    except Exception as e:  # the CLI's one table of exit codes; bugs keep their traceback
+        code = exit_code_for(e)
+        if code == ExitCode.INTERNAL:
+            raise
+        print(f"demo-model: error: {e}", file=sys.stderr)
+        return int(code)
     print(json.dumps(training["seconds"]))
     return 0
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import DatabaseUnavailableError
+from db.errors import DatabaseMissingError, DatabaseUnavailableError, DatabaseURLError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _parse_url(url: str | URL) -> URL:
     try:
         return make_url(url)
     except ArgumentError as e:
-        raise DatabaseUnavailableError(f"not a database URL: {mask_url(url)!s}") from e
+        raise DatabaseURLError(f"not a database URL: {mask_url(url)!s}") from e
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
@@ -187,7 +187,7 @@ def open_database(url: str | URL, *, upgrade: bool = True, create: bool = True) 
 
     path = sqlite_file(url)
     if not create and path is not None and not path.exists():
-        raise DatabaseUnavailableError(
+        raise DatabaseMissingError(
             f"no database at {mask_url(url)}: nothing received yet, or another "
             "storage.var_dir / database.url")
     engine = create_engine(url)

@@ -10,6 +10,7 @@ known errors into one line on stderr and an :class:`~amagi_plugin.errors.ExitCod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from amagi_plugin import __version__
-from amagi_plugin.config import Config, ConfigError, keys, load_config, parse_set_option
-from amagi_plugin.errors import AmagiError, ExitCode
+from amagi_plugin.config import Config, keys, load_config, parse_set_option
+from amagi_plugin.errors import ExitCode, exit_code_for
 from amagi_plugin.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,10 @@ def main(argv: Sequence[str] | None = None, ctx: Context | None = None) -> int:
     """Run ``amagi`` with ``argv``; returns the exit status instead of exiting."""
     ctx = ctx or Context()
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, usage errors
+    try:  # --help, --version and usage errors print through the injected streams
+        with contextlib.redirect_stdout(ctx.stdout), contextlib.redirect_stderr(ctx.stderr):
+            args = parser.parse_args(argv)
+    except SystemExit as e:
         return int(e.code or 0)
     debug = bool(getattr(args, "debug", False))
     try:
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None, ctx: Context | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        code = _exit_code_for(e)
+        code = exit_code_for(e)
         if code == ExitCode.INTERNAL:
             log.debug("unexpected error", exc_info=True)
             print(f"{PROG}: internal error: {type(e).__name__}: {e} (rerun with --debug for the "
@@ -132,18 +134,6 @@ def main(argv: Sequence[str] | None = None, ctx: Context | None = None) -> int:
         else:
             print(f"{PROG}: error: {e}", file=ctx.stderr)
         return code
-
-
-def _exit_code_for(e: BaseException) -> ExitCode:
-    """Our own errors (any package's) carry a user-facing message; the rest are bugs."""
-    if isinstance(e, AmagiError | ConfigError):
-        return e.exit_code
-    if isinstance(e, FileNotFoundError | IsADirectoryError | PermissionError):
-        return ExitCode.BAD_INPUT
-    module = type(e).__module__.split(".")[0]
-    if module in ("dicom_io", "models", "db"):
-        return ExitCode(getattr(e, "exit_code", ExitCode.BAD_INPUT))
-    return ExitCode.INTERNAL
 
 
 def entry() -> None:  # pragma: no cover - the console script

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from amagi_plugin.demo_model import StageTimes
+from amagi_plugin.errors import ConfigError
 
 
 def test_resumed_build_keeps_the_recorded_stage_times(tmp_path: Path) -> None:
@@ -81,5 +82,22 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu"}
     gpu = DemoConfig.recipe("randomised-gpu")
     assert gpu.train_domain == "randomised" and gpu.clip_epochs > randomised.clip_epochs
-    with pytest.raises(SystemExit, match="unknown demo recipe 'gpu'"):
+    with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
         DemoConfig.recipe("gpu")
+
+
+def test_a_work_directory_of_another_build_is_refused_with_one_line(tmp_path, capsys) -> None:
+    from amagi_plugin.demo_model import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps({"version": "0.1", "train_cases": 1}))
+    code = main(["--work-dir", str(work), "--dest", str(tmp_path / "dest"), "--quick"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("demo-model: error: ")
+    assert "holds a build with another configuration" in err[-1] and "train_cases" in err[-1]
+    assert not (tmp_path / "dest").exists()
+    (work / "config.json").unlink()
+    (work / "stray").write_text("x")
+    assert main(["--work-dir", str(work), "--dest", str(tmp_path / "dest")]) == 1
+    assert "is not empty and records no configuration" in capsys.readouterr().err

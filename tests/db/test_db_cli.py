@@ -55,7 +55,7 @@ def test_unreachable_database_is_one_line(run_cli):
     url = "postgresql+psycopg://u:hunter2@127.0.0.1:1/x"
     for argv in (("db", "current"), ("cases", "list")):
         r = run_cli(*argv, env={"AMAGI_DATABASE_URL": url})
-        assert r.code == 1
+        assert r.code == 69  # ExitCode.UNAVAILABLE: an outage, not a failed check
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "hunter2" not in r.stderr
         assert "cannot reach database postgresql+psycopg://u:***@127.0.0.1:1/x" in lines[0]
