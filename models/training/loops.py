@@ -8,6 +8,17 @@ loss history, so ``resume=True`` continues where a run stopped. Data order and a
 depend only on ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted
 one. The AMAGI segmentation net stays frozen (no gradient, BN in eval mode) during clip
 training.
+
+Under torchrun (an initialised default process group, see
+:mod:`models.training.distributed`) the same loops train data-parallel: the model is wrapped
+in ``DistributedDataParallel`` (every trainable parameter takes part in the loss, so no
+unused-parameter search; the frozen segmentation net has no gradient and is left out), each
+epoch is sharded by a ``DistributedSampler`` seeded with ``seed`` and ``set_epoch``-ed (the
+same permutation on every rank; item ``i`` still gets the augmentation of ``(seed, epoch,
+i)``), ``batch_size`` is per process, the logged loss and accuracy pool every batch of
+every rank, and rank 0 alone writes (and, on resume, reads and broadcasts) the checkpoint of the
+unwrapped model, so its keys are those of a single-process run. Data, class weights and
+recipe are checked to be the same on every rank before the first step.
 """
 
 from __future__ import annotations
@@ -24,11 +35,13 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.errors import ModelError
+from models.training import distributed as _dist
 from models.training.recipe import (
     AUTHORS_CLIP_CLASS_WEIGHTS,
     AUTHORS_SEG_CLASS_WEIGHTS,
@@ -100,9 +113,12 @@ def _setup(cfg: _Common) -> torch.device:
     return torch.device(cfg.device)
 
 
-def _loader(ds: Dataset, cfg: _Common, epoch: int) -> DataLoader:
+def _loader(ds: Dataset, cfg: _Common, epoch: int,
+            group: tuple[int, int] | None = None) -> DataLoader:
     if hasattr(ds, "set_epoch"):
         ds.set_epoch(epoch)
+    if group is not None:
+        return _shard_loader(ds, cfg, epoch, *group)
     seed = int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0])
     torch.manual_seed(seed)  # dropout of this epoch, so a resumed run matches
     g = torch.Generator().manual_seed(seed)
@@ -110,46 +126,111 @@ def _loader(ds: Dataset, cfg: _Common, epoch: int) -> DataLoader:
                       drop_last=len(ds) > cfg.batch_size, num_workers=cfg.workers)
 
 
-def _resume(model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, out: Path
-            ) -> tuple[int, list[dict[str, float]]]:
-    path = out / LATEST
+def _shard_loader(ds: Dataset, cfg: _Common, epoch: int, rank: int, world: int
+                  ) -> DataLoader:
+    """This rank's share of the epoch: one permutation of ``(seed, epoch)`` on every rank."""
+    seed = int(np.random.SeedSequence([cfg.seed, epoch, rank]).generate_state(1)[0])
+    torch.manual_seed(seed)  # dropout of this rank and epoch, so a resumed run matches
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler,
+                      drop_last=len(sampler) > cfg.batch_size, num_workers=cfg.workers)
+
+
+def _read_latest(path: Path) -> Any:
     if not path.is_file():
+        return None
+    return read_checkpoint(path)
+
+
+def _shared_latest(path: Path, rank: int) -> Any:
+    """Rank 0 reads the checkpoint and every rank gets it (no shared file system needed)."""
+    if rank == 0:
+        try:
+            sent: tuple[str, Any] = ("ok", _read_latest(path))
+        except ModelError as e:  # tell the other ranks instead of leaving them waiting
+            sent = ("error", str(e))
+    else:
+        sent = ("ok", None)
+    status, value = _dist.broadcast_object(sent)
+    if status == "error":
+        raise ModelError(value)
+    return value
+
+
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, out: Path,
+            group: tuple[int, int] | None = None) -> tuple[int, list[dict[str, float]]]:
+    path = out / LATEST
+    ck = _read_latest(path) if group is None else _shared_latest(path, group[0])
+    if ck is None:
         log.info("no checkpoint to resume in %s: starting from scratch", out)
         return 0, []
-    ck = read_checkpoint(path)
     model.load_state_dict(ck["state_dict"])
     optimizer.load_state_dict(ck["optimizer"])
     meta = ck["meta"]
     scheduler.load_state_dict(meta["scheduler"])
+    world = 1 if group is None else group[1]
+    if int(meta.get("world_size", 1)) != world:
+        log.warning("%s was written by %s process(es), resumed by %d: an epoch now has "
+                    "another number of steps, so the learning-rate schedule is not the "
+                    "uninterrupted run's", path, meta.get("world_size", 1), world)
     log.info("resumed %s at epoch %d", path, meta["epoch"])
     return int(meta["epoch"]), list(meta.get("history", []))
+
+
+def _same_everywhere(train_ds: Dataset, cfg: _Common, kind: str) -> None:
+    """Every rank trains the same data with the same recipe (class weights included)."""
+    per_process = {"out_dir", "device", "threads", "workers"}  # may differ between hosts
+    facts: dict[str, Any] = {k: v for k, v in asdict(cfg).items() if k not in per_process}
+    facts.update(kind=kind, items=len(train_ds))
+    labels = getattr(train_ds, "labels", None)
+    if labels is not None:
+        facts["labels"] = _dist.digest([int(v) for v in labels])
+    _dist.check_same(facts)
 
 
 def _loop(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn,
           meta_extra: dict[str, Any], progress: TextIO | None) -> TrainResult:
     device = _setup(cfg)
+    group = _dist.world()  # (rank, world size) under torchrun, else None
+    rank, world = group or (0, 1)
+    main = rank == 0
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     model.to(device)
+    if group is not None:
+        _same_everywhere(train_ds, cfg, kind)
     optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-    steps_per_epoch = max(1, len(train_ds) // cfg.batch_size) if len(train_ds) > cfg.batch_size \
-        else 1
+    n_items = len(train_ds) if group is None else math.ceil(len(train_ds) / world)
+    steps_per_epoch = max(1, n_items // cfg.batch_size) if n_items > cfg.batch_size else 1
     total = cfg.epochs * steps_per_epoch
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = warmup_cosine(optimizer, total, warmup)
-    start, history = (_resume(model, optimizer, scheduler, out) if cfg.resume else (0, []))
+    start, history = (_resume(model, optimizer, scheduler, out, group) if cfg.resume
+                      else (0, []))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    net: nn.Module = model
+    if group is not None:
+        # Every trainable parameter reaches the loss (AMAGI's segmentation net is frozen,
+        # so DDP leaves it out): no unused-parameter search. BN statistics stay per process
+        # (the authors' BN3d), rank 0's buffers are broadcast before each forward.
+        net = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=False)
+        meta_extra = {**meta_extra, "world_size": world}
     t_start = time.perf_counter()
     for epoch in range(start, cfg.epochs):
-        model.train()
-        loader = _loader(train_ds, cfg, epoch)
+        net.train()
+        loader = _loader(train_ds, cfg, epoch, group)
         bar = tqdm(loader, desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   file=progress, disable=progress is None, leave=False)
+                   file=progress, disable=progress is None or not main, leave=False)
         losses, correct, seen, t0 = [], 0, 0, time.perf_counter()
         for x, y in bar:
             x, y = x.to(device), y.to(device)
-            loss, n_ok = loss_fn(model, x, y)
+            loss, n_ok = loss_fn(net, x, y)
             if not math.isfinite(float(loss.detach())):
                 raise ModelError(f"{kind} training diverged at epoch {epoch + 1} (loss {loss})")
             optimizer.zero_grad(set_to_none=True)
@@ -162,20 +243,30 @@ def _loop(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn,
             seen += int(y.numel())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         bar.close()
-        entry = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5),
-                 "accuracy": round(correct / max(1, seen), 5),
+        mean_loss, accuracy = float(np.mean(losses)), correct / max(1, seen)
+        if group is not None:  # the global figures: every batch of every rank
+            loss_sum, batches, correct_all, seen_all = _dist.all_sum(
+                [float(np.sum(losses)), len(losses), correct, seen], device)
+            mean_loss, accuracy = loss_sum / max(1.0, batches), correct_all / max(1.0, seen_all)
+        entry = {"epoch": epoch + 1, "loss": round(mean_loss, 5),
+                 "accuracy": round(accuracy, 5),
                  "lr": round(float(scheduler.get_last_lr()[0]), 7),
                  "seconds": round(time.perf_counter() - t0, 2)}
         history.append(entry)
-        log.info("%s epoch %d/%d: loss %.4f, accuracy %.3f, lr %.5f, %.1f s", kind, epoch + 1,
-                 cfg.epochs, entry["loss"], entry["accuracy"], entry["lr"], entry["seconds"])
-        meta = {"epoch": epoch + 1, "kind": kind, "config": asdict(cfg),
-                "scheduler": scheduler.state_dict(), "history": history, **meta_extra}
-        path = save_checkpoint(model, out / LATEST, meta=meta, optimizer=optimizer)
-        if cfg.keep_epochs:
-            shutil.copyfile(path, out / f"epoch_{epoch + 1}.pth")
+        if main:
+            log.info("%s epoch %d/%d: loss %.4f, accuracy %.3f, lr %.5f, %.1f s", kind,
+                     epoch + 1, cfg.epochs, entry["loss"], entry["accuracy"], entry["lr"],
+                     entry["seconds"])
+            meta = {"epoch": epoch + 1, "kind": kind, "config": asdict(cfg),
+                    "scheduler": scheduler.state_dict(), "history": history, **meta_extra}
+            path = save_checkpoint(model, out / LATEST, meta=meta, optimizer=optimizer)
+            if cfg.keep_epochs:
+                shutil.copyfile(path, out / f"epoch_{epoch + 1}.pth")
+        _dist.barrier()  # the epoch's files are complete before any rank goes on or ends
         if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
-            log.info("%s: stopping after epoch %d as asked (resume to continue)", kind, epoch + 1)
+            if main:
+                log.info("%s: stopping after epoch %d as asked (resume to continue)", kind,
+                         epoch + 1)
             break
     return TrainResult(out / LATEST, history, time.perf_counter() - t_start)
 

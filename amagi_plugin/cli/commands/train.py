@@ -5,6 +5,12 @@ AMAGI (with that segmentation net frozen inside) or the plain SlowFast baseline 
 authors' rawframe layout (``folder total_frames label`` lists); ``demo`` builds the bundled
 demo model end to end (what ``make demo-model`` runs). Checkpoints are written after every
 epoch in the authors' layout; ``--resume`` continues an interrupted run.
+
+``seg`` and ``clip`` also run data-parallel under torchrun (``torchrun --nproc_per_node N -m
+amagi_plugin.cli train clip ...``): one process per GPU (``--device cuda`` becomes
+``cuda:LOCAL_RANK``; nccl, or gloo on the CPU), ``--batch-size`` per process, and rank 0
+alone writes the checkpoint, ``train.log`` and the summary line
+(:mod:`models.training.distributed`).
 """
 
 from __future__ import annotations
@@ -35,12 +41,19 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("-od", "--output-directory", required=True, metavar="DIR",
                    help="checkpoints (latest.pth, authors' layout) and train.log go here")
     g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="per process: under torchrun each of N processes takes this many, "
+                   "so one optimiser step sees N times as many (the authors' per-GPU batch); "
+                   "the learning rate is not scaled")
     g.add_argument("--lr", type=float, default=lr, help="SGD learning rate")
     g.add_argument("--warmup-epochs", type=float, default=1.0,
                    help="linear warm-up length before the cosine decay")
     g.add_argument("--seed", type=int, default=0, help="data order and augmentation seed")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under "
+                   "torchrun: cuda means cuda:LOCAL_RANK)")
+    g.add_argument("--dist-backend", default="auto", choices=("auto", "nccl", "gloo"),
+                   help="process-group backend under torchrun (auto: nccl on CUDA, gloo on "
+                   "the CPU); ignored without torchrun")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--workers", type=int, default=0, metavar="N",
                    help="data-loading processes (0: decode and augment in the training "
@@ -148,6 +161,30 @@ def _fold_filter(records: list, args: argparse.Namespace) -> tuple[list, dict]:
 
 
 @contextlib.contextmanager
+def _distributed(args: argparse.Namespace, ctx) -> Iterator[tuple[str, bool]]:
+    """This process's training device and whether it writes (rank 0).
+
+    Started by torchrun (``WORLD_SIZE`` in the environment), the default process group lives
+    for the block; otherwise nothing changes: the device is ``--device`` resolved, and the
+    process writes.
+    """
+    from models.training.distributed import launch_info, process_device, process_group
+
+    info = launch_info(ctx.environ)
+    device = _device(args.device)
+    if info is None:
+        yield device, True
+        return
+    device = process_device(device, info)
+    with process_group(info, device, args.dist_backend):
+        yield device, info.is_main
+
+
+def _writer_log(out: Path, main: bool) -> contextlib.AbstractContextManager[None]:
+    return _log_to(out) if main else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
 def _log_to(out: Path) -> Iterator[None]:
     """Append the training loggers' records to ``out/train.log`` while the block runs."""
     out.mkdir(parents=True, exist_ok=True)
@@ -178,11 +215,15 @@ def _common_cfg(args: argparse.Namespace, ctx, device: str) -> dict:
 
 
 def run_seg(args: argparse.Namespace, ctx) -> int:
+    with _distributed(args, ctx) as (device, main):
+        return _run_seg(args, ctx, device, main)
+
+
+def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     from models import build_model, model_cfg
     from models.training import SegDataset, SegTrainConfig, TrainingDataError, train_seg_model
     from models.training.data import find_seg_pairs
 
-    device = _device(args.device)
     arch = _arch(args.arch, device)
     mcfg = model_cfg(arch)
     if not mcfg.has_segmentation:
@@ -196,10 +237,12 @@ def run_seg(args: argparse.Namespace, ctx) -> int:
     ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
                     train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction)
     seg = build_model(arch).backbone.seg_model
-    with _log_to(Path(cfg.out_dir)):
+    with _writer_log(Path(cfg.out_dir), main):
         result = train_seg_model(seg, ds, cfg,
                                  progress=None if args.no_progress else ctx.stderr)
     last = result.history[-1] if result.history else {}
+    if not main:
+        return 0
     ctx.print(f"segmentation net of {arch} trained on {len(ds)} frames: {result.checkpoint} "
               f"(loss {last.get('loss')}, pixel accuracy {last.get('accuracy')}) "
               f"{json.dumps(fold) if fold else ''}".rstrip())
@@ -207,6 +250,11 @@ def run_seg(args: argparse.Namespace, ctx) -> int:
 
 
 def run_clip(args: argparse.Namespace, ctx) -> int:
+    with _distributed(args, ctx) as (device, main):
+        return _run_clip(args, ctx, device, main)
+
+
+def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     from models import CheckpointError, build_model, load_checkpoint
     from models.training import (
         AUTHORS_CLIP_CLASS_WEIGHTS,
@@ -218,7 +266,6 @@ def run_clip(args: argparse.Namespace, ctx) -> int:
         train_clip_model,
     )
 
-    device = _device(args.device)
     arch = _arch(args.arch, device)
     overrides = {"input_size": args.input_size} if args.input_size else {}
     try:
@@ -261,10 +308,12 @@ def run_clip(args: argparse.Namespace, ctx) -> int:
             "still_negatives": args.still_negatives,
             "seg_checkpoint": seg_source, "clips": len(ds),
             "positives": int(sum(labels)), **fold}
-    with _log_to(Path(cfg.out_dir)):
+    with _writer_log(Path(cfg.out_dir), main):
         result = train_clip_model(model, ds, cfg,
                                   progress=None if args.no_progress else ctx.stderr, meta=meta)
     last = result.history[-1] if result.history else {}
+    if not main:
+        return 0
     ctx.print(f"{arch} trained on {len(ds)} clips ({sum(labels)} bleeding), class weights "
               f"{list(weights)}: {result.checkpoint} (loss {last.get('loss')}, accuracy "
               f"{last.get('accuracy')}, {result.seconds:.0f} s)")
@@ -274,6 +323,10 @@ def run_clip(args: argparse.Namespace, ctx) -> int:
 def run_demo(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.demo_model import DEFAULT_WORK, DemoConfig, build_demo
     from amagi_plugin.modelspec import DEMO_DIR
+
+    if "WORLD_SIZE" in ctx.environ:
+        raise InputError("'amagi train demo' runs in one process: start it without torchrun "
+                         "(or run 'amagi train seg|clip' under torchrun)")
 
     cfg = DemoConfig.recipe(args.recipe)
     cfg = cfg.quick() if args.quick else cfg
