@@ -8,8 +8,8 @@ How
     MPEG-2/H.264/HEVC streams are cut at their key frames (:mod:`dicom_io.keyframes`,
     demuxing only, in the caller's thread) and each segment is decoded, and converted to
     RGB, by a worker thread with a decoder of its own. FFmpeg's decoding and PyAV's
-    conversion run without the GIL, so threads scale without copying frames between
-    processes (measured: 2 threads decode 720p H.264 about twice as fast as 1 on 2 cores).
+    conversion run without the GIL, so threads share the cores without the copying of
+    every frame between processes that worker processes would need.
     Multi-frame instances and single-frame series need no cut: every frame decodes alone,
     so runs of :data:`CHUNK_FRAMES` frames are read by the workers through the serial path.
 

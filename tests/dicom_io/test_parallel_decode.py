@@ -14,6 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from dicom_io import parallel
 from dicom_io.encode import wrap_video_as_dicom, write_multiframe_dicom
 from dicom_io.errors import DicomIOError, TruncatedVideoError
+from dicom_io.fragments import index_fragments, read_header
 from dicom_io.keyframes import Segment, SerialTail, key_frames, plan_segments
 from dicom_io.parallel import parallel_frames
 from dicom_io.video import VideoSource, open_video
@@ -234,3 +235,30 @@ def test_bad_arguments(make_video):
         list(src.frames(-1, workers=2))
     assert list(src.frames(10, 10, workers=2)) == []
     assert src.frame_range(5, 1000, 2) == range(5, N, 2)
+
+
+def test_series_goes_through_the_same_api(tmp_path):
+    from tests.dicom_io.test_video_pixels import _series
+
+    folder, _, _ = _series(tmp_path, 19, "FrameReferenceTime")
+    src = open_video(folder)
+    assert src.kind == "dicom-series"
+    for start, stop, step in [(0, None, 1), (2, 17, 3)]:
+        _same(list(src.frames(start, stop, step, workers=2)), list(src.frames(start, stop, step)))
+
+
+def test_multiframe_decode_error_is_the_serial_one(tmp_path):
+    path = tmp_path / "rle.dcm"
+    write_multiframe_dicom(synthetic_frames(21), path, fps=25.0, transfer_syntax=RLELossless)
+    fragments = index_fragments(path, read_header(path)[1])
+    data = bytearray(path.read_bytes())
+    at = fragments.offsets[13]
+    data[at:at + 8] = (99).to_bytes(4, "little") * 2  # 99 RLE segments: not decodable
+    path.write_bytes(bytes(data))
+    src = open_video(path)
+    want, want_error, _ = _run(src.frames())
+    assert want_error is not None and "frame 13" in want_error and len(want) == 13
+    for workers in (2, 3):
+        got, error, _ = _run(src.frames(workers=workers))
+        _same(got, want)
+        assert error == want_error
