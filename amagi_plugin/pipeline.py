@@ -41,8 +41,8 @@ class VideoLike(Protocol):
     frame_count: int
     fps: float
 
-    def frames(self, start: int = 0, stop: int | None = None, step: int = 1
-               ) -> Iterator[tuple[int, float, np.ndarray]]: ...
+    def frames(self, start: int = 0, stop: int | None = None, step: int = 1, *,
+               workers: int = 1) -> Iterator[tuple[int, float, np.ndarray]]: ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class AnalysisOptions:
     smoothing: str = "morphology"
     smoothing_s: float = 1.0
     decode_ahead: int = 64  # frames buffered between the decoder and the network
+    decode_workers: int = 1  # decoding threads (segments key frame to key frame); 1 = serial
     key_frame_masks: bool = True
     share_clips: bool = True  # False: the authors' three fresh clips per prediction (baseline)
 
@@ -92,8 +93,9 @@ class FramePrefetcher:
     """
 
     def __init__(self, video: VideoLike, needed: Sequence[int], transform: Callable[[np.ndarray], Any],
-                 capacity: int, timings: dict[str, float]) -> None:
+                 capacity: int, timings: dict[str, float], decode_workers: int = 1) -> None:
         self._video = video
+        self._workers = decode_workers
         self._needed = sorted(set(needed))
         self._transform = transform
         self._queue: queue.Queue[tuple[int, torch.Tensor] | _End] = queue.Queue(maxsize=capacity)
@@ -110,7 +112,9 @@ class FramePrefetcher:
         decode_s = transform_s = 0.0
         try:
             t0 = time.perf_counter()
-            for index, _t, rgb in self._video.frames(0, last + 1):
+            frames = (self._video.frames(0, last + 1) if self._workers == 1
+                      else self._video.frames(0, last + 1, workers=self._workers))
+            for index, _t, rgb in frames:
                 decode_s += time.perf_counter() - t0
                 if index in wanted:
                     t1 = time.perf_counter()
@@ -209,7 +213,8 @@ class BleedingAnalyzer:
         starts = schedule.clip_starts()
         needed = {f for s in starts for f in schedule.clip_frames(s)}
         prefetch = FramePrefetcher(video, sorted(needed), self.transform,
-                                   self.options.decode_ahead, timings)
+                                   self.options.decode_ahead, timings,
+                                   self.options.decode_workers)
         computed = 0
 
         def probs(batch: Sequence[int]) -> np.ndarray:

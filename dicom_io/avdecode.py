@@ -11,6 +11,13 @@ Frame indices
     comes from its presentation timestamp, later ones are counted. If the seek lands past
     the target (or the stream has no timestamps), decoding starts from the beginning.
 
+Segments
+    :meth:`AVDecoder.demux` reads the packets without decoding, and
+    :meth:`AVDecoder.decode_segment` decodes a :class:`~dicom_io.keyframes.Segment` (the
+    packets from one key frame to the next) in a decoder of its own;
+    :mod:`dicom_io.keyframes` cuts the stream into segments and :mod:`dicom_io.parallel`
+    decodes them side by side.
+
 Damage
     A decoder or demuxer error, or a stream that ends before the declared number of
     frames, ends iteration with :class:`~dicom_io.errors.TruncatedVideoError` *after* the
@@ -24,7 +31,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +43,7 @@ import numpy as np
 
 from dicom_io.errors import TruncatedVideoError, VideoDecodeError
 from dicom_io.fragments import FragmentIndex, FragmentStream
+from dicom_io.keyframes import Segment
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,16 @@ class StreamInfo:
     height: int
     rate: float | None
     frames: int
+
+
+class SegmentMismatchError(Exception):
+    """A segment's frames do not end where its next key frame begins (internal).
+
+    Raised by :meth:`AVDecoder.decode_segment` after the frames before the split, when the
+    decoder gave more or fewer frames than the stream has packets; the caller decodes the
+    rest serially instead. Not a :class:`~dicom_io.errors.DicomIOError`: it never reaches
+    the user.
+    """
 
 
 class AVDecoder:
@@ -115,6 +133,7 @@ class AVDecoder:
                 rate=float(rate) if rate else None, frames=int(vs.frames or 0))
             self._time_base: Fraction | None = vs.time_base
             self._start_pts: int | None = vs.start_time
+            self._extradata: bytes | None = vs.codec_context.extradata
 
     @contextmanager
     def _open(self) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
@@ -159,6 +178,18 @@ class AVDecoder:
                     raise VideoDecodeError(f"{self.path}: cannot demux the stream ({e})") from e
         return count
 
+    def demux(self) -> Iterator[av.Packet]:
+        """The video packets in decode order (flush packets left out), without decoding.
+
+        The bit stream stays open while the iterator runs; close it (or exhaust it) to
+        release the file. Demuxer errors (:class:`av.error.FFmpegError`, :class:`OSError`)
+        propagate unchanged, so that a caller can raise them where a decode would.
+        """
+        with self._open() as (container, vs):
+            for packet in container.demux(vs):
+                if packet.size:
+                    yield packet
+
     # -- index <-> stream time -------------------------------------------------------
     def _uniform(self) -> bool:
         t = self.times
@@ -195,6 +226,22 @@ class AVDecoder:
             return None
         return float((frame.pts - origin) * self._time_base)
 
+    def agrees(self, index: int, pts: int | None) -> bool:
+        """Whether frame ``index`` (counted from the start) is at stream timestamp ``pts``.
+
+        True when the timestamp maps back to ``index`` (as a seek maps it) and is within
+        half a frame of the expected time, so that decoding from there counts frames
+        exactly as decoding from the start does.
+        """
+        if pts is None or self._start_pts is None or self._time_base is None:
+            return False
+        t = float((pts - self._start_pts) * self._time_base)
+        if self._index_of(t) != index:
+            return False
+        if self.times is not None and index < len(self.times):
+            return abs(t - float(self.times[index])) <= 0.5 * self._frame_interval()
+        return True
+
     # -- decoding --------------------------------------------------------------------
     def iter_frames(self, start: int = 0, stop: int | None = None, step: int = 1,
                     ) -> Iterator[tuple[int, np.ndarray]]:
@@ -214,6 +261,68 @@ class AVDecoder:
         with self._open() as (container, vs):
             frames = self._positioned(container, vs, start)
             yield from self._select(frames, start, stop, step)
+
+    def decode_segment(self, segment: Segment, start: int, stop: int | None, step: int
+                       ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(index, rgb)`` for the indices of ``range(start, stop, step)`` in ``segment``.
+
+        The segment is decoded in a decoder of its own, so segments can be decoded at the
+        same time in several threads. Frames are counted from ``segment.first`` exactly as
+        :meth:`iter_frames` counts them (lost frames repeated, concealed errors held back).
+
+        Raises
+        ------
+        TruncatedVideoError
+            After the good frames, when the stream is damaged within the segment.
+        SegmentMismatchError
+            After the frames before ``segment.next_first``, when the frame counted there is
+            not the next key frame, or when concealed-error frames run up to the split and
+            only the frames after it could tell whether they are the damage itself.
+        """
+        frames = self._counted(self._segment_frames(segment), segment.first, None,
+                               self._start_pts)
+        if segment.next_first is None:
+            yield from self._select(frames, start, stop, step, first=segment.first)
+            return
+        end = segment.next_first if stop is None else min(stop, segment.next_first)
+        settle = end == segment.next_first
+        checked = self._checked_split(frames, segment)
+        yield from self._select(checked, start, end, step, first=segment.first, settle=settle)
+
+    def _segment_frames(self, segment: Segment) -> Iterator[av.VideoFrame]:
+        """Decode ``segment.packets`` in a new decoder, as ``container.decode`` would."""
+        ctx = av.CodecContext.create(self.info.codec, "r")
+        if self._extradata is not None:
+            ctx.extradata = self._extradata
+        ctx.thread_type = self.thread_type
+        key_pts = segment.key_pts
+
+        def shown(decoded: Sequence[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+            for frame in decoded:
+                if key_pts is None or frame.pts is None or frame.pts >= key_pts:
+                    yield frame
+
+        for packet in segment.packets:
+            yield from shown(ctx.decode(packet))
+        if segment.end_error is not None:
+            raise segment.end_error
+        yield from shown(ctx.decode(None))
+
+    def _checked_split(self, frames: Iterator[tuple[int, av.VideoFrame | None, str | None]],
+                       segment: Segment
+                       ) -> Iterator[tuple[int, av.VideoFrame | None, str | None]]:
+        """Pass ``frames`` on, checking that the one counted at ``next_first`` is the key frame."""
+        split = segment.next_first
+        for index, frame, err in frames:
+            if err is None and index == split and (
+                    frame is None or frame.pts != segment.next_key_pts):
+                raise SegmentMismatchError(f"frame {index} is not the key frame at pts "
+                                           f"{segment.next_key_pts}")
+            yield index, frame, err
+            if err is not None:
+                return
+        raise SegmentMismatchError(f"the segment from frame {segment.first} ended before "
+                                   f"frame {split}")
 
     def _positioned(self, container, vs, start: int
                     ) -> Iterator[tuple[int, av.VideoFrame | None, str | None]]:
@@ -325,19 +434,26 @@ class AVDecoder:
         return False
 
     def _select(self, frames: Iterator[tuple[int, av.VideoFrame | None, str | None]],
-                start: int, stop: int | None, step: int) -> Iterator[tuple[int, np.ndarray]]:
+                start: int, stop: int | None, step: int, *, first: int = 0,
+                settle: bool = False) -> Iterator[tuple[int, np.ndarray]]:
         """Pick the requested frames; hold back corrupt frames until a good one follows.
 
         A frame the decoder flags as corrupt (errors concealed) is yielded, with a
         warning, once a clean frame follows it; corrupt frames at the very end of the
         stream are the damage itself (a cut packet) and are not yielded.
+
+        ``first`` is the index of the first frame in ``frames`` (a segment's key frame).
+        With ``settle``, ``stop`` is a split inside the stream rather than its end: corrupt
+        frames held back there are decided by the frames after ``stop``, as they would be
+        by a decode that goes on (:class:`SegmentMismatchError` when there are none).
         """
-        good_until = start  # frames start .. good_until-1 came out of the decoder
+        good_until = max(start, first)  # frames up to good_until-1 came out of the decoder
         error: str | None = None
         pending: list[tuple[int, av.VideoFrame]] = []
 
         def emit(index: int, frame: av.VideoFrame) -> Iterator[tuple[int, np.ndarray]]:
-            if index >= start and (index - start) % step == 0:
+            if (index >= start and (index - start) % step == 0
+                    and (stop is None or index < stop)):
                 yield index, frame.to_ndarray(format="rgb24")
 
         for index, frame, err in frames:
@@ -348,18 +464,26 @@ class AVDecoder:
                 logger.warning("%s: the stream holds more than the declared %d frames; "
                                "the rest is ignored", self.path, self.frame_count)
                 break
-            if stop is not None and index >= stop:
+            if stop is not None and index >= stop and not (settle and pending):
                 break
             if frame.is_corrupt and len(pending) < _MAX_PENDING_CORRUPT:
                 pending.append((index, frame))
                 continue
             for held_index, held in pending:
+                if stop is not None and held_index >= stop:
+                    break  # after a split: the next segment decides and reports it
                 logger.warning("%s: frame %d decoded with concealed errors", self.path,
                                held_index)
                 yield from emit(held_index, held)
             pending.clear()
+            if stop is not None and index >= stop:  # settled the frames held at a split
+                good_until = stop
+                break
             yield from emit(index, frame)
             good_until = index + 1
+        if settle and pending and error is None:
+            raise SegmentMismatchError(f"frames {pending[0][0]}-{pending[-1][0]} with "
+                                       "concealed errors run up to the split")
         if pending:
             good_until = pending[0][0]
             error = error or (f"frames {pending[0][0]}-{pending[-1][0]} at the end of the "

@@ -51,6 +51,7 @@ from dicom_io.errors import (
 )
 from dicom_io.fragments import element_length, index_fragments, read_header
 from dicom_io.native import PIXEL_TRANSFER_SYNTAXES, iter_multiframe, read_single
+from dicom_io.parallel import parallel_frames
 from dicom_io.series import list_series_files, order_series
 from dicom_io.sopclasses import INPUT_SOP_CLASSES, VL_ENDOSCOPIC
 from dicom_io.timing import FrameTiming, timing_from_dataset
@@ -186,12 +187,16 @@ class VideoSource:
         Per-frame times.
     series_paths : tuple of pathlib.Path
         For a series, every file in frame order; otherwise ``(path,)``.
+    decoder : AVDecoder or None
+        The stream's decoder for MPEG-2/H.264/HEVC (``"dicom-video"`` and ``"file"``);
+        ``None`` for frames read by pydicom.
     """
 
     def __init__(self, *, path: Path, kind: str, header: Dataset | None,
                  transfer_syntax_uid: str | None, rows: int, columns: int, timing: FrameTiming,
                  reader: _FrameReader, series_paths: Sequence[Path] = (),
-                 series_headers: Sequence[Dataset] = ()) -> None:
+                 series_headers: Sequence[Dataset] = (), decoder: AVDecoder | None = None
+                 ) -> None:
         self.path = path
         self.kind = kind
         self.header = header
@@ -202,6 +207,7 @@ class VideoSource:
         self.series_paths = tuple(series_paths) or (path,)
         self._series_headers = tuple(series_headers)
         self._reader = reader
+        self.decoder = decoder
 
     def __repr__(self) -> str:
         return (f"VideoSource(kind={self.kind!r}, frames={self.frame_count}, "
@@ -277,8 +283,28 @@ class VideoSource:
         return self.timing.time_to_frame(time_s)
 
     # -- frames ----------------------------------------------------------------------
-    def frames(self, start: int = 0, stop: int | None = None, step: int = 1
-               ) -> Iterator[tuple[int, float, np.ndarray]]:
+    def frame_range(self, start: int = 0, stop: int | None = None, step: int = 1) -> range:
+        """The indices :meth:`frames` yields for these arguments (validated, ``stop`` clipped).
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``start``/``step`` not ints, ``start < 0``, ``step < 1``, ``stop`` negative.
+        """
+        for name, value in (("start", start), ("step", step)):
+            if not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if step < 1:
+            raise ValueError(f"step must be >= 1, got {step}")
+        if stop is not None and (not isinstance(stop, (int, np.integer)) or stop < 0):
+            raise ValueError(f"stop must be None or an int >= 0, got {stop!r}")
+        stop = self.frame_count if stop is None else min(stop, self.frame_count)
+        return range(int(start), int(stop), int(step))
+
+    def frames(self, start: int = 0, stop: int | None = None, step: int = 1, *,
+               workers: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
         """Yield ``(index, time_s, rgb)`` for frames ``start, start+step, ...`` below ``stop``.
 
         Parameters
@@ -286,6 +312,10 @@ class VideoSource:
         start, stop, step : int
             As in :func:`range`, 0-based; ``stop=None`` means to the last frame. A start
             after the first second is reached by seeking (DICOM video, plain files).
+        workers : int
+            Decoding threads. 1 decodes in the calling thread; more decode segments of
+            the stream (key frame to key frame) side by side and yield the same frames
+            (:func:`dicom_io.parallel.parallel_frames`).
 
         Yields
         ------
@@ -302,31 +332,26 @@ class VideoSource:
         VideoDecodeError
             When a frame cannot be decoded.
         """
-        for name, value in (("start", start), ("step", step)):
-            if not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
-        if step < 1:
-            raise ValueError(f"step must be >= 1, got {step}")
-        if stop is not None and (not isinstance(stop, (int, np.integer)) or stop < 0):
-            raise ValueError(f"stop must be None or an int >= 0, got {stop!r}")
-        stop = self.frame_count if stop is None else min(stop, self.frame_count)
-        if start >= stop:
+        if not (isinstance(workers, int) and workers == 1):
+            yield from parallel_frames(self, start, stop, step, workers=workers)
+            return
+        frames = self.frame_range(start, stop, step)
+        if not frames:
             return
         times = self.timing.times
-        for index, rgb in self._reader(int(start), int(stop), int(step)):
+        for index, rgb in self._reader(frames.start, frames.stop, frames.step):
             yield index, float(times[index]), rgb
 
-    def window(self, start_s: float, end_s: float, step: int = 1
+    def window(self, start_s: float, end_s: float, step: int = 1, *, workers: int = 1
                ) -> Iterator[tuple[int, float, np.ndarray]]:
-        """Yield the frames whose time is in ``[start_s, end_s)`` (seconds), seeking to it."""
+        """Yield the frames whose time is in ``[start_s, end_s)`` (seconds), seeking to it
+        (``workers`` as in :meth:`frames`)."""
         if not (math.isfinite(start_s) and math.isfinite(end_s)):
             raise ValueError(f"window bounds must be finite seconds, got {start_s!r}, {end_s!r}")
         times = self.timing.times
         first = int(np.searchsorted(times, start_s - 1e-6, side="left"))
         last = int(np.searchsorted(times, end_s - 1e-6, side="left"))
-        return self.frames(first, last, step)
+        return self.frames(first, last, step, workers=workers)
 
 
 # -- opening ---------------------------------------------------------------------------
@@ -520,7 +545,8 @@ def _open_dicom_video(path: Path, header: Dataset, pixel_offset: int,
             decoder.times = timing.times
     return VideoSource(path=path, kind="dicom-video", header=header,
                        transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
-                       rows=rows, columns=cols, timing=timing, reader=decoder.iter_frames)
+                       rows=rows, columns=cols, timing=timing, reader=decoder.iter_frames,
+                       decoder=decoder)
 
 
 def _open_multiframe(path: Path, header: Dataset, pixel_offset: int,
@@ -583,4 +609,4 @@ def _open_plain(path: Path, fallback_fps: float | None, thread_type: str) -> Vid
     decoder.frame_count, decoder.times = n, timing.times
     return VideoSource(path=path, kind="file", header=None, transfer_syntax_uid=None,
                        rows=decoder.info.height, columns=decoder.info.width, timing=timing,
-                       reader=decoder.iter_frames)
+                       reader=decoder.iter_frames, decoder=decoder)

@@ -1,0 +1,264 @@
+"""Parallel decoding yields exactly the serial frames, indices, times and errors, in bounded memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+from dicom_io import parallel
+from dicom_io.encode import wrap_video_as_dicom, write_multiframe_dicom
+from dicom_io.errors import DicomIOError, TruncatedVideoError
+from dicom_io.fragments import index_fragments, read_header
+from dicom_io.keyframes import Segment, SerialTail, key_frames, plan_segments
+from dicom_io.parallel import parallel_frames
+from dicom_io.video import VideoSource, open_video
+from tests.dicom_io.conftest import synthetic_frames
+
+pytestmark = pytest.mark.timeout(120)
+
+N, GOP = 60, 6  # 2 s at 30 frames/s; segments of at least 16 frames: 3-4 of them
+
+# name -> make_video arguments: every codec, fragmented or not, MPEG-TS and MP4, plain file
+VIDEOS = {
+    "h264": dict(codec="h264"),
+    "h264-mp4-frag": dict(codec="h264", container="mp4",
+                          transfer_syntax="1.2.840.10008.1.2.4.102.1", fragment_size=2000),
+    "mpeg2": dict(codec="mpeg2", transfer_syntax="1.2.840.10008.1.2.4.101.1",
+                  fragment_size=4000),
+    "hevc": dict(codec="hevc", transfer_syntax="1.2.840.10008.1.2.4.107", fragment_size=3000),
+    "h264-plain": dict(codec="h264", dicom=False),
+}
+RANGES = [(0, None, 1), (5, 41, 1), (3, None, 4), (17, 18, 1), (40, N, 7), (33, 34, 1),
+          (0, 5, 2), (N, None, 1)]
+Frames = list[tuple[int, float, np.ndarray]]
+
+
+def _video(make_video, name: str) -> VideoSource:
+    return open_video(make_video(n=N, gop=GOP, **VIDEOS[name]).path)
+
+
+def _same(got: Frames, want: Frames) -> None:
+    assert [(i, t) for i, t, _ in got] == [(i, t) for i, t, _ in want]
+    for (i, _, a), (_, _, b) in zip(got, want, strict=True):
+        assert a.dtype == b.dtype == np.uint8 and a.shape == b.shape
+        assert np.array_equal(a, b), f"frame {i} differs"
+
+
+def _run(frames) -> tuple[Frames, str | None, int | None]:
+    """Everything a frames() call yields, then its error's text and frames_decoded."""
+    got: Frames = []
+    try:
+        for item in frames:
+            got.append(item)
+    except DicomIOError as e:
+        return got, f"{type(e).__name__}: {e}", getattr(e, "frames_decoded", None)
+    return got, None, None
+
+
+def _decode_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("dicom-io-decode")]
+
+
+@pytest.mark.parametrize("name", list(VIDEOS))
+def test_key_frames_come_from_the_packets(make_video, name):
+    src = _video(make_video, name)
+    assert src.decoder is not None
+    splits = key_frames(src.decoder)
+    assert splits[0] == 0 and len(splits) >= 3, splits
+    assert splits == sorted(set(splits)) and splits[-1] < N
+    # every split is a key frame the stream flags, at least MIN_SEGMENT_FRAMES apart
+    assert min(np.diff(splits)) >= 16
+    segments = list(plan_segments(src.decoder, min_frames=1))
+    assert all(isinstance(s, Segment) for s in segments)
+    assert [s.next_first for s in segments[:-1]] == [s.first for s in segments[1:]]
+    assert segments[-1].next_first is None and len(segments) >= N // GOP - 1
+    assert all(p.is_keyframe for s in segments[1:] for p in s.packets[:1])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("name", list(VIDEOS))
+def test_parallel_equals_serial(make_video, name, workers):
+    src = _video(make_video, name)
+    for start, stop, step in RANGES:
+        want = list(src.frames(start, stop, step))
+        got = list(parallel_frames(src, start, stop, step, workers=workers))
+        _same(got, want)
+    assert len(list(src.frames())) == N
+
+
+def test_frames_option_and_full_video(make_video):
+    vid = make_video(n=N, gop=GOP, **VIDEOS["hevc"])  # open GOPs: leading pictures
+    src = open_video(vid.path)
+    want = list(src.frames())
+    _same(list(src.frames(workers=2)), want)
+    _same(list(src.frames(15, 45, workers=3)), want[15:45])
+    _same(list(src.window(0.5, 1.5, workers=2)), list(src.window(0.5, 1.5)))
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, RLELossless])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_multiframe_goes_through_the_same_api(tmp_path, ts, workers):
+    path = tmp_path / "mf.dcm"
+    write_multiframe_dicom(synthetic_frames(21), path, fps=25.0, transfer_syntax=ts)
+    src = open_video(path)
+    assert src.kind == "dicom-multiframe" and src.decoder is None
+    for start, stop, step in [(0, None, 1), (3, 20, 2), (9, 10, 1), (0, None, 5)]:
+        want = list(src.frames(start, stop, step))
+        _same(list(parallel_frames(src, start, stop, step, workers=workers)), want)
+        _same(list(src.frames(start, stop, step, workers=workers)), want)
+
+
+def _cut(src: Path, dst: Path, fraction: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def _garble(src: Path, dst: Path, at: float, length: int, zero: bool = False) -> Path:
+    data = bytearray(src.read_bytes())
+    pos = int(len(data) * at)
+    noise = np.random.default_rng(1).integers(0, 256, length, dtype=np.uint8).tobytes()
+    data[pos:pos + length] = bytes(length) if zero else noise
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+DAMAGE = [("cut", 0.6), ("cut", 0.85), ("garble", 0.5), ("zero", 0.4)]
+
+
+@pytest.mark.parametrize("name", ["h264", "mpeg2", "hevc"])
+@pytest.mark.parametrize(("damage", "at"), DAMAGE, ids=[f"{d}{a}" for d, a in DAMAGE])
+def test_damaged_stream_same_frames_and_error(make_video, tmp_path, name, damage, at):
+    vid = make_video(n=N, gop=GOP, **VIDEOS[name])
+    path = tmp_path / "damaged.dcm"
+    if damage == "cut":
+        _cut(vid.path, path, at)
+    else:
+        _garble(vid.path, path, at, 3000 if damage == "zero" else 1500, zero=damage == "zero")
+    try:
+        src = open_video(path)
+    except DicomIOError:
+        pytest.skip("this damage is refused when the file is opened")
+    want, want_error, want_decoded = _run(src.frames())
+    if damage == "cut":
+        assert want_error is not None and "truncated" in want_error
+    for workers in (2, 3):
+        got, error, decoded = _run(parallel_frames(src, workers=workers))
+        _same(got, want)
+        assert (error, decoded) == (want_error, want_decoded)
+
+
+def test_truncated_error_matches_on_a_sub_range(make_video, tmp_path):
+    vid = make_video(n=N, gop=GOP, **VIDEOS["h264"])
+    src = open_video(_cut(vid.path, tmp_path / "cut.dcm", 0.6))
+    want, want_error, _ = _run(src.frames(20, None, 3))
+    got, error, _ = _run(src.frames(20, None, 3, workers=2))
+    assert want_error is not None and error == want_error
+    assert "of 60 frames decoded" in error
+    _same(got, want)
+    with pytest.raises(TruncatedVideoError):
+        list(parallel_frames(src, workers=2))
+
+
+def test_timing_disagreement_falls_back_to_serial(make_video, tmp_path):
+    """DICOM says 25 frames/s for a 30 frames/s stream: no key frame is a safe split."""
+    vid = make_video(n=N, gop=GOP, **VIDEOS["h264"])
+    path = tmp_path / "25fps.dcm"
+    wrap_video_as_dicom(vid.stream, path, None, None, fps=25.0)
+    src = open_video(path)
+    plan = list(plan_segments(src.decoder))
+    assert plan == [SerialTail(0)]
+    for start, stop, step in [(0, None, 1), (31, 50, 2)]:
+        _same(list(parallel_frames(src, start, stop, step, workers=2)),
+              list(src.frames(start, stop, step)))
+
+
+def test_miscounted_segment_resumes_serially(make_video, monkeypatch, caplog):
+    """A segment whose count misses its next key frame: the rest is decoded serially."""
+    src = _video(make_video, "h264")
+    real = parallel.plan_segments
+
+    def off_by_one(decoder, start, stop):
+        for k, item in enumerate(real(decoder, start, stop)):
+            if k == 1 and isinstance(item, Segment):
+                item = dataclasses.replace(item, next_first=item.next_first + 1)
+            yield item
+
+    monkeypatch.setattr(parallel, "plan_segments", off_by_one)
+    with caplog.at_level("INFO", logger="dicom_io.parallel"):
+        got = list(parallel_frames(src, 0, None, 2, workers=2))
+    assert "serially" in caplog.text
+    _same(got, list(src.frames(0, None, 2)))
+
+
+def test_memory_stays_bounded(make_video):
+    src = _video(make_video, "h264")
+    want = list(src.frames())
+    for workers, max_frames in [(2, 4), (3, 9), (2, 7)]:
+        held: list[int] = []
+        got = []
+        for item in parallel_frames(src, workers=workers, max_frames=max_frames,
+                                    on_held=held.append):
+            time.sleep(0.002)  # a slow consumer: the workers fill their queues
+            got.append(item)
+        _same(got, want)
+        assert held and max(held) <= max_frames
+        assert max(held) >= 2, "the workers should have decoded ahead"
+        assert held[-1] == 0
+
+
+def test_stopping_early_ends_the_workers(make_video):
+    src = _video(make_video, "hevc")
+    frames = src.frames(workers=3)
+    first = [next(frames) for _ in range(3)]
+    assert [i for i, _, _ in first] == [0, 1, 2]
+    assert _decode_threads()
+    frames.close()
+    assert not _decode_threads()
+
+
+def test_bad_arguments(make_video):
+    src = _video(make_video, "h264")
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        list(src.frames(workers=0))
+    with pytest.raises(TypeError, match="workers must be an int"):
+        list(parallel_frames(src, workers=2.0))
+    with pytest.raises(ValueError, match="max_frames must be >= 6, got 5"):
+        list(parallel_frames(src, workers=3, max_frames=5))
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        list(src.frames(-1, workers=2))
+    assert list(src.frames(10, 10, workers=2)) == []
+    assert src.frame_range(5, 1000, 2) == range(5, N, 2)
+
+
+def test_series_goes_through_the_same_api(tmp_path):
+    from tests.dicom_io.test_video_pixels import _series
+
+    folder, _, _ = _series(tmp_path, 19, "FrameReferenceTime")
+    src = open_video(folder)
+    assert src.kind == "dicom-series"
+    for start, stop, step in [(0, None, 1), (2, 17, 3)]:
+        _same(list(src.frames(start, stop, step, workers=2)), list(src.frames(start, stop, step)))
+
+
+def test_multiframe_decode_error_is_the_serial_one(tmp_path):
+    path = tmp_path / "rle.dcm"
+    write_multiframe_dicom(synthetic_frames(21), path, fps=25.0, transfer_syntax=RLELossless)
+    fragments = index_fragments(path, read_header(path)[1])
+    data = bytearray(path.read_bytes())
+    at = fragments.offsets[13]
+    data[at:at + 8] = (99).to_bytes(4, "little") * 2  # 99 RLE segments: not decodable
+    path.write_bytes(bytes(data))
+    src = open_video(path)
+    want, want_error, _ = _run(src.frames())
+    assert want_error is not None and "frame 13" in want_error and len(want) == 13
+    for workers in (2, 3):
+        got, error, _ = _run(src.frames(workers=workers))
+        _same(got, want)
+        assert error == want_error
