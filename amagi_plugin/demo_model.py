@@ -137,9 +137,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def _cli(argv: list[str]) -> None:
-    from amagi_plugin.cli import Context, main
-
-    code = main(argv, ctx=Context(stdout=sys.stdout, stderr=sys.stderr))
+    """``amagi ARGV`` in a fresh process (no CUDA or thread state carried between stages)."""
+    code = subprocess.run([sys.executable, "-m", "amagi_plugin.cli", *argv]).returncode
     if code != 0:
         raise DemoBuildError(f"amagi {' '.join(argv[:2])} failed with exit code {code}")
 
@@ -213,6 +212,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     """
     import os
 
+    work, dest = work.resolve(), dest.resolve()
     gpu = device != "cpu"
     jobs = (os.cpu_count() or cfg.threads) if gpu else cfg.threads
     work.mkdir(parents=True, exist_ok=True)

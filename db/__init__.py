@@ -8,7 +8,7 @@ else is a function taking a :class:`~sqlalchemy.orm.Session` from ``Database.ses
 
 from __future__ import annotations
 
-from db.engine import Database, mask_url, open_database
+from db.engine import Database, mask_url
 from db.errors import (
     AmbiguousCaseError,
     DatabaseUnavailableError,
@@ -19,6 +19,7 @@ from db.errors import (
     SchemaError,
 )
 from db.schema import DeliveryState, JobState, ObjectKind
+from db.store import open_database
 
 __all__ = [
     "AmbiguousCaseError",

@@ -17,10 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import DatabaseMissingError, DatabaseUnavailableError, DatabaseURLError
+from db.errors import DatabaseUnavailableError, DatabaseURLError
 
 log = logging.getLogger(__name__)
 
@@ -161,44 +161,3 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({self.url!r})"
-
-
-def open_database(url: str | URL, *, upgrade: bool = True, create: bool = True) -> Database:
-    """Open the case store at ``url``, creating or upgrading its schema to the head revision.
-
-    Parameters
-    ----------
-    url
-        SQLAlchemy URL: ``sqlite:///PATH`` (the parent directory is created) or
-        ``postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME``.
-    upgrade
-        Apply pending Alembic migrations (default). ``False`` only checks that the database
-        answers (``amagi db current`` uses it).
-    create
-        ``False``: a SQLite file that does not exist is an error instead of a new, empty
-        database (commands that only read, such as ``amagi status``, use it).
-
-    Raises
-    ------
-    DatabaseUnavailableError
-        The database cannot be reached; the one-line message names the URL without password.
-    """
-    from db import migrate
-
-    path = sqlite_file(url)
-    if not create and path is not None and not path.exists():
-        raise DatabaseMissingError(
-            f"no database at {mask_url(url)}: nothing received yet, or another "
-            "storage.var_dir / database.url")
-    engine = create_engine(url)
-    try:
-        if upgrade:
-            migrate.upgrade(engine)
-        else:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-    except OperationalError as e:
-        engine.dispose()
-        raise unreachable(engine.url, e) from e
-    log.info("database %s opened", mask_url(engine.url))
-    return Database(engine)

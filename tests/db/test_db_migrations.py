@@ -84,3 +84,19 @@ def test_unknown_revision_is_a_schema_error(tmp_path):
     engine.dispose()
     with pytest.raises(db.SchemaError, match="fffffff"):
         db.open_database(url)
+
+
+def test_read_only_commands_never_migrate(run_cli, tmp_path):
+    """``status``, ``cases`` and ``jobs`` on an older schema say how to migrate and change
+    nothing; ``amagi db upgrade`` then migrates and they work."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate.upgrade(url, "0002")
+    env = {"AMAGI_DATABASE_URL": url}
+    for argv in (("status",), ("cases", "list"), ("jobs", "retry", "1")):
+        r = run_cli(*argv, env=env)
+        assert r.code == 1, (argv, r.stderr)
+        assert "schema revision 0002" in r.stderr and "amagi db upgrade" in r.stderr
+        assert migrate.status(url)[0] == "0002"
+    assert run_cli("db", "upgrade", env=env).code == 0
+    assert migrate.status(url)[0] == migrate.head_revision()
+    assert run_cli("cases", "list", env=env).code == 0

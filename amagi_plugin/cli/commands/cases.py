@@ -160,7 +160,7 @@ def _case_filter(args: argparse.Namespace):
 def _open(ctx):
     from db import open_database
 
-    return open_database(ctx.config.database_url, create=False)
+    return open_database(ctx.config.database_url, read_only=True)
 
 
 def _plain(value: Any) -> Any:

@@ -22,7 +22,7 @@ def run_retry(args: argparse.Namespace, ctx) -> int:
     from db import open_database
     from db.queue import requeue
 
-    database = open_database(ctx.config.database_url, create=False)
+    database = open_database(ctx.config.database_url, read_only=True)
     try:
         for job_id in args.job_ids:
             with database.session(write=True) as s:

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, ctx) -> int:
     from db import open_database
     from db.queries import service_status
 
-    database = open_database(ctx.config.database_url, create=False)
+    database = open_database(ctx.config.database_url, read_only=True)
     try:
         with database.session() as s:
             st = service_status(s)
