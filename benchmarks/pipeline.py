@@ -43,8 +43,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-# benchmarks/models.py and benchmarks/db.py would shadow the packages of the same name.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 OUT = HERE / "out"
 WARMUP_S = 2.0  # video seconds analysed before each timed analysis on CUDA
 TARGETS = {"amagi_sf50": 100.0, "amagi_sf152": 60.0}  # × real time, one H200, 1080p30 H.264

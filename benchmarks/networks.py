@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/models.py            # batch 1 and 8, fp32 and bf16, best of 3
-    .venv/bin/python benchmarks/models.py --quick    # batch 1 only, best of 2
+    .venv/bin/python benchmarks/networks.py            # batch 1 and 8, fp32 and bf16, best of 3
+    .venv/bin/python benchmarks/networks.py --quick    # batch 1 only, best of 2
 
 Each configuration runs in a fresh subprocess (so peak memory is its own) on the CPU with
 2 threads, and on CUDA when a GPU is present. Times are best-of-N per clip under
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = (1,) if args.quick else (1, 8)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     if "cuda" in devices and not torch.cuda.is_available():
-        print("benchmarks/models.py: --devices cuda asked for, but torch sees no CUDA device",
+        print("benchmarks/networks.py: --devices cuda asked for, but torch sees no CUDA device",
               file=sys.stderr)
         return 2
     models = [BASELINE, *[m for m in args.models if m != BASELINE]]

@@ -6,7 +6,7 @@ Prints p50/p95 per query in milliseconds (each query repeated ``--repeat`` times
 warm-up) and the ratio of each p50 to the unfiltered first page measured in the same run.
 Goal: p50 < 50 ms on SQLite for filtered first pages.
 
-    .venv/bin/python benchmarks/db.py [--quick] [--url URL] [--repeat N]
+    .venv/bin/python benchmarks/database.py [--quick] [--url URL] [--repeat N]
 """
 
 from __future__ import annotations
@@ -22,14 +22,10 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-# This script is named like the package it measures: drop its own directory from the import
-# path (Python puts it first) so that ``import db`` finds the package, not this file.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable without installing
 
-import db  # noqa: E402
-from db.queries import (  # noqa: E402
+import db
+from db.queries import (
     CaseFilter,
     cohort_stats,
     events_for_cases,
@@ -37,7 +33,7 @@ from db.queries import (  # noqa: E402
     iter_cases,
     list_cases,
 )
-from db.schema import (  # noqa: E402
+from db.schema import (
     AnalysisRun,
     BleedingEvent,
     CaseIndex,
