@@ -273,18 +273,19 @@ def _guidance_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def plot_fold(doc: dict[str, Any], fold: int, path: str | os.PathLike[str]) -> Path:
-    """Ground truth vs each model: event count and total duration per case (one PNG)."""
-    import matplotlib
+    """Ground truth vs each model: event count and total duration per case (one PNG).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A plain :class:`~matplotlib.figure.Figure`: no pyplot, so no process-wide backend.
+    """
+    from matplotlib.figure import Figure
 
     cases = [c for c in doc["cases"] if c["fold"] == fold]
     models = doc["models"]
     names = [c["case_id"] for c in cases]
     x = np.arange(len(cases))
     width = 0.8 / (1 + len(models))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(cases) + 3), 3.6))
+    fig = Figure(figsize=(max(6, 1.6 * len(cases) + 3), 3.6))
+    axes = fig.subplots(1, 2)
     for ax, key, true_key, label in ((axes[0], "pred_count", "true_count", "bleeding events"),
                                      (axes[1], "pred_duration_s", "true_duration_s",
                                       "total bleeding (s)")):
@@ -301,5 +302,4 @@ def plot_fold(doc: dict[str, Any], fold: int, path: str | os.PathLike[str]) -> P
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
