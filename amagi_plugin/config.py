@@ -57,6 +57,12 @@ def _check_non_negative(value: float) -> float:
     return value
 
 
+def _check_device(value: str) -> str:
+    if not re.match(r"^(cpu|cuda(:\d+)?)$", value):
+        raise ValueError(f"{value!r} is not a device: use cpu, cuda or cuda:N")
+    return value
+
+
 def _choice(*choices: str):
     def check(value: str) -> str:
         if value not in choices:
@@ -165,6 +171,9 @@ class WorkerConfig:
     max_attempts: int = _opt(3, "Attempts per job before it is marked failed", _check_positive)
     series_timeout_s: float = _opt(60.0, "Inactivity (s) after which a multi-frame series is complete",
                                    _check_positive)
+    devices: list[str] = _opt([], "Devices the service analyses on (cpu, cuda:N ...): worker.count "
+                              "workers per device, each with its model; empty: model.device",
+                              _check_device, metavar="DEVICE,...")
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,8 @@ class ModelConfig:
                                 _check_positive)
     batch_size: int = _opt(8, "Clips per inference batch", _check_positive)
     bf16: bool = _opt(False, "bfloat16 autocast for inference")
+    fast: bool = _opt(False, "Speed switch: bf16 where native, channels-last, preprocessing on "
+                      "the device, TF32 and a device-sized batch on CUDA; off: exact fp32")
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,14 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from amagi_plugin.analysis import Timeline, case_index, find_events, smooth_decisions
+from amagi_plugin.fastpath import FastPath
 from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer
 from amagi_plugin.schedule import (
     ClipSchedule,
@@ -53,6 +54,7 @@ class AnalysisOptions:
     batch_size: int = 8
     device: str = "cpu"
     bf16: bool = False
+    fast: bool = False  # the speed switch (amagi_plugin.fastpath); False: exact fp32
     threshold: float = 0.5
     smoothing: str = "morphology"
     smoothing_s: float = 1.0
@@ -186,13 +188,22 @@ class BleedingAnalyzer:
                  clip_len: int = 8, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
         self.model = model.eval().to(options.device)
+        # The speed switch: bf16 where native, channels-last, preprocessing on the device.
+        self.fast = FastPath.for_device(options.device) if options.fast else None
+        if self.fast is not None:
+            self.fast.prepare(self.model)
+            options = replace(options, bf16=options.bf16 or self.fast.bf16)
         self.options = options
         self.input_size = input_size
         self.clip_len = clip_len
         norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
         self.transform = clip_frame_transform(input_size, **norm)
         self.native_transform = native_frame_transform(**norm)
-        self.inferer = ClipProbabilityInferer(options.device, options.bf16)
+        # What the clips are made of: the MONAI transforms on CPU, or the same on the device.
+        self.clip_transform = (self.transform if self.fast is None else
+                               self.fast.frame_transform(input_size, **norm))
+        self.inferer = ClipProbabilityInferer(options.device, options.bf16,
+                                              channels_last=self.fast is not None)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, options: AnalysisOptions) -> BleedingAnalyzer:
@@ -212,7 +223,7 @@ class BleedingAnalyzer:
         timings = timings if timings is not None else {}
         starts = schedule.clip_starts()
         needed = {f for s in starts for f in schedule.clip_frames(s)}
-        prefetch = FramePrefetcher(video, sorted(needed), self.transform,
+        prefetch = FramePrefetcher(video, sorted(needed), self.clip_transform,
                                    self.options.decode_ahead, timings,
                                    self.options.decode_workers)
         computed = 0

@@ -64,3 +64,41 @@ def native_frame_transform(mean: Sequence[float] = AUTHORS_MEAN,
         FrameToTensor(),
         NormalizeIntensity(subtrahend=list(mean), divisor=list(std), channel_wise=True),
     ])
+
+
+class DeviceFrameTransform:
+    """:func:`clip_frame_transform` done where the network runs, from the uint8 frame.
+
+    The ``uint8 (H, W, 3)`` frame goes to ``device`` as is (a quarter of the float bytes;
+    from pinned memory without blocking on CUDA), then the same short-side resize, centre
+    crop (MONAI's ``CenterSpatialCrop`` start: ``n // 2 - size // 2``) and normalisation run
+    there with torch ops. Returns a plain ``float32 (3, size, size)`` tensor on ``device``.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str) -> None:
+        self.size = int(size)
+        self.device = torch.device(device)
+        self.pin = self.device.type == "cuda"
+        self.resize = ResizeShortSide(self.size)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1)
+
+    def __call__(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(np.ascontiguousarray(frame) if isinstance(frame, np.ndarray) else frame)
+        if t.ndim != 3 or t.shape[-1] != 3:
+            raise ValueError(f"expected an RGB frame of shape (H, W, 3), got {tuple(t.shape)}")
+        if self.pin and t.device.type == "cpu":
+            t = t.pin_memory()
+        t = self.resize(t.to(self.device, non_blocking=True).permute(2, 0, 1).float())
+        h, w = t.shape[-2:]
+        top, left = h // 2 - self.size // 2, w // 2 - self.size // 2
+        t = t[:, top:top + self.size, left:left + self.size]
+        return (t - self.mean) / self.std
+
+
+def device_frame_transform(size: int = 224, mean: Sequence[float] = AUTHORS_MEAN,
+                           std: Sequence[float] = AUTHORS_STD,
+                           device: torch.device | str = "cpu") -> DeviceFrameTransform:
+    """The per-frame preprocessing of a clip on ``device`` (the speed switch's path)."""
+    return DeviceFrameTransform(size, mean, std, device)

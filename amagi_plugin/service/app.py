@@ -12,6 +12,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
@@ -88,11 +89,16 @@ class Service:
     ``start()`` opens (and migrates) the database, releases jobs whose association ended
     before a restart, starts the workers, the delivery loop, the series watcher, the
     optional metrics endpoint and finally the listener; ``stop()`` reverses that.
+
+    ``analyzer``: one analyzer that ``worker.count`` workers share, or one per device
+    (``worker.devices``), each shared by ``worker.count`` workers.
     """
 
-    def __init__(self, cfg: Config, analyzer: BleedingAnalyzer, spec: ModelSpec) -> None:
+    def __init__(self, cfg: Config, analyzer: BleedingAnalyzer | Sequence[BleedingAnalyzer],
+                 spec: ModelSpec) -> None:
         self.cfg = cfg
-        self.analyzer = analyzer
+        self.analyzers = list(analyzer) if isinstance(analyzer, Sequence) else [analyzer]
+        self.analyzer = self.analyzers[0]
         self.spec = spec
         self.stop_event = threading.Event()
         self.metrics = Metrics()
@@ -130,7 +136,7 @@ class Service:
         try:
             self.database = open_database(cfg.database_url)
             self._release_after_restart()
-            for i in range(cfg.worker.count):
+            for i in range(cfg.worker.count * len(self.analyzers)):
                 w = self._make_worker(i)
                 w.start()
                 self.workers.append(w)
@@ -159,7 +165,7 @@ class Service:
             raise
         log.info("amagi serve: %s on %s:%d, model %s, %d worker(s), destinations: %s",
                  cfg.listener.ae_title, cfg.listener.bind_address, self.listener.port,
-                 self.spec.label, cfg.worker.count,
+                 self.spec.label, len(self.workers),
                  ", ".join(str(d) for d in cfg.delivery.destinations) or "none (results kept on disk)")
 
     @property
@@ -181,7 +187,8 @@ class Service:
     def _make_worker(self, index: int, restarts: int = 0) -> Worker:
         assert self.database is not None
         cfg = self.cfg
-        w = Worker(index, self.database, self.analyzer, self.spec, cfg.results_dir,
+        analyzer = self.analyzers[index % len(self.analyzers)]
+        w = Worker(index, self.database, analyzer, self.spec, cfg.results_dir,
                    [d.key for d in cfg.delivery.destinations], cfg.worker.lease_s,
                    self.stop_event, self.metrics,
                    on_job_done=lambda _job: self._results_ready.set(),

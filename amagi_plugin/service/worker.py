@@ -286,7 +286,7 @@ class Worker(threading.Thread):
                 video_duration_s=result.schedule.duration_s,
                 parameters={"prediction_hz": opts.prediction_hz, "threshold": opts.threshold,
                             "smoothing": opts.smoothing, "smoothing_s": opts.smoothing_s,
-                            "arch": self.spec.arch, "bf16": opts.bf16},
+                            "arch": self.spec.arch, "bf16": opts.bf16, "fast": opts.fast},
                 timings={k: round(v, 3) for k, v in result.timings.items()},
                 started_at=started, finished_at=datetime.now(timezone.utc))
             for ref in outcome.dicom_objects:

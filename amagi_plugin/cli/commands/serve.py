@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    metavar="AE_TITLE@HOST:PORT",
                    help="send results there (repeatable; adds to delivery.destinations)")
     config_flag(p, "--workers", key="worker.count", metavar="N")
+    config_flag(p, "--devices", key="worker.devices", metavar="DEVICE,...")
+    config_flag(p, "--fast", key="model.fast", action="store_const", const="true")
     p.set_defaults(handler=run)
 
 
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace, ctx) -> int:
 
     from amagi_plugin.cli.commands.process import analyzer_from_config
     from amagi_plugin.config import ConfigError, Destination
+    from amagi_plugin.fastpath import check_devices_available
     from amagi_plugin.service.app import Service
 
     cfg = ctx.config
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace, ctx) -> int:
             raise ConfigError(f"invalid --destination: {e}") from None
         cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(
             cfg.delivery, destinations=[*cfg.delivery.destinations, *extra]))
-    analyzer, spec = analyzer_from_config(cfg)
-    Service(cfg, analyzer, spec).serve_forever()
+    # One model per configured device (worker.count workers on each); none: model.device.
+    check_devices_available(cfg.worker.devices)
+    built = [analyzer_from_config(cfg, device) for device in cfg.worker.devices or [None]]
+    Service(cfg, [analyzer for analyzer, _ in built], built[0][1]).serve_forever()
     return 0

@@ -1,0 +1,230 @@
+"""The speed switch (``model.fast``/``--fast``) and the service's devices (``worker.devices``).
+
+The fast path is checked against the exact one with the bundled demo models on a generated
+case: probabilities within the documented tolerance, the same events. On a CPU without
+native bfloat16 the switch keeps fp32 and the difference is float rounding only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amagi_plugin.config import ConfigError, load_config
+from amagi_plugin.errors import InputError
+from amagi_plugin.fastpath import bf16_native, check_devices_available
+from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
+from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+from amagi_plugin.transforms import clip_frame_transform, device_frame_transform
+from tests.amagi_plugin.test_pipeline import ArrayVideo
+
+#: Largest |Δp| allowed between the fast and the exact path (README, "Speed switch").
+FAST_TOLERANCE = 0.02
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))]
+
+
+@pytest.fixture(scope="module")
+def case() -> ArrayVideo:
+    """5 s of a generated training-domain case: one event from 2.1 s to its end; the AMAGI
+    demo's exact probabilities stay at least 0.06 from the threshold (the SlowFast one's do not)."""
+    from amagi_plugin.synth.render import Renderer
+    from amagi_plugin.synth.scene import sample_scene
+
+    scene = sample_scene(3, width=160, height=128, fps=15, duration_s=5, ranges="train")
+    return ArrayVideo(np.stack([f.rgb for f in Renderer(scene).frames()]), 15.0)
+
+
+def _demo(arch: str) -> torch.nn.Module:
+    from models import build_model, load_checkpoint
+
+    manifest = demo_manifest()
+    entry = manifest if manifest["arch"] == arch else manifest["baseline"]
+    model = build_model(arch, **entry.get("build", {}))
+    load_checkpoint(model, DEMO_DIR / entry["checkpoint"])
+    return model
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", ["amagi_tiny", "slowfast_tiny"])
+def test_fast_path_matches_exact_within_tolerance(case, arch: str, device: str) -> None:
+    exact = BleedingAnalyzer.for_model(_demo(arch), AnalysisOptions(device=device))
+    fast = BleedingAnalyzer.for_model(_demo(arch), AnalysisOptions(device=device, fast=True))
+    assert fast.options.bf16 is bf16_native(device) and exact.options.bf16 is False
+    ref, got = exact.analyze(case), fast.analyze(case)
+
+    dp = np.abs(got.probabilities - ref.probabilities)
+    assert dp.max() <= FAST_TOLERANCE, dp.max()
+    if not fast.options.bf16:  # fp32 either way: only the order of the sums differs
+        assert dp.max() <= 1e-4
+    # Only a prediction within the tolerance of the threshold may change sides.
+    near = np.abs(ref.probabilities - 0.5) <= FAST_TOLERANCE
+    flipped = (got.probabilities >= 0.5) != (ref.probabilities >= 0.5)
+    assert not (flipped & ~near).any()
+    if arch == "amagi_tiny":  # the demo model: its case was chosen with a margin of 0.06
+        assert ref.events and not near.any()
+    if not near.any():  # then no decision may change: the same events, frame for frame
+        assert np.array_equal(got.decisions, ref.decisions)
+        assert [(e.start_frame, e.end_frame, e.key_frame) for e in got.events] == \
+            [(e.start_frame, e.end_frame, e.key_frame) for e in ref.events]
+        assert got.masks.keys() == ref.masks.keys()
+
+
+def test_switch_off_is_the_exact_path() -> None:
+    analyzer = BleedingAnalyzer.for_model(_demo("amagi_tiny"), AnalysisOptions())
+    assert analyzer.fast is None and analyzer.clip_transform is analyzer.transform
+    assert not analyzer.inferer.channels_last and not analyzer.options.bf16
+    assert all(p.is_contiguous() for p in analyzer.model.parameters())
+
+
+def test_switch_on_puts_the_network_in_channels_last() -> None:
+    analyzer = BleedingAnalyzer.for_model(_demo("amagi_tiny"), AnalysisOptions(fast=True))
+    weights = [p for p in analyzer.model.parameters() if p.dim() in (4, 5)]
+    assert weights and all(
+        p.is_contiguous(memory_format=torch.channels_last_3d if p.dim() == 5
+                        else torch.channels_last) for p in weights)
+    assert analyzer.inferer.channels_last
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(128, 160), (127, 161), (480, 640), (100, 90), (224, 224)])
+def test_device_transform_from_uint8_equals_the_monai_transform(shape, device: str) -> None:
+    rng = np.random.default_rng(sum(shape))
+    frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    reference = torch.as_tensor(clip_frame_transform(128)(frame)).as_subclass(torch.Tensor)
+    got = device_frame_transform(128, device=device)(frame)
+    assert got.device.type == device and got.dtype == torch.float32
+    assert got.shape == reference.shape == (3, 128, 128)
+    torch.testing.assert_close(got.cpu(), reference, rtol=0, atol=1e-4)
+    # a decoder's non-contiguous view goes through too
+    torch.testing.assert_close(device_frame_transform(128, device=device)(frame[:, ::-1]).cpu(),
+                               torch.as_tensor(clip_frame_transform(128)(frame[:, ::-1])
+                                               ).as_subclass(torch.Tensor), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="RGB frame"):
+        device_frame_transform(128, device=device)(frame[..., :2])
+
+
+# -- configuration: the switch, the devices --------------------------------------------------
+
+def test_fast_is_off_by_default_and_devices_empty(tmp_path) -> None:
+    cfg = load_config(environ={}, cwd=tmp_path)
+    assert cfg.model.fast is False and cfg.worker.devices == []
+    cfg = load_config(environ={"AMAGI_MODEL_FAST": "true", "AMAGI_WORKER_DEVICES": "cpu, cuda:1"},
+                      cwd=tmp_path)
+    assert cfg.model.fast is True and cfg.worker.devices == ["cpu", "cuda:1"]
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:x", "cuda:", "CPU", "cuda:0,tpu"])
+def test_bad_device_strings_name_the_key(tmp_path, value: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={}, cwd=tmp_path, overrides={"worker.devices": value})
+    msg = str(e.value)
+    assert msg.startswith("invalid value for worker.devices (command line)")
+    assert "is not a device: use cpu, cuda or cuda:N" in msg and "\n" not in msg
+
+
+def test_missing_cuda_device_is_named(monkeypatch) -> None:
+    check_devices_available(["cpu"])  # always there
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^configured device cuda is not available: this "
+                       r"host has 0 CUDA devices \(worker.devices\)$"):
+        check_devices_available(["cpu", "cuda"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_devices_available(["cuda", "cuda:0"])
+    with pytest.raises(ConfigError, match=r"^configured device cuda:3 is not available: this "
+                       r"host has 1 CUDA device \(worker.devices\)$"):
+        check_devices_available(["cuda:0", "cuda:3"])
+
+
+def test_serve_refuses_a_missing_device_in_one_line(run_cli, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = run_cli("serve", "--devices", "cpu,cuda:3", "--storage-var-dir", str(tmp_path / "var"))
+    assert r.code == 2
+    assert r.stderr.strip() == ("amagi: error: configured device cuda:3 is not available: this "
+                                "host has 0 CUDA devices (worker.devices)")
+
+
+# -- the flag reaches AnalysisOptions ----------------------------------------------------------
+
+class _Stop(InputError):
+    pass
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """What ``amagi process`` and ``amagi serve`` hand on, instead of running them."""
+    seen: dict = {}
+
+    def process_video(source, out, analyzer, spec, **kw):
+        seen["analyzers"] = [analyzer]
+        raise _Stop("captured")
+
+    class FakeService:
+        def __init__(self, cfg, analyzers, spec) -> None:
+            seen["analyzers"], seen["cfg"] = analyzers, cfg
+
+        def serve_forever(self) -> None:
+            pass
+
+    monkeypatch.setattr("amagi_plugin.process.process_video", process_video)
+    monkeypatch.setattr("amagi_plugin.service.app.Service", FakeService)
+    monkeypatch.setattr("amagi_plugin.fastpath.device_batch_size", lambda device, default: 32)
+    return seen
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_process_flag_reaches_analysis_options(run_cli, captured, tmp_path, fast) -> None:
+    (tmp_path / "video.dcm").write_bytes(b"")
+    r = run_cli("process", "video.dcm", *(["--fast"] if fast else []))
+    assert r.code == 3 and "captured" in r.stderr
+    (analyzer,) = captured["analyzers"]
+    assert analyzer.options.fast is fast and (analyzer.fast is not None) is fast
+    # with the switch, the batch comes from the device unless the user set one
+    assert analyzer.options.batch_size == (32 if fast else 8)
+    run_cli("process", "video.dcm", "--batch-size", "4", *(["--fast"] if fast else []))
+    assert captured["analyzers"][0].options.batch_size == 4
+
+
+def test_serve_flag_and_devices_reach_the_workers(run_cli, captured, tmp_path) -> None:
+    var = str(tmp_path / "var")
+    assert run_cli("serve", "--storage-var-dir", var).code == 0
+    (analyzer,) = captured["analyzers"]
+    assert analyzer.options.fast is False and analyzer.options.device == "cpu"
+
+    assert run_cli("serve", "--fast", "--devices", "cpu,cpu", "--storage-var-dir", var).code == 0
+    first, second = captured["analyzers"]
+    assert first is not second and first.model is not second.model  # a model per device
+    assert all(a.options.fast and a.options.batch_size == 32 for a in (first, second))
+
+
+def test_service_starts_worker_count_workers_per_device(tmp_path) -> None:
+    from amagi_plugin.modelspec import ModelSpec
+    from amagi_plugin.service.app import Service
+    from tests.amagi_plugin.serve_support import free_port
+
+    cfg = load_config(environ={}, cwd=tmp_path, overrides={
+        "storage.var_dir": str(tmp_path / "var"), "storage.reserve_mb": "1",
+        "listener.port": str(free_port()), "listener.bind_address": "127.0.0.1",
+        "worker.count": "2"})
+    analyzers = [object(), object()]
+    svc = Service(cfg, analyzers, ModelSpec("test", "amagi_tiny", None, "user", "0"))  # type: ignore[arg-type]
+    svc.start()
+    try:
+        assert [w.analyzer for w in svc.workers] == [analyzers[0], analyzers[1]] * 2
+    finally:
+        svc.stop()
+
+
+def test_without_native_bf16_the_switch_keeps_fp32(case, monkeypatch, caplog) -> None:
+    monkeypatch.setattr("amagi_plugin.fastpath.bf16_native", lambda device: False)
+    with caplog.at_level("INFO", logger="amagi_plugin.fastpath"):
+        fast = BleedingAnalyzer.for_model(_demo("amagi_tiny"), AnalysisOptions(fast=True))
+    assert fast.options.bf16 is False and "arithmetic stays fp32" in caplog.text
+    ref = BleedingAnalyzer.for_model(_demo("amagi_tiny"), AnalysisOptions()).analyze(case)
+    got = fast.analyze(case)
+    np.testing.assert_allclose(got.probabilities, ref.probabilities, rtol=0, atol=1e-4)
+    assert [(e.start_frame, e.end_frame) for e in got.events] == \
+        [(e.start_frame, e.end_frame) for e in ref.events]
