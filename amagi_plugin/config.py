@@ -187,6 +187,9 @@ class ModelConfig:
     bf16: bool = _opt(False, "bfloat16 autocast for inference")
     fast: bool = _opt(False, "Speed switch: bf16 where native, channels-last, preprocessing on "
                       "the device, TF32 and a device-sized batch on CUDA; off: exact fp32")
+    decode_workers: int = _opt(1, "Decoding threads, each a stretch of the video from one key "
+                               "frame to the next (frames and times identical to 1, serial)",
+                               _check_positive)
 
 
 @dataclass(frozen=True)

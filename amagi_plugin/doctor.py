@@ -142,10 +142,9 @@ def check_model(cfg: Config) -> Check:
     except Exception as e:
         return Check("model", Status.FAIL, str(e))
     try:
-        from models import build_model, load_checkpoint
+        from amagi_plugin.modelspec import load_model
 
-        model = build_model(spec.arch)
-        load_checkpoint(model, spec.checkpoint)
+        load_model(spec)  # as analyses build it: the demo manifest's build overrides included
     except Exception as e:
         return Check("model", Status.FAIL, f"{spec.checkpoint} does not load into {spec.arch}: {e}")
     return Check("model", Status.OK, f"{spec.label}: {spec.checkpoint} loads into {spec.arch}")

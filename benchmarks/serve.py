@@ -116,9 +116,9 @@ def receive_benchmark(path: Path, repeat: int) -> tuple[float, float]:
 def latency_benchmark(seconds: float) -> dict:
     import numpy as np
 
-    from amagi_plugin.cli.commands.process import analyzer_from_config
     from amagi_plugin.config import load_config
     from amagi_plugin.modelspec import demo_manifest
+    from amagi_plugin.runtime import analyzer_from_config
     from amagi_plugin.service.app import Service
     from db import open_database
     from dicom_io.encode import write_video_dicom

@@ -19,8 +19,8 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate, generate_fragments
 
-from amagi_plugin.cli.commands.process import analyzer_from_config
 from amagi_plugin.config import load_config
+from amagi_plugin.runtime import analyzer_from_config
 from amagi_plugin.service.app import Service
 from db import open_database
 from db.queries import service_status

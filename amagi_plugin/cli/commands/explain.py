@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 
 
 def run(args: argparse.Namespace, ctx) -> int:
-    from amagi_plugin.cli.commands.process import analyzer_from_config
     from amagi_plugin.explain import explain_at
+    from amagi_plugin.runtime import analyzer_from_config
     from dicom_io.errors import DicomIOError
     from dicom_io.video import open_video
 

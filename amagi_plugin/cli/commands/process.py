@@ -26,31 +26,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     config_flag(m, "--prediction-hz", key="model.prediction_hz", metavar="HZ")
     config_flag(m, "--batch-size", key="model.batch_size", metavar="N")
     config_flag(m, "--bf16", key="model.bf16", action="store_const", const="true")
+    config_flag(m, "--decode-workers", key="model.decode_workers", metavar="N")
     config_flag(m, "--fast", key="model.fast", action="store_const", const="true")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
-
-
-def analyzer_from_config(cfg, device: str | None = None):
-    """The configured model, loaded, wrapped in a :class:`BleedingAnalyzer`, and its spec.
-
-    ``device``: where this analyzer runs (a ``worker.devices`` entry); default ``model.device``.
-    """
-    from amagi_plugin.fastpath import device_batch_size
-    from amagi_plugin.modelspec import load_model, resolve_device, resolve_model
-    from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
-
-    spec = resolve_model(cfg.model)
-    device = resolve_device(device or cfg.model.device)
-    model = load_model(spec, device)
-    batch_size = cfg.model.batch_size
-    if cfg.model.fast and cfg.sources.get("model.batch_size", "default") == "default":
-        batch_size = device_batch_size(device, batch_size)
-    options = AnalysisOptions(
-        prediction_hz=cfg.model.prediction_hz, batch_size=batch_size, device=device,
-        bf16=cfg.model.bf16, fast=cfg.model.fast, threshold=cfg.analysis.threshold,
-        smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s)
-    return BleedingAnalyzer.for_model(model, options), spec
 
 
 def run(args: argparse.Namespace, ctx) -> int:
@@ -70,6 +49,8 @@ def run(args: argparse.Namespace, ctx) -> int:
     out = Path(args.output_directory) if args.output_directory else cfg.results_dir / src.stem
     if not out.is_absolute():
         out = ctx.cwd / out
+    from amagi_plugin.runtime import analyzer_from_config
+
     analyzer, spec = analyzer_from_config(cfg)
     bar = None
     if not args.no_progress:

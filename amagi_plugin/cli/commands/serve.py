@@ -33,9 +33,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 def run(args: argparse.Namespace, ctx) -> int:
     import dataclasses
 
-    from amagi_plugin.cli.commands.process import analyzer_from_config
     from amagi_plugin.config import ConfigError, Destination
     from amagi_plugin.fastpath import check_devices_available
+    from amagi_plugin.runtime import analyzer_from_config
     from amagi_plugin.service.app import Service
 
     cfg = ctx.config

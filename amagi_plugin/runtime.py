@@ -1,0 +1,38 @@
+"""Wiring below the command line: the configured model, loaded and wrapped for analysis.
+
+Every command (``process``, ``serve``, ``explain``), the doctor, the benchmarks and the tests
+build their analyzer here, so a configuration key means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from amagi_plugin.config import Config
+    from amagi_plugin.modelspec import ModelSpec
+    from amagi_plugin.pipeline import BleedingAnalyzer
+
+
+def analyzer_from_config(cfg: Config, device: str | None = None,
+                         ) -> tuple[BleedingAnalyzer, ModelSpec]:
+    """The configured model, loaded, wrapped in a :class:`BleedingAnalyzer`, and its spec.
+
+    ``device``: where this analyzer runs (a ``worker.devices`` entry); default ``model.device``.
+    """
+    from amagi_plugin.fastpath import device_batch_size
+    from amagi_plugin.modelspec import load_model, resolve_device, resolve_model
+    from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+
+    spec = resolve_model(cfg.model)
+    device = resolve_device(device or cfg.model.device)
+    model = load_model(spec, device)
+    batch_size = cfg.model.batch_size
+    if cfg.model.fast and cfg.sources.get("model.batch_size", "default") == "default":
+        batch_size = device_batch_size(device, batch_size)
+    options = AnalysisOptions(
+        prediction_hz=cfg.model.prediction_hz, batch_size=batch_size, device=device,
+        bf16=cfg.model.bf16, fast=cfg.model.fast, threshold=cfg.analysis.threshold,
+        smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
+        decode_workers=cfg.model.decode_workers)
+    return BleedingAnalyzer.for_model(model, options), spec

@@ -1,0 +1,25 @@
+"""The one place that turns configuration into an analyzer (amagi_plugin.runtime)."""
+
+from __future__ import annotations
+
+import pytest
+
+from amagi_plugin.config import ConfigError, load_config
+from amagi_plugin.runtime import analyzer_from_config
+
+
+def test_every_analysis_key_reaches_the_analyzer(tmp_path) -> None:
+    cfg = load_config(environ={}, cwd=tmp_path, overrides={
+        "model.device": "cpu", "model.prediction_hz": "5", "model.batch_size": "3",
+        "model.decode_workers": "2", "analysis.threshold": "0.7",
+        "analysis.smoothing": "median", "analysis.smoothing_s": "2"})
+    analyzer, spec = analyzer_from_config(cfg)
+    o = analyzer.options
+    assert (o.device, o.prediction_hz, o.batch_size, o.decode_workers) == ("cpu", 5.0, 3, 2)
+    assert (o.threshold, o.smoothing, o.smoothing_s, o.fast) == (0.7, "median", 2.0, False)
+    assert spec.weights == "demo-synthetic" and "not for clinical use" in spec.label
+
+
+def test_decode_workers_must_be_positive(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="model.decode_workers"):
+        load_config(environ={}, cwd=tmp_path, overrides={"model.decode_workers": "0"})
