@@ -169,13 +169,13 @@ class GpuSampler:
         return max(mem) if mem else None
 
 
-def _decode_only(path: str, seconds: float | None) -> dict:
+def _decode_only(path: str, seconds: float | None, workers: int = 1) -> dict:
     from dicom_io.video import open_video
 
     video = open_video(path)
     stop = None if seconds is None else int(seconds * video.fps)
     c0, t0 = _cpu_s(), time.perf_counter()
-    n = sum(1 for _ in video.frames(0, stop))
+    n = sum(1 for _ in video.frames(0, stop, workers=workers))
     wall = time.perf_counter() - t0
     return {"wall": wall, "video_s": n / video.fps, "rss": _rss_mb(),
             "cpu_pct": 100 * (_cpu_s() - c0) / wall, "timings": {"decode": wall}}
@@ -231,7 +231,8 @@ def _ceiling(model, batch: int, device: str, bf16: bool, min_time: float) -> dic
 
 def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None,
              share: bool, threads: int, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",),
-             batch_size: int = 8, ceiling_s: float | None = None) -> list[dict]:
+             batch_size: int = 8, ceiling_s: float | None = None,
+             decode_workers: int = 1) -> list[dict]:
     """One timed analysis per precision (each after a warm-up on CUDA), then its ceiling."""
     import torch
 
@@ -250,8 +251,10 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
     cuda = device.startswith("cuda")
     out = []
     for precision in precisions:
+        fast = precision == "fast"  # the speed switch, with parallel decoding
         opts = AnalysisOptions(share_clips=share, device=device, bf16=precision == "bf16",
-                               batch_size=batch_size)
+                               batch_size=batch_size, fast=fast,
+                               decode_workers=decode_workers if fast else 1)
         analyzer = BleedingAnalyzer.for_model(model, opts)
         if cuda:
             analyzer.analyze(_Prefix(source, int(min(WARMUP_S, video.frame_count / video.fps)
@@ -270,7 +273,8 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
              "timings": result.timings, "probs": result.probabilities,
              "clips": result.clips_computed, "events": result.index.event_count}
         if ceiling_s is not None:
-            r["ceiling"] = _ceiling(analyzer.model, batch_size, device, opts.bf16, ceiling_s)
+            r["ceiling"] = _ceiling(analyzer.model, batch_size, device,
+                                    analyzer.options.bf16, ceiling_s)
             r["ceiling"]["clips_per_video_s"] = r["clips"] / r["video_s"]
             r["ceiling"]["x_real_time"] = r["ceiling"]["clips_per_s"] / r["ceiling"]["clips_per_video_s"]
         out.append(r)
@@ -350,9 +354,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="segment for amagi_sf50 (default 6 on a CPU, 60 on CUDA; 0 skips)")
     ap.add_argument("--sf152-seconds", type=float, default=None,
                     help="segment for amagi_sf152 (default 0 = skip on a CPU, 60 on CUDA)")
-    ap.add_argument("--precision", choices=("fp32", "bf16", "both"), default="fp32",
-                    help="analysis precision (bf16: autocast, as [model] bf16); both: fp32 "
-                         "then bf16 in the same process (the naive comparison uses the first)")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fast", "both", "all"),
+                    default="fp32",
+                    help="analysis precision (bf16: autocast, as [model] bf16; fast: the speed "
+                         "switch, model.fast, with --decode-workers); both: fp32 then bf16 in "
+                         "the same process; all: fp32, bf16, fast (the naive comparison uses "
+                         "the first)")
+    ap.add_argument("--decode-workers", type=int, default=None,
+                    help="decoding threads for the second floor row and the fast rows "
+                         "(default: 2 on a CPU, 4 on CUDA)")
     ap.add_argument("--batch-size", type=int, default=8,
                     help="clips per inference batch (the analyzer's default 8)")
     ap.add_argument("--ceiling-seconds", type=float, default=None,
@@ -379,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ceiling_seconds is None:
         args.ceiling_seconds = 2.0 if cuda else 3.0
     ceiling_s = None if args.ceiling_seconds < 0 else args.ceiling_seconds
-    precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+    precisions = {"both": ("fp32", "bf16"), "all": ("fp32", "bf16", "fast")}.get(
+        args.precision, (args.precision,))
+    if args.decode_workers is None:
+        args.decode_workers = 4 if cuda else 2
     width, height = frame_size(args.height)
 
     def segment(s: float) -> float | None:
@@ -433,13 +446,19 @@ def main(argv: list[str] | None = None) -> int:
     report["video"]["seconds"] = floor["video_s"]
     add({"case": "decode only (floor)", "kind": "floor", **floor,
          "x_real_time": floor["video_s"] / floor["wall"]})
+    if args.decode_workers > 1:
+        floor_n = _run(_decode_only, str(video), None, args.decode_workers)
+        add({"case": f"decode only, {args.decode_workers} threads", "kind": "floor", **floor_n,
+             "x_real_time": floor_n["video_s"] / floor_n["wall"],
+             "speedup_col": f"{floor['wall'] / floor_n['wall']:.2f}×"})
 
     def analyse(label: str, arch: str, checkpoint: str | None, seconds: float | None,
                 share: bool, precs: tuple[str, ...], ceiling: bool = True) -> list[dict] | None:
         t0 = time.perf_counter()
         try:
             results = _run(_analyse, str(video), arch, checkpoint, seconds, share, args.threads,
-                           device, precs, args.batch_size, ceiling_s if ceiling else None)
+                           device, precs, args.batch_size, ceiling_s if ceiling else None,
+                           args.decode_workers)
         except Exception as e:  # keep going: one failing model should not hide the others
             report["errors"].append({"case": label, "error": f"{type(e).__name__}: {e}"})
             print(f"{label}: FAILED {type(e).__name__}: {e}", flush=True)

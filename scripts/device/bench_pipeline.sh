@@ -76,7 +76,7 @@ EOF
     local rc=0
     timeout --kill-after=5 "$left" "$PYTHON" benchmarks/pipeline.py --device "$DEVICE" \
         --height 1080 --seconds 60 --sf50-seconds 30 --sf152-seconds 20 --naive-seconds 10 \
-        --precision both --ceiling-seconds 1 --threads "$THREADS" \
+        --precision all --ceiling-seconds 1 --threads "$THREADS" \
         --video-dir "$VIDEO_DIR" --out "$OUT/pipeline.json" "$@" || rc=$?
     ((rc != 124 && rc != 137)) || echo "== benchmark STOPPED by timeout after ${left}s"
     echo "== $(date -u +%T) benchmark exit code $rc (script at ${SECONDS}s)"
