@@ -287,9 +287,9 @@ class _Prefix:
     def __init__(self, video, n: int) -> None:
         self._v, self.frame_count, self.fps = video, min(n, video.frame_count), video.fps
 
-    def frames(self, start=0, stop=None, step=1):
+    def frames(self, start=0, stop=None, step=1, **kw):
         stop = self.frame_count if stop is None else min(stop, self.frame_count)
-        return self._v.frames(start, stop, step)
+        return self._v.frames(start, stop, step, **kw)
 
 
 def _run(fn, *args):

@@ -42,6 +42,8 @@ THREADS=${THREADS:-$(($(nproc) < 16 ? $(nproc) : 16))}
 RESERVE_S=5                    # kept after the benchmark for the closing lines
 
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/device/wheels.sh
+. scripts/device/wheels.sh
 mkdir -p "$OUT"
 LOG=$OUT/bench.log
 
@@ -50,10 +52,7 @@ bench() {
     echo "== $(date -u +%FT%TZ) bench_pipeline.sh on $(hostname), device=$DEVICE, args: $*"
     if command -v nvidia-smi >/dev/null; then nvidia-smi || true; fi
 
-    echo "== installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE"
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$SITE" "$WHEELS"/*.whl
-    export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1
+    install_wheels
 
     echo "== imports ($((SECONDS))s)"
     "$PYTHON" - <<'EOF'

@@ -30,6 +30,8 @@ DEADLINE_S=${DEADLINE_S:-530}  # whole script; the device call's timeout_s must 
 PACK_RESERVE_S=25              # kept for packing the results after the build
 
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/device/wheels.sh
+. scripts/device/wheels.sh
 mkdir -p "$OUT"
 LOG=$OUT/build.log
 
@@ -38,10 +40,7 @@ build() {
     echo "== $(date -u +%FT%TZ) build_demo.sh on $(hostname), device=$DEVICE, args: $*"
     command -v nvidia-smi >/dev/null && nvidia-smi -L || true
 
-    echo "== installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE"
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$SITE" "$WHEELS"/*.whl
-    export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1
+    install_wheels
 
     echo "== imports"
     "$PYTHON" - <<'EOF'

@@ -21,5 +21,5 @@ def test_every_analysis_key_reaches_the_analyzer(tmp_path) -> None:
 
 
 def test_decode_workers_must_be_positive(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="model.decode_workers"):
+    with pytest.raises(ConfigError, match=r"model\.decode_workers"):
         load_config(environ={}, cwd=tmp_path, overrides={"model.decode_workers": "0"})
