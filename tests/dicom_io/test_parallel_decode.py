@@ -50,6 +50,27 @@ def _same(got: Frames, want: Frames) -> None:
         assert np.array_equal(a, b), f"frame {i} differs"
 
 
+def _same_damage(got: Frames, error: str | None, decoded: int | None, want: Frames,
+                 want_error: str | None, want_decoded: int | None) -> None:
+    """Parallel decoding of a damaged stream ends as serial decoding does.
+
+    One thing is not reproducible even between two serial decodes: whether FFmpeg flags the
+    last frame before a cut packet as corrupt (its error concealment depends on decoder
+    thread timing), so that one frame may be yielded by one run and reported damaged by
+    another. Everything else must agree exactly: the error class, every frame both runs
+    produced, and the count to within that one final frame.
+    """
+    if (error, decoded) == (want_error, want_decoded):
+        _same(got, want)
+        return
+    assert error is not None and want_error is not None, (error, want_error)
+    assert error.split(":")[0] == want_error.split(":")[0]
+    assert decoded is not None and want_decoded is not None and abs(decoded - want_decoded) == 1
+    assert abs(len(got) - len(want)) <= 1
+    n = min(len(got), len(want))
+    _same(got[:n], want[:n])
+
+
 def _run(frames) -> tuple[Frames, str | None, int | None]:
     """Everything a frames() call yields, then its error's text and frames_decoded."""
     got: Frames = []
@@ -150,18 +171,16 @@ def test_damaged_stream_same_frames_and_error(make_video, tmp_path, name, damage
         assert want_error is not None and "truncated" in want_error
     for workers in (2, 3):
         got, error, decoded = _run(parallel_frames(src, workers=workers))
-        _same(got, want)
-        assert (error, decoded) == (want_error, want_decoded)
+        _same_damage(got, error, decoded, want, want_error, want_decoded)
 
 
 def test_truncated_error_matches_on_a_sub_range(make_video, tmp_path):
     vid = make_video(n=N, gop=GOP, **VIDEOS["h264"])
     src = open_video(_cut(vid.path, tmp_path / "cut.dcm", 0.6))
-    want, want_error, _ = _run(src.frames(20, None, 3))
-    got, error, _ = _run(src.frames(20, None, 3, workers=2))
-    assert want_error is not None and error == want_error
-    assert "of 60 frames decoded" in error
-    _same(got, want)
+    want, want_error, want_decoded = _run(src.frames(20, None, 3))
+    got, error, decoded = _run(src.frames(20, None, 3, workers=2))
+    assert want_error is not None and "of 60 frames decoded" in want_error
+    _same_damage(got, error, decoded, want, want_error, want_decoded)
     with pytest.raises(TruncatedVideoError):
         list(parallel_frames(src, workers=2))
 
