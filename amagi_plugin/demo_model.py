@@ -46,6 +46,7 @@ class DemoBuildError(AmagiError):
     """A stage of the demo build failed, or its work directory holds another build."""
 
 DEFAULT_WORK = REPO / "var" / "demo-model"
+_AMAGI = (sys.executable, "-m", "amagi_plugin.cli")  # each stage runs as its own process
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 def _cli(argv: list[str]) -> None:
     """``amagi ARGV`` in a fresh process (no CUDA or thread state carried between stages)."""
-    code = subprocess.run([sys.executable, "-m", "amagi_plugin.cli", *argv]).returncode
+    code = subprocess.run([*_AMAGI, *argv]).returncode
     if code != 0:
         raise DemoBuildError(f"amagi {' '.join(argv[:2])} failed with exit code {code}")
 
@@ -266,7 +267,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
                 "--threads", str(max(1, cfg.threads // len(jobs)))]
         log_file = (out / "stdout.log").open("a")
         procs.append((name, out, log_file, subprocess.Popen(
-            [sys.executable, "-m", "amagi_plugin.cli", *argv], stdout=log_file,
+            [*_AMAGI, *argv], stdout=log_file,
             stderr=subprocess.STDOUT, cwd=REPO)))
     for name, out, log_file, proc in procs:
         code = proc.wait()

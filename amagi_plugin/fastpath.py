@@ -27,16 +27,22 @@ import torch
 from torch import nn
 
 from amagi_plugin.errors import ConfigError
-from amagi_plugin.transforms import AUTHORS_MEAN, AUTHORS_STD, DeviceFrameTransform
+from amagi_plugin.modelspec import cuda_devices_lacking
+from amagi_plugin.transforms import (
+    AUTHORS_MEAN,
+    AUTHORS_STD,
+    DeviceFrameTransform,
+    device_frame_transform,
+)
 
 log = logging.getLogger(__name__)
 
+
 def check_devices_available(devices: Sequence[str], key: str = "worker.devices") -> None:
     """Raise :class:`ConfigError` naming the first configured device this host lacks."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for name in devices:
-        device = torch.device(name)
-        if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
+        count = cuda_devices_lacking(name)
+        if count is not None:
             raise ConfigError(f"configured device {name} is not available: this host has "
                               f"{count} CUDA device{'' if count == 1 else 's'} ({key})")
 
@@ -112,4 +118,4 @@ class FastPath:
     def frame_transform(self, size: int, mean: Sequence[float] = AUTHORS_MEAN,
                         std: Sequence[float] = AUTHORS_STD) -> DeviceFrameTransform:
         """uint8 RGB frame → normalised ``(3, size, size)`` on the device."""
-        return DeviceFrameTransform(size, mean, std, self.device)
+        return device_frame_transform(size, mean, std, self.device)

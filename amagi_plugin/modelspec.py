@@ -77,6 +77,18 @@ def _looks_like_authors(path: Path) -> bool:
     return "sf50" in name or "sf152" in name or ("amagi" in name and "split" in name)
 
 
+def cuda_devices_lacking(name: str) -> int | None:
+    """The host's number of CUDA devices when ``name`` (``cuda``, ``cuda:N``) names one it
+    lacks; ``None`` when the device is there or is not a CUDA device."""
+    import torch
+
+    device = torch.device(name)
+    if device.type != "cuda":
+        return None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return count if count == 0 or (device.index or 0) >= count else None
+
+
 def resolve_device(name: str) -> str:
     """``auto`` → ``cuda`` when a GPU is present, else ``cpu``; anything else is checked."""
     import torch
@@ -87,6 +99,10 @@ def resolve_device(name: str) -> str:
         raise InputError(f"device {name!r} requested but CUDA is not available")
     if not (name == "cpu" or name.startswith("cuda")):
         raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    count = cuda_devices_lacking(name)
+    if count is not None:
+        raise InputError(f"device {name!r} requested but this host has {count} CUDA "
+                         f"device{'' if count == 1 else 's'}")
     return name
 
 

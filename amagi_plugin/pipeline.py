@@ -114,9 +114,7 @@ class FramePrefetcher:
         decode_s = transform_s = 0.0
         try:
             t0 = time.perf_counter()
-            frames = (self._video.frames(0, last + 1) if self._workers == 1
-                      else self._video.frames(0, last + 1, workers=self._workers))
-            for index, _t, rgb in frames:
+            for index, _t, rgb in self._video.frames(0, last + 1, workers=self._workers):
                 decode_s += time.perf_counter() - t0
                 if index in wanted:
                     t1 = time.perf_counter()

@@ -16,7 +16,7 @@ class ArrayVideo:
         self._frames, self.fps, self.frame_count = frames, fps, len(frames)
         self.decoded = 0
 
-    def frames(self, start=0, stop=None, step=1):
+    def frames(self, start=0, stop=None, step=1, workers=1):
         for i in range(start, self.frame_count if stop is None else min(stop, self.frame_count), step):
             self.decoded += 1
             yield i, i / self.fps, self._frames[i]
@@ -118,7 +118,7 @@ def test_guidance_areas_measure_the_segmentation_map() -> None:
 
 def test_decoder_errors_reach_the_caller() -> None:
     class Broken(ArrayVideo):
-        def frames(self, start=0, stop=None, step=1):
+        def frames(self, start=0, stop=None, step=1, workers=1):
             yield from super().frames(start, 10, step)
             raise OSError("stream damaged at frame 10")
 

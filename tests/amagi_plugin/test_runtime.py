@@ -23,3 +23,16 @@ def test_every_analysis_key_reaches_the_analyzer(tmp_path) -> None:
 def test_decode_workers_must_be_positive(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"model\.decode_workers"):
         load_config(environ={}, cwd=tmp_path, overrides={"model.decode_workers": "0"})
+
+
+def test_a_cuda_index_the_host_lacks_is_refused(monkeypatch) -> None:
+    import torch
+
+    from amagi_plugin.errors import InputError
+    from amagi_plugin.modelspec import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == "cuda:0" and resolve_device("cpu") == "cpu"
+    with pytest.raises(InputError, match=r"'cuda:3' requested but this host has 1 CUDA device$"):
+        resolve_device("cuda:3")
