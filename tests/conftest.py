@@ -1,8 +1,11 @@
-"""Shared test helpers: run the CLI in-process with an injected environment."""
+"""Shared test helpers: run the CLI in-process with an injected environment; the
+``integration`` marker kept true (a test that runs an external peer carries it)."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,3 +32,48 @@ def run_cli(tmp_path: Path):
         return CliResult(code, ctx.stdout.getvalue(), ctx.stderr.getvalue())
 
     return run
+
+
+#: Programs of the Debian peers ``make test`` installs (the Makefile's APT_PACKAGES).
+PEER_PROGRAMS = frozenset({
+    "storescu", "storescp", "findscu", "echoscu", "movescu", "getscu", "dcmsend", "dcmrecv",
+    "dcmdump", "dcm2json", "dcm2xml", "img2dcm", "dcmqrscp", "dciodvfy", "dcentvfy",
+    "Orthanc", "pdftotext", "pdfinfo", "pdftoppm", "chromium", "initdb", "pg_ctl", "postgres",
+    "psql"})
+#: Fixtures that start or run one of them: a test that uses one is an integration test.
+PEER_FIXTURES = frozenset({"pg_server", "storescp", "dciodvfy_errors"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``integration`` every test that uses a peer fixture (directly or through another)."""
+    for item in items:
+        if PEER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def _program(args: object) -> str:
+    first = args if isinstance(args, (str, bytes, os.PathLike)) else next(iter(args), "")  # type: ignore[call-overload]
+    text = os.fsdecode(first)
+    if isinstance(args, (str, bytes)):
+        text = text.split()[0] if text.split() else text
+    return os.path.basename(text)
+
+
+@pytest.fixture(autouse=True)
+def _peers_need_integration(request: pytest.FixtureRequest,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the ``integration`` marker fails when it starts a peer program, so
+    that ``pytest -m "not integration"`` runs with no external peer installed."""
+    if request.node.get_closest_marker("integration"):
+        return
+    real = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):  # type: ignore[no-untyped-def]
+        name = _program(args)
+        if name in PEER_PROGRAMS:
+            self._child_created = False  # what Popen.__del__ reads of a half-built object
+            raise AssertionError(f"{request.node.nodeid} runs the external peer {name!r} "
+                                 "but is not marked 'integration'")
+        real(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)

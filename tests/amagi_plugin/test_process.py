@@ -38,6 +38,7 @@ def _model_args(ckpt: Path) -> list[str]:
     return ["--model", "amagi_tiny", "--checkpoint", str(ckpt), "--no-progress"]
 
 
+@pytest.mark.integration
 def test_process_dicom_video_writes_everything(run_cli, tmp_path, video, tiny_checkpoint) -> None:
     out = tmp_path / "out"
     # A threshold near 0 makes the whole video one event, so every object kind is written.

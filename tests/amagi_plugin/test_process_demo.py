@@ -20,6 +20,7 @@ from tests.amagi_plugin.test_process import KNOWN_SR_WARNINGS, _modality
 SEED = 424242
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_demo_model_finds_the_events_of_a_generated_video(run_cli, tmp_path: Path) -> None:
     synth_in_fresh_process(tmp_path, "-od", "data", "--cases", "1", "--seed", str(SEED),

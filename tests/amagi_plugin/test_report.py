@@ -101,6 +101,7 @@ def test_tools_are_installed():
         assert shutil.which(tool), f"{tool} missing: make test installs Debian poppler-utils"
 
 
+@pytest.mark.integration
 def test_one_page_report_text(tmp_path):
     path = _pdf(tmp_path, 3)
     assert _pages(path) == 1
@@ -116,6 +117,7 @@ def test_one_page_report_text(tmp_path):
     assert f"weights: demo-synthetic; Device UID {DEMO.device_uid}" in text
 
 
+@pytest.mark.integration
 def test_many_events_continue_on_more_pages_with_the_notice(tmp_path):
     path = _pdf(tmp_path, 20)
     pages = _pages(path)
@@ -129,6 +131,7 @@ def test_many_events_continue_on_more_pages_with_the_notice(tmp_path):
     assert "Events (continued, 9-20 of 20)" in _text(path, 2)
 
 
+@pytest.mark.integration
 def test_authors_model_has_no_notice_and_no_events_says_so(tmp_path):
     path = _pdf(tmp_path, 0, AUTHORS)
     text = _text(path)
@@ -137,6 +140,7 @@ def test_authors_model_has_no_notice_and_no_events_says_so(tmp_path):
     assert "weights: authors" in text
 
 
+@pytest.mark.integration
 def test_rendered_page_shows_timeline_events_and_masks(tmp_path):
     img = _render(_pdf(tmp_path, 3), tmp_path)
     height = img.shape[0]
@@ -227,6 +231,7 @@ def test_retrained_checkpoint_gives_another_device_uid(tmp_path, tiny_checkpoint
     assert uid(retrained) != uid(tiny_checkpoint)
 
 
+@pytest.mark.integration
 def test_process_writes_the_report_as_pdf_and_dicom(run_cli, tmp_path, tiny_checkpoint):
     """``amagi process``: report.pdf and its Encapsulated PDF (listed by the KOS) show the
     events of summary.json; every object names the checkpoint's Device UID."""

@@ -27,6 +27,7 @@ def sources(tmp_path_factory):
     return make_sources(tmp_path_factory)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("n_events", [1, 3])
 def test_key_images_validate_and_keep_pixels(sources, tmp_path, codec, n_events):

@@ -40,6 +40,7 @@ def _key_images(src, events, directory):
     return write_key_images(src.header, frames, DEMO, directory)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("n_events", [1, 3])
 def test_kos_lists_key_frames_and_images(sources, tmp_path, codec, n_events):
@@ -102,6 +103,7 @@ def test_kos_rejects_bad_references(sources, tmp_path):
     assert len(list(tmp_path.iterdir())) == 1  # only the key image written above
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("n_events", [0, 1, 3])
 def test_all_results_share_the_source_study(sources, tmp_path, codec, n_events):

@@ -80,6 +80,7 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video(tmp_path_factory.mktemp("tlsv") / "v.dcm")
 
 
+@pytest.mark.integration
 def test_tls_association_and_plaintext_refused(tmp_path: Path, certs: Certs,
                                                video: Path) -> None:
     rec = Recorder()

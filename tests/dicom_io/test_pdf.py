@@ -56,6 +56,7 @@ def pdf_odd() -> bytes:
     return data if len(data) % 2 else data + b"\n"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("codec", CODECS)
 def test_pdf_validates_and_round_trips(sources, tmp_path, codec, pdf_odd):
     src = sources[codec]
@@ -97,6 +98,7 @@ def test_pdf_given_uids_and_bad_arguments(sources, tmp_path, pdf_odd):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.integration
 def test_kos_lists_the_report(sources, tmp_path, pdf_odd):
     src = sources["uncompressed"]
     events = make_events(2)
@@ -172,6 +174,7 @@ def test_report_reaches_orthanc_and_is_served_as_pdf(tmp_path, report_files):
     (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
     ("ISO_IR 192", "Иванов^Иван"),
 ])
+@pytest.mark.integration
 def test_pdf_keeps_the_patient_name_in_its_character_set(sources, tmp_path, pdf_odd, charset,
                                                          name):
     header = sources["h264"].header.copy()

@@ -31,6 +31,7 @@ def sources(tmp_path_factory):
     return make_sources(tmp_path_factory)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("n_events", [1, 3])
 def test_seg_validates_and_round_trips(sources, tmp_path, codec, n_events):
@@ -80,6 +81,7 @@ def test_no_events_writes_no_seg(sources, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_empty_mask_and_given_uids(sources, tmp_path):
     series_uid, sop_uid = generate_uid(), generate_uid()
     masks = {5: np.zeros((ROWS, COLS), np.uint8), 7: np.ones((ROWS, COLS), np.uint8)}

@@ -41,6 +41,7 @@ def sources(tmp_path_factory):
     return make_sources(tmp_path_factory)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("n_events", [0, 1, 3])
 def test_sr_validates_and_round_trips(sources, tmp_path, codec, n_events):
@@ -136,6 +137,7 @@ def test_authors_weights_have_no_disclaimer(sources, tmp_path):
     assert read_bleeding_report(ref.path).algorithm.weights is WeightsKind.AUTHORS
 
 
+@pytest.mark.integration
 def test_successor_names_its_predecessor(sources, tmp_path):
     src = sources["h264"].header
     first_events = make_events(1)

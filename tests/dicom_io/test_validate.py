@@ -22,12 +22,14 @@ def sources(tmp_path_factory):
     return make_sources(tmp_path_factory)
 
 
+@pytest.mark.integration
 def test_valid_video_passes(sources):
     for src in sources.values():
         result = run_dciodvfy(src.path)
         assert result.ok and result.errors == [] and result.warnings == []
 
 
+@pytest.mark.integration
 def test_broken_instance_reports_errors(sources, tmp_path):
     src = sources["uncompressed"]
     (ref,) = write_key_images(src.header, {1: src.frames[0]}, DEMO, tmp_path)
@@ -42,6 +44,7 @@ def test_broken_instance_reports_errors(sources, tmp_path):
     assert any("SamplesPerPixel" in e or "Samples per Pixel" in e for e in errors)
 
 
+@pytest.mark.integration
 def test_unreadable_file_is_an_error(tmp_path):
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"\0" * 200 + b"nonsense")
@@ -73,6 +76,7 @@ def test_missing_tool_is_a_clear_error(sources, monkeypatch):
         run_dsrdump(sources["h264"].path)
 
 
+@pytest.mark.integration
 def test_arrays_unchanged_by_validation(sources):
     # validation only reads: the file is byte-identical afterwards
     path = sources["h264"].path

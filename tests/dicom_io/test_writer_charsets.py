@@ -80,6 +80,7 @@ def test_every_pydicom_character_set_through_every_writer(source, tmp_path, term
         assert str(ds.PatientName) == name, (ref.path.name, ds.get("SpecificCharacterSet"))
 
 
+@pytest.mark.integration
 def test_japanese_code_extensions_kept_and_valid(source, tmp_path):
     """The issue's case: ['', 'ISO 2022 IR 87'] with a Japanese ideographic name."""
     header = _with_charset(source.header, ["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎")
