@@ -2,7 +2,10 @@
 
 One *case* is one received instance analysed by one model version: its :class:`Job` row is the
 case's identity (``case id`` = ``jobs.id``), the :class:`AnalysisRun` holds what the model
-produced, :class:`CaseIndex` the per-case indices and :class:`BleedingEvent` the events.
+produced, :class:`CaseIndexRow` the per-case indices and :class:`BleedingEventRow` the events:
+the stored form of :class:`dicom_io.results.CaseIndex` and :class:`dicom_io.results.BleedingEvent`
+(adapters in :mod:`db.records`). Frame numbers are 1-based DICOM frame numbers (PS3.3
+C.7.6.6), as the analysis and the SR give them.
 
 Patient names are never stored. ``studies.patient_id`` is filled only when the caller asks
 (configuration ``database.store_patient_id``). Every timestamp is stored as UTC.
@@ -189,15 +192,16 @@ class AnalysisRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="run")
-    events: Mapped[list[BleedingEvent]] = relationship(
-        back_populates="run", order_by="BleedingEvent.start_s", cascade="all, delete-orphan")
-    index: Mapped[CaseIndex | None] = relationship(back_populates="run",
-                                                   cascade="all, delete-orphan")
+    events: Mapped[list[BleedingEventRow]] = relationship(
+        back_populates="run", order_by="BleedingEventRow.start_s", cascade="all, delete-orphan")
+    index: Mapped[CaseIndexRow | None] = relationship(back_populates="run",
+                                                      cascade="all, delete-orphan")
     objects: Mapped[list[ProducedObject]] = relationship(back_populates="run")
 
 
-class BleedingEvent(Base):
-    """One active-bleeding interval of a video (times in seconds, frames 0-based)."""
+class BleedingEventRow(Base):
+    """A stored :class:`dicom_io.results.BleedingEvent`: times in seconds from the first
+    frame, ``start_frame``/``end_frame``/``key_frame`` 1-based DICOM frame numbers."""
 
     __tablename__ = "bleeding_events"
     __table_args__ = (sa.CheckConstraint("end_s >= start_s", name="end_after_start"),)
@@ -217,8 +221,12 @@ class BleedingEvent(Base):
     run: Mapped[AnalysisRun] = relationship(back_populates="events")
 
 
-class CaseIndex(Base):
-    """Per-case indices of one run (durations in seconds; ``first_bleed_s`` None: no event)."""
+class CaseIndexRow(Base):
+    """A stored :class:`dicom_io.results.CaseIndex` (durations in seconds).
+
+    With no event, ``mean_duration_s``, ``max_duration_s`` and ``first_bleed_s`` are ``NULL``
+    (undefined), ``total_duration_s`` is 0.
+    """
 
     __tablename__ = "case_indices"
 
@@ -226,8 +234,8 @@ class CaseIndex(Base):
                                         primary_key=True)
     event_count: Mapped[int] = mapped_column(index=True)
     total_duration_s: Mapped[float] = mapped_column(index=True)
-    mean_duration_s: Mapped[float]
-    max_duration_s: Mapped[float] = mapped_column(index=True)
+    mean_duration_s: Mapped[float | None]
+    max_duration_s: Mapped[float | None] = mapped_column(index=True)
     first_bleed_s: Mapped[float | None]
     video_duration_s: Mapped[float]
 

@@ -119,7 +119,12 @@ class BleedingEvent:
 
 @dataclass(frozen=True)
 class CaseIndex:
-    """Case-level bleeding indices of one analysed video.
+    """Case-level bleeding indices of one analysed video, computed once by
+    :meth:`from_events` and passed on to every consumer (SR, report, case database).
+
+    With no event, the count is 0 and the total duration 0 s, while the mean and longest
+    duration and the first bleeding are undefined: ``None`` here, no measurement in the SR,
+    ``NULL`` in the case database (never 0 s, which would read as a measured value).
 
     Parameters
     ----------

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import db
+from dicom_io.results import BleedingEvent, CaseIndex, WeightsKind
 
 PG_ROOT = Path("/usr/lib/postgresql")
 PG_SUPERUSER = "amagi"
@@ -167,6 +168,21 @@ COHORT = {
 }
 
 
+FPS = 30.0
+#: What the service stores as the weights of each cohort model (``ModelSpec.weights``).
+WEIGHTS = {"demo": WeightsKind.DEMO_SYNTHETIC, "amagi-sf50": WeightsKind.AUTHORS}
+
+
+def cohort_event(start_s: float, end_s: float) -> BleedingEvent:
+    """An event as the analysis makes it on a :data:`FPS` video predicted at every frame:
+    1-based frame numbers, from the frame at ``start_s`` to the last frame before ``end_s``,
+    the key frame in the middle."""
+    return BleedingEvent(start_s=start_s, end_s=end_s, duration_s=end_s - start_s,
+                         start_frame=round(start_s * FPS) + 1, end_frame=round(end_s * FPS),
+                         key_frame=round((start_s + end_s) / 2 * FPS) + 1,
+                         peak_probability=0.9, mean_probability=0.7)
+
+
 def build_cohort(database: db.Database) -> dict[str, int]:
     """Record the :data:`COHORT` through the public API; returns letter → case id."""
     from datetime import date
@@ -196,11 +212,10 @@ def build_cohort(database: db.Database) -> dict[str, int]:
             if state == "failed":
                 queue.fail(s, res.job_id, "cohort-worker", "decoder error: bad stream")
                 continue
-            evs = [records.EventRecord(a, b, int(a * 30), int(b * 30), 0.9, 0.7,
-                                       int((a + b) * 15)) for a, b in events]
-            records.record_run(s, res.job_id, weights_kind="demo", events=evs,
-                               video_duration_s=dur, parameters={"threshold": 0.5},
-                               timings={"inference": 1.5})
+            evs = [cohort_event(a, b) for a, b in events]
+            records.record_run(s, res.job_id, weights_kind=WEIGHTS[model], events=evs,
+                               index=CaseIndex.from_events(evs, dur),
+                               parameters={"threshold": 0.5}, timings={"inference": 1.5})
             queue.complete(s, res.job_id, "cohort-worker")
     return ids
 

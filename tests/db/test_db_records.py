@@ -10,7 +10,8 @@ import sqlalchemy as sa
 import db
 from db import deliveries, queue, records
 from db.queries import get_case
-from db.schema import AnalysisRun, BleedingEvent, Instance, Study
+from db.schema import AnalysisRun, BleedingEventRow, Instance, Study
+from dicom_io.results import BleedingEvent, CaseIndex, WeightsKind
 from tests.db.conftest import build_cohort
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -45,36 +46,64 @@ def test_instance_received_twice_updates_one_row(database):
             ("A2", 99, T0 + timedelta(hours=1))
 
 
+def _event(start_s, end_s, **kw):
+    """A detected event at 30 fps (1-based frames), as the analysis gives it."""
+    base = dict(start_s=start_s, end_s=end_s, duration_s=end_s - start_s,
+                start_frame=round(start_s * 30) + 1, end_frame=max(1, round(end_s * 30)),
+                key_frame=round(start_s * 30) + 1, peak_probability=0.8, mean_probability=0.6)
+    return BleedingEvent(**{**base, **kw})
+
+
+def _run(s, job, events, video_duration_s=10.0, **kw):
+    return records.record_run(s, job, weights_kind=WeightsKind.DEMO_SYNTHETIC, events=events,
+                              index=CaseIndex.from_events(events, video_duration_s), **kw)
+
+
 def test_record_run_replaces_previous_and_validates(database):
     with database.session() as s:
         _instance(s)
         job = queue.enqueue(s, "1.5.1", model_name="demo", model_version="v1").job_id
-    ev = records.EventRecord(1.0, 2.5, 30, 75, 0.8, 0.6, 50)
+    ev = _event(1.0, 2.5, start_frame=31, end_frame=75, key_frame=50)
     with database.session() as s:
-        records.record_run(s, job, weights_kind="demo", events=[ev, ev], video_duration_s=10)
+        _run(s, job, [ev, ev])
     with database.session() as s:
-        run = records.record_run(s, job, weights_kind="demo", events=[ev], video_duration_s=10)
+        run = _run(s, job, [ev])
         assert run.index.event_count == 1 and run.index.total_duration_s == 1.5
     with database.session() as s:
-        assert s.query(BleedingEvent).count() == 1
+        assert s.query(BleedingEventRow).count() == 1
         with pytest.raises(ValueError, match="end_s"):
-            records.record_run(s, job, weights_kind="demo", video_duration_s=10,
-                               events=[records.EventRecord(3.0, 2.0, 0, 0, 0.5, 0.5, 0)])
+            _run(s, job, [_event(3.0, 2.0, duration_s=0.0)])
         with pytest.raises(ValueError, match="peak_probability"):
-            records.record_run(s, job, weights_kind="demo", video_duration_s=10,
-                               events=[records.EventRecord(1.0, 2.0, 0, 1, 1.5, 0.5, 0)])
+            _run(s, job, [_event(1.0, 2.0, peak_probability=1.5)])
+        with pytest.raises(ValueError, match="the CaseIndex of the 1 events"):
+            records.record_run(s, job, weights_kind="demo-synthetic", events=[ev],
+                               index=CaseIndex.from_events([], 10.0))
+        with pytest.raises(ValueError, match="weights must be one of"):
+            records.record_run(s, job, weights_kind="demo", events=[],
+                               index=CaseIndex.from_events([], 10.0))
         with pytest.raises(db.NotFoundError):
-            records.record_run(s, 9999, weights_kind="demo", events=[], video_duration_s=1)
+            _run(s, 9999, [], video_duration_s=1)
 
 
-def test_indices_from_events():
-    evs = [records.EventRecord(10, 40, 0, 1, 0.9, 0.5, 0), records.EventRecord(5, 8, 0, 1, 1, 1, 0)]
-    ix = records.IndicesRecord.from_events(evs, 100.0)
+def test_the_index_is_stored_as_computed(database):
+    """The database keeps the analysis' case index; an event-free case has no mean, no
+    longest event and no first bleeding (NULL), and a total of 0 s."""
+    with database.session() as s:
+        _instance(s, "1.5.1")
+        _instance(s, "1.5.2")
+        full = queue.enqueue(s, "1.5.1", model_name="demo", model_version="v1").job_id
+        empty = queue.enqueue(s, "1.5.2", model_name="demo", model_version="v1").job_id
+    evs = [_event(10, 40), _event(5, 8)]
+    with database.session() as s:
+        _run(s, full, evs, 100.0)
+        _run(s, empty, [], 50.0)
+    with database.session() as s:
+        ix, none = get_case(s, full).case, get_case(s, empty).case
     assert (ix.event_count, ix.total_duration_s, ix.max_duration_s, ix.first_bleed_s) == \
         (2, 33.0, 30.0, 5.0)
-    assert ix.mean_duration_s == 16.5
-    empty = records.IndicesRecord.from_events([], 50.0)
-    assert (empty.event_count, empty.total_duration_s, empty.first_bleed_s) == (0, 0.0, None)
+    assert ix.mean_duration_s == 16.5 and ix.video_duration_s == 100.0
+    assert (none.event_count, none.total_duration_s, none.first_bleed_s) == (0, 0.0, None)
+    assert (none.mean_duration_s, none.max_duration_s, none.video_duration_s) == (None, None, 50.0)
 
 
 def test_objects_and_delivery_backoff_survive_restart(db_url):
