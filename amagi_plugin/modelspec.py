@@ -14,10 +14,10 @@ from typing import Any
 
 from amagi_plugin.config import ModelConfig
 from amagi_plugin.errors import InputError
+from dicom_io.results import DEMO_DISCLAIMER
 
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "weights" / "demo"
-DEMO_NOTICE = "demo model trained on synthetic data; not for clinical use"
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        suffix = f" ({DEMO_NOTICE})" if self.weights == "demo-synthetic" else ""
+        suffix = f" ({DEMO_DISCLAIMER})" if self.weights == "demo-synthetic" else ""
         return f"{self.name} {self.version}{suffix}"
 
 
@@ -68,7 +68,7 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
     if not ckpt.is_file():
         raise InputError(f"the bundled demo checkpoint is missing: {ckpt}")
     return ModelSpec(f"amagi-demo-{manifest['arch']}", manifest["arch"], ckpt, "demo-synthetic",
-                     manifest.get("version", "0"), manifest.get("description", DEMO_NOTICE))
+                     manifest.get("version", "0"), manifest.get("description", DEMO_DISCLAIMER))
 
 
 def _looks_like_authors(path: Path) -> bool:

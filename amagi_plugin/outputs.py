@@ -10,9 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amagi_plugin.modelspec import DEMO_NOTICE, ModelSpec
+from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.pipeline import AnalysisResult
 from amagi_plugin.report import NOTICE_COLOUR, draw_timeline
+from dicom_io.results import DEMO_DISCLAIMER
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -81,7 +82,7 @@ def timeline_figure(result: AnalysisResult, spec: ModelSpec, title: str = "",
     head = (f"{idx.event_count} bleeding event(s), {idx.total_duration_s:.1f} s in total"
             + (f" - {title}" if title else ""))
     demo = spec.weights == "demo-synthetic"
-    note = f"{spec.name} {spec.version}: {DEMO_NOTICE}" if demo else spec.label
+    note = f"{spec.name} {spec.version}: {DEMO_DISCLAIMER}" if demo else spec.label
     fig = Figure(figsize=(12, 3.6), dpi=100)
     fig.text(0.01, 0.975, head, ha="left", va="top", fontsize=10)
     fig.text(0.01, 0.905, note, ha="left", va="top", fontsize=8.5,

@@ -22,8 +22,9 @@ from pydicom.uid import generate_uid
 
 from dicom_io.errors import WriterError
 
-#: Required wording on every object made with the project's demo weights.
-DEMO_DISCLAIMER = "demo model trained on synthetic data, not for clinical use"
+#: Required wording on everything made with the project's demo weights (DICOM objects,
+#: reports, the demo model's own files); the one spelling, imported wherever it is shown.
+DEMO_DISCLAIMER = "demo model trained on synthetic data; not for clinical use"
 #: Manufacturer of every object we write, and of the algorithm (General Equipment, TID 4019).
 MANUFACTURER = "AMAGI workstation plugin"
 
