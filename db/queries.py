@@ -32,6 +32,7 @@ from db.schema import (
     Series,
     Study,
 )
+from dicom_io.results import WeightsKind
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class CaseDetail:
     patient_id: str | None  # only when the store was configured to keep it
     last_error: str | None
     worker: str | None
-    weights_kind: str | None
+    weights_kind: WeightsKind | None
     parameters: dict[str, Any] | None
     timings: dict[str, Any] | None
     events: list[EventRow]

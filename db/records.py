@@ -164,7 +164,7 @@ def record_run(
         session.delete(old)
         session.flush()
     run = AnalysisRun(job_id=job_id, model_name=job.model_name, model_version=job.model_version,
-                      weights_kind=weights_kind.value, parameters=dict(parameters or {}),
+                      weights_kind=weights_kind, parameters=dict(parameters or {}),
                       timings=dict(timings or {}), started_at=started_at,
                       finished_at=finished_at or utcnow())
     run.events = [event_row(e) for e in sorted(events, key=lambda e: e.start_s)]

@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from dicom_io.results import WeightsKind
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -184,7 +186,7 @@ class AnalysisRun(Base):
     job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     model_name: Mapped[str] = mapped_column(sa.String(64), index=True)
     model_version: Mapped[str] = mapped_column(sa.String(128))
-    weights_kind: Mapped[str] = mapped_column(sa.String(32))  # "demo", "checkpoint", ...
+    weights_kind: Mapped[WeightsKind] = mapped_column(_enum(WeightsKind, "weights_kind"))
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # seconds per stage
     started_at: Mapped[datetime | None]

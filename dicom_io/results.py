@@ -40,11 +40,18 @@ class InvalidResultError(WriterError, ValueError):
 
 
 class WeightsKind(str, enum.Enum):
-    """Where the model weights come from; accepts its string value."""
+    """Where the model weights come from: the one vocabulary of the model spec, the DICOM
+    results and the case database (stored as its value). Reads, prints and compares as its
+    string value."""
 
-    AUTHORS = "authors"
-    DEMO_SYNTHETIC = "demo-synthetic"
-    USER = "user"
+    AUTHORS = "authors"  # the authors' published checkpoints
+    DEMO_SYNTHETIC = "demo-synthetic"  # the project's demo model, trained on synthetic data
+    USER = "user"  # weights trained by the user
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
 
     @classmethod
     def coerce(cls, value: WeightsKind | str) -> WeightsKind:

@@ -165,3 +165,33 @@ def test_event_free_cases_lose_their_zero_durations(db_url):
         assert [tuple(r) for r in rows] == [(0, 0.0, 0.0), (2, 2.5, 2.5)]
     finally:
         engine.dispose()
+
+
+def test_weights_kinds_become_the_enum(db_url):
+    """Migration 0005: legacy weights kinds map onto WeightsKind (``demo`` → demo-synthetic,
+    ``checkpoint`` → user), production values stay, the database refuses any other value,
+    and the ORM reads the enum; downgrading keeps the values."""
+    from db.queries import get_case
+    from dicom_io.results import WeightsKind
+
+    stored = {"demo": "demo-synthetic", "checkpoint": "user", "authors": "authors",
+              "user": "user", "demo-synthetic": "demo-synthetic"}
+    ids = _old_runs(db_url, "0004", {k: (k, 0, 0.0) for k in stored})
+    migrate.upgrade(db_url, "0005")
+    database = db.Database(create_engine(db_url))
+    try:
+        with database.session() as s:
+            got = {k: get_case(s, job).weights_kind for k, job in ids.items()}
+        assert got == stored and all(type(v) is WeightsKind for v in got.values())
+        with pytest.raises(sa.exc.IntegrityError), database.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE analysis_runs SET weights_kind = 'checkpoint'"))
+    finally:
+        database.dispose()
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0004")
+            rows = conn.execute(sa.text("SELECT weights_kind FROM analysis_runs")).scalars()
+            assert sorted(rows) == sorted(stored.values())
+    finally:
+        engine.dispose()
