@@ -12,6 +12,7 @@ import db
 from db import migrate
 from db.engine import create_engine
 from db.schema import Base
+from tests.db.conftest import DEMO
 
 TABLES = {"studies", "series", "instances", "jobs", "analysis_runs", "bleeding_events",
           "case_indices", "produced_objects", "deliveries"}
@@ -120,12 +121,13 @@ def _old_runs(url: str, revision: str, runs: dict[str, tuple[str, int, float]]) 
                     s, sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.77.1.1.1",
                     transfer_syntax_uid="1.2.840.10008.1.2.4.102", study_instance_uid=f"{uid}.0",
                     series_instance_uid=f"{uid}.1", size_bytes=1, spool_path=f"/spool/{uid}")
-                ids[name] = queue.enqueue(s, uid, model_name="demo", model_version="v1").job_id
+                ids[name] = queue.enqueue(s, uid, model_name=DEMO[0], model_version=DEMO[1]).job_id
             with database.engine.begin() as conn:
                 run = conn.execute(sa.text(
                     "INSERT INTO analysis_runs (job_id, model_name, model_version, weights_kind, "
-                    "parameters, timings, created_at) VALUES (:j, 'demo', 'v1', :k, '{}', '{}', "
-                    "'2025-01-01 00:00:00') RETURNING id"), {"j": ids[name], "k": kind}).scalar()
+                    "parameters, timings, created_at) VALUES (:j, :m, :v, :k, '{}', '{}', "
+                    "'2025-01-01 00:00:00') RETURNING id"),
+                    {"j": ids[name], "m": DEMO[0], "v": DEMO[1], "k": kind}).scalar()
                 conn.execute(sa.text(
                     "INSERT INTO case_indices (run_id, event_count, total_duration_s, "
                     "mean_duration_s, max_duration_s, first_bleed_s, video_duration_s) VALUES "

@@ -12,7 +12,7 @@ from db import deliveries, queue, records
 from db.queries import get_case
 from db.schema import AnalysisRun, BleedingEventRow, Instance, Study
 from dicom_io.results import BleedingEvent, CaseIndex, WeightsKind
-from tests.db.conftest import build_cohort
+from tests.db.conftest import DEMO, build_cohort
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -62,7 +62,7 @@ def _run(s, job, events, video_duration_s=10.0, **kw):
 def test_record_run_replaces_previous_and_validates(database):
     with database.session() as s:
         _instance(s)
-        job = queue.enqueue(s, "1.5.1", model_name="demo", model_version="v1").job_id
+        job = queue.enqueue(s, "1.5.1", model_name=DEMO[0], model_version=DEMO[1]).job_id
     ev = _event(1.0, 2.5, start_frame=31, end_frame=75, key_frame=50)
     with database.session() as s:
         _run(s, job, [ev, ev])
@@ -91,8 +91,8 @@ def test_the_index_is_stored_as_computed(database):
     with database.session() as s:
         _instance(s, "1.5.1")
         _instance(s, "1.5.2")
-        full = queue.enqueue(s, "1.5.1", model_name="demo", model_version="v1").job_id
-        empty = queue.enqueue(s, "1.5.2", model_name="demo", model_version="v1").job_id
+        full = queue.enqueue(s, "1.5.1", model_name=DEMO[0], model_version=DEMO[1]).job_id
+        empty = queue.enqueue(s, "1.5.2", model_name=DEMO[0], model_version=DEMO[1]).job_id
     evs = [_event(10, 40), _event(5, 8)]
     with database.session() as s:
         _run(s, full, evs, 100.0)
