@@ -46,9 +46,11 @@ from db.schema import (
 from dicom_io.results import BleedingEvent, CaseIndex, WeightsKind
 
 T0 = datetime(2023, 1, 1, tzinfo=timezone.utc)
-MODELS = [("demo", "demo-1"), ("amagi-sf50", "sf50-1"), ("amagi-sf50", "sf50-2")]
+#: Models as the service enqueues them (``ModelSpec.name``, ``ModelSpec.version``).
+MODELS = [("amagi-demo-amagi_tiny", "3.0"), ("amagi_sf50", "split1_SF50"),
+          ("amagi_sf50", "split2_SF50")]
 #: What the service stores as each model's weights (``ModelSpec.weights``).
-WEIGHTS = {"demo": WeightsKind.DEMO_SYNTHETIC, "amagi-sf50": WeightsKind.AUTHORS}
+WEIGHTS = {"amagi-demo-amagi_tiny": WeightsKind.DEMO_SYNTHETIC, "amagi_sf50": WeightsKind.AUTHORS}
 FPS = 30.0
 CHUNK = 20_000
 
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 s, CaseFilter(min_total_duration_s=300), limit=50)),
             ("list, longest >= 120 s", lambda s: list_cases(
                 s, CaseFilter(min_max_duration_s=120), limit=50)),
-            ("list, model sf50-2", lambda s: list_cases(s, CaseFilter(model="sf50-2"), limit=50)),
+            ("list, model split2_SF50",
+             lambda s: list_cases(s, CaseFilter(model="split2_SF50"), limit=50)),
             ("list, state failed", lambda s: list_cases(s, CaseFilter(state="failed"), limit=50)),
             ("list, month + >=2 events + longest>=30 s", lambda s: list_cases(s, CaseFilter(
                 study_date_from=date(2024, 3, 1), study_date_to=date(2024, 3, 31), min_events=2,
