@@ -206,8 +206,9 @@ def _case_select() -> sa.Select[Any]:
         sa.select(Job.id, Study.study_instance_uid, Series.series_instance_uid,
                   Instance.sop_instance_uid, Study.study_date, Study.study_description,
                   Instance.received_at, Instance.calling_ae, Job.model_name, Job.model_version,
-                  Job.state, Job.attempts, CaseIndexRow.event_count, CaseIndexRow.total_duration_s,
-                  CaseIndexRow.mean_duration_s, CaseIndexRow.max_duration_s, CaseIndexRow.first_bleed_s,
+                  Job.state, Job.attempts, CaseIndexRow.event_count,
+                  CaseIndexRow.total_duration_s, CaseIndexRow.mean_duration_s,
+                  CaseIndexRow.max_duration_s, CaseIndexRow.first_bleed_s,
                   CaseIndexRow.video_duration_s)
         .select_from(Job)
         .join(Instance, Instance.id == Job.instance_id)
@@ -260,9 +261,9 @@ def events_for_cases(session: Session, case_ids: Sequence[int]) -> dict[int, lis
         chunk = ids[start:start + 500]
         rows = session.execute(
             sa.select(AnalysisRun.job_id, BleedingEventRow.start_s, BleedingEventRow.end_s,
-                      BleedingEventRow.duration_s, BleedingEventRow.start_frame, BleedingEventRow.end_frame,
-                      BleedingEventRow.peak_probability, BleedingEventRow.mean_probability,
-                      BleedingEventRow.key_frame)
+                      BleedingEventRow.duration_s, BleedingEventRow.start_frame,
+                      BleedingEventRow.end_frame, BleedingEventRow.peak_probability,
+                      BleedingEventRow.mean_probability, BleedingEventRow.key_frame)
             .join(AnalysisRun, AnalysisRun.id == BleedingEventRow.run_id)
             .where(AnalysisRun.job_id.in_(chunk))
             .order_by(AnalysisRun.job_id, BleedingEventRow.start_s, BleedingEventRow.id))

@@ -209,7 +209,8 @@ def build_cohort(database: db.Database) -> dict[str, int]:
                 s, sop_instance_uid=sop, sop_class_uid=VIDEO_SOP_CLASS,
                 transfer_syntax_uid=H264_HP41, study_instance_uid=study,
                 series_instance_uid=f"{sop}.1", size_bytes=1000 + ord(letter),
-                spool_path=f"{SPOOL}/{study}/{sop}.1/{sop}.dcm", calling_ae="ENDO1", received_at=_utc(*recv),
+                spool_path=f"{SPOOL}/{study}/{sop}.1/{sop}.dcm", calling_ae="ENDO1",
+                received_at=_utc(*recv),
                 study_date=date(*sdate) if sdate else None, study_description=desc,
                 modality="ES", patient_id=f"PID-{letter}", store_patient_id=letter == "A")
             res = queue.enqueue(s, sop, model_name=model, model_version=version,

@@ -43,6 +43,8 @@ FILTERS = [
     pytest.param(CaseFilter(min_events=0), ["D", "C", "A", "B"], id="min-events-0-analysed"),
     pytest.param(CaseFilter(min_total_duration_s=75.0), ["D", "A"], id="min-total-75"),
     pytest.param(CaseFilter(min_total_duration_s=75.5), ["D"], id="min-total-75.5"),
+    pytest.param(CaseFilter(min_max_duration_s=0.0), ["D", "C", "A", "B"],
+                 id="min-max-0-analysed"),  # C has no event, so no longest one: still in
     pytest.param(CaseFilter(min_max_duration_s=35.0), ["D", "A"], id="min-max-35"),
     pytest.param(CaseFilter(min_max_duration_s=40.0), ["A"], id="min-max-40"),
     pytest.param(CaseFilter(model=AUTHORS[0]), ["D"], id="model-name"),
