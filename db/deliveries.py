@@ -1,7 +1,9 @@
 """Export of produced objects to destinations, with persistent exponential-backoff retries.
 
 Each (object, destination) pair is one row: ``pending`` until sent (``sent``) or given up
-(``failed``, only when a ``max_attempts`` is passed). ``next_attempt_at`` lives in the
+(``failed``: when a ``max_attempts`` is passed, or the destination refused the object for
+good, :func:`mark_rejected`). A failed row keeps its reason and is owed again by
+:func:`retry_failed` (``amagi deliveries retry``). ``next_attempt_at`` lives in the
 database, so retries survive restarts: after a restart :func:`deliveries_due` lists what is
 owed. Functions take a Session; the caller commits.
 """
@@ -105,6 +107,32 @@ def mark_failed(session: Session, delivery_id: int, error: str, *, initial_s: fl
         row.next_attempt_at = now + timedelta(seconds=retry_delay_s(row.attempts, initial_s, max_s))
     session.flush()
     return row.state
+
+
+def mark_rejected(session: Session, delivery_id: int, error: str, *,
+                  now: datetime | None = None) -> None:
+    """Record that the destination refused the object for good (e.g. a DICOMweb server's
+    HTTP 4xx): state ``failed`` with the reason, no further automatic attempt."""
+    now = now or utcnow()
+    row = _get(session, delivery_id)
+    row.attempts += 1
+    row.last_attempt_at, row.last_error = now, error[:MAX_ERROR_CHARS]
+    row.state, row.next_attempt_at = DeliveryState.FAILED, None
+    session.flush()
+
+
+def retry_failed(session: Session, destination: str | None = None, *,
+                 now: datetime | None = None) -> int:
+    """Owe the failed deliveries again (all, or those to ``destination``): they become
+    ``pending``, due now, keeping their attempt count and last error. Returns how many."""
+    now = now or utcnow()
+    query = sa.update(Delivery).where(Delivery.state == DeliveryState.FAILED)
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
+    result = session.execute(query.values(state=DeliveryState.PENDING, next_attempt_at=now)
+                             .execution_options(synchronize_session=False))
+    session.flush()
+    return int(result.rowcount or 0)
 
 
 def _get(session: Session, delivery_id: int) -> Delivery:

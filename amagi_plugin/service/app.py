@@ -12,7 +12,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pydicom
@@ -95,8 +95,10 @@ class Service:
     """
 
     def __init__(self, cfg: Config, analyzer: BleedingAnalyzer | Sequence[BleedingAnalyzer],
-                 spec: ModelSpec) -> None:
+                 spec: ModelSpec, environ: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
+        # Where DICOMweb destinations' passwords and tokens are read (os.environ by default).
+        self.environ = os.environ if environ is None else environ
         self.analyzers = list(analyzer) if isinstance(analyzer, Sequence) else [analyzer]
         self.analyzer = self.analyzers[0]
         self.spec = spec
@@ -122,6 +124,7 @@ class Service:
             for d in (cfg.var_dir, cfg.spool_dir, cfg.results_dir):
                 Path(d).mkdir(parents=True, exist_ok=True)
             self._check_free_space()
+            self._check_secrets()
             # pynetdicom streams each C-STORE to a temporary file before our handler runs:
             # keep it on the spool's filesystem so that placing it is a rename, not a copy.
             incoming = self.incoming_dir
@@ -183,6 +186,26 @@ class Service:
                     f"cannot start: {free >> 20} MiB free on the filesystem of {d}, below "
                     f"the reserve of {self.cfg.storage.reserve_mb} MiB (storage.reserve_mb); "
                     "free some space or lower the reserve")
+
+    def _check_secrets(self) -> None:
+        """Refuse to start when a DICOMweb destination's secret variable is not set."""
+        for dest in self.cfg.delivery.destinations:
+            self._web_auth(dest)
+
+    def _web_auth(self, dest: Destination):
+        """The credentials of a DICOMweb destination, read from the environment now."""
+        from dicom_io.net.stow import WebAuth
+
+        name = dest.secret_env()
+        if name is None:
+            return None
+        secret = self.environ.get(name, "")
+        if not secret:
+            raise StartupError(f"destination {dest.key}: environment variable {name} (its "
+                               f"{'password' if dest.auth == 'basic' else 'token'}) is not set")
+        if dest.auth == "basic":
+            return WebAuth(username=dest.username, password=secret)
+        return WebAuth(token=secret)
 
     def _make_worker(self, index: int, restarts: int = 0) -> Worker:
         assert self.database is not None
@@ -396,13 +419,18 @@ class Service:
                      "for their lease", retaken)
 
     # -- deliveries ----------------------------------------------------------------------
-    def _send(self, paths: list[Path], dest: Destination) -> list[tuple[bool, str | None]]:
+    def _send(self, paths: list[Path], dest: Destination):
+        if dest.is_web:
+            from dicom_io.net.stow import store_instances
+
+            return store_instances(paths, dest.url, auth=self._web_auth(dest),
+                                   ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
+                                   key_file=dest.tls_key or None, timeout=dest.timeout_s)
         from dicom_io.net.scu import send_instances
 
         tls = self._client_tls(dest)
-        results = send_instances(paths, dest.ae_title, dest.host, dest.port,
-                                 calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
-        return [(r.ok, r.error) for r in results]
+        return send_instances(paths, dest.ae_title, dest.host, dest.port,
+                              calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
 
     @staticmethod
     def _client_tls(dest: Destination):
