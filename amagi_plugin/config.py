@@ -88,22 +88,28 @@ _WEB_KEYS = frozenset({"url", "auth", "username", "password_env", "token_env", "
                        "tls_cert", "tls_key", "timeout_s"})
 
 
+def _redact_url(text: str) -> str:
+    """``scheme://user:password@host`` → ``scheme://***@host``: never echo credentials."""
+    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
+
+
 def _check_web_url(value: str) -> str:
     """A DICOMweb service root: ``http(s)://host[:port]/path``, no credentials, no query."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(value.strip())
+    shown = repr(_redact_url(value.strip()))
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s):// URL")
+        raise ValueError(f"{shown} is not an http(s):// URL")
     if parts.username or parts.password:
-        raise ValueError(f"{parts.scheme}://{parts.hostname}...: credentials do not belong in "
-                         "the URL; use auth = \"basic\" with username and password_env")
+        raise ValueError(f"{shown}: credentials do not belong in the URL; use "
+                         "auth = \"basic\" with username and password_env")
     if parts.query or parts.fragment:
-        raise ValueError(f"{value!r}: a DICOMweb base URL has no query or fragment")
+        raise ValueError(f"{shown}: a DICOMweb base URL has no query or fragment")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as e:
-        raise ValueError(f"{value!r}: {e}") from None
+        raise ValueError(f"{shown}: {e}") from None
     return value.strip().rstrip("/")
 
 
@@ -464,7 +470,10 @@ def _coerce(key: Key, raw: Any, source: str) -> Any:
             value = ([key.check(v) for v in value] if isinstance(value, list)
                      else key.check(value))
     except ValueError as e:
-        raise ConfigError(f"invalid value for {key.dotted} ({source}): {raw!r}: {e}") from None
+        # A destination's error names the problem itself: its raw table is not echoed, as
+        # it may hold a secret put where the name of its environment variable belongs.
+        shown = "" if key.dotted == "delivery.destinations" else f"{_redact_url(repr(raw))}: "
+        raise ConfigError(f"invalid value for {key.dotted} ({source}): {shown}{e}") from None
     return value
 
 

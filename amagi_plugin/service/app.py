@@ -18,7 +18,7 @@ from pathlib import Path
 import pydicom
 
 from amagi_plugin.config import Config, Destination
-from amagi_plugin.errors import AmagiError
+from amagi_plugin.errors import AmagiError, ConfigError
 from amagi_plugin.logsetup import register_phi
 from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.pipeline import BleedingAnalyzer
@@ -201,7 +201,7 @@ class Service:
             return None
         secret = self.environ.get(name, "")
         if not secret:
-            raise StartupError(f"destination {dest.key}: environment variable {name} (its "
+            raise ConfigError(f"destination {dest.key}: environment variable {name} (its "
                                f"{'password' if dest.auth == 'basic' else 'token'}) is not set")
         if dest.auth == "basic":
             return WebAuth(username=dest.username, password=secret)

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 import db
 from db import deliveries, queue, records
-from db.queries import get_case
+from db.queries import get_case, service_status
 from db.schema import AnalysisRun, BleedingEvent, Instance, Study
 from tests.db.conftest import build_cohort
 
@@ -138,3 +138,34 @@ def test_retry_delay_formula():
     assert [deliveries.retry_delay_s(n, 30, 3600) for n in (1, 2, 3, 8)] == [30, 60, 120, 3600]
     with pytest.raises(ValueError, match="attempts"):
         deliveries.retry_delay_s(0, 30, 60)
+
+
+def test_rejected_delivery_is_failed_with_its_reason_until_retried_by_hand(db_url):
+    """A destination's final refusal (HTTP 4xx) is not retried by itself; retry_failed owes
+    it again, per destination or all, keeping the reason until it is sent."""
+    database = db.open_database(db_url)
+    ids = build_cohort(database)
+    web = "https://pacs.example.org/dicom-web"
+    with database.session() as s:
+        run_id = s.query(AnalysisRun).filter_by(job_id=ids["A"]).one().id
+        obj = records.record_object(s, run_id, kind="sr", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.22",
+                                    sop_instance_uid="2.25.7", path="/results/sr.dcm")
+        d_web = deliveries.schedule_delivery(s, obj.id, web, now=T0).id
+        d_dimse = deliveries.schedule_delivery(s, obj.id, "PACS@10.0.0.1:104", now=T0).id
+        reason = f"HTTP 403 Forbidden from {web}: user amagi may not store"
+        deliveries.mark_rejected(s, d_web, reason, now=T0)
+        deliveries.mark_rejected(s, d_dimse, "refused", now=T0)
+        assert deliveries.deliveries_due(s, now=T0 + timedelta(days=30)) == []
+        st = service_status(s)
+        assert st["deliveries"]["failed"] == 2
+        assert {r["destination"]: (r["failed"], r["last_error"])
+                for r in st["deliveries"]["failed_by_destination"]} == {
+            web: (1, reason), "PACS@10.0.0.1:104": (1, "refused")}
+        assert deliveries.retry_failed(s, web, now=T0) == 1
+        (due,) = deliveries.deliveries_due(s, now=T0)
+        assert (due.delivery_id, due.attempts) == (d_web, 1)
+        assert s.get(db.schema.Delivery, d_web).last_error == reason
+        assert deliveries.retry_failed(s, now=T0) == 1  # the other one
+        assert deliveries.retry_failed(s, now=T0) == 0
+        assert [d.delivery_id for d in deliveries.deliveries_due(s, now=T0)] == [d_web, d_dimse]
+    database.dispose()
