@@ -318,7 +318,13 @@ class DeliveryConfig:
                                  _check_ae_title)
     retry_initial_s: float = _opt(30.0, "First retry delay (s); doubles each time", _check_positive)
     retry_max_s: float = _opt(3600.0, "Longest retry delay (s)", _check_positive)
-    storage_commitment: bool = _opt(False, "Request Storage Commitment after sending")
+    storage_commitment: bool = _opt(False, "Request Storage Commitment after sending (DIMSE "
+                                    "destinations); reports are also accepted on new "
+                                    "associations to the listener")
+    commitment_report_wait_s: float = _opt(10.0, "Seconds to wait for a Storage Commitment "
+                                           "report on the requesting association; after that "
+                                           "it is expected on a new association",
+                                           _check_positive)
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,10 @@ def sent_awaiting_commitment(session: Session, destination: str, *, limit: int =
     return [DueDelivery(*r) for r in rows]
 
 
+#: ``Delivery.commitment`` while the report of a request is awaited.
+COMMITMENT_REQUESTED = "requested"
+
+
 def record_commitment(session: Session, delivery_id: int, committed: bool, reason: str = "", *,
                       now: datetime | None = None) -> None:
     """Record the destination's Storage Commitment answer for one delivered object."""
@@ -163,3 +167,49 @@ def record_commitment(session: Session, delivery_id: int, committed: bool, reaso
     row.commitment = "committed" if committed else f"failed: {reason or 'no reason given'}"[:256]
     row.commitment_at = now or utcnow()
     session.flush()
+
+
+def mark_commitment_requested(session: Session, delivery_ids: list[int], transaction_uid: str
+                              ) -> None:
+    """Record that commitment of these deliveries was requested under ``transaction_uid``
+    (before the request goes out, so a report that comes at once finds them)."""
+    for delivery_id in delivery_ids:
+        row = _get(session, delivery_id)
+        row.commitment, row.commitment_at = COMMITMENT_REQUESTED, None
+        row.commitment_transaction_uid = transaction_uid
+    session.flush()
+
+
+def record_commitment_report(session: Session, transaction_uid: str, committed: set[str],
+                             failed: dict[str, str], *, from_ae: str | None = None,
+                             now: datetime | None = None) -> int:
+    """Apply a Storage Commitment report to the deliveries of its transaction.
+
+    Parameters
+    ----------
+    committed
+        SOP Instance UIDs the destination committed to.
+    failed
+        SOP Instance UID → reason, for those it did not.
+    from_ae
+        The AE title that sent the report: only deliveries to ``from_ae@...`` are updated.
+
+    Returns
+    -------
+    int
+        How many deliveries were updated (0: an unknown transaction, or another sender's).
+        Objects of the transaction the report does not mention are failed with that reason.
+    """
+    query = (sa.select(Delivery, ProducedObject.sop_instance_uid)
+             .join(ProducedObject, ProducedObject.id == Delivery.object_id)
+             .where(Delivery.commitment_transaction_uid == transaction_uid))
+    if from_ae is not None:
+        query = query.where(Delivery.destination.startswith(f"{from_ae}@", autoescape=True))
+    rows = session.execute(query).all()
+    for row, uid in rows:
+        if uid in committed and uid not in failed:
+            record_commitment(session, row.id, True, now=now)
+        else:
+            record_commitment(session, row.id, False,
+                              failed.get(uid, "not in the commitment report"), now=now)
+    return len(rows)

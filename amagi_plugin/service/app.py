@@ -302,7 +302,27 @@ class Service:
             network_timeout=lc.network_timeout, allowed_calling_aes=lc.allowed_calling_aes,
             reserve_bytes=self.cfg.storage.reserve_mb << 20, tls=self._server_tls(),
             on_received_phi=register_phi, max_associations=lc.max_associations,
-            require_called_ae=lc.require_called_ae, incoming_dir=self.incoming_dir)
+            require_called_ae=lc.require_called_ae, incoming_dir=self.incoming_dir,
+            on_commitment_report=(self._on_commitment_report
+                                  if self.cfg.delivery.storage_commitment else None))
+
+    def _on_commitment_report(self, report) -> None:
+        """A Storage Commitment report on an association the destination opened: record it
+        for the deliveries of its transaction sent to that AE (raises: not acknowledged)."""
+        from db.deliveries import record_commitment_report
+
+        assert self.database is not None
+        failed = {uid: f"Failure Reason 0x{code:04X}" for uid, code in report.failed.items()}
+        with self.database.session(write=True) as s:
+            n = record_commitment_report(s, report.transaction_uid, set(report.committed),
+                                         failed, from_ae=report.calling_ae)
+        if n == 0:
+            log.warning("storage commitment report %s from %s matches no delivery sent to "
+                        "that AE; ignored", report.transaction_uid, report.calling_ae)
+        else:
+            log.info("storage commitment report %s from %s: %d committed, %d failed",
+                     report.transaction_uid, report.calling_ae, len(report.committed),
+                     len(report.failed))
 
     def _server_tls(self):
         lc = self.cfg.listener
@@ -442,13 +462,18 @@ class Service:
         return client_context(ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
                               key_file=dest.tls_key or None)
 
-    def _commit(self, refs: list[tuple[str, str]], dest: Destination) -> list[tuple[bool, str]]:
+    def _commit(self, refs: list[tuple[str, str]], dest: Destination, transaction_uid: str
+                ) -> list[tuple[bool, str]] | None:
         from dicom_io.net.commitment import request_storage_commitment
 
         tls = self._client_tls(dest)
-        results = request_storage_commitment(refs, dest.ae_title, dest.host, dest.port,
-                                             calling_ae_title=self.cfg.delivery.calling_ae_title,
-                                             tls=tls)
+        results = request_storage_commitment(
+            refs, dest.ae_title, dest.host, dest.port,
+            calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls,
+            transaction_uid=transaction_uid,
+            report_wait=self.cfg.delivery.commitment_report_wait_s)
+        if results is None:  # the report comes on a new association: _on_commitment_report
+            return None
         by_uid = {r.sop_instance_uid: r for r in results}
         out = []
         for _cls, uid in refs:

@@ -22,6 +22,7 @@ from db import Database
 from db.deliveries import (
     DueDelivery,
     deliveries_due,
+    mark_commitment_requested,
     mark_failed,
     mark_rejected,
     mark_sent,
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 #: Sends files to a destination: one result per file, in order; raises when nothing could be
 #: sent (unreachable, timed out, transient server error): all of them are retried.
 SendFn = Callable[[list[Path], Destination], list[SendResult]]
-#: (sop_class_uid, sop_instance_uid) pairs → (committed, reason) per pair (Storage Commitment).
-CommitFn = Callable[[list[tuple[str, str]], Destination], list[tuple[bool, str]]]
+#: Storage Commitment of (sop_class_uid, sop_instance_uid) pairs under a Transaction UID →
+#: (committed, reason) per pair, or None when the report will come on a new association.
+CommitFn = Callable[[list[tuple[str, str]], Destination, str], list[tuple[bool, str]] | None]
 
 
 class DeliveryLoop(threading.Thread):
@@ -118,12 +120,26 @@ class DeliveryLoop(threading.Thread):
             self._request_commitment(dest, sent)
 
     def _request_commitment(self, dest: Destination, sent: list[DueDelivery]) -> None:
-        """Ask the destination to commit to what it just stored; record each answer."""
+        """Ask the destination to commit to what it just stored; record each answer.
+
+        The transaction is recorded first ("requested"), so a report the destination sends
+        on an association of its own, at any time, finds its deliveries.
+        """
+        from pydicom.uid import generate_uid
+
+        transaction_uid = generate_uid()
+        with self.database.session(write=True) as s:
+            mark_commitment_requested(s, [d.delivery_id for d in sent], transaction_uid)
         try:
-            answers = self.commit([(d.sop_class_uid, d.sop_instance_uid) for d in sent], dest)
+            answers = self.commit([(d.sop_class_uid, d.sop_instance_uid) for d in sent], dest,
+                                  transaction_uid)
         except Exception as e:  # the objects were delivered; only the commitment failed
             log.warning("storage commitment from %s failed: %s", dest.key, e)
             answers = [(False, f"{type(e).__name__}: {e}")] * len(sent)
+        if answers is None:
+            log.info("storage commitment %s of %d object(s) requested from %s; awaiting its "
+                     "report on a new association", transaction_uid, len(sent), dest.key)
+            return
         with self.database.session(write=True) as s:
             for d, (committed, reason) in zip(sent, answers, strict=True):
                 record_commitment(s, d.delivery_id, committed, reason)

@@ -169,3 +169,33 @@ def test_rejected_delivery_is_failed_with_its_reason_until_retried_by_hand(db_ur
         assert deliveries.retry_failed(s, now=T0) == 0
         assert [d.delivery_id for d in deliveries.deliveries_due(s, now=T0)] == [d_web, d_dimse]
     database.dispose()
+
+
+def test_commitment_report_matched_by_transaction_and_sender(db_url):
+    """A report arriving on its own association finds its deliveries by Transaction UID,
+    only among those sent to the AE that sent it."""
+    database = db.open_database(db_url)
+    ids = build_cohort(database)
+    with database.session() as s:
+        run_id = s.query(AnalysisRun).filter_by(job_id=ids["A"]).one().id
+        objs = [records.record_object(s, run_id, kind=k, sop_class_uid="1.2.3",
+                                      sop_instance_uid=f"2.25.{i}", path=f"/r/{i}.dcm")
+                for i, k in enumerate(("sr", "seg", "kos"), start=20)]
+        dl = [deliveries.schedule_delivery(s, o.id, "PACS@10.0.0.1:104", now=T0).id for o in objs]
+        other = deliveries.schedule_delivery(s, objs[0].id, "ARCH@10.0.0.2:104", now=T0).id
+        deliveries.mark_commitment_requested(s, dl, "2.25.777")
+        deliveries.mark_commitment_requested(s, [other], "2.25.777")
+        assert {s.get(db.schema.Delivery, d).commitment for d in dl} == {"requested"}
+        assert deliveries.record_commitment_report(s, "2.25.999", {"2.25.20"}, {}) == 0
+        n = deliveries.record_commitment_report(
+            s, "2.25.777", {"2.25.20"}, {"2.25.21": "Failure Reason 0x0112"}, from_ae="PACS",
+            now=T0)
+        assert n == 3
+        got = {s.get(db.schema.Delivery, d).commitment for d in dl}
+        assert got == {"committed", "failed: Failure Reason 0x0112",
+                       "failed: not in the commitment report"}
+        assert s.get(db.schema.Delivery, other).commitment == "requested"  # ARCH's, not PACS's
+        assert deliveries.record_commitment_report(s, "2.25.777", {"2.25.20"}, {},
+                                                   from_ae="ARCH") == 1
+        assert s.get(db.schema.Delivery, other).commitment == "committed"
+    database.dispose()
