@@ -112,7 +112,10 @@ def _server_reason(response) -> str:
                  if doc.get(k)]
         if parts:
             return " - ".join(dict.fromkeys(parts))
-    return " ".join(text.split())[:MAX_REASON_CHARS] or "no reason given"
+    if text:
+        return " ".join(text.split())[:MAX_REASON_CHARS]
+    challenge = response.headers.get("WWW-Authenticate")
+    return f"no reason given (WWW-Authenticate: {challenge})" if challenge else "no reason given"
 
 
 def _failures(doc: dict) -> dict[str, str]:

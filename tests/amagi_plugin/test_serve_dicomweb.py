@@ -188,3 +188,15 @@ def test_serve_refuses_to_start_without_the_secret(run_cli, tmp_path, tiny_check
     assert r.code == 2, r.stderr
     assert ("destination https://pacs.example.org/dicom-web: environment variable "
             "AMAGI_TEST_STOW_TOKEN (its token) is not set") in r.stderr
+
+
+def test_destination_flag_takes_a_dicomweb_url(run_cli, tmp_path) -> None:
+    r = run_cli("serve", "--destination", "https://amagi:hunter2@pacs/dicom-web",
+                "--storage-var-dir", str(tmp_path / "var"), env={})
+    assert r.code == 2
+    assert "invalid --destination: 'https://***@pacs/dicom-web': credentials do not belong" \
+        in r.stderr and "hunter2" not in r.stderr
+    shown = run_cli("config", "show", "--set",
+                    "delivery.destinations=https://pacs.example.org/dicom-web/", env={})
+    assert shown.code == 0, shown.stderr
+    assert "https://pacs.example.org/dicom-web (STOW-RS)" in shown.stdout

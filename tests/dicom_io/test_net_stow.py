@@ -15,6 +15,7 @@ import pytest
 from dicom_io.errors import NetworkError
 from dicom_io.net.stow import WebAuth, store_instances
 from tests.amagi_plugin.serve_support import Orthanc, free_port, running
+from tests.amagi_plugin.serve_support import make_video as serve_make_video
 from tests.dicom_io._net_fixtures import make_sr, make_video
 from tests.dicom_io._web_fixtures import FlakyDicomweb
 from tests.dicom_io.test_net_tls import Certs, certs  # noqa: F401 - the module's PKI fixture
@@ -49,13 +50,18 @@ def test_stow_into_orthanc_with_basic_auth(tmp_path: Path, files: list[Path]) ->
         for auth in (WebAuth("amagi", "wrong"), None):
             refused = store_instances(files, o.dicomweb_url, auth=auth)
             assert [(r.ok, r.rejected, r.status) for r in refused] == [(False, True, 401)] * 2
-            assert all("HTTP 401" in (r.error or "") for r in refused)
+            assert all("HTTP 401 Unauthorized" in (r.error or "") for r in refused)
+            assert "WWW-Authenticate: Basic" in (refused[0].error or "")
         assert o.get("/instances") == []
 
-        results = store_instances(files, o.dicomweb_url, auth=WebAuth("amagi", "s3cret-pw"))
-        assert [r.ok for r in results] == [True, True], [r.error for r in results]
-        assert [r.sop_instance_uid for r in results] == [_uid(f) for f in files]
-        for f in files:
+        # Over 1 MB: the client streams the request with chunked transfer encoding.
+        big = serve_make_video(tmp_path / "big.dcm", seconds=0.5, size=(480, 640))
+        assert big.stat().st_size > 1 << 20
+        sent = [*files, big]
+        results = store_instances(sent, o.dicomweb_url, auth=WebAuth("amagi", "s3cret-pw"))
+        assert [r.ok for r in results] == [True] * 3, [r.error for r in results]
+        assert [r.sop_instance_uid for r in results] == [_uid(f) for f in sent]
+        for f in sent:
             src = pydicom.dcmread(f)
             found = _qido(o, "amagi", "s3cret-pw",
                           f"studies/{src.StudyInstanceUID}/instances?SOPInstanceUID="
