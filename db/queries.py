@@ -394,5 +394,20 @@ def service_status(session: Session, *, recent: int = 10) -> dict[str, Any]:
             sa.select(Delivery.destination, sa.func.count(), sa.func.min(Delivery.next_attempt_at),
                       sa.func.max(Delivery.last_error))
             .where(Delivery.state == DeliveryState.PENDING).group_by(Delivery.destination))]
+    # Refused for good (e.g. HTTP 4xx): each destination's count and its latest reason.
+    latest = (sa.select(Delivery.destination, Delivery.last_error,
+                        sa.func.row_number().over(partition_by=Delivery.destination,
+                                                  order_by=(Delivery.last_attempt_at.desc(),
+                                                            Delivery.id.desc())).label("n"))
+              .where(Delivery.state == DeliveryState.FAILED).subquery())
+    reasons = dict(session.execute(sa.select(latest.c.destination, latest.c.last_error)
+                                   .where(latest.c.n == 1)).all())
+    failed_by_dest = [
+        {"destination": r[0], "failed": r[1], "last_error": reasons.get(r[0])}
+        for r in session.execute(
+            sa.select(Delivery.destination, sa.func.count())
+            .where(Delivery.state == DeliveryState.FAILED).group_by(Delivery.destination)
+            .order_by(Delivery.destination))]
     return {"jobs": jobs, "running": running, "failed": failed,
-            "deliveries": {**counts, "by_destination": by_dest}}
+            "deliveries": {**counts, "by_destination": by_dest,
+                           "failed_by_destination": failed_by_dest}}

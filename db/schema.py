@@ -287,5 +287,8 @@ class Delivery(Base):
     # "failed: <reason>"; None when not requested (yet).
     commitment: Mapped[str | None] = mapped_column(sa.String(256))
     commitment_at: Mapped[datetime | None]
+    # Transaction UID of the Storage Commitment request: the report may come later, on an
+    # association the destination opens to our listener (commitment "requested" until then).
+    commitment_transaction_uid: Mapped[str | None] = mapped_column(sa.String(64), index=True)
 
     object: Mapped[ProducedObject] = relationship(back_populates="deliveries")

@@ -12,13 +12,13 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pydicom
 
 from amagi_plugin.config import Config, Destination
-from amagi_plugin.errors import AmagiError
+from amagi_plugin.errors import AmagiError, ConfigError
 from amagi_plugin.logsetup import register_phi
 from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.pipeline import BleedingAnalyzer
@@ -95,8 +95,10 @@ class Service:
     """
 
     def __init__(self, cfg: Config, analyzer: BleedingAnalyzer | Sequence[BleedingAnalyzer],
-                 spec: ModelSpec) -> None:
+                 spec: ModelSpec, environ: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
+        # Where DICOMweb destinations' passwords and tokens are read (os.environ by default).
+        self.environ = os.environ if environ is None else environ
         self.analyzers = list(analyzer) if isinstance(analyzer, Sequence) else [analyzer]
         self.analyzer = self.analyzers[0]
         self.spec = spec
@@ -122,6 +124,7 @@ class Service:
             for d in (cfg.var_dir, cfg.spool_dir, cfg.results_dir):
                 Path(d).mkdir(parents=True, exist_ok=True)
             self._check_free_space()
+            self._check_secrets()
             # pynetdicom streams each C-STORE to a temporary file before our handler runs:
             # keep it on the spool's filesystem so that placing it is a rename, not a copy.
             incoming = self.incoming_dir
@@ -183,6 +186,26 @@ class Service:
                     f"cannot start: {free >> 20} MiB free on the filesystem of {d}, below "
                     f"the reserve of {self.cfg.storage.reserve_mb} MiB (storage.reserve_mb); "
                     "free some space or lower the reserve")
+
+    def _check_secrets(self) -> None:
+        """Refuse to start when a DICOMweb destination's secret variable is not set."""
+        for dest in self.cfg.delivery.destinations:
+            self._web_auth(dest)
+
+    def _web_auth(self, dest: Destination):
+        """The credentials of a DICOMweb destination, read from the environment now."""
+        from dicom_io.net.stow import WebAuth
+
+        name = dest.secret_env()
+        if name is None:
+            return None
+        secret = self.environ.get(name, "")
+        if not secret:
+            raise ConfigError(f"destination {dest.key}: environment variable {name} (its "
+                               f"{'password' if dest.auth == 'basic' else 'token'}) is not set")
+        if dest.auth == "basic":
+            return WebAuth(username=dest.username, password=secret)
+        return WebAuth(token=secret)
 
     def _make_worker(self, index: int, restarts: int = 0) -> Worker:
         assert self.database is not None
@@ -279,7 +302,27 @@ class Service:
             network_timeout=lc.network_timeout, allowed_calling_aes=lc.allowed_calling_aes,
             reserve_bytes=self.cfg.storage.reserve_mb << 20, tls=self._server_tls(),
             on_received_phi=register_phi, max_associations=lc.max_associations,
-            require_called_ae=lc.require_called_ae, incoming_dir=self.incoming_dir)
+            require_called_ae=lc.require_called_ae, incoming_dir=self.incoming_dir,
+            on_commitment_report=(self._on_commitment_report
+                                  if self.cfg.delivery.storage_commitment else None))
+
+    def _on_commitment_report(self, report) -> None:
+        """A Storage Commitment report on an association the destination opened: record it
+        for the deliveries of its transaction sent to that AE (raises: not acknowledged)."""
+        from db.deliveries import record_commitment_report
+
+        assert self.database is not None
+        failed = {uid: f"Failure Reason 0x{code:04X}" for uid, code in report.failed.items()}
+        with self.database.session(write=True) as s:
+            n = record_commitment_report(s, report.transaction_uid, set(report.committed),
+                                         failed, from_ae=report.calling_ae)
+        if n == 0:
+            log.warning("storage commitment report %s from %s matches no delivery sent to "
+                        "that AE; ignored", report.transaction_uid, report.calling_ae)
+        else:
+            log.info("storage commitment report %s from %s: %d committed, %d failed",
+                     report.transaction_uid, report.calling_ae, len(report.committed),
+                     len(report.failed))
 
     def _server_tls(self):
         lc = self.cfg.listener
@@ -396,13 +439,18 @@ class Service:
                      "for their lease", retaken)
 
     # -- deliveries ----------------------------------------------------------------------
-    def _send(self, paths: list[Path], dest: Destination) -> list[tuple[bool, str | None]]:
+    def _send(self, paths: list[Path], dest: Destination):
+        if dest.is_web:
+            from dicom_io.net.stow import store_instances
+
+            return store_instances(paths, dest.url, auth=self._web_auth(dest),
+                                   ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
+                                   key_file=dest.tls_key or None, timeout=dest.timeout_s)
         from dicom_io.net.scu import send_instances
 
         tls = self._client_tls(dest)
-        results = send_instances(paths, dest.ae_title, dest.host, dest.port,
-                                 calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
-        return [(r.ok, r.error) for r in results]
+        return send_instances(paths, dest.ae_title, dest.host, dest.port,
+                              calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
 
     @staticmethod
     def _client_tls(dest: Destination):
@@ -414,13 +462,18 @@ class Service:
         return client_context(ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
                               key_file=dest.tls_key or None)
 
-    def _commit(self, refs: list[tuple[str, str]], dest: Destination) -> list[tuple[bool, str]]:
+    def _commit(self, refs: list[tuple[str, str]], dest: Destination, transaction_uid: str
+                ) -> list[tuple[bool, str]] | None:
         from dicom_io.net.commitment import request_storage_commitment
 
         tls = self._client_tls(dest)
-        results = request_storage_commitment(refs, dest.ae_title, dest.host, dest.port,
-                                             calling_ae_title=self.cfg.delivery.calling_ae_title,
-                                             tls=tls)
+        results = request_storage_commitment(
+            refs, dest.ae_title, dest.host, dest.port,
+            calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls,
+            transaction_uid=transaction_uid,
+            report_wait=self.cfg.delivery.commitment_report_wait_s)
+        if results is None:  # the report comes on a new association: _on_commitment_report
+            return None
         by_uid = {r.sop_instance_uid: r for r in results}
         out = []
         for _cls, uid in refs:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 import db
 from db import deliveries, queue, records
-from db.queries import get_case
+from db.queries import get_case, service_status
 from db.schema import AnalysisRun, BleedingEventRow, Instance, Study
 from dicom_io.results import BleedingEvent, CaseIndex, WeightsKind
 from tests.db.conftest import DEMO, build_cohort
@@ -167,3 +167,64 @@ def test_retry_delay_formula():
     assert [deliveries.retry_delay_s(n, 30, 3600) for n in (1, 2, 3, 8)] == [30, 60, 120, 3600]
     with pytest.raises(ValueError, match="attempts"):
         deliveries.retry_delay_s(0, 30, 60)
+
+
+def test_rejected_delivery_is_failed_with_its_reason_until_retried_by_hand(db_url):
+    """A destination's final refusal (HTTP 4xx) is not retried by itself; retry_failed owes
+    it again, per destination or all, keeping the reason until it is sent."""
+    database = db.open_database(db_url)
+    ids = build_cohort(database)
+    web = "https://pacs.example.org/dicom-web"
+    with database.session() as s:
+        run_id = s.query(AnalysisRun).filter_by(job_id=ids["A"]).one().id
+        obj = records.record_object(s, run_id, kind="sr", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.22",
+                                    sop_instance_uid="2.25.7", path="/results/sr.dcm")
+        d_web = deliveries.schedule_delivery(s, obj.id, web, now=T0).id
+        d_dimse = deliveries.schedule_delivery(s, obj.id, "PACS@10.0.0.1:104", now=T0).id
+        reason = f"HTTP 403 Forbidden from {web}: user amagi may not store"
+        deliveries.mark_rejected(s, d_web, reason, now=T0)
+        deliveries.mark_rejected(s, d_dimse, "refused", now=T0)
+        assert deliveries.deliveries_due(s, now=T0 + timedelta(days=30)) == []
+        st = service_status(s)
+        assert st["deliveries"]["failed"] == 2
+        assert {r["destination"]: (r["failed"], r["last_error"])
+                for r in st["deliveries"]["failed_by_destination"]} == {
+            web: (1, reason), "PACS@10.0.0.1:104": (1, "refused")}
+        assert deliveries.retry_failed(s, web, now=T0) == 1
+        (due,) = deliveries.deliveries_due(s, now=T0)
+        assert (due.delivery_id, due.attempts) == (d_web, 1)
+        assert s.get(db.schema.Delivery, d_web).last_error == reason
+        assert deliveries.retry_failed(s, now=T0) == 1  # the other one
+        assert deliveries.retry_failed(s, now=T0) == 0
+        assert [d.delivery_id for d in deliveries.deliveries_due(s, now=T0)] == [d_web, d_dimse]
+    database.dispose()
+
+
+def test_commitment_report_matched_by_transaction_and_sender(db_url):
+    """A report arriving on its own association finds its deliveries by Transaction UID,
+    only among those sent to the AE that sent it."""
+    database = db.open_database(db_url)
+    ids = build_cohort(database)
+    with database.session() as s:
+        run_id = s.query(AnalysisRun).filter_by(job_id=ids["A"]).one().id
+        objs = [records.record_object(s, run_id, kind=k, sop_class_uid="1.2.3",
+                                      sop_instance_uid=f"2.25.{i}", path=f"/r/{i}.dcm")
+                for i, k in enumerate(("sr", "seg", "kos"), start=20)]
+        dl = [deliveries.schedule_delivery(s, o.id, "PACS@10.0.0.1:104", now=T0).id for o in objs]
+        other = deliveries.schedule_delivery(s, objs[0].id, "ARCH@10.0.0.2:104", now=T0).id
+        deliveries.mark_commitment_requested(s, dl, "2.25.777")
+        deliveries.mark_commitment_requested(s, [other], "2.25.777")
+        assert {s.get(db.schema.Delivery, d).commitment for d in dl} == {"requested"}
+        assert deliveries.record_commitment_report(s, "2.25.999", {"2.25.20"}, {}) == 0
+        n = deliveries.record_commitment_report(
+            s, "2.25.777", {"2.25.20"}, {"2.25.21": "Failure Reason 0x0112"}, from_ae="PACS",
+            now=T0)
+        assert n == 3
+        got = {s.get(db.schema.Delivery, d).commitment for d in dl}
+        assert got == {"committed", "failed: Failure Reason 0x0112",
+                       "failed: not in the commitment report"}
+        assert s.get(db.schema.Delivery, other).commitment == "requested"  # ARCH's, not PACS's
+        assert deliveries.record_commitment_report(s, "2.25.777", {"2.25.20"}, {},
+                                                   from_ae="ARCH") == 1
+        assert s.get(db.schema.Delivery, other).commitment == "committed"
+    database.dispose()

@@ -298,7 +298,9 @@ def render_case(d) -> str:
             lines.append(f"  {o.kind:<9} {o.sop_instance_uid}  {o.path}")
             for dl in o.deliveries:
                 lines.append(f"            → {dl['destination']}: {dl['state']} "
-                             f"({dl['attempts']} attempt{'s' if dl['attempts'] != 1 else ''})")
+                             f"({dl['attempts']} attempt{'s' if dl['attempts'] != 1 else ''})"
+                             + (f": {dl['last_error']}" if dl["state"] != "sent"
+                                and dl["last_error"] else ""))
     return "\n".join(lines)
 
 

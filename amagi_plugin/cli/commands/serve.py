@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     config_flag(net, "-td", "--dimse-timeout", key="listener.dimse_timeout", metavar="S")
     config_flag(net, "-tn", "--network-timeout", key="listener.network_timeout", metavar="S")
     p.add_argument("--destination", dest="destinations", action="append", default=[],
-                   metavar="AE_TITLE@HOST:PORT",
-                   help="send results there (repeatable; adds to delivery.destinations)")
+                   metavar="AE_TITLE@HOST:PORT|URL",
+                   help="send results there by C-STORE, or by STOW-RS to an http(s)://.../dicom-web "
+                   "base URL (repeatable; adds to delivery.destinations)")
     config_flag(p, "--workers", key="worker.count", metavar="N")
     config_flag(p, "--devices", key="worker.devices", metavar="DEVICE,...")
     config_flag(p, "--fast", key="model.fast", action="store_const", const="true")
@@ -49,5 +50,6 @@ def run(args: argparse.Namespace, ctx) -> int:
     # One model per configured device (worker.count workers on each); none: model.device.
     check_devices_available(cfg.worker.devices)
     built = [analyzer_from_config(cfg, device) for device in cfg.worker.devices or [None]]
-    Service(cfg, [analyzer for analyzer, _ in built], built[0][1]).serve_forever()
+    Service(cfg, [analyzer for analyzer, _ in built], built[0][1],
+            environ=ctx.environ).serve_forever()
     return 0

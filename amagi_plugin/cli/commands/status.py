@@ -51,6 +51,9 @@ def run(args: argparse.Namespace, ctx) -> int:
         ctx.print(f"  {row['destination']}: {row['pending']} pending"
                   + (f", next try {row['next_attempt_at']}" if row["next_attempt_at"] else "")
                   + (f", last error: {row['last_error']}" if row["last_error"] else ""))
+    for row in st["deliveries"]["failed_by_destination"]:
+        ctx.print(f"  {row['destination']}: {row['failed']} failed (refused; 'amagi deliveries "
+                  f"retry' sends them again), last error: {row['last_error']}")
     return 0
 
 
