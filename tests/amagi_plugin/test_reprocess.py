@@ -5,11 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
+import pytest
 import sqlalchemy as sa
 
 import db
+from amagi_plugin.config import load_config
+from amagi_plugin.runtime import analyzer_from_config
+from amagi_plugin.service.app import Service
 from db.queue import claim_next, fail
-from db.schema import Instance, Job, JobState
+from db.schema import Delivery, DeliveryState, Instance, Job, JobState
+from tests.amagi_plugin.serve_support import (
+    StoreSCP,
+    free_port,
+    make_video,
+    running,
+    storescu,
+    wait_until,
+)
 from tests.db.conftest import build_cohort
 
 
@@ -93,3 +106,70 @@ def test_reprocess_needs_the_model_files(run_cli, tmp_path):
     r = run_cli("reprocess", "--model-name", "amagi_tiny", "--model-checkpoint",
                 str(tmp_path / "nope.pth"), env={"AMAGI_DATABASE_URL": url})
     assert r.code == 3 and "model checkpoint not found" in r.stderr
+
+
+@pytest.mark.integration
+def test_reprocessed_case_is_analysed_by_a_worker_of_the_new_model(tmp_path, tiny_checkpoint,
+                                                                   run_cli):
+    """A video analysed by the demo model, queued again for another model: a service running
+    that model analyses it and delivers results whose SR names the first one."""
+    port = free_port()
+    base = {"storage.var_dir": str(tmp_path / "var"), "storage.reserve_mb": "16",
+            "listener.port": str(port), "listener.bind_address": "127.0.0.1",
+            "delivery.retry_initial_s": "0.5", "delivery.retry_max_s": "2"}
+    tiny = {"model.name": "amagi_tiny", "model.checkpoint": str(tiny_checkpoint),
+            "analysis.threshold": "1e-6"}
+    video = make_video(tmp_path / "v.dcm", seconds=1.0)
+    with running(StoreSCP(tmp_path / "pacs")) as pacs:
+        base["delivery.destinations"] = pacs.destination
+
+        def serve(overrides):
+            cfg = load_config(environ={}, cwd=tmp_path, overrides=overrides)
+            analyzer, spec = analyzer_from_config(cfg)
+            svc = Service(cfg, analyzer, spec)
+            svc.start()
+            return svc, spec
+
+        svc, demo = serve(base)
+        try:
+            assert storescu(port, video).returncode == 0
+            wait_until(lambda: _done(svc) == 1, 120, what="the demo analysis")
+            wait_until(lambda: _all_sent(svc), 60, what="the demo results")
+        finally:
+            svc.stop()
+        first = {ds.SOPInstanceUID for ds in pacs.received() if ds.Modality == "SR"}
+        assert len(first) == 1
+
+        url = f"sqlite:///{tmp_path / 'var' / 'amagi.db'}"
+        r = run_cli("reprocess", "--model-name", "amagi_tiny", "--model-checkpoint",
+                    str(tiny_checkpoint), "--model", demo.version, env={"AMAGI_DATABASE_URL": url})
+        assert r.code == 0 and "1 queued for amagi_tiny" in r.stdout, (r.stdout, r.stderr)
+
+        svc, _ = serve({**base, **tiny})
+        try:
+            wait_until(lambda: _done(svc) == 2, 120, what="the re-analysis")
+            wait_until(lambda: _all_sent(svc), 60, what="the new results")
+        finally:
+            svc.stop()
+        (second,) = [ds for ds in pacs.received() if ds.Modality == "SR"
+                     and ds.SOPInstanceUID not in first]
+        refs = [item.ReferencedSOPInstanceUID for study in second.PredecessorDocumentsSequence
+                for series in study.ReferencedSeriesSequence
+                for item in series.ReferencedSOPSequence]
+        assert refs == list(first)
+        assert second.ContentSequence  # a report, not an empty shell
+        assert _jobs(url, tiny_checkpoint.stem) == {
+            pydicom.dcmread(video, stop_before_pixels=True).SOPInstanceUID: JobState.DONE}
+
+
+def _done(svc) -> int:
+    with svc.database.session() as s:
+        return s.scalar(sa.select(sa.func.count()).select_from(Job)
+                        .where(Job.state == JobState.DONE))
+
+
+def _all_sent(svc) -> bool:
+    """Every produced object is delivered (and there is one at least)."""
+    with svc.database.session() as s:
+        states = list(s.scalars(sa.select(Delivery.state)))
+    return bool(states) and set(states) == {DeliveryState.SENT}
