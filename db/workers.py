@@ -91,13 +91,14 @@ def stop_dead(session: Session, host: str, pid_alive: Callable[[int], bool], *,
 
 
 def list_workers(session: Session, *, stale_after_s: float, now: datetime | None = None,
-                 include_stopped: bool = False) -> list[dict[str, Any]]:
+                 include_stopped: bool = False, stale_beats: int = 3) -> list[dict[str, Any]]:
     """The registered threads, listeners first then by host, pid and name.
 
     Each row: ``name, host, pid, role, device, state, job`` (the job it holds, from
     ``jobs.worker``; ``None`` when idle), ``started_at, heartbeat_at, stopped_at``,
-    ``age_s`` (seconds since the last heartbeat), ``stale`` (no heartbeat for
-    ``stale_after_s`` seconds and not stopped), and ``details``.
+    ``age_s`` (seconds since the last heartbeat), ``stale`` (not stopped, and no heartbeat
+    for ``stale_beats`` of its own intervals, ``details["heartbeat_s"]``, or for
+    ``stale_after_s`` seconds when it did not publish one), and ``details``.
     """
     now = now or utcnow()
     held = {worker: job_id for job_id, worker in session.execute(
@@ -109,11 +110,14 @@ def list_workers(session: Session, *, stale_after_s: float, now: datetime | None
     rows = []
     for w in session.scalars(query.order_by(WorkerNode.host, WorkerNode.pid, WorkerNode.name)):
         age = (now - w.heartbeat_at).total_seconds()
+        interval = (w.details or {}).get("heartbeat_s")
+        limit = stale_beats * float(interval) if isinstance(interval, int | float) \
+            else stale_after_s
         rows.append({
             "name": w.name, "host": w.host, "pid": w.pid, "role": w.role, "device": w.device,
             "state": w.state, "job": held.get(w.name), "started_at": w.started_at,
             "heartbeat_at": w.heartbeat_at, "stopped_at": w.stopped_at,
-            "age_s": round(age, 1), "stale": w.stopped_at is None and age > stale_after_s,
+            "age_s": round(age, 1), "stale": w.stopped_at is None and age > limit,
             "details": dict(w.details or {})})
     rows.sort(key=lambda r: not r["name"].endswith(":listener"))
     return rows

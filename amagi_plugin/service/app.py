@@ -295,16 +295,18 @@ class Service:
 
     def _beats(self) -> list[Beat]:
         beats = []
+        every = self.cfg.service.heartbeat_s  # how stale reads (amagi status)
         if self.listens:
             listener = self.listener
-            up = listener is not None and not self.stop_event.is_set()
-            beats.append(Beat(self.listener_name, "listening" if up else "starting", {
-                "port": listener.port if listener is not None else self.cfg.listener.port,
+            up = listener is not None and listener.is_running
+            beats.append(Beat(self.listener_name, "listening" if up else "not listening", {
+                "heartbeat_s": every,
+                "port": listener.port if up else self.cfg.listener.port,  # type: ignore[union-attr]
                 "refused_c_stores": listener.refused_counts() if listener is not None else {}}))
         for w in self.workers:
             h = w.health()
             beats.append(Beat(h.name, h.state if h.alive else "dead thread", {
-                "jobs_finished": h.jobs_finished, "restarts": h.restarts,
+                "heartbeat_s": every, "jobs_finished": h.jobs_finished, "restarts": h.restarts,
                 "last_error": h.last_error}))
         return beats
 

@@ -157,7 +157,7 @@ def test_listener_and_two_workers_share_postgres_and_survive_a_killed_worker(
                 assert not (proc.workdir / "var").exists()
 
             # amagi status (from yet another directory) lists every serve thread.
-            res = run_cli("status", "--set", "service.heartbeat_s=1", cwd=tmp_path,
+            res = run_cli("status", cwd=tmp_path,
                           env={"AMAGI_DATABASE_URL": url})
             assert res.code == 0, res.stderr
             lines = res.stdout.splitlines()

@@ -40,6 +40,12 @@ def test_register_beat_stale_and_stop(database):
     assert not by["h1:10:w0"]["stale"] and not by["h0:5:listener"]["stale"]
     assert by["h1:10:w1"]["stale"] and by["h1:10:w1"]["age_s"] == 21.0  # no beat since T0
     assert by["h1:10:w0"]["heartbeat_at"] == later
+    with database.session() as s:  # a thread that beats every 30 s is not stale after 21 s
+        workers.beat(s, [workers.Beat("h1:10:w1", "idle", {"heartbeat_s": 30})], now=T0)
+        rows = workers.list_workers(s, stale_after_s=15, now=later + timedelta(seconds=1))
+        assert [r["stale"] for r in rows] == [False, False, False]
+        rows = workers.list_workers(s, stale_after_s=15, now=T0 + timedelta(seconds=91))
+        assert {r["name"]: r["stale"] for r in rows}["h1:10:w1"]  # 3 beats of 30 s missed
     with database.session() as s:
         workers.mark_stopped(s, ["h1:10:w0", "h1:10:w1"], now=later)
     with database.session() as s:

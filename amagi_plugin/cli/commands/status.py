@@ -9,7 +9,7 @@ from typing import Any
 
 from amagi_plugin.service import pid_alive, service_health
 
-#: A registered thread that missed this many heartbeats is shown as stale.
+#: A registered thread that missed this many of its heartbeats is shown as stale.
 STALE_BEATS = 3
 
 
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace, ctx) -> int:
         with database.session() as s:
             st = service_status(s)
             st["workers"] = _mark_gone(list_workers(
-                s, stale_after_s=STALE_BEATS * ctx.config.service.heartbeat_s))
+                s, stale_after_s=STALE_BEATS * ctx.config.service.heartbeat_s,
+                stale_beats=STALE_BEATS))
     finally:
         database.dispose()
     st["service"] = service_health(Path(ctx.config.var_dir))
