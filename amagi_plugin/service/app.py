@@ -299,7 +299,7 @@ class Service:
         if self.listens:
             listener = self.listener
             up = listener is not None and listener.is_running
-            beats.append(Beat(self.listener_name, "listening" if up else "not listening", {
+            beats.append(Beat(self.listener_name, "listening" if up else "starting" if listener is None else "stopping", {
                 "heartbeat_s": every,
                 "port": listener.port if up else self.cfg.listener.port,  # type: ignore[union-attr]
                 "refused_c_stores": listener.refused_counts() if listener is not None else {}}))
