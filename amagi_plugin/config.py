@@ -287,6 +287,17 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    role: str = _opt("all", "What this amagi serve does: all (one process), listener (receive, "
+                     "record, queue) or worker (analyse, deliver); listener and worker processes "
+                     "share a PostgreSQL database and the storage directory",
+                     _choice("all", "listener", "worker"))
+    heartbeat_s: float = _opt(5.0, "Seconds between two heartbeats of a serve process in the "
+                              "database; silent for 3 heartbeats: shown as stale",
+                              _check_positive)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = _opt("demo", "Model: 'demo' (bundled, synthetic-data demo) or a named architecture")
     checkpoint: str = _opt("", "Checkpoint file (.pth) for the model; empty: the bundled demo weights")
@@ -351,6 +362,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)

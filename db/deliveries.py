@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from db.engine import SQLITE_BEGIN_OPTION
 from db.errors import NotFoundError
 from db.schema import Delivery, DeliveryState, ProducedObject, utcnow
 
@@ -63,6 +64,54 @@ def deliveries_due(session: Session, *, now: datetime | None = None, limit: int 
         .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
         .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))
     return [DueDelivery(*r) for r in rows]
+
+
+def claim_due(session: Session, claim_s: float, *, now: datetime | None = None,
+              limit: int = 100) -> list[DueDelivery]:
+    """Atomically take the due deliveries for one sender: as :func:`deliveries_due`, and their
+    next attempt moves ``claim_s`` seconds ahead, so that no other process sends them
+    meanwhile; :func:`mark_sent` or :func:`mark_failed` then records the outcome. A sender
+    that dies leaves them due again after ``claim_s``.
+
+    Runs in its own transaction and commits: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (two
+    senders take disjoint rows), ``BEGIN IMMEDIATE`` (the write lock) on SQLite.
+
+    Parameters
+    ----------
+    session
+        A session with no transaction open (a fresh one).
+    claim_s
+        How long the claim holds (s): longer than sending them can take.
+    """
+    if not claim_s > 0:
+        raise ValueError(f"claim_s must be greater than 0, got {claim_s!r}")
+    if session.in_transaction():
+        raise RuntimeError("claim_due needs a session without an open transaction")
+    now = now or utcnow()
+    session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+    try:
+        ids = list(session.scalars(
+            sa.select(Delivery.id)
+            .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+            .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit)
+            .with_for_update(skip_locked=True)))
+        due = []
+        if ids:
+            rows = {r[0]: DueDelivery(*r) for r in session.execute(
+                sa.select(Delivery.id, Delivery.destination, ProducedObject.id,
+                          ProducedObject.sop_instance_uid, ProducedObject.sop_class_uid,
+                          ProducedObject.path, Delivery.attempts)
+                .join(ProducedObject, ProducedObject.id == Delivery.object_id)
+                .where(Delivery.id.in_(ids)))}
+            due = [rows[i] for i in ids]
+            session.execute(sa.update(Delivery).where(Delivery.id.in_(ids))
+                            .values(next_attempt_at=now + timedelta(seconds=claim_s)),
+                            execution_options={"synchronize_session": False})
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return due
 
 
 def mark_sent(session: Session, delivery_id: int, *, now: datetime | None = None) -> None:

@@ -292,3 +292,23 @@ class Delivery(Base):
     commitment_transaction_uid: Mapped[str | None] = mapped_column(sa.String(64), index=True)
 
     object: Mapped[ProducedObject] = relationship(back_populates="deliveries")
+
+
+class WorkerNode(Base):
+    """One thread of an ``amagi serve`` process (a worker ``host:pid:wN``, or the listener
+    ``host:pid:listener``), registered at start and heartbeating while it runs; several
+    processes on several hosts share the table (``amagi status`` lists them)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)  # as in jobs.worker
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int]
+    role: Mapped[str] = mapped_column(sa.String(16))  # the process's: all, listener, worker
+    device: Mapped[str | None] = mapped_column(sa.String(32))  # the model's (workers only)
+    state: Mapped[str] = mapped_column(sa.String(64))  # idle, running job N, listening, ...
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)  # jobs finished, last error...
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None]

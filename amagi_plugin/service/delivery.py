@@ -21,7 +21,7 @@ from amagi_plugin.service.metrics import Metrics
 from db import Database
 from db.deliveries import (
     DueDelivery,
-    deliveries_due,
+    claim_due,
     mark_commitment_requested,
     mark_failed,
     mark_rejected,
@@ -40,8 +40,20 @@ SendFn = Callable[[list[Path], Destination], list[SendResult]]
 CommitFn = Callable[[list[tuple[str, str]], Destination, str], list[tuple[bool, str]] | None]
 
 
+#: How long (s) a round's claim on its deliveries holds: no other process sends them meanwhile
+#: (longer than one round's associations can take); a process that dies leaves them to
+#: another after it.
+CLAIM_S = 600.0
+
+
 class DeliveryLoop(threading.Thread):
-    """Polls for due deliveries and sends them, one association per destination and round."""
+    """Polls for due deliveries and sends them, one association per destination and round.
+
+    Each round claims what it sends (``db.deliveries.claim_due``), so the delivery loops of
+    several processes sharing one database never send the same object twice.
+    """
+
+    claim_s = CLAIM_S
 
     def __init__(self, database: Database, destinations: Mapping[str, Destination], send: SendFn,
                  retry_initial_s: float, retry_max_s: float, stop: threading.Event,
@@ -71,8 +83,8 @@ class DeliveryLoop(threading.Thread):
 
     def run_once(self) -> bool:
         """One round over the due deliveries; ``True`` if anything was attempted."""
-        with self.database.session() as s:
-            due = deliveries_due(s, limit=200)
+        with self.database.session() as s:  # claimed: several processes may deliver
+            due = claim_due(s, self.claim_s, limit=200)
         if not due:
             return False
         by_dest: dict[str, list[DueDelivery]] = defaultdict(list)

@@ -145,7 +145,8 @@ class Worker(threading.Thread):
             self.state = "idle"
             try:
                 with self.database.session() as s:
-                    job = claim_next(s, self.ident_name, self.lease_s)
+                    job = claim_next(s, self.ident_name, self.lease_s,
+                                     model_version=self.spec.version)
             except Exception as e:
                 self._loop_error("cannot claim a job", e)
                 self.stop_event.wait(self.poll_s * 5)

@@ -15,7 +15,7 @@ from db.schema import Base
 from tests.db.conftest import DEMO
 
 TABLES = {"studies", "series", "instances", "jobs", "analysis_runs", "bleeding_events",
-          "case_indices", "produced_objects", "deliveries"}
+          "case_indices", "produced_objects", "deliveries", "workers"}
 
 
 def test_upgrade_from_empty_matches_the_models(db_url):

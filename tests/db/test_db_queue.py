@@ -257,3 +257,16 @@ def test_leases_of_dead_processes_on_this_host_expire_at_once(database):
         retaken = queue.claim_next(s, "hostA:333:w0", 60, now=T0)
         assert retaken is not None and retaken.job_id == ids[0] and retaken.attempt == 2
         assert queue.claim_next(s, "hostA:333:w0", 60, now=T0) is None
+
+
+def test_a_worker_takes_only_jobs_of_its_model_version(database):
+    uids = _receive(database, 2)
+    with database.session() as s:
+        v1 = queue.enqueue(s, uids[0], model_name="demo", model_version="v1", now=T0).job_id
+        v2 = queue.enqueue(s, uids[1], model_name="sf50", model_version="v2", now=T0).job_id
+    with database.session() as s:
+        assert queue.claim_next(s, "w2", 60, now=T0, model_version="v2").job_id == v2
+    with database.session() as s:
+        assert queue.claim_next(s, "w2", 60, now=T0, model_version="v2") is None
+    with database.session() as s:
+        assert queue.claim_next(s, "w1", 60, now=T0, model_version="v1").job_id == v1
