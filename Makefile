@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Debian packages the tests use as real peers and validators.
-APT_PACKAGES := dcmtk dicom3tools postgresql orthanc poppler-utils chromium
+APT_PACKAGES := dcmtk dicom3tools postgresql orthanc orthanc-dicomweb poppler-utils chromium
 APT_PROBES := storescu dciodvfy Orthanc pdftotext chromium
+# Orthanc's DICOMweb plugin (orthanc-dicomweb) is a library, probed by its path.
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test venv system-deps lint bench demo-model clean
@@ -34,6 +36,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 system-deps:
 	@missing=0; for p in $(APT_PROBES); do command -v $$p >/dev/null || missing=1; done; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
+	 [ -e $(ORTHANC_DICOMWEB) ] || missing=1; \
 	 if [ $$missing = 1 ]; then \
 	   echo "installing Debian packages: $(APT_PACKAGES)"; \
 	   $(SUDO) apt-get update -qq && \

@@ -1,4 +1,5 @@
-"""From per-prediction probabilities to bleeding events and the case's surgical analysis index.
+"""From per-prediction probabilities to bleeding events (the case index of those events is
+:meth:`dicom_io.results.CaseIndex.from_events`).
 
 Pure functions on arrays. Filter lengths are given in seconds and converted to samples in
 :func:`samples_for`, the one place where time becomes a sample count. The authors'
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_io.results import BleedingEvent, CaseIndex
+from dicom_io.results import BleedingEvent
 
 
 def samples_for(seconds: float, rate_hz: float) -> int:
@@ -122,14 +123,3 @@ def find_events(probabilities: np.ndarray, decisions: np.ndarray, timeline: Time
             mean_probability=round(float(p[a:b].mean()), 4)))
     return events
 
-
-def case_index(events: list[BleedingEvent], video_duration_s: float) -> CaseIndex:
-    """The authors' surgical analysis index (count, total duration) plus summary statistics."""
-    durations = [e.duration_s for e in events]
-    return CaseIndex(
-        event_count=len(events),
-        total_duration_s=round(float(sum(durations)), 3),
-        mean_duration_s=round(float(np.mean(durations)), 3) if events else None,
-        max_duration_s=round(float(max(durations)), 3) if events else None,
-        first_bleed_s=events[0].start_s if events else None,
-        video_duration_s=round(float(video_duration_s), 3))

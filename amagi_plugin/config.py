@@ -82,17 +82,60 @@ def _opt(default: Any, help: str, check=None, metavar: str | None = None) -> Any
     return field(**kw)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DIMSE_KEYS = frozenset({"ae_title", "host", "port", "tls", "tls_ca", "tls_cert", "tls_key"})
+_WEB_KEYS = frozenset({"url", "auth", "username", "password_env", "token_env", "tls_ca",
+                       "tls_cert", "tls_key", "timeout_s"})
+
+
+def _redact_url(text: str) -> str:
+    """``scheme://user:password@host`` → ``scheme://***@host``: never echo credentials."""
+    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
+
+
+def _check_web_url(value: str) -> str:
+    """A DICOMweb service root: ``http(s)://host[:port]/path``, no credentials, no query."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    shown = repr(_redact_url(value.strip()))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{shown} is not an http(s):// URL")
+    if parts.username or parts.password:
+        raise ValueError(f"{shown}: credentials do not belong in the URL; use "
+                         "auth = \"basic\" with username and password_env")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{shown}: a DICOMweb base URL has no query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ValueError(f"{shown}: {e}") from None
+    return value.strip().rstrip("/")
+
+
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer that receives our results: ``AE_TITLE@HOST:PORT`` (TLS options from file)."""
+    """A peer that receives our results.
 
-    ae_title: str
-    host: str
-    port: int
+    DIMSE: ``AE_TITLE@HOST:PORT`` (C-STORE; TLS options from the file). DICOMweb: an
+    ``http(s)://.../dicom-web`` base URL (STOW-RS), with optional HTTP basic or bearer
+    authentication whose secret is read from the environment variable named here
+    (``password_env``, ``token_env``), never from the configuration itself.
+    """
+
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
     tls: bool = False
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    url: str = ""
+    auth: str = "none"
+    username: str = ""
+    password_env: str = ""
+    token_env: str = ""
+    timeout_s: float = 60.0
 
     @classmethod
     def parse(cls, value: str | Mapping[str, Any]) -> Destination:
@@ -100,28 +143,95 @@ class Destination:
             unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
             if unknown:
                 raise ValueError(f"unknown destination keys: {', '.join(sorted(unknown))}")
-            try:
-                dest = cls(**dict(value))
-            except TypeError as e:
-                raise ValueError("a destination needs ae_title, host and port") from e
+            if "url" in value:
+                return cls._parse_web(value)
+            needed = {"ae_title", "host", "port"} - set(value)
+            if needed:
+                raise ValueError("a destination needs ae_title, host and port (DIMSE) or url "
+                                 f"(DICOMweb); missing {', '.join(sorted(needed))}")
+            misplaced = set(value) - _DIMSE_KEYS
+            if misplaced:
+                raise ValueError(f"{', '.join(sorted(misplaced))}: only for a DICOMweb "
+                                 "destination (url = ...)")
+            dest = cls(**dict(value))
             port = dest.port
+            if isinstance(port, bool) or not str(port).strip().isdigit():
+                raise ValueError(f"port {port!r} is not a number")
+        elif value.strip().lower().startswith(("http://", "https://")):
+            return cls._parse_web({"url": value})
         else:
             m = re.match(r"^(?P<ae>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)$", value.strip())
             if not m:
-                raise ValueError(f"{value!r} is not AE_TITLE@HOST:PORT")
+                raise ValueError(f"{value!r} is not AE_TITLE@HOST:PORT or an http(s):// "
+                                 "DICOMweb URL")
             port = int(m["port"])
             dest = cls(m["ae"], m["host"].strip("[]"), port)
         _check_ae_title(dest.ae_title)
         _check_port(int(port))
         return dataclasses.replace(dest, port=int(port))
 
+    @classmethod
+    def _parse_web(cls, value: Mapping[str, Any]) -> Destination:
+        misplaced = set(value) - _WEB_KEYS
+        if misplaced:
+            raise ValueError(f"{', '.join(sorted(misplaced))}: only for a DIMSE destination "
+                             "(AE_TITLE@HOST:PORT); a DICOMweb URL says https:// for TLS")
+        for k, v in value.items():
+            if k != "timeout_s" and not isinstance(v, str):
+                raise ValueError(f"destination key {k} must be a string")
+        dest = cls(**dict(value))
+        url = _check_web_url(dest.url)
+        if url.lower().startswith("http://") and (dest.tls_ca or dest.tls_cert or dest.tls_key):
+            raise ValueError(f"{url}: tls_ca, tls_cert and tls_key need an https:// URL")
+        if dest.tls_key and not dest.tls_cert:
+            raise ValueError(f"{url}: tls_key needs tls_cert")
+        if dest.auth not in ("none", "basic", "bearer"):
+            raise ValueError(f"{url}: auth must be none, basic or bearer, got {dest.auth!r}")
+        if dest.auth == "basic" and not (dest.username and dest.password_env):
+            raise ValueError(f"{url}: auth = \"basic\" needs username and password_env "
+                             "(the name of the environment variable holding the password)")
+        if dest.auth == "bearer" and not dest.token_env:
+            raise ValueError(f"{url}: auth = \"bearer\" needs token_env (the name of the "
+                             "environment variable holding the token)")
+        unused = [k for k, kind in (("username", "basic"), ("password_env", "basic"),
+                                    ("token_env", "bearer")) if getattr(dest, k) and dest.auth != kind]
+        if unused:
+            raise ValueError(f"{url}: {', '.join(unused)} given but auth is {dest.auth!r}")
+        for k in ("password_env", "token_env"):
+            name = getattr(dest, k)
+            if name and not _ENV_NAME.match(name):
+                raise ValueError(f"{url}: {k} names an environment variable (e.g. "
+                                 f"AMAGI_PACS_PASSWORD), not the secret itself")
+        try:
+            timeout = float(dest.timeout_s)
+        except (TypeError, ValueError):
+            raise ValueError(f"{url}: timeout_s must be a number") from None
+        _check_positive(timeout)
+        return dataclasses.replace(dest, url=url, timeout_s=timeout)
+
+    @property
+    def is_web(self) -> bool:
+        """``True`` for a DICOMweb (STOW-RS) destination."""
+        return bool(self.url)
+
     @property
     def key(self) -> str:
-        """``AE@HOST:PORT``: how the case store names this destination."""
+        """How the case store names this destination: ``AE@HOST:PORT`` or the base URL."""
+        if self.is_web:
+            return self.url
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.ae_title}@{host}:{self.port}"
 
+    def secret_env(self) -> str | None:
+        """The environment variable holding this destination's password or token."""
+        return {"basic": self.password_env, "bearer": self.token_env}.get(self.auth) or None
+
     def __str__(self) -> str:
+        if self.is_web:
+            extra = [] if self.auth == "none" else [f"{self.auth} auth"]
+            if self.tls_ca:
+                extra.append(f"CA {self.tls_ca}")
+            return f"{self.key} (STOW-RS{', ' + ', '.join(extra) if extra else ''})"
         return self.key + (" (TLS)" if self.tls else "")
 
 
@@ -177,6 +287,17 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    role: str = _opt("all", "What this amagi serve does: all (one process), listener (receive, "
+                     "record, queue) or worker (analyse, deliver); listener and worker processes "
+                     "share a PostgreSQL database and the storage directory",
+                     _choice("all", "listener", "worker"))
+    heartbeat_s: float = _opt(5.0, "Seconds between two heartbeats of a serve process in the "
+                              "database; silent for 3 heartbeats: shown as stale",
+                              _check_positive)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = _opt("demo", "Model: 'demo' (bundled, synthetic-data demo) or a named architecture")
     checkpoint: str = _opt("", "Checkpoint file (.pth) for the model; empty: the bundled demo weights")
@@ -202,12 +323,19 @@ class AnalysisConfig:
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    destinations: list[Destination] = _opt([], "Where results are sent: AE_TITLE@HOST:PORT ...")
+    destinations: list[Destination] = _opt([], "Where results are sent: AE_TITLE@HOST:PORT (C-STORE) "
+                                           "or an http(s)://.../dicom-web URL (STOW-RS) ...")
     calling_ae_title: str = _opt("AMAGI", "Calling AE title for outbound associations",
                                  _check_ae_title)
     retry_initial_s: float = _opt(30.0, "First retry delay (s); doubles each time", _check_positive)
     retry_max_s: float = _opt(3600.0, "Longest retry delay (s)", _check_positive)
-    storage_commitment: bool = _opt(False, "Request Storage Commitment after sending")
+    storage_commitment: bool = _opt(False, "Request Storage Commitment after sending (DIMSE "
+                                    "destinations); reports are also accepted on new "
+                                    "associations to the listener")
+    commitment_report_wait_s: float = _opt(10.0, "Seconds to wait for a Storage Commitment "
+                                           "report on the requesting association; after that "
+                                           "it is expected on a new association",
+                                           _check_positive)
 
 
 @dataclass(frozen=True)
@@ -234,6 +362,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -359,7 +488,10 @@ def _coerce(key: Key, raw: Any, source: str) -> Any:
             value = ([key.check(v) for v in value] if isinstance(value, list)
                      else key.check(value))
     except ValueError as e:
-        raise ConfigError(f"invalid value for {key.dotted} ({source}): {raw!r}: {e}") from None
+        # A destination's error names the problem itself: its raw table is not echoed, as
+        # it may hold a secret put where the name of its environment variable belongs.
+        shown = "" if key.dotted == "delivery.destinations" else f"{_redact_url(repr(raw))}: "
+        raise ConfigError(f"invalid value for {key.dotted} ({source}): {shown}{e}") from None
     return value
 
 
@@ -484,7 +616,15 @@ def template() -> str:
     lines += ["", "# Destinations may also be tables, with TLS per destination:",
               "# [[delivery.destinations]]",
               '# ae_title = "PACS"', '# host = "pacs.example.org"', "# port = 11112",
-              "# tls = true", '# tls_ca = "/etc/amagi/ca.pem"']
+              "# tls = true", '# tls_ca = "/etc/amagi/ca.pem"', "",
+              "## or a DICOMweb server (STOW-RS); secrets come from the environment variable named:",
+              "# [[delivery.destinations]]",
+              '# url = "https://pacs.example.org/dicom-web"',
+              '# auth = "basic"            # none, basic or bearer',
+              '# username = "amagi"',
+              '# password_env = "AMAGI_PACS_PASSWORD"   # bearer: token_env = "AMAGI_PACS_TOKEN"',
+              '# tls_ca = "/etc/amagi/ca.pem"          # CA bundle verifying the server',
+              "# timeout_s = 60.0"]
     return "\n".join(lines) + "\n"
 
 

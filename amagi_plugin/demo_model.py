@@ -35,7 +35,8 @@ from typing import Any
 
 from amagi_plugin.errors import AmagiError, ConfigError, ExitCode, exit_code_for
 from amagi_plugin.logsetup import setup_logging
-from amagi_plugin.modelspec import DEMO_DIR, DEMO_NOTICE
+from amagi_plugin.modelspec import DEMO_DIR
+from dicom_io.results import DEMO_DISCLAIMER
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     stage = work / "export"
     stage.mkdir(exist_ok=True)
     main_ckpt, base_ckpt = f"{cfg.arch}_demo.pth", f"{cfg.baseline_arch}_demo.pth"
-    note = {"notice": DEMO_NOTICE, "version": cfg.version}
+    note = {"notice": DEMO_DISCLAIMER, "version": cfg.version}
     export_weights(amagi_dir / "latest.pth", stage / main_ckpt, meta=note)
     export_weights(sf_dir / "latest.pth", stage / base_ckpt, meta=note)
     manifest = {
@@ -317,7 +318,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
 
         histories[name] = read_checkpoint(d / "latest.pth")["meta"].get("history", [])
     training = {
-        "notice": DEMO_NOTICE,
+        "notice": DEMO_DISCLAIMER,
         "command": "make demo-model  (python -m amagi_plugin.demo_model)",
         "config": cfg.to_json(),
         "train_data": {"generator": "amagi synth", "seed": cfg.train_seed,
@@ -374,7 +375,7 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
     secs = training["seconds"]
     lines = [
         "# Bundled demo model", "",
-        f"**{DEMO_NOTICE.capitalize()}.** {manifest['description']}", "",
+        f"**{DEMO_DISCLAIMER.capitalize()}.** {manifest['description']}", "",
         f"- main model: `{manifest['arch']}` → `{manifest['checkpoint']}` (used by default by "
         "`amagi process` and `amagi serve`)",
         f"- baseline with the same budget: `{manifest['baseline']['arch']}` → "

@@ -14,30 +14,34 @@ from typing import Any
 
 from amagi_plugin.config import ModelConfig
 from amagi_plugin.errors import InputError
+from dicom_io.results import DEMO_DISCLAIMER, WeightsKind
 
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "weights" / "demo"
-DEMO_NOTICE = "demo model trained on synthetic data; not for clinical use"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A resolved model: what to build, which weights, and how to label its results.
 
-    ``weights`` is ``'demo-synthetic'`` (bundled demo), ``'authors'`` (the authors'
-    published checkpoint, detected by file name or declared in the config) or ``'user'``.
+    ``weights`` is :attr:`WeightsKind.DEMO_SYNTHETIC` (bundled demo),
+    :attr:`WeightsKind.AUTHORS` (the authors' published checkpoint, detected by file name)
+    or :attr:`WeightsKind.USER`.
     """
 
     name: str
     arch: str
     checkpoint: Path | None
-    weights: str
+    weights: WeightsKind
     version: str
     description: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", WeightsKind.coerce(self.weights))
+
     @property
     def label(self) -> str:
-        suffix = f" ({DEMO_NOTICE})" if self.weights == "demo-synthetic" else ""
+        suffix = f" ({DEMO_DISCLAIMER})" if self.weights is WeightsKind.DEMO_SYNTHETIC else ""
         return f"{self.name} {self.version}{suffix}"
 
 
@@ -58,7 +62,7 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
         if cfg.name == DEMO_NAME:
             raise InputError("model.checkpoint is set: also set model.name to its architecture "
                              "(e.g. amagi_sf50, amagi_sf152)")
-        weights = "authors" if _looks_like_authors(path) else "user"
+        weights = WeightsKind.AUTHORS if _looks_like_authors(path) else WeightsKind.USER
         return ModelSpec(cfg.name, cfg.name, path, weights, version=path.stem)
     if cfg.name != DEMO_NAME:
         raise InputError(f"model.name is {cfg.name!r} but no model.checkpoint is configured; "
@@ -67,8 +71,9 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
     ckpt = demo_dir / manifest["checkpoint"]
     if not ckpt.is_file():
         raise InputError(f"the bundled demo checkpoint is missing: {ckpt}")
-    return ModelSpec(f"amagi-demo-{manifest['arch']}", manifest["arch"], ckpt, "demo-synthetic",
-                     manifest.get("version", "0"), manifest.get("description", DEMO_NOTICE))
+    return ModelSpec(f"amagi-demo-{manifest['arch']}", manifest["arch"], ckpt,
+                     WeightsKind.DEMO_SYNTHETIC,
+                     manifest.get("version", "0"), manifest.get("description", DEMO_DISCLAIMER))
 
 
 def _looks_like_authors(path: Path) -> bool:
@@ -111,7 +116,7 @@ def load_model(spec: ModelSpec, device: str = "cpu"):
     from models import build_model, load_checkpoint
 
     overrides: dict[str, Any] = {}
-    if spec.weights == "demo-synthetic":
+    if spec.weights is WeightsKind.DEMO_SYNTHETIC:
         overrides = dict(demo_manifest(spec.checkpoint.parent).get("build", {}))  # type: ignore[union-attr]
     model = build_model(spec.arch, **overrides)
     if spec.checkpoint is not None:

@@ -10,9 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amagi_plugin.modelspec import DEMO_NOTICE, ModelSpec
+from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.pipeline import AnalysisResult
 from amagi_plugin.report import NOTICE_COLOUR, draw_timeline
+from dicom_io.results import DEMO_DISCLAIMER, WeightsKind
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,7 +40,7 @@ def summary(result: AnalysisResult, spec: ModelSpec, fps: float,
     return {
         "sop_instance_uid": sop_instance_uid,
         "study_instance_uid": study_instance_uid,
-        "model": {"name": spec.name, "version": spec.version, "weights": spec.weights},
+        "model": {"name": spec.name, "version": spec.version, "weights": spec.weights.value},
         "fps": round(float(fps), 6),
         "duration_s": round(result.schedule.duration_s, 3),
         "prediction_hz": round(result.timeline.rate_hz, 6),
@@ -80,8 +81,8 @@ def timeline_figure(result: AnalysisResult, spec: ModelSpec, title: str = "",
     idx = result.index
     head = (f"{idx.event_count} bleeding event(s), {idx.total_duration_s:.1f} s in total"
             + (f" - {title}" if title else ""))
-    demo = spec.weights == "demo-synthetic"
-    note = f"{spec.name} {spec.version}: {DEMO_NOTICE}" if demo else spec.label
+    demo = spec.weights is WeightsKind.DEMO_SYNTHETIC
+    note = f"{spec.name} {spec.version}: {DEMO_DISCLAIMER}" if demo else spec.label
     fig = Figure(figsize=(12, 3.6), dpi=100)
     fig.text(0.01, 0.975, head, ha="left", va="top", fontsize=10)
     fig.text(0.01, 0.905, note, ha="left", va="top", fontsize=8.5,

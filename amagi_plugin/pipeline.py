@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from amagi_plugin.analysis import Timeline, case_index, find_events, smooth_decisions
+from amagi_plugin.analysis import Timeline, find_events, smooth_decisions
 from amagi_plugin.fastpath import FastPath
 from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer
 from amagi_plugin.schedule import (
@@ -325,7 +325,7 @@ class BleedingAnalyzer:
         decisions = smooth_decisions(bleeding, timeline.rate_hz, opts.threshold, opts.smoothing,
                                      opts.smoothing_s)
         events = find_events(bleeding, decisions, timeline)
-        index = case_index(events, schedule.duration_s)
+        index = CaseIndex.from_events(events, schedule.duration_s)
         timings["post_processing"] = time.perf_counter() - t0
         result = AnalysisResult(schedule, timeline, bleeding, decisions, events, index,
                                 clips_computed=computed)

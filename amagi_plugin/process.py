@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from amagi_plugin.errors import InputError
-from amagi_plugin.modelspec import DEMO_NOTICE, ModelSpec
+from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.outputs import (
     atomic_write,
     summary,
@@ -38,7 +38,13 @@ from dicom_io.errors import DicomIOError
 from dicom_io.keyimages import write_key_images
 from dicom_io.kos import write_key_object_selection
 from dicom_io.pdf import write_encapsulated_pdf
-from dicom_io.results import AlgorithmInfo, InstanceRef, weights_device_uid
+from dicom_io.results import (
+    DEMO_DISCLAIMER,
+    AlgorithmInfo,
+    InstanceRef,
+    WeightsKind,
+    weights_device_uid,
+)
 from dicom_io.seg import write_bleeding_segmentation
 from dicom_io.sr import write_bleeding_report
 from dicom_io.video import open_video
@@ -85,8 +91,8 @@ def algorithm_info(spec: ModelSpec) -> AlgorithmInfo:
 
     description = (f"AMAGI bleeding detection ({spec.arch}) by amagi-plugin {__version__}; "
                    f"weights: {spec.weights}")
-    if spec.weights == "demo-synthetic":
-        description += f"; {DEMO_NOTICE}"
+    if spec.weights is WeightsKind.DEMO_SYNTHETIC:
+        description += f"; {DEMO_DISCLAIMER}"
     device_uid = weights_device_uid(spec.checkpoint) if spec.checkpoint is not None else None
     return AlgorithmInfo(name=spec.name[:64], version=spec.version[:64], weights=spec.weights,
                          description=description, device_uid=device_uid)

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom import Dataset
 
-from amagi_plugin.modelspec import DEMO_NOTICE
-from dicom_io.results import MANUFACTURER, AlgorithmInfo, BleedingEvent, CaseIndex, WeightsKind
+from dicom_io.results import MANUFACTURER, AlgorithmInfo, BleedingEvent, CaseIndex
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -52,11 +51,6 @@ _FONT = {"pdf.fonttype": 42, "font.family": "DejaVu Sans"}  # TrueType: pdftotex
 
 class ReportError(ValueError):
     """The report content is invalid (names the field and the value)."""
-
-
-def demo_notice(algorithm: AlgorithmInfo) -> str | None:
-    """:data:`~amagi_plugin.modelspec.DEMO_NOTICE` for demo weights, else ``None``."""
-    return DEMO_NOTICE if algorithm.weights is WeightsKind.DEMO_SYNTHETIC else None
 
 
 @dataclass(frozen=True)
@@ -277,7 +271,7 @@ def _frame_grid(fig: Figure, cells: Sequence[tuple[int, BleedingEvent]], content
 def _page_frame(fig: Figure, content: ReportContent, page: int, pages: int,
                 created: _dt.datetime) -> None:
     """Notice at the top (demo model) and the footer line, on every page."""
-    notice = demo_notice(content.algorithm)
+    notice = content.algorithm.disclaimer
     if notice:
         fig.text(0.5, 0.945, notice.upper(), ha="center", va="center", fontsize=10,
                  color="white", weight="bold",
@@ -352,7 +346,7 @@ def render_report_pdf(content: ReportContent, created: _dt.datetime | None = Non
     algo = content.algorithm
     metadata = {"Title": REPORT_TITLE, "Author": MANUFACTURER, "Creator": MANUFACTURER,
                 "Subject": f"{summary_line(content.index)} Model {algo.name} {algo.version}"
-                           + (f"; {demo_notice(algo)}" if demo_notice(algo) else ""),
+                           + (f"; {algo.disclaimer}" if algo.disclaimer else ""),
                 "CreationDate": created}
     buffer = io.BytesIO()
     with matplotlib.rc_context(_FONT), PdfPages(buffer, metadata=metadata) as pdf:

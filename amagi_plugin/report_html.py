@@ -26,7 +26,6 @@ from amagi_plugin.report import (
     REPORT_TITLE,
     ReportContent,
     ReportError,
-    demo_notice,
     summary_line,
 )
 from dicom_io.results import MANUFACTURER, BleedingEvent
@@ -217,7 +216,7 @@ def render_report_html(content: ReportContent, created: _dt.datetime | None = No
     created = created or _dt.datetime.now().astimezone()
     esc = html.escape
     algo = content.algorithm
-    notice = demo_notice(algo)
+    notice = algo.disclaimer
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
            "img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",

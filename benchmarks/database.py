@@ -35,17 +35,23 @@ from db.queries import (
 )
 from db.schema import (
     AnalysisRun,
-    BleedingEvent,
-    CaseIndex,
+    BleedingEventRow,
+    CaseIndexRow,
     Instance,
     Job,
     JobState,
     Series,
     Study,
 )
+from dicom_io.results import BleedingEvent, CaseIndex, WeightsKind
 
 T0 = datetime(2023, 1, 1, tzinfo=timezone.utc)
-MODELS = [("demo", "demo-1"), ("amagi-sf50", "sf50-1"), ("amagi-sf50", "sf50-2")]
+#: Models as the service enqueues them (``ModelSpec.name``, ``ModelSpec.version``).
+MODELS = [("amagi-demo-amagi_tiny", "3.0"), ("amagi_sf50", "split1_SF50"),
+          ("amagi_sf50", "split2_SF50")]
+#: What the service stores as each model's weights (``ModelSpec.weights``).
+WEIGHTS = {"amagi-demo-amagi_tiny": WeightsKind.DEMO_SYNTHETIC, "amagi_sf50": WeightsKind.AUTHORS}
+FPS = 30.0
 CHUNK = 20_000
 
 
@@ -95,25 +101,25 @@ def generate(database: db.Database, n_cases: int, n_events: int, seed: int = 0) 
         starts = sorted(rng.uniform(0, video - 120) for _ in range(counts[i]))
         durs = [rng.expovariate(1 / 20) for _ in starts]
         runs.append({"id": cid, "job_id": cid, "model_name": model, "model_version": version,
-                     "weights_kind": "checkpoint", "parameters": {"threshold": 0.5},
+                     "weights_kind": WEIGHTS[model], "parameters": {"threshold": 0.5},
                      "timings": {"inference": 100.0}, "created_at": received,
                      "finished_at": received})
-        indices.append({"run_id": cid, "event_count": len(starts),
-                        "total_duration_s": sum(durs),
-                        "mean_duration_s": statistics.fmean(durs) if durs else 0.0,
-                        "max_duration_s": max(durs, default=0.0),
-                        "first_bleed_s": starts[0] if starts else None, "video_duration_s": video})
+        found = []
         for s, d in zip(starts, durs, strict=True):
+            first = round(s * FPS) + 1  # 1-based DICOM frame numbers, as the analysis gives
+            last = max(first, round((s + d) * FPS))
+            found.append(BleedingEvent(start_s=s, end_s=s + d, duration_s=d, start_frame=first,
+                                       end_frame=last, key_frame=(first + last) // 2,
+                                       peak_probability=rng.uniform(0.9, 1),
+                                       mean_probability=rng.uniform(0.5, 0.9)))
+        indices.append({"run_id": cid, **vars(CaseIndex.from_events(found, video))})
+        for e in found:
             event_id += 1
-            events.append({"id": event_id, "run_id": cid, "start_s": s, "end_s": s + d,
-                           "start_frame": int(s * 30), "end_frame": int((s + d) * 30),
-                           "duration_s": d, "peak_probability": rng.uniform(0.5, 1),
-                           "mean_probability": rng.uniform(0.5, 0.9),
-                           "key_frame": int((s + d / 2) * 30)})
+            events.append({"id": event_id, "run_id": cid, **vars(e)})
     with database.engine.begin() as conn:
         for model, rows in ((Study, studies), (Series, series), (Instance, instances),
-                            (Job, jobs), (AnalysisRun, runs), (CaseIndex, indices),
-                            (BleedingEvent, events)):
+                            (Job, jobs), (AnalysisRun, runs), (CaseIndexRow, indices),
+                            (BleedingEventRow, events)):
             for k in range(0, len(rows), CHUNK):
                 conn.execute(model.__table__.insert(), rows[k:k + CHUNK])
     with database.engine.begin() as conn:
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 s, CaseFilter(min_total_duration_s=300), limit=50)),
             ("list, longest >= 120 s", lambda s: list_cases(
                 s, CaseFilter(min_max_duration_s=120), limit=50)),
-            ("list, model sf50-2", lambda s: list_cases(s, CaseFilter(model="sf50-2"), limit=50)),
+            ("list, model split2_SF50",
+             lambda s: list_cases(s, CaseFilter(model="split2_SF50"), limit=50)),
             ("list, state failed", lambda s: list_cases(s, CaseFilter(state="failed"), limit=50)),
             ("list, month + >=2 events + longest>=30 s", lambda s: list_cases(s, CaseFilter(
                 study_date_from=date(2024, 3, 1), study_date_to=date(2024, 3, 31), min_events=2,

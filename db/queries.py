@@ -1,7 +1,9 @@
 """Read-side queries behind ``amagi cases``: plain dataclasses, no ORM objects.
 
 A *case* is a job (one received instance × one model version); ``case_id`` is the job id.
-Cases that are not analysed yet (queued, running, failed) have ``None`` indices.
+Cases that are not analysed yet (queued, running, failed) have ``None`` indices; an analysed
+case without events has count 0, total 0 s and ``None`` mean, longest and first bleeding
+(see :class:`dicom_io.results.CaseIndex`).
 Durations and times are in seconds; timestamps are UTC.
 """
 
@@ -19,8 +21,8 @@ from sqlalchemy.orm import Session
 from db.errors import AmbiguousCaseError, NotFoundError
 from db.schema import (
     AnalysisRun,
-    BleedingEvent,
-    CaseIndex,
+    BleedingEventRow,
+    CaseIndexRow,
     Delivery,
     DeliveryState,
     Instance,
@@ -30,6 +32,7 @@ from db.schema import (
     Series,
     Study,
 )
+from dicom_io.results import WeightsKind
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,13 @@ class CaseFilter:
         if self.received_to is not None:
             c.append(Instance.received_at < self.received_to)
         if self.min_events is not None:
-            c.append(CaseIndex.event_count >= self.min_events)
+            c.append(CaseIndexRow.event_count >= self.min_events)
         if self.min_total_duration_s is not None:
-            c.append(CaseIndex.total_duration_s >= self.min_total_duration_s)
-        if self.min_max_duration_s is not None:
-            c.append(CaseIndex.max_duration_s >= self.min_max_duration_s)
+            c.append(CaseIndexRow.total_duration_s >= self.min_total_duration_s)
+        if self.min_max_duration_s:
+            c.append(CaseIndexRow.max_duration_s >= self.min_max_duration_s)
+        elif self.min_max_duration_s is not None:  # 0 s: every analysed case, event-free ones too
+            c.append(CaseIndexRow.event_count.is_not(None))
         if self.model is not None:
             c.append(sa.or_(Job.model_name == self.model, Job.model_version == self.model))
         if self.state is not None:
@@ -132,7 +137,7 @@ class CaseRow:
 
 @dataclass(frozen=True)
 class EventRow:
-    """One bleeding event (seconds from the video start, frames 0-based)."""
+    """One bleeding event (seconds from the video start, 1-based DICOM frame numbers)."""
 
     case_id: int
     number: int  # 1-based, in time order
@@ -167,7 +172,7 @@ class CaseDetail:
     patient_id: str | None  # only when the store was configured to keep it
     last_error: str | None
     worker: str | None
-    weights_kind: str | None
+    weights_kind: WeightsKind | None
     parameters: dict[str, Any] | None
     timings: dict[str, Any] | None
     events: list[EventRow]
@@ -201,15 +206,16 @@ def _case_select() -> sa.Select[Any]:
         sa.select(Job.id, Study.study_instance_uid, Series.series_instance_uid,
                   Instance.sop_instance_uid, Study.study_date, Study.study_description,
                   Instance.received_at, Instance.calling_ae, Job.model_name, Job.model_version,
-                  Job.state, Job.attempts, CaseIndex.event_count, CaseIndex.total_duration_s,
-                  CaseIndex.mean_duration_s, CaseIndex.max_duration_s, CaseIndex.first_bleed_s,
-                  CaseIndex.video_duration_s)
+                  Job.state, Job.attempts, CaseIndexRow.event_count,
+                  CaseIndexRow.total_duration_s, CaseIndexRow.mean_duration_s,
+                  CaseIndexRow.max_duration_s, CaseIndexRow.first_bleed_s,
+                  CaseIndexRow.video_duration_s)
         .select_from(Job)
         .join(Instance, Instance.id == Job.instance_id)
         .join(Series, Series.id == Instance.series_id)
         .join(Study, Study.id == Series.study_id)
         .outerjoin(AnalysisRun, AnalysisRun.job_id == Job.id)
-        .outerjoin(CaseIndex, CaseIndex.run_id == AnalysisRun.id)
+        .outerjoin(CaseIndexRow, CaseIndexRow.run_id == AnalysisRun.id)
     )
 
 
@@ -254,13 +260,13 @@ def events_for_cases(session: Session, case_ids: Sequence[int]) -> dict[int, lis
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         rows = session.execute(
-            sa.select(AnalysisRun.job_id, BleedingEvent.start_s, BleedingEvent.end_s,
-                      BleedingEvent.duration_s, BleedingEvent.start_frame, BleedingEvent.end_frame,
-                      BleedingEvent.peak_probability, BleedingEvent.mean_probability,
-                      BleedingEvent.key_frame)
-            .join(AnalysisRun, AnalysisRun.id == BleedingEvent.run_id)
+            sa.select(AnalysisRun.job_id, BleedingEventRow.start_s, BleedingEventRow.end_s,
+                      BleedingEventRow.duration_s, BleedingEventRow.start_frame,
+                      BleedingEventRow.end_frame, BleedingEventRow.peak_probability,
+                      BleedingEventRow.mean_probability, BleedingEventRow.key_frame)
+            .join(AnalysisRun, AnalysisRun.id == BleedingEventRow.run_id)
             .where(AnalysisRun.job_id.in_(chunk))
-            .order_by(AnalysisRun.job_id, BleedingEvent.start_s, BleedingEvent.id))
+            .order_by(AnalysisRun.job_id, BleedingEventRow.start_s, BleedingEventRow.id))
         for job_id, *rest in rows:
             events = out[job_id]
             events.append(EventRow(job_id, len(events) + 1, *rest))
@@ -354,7 +360,7 @@ def cohort_stats(session: Session, flt: CaseFilter | None = None) -> CohortStats
         total_duration_mean_s=mean(totals),
         total_duration_median_s=median(totals),
         total_duration_max_s=max(totals, default=None),
-        max_event_duration_s=max((r[2] for r in rows), default=None),
+        max_event_duration_s=max((r[2] for r in rows if r[2] is not None), default=None),
         first_bleed_median_s=median(firsts),
         video_duration_total_s=float(sum(r[4] for r in rows)),
     )
@@ -388,5 +394,20 @@ def service_status(session: Session, *, recent: int = 10) -> dict[str, Any]:
             sa.select(Delivery.destination, sa.func.count(), sa.func.min(Delivery.next_attempt_at),
                       sa.func.max(Delivery.last_error))
             .where(Delivery.state == DeliveryState.PENDING).group_by(Delivery.destination))]
+    # Refused for good (e.g. HTTP 4xx): each destination's count and its latest reason.
+    latest = (sa.select(Delivery.destination, Delivery.last_error,
+                        sa.func.row_number().over(partition_by=Delivery.destination,
+                                                  order_by=(Delivery.last_attempt_at.desc(),
+                                                            Delivery.id.desc())).label("n"))
+              .where(Delivery.state == DeliveryState.FAILED).subquery())
+    reasons = dict(session.execute(sa.select(latest.c.destination, latest.c.last_error)
+                                   .where(latest.c.n == 1)).all())
+    failed_by_dest = [
+        {"destination": r[0], "failed": r[1], "last_error": reasons.get(r[0])}
+        for r in session.execute(
+            sa.select(Delivery.destination, sa.func.count())
+            .where(Delivery.state == DeliveryState.FAILED).group_by(Delivery.destination)
+            .order_by(Delivery.destination))]
     return {"jobs": jobs, "running": running, "failed": failed,
-            "deliveries": {**counts, "by_destination": by_dest}}
+            "deliveries": {**counts, "by_destination": by_dest,
+                           "failed_by_destination": failed_by_dest}}

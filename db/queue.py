@@ -166,8 +166,8 @@ def release(session: Session, job_id: int, *, now: datetime | None = None) -> No
                     .values(state=JobState.QUEUED, queued_at=now, updated_at=now))
 
 
-def claim_next(session: Session, worker: str, lease_s: float, *, now: datetime | None = None
-               ) -> ClaimedJob | None:
+def claim_next(session: Session, worker: str, lease_s: float, *, now: datetime | None = None,
+               model_version: str | None = None) -> ClaimedJob | None:
     """Atomically take the oldest runnable job for ``worker``, or ``None`` when there is none.
 
     Runnable: ``queued`` and past its retry delay, or ``running`` with an expired lease (its
@@ -182,6 +182,9 @@ def claim_next(session: Session, worker: str, lease_s: float, *, now: datetime |
         Name of the claiming worker (e.g. ``host:pid:thread``).
     lease_s
         Lease length in seconds; renew it with :func:`heartbeat` before it runs out.
+    model_version
+        Take only jobs of this model version (a worker runs the jobs of its own model; jobs
+        of other models wait for workers that run those); ``None``: any job.
     """
     _check_positive("lease_s", lease_s)
     if session.in_transaction():
@@ -199,6 +202,8 @@ def claim_next(session: Session, worker: str, lease_s: float, *, now: datetime |
             sa.and_(Job.state == JobState.QUEUED,
                     sa.or_(Job.not_before.is_(None), Job.not_before <= now)),
             expired)
+        if model_version is not None:
+            runnable = sa.and_(runnable, Job.model_version == model_version)
         job_id = session.scalar(sa.select(Job.id).where(runnable).order_by(Job.id).limit(1)
                                 .with_for_update(skip_locked=True))
         if job_id is None:

@@ -1,7 +1,9 @@
 """Recording what the service receives and produces: functions on a Session (caller commits).
 
 - :func:`record_instance`: a received instance with its study and series.
-- :func:`record_run`: one analysis run of a job, with its bleeding events and case indices.
+- :func:`record_run`: one analysis run of a job, with its bleeding events and case index
+  (the analysis' own :class:`~dicom_io.results.BleedingEvent` and
+  :class:`~dicom_io.results.CaseIndex`, stored through :func:`event_row` and :func:`index_row`).
 - :func:`record_object`: a DICOM object we wrote (SR, SEG, KOS, key image).
 
 Patient names are never stored; the Patient ID only when the caller passes
@@ -11,10 +13,7 @@ Patient names are never stored; the Patient ID only when the caller passes
 from __future__ import annotations
 
 import logging
-import math
-import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -24,8 +23,8 @@ from sqlalchemy.orm import Session
 from db.errors import NotFoundError
 from db.schema import (
     AnalysisRun,
-    BleedingEvent,
-    CaseIndex,
+    BleedingEventRow,
+    CaseIndexRow,
     Instance,
     Job,
     ObjectKind,
@@ -34,69 +33,9 @@ from db.schema import (
     Study,
     utcnow,
 )
+from dicom_io.results import BleedingEvent, CaseIndex, WeightsKind
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """One bleeding event to store: times in seconds from the video start, frames 0-based.
-
-    Probabilities are in [0, 1]; ``key_frame`` is the frame shown as the event's key image.
-    """
-
-    start_s: float
-    end_s: float
-    start_frame: int
-    end_frame: int
-    peak_probability: float
-    mean_probability: float
-    key_frame: int
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
-    def validate(self) -> None:
-        for name in ("start_s", "end_s", "peak_probability", "mean_probability"):
-            value = getattr(self, name)
-            if not math.isfinite(value):
-                raise ValueError(f"event {name} must be finite, got {value!r}")
-        if self.start_s < 0 or self.end_s < self.start_s:
-            raise ValueError(f"event times must satisfy 0 <= start_s <= end_s, got "
-                             f"{self.start_s!r}..{self.end_s!r}")
-        if self.start_frame < 0 or self.end_frame < self.start_frame:
-            raise ValueError(f"event frames must satisfy 0 <= start <= end, got "
-                             f"{self.start_frame!r}..{self.end_frame!r}")
-        for name in ("peak_probability", "mean_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"event {name} must be in [0, 1], got {getattr(self, name)!r}")
-
-
-@dataclass(frozen=True)
-class IndicesRecord:
-    """Per-case indices (seconds); ``first_bleed_s`` is None when there is no event."""
-
-    event_count: int
-    total_duration_s: float
-    mean_duration_s: float
-    max_duration_s: float
-    first_bleed_s: float | None
-    video_duration_s: float
-
-    @classmethod
-    def from_events(cls, events: Sequence[EventRecord], video_duration_s: float
-                    ) -> IndicesRecord:
-        """Indices computed from the events of one video of ``video_duration_s`` seconds."""
-        durations = [e.duration_s for e in events]
-        return cls(
-            event_count=len(events),
-            total_duration_s=float(sum(durations)),
-            mean_duration_s=float(statistics.fmean(durations)) if durations else 0.0,
-            max_duration_s=float(max(durations, default=0.0)),
-            first_bleed_s=min((e.start_s for e in events), default=None),
-            video_duration_s=float(video_duration_s),
-        )
 
 
 def record_instance(
@@ -163,20 +102,35 @@ def record_instance(
     return inst
 
 
+def event_row(event: BleedingEvent) -> BleedingEventRow:
+    """The database row of a detected event (same fields, frames 1-based as in DICOM)."""
+    return BleedingEventRow(start_s=event.start_s, end_s=event.end_s, duration_s=event.duration_s,
+                            start_frame=event.start_frame, end_frame=event.end_frame,
+                            key_frame=event.key_frame, peak_probability=event.peak_probability,
+                            mean_probability=event.mean_probability)
+
+
+def index_row(index: CaseIndex) -> CaseIndexRow:
+    """The database row of a case index (``None`` durations of an event-free case: ``NULL``)."""
+    return CaseIndexRow(event_count=index.event_count, total_duration_s=index.total_duration_s,
+                        mean_duration_s=index.mean_duration_s,
+                        max_duration_s=index.max_duration_s, first_bleed_s=index.first_bleed_s,
+                        video_duration_s=index.video_duration_s)
+
+
 def record_run(
     session: Session,
     job_id: int,
     *,
-    weights_kind: str,
-    events: Sequence[EventRecord],
-    video_duration_s: float,
+    weights_kind: WeightsKind | str,
+    events: Sequence[BleedingEvent],
+    index: CaseIndex,
     parameters: Mapping[str, Any] | None = None,
     timings: Mapping[str, float] | None = None,
-    indices: IndicesRecord | None = None,
     started_at: datetime | None = None,
     finished_at: datetime | None = None,
 ) -> AnalysisRun:
-    """Store the result of a job's analysis: run metadata, events and case indices.
+    """Store the result of a job's analysis: run metadata, events and case index.
 
     Recording a job's run again replaces the previous one (a retried job gives one result).
 
@@ -185,40 +139,36 @@ def record_run(
     job_id
         The job analysed (model name and version are taken from it).
     weights_kind
-        Where the weights came from, e.g. ``"demo"`` or ``"checkpoint"``.
+        Where the weights came from (:class:`~dicom_io.results.WeightsKind` or its value).
     events
-        Bleeding events, any order.
-    video_duration_s
-        Length of the analysed video in seconds.
+        The bleeding events the analysis found, any order.
+    index
+        The case index the analysis computed from ``events``
+        (:meth:`~dicom_io.results.CaseIndex.from_events`): stored as given, never recomputed.
     parameters
         JSON-serialisable analysis parameters (threshold, smoothing, prediction rate, ...).
     timings
         Seconds spent per stage (``{"decode": 1.2, "inference": 30.5}``).
-    indices
-        Per-case indices; computed from ``events`` when omitted.
     """
     job = session.get(Job, job_id)
     if job is None:
         raise NotFoundError(f"no job {job_id}")
-    if not (math.isfinite(video_duration_s) and video_duration_s >= 0):
-        raise ValueError(f"video_duration_s must be a finite value >= 0, got {video_duration_s!r}")
-    for e in events:
-        e.validate()
+    weights_kind = WeightsKind.coerce(weights_kind)
+    for i, e in enumerate(events):
+        if not isinstance(e, BleedingEvent):
+            raise ValueError(f"events[{i}] must be a BleedingEvent, got {e!r}")
+    if not isinstance(index, CaseIndex) or index.event_count != len(events):
+        raise ValueError(f"index must be the CaseIndex of the {len(events)} events, got {index!r}")
     old = session.scalar(sa.select(AnalysisRun).where(AnalysisRun.job_id == job_id))
     if old is not None:
         session.delete(old)
         session.flush()
-    indices = indices or IndicesRecord.from_events(events, video_duration_s)
     run = AnalysisRun(job_id=job_id, model_name=job.model_name, model_version=job.model_version,
                       weights_kind=weights_kind, parameters=dict(parameters or {}),
                       timings=dict(timings or {}), started_at=started_at,
                       finished_at=finished_at or utcnow())
-    run.events = [BleedingEvent(start_s=e.start_s, end_s=e.end_s, start_frame=e.start_frame,
-                                end_frame=e.end_frame, duration_s=e.duration_s,
-                                peak_probability=e.peak_probability,
-                                mean_probability=e.mean_probability, key_frame=e.key_frame)
-                  for e in sorted(events, key=lambda e: e.start_s)]
-    run.index = CaseIndex(**vars(indices))
+    run.events = [event_row(e) for e in sorted(events, key=lambda e: e.start_s)]
+    run.index = index_row(index)
     session.add(run)
     session.flush()
     return run

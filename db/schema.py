@@ -2,7 +2,10 @@
 
 One *case* is one received instance analysed by one model version: its :class:`Job` row is the
 case's identity (``case id`` = ``jobs.id``), the :class:`AnalysisRun` holds what the model
-produced, :class:`CaseIndex` the per-case indices and :class:`BleedingEvent` the events.
+produced, :class:`CaseIndexRow` the per-case indices and :class:`BleedingEventRow` the events:
+the stored form of :class:`dicom_io.results.CaseIndex` and :class:`dicom_io.results.BleedingEvent`
+(adapters in :mod:`db.records`). Frame numbers are 1-based DICOM frame numbers (PS3.3
+C.7.6.6), as the analysis and the SR give them.
 
 Patient names are never stored. ``studies.patient_id`` is filled only when the caller asks
 (configuration ``database.store_patient_id``). Every timestamp is stored as UTC.
@@ -19,6 +22,8 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from dicom_io.results import WeightsKind
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -181,7 +186,7 @@ class AnalysisRun(Base):
     job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     model_name: Mapped[str] = mapped_column(sa.String(64), index=True)
     model_version: Mapped[str] = mapped_column(sa.String(128))
-    weights_kind: Mapped[str] = mapped_column(sa.String(32))  # "demo", "checkpoint", ...
+    weights_kind: Mapped[WeightsKind] = mapped_column(_enum(WeightsKind, "weights_kind"))
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # seconds per stage
     started_at: Mapped[datetime | None]
@@ -189,15 +194,16 @@ class AnalysisRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="run")
-    events: Mapped[list[BleedingEvent]] = relationship(
-        back_populates="run", order_by="BleedingEvent.start_s", cascade="all, delete-orphan")
-    index: Mapped[CaseIndex | None] = relationship(back_populates="run",
-                                                   cascade="all, delete-orphan")
+    events: Mapped[list[BleedingEventRow]] = relationship(
+        back_populates="run", order_by="BleedingEventRow.start_s", cascade="all, delete-orphan")
+    index: Mapped[CaseIndexRow | None] = relationship(back_populates="run",
+                                                      cascade="all, delete-orphan")
     objects: Mapped[list[ProducedObject]] = relationship(back_populates="run")
 
 
-class BleedingEvent(Base):
-    """One active-bleeding interval of a video (times in seconds, frames 0-based)."""
+class BleedingEventRow(Base):
+    """A stored :class:`dicom_io.results.BleedingEvent`: times in seconds from the first
+    frame, ``start_frame``/``end_frame``/``key_frame`` 1-based DICOM frame numbers."""
 
     __tablename__ = "bleeding_events"
     __table_args__ = (sa.CheckConstraint("end_s >= start_s", name="end_after_start"),)
@@ -217,8 +223,12 @@ class BleedingEvent(Base):
     run: Mapped[AnalysisRun] = relationship(back_populates="events")
 
 
-class CaseIndex(Base):
-    """Per-case indices of one run (durations in seconds; ``first_bleed_s`` None: no event)."""
+class CaseIndexRow(Base):
+    """A stored :class:`dicom_io.results.CaseIndex` (durations in seconds).
+
+    With no event, ``mean_duration_s``, ``max_duration_s`` and ``first_bleed_s`` are ``NULL``
+    (undefined), ``total_duration_s`` is 0.
+    """
 
     __tablename__ = "case_indices"
 
@@ -226,8 +236,8 @@ class CaseIndex(Base):
                                         primary_key=True)
     event_count: Mapped[int] = mapped_column(index=True)
     total_duration_s: Mapped[float] = mapped_column(index=True)
-    mean_duration_s: Mapped[float]
-    max_duration_s: Mapped[float] = mapped_column(index=True)
+    mean_duration_s: Mapped[float | None]
+    max_duration_s: Mapped[float | None] = mapped_column(index=True)
     first_bleed_s: Mapped[float | None]
     video_duration_s: Mapped[float]
 
@@ -277,5 +287,28 @@ class Delivery(Base):
     # "failed: <reason>"; None when not requested (yet).
     commitment: Mapped[str | None] = mapped_column(sa.String(256))
     commitment_at: Mapped[datetime | None]
+    # Transaction UID of the Storage Commitment request: the report may come later, on an
+    # association the destination opens to our listener (commitment "requested" until then).
+    commitment_transaction_uid: Mapped[str | None] = mapped_column(sa.String(64), index=True)
 
     object: Mapped[ProducedObject] = relationship(back_populates="deliveries")
+
+
+class WorkerNode(Base):
+    """One thread of an ``amagi serve`` process (a worker ``host:pid:wN``, or the listener
+    ``host:pid:listener``), registered at start and heartbeating while it runs; several
+    processes on several hosts share the table (``amagi status`` lists them)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)  # as in jobs.worker
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int]
+    role: Mapped[str] = mapped_column(sa.String(16))  # the process's: all, listener, worker
+    device: Mapped[str | None] = mapped_column(sa.String(32))  # the model's (workers only)
+    state: Mapped[str] = mapped_column(sa.String(64))  # idle, running job N, listening, ...
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)  # jobs finished, last error...
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None]

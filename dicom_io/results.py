@@ -22,8 +22,9 @@ from pydicom.uid import generate_uid
 
 from dicom_io.errors import WriterError
 
-#: Required wording on every object made with the project's demo weights.
-DEMO_DISCLAIMER = "demo model trained on synthetic data, not for clinical use"
+#: Required wording on everything made with the project's demo weights (DICOM objects,
+#: reports, the demo model's own files); the one spelling, imported wherever it is shown.
+DEMO_DISCLAIMER = "demo model trained on synthetic data; not for clinical use"
 #: Manufacturer of every object we write, and of the algorithm (General Equipment, TID 4019).
 MANUFACTURER = "AMAGI workstation plugin"
 
@@ -39,11 +40,18 @@ class InvalidResultError(WriterError, ValueError):
 
 
 class WeightsKind(str, enum.Enum):
-    """Where the model weights come from; accepts its string value."""
+    """Where the model weights come from: the one vocabulary of the model spec, the DICOM
+    results and the case database (stored as its value). Reads, prints and compares as its
+    string value."""
 
-    AUTHORS = "authors"
-    DEMO_SYNTHETIC = "demo-synthetic"
-    USER = "user"
+    AUTHORS = "authors"  # the authors' published checkpoints
+    DEMO_SYNTHETIC = "demo-synthetic"  # the project's demo model, trained on synthetic data
+    USER = "user"  # weights trained by the user
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
 
     @classmethod
     def coerce(cls, value: WeightsKind | str) -> WeightsKind:
@@ -119,7 +127,12 @@ class BleedingEvent:
 
 @dataclass(frozen=True)
 class CaseIndex:
-    """Case-level bleeding indices of one analysed video.
+    """Case-level bleeding indices of one analysed video, computed once by
+    :meth:`from_events` and passed on to every consumer (SR, report, case database).
+
+    With no event, the count is 0 and the total duration 0 s, while the mean and longest
+    duration and the first bleeding are undefined: ``None`` here, no measurement in the SR,
+    ``NULL`` in the case database (never 0 s, which would read as a measured value).
 
     Parameters
     ----------

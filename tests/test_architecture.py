@@ -4,7 +4,8 @@
   ``if TYPE_CHECKING:`` are for annotations only and are not counted);
 - nothing imports the command line (``amagi_plugin.cli``) but its own modules and the
   ``python -m amagi_plugin`` entry point;
-- the lower layers (``dicom_io``, ``models``, ``db``) never import the plugin layer.
+- the lower layers (``dicom_io``, ``models``, ``db``) never import the plugin layer;
+- ``dicom_io`` never imports ``db`` (``db`` stores the result types ``dicom_io`` owns).
 """
 
 from __future__ import annotations
@@ -126,6 +127,13 @@ def test_only_the_entry_point_imports_the_command_line(graph) -> None:
     importers = sorted(m for m, targets in graph.items() if not m.startswith("amagi_plugin.cli")
                        and any(t.startswith("amagi_plugin.cli") for t in targets))
     assert importers == ["amagi_plugin.__main__"]
+
+
+def test_dicom_io_never_imports_the_database(graph) -> None:
+    """``db`` stores the result types ``dicom_io.results`` owns; never the other way round."""
+    assert graph["db.records"] >= {"dicom_io.results"}
+    assert sorted((m, t) for m, targets in graph.items() if m.split(".")[0] == "dicom_io"
+                  for t in targets if t.split(".")[0] == "db") == []
 
 
 def test_lower_layers_never_import_the_plugin_layer(graph) -> None:

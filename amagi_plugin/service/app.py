@@ -1,4 +1,10 @@
-"""Wiring of ``amagi serve``: listener, queue, workers, deliveries and metrics in one process."""
+"""Wiring of ``amagi serve``: listener, queue, workers, deliveries and metrics.
+
+``service.role`` splits them over processes: ``all`` (the default) runs everything in one
+process; ``listener`` only receives, records and queues; ``worker`` only analyses and
+delivers. Processes of several roles, on several hosts, share one PostgreSQL database (the
+queue, with its leases and claims) and one storage directory (the spool and the results).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,13 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pydicom
 
 from amagi_plugin.config import Config, Destination
-from amagi_plugin.errors import AmagiError
+from amagi_plugin.errors import AmagiError, ConfigError
 from amagi_plugin.logsetup import register_phi
 from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.pipeline import BleedingAnalyzer
@@ -27,8 +33,10 @@ from amagi_plugin.service.delivery import DeliveryLoop
 from amagi_plugin.service.metrics import Metrics, MetricsServer
 from amagi_plugin.service.worker import Worker
 from db import Database, open_database
+from db.engine import sqlite_file
 from db.queue import enqueue, expire_dead_leases, job_counts, received_jobs, release
 from db.records import record_instance
+from db.workers import Beat, beat, mark_stopped, register, stop_dead
 from dicom_io.net.records import AssociationSummary, StoredInstance
 from dicom_io.sopclasses import INPUT_SOP_CLASSES, VL_ENDOSCOPIC
 
@@ -76,6 +84,30 @@ class StartupError(AmagiError):
     """The service cannot start (full disk, ...); the message is the one line to show."""
 
 
+#: Roles that run in several processes sharing one database.
+SHARED_ROLES = ("listener", "worker")
+
+
+def check_role_database(cfg: Config) -> None:
+    """Refuse SQLite for the ``listener`` and ``worker`` roles, with the reason.
+
+    Raises
+    ------
+    ConfigError
+        ``service.role`` is ``listener`` or ``worker`` and the database is SQLite.
+    """
+    role = cfg.service.role
+    if role not in SHARED_ROLES:
+        return
+    url = cfg.database_url
+    if url.startswith("sqlite") or sqlite_file(url) is not None:
+        raise ConfigError(
+            f"service.role = {role} shares the job queue with other processes and hosts: it "
+            "needs PostgreSQL (--database-url postgresql+psycopg://USER@HOST/DB); SQLite "
+            "cannot be reached from another host and its locking does not hold on network "
+            "filesystems (use --role all with SQLite)")
+
+
 def _study_date(value: str | None) -> dt.date | None:
     try:
         return dt.datetime.strptime(value or "", "%Y%m%d").date()
@@ -91,14 +123,26 @@ class Service:
     optional metrics endpoint and finally the listener; ``stop()`` reverses that.
 
     ``analyzer``: one analyzer that ``worker.count`` workers share, or one per device
-    (``worker.devices``), each shared by ``worker.count`` workers.
+    (``worker.devices``), each shared by ``worker.count`` workers; none for the ``listener``
+    role (it queues jobs for ``spec`` and never analyses).
+
+    ``service.role`` chooses what runs (see the module): ``listener`` never starts workers or
+    deliveries, ``worker`` never binds the DICOM port. Every thread registers in the database
+    and heartbeats every ``service.heartbeat_s`` (``amagi status`` lists them).
     """
 
     def __init__(self, cfg: Config, analyzer: BleedingAnalyzer | Sequence[BleedingAnalyzer],
-                 spec: ModelSpec) -> None:
+                 spec: ModelSpec, environ: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
+        # Where DICOMweb destinations' passwords and tokens are read (os.environ by default).
+        self.environ = os.environ if environ is None else environ
         self.analyzers = list(analyzer) if isinstance(analyzer, Sequence) else [analyzer]
-        self.analyzer = self.analyzers[0]
+        self.role = cfg.service.role
+        self.listens = self.role in ("all", "listener")
+        self.analyses = self.role in ("all", "worker")
+        if self.analyses and not self.analyzers:
+            raise ValueError(f"role {self.role} analyses: it needs an analyzer")
+        self.analyzer = self.analyzers[0] if self.analyzers else None
         self.spec = spec
         self.stop_event = threading.Event()
         self.metrics = Metrics()
@@ -113,60 +157,75 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._jobs_queued = threading.Event()
         self._results_ready = threading.Event()
+        self._registered: list[str] = []  # names of this process's rows in the workers table
+        self._next_beat = 0.0
         self._describe_metrics()
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
+        check_role_database(cfg)
         try:
             for d in (cfg.var_dir, cfg.spool_dir, cfg.results_dir):
                 Path(d).mkdir(parents=True, exist_ok=True)
             self._check_free_space()
+            self._check_secrets()
             # pynetdicom streams each C-STORE to a temporary file before our handler runs:
             # keep it on the spool's filesystem so that placing it is a rename, not a copy.
             incoming = self.incoming_dir
-            incoming.mkdir(exist_ok=True)
+            if self.listens:
+                incoming.mkdir(exist_ok=True)
         except OSError as e:
             raise StartupError(f"cannot start: {e.strerror or e} ({e.filename or cfg.var_dir})"
                                ) from e
-        from dicom_io.net.spool import remove_partial_uploads
+        if self.listens:  # a worker sharing the spool must not touch a listener's uploads
+            from dicom_io.net.spool import remove_partial_uploads
 
-        remove_partial_uploads(Path(cfg.spool_dir), incoming)  # left by a previous run
-        _INCOMING_TEMPDIR.claim(self, incoming)
+            remove_partial_uploads(Path(cfg.spool_dir), incoming)  # left by a previous run
+            _INCOMING_TEMPDIR.claim(self, incoming)
         try:
             self.database = open_database(cfg.database_url)
             self._release_after_restart()
-            for i in range(cfg.worker.count * len(self.analyzers)):
-                w = self._make_worker(i)
+            if self.analyses:
+                for i in range(cfg.worker.count * len(self.analyzers)):
+                    self.workers.append(self._make_worker(i))
+            self._register()
+            for w in self.workers:
                 w.start()
-                self.workers.append(w)
             supervisor = threading.Thread(target=self._supervise, name="amagi-supervisor",
                                           daemon=True)
             supervisor.start()
             self._threads.append(supervisor)
-            destinations = {d.key: d for d in cfg.delivery.destinations}
-            self.delivery = DeliveryLoop(self.database, destinations, self._send,
-                                         cfg.delivery.retry_initial_s, cfg.delivery.retry_max_s,
-                                         self.stop_event, self.metrics, wakeup=self._results_ready,
-                                         commit=self._commit if cfg.delivery.storage_commitment else None)
-            self.delivery.start()
-            watcher = threading.Thread(target=self._watch_series, name="amagi-series", daemon=True)
-            watcher.start()
-            self._threads.append(watcher)
+            if self.analyses:
+                destinations = {d.key: d for d in cfg.delivery.destinations}
+                self.delivery = DeliveryLoop(
+                    self.database, destinations, self._send, cfg.delivery.retry_initial_s,
+                    cfg.delivery.retry_max_s, self.stop_event, self.metrics,
+                    wakeup=self._results_ready,
+                    commit=self._commit if cfg.delivery.storage_commitment else None)
+                self.delivery.start()
+            if self.listens:
+                watcher = threading.Thread(target=self._watch_series, name="amagi-series",
+                                           daemon=True)
+                watcher.start()
+                self._threads.append(watcher)
             if cfg.metrics.enabled:
                 self.metrics_server = MetricsServer(self.metrics, cfg.metrics.bind_address,
                                                     cfg.metrics.port)
                 self.metrics_server.start()
                 self.metrics.add_collector(self._job_gauges)
-            self.listener = self._make_listener()
-            self.listener.start()
+            if self.listens:
+                self.listener = self._make_listener()
+                self.listener.start()
         except BaseException:  # a half-started service stops what it started
             self.stop()
             raise
-        log.info("amagi serve: %s on %s:%d, model %s, %d worker(s), destinations: %s",
-                 cfg.listener.ae_title, cfg.listener.bind_address, self.listener.port,
-                 self.spec.label, len(self.workers),
-                 ", ".join(str(d) for d in cfg.delivery.destinations) or "none (results kept on disk)")
+        where = (f"{cfg.listener.ae_title} on {cfg.listener.bind_address}:{self.listener.port}"
+                 if self.listener is not None else "no listener")
+        log.info("amagi serve (role %s): %s, model %s, %d worker(s), destinations: %s",
+                 self.role, where, self.spec.label, len(self.workers),
+                 (", ".join(str(d) for d in cfg.delivery.destinations)
+                  or "none (results kept on disk)") if self.analyses else "none (not delivering)")
 
     @property
     def incoming_dir(self) -> Path:
@@ -184,6 +243,26 @@ class Service:
                     f"the reserve of {self.cfg.storage.reserve_mb} MiB (storage.reserve_mb); "
                     "free some space or lower the reserve")
 
+    def _check_secrets(self) -> None:
+        """Refuse to start when a DICOMweb destination's secret variable is not set."""
+        for dest in self.cfg.delivery.destinations:
+            self._web_auth(dest)
+
+    def _web_auth(self, dest: Destination):
+        """The credentials of a DICOMweb destination, read from the environment now."""
+        from dicom_io.net.stow import WebAuth
+
+        name = dest.secret_env()
+        if name is None:
+            return None
+        secret = self.environ.get(name, "")
+        if not secret:
+            raise ConfigError(f"destination {dest.key}: environment variable {name} (its "
+                               f"{'password' if dest.auth == 'basic' else 'token'}) is not set")
+        if dest.auth == "basic":
+            return WebAuth(username=dest.username, password=secret)
+        return WebAuth(token=secret)
+
     def _make_worker(self, index: int, restarts: int = 0) -> Worker:
         assert self.database is not None
         cfg = self.cfg
@@ -197,7 +276,7 @@ class Service:
         return w
 
     def _supervise(self) -> None:
-        """Replace any worker thread that ended, and publish the workers' health."""
+        """Replace any worker thread that ended, publish the workers' health and heartbeat."""
         while not self.stop_event.wait(SUPERVISE_S):
             for i, w in enumerate(list(self.workers)):
                 if w.is_alive() or self.stop_event.is_set():
@@ -208,7 +287,62 @@ class Service:
                 new.last_error = w.last_error
                 new.start()
                 self.workers[i] = new
-            self._write_health()
+            if self.role == "all":  # other roles share the var dir: the database tells
+                self._write_health()
+            if time.monotonic() >= self._next_beat:
+                self._heartbeat()
+
+    # -- the workers table -------------------------------------------------------------
+    @property
+    def listener_name(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:listener"
+
+    def _register(self) -> None:
+        """Register this process's threads in the database (``amagi status`` lists them)."""
+        assert self.database is not None
+        host, pid = socket.gethostname(), os.getpid()
+        with self.database.session(write=True) as s:
+            gone = stop_dead(s, host, pid_alive)
+            if self.listens:
+                register(s, self.listener_name, host=host, pid=pid, role=self.role,
+                         state="starting")
+            for w in self.workers:
+                register(s, w.ident_name, host=host, pid=pid, role=self.role,
+                         device=w.analyzer.options.device, state="starting")
+        if gone:
+            log.info("%d registered thread(s) of processes gone from this host marked stopped",
+                     gone)
+        self._registered = ([self.listener_name] if self.listens else []) + \
+            [w.ident_name for w in self.workers]
+        self._next_beat = time.monotonic() + self.cfg.service.heartbeat_s
+
+    def _beats(self) -> list[Beat]:
+        beats = []
+        every = self.cfg.service.heartbeat_s  # how stale reads (amagi status)
+        if self.listens:
+            listener = self.listener
+            up = listener is not None and listener.is_running
+            beats.append(Beat(self.listener_name, "listening" if up else "starting" if listener is None else "stopping", {
+                "heartbeat_s": every,
+                "port": listener.port if up else self.cfg.listener.port,  # type: ignore[union-attr]
+                "refused_c_stores": listener.refused_counts() if listener is not None else {}}))
+        for w in self.workers:
+            h = w.health()
+            beats.append(Beat(h.name, h.state if h.alive else "dead thread", {
+                "heartbeat_s": every, "jobs_finished": h.jobs_finished, "restarts": h.restarts,
+                "last_error": h.last_error}))
+        return beats
+
+    def _heartbeat(self) -> None:
+        """Renew this process's rows; a database that cannot be reached is tried again."""
+        self._next_beat = time.monotonic() + self.cfg.service.heartbeat_s
+        if self.database is None:
+            return
+        try:
+            with self.database.session(write=True) as s:
+                beat(s, self._beats())
+        except Exception as e:
+            log.warning("heartbeat not recorded: %s: %s", type(e).__name__, e)
 
     def worker_health(self) -> list[dict]:
         """Each worker's health (see :class:`~amagi_plugin.service.worker.WorkerHealth`)."""
@@ -241,8 +375,15 @@ class Service:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         if self.database is not None:
+            if self._registered:
+                try:
+                    with self.database.session(write=True) as s:
+                        mark_stopped(s, self._registered)
+                except Exception as e:  # they go stale instead
+                    log.warning("cannot record the stop in the workers table: %s", e)
             self.database.dispose()
-        (Path(self.cfg.var_dir) / HEALTH_FILE).unlink(missing_ok=True)
+        if self.role == "all":
+            (Path(self.cfg.var_dir) / HEALTH_FILE).unlink(missing_ok=True)
         _INCOMING_TEMPDIR.release(self)
 
     def serve_forever(self) -> None:
@@ -279,7 +420,27 @@ class Service:
             network_timeout=lc.network_timeout, allowed_calling_aes=lc.allowed_calling_aes,
             reserve_bytes=self.cfg.storage.reserve_mb << 20, tls=self._server_tls(),
             on_received_phi=register_phi, max_associations=lc.max_associations,
-            require_called_ae=lc.require_called_ae, incoming_dir=self.incoming_dir)
+            require_called_ae=lc.require_called_ae, incoming_dir=self.incoming_dir,
+            on_commitment_report=(self._on_commitment_report
+                                  if self.cfg.delivery.storage_commitment else None))
+
+    def _on_commitment_report(self, report) -> None:
+        """A Storage Commitment report on an association the destination opened: record it
+        for the deliveries of its transaction sent to that AE (raises: not acknowledged)."""
+        from db.deliveries import record_commitment_report
+
+        assert self.database is not None
+        failed = {uid: f"Failure Reason 0x{code:04X}" for uid, code in report.failed.items()}
+        with self.database.session(write=True) as s:
+            n = record_commitment_report(s, report.transaction_uid, set(report.committed),
+                                         failed, from_ae=report.calling_ae)
+        if n == 0:
+            log.warning("storage commitment report %s from %s matches no delivery sent to "
+                        "that AE; ignored", report.transaction_uid, report.calling_ae)
+        else:
+            log.info("storage commitment report %s from %s: %d committed, %d failed",
+                     report.transaction_uid, report.calling_ae, len(report.committed),
+                     len(report.failed))
 
     def _server_tls(self):
         lc = self.cfg.listener
@@ -382,10 +543,15 @@ class Service:
                 self._jobs_queued.set()
 
     def _release_after_restart(self) -> None:
-        """Jobs left ``received`` by a previous run: their associations are over."""
+        """Jobs left ``received`` by a previous run: their associations are over.
+
+        Only a process that listens does so (a worker that starts while a listener receives
+        would queue the jobs of associations still open); every role takes at once the jobs
+        of dead processes on this host.
+        """
         assert self.database is not None
         with self.database.session(write=True) as s:
-            stale = received_jobs(s)
+            stale = received_jobs(s) if self.listens else []
             for job_id, *_ in stale:
                 release(s, job_id)
             retaken = expire_dead_leases(s, socket.gethostname(), pid_alive)
@@ -396,13 +562,18 @@ class Service:
                      "for their lease", retaken)
 
     # -- deliveries ----------------------------------------------------------------------
-    def _send(self, paths: list[Path], dest: Destination) -> list[tuple[bool, str | None]]:
+    def _send(self, paths: list[Path], dest: Destination):
+        if dest.is_web:
+            from dicom_io.net.stow import store_instances
+
+            return store_instances(paths, dest.url, auth=self._web_auth(dest),
+                                   ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
+                                   key_file=dest.tls_key or None, timeout=dest.timeout_s)
         from dicom_io.net.scu import send_instances
 
         tls = self._client_tls(dest)
-        results = send_instances(paths, dest.ae_title, dest.host, dest.port,
-                                 calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
-        return [(r.ok, r.error) for r in results]
+        return send_instances(paths, dest.ae_title, dest.host, dest.port,
+                              calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls)
 
     @staticmethod
     def _client_tls(dest: Destination):
@@ -414,13 +585,18 @@ class Service:
         return client_context(ca_file=dest.tls_ca or None, cert_file=dest.tls_cert or None,
                               key_file=dest.tls_key or None)
 
-    def _commit(self, refs: list[tuple[str, str]], dest: Destination) -> list[tuple[bool, str]]:
+    def _commit(self, refs: list[tuple[str, str]], dest: Destination, transaction_uid: str
+                ) -> list[tuple[bool, str]] | None:
         from dicom_io.net.commitment import request_storage_commitment
 
         tls = self._client_tls(dest)
-        results = request_storage_commitment(refs, dest.ae_title, dest.host, dest.port,
-                                             calling_ae_title=self.cfg.delivery.calling_ae_title,
-                                             tls=tls)
+        results = request_storage_commitment(
+            refs, dest.ae_title, dest.host, dest.port,
+            calling_ae_title=self.cfg.delivery.calling_ae_title, tls=tls,
+            transaction_uid=transaction_uid,
+            report_wait=self.cfg.delivery.commitment_report_wait_s)
+        if results is None:  # the report comes on a new association: _on_commitment_report
+            return None
         by_uid = {r.sop_instance_uid: r for r in results}
         out = []
         for _cls, uid in refs:

@@ -1,8 +1,11 @@
 """Sends produced objects to their destinations, with persistent exponential-backoff retries.
 
 Deliveries live in the database (``db.deliveries``): an object is owed to a destination
-from the moment its run commits until the destination confirmed it with C-STORE Success,
-so unsent results survive restarts. Files are never deleted here.
+from the moment its run commits until the destination confirmed it (C-STORE Success, or a
+STOW-RS answer that stores it), so unsent results survive restarts. An unreachable
+destination, a timeout or a server error is retried with backoff; an object the destination
+refused for good (a DICOMweb server's HTTP 4xx) is recorded as failed with the server's
+reason and waits for ``amagi deliveries retry``. Files are never deleted here.
 """
 
 from __future__ import annotations
@@ -18,21 +21,39 @@ from amagi_plugin.service.metrics import Metrics
 from db import Database
 from db.deliveries import (
     DueDelivery,
-    deliveries_due,
+    claim_due,
+    mark_commitment_requested,
     mark_failed,
+    mark_rejected,
     mark_sent,
     record_commitment,
 )
+from dicom_io.net.scu import SendResult
 
 log = logging.getLogger(__name__)
 
-SendFn = Callable[[list[Path], Destination], list[tuple[bool, str | None]]]
-#: (sop_class_uid, sop_instance_uid) pairs → (committed, reason) per pair (Storage Commitment).
-CommitFn = Callable[[list[tuple[str, str]], Destination], list[tuple[bool, str]]]
+#: Sends files to a destination: one result per file, in order; raises when nothing could be
+#: sent (unreachable, timed out, transient server error): all of them are retried.
+SendFn = Callable[[list[Path], Destination], list[SendResult]]
+#: Storage Commitment of (sop_class_uid, sop_instance_uid) pairs under a Transaction UID →
+#: (committed, reason) per pair, or None when the report will come on a new association.
+CommitFn = Callable[[list[tuple[str, str]], Destination, str], list[tuple[bool, str]] | None]
+
+
+#: How long (s) a round's claim on its deliveries holds: no other process sends them meanwhile
+#: (longer than one round's associations can take); a process that dies leaves them to
+#: another after it.
+CLAIM_S = 600.0
 
 
 class DeliveryLoop(threading.Thread):
-    """Polls for due deliveries and sends them, one association per destination and round."""
+    """Polls for due deliveries and sends them, one association per destination and round.
+
+    Each round claims what it sends (``db.deliveries.claim_due``), so the delivery loops of
+    several processes sharing one database never send the same object twice.
+    """
+
+    claim_s = CLAIM_S
 
     def __init__(self, database: Database, destinations: Mapping[str, Destination], send: SendFn,
                  retry_initial_s: float, retry_max_s: float, stop: threading.Event,
@@ -62,8 +83,8 @@ class DeliveryLoop(threading.Thread):
 
     def run_once(self) -> bool:
         """One round over the due deliveries; ``True`` if anything was attempted."""
-        with self.database.session() as s:
-            due = deliveries_due(s, limit=200)
+        with self.database.session() as s:  # claimed: several processes may deliver
+            due = claim_due(s, self.claim_s, limit=200)
         if not due:
             return False
         by_dest: dict[str, list[DueDelivery]] = defaultdict(list)
@@ -92,26 +113,45 @@ class DeliveryLoop(threading.Thread):
             return
         sent = []
         with self.database.session(write=True) as s:
-            for d, (ok, error) in zip(present, outcomes, strict=True):
-                if ok:
+            for d, r in zip(present, outcomes, strict=True):
+                if r.ok:
                     mark_sent(s, d.delivery_id)
                     sent.append(d)
                     log.info("delivered %s to %s", d.sop_instance_uid, key)
                     self._count("amagi_deliveries_total", result="sent")
+                elif r.rejected:
+                    mark_rejected(s, d.delivery_id, r.error or "refused by the destination")
+                    log.error("%s refused %s for good: %s (amagi deliveries retry sends it "
+                              "again)", key, d.sop_instance_uid, r.error)
+                    self._count("amagi_deliveries_total", result="rejected")
                 else:
-                    mark_failed(s, d.delivery_id, error or "C-STORE failed",
+                    mark_failed(s, d.delivery_id, r.error or "not stored by the destination",
                                 initial_s=self.retry_initial_s, max_s=self.retry_max_s)
                     self._count("amagi_deliveries_total", result="retry")
-        if sent and self.commit is not None:
+        if sent and self.commit is not None and not dest.is_web:  # DICOMweb has no commitment
             self._request_commitment(dest, sent)
 
     def _request_commitment(self, dest: Destination, sent: list[DueDelivery]) -> None:
-        """Ask the destination to commit to what it just stored; record each answer."""
+        """Ask the destination to commit to what it just stored; record each answer.
+
+        The transaction is recorded first ("requested"), so a report the destination sends
+        on an association of its own, at any time, finds its deliveries.
+        """
+        from pydicom.uid import generate_uid
+
+        transaction_uid = generate_uid()
+        with self.database.session(write=True) as s:
+            mark_commitment_requested(s, [d.delivery_id for d in sent], transaction_uid)
         try:
-            answers = self.commit([(d.sop_class_uid, d.sop_instance_uid) for d in sent], dest)
+            answers = self.commit([(d.sop_class_uid, d.sop_instance_uid) for d in sent], dest,
+                                  transaction_uid)
         except Exception as e:  # the objects were delivered; only the commitment failed
             log.warning("storage commitment from %s failed: %s", dest.key, e)
             answers = [(False, f"{type(e).__name__}: {e}")] * len(sent)
+        if answers is None:
+            log.info("storage commitment %s of %d object(s) requested from %s; awaiting its "
+                     "report on a new association", transaction_uid, len(sent), dest.key)
+            return
         with self.database.session(write=True) as s:
             for d, (committed, reason) in zip(sent, answers, strict=True):
                 record_commitment(s, d.delivery_id, committed, reason)

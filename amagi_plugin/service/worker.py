@@ -29,7 +29,7 @@ from amagi_plugin.service.metrics import Metrics
 from db import Database, LeaseLostError
 from db.deliveries import schedule_delivery
 from db.queue import ClaimedJob, claim_next, complete, fail, heartbeat
-from db.records import EventRecord, latest_report, record_object, record_run
+from db.records import latest_report, record_object, record_run
 from dicom_io.results import InstanceRef
 from dicom_io.sopclasses import (
     COMPREHENSIVE_3D_SR,
@@ -145,7 +145,8 @@ class Worker(threading.Thread):
             self.state = "idle"
             try:
                 with self.database.session() as s:
-                    job = claim_next(s, self.ident_name, self.lease_s)
+                    job = claim_next(s, self.ident_name, self.lease_s,
+                                     model_version=self.spec.version)
             except Exception as e:
                 self._loop_error("cannot claim a job", e)
                 self.stop_event.wait(self.poll_s * 5)
@@ -275,15 +276,11 @@ class Worker(threading.Thread):
 
     def _commit(self, job: ClaimedJob, outcome: ProcessOutcome, started: datetime) -> None:
         result = outcome.result
-        events = [EventRecord(start_s=e.start_s, end_s=e.end_s, start_frame=e.start_frame,
-                              end_frame=e.end_frame, peak_probability=e.peak_probability,
-                              mean_probability=e.mean_probability, key_frame=e.key_frame)
-                  for e in result.events]
         opts = self.analyzer.options
         with self.database.session(write=True) as s:
             run = record_run(
-                s, job.job_id, weights_kind=self.spec.weights, events=events,
-                video_duration_s=result.schedule.duration_s,
+                s, job.job_id, weights_kind=self.spec.weights, events=result.events,
+                index=result.index,
                 parameters={"prediction_hz": opts.prediction_hz, "threshold": opts.threshold,
                             "smoothing": opts.smoothing, "smoothing_s": opts.smoothing_s,
                             "arch": self.spec.arch, "bf16": opts.bf16, "fast": opts.fast},

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amagi_plugin.synth.scene import BleedingEvent, StillBlood
+from amagi_plugin.synth.scene import StillBlood, SynthBleed
 
 #: Opacity at or above which a pixel belongs to the blood region (masks use the same cut).
 MASK_THRESHOLD = 0.5
@@ -36,7 +36,7 @@ class EventState:
     pulse: float  # 0-1 heart-beat phase value (0 once ended)
 
 
-def event_state(ev: BleedingEvent, frame: int, fps: float) -> EventState | None:
+def event_state(ev: SynthBleed, frame: int, fps: float) -> EventState | None:
     """State of ``ev`` at ``frame``, or ``None`` before it starts."""
     if frame < ev.start_frame:
         return None
@@ -46,7 +46,7 @@ def event_state(ev: BleedingEvent, frame: int, fps: float) -> EventState | None:
     return _state_at(ev, (last - ev.start_frame) / fps, active, since_end)
 
 
-def _state_at(ev: BleedingEvent, elapsed: float, active: bool, since_end: float) -> EventState:
+def _state_at(ev: SynthBleed, elapsed: float, active: bool, since_end: float) -> EventState:
     """The state after ``elapsed`` seconds of bleeding (frozen there when not ``active``)."""
     grow = 1.0 - math.exp(-elapsed / ev.growth_tau_s)
     radius = ev.initial_radius + (ev.max_radius - ev.initial_radius) * grow
@@ -80,7 +80,7 @@ def still_state(still: StillBlood, frame: int, fps: float) -> EventState | None:
     return st
 
 
-def world_extent(ev: BleedingEvent) -> tuple[float, float, float, float]:
+def world_extent(ev: SynthBleed) -> tuple[float, float, float, float]:
     """World bounding box ``(x0, y0, x1, y1)`` any state of ``ev`` can cover."""
     pool = ev.max_radius * (1.0 + 0.12 * ev.pulse_depth) * 1.6 + 2.0
     reach = ev.streak_length + ev.streak_width * 1.6 + ev.meander + 2.0
@@ -90,7 +90,7 @@ def world_extent(ev: BleedingEvent) -> tuple[float, float, float, float]:
             max(sx + pool, sx + ex + pool), max(sy + pool, sy + ey + pool))
 
 
-def render_event(ev: BleedingEvent, st: EventState, wx: np.ndarray, wy: np.ndarray,
+def render_event(ev: SynthBleed, st: EventState, wx: np.ndarray, wy: np.ndarray,
                  irregular: np.ndarray, ripple_noise: np.ndarray, zoom: float,
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Opacity and colour of ``ev`` in state ``st`` at world points ``(wx, wy)``.

@@ -106,11 +106,14 @@ class SmokeEpisode:
 
 
 @dataclass(frozen=True)
-class BleedingEvent:
-    """One active bleeding: a pool growing from ``source`` plus a flowing streak.
+class SynthBleed:
+    """Ground truth of one synthetic active bleeding: a pool growing from ``source`` plus a
+    flowing streak (what the generator draws, not a detected event: those are
+    :class:`dicom_io.results.BleedingEvent`, with 1-based inclusive frame numbers).
 
-    Active (labelled 1) for frames ``start_frame <= k < end_frame``; afterwards the blood stays
-    as a residual that no longer grows, flows or pulses and darkens over ``darken_s`` seconds.
+    Frames here are 0-based indices: active (labelled 1) for ``start_frame <= k < end_frame``;
+    afterwards the blood stays as a residual that no longer grows, flows or pulses and darkens
+    over ``darken_s`` seconds.
     """
 
     start_frame: int
@@ -157,7 +160,7 @@ class StillBlood:
     """
 
     kind: str
-    blood: BleedingEvent
+    blood: SynthBleed
     frozen_s: float
     vanish_frame: int = -1
     vanish_s: float = 0.0
@@ -205,7 +208,7 @@ class SceneParams:
     camera: CameraMotion
     instruments: tuple[Instrument, ...] = ()
     smoke: tuple[SmokeEpisode, ...] = ()
-    events: tuple[BleedingEvent, ...] = ()
+    events: tuple[SynthBleed, ...] = ()
     pools: tuple[BloodPool, ...] = ()
     red_patches: tuple[RedPatch, ...] = ()
     format_version: int = FORMAT_VERSION
@@ -253,10 +256,10 @@ class SceneParams:
             d["camera"] = CameraMotion(**d["camera"])
             d["instruments"] = tuple(Instrument(**x) for x in d.get("instruments", ()))
             d["smoke"] = tuple(SmokeEpisode(**x) for x in d.get("smoke", ()))
-            d["events"] = tuple(BleedingEvent(**x) for x in d.get("events", ()))
+            d["events"] = tuple(SynthBleed(**x) for x in d.get("events", ()))
             d["pools"] = tuple(BloodPool(**x) for x in d.get("pools", ()))
             d["red_patches"] = tuple(RedPatch(**x) for x in d.get("red_patches", ()))
-            d["still"] = tuple(StillBlood(**{**x, "blood": BleedingEvent(**x["blood"])})
+            d["still"] = tuple(StillBlood(**{**x, "blood": SynthBleed(**x["blood"])})
                                for x in d.get("still", ()))
             d["look"] = Look(**d["look"]) if d.get("look") else None
             return cls(**d)
@@ -520,7 +523,7 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
     return _randomise(s2, scene, world_at, screen_of)
 
 
-def _sample_events(s: _Sampler, world_at, screen_of, zoom: float) -> list[BleedingEvent]:
+def _sample_events(s: _Sampler, world_at, screen_of, zoom: float) -> list[SynthBleed]:
     r, rng, fps = s.ranges, s.rng, s.fps
     minutes = s.n_frames / fps / 60.0
     count = max(r.min_events, round(s.u(*r.events_per_minute) * minutes))
@@ -560,14 +563,14 @@ def _sample_events(s: _Sampler, world_at, screen_of, zoom: float) -> list[Bleedi
 
 
 def _draw_event(s: _Sampler, start: int, end: int, size_range: tuple[float, float], source,
-                zoom: float) -> BleedingEvent:
+                zoom: float) -> SynthBleed:
     """One ooze-form event's appearance and dynamics (``source()`` draws its source point)."""
     size_frac = math.exp(s.u(math.log(size_range[0]), math.log(size_range[1])))
     radius = size_frac * s.side * zoom
     duration_s = (end - start) / s.fps
     streak_len = radius * s.u(0.3, 3.5)
     colour = (s.u(0.62, 0.86), s.u(0.02, 0.08), s.u(0.04, 0.11))
-    return BleedingEvent(
+    return SynthBleed(
         start_frame=int(start), end_frame=int(end), source=source(),
         max_radius=round(radius, 3), initial_radius=round(max(1.5, 0.25 * radius), 3),
         growth_tau_s=duration_s * s.u(0.15, 0.5), flow_angle=math.pi / 2 + s.u(-1.1, 1.1),
@@ -582,7 +585,7 @@ def _draw_event(s: _Sampler, start: int, end: int, size_range: tuple[float, floa
         size_class="small" if size_frac < s.ranges.small_event_size else "large")
 
 
-def _with_form(s: _Sampler, ev: BleedingEvent, form: str, zoom: float) -> BleedingEvent:
+def _with_form(s: _Sampler, ev: SynthBleed, form: str, zoom: float) -> SynthBleed:
     """``ev`` reshaped into ``form`` (see :data:`BLEEDING_FORMS`)."""
     duration_s = (ev.end_frame - ev.start_frame) / s.fps
     if form == "stream":

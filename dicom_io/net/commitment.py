@@ -2,8 +2,11 @@
 
 :func:`request_storage_commitment` sends the N-ACTION request (Action Type 1) listing the
 instances, then waits for the SCP's N-EVENT-REPORT (Event Type 1: all committed, 2: some
-failed) **on the same association** (PS3.4 J.3.3). Reports sent on a separate association
-initiated by the SCP are not supported.
+failed) on the same association. PS3.4 J.3.3 lets the SCP send it later on an association
+it opens to us instead (Orthanc always does): with ``report_wait`` the request returns
+``None`` when no report came on its own association, and the listener receives the report
+(:func:`handle_report` turns the N-EVENT-REPORT into a :class:`CommitmentReport`, matched
+to the request by its Transaction UID).
 """
 
 from __future__ import annotations
@@ -52,6 +55,92 @@ class CommitmentResult:
     failure_reason: int | None
 
 
+@dataclass(frozen=True)
+class CommitmentReport:
+    """One N-EVENT-REPORT of a Storage Commitment SCP, whichever association brought it.
+
+    Attributes
+    ----------
+    transaction_uid : str
+        Transaction UID (0008,1195) of the request it answers.
+    calling_ae : str
+        The AE title that sent it (the SCP, on an association it opened).
+    event_type : int
+        1: every instance committed; 2: some failed.
+    committed : tuple of str
+        SOP Instance UIDs in the Referenced SOP Sequence.
+    failed : dict of str to int
+        SOP Instance UID → Failure Reason (0008,1197) from the Failed SOP Sequence.
+    """
+
+    transaction_uid: str
+    calling_ae: str
+    event_type: int
+    committed: tuple[str, ...]
+    failed: dict[str, int]
+
+
+def parse_report(event_type: int, info: Dataset, calling_ae: str = "") -> CommitmentReport:
+    """The :class:`CommitmentReport` in an N-EVENT-REPORT's Event Information.
+
+    Raises
+    ------
+    ValueError
+        If it has no Transaction UID, an unknown Event Type ID, or an item without its
+        Referenced SOP Instance UID.
+    """
+    if event_type not in (_EVENT_SUCCESS, _EVENT_FAILURES):
+        raise ValueError(f"Event Type ID {event_type} is not a storage commitment result "
+                         "(1 or 2)")
+    transaction = str(info.get("TransactionUID", "") or "")
+    if not transaction:
+        raise ValueError("storage commitment report without a Transaction UID")
+    committed, failed = [], {}
+    for item in info.get("ReferencedSOPSequence", []):
+        committed.append(str(item.ReferencedSOPInstanceUID))
+    for item in info.get("FailedSOPSequence", []):
+        failed[str(item.ReferencedSOPInstanceUID)] = int(item.get("FailureReason", 0x0110))
+    return CommitmentReport(transaction, calling_ae, int(event_type), tuple(committed), failed)
+
+
+#: N-EVENT-REPORT statuses (PS3.7 Annex C, PS3.4 J.3.3.2 via N-EVENT-REPORT).
+_PROCESSING_FAILURE, _NO_SUCH_EVENT_TYPE, _INVALID_ARGUMENT = 0x0110, 0x0113, 0x0115
+_NO_SUCH_SOP_CLASS = 0x0118
+
+
+def handle_report(event: Any, on_report: Any) -> tuple[int, None]:
+    """pynetdicom EVT_N_EVENT_REPORT handler for reports on associations the SCP opened.
+
+    ``on_report(CommitmentReport)`` records it; the report is acknowledged (0x0000) only
+    when that returns, so an SCP that retries on failure sends it again.
+    """
+    req = event.request
+    calling = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
+    if str(req.AffectedSOPClassUID) != STORAGE_COMMITMENT_PUSH_MODEL:
+        logger.warning("N-EVENT-REPORT from %s for SOP class %s refused", calling,
+                       req.AffectedSOPClassUID)
+        return _NO_SUCH_SOP_CLASS, None
+    try:
+        report = parse_report(int(req.EventTypeID), event.event_information, calling)
+    except ValueError as e:
+        logger.warning("storage commitment report from %s refused: %s", calling, e)
+        return (_NO_SUCH_EVENT_TYPE if "Event Type" in str(e) else _INVALID_ARGUMENT), None
+    except Exception as e:
+        logger.warning("unreadable storage commitment report from %s: %s: %s", calling,
+                       type(e).__name__, e)
+        return _INVALID_ARGUMENT, None
+    try:
+        on_report(report)
+    except Exception:
+        logger.exception("storage commitment report %s from %s could not be recorded",
+                         report.transaction_uid, calling)
+        return _PROCESSING_FAILURE, None
+    logger.info("storage commitment report %s from %s on a new association: %d committed, "
+                "%d failed", report.transaction_uid, calling, len(report.committed),
+                len(report.failed))
+    return 0x0000, None
+
+
 def _request_dataset(transaction_uid: str, instances: Sequence[tuple[str, str]]) -> Dataset:
     ds = Dataset()
     ds.TransactionUID = transaction_uid
@@ -90,7 +179,8 @@ def request_storage_commitment(
     timeout: float = 60.0,
     transaction_uid: str | None = None,
     tls_server_hostname: str | None = None,
-) -> list[CommitmentResult]:
+    report_wait: float | None = None,
+) -> list[CommitmentResult] | None:
     """Ask a peer to commit to storing ``instances`` and wait for its answer.
 
     Parameters
@@ -107,11 +197,15 @@ def request_storage_commitment(
         Seconds to wait for each network step and for the N-EVENT-REPORT.
     transaction_uid : str, optional
         Transaction UID (0008,1195); a fresh one by default.
+    report_wait : float, optional
+        Seconds to wait for the report on this association before releasing it and
+        returning ``None``: the SCP then sends it on an association of its own to our
+        listener. ``None``: wait ``timeout`` seconds and raise when no report came.
 
     Returns
     -------
-    list of CommitmentResult
-        One per instance, in order.
+    list of CommitmentResult or None
+        One per instance, in order; ``None`` when ``report_wait`` passed without a report.
 
     Raises
     ------
@@ -148,8 +242,13 @@ def request_storage_commitment(
             raise NetworkError(f"{peer} refused the commitment request "
                                f"(status 0x{int(status.Status):04X})")
         try:
-            event_type, info = reports.get(timeout=timeout)
+            event_type, info = reports.get(timeout=timeout if report_wait is None
+                                           else min(report_wait, timeout))
         except queue.Empty:
+            if report_wait is not None:
+                logger.info("storage commitment %s requested from %s; its report will come "
+                            "on a new association", transaction_uid, peer)
+                return None
             raise NetworkError(f"no storage commitment report from {peer} within "
                                f"{timeout} s (transaction {transaction_uid})") from None
     finally:

@@ -18,6 +18,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io.net import handlers
+from dicom_io.net.commitment import STORAGE_COMMITMENT_PUSH_MODEL, CommitmentReport, handle_report
 from dicom_io.net.contexts import accepted_contexts
 from dicom_io.net.pduguard import PduLimitedAccept
 from dicom_io.net.records import AssociationSummary, StoredInstance
@@ -82,6 +83,11 @@ class DicomListener:
     incoming_dir : path-like, optional
         Where pynetdicom streams C-STORE data sets being received (the process's
         temporary directory); a data set an aborted association leaves there is removed.
+    on_commitment_report : callable, optional
+        ``on_commitment_report(CommitmentReport)`` for each Storage Commitment report a
+        PACS sends on an association it opens to us (PS3.4 J.3.3: it proposes the Storage
+        Commitment Push Model with the SCP role, which is then accepted). The report is
+        acknowledged only if this returns; if it raises, the status is 0x0110.
 
     A PDU announcing more than ``max_pdu`` bytes (P-DATA-TF) or than
     :data:`dicom_io.net.pduguard.MAX_CONTROL_PDU` (any other PDU) closes the connection
@@ -107,6 +113,7 @@ class DicomListener:
         max_associations: int = 32,
         require_called_ae: bool = True,
         incoming_dir: str | Path | None = None,
+        on_commitment_report: Callable[[CommitmentReport], None] | None = None,
     ) -> None:
         if not isinstance(ae_title, str) or not 0 < len(ae_title.strip()) <= 16:
             raise ValueError(f"ae_title must be 1-16 characters, got {ae_title!r}")
@@ -141,6 +148,7 @@ class DicomListener:
             allowed_calling_aes=self.allowed_calling_aes,
             incoming_dir=None if incoming_dir is None else Path(incoming_dir),
         )
+        self.on_commitment_report = on_commitment_report
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
 
@@ -155,6 +163,10 @@ class DicomListener:
         ae.require_called_aet = self.require_called_ae
         for abstract, syntaxes in accepted_contexts():
             ae.add_supported_context(abstract, list(syntaxes))
+        if self.on_commitment_report is not None:
+            # The peer is the Storage Commitment SCP sending us its N-EVENT-REPORT.
+            ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=False,
+                                     scp_role=True)
         return ae
 
     def start(self) -> None:
@@ -182,6 +194,9 @@ class DicomListener:
             (evt.EVT_ABORTED, handlers.handle_aborted, [s]),
             (evt.EVT_CONN_CLOSE, handlers.handle_conn_close, [s]),
         ]
+        if self.on_commitment_report is not None:
+            evt_handlers.append((evt.EVT_N_EVENT_REPORT, handle_report,
+                                 [self.on_commitment_report]))
         ae = self._make_ae()
         # pynetdicom only calls wrap_socket() on it (see DeferredHandshake, PduLimitedAccept)
         tls = DeferredHandshake(self.tls, self.network_timeout) if self.tls else None

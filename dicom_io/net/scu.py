@@ -46,6 +46,9 @@ class SendResult:
         ``True`` for Success and Warning statuses (the peer stored it).
     error : str or None
         One line saying what went wrong, ``None`` when ``ok``.
+    rejected : bool
+        The peer refused it in a way that sending it again cannot change (a DICOMweb
+        server's HTTP 4xx): record the failure, do not retry.
     """
 
     path: Path
@@ -53,6 +56,7 @@ class SendResult:
     status: int | None
     ok: bool
     error: str | None
+    rejected: bool = False
 
 
 def enable_chunked_send() -> None:

@@ -97,15 +97,27 @@ class StoreSCP:
         return f"{self.ae_title}@127.0.0.1:{self.port}"
 
 
-class Orthanc:
-    """Debian's Orthanc, configured in a temporary directory on free ports."""
+#: Orthanc's DICOMweb plugin, from Debian's orthanc-dicomweb (installed by ``make test``).
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
-    def __init__(self, workdir: Path, amagi_port: int, ae_title: str = "ORTHANC") -> None:
+
+class Orthanc:
+    """Debian's Orthanc, configured in a temporary directory on free ports.
+
+    ``dicomweb``: load the DICOMweb plugin (``/dicom-web/``: STOW-RS, QIDO-RS, WADO-RS).
+    ``users``: ``{name: password}`` that HTTP requests must authenticate as (basic); the
+    fixture's own :meth:`get` and :meth:`post` use the first one.
+    """
+
+    def __init__(self, workdir: Path, amagi_port: int, ae_title: str = "ORTHANC",
+                 dicomweb: bool = False, users: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.ae_title = ae_title
         self.amagi_port = amagi_port
+        self.dicomweb = dicomweb
+        self.users = dict(users or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Orthanc:
@@ -122,6 +134,15 @@ class Orthanc:
             "DicomCheckCalledAet": False, "Plugins": [], "StableAge": 1,
             "DicomScuTimeout": 30, "HttpTimeout": 60,
         }
+        if self.dicomweb:
+            if not ORTHANC_DICOMWEB_PLUGIN.exists():
+                raise AssertionError(f"{ORTHANC_DICOMWEB_PLUGIN} is missing (make test installs "
+                                     "Debian 'orthanc-dicomweb')")
+            config["Plugins"] = [str(ORTHANC_DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        if self.users:
+            config["AuthenticationEnabled"] = True
+            config["RegisteredUsers"] = self.users
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config))
         self.log = (self.workdir / "orthanc.log").open("wb")
@@ -142,14 +163,25 @@ class Orthanc:
             self.proc.wait(timeout=20)
             self.log.close()
 
+    def _headers(self) -> dict[str, str]:
+        if not self.users:
+            return {}
+        import base64
+
+        user, password = next(iter(self.users.items()))
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()
+                                                             ).decode()}
+
     def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                     headers=self._headers())
+        with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
     def post(self, path: str, data: bytes | dict, timeout: float = 120):
         body = data if isinstance(data, bytes) else json.dumps(data).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body,
-                                     method="POST")
+                                     method="POST", headers=self._headers())
         with urllib.request.urlopen(req, timeout=timeout) as r:
             raw = r.read()
         return json.loads(raw) if raw.strip() else None
@@ -157,6 +189,11 @@ class Orthanc:
     @property
     def destination(self) -> str:
         return f"{self.ae_title}@127.0.0.1:{self.dicom_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root (with ``dicomweb=True``)."""
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
 
 @contextlib.contextmanager

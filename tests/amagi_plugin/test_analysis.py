@@ -5,13 +5,13 @@ import pytest
 
 from amagi_plugin.analysis import (
     Timeline,
-    case_index,
     closing,
     find_events,
     opening,
     runs,
     smooth_decisions,
 )
+from dicom_io.results import CaseIndex
 
 
 def b(s: str) -> np.ndarray:
@@ -67,7 +67,7 @@ def test_events_and_index_hand_computed() -> None:
     assert (e1.start_frame, e1.end_frame, e1.key_frame) == (7, 13, 10)  # 1-based frames 6, 12, 9
     assert e1.peak_probability == 0.9 and e1.mean_probability == pytest.approx(0.8)
     assert (e2.start_s, e2.end_s, e2.key_frame) == (0.7, 0.9, 25)
-    idx = case_index(events, 1.0)
+    idx = CaseIndex.from_events(events, 1.0)
     assert idx.event_count == 2 and idx.total_duration_s == pytest.approx(0.5)
     assert idx.max_duration_s == pytest.approx(0.3) and idx.mean_duration_s == pytest.approx(0.25)
     assert idx.first_bleed_s == 0.2 and idx.video_duration_s == 1.0
@@ -78,5 +78,5 @@ def test_event_at_video_end_is_clipped_and_empty_case() -> None:
     tl = Timeline(np.arange(4) / 10, np.arange(4) * 3, 10.0, duration_s=0.35)
     (e,) = find_events(p, p > 0.5, tl)
     assert e.end_s == 0.35 and e.duration_s == pytest.approx(0.15)
-    idx = case_index([], 12.0)
+    idx = CaseIndex.from_events([], 12.0)
     assert idx.event_count == 0 and idx.total_duration_s == 0 and idx.first_bleed_s is None

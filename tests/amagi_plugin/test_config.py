@@ -133,3 +133,48 @@ def test_cli_bad_config_value_is_one_line(run_cli) -> None:
 def test_database_password_is_masked(run_cli) -> None:
     r = run_cli("config", "show", "--database-url", "postgresql+psycopg://amagi:s3cret@db:5432/amagi")
     assert "s3cret" not in r.stdout and "amagi:***@db" in r.stdout
+
+
+def test_dicomweb_destinations_from_flag_and_file(tmp_path: Path) -> None:
+    cfg = load_config(environ={}, overrides={
+        "delivery.destinations": "PACS@10.0.0.5:104,https://pacs.example.org:8443/dicom-web/"},
+        cwd=tmp_path)
+    dimse, web = cfg.delivery.destinations
+    assert not dimse.is_web and web.is_web
+    assert web.key == "https://pacs.example.org:8443/dicom-web" and web.auth == "none"
+    f = tmp_path / "d.toml"
+    f.write_text('[[delivery.destinations]]\nurl = "https://pacs/dicom-web"\nauth = "basic"\n'
+                 'username = "amagi"\npassword_env = "PACS_PW"\ntls_ca = "/ca.pem"\n'
+                 'timeout_s = 5\n'
+                 '[[delivery.destinations]]\nurl = "http://cloud/dicomweb"\nauth = "bearer"\n'
+                 'token_env = "CLOUD_TOKEN"\n')
+    basic, bearer = load_config(f, environ={}, cwd=tmp_path).delivery.destinations
+    assert (basic.username, basic.secret_env(), basic.tls_ca, basic.timeout_s) == \
+        ("amagi", "PACS_PW", "/ca.pem", 5.0)
+    assert (bearer.auth, bearer.secret_env()) == ("bearer", "CLOUD_TOKEN")
+    assert str(basic) == "https://pacs/dicom-web (STOW-RS, basic auth, CA /ca.pem)"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('url = "https://amagi:secret@pacs/dicom-web"', "credentials do not belong in the URL"),
+    ('url = "ftp://pacs/dicom-web"', "is not an http(s):// URL"),
+    ('url = "https://pacs/dicom-web?x=1"', "has no query or fragment"),
+    ('url = "http://pacs/dicom-web"\ntls_ca = "/ca.pem"', "need an https:// URL"),
+    ('url = "https://pacs/dicom-web"\nauth = "basic"\nusername = "a"', "needs username and password_env"),
+    ('url = "https://pacs/dicom-web"\nauth = "bearer"', "needs token_env"),
+    ('url = "https://pacs/dicom-web"\nauth = "digest"', "auth must be none, basic or bearer"),
+    ('url = "https://pacs/dicom-web"\nauth = "bearer"\ntoken_env = "eyJhbGciOi.secret"',
+     "names an environment variable"),
+    ('url = "https://pacs/dicom-web"\npassword_env = "PW"', "password_env given but auth is 'none'"),
+    ('url = "https://pacs/dicom-web"\nae_title = "PACS"', "ae_title: only for a DIMSE destination"),
+    ('ae_title = "PACS"\nhost = "h"\nport = 104\ntoken_env = "T"', "token_env: only for a DICOMweb"),
+    ('ae_title = "PACS"\nhost = "h"', "missing port"),
+])
+def test_invalid_dicomweb_destinations_name_the_problem(tmp_path: Path, table: str,
+                                                        message: str) -> None:
+    f = tmp_path / "d.toml"
+    f.write_text(f"[[delivery.destinations]]\n{table}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f, environ={}, cwd=tmp_path)
+    assert message in str(e.value) and "delivery.destinations" in str(e.value)
+    assert "amagi:secret" not in str(e.value) and "eyJhbGciOi" not in str(e.value)

@@ -42,7 +42,7 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     """``make demo-model RECIPE=randomised``'s code path at minute scale: every stage, every
     evaluation set, a labelled README; a second run finds everything done, changes nothing."""
     from amagi_plugin.demo_model import DemoConfig, build_demo
-    from amagi_plugin.modelspec import DEMO_NOTICE
+    from dicom_io.results import DEMO_DISCLAIMER
     from models import build_model, load_checkpoint
 
     cfg = DemoConfig.recipe("randomised").quick()
@@ -53,14 +53,14 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert set(training["other_eval_data"]) == {"static", "shifted"}
     for name in ("metrics.json", "metrics_static.json", "metrics_shifted.json"):
         doc = json.loads((dest / name).read_text())
-        assert doc["notice"] == DEMO_NOTICE and set(doc["models"]) == {"SlowFast", "AMAGI"}
+        assert doc["notice"] == DEMO_DISCLAIMER and set(doc["models"]) == {"SlowFast", "AMAGI"}
     static = json.loads((dest / "metrics_static.json").read_text())
     assert all(c["bleeding_free"] for c in static["cases"])
     assert static["pooled"]["AMAGI"]["false_alarms"]["bleeding_free_hours"] > 0
     heldout = json.loads((dest / "metrics.json").read_text())
     assert heldout["data"]["seed"] == cfg.eval_seed and len(heldout["cases"]) == cfg.eval_cases
     readme = (dest / "README.md").read_text()
-    assert DEMO_NOTICE.capitalize() in readme
+    assert DEMO_DISCLAIMER.capitalize() in readme
     assert "## Bleeding-free held-out cases" in readme and "## The first held-out set" in readme
     assert "still negatives 35%" in readme
     manifest = json.loads((dest / "model.json").read_text())

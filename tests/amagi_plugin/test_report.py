@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom import Dataset
 
 from amagi_plugin.analysis import Timeline, find_events
-from amagi_plugin.modelspec import DEMO_NOTICE, ModelSpec
+from amagi_plugin.modelspec import ModelSpec
 from amagi_plugin.outputs import timeline_figure, write_timeline_png
 from amagi_plugin.pipeline import AnalysisResult
 from amagi_plugin.process import algorithm_info
@@ -26,7 +26,7 @@ from amagi_plugin.report import (
     render_report_pdf,
 )
 from amagi_plugin.schedule import ClipSchedule
-from dicom_io.results import AlgorithmInfo, CaseIndex
+from dicom_io.results import DEMO_DISCLAIMER, AlgorithmInfo, CaseIndex
 
 FPS, SECONDS = 30.0, 60.0
 DEMO = AlgorithmInfo("amagi-demo-amagi_tiny", "3", "demo-synthetic", "tiny AMAGI on synthetic video")
@@ -106,7 +106,7 @@ def test_one_page_report_text(tmp_path):
     path = _pdf(tmp_path, 3)
     assert _pages(path) == 1
     text = _text(path)
-    assert DEMO_NOTICE.upper() in text
+    assert DEMO_DISCLAIMER.upper() in text
     assert "Doe, Jane" in text and "P-0042" in text and "1970-01-02 / F" in text
     assert "2026-01-05 · Chole · accession ACC-7" in text
     assert "3 bleeding events, 3.0 s in total (5 % of 60.0 s)" in text
@@ -126,7 +126,7 @@ def test_many_events_continue_on_more_pages_with_the_notice(tmp_path):
     for i in range(1, 21):
         assert re.search(rf"(^| ){i} \d+\.\d \d+\.\d 1\.0 0\.\d\d \d+ ", text), i
     for page in range(1, pages + 1):
-        assert DEMO_NOTICE.upper() in _text(path, page), page
+        assert DEMO_DISCLAIMER.upper() in _text(path, page), page
         assert f"page {page}/{pages}" in _text(path, page)
     assert "Events (continued, 9-20 of 20)" in _text(path, 2)
 
@@ -188,7 +188,7 @@ def test_timeline_headline_notice_legend_and_plot_do_not_overlap(tmp_path, weigh
     renderer = canvas.get_renderer()
     head, note = fig.texts
     assert long_title in head.get_text()
-    assert (DEMO_NOTICE in note.get_text()) == (weights == "demo-synthetic")
+    assert (DEMO_DISCLAIMER in note.get_text()) == (weights == "demo-synthetic")
     ax = fig.axes[0]
     boxes = {"headline": head.get_window_extent(renderer),
              "notice": note.get_window_extent(renderer),

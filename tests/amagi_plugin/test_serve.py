@@ -168,8 +168,44 @@ def test_storage_commitment_outcome_is_recorded(service, tmp_path) -> None:
             with svc.database.session() as s:
                 return [d.commitment for d in s.query(Delivery)]
 
-        wait_until(lambda: commitments() and all(commitments()), 60, what="commitment answers")
+        wait_until(lambda: commitments() and all(c not in (None, "requested")
+                                                 for c in commitments()),
+                   60, what="commitment answers")
         assert commitments() == ["committed"] * 5
+
+
+def test_orthanc_commitment_report_on_a_new_association_is_recorded(service, tmp_path,
+                                                                     caplog) -> None:
+    """Orthanc answers Storage Commitment on an association it opens to our listener."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="amagi_plugin.service")
+    amagi_port = free_port()
+    with running(Orthanc(tmp_path / "orthanc", amagi_port)) as pacs:
+        svc = service(**{"listener.port": str(amagi_port),
+                         "delivery.destinations": pacs.destination,
+                         "delivery.storage_commitment": "true",
+                         "delivery.commitment_report_wait_s": "0.5"})
+        assert storescu(svc.port, make_video(tmp_path / "v.dcm")).returncode == 0
+
+        def commitments() -> list[tuple[str | None, str | None]]:
+            from db.schema import Delivery
+
+            with svc.database.session() as s:
+                return [(d.commitment, d.commitment_transaction_uid) for d in s.query(Delivery)]
+
+        wait_until(lambda: len(commitments()) == 5 and all(
+            c not in (None, "requested") for c, _ in commitments()), 120,
+            what="Orthanc's commitment report recorded")
+        assert {c for c, _ in commitments()} == {"committed"}
+        assert len({tx for _, tx in commitments()}) == 1  # one request for the five
+        # The report came on Orthanc's own association (here even before the request had
+        # stopped waiting for it on ours).
+        wait_until(lambda: any("awaiting its report on a new association" in r.getMessage()
+                               for r in caplog.records), 10, what="the request to end")
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("storage commitment report ") and "5 committed, 0 failed" in m
+                   and "from ORTHANC" in m for m in messages)
 
 
 def test_single_frame_series_becomes_one_job_after_inactivity(service, tmp_path, run_cli) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import db
+from dicom_io.results import BleedingEvent, CaseIndex, WeightsKind
 
 PG_ROOT = Path("/usr/lib/postgresql")
 PG_SUPERUSER = "amagi"
@@ -150,21 +151,48 @@ def _utc(*args: int):
     return datetime(*args, tzinfo=timezone.utc)
 
 
+#: Models as the service enqueues them (``ModelSpec.name``, ``ModelSpec.version``): the bundled
+#: demo, and the authors' SF50 checkpoint configured by its file (version = file stem).
+DEMO = ("amagi-demo-amagi_tiny", "3.0")
+AUTHORS = ("amagi_sf50", "split1_SF50")
+SPOOL = "/var/lib/amagi/spool"  # <spool>/<study>/<series>/<sop>.dcm, as dicom_io.net.spool writes
+#: What the worker records of a run: the analysis options and the model's architecture.
+PARAMETERS = {"prediction_hz": 10.0, "threshold": 0.5, "smoothing": "morphology",
+              "smoothing_s": 1.0, "bf16": False, "fast": False}
+ARCH = {DEMO[0]: "amagi_tiny", AUTHORS[0]: "amagi_sf50"}
+TIMINGS = {"decode": 0.412, "transforms": 0.105, "video_network": 1.5, "post_processing": 0.002,
+           "total": 2.031}
+
 COHORT = {
     # letter: (study uid, study date, description, received, model name, model version,
     #          final state, events as (start_s, end_s), video duration s)
-    "A": ("1.2.826.0.1.1", (2024, 3, 5), "Gastrectomy", (2024, 3, 5, 10, 0), "demo", "demo-1",
+    "A": ("1.2.826.0.1.1", (2024, 3, 5), "Gastrectomy", (2024, 3, 5, 10, 0), *DEMO,
           "done", [(10.0, 40.0), (100.0, 145.0)], 600.0),
-    "B": ("1.2.826.0.1.2", (2024, 2, 10), "Colectomy", (2024, 2, 10, 9, 0), "demo", "demo-1",
+    "B": ("1.2.826.0.1.2", (2024, 2, 10), "Colectomy", (2024, 2, 10, 9, 0), *DEMO,
           "done", [(5.0, 8.0)], 300.0),
-    "C": ("1.2.826.0.1.3", (2024, 4, 1), "Gastrectomy", (2024, 4, 1, 12, 0), "demo", "demo-1",
+    "C": ("1.2.826.0.1.3", (2024, 4, 1), "Gastrectomy", (2024, 4, 1, 12, 0), *DEMO,
           "done", [], 400.0),
-    "D": ("1.2.826.0.1.3", (2024, 4, 1), "Gastrectomy", (2024, 4, 1, 12, 5), "amagi-sf50",
-          "sf50-1", "done", [(20.0, 55.0), (60.0, 70.0), (200.0, 231.0)], 900.0),
-    "F": ("1.2.826.0.1.5", None, None, (2024, 6, 1, 8, 0), "demo", "demo-1", "failed", [], 0.0),
-    "E": ("1.2.826.0.1.4", (2024, 5, 20), "Gastrectomy", (2024, 5, 20, 7, 30), "demo", "demo-1",
+    "D": ("1.2.826.0.1.3", (2024, 4, 1), "Gastrectomy", (2024, 4, 1, 12, 5), *AUTHORS,
+          "done", [(20.0, 55.0), (60.0, 70.0), (200.0, 231.0)], 900.0),
+    "F": ("1.2.826.0.1.5", None, None, (2024, 6, 1, 8, 0), *DEMO, "failed", [], 0.0),
+    "E": ("1.2.826.0.1.4", (2024, 5, 20), "Gastrectomy", (2024, 5, 20, 7, 30), *DEMO,
           "queued", [], 0.0),
 }
+
+
+FPS = 30.0
+#: What the service stores as the weights of each cohort model (``ModelSpec.weights``).
+WEIGHTS = {DEMO[0]: WeightsKind.DEMO_SYNTHETIC, AUTHORS[0]: WeightsKind.AUTHORS}
+
+
+def cohort_event(start_s: float, end_s: float) -> BleedingEvent:
+    """An event as the analysis makes it on a :data:`FPS` video predicted at every frame:
+    1-based frame numbers, from the frame at ``start_s`` to the last frame before ``end_s``,
+    the key frame in the middle."""
+    return BleedingEvent(start_s=start_s, end_s=end_s, duration_s=end_s - start_s,
+                         start_frame=round(start_s * FPS) + 1, end_frame=round(end_s * FPS),
+                         key_frame=round((start_s + end_s) / 2 * FPS) + 1,
+                         peak_probability=0.9, mean_probability=0.7)
 
 
 def build_cohort(database: db.Database) -> dict[str, int]:
@@ -181,7 +209,8 @@ def build_cohort(database: db.Database) -> dict[str, int]:
                 s, sop_instance_uid=sop, sop_class_uid=VIDEO_SOP_CLASS,
                 transfer_syntax_uid=H264_HP41, study_instance_uid=study,
                 series_instance_uid=f"{sop}.1", size_bytes=1000 + ord(letter),
-                spool_path=f"/spool/{sop}.dcm", calling_ae="ENDO1", received_at=_utc(*recv),
+                spool_path=f"{SPOOL}/{study}/{sop}.1/{sop}.dcm", calling_ae="ENDO1",
+                received_at=_utc(*recv),
                 study_date=date(*sdate) if sdate else None, study_description=desc,
                 modality="ES", patient_id=f"PID-{letter}", store_patient_id=letter == "A")
             res = queue.enqueue(s, sop, model_name=model, model_version=version,
@@ -196,11 +225,10 @@ def build_cohort(database: db.Database) -> dict[str, int]:
             if state == "failed":
                 queue.fail(s, res.job_id, "cohort-worker", "decoder error: bad stream")
                 continue
-            evs = [records.EventRecord(a, b, int(a * 30), int(b * 30), 0.9, 0.7,
-                                       int((a + b) * 15)) for a, b in events]
-            records.record_run(s, res.job_id, weights_kind="demo", events=evs,
-                               video_duration_s=dur, parameters={"threshold": 0.5},
-                               timings={"inference": 1.5})
+            evs = [cohort_event(a, b) for a, b in events]
+            records.record_run(s, res.job_id, weights_kind=WEIGHTS[model], events=evs,
+                               index=CaseIndex.from_events(evs, dur),
+                               parameters={**PARAMETERS, "arch": ARCH[model]}, timings=TIMINGS)
             queue.complete(s, res.job_id, "cohort-worker")
     return ids
 

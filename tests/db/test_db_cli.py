@@ -9,7 +9,7 @@ import json
 import pytest
 
 import db
-from tests.db.conftest import COHORT, build_cohort
+from tests.db.conftest import AUTHORS, COHORT, build_cohort
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_list_table_csv_json(run_cli, env, ids):
     (("--received-to", "2024-04-01T12:00:00Z"), ["A", "B"]),
     (("--min-total-duration", "75.5"), ["D"]),
     (("--min-max-duration", "40"), ["A"]),
-    (("--model", "amagi-sf50"), ["D"]),
+    (("--model", AUTHORS[0]), ["D"]),
     (("--state", "failed"), ["F"]),
 ])
 def test_list_filter_flags(run_cli, env, ids, argv, expected):
@@ -106,7 +106,7 @@ def test_show_timeline_and_json(run_cli, env, ids):
     r = run_cli("cases", "show", str(ids["A"]), env=env)
     assert r.code == 0, r.stderr
     out = r.stdout
-    assert f"Case {ids['A']}: done, model demo demo-1" in out
+    assert f"Case {ids['A']}: done, model amagi-demo-amagi_tiny 3.0 (demo-synthetic weights)" in out
     assert "2 events, total 75.0 s" in out and "first bleeding at 00:10.0" in out
     bar = next(ln.strip() for ln in out.splitlines() if ln.strip().startswith("|"))
     assert len(bar) == 62 and bar.count("#") == 8  # 30 s + 45 s of 600 s on 60 cells
@@ -118,6 +118,13 @@ def test_show_timeline_and_json(run_cli, env, ids):
     data = json.loads(r.stdout)
     assert data["case"]["case_id"] == ids["B"] and data["patient_id"] is None
     assert [(e["start_s"], e["end_s"]) for e in data["events"]] == [(5.0, 8.0)]
+    assert data["weights_kind"] == "demo-synthetic"
+
+    r = run_cli("cases", "show", str(ids["C"]), env=env)  # analysed, no event
+    assert r.code == 0 and "0 events, total 0.0 s\n" in r.stdout and "no bleeding" in r.stdout
+    r = run_cli("cases", "show", str(ids["C"]), "--format", "json", env=env)
+    case = json.loads(r.stdout)["case"]
+    assert (case["event_count"], case["mean_duration_s"], case["max_duration_s"]) == (0, None, None)
 
     r = run_cli("cases", "show", COHORT["C"][0], env=env)  # C and D share the study
     assert r.code == 3 and "2 cases" in r.stderr
@@ -158,7 +165,7 @@ def test_stats_three_formats(run_cli, env, ids):
     st = json.loads(r.stdout)
     assert (st["cases"], st["analysed"], st["cases_with_bleeding"], st["events"]) == (6, 4, 3, 6)
     assert st["total_duration_median_s"] == 39.0 and st["max_event_duration_s"] == 45.0
-    r = run_cli("cases", "stats", "--format", "csv", "--model", "amagi-sf50", env=env)
+    r = run_cli("cases", "stats", "--format", "csv", "--model", AUTHORS[0], env=env)
     (row,) = list(csv.DictReader(io.StringIO(r.stdout)))
     assert row["cases"] == "1" and row["events"] == "3" and row["total_duration_max_s"] == "76.0"
     r = run_cli("cases", "stats", env=env)

@@ -16,7 +16,7 @@ from db.queries import (
     iter_cases,
     list_cases,
 )
-from tests.db.conftest import COHORT
+from tests.db.conftest import AUTHORS, COHORT, DEMO, PARAMETERS, SPOOL, TIMINGS
 
 
 def _utc(*a: int) -> datetime:
@@ -43,16 +43,18 @@ FILTERS = [
     pytest.param(CaseFilter(min_events=0), ["D", "C", "A", "B"], id="min-events-0-analysed"),
     pytest.param(CaseFilter(min_total_duration_s=75.0), ["D", "A"], id="min-total-75"),
     pytest.param(CaseFilter(min_total_duration_s=75.5), ["D"], id="min-total-75.5"),
+    pytest.param(CaseFilter(min_max_duration_s=0.0), ["D", "C", "A", "B"],
+                 id="min-max-0-analysed"),  # C has no event, so no longest one: still in
     pytest.param(CaseFilter(min_max_duration_s=35.0), ["D", "A"], id="min-max-35"),
     pytest.param(CaseFilter(min_max_duration_s=40.0), ["A"], id="min-max-40"),
-    pytest.param(CaseFilter(model="amagi-sf50"), ["D"], id="model-name"),
-    pytest.param(CaseFilter(model="demo-1"), ["F", "E", "C", "A", "B"], id="model-version"),
+    pytest.param(CaseFilter(model=AUTHORS[0]), ["D"], id="model-name"),
+    pytest.param(CaseFilter(model=DEMO[1]), ["F", "E", "C", "A", "B"], id="model-version"),
     pytest.param(CaseFilter(model="nope"), [], id="model-unknown"),
     pytest.param(CaseFilter(state="queued"), ["E"], id="state-queued"),
     pytest.param(CaseFilter(state=db.JobState.FAILED), ["F"], id="state-failed"),
     pytest.param(CaseFilter(state="done"), ["D", "C", "A", "B"], id="state-done"),
     pytest.param(CaseFilter(study_date_from=date(2024, 3, 1), study_date_to=date(2024, 4, 30),
-                            min_events=2, min_max_duration_s=40.0, model="demo"), ["A"],
+                            min_events=2, min_max_duration_s=40.0, model=DEMO[0]), ["A"],
                  id="combined"),
 ]
 
@@ -72,10 +74,10 @@ def test_list_pagination_and_row_content(database, cohort):
         assert [r.case_id for r in page] == [cohort["E"], cohort["D"]]
         assert list_cases(s, limit=10, offset=6) == []
         d = page[1]
-    assert d.state == "done" and d.model_name == "amagi-sf50" and d.model_version == "sf50-1"
+    assert d.state == "done" and (d.model_name, d.model_version) == AUTHORS
     assert d.study_date == date(2024, 4, 1) and d.received_at == _utc(2024, 4, 1, 12, 5)
     assert (d.event_count, d.total_duration_s, d.max_duration_s) == (3, 76.0, 35.0)
-    assert d.mean_duration_s == pytest.approx(76.0 / 3) and d.first_bleed_s == 20.0
+    assert d.mean_duration_s == round(76.0 / 3, 3) and d.first_bleed_s == 20.0  # to the ms
     assert d.video_duration_s == 900.0 and d.calling_ae == "ENDO1"
     e = page[0]
     assert e.state == "queued" and e.event_count is None and e.attempts == 0
@@ -103,10 +105,13 @@ def test_show_by_id_sop_uid_and_study_uid(database, cohort):
     assert by_id == by_str_id == by_sop == by_study
     assert [(e.number, e.start_s, e.end_s, e.duration_s) for e in by_id.events] == [
         (1, 10.0, 40.0, 30.0), (2, 100.0, 145.0, 45.0)]
-    assert by_id.events[0].start_frame == 300 and by_id.events[0].key_frame == 750
+    assert by_id.events[0].start_frame == 301 and by_id.events[0].key_frame == 751  # 1-based
     assert by_id.patient_id == "PID-A"  # this one was recorded with store_patient_id=True
-    assert by_id.weights_kind == "demo" and by_id.parameters == {"threshold": 0.5}
-    assert by_id.timings == {"inference": 1.5} and by_id.spool_path.endswith(".dcm")
+    assert by_id.weights_kind == "demo-synthetic"
+    assert by_id.parameters == {**PARAMETERS, "arch": "amagi_tiny"}
+    assert by_id.timings == TIMINGS
+    assert by_id.spool_path == f"{SPOOL}/{study_a}/{by_id.case.series_instance_uid}/" \
+        f"{by_id.case.sop_instance_uid}.dcm"
 
 
 def test_show_errors(database, cohort):
@@ -146,7 +151,7 @@ def test_cohort_stats_all(database, cohort):
 
 def test_cohort_stats_filtered_and_empty(database, cohort):
     with database.session() as s:
-        st = cohort_stats(s, CaseFilter(model="amagi-sf50"))
+        st = cohort_stats(s, CaseFilter(model=AUTHORS[0]))
         none = cohort_stats(s, CaseFilter(model="nope"))
     assert (st.cases, st.analysed, st.events, st.total_duration_max_s) == (1, 1, 3, 76.0)
     assert (none.cases, none.analysed, none.events) == (0, 0, 0)

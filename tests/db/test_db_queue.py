@@ -12,6 +12,7 @@ import pytest
 import db
 from db import queue, records
 from db.schema import Job
+from tests.db.conftest import DEMO
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -30,18 +31,18 @@ def _receive(database: db.Database, n: int, prefix: str = "1.2.3") -> list[str]:
 
 def _enqueue_all(database, uids, **kw):
     with database.session() as s:
-        return [queue.enqueue(s, u, model_name="demo", model_version="v1", now=T0, **kw).job_id
+        return [queue.enqueue(s, u, model_name=DEMO[0], model_version=DEMO[1], now=T0, **kw).job_id
                 for u in uids]
 
 
 def test_enqueue_is_idempotent(database):
     (uid,) = _receive(database, 1)
     with database.session() as s:
-        first = queue.enqueue(s, uid, model_name="demo", model_version="v1")
-        again = queue.enqueue(s, uid, model_name="demo", model_version="v1")
-        other = queue.enqueue(s, uid, model_name="demo", model_version="v2")
+        first = queue.enqueue(s, uid, model_name=DEMO[0], model_version=DEMO[1])
+        again = queue.enqueue(s, uid, model_name=DEMO[0], model_version=DEMO[1])
+        other = queue.enqueue(s, uid, model_name=DEMO[0], model_version="3.1")
     with database.session() as s:  # a later session, after commit
-        later = queue.enqueue(s, uid, model_name="demo", model_version="v1")
+        later = queue.enqueue(s, uid, model_name=DEMO[0], model_version=DEMO[1])
         n_jobs = s.query(Job).count()
     assert first.created and not again.created and not later.created and other.created
     assert first.job_id == again.job_id == later.job_id != other.job_id
@@ -50,14 +51,14 @@ def test_enqueue_is_idempotent(database):
 
 def test_enqueue_unknown_instance(database):
     with database.session() as s, pytest.raises(db.NotFoundError, match=r"9\.9"):
-        queue.enqueue(s, "9.9", model_name="demo", model_version="v1")
+        queue.enqueue(s, "9.9", model_name=DEMO[0], model_version=DEMO[1])
 
 
 def test_claim_order_received_release_and_complete(database):
     uids = _receive(database, 3)
     with database.session() as s:
-        held = queue.enqueue(s, uids[0], model_name="demo", model_version="v1", ready=False)
-        ready = [queue.enqueue(s, u, model_name="demo", model_version="v1").job_id
+        held = queue.enqueue(s, uids[0], model_name=DEMO[0], model_version=DEMO[1], ready=False)
+        ready = [queue.enqueue(s, u, model_name=DEMO[0], model_version=DEMO[1]).job_id
                  for u in uids[1:]]
     assert held.state == db.JobState.RECEIVED
     with database.session() as s:
@@ -215,7 +216,7 @@ def test_failed_job_is_requeued_by_a_new_enqueue_and_by_hand(database):
             queue.fail(s, job_id, "w1", "bad header", now=T0)
     with database.session() as s:
         assert s.get(Job, job_id).state == db.JobState.FAILED
-        again = queue.enqueue(s, uid, model_name="demo", model_version="v1", ready=False,
+        again = queue.enqueue(s, uid, model_name=DEMO[0], model_version=DEMO[1], ready=False,
                               max_attempts=3)
     assert (again.job_id, again.created, again.requeued) == (job_id, False, True)
     assert again.state == db.JobState.RECEIVED  # waits for its association, as a new job
@@ -240,7 +241,7 @@ def test_failed_job_is_requeued_by_a_new_enqueue_and_by_hand(database):
         queue.claim_next(s, "w3", 60)
     with database.session() as s:
         queue.complete(s, job_id, "w3")
-        again = queue.enqueue(s, uid, model_name="demo", model_version="v1")
+        again = queue.enqueue(s, uid, model_name=DEMO[0], model_version=DEMO[1])
     assert not again.created and not again.requeued and again.state == db.JobState.DONE
 
 
@@ -256,3 +257,16 @@ def test_leases_of_dead_processes_on_this_host_expire_at_once(database):
         retaken = queue.claim_next(s, "hostA:333:w0", 60, now=T0)
         assert retaken is not None and retaken.job_id == ids[0] and retaken.attempt == 2
         assert queue.claim_next(s, "hostA:333:w0", 60, now=T0) is None
+
+
+def test_a_worker_takes_only_jobs_of_its_model_version(database):
+    uids = _receive(database, 2)
+    with database.session() as s:
+        v1 = queue.enqueue(s, uids[0], model_name="demo", model_version="v1", now=T0).job_id
+        v2 = queue.enqueue(s, uids[1], model_name="sf50", model_version="v2", now=T0).job_id
+    with database.session() as s:
+        assert queue.claim_next(s, "w2", 60, now=T0, model_version="v2").job_id == v2
+    with database.session() as s:
+        assert queue.claim_next(s, "w2", 60, now=T0, model_version="v2") is None
+    with database.session() as s:
+        assert queue.claim_next(s, "w1", 60, now=T0, model_version="v1").job_id == v1

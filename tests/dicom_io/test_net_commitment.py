@@ -1,4 +1,5 @@
-"""Storage Commitment SCU against a pynetdicom Storage Commitment SCP on loopback."""
+"""Storage Commitment SCU against a pynetdicom Storage Commitment SCP and Orthanc on loopback;
+reports on the requesting association and on one the SCP opens to the listener."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pydicom
 import pytest
+from pydicom import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_role, evt
 
 from dicom_io.errors import NetworkError
 from dicom_io.net.commitment import (
+    STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH_MODEL,
+    CommitmentReport,
     request_storage_commitment,
 )
 from dicom_io.sopclasses import COMPREHENSIVE_3D_SR, SEGMENTATION
@@ -79,3 +84,119 @@ def test_commitment_argument_validation() -> None:
         request_storage_commitment([], "X", "127.0.0.1", 1)
     with pytest.raises(ValueError, match="sop_instance_uid"):
         request_storage_commitment([(SEGMENTATION, "1.02")], "X", "127.0.0.1", 1)
+
+
+def _report_on_new_association(port: int, info: Dataset, event_type: int = 1,
+                               calling_ae: str = "COMMITSCP", role: bool = True) -> int | None:
+    """As a PACS: open an association to ``port`` as the Storage Commitment SCP (role
+    selection) and send the N-EVENT-REPORT; the status it got, None if not accepted."""
+    ae = AE(calling_ae)
+    ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL)
+    ext = [build_role(STORAGE_COMMITMENT_PUSH_MODEL, scp_role=True)] if role else []
+    assoc = ae.associate("127.0.0.1", port, ae_title="AMAGI", ext_neg=ext)
+    if not assoc.is_established:
+        return None
+    try:
+        if not assoc.accepted_contexts:
+            return None
+        status, _ = assoc.send_n_event_report(info, event_type, STORAGE_COMMITMENT_PUSH_MODEL,
+                                              STORAGE_COMMITMENT_INSTANCE)
+        return int(status.Status) if "Status" in status else None
+    finally:
+        assoc.release()
+
+
+def _report(transaction: str, committed: list[str], failed: dict[str, int]) -> Dataset:
+    info = Dataset()
+    if transaction:
+        info.TransactionUID = transaction
+    refs = []
+    for uid in committed:
+        item = Dataset()
+        item.ReferencedSOPClassUID = SEGMENTATION
+        item.ReferencedSOPInstanceUID = uid
+        refs.append(item)
+    if refs:
+        info.ReferencedSOPSequence = refs
+    fails = []
+    for uid, reason in failed.items():
+        item = Dataset()
+        item.ReferencedSOPClassUID = SEGMENTATION
+        item.ReferencedSOPInstanceUID = uid
+        item.FailureReason = reason
+        fails.append(item)
+    if fails:
+        info.FailedSOPSequence = fails
+    return info
+
+
+def test_report_on_a_new_association_reaches_the_listener(tmp_path: Any) -> None:
+    reports: list[CommitmentReport] = []
+    fail = {"on": False}
+
+    def on_report(report: CommitmentReport) -> None:
+        if fail["on"]:
+            raise RuntimeError("database locked")
+        reports.append(report)
+
+    tx, a, b = generate_uid(), generate_uid(), generate_uid()
+    with running_listener(tmp_path / "spool", Recorder(),
+                          on_commitment_report=on_report) as listener:
+        port = listener.port
+        assert _report_on_new_association(port, _report(tx, [a], {b: 0x0112}), 2) == 0x0000
+        assert reports == [CommitmentReport(tx, "COMMITSCP", 2, (a,), {b: 0x0112})]
+        # Not recorded: not acknowledged, so the PACS can send it again.
+        fail["on"] = True
+        assert _report_on_new_association(port, _report(tx, [a], {}), 1) == 0x0110
+        fail["on"] = False
+        assert _report_on_new_association(port, _report(tx, [a], {}), 7) == 0x0113
+        assert _report_on_new_association(port, _report("", [a], {}), 1) == 0x0115
+        assert len(reports) == 1
+    # Without a callback the listener does not take part in Storage Commitment at all.
+    with running_listener(tmp_path / "spool2", Recorder()) as listener:
+        assert _report_on_new_association(listener.port, _report(tx, [a], {}), 1) is None
+
+
+def test_request_returns_none_when_the_report_comes_later(
+        commitment_scp: tuple[int, set[str], dict]) -> None:
+    port, _, behaviour = commitment_scp
+    behaviour["silent"] = True
+    start = time.monotonic()
+    assert request_storage_commitment([(SEGMENTATION, generate_uid())], "COMMITSCP",
+                                      "127.0.0.1", port, timeout=5, report_wait=0.5) is None
+    assert time.monotonic() - start < 3
+    # A report that does come on the same association is still taken at once.
+    behaviour["silent"] = False
+    uid = generate_uid()
+    (result,) = request_storage_commitment([(SEGMENTATION, uid)], "COMMITSCP", "127.0.0.1",
+                                           port, timeout=5, report_wait=3)
+    assert (result.sop_instance_uid, result.committed, result.failure_reason) == (
+        uid, False, 0x0112)
+
+
+@pytest.mark.integration
+def test_orthanc_reports_on_a_new_association(tmp_path: Any) -> None:
+    """Debian's Orthanc as the SCP: the report of a stored and an unknown instance arrives
+    at the listener on Orthanc's own association."""
+    from dicom_io.net.scu import send_instances
+    from tests.amagi_plugin.serve_support import Orthanc, running, wait_until
+    from tests.dicom_io._net_fixtures import make_sr
+
+    reports: list[CommitmentReport] = []
+    sr = make_sr(tmp_path / "sr.dcm")
+    ds = pydicom.dcmread(sr)
+    stored_class, stored_uid = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+    unknown = generate_uid()
+    with running_listener(tmp_path / "spool", Recorder(),
+                          on_commitment_report=reports.append) as listener, \
+            running(Orthanc(tmp_path / "orthanc", listener.port)) as orthanc:
+        (sent,) = send_instances([sr], orthanc.ae_title, "127.0.0.1", orthanc.dicom_port)
+        assert sent.ok, sent.error
+        tx = generate_uid()
+        answer = request_storage_commitment(
+            [(stored_class, stored_uid), (SEGMENTATION, unknown)], orthanc.ae_title,
+            "127.0.0.1", orthanc.dicom_port, timeout=10, transaction_uid=tx, report_wait=0.5)
+        (report,) = wait_until(lambda: list(reports), 30, what="Orthanc's report")
+        # Orthanc never answers on the requesting association.
+        assert answer is None
+    assert report == CommitmentReport(tx, "ORTHANC", 2, (stored_uid,), {unknown: 0x0112})

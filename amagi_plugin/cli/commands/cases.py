@@ -278,11 +278,11 @@ def render_case(d) -> str:
     if c.event_count is None:
         lines.append("  not analysed yet")
         return "\n".join(lines)
-    first = f", first bleeding at {_clock(c.first_bleed_s)}" if c.first_bleed_s is not None else ""
+    spread = (f", mean {c.mean_duration_s:.1f} s, max {c.max_duration_s:.1f} s, first bleeding "
+              f"at {_clock(c.first_bleed_s)}" if c.event_count else "")
     lines.append(f"  video      {_clock(c.video_duration_s)} ({c.video_duration_s:.1f} s); "
                  f"{c.event_count} event{'s' if c.event_count != 1 else ''}, total "
-                 f"{c.total_duration_s:.1f} s, mean {c.mean_duration_s:.1f} s, max "
-                 f"{c.max_duration_s:.1f} s{first}")
+                 f"{c.total_duration_s:.1f} s{spread}")
     lines += ["", f"Timeline  0 {'─' * (TIMELINE_WIDTH - 10)} {_clock(c.video_duration_s)}",
               f"  {timeline_bar(d.events, c.video_duration_s)}"]
     for e in d.events:
@@ -298,7 +298,9 @@ def render_case(d) -> str:
             lines.append(f"  {o.kind:<9} {o.sop_instance_uid}  {o.path}")
             for dl in o.deliveries:
                 lines.append(f"            → {dl['destination']}: {dl['state']} "
-                             f"({dl['attempts']} attempt{'s' if dl['attempts'] != 1 else ''})")
+                             f"({dl['attempts']} attempt{'s' if dl['attempts'] != 1 else ''})"
+                             + (f": {dl['last_error']}" if dl["state"] != "sent"
+                                and dl["last_error"] else ""))
     return "\n".join(lines)
 
 

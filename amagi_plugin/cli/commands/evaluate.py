@@ -84,8 +84,9 @@ def run(args: argparse.Namespace, ctx) -> int:
 
     from amagi_plugin.evaluation.cases import load_cases
     from amagi_plugin.evaluation.run import ModelSpec, evaluate_models, write_outputs
-    from amagi_plugin.modelspec import DEMO_DIR, DEMO_NOTICE, resolve_device
+    from amagi_plugin.modelspec import DEMO_DIR, resolve_device
     from amagi_plugin.pipeline import AnalysisOptions
+    from dicom_io.results import DEMO_DISCLAIMER
     from models import CheckpointError, build_model, load_checkpoint
 
     cfg = ctx.config
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace, ctx) -> int:
     doc, preds = evaluate_models(models, options, cases, folds=args.folds,
                                  fold_seed=args.fold_seed, jobs=args.jobs, threads=args.threads,
                                  progress=None if args.no_progress else ctx.stderr)
-    doc = {"notice": DEMO_NOTICE if demo else None,
+    doc = {"notice": DEMO_DISCLAIMER if demo else None,
            "data": {"root": str(data), "description": description, "seed": meta.get("seed"),
                     "ranges": ranges, "settings": settings,
                     "case_seeds": [c.get("seed") for c in meta.get("cases", [])]},

@@ -12,7 +12,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "serve", parents=parents, help="run the DICOM listener and analyse what it receives",
         description="Receive surgical videos by C-STORE, analyse each one when its association "
         "ends, record the case and send SR, SEG, key images and KOS to the configured "
-        "destinations (retrying until they confirm). Stops on SIGINT/SIGTERM.")
+        "destinations (retrying until they confirm). Stops on SIGINT/SIGTERM. With --role "
+        "listener or worker, several processes on several hosts share the work through one "
+        "PostgreSQL database and one storage directory.")
+    config_flag(p, "--role", key="service.role", choices=("all", "listener", "worker"))
     net = p.add_argument_group("network (as pynetdicom's storescp)")
     config_flag(net, "-aet", "--ae-title", key="listener.ae_title", metavar="AETITLE")
     config_flag(net, "-p", "--port", key="listener.port", metavar="PORT")
@@ -22,8 +25,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     config_flag(net, "-td", "--dimse-timeout", key="listener.dimse_timeout", metavar="S")
     config_flag(net, "-tn", "--network-timeout", key="listener.network_timeout", metavar="S")
     p.add_argument("--destination", dest="destinations", action="append", default=[],
-                   metavar="AE_TITLE@HOST:PORT",
-                   help="send results there (repeatable; adds to delivery.destinations)")
+                   metavar="AE_TITLE@HOST:PORT|URL",
+                   help="send results there by C-STORE, or by STOW-RS to an http(s)://.../dicom-web "
+                   "base URL (repeatable; adds to delivery.destinations)")
     config_flag(p, "--workers", key="worker.count", metavar="N")
     config_flag(p, "--devices", key="worker.devices", metavar="DEVICE,...")
     config_flag(p, "--fast", key="model.fast", action="store_const", const="true")
@@ -35,10 +39,12 @@ def run(args: argparse.Namespace, ctx) -> int:
 
     from amagi_plugin.config import ConfigError, Destination
     from amagi_plugin.fastpath import check_devices_available
+    from amagi_plugin.modelspec import resolve_model
     from amagi_plugin.runtime import analyzer_from_config
-    from amagi_plugin.service.app import Service
+    from amagi_plugin.service.app import Service, check_role_database
 
     cfg = ctx.config
+    check_role_database(cfg)  # before loading any model
     if args.destinations:
         try:
             extra = [Destination.parse(d) for d in args.destinations]
@@ -46,8 +52,12 @@ def run(args: argparse.Namespace, ctx) -> int:
             raise ConfigError(f"invalid --destination: {e}") from None
         cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(
             cfg.delivery, destinations=[*cfg.delivery.destinations, *extra]))
+    if cfg.service.role == "listener":  # queues jobs for the configured model, never loads it
+        Service(cfg, [], resolve_model(cfg.model)).serve_forever()
+        return 0
     # One model per configured device (worker.count workers on each); none: model.device.
     check_devices_available(cfg.worker.devices)
     built = [analyzer_from_config(cfg, device) for device in cfg.worker.devices or [None]]
-    Service(cfg, [analyzer for analyzer, _ in built], built[0][1]).serve_forever()
+    Service(cfg, [analyzer for analyzer, _ in built], built[0][1],
+            environ=ctx.environ).serve_forever()
     return 0
