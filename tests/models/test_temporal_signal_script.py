@@ -1,0 +1,48 @@
+"""scripts/model/temporal_signal.py: the data diagnostic runs on real synthetic output."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "model" / "temporal_signal.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("temporal_signal", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory) -> Path:
+    from amagi_plugin.synth import OutputOptions, generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, n_cases=1, seed=5, width=96, height=80, fps=15.0, duration_s=6.0,
+                  options=OutputOptions(formats=("dicom",), mask_every=2))
+    return root
+
+
+def test_measures_every_labelled_active_frame(case_dir: Path, capsys) -> None:
+    ts = _script()
+    case = next(p for p in case_dir.iterdir() if (p / "labels.json").is_file())
+    labels = json.loads((case / "labels.json").read_text())
+    rows = ts.case_rows(case, delta=1)
+    # at most one row per stored mask frame of an active frame with both neighbours in the video
+    stored = [int(p.stem.split("_")[1]) - 1 for p in (case / "masks").glob("img_*.png")]
+    active = [k for k in stored if 0 < k < labels["n_frames"] - 1 and labels["frame_labels"][k]]
+    assert rows and len(rows) <= len(active)
+    assert all(inside > 0 and ring >= 0 for _, inside, ring in rows)
+    assert ts.main([str(case_dir), "--delta", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| all | " + str(len(rows)) + " |" in table
+
+
+def test_a_folder_without_cases_is_an_error(tmp_path: Path, capsys) -> None:
+    assert _script().main([str(tmp_path)]) == 1
+    assert "no labelled active-bleeding frames" in capsys.readouterr().err
