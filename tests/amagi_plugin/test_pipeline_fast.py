@@ -163,7 +163,7 @@ def captured(monkeypatch):
         raise _Stop("captured")
 
     class FakeService:
-        def __init__(self, cfg, analyzers, spec) -> None:
+        def __init__(self, cfg, analyzers, spec, **_: object) -> None:
             seen["analyzers"], seen["cfg"] = analyzers, cfg
 
         def serve_forever(self) -> None:
