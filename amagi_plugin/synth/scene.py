@@ -25,6 +25,14 @@ Sampler (what :func:`sample_scene` does, in order, all from ``numpy.random.defau
 5. hard negatives: static pools of old (sometimes fresh-looking) blood, round or elongated
    like a dried trail, and red tissue patches, placed where the camera looks at a random time;
 6. instruments and smoke episodes.
+
+Presets that randomise (``randomised``, ``heldout``, ``static``) then draw, from a second
+stream ``default_rng([seed, 7])``, bleeding forms, palette shifts, still look-alikes of active
+blood and the camera chain (:class:`~amagi_plugin.synth.look.Look`, lens distortion drawn
+last), and from a third, ``default_rng([seed, 13])``, the distractors of
+:data:`DISTRACTOR_KINDS`. An opted-in :class:`VideoFormatRanges` draws the case's frame rate
+and size first, from ``default_rng([seed, 11])``. Each stream only adds to what the earlier
+ones drew, so the ``train`` and ``shifted`` presets give exactly the scenes they always gave.
 """
 
 from __future__ import annotations
@@ -391,7 +399,12 @@ def _tuplify(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class SceneRanges:
-    """The knobs of :func:`sample_scene`: ranges ``(low, high)`` each scene is drawn from."""
+    """The knobs of :func:`sample_scene`: ranges ``(low, high)`` each scene is drawn from.
+
+    The fields after ``fresh_looking_pool_probability`` are domain randomisation, off by
+    default (:func:`_randomise` reads them only when one differs from its default);
+    ``video_format`` is an opt-in of any preset (``amagi synth --vary-format``).
+    """
 
     palettes: tuple[str, ...] = ("pink", "red", "yellow")
     events_per_minute: tuple[float, float] = (2.0, 4.0)
