@@ -251,12 +251,12 @@ class Renderer:
                 * np.clip((front - u) / (2.0 * edge) + 0.5, 0.0, 1.0)
                 * np.clip((u - tail) / (2.0 * edge) + 0.5, 0.0, 1.0))
         phase = (2.0 * math.pi * (u - ir.ripple_speed * k / fps) / ir.ripple_wavelength
-                 + 3.0 * noise)
+                 + 3.0 * noise + 2.0 * ((v - centre) / ir.width) ** 2)  # curved wavefronts
         wave = 0.5 + 0.5 * np.sin(phase)
         sub = rgb[win]
         tint = np.asarray(ir.tint, np.float32)
         sub += (tint - sub) * (band * ir.opacity * (0.6 + 0.4 * wave))[..., None]
-        glint = np.clip((wave - 0.85) * 8.0, 0.0, 1.0) * np.clip(noise + 0.5, 0.0, 1.0) * band
+        glint = np.clip((wave - 0.88) * 9.0, 0.0, 1.0) * np.clip(noise + 0.3, 0.0, 1.0) * band
         sub += (np.float32(0.98) - sub) * (0.6 * glint)[..., None]
 
     def _sample(self, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
