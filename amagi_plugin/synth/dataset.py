@@ -64,6 +64,10 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
         bar.close()
     settings = {"n_cases": n_cases, "width": width, "height": height, "fps": fps,
                 "duration_s": duration_s, "cases_per_patient": cases_per_patient}
+    plan = ranges if isinstance(ranges, SceneRanges) else None
+    if plan is not None and plan.video_format is not None:
+        settings["per_case_format"] = ("width, height and fps are base values; each case "
+                                       "record gives its own")
     return write_index(root, records, seed=seed, ranges=ranges, options=options,
                        settings=settings)
 

@@ -1,7 +1,7 @@
 """Domain randomisation of a case's *look*: what the camera chain does to the rendered scene.
 
-Real endoscopic video varies in white balance, tone curve, sharpness, the shape of the
-endoscope's field stop and compression. None of these says anything about whether blood is
+Real endoscopic video varies in white balance, tone curve, sharpness, lens distortion, the
+shape of the endoscope's field stop and compression. None of these says anything about whether blood is
 flowing, so a model must not learn any of them: :func:`sample_look` draws one :class:`Look`
 per case, continuously inside a :class:`LookRanges`, and :func:`apply_look` applies it to
 every composited frame (after the scene, before sensor noise). Field stops come in named
@@ -46,6 +46,11 @@ class Look:
         Quality of the case's rawframe JPEGs (compression strength).
     crf
         Constant-rate factor of the case's H.264/HEVC video (higher = more compression).
+    distortion
+        Radial lens distortion ``k``: the output pixel at radius ``r`` (fraction of the half
+        diagonal) shows the undistorted point at ``r · (1 + k r²) / (1 + max(k, 0))``;
+        ``k > 0`` is barrel (fish-eye, the view still fills the frame), ``k < 0`` pincushion,
+        0 none. Frames and masks are warped alike (:func:`distortion_map`).
     """
 
     gains: tuple[float, float, float]
@@ -56,8 +61,11 @@ class Look:
     scope_offset: tuple[float, float]
     jpeg_quality: int
     crf: int
+    distortion: float = 0.0
 
     def __post_init__(self) -> None:
+        if not -0.3 <= self.distortion <= 0.5:
+            raise SynthError(f"distortion must lie in [-0.3, 0.5], got {self.distortion}")
         if self.scope_mask not in SCOPE_MASKS:
             raise SynthError(f"scope_mask must be one of {', '.join(SCOPE_MASKS)}, "
                              f"got {self.scope_mask!r}")
@@ -75,6 +83,7 @@ class LookRanges:
     scope_offset: float = 0.06
     jpeg_quality: tuple[int, int] = (45, 95)
     crf: tuple[int, int] = (18, 32)
+    distortion: tuple[float, float] = (-0.15, 0.3)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.scope_masks if m not in SCOPE_MASKS]
@@ -91,6 +100,10 @@ class LookRanges:
             raise SynthError("gamma and scope_size must be positive")
         if self.jpeg_quality[0] < 1 or self.jpeg_quality[1] > 95:
             raise SynthError(f"jpeg_quality must lie in 1-95, got {self.jpeg_quality}")
+        lo, hi = self.distortion
+        if not -0.3 <= lo <= hi <= 0.5:
+            raise SynthError(f"distortion must be a range -0.3 <= low <= high <= 0.5, "
+                             f"got ({lo}, {hi})")
 
 
 def sample_look(rng: np.random.Generator, ranges: LookRanges) -> Look:
@@ -109,7 +122,8 @@ def sample_look(rng: np.random.Generator, ranges: LookRanges) -> Look:
                       round(float(rng.uniform(-off, off)), 4)),
         jpeg_quality=int(rng.integers(ranges.jpeg_quality[0], ranges.jpeg_quality[1] + 1)),
         crf=int(rng.integers(ranges.crf[0], ranges.crf[1] + 1)),
-    )
+        distortion=round(float(rng.uniform(*ranges.distortion)), 4),  # drawn last: the
+    )  # looks drawn before it had the same other values
 
 
 def scope_alpha(look: Look, height: int, width: int) -> np.ndarray:
@@ -136,6 +150,19 @@ def scope_alpha(look: Look, height: int, width: int) -> np.ndarray:
         qy = np.maximum(np.abs(py) - (ry - corner), 0.0)
         dist = np.hypot(qx, qy) - corner
     return np.clip(0.5 - dist * side / 1.5, 0.0, 1.0).astype(np.float32)
+
+
+def distortion_map(k: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source pixel coordinates ``(x, y)``, ``float32 (H, W)`` each, of every output pixel
+    under radial distortion ``k`` (see :class:`Look`); every source lies inside the frame
+    for ``-0.3 <= k <= 0.5``, where the radial map is monotonic."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    qx, qy = xs - cx, ys - cy
+    r2 = (qx * qx + qy * qy) / (cx * cx + cy * cy)
+    f = (1.0 + k * r2) / (1.0 + max(k, 0.0))
+    return (np.clip(cx + qx * f, 0.0, width - 1.0).astype(np.float32),
+            np.clip(cy + qy * f, 0.0, height - 1.0).astype(np.float32))
 
 
 def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:

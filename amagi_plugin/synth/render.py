@@ -3,19 +3,22 @@
 :class:`Renderer` precomputes everything static (canvas, pixel grids, vignette, noise bank) and
 then renders any frame independently, so ``render(k)`` is a pure function of ``(scene, k)``.
 
-Compositing order, per frame: tissue with baked-in red patches and old pools (bilinear sample
-of the canvas under the camera pose) → view-dependent wet highlights → residual blood of ended
-events → active events → still look-alikes of active blood → instrument shadows and
-instruments → smoke → the case's look (blur, white balance, tone curve) → vignette and light
-flicker → sensor noise → field stop → 8-bit.
+Compositing order, per frame: tissue with baked-in red patches, old pools and blood-soaked
+gauze (bilinear sample of the canvas under the camera pose) → view-dependent wet highlights →
+residual blood of ended events → active events → still look-alikes of active blood →
+irrigation fluid → instrument shadows and instruments (blood-stained jaws) → smoke → lens
+distortion (frames and masks alike) → blood on the lens → the case's look (blur, white
+balance, tone curve) → vignette and light flicker → sensor noise → field stop → 8-bit.
 
 Masks (per frame, ``bool (H, W)``):
 
-- ``active``: pixels where an active event's opacity is ≥ 0.5 and no instrument covers them
-  (instrument opacity < 0.5). Smoke (peak opacity 0.45) does not remove blood from the mask.
-- ``negative``: visible static pooled blood, residual blood of ended events or still
-  look-alikes of active blood (opacity ≥ 0.5), not active and not under an instrument: the
-  hard negatives.
+- ``active``: pixels where an active event's opacity is ≥ 0.5 and no instrument or blood on
+  the lens covers them (opacity < 0.5). Smoke (peak opacity 0.45) and irrigation fluid
+  (< 0.5) do not remove blood from the mask.
+- ``negative``: visible static pooled blood, residual blood of ended events, still
+  look-alikes of active blood or the stain of soaked gauze (opacity ≥ 0.5), not active and
+  not under an instrument or lens blood: the hard negatives. Stained instrument jaws,
+  irrigation fluid and lens blood are in neither mask.
 
 Both masks are empty outside the field stop.
 """
@@ -36,10 +39,11 @@ from amagi_plugin.synth.events import (
     still_state,
     world_extent,
 )
-from amagi_plugin.synth.look import apply_look, scope_alpha
-from amagi_plugin.synth.scene import Instrument, SceneParams
+from amagi_plugin.synth.look import apply_look, distortion_map, gaussian_blur, scope_alpha
+from amagi_plugin.synth.scene import Instrument, Irrigation, LensBlood, SceneParams
 from amagi_plugin.synth.textures import (
     CH_IRREGULAR,
+    CH_MATTE,
     CH_NEGATIVE,
     CH_RIPPLE,
     build_canvas,
@@ -98,6 +102,14 @@ class Renderer:
         self._side = float(min(w, h))
         self._scope = (scope_alpha(scene.look, h, w)[..., None]
                        if scene.look is not None and scene.look.scope_mask != "none" else None)
+        self._warp: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if scene.look is not None and abs(scene.look.distortion) > 1e-4:
+            sx, sy = distortion_map(scene.look.distortion, h, w)
+            x0 = np.minimum(np.floor(sx), w - 2)
+            y0 = np.minimum(np.floor(sy), h - 2)
+            self._warp = ((y0 * w + x0).astype(np.intp), (sx - x0)[..., None],
+                          (sy - y0)[..., None])
+        self._lens = _lens_layer(scene.lens_blood, h, w, scene.seed) if scene.lens_blood else None
 
     def __len__(self) -> int:
         return self.scene.n_frames
@@ -126,6 +138,8 @@ class Renderer:
         c0x, c0y = sc.canvas_centre
         shift = (round(0.3 * (pose[0] - c0x)), round(0.3 * (pose[1] - c0y)))
         spec = self._spec_at(wx, wy, shift)
+        if sc.gauze:
+            spec *= 1.0 - samples[..., CH_MATTE]
         rgb += (1.0 - rgb) * (spec * 0.85)[..., None]
 
         h, w = sc.height, sc.width
@@ -149,9 +163,12 @@ class Renderer:
             target = active_alpha if bleeding and st.active else negative_alpha
             np.maximum(target[win], alpha, out=target[win])
 
+        for ir in sc.irrigation:
+            self._draw_irrigation(rgb, ir, k, pose, wx, wy, ripple)
+
         occluder = np.zeros((h, w), np.float32)
         for inst in sc.instruments:
-            self._draw_instrument(rgb, occluder, inst, t)
+            self._draw_instrument(rgb, occluder, inst, k)
 
         for ep in sc.smoke:
             if ep.start_frame <= k < ep.end_frame and self._smoke is not None:
@@ -161,6 +178,17 @@ class Renderer:
                 dens = np.roll(self._smoke, (dy, dx), axis=(0, 1)) * (ep.density * env)
                 rgb += (np.float32(0.86) - rgb) * dens[..., None]
 
+        if self._warp is not None:  # one remap of the frame and of every opacity
+            stack = self._remap(np.concatenate(
+                (rgb, active_alpha[..., None], negative_alpha[..., None], occluder[..., None]),
+                axis=-1))
+            rgb = np.ascontiguousarray(stack[..., 0:3])
+            active_alpha, negative_alpha, occluder = stack[..., 3], stack[..., 4], stack[..., 5]
+        if self._lens is not None:
+            lens_alpha, lens_rgb = self._lens
+            rgb *= 1.0 - lens_alpha[..., None]
+            rgb += lens_rgb
+            occluder = np.maximum(occluder, lens_alpha)
         if sc.look is not None:
             rgb = apply_look(rgb, sc.look)
         flicker = 1.0 + sc.light_flicker * math.sin(2.0 * math.pi * 0.9 * t + sc.seed % 7)
@@ -179,6 +207,57 @@ class Renderer:
         return RenderedFrame(k, out, active, negative)
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _remap(self, img: np.ndarray) -> np.ndarray:
+        """Bilinear resample of ``img (H, W, C)`` through the lens-distortion map."""
+        assert self._warp is not None
+        i, fx, fy = self._warp
+        w = self.scene.width
+        flat = img.reshape(-1, img.shape[-1])
+        top = np.take(flat, i, axis=0)
+        top += (np.take(flat, i + 1, axis=0) - top) * fx
+        bottom = np.take(flat, i + w, axis=0)
+        bottom += (np.take(flat, i + (w + 1), axis=0) - bottom) * fx
+        top += (bottom - top) * fy
+        return top
+
+    def _draw_irrigation(self, rgb: np.ndarray, ir: Irrigation, k: int, pose, wx: np.ndarray,
+                         wy: np.ndarray, ripple_noise: np.ndarray) -> None:
+        """Composite irrigation fluid (a translucent tinted film with moving highlights)."""
+        fps = self.scene.fps
+        if k < ir.start_frame:
+            return
+        front = min(ir.length, ir.speed * (min(k, ir.end_frame - 1) - ir.start_frame + 1) / fps)
+        tail = max(0.0, ir.speed * (k - ir.end_frame + 1) / fps)  # drains once the flow stops
+        if tail >= front:
+            return
+        c, s = math.cos(ir.flow_angle), math.sin(ir.flow_angle)
+        sx, sy = ir.source
+        pad = 2.0 * ir.width + 2.0
+        ex, ey = sx + c * ir.length, sy + s * ir.length
+        box = self._screen_box(pose, (min(sx, ex) - pad, min(sy, ey) - pad,
+                                      max(sx, ex) + pad, max(sy, ey) + pad))
+        if box is None:
+            return
+        win = (slice(box[0], box[1]), slice(box[2], box[3]))
+        dx, dy = wx[win] - sx, wy[win] - sy
+        u = dx * c + dy * s
+        v = dy * c - dx * s
+        noise = ripple_noise[win]
+        edge = max(pose[2], 0.5)
+        centre = 0.3 * ir.width * np.sin(u / (3.0 * ir.width) + sx * 0.1)
+        half = ir.width * (1.0 + 0.2 * np.tanh(noise))
+        band = (np.clip((half - np.abs(v - centre)) / edge + 0.5, 0.0, 1.0)
+                * np.clip((front - u) / (2.0 * edge) + 0.5, 0.0, 1.0)
+                * np.clip((u - tail) / (2.0 * edge) + 0.5, 0.0, 1.0))
+        phase = (2.0 * math.pi * (u - ir.ripple_speed * k / fps) / ir.ripple_wavelength
+                 + 3.0 * noise + 2.0 * ((v - centre) / ir.width) ** 2)  # curved wavefronts
+        wave = 0.5 + 0.5 * np.sin(phase)
+        sub = rgb[win]
+        tint = np.asarray(ir.tint, np.float32)
+        sub += (tint - sub) * (band * ir.opacity * (0.6 + 0.4 * wave))[..., None]
+        glint = np.clip((wave - 0.88) * 9.0, 0.0, 1.0) * np.clip(noise + 0.3, 0.0, 1.0) * band
+        sub += (np.float32(0.98) - sub) * (0.6 * glint)[..., None]
 
     def _sample(self, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
         """Bilinear sample of every canvas channel at world points, ``float32 (H, W, C)``."""
@@ -224,9 +303,11 @@ class Renderer:
         return r0, r1, c0, c1
 
     def _draw_instrument(self, rgb: np.ndarray, occluder: np.ndarray, inst: Instrument,
-                         t: float) -> None:
-        """Composite one instrument (shadow, shaft, jaws) into ``rgb``; update ``occluder``."""
+                         k: int) -> None:
+        """Composite one instrument (shadow, shaft, jaws, stain) into ``rgb``; update
+        ``occluder``."""
         sc, side = self.scene, self._side
+        t = k / sc.fps
         tau = 2.0 * math.pi * t
         tx = (inst.tip_home[0] + inst.tip_amplitude[0]
               * math.sin(inst.tip_hz[0] * tau + inst.tip_phases[0])) * sc.width
@@ -282,4 +363,37 @@ class Renderer:
         grey = base * cyl + spec * np.where(metal, np.float32(0.55), np.float32(0.3))
         colour = grey[..., None] * np.asarray((0.98, 1.0, 1.04), np.float32)
         sub += (colour - sub) * alpha[..., None]
+        state = still_state(inst.stain, k, sc.fps) if inst.stain is not None else None
+        if state is not None:
+            # In the instrument's own frame (forward of the tip, across the shaft), with the
+            # canvas noise of a fixed place: the stain moves only with the instrument.
+            near = metal & (forward > -2.0 * half) & (alpha > 0.0)
+            lx, ly = forward[near], v[near]
+            noise = self._sample(lx + self._cw / 2.0, ly + self._ch / 2.0)
+            a_s, c_s = render_event(inst.stain.blood, state, lx, ly, noise[..., CH_IRREGULAR],
+                                    noise[..., CH_RIPPLE], 1.0)
+            a_s *= alpha[near]
+            sub[near] += (c_s - sub[near]) * a_s[..., None]
         np.maximum(occluder[win], alpha, out=occluder[win])
+
+
+def _lens_layer(smears: tuple[LensBlood, ...], h: int, w: int, seed: int,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Opacity ``(H, W)`` and premultiplied colour ``(H, W, 3)`` of the blood on the lens."""
+    rng = np.random.default_rng([seed, 3])
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    alpha = np.zeros((h, w), np.float32)
+    rgb = np.zeros((h, w, 3), np.float32)
+    for sm in smears:
+        edge = smooth_noise(rng, (h, w), max(2.0, min(sm.radii) / 2.0))
+        film = smooth_noise(rng, (h, w), max(1.5, min(sm.radii) / 4.0))
+        c, s = math.cos(sm.angle), math.sin(sm.angle)
+        dx, dy = xs - sm.centre[0] * w, ys - sm.centre[1] * h
+        u, v = (dx * c + dy * s) / sm.radii[0], (dy * c - dx * s) / sm.radii[1]
+        d = np.sqrt(u * u + v * v) / (1.0 + sm.irregularity * np.tanh(edge))
+        shape = np.clip((1.0 - d) * 4.0, 0.0, 1.0)[..., None]
+        a = gaussian_blur(shape, sm.blur_px)[..., 0] * sm.opacity
+        colour = np.asarray(sm.colour, np.float32) * (0.8 + 0.12 * np.tanh(film))[..., None]
+        rgb = rgb * (1.0 - a)[..., None] + colour * a[..., None]
+        alpha = 1.0 - (1.0 - alpha) * (1.0 - a)
+    return alpha.astype(np.float32), rgb.astype(np.float32)

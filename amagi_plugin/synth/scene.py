@@ -25,6 +25,14 @@ Sampler (what :func:`sample_scene` does, in order, all from ``numpy.random.defau
 5. hard negatives: static pools of old (sometimes fresh-looking) blood, round or elongated
    like a dried trail, and red tissue patches, placed where the camera looks at a random time;
 6. instruments and smoke episodes.
+
+Presets that randomise (``randomised``, ``heldout``, ``static``) then draw, from a second
+stream ``default_rng([seed, 7])``, bleeding forms, palette shifts, still look-alikes of active
+blood and the camera chain (:class:`~amagi_plugin.synth.look.Look`, lens distortion drawn
+last), and from a third, ``default_rng([seed, 13])``, the distractors of
+:data:`DISTRACTOR_KINDS`. An opted-in :class:`VideoFormatRanges` draws the case's frame rate
+and size first, from ``default_rng([seed, 11])``. Each stream only adds to what the earlier
+ones drew, so the ``train`` and ``shifted`` presets give exactly the scenes they always gave.
 """
 
 from __future__ import annotations
@@ -93,6 +101,7 @@ class Instrument:
     jaw_length_frac: float
     jaw_hz: float
     wobble: float  # radians of slow shaft-angle change
+    stain: StillBlood | None = None  # fresh-looking blood on the jaws (see below)
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,102 @@ class RedPatch:
     colour: RGB
 
 
+#: Still distractors that are not blood pools (off in the first presets; see
+#: :func:`_sample_distractors`): blood-soaked gauze and blood-stained instrument jaws (fresh-
+#: blood colour model, never growing or flowing), irrigation fluid (flows, is not blood) and
+#: blood on the lens (fixed in screen space). None of them is ever in the active mask.
+DISTRACTOR_KINDS = ("gauze", "stained_tip", "irrigation", "lens_blood")
+
+
+@dataclass(frozen=True)
+class Gauze:
+    """A swab lying on the tissue, soaked with fresh-looking blood; static in the world.
+
+    The woven white patch is a rotated rectangle (``half_size`` along ``angle`` and across,
+    world pixels) with frayed edges; ``stain`` (kind ``"fresh_still"``) is drawn with the
+    active-blood colour model at its frozen state and clipped to the patch.
+    """
+
+    centre: tuple[float, float]
+    half_size: tuple[float, float]
+    angle: float
+    weave_px: float  # period of the weave, world pixels
+    tone: RGB
+    stain: StillBlood
+
+
+@dataclass(frozen=True)
+class Irrigation:
+    """Clear, slightly pink irrigation fluid running over the tissue (not blood, never masked).
+
+    Between ``start_frame`` and ``end_frame`` a film of width ``width`` spreads from
+    ``source`` along ``flow_angle`` at ``speed`` (world pixels / s) up to ``length``; when the
+    episode ends its tail drains along the same path. Ripples with specular highlights travel
+    along the flow at ``ripple_speed``.
+    """
+
+    start_frame: int
+    end_frame: int
+    source: tuple[float, float]  # world pixels
+    flow_angle: float
+    width: float
+    length: float
+    speed: float
+    tint: RGB
+    opacity: float  # peak opacity of the tint (< 0.5)
+    ripple_wavelength: float
+    ripple_speed: float
+
+
+@dataclass(frozen=True)
+class LensBlood:
+    """A blurred red smear on the lens: fixed in screen space for the whole case, not masked.
+
+    An irregular ellipse at ``centre`` (fractions of the frame), radii ``radii`` (pixels of
+    the output frame) along ``angle``, blurred by ``blur_px``; where its opacity is ≥ 0.5 it
+    hides what lies behind, active blood included.
+    """
+
+    centre: tuple[float, float]
+    radii: tuple[float, float]
+    angle: float
+    colour: RGB
+    opacity: float
+    blur_px: float
+    irregularity: float
+
+
+@dataclass(frozen=True)
+class VideoFormatRanges:
+    """Per-case frame rate and frame size, opted into with :attr:`SceneRanges.video_format`.
+
+    Each case's frame rate is one of ``frame_rates``; its frame area is the requested
+    ``width × height`` times ``scale²`` (``scale`` uniform in its range) with the aspect
+    ``width / height`` uniform in ``aspect``; both sides are rounded to even pixels.
+    """
+
+    frame_rates: tuple[float, ...] = (25.0, 30.0, 50.0, 60.0)
+    scale: tuple[float, float] = (0.75, 1.5)
+    aspect: tuple[float, float] = (1.0, 16.0 / 9.0)
+
+    def __post_init__(self) -> None:
+        if not self.frame_rates or not all(1.0 <= f <= 120.0 for f in self.frame_rates):
+            raise SynthError(f"frame_rates must be 1-120 fps, got {self.frame_rates}")
+        for name in ("scale", "aspect"):
+            lo, hi = getattr(self, name)
+            if lo <= 0 or hi < lo:
+                raise SynthError(f"{name} must be a range 0 < low <= high, got ({lo}, {hi})")
+
+    def draw(self, seed: int, width: int, height: int, fps: float) -> tuple[int, int, float]:
+        """``(width, height, fps)`` of case ``seed`` (its own stream: the scene is unchanged)."""
+        rng = np.random.default_rng([seed, 11])
+        rate = self.frame_rates[int(rng.integers(len(self.frame_rates)))]
+        area = width * height * float(rng.uniform(*self.scale)) ** 2
+        aspect = float(rng.uniform(*self.aspect))
+        h = math.sqrt(area / aspect)
+        return 2 * max(8, round(aspect * h / 2)), 2 * max(8, round(h / 2)), float(rate)
+
+
 @dataclass(frozen=True)
 class SceneParams:
     """Everything the renderer needs for one case (see the module docstring for units)."""
@@ -214,6 +319,9 @@ class SceneParams:
     format_version: int = FORMAT_VERSION
     still: tuple[StillBlood, ...] = ()
     look: Look | None = None
+    gauze: tuple[Gauze, ...] = ()
+    irrigation: tuple[Irrigation, ...] = ()
+    lens_blood: tuple[LensBlood, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -238,10 +346,15 @@ class SceneParams:
         """The randomised families of this case (for per-family evaluation), ``name → value``."""
         forms = sorted({ev.form for ev in self.events})
         kinds = sorted({x.kind for x in self.still})
+        present = {"gauze": bool(self.gauze), "irrigation": bool(self.irrigation),
+                   "lens_blood": bool(self.lens_blood),
+                   "stained_tip": any(i.stain is not None for i in self.instruments)}
+        distractors = [k for k in DISTRACTOR_KINDS if present[k]]
         return {"palette": self.palette.name,
                 "scope_mask": self.look.scope_mask if self.look else "none",
                 "bleeding": "+".join(forms) if forms else "none",
-                "still_blood": "+".join(kinds) if kinds else "none"}
+                "still_blood": "+".join(kinds) if kinds else "none",
+                "distractors": "+".join(distractors) if distractors else "none"}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (tuples become lists); inverse of :meth:`from_dict`."""
@@ -254,17 +367,26 @@ class SceneParams:
         try:
             d["palette"] = Palette(**d["palette"])
             d["camera"] = CameraMotion(**d["camera"])
-            d["instruments"] = tuple(Instrument(**x) for x in d.get("instruments", ()))
+            d["instruments"] = tuple(
+                Instrument(**{**x, "stain": _still(x["stain"]) if x.get("stain") else None})
+                for x in d.get("instruments", ()))
             d["smoke"] = tuple(SmokeEpisode(**x) for x in d.get("smoke", ()))
             d["events"] = tuple(SynthBleed(**x) for x in d.get("events", ()))
             d["pools"] = tuple(BloodPool(**x) for x in d.get("pools", ()))
             d["red_patches"] = tuple(RedPatch(**x) for x in d.get("red_patches", ()))
-            d["still"] = tuple(StillBlood(**{**x, "blood": SynthBleed(**x["blood"])})
-                               for x in d.get("still", ()))
+            d["still"] = tuple(_still(x) for x in d.get("still", ()))
             d["look"] = Look(**d["look"]) if d.get("look") else None
+            d["gauze"] = tuple(Gauze(**{**x, "stain": _still(x["stain"])})
+                               for x in d.get("gauze", ()))
+            d["irrigation"] = tuple(Irrigation(**x) for x in d.get("irrigation", ()))
+            d["lens_blood"] = tuple(LensBlood(**x) for x in d.get("lens_blood", ()))
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise SynthError(f"not a valid scene description: {e}") from e
+
+
+def _still(data: Mapping[str, Any]) -> StillBlood:
+    return StillBlood(**{**data, "blood": SynthBleed(**data["blood"])})
 
 
 def _tuplify(value: Any) -> Any:
@@ -277,7 +399,12 @@ def _tuplify(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class SceneRanges:
-    """The knobs of :func:`sample_scene`: ranges ``(low, high)`` each scene is drawn from."""
+    """The knobs of :func:`sample_scene`: ranges ``(low, high)`` each scene is drawn from.
+
+    The fields after ``fresh_looking_pool_probability`` are domain randomisation, off by
+    default (:func:`_randomise` reads them only when one differs from its default);
+    ``video_format`` is an opt-in of any preset (``amagi synth --vary-format``).
+    """
 
     palettes: tuple[str, ...] = ("pink", "red", "yellow")
     events_per_minute: tuple[float, float] = (2.0, 4.0)
@@ -301,6 +428,10 @@ class SceneRanges:
     still_kinds: tuple[str, ...] = ("fresh_still",)
     bleeding_free_probability: float = 0.0
     look: LookRanges | None = None
+    distractors: tuple[int, int] = (0, 0)  # gauze, stained tips, irrigation, lens blood
+    distractor_kinds: tuple[str, ...] = ("gauze",)
+    # Opt-in per-case frame rate and size (the requested ones are the base values).
+    video_format: VideoFormatRanges | None = None
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.palettes if p not in PALETTE_FAMILIES]
@@ -319,15 +450,17 @@ class SceneRanges:
         for name in ("fresh_looking_pool_probability", "bleeding_free_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SynthError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name, allowed in (("forms", BLEEDING_FORMS), ("still_kinds", STILL_KINDS)):
+        for name, allowed in (("forms", BLEEDING_FORMS), ("still_kinds", STILL_KINDS),
+                              ("distractor_kinds", DISTRACTOR_KINDS)):
             values = getattr(self, name)
             bad = [v for v in values if v not in allowed]
             if not values or bad:
                 raise SynthError(f"{name} must be among {', '.join(allowed)}, "
                                  f"got {', '.join(values) or 'none'}")
-        lo, hi = self.still_blood
-        if lo < 0 or hi < lo:
-            raise SynthError(f"still_blood must be a range 0 <= low <= high, got ({lo}, {hi})")
+        for name in ("still_blood", "distractors"):
+            lo, hi = getattr(self, name)
+            if lo < 0 or hi < lo:
+                raise SynthError(f"{name} must be a range 0 <= low <= high, got ({lo}, {hi})")
         if not 0.0 <= self.palette_jitter <= 0.3 or self.saturation_scale[0] <= 0:
             raise SynthError("palette_jitter must lie in [0, 0.3] and saturation_scale be "
                              "positive")
@@ -337,7 +470,8 @@ class SceneRanges:
 
 
 #: The domain-randomised training look: continuous palettes, camera chains, every bleeding
-#: form but one, frozen look-alikes of active blood in every case, some bleeding-free cases.
+#: form but one, frozen look-alikes of active blood in every case, still distractors (soaked
+#: gauze, stained instrument jaws) and irrigation fluid, some bleeding-free cases.
 _RANDOMISED = SceneRanges(
     palettes=("pink", "red", "yellow"), events_per_minute=(2.0, 6.0), min_events=0,
     event_duration_s=(2.0, 12.0), min_gap_s=1.5, event_size=(0.015, 0.14),
@@ -346,16 +480,17 @@ _RANDOMISED = SceneRanges(
     hue_shift_deg=(-12.0, 18.0), saturation_scale=(0.7, 1.3),
     forms=("ooze", "stream", "tiny", "occluded"), still_blood=(1, 3),
     still_kinds=("fresh_still", "suction"), bleeding_free_probability=0.1,
-    look=LookRanges())
+    look=LookRanges(), distractors=(1, 3),
+    distractor_kinds=("gauze", "stained_tip", "irrigation"))
 
-#: Held-out looks: palette families, a field-stop family and a bleeding form never trained
-#: on, with wider camera-chain ranges.
+#: Held-out looks: palette families, a field-stop family, a bleeding form and a distractor kind
+#: (blood on the lens) never trained on, with wider camera-chain ranges (lens distortion too).
 _HELDOUT = dataclasses.replace(
     _RANDOMISED, palettes=("pale", "dark"), events_per_minute=(1.5, 3.0), min_events=4,
     event_duration_s=(3.0, 10.0), min_gap_s=4.0, forms=("ooze", "stream", "tiny", "spurt"),
-    bleeding_free_probability=0.0,
+    bleeding_free_probability=0.0, distractor_kinds=DISTRACTOR_KINDS,
     look=LookRanges(scope_masks=("rounded_rect", "round"), white_balance=0.2,
-                    gamma=(0.75, 1.35), blur_sigma=(0.3, 1.5)))
+                    gamma=(0.75, 1.35), blur_sigma=(0.3, 1.5), distortion=(-0.25, 0.45)))
 
 #: Named presets: train on "train" or "randomised"; evaluate generalisation on "shifted" (the
 #: first held-out set) or "heldout" (held-out looks, ≥ 4 events a case); "static" is
@@ -376,7 +511,7 @@ DOMAINS: dict[str, SceneRanges] = {
 #: The fields of :class:`SceneRanges` that only :func:`_randomise` reads.
 _RANDOMISATION = tuple(f for f in dataclasses.fields(SceneRanges) if f.name in (
     "palette_jitter", "hue_shift_deg", "saturation_scale", "forms", "still_blood",
-    "still_kinds", "bleeding_free_probability", "look"))
+    "still_kinds", "bleeding_free_probability", "look", "distractors", "distractor_kinds"))
 
 
 @dataclass
@@ -421,8 +556,13 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
         if ranges not in DOMAINS:
             raise SynthError(f"unknown domain {ranges!r}; choose one of {', '.join(DOMAINS)}")
         domain, ranges = ranges, DOMAINS[ranges]
-    else:
-        domain = next((k for k, v in DOMAINS.items() if v == ranges), "custom")
+    else:  # a preset with an opted-in video format keeps the preset's name
+        plain = dataclasses.replace(ranges, video_format=None)
+        domain = next((k for k, v in DOMAINS.items() if v == plain), "custom")
+    if seed < 0:
+        raise SynthError(f"seed must be >= 0, got {seed}")
+    if ranges.video_format is not None:
+        width, height, fps = ranges.video_format.draw(seed, width, height, fps)
     if not (16 <= width <= 4096 and 16 <= height <= 4096):
         raise SynthError(f"frame size must be 16-4096 pixels per side, got {width}x{height}")
     if not 1.0 <= fps <= 120.0:
@@ -431,8 +571,6 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
     if n_frames < 8:
         raise SynthError(f"duration {duration_s} s at {fps} fps gives {n_frames} frames; "
                          "at least 8 are needed")
-    if seed < 0:
-        raise SynthError(f"seed must be >= 0, got {seed}")
     rng = np.random.default_rng(seed)
     s = _Sampler(rng, width, height, fps, n_frames, ranges)
 
@@ -664,19 +802,87 @@ def _randomise(s: _Sampler, scene: SceneParams, world_at, screen_of) -> ScenePar
                            zoom)
         form = r.forms[int(rng.integers(len(r.forms)))]
         look = _with_form(s, look, "ooze" if form == "occluded" else form, zoom)
-        tau = s.u(1.5, 5.0)  # its own growth, independent of the video's length
-        look = dataclasses.replace(look, growth_tau_s=tau,
-                                   flow_speed=look.streak_length / (tau * s.u(1.0, 2.0)))
-        frozen = tau * s.u(0.6, 2.5)
+        frozen = _frozen(s, look)
         if kind == "suction":
             start = int(rng.integers(0, max(1, n - 1)))
-            still.append(StillBlood(kind, look, frozen, vanish_frame=start,
-                                    vanish_s=s.u(1.0, 4.0)))
-        else:
-            still.append(StillBlood(kind, look, frozen))
-    return dataclasses.replace(
+            frozen = dataclasses.replace(frozen, kind=kind, vanish_frame=start,
+                                         vanish_s=s.u(1.0, 4.0))
+        still.append(frozen)
+    scene = dataclasses.replace(
         scene, events=tuple(events), instruments=tuple(instruments), palette=palette,
         still=tuple(still), look=sample_look(rng, r.look) if r.look is not None else None)
+    if r.distractors[1] == 0:
+        return scene
+    # Their own stream, so that adding them leaves everything above as it was.
+    s3 = _Sampler(np.random.default_rng([scene.seed, 13]), s.width, s.height, s.fps, n, r)
+    return _sample_distractors(s3, scene, world_at)
+
+
+def _frozen(s: _Sampler, look: SynthBleed) -> StillBlood:
+    """``look`` held at one instant of its own growth (independent of the video's length)."""
+    tau = s.u(1.5, 5.0)
+    look = dataclasses.replace(look, growth_tau_s=tau,
+                               flow_speed=look.streak_length / (tau * s.u(1.0, 2.0)))
+    return StillBlood("fresh_still", look, tau * s.u(0.6, 2.5))
+
+
+def _sample_distractors(s: _Sampler, scene: SceneParams, world_at) -> SceneParams:
+    """Add ``ranges.distractors`` distractors of ``ranges.distractor_kinds`` to ``scene``."""
+    r, rng, n = s.ranges, s.rng, scene.n_frames
+    zoom = scene.camera.zoom_base
+    gauze: list[Gauze] = []
+    irrigation: list[Irrigation] = []
+    lens: list[LensBlood] = []
+    instruments = list(scene.instruments)
+    for _ in range(int(rng.integers(r.distractors[0], r.distractors[1] + 1))):
+        kind = r.distractor_kinds[int(rng.integers(len(r.distractor_kinds)))]
+        if kind == "gauze":
+            centre = world_at(int(rng.integers(n)), s.u(0.2, 0.8), s.u(0.2, 0.8))
+            half = (s.side * zoom * s.u(0.08, 0.16), s.side * zoom * s.u(0.06, 0.12))
+            angle = s.u(0.0, math.pi)
+            ox, oy = s.u(-0.3, 0.3) * half[0], s.u(-0.3, 0.3) * half[1]
+            source = (round(centre[0] + ox * math.cos(angle) - oy * math.sin(angle), 3),
+                      round(centre[1] + ox * math.sin(angle) + oy * math.cos(angle), 3))
+            m = min(half) / (s.side * zoom)  # the stain covers much of the swab
+            stain = _draw_event(s, 0, n, (0.5 * m, 0.9 * m), lambda source=source: source, zoom)
+            gauze.append(Gauze(centre=centre, half_size=half, angle=angle,
+                               weave_px=zoom * s.u(2.5, 4.5),
+                               tone=(s.u(0.86, 0.96), s.u(0.84, 0.94), s.u(0.80, 0.92)),
+                               stain=_frozen(s, stain)))
+        elif kind == "stained_tip":
+            free = [i for i, x in enumerate(instruments) if x.stain is None]
+            if not free:
+                continue
+            i = free[int(rng.integers(len(free)))]
+            inst = instruments[i]
+            half = inst.width_frac * s.side / 2.0
+            # Instrument-local pixels: (distance ahead of the tip, offset across the shaft).
+            source = (inst.jaw_length_frac * s.side * s.u(0.1, 0.7), half * s.u(-0.4, 0.4))
+            frac = half * s.u(0.6, 1.4) / s.side
+            stain = _draw_event(s, 0, n, (frac, frac), lambda source=source: source, 1.0)
+            instruments[i] = dataclasses.replace(inst, stain=_frozen(s, stain))
+        elif kind == "irrigation":
+            dur = max(2, round(s.u(2.0, 8.0) * s.fps))
+            start = int(rng.integers(0, max(1, n - dur // 2)))
+            length = s.side * zoom * s.u(0.3, 0.8)
+            irrigation.append(Irrigation(
+                start_frame=start, end_frame=min(n, start + dur),
+                source=world_at(start, s.u(0.2, 0.8), s.u(0.1, 0.45)),
+                flow_angle=math.pi / 2 + s.u(-0.8, 0.8), width=s.side * zoom * s.u(0.02, 0.06),
+                length=length, speed=length / s.u(0.5, 1.5),
+                tint=(s.u(0.92, 1.0), s.u(0.8, 0.95), s.u(0.8, 0.95)), opacity=s.u(0.15, 0.35),
+                ripple_wavelength=s.side * zoom * s.u(0.02, 0.05),
+                ripple_speed=s.side * zoom * s.u(0.1, 0.3)))
+        else:  # lens_blood
+            rx = s.side * s.u(0.04, 0.14)
+            lens.append(LensBlood(
+                centre=(s.u(0.15, 0.85), s.u(0.15, 0.85)), radii=(rx, rx * s.u(0.4, 1.0)),
+                angle=s.u(0.0, math.pi),
+                colour=(s.u(0.45, 0.75), s.u(0.02, 0.08), s.u(0.03, 0.09)),
+                opacity=s.u(0.55, 0.9), blur_px=s.side * s.u(0.01, 0.03),
+                irregularity=s.u(0.1, 0.4)))
+    return dataclasses.replace(scene, instruments=tuple(instruments), gauze=tuple(gauze),
+                               irrigation=tuple(irrigation), lens_blood=tuple(lens))
 
 
 def _visible_source(s: _Sampler, world_at, screen_of, start: int, end: int,

@@ -2,7 +2,7 @@
 
 Everything here is computed once per case, in world (canvas) pixels, with numpy FFTs; the
 renderer then only samples it. The static hard negatives (red tissue patches, pooled/old
-blood) are baked in, so they move with the tissue and never change.
+blood, blood-soaked gauze) are baked in, so they move with the tissue and never change.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amagi_plugin.synth.scene import BloodPool, RedPatch, SceneParams
+from amagi_plugin.synth.events import render_event, still_state
+from amagi_plugin.synth.scene import BloodPool, Gauze, RedPatch, SceneParams
 
 #: Channels of :attr:`TissueCanvas.channels`.
 CH_RGB = slice(0, 3)
 CH_IRREGULAR = 3  # smooth noise (std 1) that makes blood boundaries irregular
 CH_RIPPLE = 4  # smooth noise (std 1) that distorts the flow ripples
 CH_NEGATIVE = 5  # opacity (0-1) of static pooled/old blood (hard negatives)
-N_CHANNELS = 8  # two unused: 32-byte rows are the fastest to gather
+CH_MATTE = 6  # opacity (0-1) of gauze: no wet-tissue highlight there
+N_CHANNELS = 8  # one unused: 32-byte rows are the fastest to gather
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -64,7 +66,7 @@ class TissueCanvas:
     ----------
     channels
         ``float32 (rows, cols, 8)``: RGB 0–1, two noise fields, hard-negative blood opacity,
-        two zero channels.
+        gauze opacity, a zero channel.
     specular
         ``float32 (rows, cols)``: wet-tissue highlight strength 0–1.
     """
@@ -133,11 +135,16 @@ def build_canvas(scene: SceneParams) -> TissueCanvas:
     specular = smoothstep(2.0, 2.8, spec_field) * (1.0 - fat_alpha * 0.5)
     ripple = smooth_noise(rng, shape, max(1.5, s / 8))
 
+    matte = np.zeros(shape, np.float32)
+    for gauze in scene.gauze:  # no random draws: the canvas of a scene without gauze is unchanged
+        _bake_gauze(rgb, negative, matte, gauze, scene, irregular, ripple, micro)
+
     channels = np.zeros((ch, cw, N_CHANNELS), np.float32)
     channels[..., CH_RGB] = np.clip(rgb, 0.0, 1.0)
     channels[..., CH_IRREGULAR] = irregular
     channels[..., CH_RIPPLE] = ripple
     channels[..., CH_NEGATIVE] = negative
+    channels[..., CH_MATTE] = matte
     return TissueCanvas(channels=channels, specular=specular.astype(np.float32))
 
 
@@ -163,3 +170,39 @@ def _bake_pool(rgb, negative, pool: BloodPool, xx, yy, irregular, micro, glint_f
     colour = colour + (0.95 - colour) * glint[..., None]
     rgb = rgb + (colour - rgb) * alpha[..., None]
     return rgb, np.maximum(negative, alpha)
+
+
+def _bake_gauze(rgb, negative, matte, gauze: Gauze, scene: SceneParams, irregular, ripple,
+                micro) -> None:
+    """Bake a woven swab with its fresh-looking stain into ``rgb``, ``negative``, ``matte``."""
+    ch, cw = matte.shape
+    reach = 1.2 * math.hypot(*gauze.half_size) + 3.0
+    cx, cy = gauze.centre
+    r0, r1 = max(0, int(cy - reach)), min(ch, int(cy + reach) + 1)
+    c0, c1 = max(0, int(cx - reach)), min(cw, int(cx + reach) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    win = (slice(r0, r1), slice(c0, c1))
+    yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float32)
+    c, s = math.cos(gauze.angle), math.sin(gauze.angle)
+    u = (xx - cx) * c + (yy - cy) * s
+    v = -(xx - cx) * s + (yy - cy) * c
+    fray = 1.0 + 0.08 * np.tanh(irregular[win])
+    inside = np.minimum(gauze.half_size[0] * fray - np.abs(u),
+                        gauze.half_size[1] * fray - np.abs(v))
+    cover = np.clip(inside / 1.5 + 0.5, 0.0, 1.0)
+    w = gauze.weave_px
+    threads = 0.5 * (np.cos(math.pi * u / w) ** 2 + np.cos(math.pi * v / w) ** 2)
+    shade = 0.8 + 0.2 * threads + 0.04 * micro[win]
+    sub = rgb[win]
+    sub += (np.asarray(gauze.tone, np.float32) * shade[..., None] - sub) * cover[..., None]
+    stain = gauze.stain
+    state = still_state(stain, stain.blood.start_frame, scene.fps)
+    if state is not None:
+        alpha, colour = render_event(stain.blood, state, xx, yy, irregular[win], ripple[win],
+                                     scene.camera.zoom_base)
+        alpha *= cover
+        colour *= (0.94 + 0.06 * threads)[..., None]  # the weave shows through the blood
+        sub += (colour - sub) * alpha[..., None]
+        np.maximum(negative[win], alpha, out=negative[win])
+    np.maximum(matte[win], cover, out=matte[win])

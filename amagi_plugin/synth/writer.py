@@ -283,7 +283,8 @@ def write_case(spec: CaseSpec, root: str | os.PathLike[str], options: OutputOpti
              len(events), elapsed)
     return {"case_id": spec.case_id, "patient_id": spec.patient_id, "index": spec.index,
             "seed": scene.seed, "dir": spec.case_id, "n_frames": scene.n_frames,
-            "fps": scene.fps, "n_events": len(events),
+            "fps": scene.fps, "width": scene.width, "height": scene.height,
+            "n_events": len(events),
             "active_frames": int(labels.sum()),
             "events": [[e["start_frame"], e["end_frame"]] for e in events],
             "palette": scene.palette.name, "domain": scene.domain, "tags": scene.tags(),

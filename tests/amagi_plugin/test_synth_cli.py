@@ -198,3 +198,37 @@ def test_same_seed_writes_identical_videos(tmp_path):
                        pydicom.dcmread(case / "video.dcm").PixelData))
     assert videos[1] == videos[0]
     assert videos[2] == videos[0]
+
+
+def test_vary_format_gives_each_case_its_own_rate_and_size(tmp_path):
+    """``--vary-format`` (opt-in): --size and --fps become base values; each case's video,
+    labels and DICOM carry its own frame rate and size."""
+    argv = ["--cases", "3", "--seed", "5", "--duration-s", "2", "--size", "64x48", "--fps", "10",
+            "--domain", "randomised", "--frame-rates", "25,50", "--aspect", "1.0,1.7",
+            "--formats", "dicom,mp4", "--no-progress"]
+    code, _, err = _run(tmp_path, "-od", "fmt", *argv)
+    assert code == 0, err
+    index = _index(tmp_path / "fmt")
+    assert index["settings"]["fps"] == 10.0 and "per_case_format" in index["settings"]
+    sizes = set()
+    for rec in index["cases"]:
+        case = tmp_path / "fmt" / rec["dir"]
+        doc = json.loads((case / "labels.json").read_text())
+        assert doc["fps"] == rec["fps"] in (25.0, 50.0) and doc["scene"]["domain"] == "randomised"
+        assert doc["n_frames"] == round(2 * doc["fps"])
+        sizes.add((doc["width"], doc["height"]))
+        with av.open(str(case / "video.mp4")) as container:
+            stream = container.streams.video[0]
+            assert (stream.codec_context.width, stream.codec_context.height) == (
+                doc["width"], doc["height"])
+            assert float(stream.average_rate) == pytest.approx(doc["fps"])
+            assert sum(1 for _ in container.decode(stream)) == doc["n_frames"]
+        ds = pydicom.dcmread(case / "video.dcm", stop_before_pixels=True)
+        assert (ds.Columns, ds.Rows, int(ds.NumberOfFrames)) == (
+            doc["width"], doc["height"], doc["n_frames"])
+        assert float(ds.CineRate) == pytest.approx(doc["fps"])
+    assert len(sizes) == 3
+    code, _, err = _run(tmp_path, "-od", "bad", *argv, "--frame-rates", "25,fast")
+    assert code == ExitCode.BAD_INPUT and "frame-rates" in err
+    code, _, err = _run(tmp_path, "-od", "bad", *argv[:-5], "--frame-rates", "500")
+    assert code == ExitCode.USAGE and "frame_rates" in err

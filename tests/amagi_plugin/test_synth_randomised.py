@@ -74,9 +74,11 @@ def test_held_out_cases_hold_at_least_four_events_and_static_cases_none() -> Non
 
 
 def _still_camera(scene: SceneParams) -> SceneParams:
-    """``scene`` seen through a motionless camera (pixels then follow only the blood)."""
+    """``scene`` seen through a motionless camera, without instruments, smoke, camera chain or
+    distractors (pixels then follow only the blood)."""
     return dataclasses.replace(scene, camera=CameraMotion(zoom_base=scene.camera.zoom_base),
-                               smoke=(), instruments=(), look=None)
+                               smoke=(), instruments=(), look=None, gauze=(), irrigation=(),
+                               lens_blood=())
 
 
 def test_premise_one_frame_does_not_tell_still_blood_from_active_but_time_does() -> None:

@@ -87,11 +87,23 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="chance that a static pool looks like fresh blood (the hardest "
                    "negative: only its stillness tells it from active bleeding)")
     s.add_argument("--smoke-per-minute", type=_range, metavar="LOW,HIGH")
+    f = p.add_argument_group(
+        "per-case video format (opt-in: --size and --fps become base values)")
+    f.add_argument("--vary-format", action="store_true",
+                   help="draw each case's frame rate from 25/30/50/60 fps, its frame area "
+                   "from 0.75-1.5 x that of --size (linear) and its aspect from 1-16/9; "
+                   "labels, events and masks follow each case's own rate and size")
+    f.add_argument("--frame-rates", metavar="FPS,...",
+                   help="frame rates to draw from (implies --vary-format)")
+    f.add_argument("--frame-scale", type=_range, metavar="LOW,HIGH",
+                   help="linear scale of the --size frame area (implies --vary-format)")
+    f.add_argument("--aspect", type=_range, metavar="LOW,HIGH",
+                   help="width/height range (implies --vary-format)")
     p.set_defaults(handler=run)
 
 
 def _ranges(args: argparse.Namespace):
-    from amagi_plugin.synth.scene import DOMAINS
+    from amagi_plugin.synth.scene import DOMAINS, VideoFormatRanges
 
     if args.domain not in DOMAINS:
         raise InputError(f"unknown --domain {args.domain!r}; choose one of {', '.join(DOMAINS)}")
@@ -101,6 +113,19 @@ def _ranges(args: argparse.Namespace):
                  if getattr(args, name) is not None}
     if args.palettes:
         overrides["palettes"] = tuple(x.strip() for x in args.palettes.split(",") if x.strip())
+    fmt = {}
+    if args.frame_rates:
+        try:
+            fmt["frame_rates"] = tuple(float(x) for x in args.frame_rates.split(",") if x.strip())
+        except ValueError as e:
+            raise InputError(f"--frame-rates expects numbers such as 25,30, got "
+                             f"{args.frame_rates!r}") from e
+    if args.frame_scale:
+        fmt["scale"] = args.frame_scale
+    if args.aspect:
+        fmt["aspect"] = args.aspect
+    if args.vary_format or fmt:
+        overrides["video_format"] = VideoFormatRanges(**fmt)
     if not overrides:
         return args.domain
     return dataclasses.replace(DOMAINS[args.domain], **overrides)
