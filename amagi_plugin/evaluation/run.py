@@ -39,6 +39,8 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(specs: Sequence[ModelSpec], options: Any, threads: int) -> None:
+    """Set up one worker process of :func:`evaluate_models` (its own spawned process, so
+    its torch thread count is its own: nothing else runs torch there)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -65,7 +67,8 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
     folds
         Patient-level folds of the cases (1 = one group).
     jobs
-        Worker processes (1 = this process); each uses ``threads // jobs`` torch threads.
+        Worker processes (1 = this process, with the caller's torch threads); each uses
+        ``threads // jobs`` torch threads (``threads`` defaults to the caller's count).
     """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor

@@ -295,6 +295,14 @@ def _optional_int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _optional_date(value: str) -> dt.date | None:
+    """A DA value (``YYYYMMDD``) as a date; ``None`` when empty or not a valid date."""
+    try:
+        return dt.datetime.strptime(value.strip(), "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
 def _header_uids(header: Dataset, sop_class: str, sop_instance: str) -> tuple[str, str]:
     """Check the header against the request; return (study, series) UIDs."""
     values: dict[str, str] = {}
@@ -405,6 +413,10 @@ def _store(event: Any, state: ListenerState, a: _AssociationState) -> StoredInst
         series_number=_optional_int(header, "SeriesNumber"),
         instance_number=_optional_int(header, "InstanceNumber"),
         images_in_acquisition=_optional_int(header, "ImagesInAcquisition"),
+        study_date=_optional_date(_raw_text(header, "StudyDate")),
+        study_description=_raw_text(header, "StudyDescription") or None,
+        series_description=_raw_text(header, "SeriesDescription") or None,
+        patient_id=_raw_text(header, "PatientID") or None,
     )
     try:
         state.on_stored(instance)

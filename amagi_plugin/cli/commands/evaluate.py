@@ -94,8 +94,13 @@ def _display(arch: str, has_seg: bool, taken: set[str]) -> str:
 
 
 def run(args: argparse.Namespace, ctx) -> int:
-    import torch
+    from models.threads import torch_threads
 
+    with torch_threads(args.threads):  # this command's torch threads, restored after it
+        return _run(args, ctx)
+
+
+def _run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.evaluation.cases import load_cases
     from amagi_plugin.evaluation.run import evaluate_models, write_outputs
     from amagi_plugin.modelspec import DEMO_DIR, load_model, resolve_device
@@ -104,8 +109,6 @@ def run(args: argparse.Namespace, ctx) -> int:
     from models import CheckpointError
 
     cfg = ctx.config
-    if args.threads:
-        torch.set_num_threads(args.threads)
     data = ctx.cwd / args.data
     cases = load_cases(data)
     specs = [_from_flag(t, ctx.cwd) for t in args.checkpoint]
