@@ -580,6 +580,8 @@ def load_config(
     for dotted in known:
         base = path.parent if path is not None and sources[dotted] == f"file {path}" else cwd
         values[dotted] = _anchor(values[dotted], base)
+        if dotted == "database.url":
+            values[dotted] = _anchor_sqlite_url(values[dotted], base)
 
     sections: dict[str, dict[str, Any]] = {}
     for dotted, value in values.items():
@@ -604,6 +606,25 @@ def _anchor(value: Any, base: Path) -> Any:
     if isinstance(value, list):
         return [_anchor(v, base) for v in value]
     return value
+
+
+def _anchor_sqlite_url(url: str, base: Path) -> str:
+    """A SQLite URL with a relative file (``sqlite:///amagi.db``) made absolute against
+    ``base``; any other URL as it is (a malformed one fails where it is opened)."""
+    if not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    from db.engine import sqlite_file
+
+    try:
+        file = sqlite_file(url)
+        if file is None or file.is_absolute():
+            return url
+        return make_url(url).set(database=str((base / file).resolve())).render_as_string(
+            hide_password=False)
+    except Exception:
+        return url
 
 
 def _with_paths(table: Mapping[str, Any]) -> dict[str, Any]:

@@ -95,6 +95,7 @@ def test_paths_in_a_file_are_anchored_at_its_directory(tmp_path: Path) -> None:
     elsewhere.mkdir()
     f = etc / "amagi.toml"
     f.write_text('[storage]\nvar_dir = "data"\n'
+                 '[database]\nurl = "sqlite:///db/amagi.db?timeout=5"\n'
                  '[model]\nname = "amagi_tiny"\ncheckpoint = "weights/x.pth"\n'
                  '[listener]\ntls_cert = "tls/cert.pem"\ntls_key = "/abs/key.pem"\n'
                  '[logging]\nfile = "../log/amagi.log"\n'
@@ -105,7 +106,7 @@ def test_paths_in_a_file_are_anchored_at_its_directory(tmp_path: Path) -> None:
     cfg = load_config(f, environ={"AMAGI_LISTENER_TLS_CA": "env-ca.pem"},
                       overrides={"storage.results_dir": "out"}, cwd=elsewhere)
     assert cfg.var_dir == etc / "data" and cfg.spool_dir == etc / "data" / "spool"
-    assert cfg.database_url == f"sqlite:///{etc / 'data' / 'amagi.db'}"
+    assert cfg.database_url == f"sqlite:///{etc / 'db' / 'amagi.db'}?timeout=5"
     assert cfg.model.checkpoint == etc / "weights" / "x.pth"
     assert cfg.listener.tls_cert == etc / "tls" / "cert.pem"
     assert cfg.listener.tls_key == Path("/abs/key.pem")
@@ -117,7 +118,9 @@ def test_paths_in_a_file_are_anchored_at_its_directory(tmp_path: Path) -> None:
     assert cfg.listener.tls_ca == elsewhere / "env-ca.pem"
     assert cfg.results_dir == elsewhere / "out"
     # unset paths stay unset
-    bare = load_config(environ={}, cwd=elsewhere)
+    bare = load_config(environ={"AMAGI_DATABASE_URL": "sqlite:///x.db"}, cwd=elsewhere)
+    assert bare.database_url == f"sqlite:///{elsewhere / 'x.db'}"
+    assert bare.var_dir == elsewhere / "var"
     assert bare.model.checkpoint is None and bare.listener.tls_cert is None
     assert bare.logging.file is None
 
