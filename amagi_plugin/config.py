@@ -83,6 +83,8 @@ def _opt(default: Any, help: str, check=None, metavar: str | None = None) -> Any
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The file paths of a destination (anchored like every path of the configuration).
+_DEST_PATHS = ("tls_ca", "tls_cert", "tls_key")
 _DIMSE_KEYS = frozenset({"ae_title", "host", "port", "tls", "tls_ca", "tls_cert", "tls_key"})
 _WEB_KEYS = frozenset({"url", "auth", "username", "password_env", "token_env", "tls_ca",
                        "tls_cert", "tls_key", "timeout_s"})
@@ -127,9 +129,9 @@ class Destination:
     host: str = ""
     port: int = 0
     tls: bool = False
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     url: str = ""
     auth: str = "none"
     username: str = ""
@@ -153,7 +155,7 @@ class Destination:
             if misplaced:
                 raise ValueError(f"{', '.join(sorted(misplaced))}: only for a DICOMweb "
                                  "destination (url = ...)")
-            dest = cls(**dict(value))
+            dest = cls(**_with_paths(value))
             port = dest.port
             if isinstance(port, bool) or not str(port).strip().isdigit():
                 raise ValueError(f"port {port!r} is not a number")
@@ -179,7 +181,7 @@ class Destination:
         for k, v in value.items():
             if k != "timeout_s" and not isinstance(v, str):
                 raise ValueError(f"destination key {k} must be a string")
-        dest = cls(**dict(value))
+        dest = cls(**_with_paths(value))
         url = _check_web_url(dest.url)
         if url.lower().startswith("http://") and (dest.tls_ca or dest.tls_cert or dest.tls_key):
             raise ValueError(f"{url}: tls_ca, tls_cert and tls_key need an https:// URL")
@@ -266,9 +268,9 @@ class ListenerConfig:
     max_associations: int = _opt(32, "Concurrent associations accepted; more are rejected",
                                  _check_positive)
     tls: bool = _opt(False, "Require DICOM TLS on the listener")
-    tls_cert: str = _opt("", "Listener certificate (PEM)")
-    tls_key: str = _opt("", "Listener private key (PEM)")
-    tls_ca: str = _opt("", "CA bundle used to verify client certificates (PEM)")
+    tls_cert: Path | None = _opt(None, "Listener certificate (PEM)")
+    tls_key: Path | None = _opt(None, "Listener private key (PEM)")
+    tls_ca: Path | None = _opt(None, "CA bundle used to verify client certificates (PEM)")
     require_client_cert: bool = _opt(False, "With TLS: require a client certificate")
 
 
@@ -300,7 +302,8 @@ class ServiceConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _opt("demo", "Model: 'demo' (bundled, synthetic-data demo) or a named architecture")
-    checkpoint: str = _opt("", "Checkpoint file (.pth) for the model; empty: the bundled demo weights")
+    checkpoint: Path | None = _opt(None, "Checkpoint file (.pth) for the model; empty: the "
+                                   "bundled demo weights")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     prediction_hz: float = _opt(10.0, "Predictions per second of video (the authors: 10)",
                                 _check_positive)
@@ -351,7 +354,7 @@ class LoggingConfig:
                       _choice("debug", "info", "warning", "error"))
     format: str = _opt("text", "text (human-readable) or json (one object per line)",
                        _choice("text", "json"))
-    file: str = _opt("", "Also log to this file")
+    file: Path | None = _opt(None, "Also log to this file")
 
 
 @dataclass(frozen=True)
@@ -530,7 +533,9 @@ def load_config(
     overrides
         ``{"section.key": value}`` from command-line flags (strings or typed values).
     cwd
-        Directory that relative paths are resolved against (the current one when ``None``).
+        Directory that relative paths from the environment and flags are resolved against
+        (the current one when ``None``); relative paths in the file are resolved against
+        the file's directory. Every path of the result is absolute.
     """
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
@@ -569,10 +574,14 @@ def load_config(
         values[dotted] = _coerce(known[dotted], raw, "command line")
         sources[dotted] = "command line"
 
-    # Relative paths are anchored once, here, so nothing later depends on the cwd.
+    # Relative paths are anchored once, here, so nothing later depends on the cwd: a path
+    # from the file against the file's directory, one from the environment or a flag (or a
+    # default) against ``cwd``.
     for dotted in known:
-        if isinstance(values[dotted], Path) and not values[dotted].is_absolute():
-            values[dotted] = (cwd / values[dotted]).resolve()
+        base = path.parent if path is not None and sources[dotted] == f"file {path}" else cwd
+        values[dotted] = _anchor(values[dotted], base)
+        if dotted == "database.url":
+            values[dotted] = _anchor_sqlite_url(values[dotted], base)
 
     sections: dict[str, dict[str, Any]] = {}
     for dotted, value in values.items():
@@ -584,6 +593,49 @@ def load_config(
         if s.name in sections
     }
     return Config(**built, sources=sources, file=path)
+
+
+def _anchor(value: Any, base: Path) -> Any:
+    """``value`` with each relative path in it (a path key, a destination's TLS files)
+    made absolute against ``base``."""
+    if isinstance(value, Path):
+        return value if value.is_absolute() else (base / value).resolve()
+    if isinstance(value, Destination):
+        return dataclasses.replace(value, **{k: _anchor(getattr(value, k), base)
+                                             for k in _DEST_PATHS if getattr(value, k)})
+    if isinstance(value, list):
+        return [_anchor(v, base) for v in value]
+    return value
+
+
+def _anchor_sqlite_url(url: str, base: Path) -> str:
+    """A SQLite URL with a relative file (``sqlite:///amagi.db``) made absolute against
+    ``base``; any other URL as it is (a malformed one fails where it is opened)."""
+    if not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    from db.engine import sqlite_file
+
+    try:
+        file = sqlite_file(url)
+        if file is None or file.is_absolute():
+            return url
+        return make_url(url).set(database=str((base / file).resolve())).render_as_string(
+            hide_password=False)
+    except Exception:
+        return url
+
+
+def _with_paths(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A destination table with its TLS files as paths (an empty string: none)."""
+    out = dict(table)
+    for k in _DEST_PATHS:
+        if k in out:
+            if not isinstance(out[k], str):
+                raise ValueError(f"destination key {k} must be a string")
+            out[k] = Path(out[k]).expanduser() if out[k] else None
+    return out
 
 
 def parse_set_option(text: str) -> tuple[str, str]:

@@ -8,7 +8,8 @@ are never downloaded: a user's checkpoint is a path in the configuration.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,14 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "weights" / "demo
 class ModelSpec:
     """A resolved model: what to build, which weights, and how to label its results.
 
+    The one model description of the plugin: the service, ``amagi process`` and ``amagi
+    evaluate`` (where ``name`` is the display label of a compared model) all use it. It is
+    picklable, so evaluation worker processes receive it as it is.
+
     ``weights`` is :attr:`WeightsKind.DEMO_SYNTHETIC` (bundled demo),
     :attr:`WeightsKind.AUTHORS` (the authors' published checkpoint, detected by file name)
-    or :attr:`WeightsKind.USER`.
+    or :attr:`WeightsKind.USER`. ``build`` holds the keyword overrides of
+    :func:`models.build_model` (a ``model.json``'s or a checkpoint meta's ``build``).
     """
 
     name: str
@@ -35,6 +41,7 @@ class ModelSpec:
     weights: WeightsKind
     version: str
     description: str = ""
+    build: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", WeightsKind.coerce(self.weights))
@@ -62,8 +69,7 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
         if cfg.name == DEMO_NAME:
             raise InputError("model.checkpoint is set: also set model.name to its architecture "
                              "(e.g. amagi_sf50, amagi_sf152)")
-        weights = WeightsKind.AUTHORS if _looks_like_authors(path) else WeightsKind.USER
-        return ModelSpec(cfg.name, cfg.name, path, weights, version=path.stem)
+        return checkpoint_spec(cfg.name, cfg.name, path)
     if cfg.name != DEMO_NAME:
         raise InputError(f"model.name is {cfg.name!r} but no model.checkpoint is configured; "
                          "weights are never downloaded: point model.checkpoint at a .pth file")
@@ -73,7 +79,16 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
         raise InputError(f"the bundled demo checkpoint is missing: {ckpt}")
     return ModelSpec(f"amagi-demo-{manifest['arch']}", manifest["arch"], ckpt,
                      WeightsKind.DEMO_SYNTHETIC,
-                     manifest.get("version", "0"), manifest.get("description", DEMO_DISCLAIMER))
+                     manifest.get("version", "0"), manifest.get("description", DEMO_DISCLAIMER),
+                     build=dict(manifest.get("build", {})))
+
+
+def checkpoint_spec(name: str, arch: str, path: Path,
+                    build: Mapping[str, Any] | None = None) -> ModelSpec:
+    """The spec of a checkpoint file that is not the bundled demo: the authors' weights when
+    the file name says so, else the user's; its version is the file's stem."""
+    weights = WeightsKind.AUTHORS if _looks_like_authors(path) else WeightsKind.USER
+    return ModelSpec(name, arch, path, weights, version=path.stem, build=dict(build or {}))
 
 
 def _looks_like_authors(path: Path) -> bool:
@@ -112,13 +127,11 @@ def resolve_device(name: str) -> str:
 
 
 def load_model(spec: ModelSpec, device: str = "cpu"):
-    """Build ``spec.arch`` and load its checkpoint (strict); returns the model in eval mode."""
+    """Build ``spec.arch`` with ``spec.build`` and load its checkpoint (strict); returns the
+    model in eval mode on ``device``."""
     from models import build_model, load_checkpoint
 
-    overrides: dict[str, Any] = {}
-    if spec.weights is WeightsKind.DEMO_SYNTHETIC:
-        overrides = dict(demo_manifest(spec.checkpoint.parent).get("build", {}))  # type: ignore[union-attr]
-    model = build_model(spec.arch, **overrides)
+    model = build_model(spec.arch, **spec.build)
     if spec.checkpoint is not None:
         load_checkpoint(model, spec.checkpoint)
     return model.eval().to(device)

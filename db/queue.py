@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from db.engine import SQLITE_BEGIN_OPTION
 from db.errors import JobStateError, LeaseLostError, NotFoundError
 from db.schema import Instance, Job, JobState, Series, Study, utcnow
+from dicom_io.sopclasses import is_series_frame
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ class ClaimedJob:
     attempt: int  # 1 for the first attempt
     max_attempts: int
     lease_expires_at: datetime
+    #: For an image of a single-frame series (its job stands for the series): the spool files
+    #: of every recorded image of that series, in path order; empty for any other instance
+    #: (analyse ``spool_path``). From the database: a worker never reads headers or lists
+    #: spool directories.
+    series_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,13 +223,19 @@ def claim_next(session: Session, worker: str, lease_s: float, *, now: datetime |
         job.state, job.worker, job.lease_expires_at = JobState.RUNNING, worker, lease
         job.attempts += 1
         job.started_at, job.updated_at, job.not_before = now, now, None
-        inst, spool, series, study = session.execute(
+        inst, spool, series, study, sop_class, frames, series_id = session.execute(
             sa.select(Instance.sop_instance_uid, Instance.spool_path, Series.series_instance_uid,
-                      Study.study_instance_uid).select_from(Instance)
+                      Study.study_instance_uid, Instance.sop_class_uid, Instance.number_of_frames,
+                      Series.id).select_from(Instance)
             .join(Series, Series.id == Instance.series_id).join(Study, Study.id == Series.study_id)
             .where(Instance.id == job.instance_id)).one()
+        members: tuple[str, ...] = ()
+        if is_series_frame(sop_class, frames):
+            members = tuple(sorted(session.scalars(
+                sa.select(Instance.spool_path).where(Instance.series_id == series_id))))
         claimed = ClaimedJob(job.id, inst, series, study, spool, job.model_name,
-                             job.model_version, job.attempts, job.max_attempts, lease)
+                             job.model_version, job.attempts, job.max_attempts, lease,
+                             series_paths=members)
         session.commit()
     except BaseException:
         session.rollback()

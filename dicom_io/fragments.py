@@ -21,6 +21,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pydicom
 from pydicom.dataset import FileDataset
@@ -61,31 +62,47 @@ class FragmentIndex:
         return sum(self.lengths)
 
 
-def read_header(path: str | os.PathLike[str]) -> tuple[FileDataset, int | None]:
-    """Read a DICOM file's header and find its Pixel Data element, without reading pixels.
+class DicomHeader(NamedTuple):
+    """A DICOM file's header, read without its pixels: the one header type of ``dicom_io``.
 
-    Returns
-    -------
-    header : pydicom.dataset.FileDataset
+    Attributes
+    ----------
+    dataset : pydicom.dataset.FileDataset
         Every element before (7FE0,0010) Pixel Data, with the File Meta Information.
     pixel_data_offset : int or None
         File offset (bytes) of the Pixel Data element's tag; ``None`` if there is none.
+    """
+
+    dataset: FileDataset
+    pixel_data_offset: int | None
+
+
+def read_header(path: str | os.PathLike[str], *, defer_size: int | None = None) -> DicomHeader:
+    """Read a DICOM file's header and find its Pixel Data element, without reading pixels.
+
+    Parameters
+    ----------
+    path : path-like
+        The DICOM file.
+    defer_size : int, optional
+        Values larger than this many bytes stay on disk until read (pydicom's
+        ``defer_size``); the Storage SCP reads received headers with 4 KiB.
 
     Raises
     ------
     InvalidInstanceError
-        If the file cannot be read as DICOM.
+        If the file cannot be read as DICOM (the pydicom error is its ``__cause__``).
     """
     with open(path, "rb") as fh:
         try:
-            header = pydicom.dcmread(fh, stop_before_pixels=True)
+            header = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=defer_size)
         except Exception as e:  # pydicom raises several types for a non-DICOM file
             raise InvalidInstanceError(f"{os.fspath(path)}: not a readable DICOM file ({e})") from e
         pos = fh.tell()  # pydicom leaves the file at the Pixel Data tag
         head = fh.read(4)
     if len(head) < 4 or struct.unpack("<HH", head) != _PIXEL_DATA:
-        return header, None
-    return header, pos
+        return DicomHeader(header, None)
+    return DicomHeader(header, pos)
 
 
 #: Explicit VRs whose element header is 12 bytes with a 4-byte length (PS3.5 7.1.2).

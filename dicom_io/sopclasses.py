@@ -20,3 +20,9 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 #: Result SOP classes we write (and accept back from a PACS).
 RESULT_SOP_CLASSES = frozenset({COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, SEGMENTATION,
                                 KEY_OBJECT_SELECTION, VL_ENDOSCOPIC, ENCAPSULATED_PDF})
+
+
+def is_series_frame(sop_class_uid: str, number_of_frames: int | None) -> bool:
+    """Whether an instance is one image of a single-frame VL Endoscopic series: such a series
+    is one video, analysed once all its images are in (:mod:`dicom_io.series`)."""
+    return sop_class_uid == VL_ENDOSCOPIC and (number_of_frames or 1) == 1

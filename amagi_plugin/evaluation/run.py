@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase, predict_case
 from amagi_plugin.evaluation.metrics import false_alarms, index_errors, onset_latencies
 from amagi_plugin.evaluation.report import IOUS, markdown_report, plot_fold, summarize
+from amagi_plugin.modelspec import ModelSpec
 
-__all__ = ["ModelSpec", "build_analyzer", "evaluate_models", "metrics_document",
+__all__ = ["build_analyzer", "evaluate_models", "metrics_document",
            "write_outputs"]
 
 log = logging.getLogger(__name__)
@@ -27,34 +27,24 @@ def _folds(cases: Sequence[TruthCase], k: int, seed: int) -> list[int]:
     return patient_folds([c.patient_id for c in cases], k, seed)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build one evaluated model (picklable, for worker processes)."""
-
-    label: str
-    arch: str
-    checkpoint: Path
-    build: dict[str, Any] = field(default_factory=dict)
-
-
 def build_analyzer(spec: ModelSpec, options: Any) -> Any:
     """Build ``spec``'s model, load its checkpoint (strict), wrap it in an analyzer."""
+    from amagi_plugin.modelspec import load_model
     from amagi_plugin.pipeline import BleedingAnalyzer
-    from models import build_model, load_checkpoint
 
-    model = build_model(spec.arch, **spec.build)
-    load_checkpoint(model, spec.checkpoint)
-    return BleedingAnalyzer.for_model(model, options)
+    return BleedingAnalyzer.for_model(load_model(spec), options)
 
 
 _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(specs: Sequence[ModelSpec], options: Any, threads: int) -> None:
+    """Set up one worker process of :func:`evaluate_models` (its own spawned process, so
+    its torch thread count is its own: nothing else runs torch there)."""
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER.update({s.label: build_analyzer(s, options) for s in specs})
+    _WORKER.update({s.name: build_analyzer(s, options) for s in specs})
 
 
 def _work(case: TruthCase, label: str) -> CasePrediction:
@@ -71,13 +61,14 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
     Parameters
     ----------
     specs
-        The models (display label, architecture, checkpoint, build overrides).
+        The models; each one's ``name`` is its display label in the outputs.
     options
         :class:`~amagi_plugin.pipeline.AnalysisOptions`, the same for every model.
     folds
         Patient-level folds of the cases (1 = one group).
     jobs
-        Worker processes (1 = this process); each uses ``threads // jobs`` torch threads.
+        Worker processes (1 = this process, with the caller's torch threads); each uses
+        ``threads // jobs`` torch threads (``threads`` defaults to the caller's count).
     """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -85,13 +76,13 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
     from tqdm import tqdm
 
     fold_of = _folds(cases, folds, fold_seed)
-    models = [s.label for s in specs]
+    models = [s.name for s in specs]
     bar = tqdm(total=len(cases) * len(models), unit="run", desc="amagi evaluate",
                file=progress, disable=progress is None)
     tasks = [(case, m) for case in cases for m in models]
     results: list[CasePrediction] = []
     if jobs <= 1:
-        analyzers = {s.label: build_analyzer(s, options) for s in specs}
+        analyzers = {s.name: build_analyzer(s, options) for s in specs}
         for case, m in tasks:
             results.append(predict_case(analyzers[m], case, m))
             bar.update()

@@ -10,6 +10,31 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 Labels = tuple[tuple[str, str], ...]
 
 
+def service_metrics() -> Metrics:
+    """The registry of ``amagi serve``, with every series it publishes described."""
+    m = Metrics()
+    m.describe("amagi_received_bytes_total", "counter", "Bytes received by C-STORE")
+    m.describe("amagi_received_instances_total", "counter", "Instances received by C-STORE")
+    m.describe("amagi_jobs_total", "counter", "Jobs finished, by outcome")
+    m.describe("amagi_jobs", "gauge", "Jobs in the queue, by state")
+    m.describe("amagi_stage_seconds_total", "counter", "Seconds spent per pipeline stage")
+    m.describe("amagi_deliveries_total", "counter", "Delivery attempts, by result")
+    return m
+
+
+def job_gauges(database) -> Callable[[], dict[str, dict[Labels, float]]]:
+    """A collector of the ``amagi_jobs`` gauge (jobs by state) read from ``database``."""
+    from db.queue import job_counts
+
+    def collect() -> dict[str, dict[Labels, float]]:
+        with database.session() as s:
+            counts = job_counts(s)
+        return {"amagi_jobs": {(("state", str(getattr(k, "value", k))),): float(v)
+                               for k, v in counts.items()}}
+
+    return collect
+
+
 class Metrics:
     """Counters and gauges with labels; gauges may be computed at scrape time."""
 

@@ -268,10 +268,8 @@ class Worker(threading.Thread):
         with self.database.session() as s:
             prev = latest_report(s, job.sop_instance_uid, exclude_job_id=job.job_id)
         predecessor = InstanceRef(*prev) if prev else None
-        spool = Path(job.spool_path)
-        source: Path | list[Path] = spool
-        if _is_single_frame_series(spool):
-            source = sorted(spool.parent.glob("*.dcm"))
+        source: Path | list[Path] = ([Path(p) for p in job.series_paths] if job.series_paths
+                                     else Path(job.spool_path))
         return process_video(source, out, self.analyzer, self.spec, predecessor=predecessor)
 
     def _commit(self, job: ClaimedJob, outcome: ProcessOutcome, started: datetime) -> None:
@@ -298,15 +296,4 @@ class Worker(threading.Thread):
     def _count(self, name: str, value: float = 1.0, **labels: str) -> None:
         if self.metrics:
             self.metrics.inc(name, value, **labels)
-
-
-def _is_single_frame_series(path: Path) -> bool:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID",
-                                                                           "NumberOfFrames"])
-    except Exception:
-        return False
-    return ds.get("SOPClassUID") == VL_ENDOSCOPIC and int(ds.get("NumberOfFrames", 1) or 1) == 1
 

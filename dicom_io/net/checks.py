@@ -4,7 +4,8 @@
 * :func:`check_structure`: walks the element headers of a Part 10 file (PS3.5 §7.1, §7.5,
   §A.4) without reading values, so garbage and truncated data sets are found without
   loading pixel data into memory.
-* :func:`read_header`: the attributes before Pixel Data, values over 4 KiB deferred.
+
+The header itself is read with :func:`dicom_io.fragments.read_header`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -185,11 +186,3 @@ def check_structure(path: str | os.PathLike[str], transfer_syntax: str) -> tuple
     except Exception as e:  # pydicom parsing errors of a deflated data set
         return False, f"unreadable data set: {type(e).__name__}: {e}"
     return True, ""
-
-
-def read_header(path: str | os.PathLike[str]) -> Dataset:
-    """Read the attributes before Pixel Data; values larger than 4 KiB stay on disk.
-
-    Raises whatever pydicom raises for an unreadable file; callers turn it into a status.
-    """
-    return dcmread(path, stop_before_pixels=True, defer_size=4096)

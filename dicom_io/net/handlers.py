@@ -24,12 +24,17 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.charset import convert_encodings, decode_bytes
 
+from dicom_io.fragments import read_header
 from dicom_io.net import status as st
-from dicom_io.net.checks import check_structure, check_uid, read_header
+from dicom_io.net.checks import check_structure, check_uid
 from dicom_io.net.records import AssociationSummary, StoredInstance
 from dicom_io.net.spool import SpaceGuard, needs_copy, place
 
 logger = logging.getLogger(__name__)
+
+#: Values of a received header larger than this (bytes) stay on disk: a C-STORE never
+#: loads a large attribute into memory to read the few it needs.
+HEADER_DEFER_SIZE = 4096
 
 
 @dataclass
@@ -290,6 +295,14 @@ def _optional_int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _optional_date(value: str) -> dt.date | None:
+    """A DA value (``YYYYMMDD``) as a date; ``None`` when empty or not a valid date."""
+    try:
+        return dt.datetime.strptime(value.strip(), "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
 def _header_uids(header: Dataset, sop_class: str, sop_instance: str) -> tuple[str, str]:
     """Check the header against the request; return (study, series) UIDs."""
     values: dict[str, str] = {}
@@ -360,9 +373,10 @@ def _store(event: Any, state: ListenerState, a: _AssociationState) -> StoredInst
     if not ok:
         raise _Refused(st.CANNOT_UNDERSTAND, why)
     try:
-        header = read_header(src)
-    except Exception as e:
-        raise _Refused(st.CANNOT_UNDERSTAND, f"unreadable header: {type(e).__name__}") from e
+        header = read_header(src, defer_size=HEADER_DEFER_SIZE).dataset
+    except Exception as e:  # the pydicom error that made it unreadable names the reason
+        reason = type(e.__cause__ or e).__name__
+        raise _Refused(st.CANNOT_UNDERSTAND, f"unreadable header: {reason}") from e
     _report_phi(header, state)
     study, series = _header_uids(header, sop_class, sop_instance)
 
@@ -399,6 +413,10 @@ def _store(event: Any, state: ListenerState, a: _AssociationState) -> StoredInst
         series_number=_optional_int(header, "SeriesNumber"),
         instance_number=_optional_int(header, "InstanceNumber"),
         images_in_acquisition=_optional_int(header, "ImagesInAcquisition"),
+        study_date=_optional_date(_raw_text(header, "StudyDate")),
+        study_description=_raw_text(header, "StudyDescription") or None,
+        series_description=_raw_text(header, "SeriesDescription") or None,
+        patient_id=_raw_text(header, "PatientID") or None,
     )
     try:
         state.on_stored(instance)

@@ -2,7 +2,7 @@
 
 :class:`DicomListener` wraps pynetdicom's ``start_server(block=False)``: it negotiates only the
 contexts of :mod:`dicom_io.net.contexts`, streams each data set to disk
-(``STORE_RECV_CHUNKED_DATASET``), checks and spools it durably and reports it through
+(:data:`CHUNKED_RECEIVE`, held while it runs), checks and spools it durably and reports it through
 callbacks (see :mod:`dicom_io.net.handlers`).
 """
 
@@ -24,20 +24,24 @@ from dicom_io.net.pduguard import PduLimitedAccept
 from dicom_io.net.records import AssociationSummary, StoredInstance
 from dicom_io.net.spool import SpaceGuard
 from dicom_io.net.tls import DeferredHandshake
+from dicom_io.process_setting import ProcessSetting
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PDU = 262144
 
 
-def enable_chunked_receive() -> None:
-    """Make pynetdicom stream received C-STORE data sets to a temporary file.
+def _set_chunked_receive(value: bool) -> None:
+    _config.STORE_RECV_CHUNKED_DATASET = value
 
-    ``pynetdicom._config.STORE_RECV_CHUNKED_DATASET`` is process-wide. Setting it to
-    ``True`` only changes *where* data sets are buffered: handlers using ``event.dataset``
-    still work (pynetdicom reads the file back), so it is set once and never reset.
-    """
-    _config.STORE_RECV_CHUNKED_DATASET = True
+
+#: pynetdicom streams received C-STORE data sets to a temporary file while this is ``True``.
+#: The flag is process-wide (``pynetdicom._config``); every running :class:`DicomListener`
+#: holds it (``True`` only changes *where* data sets are buffered: handlers using
+#: ``event.dataset`` still work), and it is back to its earlier value once the last stops.
+CHUNKED_RECEIVE = ProcessSetting("pynetdicom STORE_RECV_CHUNKED_DATASET",
+                                 lambda: _config.STORE_RECV_CHUNKED_DATASET,
+                                 _set_chunked_receive)
 
 
 class DicomListener:
@@ -182,7 +186,14 @@ class DicomListener:
         if self._server is not None:
             raise RuntimeError("listener already started")
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        enable_chunked_receive()
+        CHUNKED_RECEIVE.claim(self, True)
+        try:
+            self._serve()
+        except BaseException:
+            CHUNKED_RECEIVE.release(self)
+            raise
+
+    def _serve(self) -> None:
         s = self._state
         evt_handlers = [
             (evt.EVT_ACCEPTED, handlers.handle_accepted, [s]),
@@ -224,6 +235,12 @@ class DicomListener:
         if ae is None or server is None:
             return
         self._ae = self._server = None
+        try:
+            self._shutdown(server)
+        finally:
+            CHUNKED_RECEIVE.release(self)
+
+    def _shutdown(self, server: ThreadedAssociationServer) -> None:
         server.shutdown()
         for assoc in list(server.active_associations):
             if assoc.is_established:

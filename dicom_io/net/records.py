@@ -1,11 +1,15 @@
 """What the listener reports to the application: one record per stored instance and one
-per finished association. Plain frozen dataclasses, free of PHI (no patient name or ID)."""
+per finished association. Plain frozen dataclasses; the one identifying value they carry,
+the patient ID, is left out of their ``repr`` (so out of logs); the patient's name is never
+carried."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from dicom_io.sopclasses import is_series_frame
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,15 @@ class StoredInstance:
         Series Number (0020,0011) and Instance Number (0020,0013).
     images_in_acquisition : int or None
         Images in Acquisition (0020,1002), when the sender gives the expected count.
+    study_date : date or None
+        Study Date (0008,0020), when it is a valid DA value.
+    study_description, series_description : str or None
+        Study Description (0008,1030) and Series Description (0008,103E).
+    patient_id : str or None
+        Patient ID (0010,0020), for an application that stores it; not in the ``repr``.
+
+    The header is read once, by the listener: everything the application records of an
+    instance is here, so nothing reads the file again to record it.
     """
 
     path: Path
@@ -61,6 +74,16 @@ class StoredInstance:
     series_number: int | None = None
     instance_number: int | None = None
     images_in_acquisition: int | None = None
+    study_date: dt.date | None = None
+    study_description: str | None = None
+    series_description: str | None = None
+    patient_id: str | None = field(default=None, repr=False)
+
+    @property
+    def is_series_frame(self) -> bool:
+        """Whether this instance is one image of a single-frame series (analysed as one video
+        per series, see :func:`dicom_io.sopclasses.is_series_frame`)."""
+        return is_series_frame(self.sop_class_uid, self.number_of_frames)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Sending instances to a peer: C-STORE SCU and C-ECHO SCU (PS3.4 Annex A, B; PS3.7 §9.1).
 
 Each file is proposed with its own SOP class and its exact transfer syntax, and streamed
-from disk unchanged (``STORE_SEND_CHUNKED_DATASET``), so the peer receives the same bytes.
+from disk unchanged (:data:`CHUNKED_SEND`, held while sending), so the peer receives the same bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pynetdicom.association import Association
 from dicom_io.errors import NetworkError
 from dicom_io.net.contexts import VERIFICATION
 from dicom_io.net.status import is_success, status_name
+from dicom_io.process_setting import ProcessSetting
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +60,16 @@ class SendResult:
     rejected: bool = False
 
 
-def enable_chunked_send() -> None:
-    """Make pynetdicom stream files given by path from disk (process-wide, never reset).
+def _set_chunked_send(value: bool) -> None:
+    _config.STORE_SEND_CHUNKED_DATASET = value
 
-    Only ``send_c_store(path)`` is affected (it then requires an exact transfer-syntax
-    match, which :func:`send_instances` always proposes); sending a Dataset is unchanged.
-    """
-    _config.STORE_SEND_CHUNKED_DATASET = True
+
+#: pynetdicom streams files given by path from disk while this is ``True``; the flag is
+#: process-wide (``pynetdicom._config``), held by each :func:`send_instances` call while it
+#: runs. Only ``send_c_store(path)`` is affected (it then requires an exact transfer-syntax
+#: match, which :func:`send_instances` always proposes); sending a Dataset is unchanged.
+CHUNKED_SEND = ProcessSetting("pynetdicom STORE_SEND_CHUNKED_DATASET",
+                              lambda: _config.STORE_SEND_CHUNKED_DATASET, _set_chunked_send)
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,14 @@ def send_instances(
         When the peer cannot be reached, the TLS handshake fails, or it rejects the
         association. Per-instance failures are results, not exceptions.
     """
-    enable_chunked_send()
+    with CHUNKED_SEND.held(True):
+        return _send_all(paths, ae_title, host, port, calling_ae_title, tls, timeout, max_pdu,
+                         tls_server_hostname)
+
+
+def _send_all(paths: Iterable[str | os.PathLike[str]], ae_title: str, host: str, port: int,
+              calling_ae_title: str, tls: ssl.SSLContext | None, timeout: float, max_pdu: int,
+              tls_server_hostname: str | None) -> list[SendResult]:
     results: list[SendResult | None] = []
     items = _read_items(paths, results)
     for batch in _batches(items):

@@ -51,8 +51,8 @@ class WebAuth:
         return f"WebAuth({kind})"
 
 
-def _session(auth: WebAuth | None, ca_file: str | None, cert_file: str | None,
-             key_file: str | None):
+def _session(auth: WebAuth | None, ca_file: str | os.PathLike[str] | None,
+             cert_file: str | os.PathLike[str] | None, key_file: str | os.PathLike[str] | None):
     import requests
 
     session = requests.Session()
@@ -60,12 +60,13 @@ def _session(auth: WebAuth | None, ca_file: str | None, cert_file: str | None,
     if ca_file:
         if not Path(ca_file).is_file():
             raise NetworkError(f"CA bundle {ca_file} does not exist or is not a file")
-        session.verify = ca_file
+        session.verify = os.fspath(ca_file)
     if cert_file:
         for f in (cert_file, key_file):
             if f and not Path(f).is_file():
                 raise NetworkError(f"client certificate file {f} does not exist or is not a file")
-        session.cert = (cert_file, key_file) if key_file else cert_file
+        session.cert = ((os.fspath(cert_file), os.fspath(key_file)) if key_file
+                        else os.fspath(cert_file))
     if auth is not None and auth.token:
         session.headers["Authorization"] = f"Bearer {auth.token}"
     elif auth is not None and auth.username:
@@ -149,9 +150,9 @@ def store_instances(
     paths: Iterable[str | os.PathLike[str]],
     base_url: str,
     auth: WebAuth | None = None,
-    ca_file: str | None = None,
-    cert_file: str | None = None,
-    key_file: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
     timeout: float = 60.0,
 ) -> list[SendResult]:
     """STOW-RS files to a DICOMweb server.

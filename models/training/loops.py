@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.errors import ModelError
+from models.threads import torch_threads
 from models.training import distributed as _dist
 from models.training.recipe import (
     AUTHORS_CLIP_CLASS_WEIGHTS,
@@ -73,7 +74,7 @@ class _Common:
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
-    threads: int | None = None
+    threads: int | None = None  # torch CPU threads while training (restored after)
     keep_epochs: bool = False  # also keep epoch_N.pth files
     stop_after_epoch: int | None = None  # end this session early (resume later)
     workers: int = 0  # data-loading processes (0: in the training process)
@@ -105,8 +106,6 @@ class TrainResult:
 def _setup(cfg: _Common) -> torch.device:
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ModelError(f"epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {cfg.device!r} requested but CUDA is not available")
     torch.manual_seed(cfg.seed)
@@ -193,6 +192,13 @@ def _same_everywhere(train_ds: Dataset, cfg: _Common, kind: str) -> None:
 
 def _loop(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn,
           meta_extra: dict[str, Any], progress: TextIO | None) -> TrainResult:
+    """The training loop, with ``cfg.threads`` torch threads for its duration only."""
+    with torch_threads(cfg.threads):
+        return _train(model, train_ds, cfg, kind, loss_fn, meta_extra, progress)
+
+
+def _train(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn,
+           meta_extra: dict[str, Any], progress: TextIO | None) -> TrainResult:
     device = _setup(cfg)
     group = _dist.world()  # (rank, world size) under torchrun, else None
     rank, world = group or (0, 1)

@@ -82,7 +82,56 @@ def test_destinations_from_flag_and_file_tables(tmp_path: Path) -> None:
     f.write_text('[[delivery.destinations]]\nae_title = "PACS"\nhost = "pacs"\nport = 2762\ntls = true\n'
                  'tls_ca = "/ca.pem"\n')
     cfg = load_config(f, environ={}, cwd=tmp_path)
-    assert cfg.delivery.destinations == [Destination("PACS", "pacs", 2762, tls=True, tls_ca="/ca.pem")]
+    assert cfg.delivery.destinations == [Destination("PACS", "pacs", 2762, tls=True,
+                                                     tls_ca=Path("/ca.pem"))]
+
+
+def test_paths_in_a_file_are_anchored_at_its_directory(tmp_path: Path) -> None:
+    """A relative path in the configuration file means the same wherever the command runs:
+    it is resolved once, at load, against the file's directory; one from a flag or the
+    environment against the working directory. Every path comes out absolute and typed."""
+    etc, elsewhere = tmp_path / "etc" / "amagi", tmp_path / "run"
+    etc.mkdir(parents=True)
+    elsewhere.mkdir()
+    f = etc / "amagi.toml"
+    f.write_text('[storage]\nvar_dir = "data"\n'
+                 '[database]\nurl = "sqlite:///db/amagi.db?timeout=5"\n'
+                 '[model]\nname = "amagi_tiny"\ncheckpoint = "weights/x.pth"\n'
+                 '[listener]\ntls_cert = "tls/cert.pem"\ntls_key = "/abs/key.pem"\n'
+                 '[logging]\nfile = "../log/amagi.log"\n'
+                 '[[delivery.destinations]]\nae_title = "PACS"\nhost = "pacs"\nport = 104\n'
+                 'tls = true\ntls_ca = "ca.pem"\n'
+                 '[[delivery.destinations]]\nurl = "https://pacs/dicom-web"\n'
+                 'tls_cert = "web/c.pem"\ntls_key = "web/k.pem"\n')
+    cfg = load_config(f, environ={"AMAGI_LISTENER_TLS_CA": "env-ca.pem"},
+                      overrides={"storage.results_dir": "out"}, cwd=elsewhere)
+    assert cfg.var_dir == etc / "data" and cfg.spool_dir == etc / "data" / "spool"
+    assert cfg.database_url == f"sqlite:///{etc / 'db' / 'amagi.db'}?timeout=5"
+    assert cfg.model.checkpoint == etc / "weights" / "x.pth"
+    assert cfg.listener.tls_cert == etc / "tls" / "cert.pem"
+    assert cfg.listener.tls_key == Path("/abs/key.pem")
+    assert cfg.logging.file == tmp_path / "etc" / "log" / "amagi.log"
+    dimse, web = cfg.delivery.destinations
+    assert dimse.tls_ca == etc / "ca.pem"
+    assert (web.tls_cert, web.tls_key) == (etc / "web" / "c.pem", etc / "web" / "k.pem")
+    # from the environment and the command line: the working directory
+    assert cfg.listener.tls_ca == elsewhere / "env-ca.pem"
+    assert cfg.results_dir == elsewhere / "out"
+    # unset paths stay unset
+    bare = load_config(environ={"AMAGI_DATABASE_URL": "sqlite:///x.db"}, cwd=elsewhere)
+    assert bare.database_url == f"sqlite:///{elsewhere / 'x.db'}"
+    assert bare.var_dir == elsewhere / "var"
+    assert bare.model.checkpoint is None and bare.listener.tls_cert is None
+    assert bare.logging.file is None
+
+
+def test_a_checkpoint_flag_is_anchored_at_the_working_directory(tmp_path: Path) -> None:
+    f = tmp_path / "conf" / "amagi.toml"
+    f.parent.mkdir()
+    f.write_text('[model]\ncheckpoint = "in-file.pth"\n')
+    cfg = load_config(f, environ={}, overrides={"model.checkpoint": "flag.pth"}, cwd=tmp_path)
+    assert cfg.model.checkpoint == tmp_path / "flag.pth"
+    assert load_config(f, environ={}, cwd=tmp_path).model.checkpoint == f.parent / "in-file.pth"
 
 
 def test_template_is_valid_toml_listing_every_key(tmp_path: Path) -> None:
@@ -150,7 +199,7 @@ def test_dicomweb_destinations_from_flag_and_file(tmp_path: Path) -> None:
                  'token_env = "CLOUD_TOKEN"\n')
     basic, bearer = load_config(f, environ={}, cwd=tmp_path).delivery.destinations
     assert (basic.username, basic.secret_env(), basic.tls_ca, basic.timeout_s) == \
-        ("amagi", "PACS_PW", "/ca.pem", 5.0)
+        ("amagi", "PACS_PW", Path("/ca.pem"), 5.0)
     assert (bearer.auth, bearer.secret_env()) == ("bearer", "CLOUD_TOKEN")
     assert str(basic) == "https://pacs/dicom-web (STOW-RS, basic auth, CA /ca.pem)"
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from amagi_plugin.logsetup import PHI_FILTER, REDACTED, register_phi, setup_logging
+from amagi_plugin.logsetup import PHI_FILTER, REDACTED, PhiFilter, setup_logging
 
 
 @pytest.fixture
@@ -35,9 +35,37 @@ def test_text_format_is_human_readable(stream) -> None:
 
 def test_patient_identifiers_are_redacted(stream) -> None:
     setup_logging("info", "text", stream)
-    register_phi("Doe^Jane", "PID-778899")
-    logging.getLogger("x").info("received %s for %s", "PID-778899", "Doe^Jane (Jane Doe)")
+    with PHI_FILTER.open_scope() as phi:
+        phi.register("Doe^Jane", "PID-778899")
+        logging.getLogger("x").info("received %s for %s", "PID-778899", "Doe^Jane (Jane Doe)")
     out = stream.getvalue()
     assert "778899" not in out and "Jane" not in out and "Doe" not in out
     assert out.count(REDACTED) >= 2
     assert PHI_FILTER.scrub("nothing to hide") == "nothing to hide"
+
+
+def test_one_services_values_do_not_outlive_it() -> None:
+    """Each service masks through its own scope: a value is masked while its scope is open
+    (in every log line, whoever logs it) and forgotten once it closes, so a later service
+    does not carry what an earlier one received."""
+    f = PhiFilter()
+    first = f.open_scope()
+    first.register("Doe^Jane")
+    second = f.open_scope()
+    second.register("Roe^Rick")
+    assert f.scrub("Doe Roe") == f"{REDACTED} {REDACTED}"
+    first.close()
+    assert f.scrub("Doe^Jane Roe") == f"Doe^Jane {REDACTED}"
+    first.close()  # closing twice changes nothing
+    second.close()
+    assert f.scrub("Doe^Jane Roe^Rick") == "Doe^Jane Roe^Rick"
+    with f.open_scope() as later:
+        assert len(later) == 0 and f.scrub("Jane Rick") == "Jane Rick"
+
+
+def test_a_scope_is_bounded() -> None:
+    f = PhiFilter(capacity=4)
+    with f.open_scope() as phi:
+        phi.register("AAA111", "BBB222", "CCC333", "DDD444", "EEE555")
+        assert len(phi) == 4
+        assert f.scrub("AAA111 EEE555") == f"AAA111 {REDACTED}"

@@ -163,7 +163,7 @@ def captured(monkeypatch):
         raise _Stop("captured")
 
     class FakeService:
-        def __init__(self, cfg, analyzers, spec, **_: object) -> None:
+        def __init__(self, cfg, analyzers, spec, environ=None) -> None:
             seen["analyzers"], seen["cfg"] = analyzers, cfg
 
         def serve_forever(self) -> None:
@@ -209,7 +209,10 @@ def test_service_starts_worker_count_workers_per_device(tmp_path) -> None:
         "storage.var_dir": str(tmp_path / "var"), "storage.reserve_mb": "1",
         "listener.port": str(free_port()), "listener.bind_address": "127.0.0.1",
         "worker.count": "2"})
-    analyzers = [object(), object()]
+    from types import SimpleNamespace
+
+    # stand-ins: a worker registers its analyzer's device and never runs it here (no jobs)
+    analyzers = [SimpleNamespace(options=SimpleNamespace(device=f"cpu:{i}")) for i in (0, 1)]
     svc = Service(cfg, analyzers, ModelSpec("test", "amagi_tiny", None, "user", "0"))  # type: ignore[arg-type]
     svc.start()
     try:

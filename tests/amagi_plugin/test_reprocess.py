@@ -23,7 +23,7 @@ from tests.amagi_plugin.serve_support import (
     storescu,
     wait_until,
 )
-from tests.db.conftest import build_cohort
+from tests.db.conftest import AUTHORS, build_cohort
 
 
 def _cohort(tmp_path: Path) -> tuple[str, dict[str, int], dict[str, str]]:
@@ -65,7 +65,7 @@ def test_reprocess_queues_matching_cases_once(run_cli, tmp_path, tiny_checkpoint
     version = tiny_checkpoint.stem
     by_uid = {v: k for k, v in uids.items()}
 
-    r = run_cli("reprocess", *tiny, "--model", "amagi_sf50", "--dry-run", env=env)
+    r = run_cli("reprocess", *tiny, "--model", AUTHORS[0], "--dry-run", env=env)
     assert r.code == 0, r.stderr
     assert "1 video(s) match; 1 would be queued for amagi_tiny amagi_tiny_test" in r.stdout
     assert _jobs(url, version) == {}

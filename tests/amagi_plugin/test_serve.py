@@ -116,6 +116,36 @@ def test_push_analyse_deliver_and_query(service, tmp_path, run_cli) -> None:
         assert len(pacs.files()) == 5 and st["deliveries"]["sent"] == 5
 
 
+def test_received_identifiers_are_masked_while_the_service_runs_only(tmp_path,
+                                                                    tiny_checkpoint) -> None:
+    """The patient name and ID a service receives are masked in every log line while it runs,
+    and forgotten when it stops: a later service in the process does not carry them."""
+    from amagi_plugin.logsetup import PHI_FILTER, REDACTED
+
+    def start(name: str) -> Service:
+        cfg = load_config(environ={}, cwd=tmp_path, overrides=_overrides(
+            tmp_path / name, tiny_checkpoint, free_port()))
+        analyzer, spec = analyzer_from_config(cfg)
+        svc = Service(cfg, analyzer, spec)
+        svc.start()
+        return svc
+
+    first = start("first")
+    second: Service | None = None
+    try:
+        assert storescu(first.port, make_video(tmp_path / "v.dcm", seed=4321)).returncode == 0
+        wait_until(lambda: PHI_FILTER.scrub("PID4321") == REDACTED, 30,
+                   what="the received patient ID masked")
+        second = start("second")  # runs on after the first stops
+        first.stop()
+        assert PHI_FILTER.scrub("PID4321 Test^Patient") == "PID4321 Test^Patient"
+        assert second.phi is not None and len(second.phi) == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 def test_destination_down_then_up(service, tmp_path) -> None:
     pacs = StoreSCP(tmp_path / "pacs")
     svc = service(**{"delivery.destinations": pacs.destination})

@@ -83,6 +83,33 @@ def test_claim_order_received_release_and_complete(database):
     assert counts[db.JobState.QUEUED] == 1 and counts[db.JobState.FAILED] == 0
 
 
+def test_a_series_image_claims_the_spool_files_of_its_series(database):
+    """A single-frame image's job stands for its series: the claim lists the series' files
+    (from the database, so the worker never lists the spool); a video's claim lists none."""
+    vl = "1.2.840.10008.5.1.4.1.1.77.1.1"
+    video = _receive(database, 1, prefix="7.7")[0]
+    with database.session() as s:
+        for i in (2, 0, 1):
+            records.record_instance(
+                s, sop_instance_uid=f"8.8.{i}", sop_class_uid=vl,
+                transfer_syntax_uid="1.2.840.10008.1.2.1", study_instance_uid="8.8.9",
+                series_instance_uid="8.8.9.1", size_bytes=10, received_at=T0,
+                spool_path=f"/spool/8.8.9/8.8.9.1/8.8.{i}.dcm", number_of_frames=None)
+        records.record_instance(  # another series of the same study
+            s, sop_instance_uid="8.8.5", sop_class_uid=vl,
+            transfer_syntax_uid="1.2.840.10008.1.2.1", study_instance_uid="8.8.9",
+            series_instance_uid="8.8.9.2", size_bytes=10, received_at=T0,
+            spool_path="/spool/8.8.9/8.8.9.2/8.8.5.dcm")
+    _enqueue_all(database, ["8.8.2", video])
+    with database.session() as s:
+        series = queue.claim_next(s, "w1", 60, now=T0)
+    with database.session() as s:
+        single = queue.claim_next(s, "w1", 60, now=T0)
+    assert series is not None and single is not None
+    assert series.series_paths == tuple(f"/spool/8.8.9/8.8.9.1/8.8.{i}.dcm" for i in range(3))
+    assert single.spool_path == "/spool/7.7.0" and single.series_paths == ()
+
+
 def test_claim_needs_fresh_session(database):
     with database.session() as s:
         s.query(Job).count()

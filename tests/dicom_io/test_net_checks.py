@@ -11,8 +11,9 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from dicom_io.encode import VIDEO_TRANSFER_SYNTAXES
+from dicom_io.fragments import read_header
 from dicom_io.net import spool
-from dicom_io.net.checks import check_structure, check_uid, dataset_offset, read_header
+from dicom_io.net.checks import check_structure, check_uid, dataset_offset
 from dicom_io.net.contexts import VERIFICATION, accepted_contexts, transfer_syntaxes_for
 from dicom_io.sopclasses import (
     COMPREHENSIVE_SR,
@@ -103,9 +104,26 @@ def test_structure_rejects_non_dicom(tmp_path: Path) -> None:
 
 
 def test_read_header_skips_pixel_data(h264: Path) -> None:
-    ds = read_header(h264)
+    ds, offset = read_header(h264, defer_size=4096)
+    assert offset is not None
     assert "PixelData" not in ds
     assert ds.SOPClassUID == VIDEO_ENDOSCOPIC
+
+
+IMAGE_COMMENTS = 0x00204000
+
+
+def test_read_header_defers_large_values_to_the_file(h264: Path, tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    ds = dcmread(h264)
+    ds.ImageComments = "x" * 5000
+    ds.save_as(tmp_path / "long.dcm")
+    header, offset = read_header(tmp_path / "long.dcm", defer_size=4096)
+    assert offset is not None
+    assert header._dict[IMAGE_COMMENTS].value is None  # still on disk
+    assert header.ImageComments == "x" * 5000  # read from the file on access
+    assert read_header(tmp_path / "long.dcm").dataset._dict[IMAGE_COMMENTS].value
 
 
 def test_contexts_cover_design_section_4() -> None:
@@ -168,14 +186,14 @@ def test_space_guard_counts_in_flight_bytes(tmp_path: Path) -> None:
 def test_patient_name_read_raw_with_its_character_set(h264: Path, tmp_path: Path) -> None:
     from pydicom import dcmread
 
-    from dicom_io.net.handlers import _raw_text
+    from dicom_io.net.handlers import HEADER_DEFER_SIZE, _raw_text
 
     ds = dcmread(h264)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientName = "MÜLLER^JOSÉ"
     ds.PatientID = "X" * 80  # too long for LO: decoded without validation
     ds.save_as(tmp_path / "latin1.dcm")
-    header = read_header(tmp_path / "latin1.dcm")
+    header = read_header(tmp_path / "latin1.dcm", defer_size=HEADER_DEFER_SIZE).dataset
     assert _raw_text(header, "PatientName") == "MÜLLER^JOSÉ"
     assert _raw_text(header, "PatientID") == "X" * 80
     assert _raw_text(header, "OtherPatientIDs") == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -58,6 +59,11 @@ def _check_stored(rec: Recorder, src: Path, ts: str, calling: str) -> None:
     assert inst.peer_address == "127.0.0.1"
     nf = src_ds.get("NumberOfFrames")
     assert inst.number_of_frames == (int(nf) if nf is not None else None)
+    # what the application records comes with the instance (nobody reads the file again)
+    assert inst.study_date == dt.datetime.strptime(src_ds.StudyDate, "%Y%m%d").date()
+    assert inst.study_description == (src_ds.get("StudyDescription") or None)
+    assert inst.series_description == (src_ds.get("SeriesDescription") or None)
+    assert inst.patient_id == PATIENT_ID and PATIENT_ID not in repr(inst)
 
 
 @pytest.mark.integration
@@ -323,3 +329,28 @@ def test_dropped_connection_is_reported_as_aborted_with_its_instances(tmp_path: 
         assoc.kill()
     assert summary.aborted and summary.calling_ae == "DROPPER"
     assert [i.sop_instance_uid for i in summary.instances] == [rec.stored[0].sop_instance_uid]
+
+
+def test_pynetdicom_chunked_flags_are_held_only_while_needed(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """pynetdicom's process-wide chunked-transfer flags: set while a listener runs or a send
+    is under way, back to what they were once the last of them ends."""
+    from pynetdicom import _config
+
+    from dicom_io.net import scu
+
+    _config.STORE_RECV_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET = False
+    seen: list[bool] = []
+    send_one = scu._send_one
+    monkeypatch.setattr(scu, "_send_one", lambda assoc, item: (
+        seen.append(_config.STORE_SEND_CHUNKED_DATASET), send_one(assoc, item))[1])
+    video = make_video(tmp_path / "v.dcm")
+    with running_listener(tmp_path / "a", Recorder()) as first:
+        assert _config.STORE_RECV_CHUNKED_DATASET is True
+        with running_listener(tmp_path / "b", Recorder()):
+            pass
+        assert _config.STORE_RECV_CHUNKED_DATASET is True  # the first still runs
+        [ok] = send_instances([video], "AMAGI", "127.0.0.1", first.port)
+        assert ok.ok and seen == [True]
+        assert _config.STORE_SEND_CHUNKED_DATASET is False
+    assert _config.STORE_RECV_CHUNKED_DATASET is False

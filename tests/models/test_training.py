@@ -283,3 +283,40 @@ def test_still_negatives_relabel_only_bleeding_clips(tmp_path: Path) -> None:
     assert [val[i][1] for i in range(len(records))] == [r.label for r in records]
     with pytest.raises(ValueError, match="still_negatives"):
         ClipDataset(records, 32, MEAN, STD, still_negatives=1.0)
+
+
+def test_threads_apply_to_the_training_only(tmp_path: Path) -> None:
+    """``threads`` sets torch's process-wide thread count for the training alone: the
+    caller's count is back afterwards, and after a training that fails."""
+    from dataclasses import replace
+
+    records = read_annotation_list(_write_dataset(tmp_path / "data", 1, 2))
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    class Watched(ClipDataset):
+        def __getitem__(self, i):
+            seen.append(torch.get_num_threads())
+            return super().__getitem__(i)
+
+    ds = Watched(records, 32, MEAN, STD, seed=5)
+    cfg = replace(_clip_cfg(tmp_path / "t", 1), threads=before + 1)
+    train_clip_model(build_model("slowfast_tiny", input_size=32), ds, cfg, meta={})
+    assert seen and set(seen) == {before + 1}
+    assert torch.get_num_threads() == before
+    with pytest.raises(ModelError):
+        train_clip_model(build_model("slowfast_tiny", input_size=32), ds,
+                         replace(cfg, epochs=0), meta={})
+    assert torch.get_num_threads() == before
+
+
+def test_torch_threads_restores_the_count_even_on_error() -> None:
+    from models.threads import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), torch_threads(before + 2):
+        assert torch.get_num_threads() == before + 2
+        raise KeyError("x")
+    assert torch.get_num_threads() == before

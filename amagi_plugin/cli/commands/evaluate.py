@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amagi_plugin.errors import InputError
+
+if TYPE_CHECKING:
+    from amagi_plugin.modelspec import ModelSpec
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -42,19 +46,29 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.set_defaults(handler=run)
 
 
-def _from_model_dir(d: Path) -> list[tuple[str, str, Path, dict[str, Any]]]:
+def _from_model_dir(d: Path) -> tuple[list[ModelSpec], bool]:
+    """The models of ``d/model.json`` (its baseline first, names left for the caller to
+    choose) and whether they are demo models (the bundled ones, or described as synthetic)."""
+    from amagi_plugin.modelspec import DEMO_DIR, ModelSpec, checkpoint_spec
+    from dicom_io.results import WeightsKind
+
     path = d / "model.json"
     if not path.is_file():
         raise InputError(f"no model.json in {d}")
     m = json.loads(path.read_text())
+    demo = d.resolve() == DEMO_DIR.resolve() or "synthetic" in m.get("description", "")
     out = []
     for entry in (m.get("baseline"), m):
         if entry:
-            out.append(("", entry["arch"], d / entry["checkpoint"], dict(entry.get("build", {}))))
-    return out
+            ckpt, build = d / entry["checkpoint"], dict(entry.get("build", {}))
+            out.append(ModelSpec("", entry["arch"], ckpt, WeightsKind.DEMO_SYNTHETIC,
+                                 str(m.get("version", "0")), build=build) if demo
+                       else checkpoint_spec("", entry["arch"], ckpt, build))
+    return out, demo
 
 
-def _from_flag(text: str, cwd: Path) -> tuple[str, str, Path, dict[str, Any]]:
+def _from_flag(text: str, cwd: Path) -> ModelSpec:
+    from amagi_plugin.modelspec import checkpoint_spec
     from models import CheckpointError, read_checkpoint
 
     name, sep, rest = text.partition("=")
@@ -71,7 +85,7 @@ def _from_flag(text: str, cwd: Path) -> tuple[str, str, Path, dict[str, Any]]:
         arch, build = meta.get("arch", ""), dict(meta.get("build", {}))
         if not arch:
             raise InputError(f"{p} records no architecture; use NAME=ARCH:PATH")
-    return name, arch, p, build
+    return checkpoint_spec(name, arch, p, build)
 
 
 def _display(arch: str, has_seg: bool, taken: set[str]) -> str:
@@ -80,27 +94,29 @@ def _display(arch: str, has_seg: bool, taken: set[str]) -> str:
 
 
 def run(args: argparse.Namespace, ctx) -> int:
-    import torch
+    from models.threads import torch_threads
 
+    with torch_threads(args.threads):  # this command's torch threads, restored after it
+        return _run(args, ctx)
+
+
+def _run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.evaluation.cases import load_cases
-    from amagi_plugin.evaluation.run import ModelSpec, evaluate_models, write_outputs
-    from amagi_plugin.modelspec import DEMO_DIR, resolve_device
+    from amagi_plugin.evaluation.run import evaluate_models, write_outputs
+    from amagi_plugin.modelspec import DEMO_DIR, load_model, resolve_device
     from amagi_plugin.pipeline import AnalysisOptions
     from dicom_io.results import DEMO_DISCLAIMER
-    from models import CheckpointError, build_model, load_checkpoint
+    from models import CheckpointError
 
     cfg = ctx.config
-    if args.threads:
-        torch.set_num_threads(args.threads)
     data = ctx.cwd / args.data
     cases = load_cases(data)
     specs = [_from_flag(t, ctx.cwd) for t in args.checkpoint]
     model_dir = ctx.cwd / args.model_dir if args.model_dir else (None if specs else DEMO_DIR)
     demo = False
     if model_dir is not None:
-        specs = _from_model_dir(model_dir) + specs
-        demo = model_dir.resolve() == DEMO_DIR.resolve() or "synthetic" in json.loads(
-            (model_dir / "model.json").read_text()).get("description", "")
+        bundled, demo = _from_model_dir(model_dir)
+        specs = bundled + specs
     device = resolve_device(args.device or cfg.model.device)
     options = AnalysisOptions(
         prediction_hz=args.prediction_hz or cfg.model.prediction_hz,
@@ -110,17 +126,17 @@ def run(args: argparse.Namespace, ctx) -> int:
         key_frame_masks=False)
     models: list[ModelSpec] = []
     info: dict[str, Any] = {}
-    for name, arch, path, build in specs:
+    for spec in specs:
         try:  # fail early, in this process, on a checkpoint that does not fit
-            model = build_model(arch, **build)
-            load_checkpoint(model, path)
+            model = load_model(spec)
         except CheckpointError as e:
             raise InputError(str(e)) from None
-        label = name or _display(arch, model.default_cfg.has_segmentation, set(info))
+        label = spec.name or _display(spec.arch, model.default_cfg.has_segmentation, set(info))
         if label in info:
             raise InputError(f"two models are named {label!r}")
-        models.append(ModelSpec(label, arch, path, build))
-        info[label] = {"arch": arch, "checkpoint": path.name, "build": build}
+        models.append(replace(spec, name=label))
+        info[label] = {"arch": spec.arch, "checkpoint": spec.checkpoint.name,  # type: ignore[union-attr]
+                       "build": dict(spec.build)}
     index = data / "cases.json"
     meta = json.loads(index.read_text()) if index.is_file() else {}
     settings = meta.get("settings", {})

@@ -1,0 +1,43 @@
+"""One model description (amagi_plugin.modelspec.ModelSpec) for the service, process and
+evaluation: the demo manifest's build overrides travel in the spec to every loader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from amagi_plugin.config import load_config
+from amagi_plugin.evaluation.run import build_analyzer
+from amagi_plugin.modelspec import DEMO_DIR, ModelSpec, checkpoint_spec, load_model, resolve_model
+from amagi_plugin.pipeline import AnalysisOptions
+from dicom_io.results import WeightsKind
+
+
+def _demo_with_build(tmp_path: Path, build: dict) -> Path:
+    manifest = json.loads((DEMO_DIR / "model.json").read_text())
+    d = tmp_path / "demo"
+    d.mkdir()
+    shutil.copy(DEMO_DIR / manifest["checkpoint"], d / manifest["checkpoint"])
+    (d / "model.json").write_text(json.dumps({**manifest, "build": build}))
+    return d
+
+
+def test_demo_build_overrides_reach_the_service_and_the_evaluation(tmp_path: Path) -> None:
+    demo = _demo_with_build(tmp_path, {"input_size": 96})
+    cfg = load_config(environ={}, cwd=tmp_path, overrides={"model.device": "cpu"})
+    spec = resolve_model(cfg.model, demo_dir=demo)
+    assert spec.build == {"input_size": 96} and spec.weights is WeightsKind.DEMO_SYNTHETIC
+    (demo / "model.json").unlink()  # loading needs the spec alone, not the manifest again
+    assert load_model(spec).default_cfg.input_size == 96
+    analyzer = build_analyzer(spec, AnalysisOptions(device="cpu"))
+    assert analyzer.input_size == 96
+
+
+def test_checkpoint_spec_names_the_weights_by_file(tmp_path: Path) -> None:
+    authors = checkpoint_spec("amagi", "amagi_sf50", tmp_path / "split1_SF50.pth", {"a": 1})
+    user = checkpoint_spec("mine", "amagi_tiny", tmp_path / "latest.pth")
+    assert (authors.weights, authors.version, dict(authors.build)) == (
+        WeightsKind.AUTHORS, "split1_SF50", {"a": 1})
+    assert (user.weights, user.version, dict(user.build)) == (WeightsKind.USER, "latest", {})
+    assert isinstance(user, ModelSpec) and user.label == "mine latest"
