@@ -358,8 +358,9 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
 _HELDOUT_TEXT = {
     "shifted": "other seeds and scene ranges (palette families, event sizes, camera speeds, "
                "smoke, instrument and red-patch counts) outside the training ranges",
-    "heldout": "other seeds, palette families, a field-stop family and a bleeding form never "
-               "seen in training, wider camera-chain ranges, at least 4 events a case",
+    "heldout": "other seeds, palette families, a field-stop family, a bleeding form, lens "
+               "blood and lens distortions stronger than any seen in training, wider "
+               "camera-chain ranges, at least 4 events a case",
 }
 
 
