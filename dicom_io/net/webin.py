@@ -91,6 +91,31 @@ def _parse(doc: dict) -> WebInstance | None:
                        number_of_frames=int(frames) if frames.isdigit() else None)
 
 
+def _search(web, source: WebSource, study: str | None, series: str | None,
+            filters: dict[str, str]) -> list[dict]:
+    """All pages of one QIDO-RS query (``limit``/``offset``). Stops at a short or empty page,
+    or at a page that brings nothing new (a server that ignores ``offset``)."""
+    import requests
+
+    docs: list[dict] = []
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        try:
+            page = web.search_for_instances(
+                study_instance_uid=study, series_instance_uid=series, search_filters=filters,
+                fields=list(QIDO_FIELDS), limit=PAGE_SIZE, offset=offset or None)
+        except (requests.RequestException, ValueError) as e:
+            raise_for(e, "QIDO-RS", source.base_url, source.timeout)
+        page = page or []
+        new = [d for d in page if _value(d, "SOPInstanceUID") not in seen]
+        seen.update(_value(d, "SOPInstanceUID") for d in new)
+        docs += new
+        if len(page) < PAGE_SIZE or not new:
+            return docs
+        offset += len(page)
+
+
 def find_video_instances(source: WebSource, study_instance_uid: str | None = None,
                          series_instance_uid: str | None = None,
                          study_date_from: str | None = None,
@@ -121,7 +146,6 @@ def find_video_instances(source: WebSource, study_instance_uid: str | None = Non
     WebRefusedError
         The server refused the query (HTTP 4xx), e.g. bad credentials.
     """
-    import requests
 
     for name, uid in (("StudyInstanceUID", study_instance_uid),
                       ("SeriesInstanceUID", series_instance_uid)):
@@ -137,14 +161,8 @@ def find_video_instances(source: WebSource, study_instance_uid: str | None = Non
             filters: dict[str, str] = {"SOPClassUID": sop_class}
             if study_date_from:
                 filters["StudyDate"] = f"{study_date_from}-"
-            try:
-                docs = web.search_for_instances(
-                    study_instance_uid=study_instance_uid, series_instance_uid=series_instance_uid,
-                    search_filters=filters, fields=list(QIDO_FIELDS), limit=PAGE_SIZE,
-                    get_remaining=True)
-            except (requests.RequestException, ValueError) as e:
-                raise_for(e, "QIDO-RS", source.base_url, source.timeout)
-            for doc in docs or []:
+            docs = _search(web, source, study_instance_uid, series_instance_uid, filters)
+            for doc in docs:
                 inst = _parse(doc)
                 if inst is None or inst.sop_class_uid not in wanted:
                     continue  # a server that does not apply the SOPClassUID filter
