@@ -211,3 +211,27 @@ def test_study_urls() -> None:
                        ("dicomweb+https://h/studies/1.02", "Study Instance UID")]:
         with pytest.raises(InputError, match=words):
             parse_study_url(bad)
+
+
+def test_poll_once_with_a_failed_retrieval_queues_nothing_and_exits_1(web, run_cli, tmp_path
+                                                                      ) -> None:
+    import sqlalchemy as sa
+
+    from db import open_database
+    from db.schema import Instance
+
+    # QIDO-RS lists one Video Endoscopic instance (one query per video class), WADO-RS fails.
+    web.plan = [("json", [_qido(VIDEO_ENDOSCOPIC)]), ("json", []), ("json", [])]
+    web.then = ("status", 503, "busy")
+    var = tmp_path / "var"
+    r = run_cli("poll", "--source", web.url, "--once", "--storage-var-dir", str(var), env={})
+    assert r.code == 1, r.stderr
+    assert "1 video instance(s) listed, 0 already known, 0 retrieved and queued, 1 failed" \
+        in r.stdout
+    assert [p for p in (var / "spool").rglob("*") if p.is_file()] == []
+    database = open_database(f"sqlite:///{var}/amagi.db")
+    try:
+        with database.session() as s:
+            assert s.scalars(sa.select(Instance)).all() == []
+    finally:
+        database.dispose()
