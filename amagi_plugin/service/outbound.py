@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from amagi_plugin.config import Config, Destination
-from amagi_plugin.errors import ConfigError
+from amagi_plugin.webin import web_auth
 from db import Database
 
 log = logging.getLogger(__name__)
@@ -37,18 +37,7 @@ class Outbound:
 
     def web_auth(self, dest: Destination):
         """The credentials of a DICOMweb destination, read from the environment now."""
-        from dicom_io.net.stow import WebAuth
-
-        name = dest.secret_env()
-        if name is None:
-            return None
-        secret = self.environ.get(name, "")
-        if not secret:
-            raise ConfigError(f"destination {dest.key}: environment variable {name} (its "
-                              f"{'password' if dest.auth == 'basic' else 'token'}) is not set")
-        if dest.auth == "basic":
-            return WebAuth(username=dest.username, password=secret)
-        return WebAuth(token=secret)
+        return web_auth(dest, self.environ, "destination")
 
     def send(self, paths: list[Path], dest: Destination):
         """Send ``paths`` to ``dest`` (STOW-RS or C-STORE); returns the per-file results."""

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from amagi_plugin.cli import config_flag
+from amagi_plugin.cli.webargs import add_web_options, web_options
 from amagi_plugin.errors import InputError
 
 
@@ -15,8 +16,13 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "process", parents=parents, help="analyse one video for active bleeding",
         description="Analyse a DICOM video (or a folder of single-frame images, or an MP4/MPEG-TS "
         "file) and write summary.json, predictions.csv, timeline.png and, for DICOM input, the SR, "
-        "SEG, key images and KOS under OUTPUT/dicom/.")
-    p.add_argument("input", metavar="INPUT", help="DICOM file, folder of DICOM images, or video file")
+        "SEG, key images and KOS under OUTPUT/dicom/. INPUT may also be a study on a DICOMweb "
+        "server, dicomweb+https://HOST/dicom-web/studies/STUDY_UID[/series/SERIES_UID]: its video "
+        "instances are found by QIDO-RS, retrieved by WADO-RS and each analysed into "
+        "OUTPUT/<SOPInstanceUID>/.")
+    p.add_argument("input", metavar="INPUT",
+                   help="DICOM file, folder of DICOM images, video file, or dicomweb+http(s):// "
+                   "study URL")
     p.add_argument("-od", "--output-directory", metavar="DIR",
                    help="where results go (default: RESULTS_DIR/<input name>)")
     m = p.add_argument_group("model")
@@ -29,14 +35,15 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     config_flag(m, "--decode-workers", key="model.decode_workers", metavar="N")
     config_flag(m, "--fast", key="model.fast", action="store_const", const="true")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_web_options(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, ctx) -> int:
-    from tqdm import tqdm
+    from amagi_plugin.webin import SCHEME
 
-    from amagi_plugin.process import process_video
-
+    if args.input.lower().startswith(SCHEME):
+        return _run_dicomweb(args, ctx)
     cfg = ctx.config
     src = Path(args.input)
     if not src.is_absolute():
@@ -46,15 +53,48 @@ def run(args: argparse.Namespace, ctx) -> int:
     source = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else src
     if src.is_dir() and not source:
         raise InputError(f"{src} holds no files")
-    out = Path(args.output_directory) if args.output_directory else cfg.results_dir / src.stem
-    if not out.is_absolute():
-        out = ctx.cwd / out
+    out = _output(args, ctx, cfg.results_dir / src.stem)
     from amagi_plugin.runtime import analyzer_from_config
 
     analyzer, spec = analyzer_from_config(cfg)
+    _analyse(source, src.name, out, analyzer, spec, args, ctx)
+    return 0
+
+
+def _output(args: argparse.Namespace, ctx, default: Path) -> Path:
+    out = Path(args.output_directory) if args.output_directory else default
+    return out if out.is_absolute() else ctx.cwd / out
+
+
+def _run_dicomweb(args: argparse.Namespace, ctx) -> int:
+    """A study (or series) on a DICOMweb server: every video instance, one after the other."""
+    import tempfile
+
+    from amagi_plugin.runtime import analyzer_from_config
+    from amagi_plugin.webin import fetch_videos, parse_study_url, web_source
+
+    cfg = ctx.config
+    base, study, series = parse_study_url(args.input)
+    source = web_source(base, web_options(args), ctx.environ)  # the secret before the model
+    out = _output(args, ctx, cfg.results_dir / study)
+    analyzer, spec = analyzer_from_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dicomweb-", dir=out) as tmp:
+        files = fetch_videos(source, study, series, Path(tmp))
+        ctx.print(f"{len(files)} video instance(s) retrieved from {base} (study {study})")
+        for path in files:
+            _analyse(path, path.stem, out / path.stem, analyzer, spec, args, ctx)
+    return 0
+
+
+def _analyse(source, name: str, out: Path, analyzer, spec, args: argparse.Namespace, ctx) -> None:
+    from tqdm import tqdm
+
+    from amagi_plugin.process import process_video
+
     bar = None
     if not args.no_progress:
-        bar = tqdm(total=0, unit="clip", desc=src.name[:30], file=ctx.stderr,
+        bar = tqdm(total=0, unit="clip", desc=name[:30], file=ctx.stderr,
                    disable=None if ctx.stderr is sys.stderr else True, dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
@@ -77,4 +117,3 @@ def run(args: argparse.Namespace, ctx) -> int:
     ctx.print(f"results: {out}")
     for ref in outcome.dicom_objects:
         ctx.print(f"  {ref.path.name if ref.path else ref.sop_instance_uid}")
-    return 0

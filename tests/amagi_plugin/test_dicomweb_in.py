@@ -1,0 +1,134 @@
+"""DICOMweb in, on loopback: videos uploaded to Orthanc (REST ``POST /instances``, with its
+DICOMweb plugin and basic authentication) are found by QIDO-RS, retrieved by WADO-RS and
+analysed by ``amagi process``, or queued exactly once by ``amagi poll`` and analysed by
+``amagi serve``. What is expected is read from the uploaded files and from the case store,
+never from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+import sqlalchemy as sa
+
+from amagi_plugin.config import load_config
+from amagi_plugin.runtime import analyzer_from_config
+from amagi_plugin.service.app import Service
+from db import open_database
+from db.schema import Instance, Job
+from tests.amagi_plugin.serve_support import Orthanc, free_port, make_video, running, wait_until
+
+pytestmark = pytest.mark.integration
+
+USERS = {"amagi": "pw-from-the-environment"}
+PASSWORD_ENV = "AMAGI_TEST_QIDO_PASSWORD"
+STUDY = "1.2.826.0.1.3680043.10.5432.1"
+
+
+def _auth(password_env: str = PASSWORD_ENV) -> list[str]:
+    return ["--web-auth", "basic", "--web-username", "amagi", "--web-password-env", password_env]
+
+
+def _model(tiny_checkpoint) -> list[str]:
+    return ["--model-name", "amagi_tiny", "--model-checkpoint", str(tiny_checkpoint)]
+
+
+def _upload(orthanc: Orthanc, path) -> pydicom.Dataset:
+    orthanc.post("/instances", path.read_bytes())
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def test_process_analyses_each_video_of_a_dicomweb_study(run_cli, tmp_path, tiny_checkpoint):
+    with running(Orthanc(tmp_path / "orthanc", free_port(), dicomweb=True, users=USERS)) as o:
+        a = _upload(o, make_video(tmp_path / "a.dcm", seconds=0.5, seed=1, study_uid=STUDY))
+        b = _upload(o, make_video(tmp_path / "b.dcm", seconds=0.5, seed=2, study_uid=STUDY))
+        other = _upload(o, make_video(tmp_path / "c.dcm", seconds=0.5, seed=3))
+        out = tmp_path / "out"
+        url = f"dicomweb+{o.dicomweb_url}/studies/{a.StudyInstanceUID}"
+        env = {PASSWORD_ENV: USERS["amagi"]}
+        r = run_cli("process", url, "-od", str(out), "--no-progress", *_model(tiny_checkpoint),
+                    *_auth(), env=env)
+        assert r.code == 0, r.stderr
+        assert f"2 video instance(s) retrieved from {o.dicomweb_url}" in r.stdout
+        analysed = {p.name for p in out.iterdir()}
+        assert analysed == {a.SOPInstanceUID, b.SOPInstanceUID}  # nothing of the other study
+        assert other.SOPInstanceUID not in analysed
+        for uid in analysed:
+            summary = json.loads((out / uid / "summary.json").read_text())
+            assert summary["duration_s"] == pytest.approx(0.5, abs=0.05)
+            assert any((out / uid / "dicom").iterdir())  # SR, SEG... for DICOM input
+
+        # The secret's variable unset: a usage error before anything is fetched or loaded.
+        r = run_cli("process", url, "-od", str(tmp_path / "out2"), *_auth(), env={})
+        assert r.code == 2
+        assert f"environment variable {PASSWORD_ENV} (its password) is not set" in r.stderr
+        # A wrong password: Orthanc's 401, reported as a refusal, not retried.
+        r = run_cli("process", url, "-od", str(tmp_path / "out3"), *_model(tiny_checkpoint),
+                    *_auth(), env={PASSWORD_ENV: "wrong"})
+        assert r.code == 3, r.stderr
+        assert f"QIDO-RS: HTTP 401 Unauthorized from {o.dicomweb_url}" in r.stderr
+        assert not (tmp_path / "out3").exists() or not any((tmp_path / "out3").iterdir())
+        # A study without video: said so.
+        r = run_cli("process", f"dicomweb+{o.dicomweb_url}/studies/1.2.3.4", "-od",
+                    str(tmp_path / "out4"), *_model(tiny_checkpoint), *_auth(), env=env)
+        assert r.code == 3
+        assert "no video instance" in r.stderr and "study 1.2.3.4" in r.stderr
+
+
+def _jobs(var) -> list[tuple[str, str]]:
+    database = open_database(f"sqlite:///{var}/amagi.db")
+    try:
+        with database.session() as s:
+            return [(uid, state.value) for uid, state in s.execute(
+                sa.select(Instance.sop_instance_uid, Job.state).join(Job.instance)
+                .order_by(Job.id))]
+    finally:
+        database.dispose()
+
+
+def test_poll_queues_each_new_video_once_and_serve_analyses_it(run_cli, tmp_path,
+                                                               tiny_checkpoint):
+    var = tmp_path / "var"
+    common = ["--storage-var-dir", str(var), *_model(tiny_checkpoint)]
+    env = {PASSWORD_ENV: USERS["amagi"]}
+    with running(Orthanc(tmp_path / "orthanc", free_port(), dicomweb=True, users=USERS)) as o:
+        first = _upload(o, make_video(tmp_path / "a.dcm", seconds=0.5, seed=4))
+        r = run_cli("poll", "--source", o.dicomweb_url, "--once", *common, *_auth(), env=env)
+        assert r.code == 0, r.stderr
+        assert "1 video instance(s) listed, 0 already known, 1 retrieved and queued" in r.stdout
+        assert _jobs(var) == [(first.SOPInstanceUID, "queued")]
+        spooled = var / "spool" / first.StudyInstanceUID / first.SeriesInstanceUID / \
+            f"{first.SOPInstanceUID}.dcm"
+        assert spooled.read_bytes() == (tmp_path / "a.dcm").read_bytes()
+        assert not any((var / "spool" / ".webin").iterdir())
+
+        # A second poll (a restarted poller): nothing new, nothing queued again.
+        r = run_cli("poll", "--source", o.dicomweb_url + "/", "--once", *common, *_auth(),
+                    env=env)
+        assert r.code == 0, r.stderr
+        assert "1 video instance(s) listed, 1 already known, 0 retrieved and queued" in r.stdout
+        assert len(_jobs(var)) == 1
+
+        # A new upload: only it is queued by the next poll.
+        second = _upload(o, make_video(tmp_path / "b.dcm", seconds=0.5, seed=5))
+        r = run_cli("poll", "--source", o.dicomweb_url, "--once", *common, *_auth(), env=env)
+        assert r.code == 0, r.stderr
+        assert "2 video instance(s) listed, 1 already known, 1 retrieved and queued" in r.stdout
+        assert _jobs(var) == [(first.SOPInstanceUID, "queued"), (second.SOPInstanceUID, "queued")]
+
+    # amagi serve on the same storage analyses the polled videos like pushed ones.
+    cfg = load_config(None, environ={}, cwd=tmp_path, overrides={
+        "storage.var_dir": str(var), "storage.reserve_mb": "16",
+        "listener.port": str(free_port()), "listener.bind_address": "127.0.0.1",
+        "model.name": "amagi_tiny", "model.checkpoint": str(tiny_checkpoint)})
+    analyzer, spec = analyzer_from_config(cfg)
+    svc = Service(cfg, analyzer, spec)
+    svc.start()
+    try:
+        wait_until(lambda: {s for _, s in _jobs(var)} == {"done"}, 120,
+                   what="the polled videos analysed")
+    finally:
+        svc.stop()
+    assert len(_jobs(var)) == 2
