@@ -216,8 +216,9 @@ def _ceiling(model, batch: int, device: str, bf16: bool, min_time: float) -> dic
         _sync(device)
         return time.perf_counter() - t0
 
-    if device.startswith("cuda"):  # on a CPU the analysis just ran the same batches
-        steps(3)
+    # Warm-up everywhere: the random clips need not have the layout the analysis fed (the fast
+    # path's channels-last), and oneDNN/cuDNN set a new kernel up for each new layout.
+    steps(3 if device.startswith("cuda") else 1)
     with GpuSampler(device) as gpu:
         c0 = _cpu_s()
         one = steps(1)
