@@ -57,11 +57,17 @@ def _same_damage(got: Frames, error: str | None, decoded: int | None, want: Fram
     One thing is not reproducible even between two serial decodes: whether FFmpeg flags the
     last frame before a cut packet as corrupt (its error concealment depends on decoder
     thread timing), so that one frame may be yielded by one run and reported damaged by
-    another. Everything else must agree exactly: the error class, every frame both runs
-    produced, and the count to within that one final frame.
+    another, or yielded by both with other concealed pixels (seen for HEVC cut at 85 % under
+    load, 2 runs in 20). Everything else must agree exactly: the error class, the index and
+    time of every frame, the pixels of every frame before that one, and the count to within
+    that one final frame.
     """
     if (error, decoded) == (want_error, want_decoded):
-        _same(got, want)
+        if error is None:
+            _same(got, want)
+            return
+        assert [(i, t) for i, t, _ in got] == [(i, t) for i, t, _ in want]
+        _same(got[:-1], want[:-1])
         return
     assert error is not None and want_error is not None, (error, want_error)
     assert error.split(":")[0] == want_error.split(":")[0]
