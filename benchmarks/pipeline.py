@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="video height, 16:9 (default 720: 1280x720; 1080: 1920x1080)")
     ap.add_argument("--video-dir", type=Path, default=OUT, help="where the test video is cached")
     ap.add_argument("--naive-seconds", type=float, default=60.0,
-                    help="segment for the shared-vs-naive comparison")
+                    help="segment for the shared-vs-naive comparison (0 skips)")
     ap.add_argument("--sf50-seconds", type=float, default=None,
                     help="segment for amagi_sf50 (default 6 on a CPU, 60 on CUDA; 0 skips)")
     ap.add_argument("--sf152-seconds", type=float, default=None,
@@ -483,10 +483,12 @@ def main(argv: list[str] | None = None) -> int:
             sf[arch] = analyse(f"{arch} (synthetic), {min(secs, args.seconds):g} s, pipeline",
                                arch, None, segment(secs), True, precisions)
     full = analyse(f"{demo[2]}, whole pipeline", demo[0], demo[1], None, True, precisions)
-    seg_naive = analyse(f"{demo[0]}, {args.naive_seconds:g} s, naive 3 clips/pred", demo[0],
-                        demo[1], segment(args.naive_seconds), False, precisions[:1], False)
-    seg_shared = analyse(f"{demo[0]}, {args.naive_seconds:g} s, shared", demo[0], demo[1],
-                         segment(args.naive_seconds), True, precisions[:1], False)
+    seg_naive = seg_shared = None
+    if args.naive_seconds > 0:
+        seg_naive = analyse(f"{demo[0]}, {args.naive_seconds:g} s, naive 3 clips/pred", demo[0],
+                            demo[1], segment(args.naive_seconds), False, precisions[:1], False)
+        seg_shared = analyse(f"{demo[0]}, {args.naive_seconds:g} s, shared", demo[0], demo[1],
+                             segment(args.naive_seconds), True, precisions[:1], False)
     diff = None
     if seg_naive and seg_shared:
         diff = float(np.max(np.abs(seg_shared[0]["probs"] - seg_naive[0]["probs"])))
