@@ -272,7 +272,8 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
              "gpu_util": gpu.util, "gpu_mem_mb": gpu.mem_mb,
              "torch_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
              "timings": result.timings, "probs": result.probabilities,
-             "clips": result.clips_computed, "events": result.index.event_count}
+             "clips": result.clips_computed, "events": result.index.event_count,
+             "event_frames": [(e.start_frame, e.end_frame) for e in result.events]}
         if ceiling_s is not None:
             r["ceiling"] = _ceiling(analyzer.model, batch_size, device,
                                     analyzer.options.bf16, ceiling_s)
@@ -280,6 +281,23 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
             r["ceiling"]["x_real_time"] = r["ceiling"]["clips_per_s"] / r["ceiling"]["clips_per_video_s"]
         out.append(r)
     return out
+
+
+def _agreement_lines(name: str, results: list[dict]) -> list[str]:
+    """How far each faster precision's probabilities lie from the first (fp32) run's, and
+    whether any event changed (the README's tolerance for the speed switch)."""
+    if len(results) < 2:
+        return []
+    ref = results[0]
+    lines = []
+    for r in results[1:]:
+        dp = float(np.max(np.abs(np.asarray(r["probs"]) - np.asarray(ref["probs"]))))
+        r["max_dp_vs_" + ref["precision"]] = dp
+        same = r["event_frames"] == ref["event_frames"]
+        lines.append(f"{name} [{r['precision']}] vs [{ref['precision']}]: max |Δp| = {dp:.4f}; "
+                     f"events {'identical' if same else 'CHANGED'} ({len(r['event_frames'])} "
+                     f"against {len(ref['event_frames'])})")
+    return ["", *lines]
 
 
 class _Prefix:
@@ -507,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     if diff is not None:
         lines.append(f"\nshared vs naive: max |Δ probability| = {diff:.2e} "
                      "(identical within float32)")
+    for name, results in [*sf.items(), ("demo model", full)]:
+        lines += _agreement_lines(name, results or [])
     if full:
         t = full[0]["timings"]
         stages = ["decode", "transforms", "video_network", "segmentation", "post_processing",
