@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from amagi_plugin.config import load_config
+from amagi_plugin.runtime import analyzer_from_config
+from amagi_plugin.service.app import Service
+from db.queries import service_status
 from dicom_io.encode import VideoMetadata, write_video_dicom
 
 
@@ -281,3 +285,44 @@ def make_image_series(folder: Path, n: int = 20, fps: float = 30.0, seed: int = 
         ds.save_as(path)
         paths.append(path)
     return paths
+
+
+#: The plugin's results for one video with one event: SR, SEG, key images, KOS, report PDF.
+RESULT_MODALITIES = {"SR", "SEG", "ES", "KO", "DOC"}
+
+
+def service_overrides(tmp: Path, checkpoint: Path, port: int, **extra: str) -> dict[str, str]:
+    """Configuration of a test service: the tiny model, loopback, quick retries and leases."""
+    return {
+        "storage.var_dir": str(tmp / "var"), "storage.reserve_mb": "16",
+        "listener.port": str(port), "listener.bind_address": "127.0.0.1",
+        "model.name": "amagi_tiny", "model.checkpoint": str(checkpoint),
+        "analysis.threshold": "1e-6", "worker.lease_s": "5",
+        "delivery.retry_initial_s": "0.5", "delivery.retry_max_s": "2", **extra}
+
+
+def status_of(svc: Service) -> dict:
+    """``amagi status``'s view of a running service's database."""
+    with svc.database.session() as s:
+        return service_status(s)
+
+
+class Services:
+    """In-process services of one test (each on a free port), all stopped by :meth:`stop`."""
+
+    def __init__(self, tmp: Path, checkpoint: Path) -> None:
+        self.tmp, self.checkpoint = tmp, checkpoint
+        self.started: list[Service] = []
+
+    def start(self, config_file: Path | None = None, **extra: str) -> Service:
+        cfg = load_config(config_file, environ={}, cwd=self.tmp, overrides=service_overrides(
+            self.tmp, self.checkpoint, free_port(), **extra))
+        analyzer, spec = analyzer_from_config(cfg)
+        svc = Service(cfg, analyzer, spec)
+        svc.start()
+        self.started.append(svc)
+        return svc
+
+    def stop(self) -> None:
+        for svc in self.started:
+            svc.stop()

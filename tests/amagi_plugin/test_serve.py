@@ -23,59 +23,35 @@ from amagi_plugin.config import load_config
 from amagi_plugin.runtime import analyzer_from_config
 from amagi_plugin.service.app import Service
 from db import open_database
-from db.queries import service_status
 from dicom_io.validate import run_dciodvfy
 from tests.amagi_plugin.serve_support import (
+    RESULT_MODALITIES,
     CommittingPACS,
     Orthanc,
+    Services,
     StoreSCP,
     free_port,
     make_image_series,
     make_video,
     running,
+    service_overrides,
+    status_of,
     storescu,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
 
-RESULT_MODALITIES = {"SR", "SEG", "ES", "KO", "DOC"}
 
-
-def _overrides(tmp: Path, checkpoint: Path, port: int, **extra: str) -> dict[str, str]:
-    base = {
-        "storage.var_dir": str(tmp / "var"), "storage.reserve_mb": "16",
-        "listener.port": str(port), "listener.bind_address": "127.0.0.1",
-        "model.name": "amagi_tiny", "model.checkpoint": str(checkpoint),
-        "analysis.threshold": "1e-6", "worker.lease_s": "5",
-        "delivery.retry_initial_s": "0.5", "delivery.retry_max_s": "2",
-    }
-    base.update(extra)
-    return base
 
 
 @pytest.fixture
 def service(tmp_path, tiny_checkpoint):
     """``service(**overrides)`` starts an in-process service; stopped after the test."""
-    started: list[Service] = []
+    services = Services(tmp_path, tiny_checkpoint)
+    yield services.start
+    services.stop()
 
-    def start(**extra: str) -> Service:
-        cfg = load_config(environ={}, cwd=tmp_path,
-                          overrides=_overrides(tmp_path, tiny_checkpoint, free_port(), **extra))
-        analyzer, spec = analyzer_from_config(cfg)
-        svc = Service(cfg, analyzer, spec)
-        svc.start()
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        svc.stop()
-
-
-def _status(svc: Service) -> dict:
-    with svc.database.session() as s:
-        return service_status(s)
 
 
 def test_push_analyse_deliver_and_query(service, tmp_path, run_cli) -> None:
@@ -111,7 +87,7 @@ def test_push_analyse_deliver_and_query(service, tmp_path, run_cli) -> None:
         # The same instance pushed again with the same model: no new job, nothing resent.
         assert storescu(svc.port, video).returncode == 0
         time.sleep(3)
-        st = _status(svc)
+        st = status_of(svc)
         assert sum(st["jobs"].values()) == 1 and st["jobs"]["done"] == 1
         assert len(pacs.files()) == 5 and st["deliveries"]["sent"] == 5
 
@@ -123,7 +99,7 @@ def test_received_identifiers_are_masked_while_the_service_runs_only(tmp_path,
     from amagi_plugin.logsetup import PHI_FILTER, REDACTED
 
     def start(name: str) -> Service:
-        cfg = load_config(environ={}, cwd=tmp_path, overrides=_overrides(
+        cfg = load_config(environ={}, cwd=tmp_path, overrides=service_overrides(
             tmp_path / name, tiny_checkpoint, free_port()))
         analyzer, spec = analyzer_from_config(cfg)
         svc = Service(cfg, analyzer, spec)
@@ -150,15 +126,15 @@ def test_destination_down_then_up(service, tmp_path) -> None:
     pacs = StoreSCP(tmp_path / "pacs")
     svc = service(**{"delivery.destinations": pacs.destination})
     assert storescu(svc.port, make_video(tmp_path / "v.dcm")).returncode == 0
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the job")
-    wait_until(lambda: any(r["last_error"] for r in _status(svc)["deliveries"]["by_destination"]),
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 1, 120, what="the job")
+    wait_until(lambda: any(r["last_error"] for r in status_of(svc)["deliveries"]["by_destination"]),
                30, what="a failed delivery attempt")
-    assert _status(svc)["deliveries"]["sent"] == 0
+    assert status_of(svc)["deliveries"]["sent"] == 0
     with running(pacs):
         wait_until(lambda: len(pacs.files()) >= 5, 60, what="delivery after the peer came up")
         # Files land at the peer a moment before the deliveries are marked sent.
-        wait_until(lambda: _status(svc)["deliveries"]["sent"] == 5, 30, what="deliveries recorded")
-    assert _status(svc)["deliveries"]["pending"] == 0
+        wait_until(lambda: status_of(svc)["deliveries"]["sent"] == 5, 30, what="deliveries recorded")
+    assert status_of(svc)["deliveries"]["pending"] == 0
 
 
 def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(service, tmp_path) -> None:
@@ -172,8 +148,8 @@ def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(service, tmp_path)
     ds.save_as(tmp_path / "trunc.dcm")
     r = storescu(svc.port, tmp_path / "trunc.dcm")
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: _status(svc)["jobs"]["failed"] == 1, 120, what="the truncated video to fail")
-    (failure,) = _status(svc)["failed"]
+    wait_until(lambda: status_of(svc)["jobs"]["failed"] == 1, 120, what="the truncated video to fail")
+    (failure,) = status_of(svc)["failed"]
     assert "truncated" in failure["error"], failure
     # Garbage that claims to be DICOM Part 10 is refused with a failure status.
     junk = tmp_path / "junk.dcm"
@@ -182,7 +158,7 @@ def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(service, tmp_path)
     assert bad.returncode != 0 or "Failed" in bad.stderr + bad.stdout
     # ... and the listener still serves.
     assert storescu(svc.port, good).returncode == 0
-    wait_until(lambda: _status(svc)["jobs"]["done"] >= 1, 120, what="the good video")
+    wait_until(lambda: status_of(svc)["jobs"]["done"] >= 1, 120, what="the good video")
 
 
 def test_storage_commitment_outcome_is_recorded(service, tmp_path) -> None:
@@ -243,8 +219,8 @@ def test_single_frame_series_becomes_one_job_after_inactivity(service, tmp_path,
     images = make_image_series(tmp_path / "series", n=20)
     r = storescu(svc.port, *images, extra=())
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the series job")
-    assert sum(_status(svc)["jobs"].values()) == 1  # one job for the 20 images
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 1, 120, what="the series job")
+    assert sum(status_of(svc)["jobs"].values()) == 1  # one job for the 20 images
     (job_dir,) = (tmp_path / "var" / "results").iterdir()
     doc = json.loads((job_dir / "summary.json").read_text())
     assert doc["fps"] == pytest.approx(30.0, rel=0.01) and doc["duration_s"] == pytest.approx(0.667, abs=0.01)
@@ -257,7 +233,7 @@ def test_metrics_endpoint(service, tmp_path) -> None:
     svc = service(**{"metrics.enabled": "true", "metrics.port": str(port)})
     video = make_video(tmp_path / "v.dcm")
     assert storescu(svc.port, video).returncode == 0
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the job")
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 1, 120, what="the job")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
@@ -307,8 +283,8 @@ def test_twenty_concurrent_associations(service, tmp_path) -> None:
     for t in threads:
         t.join()
     assert results == [0] * 20
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 20, 300, interval=1, what="20 jobs")
-    assert sum(_status(svc)["jobs"].values()) == 20
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 20, 300, interval=1, what="20 jobs")
+    assert sum(status_of(svc)["jobs"].values()) == 20
 
 
 @pytest.mark.slow
@@ -316,7 +292,7 @@ def test_kill_during_inference_then_restart_delivers_once(tmp_path, tiny_checkpo
     """kill -9 while the worker runs; after restart the job resumes and results arrive once."""
     port = free_port()
     with running(StoreSCP(tmp_path / "pacs")) as pacs:
-        overrides = _overrides(tmp_path, tiny_checkpoint, port, **{
+        overrides = service_overrides(tmp_path, tiny_checkpoint, port, **{
             "delivery.destinations": pacs.destination, "worker.lease_s": "3"})
         cfg = tmp_path / "amagi.toml"
         sections: dict[str, list[str]] = {}
@@ -376,6 +352,8 @@ def _listening(port: int) -> bool:
 
 
 def _db_status(database) -> dict:
+    from db.queries import service_status
+
     with database.session() as s:
         return service_status(s)
 

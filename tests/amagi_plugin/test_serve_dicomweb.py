@@ -16,16 +16,16 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 
-from amagi_plugin.config import load_config
-from amagi_plugin.runtime import analyzer_from_config
 from amagi_plugin.service.app import Service
-from db.queries import service_status
 from db.schema import Delivery
 from tests.amagi_plugin.serve_support import (
+    RESULT_MODALITIES,
     Orthanc,
+    Services,
     free_port,
     make_video,
     running,
+    status_of,
     storescu,
     wait_until,
 )
@@ -33,40 +33,22 @@ from tests.dicom_io._web_fixtures import FlakyDicomweb
 
 pytestmark = pytest.mark.integration
 
-#: The plugin's results for one video with one event: SR, SEG, key images, KOS, report PDF.
-RESULT_MODALITIES = {"SR", "SEG", "ES", "KO", "DOC"}
 PASSWORD_ENV = "AMAGI_TEST_STOW_PASSWORD"
 
 
 @pytest.fixture
 def service(tmp_path, tiny_checkpoint):
     """``service(config_text)`` starts a service whose destinations come from a TOML file."""
-    started: list[Service] = []
+    services = Services(tmp_path, tiny_checkpoint)
 
     def start(config_text: str = "", **extra: str) -> Service:
         f = tmp_path / "amagi.toml"
         f.write_text(config_text)
-        overrides = {
-            "storage.var_dir": str(tmp_path / "var"), "storage.reserve_mb": "16",
-            "listener.port": str(free_port()), "listener.bind_address": "127.0.0.1",
-            "model.name": "amagi_tiny", "model.checkpoint": str(tiny_checkpoint),
-            "analysis.threshold": "1e-6", "worker.lease_s": "5",
-            "delivery.retry_initial_s": "0.5", "delivery.retry_max_s": "2", **extra}
-        cfg = load_config(f, environ={}, cwd=tmp_path, overrides=overrides)
-        analyzer, spec = analyzer_from_config(cfg)
-        svc = Service(cfg, analyzer, spec)
-        svc.start()
-        started.append(svc)
-        return svc
+        return services.start(f, **extra)
 
     yield start
-    for svc in started:
-        svc.stop()
+    services.stop()
 
-
-def _status(svc: Service) -> dict:
-    with svc.database.session() as s:
-        return service_status(s)
 
 
 def _attempts(svc: Service) -> list[tuple[str, int, str | None]]:
@@ -107,7 +89,7 @@ def test_stow_rs_delivers_results_into_the_source_study(service, tmp_path, monke
         found = wait_until(lambda: (m := _study_modalities(o, src.StudyInstanceUID)).keys()
                            >= RESULT_MODALITIES and m, 180, what="results in Orthanc's study")
         assert found == dict.fromkeys(RESULT_MODALITIES, 1)
-        wait_until(lambda: _status(svc)["deliveries"]["sent"] == 5, 30, what="deliveries recorded")
+        wait_until(lambda: status_of(svc)["deliveries"]["sent"] == 5, 30, what="deliveries recorded")
 
         # QIDO-RS (Orthanc's DICOMweb plugin, basic auth): the same five in the source study,
         # none in the video's own series.
@@ -143,7 +125,7 @@ def test_5xx_and_timeouts_are_retried_then_delivered(service, tmp_path) -> None:
         assert "archive busy" in _attempts(svc)[0][2]
         wait_until(lambda: _study_modalities(o, src.StudyInstanceUID).keys() >= RESULT_MODALITIES,
                    60, what="delivery after the 503 and the timeout")
-        wait_until(lambda: _status(svc)["deliveries"]["sent"] == 5, 30, what="deliveries recorded")
+        wait_until(lambda: status_of(svc)["deliveries"]["sent"] == 5, 30, what="deliveries recorded")
         assert [r["step"] for r in web.requests] == ["status", "hang", "proxy"]
         # Each object: the 503, the timeout, then stored: three attempts, no error left.
         assert {(state.value, n, err) for state, n, err in _attempts(svc)} == {("sent", 3, None)}
@@ -157,7 +139,7 @@ def test_4xx_is_recorded_failed_with_the_reason_and_sent_on_retry(service, tmp_p
         web.plan = [("status", 400, "text/plain", reason)]
         svc = service(_web_table(web.url))
         assert storescu(svc.port, make_video(tmp_path / "video.dcm", seed=4)).returncode == 0
-        wait_until(lambda: _status(svc)["deliveries"]["failed"] == 5, 180,
+        wait_until(lambda: status_of(svc)["deliveries"]["failed"] == 5, 180,
                    what="the refused deliveries recorded failed")
         expected = f"HTTP 400 Bad Request from {web.url}: {reason}"
         assert {(state.value, n, err) for state, n, err in _attempts(svc)} == {
@@ -171,7 +153,7 @@ def test_4xx_is_recorded_failed_with_the_reason_and_sent_on_retry(service, tmp_p
         retry = run_cli("deliveries", "retry", "--to", web.url + "/", "--storage-var-dir", var)
         assert retry.code == 0, retry.stderr
         assert retry.stdout.strip() == f"5 failed deliveries pending again to {web.url}"
-        wait_until(lambda: _status(svc)["deliveries"]["sent"] == 5, 60,
+        wait_until(lambda: status_of(svc)["deliveries"]["sent"] == 5, 60,
                    what="delivery after amagi deliveries retry")
         assert len(web.stored) == 5
         assert {ds.Modality for ds in web.stored.values()} == RESULT_MODALITIES

@@ -23,8 +23,14 @@ from amagi_plugin.service import HEALTH_FILE
 from db.schema import Job
 from dicom_io.encode import VideoMetadata, write_video_dicom
 from tests.amagi_plugin import test_serve
-from tests.amagi_plugin.serve_support import free_port, make_video, storescu, wait_until
-from tests.amagi_plugin.test_serve import _overrides, _status
+from tests.amagi_plugin.serve_support import (
+    free_port,
+    make_video,
+    service_overrides,
+    status_of,
+    storescu,
+    wait_until,
+)
 from tests.dicom_io.test_video_errors import _edit as _edited
 
 service = test_serve.service  # the same fixture: an in-process service per test
@@ -85,7 +91,7 @@ def test_input_that_can_never_succeed_fails_once_with_its_reason(service, tmp_pa
     for what, (path, _) in bad.items():
         r = storescu(svc.port, path)
         assert r.returncode == 0, (what, r.stderr)
-    wait_until(lambda: _status(svc)["jobs"]["failed"] == len(bad), 120,
+    wait_until(lambda: status_of(svc)["jobs"]["failed"] == len(bad), 120,
                what="every unanalysable video to fail")
     jobs = _jobs(svc)
     spool = str(tmp_path / "var")
@@ -112,7 +118,7 @@ def test_failed_instance_pushed_again_is_requeued_and_jobs_retry(service, tmp_pa
     uid = _uid(good)
     assert storescu(svc.port, liar).returncode == 0
     wait_until(lambda: _jobs(svc).get(uid, ("",))[0] == "failed", 120, what="the lying header")
-    (job_id,) = [f["job"] for f in _status(svc)["failed"]]
+    (job_id,) = [f["job"] for f in status_of(svc)["failed"]]
 
     # By hand: the job is queued again, fails again at once (the same file).
     var = ["--storage-var-dir", str(tmp_path / "var")]
@@ -123,7 +129,7 @@ def test_failed_instance_pushed_again_is_requeued_and_jobs_retry(service, tmp_pa
     # The corrected instance (same SOP Instance UID) pushed again: analysed this time.
     assert storescu(svc.port, good).returncode == 0
     wait_until(lambda: _jobs(svc)[uid][0] == "done", 120, what="the re-pushed instance")
-    assert sum(_status(svc)["jobs"].values()) == 1
+    assert sum(status_of(svc)["jobs"].values()) == 1
     results = sorted((tmp_path / "var" / "results").glob("job-*/dicom/*.dcm"))
     assert len(results) == 5
     for f in results:
@@ -143,9 +149,9 @@ def test_wrong_called_ae_title_is_refused_unless_configured(service, tmp_path, c
     assert r.returncode != 0
     assert "to 'NOT_AMAGI' rejected: called AE title 'NOT_AMAGI' is not ours ('AMAGI')" \
         in caplog.text
-    assert sum(_status(svc)["jobs"].values()) == 0
+    assert sum(status_of(svc)["jobs"].values()) == 0
     assert storescu(svc.port, video).returncode == 0  # the right title still works
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the good video")
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 1, 120, what="the good video")
     lax = service(**{"listener.require_called_ae": "false"})
     assert storescu(lax.port, video, aec="NOT_AMAGI").returncode == 0
 
@@ -174,7 +180,7 @@ def test_oversized_pdu_is_refused_before_it_is_buffered(service, tmp_path, caplo
     assert "announced a A-ASSOCIATE-RQ PDU of 4294967295 bytes" in caplog.text
     video = make_video(tmp_path / "v.dcm")
     assert storescu(svc.port, video).returncode == 0
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the good video")
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 1, 120, what="the good video")
 
 
 def test_association_limit_is_configurable(service, tmp_path) -> None:
@@ -235,7 +241,7 @@ def test_killed_upload_leaves_no_partial_file(service, tmp_path) -> None:
         wait_until(lambda: not list(incoming.iterdir()), 30, what="the partial file to go")
     assert not [p for p in (tmp_path / "var" / "spool").rglob("*") if p.is_file()]
     assert storescu(svc.port, make_video(tmp_path / "v.dcm")).returncode == 0
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the good video")
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 1, 120, what="the good video")
 
 
 def test_space_running_out_while_receiving_gives_a700(service, tmp_path) -> None:
@@ -251,11 +257,11 @@ def test_space_running_out_while_receiving_gives_a700(service, tmp_path) -> None
     wait_until(lambda: _health(tmp_path).get("refused_c_stores", {})
                .get("0xA700 Out of Resources") == 1, 10, what="the refusal in the health file")
     assert storescu(svc.port, make_video(tmp_path / "v.dcm")).returncode == 0
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the good video")
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 1, 120, what="the good video")
 
 
 def test_starting_on_a_full_disk_is_one_clear_line(run_cli, tmp_path, tiny_checkpoint) -> None:
-    args = [f"--{k.replace('.', '-').replace('_', '-')}={v}" for k, v in _overrides(
+    args = [f"--{k.replace('.', '-').replace('_', '-')}={v}" for k, v in service_overrides(
         tmp_path, tiny_checkpoint, free_port(), **{"storage.reserve_mb": str(1 << 40)}).items()]
     r = run_cli("serve", *args)
     assert r.code == 1
@@ -285,7 +291,7 @@ def test_worker_threads_survive_and_are_restarted(service, tmp_path, run_cli,
     monkeypatch.setattr(worker_mod, "fail", full_disk_then_ok)
     one = _video(tmp_path / "one.dcm", 1, seed=9)
     assert storescu(svc.port, one).returncode == 0
-    wait_until(lambda: _status(svc)["jobs"]["failed"] == 1, 60, what="the failure recorded")
+    wait_until(lambda: status_of(svc)["jobs"]["failed"] == 1, 60, what="the failure recorded")
     assert len(refusals) == 2 and all(w.is_alive() for w in svc.workers)
 
     # A thread that ends anyway (a BaseException is not caught) is replaced.
@@ -300,7 +306,7 @@ def test_worker_threads_survive_and_are_restarted(service, tmp_path, run_cli,
     assert storescu(svc.port, make_video(tmp_path / "v.dcm")).returncode == 0
     wait_until(lambda: svc.workers[0] is not first and svc.workers[0].is_alive(), 30,
                what="the supervisor to replace the worker")
-    wait_until(lambda: _status(svc)["jobs"]["done"] == 1, 120, what="the good video")
+    wait_until(lambda: status_of(svc)["jobs"]["done"] == 1, 120, what="the good video")
     assert svc.workers[0].restarts == 1
     time.sleep(1.5)  # one supervisor round publishes the health
     r = run_cli("status", "--storage-var-dir", str(tmp_path / "var"), "--format", "json")
