@@ -6,8 +6,9 @@
   ``[[delivery.destinations]]`` DICOMweb entry is checked, and reads its secret from the
   environment;
 * :class:`Poller` (``amagi poll``) finds new video instances, retrieves them into the spool
-  and records and queues each with the same functions the C-STORE listener calls
-  (:func:`db.records.record_instance`, :func:`db.queue.enqueue`): ``amagi serve`` workers
+  and records and queues each with the same functions the C-STORE listener uses
+  (:func:`~dicom_io.net.handlers.header_fields`,
+  :func:`~amagi_plugin.service.intake.record_stored`, :func:`db.queue.enqueue`): ``amagi serve`` workers
   sharing the database analyse and deliver them like pushed ones. What the database already
   holds (by SOP Instance UID) is never retrieved or queued again, so a restart — or a video
   that was also pushed — is not analysed twice.
@@ -176,13 +177,6 @@ class PollResult:
                 f"{self.queued} retrieved and queued, {self.failed} failed (retried next poll)")
 
 
-def _study_date(value: str | None) -> dt.date | None:
-    try:
-        return dt.datetime.strptime(value or "", "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
 class Poller:
     """Polls a DICOMweb server for video instances and queues the new ones.
 
@@ -260,8 +254,10 @@ class Poller:
 
     def _take(self, inst) -> int:
         """Retrieve one instance into the spool, record it and queue its job (or nothing)."""
+        from amagi_plugin.service.intake import record_stored
         from db.queue import enqueue
-        from db.records import record_instance
+        from dicom_io.net.handlers import header_fields
+        from dicom_io.net.records import StoredInstance
         from dicom_io.net.spool import place
         from dicom_io.net.webin import retrieve_instance
 
@@ -273,21 +269,18 @@ class Poller:
         finally:
             tmp.unlink(missing_ok=True)  # left only when place() had to copy or failed
         try:
-            hdr = pydicom.dcmread(placed.path, stop_before_pixels=True)
-            frames = hdr.get("NumberOfFrames")
+            header = pydicom.dcmread(placed.path, stop_before_pixels=True)
+            stored = StoredInstance(
+                path=placed.path, sop_class_uid=inst.sop_class_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                study_instance_uid=inst.study_instance_uid,
+                series_instance_uid=inst.series_instance_uid,
+                transfer_syntax=str(header.file_meta.TransferSyntaxUID),
+                size_bytes=placed.path.stat().st_size, calling_ae="", called_ae="",
+                peer_address=self.source.base_url, association_id="",
+                received_at=dt.datetime.now(dt.timezone.utc), **header_fields(header))
             with self.database.session(write=True) as s:
-                record_instance(
-                    s, sop_instance_uid=inst.sop_instance_uid, sop_class_uid=inst.sop_class_uid,
-                    transfer_syntax_uid=str(hdr.file_meta.TransferSyntaxUID),
-                    study_instance_uid=inst.study_instance_uid,
-                    series_instance_uid=inst.series_instance_uid,
-                    size_bytes=placed.path.stat().st_size, spool_path=str(placed.path),
-                    study_date=_study_date(hdr.get("StudyDate")),
-                    study_description=hdr.get("StudyDescription"), modality=hdr.get("Modality"),
-                    series_description=hdr.get("SeriesDescription"),
-                    number_of_frames=int(frames) if frames is not None else None,
-                    patient_id=hdr.get("PatientID"),
-                    store_patient_id=self.cfg.database.store_patient_id)
+                record_stored(s, stored, self.cfg.database.store_patient_id)
                 job = enqueue(s, inst.sop_instance_uid, model_name=self.spec.name,
                               model_version=self.spec.version,
                               max_attempts=self.cfg.worker.max_attempts, ready=True)

@@ -27,6 +27,20 @@ from dicom_io.sopclasses import INPUT_SOP_CLASSES
 log = logging.getLogger(__name__)
 
 
+def record_stored(session, inst: StoredInstance, store_patient_id: bool) -> None:
+    """Record a spooled instance in the case store, however it arrived (C-STORE, or
+    ``amagi poll``'s DICOMweb retrieval, which has no calling AE)."""
+    record_instance(
+        session, sop_instance_uid=inst.sop_instance_uid, sop_class_uid=inst.sop_class_uid,
+        transfer_syntax_uid=inst.transfer_syntax, study_instance_uid=inst.study_instance_uid,
+        series_instance_uid=inst.series_instance_uid, size_bytes=inst.size_bytes,
+        spool_path=str(inst.path), calling_ae=inst.calling_ae or None,
+        received_at=inst.received_at, study_date=inst.study_date,
+        study_description=inst.study_description, modality=inst.modality,
+        series_description=inst.series_description, number_of_frames=inst.number_of_frames,
+        patient_id=inst.patient_id, store_patient_id=store_patient_id)
+
+
 @dataclass
 class SeriesProgress:
     """One single-frame series being received: its job and how far it got.
@@ -117,15 +131,7 @@ class Intake:
         self.metrics.inc("amagi_received_bytes_total", inst.size_bytes)
         self.metrics.inc("amagi_received_instances_total")
         with self.database.session(write=True) as s:
-            record_instance(
-                s, sop_instance_uid=inst.sop_instance_uid, sop_class_uid=inst.sop_class_uid,
-                transfer_syntax_uid=inst.transfer_syntax, study_instance_uid=inst.study_instance_uid,
-                series_instance_uid=inst.series_instance_uid, size_bytes=inst.size_bytes,
-                spool_path=str(inst.path), calling_ae=inst.calling_ae, received_at=inst.received_at,
-                study_date=inst.study_date, study_description=inst.study_description,
-                modality=inst.modality, series_description=inst.series_description,
-                number_of_frames=inst.number_of_frames, patient_id=inst.patient_id,
-                store_patient_id=self.cfg.database.store_patient_id)
+            record_stored(s, inst, self.cfg.database.store_patient_id)
             if inst.sop_class_uid not in INPUT_SOP_CLASSES:
                 return  # a result object sent back to us: stored, not analysed
             if inst.is_series_frame:

@@ -287,6 +287,24 @@ def handle_conn_close(event: Any, state: ListenerState, settle_s: float = 1.0) -
     _finish(event, state, aborted=True)
 
 
+def header_fields(header: Dataset) -> dict[str, Any]:
+    """The fields of a :class:`~dicom_io.net.records.StoredInstance` that come from the
+    instance's header (however the instance arrived: C-STORE here, or a DICOMweb retrieval)."""
+    return dict(
+        number_of_frames=_optional_int(header, "NumberOfFrames"),
+        rows=_optional_int(header, "Rows"),
+        columns=_optional_int(header, "Columns"),
+        modality=str(header.get("Modality", "") or "") or None,
+        series_number=_optional_int(header, "SeriesNumber"),
+        instance_number=_optional_int(header, "InstanceNumber"),
+        images_in_acquisition=_optional_int(header, "ImagesInAcquisition"),
+        study_date=_optional_date(_raw_text(header, "StudyDate")),
+        study_description=_raw_text(header, "StudyDescription") or None,
+        series_description=_raw_text(header, "SeriesDescription") or None,
+        patient_id=_raw_text(header, "PatientID") or None,
+    )
+
+
 def _optional_int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
@@ -406,17 +424,7 @@ def _store(event: Any, state: ListenerState, a: _AssociationState) -> StoredInst
         peer_address=a.peer_address,
         association_id=a.association_id,
         received_at=dt.datetime.now(dt.timezone.utc),
-        number_of_frames=_optional_int(header, "NumberOfFrames"),
-        rows=_optional_int(header, "Rows"),
-        columns=_optional_int(header, "Columns"),
-        modality=str(header.get("Modality", "") or "") or None,
-        series_number=_optional_int(header, "SeriesNumber"),
-        instance_number=_optional_int(header, "InstanceNumber"),
-        images_in_acquisition=_optional_int(header, "ImagesInAcquisition"),
-        study_date=_optional_date(_raw_text(header, "StudyDate")),
-        study_description=_raw_text(header, "StudyDescription") or None,
-        series_description=_raw_text(header, "SeriesDescription") or None,
-        patient_id=_raw_text(header, "PatientID") or None,
+        **header_fields(header),
     )
     try:
         state.on_stored(instance)
