@@ -292,7 +292,6 @@ def _agreement_lines(name: str, results: list[dict]) -> list[str]:
     lines = []
     for r in results[1:]:
         dp = float(np.max(np.abs(np.asarray(r["probs"]) - np.asarray(ref["probs"]))))
-        r["max_dp_vs_" + ref["precision"]] = dp
         same = r["event_frames"] == ref["event_frames"]
         lines.append(f"{name} [{r['precision']}] vs [{ref['precision']}]: max |Δp| = {dp:.4f}; "
                      f"events {'identical' if same else 'CHANGED'} ({len(r['event_frames'])} "
