@@ -1,12 +1,13 @@
 """Dynamics and appearance of bleeding events (active, then residual).
 
 An event is evaluated in world coordinates, so it sticks to the tissue under camera motion.
-While **active** (``start_frame <= k < end_frame``) its pool grows (saturating exponential)
-and pulses with the heart rate, a streak advances along ``flow_angle`` at ``flow_speed``,
-and ripples travel outward in the pool and down the streak, with moving glints: the blood
-changes from frame to frame. Once it **ends**, the elapsed time is frozen at the last active
-frame: the residual keeps its final shape, stops flowing and pulsing, and darkens towards
-``old_colour`` over ``darken_s`` seconds, then stays still. Residual blood is never part of
+While **active** (``start_frame <= k < end_frame``) its pool grows (a saturating
+exponential, or with ``"sustained"`` dynamics steadily until the event ends) and pulses with
+the heart rate, a streak advances along ``flow_angle`` at ``flow_speed``, and ripples travel
+outward in the pool and down the streak, with moving glints: the blood changes from frame to
+frame. Once it **ends**, the elapsed time is frozen at the last active frame: the residual
+keeps its final shape, stops flowing and pulsing, and darkens towards ``old_colour`` over
+``darken_s`` seconds, then stays still. Residual blood is never part of
 the active-bleeding mask.
 """
 
@@ -48,7 +49,10 @@ def event_state(ev: SynthBleed, frame: int, fps: float) -> EventState | None:
 
 def _state_at(ev: SynthBleed, elapsed: float, active: bool, since_end: float) -> EventState:
     """The state after ``elapsed`` seconds of bleeding (frozen there when not ``active``)."""
-    grow = 1.0 - math.exp(-elapsed / ev.growth_tau_s)
+    if ev.dynamics == "sustained":  # the area grows steadily until the event ends
+        grow = math.sqrt(min(1.0, elapsed / ev.growth_tau_s))
+    else:
+        grow = 1.0 - math.exp(-elapsed / ev.growth_tau_s)
     radius = ev.initial_radius + (ev.max_radius - ev.initial_radius) * grow
     pulse = 0.5 + 0.5 * math.sin(2.0 * math.pi * ev.pulse_hz * elapsed)
     spurt = ev.form == "spurt"
@@ -132,14 +136,25 @@ def render_event(ev: SynthBleed, st: EventState, wx: np.ndarray, wy: np.ndarray,
     t = st.elapsed_s
     phase_streak = 2.0 * math.pi * (u - ev.ripple_speed * t) / lam + 2.5 * ripple_noise
     phase_pool = 2.0 * math.pi * (rho - 0.6 * ev.ripple_speed * t) / lam + 2.5 * ripple_noise
-    ripple = 0.5 + 0.5 * np.sin(np.where(a_streak > a_pool, phase_streak, phase_pool))
+    on_streak = a_streak > a_pool
+    sustained = ev.dynamics == "sustained"
+    if sustained:  # a second, slower and longer wave: the texture never repeats within a clip
+        lam2, v2 = 1.7 * lam, 0.55 * ev.ripple_speed * t
+        phase2 = np.where(on_streak, 2.0 * math.pi * (u - v2) / lam2,
+                          2.0 * math.pi * (rho - 0.6 * v2) / lam2) - 1.9 * ripple_noise
+        ripple = (0.5 + 0.25 * np.sin(np.where(on_streak, phase_streak, phase_pool))
+                  + 0.25 * np.sin(phase2))
+    else:
+        ripple = 0.5 + 0.5 * np.sin(np.where(on_streak, phase_streak, phase_pool))
     fresh = np.asarray(ev.colour, np.float32)
     if st.active:
         near = np.exp(-rho / max(0.5 * st.radius, 1.0))
-        bright = 0.72 + 0.34 * ripple + 0.3 * st.pulse * ev.pulse_depth * near
+        # sustained: deeper flow texture and more glints (moving highlights of flowing blood)
+        base, depth, crest, spread = (0.54, 0.7, 0.75, 0.0) if sustained else (0.72, 0.34, 0.9, 0.3)
+        bright = base + depth * ripple + 0.3 * st.pulse * ev.pulse_depth * near
         rgb = fresh * bright[..., None]
-        glint = (np.clip((ripple - 0.9) * 10.0, 0.0, 1.0)
-                 * np.clip(ripple_noise - 0.3, 0.0, 1.0) * 0.8)
+        glint = (np.clip((ripple - crest) * 10.0, 0.0, 1.0)
+                 * np.clip(ripple_noise - spread, 0.0, 1.0) * 0.8)
         rgb = rgb + (0.97 - rgb) * glint[..., None]
     else:
         k = min(1.0, st.since_end_s / ev.darken_s)

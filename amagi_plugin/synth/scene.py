@@ -146,12 +146,19 @@ class SynthBleed:
     irregularity: float
     size_class: str  # "small" or "large"
     form: str = "ooze"  # one of BLEEDING_FORMS
+    dynamics: str = "saturating"  # one of BLEEDING_DYNAMICS
 
 
 #: How active bleeding looks over time (see :mod:`amagi_plugin.synth.events`): a pool spreading
 #: from a point; a pulsatile jet; a thin stream running down the tissue with a small pool; a
 #: tiny source of a few pixels; an ooze whose source lies under an instrument.
 BLEEDING_FORMS = ("ooze", "spurt", "stream", "tiny", "occluded")
+
+#: How an active bleeding changes over its active period (see
+#: :func:`amagi_plugin.synth.events.event_state`): ``"saturating"`` (the first presets) grows
+#: quickly and then mostly holds still while still labelled active; ``"sustained"`` keeps
+#: welling and flowing until it ends, with flow texture that a clip's frames can resolve.
+BLEEDING_DYNAMICS = ("saturating", "sustained")
 
 #: Hard negatives drawn with the active-blood model itself (same colours, texture and glints in
 #: a single frame): frozen fresh-looking blood, and blood being sucked away (shrinking).
@@ -430,6 +437,7 @@ class SceneRanges:
     look: LookRanges | None = None
     distractors: tuple[int, int] = (0, 0)  # gauze, stained tips, irrigation, lens blood
     distractor_kinds: tuple[str, ...] = ("gauze",)
+    sustained: bool = False  # active bleeding keeps welling and flowing (BLEEDING_DYNAMICS)
     # Opt-in per-case frame rate and size (the requested ones are the base values).
     video_format: VideoFormatRanges | None = None
 
@@ -481,7 +489,7 @@ _RANDOMISED = SceneRanges(
     forms=("ooze", "stream", "tiny", "occluded"), still_blood=(1, 3),
     still_kinds=("fresh_still", "suction"), bleeding_free_probability=0.1,
     look=LookRanges(), distractors=(1, 3),
-    distractor_kinds=("gauze", "stained_tip", "irrigation"))
+    distractor_kinds=("gauze", "stained_tip", "irrigation"), sustained=True)
 
 #: Held-out looks: palette families, a field-stop family, a bleeding form and a distractor kind
 #: (blood on the lens) never trained on, with wider camera-chain ranges (lens distortion too).
@@ -511,7 +519,8 @@ DOMAINS: dict[str, SceneRanges] = {
 #: The fields of :class:`SceneRanges` that only :func:`_randomise` reads.
 _RANDOMISATION = tuple(f for f in dataclasses.fields(SceneRanges) if f.name in (
     "palette_jitter", "hue_shift_deg", "saturation_scale", "forms", "still_blood",
-    "still_kinds", "bleeding_free_probability", "look", "distractors", "distractor_kinds"))
+    "still_kinds", "bleeding_free_probability", "look", "distractors", "distractor_kinds",
+    "sustained"))
 
 
 @dataclass
@@ -776,6 +785,8 @@ def _randomise(s: _Sampler, scene: SceneParams, world_at, screen_of) -> ScenePar
                     width_frac=s.u(0.06, 0.1), tone=s.u(0.5, 0.8),
                     dark_shaft=bool(rng.random() < 0.5), jaw_length_frac=s.u(0.08, 0.12),
                     jaw_hz=s.u(0.05, 0.2), wobble=s.u(0.0, 0.05)))
+    if r.sustained:
+        events = [_sustain(s, ev) for ev in events]
     palette = scene.palette
     if r.palette_jitter or r.hue_shift_deg != (0.0, 0.0) or r.saturation_scale != (1.0, 1.0):
         hue = s.u(*r.hue_shift_deg) / 360.0
@@ -818,8 +829,29 @@ def _randomise(s: _Sampler, scene: SceneParams, world_at, screen_of) -> ScenePar
     return _sample_distractors(s3, scene, world_at)
 
 
+def _sustain(s: _Sampler, ev: SynthBleed, duration_s: float | None = None) -> SynthBleed:
+    """``ev`` with ``"sustained"`` dynamics: the pool and the streak grow until the event ends,
+    and the flow texture (ripples, glints) is coarse enough to survive scaling and compression
+    (wavelength ≥ 5 world pixels) and travels 2–3.5 wavelengths a second, so that frames a
+    tenth of a second apart differ by about a quarter of a wavelength without aliasing.
+    ``duration_s`` is the active period it grows over (default: the event's own)."""
+    if duration_s is None:
+        duration_s = max((ev.end_frame - ev.start_frame) / s.fps, 0.5)
+    lam = max(5.0, ev.max_radius * s.u(0.5, 1.0))
+    return dataclasses.replace(
+        ev, dynamics="sustained", growth_tau_s=round(duration_s * s.u(0.8, 1.3), 4),
+        flow_speed=ev.streak_length / (duration_s * s.u(0.6, 1.0)),
+        ripple_wavelength=round(lam, 3), ripple_speed=round(lam * s.u(2.0, 3.5), 3))
+
+
 def _frozen(s: _Sampler, look: SynthBleed) -> StillBlood:
-    """``look`` held at one instant of its own growth (independent of the video's length)."""
+    """``look`` held at one instant of its own growth (independent of the video's length).
+
+    With ``ranges.sustained`` the look has the sustained texture and is held anywhere in its
+    growth, as an active bleeding is seen at any point of its active period."""
+    if s.ranges.sustained:  # an active period of 2-12 s, seen at any point of it
+        period = s.u(2.0, 12.0)
+        return StillBlood("fresh_still", _sustain(s, look, period), period * s.u(0.05, 1.0))
     tau = s.u(1.5, 5.0)
     look = dataclasses.replace(look, growth_tau_s=tau,
                                flow_speed=look.streak_length / (tau * s.u(1.0, 2.0)))

@@ -156,15 +156,24 @@ def test_premise_soaked_gauze_looks_like_active_blood_in_one_frame_but_never_cha
     gauze = Gauze(centre=(cx + 24.0, cy), half_size=(21.0, 19.0), angle=0.3, weave_px=3.0,
                   tone=(0.92, 0.9, 0.86), stain=stain)
     scene = dataclasses.replace(_plain(base), events=(ev,), gauze=(gauze,))
-    r = Renderer(scene)
-    f = r.render(mid)
-    active, still = _erode(f.active), _erode(f.negative)
-    assert active.sum() > 100 and still.sum() > 100
-    assert not (f.active & f.negative).any()
-    a_rgb, s_rgb = f.rgb[active].astype(float), f.rgb[still].astype(float)
-    # One frame: the stain has active blood's colour statistics (the weave shows a little).
+    # One frame: the stain, frozen where the active blood is at that frame, has active blood's
+    # colour statistics (the weave shows a little), pooled over five moments of the event
+    # (the flow texture and its glints fall differently on the two at any one moment).
+    a_px, s_px = [], []
+    for dk in (-6, -3, 0, 3, 6):
+        held = dataclasses.replace(stain, frozen_s=(mid + dk - ev.start_frame) / base.fps)
+        f = Renderer(dataclasses.replace(scene, gauze=(dataclasses.replace(
+            gauze, stain=held),))).render(mid + dk)
+        active, still = _erode(f.active), _erode(f.negative)
+        assert active.sum() > 100 and still.sum() > 100
+        assert not (f.active & f.negative).any()
+        a_px.append(f.rgb[active].astype(float))
+        s_px.append(f.rgb[still].astype(float))
+    a_rgb, s_rgb = np.concatenate(a_px), np.concatenate(s_px)
     assert np.abs(a_rgb.mean(0) - s_rgb.mean(0)).max() < 10.0
     assert (np.abs(a_rgb.std(0) - s_rgb.std(0)) < 0.3 * a_rgb.std(0) + 2.0).all()
+    r = Renderer(scene)
+    f = r.render(mid)
     # Over the clip only the active blood changes; the gauze and its stain stay put.
     later = r.render(mid + 7)
     region = f.active | later.active
@@ -213,7 +222,9 @@ def test_premise_stained_jaws_look_like_blood_and_change_only_with_the_instrumen
         ref = Renderer(dataclasses.replace(moving, instruments=(
             dataclasses.replace(moving.instruments[0], stain=None),))).render(k)
         red = (np.abs(g.rgb.astype(int) - ref.rgb.astype(int)).sum(-1) > 60)
-        assert red.sum() > 20 and not (g.active & red).any()
+        # (an edge pixel of active blood may take the stain's colour where the jaws cover
+        # less than half of it: hence the active region's core)
+        assert red.sum() > 20 and not (_erode(g.active, 1) & red).any()
         ys, xs = np.nonzero(red)
         centroids.append(np.array([xs.mean(), ys.mean()]))
         inst = moving.instruments[0]
