@@ -35,14 +35,17 @@ __all__ = ["ClipAugment", "SegAugment", "freeze_clip", "resize_short",
 
 
 def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
-                max_speed: float = 1.5) -> np.ndarray:
+                max_speed: float = 1.5, noise: float = 2.5) -> np.ndarray:
     """A clip of ``length`` frames showing one still ``frame`` under camera-like motion.
 
     Every frame is ``frame`` translated by a whole number of pixels along a straight drift
     (speed up to ``max_speed`` pixels per frame on each axis) plus up to one pixel of shake,
-    with the border replicated. Nothing in the scene grows or flows, so whatever ``frame``
-    shows, the clip is not active bleeding: a hard negative whose every single frame looks
-    like its source clip's (blood that moves only with the camera).
+    with the border replicated, plus fresh sensor-like noise per frame (Gaussian, standard
+    deviation drawn up to ``noise`` grey levels). Nothing in the scene grows or flows, so
+    whatever ``frame`` shows, the clip is not active bleeding: a hard negative whose every
+    single frame looks like its source clip's (blood that moves only with the camera). The
+    noise keeps it from being told apart by pixels that never change at all, which no real
+    video has.
 
     Parameters
     ----------
@@ -51,7 +54,9 @@ def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
     length
         Frames in the clip (the model's ``clip_len``).
     rng
-        Source of the drift and shake.
+        Source of the drift, shake and noise.
+    noise
+        Largest per-frame noise standard deviation (0: exact copies of ``frame``).
 
     Returns
     -------
@@ -64,7 +69,12 @@ def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
     shifts = np.round(steps[:, None] * v[None, :] + rng.integers(-1, 2, (length, 2))).astype(int)
     m = int(np.abs(shifts).max()) + 1
     padded = np.pad(frame, ((m, m), (m, m), (0, 0)), mode="edge")
-    return np.stack([padded[m + dy:m + dy + h, m + dx:m + dx + w] for dx, dy in shifts])
+    clip = np.stack([padded[m + dy:m + dy + h, m + dx:m + dx + w] for dx, dy in shifts])
+    if noise <= 0:
+        return clip
+    sigma = rng.uniform(0.5, max(noise, 0.5))
+    noisy = clip + rng.normal(0.0, sigma, clip.shape).astype(np.float32)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
 def resize_short(x: torch.Tensor, size: int) -> torch.Tensor:

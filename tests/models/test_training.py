@@ -253,7 +253,7 @@ def test_relabelled_bleeding_clips_count_as_normal_in_balanced_weights() -> None
 def test_freeze_clip_moves_one_frame_rigidly() -> None:
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
-    clip = freeze_clip(frame, 8, np.random.default_rng(4), max_speed=1.5)
+    clip = freeze_clip(frame, 8, np.random.default_rng(4), max_speed=1.5, noise=0.0)
     assert clip.shape == (8, 40, 50, 3) and clip.dtype == np.uint8
     # Each frame is the source shifted by whole pixels: its interior matches somewhere.
     for t in range(8):
@@ -261,7 +261,19 @@ def test_freeze_clip_moves_one_frame_rigidly() -> None:
                  if np.array_equal(clip[t, 8:-8, 8:-8], frame[8 + dy:32 + dy, 8 + dx:42 + dx])]
         assert len(found) == 1, t
     assert not np.array_equal(clip[0], clip[-1])  # it moves, like a camera
-    assert np.array_equal(clip, freeze_clip(frame, 8, np.random.default_rng(4)))
+    assert np.array_equal(clip, freeze_clip(frame, 8, np.random.default_rng(4), noise=0.0))
+
+
+def test_freeze_clip_adds_fresh_noise_to_every_frame() -> None:
+    """By default each frame carries its own small noise on top of the same rigid shift, so
+    a frozen clip is not given away by pixels that never change."""
+    frame = np.full((40, 50, 3), 120, np.uint8)
+    exact = freeze_clip(frame, 8, np.random.default_rng(4), noise=0.0)
+    noisy = freeze_clip(frame, 8, np.random.default_rng(4))
+    diff = noisy.astype(float) - exact
+    assert 0.3 < np.abs(diff).mean() < 3.0 and abs(diff.mean()) < 0.2
+    assert not np.array_equal(noisy[0] - exact[0], noisy[1] - exact[1])
+    assert np.array_equal(noisy, freeze_clip(frame, 8, np.random.default_rng(4)))
 
 
 def test_still_negatives_relabel_only_bleeding_clips(tmp_path: Path) -> None:
