@@ -46,6 +46,7 @@ from pathlib import Path
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from dicom_io.errors import TruncatedVideoError, VideoDecodeError
 from dicom_io.fragments import FragmentIndex, FragmentStream
@@ -89,10 +90,20 @@ class StreamInfo:
     frames: int
 
 
-def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded frame as RGB ``uint8 (H, W, 3)`` (libswscale's conversion, done only for the
-    frames yielded)."""
-    return frame.to_ndarray(format="rgb24")
+class RGBConverter:
+    """Decoded frames to RGB ``uint8 (H, W, 3)`` arrays, through one libswscale context.
+
+    ``frame.to_ndarray(format="rgb24")`` sets a new scaler context up for every frame, its
+    threads included, which costs several times the conversion itself; a converter keeps
+    one context for all the frames it converts, with the same pixels. Not thread-safe: one
+    per decoding iterator.
+    """
+
+    def __init__(self) -> None:
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 class SegmentMismatchError(Exception):
@@ -471,6 +482,7 @@ class AVDecoder:
         good_until = max(start, first)  # frames up to good_until-1 came out of the decoder
         error: str | None = None
         pending: list[tuple[int, av.VideoFrame]] = []
+        to_rgb = RGBConverter()
 
         def emit(index: int, frame: av.VideoFrame) -> Iterator[tuple[int, np.ndarray]]:
             if (index >= start and (index - start) % step == 0

@@ -302,13 +302,13 @@ def _restricted(frames: Frames, wanted) -> Frames:
 def conversions(monkeypatch) -> list[int]:
     """Every frame converted to RGB by the stream decoder, in any thread."""
     seen: list[int] = []
-    real = avdecode.to_rgb
+    real = avdecode.RGBConverter.__call__
 
-    def counting(frame):
+    def counting(self, frame):
         seen.append(1)
-        return real(frame)
+        return real(self, frame)
 
-    monkeypatch.setattr(avdecode, "to_rgb", counting)
+    monkeypatch.setattr(avdecode.RGBConverter, "__call__", counting)
     return seen
 
 
@@ -376,3 +376,16 @@ def test_wanted_must_be_frame_indices(make_video, wanted):
         list(src.frames(wanted=wanted))
     with pytest.raises(TypeError, match="wanted must"):
         list(parallel_frames(src, workers=2, wanted=wanted))
+
+
+@pytest.mark.parametrize("name", ["h264", "mpeg2", "hevc"])
+def test_one_converter_gives_pyavs_own_conversion(make_video, name):
+    """The decoders' RGBConverter (one scaler context for every frame) changes no pixel."""
+    src = _video(make_video, name)
+    convert = avdecode.RGBConverter()
+    with src.decoder._open() as (container, stream):
+        for frame in container.decode(stream):
+            want = frame.to_ndarray(format="rgb24")
+            got = convert(frame)
+            assert got.dtype == np.uint8 and got.shape == want.shape
+            assert np.array_equal(got, want)
