@@ -9,7 +9,8 @@ the device the model runs on:
   the clips, ``channels_last`` for the 2-D segmentation net (oneDNN and cuDNN both prefer it).
 - frames go to the device as uint8 and are resized, cropped and normalised there with torch
   ops (:func:`~amagi_plugin.transforms.device_frame_transform`), the same arithmetic as the
-  MONAI transforms of the exact path.
+  MONAI transforms of the exact path; on a CPU the resize runs on the uint8 frame (torch's
+  fixed-point kernel, within a grey level of the float resize, several times cheaper).
 - on CUDA: the uint8 frame is copied from pinned memory without blocking, TF32 for what
   autocast leaves in fp32, cuDNN autotuning; and, when the configuration does not set
   ``model.batch_size``, a batch sized for the device's memory (:func:`device_batch_size`).

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -43,7 +43,8 @@ class VideoLike(Protocol):
     fps: float
 
     def frames(self, start: int = 0, stop: int | None = None, step: int = 1, *,
-               workers: int = 1) -> Iterator[tuple[int, float, np.ndarray]]: ...
+               workers: int = 1, wanted: Collection[int] | None = None
+               ) -> Iterator[tuple[int, float, np.ndarray]]: ...
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,10 @@ class _End:
 class FramePrefetcher:
     """Decodes and preprocesses the needed frames in a thread, ahead of the consumer.
 
-    ``get(index)`` returns the preprocessed frame ``index`` once decoded; frames before
-    ``release_before(index)`` are dropped. The queue bound keeps memory constant.
+    Every frame up to the last needed one is decoded, but only the needed ones are converted
+    to RGB (``wanted``). ``get(index)`` returns the preprocessed frame ``index`` once
+    decoded; frames before ``release_before(index)`` are dropped. The queue bound keeps
+    memory constant.
     """
 
     def __init__(self, video: VideoLike, needed: Sequence[int], transform: Callable[[np.ndarray], Any],
@@ -109,23 +112,22 @@ class FramePrefetcher:
         self._thread.start()
 
     def _run(self) -> None:
-        wanted = set(self._needed)
         last = self._needed[-1] if self._needed else -1
         decode_s = transform_s = 0.0
         try:
             t0 = time.perf_counter()
-            for index, _t, rgb in self._video.frames(0, last + 1, workers=self._workers):
+            for index, _t, rgb in self._video.frames(0, last + 1, workers=self._workers,
+                                                     wanted=frozenset(self._needed)):
                 decode_s += time.perf_counter() - t0
-                if index in wanted:
-                    t1 = time.perf_counter()
-                    tensor = torch.as_tensor(self._transform(rgb))
-                    transform_s += time.perf_counter() - t1
-                    while not self._stop.is_set():
-                        try:
-                            self._queue.put((index, tensor), timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
+                t1 = time.perf_counter()
+                tensor = torch.as_tensor(self._transform(rgb))
+                transform_s += time.perf_counter() - t1
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put((index, tensor), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
                 if self._stop.is_set():
                     return
                 t0 = time.perf_counter()
@@ -300,11 +302,10 @@ class BleedingAnalyzer:
                 found[index] = float((p >= 0.5).float().mean())
             batch.clear()
 
-        for index, _t, rgb in video.frames(min(wanted), max(wanted) + 1):
-            if index in wanted:
-                batch.append((index, torch.as_tensor(self.transform(rgb))))
-                if len(batch) == batch_size:
-                    flush()
+        for index, _t, rgb in video.frames(min(wanted), max(wanted) + 1, wanted=wanted):
+            batch.append((index, torch.as_tensor(self.transform(rgb))))
+            if len(batch) == batch_size:
+                flush()
         if batch:
             flush()
         return np.array([found.get(int(i), np.nan) for i in indices], dtype=np.float64)

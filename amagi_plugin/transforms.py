@@ -29,21 +29,32 @@ class FrameToTensor(Transform):
         return t.permute(2, 0, 1).float()
 
 
+def resize_short_side(img: torch.Tensor, size: int) -> torch.Tensor:
+    """``(C, H, W)`` resized so the shorter side is ``size`` pixels (bilinear, antialiased),
+    in its own dtype; ``img`` itself when it has that size already.
+
+    A float image is resized in float. A uint8 image (CPU) goes through torch's fixed-point
+    kernel for uint8, the same filter rounded to uint8: several times cheaper than in float
+    (a 720p frame's 2.8 M values are never made float), within a grey level of it.
+    """
+    h, w = img.shape[-2:]
+    scale = size / min(h, w)
+    new = (max(size, round(h * scale)), max(size, round(w * scale)))
+    if new == (h, w):
+        return img
+    return F.interpolate(img[None], size=new, mode="bilinear", align_corners=False,
+                         antialias=True)[0]
+
+
 class ResizeShortSide(Transform):
-    """Resize ``(C, H, W)`` so the shorter side is ``size`` pixels (bilinear, antialiased)."""
+    """Resize ``(C, H, W)`` so the shorter side is ``size`` pixels (bilinear, antialiased,
+    in float)."""
 
     def __init__(self, size: int) -> None:
         self.size = int(size)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        h, w = img.shape[-2:]
-        scale = self.size / min(h, w)
-        new = (max(self.size, round(h * scale)), max(self.size, round(w * scale)))
-        if new == (h, w):
-            return img
-        out = F.interpolate(img[None].float(), size=new, mode="bilinear", align_corners=False,
-                            antialias=True)
-        return out[0]
+        return resize_short_side(img.float(), self.size)
 
 
 def clip_frame_transform(size: int = 224, mean: Sequence[float] = AUTHORS_MEAN,
@@ -72,7 +83,10 @@ class DeviceFrameTransform:
     The ``uint8 (H, W, 3)`` frame goes to ``device`` as is (a quarter of the float bytes;
     from pinned memory without blocking on CUDA), then the same short-side resize, centre
     crop (MONAI's ``CenterSpatialCrop`` start: ``n // 2 - size // 2``) and normalisation run
-    there with torch ops. Returns a plain ``float32 (3, size, size)`` tensor on ``device``.
+    there with torch ops. On a CPU the resize runs on the uint8 frame (rounded to uint8:
+    within a grey level of the float resize, about four times cheaper for 720p); on a GPU,
+    where it costs little, in float.
+    Returns a plain ``float32 (3, size, size)`` tensor on ``device``.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
@@ -80,7 +94,6 @@ class DeviceFrameTransform:
         self.size = int(size)
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"
-        self.resize = ResizeShortSide(self.size)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1)
 
@@ -90,10 +103,13 @@ class DeviceFrameTransform:
             raise ValueError(f"expected an RGB frame of shape (H, W, 3), got {tuple(t.shape)}")
         if self.pin and t.device.type == "cpu":
             t = t.pin_memory()
-        t = self.resize(t.to(self.device, non_blocking=True).permute(2, 0, 1).float())
+        t = t.to(self.device, non_blocking=True).permute(2, 0, 1)
+        if self.device.type != "cpu":
+            t = t.float()
+        t = resize_short_side(t, self.size)
         h, w = t.shape[-2:]
         top, left = h // 2 - self.size // 2, w // 2 - self.size // 2
-        t = t[:, top:top + self.size, left:left + self.size]
+        t = t[:, top:top + self.size, left:left + self.size].float()
         return (t - self.mean) / self.std
 
 

@@ -18,6 +18,12 @@ Segments
     :mod:`dicom_io.keyframes` cuts the stream into segments and :mod:`dicom_io.parallel`
     decodes them side by side.
 
+Wanted frames
+    A caller may name the indices it uses (``wanted``): every frame is still decoded (later
+    frames depend on earlier ones), but only the wanted ones are converted to RGB and
+    yielded, so a caller using one frame in three converts one in three. Indices, pixels
+    and errors are those of the full decode, restricted to the wanted frames.
+
 Damage
     A decoder or demuxer error, or a stream that ends before the declared number of
     frames, ends iteration with :class:`~dicom_io.errors.TruncatedVideoError` *after* the
@@ -31,7 +37,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,6 +46,7 @@ from pathlib import Path
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from dicom_io.errors import TruncatedVideoError, VideoDecodeError
 from dicom_io.fragments import FragmentIndex, FragmentStream
@@ -81,6 +88,22 @@ class StreamInfo:
     height: int
     rate: float | None
     frames: int
+
+
+class RGBConverter:
+    """Decoded frames to RGB ``uint8 (H, W, 3)`` arrays, through one libswscale context.
+
+    ``frame.to_ndarray(format="rgb24")`` sets a new scaler context up for every frame, its
+    threads included, which costs several times the conversion itself; a converter keeps
+    one context for all the frames it converts, with the same pixels. Not thread-safe: one
+    per decoding iterator.
+    """
+
+    def __init__(self) -> None:
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 class SegmentMismatchError(Exception):
@@ -243,11 +266,13 @@ class AVDecoder:
         return True
 
     # -- decoding --------------------------------------------------------------------
-    def iter_frames(self, start: int = 0, stop: int | None = None, step: int = 1,
-                    ) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_frames(self, start: int = 0, stop: int | None = None, step: int = 1, *,
+                    wanted: Container[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, rgb)`` for indices ``start, start+step, ...`` below ``stop``.
 
-        ``rgb`` is ``uint8`` of shape ``(H, W, 3)``. ``stop=None`` means to the end.
+        ``rgb`` is ``uint8`` of shape ``(H, W, 3)``. ``stop=None`` means to the end. With
+        ``wanted``, only the indices in it are converted and yielded (see the module
+        docstring); ``None`` means all.
 
         Raises
         ------
@@ -260,11 +285,13 @@ class AVDecoder:
             return
         with self._open() as (container, vs):
             frames = self._positioned(container, vs, start)
-            yield from self._select(frames, start, stop, step)
+            yield from self._select(frames, start, stop, step, wanted=wanted)
 
-    def decode_segment(self, segment: Segment, start: int, stop: int | None, step: int
+    def decode_segment(self, segment: Segment, start: int, stop: int | None, step: int, *,
+                       wanted: Container[int] | None = None
                        ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(index, rgb)`` for the indices of ``range(start, stop, step)`` in ``segment``.
+        """Yield ``(index, rgb)`` for the indices of ``range(start, stop, step)`` in ``segment``
+        (only those in ``wanted``, if given).
 
         The segment is decoded in a decoder of its own, so segments can be decoded at the
         same time in several threads. Frames are counted from ``segment.first`` exactly as
@@ -282,12 +309,14 @@ class AVDecoder:
         frames = self._counted(self._segment_frames(segment), segment.first, None,
                                self._start_pts)
         if segment.next_first is None:
-            yield from self._select(frames, start, stop, step, first=segment.first)
+            yield from self._select(frames, start, stop, step, first=segment.first,
+                                    wanted=wanted)
             return
         end = segment.next_first if stop is None else min(stop, segment.next_first)
         settle = end == segment.next_first
         checked = self._checked_split(frames, segment)
-        yield from self._select(checked, start, end, step, first=segment.first, settle=settle)
+        yield from self._select(checked, start, end, step, first=segment.first, settle=settle,
+                                wanted=wanted)
 
     def _segment_frames(self, segment: Segment) -> Iterator[av.VideoFrame]:
         """Decode ``segment.packets`` in a new decoder, as ``container.decode`` would."""
@@ -435,7 +464,8 @@ class AVDecoder:
 
     def _select(self, frames: Iterator[tuple[int, av.VideoFrame | None, str | None]],
                 start: int, stop: int | None, step: int, *, first: int = 0,
-                settle: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+                settle: bool = False, wanted: Container[int] | None = None
+                ) -> Iterator[tuple[int, np.ndarray]]:
         """Pick the requested frames; hold back corrupt frames until a good one follows.
 
         A frame the decoder flags as corrupt (errors concealed) is yielded, with a
@@ -446,15 +476,19 @@ class AVDecoder:
         With ``settle``, ``stop`` is a split inside the stream rather than its end: corrupt
         frames held back there are decided by the frames after ``stop``, as they would be
         by a decode that goes on (:class:`SegmentMismatchError` when there are none).
+        Only frames in ``wanted`` (all when ``None``) are converted to RGB and yielded; the
+        others are counted, checked and held back all the same.
         """
         good_until = max(start, first)  # frames up to good_until-1 came out of the decoder
         error: str | None = None
         pending: list[tuple[int, av.VideoFrame]] = []
+        to_rgb = RGBConverter()
 
         def emit(index: int, frame: av.VideoFrame) -> Iterator[tuple[int, np.ndarray]]:
             if (index >= start and (index - start) % step == 0
-                    and (stop is None or index < stop)):
-                yield index, frame.to_ndarray(format="rgb24")
+                    and (stop is None or index < stop)
+                    and (wanted is None or index in wanted)):
+                yield index, to_rgb(frame)
 
         for index, frame, err in frames:
             if err is not None or frame is None:

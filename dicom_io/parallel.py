@@ -34,7 +34,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Container, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -62,7 +62,7 @@ HeldCallback = Callable[[int], None]
 
 def parallel_frames(source: VideoSource, start: int = 0, stop: int | None = None,
                     step: int = 1, *, workers: int = 2, max_frames: int | None = None,
-                    on_held: HeldCallback | None = None
+                    on_held: HeldCallback | None = None, wanted: Collection[int] | None = None
                     ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield ``(index, time_s, rgb)`` as :meth:`VideoSource.frames` does, decoding in threads.
 
@@ -81,6 +81,9 @@ def parallel_frames(source: VideoSource, start: int = 0, stop: int | None = None
     on_held : callable, optional
         Called with the number of decoded frames held (decoded, not yet yielded) each time
         it changes, from the worker threads too; it must be quick.
+    wanted : collection of int, optional
+        As in :meth:`VideoSource.frames`: only these indices are converted and yielded
+        (by the workers; the others are decoded and dropped there).
 
     Yields
     ------
@@ -99,6 +102,7 @@ def parallel_frames(source: VideoSource, start: int = 0, stop: int | None = None
         When a frame cannot be decoded.
     """
     frames = source.frame_range(start, stop, step)
+    wanted = source.wanted_indices(wanted)
     _check_count("workers", workers, 1)
     if max_frames is None:
         frame_bytes = max(1, source.rows * source.columns * 3)
@@ -108,8 +112,8 @@ def parallel_frames(source: VideoSource, start: int = 0, stop: int | None = None
         return
     pipe = _Pipeline(int(workers), int(max_frames) // int(workers) - 1, on_held)
     decoder = source.decoder
-    items = (_video(decoder, frames, pipe) if decoder is not None
-             else pipe.run(_chunks(source, frames)))
+    items = (_video(decoder, frames, pipe, wanted) if decoder is not None
+             else pipe.run(_chunks(source, frames, wanted)))
     times = source.frame_times
     for index, rgb in items:
         yield index, float(times[index]), rgb
@@ -122,17 +126,18 @@ def _check_count(name: str, value: object, least: int) -> None:
         raise ValueError(f"{name} must be >= {least}, got {value}")
 
 
-def _video(decoder: AVDecoder, frames: range, pipe: _Pipeline) -> Iterator[_Frame]:
+def _video(decoder: AVDecoder, frames: range, pipe: _Pipeline,
+           wanted: Container[int] | None) -> Iterator[_Frame]:
     """Frames of an MPEG-2/H.264/HEVC stream, segment by segment."""
     start, stop, step = frames.start, frames.stop, frames.step
     plan = plan_segments(decoder, start, stop)
 
     def job(item: Segment | SerialTail) -> _Job:
         if isinstance(item, Segment):
-            return lambda: decoder.decode_segment(item, start, stop, step)
+            return lambda: decoder.decode_segment(item, start, stop, step, wanted=wanted)
         first = max(start, item.first)
-        first += -(first - start) % step  # the first wanted index from there
-        return lambda: decoder.iter_frames(first, stop, step)
+        first += -(first - start) % step  # the first index of the range from there
+        return lambda: decoder.iter_frames(first, stop, step, wanted=wanted)
 
     resume = start
     try:
@@ -143,19 +148,20 @@ def _video(decoder: AVDecoder, frames: range, pipe: _Pipeline) -> Iterator[_Fram
         logger.info("%s: %s; decoding frames %d-%d serially", decoder.path, e, resume,
                     stop - 1)
         plan.close()
-        for index, rgb in decoder.iter_frames(start, stop, step):
+        for index, rgb in decoder.iter_frames(start, stop, step, wanted=wanted):
             if index >= resume:
                 yield index, rgb
     finally:
         plan.close()
 
 
-def _chunks(source: VideoSource, frames: range) -> Iterator[_Job]:
+def _chunks(source: VideoSource, frames: range, wanted: Container[int] | None
+            ) -> Iterator[_Job]:
     """Jobs reading runs of :data:`CHUNK_FRAMES` frames through the serial path."""
     for k in range(0, len(frames), CHUNK_FRAMES):
         run = frames[k:k + CHUNK_FRAMES]
-        yield lambda run=run: ((i, rgb) for i, _t, rgb in source.frames(run.start, run.stop,
-                                                                          run.step))
+        yield lambda run=run: ((i, rgb) for i, _t, rgb in source.frames(
+            run.start, run.stop, run.step, wanted=wanted))
 
 
 class _Pipeline:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +74,8 @@ _PLAIN_FORMATS = frozenset({"mpegts", "mov,mp4,m4a,3gp,3g2,mj2", "mpeg", "matros
 #: found while decoding. Above it, the stream is counted before anything is allocated.
 _UNCHECKED_FRAMES = 1 << 16
 
-_FrameReader = Callable[[int, "int | None", int], Iterator[tuple[int, np.ndarray]]]
+#: ``reader(start, stop, step, wanted=...)``: ``(index, rgb)`` as :meth:`VideoSource.frames`.
+_FrameReader = Callable[..., Iterator[tuple[int, np.ndarray]]]
 PathArg = str | os.PathLike[str]
 
 
@@ -303,8 +304,31 @@ class VideoSource:
         stop = self.frame_count if stop is None else min(stop, self.frame_count)
         return range(int(start), int(stop), int(step))
 
+    @staticmethod
+    def wanted_indices(wanted: Iterable[int] | None) -> Container[int] | None:
+        """``wanted`` as :meth:`frames` tests it: ``None`` (every frame), a ``range`` as is,
+        any other collection of ints as a frozenset.
+
+        Raises
+        ------
+        TypeError
+            ``wanted`` is not a collection of ints (a string, a float in it...).
+        """
+        if wanted is None or isinstance(wanted, range):
+            return wanted
+        if isinstance(wanted, str | bytes) or not isinstance(wanted, Iterable):
+            raise TypeError(f"wanted must be None or a collection of frame indices, got "
+                            f"{type(wanted).__name__}")
+        indices = frozenset(wanted)
+        bad = next((i for i in indices if isinstance(i, bool)
+                    or not isinstance(i, (int, np.integer))), None)
+        if bad is not None:
+            raise TypeError(f"wanted must hold int frame indices, got {bad!r}")
+        return indices
+
     def frames(self, start: int = 0, stop: int | None = None, step: int = 1, *,
-               workers: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+               workers: int = 1, wanted: Collection[int] | None = None
+               ) -> Iterator[tuple[int, float, np.ndarray]]:
         """Yield ``(index, time_s, rgb)`` for frames ``start, start+step, ...`` below ``stop``.
 
         Parameters
@@ -316,6 +340,11 @@ class VideoSource:
             Decoding threads. 1 decodes in the calling thread; more decode segments of
             the stream (key frame to key frame) side by side and yield the same frames
             (:func:`dicom_io.parallel.parallel_frames`).
+        wanted : collection of int, optional
+            The indices the caller uses: only these frames of the range are converted to
+            RGB and yielded, each exactly as without ``wanted`` (a video stream is still
+            decoded frame by frame, and damage is raised where it would be). ``None``, the
+            default: every frame of the range.
 
         Yields
         ------
@@ -332,14 +361,15 @@ class VideoSource:
         VideoDecodeError
             When a frame cannot be decoded.
         """
+        wanted = self.wanted_indices(wanted)
         if not (isinstance(workers, int) and workers == 1):
-            yield from parallel_frames(self, start, stop, step, workers=workers)
+            yield from parallel_frames(self, start, stop, step, workers=workers, wanted=wanted)
             return
         frames = self.frame_range(start, stop, step)
         if not frames:
             return
         times = self.timing.times
-        for index, rgb in self._reader(frames.start, frames.stop, frames.step):
+        for index, rgb in self._reader(frames.start, frames.stop, frames.step, wanted=wanted):
             yield index, float(times[index]), rgb
 
     def window(self, start_s: float, end_s: float, step: int = 1, *, workers: int = 1
@@ -549,6 +579,12 @@ def _open_dicom_video(path: Path, header: Dataset, pixel_offset: int,
                        decoder=decoder)
 
 
+def _selected(indices: range, wanted: Container[int] | None) -> Sequence[int]:
+    """The ``indices`` in ``wanted`` (all when ``None``): frames read by pydicom decode alone,
+    so the others are not read at all."""
+    return indices if wanted is None else [i for i in indices if i in wanted]
+
+
 def _open_multiframe(path: Path, header: Dataset, pixel_offset: int,
                      fallback_fps: float | None) -> VideoSource:
     n = _frame_count(path, header)
@@ -558,8 +594,10 @@ def _open_multiframe(path: Path, header: Dataset, pixel_offset: int,
     if timing is None:
         timing = _fallback(path, n, fallback_fps, "no Frame Time or Frame Time Vector")
 
-    def reader(start: int, stop: int | None, step: int) -> Iterator[tuple[int, np.ndarray]]:
-        return iter_multiframe(path, header, range(start, n if stop is None else stop, step))
+    def reader(start: int, stop: int | None, step: int, wanted: Container[int] | None = None
+               ) -> Iterator[tuple[int, np.ndarray]]:
+        return iter_multiframe(path, header, _selected(range(start, n if stop is None else stop,
+                                                             step), wanted))
 
     return VideoSource(path=path, kind="dicom-multiframe", header=header,
                        transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
@@ -584,8 +622,9 @@ def _open_series(paths: list[Path], fallback_fps: float | None, skip_non_dicom: 
         timing = _fallback(first, n, fallback_fps, "no temporal attribute in every image")
     headers = series.headers
 
-    def reader(start: int, stop: int | None, step: int) -> Iterator[tuple[int, np.ndarray]]:
-        for i in range(start, n if stop is None else stop, step):
+    def reader(start: int, stop: int | None, step: int, wanted: Container[int] | None = None
+               ) -> Iterator[tuple[int, np.ndarray]]:
+        for i in _selected(range(start, n if stop is None else stop, step), wanted):
             yield i, read_single(series.paths[i], headers[i])
 
     return VideoSource(path=first, kind="dicom-series", header=header,

@@ -14,12 +14,14 @@ class ArrayVideo:
 
     def __init__(self, frames: np.ndarray, fps: float) -> None:
         self._frames, self.fps, self.frame_count = frames, fps, len(frames)
-        self.decoded = 0
+        self.decoded = self.converted = 0
 
-    def frames(self, start=0, stop=None, step=1, workers=1):
+    def frames(self, start=0, stop=None, step=1, workers=1, wanted=None):
         for i in range(start, self.frame_count if stop is None else min(stop, self.frame_count), step):
             self.decoded += 1
-            yield i, i / self.fps, self._frames[i]
+            if wanted is None or i in wanted:
+                self.converted += 1
+                yield i, i / self.fps, self._frames[i]
 
 
 class RednessNet(nn.Module):
@@ -76,6 +78,9 @@ def test_pipeline_equals_naive_three_clip_computation(fps: float) -> None:
     assert naive_run.clips_computed == 3 * len(result.probabilities)
     assert result.clips_computed == len(sched.clip_starts()) < 3 * len(result.probabilities)
     assert video.decoded <= video.frame_count + len(result.key_frames)
+    # only the clips' frames (and the key frames) are converted: one in three at 30 fps
+    needed = {f for s in sched.clip_starts() for f in sched.clip_frames(s)}
+    assert video.converted == len(needed) + len(result.key_frames) < video.decoded
 
 
 def test_pipeline_finds_the_event_and_its_mask() -> None:
@@ -106,6 +111,7 @@ def test_guidance_areas_measure_the_segmentation_map() -> None:
     assert areas[0] == 0.0 and areas[3] == 0.0
     assert np.isnan(areas[5])
     assert video.decoded == 180 - 30  # one pass from the first wanted frame (to the end here)
+    assert video.converted == 4  # of which only the wanted ones are converted
     assert analyzer.guidance_areas(video, []).shape == (0,)
 
     class NoSegmentation(nn.Module):
@@ -118,8 +124,8 @@ def test_guidance_areas_measure_the_segmentation_map() -> None:
 
 def test_decoder_errors_reach_the_caller() -> None:
     class Broken(ArrayVideo):
-        def frames(self, start=0, stop=None, step=1, workers=1):
-            yield from super().frames(start, 10, step)
+        def frames(self, start=0, stop=None, step=1, workers=1, wanted=None):
+            yield from super().frames(start, 10, step, wanted=wanted)
             raise OSError("stream damaged at frame 10")
 
     video = Broken(synthetic_frames(90, 30.0, (0, 0)), 30.0)

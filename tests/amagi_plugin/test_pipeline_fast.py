@@ -16,7 +16,13 @@ from amagi_plugin.errors import InputError
 from amagi_plugin.fastpath import bf16_native, check_devices_available
 from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
-from amagi_plugin.transforms import clip_frame_transform, device_frame_transform
+from amagi_plugin.transforms import (
+    AUTHORS_STD,
+    ResizeShortSide,
+    clip_frame_transform,
+    device_frame_transform,
+    resize_short_side,
+)
 from tests.amagi_plugin.test_pipeline import ArrayVideo
 
 #: Largest |Δp| allowed between the fast and the exact path (README, "Speed switch").
@@ -72,6 +78,73 @@ def test_fast_path_matches_exact_within_tolerance(case, arch: str, device: str) 
         assert got.masks.keys() == ref.masks.keys()
 
 
+# -- a real encoded video, larger than the network's input -----------------------------------------
+
+class Recording:
+    """A video that records the keyword arguments of each ``frames()`` call."""
+
+    def __init__(self, video) -> None:
+        self._video, self.calls = video, []
+        self.frame_count, self.fps = video.frame_count, video.fps
+
+    def frames(self, *args, **kw):
+        self.calls.append(kw)
+        return self._video.frames(*args, **kw)
+
+
+@pytest.fixture(scope="module")
+def encoded_case(tmp_path_factory):
+    """The 5 s case rendered at 320x256 (twice the demo's input) as 15 fps H.264."""
+    from amagi_plugin.synth.render import Renderer
+    from amagi_plugin.synth.scene import sample_scene
+    from dicom_io.encode import write_video_dicom
+
+    scene = sample_scene(3, width=320, height=256, fps=15, duration_s=5, ranges="train")
+    path = tmp_path_factory.mktemp("fast") / "case.dcm"
+    write_video_dicom((f.rgb for f in Renderer(scene).frames()), path, fps=15.0, crf=23)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["amagi_tiny", "slowfast_tiny"])
+def test_fast_path_on_an_encoded_video_within_tolerance(encoded_case, arch: str) -> None:
+    from dicom_io.video import open_video
+
+    exact = BleedingAnalyzer.for_model(_demo(arch), AnalysisOptions())
+    fast = BleedingAnalyzer.for_model(_demo(arch), AnalysisOptions(fast=True))
+    ref, got = exact.analyze(open_video(encoded_case)), fast.analyze(open_video(encoded_case))
+    dp = np.abs(got.probabilities - ref.probabilities)
+    assert dp.max() <= FAST_TOLERANCE, dp.max()
+    near = np.abs(ref.probabilities - 0.5) <= FAST_TOLERANCE
+    flipped = (got.probabilities >= 0.5) != (ref.probabilities >= 0.5)
+    assert not (flipped & ~near).any()
+    # key frames (key images, SEG masks) are decoded again at full size, exactly
+    video = open_video(encoded_case)
+    for number, rgb in got.key_frames.items():
+        assert rgb.shape == (256, 320, 3)
+        assert np.array_equal(rgb, next(video.frames(number - 1, number))[2])
+        if number in got.masks:
+            assert got.masks[number].shape == (256, 320)
+    if arch == "amagi_tiny":
+        assert got.key_frames and got.masks
+
+
+def test_exact_path_is_every_frame_converted_by_pyav(encoded_case) -> None:
+    """The exact path analyses the frames PyAV itself converts, however it decodes them."""
+    from dicom_io.video import open_video
+
+    video = open_video(encoded_case)
+    with video.decoder._open() as (container, stream):
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+    analyzer = BleedingAnalyzer.for_model(_demo("amagi_tiny"), AnalysisOptions())
+    recorded = Recording(video)
+    got = analyzer.analyze(recorded)
+    assert recorded.calls[0]["wanted"]  # only the clips' frames converted
+    want = analyzer.analyze(ArrayVideo(frames, video.fps))
+    assert np.array_equal(got.probabilities, want.probabilities)
+    assert got.key_frames.keys() == want.key_frames.keys() and all(
+        np.array_equal(got.key_frames[k], want.key_frames[k]) for k in got.key_frames)
+
+
 def test_switch_off_is_the_exact_path() -> None:
     analyzer = BleedingAnalyzer.for_model(_demo("amagi_tiny"), AnalysisOptions())
     assert analyzer.fast is None and analyzer.clip_transform is analyzer.transform
@@ -91,19 +164,41 @@ def test_switch_on_puts_the_network_in_channels_last() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(128, 160), (127, 161), (480, 640), (100, 90), (224, 224)])
 def test_device_transform_from_uint8_equals_the_monai_transform(shape, device: str) -> None:
+    """The same arithmetic, up to float rounding; on a CPU the frame is resized as uint8,
+    so up to the rounding of the resized frame to whole grey levels."""
     rng = np.random.default_rng(sum(shape))
     frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-    reference = torch.as_tensor(clip_frame_transform(128)(frame)).as_subclass(torch.Tensor)
-    got = device_frame_transform(128, device=device)(frame)
-    assert got.device.type == device and got.dtype == torch.float32
-    assert got.shape == reference.shape == (3, 128, 128)
-    torch.testing.assert_close(got.cpu(), reference, rtol=0, atol=1e-4)
-    # a decoder's non-contiguous view goes through too
-    torch.testing.assert_close(device_frame_transform(128, device=device)(frame[:, ::-1]).cpu(),
-                               torch.as_tensor(clip_frame_transform(128)(frame[:, ::-1])
-                                               ).as_subclass(torch.Tensor), rtol=0, atol=1e-4)
+    grey_levels = 1.0 if device == "cpu" and shape != (128, 160) else 1e-4 * AUTHORS_STD[2]
+    std = torch.tensor(AUTHORS_STD).view(3, 1, 1)
+
+    def check(frame: np.ndarray) -> None:
+        reference = torch.as_tensor(clip_frame_transform(128)(frame)).as_subclass(torch.Tensor)
+        got = device_frame_transform(128, device=device)(frame)
+        assert got.device.type == device and got.dtype == torch.float32
+        assert got.shape == reference.shape == (3, 128, 128)
+        assert ((got.cpu() - reference) * std).abs().max() <= grey_levels
+
+    check(frame)
+    check(frame[:, ::-1])  # a decoder's non-contiguous view goes through too
     with pytest.raises(ValueError, match="RGB frame"):
         device_frame_transform(128, device=device)(frame[..., :2])
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (720, 1280), (127, 161), (100, 90)])
+def test_short_side_resize_in_uint8_and_in_float(shape) -> None:
+    """uint8 (the fast path on a CPU): torch's uint8 kernel, within a grey level of the float
+    resize; float (the exact path): exactly the antialiased bilinear interpolation."""
+    frame = torch.as_tensor(np.random.default_rng(1).integers(0, 256, (*shape, 3), np.uint8))
+    img = frame.permute(2, 0, 1)
+    exact = ResizeShortSide(128)(img)
+    want = torch.nn.functional.interpolate(img[None].float(), size=tuple(exact.shape[-2:]),
+                                           mode="bilinear", align_corners=False,
+                                           antialias=True)[0]
+    assert exact.dtype == torch.float32 and torch.equal(exact, want)
+    small = resize_short_side(img, 128)
+    assert small.dtype == torch.uint8 and small.shape == exact.shape and min(small.shape[1:]) == 128
+    assert (small.float() - exact).abs().max() <= 1.0
+    assert resize_short_side(exact, 128) is exact  # the right size already: nothing done
 
 
 # -- configuration: the switch, the devices --------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from dicom_io import parallel
+from dicom_io import avdecode, parallel
 from dicom_io.encode import wrap_video_as_dicom, write_multiframe_dicom
 from dicom_io.errors import DicomIOError, TruncatedVideoError
 from dicom_io.fragments import index_fragments, read_header
@@ -287,3 +287,105 @@ def test_multiframe_decode_error_is_the_serial_one(tmp_path):
         got, error, _ = _run(src.frames(workers=workers))
         _same(got, want)
         assert error == want_error
+
+
+# -- wanted: convert only the frames the caller uses --------------------------------------------
+
+WANTED = [set(range(0, N, 3)), {59, 0, 17, 18, 44}, set(), range(10, 50, 4), {5, 1000}]
+
+
+def _restricted(frames: Frames, wanted) -> Frames:
+    return [f for f in frames if f[0] in wanted]
+
+
+@pytest.fixture
+def conversions(monkeypatch) -> list[int]:
+    """Every frame converted to RGB by the stream decoder, in any thread."""
+    seen: list[int] = []
+    real = avdecode.RGBConverter.__call__
+
+    def counting(self, frame):
+        seen.append(1)
+        return real(self, frame)
+
+    monkeypatch.setattr(avdecode.RGBConverter, "__call__", counting)
+    return seen
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("name", ["h264", "hevc", "h264-mp4-frag"])
+def test_wanted_frames_are_the_full_decode_restricted(make_video, conversions, name, workers):
+    src = _video(make_video, name)
+    for start, stop, step in [(0, None, 1), (3, None, 2), (31, 47, 1)]:
+        want = list(src.frames(start, stop, step))
+        for wanted in WANTED:
+            conversions.clear()
+            got = list(src.frames(start, stop, step, workers=workers, wanted=wanted))
+            _same(got, _restricted(want, wanted))
+            assert len(conversions) == len(got)  # the other frames were never converted
+    _same(list(parallel_frames(src, 0, None, 1, workers=2, wanted=[7, 3, 7])),
+          _restricted(list(src.frames()), {3, 7}))
+
+
+def test_wanted_on_a_truncated_stream_raises_the_same_error(make_video, tmp_path):
+    vid = make_video(n=N, gop=GOP, **VIDEOS["h264"])
+    src = open_video(_cut(vid.path, tmp_path / "cut.dcm", 0.6))
+    want, want_error, want_decoded = _run(src.frames())
+    assert want_error is not None and "truncated" in want_error
+    wanted = set(range(1, N, 3))
+    for workers in (1, 2, 3):
+        got, error, decoded = _run(src.frames(workers=workers, wanted=wanted))
+        assert got, "frames before the damage come first"
+        _same_damage(got, error, decoded, _restricted(want, wanted), want_error, want_decoded)
+
+
+def test_wanted_after_a_miscounted_segment(make_video, monkeypatch):
+    """The serial resumption after a segment that misses its key frame keeps to ``wanted``."""
+    src = _video(make_video, "h264")
+    real = parallel.plan_segments
+
+    def off_by_one(decoder, start, stop):
+        for k, item in enumerate(real(decoder, start, stop)):
+            if k == 1 and isinstance(item, Segment):
+                item = dataclasses.replace(item, next_first=item.next_first + 1)
+            yield item
+
+    monkeypatch.setattr(parallel, "plan_segments", off_by_one)
+    wanted = set(range(2, N, 5))
+    _same(list(parallel_frames(src, workers=2, wanted=wanted)),
+          _restricted(list(src.frames()), wanted))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_wanted_for_frames_read_by_pydicom(tmp_path, workers):
+    path = tmp_path / "mf.dcm"
+    write_multiframe_dicom(synthetic_frames(21), path, fps=25.0, transfer_syntax=RLELossless)
+    from tests.dicom_io.test_video_pixels import _series
+
+    folder, _, _ = _series(tmp_path, 19, "FrameReferenceTime")
+    for src in (open_video(path), open_video(folder)):
+        for wanted in ({0, 4, 5, 18}, range(1, 30, 7), set()):
+            _same(list(src.frames(2, None, 1, workers=workers, wanted=wanted)),
+                  _restricted(list(src.frames(2)), wanted))
+
+
+@pytest.mark.parametrize("wanted", ["0, 3", 3, [1, 2.0], [True]])
+def test_wanted_must_be_frame_indices(make_video, wanted):
+    src = _video(make_video, "h264")
+    with pytest.raises(TypeError, match="wanted must"):
+        list(src.frames(wanted=wanted))
+    with pytest.raises(TypeError, match="wanted must"):
+        list(parallel_frames(src, workers=2, wanted=wanted))
+
+
+@pytest.mark.parametrize("name", ["h264", "mpeg2", "hevc"])
+def test_one_converter_gives_pyavs_own_conversion(make_video, name):
+    """The decoders' RGBConverter (one scaler context for every frame) changes no pixel."""
+    src = _video(make_video, name)
+    convert = avdecode.RGBConverter()
+    with src.decoder._open() as (container, stream):
+        for frame in container.decode(stream):
+            want = frame.to_ndarray(format="rgb24")
+            got = convert(frame)
+            assert got.dtype == np.uint8 and got.shape == want.shape
+            assert np.array_equal(got, want)
