@@ -204,9 +204,8 @@ def test_timing_disagreement_falls_back_to_serial(make_video, tmp_path):
               list(src.frames(start, stop, step)))
 
 
-def test_miscounted_segment_resumes_serially(make_video, monkeypatch, caplog):
-    """A segment whose count misses its next key frame: the rest is decoded serially."""
-    src = _video(make_video, "h264")
+def _miscount_second_segment(monkeypatch) -> None:
+    """Make the planner's second segment miss its next key frame by one frame."""
     real = parallel.plan_segments
 
     def off_by_one(decoder, start, stop):
@@ -216,6 +215,12 @@ def test_miscounted_segment_resumes_serially(make_video, monkeypatch, caplog):
             yield item
 
     monkeypatch.setattr(parallel, "plan_segments", off_by_one)
+
+
+def test_miscounted_segment_resumes_serially(make_video, monkeypatch, caplog):
+    """A segment whose count misses its next key frame: the rest is decoded serially."""
+    src = _video(make_video, "h264")
+    _miscount_second_segment(monkeypatch)
     with caplog.at_level("INFO", logger="dicom_io.parallel"):
         got = list(parallel_frames(src, 0, None, 2, workers=2))
     assert "serially" in caplog.text
@@ -342,15 +347,7 @@ def test_wanted_on_a_truncated_stream_raises_the_same_error(make_video, tmp_path
 def test_wanted_after_a_miscounted_segment(make_video, monkeypatch):
     """The serial resumption after a segment that misses its key frame keeps to ``wanted``."""
     src = _video(make_video, "h264")
-    real = parallel.plan_segments
-
-    def off_by_one(decoder, start, stop):
-        for k, item in enumerate(real(decoder, start, stop)):
-            if k == 1 and isinstance(item, Segment):
-                item = dataclasses.replace(item, next_first=item.next_first + 1)
-            yield item
-
-    monkeypatch.setattr(parallel, "plan_segments", off_by_one)
+    _miscount_second_segment(monkeypatch)
     wanted = set(range(2, N, 5))
     _same(list(parallel_frames(src, workers=2, wanted=wanted)),
           _restricted(list(src.frames()), wanted))
