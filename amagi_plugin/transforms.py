@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import CenterSpatialCrop, Compose, NormalizeIntensity, Transform
+
+from models.training.augment import resize_short, resize_short_side
 
 #: The authors' RGB normalisation on the 0-255 scale (img_norm_cfg).
 AUTHORS_MEAN = (117.1168392375, 75.27494787, 67.376296503)
@@ -29,23 +30,6 @@ class FrameToTensor(Transform):
         return t.permute(2, 0, 1).float()
 
 
-def resize_short_side(img: torch.Tensor, size: int) -> torch.Tensor:
-    """``(C, H, W)`` resized so the shorter side is ``size`` pixels (bilinear, antialiased),
-    in its own dtype; ``img`` itself when it has that size already.
-
-    A float image is resized in float. A uint8 image (CPU) goes through torch's fixed-point
-    kernel for uint8, the same filter rounded to uint8: several times cheaper than in float
-    (a 720p frame's 2.8 M values are never made float), within a grey level of it.
-    """
-    h, w = img.shape[-2:]
-    scale = size / min(h, w)
-    new = (max(size, round(h * scale)), max(size, round(w * scale)))
-    if new == (h, w):
-        return img
-    return F.interpolate(img[None], size=new, mode="bilinear", align_corners=False,
-                         antialias=True)[0]
-
-
 class ResizeShortSide(Transform):
     """Resize ``(C, H, W)`` so the shorter side is ``size`` pixels (bilinear, antialiased,
     in float)."""
@@ -54,7 +38,7 @@ class ResizeShortSide(Transform):
         self.size = int(size)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return resize_short_side(img.float(), self.size)
+        return resize_short(img, self.size)
 
 
 def clip_frame_transform(size: int = 224, mean: Sequence[float] = AUTHORS_MEAN,
