@@ -41,7 +41,7 @@ def case_rows(case: Path, delta: int) -> list[tuple[str, float, float]]:
     masks = {k: m for k, m in masks.items() if m.any()}
     wanted = {k + s for k in masks for s in (-delta, delta)}
     frames = {i: rgb.astype(np.float32) / 255.0
-              for i, _, rgb in open_video(case / "video.dcm").frames() if i in wanted}
+              for i, _, rgb in open_video(case / "video.dcm").frames(wanted=wanted)}
     rows = []
     for k, m in masks.items():
         if k - delta not in frames or k + delta not in frames:
