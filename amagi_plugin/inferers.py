@@ -62,7 +62,8 @@ class MaskInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor],
                  *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``inputs`` ``(N, 3, H, W)`` normalised → bleeding probability ``(N, H, W)``."""
+        """``inputs`` ``(N, 3·K, H, W)`` normalised (K stacked frames for a temporal
+        segmenter, else 1) → bleeding probability ``(N, H, W)``."""
 
         def full_res(x: torch.Tensor) -> torch.Tensor:
             logits = network(x).float()

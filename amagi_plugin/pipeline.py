@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -196,6 +196,8 @@ class BleedingAnalyzer:
         self.options = options
         self.input_size = input_size
         self.clip_len = clip_len
+        #: frames the segmentation net sees around the one it segments (1, or K stacked)
+        self.seg_frames = int(getattr(getattr(model, "default_cfg", None), "seg_frames", 1))
         norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
         self.transform = clip_frame_transform(input_size, **norm)
         self.native_transform = native_frame_transform(**norm)
@@ -265,15 +267,40 @@ class BleedingAnalyzer:
 
         return main_logits
 
-    def segment_frames(self, frames: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """Bleeding masks (bool, native resolution) for RGB frames keyed by frame number."""
+    def _seg_input(self, window: Sequence[int], frames: Mapping[int, np.ndarray],
+                   transform: Callable[[np.ndarray], Any]) -> torch.Tensor:
+        """The segmentation net's input for one frame: its window's frames (0-based indices
+        into ``frames``), each preprocessed, stacked on the channel axis (3·K, H, W)."""
+        return torch.cat([torch.as_tensor(transform(frames[i])).as_subclass(torch.Tensor)
+                          for i in window])
+
+    def segment_frames(self, frames: dict[int, np.ndarray],
+                       video: VideoLike | None = None) -> dict[int, np.ndarray]:
+        """Bleeding masks (bool, native resolution) for RGB frames keyed by frame number.
+
+        A temporal segmenter (``seg_frames`` > 1) also needs each frame's neighbours: they
+        are read from ``video`` (required then).
+        """
         network = self._segmentation_network()
         if network is None or not frames:
             return {}
+        windows = {n: [n - 1] for n in frames}
+        pixels = {n - 1: rgb for n, rgb in frames.items()}
+        if self.seg_frames > 1:
+            if video is None:
+                raise ValueError("a temporal segmenter needs the video to read the frames "
+                                 "around each key frame")
+            schedule = self.schedule_for(video)
+            windows = {n: schedule.window(n - 1, self.seg_frames) for n in frames}
+            extra = {i + 1 for w in windows.values() for i in w} - set(frames)
+            pixels.update({n - 1: rgb for n, rgb in read_frames(video, sorted(extra)).items()})
         inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
         masks = {}
-        for number, rgb in frames.items():
-            x = torch.as_tensor(self.native_transform(rgb))[None].as_subclass(torch.Tensor)
+        for number, window in windows.items():
+            if any(i not in pixels for i in window):
+                log.warning("frame %d: its neighbours could not be decoded; no mask", number)
+                continue
+            x = self._seg_input(window, pixels, self.native_transform)[None]
             masks[number] = (inferer(x, network)[0] >= 0.5).numpy()
         return masks
 
@@ -282,30 +309,47 @@ class BleedingAnalyzer:
         """Fraction of each frame that the segmentation net marks as bleeding (p ≥ 0.5).
 
         The frames (0-based ``indices``) go through the clip preprocessing, so the net sees
-        them as AMAGI sees a clip's centre frame. This measures the guidance map on its own
-        (``amagi evaluate`` scores it against the frame labels). ``None`` for a model without
-        segmentation; ``nan`` for a frame the decoder did not deliver.
+        them as AMAGI sees a clip's centre frame (with the clip's neighbouring frames for a
+        temporal segmenter). This measures the guidance map on its own (``amagi evaluate``
+        scores it against the frame labels). ``None`` for a model without segmentation;
+        ``nan`` for a frame the decoder did not deliver.
         """
         network = self._segmentation_network()
         if network is None:
             return None
-        wanted = {int(i) for i in indices}
-        if not wanted:
+        if len(indices) == 0:
             return np.empty(0)
+        schedule = self.schedule_for(video)
+        targets = sorted({int(i) for i in indices if 0 <= int(i) < schedule.frame_count})
+        if not targets:  # none inside the video
+            return np.full(len(indices), np.nan)
+        windows = {i: schedule.window(i, self.seg_frames) for i in targets}
+        wanted = {f for w in windows.values() for f in w}
         inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
         found: dict[int, float] = {}
+        pixels: dict[int, np.ndarray] = {}  # decoded frames some pending window still needs
         batch: list[tuple[int, torch.Tensor]] = []
 
         def flush() -> None:
-            x = torch.stack([t for _, t in batch]).as_subclass(torch.Tensor)
+            x = torch.stack([t for _, t in batch])
             for (index, _), p in zip(batch, inferer(x, network), strict=True):
                 found[index] = float((p >= 0.5).float().mean())
             batch.clear()
 
+        pending = iter(targets)
+        target = next(pending, None)
         for index, _t, rgb in video.frames(min(wanted), max(wanted) + 1, wanted=wanted):
-            batch.append((index, torch.as_tensor(self.transform(rgb))))
-            if len(batch) == batch_size:
+            pixels[index] = rgb
+            while target is not None and max(windows[target]) <= index:
+                if all(f in pixels for f in windows[target]):  # else: not delivered, nan
+                    batch.append((target, self._seg_input(windows[target], pixels,
+                                                          self.transform)))
+                target = next(pending, None)
+            if len(batch) >= batch_size:
                 flush()
+            first_needed = min(windows[target]) if target is not None else index + 1
+            for f in [f for f in pixels if f < first_needed]:
+                del pixels[f]
         if batch:
             flush()
         return np.array([found.get(int(i), np.nan) for i in indices], dtype=np.float64)
@@ -336,7 +380,7 @@ class BleedingAnalyzer:
             timings["decode"] += time.perf_counter() - t0
             if opts.key_frame_masks:
                 t0 = time.perf_counter()
-                result.masks = self.segment_frames(result.key_frames)
+                result.masks = self.segment_frames(result.key_frames, video)
                 timings["segmentation"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         result.timings = dict(timings)

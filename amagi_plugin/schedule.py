@@ -95,6 +95,15 @@ class ClipSchedule:
         """Frame index shown at grid point ``g`` (clamped to the video)."""
         return min(self.frame_count - 1, max(0, round(g * self.grid_s * self.fps)))
 
+    def window(self, frame: int, frames: int) -> list[int]:
+        """Frame indices ``grid_s`` apart centred on frame index ``frame`` (``frames`` odd),
+        clamped to the video: what a temporal segmenter sees around the frame it segments,
+        as a clip lays its frames out."""
+        half = frames // 2
+        return [min(self.frame_count - 1,
+                    max(0, round(frame + (j - half) * self.grid_s * self.fps)))
+                for j in range(frames)]
+
     def prediction_points(self) -> range:
         return range(0, self.grid_count, self.prediction_step)
 

@@ -5,7 +5,10 @@ layout) and ``AmagiHead`` the fusion head with the semantics of the authors' ``A
 (reference README, quirks 1, 6 and 14-17):
 
 - the segmentation net sees the clip's centre frame ``x[:, :, T // 2]`` (already normalised
-  with the SlowFast mean/std) and returns ``[aux, main]`` logits at 1/4 resolution;
+  with the SlowFast mean/std) and returns ``[aux, main]`` logits at 1/4 resolution; a
+  *temporal* segmenter (``HRNetConfig.in_frames`` = K > 1, this project's demo models, not
+  the authors') sees the K clip frames centred on it instead, stacked on the channel axis
+  (:meth:`Amagi.segmentation_input`), and so marks blood that flows, not all blood;
 - the head sums the two raw logit maps, reduces them with ``Conv2d(2, 2, k, stride=k)`` to
   the pathways' spatial grid and applies a per-channel sigmoid;
 - each pathway goes through a 1x1x1 conv with temporal stride ``time_rate``, is re-weighted
@@ -75,14 +78,30 @@ class Amagi(SlowFast):
         """Run the segmentation net on normalised frames (N, 3, H, W) -> [aux, main] logits."""
         return self.seg_model(frames)
 
+    @property
+    def seg_frames(self) -> int:
+        """Clip frames the segmentation net sees (1 = the centre frame only)."""
+        return self.seg_model.cfg.in_frames
+
+    def segmentation_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, T, H, W) clip -> (N, 3·K, H, W): clip frames ``T//2 - K//2 ... T//2 + K//2``
+        stacked frame-major (K = :attr:`seg_frames`; K = 1 gives frame ``T // 2``)."""
+        k, t = self.seg_frames, x.shape[2]
+        lo = t // 2 - k // 2
+        if lo < 0 or lo + k > t:
+            raise InputShapeError(f"the segmentation net needs {k} frames around the centre; "
+                                  f"the clip has {t}")
+        return x[:, :, lo:lo + k].transpose(1, 2).flatten(1, 2)
+
     def forward(self, x: torch.Tensor) -> AmagiFeatures:  # type: ignore[override]
         """(N, 3, T, H, W) -> ((x_slow, x_fast), [seg_aux, seg_main]).
 
-        The segmentation input is frame ``T // 2`` of the full-rate clip.
+        The segmentation input is frame ``T // 2`` of the full-rate clip (with its
+        neighbours for a temporal segmenter, :meth:`segmentation_input`).
         """
         if x.dim() != 5:
             raise InputShapeError(f"AMAGI expects (N, C, T, H, W), got shape {tuple(x.shape)}")
-        seg_out = self.seg_model(x[:, :, x.shape[2] // 2])
+        seg_out = self.seg_model(self.segmentation_input(x))
         return super().forward(x), seg_out
 
 

@@ -46,6 +46,10 @@ class HRNetConfig:
     """Architecture of an HRNetV2 + OCR network.
 
     ``stem_channels`` is 64 in every published HRNet; smaller values give tiny variants.
+    ``in_frames`` is 1 for the authors' network (one RGB frame). A larger odd value makes a
+    *temporal* segmenter: its input is that many consecutive RGB frames stacked on the
+    channel axis, frame-major (``3 · in_frames`` channels, the middle frame being the one
+    segmented), so it can tell blood that flows from blood that lies still.
     """
 
     stage1: StageSpec
@@ -56,6 +60,17 @@ class HRNetConfig:
     ocr_mid_channels: int = 512
     ocr_key_channels: int = 256
     stem_channels: int = 64
+    in_frames: int = 1
+
+    def __post_init__(self) -> None:
+        if self.in_frames < 1 or self.in_frames % 2 == 0:
+            raise ModelConfigError(f"in_frames must be a positive odd number (the middle "
+                                   f"frame is segmented), got {self.in_frames}")
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: RGB of each stacked frame."""
+        return 3 * self.in_frames
 
 
 HRNET_W48_OCR = HRNetConfig(
@@ -285,7 +300,7 @@ class HRNetOCR(nn.Module):
         super().__init__()
         self.cfg = cfg
         s = cfg.stem_channels
-        self.conv1 = nn.Conv2d(3, s, 3, 2, 1, bias=False)
+        self.conv1 = nn.Conv2d(cfg.in_channels, s, 3, 2, 1, bias=False)
         self.bn1 = _bn(s)
         self.conv2 = nn.Conv2d(s, s, 3, 2, 1, bias=False)
         self.bn2 = _bn(s)
@@ -366,16 +381,18 @@ class HRNetOCR(nn.Module):
 
         Parameters
         ----------
-        x : Tensor (N, 3, H, W)
-            Normalised images; H and W should be multiples of 32.
+        x : Tensor (N, 3 · in_frames, H, W)
+            Normalised images (``in_frames`` consecutive frames stacked frame-major for a
+            temporal segmenter); H and W should be multiples of 32.
 
         Returns
         -------
         [out_aux, out] : two Tensors (N, num_classes, H/4, W/4)
             Raw logits of the auxiliary (soft-region) head and of the OCR head.
         """
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise InputShapeError(f"HRNetOCR expects (N, 3, H, W), got shape {tuple(x.shape)}")
+        c = self.cfg.in_channels
+        if x.dim() != 4 or x.shape[1] != c:
+            raise InputShapeError(f"HRNetOCR expects (N, {c}, H, W), got shape {tuple(x.shape)}")
         feats = self.forward_features(x)
         out_aux = self.aux_head(feats)
         feats = self.conv3x3_ocr(feats)

@@ -45,6 +45,9 @@ class ModelCfg:
         Label of each logit.
     has_segmentation : bool
         Whether the model contains the segmentation net (``Recognizer.segment`` works).
+    seg_frames : int
+        Frames the segmentation net sees, ``frame_interval`` apart and centred on the one it
+        segments (1: that frame alone, as the authors' net; more: a temporal segmenter).
     params_m, gflops : float
         Size for documentation: parameters (millions) and forward GFLOPs per clip
         (multiply-add counted as 2, measured with ``torch.utils.flop_counter``).
@@ -59,6 +62,7 @@ class ModelCfg:
     num_classes: int
     class_names: tuple[str, ...] = ()
     has_segmentation: bool = False
+    seg_frames: int = 1
     params_m: float = 0.0
     gflops: float = 0.0
 
@@ -136,8 +140,10 @@ class Recognizer(nn.Module):
 
         Parameters
         ----------
-        frames : Tensor (N, 3, H, W)
-            Frames normalised with ``default_cfg.mean/std``.
+        frames : Tensor (N, 3 · seg_frames, H, W)
+            Frames normalised with ``default_cfg.mean/std``; for a temporal segmenter
+            (``default_cfg.seg_frames`` > 1) that many frames, ``frame_interval`` apart,
+            stacked frame-major and centred on the frame to segment.
 
         Returns
         -------
@@ -147,6 +153,7 @@ class Recognizer(nn.Module):
         seg = getattr(self.backbone, "seg_model", None)
         if seg is None:
             raise ModelError(f"{self.default_cfg.name} has no segmentation model")
-        if frames.dim() != 4 or frames.shape[1] != 3:
-            raise InputShapeError(f"frames must be (N, 3, H, W), got shape {tuple(frames.shape)}")
+        c = 3 * self.default_cfg.seg_frames
+        if frames.dim() != 4 or frames.shape[1] != c:
+            raise InputShapeError(f"frames must be (N, {c}, H, W), got shape {tuple(frames.shape)}")
         return seg(frames)[1]

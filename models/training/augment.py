@@ -152,8 +152,9 @@ class ClipAugment:
 
 
 class SegAugment:
-    """Frame + mask preprocessing; ``__call__(rgb (H, W, 3), mask (H, W), seed)`` returns
-    ``(image float32 (3, C, C) normalised, target int64 (C, C))``.
+    """Frame + mask preprocessing; ``__call__(rgb (H, W, 3·K), mask (H, W), seed)`` returns
+    ``(image float32 (3·K, C, C) normalised, target int64 (C, C))``. K > 1 stacked frames (a
+    temporal segmenter's input) get the same crop and flip and each the RGB normalisation.
 
     Frames are first scaled so the short side is ``size`` (the scale the model sees at
     inference). Training then takes a ``crop``-pixel square (default ``size``) centred on a
@@ -169,8 +170,7 @@ class SegAugment:
             raise ValueError(f"pos_fraction must be in (0, 1), got {pos_fraction}")
         self.size, self.train = int(size), train
         self.crop = int(crop or size)
-        self.norm = NormalizeIntensity(subtrahend=list(mean), divisor=list(std),
-                                       channel_wise=True)
+        self.mean, self.std = list(mean), list(std)
         self.random = Compose([
             RandCropByPosNegLabeld(("image", "mask"), label_key="mask",
                                    spatial_size=(self.crop, self.crop), pos=pos_fraction,
@@ -182,9 +182,13 @@ class SegAugment:
     def __call__(self, rgb: np.ndarray, mask: np.ndarray, seed: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.as_tensor(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
+        frames, odd = divmod(image.shape[0], 3)
+        if odd or not frames:
+            raise ValueError(f"expected RGB frames stacked on the last axis, got shape "
+                             f"{tuple(np.shape(rgb))}")
         m = torch.as_tensor((np.asarray(mask) > 0).astype(np.float32))[None]
         both = resize_short(torch.cat([image, m]), self.size)
-        image, m = both[:3], (both[3:] >= 0.5).float()
+        image, m = both[:-1], (both[-1:] >= 0.5).float()
         if self.train:
             self.random.set_random_state(seed=int(seed) % (2**32))
             with warnings.catch_warnings():  # frames without bleeding: background crops
@@ -195,6 +199,8 @@ class SegAugment:
         else:
             image = CenterSpatialCrop((self.size, self.size))(image)
             m = CenterSpatialCrop((self.size, self.size))(m)
-        image = torch.as_tensor(self.norm(image)).as_subclass(torch.Tensor)
+        norm = NormalizeIntensity(subtrahend=self.mean * frames, divisor=self.std * frames,
+                                  channel_wise=True)
+        image = torch.as_tensor(norm(image)).as_subclass(torch.Tensor)
         target = (torch.as_tensor(m).as_subclass(torch.Tensor)[0] >= 0.5).long()
         return image.contiguous(), target

@@ -9,7 +9,10 @@ at the centred offset. ``amagi synth`` writes exactly this layout (``annotations
 ``cases.json`` with patient ids); user data prepared the authors' way is read the same way.
 
 Segmentation: pairs ``<case>/frames/NAME.png`` (RGB) and ``<case>/masks/NAME.png``
-(0 = background, > 0 = active bleeding); ``images/`` is accepted for ``frames/``.
+(0 = background, > 0 = active bleeding); ``images/`` is accepted for ``frames/``. A temporal
+segmenter (``frames`` > 1) reads the frame and its neighbours from ``<case>/rawframes/``
+(``img_{k+1:05d}.jpg`` holds 0-based frame ``k``, as the mask names count), clamped to the
+video's ends as the analysis clamps them.
 
 Decoded frames are cached in memory by file identity (device, inode), so the hard-linked
 frames of overlapping clip folders are decoded once.
@@ -63,11 +66,13 @@ class ClipRecord:
 
 @dataclass(frozen=True)
 class SegRecord:
-    """One segmentation sample: RGB frame, mask, patient."""
+    """One segmentation sample: RGB frame, mask, patient; ``stack``: for a temporal
+    segmenter, the frames it sees, oldest first (the middle one is ``image``'s frame)."""
 
     image: Path
     mask: Path
     patient: str
+    stack: tuple[Path, ...] = ()
 
 
 def patient_map(root: Path) -> dict[str, str]:
@@ -129,13 +134,41 @@ def read_annotation_list(path: str | os.PathLike[str], root: str | os.PathLike[s
     return out
 
 
-def find_seg_pairs(root: str | os.PathLike[str]) -> list[SegRecord]:
+def _stack(case: Path, mask: Path, frames: int, step: int) -> tuple[Path, ...]:
+    """The ``frames`` rawframes ``step`` apart centred on ``mask``'s frame (clamped)."""
+    raw = case / "rawframes"
+    count = sum(1 for _ in raw.glob("img_*.jpg")) if raw.is_dir() else 0
+    try:
+        k = int(mask.stem.rsplit("_", 1)[1]) - 1
+    except (IndexError, ValueError):
+        raise TrainingDataError(f"mask {mask} is not named img_NNNNN.png") from None
+    if not 0 <= k < count:
+        raise TrainingDataError(f"a temporal segmenter needs the frames around {mask}; "
+                                f"{raw} holds {count} frames")
+    half = frames // 2
+    picks = [min(max(k + (j - half) * step, 0), count - 1) for j in range(frames)]
+    paths = tuple(raw / f"img_{i + 1:05d}.jpg" for i in picks)
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise TrainingDataError(f"{missing} is missing (needed around {mask})")
+    return paths
+
+
+def find_seg_pairs(root: str | os.PathLike[str], frames: int = 1,
+                   frame_interval: int = 3) -> list[SegRecord]:
     """Every ``masks/NAME.png`` under ``root`` with its ``frames/NAME.png`` (or ``images/``).
+
+    Parameters
+    ----------
+    frames, frame_interval
+        For a temporal segmenter (``frames`` > 1, odd): each record also gets the
+        ``frames`` rawframes ``frame_interval`` apart around the mask's frame.
 
     Raises
     ------
     TrainingDataError
-        If no pair is found or a mask has no frame.
+        If no pair is found, a mask has no frame, or a temporal segmenter's frames are
+        missing.
     """
     base = Path(root)
     if not base.is_dir():
@@ -151,8 +184,9 @@ def find_seg_pairs(root: str | os.PathLike[str]) -> list[SegRecord]:
             if images is None or not (images / mask.name).is_file():
                 raise TrainingDataError(f"mask {mask} has no image {case}/frames/{mask.name}")
             rel = case.relative_to(base).as_posix()
+            stack = _stack(case, mask, frames, frame_interval) if frames > 1 else ()
             out.append(SegRecord(images / mask.name, mask, _patient_of(rel or case.name,
-                                                                          patients)))
+                                                                          patients), stack))
     if not out:
         raise TrainingDataError(f"no masks/*.png with matching frames/ found under {base}")
     return out
@@ -271,9 +305,15 @@ class ClipDataset(Dataset):
         return self.augment(frames, seed), r.label
 
 
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 class SegDataset(Dataset):
-    """Frame/mask pairs → ``(image float32 (3, C, C), target int64 (C, C))`` (see
-    :class:`~models.training.augment.SegAugment`; ``crop`` defaults to ``size``)."""
+    """Frame/mask pairs → ``(image float32 (3·K, C, C), target int64 (C, C))`` (see
+    :class:`~models.training.augment.SegAugment`; ``crop`` defaults to ``size``); K is 1, or
+    the length of the records' ``stack`` for a temporal segmenter."""
 
     def __init__(self, records: Sequence[SegRecord], size: int, mean: Sequence[float],
                  std: Sequence[float], train: bool = True, seed: int = 0,
@@ -294,8 +334,7 @@ class SegDataset(Dataset):
         if i not in self._cache:
             r = self.records[i]
             try:
-                with Image.open(r.image) as im:
-                    rgb = np.asarray(im.convert("RGB"))
+                rgb = np.concatenate([_read_rgb(f) for f in r.stack or (r.image,)], axis=-1)
                 with Image.open(r.mask) as im:
                     mask = np.asarray(im.convert("L")) > 0
             except OSError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -85,7 +86,11 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     randomised = DemoConfig.recipe("randomised")
     assert (randomised.train_domain, randomised.eval_domain) == ("randomised", "heldout")
     assert randomised.still_negatives > 0 and randomised.eval_duration_s >= 180
-    assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu"}
+    assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal"}
+    temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
+    assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
+    assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
+        randomised)
     gpu = DemoConfig.recipe("randomised-gpu")
     assert gpu.train_domain == "randomised" and gpu.clip_epochs > randomised.clip_epochs
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):

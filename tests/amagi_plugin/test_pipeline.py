@@ -110,7 +110,8 @@ def test_guidance_areas_measure_the_segmentation_map() -> None:
     assert areas[1] == areas[2] and 0.12 < areas[1] < 0.3 and 0.12 < areas[4] < 0.3
     assert areas[0] == 0.0 and areas[3] == 0.0
     assert np.isnan(areas[5])
-    assert video.decoded == 180 - 30  # one pass from the first wanted frame (to the end here)
+    # one pass from the first wanted frame to the last one inside the video (400 is not)
+    assert video.decoded == 150 - 30 + 1
     assert video.converted == 4  # of which only the wanted ones are converted
     assert analyzer.guidance_areas(video, []).shape == (0,)
 

@@ -229,7 +229,8 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     if not mcfg.has_segmentation:
         raise InputError(f"{arch} has no segmentation net; use an AMAGI variant")
     try:
-        records = find_seg_pairs(ctx.cwd / args.data)
+        records = find_seg_pairs(ctx.cwd / args.data, frames=mcfg.seg_frames,
+                                 frame_interval=mcfg.frame_interval)
     except TrainingDataError as e:
         raise InputError(str(e)) from None
     records, fold = _fold_filter(records, args)
