@@ -54,9 +54,10 @@ clean:
 
 # The bundled demo model (synthetic data, not for clinical use): synthesise, train seg,
 # AMAGI and the SlowFast baseline, evaluate 3-fold on held-out cases, write
-# models/weights/demo/. Resumable (intermediate files in var/demo-model); <= 60 min on 2 cores.
-# DEVICE=cuda trains and evaluates on the GPU and synthesises with every core;
-# RECIPE=randomised (or randomised-gpu, a GPU budget) trains on domain-randomised looks
+# models/weights/demo/. Resumable (intermediate files in var/demo-model[-RECIPE]); <= 60 min
+# on 2 cores. DEVICE=cuda trains and evaluates on the GPU and synthesises with every core;
+# RECIPE=randomised (or randomised-gpu, a GPU budget) trains on domain-randomised looks,
+# RECIPE=temporal the same with temporal guidance (amagi_tiny_tg)
 # (see models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
 RECIPE ?= shipped

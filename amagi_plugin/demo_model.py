@@ -47,6 +47,13 @@ class DemoBuildError(AmagiError):
     """A stage of the demo build failed, or its work directory holds another build."""
 
 DEFAULT_WORK = REPO / "var" / "demo-model"
+
+
+def default_work_dir(recipe: str = "shipped", quick: bool = False) -> Path:
+    """Where a recipe's build keeps its intermediate files unless told otherwise: one folder
+    per recipe (and for its quick run), so builds of different recipes never collide."""
+    name = DEFAULT_WORK.name + ("" if recipe == "shipped" else f"-{recipe}")
+    return DEFAULT_WORK.with_name(name + ("-quick" if quick else ""))
 _AMAGI = (sys.executable, "-m", "amagi_plugin.cli")  # each stage runs as its own process
 
 
@@ -424,20 +431,22 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m amagi_plugin.demo_model",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK,
-                   help="intermediate data and checkpoints (resumable)")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="intermediate data and checkpoints (resumable; default "
+                   "var/demo-model[-RECIPE][-quick])")
     p.add_argument("--dest", type=Path, default=DEMO_DIR, help="where the demo model goes")
     p.add_argument("--quick", action="store_true", help="tiny run of every stage")
     p.add_argument("--recipe", default="shipped", choices=sorted(RECIPES),
                    help="shipped: the bundled model's recipe; randomised: domain-randomised "
-                   "training, held-out looks; randomised-gpu: the same with a GPU's budget")
+                   "training, held-out looks; randomised-gpu: the same with a GPU's budget; "
+                   "temporal: randomised with temporal guidance (amagi_tiny_tg)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (train and evaluate)")
     args = p.parse_args(argv)
     setup_logging("info", "text")  # the program's one logging setup
     try:
         cfg = DemoConfig.recipe(args.recipe)
-        training = build_demo(args.work_dir, cfg.quick() if args.quick else cfg, args.dest,
-                              args.device)
+        work = args.work_dir or default_work_dir(args.recipe, args.quick)
+        training = build_demo(work, cfg.quick() if args.quick else cfg, args.dest, args.device)
     except Exception as e:  # the CLI's one table of exit codes; bugs keep their traceback
         code = exit_code_for(e)
         if code == ExitCode.INTERNAL:

@@ -112,3 +112,13 @@ def test_a_work_directory_of_another_build_is_refused_with_one_line(tmp_path, ca
     (work / "stray").write_text("x")
     assert main(["--work-dir", str(work), "--dest", str(tmp_path / "dest")]) == 1
     assert "is not empty and records no configuration" in capsys.readouterr().err
+
+
+def test_each_recipe_builds_in_its_own_work_directory() -> None:
+    from amagi_plugin.demo_model import DEFAULT_WORK, RECIPES, default_work_dir
+
+    assert default_work_dir() == DEFAULT_WORK  # make demo-model, as before
+    dirs = {default_work_dir(r, q) for r in RECIPES for q in (False, True)}
+    assert len(dirs) == 2 * len(RECIPES)  # a quick run or another recipe never collides
+    assert default_work_dir("temporal") == DEFAULT_WORK.with_name("demo-model-temporal")
+    assert all(d.parent == DEFAULT_WORK.parent for d in dirs)
