@@ -6,9 +6,10 @@ layout) and ``AmagiHead`` the fusion head with the semantics of the authors' ``A
 
 - the segmentation net sees the clip's centre frame ``x[:, :, T // 2]`` (already normalised
   with the SlowFast mean/std) and returns ``[aux, main]`` logits at 1/4 resolution; a
-  *temporal* segmenter (``HRNetConfig.in_frames`` = K > 1, this project's demo models, not
-  the authors') sees the K clip frames centred on it instead, stacked on the channel axis
-  (:meth:`Amagi.segmentation_input`), and so marks blood that flows, not all blood;
+  *temporal* segmenter (``seg_model.cfg.in_frames`` = K > 1: :class:`models.flowseg.FlowSeg`
+  in this project's demo models, not the authors' design) sees the K clip frames centred on
+  it instead, stacked on the channel axis (:meth:`Amagi.segmentation_input`), and so marks
+  blood that flows, not all blood;
 - the head sums the two raw logit maps, reduces them with ``Conv2d(2, 2, k, stride=k)`` to
   the pathways' spatial grid and applies a per-channel sigmoid;
 - each pathway goes through a 1x1x1 conv with temporal stride ``time_rate``, is re-weighted
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from models.errors import InputShapeError, ModelConfigError
+from models.flowseg import FlowSeg
 from models.hrnet_ocr import HRNetOCR
 from models.resnet3d import ResNet3dPathway
 from models.slowfast import Pathways, SlowFast
@@ -48,8 +50,10 @@ class Amagi(SlowFast):
     ----------
     slow_path, fast_path : ResNet3dPathway
         The two pathways (see :class:`models.slowfast.SlowFast`).
-    seg_model : HRNetOCR
-        Segmentation network; its parameters are frozen (``requires_grad=False``).
+    seg_model : HRNetOCR or FlowSeg
+        Segmentation network (``forward(x) -> [aux, main]`` logits at 1/4 resolution,
+        ``cfg.in_frames`` frames per input); its parameters are frozen
+        (``requires_grad=False``).
     resample_rate, speed_ratio : int
         τ and α.
     seg_train_mode : bool
@@ -60,7 +64,7 @@ class Amagi(SlowFast):
     """
 
     def __init__(self, slow_path: ResNet3dPathway, fast_path: ResNet3dPathway,
-                 seg_model: HRNetOCR, resample_rate: int, speed_ratio: int,
+                 seg_model: HRNetOCR | FlowSeg, resample_rate: int, speed_ratio: int,
                  seg_train_mode: bool = False) -> None:
         super().__init__(slow_path, fast_path, resample_rate, speed_ratio)
         self.seg_model = seg_model

@@ -13,10 +13,11 @@ Variants (input is frames x pixels²):
 - ``amagi_tiny``: R18 slow (width 16) + R18 fast (width 2) + HRNet-W8-OCR, 8x128²; for tests
   and the CPU demo model.
 - ``slowfast_tiny``: the pathways of ``amagi_tiny`` with the plain SlowFast head, 8x128².
-- ``amagi_tiny_tg``: ``amagi_tiny`` with *temporal guidance*: its segmentation net sees the
-  5 clip frames around the centre (±6 source frames), not the centre frame alone, so its
-  mask marks blood that flows rather than all blood. This project's demo lever, not the
-  authors' design (their segmenter sees one frame); the CPU demo model.
+- ``amagi_tiny_tg``: the pathways of ``amagi_tiny`` with *temporal guidance*: its
+  segmentation net (:class:`models.flowseg.FlowSeg`) sees the 5 clip frames around the
+  centre (±0.2 s), not the centre frame alone, so its mask marks blood that flows rather
+  than all blood. This project's demo lever, not the authors' design (their segmenter sees
+  one frame).
 
 Sizes (``ModelCfg.params_m`` / ``gflops``; GFLOPs per clip counted by
 ``torch.utils.flop_counter``, one multiply-add = 2 FLOPs, convolutions and matmuls only):
@@ -29,7 +30,7 @@ amagi_sf152            158.33 M  194.0
 slowfast_r50_amagi      33.56 M   47.3
 slowfast_r50            34.57 M  100.6
 amagi_tiny               2.41 M    0.94
-amagi_tiny_tg            2.41 M    0.95
+amagi_tiny_tg            2.33 M    1.66
 slowfast_tiny            2.10 M    0.77
 =====================  ========  ===========
 """
@@ -40,6 +41,7 @@ from dataclasses import dataclass, replace
 
 from models.amagi import Amagi, AmagiHead
 from models.errors import ModelConfigError, UnknownModelError
+from models.flowseg import FLOWSEG_TINY, FlowSeg, FlowSegConfig
 from models.hrnet_ocr import HRNET_TINY_OCR, HRNET_W48_OCR, HRNetConfig, HRNetOCR
 from models.recognizer import ModelCfg, Recognizer
 from models.resnet3d import ResNet3dPathway
@@ -67,7 +69,7 @@ class SlowFastSpec:
     fusion_kernel: int = 5
     num_classes: int = 2
     head: str = "amagi"  # "amagi" or "slowfast"
-    seg: HRNetConfig | None = HRNET_W48_OCR
+    seg: HRNetConfig | FlowSegConfig | None = HRNET_W48_OCR
     time_rate: int = 2
     dropout: float = 0.5
     clip_len: int = 8
@@ -94,8 +96,8 @@ _VARIANTS: dict[str, SlowFastSpec] = {
     "amagi_tiny": SlowFastSpec(**_TINY, params_m=2.41, gflops=0.94),  # type: ignore[arg-type]
     "slowfast_tiny": SlowFastSpec(**{**_TINY, "seg": None}, head="slowfast",  # type: ignore[arg-type]
                                   params_m=2.10, gflops=0.77),
-    "amagi_tiny_tg": SlowFastSpec(**{**_TINY, "seg": replace(HRNET_TINY_OCR, in_frames=5)},  # type: ignore[arg-type]
-                                  params_m=2.41, gflops=0.95),
+    "amagi_tiny_tg": SlowFastSpec(**{**_TINY, "seg": FLOWSEG_TINY},  # type: ignore[arg-type]
+                                  params_m=2.33, gflops=1.66),
 }
 
 
@@ -147,7 +149,9 @@ def _build(name: str, s: SlowFastSpec) -> Recognizer:
         if s.seg is None:
             raise ModelConfigError(f"{name}: the AMAGI head needs a segmentation model")
         seg_cfg = replace(s.seg, num_classes=2)
-        backbone = Amagi(slow, fast, HRNetOCR(seg_cfg), s.resample_rate, s.speed_ratio)
+        segmenter = (FlowSeg(seg_cfg) if isinstance(seg_cfg, FlowSegConfig)
+                     else HRNetOCR(seg_cfg))
+        backbone = Amagi(slow, fast, segmenter, s.resample_rate, s.speed_ratio)
         head: SlowFastHead | AmagiHead = AmagiHead(
             slow.out_channels, fast.out_channels, slow_frames, fast_frames,
             feature_size=s.input_size // 32, seg_size=s.input_size // 4,

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from models import build_model, load_checkpoint
-from models.errors import InputShapeError, ModelConfigError
+from models.errors import CheckpointError, InputShapeError, ModelConfigError
+from models.flowseg import FLOWSEG_TINY, FlowSeg, FlowSegConfig
 from models.hrnet_ocr import HRNET_TINY_OCR, HRNetOCR
 from models.training import (
     SegDataset,
@@ -55,9 +56,32 @@ def test_in_frames_must_be_odd_and_positive() -> None:
         net(torch.zeros(1, 3, 32, 32))
 
 
+def test_flowseg_sees_the_centre_and_the_scaled_changes_from_it() -> None:
+    for bad in (1, 4, 0):
+        with pytest.raises(ModelConfigError, match="odd number of frames >= 3"):
+            FlowSegConfig(in_frames=bad)
+    net = FlowSeg(FlowSegConfig(in_frames=3, width=4, diff_gain=2.5)).eval()
+    x = torch.randn(2, 9, 16, 20)
+    z = net.changes(x)
+    assert torch.equal(z[:, :3], x[:, 3:6])
+    torch.testing.assert_close(z[:, 3:6], (x[:, 0:3] - x[:, 3:6]) * 2.5)
+    torch.testing.assert_close(z[:, 6:9], (x[:, 6:9] - x[:, 3:6]) * 2.5)
+    aux, main = net(x)
+    assert aux.shape == main.shape == (2, 2, 4, 5)
+    with pytest.raises(InputShapeError, match=r"expects \(N, 9, H, W\)"):
+        net(torch.zeros(1, 15, 16, 16))
+    with pytest.raises(InputShapeError, match="divisible by 4"):
+        net(torch.zeros(1, 9, 18, 16))
+    # A still stack (every frame the same) is seen as the frame alone with zero change.
+    still = x[:, 3:6].repeat(1, 3, 1, 1)
+    assert not net.changes(still)[:, 3:].any()
+    assert FLOWSEG_TINY.in_frames == 5
+
+
 def test_amagi_tg_segments_the_five_centre_clip_frames_frame_major() -> None:
     model = build_model("amagi_tiny_tg", input_size=32).eval()
     assert model.default_cfg.seg_frames == 5 and build_model("amagi_tiny").default_cfg.seg_frames == 1
+    assert isinstance(model.backbone.seg_model, FlowSeg)
     seen = []
     model.backbone.seg_model.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     clip = torch.randn(2, 3, 8, 32, 32)
@@ -135,6 +159,6 @@ def test_a_temporal_segmenter_learns_flow_and_loads_into_amagi_tg(tmp_path: Path
     amagi = build_model("amagi_tiny_tg", input_size=32)
     report = load_checkpoint(amagi, res.checkpoint, kind="segmentation")
     assert report.ok
-    with pytest.raises(Exception, match="conv1"):  # a one-frame model cannot take it
+    with pytest.raises(CheckpointError, match="seg_model"):  # nor can a one-frame model
         load_checkpoint(build_model("amagi_tiny", input_size=32), res.checkpoint,
                         kind="segmentation")
