@@ -252,22 +252,41 @@ def markdown_report(doc: dict[str, Any], title: str = "Evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seg_frames(doc: dict[str, Any], model: str) -> int:
+    """Frames the model's segmentation net sees (1 where the document does not say)."""
+    from models import model_cfg
+    from models.errors import ModelError
+
+    arch = doc.get("model_info", {}).get(model, {}).get("arch")
+    try:
+        return model_cfg(arch).seg_frames if arch else 1
+    except ModelError:
+        return 1
+
+
 def _guidance_lines(doc: dict[str, Any]) -> list[str]:
     guided = [m for m in doc["models"] if "guidance" in doc["pooled"][m]]
     if not guided:
         return []
+    frames = {m: _seg_frames(doc, m) for m in guided}
+    if all(k == 1 for k in frames.values()):
+        what = ("draws on one frame, the clip's centre. One frame cannot show whether blood "
+                "is still flowing.")
+    else:
+        what = ("draws for the clip's centre frame. A temporal segmenter sees the clip frames "
+                "around it too (0.1 s apart; column 'frames seen'), so its map can show "
+                "whether blood is still flowing; one frame cannot.")
     lines = ["", "## Segmentation guidance", "",
              "AMAGI re-weights its clip features with the bleeding map that its frozen "
-             "segmentation net draws on one frame, the clip's centre. One frame cannot show "
-             "whether blood is still flowing. This table scores the map on its own: the "
+             f"segmentation net {what} This table scores the map on its own: the "
              "fraction of the frame it marks as bleeding, at each prediction instant, against "
              "the frame labels (AUROC 0.5 = chance). The guidance can only add what this map "
              "tells apart.", "",
-             "| model | AUROC | AP | mean area, bleeding | mean area, normal |",
-             "|---|---|---|---|---|"]
+             "| model | frames seen | AUROC | AP | mean area, bleeding | mean area, normal |",
+             "|---|---|---|---|---|---|"]
     for m in guided:
         g = doc["pooled"][m]["guidance"]
-        lines.append(f"| {m} | {_fmt(g['auroc'])} | {_fmt(g['ap'])} | "
+        lines.append(f"| {m} | {frames[m]} | {_fmt(g['auroc'])} | {_fmt(g['ap'])} | "
                      f"{_fmt(g['area_bleeding'], True, 2)} | {_fmt(g['area_normal'], True, 2)} |")
     return lines
 

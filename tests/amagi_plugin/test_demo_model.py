@@ -40,13 +40,13 @@ def test_stage_skipped_but_never_timed_is_reported_as_unknown(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
-    """``make demo-model RECIPE=randomised``'s code path at minute scale: every stage, every
-    evaluation set, a labelled README; a second run finds everything done, changes nothing."""
+    """``make demo-model RECIPE=temporal``'s code path at minute scale: every stage (the
+    temporal segmenter trained on rawframe windows), every evaluation set, a labelled README."""
     from amagi_plugin.demo_model import DemoConfig, build_demo
     from dicom_io.results import DEMO_DISCLAIMER
     from models import build_model, load_checkpoint
 
-    cfg = DemoConfig.recipe("randomised").quick()
+    cfg = DemoConfig.recipe("temporal").quick()
     assert cfg.train_domain == "randomised" and cfg.static_cases and cfg.shifted_cases
     dest = tmp_path / "dest"
     training = build_demo(tmp_path / "work", cfg, dest)
@@ -71,8 +71,10 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert "## Bleeding-free held-out cases" in readme and "## The first held-out set" in readme
     assert "still negatives 35%" in readme
     manifest = json.loads((dest / "model.json").read_text())
+    assert manifest["arch"] == "amagi_tiny_tg"
     model = build_model(manifest["arch"])
     assert load_checkpoint(model, dest / manifest["checkpoint"]).ok
+    assert heldout["pooled"]["AMAGI"]["guidance"]["frames"] > 0  # the temporal map, scored
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     again = build_demo(tmp_path / "work", cfg, dest)
     assert again["seconds"] == training["seconds"]
@@ -93,6 +95,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
         randomised)
     gpu = DemoConfig.recipe("randomised-gpu")
     assert gpu.train_domain == "randomised" and gpu.clip_epochs > randomised.clip_epochs
+    assert gpu.arch == temporal.arch
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
         DemoConfig.recipe("gpu")
 

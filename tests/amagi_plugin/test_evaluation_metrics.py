@@ -308,3 +308,18 @@ def test_load_cases_reads_tags_and_rejects_bad_ones(tmp_path) -> None:
     write("c2", tags={"look": 3})
     with pytest.raises(InputError, match=r"c2/labels\.json.*tags"):
         load_cases(tmp_path)
+
+
+@pytest.mark.parametrize(("arch", "frames", "says"), [
+    ("amagi_tiny_tg", 5, "A temporal segmenter sees the clip frames around it"),
+    ("amagi_tiny", 1, "draws on one frame, the clip's centre"),
+    ("someone_elses_net", 1, "draws on one frame, the clip's centre"),
+])
+def test_guidance_table_says_how_many_frames_the_segmenter_sees(arch, frames, says) -> None:
+    from amagi_plugin.evaluation.report import _guidance_lines
+
+    g = {"auroc": 0.7, "ap": 0.4, "area_bleeding": 0.01, "area_normal": 0.002, "frames": 9}
+    doc = {"models": ["AMAGI", "SlowFast"], "pooled": {"AMAGI": {"guidance": g}, "SlowFast": {}},
+           "model_info": {"AMAGI": {"arch": arch}, "SlowFast": {"arch": "slowfast_tiny"}}}
+    text = "\n".join(_guidance_lines(doc))
+    assert says in text and f"| AMAGI | {frames} | 0.700 |" in text and "SlowFast" not in text
