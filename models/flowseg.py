@@ -102,7 +102,7 @@ class FlowSeg(nn.Module):
     def changes(self, x: torch.Tensor) -> torch.Tensor:
         """The middle frame and every other frame's scaled difference from it."""
         n, _, h, w = x.shape
-        frames = x.view(n, self.cfg.in_frames, 3, h, w)
+        frames = x.reshape(n, self.cfg.in_frames, 3, h, w)
         mid = self.cfg.in_frames // 2
         centre = frames[:, mid]
         others = torch.cat([frames[:, :mid], frames[:, mid + 1:]], dim=1)

@@ -7,6 +7,8 @@ native bfloat16 the switch keeps fp32 and the difference is float rounding only.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -126,6 +128,31 @@ def test_fast_path_on_an_encoded_video_within_tolerance(encoded_case, arch: str)
             assert got.masks[number].shape == (256, 320)
     if arch == "amagi_tiny":
         assert got.key_frames and got.masks
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_path_with_a_temporal_segmenter(case, device: str) -> None:
+    """amagi_tiny_tg (random weights): its 5-frame segmentation input survives the fast
+    path's channels-last layout; fp32 gives the exact path's numbers up to float rounding."""
+    from models import build_model
+
+    torch.manual_seed(5)
+    model = build_model("amagi_tiny_tg").eval()
+    twin = copy.deepcopy(model)  # the fast path changes its model's layout in place
+    exact = BleedingAnalyzer.for_model(model, AnalysisOptions(device=device, threshold=0.01))
+    fast = BleedingAnalyzer.for_model(twin, AnalysisOptions(device=device, fast=True,
+                                                            threshold=0.01))
+    ref, got = exact.analyze(case), fast.analyze(case)
+    tol = FAST_TOLERANCE if fast.options.bf16 else 1e-4
+    assert np.abs(got.probabilities - ref.probabilities).max() <= tol
+    assert ref.events and len(got.masks) == len(ref.masks) == len(ref.events)  # threshold 0.01
+    # (a near-flat random net's key frame may move; its mask is the exact path's mask)
+    for k, mask in got.masks.items():
+        want = exact.segment_frames({k: got.key_frames[k]}, case)[k]
+        assert (mask == want).mean() > 0.99
+    frames = list(range(0, case.frame_count, 7))
+    a, b = exact.guidance_areas(case, frames), fast.guidance_areas(case, frames)
+    assert not np.isnan(a).any() and np.allclose(a, b, atol=0.02)
 
 
 def test_exact_path_is_every_frame_converted_by_pyav(encoded_case) -> None:
