@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from amagi_plugin.errors import InputError
+from models.recognizer import centred_window
 
 #: The authors' grid: 3 frames at 30 fps.
 GRID_S = 0.1
@@ -99,10 +100,7 @@ class ClipSchedule:
         """Frame indices ``grid_s`` apart centred on frame index ``frame`` (``frames`` odd),
         clamped to the video: what a temporal segmenter sees around the frame it segments,
         as a clip lays its frames out."""
-        half = frames // 2
-        return [min(self.frame_count - 1,
-                    max(0, round(frame + (j - half) * self.grid_s * self.fps)))
-                for j in range(frames)]
+        return centred_window(frame, frames, self.grid_s * self.fps, self.frame_count)
 
     def prediction_points(self) -> range:
         return range(0, self.grid_count, self.prediction_step)

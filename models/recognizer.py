@@ -22,6 +22,14 @@ from models.errors import InputShapeError, ModelError
 __all__ = ["ModelCfg", "Recognizer"]
 
 
+def centred_window(centre: int, frames: int, step: float, count: int) -> list[int]:
+    """Indices of ``frames`` (odd) frames ``step`` apart centred on ``centre``, clamped to
+    ``0 .. count - 1``: what a temporal segmenter (``ModelCfg.seg_frames``) sees around the
+    frame it segments, in training and in analysis alike."""
+    half = frames // 2
+    return [min(count - 1, max(0, round(centre + (j - half) * step))) for j in range(frames)]
+
+
 @dataclass(frozen=True)
 class ModelCfg:
     """Preprocessing and clip constants that belong with a model's weights.

@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from models.errors import ModelError
+from models.recognizer import centred_window
 from models.training.augment import ClipAugment, SegAugment, freeze_clip
 
 __all__ = [
@@ -134,10 +135,9 @@ def read_annotation_list(path: str | os.PathLike[str], root: str | os.PathLike[s
     return out
 
 
-def _stack(case: Path, mask: Path, frames: int, step: int) -> tuple[Path, ...]:
-    """The ``frames`` rawframes ``step`` apart centred on ``mask``'s frame (clamped)."""
-    raw = case / "rawframes"
-    count = sum(1 for _ in raw.glob("img_*.jpg")) if raw.is_dir() else 0
+def _stack(raw: Path, count: int, mask: Path, frames: int, step: int) -> tuple[Path, ...]:
+    """The ``frames`` rawframes (``count`` of them in ``raw``) ``step`` apart centred on
+    ``mask``'s frame, clamped."""
     try:
         k = int(mask.stem.rsplit("_", 1)[1]) - 1
     except (IndexError, ValueError):
@@ -145,9 +145,7 @@ def _stack(case: Path, mask: Path, frames: int, step: int) -> tuple[Path, ...]:
     if not 0 <= k < count:
         raise TrainingDataError(f"a temporal segmenter needs the frames around {mask}; "
                                 f"{raw} holds {count} frames")
-    half = frames // 2
-    picks = [min(max(k + (j - half) * step, 0), count - 1) for j in range(frames)]
-    paths = tuple(raw / f"img_{i + 1:05d}.jpg" for i in picks)
+    paths = tuple(raw / f"img_{i + 1:05d}.jpg" for i in centred_window(k, frames, step, count))
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
         raise TrainingDataError(f"{missing} is missing (needed around {mask})")
@@ -180,11 +178,13 @@ def find_seg_pairs(root: str | os.PathLike[str], frames: int = 1,
             continue
         case = mask_dir.parent
         images = next((case / d for d in ("frames", "images") if (case / d).is_dir()), None)
+        raw = case / "rawframes"  # counted once a case, for a temporal segmenter only
+        count = sum(1 for _ in raw.glob("img_*.jpg")) if frames > 1 and raw.is_dir() else 0
         for mask in sorted(mask_dir.glob("*.png")):
             if images is None or not (images / mask.name).is_file():
                 raise TrainingDataError(f"mask {mask} has no image {case}/frames/{mask.name}")
             rel = case.relative_to(base).as_posix()
-            stack = _stack(case, mask, frames, frame_interval) if frames > 1 else ()
+            stack = _stack(raw, count, mask, frames, frame_interval) if frames > 1 else ()
             out.append(SegRecord(images / mask.name, mask, _patient_of(rel or case.name,
                                                                           patients), stack))
     if not out:
