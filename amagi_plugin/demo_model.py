@@ -97,6 +97,7 @@ class DemoConfig:
     clip_lr: float = 0.002  # at the authors' 0.01 the tiny nets stay on a plateau for most epochs
     warmup_epochs: float = 1.0
     still_negatives: float = 0.0  # fraction of bleeding clips replaced by their still centre
+    clip_look_jitter: float = 0.0  # strength of the per-clip look change in clip training
     train_seed_model: int = 7
     threads: int = 2
     workers: int = 0  # data-loading processes per training run
@@ -135,16 +136,23 @@ _RANDOMISED: dict[str, Any] = {
 #: 2 CPU cores it stayed at chance on held-out looks (models/weights/demo/heldout-looks/).
 #: ``temporal`` is ``randomised`` with temporal guidance (``amagi_tiny_tg``: the segmenter
 #: sees the 5 clip frames around the centre, so its map marks flowing blood, not all blood).
-#: ``randomised-gpu`` is the temporal recipe with the budget of one lent GPU machine (16
+#: ``evidence`` is ``temporal`` whose head also reads the map's peak and area
+#: (``amagi_tiny_tge``), its clip networks trained with look jitter (every clip's white
+#: balance, exposure, gamma, saturation, blur and noise changed, so that no look predicts
+#: the label; the segmenter is trained as in ``temporal``).
+#: ``randomised-gpu`` is the evidence recipe with the budget of one lent GPU machine (16
 #: cores) inside one 8-minute call: twice the cases, twice the clip epochs (the clip stage is
 #: bound by data loading, 7 processes per network), batch 32 at a proportionally higher
 #: learning rate.
+_TEMPORAL: dict[str, Any] = {**_RANDOMISED, "arch": "amagi_tiny_tg", "version": "5.0"}
+_EVIDENCE: dict[str, Any] = {**_TEMPORAL, "arch": "amagi_tiny_tge", "clip_look_jitter": 1.0,
+                             "version": "6.0"}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": {},
     "randomised": _RANDOMISED,
-    "temporal": {**_RANDOMISED, "arch": "amagi_tiny_tg", "version": "5.0"},
-    "randomised-gpu": {**_RANDOMISED, "arch": "amagi_tiny_tg", "version": "5.0",
-                       "train_cases": 96, "seg_epochs": 20, "clip_epochs": 20,
+    "temporal": _TEMPORAL,
+    "evidence": _EVIDENCE,
+    "randomised-gpu": {**_EVIDENCE, "train_cases": 96, "seg_epochs": 20, "clip_epochs": 20,
                        "batch_size": 32, "clip_lr": 0.008, "threads": 2, "workers": 7},
 }
 
@@ -264,7 +272,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     clip_args = ["--annotations", str(train_root / "annotations.txt"),
                  "--epochs", str(cfg.clip_epochs), "--lr", str(cfg.clip_lr),
                  "--class-weights", "balanced", "--still-negatives", str(cfg.still_negatives),
-                 *common]
+                 "--look-jitter", str(cfg.clip_look_jitter), *common]
     jobs = [("amagi", cfg.arch, amagi_dir, ["--seg-checkpoint", str(seg_dir / "latest.pth")]),
             ("slowfast", cfg.baseline_arch, sf_dir, [])]
     # AMAGI and the baseline train side by side, the threads split between them (one each
@@ -375,6 +383,22 @@ _HELDOUT_TEXT = {
 }
 
 
+def _seg_net(arch: str) -> str:
+    """The segmentation net of a demo arch, in words."""
+    from models import model_cfg
+
+    frames = model_cfg(arch).seg_frames
+    return f"FlowSeg ({frames} frames)" if frames > 1 else "HRNet-W8-OCR"
+
+
+def _pathway_dropout(arch: str) -> float | None:
+    """The head's pathway dropout if it reads the map's evidence, else None."""
+    from models.registry import variant_spec
+
+    spec = variant_spec(arch)
+    return spec.pathway_dropout if spec.map_evidence else None
+
+
 def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            others: dict[str, str] | None = None) -> str:
     """The demo folder's README: what the model is, how it was made, what it scores.
@@ -407,7 +431,8 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
           f"cases × {o['duration_s']:g} s (`{o['metrics']}`)"
           for name, o in training.get("other_eval_data", {}).items()], "",
         "## Training", "",
-        f"- segmentation: HRNet-W8-OCR, {cfg['seg_epochs']} epochs, {cfg['seg_crop']}-pixel "
+        f"- segmentation: {_seg_net(cfg['arch'])}, {cfg['seg_epochs']} epochs, "
+        f"{cfg['seg_crop']}-pixel "
         f"crops ({cfg['seg_pos_fraction']:.0%} centred on bleeding), class weights [0.4, 1], "
         f"SGD lr {cfg['seg_lr']}",
         f"- clips: {cfg['clip_epochs']} epochs, batch {cfg['batch_size']}, SGD lr "
@@ -416,7 +441,14 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         "formula, on the labels after still negatives); the segmentation net frozen inside "
         f"AMAGI; still negatives {cfg.get('still_negatives', 0):.0%} (a bleeding clip replaced "
         "by its centre frame held still under camera motion, labelled not bleeding: the pair "
-        "differs only over time)",
+        "differs only over time)"
+        + (f"; look jitter {cfg['clip_look_jitter']:g} (white balance, exposure, gamma, "
+           "saturation, blur and noise changed per clip, all its frames alike)"
+           if cfg.get("clip_look_jitter") else ""),
+        *([f"- AMAGI's head also reads the map's peak and area (`AmagiHead(map_evidence=True)`"
+           f"); in training the pathway logits are left out of {_pathway_dropout(cfg['arch']):.0%}"
+           " of the samples, which the map's evidence decides alone"]
+          if _pathway_dropout(cfg["arch"]) is not None else []),
         "- wall time (s): " + ", ".join(f"{k} {'not timed' if v is None else f'{v:.0f}'}"
                                          for k, v in secs.items()), "",
     ]
@@ -442,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="shipped", choices=sorted(RECIPES),
                    help="shipped: the bundled model's recipe; randomised: domain-randomised "
                    "training, held-out looks; temporal: randomised with temporal guidance "
-                   "(amagi_tiny_tg); randomised-gpu: temporal with a GPU's budget")
+                   "(amagi_tiny_tg); evidence: temporal, the map's peak and area read by the "
+                   "head, look jitter (amagi_tiny_tge); randomised-gpu: evidence with a GPU's "
+                   "budget")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (train and evaluate)")
     args = p.parse_args(argv)
     setup_logging("info", "text")  # the program's one logging setup

@@ -4,7 +4,7 @@ Public API::
 
     from models import build_model, load_checkpoint
     model = build_model("amagi_sf50")         # amagi_sf152, slowfast_r50, slowfast_r50_amagi,
-                                              # amagi_tiny, amagi_tiny_tg, slowfast_tiny
+                                              # amagi_tiny, amagi_tiny_tg(e), slowfast_tiny
     report = load_checkpoint(model, "x.pth")  # the authors' {'state_dict': ...} files
     model.eval()
     logits = model(clips)                     # (N, 3, 8, 224, 224) normalised -> (N, 2)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.errors import InputShapeError, ModelConfigError
@@ -37,7 +38,10 @@ from models.hrnet_ocr import HRNetOCR
 from models.resnet3d import ResNet3dPathway
 from models.slowfast import Pathways, SlowFast
 
-__all__ = ["Amagi", "AmagiFeatures", "AmagiHead"]
+__all__ = ["EVIDENCE", "Amagi", "AmagiFeatures", "AmagiHead"]
+
+#: What :meth:`AmagiHead.map_evidence` measures on a map, in order.
+EVIDENCE = ("peak", "sqrt_area")
 
 AmagiFeatures = tuple[Pathways, list[torch.Tensor]]
 """Backbone output: ``((x_slow, x_fast), [seg_aux, seg_main])``."""
@@ -133,12 +137,23 @@ class AmagiHead(nn.Module):
         Temporal stride of ``fast_conv``/``slow_conv`` (2).
     dropout : float
         Dropout before the classifier (0.5; inactive in eval).
+    map_evidence : bool
+        Not the authors' design (False keeps their head and keys exactly): also give the
+        classifier the map's own evidence, its peak and its area (:meth:`map_evidence`),
+        through a batch norm and a linear layer whose logits add to the classifier's. The
+        map then reaches the decision directly, not only as weights on pathway features
+        that a small net learns to use slowly.
+    pathway_dropout : float
+        Training only, with ``map_evidence``: the chance that a sample's pathway logits are
+        left out, so that the evidence alone must decide it. A net whose pathways fit the
+        looks of its training video (and the map does not) otherwise leans on the pathways.
     """
 
     def __init__(self, slow_channels: int = 2048, fast_channels: int = 256,
                  slow_frames: int = 4, fast_frames: int = 8, feature_size: int = 7,
                  seg_size: int = 56, num_classes: int = 2, seg_classes: int = 2,
-                 time_rate: int = 2, dropout: float = 0.5) -> None:
+                 time_rate: int = 2, dropout: float = 0.5, map_evidence: bool = False,
+                 pathway_dropout: float = 0.0) -> None:
         super().__init__()
         if seg_size % feature_size:
             raise ModelConfigError(f"segmentation size {seg_size} is not a multiple of the "
@@ -168,10 +183,34 @@ class AmagiHead(nn.Module):
         self.sigmoid = nn.Sigmoid()
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if not 0.0 <= pathway_dropout < 1.0:
+            raise ModelConfigError(f"pathway_dropout must lie in [0, 1), got {pathway_dropout}")
+        if pathway_dropout and not map_evidence:
+            raise ModelConfigError("pathway_dropout needs map_evidence: without it a dropped "
+                                   "sample has no logits")
+        self.pathway_dropout = pathway_dropout
+        self.evidence_norm: nn.BatchNorm1d | None = None
+        self.fc_evidence: nn.Linear | None = None
+        if map_evidence:
+            self.evidence_norm = nn.BatchNorm1d(len(EVIDENCE))
+            self.fc_evidence = nn.Linear(len(EVIDENCE), num_classes)
+            nn.init.zeros_(self.fc_evidence.weight)  # starts as the plain head
+            nn.init.zeros_(self.fc_evidence.bias)
 
     def seg_map(self, seg_out: list[torch.Tensor]) -> torch.Tensor:
         """Sigmoid re-weighting maps (N, 2, h, w) from ``[aux, main]`` segmentation logits."""
         return self.sigmoid(self.seg_reduction(seg_out[0] + seg_out[1]))
+
+    @staticmethod
+    def map_evidence(seg_out: list[torch.Tensor]) -> torch.Tensor:
+        """(N, 2) evidence of the main segmentation logits (N, 2, h, w), in :data:`EVIDENCE`
+        order: the peak bleeding probability (3x3 mean, so one noisy pixel is not a peak)
+        and the square root of the area marked as bleeding (p ≥ 0.5, a fraction of the map).
+        """
+        p = torch.softmax(seg_out[1].float(), dim=1)[:, 1:2]
+        peak = F.avg_pool2d(p, 3, stride=1, padding=1, count_include_pad=False)
+        area = (p >= 0.5).float().mean(dim=(1, 2, 3))
+        return torch.stack([peak.amax(dim=(1, 2, 3)), area.sqrt()], dim=1)
 
     @staticmethod
     def _reweight(f: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -197,4 +236,11 @@ class AmagiHead(nn.Module):
         b = self.map_slow2(b).squeeze(2)
         x = self.last_fusion(torch.cat([a, b], dim=1))
         x = self.dropout(self.gap(x))
-        return self.fc_cls(x.flatten(1))
+        logits = self.fc_cls(x.flatten(1))
+        if self.fc_evidence is None or self.evidence_norm is None:
+            return logits
+        if self.training and self.pathway_dropout:
+            keep = torch.rand(logits.shape[0], 1, device=logits.device) >= self.pathway_dropout
+            logits = logits * keep.to(logits.dtype)
+        evidence = self.evidence_norm(self.map_evidence(seg_out).to(logits.dtype))
+        return logits + self.fc_evidence(evidence)

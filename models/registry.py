@@ -18,6 +18,11 @@ Variants (input is frames x pixels²):
   centre (±0.2 s), not the centre frame alone, so its mask marks blood that flows rather
   than all blood. This project's demo lever, not the authors' design (their segmenter sees
   one frame).
+- ``amagi_tiny_tge``: ``amagi_tiny_tg`` whose head also gives the classifier the map's own
+  evidence, its peak and area (``AmagiHead(map_evidence=True)``), and in training leaves
+  the pathway logits out of 9 samples in 10 so that the evidence learns to decide alone
+  (on held-out looks the tiny pathways carry the training looks, the map carries the flow).
+  The demo's lever too; the authors' head is unchanged in every other variant.
 
 Sizes (``ModelCfg.params_m`` / ``gflops``; GFLOPs per clip counted by
 ``torch.utils.flop_counter``, one multiply-add = 2 FLOPs, convolutions and matmuls only):
@@ -31,6 +36,7 @@ slowfast_r50_amagi      33.56 M   47.3
 slowfast_r50            34.57 M  100.6
 amagi_tiny               2.41 M    0.94
 amagi_tiny_tg            2.33 M    1.66
+amagi_tiny_tge           2.33 M    1.66
 slowfast_tiny            2.10 M    0.77
 =====================  ========  ===========
 """
@@ -47,7 +53,7 @@ from models.recognizer import ModelCfg, Recognizer
 from models.resnet3d import ResNet3dPathway
 from models.slowfast import SlowFast, SlowFastHead
 
-__all__ = ["SlowFastSpec", "build_model", "list_models", "model_cfg"]
+__all__ = ["SlowFastSpec", "build_model", "list_models", "model_cfg", "variant_spec"]
 
 AMAGI_MEAN = (117.1168392375, 75.27494787, 67.37629650299999)
 AMAGI_STD = (60.241352387999996, 51.261253263, 49.192591569)
@@ -78,6 +84,8 @@ class SlowFastSpec:
     mean: tuple[float, float, float] = AMAGI_MEAN
     std: tuple[float, float, float] = AMAGI_STD
     class_names: tuple[str, ...] = BLEEDING_CLASSES
+    map_evidence: bool = False  # AMAGI head: the map's peak and area reach the classifier
+    pathway_dropout: float = 0.0  # with map_evidence: training samples decided by it alone
     params_m: float = 0.0
     gflops: float = 0.0
 
@@ -98,6 +106,9 @@ _VARIANTS: dict[str, SlowFastSpec] = {
                                   params_m=2.10, gflops=0.77),
     "amagi_tiny_tg": SlowFastSpec(**{**_TINY, "seg": FLOWSEG_TINY},  # type: ignore[arg-type]
                                   params_m=2.33, gflops=1.66),
+    "amagi_tiny_tge": SlowFastSpec(**{**_TINY, "seg": FLOWSEG_TINY},  # type: ignore[arg-type]
+                                   map_evidence=True, pathway_dropout=0.9,
+                                   params_m=2.33, gflops=1.66),
 }
 
 
@@ -106,7 +117,8 @@ def list_models() -> list[str]:
     return sorted(_VARIANTS)
 
 
-def _spec(name: str) -> SlowFastSpec:
+def variant_spec(name: str) -> SlowFastSpec:
+    """The :class:`SlowFastSpec` a variant is built from (nothing is built)."""
     try:
         return _VARIANTS[name]
     except KeyError:
@@ -116,7 +128,7 @@ def _spec(name: str) -> SlowFastSpec:
 
 def model_cfg(name: str) -> ModelCfg:
     """Preprocessing constants of a variant, without building it."""
-    return _cfg(name, _spec(name))
+    return _cfg(name, variant_spec(name))
 
 
 def _cfg(name: str, s: SlowFastSpec) -> ModelCfg:
@@ -155,7 +167,8 @@ def _build(name: str, s: SlowFastSpec) -> Recognizer:
         head: SlowFastHead | AmagiHead = AmagiHead(
             slow.out_channels, fast.out_channels, slow_frames, fast_frames,
             feature_size=s.input_size // 32, seg_size=s.input_size // 4,
-            num_classes=s.num_classes, time_rate=s.time_rate, dropout=s.dropout)
+            num_classes=s.num_classes, time_rate=s.time_rate, dropout=s.dropout,
+            map_evidence=s.map_evidence, pathway_dropout=s.pathway_dropout)
     elif s.head == "slowfast":
         backbone = SlowFast(slow, fast, s.resample_rate, s.speed_ratio)
         head = SlowFastHead(slow.out_channels, fast.out_channels, s.num_classes, s.dropout)
@@ -171,7 +184,8 @@ def build_model(name: str, **overrides: object) -> Recognizer:
     ----------
     name : str
         One of :func:`list_models` (``amagi_sf50``, ``amagi_sf152``, ``slowfast_r50``,
-        ``slowfast_r50_amagi``, ``amagi_tiny``, ``amagi_tiny_tg``, ``slowfast_tiny``).
+        ``slowfast_r50_amagi``, ``amagi_tiny``, ``amagi_tiny_tg``, ``amagi_tiny_tge``,
+        ``slowfast_tiny``).
     **overrides
         Fields of :class:`SlowFastSpec` to change, e.g. ``input_size=160`` or
         ``num_classes=3``; the sizes of the head follow.
@@ -189,7 +203,7 @@ def build_model(name: str, **overrides: object) -> Recognizer:
     ModelConfigError
         If an override is unknown or inconsistent.
     """
-    spec = _spec(name)
+    spec = variant_spec(name)
     if overrides:
         unknown = sorted(set(overrides) - set(SlowFastSpec.__dataclass_fields__))
         if unknown:
@@ -228,6 +242,11 @@ def amagi_tiny() -> Recognizer:
 def amagi_tiny_tg() -> Recognizer:
     """``amagi_tiny`` whose segmentation net sees the 5 clip frames around the centre."""
     return build_model("amagi_tiny_tg")
+
+
+def amagi_tiny_tge() -> Recognizer:
+    """``amagi_tiny_tg`` whose classifier also reads the map's peak and area."""
+    return build_model("amagi_tiny_tge")
 
 
 def slowfast_tiny() -> Recognizer:

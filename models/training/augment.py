@@ -13,6 +13,7 @@ normalisation, the same as inference (:mod:`amagi_plugin.transforms`).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from monai.transforms import (
     CenterSpatialCrop,
     Compose,
+    GaussianSmooth,
     NormalizeIntensity,
     RandCropByPosNegLabeld,
     RandFlip,
@@ -32,6 +34,7 @@ from monai.transforms import (
 
 __all__ = [
     "ClipAugment",
+    "LookJitter",
     "SegAugment",
     "freeze_clip",
     "resize_short",
@@ -83,6 +86,53 @@ def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
+class LookJitter:
+    """Random change of a video's *look*, the same for every frame of one sample.
+
+    What a camera chain varies and a bleeding detector must ignore: white balance (a gain per
+    RGB channel), exposure, tone curve (gamma), saturation, focus blur; plus sensor noise,
+    fresh in every frame. Each factor is drawn uniformly in log space, ``strength`` scaling
+    every range (1 = white balance ×0.8–1.25 per channel, exposure ×0.74–1.35, gamma
+    0.7–1.42, saturation ×0.67–1.5, Gaussian blur σ up to 1.5 px on half the samples, noise σ
+    up to 3 grey levels). None of it moves a pixel, so masks and labels stay as they are, and
+    a still frame stays still: only frame-to-frame change can tell flowing blood from blood
+    that is merely there. ``strength`` 0 returns the input unchanged (the authors' recipe).
+
+    ``__call__(x float (K, 3, H, W) on the 0-255 scale: K frames; rng)`` returns the same
+    shape and scale, clipped to 0-255.
+    """
+
+    def __init__(self, strength: float = 1.0) -> None:
+        if not 0.0 <= strength <= 2.0:
+            raise ValueError(f"look jitter strength must lie in [0, 2], got {strength}")
+        self.strength = float(strength)
+
+    def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        s = self.strength
+        if s == 0.0:
+            return x
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected (frames, 3, H, W), got shape {tuple(x.shape)}")
+
+        def log_u(half_width: float) -> float:
+            return math.exp(rng.uniform(-half_width * s, half_width * s))
+
+        gains = torch.tensor([log_u(0.22) for _ in range(3)]) * log_u(0.3)
+        gamma, saturation = log_u(0.35), log_u(0.4)
+        blur = rng.uniform(0.3, 1.5 * s) if rng.random() < 0.5 else 0.0
+        noise = rng.uniform(0.0, 3.0 * s)
+        y = (x / 255.0 * gains[None, :, None, None]).clamp(0.0, 1.0) ** gamma
+        grey = y.mean(dim=1, keepdim=True)
+        y = grey + (y - grey) * saturation
+        if blur > 0.0:  # each of the 3·K planes on its own (MONAI: channel-first, 2-D)
+            planes = GaussianSmooth(sigma=blur)(y.reshape(-1, *y.shape[2:]))
+            y = torch.as_tensor(planes).as_subclass(torch.Tensor).reshape(y.shape)
+        y = y * 255.0
+        if noise > 0.0:
+            y = y + torch.as_tensor(rng.normal(0.0, noise, tuple(y.shape)), dtype=y.dtype)
+        return y.clamp(0.0, 255.0)
+
+
 def resize_short_side(img: torch.Tensor, size: int) -> torch.Tensor:
     """``(C, H, W)`` resized so the shorter side is ``size`` pixels (bilinear, antialiased),
     in its own dtype; ``img`` itself when it has that size already.
@@ -123,11 +173,15 @@ class ClipAugment:
         Random resized crop + flip (seeded per call) if True, else resize + centre crop.
     crop_scale
         Smallest crop side as a fraction of the frame side.
+    look_jitter
+        Training only: strength of a :class:`LookJitter` drawn per clip (0 = off, the
+        authors' recipe).
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
-                 train: bool = True, crop_scale: float = 0.7) -> None:
+                 train: bool = True, crop_scale: float = 0.7, look_jitter: float = 0.0) -> None:
         self.size, self.train = int(size), train
+        self.look = LookJitter(look_jitter)
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.random = Compose([
@@ -143,6 +197,10 @@ class ClipAugment:
         if self.train:
             self.random.set_random_state(seed=int(seed) % (2**32))
             flat = torch.as_tensor(self.random(flat)).as_subclass(torch.Tensor)
+            if self.look.strength:
+                rng = np.random.default_rng(seed)
+                frames_first = flat.reshape(3, t, *flat.shape[1:]).transpose(0, 1)
+                flat = self.look(frames_first, rng).transpose(0, 1).reshape(flat.shape)
         else:
             flat = resize_short_centre_crop(flat, self.size)
         norm = NormalizeIntensity(subtrahend=np.repeat(self.mean, t),
@@ -160,16 +218,18 @@ class SegAugment:
     inference). Training then takes a ``crop``-pixel square (default ``size``) centred on a
     bleeding pixel with probability ``pos_fraction``, else on a background pixel (MONAI
     ``RandCropByPosNegLabeld``; bleeding is sparse), and flips it horizontally with
-    probability 0.5. Validation centre-crops ``size × size``.
+    probability 0.5, and changes the look (:class:`LookJitter`, all K frames alike) with
+    strength ``look_jitter`` (0 = off). Validation centre-crops ``size × size``.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool = True, crop: int | None = None,
-                 pos_fraction: float = 0.5) -> None:
+                 pos_fraction: float = 0.5, look_jitter: float = 0.0) -> None:
         if not 0.0 < pos_fraction < 1.0:
             raise ValueError(f"pos_fraction must be in (0, 1), got {pos_fraction}")
         self.size, self.train = int(size), train
         self.crop = int(crop or size)
+        self.look = LookJitter(look_jitter)
         self.mean, self.std = list(mean), list(std)
         self.random = Compose([
             RandCropByPosNegLabeld(("image", "mask"), label_key="mask",
@@ -195,7 +255,11 @@ class SegAugment:
                 warnings.filterwarnings("ignore", message="Num foregrounds 0")
                 out = self.random({"image": image, "mask": m})
             d = out[0] if isinstance(out, list) else out
-            image, m = torch.as_tensor(d["image"]), torch.as_tensor(d["mask"])
+            image, m = (torch.as_tensor(d["image"]).as_subclass(torch.Tensor),
+                        torch.as_tensor(d["mask"]))
+            if self.look.strength:
+                stack = image.reshape(frames, 3, *image.shape[1:])
+                image = self.look(stack, np.random.default_rng(seed)).reshape(image.shape)
         else:
             image = CenterSpatialCrop((self.size, self.size))(image)
             m = CenterSpatialCrop((self.size, self.size))(m)

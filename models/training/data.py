@@ -255,12 +255,16 @@ class ClipDataset(Dataset):
         held still under camera-like motion (:func:`~models.training.augment.freeze_clip`) and
         labelled not bleeding. Each such pair differs only over time, so colour alone cannot
         fit them: the lever that teaches "flowing", not "red". 0 (the authors' recipe) = off.
+    look_jitter
+        Training only: strength of the per-clip look change
+        (:class:`~models.training.augment.LookJitter`; 0 = off, the authors' recipe).
     """
 
     def __init__(self, records: Sequence[ClipRecord], size: int, mean: Sequence[float],
                  std: Sequence[float], clip_len: int = 8, frame_interval: int = 3,
                  train: bool = True, seed: int = 0, cache: FrameCache | None = None,
-                 filename_tmpl: str = "img_{:05d}.jpg", still_negatives: float = 0.0) -> None:
+                 filename_tmpl: str = "img_{:05d}.jpg", still_negatives: float = 0.0,
+                 look_jitter: float = 0.0) -> None:
         if not 0.0 <= still_negatives < 1.0:
             raise ValueError(f"still_negatives must lie in [0, 1), got {still_negatives}")
         self.still_negatives = still_negatives
@@ -269,7 +273,7 @@ class ClipDataset(Dataset):
         self.train, self.seed, self.epoch = train, seed, 0
         self.cache = cache or FrameCache()
         self.tmpl = filename_tmpl
-        self.augment = ClipAugment(size, mean, std, train=train)
+        self.augment = ClipAugment(size, mean, std, train=train, look_jitter=look_jitter)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -313,15 +317,17 @@ def _read_rgb(path: Path) -> np.ndarray:
 class SegDataset(Dataset):
     """Frame/mask pairs → ``(image float32 (3·K, C, C), target int64 (C, C))`` (see
     :class:`~models.training.augment.SegAugment`; ``crop`` defaults to ``size``); K is 1, or
-    the length of the records' ``stack`` for a temporal segmenter."""
+    the length of the records' ``stack`` for a temporal segmenter; ``look_jitter`` is the
+    training look change's strength (0 = off)."""
 
     def __init__(self, records: Sequence[SegRecord], size: int, mean: Sequence[float],
                  std: Sequence[float], train: bool = True, seed: int = 0,
-                 crop: int | None = None, pos_fraction: float = 0.5) -> None:
+                 crop: int | None = None, pos_fraction: float = 0.5,
+                 look_jitter: float = 0.0) -> None:
         self.records = list(records)
         self.train, self.seed, self.epoch = train, seed, 0
         self.augment = SegAugment(size, mean, std, train=train, crop=crop,
-                                  pos_fraction=pos_fraction)
+                                  pos_fraction=pos_fraction, look_jitter=look_jitter)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:

@@ -40,13 +40,14 @@ def test_stage_skipped_but_never_timed_is_reported_as_unknown(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
-    """``make demo-model RECIPE=temporal``'s code path at minute scale: every stage (the
-    temporal segmenter trained on rawframe windows), every evaluation set, a labelled README."""
+    """``make demo-model RECIPE=evidence``'s code path at minute scale: every stage (the
+    temporal segmenter trained on rawframe windows, look jitter, the head reading the map's
+    evidence), every evaluation set, a labelled README."""
     from amagi_plugin.demo_model import DemoConfig, build_demo
     from dicom_io.results import DEMO_DISCLAIMER
     from models import build_model, load_checkpoint
 
-    cfg = DemoConfig.recipe("temporal").quick()
+    cfg = DemoConfig.recipe("evidence").quick()
     assert cfg.train_domain == "randomised" and cfg.static_cases and cfg.shifted_cases
     dest = tmp_path / "dest"
     training = build_demo(tmp_path / "work", cfg, dest)
@@ -69,9 +70,10 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     readme = (dest / "README.md").read_text()
     assert DEMO_DISCLAIMER.capitalize() in readme
     assert "## Bleeding-free held-out cases" in readme and "## The first held-out set" in readme
-    assert "still negatives 35%" in readme
+    assert "still negatives 35%" in readme and "look jitter 1 (white balance" in readme
+    assert "segmentation: FlowSeg (5 frames)" in readme and "left out of 90% of the samples" in readme
     manifest = json.loads((dest / "model.json").read_text())
-    assert manifest["arch"] == "amagi_tiny_tg"
+    assert manifest["arch"] == "amagi_tiny_tge"
     model = build_model(manifest["arch"])
     assert load_checkpoint(model, dest / manifest["checkpoint"]).ok
     assert heldout["pooled"]["AMAGI"]["guidance"]["frames"] > 0  # the temporal map, scored
@@ -88,14 +90,19 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     randomised = DemoConfig.recipe("randomised")
     assert (randomised.train_domain, randomised.eval_domain) == ("randomised", "heldout")
     assert randomised.still_negatives > 0 and randomised.eval_duration_s >= 180
-    assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal"}
+    assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal", "evidence"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
         randomised)
+    evidence = DemoConfig.recipe("evidence")  # temporal, the map's evidence, look jitter
+    assert evidence.arch == "amagi_tiny_tge" and evidence.clip_look_jitter > 0
+    assert temporal.clip_look_jitter == 0.0
+    assert dataclasses.replace(evidence, arch=temporal.arch, clip_look_jitter=0.0,
+                               version=temporal.version) == temporal
     gpu = DemoConfig.recipe("randomised-gpu")
     assert gpu.train_domain == "randomised" and gpu.clip_epochs > randomised.clip_epochs
-    assert gpu.arch == temporal.arch
+    assert (gpu.arch, gpu.clip_look_jitter) == (evidence.arch, evidence.clip_look_jitter)
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
         DemoConfig.recipe("gpu")
 

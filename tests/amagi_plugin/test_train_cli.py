@@ -39,7 +39,7 @@ def trained(tmp_path_factory) -> Path:
     assert code == 0, err
     code, out, err = _run(tmp, "train", "seg", "--data", "train", "-od", "seg", "--arch",
                           "amagi_tiny", "--epochs", "1", "--input-size", "64", "--crop", "32",
-                          "--batch-size", "4", "--no-progress")
+                          "--batch-size", "4", "--look-jitter", "1", "--no-progress")
     assert code == 0, err
     assert "segmentation net of amagi_tiny trained" in out
     common = ["--annotations", "train/annotations.txt", "--epochs", "1", "--input-size", "64",
@@ -49,7 +49,7 @@ def trained(tmp_path_factory) -> Path:
     assert code == 0, err
     assert "amagi_tiny trained on" in out
     code, out, err = _run(tmp, "train", "clip", "--arch", "slowfast", "-od", "slowfast",
-                          "--still-negatives", "0.3", *common)
+                          "--still-negatives", "0.3", "--look-jitter", "0.5", *common)
     assert code == 0, err
     return tmp
 
@@ -69,7 +69,9 @@ def test_checkpoints_have_the_authors_layout(trained: Path) -> None:
         assert torch.equal(model.state_dict()["backbone.seg_model." + k], v), k
     assert (trained / "amagi" / "train.log").read_text().count("clip epoch 1/1") == 1
     assert meta["still_negatives"] == 0.0
-    assert read_checkpoint(trained / "slowfast" / "latest.pth")["meta"]["still_negatives"] == 0.3
+    sf_meta = read_checkpoint(trained / "slowfast" / "latest.pth")["meta"]
+    assert sf_meta["still_negatives"] == 0.3 and sf_meta["look_jitter"] == 0.5
+    assert meta["look_jitter"] == 0.0
 
 
 def test_evaluate_writes_consistent_tables(trained: Path) -> None:
@@ -137,6 +139,10 @@ def test_user_errors_are_one_line(trained: Path) -> None:
     code, _, err = _run(trained, "train", "clip", "--arch", "slowfast", "-od", "x",
                         "--annotations", "train/annotations.txt", "--still-negatives", "1.5")
     assert code == ExitCode.BAD_INPUT and "--still-negatives must lie in [0, 1)" in err
+    for cmd in (["clip", "--arch", "slowfast", "--annotations", "train/annotations.txt"],
+                ["seg", "--arch", "amagi_tiny", "--data", "train"]):
+        code, _, err = _run(trained, "train", *cmd, "-od", "x", "--look-jitter", "2.5")
+        assert code == ExitCode.BAD_INPUT and "--look-jitter must lie in [0, 2]" in err
 
 
 def test_evaluate_in_worker_processes_gives_the_same_predictions(trained: Path) -> None:

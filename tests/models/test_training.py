@@ -332,3 +332,62 @@ def test_torch_threads_restores_the_count_even_on_error() -> None:
         assert torch.get_num_threads() == before + 2
         raise KeyError("x")
     assert torch.get_num_threads() == before
+
+
+def _still_clip(length: int = 4) -> np.ndarray:
+    """``uint8 (T, H, W, 3)``: one textured frame, repeated (nothing changes over time)."""
+    rng = np.random.default_rng(5)
+    frame = rng.integers(30, 220, (32, 40, 3)).astype(np.uint8)
+    return np.repeat(frame[None], length, axis=0)
+
+
+def test_look_jitter_changes_the_look_not_what_changes_over_time() -> None:
+    from models.training.augment import ClipAugment
+
+    still = _still_clip()
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    plain = ClipAugment(32, mean, std, look_jitter=0.0)
+    looks = ClipAugment(32, mean, std, look_jitter=1.0)
+    shifts, steadiness = [], []
+    for seed in range(12):
+        a, b = plain(still, seed), looks(still, seed)  # same crop and flip, other look
+        assert a.shape == b.shape == (3, 4, 32, 32)
+        assert float(b.min()) >= 0.0 and float(b.max()) <= 255.0
+        shifts.append(float((b - a).abs().mean()))
+        # a still clip stays still: frames differ by the fresh noise alone (σ ≤ 3 levels)
+        steadiness.append(float((b[:, 1:] - b[:, :1]).abs().mean()))
+        assert torch.equal(b, looks(still, seed))  # one seed, one look
+    assert max(shifts) > 10.0 and min(shifts) < max(shifts) / 2  # looks vary from clip to clip
+    assert max(steadiness) < 4.0
+    assert torch.equal(plain(still, 3), ClipAugment(32, mean, std)(still, 3))  # 0 = off
+
+
+def test_look_jitter_keeps_each_frame_its_own_colours() -> None:
+    from models.training.augment import LookJitter
+
+    # frame t is a flat grey of level 40 + 40 t: the same monotone change of look, applied to
+    # every frame, keeps the frames in order in every channel
+    x = torch.stack([torch.full((3, 16, 16), 40.0 + 40.0 * t) for t in range(5)])
+    for seed in range(8):
+        y = LookJitter(1.0)(x, np.random.default_rng(seed))
+        means = y.mean(dim=(2, 3))  # (frames, channels)
+        assert (means[1:] > means[:-1]).all(), seed
+    with pytest.raises(ValueError, match="strength"):
+        LookJitter(2.5)
+    with pytest.raises(ValueError, match="frames, 3, H, W"):
+        LookJitter(1.0)(torch.zeros(6, 8, 8), np.random.default_rng(0))
+
+
+def test_seg_look_jitter_leaves_crops_and_masks_alone() -> None:
+    from models.training.augment import SegAugment
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (40, 48, 9)).astype(np.uint8)  # 3 stacked frames
+    mask = np.zeros((40, 48), bool)
+    mask[10:20, 12:30] = True
+    args = (32, (100.0, 90.0, 80.0), (50.0, 50.0, 50.0))
+    for seed in range(4):
+        img0, t0 = SegAugment(*args, crop=24)(rgb, mask, seed)
+        img1, t1 = SegAugment(*args, crop=24, look_jitter=1.0)(rgb, mask, seed)
+        assert torch.equal(t0, t1) and img0.shape == img1.shape == (9, 24, 24)
+        assert not torch.equal(img0, img1)

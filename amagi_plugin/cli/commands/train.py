@@ -49,6 +49,9 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--warmup-epochs", type=float, default=1.0,
                    help="linear warm-up length before the cosine decay")
     g.add_argument("--seed", type=int, default=0, help="data order and augmentation seed")
+    g.add_argument("--look-jitter", type=float, default=0.0, metavar="S",
+                   help="strength (0-2) of a random change of look per training sample: white "
+                   "balance, exposure, gamma, saturation, blur, noise (0 = the authors' recipe)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under "
                    "torchrun: cuda means cuda:LOCAL_RANK)")
     g.add_argument("--dist-backend", default="auto", choices=("auto", "nccl", "gloo"),
@@ -68,6 +71,11 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
                    help="split patients into K folds and train on all but --fold")
     f.add_argument("--fold", type=int, default=0, metavar="I", help="held-out fold (0-based)")
     f.add_argument("--fold-seed", type=int, default=0, help="seed of the patient shuffle")
+
+
+def _check_look_jitter(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.look_jitter <= 2.0:
+        raise InputError(f"--look-jitter must lie in [0, 2], got {args.look_jitter}")
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -120,8 +128,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     d.add_argument("--work-dir", metavar="DIR", help="intermediate files (default var/demo-model)")
     d.add_argument("--dest", metavar="DIR", help="output (default models/weights/demo)")
     d.add_argument("--recipe", default="shipped",
-                   help="shipped (the bundled model's), randomised (held-out looks) or "
-                   "randomised-gpu (the same with a GPU's budget)")
+                   help="shipped (the bundled model's), randomised (held-out looks), temporal "
+                   "(temporal guidance), evidence (temporal, the map's peak and area read by "
+                   "the head, look jitter) or randomised-gpu (evidence with a GPU's budget)")
     d.add_argument("--device", dest="demo_device", default="cpu",
                    help="cpu, cuda, cuda:N or auto: where the networks train and evaluate")
     d.add_argument("--quick", action="store_true", help="a minutes-long run of every stage")
@@ -235,8 +244,10 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
         raise InputError(str(e)) from None
     records, fold = _fold_filter(records, args)
     cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights)
+    _check_look_jitter(args)
     ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
-                    train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction)
+                    train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction,
+                    look_jitter=args.look_jitter)
     seg = build_model(arch).backbone.seg_model
     with _writer_log(Path(cfg.out_dir), main):
         result = train_seg_model(seg, ds, cfg,
@@ -278,6 +289,7 @@ def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     labels = [r.label for r in records]
     if not 0.0 <= args.still_negatives < 1.0:
         raise InputError(f"--still-negatives must lie in [0, 1), got {args.still_negatives}")
+    _check_look_jitter(args)
     if args.class_weights == "authors":
         weights = AUTHORS_CLIP_CLASS_WEIGHTS
     elif args.class_weights == "balanced":
@@ -304,9 +316,9 @@ def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     cfg = ClipTrainConfig(**_common_cfg(args, ctx, device), class_weights=tuple(weights))
     ds = ClipDataset(records, mcfg.input_size, mcfg.mean, mcfg.std, mcfg.clip_len,
                      mcfg.frame_interval, train=True, seed=args.seed,
-                     still_negatives=args.still_negatives)
+                     still_negatives=args.still_negatives, look_jitter=args.look_jitter)
     meta = {"arch": arch, "build": overrides, "class_weights": list(weights),
-            "still_negatives": args.still_negatives,
+            "still_negatives": args.still_negatives, "look_jitter": args.look_jitter,
             "seg_checkpoint": seg_source, "clips": len(ds),
             "positives": int(sum(labels)), **fold}
     with _writer_log(Path(cfg.out_dir), main):
