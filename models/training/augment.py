@@ -86,6 +86,11 @@ def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
+#: Second word of the look jitter's seed: its own random stream, apart from the one a
+#: dataset draws the same sample's frame offsets from with the same seed.
+_LOOK_STREAM = 0x100C
+
+
 class LookJitter:
     """Random change of a video's *look*, the same for every frame of one sample.
 
@@ -119,7 +124,7 @@ class LookJitter:
 
         gains = torch.tensor([log_u(0.22) for _ in range(3)]) * log_u(0.3)
         gamma, saturation = log_u(0.35), log_u(0.4)
-        blur = rng.uniform(0.3, 1.5 * s) if rng.random() < 0.5 else 0.0
+        blur = rng.uniform(0.2, 1.5) * s if rng.random() < 0.5 else 0.0
         noise = rng.uniform(0.0, 3.0 * s)
         y = (x / 255.0 * gains[None, :, None, None]).clamp(0.0, 1.0) ** gamma
         grey = y.mean(dim=1, keepdim=True)
@@ -198,7 +203,7 @@ class ClipAugment:
             self.random.set_random_state(seed=int(seed) % (2**32))
             flat = torch.as_tensor(self.random(flat)).as_subclass(torch.Tensor)
             if self.look.strength:
-                rng = np.random.default_rng(seed)
+                rng = np.random.default_rng([int(seed), _LOOK_STREAM])
                 frames_first = flat.reshape(3, t, *flat.shape[1:]).transpose(0, 1)
                 flat = self.look(frames_first, rng).transpose(0, 1).reshape(flat.shape)
         else:
@@ -259,7 +264,8 @@ class SegAugment:
                         torch.as_tensor(d["mask"]))
             if self.look.strength:
                 stack = image.reshape(frames, 3, *image.shape[1:])
-                image = self.look(stack, np.random.default_rng(seed)).reshape(image.shape)
+                rng = np.random.default_rng([int(seed), _LOOK_STREAM])
+                image = self.look(stack, rng).reshape(image.shape)
         else:
             image = CenterSpatialCrop((self.size, self.size))(image)
             m = CenterSpatialCrop((self.size, self.size))(m)
