@@ -409,6 +409,7 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
     cfg = training["config"]
     tr, ev = training["train_data"], training["eval_data"]
     secs = training["seconds"]
+    dropped = _pathway_dropout(cfg["arch"])
     lines = [
         "# Bundled demo model", "",
         f"**{DEMO_DISCLAIMER.capitalize()}.** {manifest['description']}", "",
@@ -446,9 +447,8 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            "saturation, blur and noise changed per clip, all its frames alike)"
            if cfg.get("clip_look_jitter") else ""),
         *([f"- AMAGI's head also reads the map's peak and area (`AmagiHead(map_evidence=True)`"
-           f"); in training the pathway logits are left out of {_pathway_dropout(cfg['arch']):.0%}"
-           " of the samples, which the map's evidence decides alone"]
-          if _pathway_dropout(cfg["arch"]) is not None else []),
+           f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
+           "which the map's evidence decides alone"] if dropped is not None else []),
         "- wall time (s): " + ", ".join(f"{k} {'not timed' if v is None else f'{v:.0f}'}"
                                          for k, v in secs.items()), "",
     ]

@@ -107,10 +107,19 @@ class LookJitter:
     shape and scale, clipped to 0-255.
     """
 
+    #: Largest accepted ``strength``.
+    MAX_STRENGTH = 2.0
+
     def __init__(self, strength: float = 1.0) -> None:
-        if not 0.0 <= strength <= 2.0:
-            raise ValueError(f"look jitter strength must lie in [0, 2], got {strength}")
+        if not 0.0 <= strength <= self.MAX_STRENGTH:
+            raise ValueError(f"look jitter strength must lie in [0, {self.MAX_STRENGTH:g}], "
+                             f"got {strength}")
         self.strength = float(strength)
+
+    def for_sample(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """:meth:`__call__` with the look drawn from sample ``seed``'s own stream (apart from
+        the one a dataset draws that sample's frame offsets from with the same seed)."""
+        return self(x, np.random.default_rng([int(seed), _LOOK_STREAM]))
 
     def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         s = self.strength
@@ -203,9 +212,9 @@ class ClipAugment:
             self.random.set_random_state(seed=int(seed) % (2**32))
             flat = torch.as_tensor(self.random(flat)).as_subclass(torch.Tensor)
             if self.look.strength:
-                rng = np.random.default_rng([int(seed), _LOOK_STREAM])
                 frames_first = flat.reshape(3, t, *flat.shape[1:]).transpose(0, 1)
-                flat = self.look(frames_first, rng).transpose(0, 1).reshape(flat.shape)
+                flat = self.look.for_sample(frames_first, seed).transpose(0, 1).reshape(
+                    flat.shape)
         else:
             flat = resize_short_centre_crop(flat, self.size)
         norm = NormalizeIntensity(subtrahend=np.repeat(self.mean, t),
@@ -264,8 +273,7 @@ class SegAugment:
                         torch.as_tensor(d["mask"]))
             if self.look.strength:
                 stack = image.reshape(frames, 3, *image.shape[1:])
-                rng = np.random.default_rng([int(seed), _LOOK_STREAM])
-                image = self.look(stack, rng).reshape(image.shape)
+                image = self.look.for_sample(stack, seed).reshape(image.shape)
         else:
             image = CenterSpatialCrop((self.size, self.size))(image)
             m = CenterSpatialCrop((self.size, self.size))(m)

@@ -74,8 +74,11 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
 
 
 def _check_look_jitter(args: argparse.Namespace) -> None:
-    if not 0.0 <= args.look_jitter <= 2.0:
-        raise InputError(f"--look-jitter must lie in [0, 2], got {args.look_jitter}")
+    from models.training.augment import LookJitter
+
+    top = LookJitter.MAX_STRENGTH
+    if not 0.0 <= args.look_jitter <= top:
+        raise InputError(f"--look-jitter must lie in [0, {top:g}], got {args.look_jitter}")
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
