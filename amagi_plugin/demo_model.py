@@ -448,7 +448,8 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            if cfg.get("clip_look_jitter") else ""),
         *([f"- AMAGI's head also reads the map's peak and area (`AmagiHead(map_evidence=True)`"
            f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
-           "which the map's evidence decides alone"] if dropped is not None else []),
+           "which the map's evidence decides alone; in analysis they weigh "
+           f"{1 - dropped:.0%}"] if dropped is not None else []),
         "- wall time (s): " + ", ".join(f"{k} {'not timed' if v is None else f'{v:.0f}'}"
                                          for k, v in secs.items()), "",
     ]

@@ -144,9 +144,12 @@ class AmagiHead(nn.Module):
         map then reaches the decision directly, not only as weights on pathway features
         that a small net learns to use slowly.
     pathway_dropout : float
-        Training only, with ``map_evidence``: the chance that a sample's pathway logits are
+        With ``map_evidence``: in training, the chance that a sample's pathway logits are
         left out, so that the evidence alone must decide it. A net whose pathways fit the
         looks of its training video (and the map does not) otherwise leans on the pathways.
+        In evaluation the pathway logits are scaled by ``1 - pathway_dropout``, their weight
+        in what the evidence path was trained against (as dropout scales its units); 1 means
+        the evidence alone decides.
     """
 
     def __init__(self, slow_channels: int = 2048, fast_channels: int = 256,
@@ -183,8 +186,8 @@ class AmagiHead(nn.Module):
         self.sigmoid = nn.Sigmoid()
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if not 0.0 <= pathway_dropout < 1.0:
-            raise ModelConfigError(f"pathway_dropout must lie in [0, 1), got {pathway_dropout}")
+        if not 0.0 <= pathway_dropout <= 1.0:
+            raise ModelConfigError(f"pathway_dropout must lie in [0, 1], got {pathway_dropout}")
         if pathway_dropout and not map_evidence:
             raise ModelConfigError("pathway_dropout needs map_evidence: without it a dropped "
                                    "sample has no logits")
@@ -239,8 +242,10 @@ class AmagiHead(nn.Module):
         logits = self.fc_cls(x.flatten(1))
         if self.fc_evidence is None or self.evidence_norm is None:
             return logits
-        if self.training and self.pathway_dropout:
+        if self.pathway_dropout and self.training:
             keep = torch.rand(logits.shape[0], 1, device=logits.device) >= self.pathway_dropout
             logits = logits * keep.to(logits.dtype)
+        elif self.pathway_dropout:
+            logits = logits * (1.0 - self.pathway_dropout)
         evidence = self.evidence_norm(self.map_evidence(seg_out).to(logits.dtype))
         return logits + self.fc_evidence(evidence)

@@ -21,7 +21,8 @@ Variants (input is frames x pixels²):
 - ``amagi_tiny_tge``: ``amagi_tiny_tg`` whose head also gives the classifier the map's own
   evidence, its peak and area (``AmagiHead(map_evidence=True)``), and in training leaves
   the pathway logits out of 9 samples in 10 so that the evidence learns to decide alone
-  (on held-out looks the tiny pathways carry the training looks, the map carries the flow).
+  (on held-out looks the tiny pathways carry the training looks, the map carries the flow);
+  in analysis the pathway logits weigh 1/10, as in training on average.
   The demo's lever too; the authors' head is unchanged in every other variant.
 
 Sizes (``ModelCfg.params_m`` / ``gflops``; GFLOPs per clip counted by

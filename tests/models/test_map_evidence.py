@@ -39,8 +39,9 @@ def test_evidence_head_starts_as_the_authors_head_and_keeps_their_keys() -> None
         "evidence_norm.num_batches_tracked")}
     tg.load_state_dict({k: v for k, v in tge.state_dict().items() if k not in extra})
     x = torch.randn(2, 3, 8, 128, 128)
-    with torch.inference_mode():
-        assert torch.equal(tge(x), tg(x))  # zero-initialised evidence adds nothing
+    with torch.inference_mode():  # zero-initialised evidence adds nothing; the pathway
+        # logits weigh what pathway dropout left them in training
+        torch.testing.assert_close(tge(x), (1 - tge.cls_head.pathway_dropout) * tg(x))
 
 
 def test_the_map_evidence_reaches_the_decision(tmp_path) -> None:
@@ -80,15 +81,42 @@ def test_pathway_dropout_leaves_the_evidence_alone_on_dropped_samples() -> None:
     evidence_only = head.fc_evidence(head.evidence_norm(head.map_evidence(feats[1])))
     dropped = torch.isclose(out, evidence_only, atol=1e-6).all(dim=1)
     assert 16 < int(dropped.sum()) < 48  # about half of the samples
-    head.eval()  # never in analysis
+
+
+def _pathway_and_evidence_logits(head: AmagiHead, feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two parts of an evaluation-mode head's logits, computed apart."""
     with torch.inference_mode():
-        assert not torch.isclose(head(feats), head.fc_evidence(head.evidence_norm(
-            head.map_evidence(feats[1])))).all(dim=1).any()
+        evidence = head.fc_evidence(head.evidence_norm(head.map_evidence(feats[1])))
+        plain = AmagiHead(16, 8, 4, 8, feature_size=4, seg_size=16).eval()
+        plain.load_state_dict({k: v for k, v in head.state_dict().items()
+                               if "evidence" not in k})
+        return plain(feats), evidence
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9, 1.0])
+def test_in_evaluation_the_pathway_logits_weigh_what_training_left_them(p: float) -> None:
+    torch.manual_seed(3)
+    head = AmagiHead(16, 8, 4, 8, feature_size=4, seg_size=16, map_evidence=True,
+                     pathway_dropout=p)
+    with torch.no_grad():
+        head.fc_evidence.weight.normal_()
+        head.fc_evidence.bias.normal_()
+    head.eval()
+    feats = ((torch.randn(4, 16, 4, 4, 4), torch.randn(4, 8, 8, 4, 4)),
+             [torch.randn(4, 2, 16, 16), torch.randn(4, 2, 16, 16)])
+    pathways, evidence = _pathway_and_evidence_logits(head, feats)
+    assert pathways.abs().min() > 1e-3  # the pathways do say something
+    with torch.inference_mode():
+        out = head(feats)
+    torch.testing.assert_close(out, (1 - p) * pathways + evidence)
+    if p == 1.0:  # the evidence alone decides
+        torch.testing.assert_close(out, evidence)
 
 
 def test_pathway_dropout_needs_the_evidence() -> None:
     with pytest.raises(ModelConfigError, match="pathway_dropout needs map_evidence"):
         AmagiHead(16, 8, 4, 8, feature_size=4, seg_size=16, pathway_dropout=0.5)
-    with pytest.raises(ModelConfigError, match=r"pathway_dropout must lie in \[0, 1\)"):
-        AmagiHead(16, 8, 4, 8, feature_size=4, seg_size=16, map_evidence=True,
-                  pathway_dropout=1.0)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ModelConfigError, match=r"pathway_dropout must lie in \[0, 1\]"):
+            AmagiHead(16, 8, 4, 8, feature_size=4, seg_size=16, map_evidence=True,
+                      pathway_dropout=bad)
