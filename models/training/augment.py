@@ -89,6 +89,7 @@ def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
 #: Second word of the look jitter's seed: its own random stream, apart from the one a
 #: dataset draws the same sample's frame offsets from with the same seed.
 _LOOK_STREAM = 0x100C
+_MOVING_STREAM = 0x30BE  # SegAugment's moving-negative crops, apart from the rest
 
 
 class LookJitter:
@@ -234,15 +235,25 @@ class SegAugment:
     ``RandCropByPosNegLabeld``; bleeding is sparse), and flips it horizontally with
     probability 0.5, and changes the look (:class:`LookJitter`, all K frames alike) with
     strength ``look_jitter`` (0 = off). Validation centre-crops ``size × size``.
+
+    ``moving_negatives`` (temporal stacks only): the share of training crops centred instead
+    on a pixel that changes over the stack but is not bleeding, one of the most-changing
+    tenth of them (instruments and stained jaws that move, camera motion at edges, flowing
+    irrigation): the hard negatives of a segmenter that reads change, which random
+    background crops seldom centre on.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool = True, crop: int | None = None,
-                 pos_fraction: float = 0.5, look_jitter: float = 0.0) -> None:
+                 pos_fraction: float = 0.5, look_jitter: float = 0.0,
+                 moving_negatives: float = 0.0) -> None:
         if not 0.0 < pos_fraction < 1.0:
             raise ValueError(f"pos_fraction must be in (0, 1), got {pos_fraction}")
+        if not 0.0 <= moving_negatives < 1.0:
+            raise ValueError(f"moving_negatives must be in [0, 1), got {moving_negatives}")
         self.size, self.train = int(size), train
         self.crop = int(crop or size)
+        self.moving_negatives = float(moving_negatives)
         self.look = LookJitter(look_jitter)
         self.mean, self.std = list(mean), list(std)
         self.random = Compose([
@@ -264,13 +275,17 @@ class SegAugment:
         both = resize_short(torch.cat([image, m]), self.size)
         image, m = both[:-1], (both[-1:] >= 0.5).float()
         if self.train:
-            self.random.set_random_state(seed=int(seed) % (2**32))
-            with warnings.catch_warnings():  # frames without bleeding: background crops
-                warnings.filterwarnings("ignore", message="Num foregrounds 0")
-                out = self.random({"image": image, "mask": m})
-            d = out[0] if isinstance(out, list) else out
-            image, m = (torch.as_tensor(d["image"]).as_subclass(torch.Tensor),
-                        torch.as_tensor(d["mask"]))
+            moving = self._moving_crop(image, m, frames, seed)
+            if moving is not None:
+                image, m = moving
+            else:
+                self.random.set_random_state(seed=int(seed) % (2**32))
+                with warnings.catch_warnings():  # frames without bleeding: background crops
+                    warnings.filterwarnings("ignore", message="Num foregrounds 0")
+                    out = self.random({"image": image, "mask": m})
+                d = out[0] if isinstance(out, list) else out
+                image, m = (torch.as_tensor(d["image"]).as_subclass(torch.Tensor),
+                            torch.as_tensor(d["mask"]))
             if self.look.strength:
                 stack = image.reshape(frames, 3, *image.shape[1:])
                 image = self.look.for_sample(stack, seed).reshape(image.shape)
@@ -282,3 +297,33 @@ class SegAugment:
         image = torch.as_tensor(norm(image)).as_subclass(torch.Tensor)
         target = (torch.as_tensor(m).as_subclass(torch.Tensor)[0] >= 0.5).long()
         return image.contiguous(), target
+
+    def _moving_crop(self, image: torch.Tensor, m: torch.Tensor, frames: int, seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A flipped-or-not crop centred on a moving non-bleeding pixel, for a share
+        ``moving_negatives`` of the samples of a temporal stack; None for the others (and
+        when nothing but bleeding moves)."""
+        if not self.moving_negatives or frames < 2:
+            return None
+        rng = np.random.default_rng([int(seed) % (2**32), _MOVING_STREAM])
+        if rng.random() >= self.moving_negatives:
+            return None
+        stack = image.reshape(frames, 3, *image.shape[1:])
+        change = (stack - stack[frames // 2]).abs().sum(dim=1).amax(dim=0)
+        still_blood_free = m[0] < 0.5
+        if not bool(still_blood_free.any()):
+            return None
+        floor = torch.quantile(change[still_blood_free], 0.9)
+        candidates = torch.nonzero(still_blood_free & (change >= floor) & (change > 0))
+        if len(candidates) == 0:
+            return None
+        y, x = candidates[int(rng.integers(len(candidates)))].tolist()
+        h, w = image.shape[1:]
+        ch, cw = min(self.crop, h), min(self.crop, w)
+        top = min(max(0, y - ch // 2), h - ch)
+        left = min(max(0, x - cw // 2), w - cw)
+        image = image[:, top:top + ch, left:left + cw]
+        m = m[:, top:top + ch, left:left + cw]
+        if rng.random() < 0.5:
+            image, m = image.flip(-1), m.flip(-1)
+        return image, m

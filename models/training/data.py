@@ -318,16 +318,18 @@ class SegDataset(Dataset):
     """Frame/mask pairs → ``(image float32 (3·K, C, C), target int64 (C, C))`` (see
     :class:`~models.training.augment.SegAugment`; ``crop`` defaults to ``size``); K is 1, or
     the length of the records' ``stack`` for a temporal segmenter; ``look_jitter`` is the
-    training look change's strength (0 = off)."""
+    training look change's strength (0 = off); ``moving_negatives`` the share of training
+    crops centred on moving non-bleeding pixels (temporal stacks only)."""
 
     def __init__(self, records: Sequence[SegRecord], size: int, mean: Sequence[float],
                  std: Sequence[float], train: bool = True, seed: int = 0,
                  crop: int | None = None, pos_fraction: float = 0.5,
-                 look_jitter: float = 0.0) -> None:
+                 look_jitter: float = 0.0, moving_negatives: float = 0.0) -> None:
         self.records = list(records)
         self.train, self.seed, self.epoch = train, seed, 0
         self.augment = SegAugment(size, mean, std, train=train, crop=crop,
-                                  pos_fraction=pos_fraction, look_jitter=look_jitter)
+                                  pos_fraction=pos_fraction, look_jitter=look_jitter,
+                                  moving_negatives=moving_negatives)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:

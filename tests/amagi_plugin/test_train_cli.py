@@ -143,6 +143,12 @@ def test_user_errors_are_one_line(trained: Path) -> None:
                 ["seg", "--arch", "amagi_tiny", "--data", "train"]):
         code, _, err = _run(trained, "train", *cmd, "-od", "x", "--look-jitter", "2.5")
         assert code == ExitCode.BAD_INPUT and "--look-jitter must lie in [0, 2]" in err
+    code, _, err = _run(trained, "train", "seg", "--arch", "amagi_tiny", "--data", "train",
+                        "-od", "x", "--moving-negatives", "0.3")
+    assert code == ExitCode.BAD_INPUT and "needs a temporal segmenter" in err
+    code, _, err = _run(trained, "train", "seg", "--arch", "amagi_tiny_tg", "--data", "train",
+                        "-od", "x", "--moving-negatives", "1")
+    assert code == ExitCode.BAD_INPUT and "--moving-negatives must lie in [0, 1)" in err
 
 
 def test_evaluate_in_worker_processes_gives_the_same_predictions(trained: Path) -> None:

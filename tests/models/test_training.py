@@ -391,3 +391,55 @@ def test_seg_look_jitter_leaves_crops_and_masks_alone() -> None:
         img1, t1 = SegAugment(*args, crop=24, look_jitter=1.0)(rgb, mask, seed)
         assert torch.equal(t0, t1) and img0.shape == img1.shape == (9, 24, 24)
         assert not torch.equal(img0, img1)
+
+
+def _moving_bar_stack() -> tuple[np.ndarray, np.ndarray]:
+    """5 stacked 64x80 frames: grey tissue, a bright bar moving right 2 pixels a frame in
+    columns 50-68, and a still bleeding patch (the mask) far from it."""
+    rgb = np.full((64, 80, 15), 100, np.uint8)
+    for k in range(5):
+        rgb[:, 50 + 2 * k:60 + 2 * k, 3 * k:3 * k + 3] = 200
+    mask = np.zeros((64, 80), bool)
+    mask[10:20, 5:15] = True
+    return rgb, mask
+
+
+def test_moving_negatives_centre_a_share_of_crops_on_what_moves_but_is_not_blood() -> None:
+    from models.training.augment import SegAugment
+
+    rgb, mask = _moving_bar_stack()
+    args = (64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    plain = SegAugment(*args, crop=16, pos_fraction=0.5)
+    hard = SegAugment(*args, crop=16, pos_fraction=0.5, moving_negatives=0.5)
+
+    def on_the_bar(aug) -> int:
+        hits = 0
+        for seed in range(200):
+            x, t = aug(rgb, mask, seed)
+            assert x.shape == (15, 16, 16) and t.shape == (16, 16)
+            change = (x.reshape(5, 3, 16, 16) - x.reshape(5, 3, 16, 16)[2]).abs().amax()
+            hits += int(change > 0 and t.sum() == 0)
+        return hits
+
+    # the bar is a sixth of the non-bleeding area: random background crops seldom land on
+    # it; half the crops now centre on it, and none of those holds bleeding
+    assert on_the_bar(plain) < 50 and on_the_bar(hard) > 100
+    again = SegAugment(*args, crop=16, pos_fraction=0.5, moving_negatives=0.5)
+    for seed in range(5):  # seeded: the same sample gives the same crop
+        assert all(torch.equal(a, b) for a, b in zip(hard(rgb, mask, seed),
+                                                     again(rgb, mask, seed), strict=True))
+
+
+def test_moving_negatives_leave_one_frame_and_still_stacks_to_the_usual_crops() -> None:
+    from models.training.augment import SegAugment
+
+    rgb, mask = _moving_bar_stack()
+    still = np.repeat(rgb[..., 6:9], 5, axis=-1)  # the middle frame five times: nothing moves
+    args = (64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    for seed in range(6):
+        for image in (still, rgb[..., 6:9]):  # a still stack, and a one-frame segmenter's
+            a = SegAugment(*args, crop=16)(image, mask, seed)
+            b = SegAugment(*args, crop=16, moving_negatives=0.9)(image, mask, seed)
+            assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="moving_negatives"):
+        SegAugment(*args, moving_negatives=1.0)

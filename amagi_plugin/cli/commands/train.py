@@ -101,6 +101,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     s.add_argument("--class-weights", type=_floats, default=(0.4, 1.0), metavar="BG,BLEED")
     s.add_argument("--pos-fraction", type=float, default=0.5, metavar="P",
                    help="share of training crops centred on a bleeding pixel")
+    s.add_argument("--moving-negatives", type=float, default=0.0, metavar="F",
+                   help="temporal segmenters: share of training crops centred instead on a "
+                   "pixel that moves but is not bleeding (hard negatives; 0 = off)")
     s.add_argument("--input-size", type=int, default=None,
                    help="scale frames so the short side is this (default: the model's)")
     _common(s, epochs=10, lr=0.01)
@@ -248,9 +251,14 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     records, fold = _fold_filter(records, args)
     cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights)
     _check_look_jitter(args)
+    if not 0.0 <= args.moving_negatives < 1.0:
+        raise InputError(f"--moving-negatives must lie in [0, 1), got {args.moving_negatives}")
+    if args.moving_negatives and mcfg.seg_frames == 1:
+        raise InputError(f"--moving-negatives needs a temporal segmenter; {arch}'s sees one "
+                         "frame, in which nothing moves")
     ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
                     train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction,
-                    look_jitter=args.look_jitter)
+                    look_jitter=args.look_jitter, moving_negatives=args.moving_negatives)
     seg = build_model(arch).backbone.seg_model
     with _writer_log(Path(cfg.out_dir), main):
         result = train_seg_model(seg, ds, cfg,
