@@ -242,10 +242,9 @@ class AmagiHead(nn.Module):
         logits = self.fc_cls(x.flatten(1))
         if self.fc_evidence is None or self.evidence_norm is None:
             return logits
-        if self.pathway_dropout and self.training:
-            keep = torch.rand(logits.shape[0], 1, device=logits.device) >= self.pathway_dropout
-            logits = logits * keep.to(logits.dtype)
-        elif self.pathway_dropout:
-            logits = logits * (1.0 - self.pathway_dropout)
+        if self.pathway_dropout:  # training drops a sample's; analysis weighs them alike
+            keep = (torch.rand(logits.shape[0], 1, device=logits.device) >= self.pathway_dropout
+                    ).to(logits.dtype) if self.training else 1.0 - self.pathway_dropout
+            logits = logits * keep
         evidence = self.evidence_norm(self.map_evidence(seg_out).to(logits.dtype))
         return logits + self.fc_evidence(evidence)

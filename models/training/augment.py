@@ -310,11 +310,11 @@ class SegAugment:
             return None
         stack = image.reshape(frames, 3, *image.shape[1:])
         change = (stack - stack[frames // 2]).abs().sum(dim=1).amax(dim=0)
-        still_blood_free = m[0] < 0.5
-        if not bool(still_blood_free.any()):
+        not_bleeding = m[0] < 0.5
+        if not bool(not_bleeding.any()):
             return None
-        floor = torch.quantile(change[still_blood_free], 0.9)
-        candidates = torch.nonzero(still_blood_free & (change >= floor) & (change > 0))
+        floor = torch.quantile(change[not_bleeding], 0.9)
+        candidates = torch.nonzero(not_bleeding & (change >= floor) & (change > 0))
         if len(candidates) == 0:
             return None
         y, x = candidates[int(rng.integers(len(candidates)))].tolist()

@@ -243,6 +243,12 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     mcfg = model_cfg(arch)
     if not mcfg.has_segmentation:
         raise InputError(f"{arch} has no segmentation net; use an AMAGI variant")
+    _check_look_jitter(args)  # the flags before the data: a typo costs no reading
+    if not 0.0 <= args.moving_negatives < 1.0:
+        raise InputError(f"--moving-negatives must lie in [0, 1), got {args.moving_negatives}")
+    if args.moving_negatives and mcfg.seg_frames == 1:
+        raise InputError(f"--moving-negatives needs a temporal segmenter; {arch}'s sees one "
+                         "frame, in which nothing moves")
     try:
         records = find_seg_pairs(ctx.cwd / args.data, frames=mcfg.seg_frames,
                                  frame_interval=mcfg.frame_interval)
@@ -250,12 +256,6 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
         raise InputError(str(e)) from None
     records, fold = _fold_filter(records, args)
     cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights)
-    _check_look_jitter(args)
-    if not 0.0 <= args.moving_negatives < 1.0:
-        raise InputError(f"--moving-negatives must lie in [0, 1), got {args.moving_negatives}")
-    if args.moving_negatives and mcfg.seg_frames == 1:
-        raise InputError(f"--moving-negatives needs a temporal segmenter; {arch}'s sees one "
-                         "frame, in which nothing moves")
     ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
                     train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction,
                     look_jitter=args.look_jitter, moving_negatives=args.moving_negatives)
