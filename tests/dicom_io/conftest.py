@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,8 @@ def make_video(tmp_path_factory: pytest.TempPathFactory) -> VideoFactory:
     Keyword arguments: ``rows``, ``cols``, ``container`` (``"ts"`` or ``"mp4"``),
     ``fragment_size`` (bytes, for the ``.1`` syntaxes and HEVC), ``frame_time_vector``,
     ``gop`` (keyframe interval), ``crf``, ``meta`` (:class:`VideoMetadata`), ``dicom``
-    (False returns the plain stream). Results are cached per argument set.
+    (False returns the plain stream). Results are cached per argument set, ``meta`` by
+    its field values (an ``id`` is reused once an earlier ``meta`` is freed).
     """
     root = tmp_path_factory.mktemp("videos")
     cache: dict[tuple, EncodedVideo] = {}
@@ -86,7 +87,7 @@ def make_video(tmp_path_factory: pytest.TempPathFactory) -> VideoFactory:
                 crf: int | None = None, meta: VideoMetadata | None = None,
                 dicom: bool = True) -> EncodedVideo:
         key = (codec, n, fps, transfer_syntax, rows, cols, container, fragment_size,
-               frame_time_vector, gop, crf, None if meta is None else id(meta), dicom)
+               frame_time_vector, gop, crf, None if meta is None else astuple(meta), dicom)
         if key in cache:
             return cache[key]
         frames = synthetic_frames(n, rows, cols)
