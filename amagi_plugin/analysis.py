@@ -3,17 +3,77 @@
 
 Pure functions on arrays. Filter lengths are given in seconds and converted to samples in
 :func:`samples_for`, the one place where time becomes a sample count. The authors'
-post-processing is a morphological opening then closing, each 1 s long; a median filter
-is an option.
+post-processing is a morphological opening then closing, each 1 s long, at threshold 0.5; a
+median filter is an option. A model whose probabilities sit on another scale carries its own
+:class:`OperatingPoint` (chosen on validation cases by
+:func:`amagi_plugin.evaluation.calibrate.choose_operating_point`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import numpy as np
 
 from dicom_io.results import BleedingEvent
+
+SMOOTHING_METHODS = ("morphology", "median", "none")
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The post-processing a model's probabilities are read with: the threshold, the filter
+    (:data:`SMOOTHING_METHODS`) and its length. The defaults are the authors'."""
+
+    threshold: float = 0.5
+    smoothing: str = "morphology"
+    smoothing_s: float = 1.0
+
+    #: The names of the knobs, as ``[analysis]`` configuration keys and AnalysisOptions fields.
+    KEYS = ("threshold", "smoothing", "smoothing_s")
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0):
+            raise ValueError(f"threshold must lie in (0, 1), got {self.threshold!r}")
+        if self.smoothing not in SMOOTHING_METHODS:
+            raise ValueError(f"smoothing must be one of {', '.join(SMOOTHING_METHODS)}, got "
+                             f"{self.smoothing!r}")
+        if not (isinstance(self.smoothing_s, (int, float)) and self.smoothing_s >= 0):
+            raise ValueError(f"smoothing_s must be 0 or more, got {self.smoothing_s!r}")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OperatingPoint:
+        """From a ``model.json`` entry; unknown keys and bad values raise ``ValueError``."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an operating point is a table, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.KEYS) - {"chosen_on"})
+        if unknown:
+            raise ValueError(f"unknown operating-point key(s): {', '.join(unknown)}")
+        return cls(**{k: data[k] for k in cls.KEYS if k in data})
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.KEYS}
+
+    def decide(self, probabilities: np.ndarray, rate_hz: float) -> np.ndarray:
+        """The binary decisions of ``probabilities`` read at this operating point."""
+        return smooth_decisions(probabilities, rate_hz, self.threshold, self.smoothing,
+                                self.smoothing_s)
+
+
+_Options = TypeVar("_Options")
+
+
+def at_operating_point(options: _Options, point: OperatingPoint | None,
+                       configured: Collection[str] = ()) -> _Options:
+    """``options`` (a dataclass with the :attr:`OperatingPoint.KEYS` fields) read at
+    ``point``, except the knobs named in ``configured``: what the user set explicitly wins
+    over what the model carries. ``point`` None: ``options`` unchanged."""
+    if point is None:
+        return options
+    return replace(options, **{k: getattr(point, k) for k in OperatingPoint.KEYS  # type: ignore[type-var]
+                               if k not in configured})
 
 
 def samples_for(seconds: float, rate_hz: float) -> int:
@@ -79,7 +139,7 @@ def smooth_decisions(probabilities: np.ndarray, rate_hz: float, threshold: float
     if method == "none":
         return raw
     if method != "morphology":
-        raise ValueError(f"method must be morphology, median or none, got {method!r}")
+        raise ValueError(f"method must be one of {', '.join(SMOOTHING_METHODS)}, got {method!r}")
     return closing(opening(raw, size), size)
 
 

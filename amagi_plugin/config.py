@@ -318,10 +318,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    smoothing: str = _opt("morphology", "Post-processing: morphology (opening then closing) or median",
+    # Unset, each of these three is the model's operating point when its model.json has one.
+    smoothing: str = _opt("morphology", "Post-processing: morphology (opening then closing) or "
+                          "median; unset: the model's operating point if it has one",
                           _choice("morphology", "median", "none"))
-    smoothing_s: float = _opt(1.0, "Length of each smoothing filter (s)", _check_non_negative)
-    threshold: float = _opt(0.5, "Probability above which a prediction is bleeding", _check_positive)
+    smoothing_s: float = _opt(1.0, "Length of each smoothing filter (s); unset: the model's "
+                              "operating point if it has one", _check_non_negative)
+    threshold: float = _opt(0.5, "Probability above which a prediction is bleeding; unset: the "
+                            "model's operating point if it has one", _check_positive)
 
 
 @dataclass(frozen=True)

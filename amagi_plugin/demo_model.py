@@ -9,8 +9,12 @@ work directory records the configuration and a changed one is refused rather tha
 2. ``amagi train seg``-equivalent: the bleeding segmenter (HRNet-W8-OCR) on the mask PNGs;
 3. AMAGI (``amagi_tiny``) with that segmenter frozen inside, and the plain SlowFast
    baseline (``slowfast_tiny``) with the same data, epochs, batch and schedule;
-4. ``amagi evaluate``: 3-fold patient-level tables and plots on the held-out cases;
-5. copies the weights (without optimizer state), ``model.json``, the training
+4. with validation cases (``val_cases``: other seeds and patients of the training domain),
+   each model's operating point (threshold and smoothing,
+   :mod:`amagi_plugin.evaluation.calibrate`), chosen on them and written to ``model.json``;
+5. ``amagi evaluate``: 3-fold patient-level tables and plots on the held-out cases, each
+   model read at its operating point;
+6. copies the weights (without optimizer state), ``model.json``, the training
    configuration with its seeds, and the metrics into ``models/weights/demo/``.
 
 The result is a demo trained on synthetic data, not for clinical use.
@@ -70,6 +74,11 @@ class DemoConfig:
     size: tuple[int, int] = (160, 128)
     fps: float = 30.0
     clip_stride: int = 12
+    # validation cases for the operating point (the training domain, other seeds and
+    # patients); 0 = none: the authors' post-processing
+    val_seed: int = 5555
+    val_cases: int = 0
+    val_duration_s: float = 120.0
     # held-out evaluation data (other seeds and scene ranges)
     eval_seed: int = 9001
     eval_cases: int = 9
@@ -123,12 +132,15 @@ class DemoConfig:
             small.update(static_cases=1, static_duration_s=8.0)
         if self.shifted_cases:
             small.update(shifted_cases=3, shifted_duration_s=8.0)
+        if self.val_cases:
+            small.update(val_cases=2, val_duration_s=12.0)
         return dataclasses.replace(self, **small)
 
 
 _RANDOMISED: dict[str, Any] = {
     "train_domain": "randomised", "eval_duration_s": 180.0, "eval_domain": "heldout",
-    "static_cases": 3, "shifted_cases": 9, "still_negatives": 0.35, "version": "4.0"}
+    "static_cases": 3, "shifted_cases": 9, "still_negatives": 0.35, "val_cases": 4,
+    "version": "4.0"}
 
 #: Named demo recipes (overrides of :class:`DemoConfig`'s defaults). ``shipped`` built the
 #: bundled model (v3). ``randomised`` trains on domain-randomised looks with still negatives
@@ -253,6 +265,9 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     for name, (seed, cases, duration, domain) in eval_sets.items():
         ran |= _synth(work / "data" / name, cases, seed, duration, cfg, domain, "dicom", 1,
                       jobs)
+    if cfg.val_cases:
+        ran |= _synth(work / "data" / "validation", cfg.val_cases, cfg.val_seed,
+                      cfg.val_duration_s, cfg, cfg.train_domain, "dicom", 1, jobs)
     timings.record("synth", t0, ran)
 
     common = ["--threads", str(cfg.threads), "--device", device,
@@ -314,10 +329,19 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         "training": "training.json", "metrics": "metrics.json",
         "trained": _dt.date.today().isoformat(),
     }
+    newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
+    calibration = None
+    if cfg.val_cases:
+        t0 = time.perf_counter()
+        (stage / "model.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        calibration, ran = _calibrate(work, stage, cfg, device, newest)
+        timings.record("calibrate", t0, ran)
+        for entry in (manifest, manifest["baseline"]):
+            entry["operating_point"] = calibration["models"][entry["checkpoint"]]["chosen"]
+        newest = max(newest, (work / "calibration.json").stat().st_mtime)
     (stage / "model.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
     t0 = time.perf_counter()
-    newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
     ran = False
     for name, (_, cases, _, _) in eval_sets.items():
         evaluated = work / "evaluation" / name / "metrics.json"
@@ -352,6 +376,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
                    "duration_s": duration, "metrics": f"metrics_{name}.json"}
             for name, (seed, cases, duration, domain) in eval_sets.items() if name != "heldout"},
         "history": histories,
+        **({"calibration": calibration} if calibration else {}),
         "device": device,
         "seconds": timings.report(),
     }
@@ -372,6 +397,49 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         shutil.copyfile(f, dest / f.name)
     log.info("demo model written to %s; stage times (s): %s", dest, training["seconds"])
     return training
+
+
+def _calibrate(work: Path, stage: Path, cfg: DemoConfig, device: str, newest: float
+               ) -> tuple[dict[str, Any], bool]:
+    """Each model's operating point, chosen on the validation cases; cached in
+    ``<work>/calibration.json`` (redone when a checkpoint is newer). Returns the record and
+    whether it ran now."""
+    from amagi_plugin.evaluation.calibrate import choose_operating_point
+    from amagi_plugin.evaluation.cases import CasePrediction, load_cases
+
+    record = work / "calibration.json"
+    if record.is_file() and record.stat().st_mtime >= newest:
+        return json.loads(record.read_text()), False
+    out, data = work / "evaluation" / "validation", work / "data" / "validation"
+    # The probabilities do not depend on the post-processing: one run serves every candidate.
+    _cli(["evaluate", "--data", str(data), "--model-dir", str(stage), "-od", str(out),
+          "--folds", "1", "--prediction-hz", str(cfg.prediction_hz),
+          "--threads", str(cfg.threads), "--jobs", str(min(cfg.threads, cfg.val_cases)),
+          "--device", device, "--no-progress"])
+    truth = {c.case_id: c for c in load_cases(data)}
+    doc = json.loads((out / "metrics.json").read_text())
+    preds = [CasePrediction.from_dict(d)
+             for d in json.loads((out / "predictions.json").read_text())]
+    models = {}
+    for label, info in doc["model_info"].items():
+        point, scored = choose_operating_point([p for p in preds if p.model == label], truth,
+                                               cfg.prediction_hz)
+        best = next(c for c in scored if c.point == point)
+        models[info["checkpoint"]] = {
+            "label": label,
+            "chosen": {**point.to_json(),
+                       "chosen_on": f"amagi synth --seed {cfg.val_seed} --domain "
+                                    f"{cfg.train_domain}, {cfg.val_cases} cases x "
+                                    f"{cfg.val_duration_s:g} s: event F1@0.5 {best.f1:.2f}"},
+            "candidates": [c.to_json() for c in scored]}
+    result = {"data": {"generator": "amagi synth", "seed": cfg.val_seed,
+                       "domain": cfg.train_domain, "cases": cfg.val_cases,
+                       "duration_s": cfg.val_duration_s},
+              "rule": "highest pooled event F1 at IoU 0.5; ties: lower count error, then the "
+                      "point nearest the authors' (0.5, morphology 1 s)",
+              "models": models}
+    record.write_text(json.dumps(result, indent=1) + "\n")
+    return result, True
 
 
 _HELDOUT_TEXT = {
@@ -450,6 +518,13 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
            "which the map's evidence decides alone; in analysis they weigh "
            f"{1 - dropped:.0%}"] if dropped is not None else []),
+        *[f"- {who} operating point: threshold {op['threshold']:g}, {op['smoothing']} "
+          f"{op['smoothing_s']:g} s, chosen on validation cases ({op['chosen_on']}); "
+          "`amagi process`, `amagi serve` and `amagi evaluate` read its probabilities there "
+          "unless `[analysis]` is set"
+          for who, op in (("main model's", manifest.get("operating_point")),
+                          ("baseline's", manifest["baseline"].get("operating_point")))
+          if op],
         "- wall time (s): " + ", ".join(f"{k} {'not timed' if v is None else f'{v:.0f}'}"
                                          for k, v in secs.items()), "",
     ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amagi_plugin.analysis import OperatingPoint
 from amagi_plugin.config import ModelConfig
 from amagi_plugin.errors import InputError
 from dicom_io.results import DEMO_DISCLAIMER, WeightsKind
@@ -33,6 +34,8 @@ class ModelSpec:
     :attr:`WeightsKind.AUTHORS` (the authors' published checkpoint, detected by file name)
     or :attr:`WeightsKind.USER`. ``build`` holds the keyword overrides of
     :func:`models.build_model` (a ``model.json``'s or a checkpoint meta's ``build``).
+    ``operating_point`` is the post-processing the model was calibrated for (a
+    ``model.json``'s ``operating_point``); ``None``: the configured one.
     """
 
     name: str
@@ -42,6 +45,7 @@ class ModelSpec:
     version: str
     description: str = ""
     build: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    operating_point: OperatingPoint | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", WeightsKind.coerce(self.weights))
@@ -58,6 +62,17 @@ def demo_manifest(directory: Path = DEMO_DIR) -> dict[str, Any]:
         raise InputError(f"the bundled demo model is missing ({path}); build it with "
                          "'make demo-model' or configure model.checkpoint")
     return json.loads(path.read_text())
+
+
+def manifest_operating_point(entry: Mapping[str, Any], where: Path) -> OperatingPoint | None:
+    """The ``operating_point`` of one model entry of a ``model.json`` (``None`` if absent);
+    a malformed one is an :class:`InputError` naming the file."""
+    if entry.get("operating_point") is None:
+        return None
+    try:
+        return OperatingPoint.from_json(entry["operating_point"])
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: operating_point: {e}") from None
 
 
 def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
@@ -80,7 +95,9 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
     return ModelSpec(f"amagi-demo-{manifest['arch']}", manifest["arch"], ckpt,
                      WeightsKind.DEMO_SYNTHETIC,
                      manifest.get("version", "0"), manifest.get("description", DEMO_DISCLAIMER),
-                     build=dict(manifest.get("build", {})))
+                     build=dict(manifest.get("build", {})),
+                     operating_point=manifest_operating_point(manifest,
+                                                              demo_dir / "model.json"))
 
 
 def checkpoint_spec(name: str, arch: str, path: Path,

@@ -6,12 +6,15 @@ build their analyzer here, so a configuration key means the same thing everywher
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from amagi_plugin.config import Config
     from amagi_plugin.modelspec import ModelSpec
     from amagi_plugin.pipeline import BleedingAnalyzer
+
+log = logging.getLogger(__name__)
 
 
 def analyzer_from_config(cfg: Config, device: str | None = None,
@@ -20,6 +23,7 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
 
     ``device``: where this analyzer runs (a ``worker.devices`` entry); default ``model.device``.
     """
+    from amagi_plugin.analysis import at_operating_point
     from amagi_plugin.fastpath import device_batch_size
     from amagi_plugin.modelspec import load_model, resolve_device, resolve_model
     from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
@@ -35,4 +39,17 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
         bf16=cfg.model.bf16, fast=cfg.model.fast, threshold=cfg.analysis.threshold,
         smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
         decode_workers=cfg.model.decode_workers)
+    options = at_operating_point(options, spec.operating_point, configured_post_processing(cfg))
+    if spec.operating_point is not None:
+        log.info("post-processing at %s's operating point: threshold %g, %s %g s", spec.name,
+                 options.threshold, options.smoothing, options.smoothing_s)
     return BleedingAnalyzer.for_model(model, options), spec
+
+
+def configured_post_processing(cfg: Config) -> frozenset[str]:
+    """The post-processing knobs (``[analysis]`` keys) set explicitly, by a file, the
+    environment or a flag: they win over a model's operating point."""
+    from amagi_plugin.analysis import OperatingPoint
+
+    return frozenset(k for k in OperatingPoint.KEYS
+                     if cfg.sources.get(f"analysis.{k}", "default") != "default")

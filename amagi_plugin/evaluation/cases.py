@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +74,33 @@ class CasePrediction:
                  else {"guidance": [None if np.isnan(g) else round(float(g), 6)
                                     for g in self.guidance]})
         return {"case_id": self.case_id, "model": self.model,
-                "frames": self.frames.tolist(), "labels": self.labels.tolist(),
+                "frames": self.frames.tolist(),
+                "times_s": [round(float(t), 6) for t in self.times_s],
+                "labels": self.labels.tolist(),
                 "probabilities": [round(float(p), 6) for p in self.probabilities],
                 "decisions": self.decisions.astype(int).tolist(),
                 "events": [[round(a, 3), round(b, 3)] for a, b in self.events],
                 "seconds": round(self.seconds, 2), **extra}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], fps: float | None = None) -> CasePrediction:
+        """Back from :meth:`to_dict` (a ``predictions.json`` entry). A document written
+        before it recorded ``times_s`` gives each instant its frame's time at ``fps``."""
+        frames = np.asarray(d["frames"], dtype=np.int64)
+        if "times_s" in d:
+            times = np.asarray(d["times_s"], dtype=np.float64)
+        elif fps:
+            times = frames / float(fps)
+        else:
+            raise ValueError("this prediction records no times_s: pass the video's fps")
+        guidance = d.get("guidance")
+        return cls(str(d["case_id"]), str(d["model"]), times, frames,
+                   np.asarray(d["labels"], dtype=np.uint8),
+                   np.asarray(d["probabilities"], dtype=np.float64),
+                   np.asarray(d["decisions"], dtype=bool),
+                   [(float(a), float(b)) for a, b in d["events"]], float(d["seconds"]),
+                   None if guidance is None else np.asarray(
+                       [np.nan if g is None else g for g in guidance], dtype=np.float64))
 
 
 def load_cases(root: Path) -> list[TruthCase]:

@@ -204,6 +204,16 @@ def _latency_cell(case_model: dict[str, Any]) -> str:
     return text + (f" ({len(lat) - len(found)} missed)" if len(found) < len(lat) else "")
 
 
+def _post_processing_line(post: dict[str, Any]) -> str:
+    """How the probabilities were read: one point for every model, or each model's own."""
+    if "by_model" not in post:
+        return f"Post-processing (same for every model): {post}"
+    own = "; ".join(f"{name}: threshold {p['threshold']:g}, {p['smoothing']} "
+                    f"{p['smoothing_s']:g} s" for name, p in post["by_model"].items())
+    return (f"Post-processing at each model's operating point (chosen on validation "
+            f"cases, in its model.json): {own}; {post['prediction_hz']:g} predictions/s")
+
+
 def markdown_report(doc: dict[str, Any], title: str = "Evaluation") -> str:
     """Markdown tables (pooled, per fold, per tag, per case) of an ``amagi evaluate`` result."""
     ious = doc["ious"]
@@ -212,7 +222,7 @@ def markdown_report(doc: dict[str, Any], title: str = "Evaluation") -> str:
     if doc.get("notice"):
         lines += [f"**{doc['notice']}**", ""]
     lines += [f"Data: {doc['data']['description']}", "",
-              f"Post-processing (same for every model): {doc['post_processing']}", "",
+              _post_processing_line(doc["post_processing"]), "",
               "Count and duration errors are the authors' surgical analysis index: mean over "
               "cases of |predicted − true| / true, over the cases with at least one true "
               "event. A bleeding-free case has no such fraction; what a model predicts there "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,13 +38,19 @@ def build_analyzer(spec: ModelSpec, options: Any) -> Any:
 _WORKER: dict[str, Any] = {}
 
 
+def _options_of(options: Any, name: str) -> Any:
+    """One model's analysis options: ``options`` itself, or its entry when it maps model
+    names to options."""
+    return options[name] if isinstance(options, Mapping) else options
+
+
 def _init_worker(specs: Sequence[ModelSpec], options: Any, threads: int) -> None:
     """Set up one worker process of :func:`evaluate_models` (its own spawned process, so
     its torch thread count is its own: nothing else runs torch there)."""
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER.update({s.name: build_analyzer(s, options) for s in specs})
+    _WORKER.update({s.name: build_analyzer(s, _options_of(options, s.name)) for s in specs})
 
 
 def _work(case: TruthCase, label: str) -> CasePrediction:
@@ -63,7 +69,8 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
     specs
         The models; each one's ``name`` is its display label in the outputs.
     options
-        :class:`~amagi_plugin.pipeline.AnalysisOptions`, the same for every model.
+        :class:`~amagi_plugin.pipeline.AnalysisOptions`, the same for every model, or a
+        mapping of each model's ``name`` to its own (its operating point).
     folds
         Patient-level folds of the cases (1 = one group).
     jobs
@@ -82,7 +89,7 @@ def evaluate_models(specs: Sequence[ModelSpec], options: Any, cases: Sequence[Tr
     tasks = [(case, m) for case in cases for m in models]
     results: list[CasePrediction] = []
     if jobs <= 1:
-        analyzers = {s.name: build_analyzer(s, options) for s in specs}
+        analyzers = {s.name: build_analyzer(s, _options_of(options, s.name)) for s in specs}
         for case, m in tasks:
             results.append(predict_case(analyzers[m], case, m))
             bar.update()

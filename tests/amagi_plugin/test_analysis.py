@@ -80,3 +80,39 @@ def test_event_at_video_end_is_clipped_and_empty_case() -> None:
     assert e.end_s == 0.35 and e.duration_s == pytest.approx(0.15)
     idx = CaseIndex.from_events([], 12.0)
     assert idx.event_count == 0 and idx.total_duration_s == 0 and idx.first_bleed_s is None
+
+
+def test_operating_point_checks_its_knobs_and_reads_model_json_entries() -> None:
+    from amagi_plugin.analysis import OperatingPoint
+
+    assert OperatingPoint() == OperatingPoint(0.5, "morphology", 1.0)  # the authors'
+    point = OperatingPoint.from_json({"threshold": 0.35, "smoothing_s": 2.0,
+                                      "chosen_on": "validation cases"})
+    assert point == OperatingPoint(0.35, "morphology", 2.0)
+    assert point.to_json() == {"threshold": 0.35, "smoothing": "morphology", "smoothing_s": 2.0}
+    for bad, message in (({"threshold": 1.0}, "threshold must lie in"),
+                         ({"threshold": "0.4"}, "threshold must lie in"),
+                         ({"smoothing": "gauss"}, "smoothing must be one of"),
+                         ({"smoothing_s": -1}, "smoothing_s must be 0 or more"),
+                         ({"treshold": 0.4}, "unknown operating-point key"),
+                         ([0.4], "is a table")):
+        with pytest.raises(ValueError, match=message):
+            OperatingPoint.from_json(bad)  # type: ignore[arg-type]
+    # decide() is the pipeline's own post-processing at the point
+    p = np.array([0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.2, 0.8, 0.9, 0.9, 0.1, 0.1])
+    assert s(OperatingPoint(0.5, "morphology", 1.0).decide(p, 3)) == "001111111100"
+    assert s(OperatingPoint(0.85, "none", 0.0).decide(p, 3)) == "101111001100"
+
+
+def test_a_configured_knob_wins_over_the_models_operating_point() -> None:
+    from amagi_plugin.analysis import OperatingPoint, at_operating_point
+    from amagi_plugin.pipeline import AnalysisOptions
+
+    base = AnalysisOptions(threshold=0.5, smoothing="median", smoothing_s=3.0, batch_size=5)
+    point = OperatingPoint(0.35, "morphology", 2.0)
+    assert at_operating_point(base, None) is base
+    got = at_operating_point(base, point)
+    assert (got.threshold, got.smoothing, got.smoothing_s, got.batch_size) == (
+        0.35, "morphology", 2.0, 5)
+    got = at_operating_point(base, point, configured={"threshold", "smoothing_s"})
+    assert (got.threshold, got.smoothing, got.smoothing_s) == (0.5, "morphology", 3.0)

@@ -77,6 +77,28 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     model = build_model(manifest["arch"])
     assert load_checkpoint(model, dest / manifest["checkpoint"]).ok
     assert heldout["pooled"]["AMAGI"]["guidance"]["frames"] > 0  # the temporal map, scored
+    # each model's operating point, chosen on validation cases of the training domain,
+    # is in model.json and is where the held-out evaluation read that model
+    from amagi_plugin.analysis import OperatingPoint
+
+    calibration = training["calibration"]
+    assert calibration["data"] == {"generator": "amagi synth", "seed": cfg.val_seed,
+                                   "domain": "randomised", "cases": 2, "duration_s": 12.0}
+    validation = tmp_path / "work" / "data" / "validation"
+    assert len(list(validation.glob("*/labels.json"))) == 2
+    post = heldout["post_processing"]
+    used = post.get("by_model") or {m: {k: post[k] for k in OperatingPoint.KEYS}
+                                    for m in heldout["models"]}
+    for entry, label in ((manifest, "AMAGI"), (manifest["baseline"], "SlowFast")):
+        point = OperatingPoint.from_json(entry["operating_point"])
+        assert f"--seed {cfg.val_seed}" in entry["operating_point"]["chosen_on"]
+        assert used[label] == point.to_json()
+        record = calibration["models"][entry["checkpoint"]]
+        assert record["label"] == label and len(record["candidates"]) == 9 * 4
+        best = max(c["event_f1"] for c in record["candidates"])
+        assert next(c for c in record["candidates"]
+                    if {k: c[k] for k in OperatingPoint.KEYS} == point.to_json())["event_f1"] == best
+    assert "main model's operating point: threshold" in readme
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     again = build_demo(tmp_path / "work", cfg, dest)
     assert again["seconds"] == training["seconds"]
@@ -90,6 +112,10 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     randomised = DemoConfig.recipe("randomised")
     assert (randomised.train_domain, randomised.eval_domain) == ("randomised", "heldout")
     assert randomised.still_negatives > 0 and randomised.eval_duration_s >= 180
+    # the randomised recipes choose their operating point on validation cases; v3 did not
+    assert randomised.val_cases > 0 and DemoConfig().val_cases == 0
+    assert randomised.val_seed not in (randomised.train_seed, randomised.eval_seed,
+                                       randomised.static_seed)
     assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal", "evidence"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch

@@ -36,3 +36,48 @@ def test_a_cuda_index_the_host_lacks_is_refused(monkeypatch) -> None:
     assert resolve_device("cuda:0") == "cuda:0" and resolve_device("cpu") == "cpu"
     with pytest.raises(InputError, match=r"'cuda:3' requested but this host has 1 CUDA device$"):
         resolve_device("cuda:3")
+
+
+def _demo_copy(tmp_path, point: dict | None):
+    """The bundled demo's model.json (its checkpoints linked) with ``operating_point``."""
+    import json
+
+    from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
+
+    d = tmp_path / "demo"
+    d.mkdir()
+    manifest = demo_manifest(DEMO_DIR)
+    for entry in (manifest, manifest["baseline"]):
+        (d / entry["checkpoint"]).symlink_to(DEMO_DIR / entry["checkpoint"])
+    manifest["operating_point"] = point
+    (d / "model.json").write_text(json.dumps(manifest))
+    return d
+
+
+def test_the_models_operating_point_is_used_unless_a_knob_is_set(tmp_path, monkeypatch) -> None:
+    import amagi_plugin.modelspec as modelspec
+
+    d = _demo_copy(tmp_path, {"threshold": 0.35, "smoothing": "none", "smoothing_s": 0.0,
+                              "chosen_on": "validation cases"})
+    original = modelspec.resolve_model
+    monkeypatch.setattr(modelspec, "resolve_model", lambda cfg: original(cfg, d))
+    plain = load_config(environ={}, cwd=tmp_path, overrides={"model.device": "cpu"})
+    analyzer, spec = analyzer_from_config(plain)
+    o = analyzer.options
+    assert (o.threshold, o.smoothing, o.smoothing_s) == (0.35, "none", 0.0)
+    assert spec.operating_point is not None and spec.operating_point.threshold == 0.35
+    # a key set by the environment (or a file, or a flag) wins, knob by knob
+    env = load_config(environ={"AMAGI_ANALYSIS_THRESHOLD": "0.6"}, cwd=tmp_path,
+                      overrides={"model.device": "cpu"})
+    o = analyzer_from_config(env)[0].options
+    assert (o.threshold, o.smoothing, o.smoothing_s) == (0.6, "none", 0.0)
+
+
+def test_a_malformed_operating_point_is_named_with_its_file(tmp_path) -> None:
+    from amagi_plugin.errors import InputError
+    from amagi_plugin.modelspec import resolve_model
+
+    d = _demo_copy(tmp_path, {"threshold": 1.5})
+    cfg = load_config(environ={}, cwd=tmp_path)
+    with pytest.raises(InputError, match=r"model\.json: operating_point: threshold must lie"):
+        resolve_model(cfg.model, d)

@@ -49,7 +49,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 def _from_model_dir(d: Path) -> tuple[list[ModelSpec], bool]:
     """The models of ``d/model.json`` (its baseline first, names left for the caller to
     choose) and whether they are demo models (the bundled ones, or described as synthetic)."""
-    from amagi_plugin.modelspec import DEMO_DIR, ModelSpec, checkpoint_spec
+    from amagi_plugin.modelspec import (
+        DEMO_DIR,
+        ModelSpec,
+        checkpoint_spec,
+        manifest_operating_point,
+    )
     from dicom_io.results import WeightsKind
 
     path = d / "model.json"
@@ -61,9 +66,10 @@ def _from_model_dir(d: Path) -> tuple[list[ModelSpec], bool]:
     for entry in (m.get("baseline"), m):
         if entry:
             ckpt, build = d / entry["checkpoint"], dict(entry.get("build", {}))
-            out.append(ModelSpec("", entry["arch"], ckpt, WeightsKind.DEMO_SYNTHETIC,
-                                 str(m.get("version", "0")), build=build) if demo
-                       else checkpoint_spec("", entry["arch"], ckpt, build))
+            spec = (ModelSpec("", entry["arch"], ckpt, WeightsKind.DEMO_SYNTHETIC,
+                              str(m.get("version", "0")), build=build) if demo
+                    else checkpoint_spec("", entry["arch"], ckpt, build))
+            out.append(replace(spec, operating_point=manifest_operating_point(entry, path)))
     return out, demo
 
 
@@ -101,10 +107,12 @@ def run(args: argparse.Namespace, ctx) -> int:
 
 
 def _run(args: argparse.Namespace, ctx) -> int:
+    from amagi_plugin.analysis import OperatingPoint, at_operating_point
     from amagi_plugin.evaluation.cases import load_cases
     from amagi_plugin.evaluation.run import evaluate_models, write_outputs
     from amagi_plugin.modelspec import DEMO_DIR, load_model, resolve_device
     from amagi_plugin.pipeline import AnalysisOptions
+    from amagi_plugin.runtime import configured_post_processing
     from dicom_io.results import DEMO_DISCLAIMER
     from models import CheckpointError
 
@@ -151,7 +159,13 @@ def _run(args: argparse.Namespace, ctx) -> int:
                          f"{args.folds} folds (use --folds 1)")
     if args.jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {args.jobs}")
-    doc, preds = evaluate_models(models, options, cases, folds=args.folds,
+    configured = configured_post_processing(cfg)
+    per_model = {m.name: at_operating_point(options, m.operating_point, configured)
+                 for m in models}
+    points = {name: {k: getattr(o, k) for k in OperatingPoint.KEYS}
+              for name, o in per_model.items()}
+    shared = next(iter(points.values())) if len({str(v) for v in points.values()}) == 1 else None
+    doc, preds = evaluate_models(models, per_model, cases, folds=args.folds,
                                  fold_seed=args.fold_seed, jobs=args.jobs, threads=args.threads,
                                  progress=None if args.no_progress else ctx.stderr)
     doc = {"notice": DEMO_DISCLAIMER if demo else None,
@@ -159,9 +173,11 @@ def _run(args: argparse.Namespace, ctx) -> int:
                     "ranges": ranges, "settings": settings,
                     "case_seeds": [c.get("seed") for c in meta.get("cases", [])]},
            "model_info": info,
-           "post_processing": {"threshold": options.threshold, "smoothing": options.smoothing,
-                               "smoothing_s": options.smoothing_s,
-                               "prediction_hz": options.prediction_hz},
+           # one table when every model is read alike (the configured or a shared point),
+           # else each model's own (a model.json's operating point)
+           "post_processing": ({**shared, "prediction_hz": options.prediction_hz} if shared
+                               else {"prediction_hz": options.prediction_hz,
+                                     "by_model": points}),
            **doc}
     out = ctx.cwd / args.output_directory
     write_outputs(doc, preds, out, title="Held-out evaluation" + (" (demo model)" if demo else ""))

@@ -1,0 +1,105 @@
+"""A model's operating point, chosen on validation cases (never on the held-out ones).
+
+The pipeline reads a model's probabilities with a threshold and a smoothing filter
+(:class:`~amagi_plugin.analysis.OperatingPoint`). The authors' point (0.5, a 1 s opening
+then closing) suits a network whose probabilities are near 0 or 1. A model whose
+probabilities sit near the threshold splits one bleeding into several events there, and a
+small shift of scale moves every event boundary. So a model may carry its own point, chosen
+here on validation cases from its training domain (other seeds and patients), and read
+from its ``model.json`` by ``amagi process``, ``amagi serve`` and ``amagi evaluate``.
+
+Every candidate re-reads the same saved probabilities exactly as the pipeline would
+(:func:`~amagi_plugin.analysis.find_events` on the candidate's decisions), so the network
+runs once. The winner has the highest pooled event F1 at IoU 0.5; ties go to the lower
+pooled count error, then to the candidate nearest the authors' point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from amagi_plugin.analysis import OperatingPoint, Timeline, find_events
+from amagi_plugin.evaluation.cases import CasePrediction, TruthCase
+from amagi_plugin.evaluation.metrics import EventCounts, event_counts, index_errors
+
+__all__ = ["LENGTHS_S", "THRESHOLDS", "Candidate", "choose_operating_point",
+           "score_operating_points"]
+
+#: Thresholds tried: 0.30, 0.35, ..., 0.70.
+THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(9))
+#: Lengths (s) of the opening and of the closing tried (morphology, the authors' filter).
+LENGTHS_S = (0.5, 1.0, 2.0, 3.0)
+#: The IoU at which events are matched for the choice.
+IOU = 0.5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One operating point and what it scores on the validation cases, pooled."""
+
+    point: OperatingPoint
+    events: EventCounts
+    count_error: int  # sum over the cases of |predicted - true| event count
+    true_events: int
+
+    @property
+    def f1(self) -> float:
+        return self.events.f1
+
+    @property
+    def count_error_rel(self) -> float | None:
+        return self.count_error / self.true_events if self.true_events else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.point.to_json(), "event_f1": round(self.f1, 4),
+                "count_error_pooled_rel": (None if self.count_error_rel is None
+                                           else round(self.count_error_rel, 4)),
+                "pred_events": self.events.n_pred, "true_events": self.true_events}
+
+
+def _reread(pred: CasePrediction, case: TruthCase, point: OperatingPoint, rate_hz: float
+            ) -> list[tuple[float, float]]:
+    decisions = point.decide(pred.probabilities, rate_hz)
+    timeline = Timeline(pred.times_s, pred.frames, rate_hz, case.duration_s)
+    return [(e.start_s, e.end_s) for e in find_events(pred.probabilities, decisions, timeline)]
+
+
+def score_operating_points(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase],
+                           rate_hz: float, thresholds: Sequence[float] = THRESHOLDS,
+                           lengths_s: Sequence[float] = LENGTHS_S) -> list[Candidate]:
+    """Every (threshold, length) candidate scored on ``preds`` (one model's predictions)."""
+    if not preds:
+        raise ValueError("no validation prediction to choose an operating point on")
+    out = []
+    for threshold in thresholds:
+        for length in lengths_s:
+            point = OperatingPoint(threshold, "morphology", length)
+            total, count_error, n_true = EventCounts(0, 0, 0), 0, 0
+            for p in preds:
+                case = truth[p.case_id]
+                events = _reread(p, case, point, rate_hz)
+                total = total + event_counts(events, case.events, IOU)
+                count_error += index_errors(events, case.events).count_error
+                n_true += len(case.events)
+            out.append(Candidate(point, total, count_error, n_true))
+    return out
+
+
+def choose_operating_point(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase],
+                           rate_hz: float, thresholds: Sequence[float] = THRESHOLDS,
+                           lengths_s: Sequence[float] = LENGTHS_S
+                           ) -> tuple[OperatingPoint, list[Candidate]]:
+    """The best candidate's point (see the module docstring) and every candidate's score."""
+    scored = score_operating_points(preds, truth, rate_hz, thresholds, lengths_s)
+    if scored[0].true_events == 0:
+        raise ValueError("the validation cases hold no bleeding event: no operating point "
+                         "can be chosen on them")
+    authors = OperatingPoint()
+
+    def rank(c: Candidate) -> tuple[float, ...]:
+        return (-c.f1, c.count_error, abs(c.point.threshold - authors.threshold),
+                abs(c.point.smoothing_s - authors.smoothing_s))
+
+    return min(scored, key=rank).point, scored
