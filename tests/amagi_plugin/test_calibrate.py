@@ -77,3 +77,25 @@ def test_predictions_come_back_from_their_json() -> None:
     np.testing.assert_allclose(CasePrediction.from_dict(legacy, fps=FPS).times_s, pred.times_s)
     with pytest.raises(ValueError, match="records no times_s"):
         CasePrediction.from_dict(legacy)
+
+
+def test_other_filters_can_be_candidates() -> None:
+    # One true event 10-20 s; the model says 0.7 there but drops to 0.2 every fifth sample,
+    # and says 0.2 elsewhere with lone spikes to 0.7. The authors' morphology opens before
+    # it closes: the 4-sample runs inside the event vanish at every length, so no candidate
+    # of the default set finds it. A median filter of any tried length does; named as a
+    # candidate, the median at the length nearest the authors' 1 s is chosen.
+    p = np.full(N, 0.2)
+    p[100:200] = 0.7
+    p[105:200:5] = 0.2
+    p[20:90:7] = 0.7
+    truth = {"c0": _case([(10.0, 20.0)])}
+    _, scored = choose_operating_point([_pred(p)], truth, RATE)
+    assert {c.point.smoothing for c in scored} == {"morphology"}
+    assert all(c.f1 == 0.0 for c in scored)
+    point, scored = choose_operating_point([_pred(p)], truth, RATE,
+                                           methods=("median", "morphology"))
+    assert len(scored) == 9 * 2 * 4
+    assert point == OperatingPoint(0.5, "median", 1.0)
+    assert all(c.f1 == 1.0 for c in scored
+               if c.point.smoothing == "median" and 0.2 < c.point.threshold <= 0.7)
