@@ -32,6 +32,7 @@ STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # well-known SOP instance
 _REQUEST_COMMITMENT = 1
 _EVENT_SUCCESS, _EVENT_FAILURES = 1, 2
+_IDLE_MARGIN_S = 10.0  # idle time allowed beyond the report wait before pynetdicom aborts
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,10 @@ def request_storage_commitment(
     transaction_uid = transaction_uid or generate_uid()
     reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
     ae = _make_ae(calling_ae_title, timeout, DEFAULT_MAX_PDU)
+    # The association idles while the report is awaited. pynetdicom's idle timer would
+    # abort it just as the wait ends, racing the release below (its reactor thread then
+    # fails on an A-RELEASE in state Sta13); the wait itself bounds the idle time.
+    ae.network_timeout = timeout + _IDLE_MARGIN_S
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL)
     peer = f"{ae_title}@{host}:{port}"
     assoc = _associate(ae, ae_title, host, port, DEFAULT_MAX_PDU, tls, tls_server_hostname,

@@ -26,13 +26,13 @@ from tests.dicom_io._net_fixtures import Recorder, running_listener, send_commit
 
 
 @pytest.fixture
-def commitment_scp() -> Iterator[tuple[int, set[str], dict[str, bool]]]:
+def commitment_scp() -> Iterator[tuple[int, set[str], dict[str, Any]]]:
     """A Storage Commitment SCP committing the instances in ``known``.
 
     ``behaviour["silent"] = True`` makes it answer the N-ACTION but never report.
     """
     known: set[str] = set()
-    behaviour = {"silent": False}
+    behaviour: dict[str, Any] = {"silent": False, "ended": []}
 
     def on_action(event: Any) -> tuple[int, None]:
         request = event.action_information
@@ -44,7 +44,11 @@ def commitment_scp() -> Iterator[tuple[int, set[str], dict[str, bool]]]:
     ae = AE("COMMITSCP")
     ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL)
     server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_N_ACTION, on_action)])
+                             evt_handlers=[(evt.EVT_N_ACTION, on_action),
+                                           (evt.EVT_RELEASED,
+                                            lambda e: behaviour["ended"].append("released")),
+                                           (evt.EVT_ABORTED,
+                                            lambda e: behaviour["ended"].append("aborted"))])
     try:
         yield server.server_address[1], known, behaviour
     finally:
@@ -70,6 +74,11 @@ def test_commitment_timeout_raises(commitment_scp: tuple[int, set[str], dict]) -
         request_storage_commitment([(SEGMENTATION, generate_uid())], "COMMITSCP",
                                    "127.0.0.1", port, timeout=1)
     assert time.monotonic() - start < 4
+    # released in order, not aborted by the idle timer racing the release
+    deadline = time.monotonic() + 3
+    while not behaviour["ended"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert behaviour["ended"] == ["released"]
 
 
 def test_commitment_unsupported_by_peer(tmp_path: Any) -> None:
