@@ -401,45 +401,19 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
 
 def _calibrate(work: Path, stage: Path, cfg: DemoConfig, device: str, newest: float
                ) -> tuple[dict[str, Any], bool]:
-    """Each model's operating point, chosen on the validation cases; cached in
+    """``amagi calibrate`` on the validation cases: each model's operating point, cached in
     ``<work>/calibration.json`` (redone when a checkpoint is newer). Returns the record and
     whether it ran now."""
-    from amagi_plugin.evaluation.calibrate import choose_operating_point
-    from amagi_plugin.evaluation.cases import CasePrediction, load_cases
-
     record = work / "calibration.json"
     if record.is_file() and record.stat().st_mtime >= newest:
         return json.loads(record.read_text()), False
-    out, data = work / "evaluation" / "validation", work / "data" / "validation"
-    # The probabilities do not depend on the post-processing: one run serves every candidate.
-    _cli(["evaluate", "--data", str(data), "--model-dir", str(stage), "-od", str(out),
-          "--folds", "1", "--prediction-hz", str(cfg.prediction_hz),
+    out = work / "evaluation" / "validation"
+    _cli(["calibrate", "--data", str(work / "data" / "validation"), "--model-dir", str(stage),
+          "-od", str(out), "--prediction-hz", str(cfg.prediction_hz),
           "--threads", str(cfg.threads), "--jobs", str(min(cfg.threads, cfg.val_cases)),
           "--device", device, "--no-progress"])
-    truth = {c.case_id: c for c in load_cases(data)}
-    doc = json.loads((out / "metrics.json").read_text())
-    preds = [CasePrediction.from_dict(d)
-             for d in json.loads((out / "predictions.json").read_text())]
-    models = {}
-    for label, info in doc["model_info"].items():
-        point, scored = choose_operating_point([p for p in preds if p.model == label], truth,
-                                               cfg.prediction_hz)
-        best = next(c for c in scored if c.point == point)
-        models[info["checkpoint"]] = {
-            "label": label,
-            "chosen": {**point.to_json(),
-                       "chosen_on": f"amagi synth --seed {cfg.val_seed} --domain "
-                                    f"{cfg.train_domain}, {cfg.val_cases} cases x "
-                                    f"{cfg.val_duration_s:g} s: event F1@0.5 {best.f1:.2f}"},
-            "candidates": [c.to_json() for c in scored]}
-    result = {"data": {"generator": "amagi synth", "seed": cfg.val_seed,
-                       "domain": cfg.train_domain, "cases": cfg.val_cases,
-                       "duration_s": cfg.val_duration_s},
-              "rule": "highest pooled event F1 at IoU 0.5; ties: lower count error, then the "
-                      "point nearest the authors' (0.5, morphology 1 s)",
-              "models": models}
-    record.write_text(json.dumps(result, indent=1) + "\n")
-    return result, True
+    shutil.copyfile(out / "calibration.json", record)  # copied last: the stage is done
+    return json.loads(record.read_text()), True
 
 
 _HELDOUT_TEXT = {

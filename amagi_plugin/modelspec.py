@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,26 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
                      build=dict(manifest.get("build", {})),
                      operating_point=manifest_operating_point(manifest,
                                                               demo_dir / "model.json"))
+
+
+def model_dir_specs(d: Path) -> tuple[list[ModelSpec], bool]:
+    """The models of ``d/model.json`` (its baseline first, names left for the caller to
+    choose) and whether they are demo models (the bundled ones, or described as synthetic).
+    Each spec's ``checkpoint`` is its entry's file in ``d``."""
+    path = d / "model.json"
+    if not path.is_file():
+        raise InputError(f"no model.json in {d}")
+    m = json.loads(path.read_text())
+    demo = d.resolve() == DEMO_DIR.resolve() or "synthetic" in m.get("description", "")
+    out = []
+    for entry in (m.get("baseline"), m):
+        if entry:
+            ckpt, build = d / entry["checkpoint"], dict(entry.get("build", {}))
+            spec = (ModelSpec("", entry["arch"], ckpt, WeightsKind.DEMO_SYNTHETIC,
+                              str(m.get("version", "0")), build=build) if demo
+                    else checkpoint_spec("", entry["arch"], ckpt, build))
+            out.append(replace(spec, operating_point=manifest_operating_point(entry, path)))
+    return out, demo
 
 
 def checkpoint_spec(name: str, arch: str, path: Path,

@@ -25,8 +25,8 @@ from amagi_plugin.analysis import OperatingPoint, Timeline, find_events
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase
 from amagi_plugin.evaluation.metrics import EventCounts, event_counts, index_errors
 
-__all__ = ["LENGTHS_S", "METHODS", "THRESHOLDS", "Candidate", "choose_operating_point",
-           "score_operating_points"]
+__all__ = ["LENGTHS_S", "METHODS", "RULE", "THRESHOLDS", "Candidate", "calibration_record",
+           "choose_operating_point", "score_operating_points"]
 
 #: Thresholds tried: 0.30, 0.35, ..., 0.70.
 THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(9))
@@ -38,6 +38,9 @@ METHODS = ("morphology",)
 LENGTHS_S = (0.5, 1.0, 2.0, 3.0)
 #: The IoU at which events are matched for the choice.
 IOU = 0.5
+#: The rule, in words (recorded with every choice).
+RULE = ("highest pooled event F1 at IoU 0.5; ties: lower count error, then the point "
+        "nearest the authors' (0.5, morphology 1 s)")
 
 
 @dataclass(frozen=True)
@@ -111,3 +114,26 @@ def choose_operating_point(preds: Sequence[CasePrediction], truth: Mapping[str, 
                 abs(c.point.smoothing_s - authors.smoothing_s))
 
     return min(scored, key=rank).point, scored
+
+
+def calibration_record(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase],
+                       rate_hz: float, checkpoints: Mapping[str, str], data: Mapping[str, Any],
+                       chosen_on: str) -> dict[str, Any]:
+    """Each model's choice on ``preds`` (every model's validation predictions), as
+    ``calibration.json`` records it: ``models`` maps each checkpoint file name (from
+    ``checkpoints``: model label → file name) to its label, its chosen point (the
+    ``operating_point`` entry of a ``model.json``, with ``chosen_on``) and every candidate."""
+    models = {}
+    for label, checkpoint in checkpoints.items():
+        point, scored = choose_operating_point([p for p in preds if p.model == label], truth,
+                                               rate_hz)
+        best = next(c for c in scored if c.point == point)
+        authors = next((c for c in scored if c.point == OperatingPoint()), None)
+        models[checkpoint] = {
+            "label": label,
+            "chosen": {**point.to_json(),
+                       "chosen_on": f"{chosen_on}: event F1@0.5 {best.f1:.2f}"},
+            "chosen_score": best.to_json(),
+            "authors_score": None if authors is None else authors.to_json(),
+            "candidates": [c.to_json() for c in scored]}
+    return {"data": dict(data), "rule": RULE, "prediction_hz": rate_hz, "models": models}

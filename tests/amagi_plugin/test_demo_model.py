@@ -82,19 +82,21 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     from amagi_plugin.analysis import OperatingPoint
 
     calibration = training["calibration"]
-    assert calibration["data"] == {"generator": "amagi synth", "seed": cfg.val_seed,
-                                   "domain": "randomised", "cases": 2, "duration_s": 12.0}
     validation = tmp_path / "work" / "data" / "validation"
+    assert calibration["data"] == {"name": "validation", "seed": cfg.val_seed,
+                                   "domain": "randomised", "cases": 2, "duration_s": 12.0}
     assert len(list(validation.glob("*/labels.json"))) == 2
     post = heldout["post_processing"]
     used = post.get("by_model") or {m: {k: post[k] for k in OperatingPoint.KEYS}
                                     for m in heldout["models"]}
     for entry, label in ((manifest, "AMAGI"), (manifest["baseline"], "SlowFast")):
+        # model.json's operating points are calibrate's choices, as it recorded them
         point = OperatingPoint.from_json(entry["operating_point"])
         assert f"--seed {cfg.val_seed}" in entry["operating_point"]["chosen_on"]
         assert used[label] == point.to_json()
         record = calibration["models"][entry["checkpoint"]]
-        assert record["label"] == label and len(record["candidates"]) == 9 * 4
+        assert record["label"] == entry["arch"] and len(record["candidates"]) == 9 * 4
+        assert record["chosen"] == entry["operating_point"]
         best = max(c["event_f1"] for c in record["candidates"])
         assert next(c for c in record["candidates"]
                     if {k: c[k] for k in OperatingPoint.KEYS} == point.to_json())["event_f1"] == best

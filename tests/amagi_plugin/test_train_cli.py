@@ -195,3 +195,53 @@ def test_evaluate_reads_each_model_at_its_operating_point(trained: Path) -> None
     code, _, err = _run(trained, *args, "-od", "bad")
     assert code == ExitCode.BAD_INPUT and "operating_point: smoothing must be one of" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_calibrate_chooses_writes_and_evaluate_agrees(trained: Path) -> None:
+    """``amagi calibrate --write`` stores each model's best point in model.json; ``amagi
+    evaluate`` then reads each model there, and its pipeline-made events score what the
+    calibration's re-reading said."""
+    d = trained / "tuned"
+    d.mkdir()
+    manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
+                "baseline": {"arch": "slowfast_tiny", "checkpoint": "../slowfast/latest.pth"}}
+    (d / "model.json").write_text(json.dumps(manifest))
+    code, out, err = _run(trained, "calibrate", "--data", "heldout", "--model-dir", "tuned",
+                          "-od", "cal", "--write", "--no-progress")
+    assert code == 0, err
+    assert "amagi_tiny (../amagi/latest.pth): threshold" in out and "wrote each model" in out
+    record = json.loads((trained / "cal" / "calibration.json").read_text())
+    assert set(record["models"]) == {"../amagi/latest.pth", "../slowfast/latest.pth"}
+    written = json.loads((d / "model.json").read_text())
+    assert not list(d.glob(".model.json.*"))  # no temporary file left behind
+    for entry in (written, written["baseline"]):
+        m = record["models"][entry["checkpoint"]]
+        assert entry["operating_point"] == m["chosen"]
+        assert m["chosen_score"]["event_f1"] == max(c["event_f1"] for c in m["candidates"])
+        assert m["chosen"]["chosen_on"].startswith(
+            "amagi synth --seed 12 --domain shifted, 2 cases x 3 s: event F1@0.5 ")
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "tuned",
+                        "--folds", "1", "-od", "tuned-eval", "--no-progress")
+    assert code == 0, err
+    doc = json.loads((trained / "tuned-eval" / "metrics.json").read_text())
+    for label, entry in (("AMAGI", written), ("SlowFast", written["baseline"])):
+        chosen = record["models"][entry["checkpoint"]]["chosen_score"]
+        assert doc["pooled"][label]["events"]["iou_0.5"]["f1"] == pytest.approx(
+            chosen["event_f1"], abs=1e-4)
+        assert doc["pooled"][label]["events"]["iou_0.5"]["n_pred"] == chosen["pred_events"]
+
+
+def test_calibrate_refuses_validation_without_bleeding(trained: Path) -> None:
+    import shutil
+
+    quiet = trained / "quiet"
+    shutil.copytree(trained / "heldout" / "s12_c0000", quiet / "s12_c0000")
+    labels = json.loads((quiet / "s12_c0000" / "labels.json").read_text())
+    labels["events"], labels["frame_labels"] = [], [0] * len(labels["frame_labels"])
+    (quiet / "s12_c0000" / "labels.json").write_text(json.dumps(labels))
+    code, _, err = _run(trained, "calibrate", "--data", "quiet", "--model-dir", "tuned",
+                        "-od", "cal2")
+    assert code == ExitCode.BAD_INPUT and "has a bleeding event" in err
+    code, _, err = _run(trained, "calibrate", "--data", "heldout", "--model-dir", "nowhere",
+                        "-od", "cal3")
+    assert code == ExitCode.BAD_INPUT and "no model.json" in err

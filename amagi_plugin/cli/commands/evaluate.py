@@ -46,33 +46,6 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.set_defaults(handler=run)
 
 
-def _from_model_dir(d: Path) -> tuple[list[ModelSpec], bool]:
-    """The models of ``d/model.json`` (its baseline first, names left for the caller to
-    choose) and whether they are demo models (the bundled ones, or described as synthetic)."""
-    from amagi_plugin.modelspec import (
-        DEMO_DIR,
-        ModelSpec,
-        checkpoint_spec,
-        manifest_operating_point,
-    )
-    from dicom_io.results import WeightsKind
-
-    path = d / "model.json"
-    if not path.is_file():
-        raise InputError(f"no model.json in {d}")
-    m = json.loads(path.read_text())
-    demo = d.resolve() == DEMO_DIR.resolve() or "synthetic" in m.get("description", "")
-    out = []
-    for entry in (m.get("baseline"), m):
-        if entry:
-            ckpt, build = d / entry["checkpoint"], dict(entry.get("build", {}))
-            spec = (ModelSpec("", entry["arch"], ckpt, WeightsKind.DEMO_SYNTHETIC,
-                              str(m.get("version", "0")), build=build) if demo
-                    else checkpoint_spec("", entry["arch"], ckpt, build))
-            out.append(replace(spec, operating_point=manifest_operating_point(entry, path)))
-    return out, demo
-
-
 def _from_flag(text: str, cwd: Path) -> ModelSpec:
     from amagi_plugin.modelspec import checkpoint_spec
     from models import CheckpointError, read_checkpoint
@@ -110,7 +83,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.analysis import OperatingPoint, at_operating_point
     from amagi_plugin.evaluation.cases import load_cases
     from amagi_plugin.evaluation.run import evaluate_models, write_outputs
-    from amagi_plugin.modelspec import DEMO_DIR, load_model, resolve_device
+    from amagi_plugin.modelspec import DEMO_DIR, load_model, model_dir_specs, resolve_device
     from amagi_plugin.pipeline import AnalysisOptions
     from amagi_plugin.runtime import configured_post_processing
     from dicom_io.results import DEMO_DISCLAIMER
@@ -123,7 +96,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     model_dir = ctx.cwd / args.model_dir if args.model_dir else (None if specs else DEMO_DIR)
     demo = False
     if model_dir is not None:
-        bundled, demo = _from_model_dir(model_dir)
+        bundled, demo = model_dir_specs(model_dir)
         specs = bundled + specs
     device = resolve_device(args.device or cfg.model.device)
     options = AnalysisOptions(

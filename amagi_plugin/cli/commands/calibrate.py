@@ -1,0 +1,138 @@
+"""``amagi calibrate``: choose each model's operating point on validation cases."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from amagi_plugin.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "calibrate", parents=parents, help="choose each model's operating point",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run the models of --model-dir (its model.json: the main model and its "
+        "baseline) over the annotated validation cases of --data (as 'amagi synth' writes "
+        "them; never the held-out cases you report on), and choose for each the threshold "
+        "and smoothing length that give the best event F1 at IoU 0.5 (ties: the lower count "
+        "error, then the point nearest the authors' 0.5 and 1 s). Prints each choice, writes "
+        "every candidate's score to OUTPUT/calibration.json, and with --write stores each "
+        "point in model.json, where 'amagi process', 'serve' and 'evaluate' read it (an "
+        "[analysis] key that is set still wins).")
+    p.add_argument("--data", required=True, metavar="DIR", help="validation cases")
+    p.add_argument("--model-dir", required=True, metavar="DIR",
+                   help="a folder with model.json and its checkpoints")
+    p.add_argument("-od", "--output-directory", required=True, metavar="DIR")
+    p.add_argument("--write", action="store_true",
+                   help="store each model's point in model.json (replaced atomically)")
+    p.add_argument("--prediction-hz", type=float, default=None,
+                   help="predictions per second (default: model.prediction_hz)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto, cpu, cuda (default: model.device)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (in all)")
+    p.add_argument("-j", "--jobs", type=int, default=1,
+                   help="worker processes (cases and models are spread over them)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, ctx) -> int:
+    from models.threads import torch_threads
+
+    with torch_threads(args.threads):
+        return _run(args, ctx)
+
+
+def _data_record(data: Path, n_cases: int) -> tuple[dict[str, Any], str]:
+    """What the validation data is (from its ``cases.json`` when present), as recorded and
+    in words."""
+    index = data / "cases.json"
+    meta = json.loads(index.read_text()) if index.is_file() else {}
+    ranges = meta.get("ranges")
+    settings = meta.get("settings", {})
+    record = {"name": data.name, "cases": n_cases, "seed": meta.get("seed"),
+              "domain": ranges if isinstance(ranges, str) else None,
+              "duration_s": settings.get("duration_s")}
+    if meta.get("seed") is None:
+        return record, f"{n_cases} validation cases in {data.name}"
+    return record, (f"amagi synth --seed {meta['seed']} --domain {record['domain']}, "
+                    f"{n_cases} cases x {settings.get('duration_s', 0):g} s")
+
+
+def _run(args: argparse.Namespace, ctx) -> int:
+    from amagi_plugin.evaluation.calibrate import calibration_record
+    from amagi_plugin.evaluation.cases import load_cases
+    from amagi_plugin.evaluation.run import evaluate_models
+    from amagi_plugin.modelspec import model_dir_specs, resolve_device
+    from amagi_plugin.pipeline import AnalysisOptions
+
+    cfg = ctx.config
+    data, model_dir = ctx.cwd / args.data, ctx.cwd / args.model_dir
+    cases = load_cases(data)
+    if not any(c.events for c in cases):
+        raise InputError(f"no validation case under {data} has a bleeding event: no operating "
+                         "point can be chosen on them")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
+    specs, _ = model_dir_specs(model_dir)
+    names: dict[str, str] = {}  # label -> checkpoint, as model.json names it
+    for spec in specs:
+        label = spec.arch if spec.arch not in names else f"{spec.arch} (main)"
+        names[label] = _entry_name(spec.checkpoint, model_dir)  # type: ignore[arg-type]
+    specs = [replace(s, name=label) for s, label in zip(specs, names, strict=True)]
+    hz = args.prediction_hz or cfg.model.prediction_hz
+    # The probabilities do not depend on the post-processing: one run serves every candidate.
+    options = AnalysisOptions(prediction_hz=hz,
+                              batch_size=args.batch_size or cfg.model.batch_size,
+                              device=resolve_device(args.device or cfg.model.device),
+                              bf16=cfg.model.bf16, key_frame_masks=False)
+    _, preds = evaluate_models(specs, options, cases, folds=1, jobs=args.jobs,
+                               threads=args.threads,
+                               progress=None if args.no_progress else ctx.stderr)
+    record_data, chosen_on = _data_record(data, len(cases))
+    record = calibration_record(preds, {c.case_id: c for c in cases}, hz, names, record_data,
+                                chosen_on)
+    out = ctx.cwd / args.output_directory
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(record, indent=1) + "\n")
+    for checkpoint, m in record["models"].items():
+        c, a = m["chosen_score"], m["authors_score"]
+        ctx.print(f"{m['label']} ({checkpoint}): threshold {c['threshold']:g}, "
+                  f"{c['smoothing']} {c['smoothing_s']:g} s: event F1@0.5 {c['event_f1']:.3f}, "
+                  f"{c['pred_events']} events for {c['true_events']}"
+                  + (f" (the authors' point: {a['event_f1']:.3f}, {a['pred_events']} events)"
+                     if a else ""))
+    if args.write:
+        _write_points(model_dir / "model.json", record["models"])
+        ctx.print(f"wrote each model's operating point to {model_dir / 'model.json'}")
+    ctx.print(f"wrote {out / 'calibration.json'}")
+    return 0
+
+
+def _entry_name(checkpoint: str | Path, model_dir: Path) -> str:
+    """A checkpoint as its model.json entry names it (relative to the folder), normalised."""
+    return os.path.normpath(os.path.relpath(model_dir / checkpoint, model_dir))
+
+
+def _write_points(path: Path, models: dict[str, Any]) -> None:
+    """Store each chosen point in its entry of ``path`` (a ``model.json``): written beside
+    it, then moved over it, so a reader never sees half a file."""
+    manifest = json.loads(path.read_text())
+    for entry in (manifest, manifest.get("baseline")):
+        name = entry and _entry_name(entry["checkpoint"], path.parent)
+        if name in models:
+            entry["operating_point"] = models[name]["chosen"]
+    fd, tmp = tempfile.mkstemp(prefix=".model.json.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(manifest, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
