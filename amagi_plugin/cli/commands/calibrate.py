@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from amagi_plugin.cli.commands.evaluate import add_run_arguments
 from amagi_plugin.errors import InputError
 
 
@@ -31,14 +32,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("-od", "--output-directory", required=True, metavar="DIR")
     p.add_argument("--write", action="store_true",
                    help="store each model's point in model.json (replaced atomically)")
-    p.add_argument("--prediction-hz", type=float, default=None,
-                   help="predictions per second (default: model.prediction_hz)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda (default: model.device)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (in all)")
-    p.add_argument("-j", "--jobs", type=int, default=1,
-                   help="worker processes (cases and models are spread over them)")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_arguments(p)
     p.set_defaults(handler=run)
 
 

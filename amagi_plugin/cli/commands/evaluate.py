@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    "checkpoint's meta")
     p.add_argument("--folds", type=int, default=3, help="patient-level folds (1 = none)")
     p.add_argument("--fold-seed", type=int, default=0)
+    add_run_arguments(p)
+    p.set_defaults(handler=run)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """How the models run over the cases (``amagi evaluate`` and ``amagi calibrate``)."""
     p.add_argument("--prediction-hz", type=float, default=None,
                    help="predictions per second (default: model.prediction_hz)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -43,7 +49,6 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("-j", "--jobs", type=int, default=1,
                    help="worker processes (cases and models are spread over them)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=run)
 
 
 def _from_flag(text: str, cwd: Path) -> ModelSpec:
