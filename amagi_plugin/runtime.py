@@ -39,10 +39,12 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
         bf16=cfg.model.bf16, fast=cfg.model.fast, threshold=cfg.analysis.threshold,
         smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
         decode_workers=cfg.model.decode_workers)
-    options = at_operating_point(options, spec.operating_point, configured_post_processing(cfg))
+    configured = configured_post_processing(cfg)
+    options = at_operating_point(options, spec.operating_point, configured)
     if spec.operating_point is not None:
-        log.info("post-processing at %s's operating point: threshold %g, %s %g s", spec.name,
-                 options.threshold, options.smoothing, options.smoothing_s)
+        log.info("post-processing: threshold %g, %s %g s (%s's operating point%s)",
+                 options.threshold, options.smoothing, options.smoothing_s, spec.name,
+                 f"; configured: {', '.join(sorted(configured))}" if configured else "")
     return BleedingAnalyzer.for_model(model, options), spec
 
 
