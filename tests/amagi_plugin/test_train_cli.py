@@ -245,3 +245,14 @@ def test_calibrate_refuses_validation_without_bleeding(trained: Path) -> None:
     code, _, err = _run(trained, "calibrate", "--data", "heldout", "--model-dir", "nowhere",
                         "-od", "cal3")
     assert code == ExitCode.BAD_INPUT and "no model.json" in err
+    d = trained / "unwritable"
+    d.mkdir()
+    manifest = {"arch": "slowfast_tiny", "checkpoint": "../slowfast/latest.pth"}
+    (d / "model.json").write_text(json.dumps(manifest))
+    # the output folder would have to be made inside a file: one line before any model
+    # runs, model.json untouched
+    code, _, err = _run(trained, "calibrate", "--data", "heldout", "--model-dir", "unwritable",
+                        "-od", "unwritable/model.json/out", "--write", "--no-progress")
+    assert code == ExitCode.BAD_INPUT and "cannot write" in err and "Not a directory" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert json.loads((d / "model.json").read_text()) == manifest

@@ -75,6 +75,11 @@ def _run(args: argparse.Namespace, ctx) -> int:
     if args.jobs < 1:
         raise InputError(f"--jobs must be >= 1, got {args.jobs}")
     specs, _ = model_dir_specs(model_dir)
+    target = ctx.cwd / args.output_directory / "calibration.json"
+    try:  # before the long part: a folder that cannot be made fails at once
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot write {target}: {e.strerror or e}") from None
     names: dict[str, str] = {}  # label -> checkpoint, as model.json names it
     for spec in specs:
         label = spec.arch if spec.arch not in names else f"{spec.arch} (main)"
@@ -92,9 +97,10 @@ def _run(args: argparse.Namespace, ctx) -> int:
     record_data, chosen_on = _data_record(data, len(cases))
     record = calibration_record(preds, {c.case_id: c for c in cases}, hz, names, record_data,
                                 chosen_on)
-    out = ctx.cwd / args.output_directory
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(record, indent=1) + "\n")
+    try:
+        target.write_text(json.dumps(record, indent=1) + "\n")
+    except OSError as e:
+        raise InputError(f"cannot write {target}: {e.strerror or e}") from None
     for checkpoint, m in record["models"].items():
         c, a = m["chosen_score"], m["authors_score"]
         ctx.print(f"{m['label']} ({checkpoint}): threshold {c['threshold']:g}, "
@@ -105,7 +111,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     if args.write:
         _write_points(model_dir / "model.json", record["models"])
         ctx.print(f"wrote each model's operating point to {model_dir / 'model.json'}")
-    ctx.print(f"wrote {out / 'calibration.json'}")
+    ctx.print(f"wrote {target}")
     return 0
 
 
@@ -122,11 +128,17 @@ def _write_points(path: Path, models: dict[str, Any]) -> None:
         name = entry and _entry_name(entry["checkpoint"], path.parent)
         if name in models:
             entry["operating_point"] = models[name]["chosen"]
-    fd, tmp = tempfile.mkstemp(prefix=".model.json.", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".model.json.", dir=path.parent)
+    except OSError as e:
+        raise InputError(f"cannot write beside {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(manifest, indent=1) + "\n")
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
