@@ -32,3 +32,34 @@ def test_console_script_runs() -> None:
     exe = Path(sys.executable).with_name("amagi")
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip().startswith("amagi 0.")
+
+
+# What scripts/device/prepare.sh leaves out of the GPU machine's wheels: only `amagi serve`,
+# `process` and `db` may need them. The demo build's stages run as `amagi` commands, and
+# the command line builds every command's parser at start.
+SERVE_ONLY = ("alembic", "pynetdicom", "highdicom", "psycopg")
+
+_WITHOUT_SERVE_PACKAGES = f"""
+import sys
+for name in {SERVE_ONLY!r}:
+    sys.modules[name] = None  # any import of it fails, as on the GPU image
+from amagi_plugin.cli import main
+import amagi_plugin.demo_model, amagi_plugin.evaluation.calibrate, amagi_plugin.evaluation.run
+import models.training
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_demo_builds_commands_need_no_serve_only_package(tmp_path: Path) -> None:
+    """A regression seen in a CPU rehearsal of the GPU build: `amagi synth` failed because
+    the `config` command's module imported the db package (and so alembic) at start."""
+    r = subprocess.run([sys.executable, "-c", _WITHOUT_SERVE_PACKAGES, "synth", "-od",
+                        str(tmp_path / "d"), "--cases", "1", "--duration-s", "1", "--size",
+                        "64x48", "--fps", "10", "--formats", "dicom", "--no-progress"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "d" / "cases.json").is_file()
+    for command in ("train", "evaluate", "calibrate"):
+        r = subprocess.run([sys.executable, "-c", _WITHOUT_SERVE_PACKAGES, command, "--help"],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 0, (command, r.stderr[-2000:])

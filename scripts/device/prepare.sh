@@ -12,8 +12,9 @@
 #
 # What the demo imports (read off amagi_plugin, dicom_io, models, db, synth, evaluation,
 # and checked by importing every module its stages load): torch, numpy, pillow, matplotlib,
-# tqdm (all on the GPU image) and monai, pydicom, sqlalchemy (db, imported by the CLI's
-# config command), av (the synthetic DICOM videos are encoded and decoded with PyAV).
+# tqdm (all on the GPU image) and monai, pydicom, sqlalchemy (db; kept though the demo's
+# commands no longer import it), av (the synthetic DICOM videos are encoded and decoded with
+# PyAV). tests/test_packaging.py runs the demo's commands with the packages below blocked.
 # highdicom, pynetdicom, alembic, psycopg and pyjpegls are only used by `amagi serve` /
 # `amagi process` / `amagi db` (pydicom merely probes for jpeg_ls), so they stay behind:
 # the working tree (~21 MB, mostly the bundled .pth files) plus these wheels is already

@@ -7,7 +7,6 @@ import json
 
 from amagi_plugin.cli.table import render_table
 from amagi_plugin.config import keys, render_value, template
-from db import mask_url
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -24,6 +23,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 
 
 def run_show(args: argparse.Namespace, ctx) -> int:
+    # Imported here, not with the module: every command's parser is built at start, and the
+    # db package pulls in alembic, which the demo build's stages (and the GPU image) lack.
+    from db import mask_url
+
     cfg = ctx.config
     rows = []
     for key in keys():
