@@ -102,10 +102,17 @@ def choose_operating_point(preds: Sequence[CasePrediction], truth: Mapping[str, 
                            methods: Sequence[str] = METHODS
                            ) -> tuple[OperatingPoint, list[Candidate]]:
     """The best candidate's point (see the module docstring) and every candidate's score."""
-    scored = score_operating_points(preds, truth, rate_hz, thresholds, lengths_s, methods)
-    if scored[0].true_events == 0:
+    best, scored = _choose(preds, truth, rate_hz, thresholds, lengths_s, methods)
+    return best.point, scored
+
+
+def _choose(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase], rate_hz: float,
+            *grid: Sequence[Any]) -> tuple[Candidate, list[Candidate]]:
+    """The best candidate and every candidate (``grid``: thresholds, lengths, methods)."""
+    if preds and not any(truth[p.case_id].events for p in preds):
         raise ValueError("the validation cases hold no bleeding event: no operating point "
                          "can be chosen on them")
+    scored = score_operating_points(preds, truth, rate_hz, *grid)
     authors = OperatingPoint()
 
     def rank(c: Candidate) -> tuple[float, ...]:
@@ -113,7 +120,7 @@ def choose_operating_point(preds: Sequence[CasePrediction], truth: Mapping[str, 
                 abs(c.point.threshold - authors.threshold),
                 abs(c.point.smoothing_s - authors.smoothing_s))
 
-    return min(scored, key=rank).point, scored
+    return min(scored, key=rank), scored
 
 
 def calibration_record(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase],
@@ -125,13 +132,11 @@ def calibration_record(preds: Sequence[CasePrediction], truth: Mapping[str, Trut
     ``operating_point`` entry of a ``model.json``, with ``chosen_on``) and every candidate."""
     models = {}
     for label, checkpoint in checkpoints.items():
-        point, scored = choose_operating_point([p for p in preds if p.model == label], truth,
-                                               rate_hz)
-        best = next(c for c in scored if c.point == point)
+        best, scored = _choose([p for p in preds if p.model == label], truth, rate_hz)
         authors = next((c for c in scored if c.point == OperatingPoint()), None)
         models[checkpoint] = {
             "label": label,
-            "chosen": {**point.to_json(),
+            "chosen": {**best.point.to_json(),
                        "chosen_on": f"{chosen_on}: event F1@0.5 {best.f1:.2f}"},
             "chosen_score": best.to_json(),
             "authors_score": None if authors is None else authors.to_json(),

@@ -103,6 +103,15 @@ class CasePrediction:
                        [np.nan if g is None else g for g in guidance], dtype=np.float64))
 
 
+def synth_index(root: Path) -> tuple[dict[str, Any], str | None]:
+    """The ``cases.json`` of an ``amagi synth`` data set (``{}`` when absent) and the name of
+    its scene-range preset (``None`` when absent or custom ranges)."""
+    index = root / "cases.json"
+    meta = json.loads(index.read_text()) if index.is_file() else {}
+    ranges = meta.get("ranges")
+    return meta, ranges if isinstance(ranges, str) else None
+
+
 def load_cases(root: Path) -> list[TruthCase]:
     """Every case folder under ``root`` (order of ``cases.json`` when present).
 

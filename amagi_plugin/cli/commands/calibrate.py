@@ -46,12 +46,11 @@ def run(args: argparse.Namespace, ctx) -> int:
 def _data_record(data: Path, n_cases: int) -> tuple[dict[str, Any], str]:
     """What the validation data is (from its ``cases.json`` when present), as recorded and
     in words."""
-    index = data / "cases.json"
-    meta = json.loads(index.read_text()) if index.is_file() else {}
-    ranges = meta.get("ranges")
+    from amagi_plugin.evaluation.cases import synth_index
+
+    meta, domain = synth_index(data)
     settings = meta.get("settings", {})
-    record = {"name": data.name, "cases": n_cases, "seed": meta.get("seed"),
-              "domain": ranges if isinstance(ranges, str) else None,
+    record = {"name": data.name, "cases": n_cases, "seed": meta.get("seed"), "domain": domain,
               "duration_s": settings.get("duration_s")}
     if meta.get("seed") is None:
         return record, f"{n_cases} validation cases in {data.name}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace, ctx) -> int:
 
 def _run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.analysis import OperatingPoint, at_operating_point
-    from amagi_plugin.evaluation.cases import load_cases
+    from amagi_plugin.evaluation.cases import load_cases, synth_index
     from amagi_plugin.evaluation.run import evaluate_models, write_outputs
     from amagi_plugin.modelspec import DEMO_DIR, load_model, model_dir_specs, resolve_device
     from amagi_plugin.pipeline import AnalysisOptions
@@ -123,11 +122,10 @@ def _run(args: argparse.Namespace, ctx) -> int:
         models.append(replace(spec, name=label))
         info[label] = {"arch": spec.arch, "checkpoint": spec.checkpoint.name,  # type: ignore[union-attr]
                        "build": dict(spec.build)}
-    index = data / "cases.json"
-    meta = json.loads(index.read_text()) if index.is_file() else {}
+    meta, preset = synth_index(data)
     settings = meta.get("settings", {})
     ranges = meta.get("ranges")
-    domain = ranges if isinstance(ranges, str) else "custom ranges"
+    domain = preset or "custom ranges"
     description = (f"{len(cases)} case(s) from {data.name}"
                    + (f", amagi synth seed {meta['seed']}, domain {domain}, "
                       f"{settings.get('duration_s')} s at {settings.get('fps')} fps, "
@@ -142,7 +140,8 @@ def _run(args: argparse.Namespace, ctx) -> int:
                  for m in models}
     points = {name: {k: getattr(o, k) for k in OperatingPoint.KEYS}
               for name, o in per_model.items()}
-    shared = next(iter(points.values())) if len({str(v) for v in points.values()}) == 1 else None
+    first = next(iter(points.values()))
+    shared = first if all(v == first for v in points.values()) else None
     doc, preds = evaluate_models(models, per_model, cases, folds=args.folds,
                                  fold_seed=args.fold_seed, jobs=args.jobs, threads=args.threads,
                                  progress=None if args.no_progress else ctx.stderr)
