@@ -5,7 +5,9 @@ folder per case with ``labels.json`` and ``video.dcm`` or ``video.mp4``), or any
 case folders laid out the same way (``labels.json`` needs ``fps``, ``frame_labels`` and
 ``events`` with ``start_s``/``end_s``; ``patient_id`` defaults to the folder name; an
 optional top-level ``tags`` object of string values, e.g. ``{"look": "palette-B"}``, lets the
-evaluation pool the cases per tag value).
+evaluation pool the cases per tag value; optional ``active_pixels`` (visible active-bleeding
+pixels per frame) with ``width`` and ``height``, as ``amagi synth`` writes them, lets it
+score the frames by how large the bleeding is).
 Every model goes through the same :class:`~amagi_plugin.pipeline.BleedingAnalyzer`
 post-processing (threshold, smoothing) as ``amagi process``.
 """
@@ -41,6 +43,9 @@ class TruthCase:
     events: list[tuple[float, float]]  # seconds, [start, end)
     # Grouping tags from labels.json (e.g. {"look": "palette-B"}); empty when absent.
     tags: dict[str, str] = field(default_factory=dict)
+    # Share of the frame that visible active bleeding covers, per frame (labels.json's
+    # active_pixels over width x height); None when the ground truth does not say.
+    active_fraction: np.ndarray | None = None
 
     @property
     def duration_s(self) -> float:
@@ -137,6 +142,7 @@ def load_cases(root: Path) -> list[TruthCase]:
             if fps <= 0:
                 raise ValueError(f"fps must be > 0, got {fps}")
             tags = _tags(doc.get("tags"))
+            active = _active_fraction(doc, len(labels))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{d}/labels.json is not a usable ground truth: {e}") from None
         video = next((d / n for n in VIDEO_NAMES if (d / n).is_file()), None)
@@ -144,10 +150,23 @@ def load_cases(root: Path) -> list[TruthCase]:
             raise InputError(f"{d} has no video ({' or '.join(VIDEO_NAMES)})")
         cases.append(TruthCase(str(doc.get("case_id", d.name)),
                                str(doc.get("patient_id", d.name)), video, fps, labels, events,
-                               tags))
+                               tags, active))
     if not cases:
         raise InputError(f"no evaluation case (*/labels.json) under {root}")
     return cases
+
+
+def _active_fraction(doc: Mapping[str, Any], n_frames: int) -> np.ndarray | None:
+    """labels.json's ``active_pixels`` over the frame area, or ``None`` when absent."""
+    if doc.get("active_pixels") is None:
+        return None
+    pixels = np.asarray(doc["active_pixels"], dtype=np.float64)
+    area = int(doc["width"]) * int(doc["height"])
+    if pixels.shape != (n_frames,):
+        raise ValueError(f"active_pixels has {pixels.size} values for {n_frames} frame labels")
+    if area <= 0 or (pixels < 0).any() or (pixels > area).any():
+        raise ValueError(f"active_pixels must lie in [0, width x height = {area}]")
+    return pixels / area
 
 
 def _tags(value: Any) -> dict[str, str]:

@@ -38,9 +38,15 @@ from amagi_plugin.evaluation.metrics import (
     prf,
 )
 
-__all__ = ["IOUS", "markdown_report", "plot_fold", "summarize"]
+__all__ = ["IOUS", "SIZE_BINS", "markdown_report", "plot_fold", "summarize"]
 
 IOUS = (0.1, 0.25, 0.5)
+#: Bleeding instants by the share of the frame their visible active bleeding covers
+#: (upper bounds; 0.05 % is 10 pixels of a 160x128 frame, 0.5 % is 102). Each bin's
+#: instants are scored against every non-bleeding instant of the group.
+SIZE_BINS: tuple[tuple[str, float], ...] = (
+    ("none visible", 0.0), ("< 0.05 %", 0.0005), ("0.05-0.15 %", 0.0015),
+    ("0.15-0.5 %", 0.005), (">= 0.5 %", float("inf")))
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -72,6 +78,40 @@ def summarize(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
            "onset": _onset(preds, truth)}
     if all(p.guidance is not None for p in preds):
         out["guidance"] = _guidance(labels, np.concatenate([p.guidance for p in preds]))
+    if all(truth[p.case_id].active_fraction is not None for p in preds):
+        out["by_size"] = _by_size(preds, truth, labels, scores, decisions)
+    return out
+
+
+def _size_bin(fraction: np.ndarray) -> np.ndarray:
+    """Index into :data:`SIZE_BINS` of each visible-bleeding share (0: none visible)."""
+    uppers = np.array([u for _, u in SIZE_BINS[1:-1]])
+    return np.where(fraction <= 0, 0, 1 + np.searchsorted(uppers, fraction, side="right"))
+
+
+def _by_size(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
+             labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray
+             ) -> dict[str, dict[str, Any]]:
+    """Per :data:`SIZE_BINS` bin: its bleeding instants, their AUROC against every
+    non-bleeding instant (the model's and, with a map, the map's), and the share of them
+    the model calls bleeding."""
+    fraction = np.concatenate([truth[p.case_id].active_fraction[p.frames]  # type: ignore[index]
+                               for p in preds])
+    bins = _size_bin(fraction)
+    guided = all(p.guidance is not None for p in preds)
+    areas = np.concatenate([p.guidance for p in preds]) if guided else None
+    neg = labels == 0
+    out = {}
+    for i, (name, _) in enumerate(SIZE_BINS):
+        pos = (labels == 1) & (bins == i)
+        both = pos | neg
+        row: dict[str, Any] = {"instants": int(pos.sum()),
+                               "auroc": _r(auroc(labels[both], scores[both])),
+                               "recall": _r(decisions[pos].mean()) if pos.any() else None}
+        if areas is not None:
+            ok = both & ~np.isnan(areas)
+            row["guidance_auroc"] = _r(auroc(labels[ok], areas[ok]))
+        out[name] = row
     return out
 
 
@@ -238,6 +278,7 @@ def markdown_report(doc: dict[str, Any], title: str = "Evaluation") -> str:
     lines += ["", *_alarm_header()]
     lines += [_alarm_row(m, doc["pooled"][m]) for m in models]
     lines += _guidance_lines(doc)
+    lines += _size_lines(doc)
     folds = {str(int(k) + 1): v for k, v in
              sorted(doc["per_fold"].items(), key=lambda kv: int(kv[0]))}
     lines += ["", f"## Per fold ({doc['folds']}-fold, patient-level)", "",
@@ -298,6 +339,31 @@ def _guidance_lines(doc: dict[str, Any]) -> list[str]:
         g = doc["pooled"][m]["guidance"]
         lines.append(f"| {m} | {frames[m]} | {_fmt(g['auroc'])} | {_fmt(g['ap'])} | "
                      f"{_fmt(g['area_bleeding'], True, 2)} | {_fmt(g['area_normal'], True, 2)} |")
+    return lines
+
+
+def _size_lines(doc: dict[str, Any]) -> list[str]:
+    sized = [m for m in doc["models"] if "by_size" in doc["pooled"][m]]
+    if not sized:
+        return []
+    names = [name for name, _ in SIZE_BINS]
+    counts = doc["pooled"][sized[0]]["by_size"]
+    lines = ["", "## By visible bleeding size", "",
+             "Bleeding instants grouped by the share of the frame their visible active "
+             "bleeding covers (the ground truth's active pixels; 'none visible': the event is "
+             "on but hidden, e.g. under an instrument). AUROC: those instants against every "
+             "non-bleeding instant. Recall: the share of them called bleeding.", "",
+             "| model | " + " | ".join(f"{n} ({counts[n]['instants']} instants)"
+                                      for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for m in sized:
+        b = doc["pooled"][m]["by_size"]
+        lines.append(f"| {m} | " + " | ".join(
+            f"AUROC {_fmt(b[n]['auroc'])}, recall {_fmt(b[n]['recall'], True, 0)}"
+            for n in names) + " |")
+        if all("guidance_auroc" in b[n] for n in names):
+            lines.append(f"| {m}: map alone | " + " | ".join(
+                f"AUROC {_fmt(b[n]['guidance_auroc'])}" for n in names) + " |")
     return lines
 
 

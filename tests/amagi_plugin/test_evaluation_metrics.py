@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -91,8 +93,6 @@ def _pred(case: str, labels, probs, events) -> CasePrediction:
 
 
 def _truth(case: str, events, n_frames: int = 1, tags=None) -> TruthCase:
-    from pathlib import Path
-
     return TruthCase(case, case, Path("/nonexistent"), 10.0, np.zeros(n_frames, np.uint8),
                      events, tags or {})
 
@@ -323,3 +323,65 @@ def test_guidance_table_says_how_many_frames_the_segmenter_sees(arch, frames, sa
            "model_info": {"AMAGI": {"arch": arch}, "SlowFast": {"arch": "slowfast_tiny"}}}
     text = "\n".join(_guidance_lines(doc))
     assert says in text and f"| AMAGI | {frames} | 0.700 |" in text and "SlowFast" not in text
+
+
+def test_frames_are_scored_by_the_size_of_the_visible_bleeding() -> None:
+    from amagi_plugin.evaluation.report import SIZE_BINS
+
+    # 8 instants of one case of 10,000-pixel frames, 3 of them not bleeding. Visible active
+    # pixels of the 5 bleeding ones: 0 (hidden), 3 (0.03 %), 12 (0.12 %), 60 and 900 (0.6 %
+    # and 9 %: the largest bin); none between 0.15 and 0.5 %.
+    labels = [0, 0, 0, 1, 1, 1, 1, 1]
+    probs = [0.1, 0.6, 0.3, 0.2, 0.7, 0.4, 0.9, 0.8]
+    pixels = [0, 0, 0, 0, 3, 12, 60, 900]
+    p = _pred("a", labels, probs, [])
+    p.guidance = np.array([0.0, 0.2, 0.1, 0.3, 0.0, 0.05, 0.4, 0.5])
+    truth = TruthCase("a", "a", Path("/nonexistent"), 10.0, np.asarray(labels, np.uint8), [],
+                      {}, np.asarray(pixels) / 10_000)
+    b = summarize([p], {"a": truth})["by_size"]
+    assert list(b) == [name for name, _ in SIZE_BINS]
+    hidden, tiny, small, mid, large = (b[name] for name, _ in SIZE_BINS)
+    # negatives 0.1, 0.6, 0.3: the hidden instant (0.2) beats one, 0.7 all three,
+    # 0.4 two; the last bin holds 0.9 and 0.8, both above every negative
+    assert [r["instants"] for r in (hidden, tiny, small, mid, large)] == [1, 1, 1, 0, 2]
+    assert (hidden["auroc"], tiny["auroc"], small["auroc"]) == pytest.approx((1 / 3, 1.0, 2 / 3),
+                                                                             abs=1e-4)
+    assert mid["auroc"] is None and mid["recall"] is None and large["auroc"] == 1.0
+    # decisions p >= 0.5: the hidden and 0.12 % instants are missed, the others found
+    assert [r["recall"] for r in (hidden, tiny, small, large)] == [0.0, 1.0, 0.0, 1.0]
+    # the map alone: negatives 0.0, 0.2, 0.1; hidden 0.3 beats all, tiny 0.0 ties one (1/6)
+    assert (hidden["guidance_auroc"], tiny["guidance_auroc"]) == pytest.approx((1.0, 1 / 6),
+                                                                               abs=1e-4)
+    doc = {"ious": [0.1, 0.25, 0.5], "models": ["m"], "folds": 1,
+           "data": {"description": "one case"}, "post_processing": {"threshold": 0.5},
+           "pooled": {"m": summarize([p], {"a": truth})}, "per_fold": {}, "cases": []}
+    md = markdown_report(doc)
+    assert "## By visible bleeding size" in md and "none visible (1 instants)" in md
+    assert "| m | AUROC 0.333, recall 0 % | AUROC 1.000, recall 100 % |" in md
+    assert "| m: map alone | AUROC 1.000 | AUROC 0.167 |" in md
+    # ground truth without visible sizes: no such table
+    plain = summarize([p], {"a": _truth("a", [], 8)})
+    assert "by_size" not in plain
+
+
+def test_load_cases_reads_the_visible_bleeding_and_rejects_impossible_counts(tmp_path) -> None:
+    import json
+
+    def write(name: str, **extra) -> None:
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        (d / "video.mp4").write_bytes(b"")
+        (d / "labels.json").write_text(json.dumps(
+            {"fps": 25, "frame_labels": [0, 1, 1], "events": [], "width": 20, "height": 10,
+             **extra}))
+
+    write("c0", active_pixels=[0, 20, 200])
+    write("c1")
+    c0, c1 = load_cases(tmp_path)
+    np.testing.assert_allclose(c0.active_fraction, [0.0, 0.1, 1.0])
+    assert c1.active_fraction is None
+    for bad, says in (([0, 1], "2 values for 3 frame labels"), ([0, 201, 0], "lie in"),
+                      ([0, -1, 0], "lie in")):
+        write("c0", active_pixels=bad)
+        with pytest.raises(InputError, match=rf"c0/labels\.json.*{says}"):
+            load_cases(tmp_path)

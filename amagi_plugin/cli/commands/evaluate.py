@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "tables: frame P/R/F1, AUROC, AP, event F1 at IoU 0.1/0.25/0.5, count and duration "
         "errors over the cases with events, false alarms per hour on bleeding-free cases and "
         "per hour of non-bleeding time, onset latency; per tag value too when labels.json "
-        "carries 'tags'), predictions.json and one fold<k>.png per fold.")
+        "carries 'tags'; frame AUROC and recall by visible bleeding size when it carries "
+        "'active_pixels'), predictions.json and one fold<k>.png per fold.")
     p.add_argument("--data", required=True, metavar="DIR", help="evaluation cases")
     p.add_argument("-od", "--output-directory", required=True, metavar="DIR")
     p.add_argument("--model-dir", metavar="DIR",
