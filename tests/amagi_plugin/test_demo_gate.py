@@ -13,6 +13,13 @@ these cases:
 - at least a third of the true events found (event recall at IoU 0.1).
 
 The model is read at its own operating point (``model.json``), as ``amagi process`` reads it.
+
+No model built so far passes (measured on these cases, 2-core CPU, session 13): the bundled
+v3 (``amagi_tiny``) separates the visible bleeding with AUROC 0.58 and raises 9 false alarms
+on the still blood (it finds 67 % of the events); the ``evidence`` build (``amagi_tiny_tge``,
+not shipped) reaches AUROC 0.92 and no false alarm, but at its operating point finds 3 of
+24 events. So the test is expected to fail, strictly: a model that passes turns it into an
+error, and whoever ships that model removes the mark (models/weights/demo/heldout-looks/).
 """
 
 from __future__ import annotations
@@ -38,17 +45,22 @@ def _evaluate(tmp_path: Path, domain: str, seed: int, cases: int) -> dict:
     ctx = Context(stdout=io.StringIO(), stderr=io.StringIO(), environ={}, cwd=tmp_path)
     code = main(["evaluate", "--data", domain, "-od", f"eval_{domain}", "--model-dir",
                  str(DEMO_DIR), "--folds", "1", "--no-progress"], ctx=ctx)
-    assert code == 0, ctx.stderr.getvalue()
+    if code != 0:  # not the expected failure: a broken run must not pass as one
+        pytest.fail(f"amagi evaluate failed: {ctx.stderr.getvalue()}")
     return json.loads((tmp_path / f"eval_{domain}" / "metrics.json").read_text())
 
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="no demo model yet finds active bleeding on unseen looks within "
+                   "these bounds (issue #14; measured in the module docstring)")
 def test_demo_model_finds_active_bleeding_not_red_on_unseen_looks(tmp_path: Path) -> None:
     main_model = json.loads((DEMO_DIR / "model.json").read_text())
     looks = _evaluate(tmp_path, *LOOKS)["pooled"]["AMAGI"]
     visible = looks["by_size"][">= 0.5 %"]
-    assert visible["instants"] > 0
+    if not visible["instants"]:
+        pytest.fail("the held-out-look cases have no instant of visible bleeding")
     assert visible["auroc"] >= 0.80, (main_model["arch"], looks["by_size"])
     assert looks["events"]["iou_0.1"]["recall"] >= 1 / 3, looks["events"]
     still = _evaluate(tmp_path, *STILL)["pooled"]["AMAGI"]["false_alarms"]
