@@ -25,6 +25,7 @@ from typing import Any
 
 import tomllib
 
+from amagi_plugin.analysis import SMOOTHING_METHODS
 from amagi_plugin.errors import ConfigError
 
 ENV_PREFIX = "AMAGI_"
@@ -48,6 +49,12 @@ def _check_port(value: int) -> int:
 def _check_positive(value: float) -> float:
     if value <= 0:
         raise ValueError("must be greater than 0")
+    return value
+
+
+def _check_probability(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError("must lie between 0 and 1 (both excluded)")
     return value
 
 
@@ -319,13 +326,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class AnalysisConfig:
     # Unset, each of these three is the model's operating point when its model.json has one.
-    smoothing: str = _opt("morphology", "Post-processing: morphology (opening then closing) or "
-                          "median; unset: the model's operating point if it has one",
-                          _choice("morphology", "median", "none"))
+    smoothing: str = _opt("morphology", "Post-processing: morphology (opening then closing), median "
+                          "or none; unset: the model's operating point if it has one",
+                          _choice(*SMOOTHING_METHODS))
     smoothing_s: float = _opt(1.0, "Length of each smoothing filter (s); unset: the model's "
                               "operating point if it has one", _check_non_negative)
     threshold: float = _opt(0.5, "Probability above which a prediction is bleeding; unset: the "
-                            "model's operating point if it has one", _check_positive)
+                            "model's operating point if it has one", _check_probability)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ({"environ": {"AMAGI_LISTENER_PORT": "70000"}}, "listener.port (env AMAGI_LISTENER_PORT)"),
         ({"overrides": {"listener.ae_title": "WAY_TOO_LONG_AE_TITLE"}}, "listener.ae_title"),
         ({"overrides": {"analysis.smoothing": "gaussian"}}, "must be one of morphology, median"),
+        ({"overrides": {"analysis.threshold": "1.5"}}, "analysis.threshold (command line): '1.5': must lie between 0 and 1"),
+        ({"environ": {"AMAGI_ANALYSIS_THRESHOLD": "1"}}, "must lie between 0 and 1"),
         ({"overrides": {"listener.tls": "maybe"}}, "expected true or false"),
         ({"overrides": {"listner.port": "1"}}, "did you mean 'listener.port'"),
         ({"overrides": {"delivery.destinations": "PACS@host"}}, "is not AE_TITLE@HOST:PORT"),
