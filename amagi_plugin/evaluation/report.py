@@ -76,10 +76,12 @@ def summarize(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
     out = {"frame": frame, "events": events, "index": index,
            "false_alarms": _false_alarms(preds, truth),
            "onset": _onset(preds, truth)}
-    if all(p.guidance is not None for p in preds):
-        out["guidance"] = _guidance(labels, np.concatenate([p.guidance for p in preds]))
+    areas = (np.concatenate([p.guidance for p in preds])  # type: ignore[misc]
+             if all(p.guidance is not None for p in preds) else None)
+    if areas is not None:
+        out["guidance"] = _guidance(labels, areas)
     if all(truth[p.case_id].active_fraction is not None for p in preds):
-        out["by_size"] = _by_size(preds, truth, labels, scores, decisions)
+        out["by_size"] = _by_size(preds, truth, labels, scores, decisions, areas)
     return out
 
 
@@ -90,16 +92,14 @@ def _size_bin(fraction: np.ndarray) -> np.ndarray:
 
 
 def _by_size(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
-             labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray
-             ) -> dict[str, dict[str, Any]]:
+             labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray,
+             areas: np.ndarray | None) -> dict[str, dict[str, Any]]:
     """Per :data:`SIZE_BINS` bin: its bleeding instants, their AUROC against every
-    non-bleeding instant (the model's and, with a map, the map's), and the share of them
-    the model calls bleeding."""
+    non-bleeding instant (the model's and, with the map's ``areas``, the map's), and the
+    share of them the model calls bleeding."""
     fraction = np.concatenate([truth[p.case_id].active_fraction[p.frames]  # type: ignore[index]
                                for p in preds])
     bins = _size_bin(fraction)
-    guided = all(p.guidance is not None for p in preds)
-    areas = np.concatenate([p.guidance for p in preds]) if guided else None
     neg = labels == 0
     out = {}
     for i, (name, _) in enumerate(SIZE_BINS):

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from amagi_plugin.cli.commands.evaluate import add_run_arguments
+from amagi_plugin.cli.commands.evaluate import add_run_arguments, check_run_arguments
 from amagi_plugin.errors import InputError
 
 
@@ -71,8 +71,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     if not any(c.events for c in cases):
         raise InputError(f"no validation case under {data} has a bleeding event: no operating "
                          "point can be chosen on them")
-    if args.jobs < 1:
-        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
+    check_run_arguments(args)
     specs, _ = model_dir_specs(model_dir)
     target = ctx.cwd / args.output_directory / "calibration.json"
     try:  # before the long part: a folder that cannot be made fails at once

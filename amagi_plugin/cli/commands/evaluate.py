@@ -51,6 +51,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """Refuse run options no run can use (those of :func:`add_run_arguments`)."""
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
+
+
 def _from_flag(text: str, cwd: Path) -> ModelSpec:
     from amagi_plugin.modelspec import checkpoint_spec
     from models import CheckpointError, read_checkpoint
@@ -134,8 +140,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     if args.folds > 1 and len({c.patient_id for c in cases}) < args.folds:
         raise InputError(f"{len({c.patient_id for c in cases})} patient(s) cannot make "
                          f"{args.folds} folds (use --folds 1)")
-    if args.jobs < 1:
-        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
+    check_run_arguments(args)
     configured = configured_post_processing(cfg)
     per_model = {m.name: at_operating_point(options, m.operating_point, configured)
                  for m in models}
