@@ -58,7 +58,8 @@ clean:
 # on 2 cores. DEVICE=cuda trains and evaluates on the GPU and synthesises with every core;
 # RECIPE=randomised (or randomised-gpu, a GPU budget) trains on domain-randomised looks,
 # RECIPE=temporal the same with temporal guidance (amagi_tiny_tg), RECIPE=evidence temporal
-# with the map's peak and area read by the head and look jitter (amagi_tiny_tge)
+# with the map's peak and area read by the head and look jitter (amagi_tiny_tge),
+# RECIPE=evidence-refined that with a temporal refiner and bleeding-free validation
 # (see models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
 RECIPE ?= shipped

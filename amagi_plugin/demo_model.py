@@ -9,12 +9,16 @@ work directory records the configuration and a changed one is refused rather tha
 2. ``amagi train seg``-equivalent: the bleeding segmenter (HRNet-W8-OCR) on the mask PNGs;
 3. AMAGI (``amagi_tiny``) with that segmenter frozen inside, and the plain SlowFast
    baseline (``slowfast_tiny``) with the same data, epochs, batch and schedule;
-4. with validation cases (``val_cases``: other seeds and patients of the training domain),
-   each model's operating point (threshold and smoothing,
-   :mod:`amagi_plugin.evaluation.calibrate`), chosen on them and written to ``model.json``;
-5. ``amagi evaluate``: 3-fold patient-level tables and plots on the held-out cases, each
+4. with ``refiner_sets`` (other seeds of the training looks, with and without bleeding),
+   the main model runs over them and a temporal refiner (:mod:`models.refiner`) is trained
+   on its predictions (``amagi train refiner``) and named in ``model.json``;
+5. with validation cases (``val_cases``: other seeds and patients of the training domain,
+   and ``val_static_cases`` bleeding-free ones), each model's operating point (threshold and
+   smoothing, :mod:`amagi_plugin.evaluation.calibrate`), chosen on them and written to
+   ``model.json``;
+6. ``amagi evaluate``: 3-fold patient-level tables and plots on the held-out cases, each
    model read at its operating point;
-6. copies the weights (without optimizer state), ``model.json``, the training
+7. copies the weights (without optimizer state), ``model.json``, the training
    configuration with its seeds, and the metrics into ``models/weights/demo/``.
 
 The result is a demo trained on synthetic data, not for clinical use.
@@ -79,6 +83,18 @@ class DemoConfig:
     val_seed: int = 5555
     val_cases: int = 0
     val_duration_s: float = 120.0
+    # bleeding-free validation cases of the training looks (false alarms bound the point)
+    val_static_seed: int = 160003
+    val_static_cases: int = 0
+    val_static_duration_s: float = 60.0
+    # the temporal refiner's training videos: (domain, seed, cases) sets of the training
+    # looks, never trained on by the clip model; () = no refiner
+    refiner_sets: tuple[tuple[str, int, int], ...] = ()
+    refiner_duration_s: float = 60.0
+    refiner_steps: int = 200
+    refiner_width: int = 8
+    refiner_layers: int = 8
+    refiner_offset: float = 1.0
     # held-out evaluation data (other seeds and scene ranges)
     eval_seed: int = 9001
     eval_cases: int = 9
@@ -134,6 +150,11 @@ class DemoConfig:
             small.update(shifted_cases=3, shifted_duration_s=8.0)
         if self.val_cases:
             small.update(val_cases=2, val_duration_s=12.0)
+        if self.val_static_cases:
+            small.update(val_static_cases=1, val_static_duration_s=8.0)
+        if self.refiner_sets:
+            small.update(refiner_sets=tuple((d, seed, 2) for d, seed, _ in self.refiner_sets),
+                         refiner_duration_s=12.0, refiner_steps=5)
         return dataclasses.replace(self, **small)
 
 
@@ -159,11 +180,20 @@ _RANDOMISED: dict[str, Any] = {
 _TEMPORAL: dict[str, Any] = {**_RANDOMISED, "arch": "amagi_tiny_tg", "version": "5.0"}
 _EVIDENCE: dict[str, Any] = {**_TEMPORAL, "arch": "amagi_tiny_tge", "clip_look_jitter": 1.0,
                              "version": "6.0"}
+#: ``evidence-refined`` is ``evidence`` with a temporal refiner trained on the main model's
+#: predictions of 70 videos with bleeding and 22 without (training looks, other seeds), and
+#: its operating point bounded by bleeding-free validation video (at most 1 false alarm an
+#: hour there).
+_REFINED: dict[str, Any] = {
+    **_EVIDENCE, "version": "7.0", "val_static_cases": 4,
+    "refiner_sets": (("randomised", 160001, 30), ("randomised", 160004, 40),
+                     ("randomised-static", 160002, 10), ("randomised-static", 160005, 12))}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": {},
     "randomised": _RANDOMISED,
     "temporal": _TEMPORAL,
     "evidence": _EVIDENCE,
+    "evidence-refined": _REFINED,
     "randomised-gpu": {**_EVIDENCE, "train_cases": 96, "seg_epochs": 20, "clip_epochs": 20,
                        "batch_size": 32, "clip_lr": 0.008, "threads": 2, "workers": 7},
 }
@@ -268,6 +298,13 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     if cfg.val_cases:
         ran |= _synth(work / "data" / "validation", cfg.val_cases, cfg.val_seed,
                       cfg.val_duration_s, cfg, cfg.train_domain, "dicom", 1, jobs)
+    if cfg.val_static_cases:
+        ran |= _synth(work / "data" / "validation-static", cfg.val_static_cases,
+                      cfg.val_static_seed, cfg.val_static_duration_s, cfg,
+                      "randomised-static", "dicom", 1, jobs)
+    for i, (domain, seed, cases) in enumerate(cfg.refiner_sets):
+        ran |= _synth(work / "data" / f"refiner-{i}", cases, seed, cfg.refiner_duration_s,
+                      cfg, domain, "dicom", 1, jobs)
     timings.record("synth", t0, ran)
 
     common = ["--threads", str(cfg.threads), "--device", device,
@@ -330,6 +367,12 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         "trained": _dt.date.today().isoformat(),
     }
     newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
+    if cfg.refiner_sets:
+        t0 = time.perf_counter()
+        ran = _refiner(work, stage / main_ckpt, cfg, device, gpu, newest)
+        timings.record("refiner", t0, ran)
+        manifest["refiner"] = REFINER_FILE
+        newest = max(newest, (work / REFINER_FILE).stat().st_mtime)  # the stage's own copy
     calibration = None
     if cfg.val_cases:
         t0 = time.perf_counter()
@@ -399,6 +442,40 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     return training
 
 
+#: The refiner's file name in the model folder.
+REFINER_FILE = "refiner_demo.pth"
+
+
+def _refiner(work: Path, main_ckpt: Path, cfg: DemoConfig, device: str, gpu: bool,
+             newest: float) -> bool:
+    """The main model over the refiner's videos, then ``amagi train refiner`` on its
+    predictions into ``<stage>/refiner_demo.pth`` (each step redone when what it reads is
+    newer). Returns whether anything ran now."""
+    ran, predictions = False, []
+    for i, (_, _, cases) in enumerate(cfg.refiner_sets):
+        out = work / "evaluation" / f"refiner-{i}"
+        done = out / "predictions.json"
+        predictions.append(str(done))
+        if done.is_file() and done.stat().st_mtime >= newest:
+            continue
+        ran = True
+        _cli(["evaluate", "--data", str(work / "data" / f"refiner-{i}"), "-od", str(out),
+              "--checkpoint", f"AMAGI={cfg.arch}:{main_ckpt}", "--folds", "1",
+              "--prediction-hz", str(cfg.prediction_hz), "--threads", str(cfg.threads),
+              "--jobs", str(min(4, cases) if gpu else cfg.threads), "--device", device,
+              "--no-progress"])
+    target = main_ckpt.parent / REFINER_FILE
+    record = work / REFINER_FILE  # the stage's own copy: the stage folder is rewritten
+    if ran or not record.is_file() or record.stat().st_mtime < newest:
+        ran = True
+        _cli(["train", "refiner", "--predictions", *predictions, "--model", "AMAGI",
+              "-o", str(record), "--steps", str(cfg.refiner_steps),
+              "--width", str(cfg.refiner_width), "--layers", str(cfg.refiner_layers),
+              "--offset", str(cfg.refiner_offset), "--seed", str(cfg.train_seed_model)])
+    shutil.copyfile(record, target)
+    return ran
+
+
 def _calibrate(work: Path, stage: Path, cfg: DemoConfig, device: str, newest: float
                ) -> tuple[dict[str, Any], bool]:
     """``amagi calibrate`` on the validation cases: each model's operating point, cached in
@@ -408,7 +485,10 @@ def _calibrate(work: Path, stage: Path, cfg: DemoConfig, device: str, newest: fl
     if record.is_file() and record.stat().st_mtime >= newest:
         return json.loads(record.read_text()), False
     out = work / "evaluation" / "validation"
-    _cli(["calibrate", "--data", str(work / "data" / "validation"), "--model-dir", str(stage),
+    folders = [str(work / "data" / "validation")]
+    if cfg.val_static_cases:
+        folders.append(str(work / "data" / "validation-static"))
+    _cli(["calibrate", "--data", *folders, "--model-dir", str(stage),
           "-od", str(out), "--prediction-hz", str(cfg.prediction_hz),
           "--threads", str(cfg.threads), "--jobs", str(min(cfg.threads, cfg.val_cases)),
           "--device", device, "--no-progress"])
@@ -492,6 +572,13 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
            "which the map's evidence decides alone; in analysis they weigh "
            f"{1 - dropped:.0%}"] if dropped is not None else []),
+        *([f"- temporal refiner `{manifest['refiner']}` ({cfg['refiner_layers']} dilated "
+           f"layers of {cfg['refiner_width']} channels, {cfg['refiner_steps']} steps): "
+           "re-reads the main model's probabilities over the whole video, each video's "
+           "median as its baseline; trained on the main model's predictions of "
+           + ", ".join(f"`amagi synth --seed {seed} --domain {d}` ({n} × "
+                       f"{cfg['refiner_duration_s']:g} s)" for d, seed, n in cfg["refiner_sets"])
+           ] if manifest.get("refiner") else []),
         *[f"- {who} operating point: threshold {op['threshold']:g}, {op['smoothing']} "
           f"{op['smoothing_s']:g} s, chosen on validation cases ({op['chosen_on']}); "
           "`amagi process`, `amagi serve` and `amagi evaluate` read its probabilities there "

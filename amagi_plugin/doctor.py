@@ -147,7 +147,17 @@ def check_model(cfg: Config) -> Check:
         load_model(spec)  # as analyses build it: the demo manifest's build overrides included
     except Exception as e:
         return Check("model", Status.FAIL, f"{spec.checkpoint} does not load into {spec.arch}: {e}")
-    return Check("model", Status.OK, f"{spec.label}: {spec.checkpoint} loads into {spec.arch}")
+    refined = ""
+    if spec.refiner is not None:
+        from models.refiner import load_refiner
+
+        try:
+            load_refiner(spec.refiner)
+        except Exception as e:
+            return Check("model", Status.FAIL, f"refiner {spec.refiner} does not load: {e}")
+        refined = f", refined by {spec.refiner.name}"
+    return Check("model", Status.OK,
+                 f"{spec.label}: {spec.checkpoint} loads into {spec.arch}{refined}")
 
 
 def check_tools() -> Iterator[Check]:

@@ -35,7 +35,10 @@ class ModelSpec:
     or :attr:`WeightsKind.USER`. ``build`` holds the keyword overrides of
     :func:`models.build_model` (a ``model.json``'s or a checkpoint meta's ``build``).
     ``operating_point`` is the post-processing the model was calibrated for (a
-    ``model.json``'s ``operating_point``); ``None``: the configured one.
+    ``model.json``'s ``operating_point``); ``None``: the configured one. ``refiner`` is the
+    :class:`~models.refiner.TemporalRefiner` file that re-reads the model's probabilities
+    over the whole video before that post-processing (a ``model.json`` entry's
+    ``refiner``); ``None``: the probabilities are read as the network gives them.
     """
 
     name: str
@@ -46,6 +49,7 @@ class ModelSpec:
     description: str = ""
     build: Mapping[str, Any] = field(default_factory=dict, hash=False)
     operating_point: OperatingPoint | None = None
+    refiner: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", WeightsKind.coerce(self.weights))
@@ -75,6 +79,18 @@ def manifest_operating_point(entry: Mapping[str, Any], where: Path) -> Operating
         raise InputError(f"{where}: operating_point: {e}") from None
 
 
+def manifest_refiner(entry: Mapping[str, Any], directory: Path) -> Path | None:
+    """The ``refiner`` file of one model entry of ``directory/model.json`` (``None`` if
+    absent); a named file that is missing is an :class:`InputError`."""
+    name = entry.get("refiner")
+    if name is None:
+        return None
+    path = directory / str(name)
+    if not path.is_file():
+        raise InputError(f"{directory / 'model.json'}: refiner file not found: {path}")
+    return path
+
+
 def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
     """Turn ``[model]`` configuration into a :class:`ModelSpec` (checks files exist)."""
     if cfg.checkpoint:
@@ -97,7 +113,8 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
                      manifest.get("version", "0"), manifest.get("description", DEMO_DISCLAIMER),
                      build=dict(manifest.get("build", {})),
                      operating_point=manifest_operating_point(manifest,
-                                                              demo_dir / "model.json"))
+                                                              demo_dir / "model.json"),
+                     refiner=manifest_refiner(manifest, demo_dir))
 
 
 def model_dir_specs(d: Path) -> tuple[list[ModelSpec], bool]:
@@ -116,7 +133,8 @@ def model_dir_specs(d: Path) -> tuple[list[ModelSpec], bool]:
             spec = (ModelSpec("", entry["arch"], ckpt, WeightsKind.DEMO_SYNTHETIC,
                               str(m.get("version", "0")), build=build) if demo
                     else checkpoint_spec("", entry["arch"], ckpt, build))
-            out.append(replace(spec, operating_point=manifest_operating_point(entry, path)))
+            out.append(replace(spec, operating_point=manifest_operating_point(entry, path),
+                               refiner=manifest_refiner(entry, d)))
     return out, demo
 
 
@@ -172,3 +190,4 @@ def load_model(spec: ModelSpec, device: str = "cpu"):
     if spec.checkpoint is not None:
         load_checkpoint(model, spec.checkpoint)
     return model.eval().to(device)
+

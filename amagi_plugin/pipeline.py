@@ -30,6 +30,7 @@ from amagi_plugin.schedule import (
 )
 from amagi_plugin.transforms import clip_frame_transform, native_frame_transform
 from dicom_io.results import BleedingEvent, CaseIndex
+from models.refiner import TemporalRefiner
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +183,18 @@ class BleedingAnalyzer:
         :class:`AnalysisOptions`.
     input_size, clip_len, mean, std
         The model's preprocessing constants (from its weights' configuration).
+    refiner
+        A :class:`~models.refiner.TemporalRefiner` that re-reads the whole video's bleeding
+        probabilities before the post-processing (the model's ``model.json`` names it);
+        ``None``: the probabilities as the network gives them.
     """
 
     def __init__(self, model: torch.nn.Module, options: AnalysisOptions, input_size: int = 224,
                  clip_len: int = 8, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 std: Sequence[float] | None = None,
+                 refiner: TemporalRefiner | None = None) -> None:
         self.model = model.eval().to(options.device)
+        self.refiner = None if refiner is None else refiner.eval().to(options.device)
         # The speed switch: bf16 where native, channels-last, preprocessing on the device.
         self.fast = FastPath.for_device(options.device) if options.fast else None
         if self.fast is not None:
@@ -208,11 +215,12 @@ class BleedingAnalyzer:
                                               channels_last=self.fast is not None)
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, options: AnalysisOptions) -> BleedingAnalyzer:
+    def for_model(cls, model: torch.nn.Module, options: AnalysisOptions,
+                  refiner: TemporalRefiner | None = None) -> BleedingAnalyzer:
         """An analyzer using the preprocessing constants stored with ``model.default_cfg``."""
         cfg = model.default_cfg
         return cls(model, options, input_size=cfg.input_size, clip_len=cfg.clip_len,
-                   mean=cfg.mean, std=cfg.std)
+                   mean=cfg.mean, std=cfg.std, refiner=refiner)
 
     def schedule_for(self, video: VideoLike) -> ClipSchedule:
         return ClipSchedule(video.frame_count, video.fps, clip_len=self.clip_len,
@@ -367,6 +375,8 @@ class BleedingAnalyzer:
                             duration_s=schedule.duration_s)
         t0 = time.perf_counter()
         bleeding = probs[:, 1]
+        if self.refiner is not None:  # the whole video's probabilities, re-read over time
+            bleeding = self.refiner.refine(bleeding, timeline.rate_hz)
         decisions = smooth_decisions(bleeding, timeline.rate_hz, opts.threshold, opts.smoothing,
                                      opts.smoothing_s)
         events = find_events(bleeding, decisions, timeline)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from amagi_plugin.config import Config
     from amagi_plugin.modelspec import ModelSpec
-    from amagi_plugin.pipeline import BleedingAnalyzer
+    from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,11 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
     """
     from amagi_plugin.analysis import at_operating_point
     from amagi_plugin.fastpath import device_batch_size
-    from amagi_plugin.modelspec import load_model, resolve_device, resolve_model
-    from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+    from amagi_plugin.modelspec import resolve_device, resolve_model
+    from amagi_plugin.pipeline import AnalysisOptions
 
     spec = resolve_model(cfg.model)
     device = resolve_device(device or cfg.model.device)
-    model = load_model(spec, device)
     batch_size = cfg.model.batch_size
     if cfg.model.fast and cfg.sources.get("model.batch_size", "default") == "default":
         batch_size = device_batch_size(device, batch_size)
@@ -45,7 +44,19 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
         log.info("post-processing: threshold %g, %s %g s (%s's operating point%s)",
                  options.threshold, options.smoothing, options.smoothing_s, spec.name,
                  f"; configured: {', '.join(sorted(configured))}" if configured else "")
-    return BleedingAnalyzer.for_model(model, options), spec
+    return load_analyzer(spec, options), spec
+
+
+def load_analyzer(spec: ModelSpec, options: AnalysisOptions) -> BleedingAnalyzer:
+    """``spec``'s model and its refiner, loaded on ``options.device`` and wrapped in a
+    :class:`BleedingAnalyzer`: every analysis (commands, service, evaluation) builds it here."""
+    from amagi_plugin.modelspec import load_model
+    from amagi_plugin.pipeline import BleedingAnalyzer
+    from models.refiner import load_refiner
+
+    refiner = None if spec.refiner is None else load_refiner(spec.refiner, options.device)
+    return BleedingAnalyzer.for_model(load_model(spec, options.device), options,
+                                      refiner=refiner)
 
 
 def configured_post_processing(cfg: Config) -> frozenset[str]:

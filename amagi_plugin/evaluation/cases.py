@@ -108,6 +108,32 @@ class CasePrediction:
                        [np.nan if g is None else g for g in guidance], dtype=np.float64))
 
 
+def read_predictions(path: Path, model: str | None = None) -> tuple[list[CasePrediction], str]:
+    """One model's entries of an ``amagi evaluate`` ``predictions.json`` and that model's
+    label. ``model`` may be left out when the file holds one model only. A file that is not
+    such a document, or names no such model, is an :class:`InputError` naming it."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        doc = json.loads(text)
+        labels = sorted({str(d["model"]) for d in doc})
+    except (ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: not an 'amagi evaluate' predictions.json ({e})") from None
+    if model is None:
+        if len(labels) != 1:
+            raise InputError(f"{path} holds the models {', '.join(labels) or 'none'}: choose "
+                             "one with --model")
+        model = labels[0]
+    if model not in labels:
+        raise InputError(f"{path} holds no model {model!r} (it holds {', '.join(labels)})")
+    try:
+        return [CasePrediction.from_dict(d) for d in doc if str(d["model"]) == model], model
+    except (ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: malformed prediction entry ({e})") from None
+
+
 def synth_index(root: Path) -> tuple[dict[str, Any], str | None]:
     """The ``cases.json`` of an ``amagi synth`` data set (``{}`` when absent) and the name of
     its scene-range preset (``None`` when absent or custom ranges)."""

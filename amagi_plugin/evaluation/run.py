@@ -29,10 +29,9 @@ def _folds(cases: Sequence[TruthCase], k: int, seed: int) -> list[int]:
 
 def build_analyzer(spec: ModelSpec, options: Any) -> Any:
     """Build ``spec``'s model, load its checkpoint (strict), wrap it in an analyzer."""
-    from amagi_plugin.modelspec import load_model
-    from amagi_plugin.pipeline import BleedingAnalyzer
+    from amagi_plugin.runtime import load_analyzer
 
-    return BleedingAnalyzer.for_model(load_model(spec), options)
+    return load_analyzer(spec, options)
 
 
 _WORKER: dict[str, Any] = {}

@@ -56,6 +56,52 @@ def test_a_model_that_is_sure_keeps_the_authors_point() -> None:
     assert point == OperatingPoint() and all(c.f1 == 1.0 for c in scored)
 
 
+def test_bleeding_free_validation_cases_bound_the_false_alarms() -> None:
+    # One case with a true event at 10-20 s (0.62 inside, 0.42 outside) and one bleeding-free
+    # case of still blood where the model wavers at 0.52 for 4 s three times. Every point at
+    # threshold <= 0.5 finds the event but raises those 3 alarms (180 an hour), and no
+    # opening of the grid (at most 3 s) removes a 4 s waver. Without the bleeding-free case
+    # the authors' point wins. With it, 0.55 still finds the event and is quiet on the still
+    # blood, so the bound picks (0.55, 1 s), the admissible point nearest the authors'.
+    p = np.full(N, 0.42)
+    p[100:200] = 0.62
+    still = np.full(N, 0.42)
+    for start in (100, 300, 500):
+        still[start:start + 40] = 0.52
+    truth = {"c0": _case([(10.0, 20.0)]), "free": _case([], "free")}
+    preds = [_pred(p), _pred(still, "free")]
+    point, scored = choose_operating_point(preds, truth, RATE)
+    assert point == OperatingPoint(0.55, "morphology", 1.0)
+    by_point = {(c.point.threshold, c.point.smoothing_s): c for c in scored}
+    authors = by_point[(0.5, 1.0)]
+    assert (authors.false_alarms, authors.bleeding_free_s) == (3, 60.0)
+    assert authors.false_alarms_per_hour == 180.0 and not authors.admissible
+    assert authors.f1 == pytest.approx(0.4)  # 1 match of 4 predicted, 1 true
+    chosen = by_point[(0.55, 1.0)]
+    assert chosen.admissible and chosen.f1 == 1.0
+    assert chosen.to_json()["bleeding_free_false_alarms"] == 0
+    # without the bleeding-free case the bound is void and the authors' point wins
+    alone, _ = choose_operating_point(preds[:1], truth, RATE)
+    assert alone == OperatingPoint()
+
+
+def test_when_no_point_meets_the_bound_the_fewest_alarms_win() -> None:
+    p = np.full(N, 0.42)
+    p[100:200] = 0.9
+    still = np.full(N, 0.42)
+    still[300:350] = 0.95  # a look-alike no threshold of the grid can tell from bleeding
+    still[100:120] = 0.6
+    truth = {"c0": _case([(10.0, 20.0)]), "free": _case([], "free")}
+    point, scored = choose_operating_point([_pred(p), _pred(still, "free")], truth, RATE)
+    # a 5 s look-alike at 0.95 fires at every point: none is admissible. The 2 s bump at
+    # 0.6 is a second alarm unless the threshold is above it or a 3 s opening removes it.
+    assert not any(c.admissible for c in scored)
+    fewest = [c for c in scored if c.false_alarms == 1]
+    assert fewest and min(c.false_alarms for c in scored) == 1
+    assert point == OperatingPoint(0.5, "morphology", 3.0)  # of those, nearest the authors'
+    assert next(c for c in scored if c.point == point).f1 == max(c.f1 for c in fewest)
+
+
 def test_validation_without_bleeding_cannot_choose() -> None:
     with pytest.raises(ValueError, match="hold no bleeding event"):
         choose_operating_point([_pred(np.full(N, 0.1))], {"c0": _case([])}, RATE)

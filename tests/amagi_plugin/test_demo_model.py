@@ -40,14 +40,15 @@ def test_stage_skipped_but_never_timed_is_reported_as_unknown(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
-    """``make demo-model RECIPE=evidence``'s code path at minute scale: every stage (the
-    temporal segmenter trained on rawframe windows, look jitter, the head reading the map's
-    evidence), every evaluation set, a labelled README."""
+    """``make demo-model RECIPE=evidence-refined``'s code path at minute scale: every stage
+    (the temporal segmenter trained on rawframe windows, look jitter, the head reading the
+    map's evidence, the temporal refiner, bleeding-free validation), every evaluation set, a
+    labelled README."""
     from amagi_plugin.demo_model import DemoConfig, build_demo
     from dicom_io.results import DEMO_DISCLAIMER
     from models import build_model, load_checkpoint
 
-    cfg = DemoConfig.recipe("evidence").quick()
+    cfg = DemoConfig.recipe("evidence-refined").quick()
     assert cfg.train_domain == "randomised" and cfg.static_cases and cfg.shifted_cases
     dest = tmp_path / "dest"
     training = build_demo(tmp_path / "work", cfg, dest)
@@ -56,8 +57,10 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert (recorded["train_domain"], recorded["train_cases"], recorded["still_negatives"],
             recorded["size"], recorded["eval_domain"]) == ("randomised", 4, 0.35, [160, 128],
                                                            "heldout")
-    assert DemoConfig(**{k: tuple(v) if isinstance(v, list) else v
-                         for k, v in recorded.items()}) == cfg
+    def tuples(v):
+        return tuple(tuples(x) for x in v) if isinstance(v, list) else v
+
+    assert DemoConfig(**{k: tuples(v) for k, v in recorded.items()}) == cfg
     assert set(training["other_eval_data"]) == {"static", "shifted"}
     for name in ("metrics.json", "metrics_static.json", "metrics_shifted.json"):
         doc = json.loads((dest / name).read_text())
@@ -83,9 +86,23 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
 
     calibration = training["calibration"]
     validation = tmp_path / "work" / "data" / "validation"
-    assert calibration["data"] == {"name": "validation", "seed": cfg.val_seed,
-                                   "domain": "randomised", "cases": 2, "duration_s": 12.0}
+    assert calibration["data"]["sets"] == [
+        {"name": "validation", "seed": cfg.val_seed, "domain": "randomised", "cases": 2,
+         "duration_s": 12.0},
+        {"name": "validation-static", "seed": cfg.val_static_seed,
+         "domain": "randomised-static", "cases": 1, "duration_s": 8.0}]
     assert len(list(validation.glob("*/labels.json"))) == 2
+    # the refiner: trained on the main model's predictions of its own videos, named in
+    # model.json, and so read by every evaluation
+    from models.refiner import load_refiner
+
+    assert manifest["refiner"] == "refiner_demo.pth"
+    refiner = load_refiner(dest / "refiner_demo.pth")
+    assert len(training["config"]["refiner_sets"]) == 4
+    raw = json.loads((tmp_path / "work" / "evaluation" / "refiner-0" / "predictions.json")
+                     .read_text())
+    assert len(raw) == 2 and refiner.cfg.rate_hz == cfg.prediction_hz
+    assert "temporal refiner `refiner_demo.pth`" in readme
     post = heldout["post_processing"]
     used = post.get("by_model") or {m: {k: post[k] for k in OperatingPoint.KEYS}
                                     for m in heldout["models"]}
@@ -97,7 +114,9 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
         record = calibration["models"][entry["checkpoint"]]
         assert record["label"] == entry["arch"] and len(record["candidates"]) == 9 * 4
         assert record["chosen"] == entry["operating_point"]
-        best = max(c["event_f1"] for c in record["candidates"])
+        admissible = [c for c in record["candidates"]
+                      if c["bleeding_free_false_alarms"] == 0] or record["candidates"]
+        best = max(c["event_f1"] for c in admissible)
         assert next(c for c in record["candidates"]
                     if {k: c[k] for k in OperatingPoint.KEYS} == point.to_json())["event_f1"] == best
     assert "main model's operating point: threshold" in readme
@@ -118,7 +137,8 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert randomised.val_cases > 0 and DemoConfig().val_cases == 0
     assert randomised.val_seed not in (randomised.train_seed, randomised.eval_seed,
                                        randomised.static_seed)
-    assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal", "evidence"}
+    assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal", "evidence",
+                            "evidence-refined"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -128,6 +148,14 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert temporal.clip_look_jitter == 0.0
     assert dataclasses.replace(evidence, arch=temporal.arch, clip_look_jitter=0.0,
                                version=temporal.version) == temporal
+    refined = DemoConfig.recipe("evidence-refined")  # evidence, a refiner, quiet validation
+    assert refined.refiner_sets and refined.val_static_cases and not evidence.refiner_sets
+    assert dataclasses.replace(refined, refiner_sets=(), val_static_cases=0,
+                               version=evidence.version) == evidence
+    seeds = {seed for _, seed, _ in refined.refiner_sets}
+    assert len(seeds) == 4 and not seeds & {refined.train_seed, refined.val_seed,
+                                            refined.val_static_seed, refined.eval_seed,
+                                            refined.static_seed}
     gpu = DemoConfig.recipe("randomised-gpu")
     assert gpu.train_domain == "randomised" and gpu.clip_epochs > randomised.clip_epochs
     assert (gpu.arch, gpu.clip_look_jitter) == (evidence.arch, evidence.clip_look_jitter)

@@ -41,3 +41,40 @@ def test_checkpoint_spec_names_the_weights_by_file(tmp_path: Path) -> None:
         WeightsKind.AUTHORS, "split1_SF50", {"a": 1})
     assert (user.weights, user.version, dict(user.build)) == (WeightsKind.USER, "latest", {})
     assert isinstance(user, ModelSpec) and user.label == "mine latest"
+
+
+def test_a_demo_refiner_reaches_the_analyzer_and_the_doctor(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """The bundled manifest's ``refiner`` is resolved into the spec, loaded by every
+    analyzer's one loader (runtime.load_analyzer) and checked by the doctor; a missing
+    or foreign file is a clear error."""
+    import pytest
+    import torch
+
+    import amagi_plugin.modelspec as modelspec
+    from amagi_plugin.doctor import Status, check_model
+    from amagi_plugin.errors import InputError
+    from amagi_plugin.runtime import analyzer_from_config
+    from models.refiner import RefinerConfig, TemporalRefiner, save_refiner
+
+    demo = _demo_with_build(tmp_path, {})
+    manifest = json.loads((demo / "model.json").read_text())
+    torch.manual_seed(0)
+    save_refiner(TemporalRefiner(RefinerConfig(width=4, layers=2)), demo / "r.pth")
+    (demo / "model.json").write_text(json.dumps({**manifest, "refiner": "r.pth"}))
+    cfg = load_config(environ={}, cwd=tmp_path, overrides={"model.device": "cpu"})
+    spec = resolve_model(cfg.model, demo_dir=demo)
+    assert spec.refiner == demo / "r.pth"
+    assert build_analyzer(spec, AnalysisOptions(device="cpu")).refiner.cfg.layers == 2
+    # the commands' wiring and the doctor resolve the bundled folder: point it here
+    monkeypatch.setattr(modelspec.resolve_model, "__defaults__", (demo,))
+    analyzer, _ = analyzer_from_config(cfg)
+    assert analyzer.refiner is not None and analyzer.refiner.cfg.width == 4
+    check = check_model(cfg)
+    assert check.status is Status.OK and "refined by r.pth" in check.detail
+    torch.save({"meta": {"arch": "amagi_tiny"}, "state_dict": {}}, demo / "r.pth")
+    check = check_model(cfg)
+    assert check.status is Status.FAIL and "not a temporal refiner" in check.detail
+    (demo / "r.pth").unlink()
+    with pytest.raises(InputError, match="refiner file not found"):
+        resolve_model(cfg.model, demo_dir=demo)

@@ -71,6 +71,12 @@ def test_held_out_cases_hold_at_least_four_events_and_static_cases_none() -> Non
         assert {sc.tags()["palette"]} <= {"pale", "dark"}
         st = sample_scene(seed, duration_s=60.0, ranges="static", width=64, height=48, fps=10.0)
         assert not st.events and len(st.still) >= 2 and not st.frame_labels().any()
+        # the same in the training looks: bleeding-free validation and refiner video
+        rs = sample_scene(seed, duration_s=60.0, ranges="randomised-static", width=64,
+                          height=48, fps=10.0)
+        assert not rs.events and len(rs.still) >= 2 and not rs.frame_labels().any()
+        assert rs.tags()["palette"] in ("pink", "red", "yellow")
+        assert rs.look.scope_mask != "rounded_rect"
 
 
 def _still_camera(scene: SceneParams) -> SceneParams:

@@ -256,3 +256,123 @@ def test_calibrate_refuses_validation_without_bleeding(trained: Path) -> None:
     assert code == ExitCode.BAD_INPUT and "cannot write" in err and "Not a directory" in err
     assert len(err.strip().splitlines()) == 1, err
     assert json.loads((d / "model.json").read_text()) == manifest
+
+
+def _predictions_file(path: Path, videos: int = 6, n: int = 120) -> None:
+    """A predictions.json as 'amagi evaluate' writes it: each video's baseline differs, and
+    bleeding raises the probability above it."""
+    from amagi_plugin.evaluation.cases import CasePrediction
+
+    rng = np.random.default_rng(5)
+    entries = []
+    for v in range(videos):
+        labels = np.zeros(n, np.uint8)
+        labels[30:60] = 1
+        z = rng.uniform(-1, 1) + labels + rng.normal(0, 0.2, n)
+        p = 1 / (1 + np.exp(-z))
+        frames = np.arange(n) * 3
+        entries.append(CasePrediction(f"v{v}", "AMAGI", frames / 30.0, frames, labels, p,
+                                      p >= 0.5, [], 1.0).to_dict())
+    path.write_text(json.dumps(entries))
+
+
+def test_a_refiner_trained_on_predictions_re_reads_every_analysis(trained: Path) -> None:
+    """``amagi train refiner`` fits a refiner to predictions; named in model.json, it
+    re-reads the model's probabilities in 'amagi evaluate' (and so in process and serve,
+    which build their analyzer the same way): what evaluate reports is the refiner applied
+    to what the network gave without it."""
+    from models.refiner import load_refiner
+
+    _predictions_file(trained / "preds.json")
+    code, out, err = _run(trained, "train", "refiner", "--predictions", "preds.json",
+                          "-o", "ref/refiner.pth", "--steps", "20", "--layers", "4")
+    assert code == 0, err
+    assert "refiner trained on 6 videos of AMAGI (25 % of instants bleeding, 10 " in out
+    refiner = load_refiner(trained / "ref" / "refiner.pth")
+    assert refiner.cfg.rate_hz == 10.0 and refiner.cfg.layers == 4
+    d = trained / "refined"
+    d.mkdir()
+    manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
+                "build": {"input_size": 64}, "refiner": "../ref/refiner.pth"}
+    (d / "model.json").write_text(json.dumps(manifest))
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "refined",
+                        "--folds", "1", "-od", "refined-eval", "--no-progress")
+    assert code == 0, err
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--checkpoint",
+                        "AMAGI=amagi/latest.pth", "--folds", "1", "-od", "raw-eval",
+                        "--no-progress")
+    assert code == 0, err
+    refined = json.loads((trained / "refined-eval" / "predictions.json").read_text())
+    raw = {d["case_id"]: d for d in
+           json.loads((trained / "raw-eval" / "predictions.json").read_text())}
+    assert refined
+    for entry in refined:
+        want = refiner.refine(np.array(raw[entry["case_id"]]["probabilities"]), 10.0)
+        np.testing.assert_allclose(entry["probabilities"], want, atol=2e-6)
+        assert not np.allclose(entry["probabilities"], raw[entry["case_id"]]["probabilities"],
+                               atol=1e-3)
+    # a model.json naming a refiner that is not there: one line, before any model runs
+    manifest["refiner"] = "../ref/missing.pth"
+    (d / "model.json").write_text(json.dumps(manifest))
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "refined",
+                        "--folds", "1", "-od", "x", "--no-progress")
+    assert code == ExitCode.BAD_INPUT and "refiner file not found" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_train_refiner_refuses_what_it_cannot_learn_from(trained: Path) -> None:
+    code, _, err = _run(trained, "train", "refiner", "--predictions", "nothing.json",
+                        "-o", "r.pth")
+    assert code == ExitCode.BAD_INPUT and "cannot read" in err
+    (trained / "garbage.json").write_text("{")
+    code, _, err = _run(trained, "train", "refiner", "--predictions", "garbage.json",
+                        "-o", "r.pth")
+    assert code == ExitCode.BAD_INPUT and "not an 'amagi evaluate' predictions.json" in err
+    _predictions_file(trained / "two.json")
+    doc = json.loads((trained / "two.json").read_text())
+    doc.append({**doc[0], "model": "SlowFast"})
+    (trained / "two.json").write_text(json.dumps(doc))
+    code, _, err = _run(trained, "train", "refiner", "--predictions", "two.json", "-o", "r.pth")
+    assert code == ExitCode.BAD_INPUT and "choose one with --model" in err
+    code, _, err = _run(trained, "train", "refiner", "--predictions", "two.json", "--model",
+                        "Other", "-o", "r.pth")
+    assert code == ExitCode.BAD_INPUT and "holds no model 'Other'" in err
+    quiet = [{**e, "labels": [0] * len(e["labels"])} for e in doc if e["model"] == "AMAGI"]
+    (trained / "quiet.json").write_text(json.dumps(quiet))
+    code, _, err = _run(trained, "train", "refiner", "--predictions", "quiet.json", "-o",
+                        "r.pth")
+    assert code == ExitCode.BAD_INPUT and "bleeding and non-bleeding" in err
+    assert not (trained / "r.pth").exists()
+
+
+def test_calibrate_pools_folders_and_bounds_alarms_on_bleeding_free_ones(trained: Path) -> None:
+    import shutil
+
+    free = trained / "free"
+    shutil.copytree(trained / "heldout" / "s12_c0000", free / "f_c0000")
+    labels = json.loads((free / "f_c0000" / "labels.json").read_text())
+    labels["events"], labels["frame_labels"] = [], [0] * len(labels["frame_labels"])
+    labels["case_id"] = "f_c0000"
+    (free / "f_c0000" / "labels.json").write_text(json.dumps(labels))
+    d = trained / "pooled"
+    d.mkdir()
+    (d / "model.json").write_text(json.dumps({"arch": "slowfast_tiny",
+                                              "checkpoint": "../slowfast/latest.pth"}))
+    code, _, err = _run(trained, "calibrate", "--data", "heldout", "free", "--model-dir",
+                          "pooled", "-od", "cal-pooled", "--no-progress")
+    assert code == 0, err
+    record = json.loads((trained / "cal-pooled" / "calibration.json").read_text())
+    assert [s["name"] for s in record["data"]["sets"]] == ["heldout", "free"]
+    assert record["data"]["cases"] == 3 and "false alarm an hour" in record["rule"]
+    m = record["models"]["../slowfast/latest.pth"]
+    assert all(c["bleeding_free_s"] == pytest.approx(3.0, abs=0.05) for c in m["candidates"])
+    quiet = [c for c in m["candidates"] if c["bleeding_free_false_alarms"] == 0]
+    if quiet:  # the bound admits only points quiet on the bleeding-free case
+        assert m["chosen_score"]["bleeding_free_false_alarms"] == 0
+        assert m["chosen_score"]["event_f1"] == max(c["event_f1"] for c in quiet)
+    else:
+        assert m["chosen_score"]["bleeding_free_false_alarms"] == min(
+            c["bleeding_free_false_alarms"] for c in m["candidates"])
+    code, _, err = _run(trained, "calibrate", "--data", "heldout", "heldout", "--model-dir",
+                        "pooled", "-od", "cal-twice")
+    assert code == ExitCode.BAD_INPUT and "share case names" in err

@@ -21,12 +21,16 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         description="Run the models of --model-dir (its model.json: the main model and its "
         "baseline) over the annotated validation cases of --data (as 'amagi synth' writes "
         "them; never the held-out cases you report on), and choose for each the threshold "
-        "and smoothing length that give the best event F1 at IoU 0.5 (ties: the lower count "
+        "and smoothing length that give the best event F1 at IoU 0.5 among those with at "
+        "most 1 false alarm an hour on the bleeding-free cases (ties: the lower count "
         "error, then the point nearest the authors' 0.5 and 1 s). Prints each choice, writes "
         "every candidate's score to OUTPUT/calibration.json, and with --write stores each "
         "point in model.json, where 'amagi process', 'serve' and 'evaluate' read it (an "
         "[analysis] key that is set still wins).")
-    p.add_argument("--data", required=True, metavar="DIR", help="validation cases")
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                   help="validation cases (several folders are pooled; include bleeding-free "
+                   "cases, e.g. 'amagi synth --domain randomised-static', and only points "
+                   "with at most 1 false alarm an hour on them compete)")
     p.add_argument("--model-dir", required=True, metavar="DIR",
                    help="a folder with model.json and its checkpoints")
     p.add_argument("-od", "--output-directory", required=True, metavar="DIR")
@@ -41,6 +45,16 @@ def run(args: argparse.Namespace, ctx) -> int:
 
     with torch_threads(args.threads):
         return _run(args, ctx)
+
+
+def _data_records(folders: list[tuple[Path, int]]) -> tuple[dict[str, Any], str]:
+    """What the validation data is, as recorded and in words: one folder's record, or the
+    records of several (``sets``) with their descriptions joined."""
+    records = [_data_record(d, n) for d, n in folders]
+    if len(records) == 1:
+        return records[0]
+    return ({"sets": [r for r, _ in records], "cases": sum(n for _, n in folders)},
+            " + ".join(w for _, w in records))
 
 
 def _data_record(data: Path, n_cases: int) -> tuple[dict[str, Any], str]:
@@ -66,11 +80,15 @@ def _run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.pipeline import AnalysisOptions
 
     cfg = ctx.config
-    data, model_dir = ctx.cwd / args.data, ctx.cwd / args.model_dir
-    cases = load_cases(data)
+    folders, model_dir = [ctx.cwd / d for d in args.data], ctx.cwd / args.model_dir
+    per_folder = [(d, load_cases(d)) for d in folders]
+    cases = [c for _, found in per_folder for c in found]
+    if len({c.case_id for c in cases}) != len(cases):
+        raise InputError("the validation folders share case names: pool folders of "
+                         "different seeds")
     if not any(c.events for c in cases):
-        raise InputError(f"no validation case under {data} has a bleeding event: no operating "
-                         "point can be chosen on them")
+        raise InputError(f"no validation case under {', '.join(map(str, folders))} has a "
+                         "bleeding event: no operating point can be chosen on them")
     check_run_arguments(args)
     specs, _ = model_dir_specs(model_dir)
     target = ctx.cwd / args.output_directory / "calibration.json"
@@ -92,7 +110,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     _, preds = evaluate_models(specs, options, cases, folds=1, jobs=args.jobs,
                                threads=args.threads,
                                progress=None if args.no_progress else ctx.stderr)
-    record_data, chosen_on = _data_record(data, len(cases))
+    record_data, chosen_on = _data_records([(d, len(found)) for d, found in per_folder])
     record = calibration_record(preds, {c.case_id: c for c in cases}, hz, names, record_data,
                                 chosen_on)
     try:

@@ -1,9 +1,10 @@
-"""``amagi train seg|clip|demo``: train the bleeding models with the authors' recipe.
+"""``amagi train seg|clip|refiner|demo``: train the bleeding models with the authors' recipe.
 
 ``seg`` trains the segmentation net (HRNet-OCR) on frame/mask PNG pairs; ``clip`` trains
 AMAGI (with that segmentation net frozen inside) or the plain SlowFast baseline on the
-authors' rawframe layout (``folder total_frames label`` lists); ``demo`` builds the bundled
-demo model end to end (what ``make demo-model`` runs). Checkpoints are written after every
+authors' rawframe layout (``folder total_frames label`` lists); ``refiner`` trains a
+temporal refiner (:mod:`models.refiner`) on a clip model's predictions of whole videos;
+``demo`` builds the bundled demo model end to end (what ``make demo-model`` runs). Checkpoints are written after every
 epoch in the authors' layout; ``--resume`` continues an interrupted run.
 
 ``seg`` and ``clip`` also run data-parallel under torchrun (``torchrun --nproc_per_node N -m
@@ -84,9 +85,9 @@ def _check_look_jitter(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     # No parents here: this level only dispatches, and the shared flags would make
     # argparse's prefix matching see '--data' as ambiguous (--database-url ...).
-    p = sub.add_parser("train", help="train bleeding models (seg, clip, demo)",
+    p = sub.add_parser("train", help="train bleeding models (seg, clip, refiner, demo)",
                        description=__doc__.splitlines()[0], allow_abbrev=False)
-    tsub = p.add_subparsers(dest="train_command", metavar="{seg,clip,demo}")
+    tsub = p.add_subparsers(dest="train_command", metavar="{seg,clip,refiner,demo}")
     tsub.required = True
     s = tsub.add_parser("seg", parents=parents, help="train the bleeding segmentation net",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -128,6 +129,27 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    "still under camera motion, labelled not bleeding (0 = the authors' recipe)")
     _common(c, epochs=100, lr=0.01)
     c.set_defaults(handler=run_clip)
+    r = tsub.add_parser(
+        "refiner", parents=parents, help="train a temporal refiner on a model's predictions",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a temporal refiner (a small dilated temporal convolution that "
+        "re-reads a whole video's bleeding probabilities, with each video's median as its "
+        "baseline) on the predictions.json that 'amagi evaluate' writes. Evaluate the model "
+        "without a refiner (--checkpoint NAME=ARCH:PATH) on videos it was not trained on. "
+        "Name the written file as the model's 'refiner' in its model.json to use it.")
+    r.add_argument("--predictions", required=True, nargs="+", metavar="FILE",
+                   help="predictions.json files of 'amagi evaluate'")
+    r.add_argument("--model", default=None, metavar="LABEL",
+                   help="the model's label in them (needed when they hold several)")
+    r.add_argument("-o", "--output", required=True, metavar="FILE", help="refiner .pth")
+    r.add_argument("--steps", type=int, default=200)
+    r.add_argument("--width", type=int, default=8, help="channels of each layer")
+    r.add_argument("--layers", type=int, default=8,
+                   help="dilated layers: each output sees 2^layers - 1 predictions each way")
+    r.add_argument("--offset", type=float, default=1.0, help="random shift (± logits) of "
+                   "each training window's level, so that the level is not over-trusted")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(handler=run_refiner)
     d = tsub.add_parser("demo", parents=parents, help="build the bundled demo model",
                         description="Synthesise data, train seg, AMAGI and SlowFast, evaluate "
                         "and write models/weights/demo/ (what 'make demo-model' runs).")
@@ -136,7 +158,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     d.add_argument("--recipe", default="shipped",
                    help="shipped (the bundled model's), randomised (held-out looks), temporal "
                    "(temporal guidance), evidence (temporal, the map's peak and area read by "
-                   "the head, look jitter) or randomised-gpu (evidence with a GPU's budget)")
+                   "the head, look jitter), evidence-refined (evidence with a temporal refiner and "
+                   "bleeding-free validation) or randomised-gpu (evidence with a GPU's budget)")
     d.add_argument("--device", dest="demo_device", default="cpu",
                    help="cpu, cuda, cuda:N or auto: where the networks train and evaluate")
     d.add_argument("--quick", action="store_true", help="a minutes-long run of every stage")
@@ -341,6 +364,26 @@ def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     ctx.print(f"{arch} trained on {len(ds)} clips ({sum(labels)} bleeding), class weights "
               f"{list(weights)}: {result.checkpoint} (loss {last.get('loss')}, accuracy "
               f"{last.get('accuracy')}, {result.seconds:.0f} s)")
+    return 0
+
+
+def run_refiner(args: argparse.Namespace, ctx) -> int:
+    from amagi_plugin.refining import fit_refiner
+    from models.errors import ModelError
+
+    paths = [ctx.cwd / p for p in args.predictions]
+    try:
+        result, meta = fit_refiner(paths, args.model, steps=args.steps, width=args.width,
+                                   layers=args.layers, offset=args.offset, seed=args.seed)
+    except ModelError as e:
+        raise InputError(str(e)) from None
+    from models.refiner import save_refiner
+
+    out = save_refiner(result.refiner, ctx.cwd / args.output, meta=meta)
+    ctx.print(f"refiner trained on {result.videos} videos of {meta['model']} "
+              f"({100 * result.positive_share:.0f} % of instants bleeding, "
+              f"{meta['rate_hz']:g} predictions a second): {out} (loss "
+              f"{result.losses[0]:.3f} -> {result.losses[-1]:.3f}, {result.seconds:.0f} s)")
     return 0
 
 
