@@ -91,7 +91,7 @@ class DemoConfig:
     # looks, never trained on by the clip model; () = no refiner
     refiner_sets: tuple[tuple[str, int, int], ...] = ()
     refiner_duration_s: float = 60.0
-    refiner_steps: int = 200
+    refiner_steps: int = 400
     refiner_width: int = 8
     refiner_layers: int = 8
     refiner_offset: float = 1.0

@@ -29,7 +29,7 @@ def _rate_hz(times_s: np.ndarray, where: str) -> float:
     return float(round(1.0 / float(np.median(steps)), 6))
 
 
-def fit_refiner(paths: Sequence[Path], model: str | None = None, *, steps: int = 200,
+def fit_refiner(paths: Sequence[Path], model: str | None = None, *, steps: int = 400,
                 width: int = 8, layers: int = 8, offset: float = 1.0, seed: int = 0
                 ) -> tuple[RefinerTrainResult, dict[str, Any]]:
     """A refiner trained on ``model``'s predictions in ``paths`` and the record to keep with

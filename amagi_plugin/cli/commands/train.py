@@ -142,7 +142,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     r.add_argument("--model", default=None, metavar="LABEL",
                    help="the model's label in them (needed when they hold several)")
     r.add_argument("-o", "--output", required=True, metavar="FILE", help="refiner .pth")
-    r.add_argument("--steps", type=int, default=200)
+    r.add_argument("--steps", type=int, default=400)
     r.add_argument("--width", type=int, default=8, help="channels of each layer")
     r.add_argument("--layers", type=int, default=8,
                    help="dilated layers: each output sees 2^layers - 1 predictions each way")
