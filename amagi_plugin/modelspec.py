@@ -190,4 +190,3 @@ def load_model(spec: ModelSpec, device: str = "cpu"):
     if spec.checkpoint is not None:
         load_checkpoint(model, spec.checkpoint)
     return model.eval().to(device)
-

@@ -32,8 +32,9 @@ from amagi_plugin.analysis import OperatingPoint, Timeline, find_events
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase
 from amagi_plugin.evaluation.metrics import EventCounts, event_counts, index_errors
 
-__all__ = ["LENGTHS_S", "MAX_FALSE_ALARMS_PER_HOUR", "METHODS", "RULE", "THRESHOLDS", "Candidate", "calibration_record",
-           "choose_operating_point", "score_operating_points"]
+__all__ = ["LENGTHS_S", "MAX_FALSE_ALARMS_PER_HOUR", "METHODS", "RULE", "THRESHOLDS",
+           "Candidate", "calibration_record", "choose_operating_point",
+           "score_operating_points"]
 
 #: Thresholds tried: 0.30, 0.35, ..., 0.70.
 THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(9))
