@@ -47,7 +47,7 @@ _EPS = 1e-4  # probabilities are clipped to [eps, 1 - eps] before the logit
 class RefinerConfig:
     """Architecture of a :class:`TemporalRefiner` and the rate its dilations assume."""
 
-    width: int = 32
+    width: int = 8
     layers: int = 8
     dropout: float = 0.2
     rate_hz: float = 10.0

@@ -32,13 +32,13 @@ __all__ = ["RefinerTrainConfig", "RefinerTrainResult", "train_refiner"]
 
 @dataclass(frozen=True)
 class RefinerTrainConfig:
-    steps: int = 600
+    steps: int = 400
     batch: int = 8
     window: int = 300  # instants per drawn window (30 s at 10 Hz)
     lr: float = 1e-3
     weight_decay: float = 1e-2
     smoothing: float = 0.15
-    offset: float = 0.0
+    offset: float = 1.0
     seed: int = 0
     architecture: RefinerConfig = field(default_factory=RefinerConfig)
 
