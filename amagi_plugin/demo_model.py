@@ -181,7 +181,8 @@ _TEMPORAL: dict[str, Any] = {**_RANDOMISED, "arch": "amagi_tiny_tg", "version": 
 _EVIDENCE: dict[str, Any] = {**_TEMPORAL, "arch": "amagi_tiny_tge", "clip_look_jitter": 1.0,
                              "version": "6.0"}
 #: ``evidence-refined`` is ``evidence`` with a temporal refiner trained on the main model's
-#: predictions of 70 videos with bleeding and 22 without (training looks, other seeds), and
+#: predictions of 70 training-look videos (about one in ten without bleeding) and 22
+#: bleeding-free ones (other seeds), and
 #: its operating point bounded by bleeding-free validation video (at most 1 false alarm an
 #: hour there).
 _REFINED: dict[str, Any] = {
