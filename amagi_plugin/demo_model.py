@@ -182,9 +182,8 @@ _EVIDENCE: dict[str, Any] = {**_TEMPORAL, "arch": "amagi_tiny_tge", "clip_look_j
                              "version": "6.0"}
 #: ``evidence-refined`` is ``evidence`` with a temporal refiner trained on the main model's
 #: predictions of 70 training-look videos (about one in ten without bleeding) and 22
-#: bleeding-free ones (other seeds), and
-#: its operating point bounded by bleeding-free validation video (at most 1 false alarm an
-#: hour there).
+#: bleeding-free ones (other seeds), and its operating point bounded by bleeding-free
+#: validation video (at most 1 false alarm an hour there).
 _REFINED: dict[str, Any] = {
     **_EVIDENCE, "version": "7.0", "val_static_cases": 4,
     "refiner_sets": (("randomised", 160001, 30), ("randomised", 160004, 40),

@@ -29,11 +29,13 @@ def _rate_hz(times_s: np.ndarray, where: str) -> float:
     return float(round(1.0 / float(np.median(steps)), 6))
 
 
-def fit_refiner(paths: Sequence[Path], model: str | None = None, *, steps: int = 400,
-                width: int = 8, layers: int = 8, offset: float = 1.0, seed: int = 0
+def fit_refiner(paths: Sequence[Path], model: str | None = None, *, steps: int | None = None,
+                width: int | None = None, layers: int | None = None,
+                offset: float | None = None, seed: int = 0
                 ) -> tuple[RefinerTrainResult, dict[str, Any]]:
     """A refiner trained on ``model``'s predictions in ``paths`` and the record to keep with
-    it (``meta`` of its file: data, model, rate, settings, losses)."""
+    it (``meta`` of its file: data, model, rate, settings, losses). A setting left ``None``
+    is :class:`RefinerTrainConfig`'s or :class:`RefinerConfig`'s default."""
     videos, rates, label = [], set(), model
     for path in paths:
         preds, label = read_predictions(path, label)
@@ -43,13 +45,16 @@ def fit_refiner(paths: Sequence[Path], model: str | None = None, *, steps: int =
     if len(rates) > 1:
         raise InputError(f"the predictions come at different rates ({sorted(rates)} per "
                          "second): evaluate every video at one --prediction-hz")
-    rate = rates.pop() if rates else 10.0
-    cfg = RefinerTrainConfig(steps=steps, offset=offset, seed=seed,
-                             architecture=RefinerConfig(width=width, layers=layers,
-                                                        rate_hz=rate))
+    given = {k: v for k, v in (("width", width), ("layers", layers)) if v is not None}
+    if rates:
+        given["rate_hz"] = rates.pop()
+    architecture = RefinerConfig(**given)
+    cfg = RefinerTrainConfig(seed=seed, architecture=architecture, **{
+        k: v for k, v in (("steps", steps), ("offset", offset)) if v is not None})
     result = train_refiner(videos, cfg)
-    meta = {"model": label, "trained_on": [str(p) for p in paths], "rate_hz": rate,
-            "videos": result.videos, "positive_share": round(result.positive_share, 4),
-            "steps": steps, "offset": offset, "seed": seed,
+    meta = {"model": label, "trained_on": [str(p) for p in paths],
+            "rate_hz": architecture.rate_hz, "videos": result.videos,
+            "positive_share": round(result.positive_share, 4),
+            "steps": cfg.steps, "offset": cfg.offset, "seed": seed,
             "losses": [round(x, 4) for x in result.losses], "seconds": round(result.seconds, 1)}
     return result, meta

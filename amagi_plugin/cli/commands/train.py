@@ -4,8 +4,9 @@
 AMAGI (with that segmentation net frozen inside) or the plain SlowFast baseline on the
 authors' rawframe layout (``folder total_frames label`` lists); ``refiner`` trains a
 temporal refiner (:mod:`models.refiner`) on a clip model's predictions of whole videos;
-``demo`` builds the bundled demo model end to end (what ``make demo-model`` runs). Checkpoints are written after every
-epoch in the authors' layout; ``--resume`` continues an interrupted run.
+``demo`` builds the bundled demo model end to end (what ``make demo-model`` runs).
+Checkpoints are written after every epoch in the authors' layout; ``--resume`` continues an
+interrupted run.
 
 ``seg`` and ``clip`` also run data-parallel under torchrun (``torchrun --nproc_per_node N -m
 amagi_plugin.cli train clip ...``): one process per GPU (``--device cuda`` becomes
@@ -131,7 +132,6 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     c.set_defaults(handler=run_clip)
     r = tsub.add_parser(
         "refiner", parents=parents, help="train a temporal refiner on a model's predictions",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a temporal refiner (a small dilated temporal convolution that "
         "re-reads a whole video's bleeding probabilities, with each video's median as its "
         "baseline) on the predictions.json that 'amagi evaluate' writes. Evaluate the model "
@@ -142,13 +142,16 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     r.add_argument("--model", default=None, metavar="LABEL",
                    help="the model's label in them (needed when they hold several)")
     r.add_argument("-o", "--output", required=True, metavar="FILE", help="refiner .pth")
-    r.add_argument("--steps", type=int, default=400)
-    r.add_argument("--width", type=int, default=8, help="channels of each layer")
-    r.add_argument("--layers", type=int, default=8,
-                   help="dilated layers: each output sees 2^layers - 1 predictions each way")
-    r.add_argument("--offset", type=float, default=1.0, help="random shift (± logits) of "
-                   "each training window's level, so that the level is not over-trusted")
-    r.add_argument("--seed", type=int, default=0)
+    # Unset, each of these is the refiner's own default (models.refiner, models.training).
+    r.add_argument("--steps", type=int, default=None, help="optimiser steps (default 400)")
+    r.add_argument("--width", type=int, default=None,
+                   help="channels of each layer (default 8)")
+    r.add_argument("--layers", type=int, default=None, help="dilated layers: each output "
+                   "sees 2^layers - 1 predictions each way (default 8)")
+    r.add_argument("--offset", type=float, default=None, help="random shift (± logits) of "
+                   "each training window's level, so that the level is not over-trusted "
+                   "(default 1)")
+    r.add_argument("--seed", type=int, default=0, help="window order and draws (default 0)")
     r.set_defaults(handler=run_refiner)
     d = tsub.add_parser("demo", parents=parents, help="build the bundled demo model",
                         description="Synthesise data, train seg, AMAGI and SlowFast, evaluate "
