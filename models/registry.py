@@ -24,6 +24,9 @@ Variants (input is frames x pixels²):
   (on held-out looks the tiny pathways carry the training looks, the map carries the flow);
   in analysis the pathway logits weigh 1/10, as in training on average.
   The demo's lever too; the authors' head is unchanged in every other variant.
+- ``amagi_tiny_tgea``: ``amagi_tiny_tge`` whose segmenter aligns each neighbouring frame to
+  the centre one before taking differences (``FlowSegConfig.align``: a global translation
+  by phase correlation), so that the camera's own motion does not look like flow.
 
 Sizes (``ModelCfg.params_m`` / ``gflops``; GFLOPs per clip counted by
 ``torch.utils.flop_counter``, one multiply-add = 2 FLOPs, convolutions and matmuls only):
@@ -38,6 +41,7 @@ slowfast_r50            34.57 M  100.6
 amagi_tiny               2.41 M    0.94
 amagi_tiny_tg            2.33 M    1.66
 amagi_tiny_tge           2.33 M    1.66
+amagi_tiny_tgea          2.33 M    1.66
 slowfast_tiny            2.10 M    0.77
 =====================  ========  ===========
 """
@@ -48,7 +52,7 @@ from dataclasses import dataclass, replace
 
 from models.amagi import Amagi, AmagiHead
 from models.errors import ModelConfigError, UnknownModelError
-from models.flowseg import FLOWSEG_TINY, FlowSeg, FlowSegConfig
+from models.flowseg import FLOWSEG_TINY, FLOWSEG_TINY_ALIGNED, FlowSeg, FlowSegConfig
 from models.hrnet_ocr import HRNET_TINY_OCR, HRNET_W48_OCR, HRNetConfig, HRNetOCR
 from models.recognizer import ModelCfg, Recognizer
 from models.resnet3d import ResNet3dPathway
@@ -110,6 +114,9 @@ _VARIANTS: dict[str, SlowFastSpec] = {
     "amagi_tiny_tge": SlowFastSpec(**{**_TINY, "seg": FLOWSEG_TINY},  # type: ignore[arg-type]
                                    map_evidence=True, pathway_dropout=0.9,
                                    params_m=2.33, gflops=1.66),
+    "amagi_tiny_tgea": SlowFastSpec(**{**_TINY, "seg": FLOWSEG_TINY_ALIGNED},  # type: ignore[arg-type]
+                                    map_evidence=True, pathway_dropout=0.9,
+                                    params_m=2.33, gflops=1.66),
 }
 
 
@@ -248,6 +255,11 @@ def amagi_tiny_tg() -> Recognizer:
 def amagi_tiny_tge() -> Recognizer:
     """``amagi_tiny_tg`` whose classifier also reads the map's peak and area."""
     return build_model("amagi_tiny_tge")
+
+
+def amagi_tiny_tgea() -> Recognizer:
+    """``amagi_tiny_tge`` whose segmenter aligns the neighbouring frames to the centre one."""
+    return build_model("amagi_tiny_tgea")
 
 
 def slowfast_tiny() -> Recognizer:
