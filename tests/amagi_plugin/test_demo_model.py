@@ -11,6 +11,7 @@ import pytest
 
 from amagi_plugin.demo_model import StageTimes
 from amagi_plugin.errors import ConfigError
+from amagi_plugin.evaluation.calibrate import LENGTHS_S, THRESHOLDS
 
 
 def test_resumed_build_keeps_the_recorded_stage_times(tmp_path: Path) -> None:
@@ -112,7 +113,8 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
         assert f"--seed {cfg.val_seed}" in entry["operating_point"]["chosen_on"]
         assert used[label] == point.to_json()
         record = calibration["models"][entry["checkpoint"]]
-        assert record["label"] == entry["arch"] and len(record["candidates"]) == 9 * 4
+        assert record["label"] == entry["arch"]
+        assert len(record["candidates"]) == len(THRESHOLDS) * len(LENGTHS_S)
         assert record["chosen"] == entry["operating_point"]
         admissible = [c for c in record["candidates"]
                       if c["bleeding_free_false_alarms"] == 0] or record["candidates"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,7 @@ import pytest
 
 from models import build_model
 from models.checkpoint import save_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "model" / "map_score.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("map_score", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from tests.models._scripts import load_script
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def data(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 def test_scores_every_sampled_frame_of_each_set(data, capsys) -> None:
     looks, still, ckpt = data
-    assert _script().main(["amagi_tiny_tgea", str(ckpt), f"looks={looks}", f"still={still}",
+    assert load_script("scripts/model/map_score.py").main(["amagi_tiny_tgea", str(ckpt), f"looks={looks}", f"still={still}",
                            "--every", "4"]) == 0
     report = json.loads(capsys.readouterr().out)
     labels = json.loads(next(looks.glob("*/labels.json")).read_text())
@@ -55,5 +46,5 @@ def test_scores_every_sampled_frame_of_each_set(data, capsys) -> None:
 def test_a_model_without_segmentation_is_refused(data, capsys) -> None:
     looks, _, ckpt = data
     with pytest.raises(SystemExit) as e:
-        _script().main(["slowfast_tiny", str(ckpt), f"looks={looks}"])
+        load_script("scripts/model/map_score.py").main(["slowfast_tiny", str(ckpt), f"looks={looks}"])
     assert e.value.code == 2 and "slowfast_tiny has no segmentation net" in capsys.readouterr().err

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "model" / "temporal_signal.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("temporal_signal", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from tests.models._scripts import load_script
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +21,7 @@ def case_dir(tmp_path_factory) -> Path:
 
 
 def test_measures_every_labelled_active_frame(case_dir: Path, capsys) -> None:
-    ts = _script()
+    ts = load_script("scripts/model/temporal_signal.py")
     case = next(p for p in case_dir.iterdir() if (p / "labels.json").is_file())
     labels = json.loads((case / "labels.json").read_text())
     rows = ts.case_rows(case, delta=1)
@@ -44,7 +36,7 @@ def test_measures_every_labelled_active_frame(case_dir: Path, capsys) -> None:
 
 
 def test_a_folder_without_cases_is_an_error(tmp_path: Path, capsys) -> None:
-    assert _script().main([str(tmp_path)]) == 1
+    assert load_script("scripts/model/temporal_signal.py").main([str(tmp_path)]) == 1
     assert "no labelled active-bleeding frames" in capsys.readouterr().err
 
 
@@ -68,7 +60,7 @@ def test_sustained_bleeding_changes_more_than_saturating_after_encoding(tmp_path
                          options=OutputOptions(formats=("dicom",), mask_every=4))
         ratios = [inside / max(ring, 1e-4)
                   for case in sorted(p for p in root.iterdir() if (p / "labels.json").is_file())
-                  for _, inside, ring in _script().case_rows(case, 3)]
+                  for _, inside, ring in load_script("scripts/model/temporal_signal.py").case_rows(case, 3)]
         assert len(ratios) >= 60
         return statistics.median(ratios), sum(r < 1.2 for r in ratios) / len(ratios)
 
