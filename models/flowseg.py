@@ -98,8 +98,9 @@ def estimate_shift(ref: torch.Tensor, mov: torch.Tensor, max_shift: float) -> to
     Phase correlation (Kuglin & Hines, 1975): the cross-power spectrum of two Hann-windowed
     images is a phase ramp for a pure translation, so its inverse transform peaks at the
     shift. The spectrum is whitened partly (divided by its magnitude to the power 3/4, not
-    1), which keeps the peak where an image has little energy at some frequencies. The peak is searched within ``max_shift`` and refined to
-    a fraction of a pixel by a parabola through it and its neighbours on each axis.
+    1), which keeps the peak where an image has little energy at some frequencies. The peak
+    is searched within ``max_shift`` and refined to a fraction of a pixel by a parabola
+    through it and its neighbours on each axis.
     ``ref`` and ``mov``: ``(N, H, W)`` single-channel images.
     """
     n, h, w = ref.shape
@@ -108,7 +109,7 @@ def estimate_shift(ref: torch.Tensor, mov: torch.Tensor, max_shift: float) -> to
     a = (ref - ref.mean(dim=(1, 2), keepdim=True)) * win
     b = (mov - mov.mean(dim=(1, 2), keepdim=True)) * win
     cross = torch.fft.fft2(a).conj() * torch.fft.fft2(b)
-    corr = torch.fft.ifft2(cross / (cross.abs() + 1e-9) ** 0.75).real  # (N, H, W), peak at +d mod size
+    corr = torch.fft.ifft2(cross / (cross.abs() + 1e-9) ** 0.75).real  # peak at +d mod size
     ys = torch.fft.fftfreq(h, 1.0 / h, device=ref.device)  # signed offsets 0, 1, ..., -1
     xs = torch.fft.fftfreq(w, 1.0 / w, device=ref.device)
     inside = (ys.abs()[:, None] <= max_shift) & (xs.abs()[None] <= max_shift)
@@ -129,7 +130,7 @@ def estimate_shift(ref: torch.Tensor, mov: torch.Tensor, max_shift: float) -> to
 
 
 def _warp(mov: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mov(p + d)`` by bilinear resampling, and the mask of the pixels it covers."""
+    """``mov(p + d)`` by bicubic resampling, and the mask of the pixels it covers."""
     n, _, h, w = mov.shape
     theta = torch.zeros(n, 2, 3, dtype=mov.dtype, device=mov.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0

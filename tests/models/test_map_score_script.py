@@ -11,6 +11,8 @@ from models import build_model
 from models.checkpoint import save_checkpoint
 from tests.models._scripts import load_script
 
+SCRIPT = "scripts/model/map_score.py"
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path, Path]:
@@ -29,8 +31,8 @@ def data(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 def test_scores_every_sampled_frame_of_each_set(data, capsys) -> None:
     looks, still, ckpt = data
-    assert load_script("scripts/model/map_score.py").main(["amagi_tiny_tgea", str(ckpt), f"looks={looks}", f"still={still}",
-                           "--every", "4"]) == 0
+    assert load_script(SCRIPT).main(["amagi_tiny_tgea", str(ckpt), f"looks={looks}",
+                                     f"still={still}", "--every", "4"]) == 0
     report = json.loads(capsys.readouterr().out)
     labels = json.loads(next(looks.glob("*/labels.json")).read_text())
     n = len(range(0, labels["n_frames"], 4))
@@ -46,5 +48,5 @@ def test_scores_every_sampled_frame_of_each_set(data, capsys) -> None:
 def test_a_model_without_segmentation_is_refused(data, capsys) -> None:
     looks, _, ckpt = data
     with pytest.raises(SystemExit) as e:
-        load_script("scripts/model/map_score.py").main(["slowfast_tiny", str(ckpt), f"looks={looks}"])
+        load_script(SCRIPT).main(["slowfast_tiny", str(ckpt), f"looks={looks}"])
     assert e.value.code == 2 and "slowfast_tiny has no segmentation net" in capsys.readouterr().err

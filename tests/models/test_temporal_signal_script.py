@@ -9,6 +9,8 @@ import pytest
 
 from tests.models._scripts import load_script
 
+SCRIPT = "scripts/model/temporal_signal.py"
+
 
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory) -> Path:
@@ -21,7 +23,7 @@ def case_dir(tmp_path_factory) -> Path:
 
 
 def test_measures_every_labelled_active_frame(case_dir: Path, capsys) -> None:
-    ts = load_script("scripts/model/temporal_signal.py")
+    ts = load_script(SCRIPT)
     case = next(p for p in case_dir.iterdir() if (p / "labels.json").is_file())
     labels = json.loads((case / "labels.json").read_text())
     rows = ts.case_rows(case, delta=1)
@@ -36,7 +38,7 @@ def test_measures_every_labelled_active_frame(case_dir: Path, capsys) -> None:
 
 
 def test_a_folder_without_cases_is_an_error(tmp_path: Path, capsys) -> None:
-    assert load_script("scripts/model/temporal_signal.py").main([str(tmp_path)]) == 1
+    assert load_script(SCRIPT).main([str(tmp_path)]) == 1
     assert "no labelled active-bleeding frames" in capsys.readouterr().err
 
 
@@ -60,7 +62,7 @@ def test_sustained_bleeding_changes_more_than_saturating_after_encoding(tmp_path
                          options=OutputOptions(formats=("dicom",), mask_every=4))
         ratios = [inside / max(ring, 1e-4)
                   for case in sorted(p for p in root.iterdir() if (p / "labels.json").is_file())
-                  for _, inside, ring in load_script("scripts/model/temporal_signal.py").case_rows(case, 3)]
+                  for _, inside, ring in load_script(SCRIPT).case_rows(case, 3)]
         assert len(ratios) >= 60
         return statistics.median(ratios), sum(r < 1.2 for r in ratios) / len(ratios)
 
