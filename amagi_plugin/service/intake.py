@@ -5,6 +5,12 @@ built from the header it read (nothing reads the file again). A video instance's
 queued when the association that brought it ends; the images of a single-frame series share
 one job, queued when the series is complete (Images in Acquisition) or quiet for
 ``worker.series_timeout_s`` (:class:`SeriesTracker`).
+
+Images of one series may arrive on several associations at once. Each image is recorded,
+and its series' job looked up or created, under a lock of that series held until the
+image's transaction commits: two first images never create two jobs, and no image releases
+a job that another one's uncommitted transaction is still creating. (SQLite's write lock
+already serialises intake; PostgreSQL's transactions run side by side.)
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from amagi_plugin.config import Config
@@ -107,6 +115,9 @@ class SeriesTracker:
         return quiet
 
 
+_SERIES_LOCKS = 64  # series whose UIDs share a lock only wait for each other's commits
+
+
 class Intake:
     """Records received instances and queues their jobs (the listener's callbacks).
 
@@ -124,13 +135,22 @@ class Intake:
         self.series = SeriesTracker()
         self._pending: dict[str, int] = {}  # SOP instance UID → job waiting for its association
         self._lock = threading.Lock()
+        self._series_locks = tuple(threading.Lock() for _ in range(_SERIES_LOCKS))
+
+    def _series_lock(self, inst: StoredInstance) -> threading.Lock:
+        """The lock of ``inst``'s series (one of a fixed set, chosen by the UID's CRC)."""
+        key = zlib.crc32(inst.series_instance_uid.encode())
+        return self._series_locks[key % len(self._series_locks)]
 
     def on_stored(self, inst: StoredInstance) -> None:
         """Record the instance (the C-STORE succeeds only if this returns) and queue its job."""
         assert self.database is not None
         self.metrics.inc("amagi_received_bytes_total", inst.size_bytes)
         self.metrics.inc("amagi_received_instances_total")
-        with self.database.session(write=True) as s:
+        series_frame = inst.sop_class_uid in INPUT_SOP_CLASSES and inst.is_series_frame
+        # a series' lock is taken before its session and let go after the commit
+        lock = self._series_lock(inst) if series_frame else nullcontext()
+        with lock, self.database.session(write=True) as s:
             record_stored(s, inst, self.cfg.database.store_patient_id)
             if inst.sop_class_uid not in INPUT_SOP_CLASSES:
                 return  # a result object sent back to us: stored, not analysed
