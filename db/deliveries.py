@@ -71,7 +71,8 @@ def claim_due(session: Session, claim_s: float, *, now: datetime | None = None,
     """Atomically take the due deliveries for one sender: as :func:`deliveries_due`, and their
     next attempt moves ``claim_s`` seconds ahead, so that no other process sends them
     meanwhile; :func:`mark_sent` or :func:`mark_failed` then records the outcome. A sender
-    that dies leaves them due again after ``claim_s``.
+    that dies leaves them due again after ``claim_s``; one still sending keeps them with
+    :func:`renew_claims`.
 
     Runs in its own transaction and commits: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (two
     senders take disjoint rows), ``BEGIN IMMEDIATE`` (the write lock) on SQLite.
@@ -81,7 +82,7 @@ def claim_due(session: Session, claim_s: float, *, now: datetime | None = None,
     session
         A session with no transaction open (a fresh one).
     claim_s
-        How long the claim holds (s): longer than sending them can take.
+        How long the claim holds (s) unless renewed.
     """
     if not claim_s > 0:
         raise ValueError(f"claim_s must be greater than 0, got {claim_s!r}")
@@ -112,6 +113,25 @@ def claim_due(session: Session, claim_s: float, *, now: datetime | None = None,
         session.rollback()
         raise
     return due
+
+
+def renew_claims(session: Session, delivery_ids: list[int], claim_s: float, *,
+                 now: datetime | None = None) -> int:
+    """Extend a sender's claims on ``delivery_ids`` (from :func:`claim_due`) to ``claim_s``
+    seconds from now, while it is still sending them: a claim can then be short (a sender
+    that dies frees its deliveries soon) and still outlast a long send. Deliveries no longer
+    pending are left alone. Returns how many were renewed; the caller commits."""
+    if not claim_s > 0:
+        raise ValueError(f"claim_s must be greater than 0, got {claim_s!r}")
+    if not delivery_ids:
+        return 0
+    now = now or utcnow()
+    result = session.execute(
+        sa.update(Delivery)
+        .where(Delivery.id.in_(delivery_ids), Delivery.state == DeliveryState.PENDING)
+        .values(next_attempt_at=now + timedelta(seconds=claim_s)),
+        execution_options={"synchronize_session": False})
+    return result.rowcount
 
 
 def mark_sent(session: Session, delivery_id: int, *, now: datetime | None = None) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from amagi_plugin.config import Destination
@@ -27,6 +28,7 @@ from db.deliveries import (
     mark_rejected,
     mark_sent,
     record_commitment,
+    renew_claims,
 )
 from dicom_io.net.scu import SendResult
 
@@ -40,10 +42,57 @@ SendFn = Callable[[list[Path], Destination], list[SendResult]]
 CommitFn = Callable[[list[tuple[str, str]], Destination, str], list[tuple[bool, str]] | None]
 
 
-#: How long (s) a round's claim on its deliveries holds: no other process sends them meanwhile
-#: (longer than one round's associations can take); a process that dies leaves them to
-#: another after it.
-CLAIM_S = 600.0
+#: How long (s) a round's claim on its deliveries holds unless renewed: no other process sends
+#: them meanwhile. A round renews its claims every quarter of this while it sends (however
+#: long the associations take); a process that dies leaves them to another after it.
+CLAIM_S = 60.0
+
+
+class _HeldClaims:
+    """The deliveries one round claimed and has not settled yet, their claims renewed every
+    ``claim_s / 4`` by a thread until the round ends.
+
+    A delivery is settled (marked sent, failed or refused) under :meth:`settling`, which
+    holds the renewals off, so that no renewal overwrites the retry time a failure set.
+    """
+
+    def __init__(self, database: Database, ids: list[int], claim_s: float) -> None:
+        self.database = database
+        self.claim_s = claim_s
+        self._ids = set(ids)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="amagi-delivery-claims",
+                                        daemon=True)
+
+    def __enter__(self) -> _HeldClaims:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    @contextmanager
+    def settling(self, items: list[DueDelivery]) -> Iterator[None]:
+        """Settle ``items`` in the block (its session commits inside); no renewal meanwhile,
+        and none of them afterwards."""
+        with self._lock:
+            yield
+            self._ids.difference_update(d.delivery_id for d in items)
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.claim_s / 4):
+            with self._lock:
+                if not self._ids:
+                    continue
+                try:
+                    with self.database.session(write=True) as s:
+                        renew_claims(s, sorted(self._ids), self.claim_s)
+                except Exception as e:  # the database is away: the claims may run out
+                    log.warning("could not renew the claims on %d deliveries being sent "
+                                "(another process may send them after %g s): %s",
+                                len(self._ids), self.claim_s, e)
 
 
 class DeliveryLoop(threading.Thread):
@@ -90,29 +139,30 @@ class DeliveryLoop(threading.Thread):
         by_dest: dict[str, list[DueDelivery]] = defaultdict(list)
         for d in due:
             by_dest[d.destination].append(d)
-        for key, items in by_dest.items():
-            self._deliver(key, items)
+        with _HeldClaims(self.database, [d.delivery_id for d in due], self.claim_s) as held:
+            for key, items in by_dest.items():
+                self._deliver(key, items, held)
         return True
 
-    def _deliver(self, key: str, items: list[DueDelivery]) -> None:
+    def _deliver(self, key: str, items: list[DueDelivery], held: _HeldClaims) -> None:
         dest = self.destinations.get(key)
         if dest is None:
-            self._failed(items, f"destination {key} is no longer configured")
+            self._failed(items, f"destination {key} is no longer configured", held)
             return
         present = [d for d in items if Path(d.path).is_file()]
         missing = [d for d in items if d not in present]
         if missing:
-            self._failed(missing, "result file missing from disk")
+            self._failed(missing, "result file missing from disk", held)
         if not present:
             return
         try:
             outcomes = self.send([Path(d.path) for d in present], dest)
         except Exception as e:  # unreachable peer, rejected association, TLS failure...
             log.warning("delivery to %s failed: %s", key, e)
-            self._failed(present, f"{type(e).__name__}: {e}")
+            self._failed(present, f"{type(e).__name__}: {e}", held)
             return
         sent = []
-        with self.database.session(write=True) as s:
+        with held.settling(present), self.database.session(write=True) as s:
             for d, r in zip(present, outcomes, strict=True):
                 if r.ok:
                     mark_sent(s, d.delivery_id)
@@ -158,8 +208,8 @@ class DeliveryLoop(threading.Thread):
         log.info("storage commitment from %s: %d of %d committed", dest.key,
                  sum(1 for c, _ in answers if c), len(sent))
 
-    def _failed(self, items: list[DueDelivery], error: str) -> None:
-        with self.database.session(write=True) as s:
+    def _failed(self, items: list[DueDelivery], error: str, held: _HeldClaims) -> None:
+        with held.settling(items), self.database.session(write=True) as s:
             for d in items:
                 mark_failed(s, d.delivery_id, error, initial_s=self.retry_initial_s,
                             max_s=self.retry_max_s)

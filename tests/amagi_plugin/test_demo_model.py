@@ -161,6 +161,8 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     gpu = DemoConfig.recipe("randomised-gpu")
     assert gpu.train_domain == "randomised" and gpu.clip_epochs > randomised.clip_epochs
     assert (gpu.arch, gpu.clip_look_jitter) == (evidence.arch, evidence.clip_look_jitter)
+    assert (gpu.refiner_sets, gpu.refiner_offset, gpu.val_static_cases) == (
+        refined.refiner_sets, refined.refiner_offset, refined.val_static_cases)
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
         DemoConfig.recipe("gpu")
 

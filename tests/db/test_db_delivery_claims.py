@@ -49,6 +49,26 @@ def test_claimed_deliveries_wait_for_the_claim_to_run_out(database):
         deliveries.claim_due(s, 0)
 
 
+def test_a_renewed_claim_holds_while_the_sender_works_and_only_pending_ones_renew(database):
+    d1, d2 = _owe(database, 2)
+    with database.session() as s:
+        deliveries.claim_due(s, 30, now=T0)
+    with database.session(write=True) as s:
+        deliveries.mark_sent(s, d1, now=T0 + timedelta(seconds=10))
+        # still sending d2 at 20 s: its claim now runs to 50 s; the sent d1 is left alone
+        assert deliveries.renew_claims(s, [d1, d2], 30, now=T0 + timedelta(seconds=20)) == 1
+        assert deliveries.renew_claims(s, [], 30) == 0
+    with database.session() as s:
+        assert deliveries.claim_due(s, 30, now=T0 + timedelta(seconds=45)) == []
+        sent = s.get(db.schema.Delivery, d1)
+        assert sent.next_attempt_at is None and sent.state == db.DeliveryState.SENT
+    with database.session() as s:  # the sender died after 20 s: d2 is due after 50 s
+        (again,) = deliveries.claim_due(s, 30, now=T0 + timedelta(seconds=51))
+    assert again.delivery_id == d2
+    with database.session() as s, pytest.raises(ValueError, match="claim_s"):
+        deliveries.renew_claims(s, [d2], 0)
+
+
 def _send_loop(url: str, name: str, barrier, out) -> None:
     """Child process: claim a few deliveries at a time and mark them sent, until none. Both
     processes hold their first claim at once (the barrier), then race."""

@@ -84,6 +84,8 @@ def _check_look_jitter(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    from amagi_plugin.demo_model import RECIPE_HELP
+
     # No parents here: this level only dispatches, and the shared flags would make
     # argparse's prefix matching see '--data' as ambiguous (--database-url ...).
     p = sub.add_parser("train", help="train bleeding models (seg, clip, refiner, demo)",
@@ -158,11 +160,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                         "and write models/weights/demo/ (what 'make demo-model' runs).")
     d.add_argument("--work-dir", metavar="DIR", help="intermediate files (default var/demo-model)")
     d.add_argument("--dest", metavar="DIR", help="output (default models/weights/demo)")
-    d.add_argument("--recipe", default="shipped",
-                   help="shipped (the bundled model's), randomised (held-out looks), temporal "
-                   "(temporal guidance), evidence (temporal, the map's peak and area read by "
-                   "the head, look jitter), evidence-refined (evidence with a temporal refiner and "
-                   "bleeding-free validation) or randomised-gpu (evidence with a GPU's budget)")
+    d.add_argument("--recipe", default="shipped", help=RECIPE_HELP)
     d.add_argument("--device", dest="demo_device", default="cpu",
                    help="cpu, cuda, cuda:N or auto: where the networks train and evaluate")
     d.add_argument("--quick", action="store_true", help="a minutes-long run of every stage")
