@@ -25,6 +25,7 @@ from models.training.data import (
     SegDataset,
     SegRecord,
     TrainingDataError,
+    drop_unseen_bleeding,
     find_seg_pairs,
     read_annotation_list,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "balanced_class_weights",
     "build_optimizer",
     "clip_gradients",
+    "drop_unseen_bleeding",
     "find_seg_pairs",
     "patient_folds",
     "read_annotation_list",

@@ -43,6 +43,7 @@ __all__ = [
     "SegDataset",
     "SegRecord",
     "TrainingDataError",
+    "drop_unseen_bleeding",
     "find_seg_pairs",
     "patient_map",
     "read_annotation_list",
@@ -132,6 +133,51 @@ def read_annotation_list(path: str | os.PathLike[str], root: str | os.PathLike[s
         out.append(ClipRecord(full, total, label, _patient_of(folder, patients)))
     if not out:
         raise TrainingDataError(f"{p} lists no clips")
+    return out
+
+
+def drop_unseen_bleeding(records: Sequence[ClipRecord], min_pixels: float, centre: int
+                         ) -> list[ClipRecord]:
+    """``records`` less the bleeding clips whose labelled frame shows fewer than
+    ``min_pixels`` pixels of active bleeding.
+
+    Such a clip is labelled bleeding rightly (the event is on) but nothing in it shows it: a
+    source hidden, or not grown yet. A clip model cannot learn from it; a temporal refiner,
+    which sees the whole event, can. The labelled frame is ``centre`` frames into the clip
+    (``amagi synth``'s layout: the folder ``<case>/clips/<case>_fKKKKKK`` starts at frame K),
+    and its visible bleeding is the case's ``labels.json`` ``active_pixels``.
+
+    Raises
+    ------
+    TrainingDataError
+        A bleeding clip not in that layout, or a case without ``active_pixels``.
+    """
+    pixels: dict[Path, list[float]] = {}
+    out = []
+    for r in records:
+        if r.label != 1:
+            out.append(r)
+            continue
+        case = r.folder.parent.parent
+        start = r.folder.name.rpartition("_f")[2]
+        if r.folder.parent.name != "clips" or not start.isdigit():
+            raise TrainingDataError(f"{r.folder}: not an 'amagi synth' clip folder "
+                                    "(<case>/clips/<case>_fKKKKKK)")
+        if case not in pixels:
+            try:
+                pixels[case] = json.loads((case / "labels.json").read_text())["active_pixels"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise TrainingDataError(f"{case}/labels.json gives no active_pixels (visible "
+                                        "bleeding per frame)") from None
+        frame = int(start) + centre
+        if frame >= len(pixels[case]):
+            raise TrainingDataError(f"{r.folder}: frame {frame} is past the case's "
+                                    f"{len(pixels[case])} active_pixels values")
+        if pixels[case][frame] >= min_pixels:
+            out.append(r)
+    log.info("left out %d of %d bleeding clips: their labelled frame shows fewer than %g "
+             "pixels of bleeding", len(records) - len(out), sum(r.label == 1 for r in records),
+             min_pixels)
     return out
 
 

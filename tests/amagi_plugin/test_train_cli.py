@@ -49,8 +49,10 @@ def trained(tmp_path_factory) -> Path:
     assert code == 0, err
     assert "amagi_tiny trained on" in out
     code, out, err = _run(tmp, "train", "clip", "--arch", "slowfast", "-od", "slowfast",
-                          "--still-negatives", "0.3", "--look-jitter", "0.5", *common)
+                          "--still-negatives", "0.3", "--look-jitter", "0.5",
+                          "--min-visible-px", "20", *common)
     assert code == 0, err
+    assert "showing no bleeding left out" in out
     return tmp
 
 
@@ -119,6 +121,25 @@ def test_evaluate_writes_consistent_tables(trained: Path) -> None:
     md = (trained / "eval" / "metrics.md").read_text()
     assert "event F1@0.5" in md and "## Per fold (2-fold, patient-level)" in md
     assert "## Segmentation guidance" in md and "| amagi |" in md
+
+
+def test_bleeding_clips_showing_no_bleeding_were_left_out(trained: Path) -> None:
+    """Counted here from the synthesised labels: the clip's label frame is 12 frames into
+    its folder (8 frames 3 apart, the 5th sampled), its visible bleeding labels.json's."""
+    unseen = bleeding = 0
+    for line in (trained / "train" / "annotations.txt").read_text().splitlines():
+        folder, _, label = line.split()
+        if label == "1":
+            case = trained / "train" / folder.split("/")[0]
+            start = int(folder.rsplit("_f", 1)[1])
+            pixels = json.loads((case / "labels.json").read_text())["active_pixels"]
+            bleeding += 1
+            unseen += pixels[start + 12] < 20
+    meta = read_checkpoint(trained / "slowfast" / "latest.pth")["meta"]
+    assert bleeding and meta["min_visible_px"] == 20
+    assert meta["unseen_bleeding_left_out"] == unseen
+    assert meta["positives"] == bleeding - unseen
+    assert read_checkpoint(trained / "amagi" / "latest.pth")["meta"]["min_visible_px"] == 0
 
 
 def test_user_errors_are_one_line(trained: Path) -> None:

@@ -130,6 +130,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     c.add_argument("--still-negatives", type=float, default=0.0, metavar="P",
                    help="chance that a bleeding clip is replaced by its centre frame held "
                    "still under camera motion, labelled not bleeding (0 = the authors' recipe)")
+    c.add_argument("--min-visible-px", type=float, default=0.0, metavar="N",
+                   help="leave out the bleeding clips whose labelled frame shows fewer than N "
+                   "pixels of active bleeding ('amagi synth' data: labels.json "
+                   "active_pixels): nothing in them shows it (0 = the authors' recipe)")
     _common(c, epochs=100, lr=0.01)
     c.set_defaults(handler=run_clip)
     r = tsub.add_parser(
@@ -302,13 +306,14 @@ def run_clip(args: argparse.Namespace, ctx) -> int:
 
 
 def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
-    from models import CheckpointError, build_model, load_checkpoint
+    from models import CheckpointError, build_model, load_checkpoint, model_cfg
     from models.training import (
         AUTHORS_CLIP_CLASS_WEIGHTS,
         ClipDataset,
         ClipTrainConfig,
         TrainingDataError,
         balanced_class_weights,
+        drop_unseen_bleeding,
         read_annotation_list,
         train_clip_model,
     )
@@ -321,6 +326,15 @@ def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     except TrainingDataError as e:
         raise InputError(str(e)) from None
     records, fold = _fold_filter(records, args)
+    unseen = 0
+    if args.min_visible_px > 0:
+        mcfg = model_cfg(arch)
+        try:
+            kept = drop_unseen_bleeding(records, args.min_visible_px,
+                                        (mcfg.clip_len // 2) * mcfg.frame_interval)
+        except TrainingDataError as e:
+            raise InputError(f"--min-visible-px: {e}") from None
+        unseen, records = len(records) - len(kept), kept
     labels = [r.label for r in records]
     if not 0.0 <= args.still_negatives < 1.0:
         raise InputError(f"--still-negatives must lie in [0, 1), got {args.still_negatives}")
@@ -354,6 +368,7 @@ def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
                      still_negatives=args.still_negatives, look_jitter=args.look_jitter)
     meta = {"arch": arch, "build": overrides, "class_weights": list(weights),
             "still_negatives": args.still_negatives, "look_jitter": args.look_jitter,
+            "min_visible_px": args.min_visible_px, "unseen_bleeding_left_out": unseen,
             "seg_checkpoint": seg_source, "clips": len(ds),
             "positives": int(sum(labels)), **fold}
     with _writer_log(Path(cfg.out_dir), main):
@@ -362,7 +377,8 @@ def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     last = result.history[-1] if result.history else {}
     if not main:
         return 0
-    ctx.print(f"{arch} trained on {len(ds)} clips ({sum(labels)} bleeding), class weights "
+    left_out = f", {unseen} showing no bleeding left out" if args.min_visible_px > 0 else ""
+    ctx.print(f"{arch} trained on {len(ds)} clips ({sum(labels)} bleeding{left_out}), class weights "
               f"{list(weights)}: {result.checkpoint} (loss {last.get('loss')}, accuracy "
               f"{last.get('accuracy')}, {result.seconds:.0f} s)")
     return 0
