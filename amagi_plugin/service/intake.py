@@ -154,7 +154,7 @@ class Intake:
             record_stored(s, inst, self.cfg.database.store_patient_id)
             if inst.sop_class_uid not in INPUT_SOP_CLASSES:
                 return  # a result object sent back to us: stored, not analysed
-            if inst.is_series_frame:
+            if series_frame:
                 self._add_series_image(s, inst)
                 return
             job = self._enqueue(s, inst)

@@ -136,23 +136,24 @@ def read_annotation_list(path: str | os.PathLike[str], root: str | os.PathLike[s
     return out
 
 
-def drop_unseen_bleeding(records: Sequence[ClipRecord], min_pixels: float, centre: int
+def drop_unseen_bleeding(records: Sequence[ClipRecord], min_pixels: float
                          ) -> list[ClipRecord]:
     """``records`` less the bleeding clips whose labelled frame shows fewer than
     ``min_pixels`` pixels of active bleeding.
 
     Such a clip is labelled bleeding rightly (the event is on) but nothing in it shows it: a
     source hidden, or not grown yet. A clip model cannot learn from it; a temporal refiner,
-    which sees the whole event, can. The labelled frame is ``centre`` frames into the clip
-    (``amagi synth``'s layout: the folder ``<case>/clips/<case>_fKKKKKK`` starts at frame K),
-    and its visible bleeding is the case's ``labels.json`` ``active_pixels``.
+    which sees the whole event, can. ``amagi synth``'s layout says where the labelled frame
+    is: the folder ``<case>/clips/<case>_fKKKKKK`` starts at frame K, the case's
+    ``labels.json`` gives the label's offset into it (``clips.label_offset``) and the visible
+    bleeding of every frame (``active_pixels``).
 
     Raises
     ------
     TrainingDataError
-        A bleeding clip not in that layout, or a case without ``active_pixels``.
+        A bleeding clip not in that layout, or a case without those entries.
     """
-    pixels: dict[Path, list[float]] = {}
+    pixels: dict[Path, tuple[list[float], int]] = {}
     out = []
     for r in records:
         if r.label != 1:
@@ -165,15 +166,17 @@ def drop_unseen_bleeding(records: Sequence[ClipRecord], min_pixels: float, centr
                                     "(<case>/clips/<case>_fKKKKKK)")
         if case not in pixels:
             try:
-                pixels[case] = json.loads((case / "labels.json").read_text())["active_pixels"]
+                doc = json.loads((case / "labels.json").read_text())
+                pixels[case] = doc["active_pixels"], int(doc["clips"]["label_offset"])
             except (OSError, ValueError, KeyError, TypeError):
                 raise TrainingDataError(f"{case}/labels.json gives no active_pixels (visible "
-                                        "bleeding per frame)") from None
-        frame = int(start) + centre
-        if frame >= len(pixels[case]):
+                                        "bleeding per frame) or clips.label_offset") from None
+        visible, offset = pixels[case]
+        frame = int(start) + offset
+        if frame >= len(visible):
             raise TrainingDataError(f"{r.folder}: frame {frame} is past the case's "
-                                    f"{len(pixels[case])} active_pixels values")
-        if pixels[case][frame] >= min_pixels:
+                                    f"{len(visible)} active_pixels values")
+        if visible[frame] >= min_pixels:
             out.append(r)
     log.info("left out %d of %d bleeding clips: their labelled frame shows fewer than %g "
              "pixels of bleeding", len(records) - len(out), sum(r.label == 1 for r in records),

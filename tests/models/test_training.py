@@ -155,27 +155,29 @@ def test_bad_annotation_lines_raise(tmp_path: Path) -> None:
 
 
 def test_bleeding_clips_that_show_no_bleeding_are_left_out(tmp_path: Path) -> None:
-    """The labelled frame is ``centre`` frames into the folder; only bleeding clips go."""
+    """The labelled frame is labels.json's ``label_offset`` frames into the folder; only
+    bleeding clips go."""
     case = tmp_path / "c0"
     case.mkdir()
     pixels = [0] * 40
     pixels[12], pixels[24], pixels[36] = 3, 10, 50  # the labelled frames of f0, f12, f24
-    (case / "labels.json").write_text(json.dumps({"active_pixels": pixels}))
+    (case / "labels.json").write_text(json.dumps({"active_pixels": pixels,
+                                                  "clips": {"label_offset": 12}}))
 
     def clip(start: int, label: int) -> ClipRecord:
         return ClipRecord(case / "clips" / f"c0_f{start:06d}", 24, label, "p0")
 
     records = [clip(0, 1), clip(12, 1), clip(24, 1), clip(0, 0), clip(6, 0)]
-    kept = drop_unseen_bleeding(records, 10, centre=12)
+    kept = drop_unseen_bleeding(records, 10)
     assert kept == [clip(12, 1), clip(24, 1), clip(0, 0), clip(6, 0)]
-    assert drop_unseen_bleeding(records, 51, centre=12) == [clip(0, 0), clip(6, 0)]
+    assert drop_unseen_bleeding(records, 51) == [clip(0, 0), clip(6, 0)]
     with pytest.raises(TrainingDataError, match="past the case's 40"):
-        drop_unseen_bleeding([clip(30, 1)], 1, centre=12)
+        drop_unseen_bleeding([clip(30, 1)], 1)
     with pytest.raises(TrainingDataError, match="not an 'amagi synth' clip folder"):
-        drop_unseen_bleeding([ClipRecord(tmp_path / "any", 24, 1, "p0")], 1, centre=12)
+        drop_unseen_bleeding([ClipRecord(tmp_path / "any", 24, 1, "p0")], 1)
     (case / "labels.json").write_text(json.dumps({"frame_labels": [0] * 40}))
     with pytest.raises(TrainingDataError, match="gives no active_pixels"):
-        drop_unseen_bleeding([clip(12, 1)], 1, centre=12)
+        drop_unseen_bleeding([clip(12, 1)], 1)
 
 
 def test_a_few_steps_reduce_the_loss() -> None:

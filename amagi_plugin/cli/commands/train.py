@@ -306,7 +306,7 @@ def run_clip(args: argparse.Namespace, ctx) -> int:
 
 
 def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
-    from models import CheckpointError, build_model, load_checkpoint, model_cfg
+    from models import CheckpointError, build_model, load_checkpoint
     from models.training import (
         AUTHORS_CLIP_CLASS_WEIGHTS,
         ClipDataset,
@@ -328,10 +328,8 @@ def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     records, fold = _fold_filter(records, args)
     unseen = 0
     if args.min_visible_px > 0:
-        mcfg = model_cfg(arch)
         try:
-            kept = drop_unseen_bleeding(records, args.min_visible_px,
-                                        (mcfg.clip_len // 2) * mcfg.frame_interval)
+            kept = drop_unseen_bleeding(records, args.min_visible_px)
         except TrainingDataError as e:
             raise InputError(f"--min-visible-px: {e}") from None
         unseen, records = len(records) - len(kept), kept
