@@ -11,7 +11,8 @@
   :func:`~amagi_plugin.service.intake.record_stored`, :func:`db.queue.enqueue`): ``amagi serve`` workers
   sharing the database analyse and deliver them like pushed ones. What the database already
   holds (by SOP Instance UID) is never retrieved or queued again, so a restart — or a video
-  that was also pushed — is not analysed twice.
+  that was also pushed — is not analysed twice. On a large archive it can list only the
+  studies of the last days between two full listings (``recent_days``, ``full_every_s``).
 """
 
 from __future__ import annotations
@@ -165,15 +166,22 @@ def fetch_videos(source, study_uid: str, series_uid: str | None, directory: Path
 
 @dataclass
 class PollResult:
-    """One poll: instances listed, already known, queued now, and failed to retrieve."""
+    """One poll: instances listed, already known, queued now, and failed to retrieve.
+
+    ``since`` is the first Study Date the poll listed (``None``: every date), ``full`` whether
+    it was a full listing (within the poller's study and start date) or only recent studies.
+    """
 
     found: int = 0
     known: int = 0
     queued: int = 0
     failed: int = 0
+    since: str | None = None
+    full: bool = True
 
     def __str__(self) -> str:
-        return (f"{self.found} video instance(s) listed, {self.known} already known, "
+        scope = "" if self.full else f" (recent studies, since {self.since})"
+        return (f"{self.found} video instance(s) listed{scope}, {self.known} already known, "
                 f"{self.queued} retrieved and queued, {self.failed} failed (retried next poll)")
 
 
@@ -194,16 +202,42 @@ class Poller:
         Only that study.
     study_date_from : str, optional
         ``YYYYMMDD``: only studies of that date or later.
+    recent_days : int, optional
+        Between two full listings, list only the studies of the last ``recent_days`` days
+        (Study Date ≥ today − ``recent_days``, the poller's local date): a query whose
+        answer stays small on an archive that grows. ``None``: every poll is a full listing.
+    full_every_s : float
+        With ``recent_days``, how often a full listing is made (the first poll is one): a
+        video added late to an older study is found by the next one.
+    today, clock : callable
+        The local date and a monotonic clock (injected by tests).
+
+    Instances that failed to be retrieved are tried again by the next poll, whatever its
+    scope.
     """
 
     def __init__(self, cfg: Config, spec: ModelSpec, source, database,
-                 study_uid: str | None = None, study_date_from: str | None = None) -> None:
+                 study_uid: str | None = None, study_date_from: str | None = None,
+                 recent_days: int | None = None, full_every_s: float = 86400.0,
+                 today=dt.date.today, clock=time.monotonic) -> None:
+        if recent_days is not None and recent_days < 1:
+            raise ConfigError(f"recent days must be at least 1 (a study of yesterday evening "
+                              f"is not missed), got {recent_days}")
+        if full_every_s <= 0:
+            raise ConfigError(f"the full listing's period must be more than 0 s, got "
+                              f"{full_every_s:g}")
         self.cfg = cfg
         self.spec = spec
         self.source = source
         self.database = database
         self.study_uid = study_uid
         self.study_date_from = study_date_from
+        self.recent_days = recent_days
+        self.full_every_s = full_every_s
+        self._today = today
+        self._clock = clock
+        self._last_full: float | None = None  # clock time of the last full listing
+        self._retry: dict[str, object] = {}  # SOP Instance UID -> instance that failed
         self.spool = Path(cfg.spool_dir)
         # Not the listener's .incoming, which ``amagi serve`` empties when it starts.
         self.incoming = self.spool / ".webin"
@@ -221,8 +255,17 @@ class Poller:
                                        .where(Instance.sop_instance_uid.in_(batch))))
         return known
 
-    def poll_once(self) -> PollResult:
+    def _recent_from(self) -> str:
+        """The first Study Date of a recent-studies poll (never before ``study_date_from``)."""
+        since = (self._today() - dt.timedelta(days=self.recent_days)).strftime("%Y%m%d")
+        return max(since, self.study_date_from) if self.study_date_from else since
+
+    def poll_once(self, full: bool | None = None) -> PollResult:
         """One round: QIDO-RS, then WADO-RS, record and queue each instance not yet known.
+
+        ``full``: list every study (within ``study_uid``/``study_date_from``), or only the
+        recent ones (needs ``recent_days``); by default the schedule decides (a full listing
+        first, then every ``full_every_s``).
 
         Raises
         ------
@@ -233,10 +276,23 @@ class Poller:
         from dicom_io.errors import DicomIOError
         from dicom_io.net.webin import find_video_instances
 
+        now = self._clock()
+        if full is None:
+            full = (self.recent_days is None or self._last_full is None
+                    or now - self._last_full >= self.full_every_s)
+        if not full and self.recent_days is None:
+            raise ValueError("a recent-studies poll needs recent_days")
+        since = self.study_date_from if full else self._recent_from()
         found = find_video_instances(self.source, study_instance_uid=self.study_uid,
-                                     study_date_from=self.study_date_from)
+                                     study_date_from=since)
+        if full:
+            self._last_full = now
+        else:  # the last poll's failures, whatever their study's date
+            listed = {i.sop_instance_uid for i in found}
+            found += [i for uid, i in self._retry.items() if uid not in listed]
         known = self._known([i.sop_instance_uid for i in found])
-        result = PollResult(found=len(found), known=len(known))
+        result = PollResult(found=len(found), known=len(known), since=since, full=full)
+        self._retry = {}
         for inst in found:
             if inst.sop_instance_uid in known:
                 continue
@@ -244,6 +300,7 @@ class Poller:
                 job_id = self._take(inst)
             except (DicomIOError, OSError) as e:
                 result.failed += 1
+                self._retry[inst.sop_instance_uid] = inst
                 log.warning("instance %s not retrieved: %s", inst.sop_instance_uid, e)
                 continue
             result.queued += 1
@@ -323,8 +380,8 @@ class Poller:
                 log.warning("poll of %s failed, trying again in %g s: %s",
                             self.source.base_url, interval_s, e)
             else:
-                for f in dataclasses.fields(PollResult):
-                    setattr(total, f.name, getattr(total, f.name) + getattr(result, f.name))
+                for name in ("found", "known", "queued", "failed"):
+                    setattr(total, name, getattr(total, name) + getattr(result, name))
                 log.info("poll of %s: %s", self.source.base_url, result)
                 if report is not None:
                     report(result)

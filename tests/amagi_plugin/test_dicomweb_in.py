@@ -132,3 +132,79 @@ def test_poll_queues_each_new_video_once_and_serve_analyses_it(run_cli, tmp_path
     finally:
         svc.stop()
     assert len(_jobs(var)) == 2
+
+
+def _old_video(tmp_path, name: str, seed: int, study_date: str):
+    """A video of a study of ``study_date`` (a late upload to an older study)."""
+    import numpy as np
+
+    from dicom_io.encode import VideoMetadata, write_video_dicom
+
+    rng = np.random.default_rng(seed)
+    frames = [np.clip(rng.normal(120, 30, (96, 128, 3)), 0, 255).astype(np.uint8)
+              for _ in range(15)]
+    meta = VideoMetadata(patient_name="Test^Old", patient_id=f"OLD{seed}",
+                         study_date=study_date)
+    write_video_dicom(frames, tmp_path / name, fps=30.0, meta=meta)
+    return tmp_path / name
+
+
+def test_poll_of_recent_studies_between_full_listings(tmp_path, tiny_checkpoint):
+    """With recent_days, polls between two full listings ask Orthanc only for the studies of
+    the last days (its QIDO-RS range matching decides what is listed); a video added to an old
+    study is found by the next full listing, and a failed retrieval is retried by the next
+    poll even when that poll lists only recent studies."""
+    import datetime as dt
+
+    from amagi_plugin.config import ConfigError
+    from amagi_plugin.modelspec import resolve_model
+    from amagi_plugin.webin import Poller, WebOptions, web_source
+
+    var = tmp_path / "var"
+    cfg = load_config(None, environ={}, cwd=tmp_path, overrides={
+        "storage.var_dir": str(var), "model.name": "amagi_tiny",
+        "model.checkpoint": str(tiny_checkpoint)})
+    spec = resolve_model(cfg.model)
+    today = dt.date(2026, 11, 30)
+    clock = [0.0]
+    with running(Orthanc(tmp_path / "orthanc", free_port(), dicomweb=True, users=USERS)) as o:
+        source = web_source(o.dicomweb_url, WebOptions(auth="basic", username="amagi",
+                                                       password_env=PASSWORD_ENV),
+                            {PASSWORD_ENV: USERS["amagi"]})
+        database = open_database(cfg.database_url)
+        try:
+            with pytest.raises(ConfigError, match="at least 1"):
+                Poller(cfg, spec, source, database, recent_days=0)
+            poller = Poller(cfg, spec, source, database, recent_days=2,
+                            full_every_s=3600.0, today=lambda: today,
+                            clock=lambda: clock[0])
+            old = _upload(o, _old_video(tmp_path, "old.dcm", 1, "20200101"))
+            r = poller.poll_once()  # the first poll lists everything
+            assert (r.full, r.found, r.queued) == (True, 1, 1)
+
+            recent = _upload(o, _old_video(tmp_path, "recent.dcm", 2, "20261129"))
+            late = _upload(o, _old_video(tmp_path, "late.dcm", 3, "20251001"))
+            clock[0] = 60.0
+            r = poller.poll_once()  # recent studies only: since 2026-11-28
+            assert (r.full, r.since) == (False, "20261128")
+            assert (r.found, r.known, r.queued, r.failed) == (1, 0, 1, 0)
+            assert "(recent studies, since 20261128)" in str(r)
+            assert [u for u, _ in _jobs(var)] == [old.SOPInstanceUID, recent.SOPInstanceUID]
+
+            # A retrieval failing at the next full listing (the spool cannot be written) is
+            # retried by the following poll, though that one lists only recent studies.
+            clock[0] = 3600.0
+            spool_file = var / "spool" / late.StudyInstanceUID
+            spool_file.parent.mkdir(parents=True, exist_ok=True)
+            spool_file.write_text("a file where the study's folder must go")
+            r = poller.poll_once()
+            assert (r.full, r.found, r.known, r.queued, r.failed) == (True, 3, 2, 0, 1)
+            spool_file.unlink()
+            clock[0] = 3660.0
+            r = poller.poll_once()
+            assert (r.full, r.found, r.known, r.queued, r.failed) == (False, 2, 1, 1, 0)
+            assert [u for u, _ in _jobs(var)] == [old.SOPInstanceUID, recent.SOPInstanceUID,
+                                                   late.SOPInstanceUID]
+            assert not any((var / "spool" / ".webin").iterdir())
+        finally:
+            database.dispose()

@@ -235,3 +235,16 @@ def test_poll_once_with_a_failed_retrieval_queues_nothing_and_exits_1(web, run_c
             assert s.scalars(sa.select(Instance)).all() == []
     finally:
         database.dispose()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--recent-days", "0"], "--recent-days must be at least 1, got 0"),
+    (["--recent-days", "2", "--full-every", "0"], "--full-every must be more than 0 hours"),
+])
+def test_poll_schedule_options_are_checked_before_any_query(web, run_cli, tmp_path, args,
+                                                            words) -> None:
+    r = run_cli("poll", "--source", web.url, *args, "--storage-var-dir", str(tmp_path / "v"),
+                env={})
+    assert r.code == 2, r.stderr
+    assert words in r.stderr
+    assert web.requests == []

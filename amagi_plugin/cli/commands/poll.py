@@ -24,6 +24,13 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="only studies of this date or later (Study Date)")
     p.add_argument("--interval", type=float, default=60.0, metavar="S",
                    help="seconds between two polls (default 60)")
+    p.add_argument("--recent-days", type=int, metavar="D",
+                   help="for a large archive: between two full listings, list only the "
+                   "studies of the last D days (Study Date; at least 1). Default: every poll "
+                   "lists every study")
+    p.add_argument("--full-every", type=float, default=24.0, metavar="H",
+                   help="with --recent-days, hours between two full listings, which find "
+                   "videos added late to older studies (default 24; the first poll is one)")
     p.add_argument("--once", action="store_true",
                    help="poll once and exit (non-zero if the server could not be queried or "
                    "an instance could not be retrieved)")
@@ -44,6 +51,10 @@ def run(args: argparse.Namespace, ctx) -> int:
 
     if args.interval <= 0:
         raise ConfigError(f"--interval must be more than 0 seconds, got {args.interval:g}")
+    if args.recent_days is not None and args.recent_days < 1:
+        raise ConfigError(f"--recent-days must be at least 1, got {args.recent_days}")
+    if not args.full_every > 0:
+        raise ConfigError(f"--full-every must be more than 0 hours, got {args.full_every:g}")
     if args.since:
         try:
             dt.datetime.strptime(args.since, "%Y%m%d")
@@ -64,10 +75,13 @@ def run(args: argparse.Namespace, ctx) -> int:
               + (f" of study {args.study}" if args.study else "")
               + (f" of studies since {args.since}" if args.since else "")
               + ("" if args.once else f" every {args.interval:g} s")
+              + (f" (studies of the last {args.recent_days} day(s) between full listings "
+                 f"every {args.full_every:g} h)" if args.recent_days and not args.once else "")
               + f"; jobs queued for {spec.label}")
     try:
         poller = Poller(cfg, spec, source, database, study_uid=args.study,
-                        study_date_from=args.since)
+                        study_date_from=args.since, recent_days=args.recent_days,
+                        full_every_s=args.full_every * 3600.0)
         total = poller.run(args.interval, once=args.once, stop=stop,
                            report=lambda r: ctx.print(f"{dt.datetime.now():%H:%M:%S} {r}"))
     finally:
