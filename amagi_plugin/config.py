@@ -352,6 +352,39 @@ class DeliveryConfig:
                                            _check_positive)
 
 
+def _check_poll_source(value: Destination) -> Destination:
+    if not value.is_web:
+        raise ValueError(f"{value}: a polled source is a DICOMweb server "
+                         "(http(s)://HOST/dicom-web), not a DIMSE peer")
+    return value
+
+
+def _check_study_date(value: str) -> str:
+    import datetime as dt
+
+    if value:
+        try:
+            dt.datetime.strptime(value, "%Y%m%d")
+        except ValueError:
+            raise ValueError("not a date YYYYMMDD") from None
+    return value
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    sources: list[Destination] = _opt([], "DICOMweb servers that amagi serve (role all or listener) "
+                                      "polls for new videos, as 'amagi poll' does: URLs, or "
+                                      "tables with the keys of a DICOMweb destination; empty: none",
+                                      _check_poll_source, "URL[,URL...]")
+    interval_s: float = _opt(60.0, "Seconds between two polls of a source", _check_positive)
+    since: str = _opt("", "Only studies of this date or later (YYYYMMDD; empty: every date)",
+                      _check_study_date)
+    recent_days: int = _opt(0, "Between two full listings, list only the studies of the last "
+                            "N days (0: every poll lists every study)", _check_non_negative)
+    full_every_h: float = _opt(24.0, "With recent_days: hours between two full listings (they "
+                               "find videos added late to older studies)", _check_positive)
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = _opt(False, "Serve Prometheus metrics over HTTP")
@@ -380,6 +413,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    poll: PollConfig = field(default_factory=PollConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -504,7 +538,8 @@ def _coerce(key: Key, raw: Any, source: str) -> Any:
     except ValueError as e:
         # A destination's error names the problem itself: its raw table is not echoed, as
         # it may hold a secret put where the name of its environment variable belongs.
-        shown = "" if key.dotted == "delivery.destinations" else f"{_redact_url(repr(raw))}: "
+        holds_peers = typing.get_args(key.type) == (Destination,)
+        shown = "" if holds_peers else f"{_redact_url(repr(raw))}: "
         raise ConfigError(f"invalid value for {key.dotted} ({source}): {shown}{e}") from None
     return value
 
@@ -687,7 +722,12 @@ def template() -> str:
               '# username = "amagi"',
               '# password_env = "AMAGI_PACS_PASSWORD"   # bearer: token_env = "AMAGI_PACS_TOKEN"',
               '# tls_ca = "/etc/amagi/ca.pem"          # CA bundle verifying the server',
-              "# timeout_s = 60.0"]
+              "# timeout_s = 60.0", "",
+              "## Polled DICOMweb servers (poll.sources) take the keys of a DICOMweb destination:",
+              "# [[poll.sources]]",
+              '# url = "https://archive.example.org/dicom-web"',
+              '# auth = "bearer"',
+              '# token_env = "AMAGI_ARCHIVE_TOKEN"']
     return "\n".join(lines) + "\n"
 
 

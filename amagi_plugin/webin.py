@@ -104,14 +104,26 @@ def web_source(url: str, options: WebOptions, environ: Mapping[str, str]):
     ConfigError
         An invalid URL or option, or the secret's environment variable is not set.
     """
-    from dicom_io.net.webin import WebSource
-
     keys = {k: v for k, v in dataclasses.asdict(options).items()
             if v != getattr(WebOptions, k)}
     try:
         peer = Destination.parse({"url": url, **keys})
     except ValueError as e:
         raise ConfigError(f"DICOMweb source: {e}") from None
+    return peer_source(peer, environ)
+
+
+def peer_source(peer: Destination, environ: Mapping[str, str]):
+    """The :class:`~dicom_io.net.webin.WebSource` of a checked DICOMweb peer (``poll.sources``
+    or :func:`web_source`), its secret read from ``environ`` now.
+
+    Raises
+    ------
+    ConfigError
+        The secret's environment variable is not set.
+    """
+    from dicom_io.net.webin import WebSource
+
     return WebSource(peer.url, auth=web_auth(peer, environ, "DICOMweb source"),
                      ca_file=peer.tls_ca or None, cert_file=peer.tls_cert or None,
                      key_file=peer.tls_key or None, timeout=peer.timeout_s)
@@ -347,7 +359,7 @@ class Poller:
         placed.commit()
         return job.job_id
 
-    def _clean_incoming(self) -> None:
+    def clean_incoming(self) -> None:
         """Remove what an interrupted poll left in its download directory (one poller per
         spool: another one's download in progress would fail and be retried)."""
         if not self.incoming.is_dir():
@@ -358,18 +370,22 @@ class Poller:
                 log.info("removed %s, left by an interrupted poll", p.name)
 
     def run(self, interval_s: float, once: bool = False,
-            stop: threading.Event | None = None, report=None) -> PollResult:
+            stop: threading.Event | None = None, report=None,
+            clean: bool = True) -> PollResult:
         """Poll every ``interval_s`` seconds until ``stop`` is set (or once).
 
         A failed poll (server unreachable, 5xx) is logged and tried again at the next
         interval; with ``once`` it is raised. ``report(result)`` is called after each poll.
-        Returns the totals.
+        ``clean``: first remove what an interrupted poll left (``False`` when several
+        pollers share the spool and it was done once before they started). Returns the
+        totals.
         """
         from dicom_io.errors import NetworkError
 
         stop = stop or threading.Event()
         total = PollResult()
-        self._clean_incoming()
+        if clean:
+            self.clean_incoming()
         while True:
             started = time.monotonic()
             try:

@@ -108,6 +108,7 @@ class Service:
         self.cfg = cfg
         # The destinations, with DICOMweb passwords and tokens read from ``environ``.
         self.outbound = Outbound(cfg, environ)
+        self.environ = os.environ if environ is None else environ
         self.analyzers = list(analyzer) if isinstance(analyzer, Sequence) else [analyzer]
         self.role = cfg.service.role
         self.listens = self.role in ("all", "listener")
@@ -131,6 +132,7 @@ class Service:
         self._next_beat = 0.0
         # The patient names and IDs this service received, masked in logs while it runs.
         self.phi: PhiScope | None = None
+        self._poll_sources: list = []  # the DICOMweb servers polled (poll.sources)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -141,6 +143,7 @@ class Service:
                 Path(d).mkdir(parents=True, exist_ok=True)
             self._check_free_space()
             self.outbound.check_secrets()
+            self._poll_sources = self._polled_sources()
             # pynetdicom streams each C-STORE to a temporary file before our handler runs:
             # keep it on the spool's filesystem so that placing it is a rename, not a copy.
             incoming = self.incoming_dir
@@ -191,15 +194,70 @@ class Service:
                 self.phi = PHI_FILTER.open_scope()
                 self.listener = self._make_listener()
                 self.listener.start()
+                self._start_pollers()
         except BaseException:  # a half-started service stops what it started
             self.stop()
             raise
         where = (f"{cfg.listener.ae_title} on {cfg.listener.bind_address}:{self.listener.port}"
                  if self.listener is not None else "no listener")
-        log.info("amagi serve (role %s): %s, model %s, %d worker(s), destinations: %s",
+        log.info("amagi serve (role %s): %s, model %s, %d worker(s), destinations: %s%s",
                  self.role, where, self.spec.label, len(self.workers),
                  (", ".join(str(d) for d in cfg.delivery.destinations)
-                  or "none (results kept on disk)") if self.analyses else "none (not delivering)")
+                  or "none (results kept on disk)") if self.analyses else "none (not delivering)",
+                 "".join(f"; polling {s.base_url} every {cfg.poll.interval_s:g} s"
+                         for s in self._poll_sources))
+
+    # -- DICOMweb sources (poll.sources) -----------------------------------------------
+    def _polled_sources(self) -> list:
+        """The sources this process polls (role all or listener), their secrets read now.
+
+        Raises
+        ------
+        ConfigError
+            A source's secret is not in the environment.
+        """
+        from amagi_plugin.webin import peer_source
+
+        if not self.listens:
+            return []
+        return [peer_source(peer, self.environ) for peer in self.cfg.poll.sources]
+
+    def _start_pollers(self) -> None:
+        """One thread per source, each an :class:`~amagi_plugin.webin.Poller` queueing what
+        the case store does not hold yet, as ``amagi poll`` does."""
+        from amagi_plugin.webin import Poller
+
+        poll = self.cfg.poll
+        pollers = [Poller(self.cfg, self.spec, source, self.database,
+                          study_date_from=poll.since or None,
+                          recent_days=poll.recent_days or None,
+                          full_every_s=poll.full_every_h * 3600.0)
+                   for source in self._poll_sources]
+        if pollers:  # they share the download directory: cleaned once, before any starts
+            pollers[0].clean_incoming()
+        for i, poller in enumerate(pollers):
+            t = threading.Thread(target=self._poll, args=(poller,), name=f"amagi-poll-{i}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _poll(self, poller) -> None:
+        """Run one poller until the service stops. An unreachable server is retried by the
+        poller itself; a refused query (HTTP 4xx, e.g. a revoked token) or a database error
+        is logged and the polling resumes after an interval: the thread never dies of it."""
+        interval = self.cfg.poll.interval_s
+
+        def polled(result) -> None:
+            if result.queued:
+                self._jobs_queued.set()
+
+        while not self.stop_event.is_set():
+            try:
+                poller.run(interval, stop=self.stop_event, report=polled, clean=False)
+            except Exception as e:
+                log.error("polling %s failed, trying again in %g s: %s",
+                          poller.source.base_url, interval, e)
+                self.stop_event.wait(interval)
 
     @property
     def incoming_dir(self) -> Path:

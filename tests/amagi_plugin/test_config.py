@@ -153,7 +153,9 @@ def test_template_is_valid_toml_listing_every_key(tmp_path: Path) -> None:
     # The commented example of a destination table is valid too.
     example_toml = re.sub(r"^# ?", "", example.split("\n", 1)[1], flags=re.M)
     f.write_text(example_toml)
-    assert load_config(f, environ={}, cwd=tmp_path).delivery.destinations[0].tls is True
+    example_cfg = load_config(f, environ={}, cwd=tmp_path)
+    assert example_cfg.delivery.destinations[0].tls is True
+    assert example_cfg.poll.sources[0].token_env == "AMAGI_ARCHIVE_TOKEN"
 
 
 def test_cli_config_show_reports_sources(run_cli, tmp_path: Path) -> None:
@@ -229,3 +231,29 @@ def test_invalid_dicomweb_destinations_name_the_problem(tmp_path: Path, table: s
         load_config(f, environ={}, cwd=tmp_path)
     assert message in str(e.value) and "delivery.destinations" in str(e.value)
     assert "amagi:secret" not in str(e.value) and "eyJhbGciOi" not in str(e.value)
+
+
+def test_poll_sources_are_dicomweb_peers_checked_as_destinations(tmp_path) -> None:
+    from amagi_plugin.config import load_config
+
+    f = tmp_path / "amagi.toml"
+    f.write_text('[[poll.sources]]\nurl = "https://archive.example.org/dicom-web/"\n'
+                 'auth = "bearer"\ntoken_env = "AMAGI_ARCHIVE_TOKEN"\ntls_ca = "ca.pem"\n'
+                 '[poll]\nrecent_days = 2\n')
+    cfg = load_config(f, environ={})
+    (source,) = cfg.poll.sources
+    assert (source.url, source.auth, source.token_env) == (
+        "https://archive.example.org/dicom-web", "bearer", "AMAGI_ARCHIVE_TOKEN")
+    assert source.tls_ca == tmp_path / "ca.pem"  # anchored at the file, as a destination's
+    assert (cfg.poll.recent_days, cfg.poll.full_every_h, cfg.poll.interval_s) == (2, 24.0, 60.0)
+    for env, words in [({"AMAGI_POLL_SOURCES": "PACS@pacs:104"}, "not a DIMSE peer"),
+                       ({"AMAGI_POLL_SINCE": "2026-11-01"}, "not a date YYYYMMDD"),
+                       ({"AMAGI_POLL_RECENT_DAYS": "-1"}, "must be 0 or more")]:
+        with pytest.raises(ConfigError, match=words):
+            load_config(None, environ=env)
+    # A secret put where the name of its variable belongs is refused and never echoed.
+    f.write_text('[[poll.sources]]\nurl = "https://a/dicom-web"\nauth = "bearer"\n'
+                 'token_env = "s3cr3t-t0ken!"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f, environ={})
+    assert "names an environment variable" in str(e.value) and "s3cr3t" not in str(e.value)

@@ -208,3 +208,57 @@ def test_poll_of_recent_studies_between_full_listings(tmp_path, tiny_checkpoint)
             assert not any((var / "spool" / ".webin").iterdir())
         finally:
             database.dispose()
+
+
+def test_serve_polls_its_sources_and_analyses_what_they_hold(tmp_path, tiny_checkpoint, caplog):
+    """poll.sources: amagi serve polls Orthanc itself (no 'amagi poll' beside it), analyses
+    each video once, keeps polling when the server refuses it, and will not start without a
+    source's secret."""
+    import logging
+
+    from amagi_plugin.errors import ConfigError
+
+    var = tmp_path / "var"
+    with running(Orthanc(tmp_path / "orthanc", free_port(), dicomweb=True, users=USERS)) as o:
+        first = _upload(o, make_video(tmp_path / "a.dcm", seconds=0.5, seed=6))
+
+        def service(password_env: str, environ: dict[str, str]) -> Service:
+            cfg = load_config(None, environ={}, cwd=tmp_path, overrides={
+                "storage.var_dir": str(var), "storage.reserve_mb": "16",
+                "listener.port": str(free_port()), "listener.bind_address": "127.0.0.1",
+                "model.name": "amagi_tiny", "model.checkpoint": str(tiny_checkpoint),
+                "poll.interval_s": "0.5",
+                "poll.sources": [{"url": o.dicomweb_url, "auth": "basic",
+                                  "username": "amagi", "password_env": password_env}]})
+            analyzer, spec = analyzer_from_config(cfg)
+            return Service(cfg, analyzer, spec, environ=environ)
+
+        # The secret's variable unset: refused before anything starts.
+        with pytest.raises(ConfigError, match=f"environment variable {PASSWORD_ENV}"):
+            service(PASSWORD_ENV, {}).start()
+        assert not (var / "amagi.db").exists()
+
+        # A refused query (a wrong password) is logged and retried; the service keeps serving.
+        svc = service(PASSWORD_ENV, {PASSWORD_ENV: "wrong"})
+        with caplog.at_level(logging.ERROR, logger="amagi_plugin.service.app"):
+            svc.start()
+            try:
+                wait_until(lambda: sum("HTTP 401" in r.getMessage() for r in caplog.records)
+                           >= 2, 30, what="two refused polls logged")
+                assert any(t.name == "amagi-poll-0" and t.is_alive() for t in svc._threads)
+            finally:
+                svc.stop()
+        assert _jobs(var) == []
+
+        svc = service(PASSWORD_ENV, {PASSWORD_ENV: USERS["amagi"]})
+        svc.start()
+        try:
+            wait_until(lambda: _jobs(var) == [(first.SOPInstanceUID, "done")], 120,
+                       what="the polled video analysed")
+            second = _upload(o, make_video(tmp_path / "b.dcm", seconds=0.5, seed=7))
+            wait_until(lambda: _jobs(var) == [(first.SOPInstanceUID, "done"),
+                                              (second.SOPInstanceUID, "done")], 120,
+                       what="the video uploaded while serving analysed")
+        finally:
+            svc.stop()
+    assert not any((var / "spool" / ".webin").iterdir())

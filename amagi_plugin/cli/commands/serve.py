@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "serve", parents=parents, help="run the DICOM listener and analyse what it receives",
         description="Receive surgical videos by C-STORE, analyse each one when its association "
         "ends, record the case and send SR, SEG, key images and KOS to the configured "
-        "destinations (retrying until they confirm). Stops on SIGINT/SIGTERM. With --role "
+        "destinations (retrying until they confirm); with --poll, also the new videos of "
+        "DICOMweb servers that cannot push. Stops on SIGINT/SIGTERM. With --role "
         "listener or worker, several processes on several hosts share the work through one "
         "PostgreSQL database and one storage directory.")
     config_flag(p, "--role", key="service.role", choices=("all", "listener", "worker"))
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    metavar="AE_TITLE@HOST:PORT|URL",
                    help="send results there by C-STORE, or by STOW-RS to an http(s)://.../dicom-web "
                    "base URL (repeatable; adds to delivery.destinations)")
+    config_flag(p, "--poll", key="poll.sources", metavar="URL,...")
     config_flag(p, "--workers", key="worker.count", metavar="N")
     config_flag(p, "--devices", key="worker.devices", metavar="DEVICE,...")
     config_flag(p, "--fast", key="model.fast", action="store_const", const="true")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(
             cfg.delivery, destinations=[*cfg.delivery.destinations, *extra]))
     if cfg.service.role == "listener":  # queues jobs for the configured model, never loads it
-        Service(cfg, [], resolve_model(cfg.model)).serve_forever()
+        Service(cfg, [], resolve_model(cfg.model), environ=ctx.environ).serve_forever()
         return 0
     # One model per configured device (worker.count workers on each); none: model.device.
     check_devices_available(cfg.worker.devices)
