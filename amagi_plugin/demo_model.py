@@ -123,6 +123,8 @@ class DemoConfig:
     warmup_epochs: float = 1.0
     still_negatives: float = 0.0  # fraction of bleeding clips replaced by their still centre
     clip_look_jitter: float = 0.0  # strength of the per-clip look change in clip training
+    # bleeding clips whose labelled frame shows fewer pixels of bleeding are left out
+    clip_min_visible_px: int = 0
     train_seed_model: int = 7
     threads: int = 2
     workers: int = 0  # data-loading processes per training run
@@ -332,6 +334,8 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
                  "--epochs", str(cfg.clip_epochs), "--lr", str(cfg.clip_lr),
                  "--class-weights", "balanced", "--still-negatives", str(cfg.still_negatives),
                  "--look-jitter", str(cfg.clip_look_jitter), *common]
+    if cfg.clip_min_visible_px:
+        clip_args += ["--min-visible-px", str(cfg.clip_min_visible_px)]
     jobs = [("amagi", cfg.arch, amagi_dir, ["--seg-checkpoint", str(seg_dir / "latest.pth")]),
             ("slowfast", cfg.baseline_arch, sf_dir, [])]
     # AMAGI and the baseline train side by side, the threads split between them (one each
@@ -574,7 +578,10 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         "differs only over time)"
         + (f"; look jitter {cfg['clip_look_jitter']:g} (white balance, exposure, gamma, "
            "saturation, blur and noise changed per clip, all its frames alike)"
-           if cfg.get("clip_look_jitter") else ""),
+           if cfg.get("clip_look_jitter") else "")
+        + (f"; bleeding clips whose labelled frame shows fewer than "
+           f"{cfg['clip_min_visible_px']} pixels of bleeding left out"
+           if cfg.get("clip_min_visible_px") else ""),
         *([f"- AMAGI's head also reads the map's peak and area (`AmagiHead(map_evidence=True)`"
            f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
            "which the map's evidence decides alone; in analysis they weigh "

@@ -49,7 +49,9 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     from dicom_io.results import DEMO_DISCLAIMER
     from models import build_model, load_checkpoint
 
-    cfg = DemoConfig.recipe("evidence-refined").quick()
+    # bleeding clips showing no bleeding at all left out of both clip networks' training
+    cfg = dataclasses.replace(DemoConfig.recipe("evidence-refined").quick(),
+                              clip_min_visible_px=1)
     assert cfg.train_domain == "randomised" and cfg.static_cases and cfg.shifted_cases
     dest = tmp_path / "dest"
     training = build_demo(tmp_path / "work", cfg, dest)
@@ -78,6 +80,12 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert "segmentation: FlowSeg (5 frames)" in readme and "left out of 90% of the samples" in readme
     manifest = json.loads((dest / "model.json").read_text())
     assert manifest["arch"] == "amagi_tiny_tge"
+    assert "fewer than 1 pixels of bleeding left out" in readme
+    from models.checkpoint import read_checkpoint
+
+    for net in ("amagi", "slowfast"):  # what each training run recorded that it did
+        meta = read_checkpoint(tmp_path / "work" / net / "latest.pth")["meta"]
+        assert meta["min_visible_px"] == 1 and meta["unseen_bleeding_left_out"] >= 0
     model = build_model(manifest["arch"])
     assert load_checkpoint(model, dest / manifest["checkpoint"]).ok
     assert heldout["pooled"]["AMAGI"]["guidance"]["frames"] > 0  # the temporal map, scored
