@@ -250,6 +250,7 @@ class Poller:
         self._clock = clock
         self._last_full: float | None = None  # clock time of the last full listing
         self._retry: dict[str, object] = {}  # SOP Instance UID -> instance that failed
+        self._stop: threading.Event | None = None  # run()'s: a poll ends early when set
         self.spool = Path(cfg.spool_dir)
         # Not the listener's .incoming, which ``amagi serve`` empties when it starts.
         self.incoming = self.spool / ".webin"
@@ -308,6 +309,8 @@ class Poller:
         for inst in found:
             if inst.sop_instance_uid in known:
                 continue
+            if self._stop is not None and self._stop.is_set():
+                break  # stopping: the rest is found again by the next poll
             try:
                 job_id = self._take(inst)
             except (DicomIOError, OSError) as e:
@@ -382,7 +385,7 @@ class Poller:
         """
         from dicom_io.errors import NetworkError
 
-        stop = stop or threading.Event()
+        stop = self._stop = stop or threading.Event()
         total = PollResult()
         if clean:
             self.clean_incoming()

@@ -262,3 +262,41 @@ def test_serve_polls_its_sources_and_analyses_what_they_hold(tmp_path, tiny_chec
         finally:
             svc.stop()
     assert not any((var / "spool" / ".webin").iterdir())
+
+
+def test_a_stopping_poller_retrieves_no_more(tmp_path, tiny_checkpoint):
+    """A stop asked in the middle of a poll ends it before the next retrieval (a service
+    that stops does not keep downloading); what was left is queued by the next poll."""
+    import threading
+
+    from amagi_plugin.modelspec import resolve_model
+    from amagi_plugin.webin import Poller, WebOptions, web_source
+
+    var = tmp_path / "var"
+    cfg = load_config(None, environ={}, cwd=tmp_path, overrides={
+        "storage.var_dir": str(var), "model.name": "amagi_tiny",
+        "model.checkpoint": str(tiny_checkpoint)})
+    stop = threading.Event()
+
+    class StopAfterOne(Poller):
+        def _take(self, inst) -> int:
+            job = super()._take(inst)
+            stop.set()  # as SIGTERM would, while the poll is under way
+            return job
+
+    with running(Orthanc(tmp_path / "orthanc", free_port(), dicomweb=True, users=USERS)) as o:
+        for i in range(3):
+            _upload(o, make_video(tmp_path / f"{i}.dcm", seconds=0.3, seed=20 + i))
+        source = web_source(o.dicomweb_url, WebOptions(auth="basic", username="amagi",
+                                                       password_env=PASSWORD_ENV),
+                            {PASSWORD_ENV: USERS["amagi"]})
+        database = open_database(cfg.database_url)
+        try:
+            total = StopAfterOne(cfg, resolve_model(cfg.model), source, database).run(
+                60.0, stop=stop)
+            assert (total.found, total.queued) == (3, 1)
+            assert len(_jobs(var)) == 1
+            again = Poller(cfg, resolve_model(cfg.model), source, database).run(60.0, once=True)
+            assert (again.found, again.known, again.queued) == (3, 1, 2)
+        finally:
+            database.dispose()
