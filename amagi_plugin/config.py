@@ -359,7 +359,8 @@ def _check_poll_source(value: Destination) -> Destination:
     return value
 
 
-def _check_study_date(value: str) -> str:
+def check_study_date(value: str) -> str:
+    """``value`` if it is empty or a date ``YYYYMMDD`` (a DICOM DA); ValueError otherwise."""
     import datetime as dt
 
     if value:
@@ -378,7 +379,7 @@ class PollConfig:
                                       _check_poll_source, "URL[,URL...]")
     interval_s: float = _opt(60.0, "Seconds between two polls of a source", _check_positive)
     since: str = _opt("", "Only studies of this date or later (YYYYMMDD; empty: every date)",
-                      _check_study_date)
+                      check_study_date)
     recent_days: int = _opt(0, "Between two full listings, list only the studies of the last "
                             "N days (0: every poll lists every study)", _check_non_negative)
     full_every_h: float = _opt(24.0, "With recent_days: hours between two full listings (they "

@@ -273,12 +273,11 @@ class Poller:
         since = (self._today() - dt.timedelta(days=self.recent_days)).strftime("%Y%m%d")
         return max(since, self.study_date_from) if self.study_date_from else since
 
-    def poll_once(self, full: bool | None = None) -> PollResult:
+    def poll_once(self) -> PollResult:
         """One round: QIDO-RS, then WADO-RS, record and queue each instance not yet known.
 
-        ``full``: list every study (within ``study_uid``/``study_date_from``), or only the
-        recent ones (needs ``recent_days``); by default the schedule decides (a full listing
-        first, then every ``full_every_s``).
+        It lists every study (within ``study_uid``/``study_date_from``) when a full listing
+        is due (the first poll, then every ``full_every_s``), else only the recent ones.
 
         Raises
         ------
@@ -290,11 +289,8 @@ class Poller:
         from dicom_io.net.webin import find_video_instances
 
         now = self._clock()
-        if full is None:
-            full = (self.recent_days is None or self._last_full is None
-                    or now - self._last_full >= self.full_every_s)
-        if not full and self.recent_days is None:
-            raise ValueError("a recent-studies poll needs recent_days")
+        full = (self.recent_days is None or self._last_full is None
+                or now - self._last_full >= self.full_every_s)
         since = self.study_date_from if full else self._recent_from()
         found = find_video_instances(self.source, study_instance_uid=self.study_uid,
                                      study_date_from=since)

@@ -108,7 +108,6 @@ class Service:
         self.cfg = cfg
         # The destinations, with DICOMweb passwords and tokens read from ``environ``.
         self.outbound = Outbound(cfg, environ)
-        self.environ = os.environ if environ is None else environ
         self.analyzers = list(analyzer) if isinstance(analyzer, Sequence) else [analyzer]
         self.role = cfg.service.role
         self.listens = self.role in ("all", "listener")
@@ -220,7 +219,7 @@ class Service:
 
         if not self.listens:
             return []
-        return [peer_source(peer, self.environ) for peer in self.cfg.poll.sources]
+        return [peer_source(peer, self.outbound.environ) for peer in self.cfg.poll.sources]
 
     def _start_pollers(self) -> None:
         """One thread per source, each an :class:`~amagi_plugin.webin.Poller` queueing what

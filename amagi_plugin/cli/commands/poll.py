@@ -43,6 +43,7 @@ def run(args: argparse.Namespace, ctx) -> int:
     import signal
     import threading
 
+    from amagi_plugin.config import check_study_date
     from amagi_plugin.errors import ConfigError, ExitCode
     from amagi_plugin.modelspec import resolve_model
     from amagi_plugin.webin import Poller, web_source
@@ -55,11 +56,10 @@ def run(args: argparse.Namespace, ctx) -> int:
         raise ConfigError(f"--recent-days must be at least 1, got {args.recent_days}")
     if not args.full_every > 0:
         raise ConfigError(f"--full-every must be more than 0 hours, got {args.full_every:g}")
-    if args.since:
-        try:
-            dt.datetime.strptime(args.since, "%Y%m%d")
-        except ValueError:
-            raise ConfigError(f"--since {args.since!r} is not a date YYYYMMDD") from None
+    try:
+        check_study_date(args.since or "")
+    except ValueError:
+        raise ConfigError(f"--since {args.since!r} is not a date YYYYMMDD") from None
     if args.study and not check_uid(args.study, "--study")[0]:
         raise ConfigError(check_uid(args.study, "--study")[1])
     cfg = ctx.config
