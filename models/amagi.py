@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.errors import InputShapeError, ModelConfigError
-from models.flowseg import FlowSeg
+from models.flowseg import FlowSeg, cell_peak
 from models.hrnet_ocr import HRNetOCR
 from models.resnet3d import ResNet3dPathway
 from models.slowfast import Pathways, SlowFast
@@ -105,12 +105,16 @@ class Amagi(SlowFast):
         """(N, 3, T, H, W) -> ((x_slow, x_fast), [seg_aux, seg_main]).
 
         The segmentation input is frame ``T // 2`` of the full-rate clip (with its
-        neighbours for a temporal segmenter, :meth:`segmentation_input`).
+        neighbours for a temporal segmenter, :meth:`segmentation_input`). A segmenter's
+        full-resolution main map reaches the head as each cell's peak (:func:`cell_peak`),
+        at the size of its auxiliary map.
         """
         if x.dim() != 5:
             raise InputShapeError(f"AMAGI expects (N, C, T, H, W), got shape {tuple(x.shape)}")
-        seg_out = self.seg_model(self.segmentation_input(x))
-        return super().forward(x), seg_out
+        aux, main = self.seg_model(self.segmentation_input(x))
+        if main.shape[-2:] != aux.shape[-2:]:  # a full-resolution map (FlowSeg ``fine``)
+            main = cell_peak(main, main.shape[-1] // aux.shape[-1])
+        return super().forward(x), [aux, main]
 
 
 class AmagiHead(nn.Module):

@@ -16,6 +16,11 @@ averages away), two at 1/2, three dilated ones at 1/4 for context, and a head on
 features concatenated with the pooled 1/2 features. ``aux`` is a 1x1 head on the context
 features alone (deep supervision, weighted as HRNet-OCR's auxiliary output in training).
 
+With ``fine`` (``amagi_tiny_tgef``), a last head at full resolution corrects the 1/4 logits
+(upsampled) from the full-resolution features, so that a source of a few pixels has logits
+of its own instead of sharing a 4x4 cell with background; ``main`` is then ``(N,
+num_classes, H, W)`` and :func:`cell_peak` brings it to 1/4 for AMAGI's head.
+
 With ``align`` (``amagi_tiny_tgea``), each other frame is first shifted onto the middle one
 by the global translation that phase correlation finds (:func:`translation`), so that the
 differences show what moved against the view rather than the camera's own motion.
@@ -36,8 +41,8 @@ from torch import nn
 
 from models.errors import InputShapeError, ModelConfigError
 
-__all__ = ["FLOWSEG_TINY", "FLOWSEG_TINY_ALIGNED", "FlowSeg", "FlowSegConfig", "align_to",
-           "estimate_shift", "translation"]
+__all__ = ["FLOWSEG_TINY", "FLOWSEG_TINY_ALIGNED", "FLOWSEG_TINY_FINE", "FlowSeg",
+           "FlowSegConfig", "align_to", "cell_peak", "estimate_shift", "translation"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class FlowSegConfig:
         differences show what moved *against* the view, not the camera's own motion.
     max_shift : float
         The largest translation (pixels of the input) that alignment looks for.
+    fine : bool
+        A full-resolution head: the main logits come at the input's resolution, not 1/4.
     """
 
     in_frames: int = 5
@@ -68,6 +75,7 @@ class FlowSegConfig:
     num_classes: int = 2
     align: bool = False
     max_shift: float = 8.0
+    fine: bool = False
 
     def __post_init__(self) -> None:
         if self.in_frames < 3 or self.in_frames % 2 == 0:
@@ -89,6 +97,17 @@ FLOWSEG_TINY = FlowSegConfig()
 
 FLOWSEG_TINY_ALIGNED = FlowSegConfig(align=True)
 """:data:`FLOWSEG_TINY` with motion-compensated differences (the same parameters)."""
+
+FLOWSEG_TINY_FINE = FlowSegConfig(fine=True)
+""":data:`FLOWSEG_TINY` with a full-resolution head (main logits at the input's size)."""
+
+
+def cell_peak(logits: torch.Tensor, factor: int) -> torch.Tensor:
+    """Two-class logits ``(N, 2, H, W)`` -> ``(N, 2, H/factor, W/factor)`` whose softmax is
+    each ``factor``² cell's largest bleeding probability (logits ``[0, max margin]``): a
+    source smaller than a cell keeps its own probability instead of being averaged away."""
+    margin = F.max_pool2d(logits[:, 1:2] - logits[:, 0:1], factor)
+    return torch.cat([torch.zeros_like(margin), margin], dim=1)
 
 
 @torch.no_grad()
@@ -201,6 +220,11 @@ class FlowSeg(nn.Module):
                                      _block(3 * w, 3 * w, 4))
         self.head = nn.Sequential(_block(5 * w, 2 * w), nn.Conv2d(2 * w, k, 1))
         self.aux_head = nn.Conv2d(3 * w, k, 1)
+        self.fine_head: nn.Sequential | None = None
+        if cfg.fine:  # starts as the upsampled 1/4 logits: its last layer is zero
+            self.fine_head = nn.Sequential(_block(w + k, w), nn.Conv2d(w, k, 1))
+            nn.init.zeros_(self.fine_head[1].weight)
+            nn.init.zeros_(self.fine_head[1].bias)
 
     def changes(self, x: torch.Tensor) -> torch.Tensor:
         """The middle frame and every other frame's scaled difference from it (each other
@@ -230,7 +254,8 @@ class FlowSeg(nn.Module):
 
         Returns
         -------
-        [out_aux, out] : two Tensors (N, num_classes, H/4, W/4)
+        [out_aux, out] : two Tensors (N, num_classes, H/4, W/4); ``out`` is (N,
+        num_classes, H, W) with ``cfg.fine``
         """
         c = self.cfg.in_channels
         if x.dim() != 4 or x.shape[1] != c:
@@ -242,4 +267,7 @@ class FlowSeg(nn.Module):
         half = self.half_res(F.max_pool2d(full, 2))
         ctx = self.context(F.max_pool2d(half, 2))
         main = self.head(torch.cat([ctx, F.avg_pool2d(half, 2)], dim=1))
+        if self.fine_head is not None:
+            up = F.interpolate(main, size=full.shape[-2:], mode="bilinear", align_corners=False)
+            main = up + self.fine_head(torch.cat([full, up], dim=1))
         return [self.aux_head(ctx), main]

@@ -27,6 +27,9 @@ Variants (input is frames x pixels²):
 - ``amagi_tiny_tgea``: ``amagi_tiny_tge`` whose segmenter aligns each neighbouring frame to
   the centre one before taking differences (``FlowSegConfig.align``: a global translation
   by phase correlation), so that the camera's own motion does not look like flow.
+- ``amagi_tiny_tgef``: ``amagi_tiny_tge`` whose segmenter has a full-resolution head
+  (``FlowSegConfig.fine``): a source of a few pixels gets logits of its own, and the head
+  reads each 4x4 cell's peak (:func:`models.flowseg.cell_peak`).
 
 Sizes (``ModelCfg.params_m`` / ``gflops``; GFLOPs per clip counted by
 ``torch.utils.flop_counter``, one multiply-add = 2 FLOPs, convolutions and matmuls only):
@@ -42,6 +45,7 @@ amagi_tiny               2.41 M    0.94
 amagi_tiny_tg            2.33 M    1.66
 amagi_tiny_tge           2.33 M    1.66
 amagi_tiny_tgea          2.33 M    1.66
+amagi_tiny_tgef          2.34 M    1.85
 slowfast_tiny            2.10 M    0.77
 =====================  ========  ===========
 """
@@ -52,7 +56,13 @@ from dataclasses import dataclass, replace
 
 from models.amagi import Amagi, AmagiHead
 from models.errors import ModelConfigError, UnknownModelError
-from models.flowseg import FLOWSEG_TINY, FLOWSEG_TINY_ALIGNED, FlowSeg, FlowSegConfig
+from models.flowseg import (
+    FLOWSEG_TINY,
+    FLOWSEG_TINY_ALIGNED,
+    FLOWSEG_TINY_FINE,
+    FlowSeg,
+    FlowSegConfig,
+)
 from models.hrnet_ocr import HRNET_TINY_OCR, HRNET_W48_OCR, HRNetConfig, HRNetOCR
 from models.recognizer import ModelCfg, Recognizer
 from models.resnet3d import ResNet3dPathway
@@ -117,6 +127,9 @@ _VARIANTS: dict[str, SlowFastSpec] = {
 }
 # amagi_tiny_tge with the aligned segmenter: nothing else differs (the same parameters).
 _VARIANTS["amagi_tiny_tgea"] = replace(_VARIANTS["amagi_tiny_tge"], seg=FLOWSEG_TINY_ALIGNED)
+# amagi_tiny_tge whose segmenter has a full-resolution head.
+_VARIANTS["amagi_tiny_tgef"] = replace(_VARIANTS["amagi_tiny_tge"], seg=FLOWSEG_TINY_FINE,
+                                       params_m=2.34, gflops=1.85)
 
 
 def list_models() -> list[str]:

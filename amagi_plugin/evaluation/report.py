@@ -38,7 +38,7 @@ from amagi_plugin.evaluation.metrics import (
     prf,
 )
 
-__all__ = ["IOUS", "SIZE_BINS", "markdown_report", "plot_fold", "summarize"]
+__all__ = ["IOUS", "SIZE_BINS", "markdown_report", "plot_fold", "size_bin", "summarize"]
 
 IOUS = (0.1, 0.25, 0.5)
 #: Bleeding instants by the share of the frame their visible active bleeding covers
@@ -85,7 +85,7 @@ def summarize(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
     return out
 
 
-def _size_bin(fraction: np.ndarray) -> np.ndarray:
+def size_bin(fraction: np.ndarray) -> np.ndarray:
     """Index into :data:`SIZE_BINS` of each visible-bleeding share (0: none visible)."""
     uppers = np.array([u for _, u in SIZE_BINS[1:-1]])
     return np.where(fraction <= 0, 0, 1 + np.searchsorted(uppers, fraction, side="right"))
@@ -99,7 +99,7 @@ def _by_size(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
     share of them the model calls bleeding."""
     fraction = np.concatenate([truth[p.case_id].active_fraction[p.frames]  # type: ignore[index]
                                for p in preds])
-    bins = _size_bin(fraction)
+    bins = size_bin(fraction)
     neg = labels == 0
     out = {}
     for i, (name, _) in enumerate(SIZE_BINS):

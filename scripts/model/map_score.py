@@ -8,7 +8,8 @@ segmenter, the same neighbouring frames). Two scores per frame: the map's *peak*
 3x3 mean probability) and its *area* (the share of the frame at p >= 0.5). Printed per data
 set as JSON: frame AUROC and AP of the peak against the frame labels, the AUROC of the area,
 the AUROC on visible bleeding (instants whose active bleeding covers >= 0.5 % of the frame,
-against every non-bleeding one), per-case AUROC, and for bleeding-free sets how much the map
+against every non-bleeding one), the peak's AUROC per visible-size bin of ``amagi evaluate``
+(each bin's bleeding instants against every non-bleeding one), per-case AUROC, and for bleeding-free sets how much the map
 marks (share of frames with any pixel at p >= 0.5, mean peak and area).
 
 Run: ``python scripts/model/map_score.py ARCH SEG_CHECKPOINT NAME=DIR [NAME=DIR ...]
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from amagi_plugin.evaluation.cases import load_cases
 from amagi_plugin.evaluation.metrics import auroc, average_precision
+from amagi_plugin.evaluation.report import SIZE_BINS, size_bin
 from amagi_plugin.inferers import MaskInferer
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
 from dicom_io.video import open_video
@@ -83,6 +85,14 @@ def summary(rows: list[tuple[str, int, float, float, float]]) -> dict[str, Any]:
                    auroc_area=auroc(y, area), auroc_peak_visible=auroc(y[visible], peak[visible]),
                    mean_area_bleeding=float(area[y == 1].mean()),
                    mean_area_normal=float(area[y == 0].mean()))
+        if not np.isnan(vis).any():
+            bins = size_bin(vis)
+            by_size: dict[str, float | None] = {}
+            for i, (name, _) in enumerate(SIZE_BINS):
+                pos = (y == 1) & (bins == i)
+                both = pos | (y == 0)
+                by_size[name] = auroc(y[both], peak[both]) if pos.any() else None
+            out["by_size_auroc_peak"] = by_size
         cases = sorted({r[0] for r in rows})
         out["per_case_auroc_peak"] = {
             c: auroc(y[sel], peak[sel]) for c in cases
