@@ -1,22 +1,42 @@
-"""Environment checks behind ``amagi doctor``: each check really exercises the component."""
+"""Environment checks behind ``amagi doctor``: each check really exercises the component.
+
+The configured peers are really contacted too: each DIMSE destination gets a C-ECHO
+association, each DICOMweb destination and poll source one authenticated QIDO-RS query
+(``studies?limit=1``), within :data:`PEER_TIMEOUT_S` seconds each.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from amagi_plugin.config import Config
+from amagi_plugin.config import Config, Destination
 from db import mask_url
+
+if TYPE_CHECKING:
+    from dicom_io.net.web import WebAuth
 
 TORCH_VERSION = "2.13.0"
 REQUIRED_DECODERS = ("h264", "hevc", "mpeg2video")
 TEST_ENCODERS = ("libx264", "libx265", "mpeg2video")
+#: Longest wait (s) for one peer's answer: TCP connect, association, HTTP answer. A DICOMweb
+#: peer whose ``timeout_s`` is shorter gets that.
+PEER_TIMEOUT_S = 5.0
+#: Peers contacted at the same time, so that dead ones cost one timeout, not one each.
+PEER_THREADS = 8
+#: HTTP statuses that mean "these credentials are not accepted".
+AUTH_REFUSED = frozenset({401, 403, 407})
 
 
 class Status(str, enum.Enum):
@@ -172,8 +192,168 @@ def check_tools() -> Iterator[Check]:
             yield Check(tool, Status.WARN, f"not found ({what}; optional)", required=False)
 
 
-def run_checks(cfg: Config, progress: Callable[[str], None] | None = None) -> list[Check]:
-    """Run every check; ``progress`` is told the name of each group before it runs."""
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _why_no_association(dest: Destination, timeout: float, elapsed: float) -> str:
+    """Why an association with ``dest`` was not made, when pynetdicom only says that it
+    was not: no answer in time, or a plain TCP connection tells refused, unknown host..."""
+    if elapsed >= 0.9 * timeout:
+        return f"no answer within {timeout:g} s"
+    try:
+        with socket.create_connection((dest.host, dest.port), timeout=timeout):
+            pass
+    except ConnectionRefusedError:
+        return "connection refused"
+    except socket.gaierror as e:
+        return f"host {dest.host} not found: {e.strerror}"
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as e:
+        return f"cannot connect: {e.strerror or e}"
+    if dest.tls:
+        return "TLS handshake failed (or the peer closed the connection)"
+    return "the peer closed the connection without answering the association request"
+
+
+def check_dimse_destination(dest: Destination, calling_ae: str,
+                            timeout: float = PEER_TIMEOUT_S) -> Check:
+    """C-ECHO ``dest`` as ``calling_ae`` (PS3.7 §9.1.5) over the association, and the TLS
+    settings, that deliveries use; OK with the time of association, echo and release."""
+    from amagi_plugin.service.outbound import client_tls
+    from dicom_io.errors import NetworkError
+    from dicom_io.net.scu import echo
+
+    name = f"destination {dest.key}"
+    try:
+        tls = client_tls(dest)
+    except Exception as e:
+        return Check(name, Status.FAIL, f"TLS settings: {_one_line(e)}")
+    start = time.monotonic()
+    try:
+        answered = echo(dest.ae_title, dest.host, dest.port, calling_ae_title=calling_ae,
+                        tls=tls, timeout=timeout)
+    except (NetworkError, OSError) as e:  # OSError: pynetdicom lets a DNS failure through
+        elapsed = time.monotonic() - start
+        why = _one_line(e)
+        if " rejected the association " in why:
+            return Check(name, Status.FAIL, f"{why}; we call as {calling_ae}")
+        return Check(name, Status.FAIL, _why_no_association(dest, timeout, elapsed))
+    except Exception as e:
+        return Check(name, Status.FAIL, f"C-ECHO failed: {_one_line(e)}")
+    ms = (time.monotonic() - start) * 1000
+    if not answered:
+        return Check(name, Status.FAIL, f"association accepted, but no C-ECHO Success within "
+                     f"{timeout:g} s (Verification refused or a failure status)")
+    return Check(name, Status.OK, f"C-ECHO answered, {ms:.0f} ms with association and release "
+                 f"(we call as {calling_ae}{', TLS' if dest.tls else ''})")
+
+
+def _qido_probe(url: str, auth: WebAuth | None, ca_file: str | os.PathLike[str] | None,
+                cert_file: str | os.PathLike[str] | None,
+                key_file: str | os.PathLike[str] | None, timeout: float) -> float:
+    """One QIDO-RS ``{url}/studies?limit=1`` on the peer's session; the seconds it took.
+
+    Raises the errors of :func:`dicom_io.net.web.raise_for` (and the session's)."""
+    import requests
+
+    from dicom_io.net.web import client, raise_for, session
+
+    http = session(auth, ca_file, cert_file, key_file)
+    try:
+        web = client(url, http, timeout)
+        start = time.monotonic()
+        try:
+            web.search_for_studies(limit=1)
+        except (requests.RequestException, ValueError) as e:
+            raise_for(e, "QIDO-RS", url, timeout)
+        return time.monotonic() - start
+    finally:
+        http.close()
+
+
+def _web_outcome(peer: Destination, poll_source: bool, environ: Mapping[str, str]
+                 ) -> tuple[Status, str]:
+    from amagi_plugin.errors import ConfigError
+    from amagi_plugin.webin import peer_source, web_auth
+    from dicom_io.errors import DicomIOError
+    from dicom_io.net.web import WebRefusedError
+
+    try:
+        if poll_source:  # as amagi serve builds it
+            src = peer_source(peer, environ)
+            took = _qido_probe(src.base_url, src.auth, src.ca_file, src.cert_file,
+                               src.key_file, src.timeout)
+        else:  # as deliveries authenticate (Outbound.web_auth)
+            took = _qido_probe(peer.url, web_auth(peer, environ, "destination"),
+                               peer.tls_ca, peer.tls_cert, peer.tls_key, peer.timeout_s)
+    except WebRefusedError as e:
+        if poll_source or e.status in AUTH_REFUSED:
+            return Status.FAIL, _one_line(e)
+        return Status.WARN, (f"reachable, but its QIDO-RS answered HTTP {e.status}: STOW-RS "
+                             "and its credentials are first tested by a delivery")
+    except (ConfigError, DicomIOError) as e:
+        return Status.FAIL, _one_line(e)
+    except Exception as e:
+        return Status.FAIL, f"QIDO-RS failed: {type(e).__name__}: {_one_line(e)}"
+    auth = "" if peer.auth == "none" else f", {peer.auth} auth accepted"
+    return Status.OK, f"QIDO-RS answered in {took * 1000:.0f} ms{auth}"
+
+
+def check_web_peer(peer: Destination, poll_source: bool, environ: Mapping[str, str],
+                   timeout: float = PEER_TIMEOUT_S) -> Check:
+    """One authenticated QIDO-RS query to a DICOMweb poll source or STOW-RS destination,
+    its secret read from ``environ`` and its TLS files used as the service uses them,
+    within ``timeout`` seconds (the peer's ``timeout_s`` when shorter).
+
+    A destination that answers the query with an HTTP 4xx other than 401/403/407 is a
+    warning: it is reachable but may offer STOW-RS only (doctor sends nothing)."""
+    name = f"{'poll source' if poll_source else 'destination'} {peer.key}"
+    peer = dataclasses.replace(peer, timeout_s=min(peer.timeout_s, timeout))
+    status, detail = _web_outcome(peer, poll_source, environ)
+    return Check(name, status, detail)
+
+
+def check_peers(cfg: Config, environ: Mapping[str, str] | None = None,
+                timeout: float = PEER_TIMEOUT_S) -> list[Check]:
+    """Contact every destination (``delivery.destinations``) and poll source
+    (``poll.sources``), :data:`PEER_THREADS` at a time; one check each, in that order.
+
+    Parameters
+    ----------
+    cfg : Config
+        The destinations, the poll sources and ``delivery.calling_ae_title``.
+    environ : mapping, optional
+        Where the DICOMweb peers' secrets are read (``os.environ`` by default).
+    timeout : float
+        Longest wait for one peer, seconds.
+    """
+    env = os.environ if environ is None else environ
+    calling = cfg.delivery.calling_ae_title
+    probes: list[Callable[[], Check]] = []
+    for dest in cfg.delivery.destinations:
+        if dest.is_web:
+            probes.append(lambda d=dest: check_web_peer(d, False, env, timeout))
+        else:
+            probes.append(lambda d=dest: check_dimse_destination(d, calling, timeout))
+    for src in cfg.poll.sources:
+        probes.append(lambda s=src: check_web_peer(s, True, env, timeout))
+    if not probes:
+        return [Check("peers", Status.OK,
+                      "none configured (delivery.destinations and poll.sources are empty)")]
+    with ThreadPoolExecutor(max_workers=min(PEER_THREADS, len(probes)),
+                            thread_name_prefix="doctor-peer") as pool:
+        return list(pool.map(lambda probe: probe(), probes))
+
+
+def run_checks(cfg: Config, progress: Callable[[str], None] | None = None,
+               environ: Mapping[str, str] | None = None) -> list[Check]:
+    """Run every check; ``progress`` is told the name of each group before it runs.
+
+    ``environ`` holds the DICOMweb peers' secrets (``os.environ`` by default)."""
     groups: list[tuple[str, Callable[[], object]]] = [
         ("python packages", check_python_packages),
         ("torch", check_torch),
@@ -182,6 +362,7 @@ def run_checks(cfg: Config, progress: Callable[[str], None] | None = None) -> li
         ("spool", lambda: check_spool(cfg)),
         ("model", lambda: check_model(cfg)),
         ("DICOM tools", check_tools),
+        ("peers", lambda: check_peers(cfg, environ)),
     ]
     results: list[Check] = []
     for title, fn in groups:

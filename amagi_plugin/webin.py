@@ -136,7 +136,10 @@ def web_auth(peer: Destination, environ: Mapping[str, str], what: str):
     Raises
     ------
     ConfigError
-        The environment variable that holds the password or token is not set.
+        The environment variable that holds the password or token is not set, or holds a
+        character the request cannot carry: beyond Latin-1, or in a token a control
+        character (RFC 9110 §5.5), such as the trailing newline of a secret file read as
+        it is. The error never shows the secret.
     """
     from dicom_io.net.web import WebAuth
 
@@ -144,9 +147,19 @@ def web_auth(peer: Destination, environ: Mapping[str, str], what: str):
     if name is None:
         return None
     secret = environ.get(name, "")
+    kind = "password" if peer.auth == "basic" else "token"
     if not secret:
-        raise ConfigError(f"{what} {peer.key}: environment variable {name} (its "
-                          f"{'password' if peer.auth == 'basic' else 'token'}) is not set")
+        raise ConfigError(f"{what} {peer.key}: environment variable {name} (its {kind}) is "
+                          "not set")
+    # A token goes into the header as it is; a password base64-encoded from Latin-1.
+    bad = [c for c in secret if ord(c) > 255 or (peer.auth != "basic" and (
+        (ord(c) < 32 and c != "\t") or ord(c) == 127))]
+    if bad:
+        how = ("ends with a control character (a newline?)"
+               if len(bad) == 1 and secret[-1] == bad[0] and ord(bad[0]) < 32
+               else f"holds {len(bad)} characters (control or beyond Latin-1)")
+        raise ConfigError(f"{what} {peer.key}: environment variable {name} (its {kind}) "
+                          f"{how}, which an HTTP request cannot carry")
     if peer.auth == "basic":
         return WebAuth(username=peer.username, password=secret)
     return WebAuth(token=secret)

@@ -2,9 +2,20 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
+
+from amagi_plugin.config import load_config
+from amagi_plugin.doctor import check_peers
+from tests.amagi_plugin.serve_support import Orthanc, running
+from tests.dicom_io._net_fixtures import Recorder, running_listener
+
+PACS_ENV = "AMAGI_TEST_DOCTOR_PACS_PASSWORD"
+ARCHIVE_ENV = "AMAGI_TEST_DOCTOR_ARCHIVE_PASSWORD"
+PASSWORD = "doctor-pw-right"
+WRONG = "doctor-pw-wrong"
 
 
 def _free_port() -> int:
@@ -32,6 +43,7 @@ def test_doctor_reports_real_environment(doctor) -> None:
     assert checks["spool"]["status"] == "ok"
     assert checks["database"]["status"] == "ok"
     assert checks["cuda"]["required"] is False
+    assert checks["peers"]["status"] == "ok" and "none configured" in checks["peers"]["detail"]
 
 
 def test_doctor_fails_on_missing_checkpoint(doctor, tmp_path: Path) -> None:
@@ -75,3 +87,123 @@ def test_doctor_sees_a_migrated_database(run_cli, doctor, tmp_path: Path) -> Non
     _, checks = doctor()
     assert checks["database"]["status"] == "ok"
     assert "at revision" in checks["database"]["detail"]
+
+
+def _no_traceback(r) -> None:
+    assert "Traceback" not in r.stdout and "Traceback" not in r.stderr
+
+
+def test_doctor_echoes_each_dimse_destination(doctor, tmp_path: Path) -> None:
+    closed = _free_port()
+    with running_listener(tmp_path / "ok", Recorder()) as ok, \
+            running_listener(tmp_path / "strict", Recorder(),
+                             allowed_calling_aes=["MODALITY"]) as strict:
+        good, picky, gone = (f"AMAGI@127.0.0.1:{port}" for port in (ok.port, strict.port, closed))
+        r, checks = doctor("--delivery-destinations", f"{good},{picky},{gone}")
+    _no_traceback(r)
+    assert r.code == 1
+    assert checks[f"destination {good}"]["status"] == "ok"
+    assert checks[f"destination {good}"]["detail"].startswith("C-ECHO answered, ")
+    rejected = checks[f"destination {picky}"]
+    assert rejected["status"] == "FAIL" and rejected["required"] is True
+    assert "rejected the association" in rejected["detail"]
+    assert "Calling AE title not recognised" in rejected["detail"]
+    assert rejected["detail"].endswith("we call as AMAGI")
+    assert checks[f"destination {gone}"] == {"check": f"destination {gone}", "status": "FAIL",
+                                              "detail": "connection refused", "required": True}
+    assert "\n" not in "".join(c["detail"] for c in checks.values())
+
+
+def test_a_silent_peer_costs_one_short_timeout(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts TCP connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        cfg = load_config(environ={}, cwd=tmp_path, overrides={
+            "delivery.destinations": f"SILENT@127.0.0.1:{port},http://127.0.0.1:{port}/dicom-web",
+            "poll.sources": f"http://127.0.0.1:{port}/other"})
+        start = time.monotonic()
+        checks = check_peers(cfg, environ={}, timeout=1.0)
+        took = time.monotonic() - start
+    assert [c.name for c in checks] == [f"destination SILENT@127.0.0.1:{port}",
+                                        f"destination http://127.0.0.1:{port}/dicom-web",
+                                        f"poll source http://127.0.0.1:{port}/other"]
+    assert [c.status.value for c in checks] == ["FAIL"] * 3
+    assert checks[0].detail == "no answer within 1 s"
+    assert checks[1].detail.endswith("no answer within 1 s") and "QIDO-RS" in checks[1].detail
+    assert took < 4.0  # the three at once, each within its timeout
+
+
+def test_a_token_no_header_can_carry_is_named_not_shown(run_cli, tmp_path: Path) -> None:
+    # A token with the trailing newline of a mounted secret file: one line naming the peer
+    # and the variable, never the token (requests' own error would quote it).
+    config = tmp_path / "peers.toml"
+    url = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    config.write_text(f'[[poll.sources]]\nurl = "{url}"\nauth = "bearer"\n'
+                      f'token_env = "{ARCHIVE_ENV}"\n')
+    r = run_cli("doctor", "--format", "json", "--config", str(config), "--storage-var-dir",
+                str(tmp_path / "var"), env={ARCHIVE_ENV: "sekrit-token-42\n"})
+    _no_traceback(r)
+    assert r.code == 1 and "sekrit-token-42" not in r.stdout + r.stderr
+    detail = {c["check"]: c for c in json.loads(r.stdout)}[f"poll source {url}"]["detail"]
+    assert f"{ARCHIVE_ENV} (its token) ends with a control character" in detail
+
+
+def _web_config(tmp_path: Path, orthanc: Orthanc) -> Path:
+    path = tmp_path / "peers.toml"
+    path.write_text(f"""
+[[delivery.destinations]]
+url = "{orthanc.dicomweb_url}"
+auth = "basic"
+username = "amagi"
+password_env = "{PACS_ENV}"
+
+[[poll.sources]]
+url = "{orthanc.dicomweb_url}"
+auth = "basic"
+username = "amagi"
+password_env = "{ARCHIVE_ENV}"
+""")
+    return path
+
+
+@pytest.mark.integration
+def test_doctor_queries_each_dicomweb_peer(run_cli, tmp_path: Path) -> None:
+    def doctor(config: Path, env: dict[str, str]):
+        r = run_cli("doctor", "--format", "json", "--config", str(config),
+                    "--storage-var-dir", str(tmp_path / "var"), env=env)
+        _no_traceback(r)
+        assert PASSWORD not in r.stdout + r.stderr and WRONG not in r.stdout + r.stderr
+        return r, {c["check"]: c for c in json.loads(r.stdout)}
+
+    users = {"amagi": PASSWORD}
+    with running(Orthanc(tmp_path / "orthanc", _free_port(), dicomweb=True, users=users)) as o:
+        config = _web_config(tmp_path, o)
+        dest, source = f"destination {o.dicomweb_url}", f"poll source {o.dicomweb_url}"
+
+        r, checks = doctor(config, {PACS_ENV: PASSWORD, ARCHIVE_ENV: PASSWORD})
+        for name in (dest, source):
+            assert checks[name]["status"] == "ok", checks[name]
+            assert checks[name]["detail"].startswith("QIDO-RS answered in ")
+            assert checks[name]["detail"].endswith("basic auth accepted")
+        assert not [c for c in checks.values() if c["status"] == "FAIL" and c["required"]]
+        assert r.code == 0
+
+        r, checks = doctor(config, {PACS_ENV: WRONG})
+        assert r.code == 1
+        assert checks[dest]["status"] == "FAIL" and checks[dest]["detail"].startswith(
+            f"QIDO-RS: HTTP 401 Unauthorized from {o.dicomweb_url}")
+        assert checks[source] == {
+            "check": source, "status": "FAIL", "required": True,
+            "detail": f"DICOMweb source {o.dicomweb_url}: environment variable {ARCHIVE_ENV} "
+                      "(its password) is not set"}
+
+        # https:// to Orthanc's plain HTTP port: the TLS handshake fails.
+        tls_url = o.dicomweb_url.replace("http://", "https://")
+        r, checks = doctor(config, {PACS_ENV: PASSWORD, ARCHIVE_ENV: PASSWORD,
+                                    "AMAGI_DELIVERY_DESTINATIONS": tls_url})
+        assert r.code == 1
+        failed = checks[f"destination {tls_url}"]
+        assert failed["status"] == "FAIL"
+        assert failed["detail"].startswith(f"QIDO-RS to {tls_url}: TLS handshake failed: ")
+        assert checks[source]["status"] == "ok"

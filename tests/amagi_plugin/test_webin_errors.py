@@ -192,6 +192,25 @@ def test_bearer_token_comes_from_the_named_variable(web) -> None:
         web_source("https://u:p@pacs/dicom-web", WebOptions(), {})
 
 
+@pytest.mark.parametrize(("token", "how"), [
+    ("t0ken-42\n", "ends with a control character \\(a newline\\?\\)"),
+    ("t0k\r\nX-Evil: 1", "holds 2 characters \\(control or beyond Latin-1\\)"),
+    ("t0kén€", "holds 1 characters \\(control or beyond Latin-1\\)")])
+def test_a_token_no_header_can_carry_is_refused_unshown(token: str, how: str) -> None:
+    # a mounted secret file read with its newline; a header injection attempt
+    opts = WebOptions(auth="bearer", token_env="AMAGI_TEST_TOKEN")
+    with pytest.raises(ConfigError, match=f"AMAGI_TEST_TOKEN \\(its token\\) {how}") as e:
+        web_source("http://pacs/dicom-web", opts, {"AMAGI_TEST_TOKEN": token})
+    assert "t0k" not in str(e.value)
+    # a password is sent base64-encoded from Latin-1: control characters are fine there
+    basic = WebOptions(auth="basic", username="u", password_env="AMAGI_TEST_PW")
+    if token.isascii():
+        assert web_source("http://pacs/dicom-web", basic, {"AMAGI_TEST_PW": token}).auth
+    else:
+        with pytest.raises(ConfigError, match="AMAGI_TEST_PW \\(its password\\) holds 1"):
+            web_source("http://pacs/dicom-web", basic, {"AMAGI_TEST_PW": token})
+
+
 def test_poll_once_against_a_failing_server_says_why(web, run_cli, tmp_path) -> None:
     web.then = ("status", 503, "archive busy")
     r = run_cli("poll", "--source", web.url, "--once", "--storage-var-dir", str(tmp_path / "v"),

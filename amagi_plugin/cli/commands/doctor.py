@@ -11,8 +11,10 @@ from amagi_plugin.errors import ExitCode
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", parents=parents, help="check the environment",
-                       description="Check torch, codecs, DICOM libraries, database, spool, model "
-                       "and DICOM tools. Exit status 1 when a required part is missing.")
+                       description="Check torch, codecs, DICOM libraries, database, spool, model, "
+                       "DICOM tools and the configured peers (C-ECHO to each DIMSE "
+                       "destination, a QIDO-RS query to each DICOMweb destination and poll "
+                       "source). Exit status 1 when a required part is missing.")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="output format (default: %(default)s)")
     p.set_defaults(handler=run)
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 def run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.doctor import run_checks
 
-    checks = run_checks(ctx.config)
+    checks = run_checks(ctx.config, environ=ctx.environ)
     failed = [c for c in checks if c.failed]
     if args.format == "json":
         ctx.print(json.dumps([{"check": c.name, "status": c.status.value, "detail": c.detail,
