@@ -224,7 +224,7 @@ def check_dimse_destination(dest: Destination, calling_ae: str,
     """C-ECHO ``dest`` as ``calling_ae`` (PS3.7 §9.1.5) over the association, and the TLS
     settings, that deliveries use; OK with the time of association, echo and release."""
     from amagi_plugin.service.outbound import client_tls
-    from dicom_io.errors import NetworkError
+    from dicom_io.errors import AssociationRejectedError, NetworkError
     from dicom_io.net.scu import echo
 
     name = f"destination {dest.key}"
@@ -236,12 +236,11 @@ def check_dimse_destination(dest: Destination, calling_ae: str,
     try:
         answered = echo(dest.ae_title, dest.host, dest.port, calling_ae_title=calling_ae,
                         tls=tls, timeout=timeout)
-    except (NetworkError, OSError) as e:  # OSError: pynetdicom lets a DNS failure through
-        elapsed = time.monotonic() - start
-        why = _one_line(e)
-        if " rejected the association " in why:
-            return Check(name, Status.FAIL, f"{why}; we call as {calling_ae}")
-        return Check(name, Status.FAIL, _why_no_association(dest, timeout, elapsed))
+    except AssociationRejectedError as e:
+        return Check(name, Status.FAIL, f"{_one_line(e)}; we call as {calling_ae}")
+    except (NetworkError, OSError):  # OSError: pynetdicom lets a DNS failure through
+        return Check(name, Status.FAIL,
+                     _why_no_association(dest, timeout, time.monotonic() - start))
     except Exception as e:
         return Check(name, Status.FAIL, f"C-ECHO failed: {_one_line(e)}")
     ms = (time.monotonic() - start) * 1000

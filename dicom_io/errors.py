@@ -41,3 +41,9 @@ class WriterError(DicomIOError):
 
 class NetworkError(DicomIOError):
     """An association could not be made or a DIMSE operation failed."""
+
+
+class AssociationRejectedError(NetworkError):
+    """The peer answered the association request with A-ASSOCIATE-RJ (PS3.8 §9.3.4): it is
+    reachable and refused this association; the message gives the result (permanent or
+    transient), source and reason."""

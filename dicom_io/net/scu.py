@@ -18,7 +18,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from dicom_io.errors import NetworkError
+from dicom_io.errors import AssociationRejectedError, NetworkError
 from dicom_io.net.contexts import VERIFICATION
 from dicom_io.net.status import is_success, status_name
 from dicom_io.process_setting import ProcessSetting
@@ -104,7 +104,7 @@ def _associate(ae: AE, ae_title: str, host: str, port: int, max_pdu: int,
         rsp = assoc.acceptor.primitive
         detail = (f"{rsp.result_str}, source {rsp.source_str}, reason {rsp.reason_str}"
                   if rsp is not None and rsp.result is not None else "no details")
-        raise NetworkError(f"{peer} rejected the association ({detail})")
+        raise AssociationRejectedError(f"{peer} rejected the association ({detail})")
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         return assoc  # negotiated, but nothing usable: reported per instance by the caller
     raise NetworkError(f"no association with {peer}: connection refused, timed out, "

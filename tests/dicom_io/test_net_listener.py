@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from pynetdicom import AE
 
-from dicom_io.errors import NetworkError
+from dicom_io.errors import AssociationRejectedError
 from dicom_io.net import status
 from dicom_io.net.scu import echo, send_instances
 from dicom_io.sopclasses import COMPREHENSIVE_SR, VIDEO_ENDOSCOPIC
@@ -150,7 +150,7 @@ def test_calling_ae_allow_list(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         r = run(["echoscu", "-aet", "INTRUDER", "-aec", "AMAGI", "127.0.0.1",
                  str(listener.port)])
         assert r.returncode != 0
-        with pytest.raises(NetworkError, match="rejected the association"):
+        with pytest.raises(AssociationRejectedError, match="rejected the association"):
             send_instances([video], "AMAGI", "127.0.0.1", listener.port,
                            calling_ae_title="OTHER")
         [ok] = send_instances([video], "AMAGI", "127.0.0.1", listener.port,
