@@ -85,6 +85,7 @@ class SegTrainConfig(_Common):
     """Segmentation training (HRNet-OCR, weighted CE on [aux, main] outputs)."""
 
     class_weights: tuple[float, float] = AUTHORS_SEG_CLASS_WEIGHTS
+    hard_pixels: float = 0.0  # OHEM: the loss of the hardest share of pixels only (0: all)
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,7 @@ def train_seg_model(seg_model: nn.Module, train_ds: Dataset, cfg: SegTrainConfig
 
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
         outputs = model(x)
-        loss = seg_loss(outputs, y, cfg.class_weights)
+        loss = seg_loss(outputs, y, cfg.class_weights, hard_pixels=cfg.hard_pixels)
         with torch.no_grad():
             up = nn.functional.interpolate(outputs[-1], size=y.shape[-2:], mode="bilinear",
                                            align_corners=False)

@@ -39,7 +39,8 @@ def trained(tmp_path_factory) -> Path:
     assert code == 0, err
     code, out, err = _run(tmp, "train", "seg", "--data", "train", "-od", "seg", "--arch",
                           "amagi_tiny", "--epochs", "1", "--input-size", "64", "--crop", "32",
-                          "--batch-size", "4", "--look-jitter", "1", "--no-progress")
+                          "--batch-size", "4", "--look-jitter", "1", "--hard-pixels", "0.1",
+                          "--no-progress")
     assert code == 0, err
     assert "segmentation net of amagi_tiny trained" in out
     common = ["--annotations", "train/annotations.txt", "--epochs", "1", "--input-size", "64",
@@ -65,7 +66,9 @@ def test_checkpoints_have_the_authors_layout(trained: Path) -> None:
     assert meta["config"]["weight_decay"] == 4e-5 and meta["config"]["grad_clip"] == 40.0
     model = build_model("amagi_tiny", input_size=64)
     assert load_checkpoint(model, trained / "amagi" / "latest.pth").ok
-    seg = read_checkpoint(trained / "seg" / "latest.pth")["state_dict"]
+    seg_ck = read_checkpoint(trained / "seg" / "latest.pth")
+    assert seg_ck["meta"]["config"]["hard_pixels"] == 0.1  # what the run was asked to do
+    seg = seg_ck["state_dict"]
     # the frozen segmentation net inside AMAGI is exactly the trained one
     for k, v in seg.items():
         assert torch.equal(model.state_dict()["backbone.seg_model." + k], v), k
@@ -170,6 +173,9 @@ def test_user_errors_are_one_line(trained: Path) -> None:
     code, _, err = _run(trained, "train", "seg", "--arch", "amagi_tiny_tg", "--data", "train",
                         "-od", "x", "--moving-negatives", "1")
     assert code == ExitCode.BAD_INPUT and "--moving-negatives must lie in [0, 1)" in err
+    code, _, err = _run(trained, "train", "seg", "--arch", "amagi_tiny", "--data", "train",
+                        "-od", "x", "--hard-pixels", "1")
+    assert code == ExitCode.BAD_INPUT and "--hard-pixels must lie in [0, 1)" in err
 
 
 def test_evaluate_in_worker_processes_gives_the_same_predictions(trained: Path) -> None:

@@ -33,7 +33,7 @@ from models.training import (
     warmup_cosine,
 )
 from models.training.augment import freeze_clip
-from models.training.recipe import build_optimizer, clip_gradients
+from models.training.recipe import build_optimizer, clip_gradients, seg_loss
 
 MEAN, STD = (117.0, 75.0, 67.0), (60.0, 51.0, 49.0)
 
@@ -472,3 +472,26 @@ def test_moving_negatives_leave_one_frame_and_still_stacks_to_the_usual_crops() 
             assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
     with pytest.raises(ValueError, match="moving_negatives"):
         SegAugment(*args, moving_negatives=1.0)
+
+
+def test_hard_pixels_average_the_worst_pixels_only() -> None:
+    """OHEM: the loss is the weighted mean of the largest per-pixel losses, computed here
+    from the definition (each pixel's -w·log p of its class, by hand)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8, generator=g) * 2
+    target = (torch.rand(2, 8, 8, generator=g) > 0.9).long()
+    weights = torch.tensor([0.4, 1.0])
+    logp = torch.log_softmax(logits, dim=1)
+    nll = -logp.gather(1, target[:, None])[:, 0]  # (2, 8, 8)
+    w = weights[target]
+    one = [torch.zeros(2, 2, 8, 8), logits]  # [aux, main]; aux weighted 0 below
+    order = (w * nll).flatten().argsort(descending=True)[:13]  # 10 % of 128 pixels
+    want = (w * nll).flatten()[order].sum() / w.flatten()[order].sum()
+    got = seg_loss(one, target, weights.tolist(), aux_weights=(0.0, 1.0), hard_pixels=0.1)
+    torch.testing.assert_close(got, want)
+    everyone = (w * nll).sum() / w.sum()
+    torch.testing.assert_close(seg_loss(one, target, weights.tolist(), aux_weights=(0.0, 1.0)),
+                               everyone)
+    assert got > everyone
+    with pytest.raises(ValueError, match="hard_pixels"):
+        seg_loss(one, target, hard_pixels=1.0)

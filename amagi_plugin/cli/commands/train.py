@@ -103,6 +103,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     s.add_argument("--crop", type=int, default=None, metavar="PIXELS",
                    help="training crop side (default: the model's input size)")
     s.add_argument("--class-weights", type=_floats, default=(0.4, 1.0), metavar="BG,BLEED")
+    s.add_argument("--hard-pixels", type=float, default=0.0, metavar="F",
+                   help="online hard example mining: the loss of the hardest share F of each "
+                   "batch's pixels only (0 = every pixel, the authors')")
     s.add_argument("--pos-fraction", type=float, default=0.5, metavar="P",
                    help="share of training crops centred on a bleeding pixel")
     s.add_argument("--moving-negatives", type=float, default=0.0, metavar="F",
@@ -283,7 +286,10 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     except TrainingDataError as e:
         raise InputError(str(e)) from None
     records, fold = _fold_filter(records, args)
-    cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights)
+    if not 0.0 <= args.hard_pixels < 1.0:
+        raise InputError(f"--hard-pixels must lie in [0, 1), got {args.hard_pixels}")
+    cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights,
+                         hard_pixels=args.hard_pixels)
     ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
                     train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction,
                     look_jitter=args.look_jitter, moving_negatives=args.moving_negatives)
