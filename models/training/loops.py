@@ -85,7 +85,7 @@ class SegTrainConfig(_Common):
     """Segmentation training (HRNet-OCR, weighted CE on [aux, main] outputs)."""
 
     class_weights: tuple[float, float] = AUTHORS_SEG_CLASS_WEIGHTS
-    hard_pixels: float = 0.0  # OHEM: the loss of the hardest share of pixels only (0: all)
+    hard_pixels: float = 0.0  # OHEM: plus the mean loss of the hardest share of pixels (0: off)
 
 
 @dataclass(frozen=True)

@@ -474,9 +474,10 @@ def test_moving_negatives_leave_one_frame_and_still_stacks_to_the_usual_crops() 
         SegAugment(*args, moving_negatives=1.0)
 
 
-def test_hard_pixels_average_the_worst_pixels_only() -> None:
-    """OHEM: the loss is the weighted mean of the largest per-pixel losses, computed here
-    from the definition (each pixel's -w·log p of its class, by hand)."""
+def test_hard_pixels_add_the_mean_of_the_worst_pixels() -> None:
+    """OHEM: the loss adds the weighted mean of the largest per-pixel losses to the mean
+    over every pixel, computed here from the definition (each pixel's -w·log p of its
+    class, by hand)."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 2, 8, 8, generator=g) * 2
     target = (torch.rand(2, 8, 8, generator=g) > 0.9).long()
@@ -486,12 +487,12 @@ def test_hard_pixels_average_the_worst_pixels_only() -> None:
     w = weights[target]
     one = [torch.zeros(2, 2, 8, 8), logits]  # [aux, main]; aux weighted 0 below
     order = (w * nll).flatten().argsort(descending=True)[:13]  # 10 % of 128 pixels
-    want = (w * nll).flatten()[order].sum() / w.flatten()[order].sum()
-    got = seg_loss(one, target, weights.tolist(), aux_weights=(0.0, 1.0), hard_pixels=0.1)
-    torch.testing.assert_close(got, want)
+    hard = (w * nll).flatten()[order].sum() / w.flatten()[order].sum()
     everyone = (w * nll).sum() / w.sum()
+    got = seg_loss(one, target, weights.tolist(), aux_weights=(0.0, 1.0), hard_pixels=0.1)
+    torch.testing.assert_close(got, everyone + hard)
     torch.testing.assert_close(seg_loss(one, target, weights.tolist(), aux_weights=(0.0, 1.0)),
                                everyone)
-    assert got > everyone
+    assert hard > everyone
     with pytest.raises(ValueError, match="hard_pixels"):
         seg_loss(one, target, hard_pixels=1.0)

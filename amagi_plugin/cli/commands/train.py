@@ -104,8 +104,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="training crop side (default: the model's input size)")
     s.add_argument("--class-weights", type=_floats, default=(0.4, 1.0), metavar="BG,BLEED")
     s.add_argument("--hard-pixels", type=float, default=0.0, metavar="F",
-                   help="online hard example mining: the loss of the hardest share F of each "
-                   "batch's pixels only (0 = every pixel, the authors')")
+                   help="online hard example mining: add the mean loss of the hardest share F "
+                   "of each batch's pixels (0 = off, the authors')")
     s.add_argument("--pos-fraction", type=float, default=0.5, metavar="P",
                    help="share of training crops centred on a bleeding pixel")
     s.add_argument("--moving-negatives", type=float, default=0.0, metavar="F",
