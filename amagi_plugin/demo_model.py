@@ -154,8 +154,12 @@ class DemoConfig:
             small.update(val_cases=2, val_duration_s=12.0)
         if self.val_static_cases:
             small.update(val_static_cases=1, val_static_duration_s=8.0)
-        if self.refiner_sets:
-            small.update(refiner_sets=tuple((d, seed, 2) for d, seed, _ in self.refiner_sets),
+        if self.refiner_sets:  # the first set of each domain: 2 videos, 1 bleeding-free
+            first: dict[str, int] = {}
+            for domain, seed, _ in self.refiner_sets:
+                first.setdefault(domain, seed)
+            small.update(refiner_sets=tuple((d, seed, 1 if d.endswith("static") else 2)
+                                            for d, seed in first.items()),
                          refiner_duration_s=12.0, refiner_steps=5)
         return dataclasses.replace(self, **small)
 

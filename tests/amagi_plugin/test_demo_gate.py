@@ -19,13 +19,19 @@ v3 (``amagi_tiny``) separates the visible bleeding with AUROC 0.58 and raises 9 
 on the still blood (it finds 67 % of the events); the ``evidence`` build (``amagi_tiny_tge``,
 not shipped) reaches AUROC 0.92 and no false alarm, but at its operating point finds 3 of
 24 events; the same build with a temporal refiner (session 14, not shipped) reaches 0.89 and
-finds 14 of 24, but raises 3 false alarms on the still blood. So the test is expected to
-fail, strictly: a model that passes turns it into an
-error, and whoever ships that model removes the mark (models/weights/demo/heldout-looks/).
+finds 14 of 24, but raises 3 false alarms on the still blood.
+
+So for the bundled model that was measured to fail (v3, identified by the SHA-256 of its
+``model.json`` and checkpoints, :data:`MEASURED_FAILING`) the test is marked an expected
+failure and not run again: the same files give the same figures, and the evaluation took
+9.5 minutes of the suite's 20 (session 18). Any other bundled model (a new file, a changed
+operating point in ``model.json``) is not covered by the mark: the test runs, and the model
+must pass it to ship (models/weights/demo/heldout-looks/).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -38,6 +44,28 @@ from tests.amagi_plugin.cli_support import synth_in_fresh_process
 
 LOOKS = ("heldout", 140001, 6)
 STILL = ("static", 140002, 3)
+#: The bundled v3 (commit acdb1b1), measured on these cases in session 13: it fails.
+MEASURED_FAILING = "8551cb446ea77de00ff17d491b45158b321ca6ae84013b01ab085d1d03dd2773"
+
+
+def bundled_digest(folder: Path = DEMO_DIR) -> str:
+    """SHA-256 of a bundled model: its ``model.json`` and every checkpoint beside it."""
+    h = hashlib.sha256()
+    for path in [folder / "model.json", *sorted(folder.glob("*.pth"))]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_the_mark_follows_the_bundled_files(tmp_path: Path) -> None:
+    """The expected-failure mark names the files that were measured, and only those."""
+    for name in ("model.json", "amagi_tiny_demo.pth", "slowfast_tiny_demo.pth"):
+        (tmp_path / name).write_bytes((DEMO_DIR / name).read_bytes())
+    assert bundled_digest(tmp_path) == MEASURED_FAILING == bundled_digest()
+    manifest = json.loads((tmp_path / "model.json").read_text())
+    manifest["operating_point"] = {"threshold": 0.6}  # a new point is a new model
+    (tmp_path / "model.json").write_text(json.dumps(manifest))
+    assert bundled_digest(tmp_path) != MEASURED_FAILING
 
 
 def _evaluate(tmp_path: Path, domain: str, seed: int, cases: int) -> dict:
@@ -53,9 +81,9 @@ def _evaluate(tmp_path: Path, domain: str, seed: int, cases: int) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="no demo model yet finds active bleeding on unseen looks within "
-                   "these bounds (issue #14; measured in the module docstring)")
+@pytest.mark.xfail(bundled_digest() == MEASURED_FAILING, run=False,
+                   reason="the bundled v3 was measured to fail this gate (issue #14; figures "
+                   "in the module docstring); a new bundled model runs it")
 def test_demo_model_finds_active_bleeding_not_red_on_unseen_looks(tmp_path: Path) -> None:
     main_model = json.loads((DEMO_DIR / "model.json").read_text())
     looks = _evaluate(tmp_path, *LOOKS)["pooled"]["AMAGI"]

@@ -107,7 +107,8 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
 
     assert manifest["refiner"] == "refiner_demo.pth"
     refiner = load_refiner(dest / "refiner_demo.pth")
-    assert len(training["config"]["refiner_sets"]) == 4
+    assert [tuple(r) for r in training["config"]["refiner_sets"]] == [
+        ("randomised", 160001, 2), ("randomised-static", 160002, 1)]
     raw = json.loads((tmp_path / "work" / "evaluation" / "refiner-0" / "predictions.json")
                      .read_text())
     assert len(raw) == 2 and refiner.cfg.rate_hz == cfg.prediction_hz
