@@ -25,7 +25,7 @@ from amagi_plugin.config import Config, Destination
 from db import mask_url
 
 if TYPE_CHECKING:
-    from dicom_io.net.web import WebAuth
+    from dicom_io.net.webin import WebSource
 
 TORCH_VERSION = "2.13.0"
 REQUIRED_DECODERS = ("h264", "hevc", "mpeg2video")
@@ -251,24 +251,21 @@ def check_dimse_destination(dest: Destination, calling_ae: str,
                  f"(we call as {calling_ae}{', TLS' if dest.tls else ''})")
 
 
-def _qido_probe(url: str, auth: WebAuth | None, ca_file: str | os.PathLike[str] | None,
-                cert_file: str | os.PathLike[str] | None,
-                key_file: str | os.PathLike[str] | None, timeout: float) -> float:
-    """One QIDO-RS ``{url}/studies?limit=1`` on the peer's session; the seconds it took.
+def _qido_probe(source: WebSource) -> float:
+    """One QIDO-RS ``studies?limit=1`` to ``source``; the seconds it took.
 
     Raises the errors of :func:`dicom_io.net.web.raise_for` (and the session's)."""
     import requests
 
-    from dicom_io.net.web import client, raise_for, session
+    from dicom_io.net.web import raise_for
 
-    http = session(auth, ca_file, cert_file, key_file)
+    http, web = source.connect()
     try:
-        web = client(url, http, timeout)
         start = time.monotonic()
         try:
             web.search_for_studies(limit=1)
         except (requests.RequestException, ValueError) as e:
-            raise_for(e, "QIDO-RS", url, timeout)
+            raise_for(e, "QIDO-RS", source.base_url, source.timeout)
         return time.monotonic() - start
     finally:
         http.close()
@@ -277,18 +274,13 @@ def _qido_probe(url: str, auth: WebAuth | None, ca_file: str | os.PathLike[str] 
 def _web_outcome(peer: Destination, poll_source: bool, environ: Mapping[str, str]
                  ) -> tuple[Status, str]:
     from amagi_plugin.errors import ConfigError
-    from amagi_plugin.webin import peer_source, web_auth
+    from amagi_plugin.webin import peer_source
     from dicom_io.errors import DicomIOError
     from dicom_io.net.web import WebRefusedError
 
-    try:
-        if poll_source:  # as amagi serve builds it
-            src = peer_source(peer, environ)
-            took = _qido_probe(src.base_url, src.auth, src.ca_file, src.cert_file,
-                               src.key_file, src.timeout)
-        else:  # as deliveries authenticate (Outbound.web_auth)
-            took = _qido_probe(peer.url, web_auth(peer, environ, "destination"),
-                               peer.tls_ca, peer.tls_cert, peer.tls_key, peer.timeout_s)
+    try:  # the secret and TLS files as amagi serve and deliveries read them
+        took = _qido_probe(peer_source(peer, environ,
+                                       "DICOMweb source" if poll_source else "destination"))
     except WebRefusedError as e:
         if poll_source or e.status in AUTH_REFUSED:
             return Status.FAIL, _one_line(e)

@@ -113,9 +113,10 @@ def web_source(url: str, options: WebOptions, environ: Mapping[str, str]):
     return peer_source(peer, environ)
 
 
-def peer_source(peer: Destination, environ: Mapping[str, str]):
-    """The :class:`~dicom_io.net.webin.WebSource` of a checked DICOMweb peer (``poll.sources``
-    or :func:`web_source`), its secret read from ``environ`` now.
+def peer_source(peer: Destination, environ: Mapping[str, str], what: str = "DICOMweb source"):
+    """The :class:`~dicom_io.net.webin.WebSource` of a checked DICOMweb peer (``poll.sources``,
+    :func:`web_source`, or a destination queried by ``amagi doctor``), its secret read from
+    ``environ`` now; ``what`` names the peer in errors.
 
     Raises
     ------
@@ -124,7 +125,7 @@ def peer_source(peer: Destination, environ: Mapping[str, str]):
     """
     from dicom_io.net.webin import WebSource
 
-    return WebSource(peer.url, auth=web_auth(peer, environ, "DICOMweb source"),
+    return WebSource(peer.url, auth=web_auth(peer, environ, what),
                      ca_file=peer.tls_ca or None, cert_file=peer.tls_cert or None,
                      key_file=peer.tls_key or None, timeout=peer.timeout_s)
 

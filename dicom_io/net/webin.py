@@ -64,7 +64,9 @@ class WebSource:
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
 
-    def _client(self):
+    def connect(self):
+        """``(requests session, DICOMweb client)`` for this server; the caller closes the
+        session."""
         http = session(self.auth, self.ca_file, self.cert_file, self.key_file)
         return http, client(self.base_url, http, self.timeout)
 
@@ -155,7 +157,7 @@ def find_video_instances(source: WebSource, study_instance_uid: str | None = Non
         raise ValueError("a series is searched within its study: give study_instance_uid")
     wanted = sorted(set(sop_classes))
     found: dict[str, WebInstance] = {}
-    http, web = source._client()
+    http, web = source.connect()
     try:
         for sop_class in wanted:
             filters: dict[str, str] = {"SOPClassUID": sop_class}
@@ -198,7 +200,7 @@ def retrieve_instance(source: WebSource, inst: WebInstance, dest: str | os.PathL
     import requests
 
     dest = Path(dest)
-    http, web = source._client()
+    http, web = source.connect()
     try:
         try:
             ds = web.retrieve_instance(inst.study_instance_uid, inst.series_instance_uid,

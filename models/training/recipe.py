@@ -115,10 +115,12 @@ def seg_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
     for weight, logits in zip(aux_weights, outputs, strict=True):
         up = nn.functional.interpolate(logits, size=target.shape[-2:], mode="bilinear",
                                        align_corners=False)
-        total = total + weight * nn.functional.cross_entropy(up, target, weight=w)
-        if hard_pixels:
-            per_pixel = nn.functional.cross_entropy(up, target, weight=w,
-                                                    reduction="none").flatten()
-            hard = per_pixel.topk(max(1, round(hard_pixels * per_pixel.numel()))).indices
-            total = total + weight * per_pixel[hard].sum() / w[target.flatten()[hard]].sum()
+        if not hard_pixels:
+            total = total + weight * nn.functional.cross_entropy(up, target, weight=w)
+            continue
+        per_pixel = nn.functional.cross_entropy(up, target, weight=w, reduction="none").flatten()
+        pixel_w = w[target.flatten()]
+        hard = per_pixel.topk(max(1, round(hard_pixels * per_pixel.numel()))).indices
+        total = total + weight * (per_pixel.sum() / pixel_w.sum()
+                                  + per_pixel[hard].sum() / pixel_w[hard].sum())
     return total
