@@ -90,6 +90,7 @@ def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
 #: dataset draws the same sample's frame offsets from with the same seed.
 _LOOK_STREAM = 0x100C
 _MOVING_STREAM = 0x30BE  # SegAugment's moving-negative crops, apart from the rest
+_PEAK_STREAM = 0x9EAC  # its false-peak crops
 
 
 class LookJitter:
@@ -241,17 +242,26 @@ class SegAugment:
     tenth of them (instruments and stained jaws that move, camera motion at edges, flowing
     irrigation): the hard negatives of a segmenter that reads change, which random
     background crops seldom centre on.
+
+    ``peak_negatives``: the share of training crops centred instead on the sample's *false
+    peak* when one is given (``__call__(..., peak=(y, x))``, in the coordinates of
+    :meth:`whole`): the place where the segmenter itself, in its last mining, scored the
+    highest bleeding probability away from any bleeding (:mod:`models.training.mining`).
+    Drawn first, from a stream of its own, so the other crops keep their seeds.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool = True, crop: int | None = None,
                  pos_fraction: float = 0.5, look_jitter: float = 0.0,
-                 moving_negatives: float = 0.0) -> None:
+                 moving_negatives: float = 0.0, peak_negatives: float = 0.0) -> None:
         if not 0.0 < pos_fraction < 1.0:
             raise ValueError(f"pos_fraction must be in (0, 1), got {pos_fraction}")
         if not 0.0 <= moving_negatives < 1.0:
             raise ValueError(f"moving_negatives must be in [0, 1), got {moving_negatives}")
+        if not 0.0 <= peak_negatives < 1.0:
+            raise ValueError(f"peak_negatives must be in [0, 1), got {peak_negatives}")
         self.size, self.train = int(size), train
+        self.peak_negatives = float(peak_negatives)
         self.crop = int(crop or size)
         self.moving_negatives = float(moving_negatives)
         self.look = LookJitter(look_jitter)
@@ -264,8 +274,9 @@ class SegAugment:
             RandFlipd(("image", "mask"), prob=0.5, spatial_axis=1),
         ])
 
-    def __call__(self, rgb: np.ndarray, mask: np.ndarray, seed: int = 0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scaled(self, rgb: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(image float32 (3·K, H', W') 0-255, mask float32 (1, H', W'), K)`` at the
+        model's scale (short side ``size``), not cropped."""
         image = torch.as_tensor(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
         frames, odd = divmod(image.shape[0], 3)
         if odd or not frames:
@@ -273,11 +284,28 @@ class SegAugment:
                              f"{tuple(np.shape(rgb))}")
         m = torch.as_tensor((np.asarray(mask) > 0).astype(np.float32))[None]
         both = resize_short(torch.cat([image, m]), self.size)
-        image, m = both[:-1], (both[-1:] >= 0.5).float()
+        return both[:-1], (both[-1:] >= 0.5).float(), frames
+
+    def _normalised(self, image: torch.Tensor, frames: int) -> torch.Tensor:
+        norm = NormalizeIntensity(subtrahend=self.mean * frames, divisor=self.std * frames,
+                                  channel_wise=True)
+        return torch.as_tensor(norm(image)).as_subclass(torch.Tensor).contiguous()
+
+    def whole(self, rgb: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole frame at the model's scale, normalised, and its bleeding mask:
+        ``(image float32 (3·K, H', W'), target bool (H', W'))``; what mining scores."""
+        image, m, frames = self._scaled(rgb, mask)
+        return self._normalised(image, frames), m[0] >= 0.5
+
+    def __call__(self, rgb: np.ndarray, mask: np.ndarray, seed: int = 0,
+                 peak: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        image, m, frames = self._scaled(rgb, mask)
         if self.train:
-            moving = self._moving_crop(image, m, frames, seed)
-            if moving is not None:
-                image, m = moving
+            chosen = self._peak_crop(image, m, peak, seed)
+            if chosen is None:
+                chosen = self._moving_crop(image, m, frames, seed)
+            if chosen is not None:
+                image, m = chosen
             else:
                 self.random.set_random_state(seed=int(seed) % (2**32))
                 with warnings.catch_warnings():  # frames without bleeding: background crops
@@ -292,11 +320,33 @@ class SegAugment:
         else:
             image = CenterSpatialCrop((self.size, self.size))(image)
             m = CenterSpatialCrop((self.size, self.size))(m)
-        norm = NormalizeIntensity(subtrahend=self.mean * frames, divisor=self.std * frames,
-                                  channel_wise=True)
-        image = torch.as_tensor(norm(image)).as_subclass(torch.Tensor)
         target = (torch.as_tensor(m).as_subclass(torch.Tensor)[0] >= 0.5).long()
-        return image.contiguous(), target
+        return self._normalised(image, frames), target
+
+    def _peak_crop(self, image: torch.Tensor, m: torch.Tensor, peak: tuple[int, int] | None,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A flipped-or-not crop centred on ``peak`` for a share ``peak_negatives`` of the
+        samples that have one; None for the others."""
+        if not self.peak_negatives or peak is None:
+            return None
+        rng = np.random.default_rng([int(seed) % (2**32), _PEAK_STREAM])
+        if rng.random() >= self.peak_negatives:
+            return None
+        return self._crop_around(image, m, int(peak[0]), int(peak[1]), rng)
+
+    def _crop_around(self, image: torch.Tensor, m: torch.Tensor, y: int, x: int,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``crop``-pixel square centred on ``(y, x)`` (shifted inside the frame),
+        flipped horizontally with probability 0.5."""
+        h, w = image.shape[1:]
+        ch, cw = min(self.crop, h), min(self.crop, w)
+        top = min(max(0, y - ch // 2), h - ch)
+        left = min(max(0, x - cw // 2), w - cw)
+        image = image[:, top:top + ch, left:left + cw]
+        m = m[:, top:top + ch, left:left + cw]
+        if rng.random() < 0.5:
+            image, m = image.flip(-1), m.flip(-1)
+        return image, m
 
     def _moving_crop(self, image: torch.Tensor, m: torch.Tensor, frames: int, seed: int
                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -318,12 +368,4 @@ class SegAugment:
         if len(candidates) == 0:
             return None
         y, x = candidates[int(rng.integers(len(candidates)))].tolist()
-        h, w = image.shape[1:]
-        ch, cw = min(self.crop, h), min(self.crop, w)
-        top = min(max(0, y - ch // 2), h - ch)
-        left = min(max(0, x - cw // 2), w - cw)
-        image = image[:, top:top + ch, left:left + cw]
-        m = m[:, top:top + ch, left:left + cw]
-        if rng.random() < 0.5:
-            image, m = image.flip(-1), m.flip(-1)
-        return image, m
+        return self._crop_around(image, m, y, x, rng)

@@ -368,17 +368,22 @@ class SegDataset(Dataset):
     :class:`~models.training.augment.SegAugment`; ``crop`` defaults to ``size``); K is 1, or
     the length of the records' ``stack`` for a temporal segmenter; ``look_jitter`` is the
     training look change's strength (0 = off); ``moving_negatives`` the share of training
-    crops centred on moving non-bleeding pixels (temporal stacks only)."""
+    crops centred on moving non-bleeding pixels (temporal stacks only); ``peak_negatives``
+    the share centred on each frame's false peak, once :meth:`set_peaks` has given them
+    (:func:`models.training.mining.false_peaks`)."""
 
     def __init__(self, records: Sequence[SegRecord], size: int, mean: Sequence[float],
                  std: Sequence[float], train: bool = True, seed: int = 0,
                  crop: int | None = None, pos_fraction: float = 0.5,
-                 look_jitter: float = 0.0, moving_negatives: float = 0.0) -> None:
+                 look_jitter: float = 0.0, moving_negatives: float = 0.0,
+                 peak_negatives: float = 0.0) -> None:
         self.records = list(records)
         self.train, self.seed, self.epoch = train, seed, 0
         self.augment = SegAugment(size, mean, std, train=train, crop=crop,
                                   pos_fraction=pos_fraction, look_jitter=look_jitter,
-                                  moving_negatives=moving_negatives)
+                                  moving_negatives=moving_negatives,
+                                  peak_negatives=peak_negatives)
+        self.peaks: dict[int, tuple[int, int]] = {}
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -386,6 +391,11 @@ class SegDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_peaks(self, peaks: dict[int, tuple[int, int]]) -> None:
+        """Each item's false peak ``(y, x)`` in :meth:`whole`'s coordinates (items left
+        out have none)."""
+        self.peaks = dict(peaks)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if i not in self._cache:
@@ -402,9 +412,14 @@ class SegDataset(Dataset):
             self._cache[i] = (rgb, mask)
         return self._cache[i]
 
+    def whole(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``i``'s whole frame at the model's scale, normalised, and its mask."""
+        return self.augment.whole(*self._load(i))
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rgb, mask = self._load(i)
-        return self.augment(rgb, mask, _item_seed(self.seed, self.epoch, i))
+        return self.augment(rgb, mask, _item_seed(self.seed, self.epoch, i),
+                            peak=self.peaks.get(i))
 
 
 def subset(records: Sequence, keep: Callable[[object], bool]) -> list:

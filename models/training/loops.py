@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from models.checkpoint import read_checkpoint, save_checkpoint
 from models.errors import ModelError
 from models.threads import torch_threads
 from models.training import distributed as _dist
+from models.training.mining import false_peaks
 from models.training.recipe import (
     AUTHORS_CLIP_CLASS_WEIGHTS,
     AUTHORS_SEG_CLASS_WEIGHTS,
@@ -86,6 +87,10 @@ class SegTrainConfig(_Common):
 
     class_weights: tuple[float, float] = AUTHORS_SEG_CLASS_WEIGHTS
     hard_pixels: float = 0.0  # OHEM: plus the mean loss of the hardest share of pixels (0: off)
+    # Share of crops centred on each frame's false peak, mined by the net itself before
+    # epoch 2 and every ``mine_every`` epochs after (0: off; see models.training.mining).
+    peak_negatives: float = 0.0
+    mine_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -161,12 +166,13 @@ def _shared_latest(path: Path, rank: int) -> Any:
 
 def _resume(model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler, out: Path,
-            group: tuple[int, int] | None = None) -> tuple[int, list[dict[str, float]]]:
+            group: tuple[int, int] | None = None
+            ) -> tuple[int, list[dict[str, float]], dict[str, Any]]:
     path = out / LATEST
     ck = _read_latest(path) if group is None else _shared_latest(path, group[0])
     if ck is None:
         log.info("no checkpoint to resume in %s: starting from scratch", out)
-        return 0, []
+        return 0, [], {}
     model.load_state_dict(ck["state_dict"])
     optimizer.load_state_dict(ck["optimizer"])
     meta = ck["meta"]
@@ -177,7 +183,7 @@ def _resume(model: nn.Module, optimizer: torch.optim.Optimizer,
                     "another number of steps, so the learning-rate schedule is not the "
                     "uninterrupted run's", path, meta.get("world_size", 1), world)
     log.info("resumed %s at epoch %d", path, meta["epoch"])
-    return int(meta["epoch"]), list(meta.get("history", []))
+    return int(meta["epoch"]), list(meta.get("history", [])), meta
 
 
 def _same_everywhere(train_ds: Dataset, cfg: _Common, kind: str) -> None:
@@ -191,15 +197,30 @@ def _same_everywhere(train_ds: Dataset, cfg: _Common, kind: str) -> None:
     _dist.check_same(facts)
 
 
+class _EpochHook(Protocol):
+    """Work between epochs whose state the checkpoint carries (so a resumed run goes on
+    with it): ``before_epoch`` returns figures for the epoch's history entry."""
+
+    key: str
+
+    def before_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]: ...
+
+    def state(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...
+
+
 def _loop(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn,
-          meta_extra: dict[str, Any], progress: TextIO | None) -> TrainResult:
+          meta_extra: dict[str, Any], progress: TextIO | None,
+          hook: _EpochHook | None = None) -> TrainResult:
     """The training loop, with ``cfg.threads`` torch threads for its duration only."""
     with torch_threads(cfg.threads):
-        return _train(model, train_ds, cfg, kind, loss_fn, meta_extra, progress)
+        return _train(model, train_ds, cfg, kind, loss_fn, meta_extra, progress, hook)
 
 
 def _train(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn,
-           meta_extra: dict[str, Any], progress: TextIO | None) -> TrainResult:
+           meta_extra: dict[str, Any], progress: TextIO | None,
+           hook: _EpochHook | None = None) -> TrainResult:
     device = _setup(cfg)
     group = _dist.world()  # (rank, world size) under torchrun, else None
     rank, world = group or (0, 1)
@@ -216,8 +237,10 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn
     total = cfg.epochs * steps_per_epoch
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = warmup_cosine(optimizer, total, warmup)
-    start, history = (_resume(model, optimizer, scheduler, out, group) if cfg.resume
-                      else (0, []))
+    start, history, resumed = (_resume(model, optimizer, scheduler, out, group)
+                               if cfg.resume else (0, [], {}))
+    if hook is not None and hook.key in resumed:
+        hook.restore(resumed[hook.key])
     trainable = [p for p in model.parameters() if p.requires_grad]
     net: nn.Module = model
     if group is not None:
@@ -230,6 +253,7 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn
         meta_extra = {**meta_extra, "world_size": world}
     t_start = time.perf_counter()
     for epoch in range(start, cfg.epochs):
+        extra = hook.before_epoch(model, epoch) if hook is not None else {}
         net.train()
         loader = _loader(train_ds, cfg, epoch, group)
         bar = tqdm(loader, desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
@@ -258,7 +282,7 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn
         entry = {"epoch": epoch + 1, "loss": round(mean_loss, 5),
                  "accuracy": round(accuracy, 5),
                  "lr": round(float(scheduler.get_last_lr()[0]), 7),
-                 "seconds": round(time.perf_counter() - t0, 2)}
+                 "seconds": round(time.perf_counter() - t0, 2), **extra}
         history.append(entry)
         if main:
             log.info("%s epoch %d/%d: loss %.4f, accuracy %.3f, lr %.5f, %.1f s", kind,
@@ -266,6 +290,8 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn
                      entry["seconds"])
             meta = {"epoch": epoch + 1, "kind": kind, "config": asdict(cfg),
                     "scheduler": scheduler.state_dict(), "history": history, **meta_extra}
+            if hook is not None:
+                meta[hook.key] = hook.state()
             path = save_checkpoint(model, out / LATEST, meta=meta, optimizer=optimizer)
             if cfg.keep_epochs:
                 shutil.copyfile(path, out / f"epoch_{epoch + 1}.pth")
@@ -278,6 +304,38 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn
     return TrainResult(out / LATEST, history, time.perf_counter() - t_start)
 
 
+class _PeakMiner:
+    """Before epoch 2 and every ``mine_every`` epochs after, the net finds each training
+    frame's false peak (:func:`models.training.mining.false_peaks`) and the dataset centres
+    a share of its crops there. The peaks go into the checkpoint, so a resumed run crops
+    where the uninterrupted one did."""
+
+    key = "false_peaks"
+
+    def __init__(self, ds: Any, cfg: SegTrainConfig) -> None:
+        self.ds, self.cfg = ds, cfg
+        self.device = torch.device(cfg.device)
+
+    def before_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        if epoch < 1 or (epoch - 1) % self.cfg.mine_every:
+            return {}
+        t0 = time.perf_counter()
+        found = false_peaks(model, self.ds, self.device, batch_size=self.cfg.batch_size)
+        self.ds.set_peaks({i: (f.y, f.x) for i, f in found.items()})
+        values = [f.p for f in found.values()]
+        figures = {"false_peak_mean": round(float(np.mean(values)) if values else 0.0, 5),
+                   "mining_seconds": round(time.perf_counter() - t0, 2)}
+        log.info("seg epoch %d: mined %d false peaks (mean probability %.3f) in %.1f s",
+                 epoch + 1, len(found), figures["false_peak_mean"], figures["mining_seconds"])
+        return figures
+
+    def state(self) -> list[list[int]]:
+        return [[int(i), int(y), int(x)] for i, (y, x) in sorted(self.ds.peaks.items())]
+
+    def restore(self, state: list[list[int]]) -> None:
+        self.ds.set_peaks({int(i): (int(y), int(x)) for i, y, x in state})
+
+
 def train_seg_model(seg_model: nn.Module, train_ds: Dataset, cfg: SegTrainConfig,
                     progress: TextIO | None = None) -> TrainResult:
     """Train an HRNet-OCR bleeding segmenter on ``(image, target)`` batches.
@@ -285,7 +343,19 @@ def train_seg_model(seg_model: nn.Module, train_ds: Dataset, cfg: SegTrainConfig
     The checkpoint's ``state_dict`` has the segmentation net's own keys, the layout of the
     authors' standalone segmentation file: load it into an AMAGI model with
     ``load_checkpoint(model, path, kind='segmentation')``.
+
+    Raises
+    ------
+    ModelError
+        If ``cfg.peak_negatives`` is not the share the dataset crops with (a dataset that
+        cannot take false peaks has none), or ``mine_every`` is below 1.
     """
+    share = getattr(getattr(train_ds, "augment", None), "peak_negatives", 0.0)
+    if share != cfg.peak_negatives or cfg.mine_every < 1:
+        raise ModelError(f"peak_negatives {cfg.peak_negatives} (every {cfg.mine_every} "
+                         f"epochs) but the dataset centres a share {share} of its crops on "
+                         "false peaks")
+    hook = _PeakMiner(train_ds, cfg) if cfg.peak_negatives else None
     for p in seg_model.parameters():
         p.requires_grad_(True)
 
@@ -298,7 +368,8 @@ def train_seg_model(seg_model: nn.Module, train_ds: Dataset, cfg: SegTrainConfig
             ok = int((up.argmax(1) == y).sum())
         return loss, ok
 
-    return _loop(seg_model, train_ds, cfg, "seg", step, {"task": "segmentation"}, progress)
+    return _loop(seg_model, train_ds, cfg, "seg", step, {"task": "segmentation"}, progress,
+                 hook)
 
 
 def train_clip_model(model: nn.Module, train_ds: Dataset, cfg: ClipTrainConfig,

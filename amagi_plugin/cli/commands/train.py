@@ -111,6 +111,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     s.add_argument("--moving-negatives", type=float, default=0.0, metavar="F",
                    help="temporal segmenters: share of training crops centred instead on a "
                    "pixel that moves but is not bleeding (hard negatives; 0 = off)")
+    s.add_argument("--peak-negatives", type=float, default=0.0, metavar="F",
+                   help="share of training crops centred instead on each frame's false peak "
+                   "(where the net itself, mined from epoch 2 on, scores bleeding highest "
+                   "away from any bleeding; hard negatives; 0 = off)")
+    s.add_argument("--mine-every", type=int, default=1, metavar="N",
+                   help="with --peak-negatives: mine the false peaks again every N epochs")
     s.add_argument("--input-size", type=int, default=None,
                    help="scale frames so the short side is this (default: the model's)")
     _common(s, epochs=10, lr=0.01)
@@ -277,6 +283,10 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     _check_look_jitter(args)  # the flags before the data: a typo costs no reading
     if not 0.0 <= args.moving_negatives < 1.0:
         raise InputError(f"--moving-negatives must lie in [0, 1), got {args.moving_negatives}")
+    if not 0.0 <= args.peak_negatives < 1.0:
+        raise InputError(f"--peak-negatives must lie in [0, 1), got {args.peak_negatives}")
+    if args.mine_every < 1:
+        raise InputError(f"--mine-every must be at least 1, got {args.mine_every}")
     if args.moving_negatives and mcfg.seg_frames == 1:
         raise InputError(f"--moving-negatives needs a temporal segmenter; {arch}'s sees one "
                          "frame, in which nothing moves")
@@ -289,10 +299,12 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     if not 0.0 <= args.hard_pixels < 1.0:
         raise InputError(f"--hard-pixels must lie in [0, 1), got {args.hard_pixels}")
     cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights,
-                         hard_pixels=args.hard_pixels)
+                         hard_pixels=args.hard_pixels, peak_negatives=args.peak_negatives,
+                         mine_every=args.mine_every)
     ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
                     train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction,
-                    look_jitter=args.look_jitter, moving_negatives=args.moving_negatives)
+                    look_jitter=args.look_jitter, moving_negatives=args.moving_negatives,
+                    peak_negatives=args.peak_negatives)
     seg = build_model(arch).backbone.seg_model
     with _writer_log(Path(cfg.out_dir), main):
         result = train_seg_model(seg, ds, cfg,
