@@ -117,6 +117,9 @@ class DemoConfig:
     seg_crop: int = 64
     seg_lr: float = 0.05
     seg_pos_fraction: float = 0.75
+    # share of seg crops centred on the net's own false peaks, mined every N epochs (0: off)
+    seg_peak_negatives: float = 0.0
+    seg_mine_every: int = 1
     clip_epochs: int = 10
     batch_size: int = 8
     clip_lr: float = 0.002  # at the authors' 0.01 the tiny nets stay on a plateau for most epochs
@@ -146,6 +149,8 @@ class DemoConfig:
         """This recipe at minute scale: every stage runs (for trying it, not for use)."""
         small = {"train_cases": 4, "train_duration_s": 12.0, "eval_cases": 3,
                  "eval_duration_s": 8.0, "seg_epochs": 1, "clip_epochs": 1, "clip_stride": 45}
+        if self.seg_peak_negatives:  # mining starts before the second epoch
+            small.update(seg_epochs=2)
         if self.static_cases:
             small.update(static_cases=1, static_duration_s=8.0)
         if self.shifted_cases:
@@ -186,6 +191,12 @@ _RANDOMISED: dict[str, Any] = {
 _TEMPORAL: dict[str, Any] = {**_RANDOMISED, "arch": "amagi_tiny_tg", "version": "5.0"}
 _EVIDENCE: dict[str, Any] = {**_TEMPORAL, "arch": "amagi_tiny_tge", "clip_look_jitter": 1.0,
                              "version": "6.0"}
+#: ``evidence-peaks`` is ``evidence`` whose segmenter centres 30 % of its crops on its own
+#: false peaks (``amagi train seg --peak-negatives 0.3 --mine-every 2``), and whose clip
+#: networks leave out bleeding clips showing fewer than 10 pixels of bleeding (session 19 in
+#: models/weights/demo/heldout-looks/README.md).
+_PEAKS: dict[str, Any] = {**_EVIDENCE, "seg_peak_negatives": 0.3, "seg_mine_every": 2,
+                          "clip_min_visible_px": 10, "version": "8.0"}
 #: ``evidence-refined`` is ``evidence`` with a temporal refiner trained on the main model's
 #: predictions of 70 training-look videos (about one in ten without bleeding) and 22
 #: bleeding-free ones (other seeds), and its operating point bounded by bleeding-free
@@ -199,6 +210,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "randomised": _RANDOMISED,
     "temporal": _TEMPORAL,
     "evidence": _EVIDENCE,
+    "evidence-peaks": _PEAKS,
     "evidence-refined": _REFINED,
     "randomised-gpu": {**_REFINED, "train_cases": 96, "seg_epochs": 20, "clip_epochs": 20,
                        "batch_size": 32, "clip_lr": 0.008, "threads": 2, "workers": 7},
@@ -208,7 +220,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPE_HELP = ("shipped: the bundled model's recipe; randomised: domain-randomised training, "
                "held-out looks; temporal: randomised with temporal guidance (amagi_tiny_tg); "
                "evidence: temporal, the map's peak and area read by the head, look jitter "
-               "(amagi_tiny_tge); evidence-refined: evidence with a temporal refiner and "
+               "(amagi_tiny_tge); evidence-peaks: evidence, the segmenter trained on its own "
+               "false peaks; evidence-refined: evidence with a temporal refiner and "
                "bleeding-free validation; randomised-gpu: evidence-refined with a GPU's budget")
 
 
@@ -331,7 +344,9 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         _cli(["train", "seg", "--data", str(train_root), "-od", str(seg_dir),
               "--arch", cfg.arch, "--epochs", str(cfg.seg_epochs), "--crop", str(cfg.seg_crop),
               "--pos-fraction", str(cfg.seg_pos_fraction),
-              "--lr", str(cfg.seg_lr), *common])
+              "--lr", str(cfg.seg_lr), *common,
+              *(["--peak-negatives", str(cfg.seg_peak_negatives),
+                 "--mine-every", str(cfg.seg_mine_every)] if cfg.seg_peak_negatives else [])])
         (seg_dir / "done").write_text("ok\n")
     timings.record("train_seg", t0, ran)
     clip_args = ["--annotations", str(train_root / "annotations.txt"),
@@ -572,7 +587,11 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         f"- segmentation: {_seg_net(cfg['arch'])}, {cfg['seg_epochs']} epochs, "
         f"{cfg['seg_crop']}-pixel "
         f"crops ({cfg['seg_pos_fraction']:.0%} centred on bleeding), class weights [0.4, 1], "
-        f"SGD lr {cfg['seg_lr']}",
+        f"SGD lr {cfg['seg_lr']}"
+        + (f"; {cfg['seg_peak_negatives']:.0%} of the crops centred instead on the net's own "
+           "false peak in each frame (its highest bleeding probability away from any "
+           f"bleeding), mined from epoch 2 on, every {cfg.get('seg_mine_every', 1)} epochs"
+           if cfg.get("seg_peak_negatives") else ""),
         f"- clips: {cfg['clip_epochs']} epochs, batch {cfg['batch_size']}, SGD lr "
         f"{cfg['clip_lr']} momentum 0.9 wd 4e-5, grad clip 40, linear warm-up "
         f"{cfg['warmup_epochs']} epoch then cosine, weighted CE N/(2·N_c) (the authors' "

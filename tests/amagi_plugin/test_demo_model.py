@@ -49,9 +49,11 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     from dicom_io.results import DEMO_DISCLAIMER
     from models import build_model, load_checkpoint
 
-    # bleeding clips showing no bleeding at all left out of both clip networks' training
-    cfg = dataclasses.replace(DemoConfig.recipe("evidence-refined").quick(),
-                              clip_min_visible_px=1)
+    # bleeding clips showing no bleeding at all left out of both clip networks' training;
+    # the segmenter's crops partly on its own false peaks (so it trains 2 epochs, mining once)
+    cfg = dataclasses.replace(DemoConfig.recipe("evidence-refined"), clip_min_visible_px=1,
+                              seg_peak_negatives=0.3).quick()
+    assert cfg.seg_epochs == 2
     assert cfg.train_domain == "randomised" and cfg.static_cases and cfg.shifted_cases
     dest = tmp_path / "dest"
     training = build_demo(tmp_path / "work", cfg, dest)
@@ -81,7 +83,11 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     manifest = json.loads((dest / "model.json").read_text())
     assert manifest["arch"] == "amagi_tiny_tge"
     assert "fewer than 1 pixels of bleeding left out" in readme
+    assert "30% of the crops centred instead on the net's own false peak" in readme
     from models.checkpoint import read_checkpoint
+
+    seg_meta = read_checkpoint(tmp_path / "work" / "seg" / "latest.pth")["meta"]
+    assert seg_meta["config"]["peak_negatives"] == 0.3 and seg_meta["false_peaks"]
 
     for net in ("amagi", "slowfast"):  # what each training run recorded that it did
         meta = read_checkpoint(tmp_path / "work" / net / "latest.pth")["meta"]
@@ -149,7 +155,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert randomised.val_seed not in (randomised.train_seed, randomised.eval_seed,
                                        randomised.static_seed)
     assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal", "evidence",
-                            "evidence-refined"}
+                            "evidence-peaks", "evidence-refined"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -159,6 +165,11 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert temporal.clip_look_jitter == 0.0
     assert dataclasses.replace(evidence, arch=temporal.arch, clip_look_jitter=0.0,
                                version=temporal.version) == temporal
+    peaks = DemoConfig.recipe("evidence-peaks")  # evidence, seg crops on its false peaks
+    assert (peaks.seg_peak_negatives, peaks.seg_mine_every, peaks.clip_min_visible_px) == (
+        0.3, 2, 10) and evidence.seg_peak_negatives == 0.0
+    assert dataclasses.replace(peaks, seg_peak_negatives=0.0, seg_mine_every=1,
+                               clip_min_visible_px=0, version=evidence.version) == evidence
     refined = DemoConfig.recipe("evidence-refined")  # evidence, a refiner, quiet validation
     assert refined.refiner_sets and refined.val_static_cases and not evidence.refiner_sets
     assert dataclasses.replace(refined, refiner_sets=(), val_static_cases=0,
