@@ -11,6 +11,8 @@ Public API::
   ``img_XXXXX.jpg`` and ``folder total_frames label`` lists) and mask PNG pairs.
 - :mod:`models.training.augment`: seeded MONAI augmentation.
 - :mod:`models.training.splits`: patient-level k-fold splits.
+- :mod:`models.training.mining`: the segmenter's own false peaks, mined between epochs
+  (hard negatives for its crops).
 - :mod:`models.training.loops`: resumable training loops writing the authors' checkpoint
   layout ``{'meta', 'state_dict', 'optimizer'}``.
 

@@ -7,7 +7,9 @@ authors' ``{'meta', 'state_dict', 'optimizer'}`` layout, readable by
 loss history, so ``resume=True`` continues where a run stopped. Data order and augmentation
 depend only on ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted
 one. The AMAGI segmentation net stays frozen (no gradient, BN in eval mode) during clip
-training.
+training. Segmentation training can mine the net's own false peaks between epochs
+(``SegTrainConfig.peak_negatives``); the peaks are part of the checkpoint's ``meta``, so a
+resumed run crops where the uninterrupted one did.
 
 Under torchrun (an initialised default process group, see
 :mod:`models.training.distributed`) the same loops train data-parallel: the model is wrapped
