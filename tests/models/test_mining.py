@@ -16,7 +16,7 @@ from models.errors import ModelError
 from models.training import SegDataset, SegTrainConfig, find_seg_pairs, train_seg_model
 from models.training.augment import SegAugment
 from models.training.mining import false_peaks
-from tests.models.test_training import MEAN, STD, _write_dataset
+from tests.models.test_training import MEAN, STD, _write_dataset, plain_and_hard_crops
 
 
 class _RedIsBleeding(nn.Module):
@@ -99,9 +99,8 @@ def _marked_frame() -> tuple[np.ndarray, np.ndarray]:
 
 def test_peak_negatives_centre_a_share_of_crops_on_the_given_peak() -> None:
     rgb, mask = _marked_frame()
+    plain, hard = plain_and_hard_crops(peak_negatives=0.5)
     args = (64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    plain = SegAugment(*args, crop=16, pos_fraction=0.5)
-    hard = SegAugment(*args, crop=16, pos_fraction=0.5, peak_negatives=0.5)
 
     def centred(aug, peak) -> int:
         hits = 0

@@ -433,13 +433,22 @@ def _moving_bar_stack() -> tuple[np.ndarray, np.ndarray]:
     return rgb, mask
 
 
+def plain_and_hard_crops(**hard_negatives: float):
+    """16-pixel crops of frames at scale 64, unnormalised, half on bleeding: the plain
+    augment and the same with ``hard_negatives`` (``moving_negatives=0.5`` ...)."""
+    from models.training.augment import SegAugment
+
+    args = (64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return (SegAugment(*args, crop=16, pos_fraction=0.5),
+            SegAugment(*args, crop=16, pos_fraction=0.5, **hard_negatives))
+
+
 def test_moving_negatives_centre_a_share_of_crops_on_what_moves_but_is_not_blood() -> None:
     from models.training.augment import SegAugment
 
     rgb, mask = _moving_bar_stack()
     args = (64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    plain = SegAugment(*args, crop=16, pos_fraction=0.5)
-    hard = SegAugment(*args, crop=16, pos_fraction=0.5, moving_negatives=0.5)
+    plain, hard = plain_and_hard_crops(moving_negatives=0.5)
 
     def on_the_bar(aug) -> int:
         hits = 0
