@@ -30,6 +30,7 @@ from amagi_plugin.schedule import (
 )
 from amagi_plugin.transforms import clip_frame_transform, native_frame_transform
 from dicom_io.results import BleedingEvent, CaseIndex
+from models.hrnet_ocr import main_logits
 from models.refiner import TemporalRefiner
 
 log = logging.getLogger(__name__)
@@ -269,11 +270,7 @@ class BleedingAnalyzer:
         if segment is None or (cfg is not None and not cfg.has_segmentation):
             return None
 
-        def main_logits(x: torch.Tensor) -> torch.Tensor:
-            out = segment(x)
-            return out[-1] if isinstance(out, list | tuple) else out
-
-        return main_logits
+        return lambda x: main_logits(segment(x))
 
     def _seg_input(self, window: Sequence[int], frames: Mapping[int, np.ndarray],
                    transform: Callable[[np.ndarray], Any]) -> torch.Tensor:

@@ -26,9 +26,16 @@ from torch import nn
 
 from models.errors import InputShapeError, ModelConfigError
 
-__all__ = ["HRNET_TINY_OCR", "HRNET_W48_OCR", "HRNetConfig", "HRNetOCR", "StageSpec"]
+__all__ = ["HRNET_TINY_OCR", "HRNET_W48_OCR", "HRNetConfig", "HRNetOCR", "StageSpec",
+           "main_logits"]
 
 BN_MOMENTUM = 0.1
+
+
+def main_logits(outputs: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The main map of a segmenter's output: the last of ``[aux, main]`` (HRNet-OCR's and
+    FlowSeg's forward), or the output itself when it is one map."""
+    return outputs if isinstance(outputs, torch.Tensor) else outputs[-1]
 
 
 @dataclass(frozen=True)

@@ -316,13 +316,13 @@ class _PeakMiner:
 
     def __init__(self, ds: Any, cfg: SegTrainConfig) -> None:
         self.ds, self.cfg = ds, cfg
-        self.device = torch.device(cfg.device)
 
     def before_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
         if epoch < 1 or (epoch - 1) % self.cfg.mine_every:
             return {}
         t0 = time.perf_counter()
-        found = false_peaks(model, self.ds, self.device, batch_size=self.cfg.batch_size)
+        device = next(model.parameters()).device  # where the loop put it
+        found = false_peaks(model, self.ds, device, batch_size=self.cfg.batch_size)
         self.ds.set_peaks({i: (f.y, f.x) for i, f in found.items()})
         values = [f.p for f in found.values()]
         figures = {"false_peak_mean": round(float(np.mean(values)) if values else 0.0, 5),

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.hrnet_ocr import main_logits
+
 __all__ = ["FalsePeak", "false_peaks"]
 
 #: Frames are padded to a multiple of this before the net sees them (HRNet's coarsest branch).
@@ -44,17 +46,12 @@ class WholeFrames(Protocol):
     def whole(self, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def _main_logits(outputs: torch.Tensor | list | tuple) -> torch.Tensor:
-    """The main map of a segmenter that returns ``[aux, main]`` (HRNet-OCR) or one map."""
-    return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
-
-
 def _peaks_of(seg_model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
               margin: int) -> list[FalsePeak | None]:
     h, w = images.shape[-2:]
     pad_h, pad_w = -h % _MULTIPLE, -w % _MULTIPLE
     x = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else images
-    logits = _main_logits(seg_model(x)).float()
+    logits = main_logits(seg_model(x)).float()
     logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
     p = torch.softmax(logits[:, :, :h, :w], dim=1)[:, 1]
     near = F.max_pool2d(masks[:, None].float(), 2 * margin + 1, stride=1, padding=margin)[:, 0]
