@@ -11,7 +11,7 @@ import pytest
 from amagi_plugin.cli import Context, main
 from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
 from models import build_model, load_checkpoint
-from tests.amagi_plugin.cli_support import synth_in_fresh_process
+from tests.amagi_plugin.cli_support import assert_case_reproduces, synth_in_fresh_process
 
 
 def _manifest() -> dict:
@@ -40,35 +40,29 @@ def test_demo_model_loads_and_is_labelled_synthetic() -> None:
 
 @pytest.mark.slow
 def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path) -> None:
-    """Regenerate held-out case 0 from its recorded seed and scene ranges, evaluate both
-    demo models with 'amagi evaluate', and compare with the recorded per-case results."""
+    """Regenerate case 0 of the shortest recorded evaluation set from its recorded seed and
+    scene ranges, evaluate both demo models with 'amagi evaluate', and compare with the
+    recorded per-case results."""
     m = _manifest()
     training = json.loads((DEMO_DIR / m["training"]).read_text())
-    recorded = json.loads((DEMO_DIR / m["metrics"]).read_text())
     ev = training["eval_data"]
+    sets = [(ev, m["metrics"]), *((o, o["metrics"])
+                                  for o in training.get("other_eval_data", {}).values())]
+    data, metrics = min(sets, key=lambda s: s[0]["duration_s"])  # the first of equals
+    recorded = json.loads((DEMO_DIR / metrics).read_text())
+    assert recorded["data"]["seed"] == data["seed"]
     ctx = Context(stdout=io.StringIO(), stderr=io.StringIO(), environ={}, cwd=tmp_path)
-    synth_in_fresh_process(tmp_path, "-od", "heldout", "--cases", "1", "--seed", str(ev["seed"]),
-                           "--domain", ev["domain"], "--duration-s", str(ev["duration_s"]),
+    synth_in_fresh_process(tmp_path, "-od", "cases", "--cases", "1", "--seed", str(data["seed"]),
+                           "--domain", data["domain"], "--duration-s", str(data["duration_s"]),
                            "--size", f"{ev['size'][0]}x{ev['size'][1]}", "--fps", str(ev["fps"]),
                            "--formats", "dicom")
-    code = main(["evaluate", "--data", "heldout", "-od", "eval", "--model-dir", str(DEMO_DIR),
+    code = main(["evaluate", "--data", "cases", "-od", "eval", "--model-dir", str(DEMO_DIR),
                  "--folds", "1", "--prediction-hz",
                  str(recorded["post_processing"]["prediction_hz"]), "--no-progress"], ctx=ctx)
     assert code == 0, ctx.stderr.getvalue()
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert doc["post_processing"] == recorded["post_processing"]
-    mine, theirs = doc["cases"][0], recorded["cases"][0]
-    assert mine["case_id"] == theirs["case_id"]
-    assert mine["true_events"] == theirs["true_events"]
-    for model in recorded["models"]:
-        a, b = mine["models"][model], theirs["models"][model]
-        assert a["pred_count"] == b["pred_count"], model
-        assert len(a["events"]) == len(b["events"]), model
-        for ea, eb in zip(a["events"], b["events"], strict=True):
-            assert ea == pytest.approx(eb, abs=0.11), model
-        # Run-to-run variation of 2.2e-3 was seen on this mean over 300 predictions while the
-        # encoded video still varied between runs (see test_same_seed_writes_identical_videos).
-        assert a["mean_probability"] == pytest.approx(b["mean_probability"], abs=1e-2), model
+    assert_case_reproduces(doc["cases"][0], recorded["cases"][0], recorded["models"])
 
 
 def test_make_demo_model_configuration_is_the_committed_one() -> None:
