@@ -168,8 +168,10 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     peaks = DemoConfig.recipe("evidence-peaks")  # evidence, seg crops on its false peaks
     assert (peaks.seg_peak_negatives, peaks.seg_mine_every, peaks.clip_min_visible_px) == (
         0.3, 2, 10) and evidence.seg_peak_negatives == 0.0
+    assert peaks.val_cases == 0  # read at the authors' point, not one chosen on validation
     assert dataclasses.replace(peaks, seg_peak_negatives=0.0, seg_mine_every=1,
-                               clip_min_visible_px=0, version=evidence.version) == evidence
+                               clip_min_visible_px=0, val_cases=evidence.val_cases,
+                               version=evidence.version) == evidence
     refined = DemoConfig.recipe("evidence-refined")  # evidence, a refiner, quiet validation
     assert refined.refiner_sets and refined.val_static_cases and not evidence.refiner_sets
     assert dataclasses.replace(refined, refiner_sets=(), val_static_cases=0,
