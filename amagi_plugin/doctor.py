@@ -341,10 +341,12 @@ def check_peers(cfg: Config, environ: Mapping[str, str] | None = None,
 
 
 def run_checks(cfg: Config, progress: Callable[[str], None] | None = None,
-               environ: Mapping[str, str] | None = None) -> list[Check]:
+               environ: Mapping[str, str] | None = None,
+               peer_timeout: float = PEER_TIMEOUT_S) -> list[Check]:
     """Run every check; ``progress`` is told the name of each group before it runs.
 
-    ``environ`` holds the DICOMweb peers' secrets (``os.environ`` by default)."""
+    ``environ`` holds the DICOMweb peers' secrets (``os.environ`` by default);
+    ``peer_timeout`` is the longest wait for one peer, in seconds."""
     groups: list[tuple[str, Callable[[], object]]] = [
         ("python packages", check_python_packages),
         ("torch", check_torch),
@@ -353,7 +355,7 @@ def run_checks(cfg: Config, progress: Callable[[str], None] | None = None,
         ("spool", lambda: check_spool(cfg)),
         ("model", lambda: check_model(cfg)),
         ("DICOM tools", check_tools),
-        ("peers", lambda: check_peers(cfg, environ)),
+        ("peers", lambda: check_peers(cfg, environ, peer_timeout)),
     ]
     results: list[Check] = []
     for title, fn in groups:

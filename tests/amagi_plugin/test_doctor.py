@@ -9,6 +9,7 @@ import pytest
 
 from amagi_plugin.config import load_config
 from amagi_plugin.doctor import check_peers
+from amagi_plugin.errors import ExitCode
 from tests.amagi_plugin.serve_support import Orthanc, running
 from tests.dicom_io._net_fixtures import Recorder, running_listener
 
@@ -132,6 +133,25 @@ def test_a_silent_peer_costs_one_short_timeout(tmp_path: Path) -> None:
     assert checks[0].detail == "no answer within 1 s"
     assert checks[1].detail.endswith("no answer within 1 s") and "QIDO-RS" in checks[1].detail
     assert took < 4.0  # the three at once, each within its timeout
+
+
+def test_timeout_flag_bounds_the_wait_for_a_silent_peer(doctor, run_cli) -> None:
+    from amagi_plugin.doctor import PEER_TIMEOUT_S
+
+    with socket.socket() as silent:  # accepts TCP connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        peer = f"SILENT@127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        r, checks = doctor("--delivery-destinations", peer, "--timeout", "0.5")
+        took = time.monotonic() - start
+    _no_traceback(r)
+    assert r.code == 1 and checks[f"destination {peer}"]["detail"] == "no answer within 0.5 s"
+    assert took < PEER_TIMEOUT_S  # the default would have waited 5 s for this peer alone
+    for bad in ("0", "-1", "nan"):
+        r = run_cli("doctor", "--timeout", bad)
+        assert r.code == ExitCode.BAD_INPUT and "--timeout must be more than 0" in r.stderr
+    assert f"default {PEER_TIMEOUT_S:g};" in run_cli("doctor", "--help").stdout
 
 
 def test_a_token_no_header_can_carry_is_named_not_shown(run_cli, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from amagi_plugin.cli.table import render_table
-from amagi_plugin.errors import ExitCode
+from amagi_plugin.errors import ExitCode, InputError
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -17,13 +17,19 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                        "source). Exit status 1 when a required part is missing.")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="output format (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="longest wait for one peer, seconds (default 5; a DICOMweb peer's "
+                   "timeout_s when shorter)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, ctx) -> int:
-    from amagi_plugin.doctor import run_checks
+    from amagi_plugin.doctor import PEER_TIMEOUT_S, run_checks
 
-    checks = run_checks(ctx.config, environ=ctx.environ)
+    timeout = PEER_TIMEOUT_S if args.timeout is None else args.timeout
+    if not timeout > 0:  # also refuses nan
+        raise InputError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
+    checks = run_checks(ctx.config, environ=ctx.environ, peer_timeout=timeout)
     failed = [c for c in checks if c.failed]
     if args.format == "json":
         ctx.print(json.dumps([{"check": c.name, "status": c.status.value, "detail": c.detail,
