@@ -7,9 +7,11 @@ association, each DICOMweb destination and poll source one authenticated QIDO-RS
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import importlib
+import logging
 import os
 import shutil
 import socket
@@ -335,9 +337,26 @@ def check_peers(cfg: Config, environ: Mapping[str, str] | None = None,
     if not probes:
         return [Check("peers", Status.OK,
                       "none configured (delivery.destinations and poll.sources are empty)")]
-    with ThreadPoolExecutor(max_workers=min(PEER_THREADS, len(probes)),
-                            thread_name_prefix="doctor-peer") as pool:
+    with _library_errors_quiet("pynetdicom"), ThreadPoolExecutor(
+            max_workers=min(PEER_THREADS, len(probes)),
+            thread_name_prefix="doctor-peer") as pool:
         return list(pool.map(lambda probe: probe(), probes))
+
+
+@contextlib.contextmanager
+def _library_errors_quiet(name: str) -> Iterator[None]:
+    """A library's own error logs silenced while the checks run (each failure is reported
+    in the check's row instead), unless its logger is at debug level (``--debug``)."""
+    logger = logging.getLogger(name)
+    if logger.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    before = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def run_checks(cfg: Config, progress: Callable[[str], None] | None = None,

@@ -113,6 +113,7 @@ def test_doctor_echoes_each_dimse_destination(doctor, tmp_path: Path) -> None:
     assert checks[f"destination {gone}"] == {"check": f"destination {gone}", "status": "FAIL",
                                               "detail": "connection refused", "required": True}
     assert "\n" not in "".join(c["detail"] for c in checks.values())
+    assert "pynetdicom" not in r.stderr  # each failure is told once, in its row
 
 
 def test_a_silent_peer_costs_one_short_timeout(tmp_path: Path) -> None:
