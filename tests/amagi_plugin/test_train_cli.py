@@ -234,6 +234,19 @@ def test_evaluate_reads_each_model_at_its_operating_point(trained: Path) -> None
     assert len(err.strip().splitlines()) == 1
 
 
+def test_evaluate_main_model_only(trained: Path) -> None:
+    d = trained / "pair"
+    d.mkdir()
+    (d / "model.json").write_text(json.dumps(
+        {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
+         "baseline": {"arch": "slowfast_tiny", "checkpoint": "../slowfast/latest.pth"}}))
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "pair",
+                        "--folds", "1", "--no-baseline", "-od", "main-only", "--no-progress")
+    assert code == 0, err
+    doc = json.loads((trained / "main-only" / "metrics.json").read_text())
+    assert list(doc["models"]) == ["AMAGI"] and set(doc["pooled"]) == {"AMAGI"}
+
+
 def test_calibrate_chooses_writes_and_evaluate_agrees(trained: Path) -> None:
     """``amagi calibrate --write`` stores each model's best point in model.json; ``amagi
     evaluate`` then reads each model there, and its pipeline-made events score what the

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=[ARCH:]PATH",
                    help="a model to evaluate (repeatable); ARCH defaults to the 'arch' in the "
                    "checkpoint's meta")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="of --model-dir, evaluate the main model only, not its baseline")
     p.add_argument("--folds", type=int, default=3, help="patient-level folds (1 = none)")
     p.add_argument("--fold-seed", type=int, default=0)
     add_run_arguments(p)
@@ -108,7 +110,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     demo = False
     if model_dir is not None:
         bundled, demo = model_dir_specs(model_dir)
-        specs = bundled + specs
+        specs = (bundled[-1:] if args.no_baseline else bundled) + specs  # the main one last
     device = resolve_device(args.device or cfg.model.device)
     options = AnalysisOptions(
         prediction_hz=args.prediction_hz or cfg.model.prediction_hz,
