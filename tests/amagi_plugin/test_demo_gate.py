@@ -77,13 +77,19 @@ def test_the_mark_follows_the_bundled_files(tmp_path: Path) -> None:
     assert bundled_digest(tmp_path) != MEASURED_FAILING
 
 
+def _generate(root: Path, domain: str, seed: int, cases: int) -> None:
+    """``cases`` cases of one gate set in ``root/domain`` (kept if already complete)."""
+    if not (root / domain / "cases.json").is_file():
+        synth_in_fresh_process(root, "-od", domain, "--cases", str(cases), "--seed", str(seed),
+                               "--domain", domain, "--duration-s", "60", "--size", "160x128",
+                               "--fps", "30", "--formats", "dicom", "--overwrite")
+
+
 def _evaluate(tmp_path: Path, domain: str, seed: int, cases: int,
               model_dir: Path = DEMO_DIR) -> dict:
     """Generate ``cases`` cases of one gate set and run ``amagi evaluate`` on them (the main
     model only: the bounds are on AMAGI, not on its baseline)."""
-    synth_in_fresh_process(tmp_path, "-od", domain, "--cases", str(cases), "--seed", str(seed),
-                           "--domain", domain, "--duration-s", "60", "--size", "160x128",
-                           "--fps", "30", "--formats", "dicom")
+    _generate(tmp_path, domain, seed, cases)
     ctx = Context(stdout=io.StringIO(), stderr=io.StringIO(), environ={}, cwd=tmp_path)
     code = main(["evaluate", "--data", domain, "-od", f"eval_{domain}", "--model-dir",
                  str(model_dir), "--no-baseline", "--folds", "1", "--no-progress"], ctx=ctx)
@@ -116,7 +122,8 @@ def gate_failures(looks: dict, still: dict) -> list[str]:
 
 
 def run_gate(tmp_path: Path, model_dir: Path = DEMO_DIR) -> dict:
-    """The whole gate on the model in ``model_dir``: its record (see the module docstring)."""
+    """The whole gate on the model in ``model_dir``: its record (see the module docstring).
+    Gate sets already complete in ``tmp_path`` are used as they are."""
     return {"bundle": bundled_digest(model_dir),
             "looks": _evaluate(tmp_path, *LOOKS, model_dir=model_dir),
             "still": _evaluate(tmp_path, *STILL, model_dir=model_dir)}
@@ -176,18 +183,28 @@ def test_demo_model_finds_active_bleeding_not_red_on_unseen_looks(tmp_path: Path
 
 
 def _write_record(argv: list[str]) -> int:
-    """``python -m tests.amagi_plugin.test_demo_gate --write-record [MODEL_DIR]``: run the
-    whole gate once on a model folder and write its record there (printing the bounds it
-    misses, if any)."""
+    """``python -m tests.amagi_plugin.test_demo_gate --write-record [--data DIR] [MODEL_DIR]``:
+    run the whole gate once on a model folder and write its record there (printing the
+    bounds it misses, if any). ``--data`` keeps the generated sets (and reuses complete
+    ones); ``--generate-only`` generates them and stops (they do not depend on the model)."""
     import argparse
     import tempfile
 
     p = argparse.ArgumentParser(prog="python -m tests.amagi_plugin.test_demo_gate")
-    p.add_argument("--write-record", action="store_true", required=True)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write-record", action="store_true")
+    mode.add_argument("--generate-only", action="store_true")
+    p.add_argument("--data", type=Path, default=None)
     p.add_argument("model_dir", nargs="?", type=Path, default=DEMO_DIR)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        record = run_gate(Path(tmp), args.model_dir.resolve())
+        root = (args.data or Path(tmp)).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        if args.generate_only:
+            for gate_set in (LOOKS, STILL):
+                _generate(root, *gate_set)
+            return 0
+        record = run_gate(root, args.model_dir.resolve())
     (args.model_dir / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     failures = gate_failures(record["looks"], record["still"])
     print("\n".join(failures) or "passes", "-", args.model_dir / RECORD)
