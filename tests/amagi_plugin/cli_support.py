@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
+
+from amagi_plugin.modelspec import DEMO_DIR
 
 
 def synth_in_fresh_process(cwd: Path, *argv: str) -> None:
@@ -31,3 +34,12 @@ def assert_case_reproduces(mine: dict, theirs: dict, models) -> None:
         # Run-to-run variation of 2.2e-3 was seen on this mean over 300 predictions while the
         # encoded video still varied between runs (see test_same_seed_writes_identical_videos).
         assert a["mean_probability"] == pytest.approx(b["mean_probability"], abs=1e-2), model
+
+
+def bundled_digest(folder: Path = DEMO_DIR) -> str:
+    """SHA-256 of a bundled model: its ``model.json`` and every checkpoint beside it."""
+    h = hashlib.sha256()
+    for path in [folder / "model.json", *sorted(folder.glob("*.pth"))]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

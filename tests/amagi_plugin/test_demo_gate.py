@@ -38,7 +38,6 @@ the gate is not rerun for files already measured:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -47,7 +46,11 @@ import pytest
 
 from amagi_plugin.cli import Context, main
 from amagi_plugin.modelspec import DEMO_DIR
-from tests.amagi_plugin.cli_support import assert_case_reproduces, synth_in_fresh_process
+from tests.amagi_plugin.cli_support import (
+    assert_case_reproduces,
+    bundled_digest,
+    synth_in_fresh_process,
+)
 
 LOOKS = ("heldout", 140001, 6)
 STILL = ("static", 140002, 3)
@@ -55,15 +58,6 @@ STILL = ("static", 140002, 3)
 MEASURED_FAILING = "8551cb446ea77de00ff17d491b45158b321ca6ae84013b01ab085d1d03dd2773"
 #: The gate's record of a bundled model, beside it.
 RECORD = "gate.json"
-
-
-def bundled_digest(folder: Path = DEMO_DIR) -> str:
-    """SHA-256 of a bundled model: its ``model.json`` and every checkpoint beside it."""
-    h = hashlib.sha256()
-    for path in [folder / "model.json", *sorted(folder.glob("*.pth"))]:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def test_the_mark_follows_the_bundled_files(tmp_path: Path) -> None:
