@@ -214,3 +214,19 @@ def test_each_recipe_builds_in_its_own_work_directory() -> None:
     assert len(dirs) == 2 * len(RECIPES)  # a quick run or another recipe never collides
     assert default_work_dir("temporal") == DEFAULT_WORK.with_name("demo-model-temporal")
     assert all(d.parent == DEFAULT_WORK.parent for d in dirs)
+
+
+def test_amagi_train_demo_uses_the_recipes_work_directory(run_cli, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """``amagi train demo --recipe R`` resumes where ``make demo-model RECIPE=R`` builds, not
+    in the shipped recipe's folder (whose other configuration it would refuse)."""
+    from amagi_plugin import demo_model
+
+    monkeypatch.setattr(demo_model, "DEFAULT_WORK", tmp_path / "demo-model")
+    work = tmp_path / "demo-model-temporal-quick"
+    work.mkdir()
+    (work / "stray").write_text("x")  # refused before anything runs: the folder was chosen
+    r = run_cli("train", "demo", "--recipe", "temporal", "--quick",
+                "--dest", str(tmp_path / "dest"))
+    assert r.code != 0 and f"{work} is not empty and records no configuration" in r.stderr
+    assert not (tmp_path / "dest").exists()

@@ -171,7 +171,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     d = tsub.add_parser("demo", parents=parents, help="build the bundled demo model",
                         description="Synthesise data, train seg, AMAGI and SlowFast, evaluate "
                         "and write models/weights/demo/ (what 'make demo-model' runs).")
-    d.add_argument("--work-dir", metavar="DIR", help="intermediate files (default var/demo-model)")
+    d.add_argument("--work-dir", metavar="DIR",
+                   help="intermediate files (default var/demo-model[-RECIPE][-quick])")
     d.add_argument("--dest", metavar="DIR", help="output (default models/weights/demo)")
     d.add_argument("--recipe", default="shipped", help=RECIPE_HELP)
     d.add_argument("--device", dest="demo_device", default="cpu",
@@ -421,7 +422,7 @@ def run_refiner(args: argparse.Namespace, ctx) -> int:
 
 
 def run_demo(args: argparse.Namespace, ctx) -> int:
-    from amagi_plugin.demo_model import DEFAULT_WORK, DemoConfig, build_demo
+    from amagi_plugin.demo_model import DemoConfig, build_demo, default_work_dir
     from amagi_plugin.modelspec import DEMO_DIR
 
     if "WORLD_SIZE" in ctx.environ:
@@ -430,7 +431,8 @@ def run_demo(args: argparse.Namespace, ctx) -> int:
 
     cfg = DemoConfig.recipe(args.recipe)
     cfg = cfg.quick() if args.quick else cfg
-    work = ctx.cwd / args.work_dir if args.work_dir else DEFAULT_WORK
+    work = (ctx.cwd / args.work_dir if args.work_dir
+            else default_work_dir(args.recipe, args.quick))  # as make demo-model
     dest = ctx.cwd / args.dest if args.dest else DEMO_DIR
     training = build_demo(work, cfg, dest, _device(args.demo_device))
     ctx.print(f"demo model written to {dest} ({json.dumps(training['seconds'])})")
