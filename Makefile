@@ -59,7 +59,8 @@ clean:
 # RECIPE=randomised (or randomised-gpu, a GPU budget) trains on domain-randomised looks,
 # RECIPE=temporal the same with temporal guidance (amagi_tiny_tg), RECIPE=evidence temporal
 # with the map's peak and area read by the head and look jitter (amagi_tiny_tge),
-# RECIPE=evidence-peaks that with the segmenter trained on its own false peaks,
+# RECIPE=evidence-peaks that with the segmenter trained on its own false peaks, read at the
+# authors' operating point (about 2 h on 2 cores),
 # RECIPE=evidence-refined that with a temporal refiner and bleeding-free validation
 # (see models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
