@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from amagi_plugin.cli.table import render_table
 from amagi_plugin.errors import ExitCode, InputError
@@ -27,8 +28,9 @@ def run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.doctor import PEER_TIMEOUT_S, run_checks
 
     timeout = PEER_TIMEOUT_S if args.timeout is None else args.timeout
-    if not timeout > 0:  # also refuses nan
-        raise InputError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise InputError(f"--timeout must be a number of seconds more than 0, got "
+                         f"{args.timeout:g}")
     checks = run_checks(ctx.config, environ=ctx.environ, peer_timeout=timeout)
     failed = [c for c in checks if c.failed]
     if args.format == "json":
