@@ -302,8 +302,10 @@ def check_web_peer(peer: Destination, poll_source: bool, environ: Mapping[str, s
     its secret read from ``environ`` and its TLS files used as the service uses them,
     within ``timeout`` seconds (the peer's ``timeout_s`` when shorter).
 
-    A destination that answers the query with an HTTP 4xx other than 401/403/407 is a
-    warning: it is reachable but may offer STOW-RS only (doctor sends nothing)."""
+    A destination that refuses the query for good (HTTP 4xx other than 401/403/407, or 501
+    Not Implemented) is a warning: it is reachable but may offer STOW-RS only (doctor sends
+    nothing). A server error that may pass (500, 502, 503...) is a failure: the peer does
+    not work now."""
     name = f"{'poll source' if poll_source else 'destination'} {peer.key}"
     peer = dataclasses.replace(peer, timeout_s=min(peer.timeout_s, timeout))
     status, detail = _web_outcome(peer, poll_source, environ)

@@ -25,12 +25,16 @@ from dicom_io.net.status import status_name
 
 #: HTTP statuses below 500 that still mean "try again later" (RFC 9110 §15.5.9, RFC 6585 §4).
 TRANSIENT_4XX = frozenset({408, 429})
+#: HTTP statuses of 500 and over that will not change on a retry: the server does not
+#: implement the method (501) or the HTTP version (505) (RFC 9110 §15.6.2, §15.6.6).
+PERMANENT_5XX = frozenset({501, 505})
 #: Characters of a server's error body kept in a reason.
 MAX_REASON_CHARS = 500
 
 
 class WebRefusedError(DicomIOError):
-    """A DICOMweb server refused a request (HTTP 4xx other than 408/429): not transient."""
+    """A DICOMweb server refused a request (HTTP 4xx other than 408/429, or 501/505): not
+    transient."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -140,8 +144,11 @@ def http_error(e, url: str) -> tuple[int, str]:
 
 
 def is_transient(code: int) -> bool:
-    """Whether an HTTP status means "try again later" (5xx, 408, 429, or no status)."""
-    return code >= 500 or code in TRANSIENT_4XX or code < 400
+    """Whether an HTTP status means "try again later" (5xx but 501/505, 408, 429, or no
+    status)."""
+    if code >= 500:
+        return code not in PERMANENT_5XX
+    return code in TRANSIENT_4XX or code < 400
 
 
 def raise_for(e: Exception, what: str, url: str, timeout: float) -> None:

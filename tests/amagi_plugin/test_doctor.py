@@ -155,6 +155,30 @@ def test_timeout_flag_bounds_the_wait_for_a_silent_peer(doctor, run_cli) -> None
     assert f"default {PEER_TIMEOUT_S:g};" in run_cli("doctor", "--help").stdout
 
 
+def test_a_destination_refusing_qido_for_good_is_a_warning(doctor) -> None:
+    # A STOW-RS-only destination answers doctor's QIDO-RS query with a 4xx or 501: reachable,
+    # a warning. A server error that may pass (503) or refused credentials fail the check.
+    from tests.dicom_io._web_fixtures import FlakyDicomweb
+
+    with running(FlakyDicomweb()) as web:
+        name = f"destination {web.url}"
+        web.plan = [("status", 405, "text/plain", "GET not allowed"),
+                    ("status", 501, "text/plain", "QIDO-RS is not implemented"),
+                    ("status", 503, "text/plain", "archive busy"),
+                    ("status", 403, "text/plain", "no")]
+        seen = []
+        for _ in web.plan[:]:
+            r, checks = doctor("--delivery-destinations", web.url)
+            _no_traceback(r)
+            seen.append((checks[name]["status"], r.code))
+        assert seen == [("warn", 0), ("warn", 0), ("FAIL", 1), ("FAIL", 1)]
+        assert checks[name]["detail"].startswith(f"QIDO-RS: HTTP 403 Forbidden from {web.url}")
+        r, checks = doctor("--delivery-destinations", web.url)  # then: an empty QIDO answer
+        assert checks[name]["status"] == "ok" and r.code == 0
+    assert [q["method"] for q in web.requests] == ["GET"] * 5
+    assert all(q["path"].startswith("/dicom-web/studies") for q in web.requests)
+
+
 def test_a_token_no_header_can_carry_is_named_not_shown(run_cli, tmp_path: Path) -> None:
     # A token with the trailing newline of a mounted secret file: one line naming the peer
     # and the variable, never the token (requests' own error would quote it).

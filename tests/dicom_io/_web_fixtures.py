@@ -1,14 +1,16 @@
 """A small local HTTP server standing in front of a DICOMweb server, for the STOW-RS tests.
 
-:class:`FlakyDicomweb` answers each POST according to its current :attr:`~FlakyDicomweb.plan`
-(a list consumed one request at a time; when empty, :attr:`~FlakyDicomweb.then` applies):
+:class:`FlakyDicomweb` answers each POST (STOW-RS) and GET (QIDO-RS) according to its current
+:attr:`~FlakyDicomweb.plan` (a list consumed one request at a time; when empty,
+:attr:`~FlakyDicomweb.then` applies):
 
 * ``("status", code, content_type, body)``: answer that, storing nothing;
 * ``("hang", seconds)``: read the request, say nothing for ``seconds``, close;
 * ``("proxy",)``: forward the request to :attr:`upstream` (a real DICOMweb server, e.g.
   Orthanc) and relay its answer;
-* ``("accept",)``: parse the multipart body and answer 200 with a STOW-RS response that
-  lists every instance as stored, keeping the instances in :attr:`stored`.
+* ``("accept",)``: a POST: parse the multipart body and answer 200 with a STOW-RS response
+  that lists every instance as stored, keeping the instances in :attr:`stored`; a GET: answer
+  200 with an empty QIDO-RS result (``[]``).
 
 Every request is logged in :attr:`requests` (method, path, headers) so tests can check what
 the client sent (e.g. its Authorization header).
@@ -70,6 +72,9 @@ class FlakyDicomweb:
             def do_POST(self) -> None:
                 owner._handle(self)
 
+            def do_GET(self) -> None:
+                owner._handle(self)
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.scheme = "http"
@@ -107,6 +112,8 @@ class FlakyDicomweb:
             return
         if kind == "status":
             self._answer(h, step[1], step[2], step[3])
+        elif kind == "accept" and h.command == "GET":
+            self._answer(h, 200, "application/dicom+json", "[]")
         elif kind == "accept":
             self._accept(h, body)
         elif kind == "proxy":
@@ -146,7 +153,7 @@ class FlakyDicomweb:
         path = h.path.split("/dicom-web", 1)[-1]
         headers = {k: v for k, v in h.headers.items()
                    if k.lower() in ("content-type", "authorization", "accept")}
-        req = urllib.request.Request(self.upstream + path, data=body, method="POST",
+        req = urllib.request.Request(self.upstream + path, data=body or None, method=h.command,
                                      headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:

@@ -126,6 +126,7 @@ def test_client_errors_are_rejections_with_the_server_reason(files: list[Path]) 
             ("status", 409, "application/dicom+json", json.dumps(failed.to_json_dict())),
             ("status", 403, "application/json",
              '{"HttpError": "Forbidden", "Message": "user amagi may not store"}'),
+            ("status", 501, "text/plain", "STOW-RS is not implemented here"),
         ]
         plain = store_instances(files, web.url)
         assert [(r.ok, r.rejected, r.status) for r in plain] == [(False, True, 400)] * 2
@@ -137,6 +138,11 @@ def test_client_errors_are_rejections_with_the_server_reason(files: list[Path]) 
         orthanc_like = store_instances(files, web.url)
         assert all(r.rejected for r in orthanc_like)
         assert orthanc_like[1].error == f"HTTP 403 Forbidden from {web.url}: user amagi may not store"
+        # 501: no retry will make a server implement STOW-RS, so it is a rejection too.
+        unimplemented = store_instances(files, web.url)
+        assert [(r.rejected, r.status) for r in unimplemented] == [(True, 501)] * 2
+        assert unimplemented[0].error == (f"HTTP 501 Not Implemented from {web.url}: STOW-RS is "
+                                          "not implemented here")
         assert not web.stored
 
 
