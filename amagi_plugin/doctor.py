@@ -226,7 +226,7 @@ def check_dimse_destination(dest: Destination, calling_ae: str,
     """C-ECHO ``dest`` as ``calling_ae`` (PS3.7 §9.1.5) over the association, and the TLS
     settings, that deliveries use; OK with the time of association, echo and release."""
     from amagi_plugin.service.outbound import client_tls
-    from dicom_io.errors import AssociationRejectedError, NetworkError
+    from dicom_io.errors import AssociationRejectedError, EchoFailedError, NetworkError
     from dicom_io.net.scu import echo
 
     name = f"destination {dest.key}"
@@ -236,19 +236,18 @@ def check_dimse_destination(dest: Destination, calling_ae: str,
         return Check(name, Status.FAIL, f"TLS settings: {_one_line(e)}")
     start = time.monotonic()
     try:
-        answered = echo(dest.ae_title, dest.host, dest.port, calling_ae_title=calling_ae,
-                        tls=tls, timeout=timeout)
+        echo(dest.ae_title, dest.host, dest.port, calling_ae_title=calling_ae, tls=tls,
+             timeout=timeout)
     except AssociationRejectedError as e:
         return Check(name, Status.FAIL, f"{_one_line(e)}; we call as {calling_ae}")
+    except EchoFailedError as e:
+        return Check(name, Status.FAIL, _one_line(e))
     except (NetworkError, OSError):  # OSError: pynetdicom lets a DNS failure through
         return Check(name, Status.FAIL,
                      _why_no_association(dest, timeout, time.monotonic() - start))
     except Exception as e:
         return Check(name, Status.FAIL, f"C-ECHO failed: {_one_line(e)}")
     ms = (time.monotonic() - start) * 1000
-    if not answered:
-        return Check(name, Status.FAIL, f"association accepted, but no C-ECHO Success within "
-                     f"{timeout:g} s (Verification refused or a failure status)")
     return Check(name, Status.OK, f"C-ECHO answered, {ms:.0f} ms with association and release "
                  f"(we call as {calling_ae}{', TLS' if dest.tls else ''})")
 

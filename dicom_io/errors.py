@@ -43,6 +43,12 @@ class NetworkError(DicomIOError):
     """An association could not be made or a DIMSE operation failed."""
 
 
+class EchoFailedError(DicomIOError):
+    """The peer accepted the association but did not answer C-ECHO with Success (PS3.7
+    §9.1.5): it does not offer Verification, answered another status, or answered nothing
+    in time. The message says which."""
+
+
 class AssociationRejectedError(NetworkError):
     """The peer answered the association request with A-ASSOCIATE-RJ (PS3.8 §9.3.4): it is
     reachable and refused this association; the message gives the result (permanent or

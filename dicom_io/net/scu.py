@@ -18,7 +18,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from dicom_io.errors import AssociationRejectedError, NetworkError
+from dicom_io.errors import AssociationRejectedError, EchoFailedError, NetworkError
 from dicom_io.net.contexts import VERIFICATION
 from dicom_io.net.status import is_success, status_name
 from dicom_io.process_setting import ProcessSetting
@@ -247,27 +247,33 @@ def echo(
     tls: ssl.SSLContext | None = None,
     timeout: float = 10.0,
     tls_server_hostname: str | None = None,
-) -> bool:
-    """C-ECHO a peer (Verification SOP Class, PS3.4 Annex A).
-
-    Returns
-    -------
-    bool
-        ``True`` when the peer answered Success.
+) -> None:
+    """C-ECHO a peer (Verification SOP Class, PS3.4 Annex A); returns when it answered
+    Success.
 
     Raises
     ------
     NetworkError
-        When no association could be made (unreachable, TLS failure, rejected).
+        When no association could be made (unreachable, TLS failure, rejected:
+        :class:`~dicom_io.errors.AssociationRejectedError`).
+    EchoFailedError
+        When the association was made but the peer accepted no Verification context,
+        answered a status other than Success, or answered nothing within ``timeout``.
     """
+    peer = f"{ae_title}@{host}:{port}"
     ae = _make_ae(calling_ae_title, timeout, DEFAULT_MAX_PDU)
     ae.add_requested_context(VERIFICATION)
     assoc = _associate(ae, ae_title, host, port, DEFAULT_MAX_PDU, tls, tls_server_hostname)
     try:
         if not assoc.is_established:
-            return False
+            raise EchoFailedError(f"{peer} accepted the association but not the Verification "
+                                  f"SOP Class ({VERIFICATION}): it does not answer C-ECHO")
         rsp = assoc.send_c_echo()
-        return "Status" in rsp and int(rsp.Status) == 0
+        if "Status" not in rsp:
+            raise EchoFailedError(f"{peer} sent no C-ECHO response within {timeout:g} s")
+        if int(rsp.Status) != 0:
+            raise EchoFailedError(f"{peer} answered C-ECHO with status "
+                                  f"{status_name(int(rsp.Status))}")
     finally:
         if assoc.is_established:
             assoc.release()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import CTImageStorage
+from pynetdicom import AE, evt
 
-from dicom_io.errors import NetworkError
+from dicom_io.errors import EchoFailedError, NetworkError
+from dicom_io.net.contexts import VERIFICATION
 from dicom_io.net.scu import MAX_CONTEXTS, SendResult, _batches, _Item, echo, send_instances
 from tests.dicom_io._net_fixtures import (
     Recorder,
@@ -19,7 +24,7 @@ from tests.dicom_io._net_fixtures import (
     make_video,
     pynetdicom_config,  # noqa: F401
     running_listener,
-    )
+)
 
 pytestmark = [pytest.mark.usefixtures("pynetdicom_config")]
 
@@ -61,7 +66,7 @@ def test_send_to_dcmtk_storescp_is_byte_identical(storescp: tuple[int, Path],
         assert dataset_part(got) == dataset_part(src)
         assert (dcmread(got, stop_before_pixels=True).file_meta.TransferSyntaxUID
                 == dcmread(src, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-    assert echo("STORESCP", "127.0.0.1", port) is True
+    echo("STORESCP", "127.0.0.1", port)  # returns: Success
 
 
 def test_one_association_for_a_batch_with_exact_syntaxes(tmp_path: Path,
@@ -86,6 +91,42 @@ def test_unreachable_peer_raises_quickly(tmp_path: Path, files: list[Path]) -> N
     with pytest.raises(NetworkError):
         echo("AMAGI", "127.0.0.1", port, timeout=5)
     assert time.monotonic() - start < 3
+
+
+@contextmanager
+def _echo_peer(handler: Callable[[object], int] | None, contexts: list[str]) -> Iterator[int]:
+    """A pynetdicom SCP on loopback accepting ``contexts``, answering C-ECHO with
+    ``handler`` (pynetdicom's own Success when ``None``); yields its port."""
+    ae = AE(ae_title="PEER")
+    for uid in contexts:
+        ae.add_supported_context(uid)
+    handlers = [] if handler is None else [(evt.EVT_C_ECHO, handler)]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def test_echo_says_why_an_accepted_association_gave_no_success() -> None:
+    def slow(event: object) -> int:
+        time.sleep(2.5)
+        return 0x0000
+
+    no_verification = r"accepted the association but not the Verification SOP Class"
+    with _echo_peer(None, [CTImageStorage]) as port, \
+            pytest.raises(EchoFailedError, match=rf"^PEER@127.0.0.1:{port} {no_verification}"):
+        echo("PEER", "127.0.0.1", port, timeout=5)
+    with _echo_peer(lambda event: 0x0211, [VERIFICATION]) as port, \
+            pytest.raises(EchoFailedError, match=r"answered C-ECHO with status 0x0211"):
+        echo("PEER", "127.0.0.1", port, timeout=5)
+    with _echo_peer(slow, [VERIFICATION]) as port:
+        start = time.monotonic()
+        with pytest.raises(EchoFailedError, match=r"sent no C-ECHO response within 1 s"):
+            echo("PEER", "127.0.0.1", port, timeout=1)
+        assert time.monotonic() - start < 2.5
+    with _echo_peer(None, [VERIFICATION]) as port:
+        echo("PEER", "127.0.0.1", port, timeout=5)  # the same peer, answering: no error
 
 
 def test_unreadable_file_is_a_result_not_an_exception(tmp_path: Path, files: list[Path]) -> None:
