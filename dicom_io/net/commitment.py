@@ -24,7 +24,7 @@ from pynetdicom import evt
 
 from dicom_io.errors import NetworkError
 from dicom_io.net.checks import check_uid
-from dicom_io.net.scu import DEFAULT_MAX_PDU, _associate, _make_ae
+from dicom_io.net.scu import DEFAULT_MAX_PDU, _associate, _make_ae, peer_name
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def request_storage_commitment(
     # fails on an A-RELEASE in state Sta13); the wait itself bounds the idle time.
     ae.network_timeout = timeout + _IDLE_MARGIN_S
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL)
-    peer = f"{ae_title}@{host}:{port}"
+    peer = peer_name(ae_title, host, port)
     assoc = _associate(ae, ae_title, host, port, DEFAULT_MAX_PDU, tls, tls_server_hostname,
                        evt_handlers=[(evt.EVT_N_EVENT_REPORT, _on_report,
                                       [transaction_uid, reports])])

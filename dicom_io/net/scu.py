@@ -91,6 +91,11 @@ def _make_ae(calling_ae_title: str, timeout: float, max_pdu: int) -> AE:
     return ae
 
 
+def peer_name(ae_title: str, host: str, port: int) -> str:
+    """How errors and log lines name a DIMSE peer: ``AE_TITLE@host:port``."""
+    return f"{ae_title}@{host}:{port}"
+
+
 def _associate(ae: AE, ae_title: str, host: str, port: int, max_pdu: int,
                tls: ssl.SSLContext | None, server_hostname: str | None,
                evt_handlers: list[Any] | None = None) -> Association:
@@ -99,7 +104,7 @@ def _associate(ae: AE, ae_title: str, host: str, port: int, max_pdu: int,
                          evt_handlers=evt_handlers)
     if assoc.is_established:
         return assoc
-    peer = f"{ae_title}@{host}:{port}"
+    peer = peer_name(ae_title, host, port)
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
         detail = (f"{rsp.result_str}, source {rsp.source_str}, reason {rsp.reason_str}"
@@ -260,7 +265,7 @@ def echo(
         When the association was made but the peer accepted no Verification context,
         answered a status other than Success, or answered nothing within ``timeout``.
     """
-    peer = f"{ae_title}@{host}:{port}"
+    peer = peer_name(ae_title, host, port)
     ae = _make_ae(calling_ae_title, timeout, DEFAULT_MAX_PDU)
     ae.add_requested_context(VERIFICATION)
     assoc = _associate(ae, ae_title, host, port, DEFAULT_MAX_PDU, tls, tls_server_hostname)
@@ -271,9 +276,8 @@ def echo(
         rsp = assoc.send_c_echo()
         if "Status" not in rsp:
             raise EchoFailedError(f"{peer} sent no C-ECHO response within {timeout:g} s")
-        if int(rsp.Status) != 0:
-            raise EchoFailedError(f"{peer} answered C-ECHO with status "
-                                  f"{status_name(int(rsp.Status))}")
+        if (status := int(rsp.Status)) != 0:
+            raise EchoFailedError(f"{peer} answered C-ECHO with status {status_name(status)}")
     finally:
         if assoc.is_established:
             assoc.release()
