@@ -89,6 +89,7 @@ class SegTrainConfig(_Common):
 
     class_weights: tuple[float, float] = AUTHORS_SEG_CLASS_WEIGHTS
     hard_pixels: float = 0.0  # OHEM: plus the mean loss of the hardest share of pixels (0: off)
+    peak_loss: float = 0.0  # weight of each crop's map-peak loss (recipe.seg_loss; 0: off)
     # Share of crops centred on each frame's false peak, mined by the net itself before
     # epoch 2 and every ``mine_every`` epochs after (0: off; see models.training.mining).
     peak_negatives: float = 0.0
@@ -363,7 +364,8 @@ def train_seg_model(seg_model: nn.Module, train_ds: Dataset, cfg: SegTrainConfig
 
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
         outputs = model(x)
-        loss = seg_loss(outputs, y, cfg.class_weights, hard_pixels=cfg.hard_pixels)
+        loss = seg_loss(outputs, y, cfg.class_weights, hard_pixels=cfg.hard_pixels,
+                        peak_weight=cfg.peak_loss)
         with torch.no_grad():
             up = nn.functional.interpolate(outputs[-1], size=y.shape[-2:], mode="bilinear",
                                            align_corners=False)

@@ -40,7 +40,7 @@ def trained(tmp_path_factory) -> Path:
     code, out, err = _run(tmp, "train", "seg", "--data", "train", "-od", "seg", "--arch",
                           "amagi_tiny", "--epochs", "2", "--input-size", "64", "--crop", "32",
                           "--batch-size", "4", "--look-jitter", "1", "--hard-pixels", "0.1",
-                          "--peak-negatives", "0.3", "--no-progress")
+                          "--peak-negatives", "0.3", "--peak-loss", "0.5", "--no-progress")
     assert code == 0, err
     assert "segmentation net of amagi_tiny trained" in out
     common = ["--annotations", "train/annotations.txt", "--epochs", "1", "--input-size", "64",
@@ -69,6 +69,7 @@ def test_checkpoints_have_the_authors_layout(trained: Path) -> None:
     seg_ck = read_checkpoint(trained / "seg" / "latest.pth")
     assert seg_ck["meta"]["config"]["hard_pixels"] == 0.1  # what the run was asked to do
     assert seg_ck["meta"]["config"]["peak_negatives"] == 0.3
+    assert seg_ck["meta"]["config"]["peak_loss"] == 0.5
     assert seg_ck["meta"]["config"]["mine_every"] == 1
     assert "mining_seconds" in seg_ck["meta"]["history"][1]  # mined before epoch 2
     assert len(seg_ck["meta"]["false_peaks"]) > 0
@@ -181,6 +182,8 @@ def test_user_errors_are_one_line(trained: Path) -> None:
                         "-od", "x", "--hard-pixels", "1")
     assert code == ExitCode.BAD_INPUT and "--hard-pixels must lie in [0, 1)" in err
     for flags, says in ((["--peak-negatives", "1"], "--peak-negatives must lie in [0, 1)"),
+                        (["--peak-loss", "-1"], "--peak-loss must be at least 0"),
+                        (["--peak-loss", "nan"], "--peak-loss must be at least 0"),
                         (["--peak-negatives", "0.3", "--mine-every", "0"],
                          "--mine-every must be at least 1")):
         code, _, err = _run(trained, "train", "seg", "--arch", "amagi_tiny", "--data",

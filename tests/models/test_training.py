@@ -33,7 +33,7 @@ from models.training import (
     warmup_cosine,
 )
 from models.training.augment import freeze_clip
-from models.training.recipe import build_optimizer, clip_gradients, seg_loss
+from models.training.recipe import build_optimizer, clip_gradients, crop_peak_loss, seg_loss
 
 MEAN, STD = (117.0, 75.0, 67.0), (60.0, 51.0, 49.0)
 
@@ -505,3 +505,45 @@ def test_hard_pixels_add_the_mean_of_the_worst_pixels() -> None:
     assert hard > everyone
     with pytest.raises(ValueError, match="hard_pixels"):
         seg_loss(one, target, hard_pixels=1.0)
+
+
+def _blob_logits(value: float, size: int = 16, background: float = -4.0) -> torch.Tensor:
+    """(1, 2, size, size) logits whose bleeding margin is ``background`` everywhere but a
+    3x3 block of margin ``value`` at (5..7, 5..7)."""
+    margin = torch.full((size, size), background)
+    margin[5:8, 5:8] = value
+    return torch.stack([torch.zeros(size, size), margin])[None]
+
+
+def test_the_crop_peak_loss_reads_the_largest_3x3_margin_per_crop() -> None:
+    """Each crop's peak is its largest 3x3 mean margin (the block's own value here), scored
+    with binary cross-entropy against whether its mask holds any bleeding, by hand:
+    -log σ(v) for a crop with bleeding, -log(1 - σ(v)) for one without."""
+    logits = torch.cat([_blob_logits(2.0), _blob_logits(-1.0)])
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    target[0, 12, 12] = 1  # one bleeding pixel anywhere makes a bleeding crop
+    sig = torch.sigmoid(torch.tensor([2.0, -1.0]))
+    want = (-torch.log(sig[0]) - torch.log(1 - sig[1])) / 2
+    torch.testing.assert_close(crop_peak_loss(logits, target), want)
+    # in seg_loss: the per-pixel mean plus the weight times this, per output
+    ce = seg_loss([torch.zeros_like(logits), logits], target, aux_weights=(0.0, 1.0))
+    got = seg_loss([torch.zeros_like(logits), logits], target, aux_weights=(0.0, 1.0),
+                   peak_weight=0.5)
+    torch.testing.assert_close(got, ce + 0.5 * want)
+    with pytest.raises(ValueError, match="peak_weight"):
+        seg_loss([logits, logits], target, peak_weight=-1.0)
+
+
+def test_the_crop_peak_loss_weighs_a_small_source_as_a_large_pool() -> None:
+    """The per-pixel mean weighs a missed 4-pixel source a hundredth of a missed 400-pixel
+    pool; the peak loss weighs both crops alike (one crop, one peak)."""
+    logits = torch.zeros(2, 2, 32, 32)
+    logits[:, 1] = -3.0  # both crops say "no bleeding" everywhere
+    target = torch.zeros(2, 32, 32, dtype=torch.long)
+    target[0, 10:12, 10:12] = 1  # 4 pixels
+    target[1, 6:26, 6:26] = 1  # 400 pixels
+    peaks = [crop_peak_loss(logits[i:i + 1], target[i:i + 1]) for i in range(2)]
+    torch.testing.assert_close(peaks[0], peaks[1])
+    pixels = [seg_loss([logits[i:i + 1]] * 2, target[i:i + 1], aux_weights=(0.0, 1.0))
+              for i in range(2)]
+    assert pixels[1] > 20 * pixels[0]

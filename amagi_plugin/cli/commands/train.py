@@ -106,6 +106,11 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     s.add_argument("--hard-pixels", type=float, default=0.0, metavar="F",
                    help="online hard example mining: add the mean loss of the hardest share F "
                    "of each batch's pixels (0 = off, the authors')")
+    s.add_argument("--peak-loss", type=float, default=0.0, metavar="W",
+                   help="add W times a loss on each training crop's map peak (the largest "
+                   "3x3 mean bleeding margin against whether the crop holds any bleeding), "
+                   "so that a source of a few pixels counts as much as a large pool (0 = off, "
+                   "the authors')")
     s.add_argument("--pos-fraction", type=float, default=0.5, metavar="P",
                    help="share of training crops centred on a bleeding pixel")
     s.add_argument("--moving-negatives", type=float, default=0.0, metavar="F",
@@ -299,8 +304,11 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     records, fold = _fold_filter(records, args)
     if not 0.0 <= args.hard_pixels < 1.0:
         raise InputError(f"--hard-pixels must lie in [0, 1), got {args.hard_pixels}")
+    if not args.peak_loss >= 0.0:
+        raise InputError(f"--peak-loss must be at least 0, got {args.peak_loss}")
     cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights,
-                         hard_pixels=args.hard_pixels, peak_negatives=args.peak_negatives,
+                         hard_pixels=args.hard_pixels, peak_loss=args.peak_loss,
+                         peak_negatives=args.peak_negatives,
                          mine_every=args.mine_every)
     ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
                     train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction,
