@@ -13,7 +13,8 @@ against every non-bleeding one), the peak's AUROC per visible-size bin of ``amag
 marks (share of frames with any pixel at p >= 0.5, mean peak and area).
 
 Run: ``python scripts/model/map_score.py ARCH SEG_CHECKPOINT NAME=DIR [NAME=DIR ...]
-[--every 15] [--threads 1]``.
+[--every 15] [--threads 1] [--input-size N]`` (``--input-size``: the size the segmenter
+was trained at, when ``amagi train seg --input-size`` changed it).
 """
 
 from __future__ import annotations
@@ -107,15 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", nargs="+", help="NAME=DIR: amagi synth data sets")
     p.add_argument("--every", type=int, default=15, help="frames between scored frames")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="frames' short side as the net sees them (default: the model's)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = build_model(args.arch)
+    model = build_model(args.arch, **({"input_size": args.input_size} if args.input_size else {}))
     if not model.default_cfg.has_segmentation:
         p.error(f"{args.arch} has no segmentation net")
     load_checkpoint(model, args.seg_checkpoint, kind="segmentation")
     analyzer = BleedingAnalyzer.for_model(model, AnalysisOptions())
     report: dict[str, Any] = {"arch": args.arch, "seg_checkpoint": str(args.seg_checkpoint),
-                              "every": args.every}
+                              "every": args.every, "input_size": analyzer.input_size}
     for item in args.data:
         name, _, folder = item.partition("=")
         if not folder:

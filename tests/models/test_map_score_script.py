@@ -45,6 +45,19 @@ def test_scores_every_sampled_frame_of_each_set(data, capsys) -> None:
         assert 0.0 <= report["looks"]["auroc_peak"] <= 1.0
 
 
+def test_scores_at_the_size_the_segmenter_was_trained_at(data, capsys) -> None:
+    """``--input-size``: the frames are scaled so their short side is that size (a
+    segmenter trained with ``amagi train seg --input-size``), and the report says so."""
+    looks, _, ckpt = data
+    assert load_script(SCRIPT).main(["amagi_tiny_tgea", str(ckpt), f"looks={looks}",
+                                     "--every", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_size"] == 128  # the model's own
+    assert load_script(SCRIPT).main(["amagi_tiny_tgea", str(ckpt), f"looks={looks}",
+                                     "--every", "8", "--input-size", "64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_size"] == 64 and report["looks"]["frames"] > 0
+
+
 def test_a_model_without_segmentation_is_refused(data, capsys) -> None:
     looks, _, ckpt = data
     with pytest.raises(SystemExit) as e:
