@@ -131,8 +131,8 @@ def seg_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor,
     """
     if not 0.0 <= hard_pixels < 1.0:
         raise ValueError(f"hard_pixels must be in [0, 1), got {hard_pixels!r}")
-    if not peak_weight >= 0.0:
-        raise ValueError(f"peak_weight must be >= 0, got {peak_weight!r}")
+    if not 0.0 <= peak_weight < math.inf:
+        raise ValueError(f"peak_weight must be finite and >= 0, got {peak_weight!r}")
     w = torch.as_tensor(class_weights, dtype=torch.float32, device=target.device)
     total = target.new_zeros((), dtype=torch.float32)
     for weight, logits in zip(aux_weights, outputs, strict=True):

@@ -182,8 +182,9 @@ def test_user_errors_are_one_line(trained: Path) -> None:
                         "-od", "x", "--hard-pixels", "1")
     assert code == ExitCode.BAD_INPUT and "--hard-pixels must lie in [0, 1)" in err
     for flags, says in ((["--peak-negatives", "1"], "--peak-negatives must lie in [0, 1)"),
-                        (["--peak-loss", "-1"], "--peak-loss must be at least 0"),
-                        (["--peak-loss", "nan"], "--peak-loss must be at least 0"),
+                        (["--peak-loss", "-1"], "--peak-loss must be a finite number"),
+                        (["--peak-loss", "nan"], "--peak-loss must be a finite number"),
+                        (["--peak-loss", "inf"], "--peak-loss must be a finite number"),
                         (["--peak-negatives", "0.3", "--mine-every", "0"],
                          "--mine-every must be at least 1")):
         code, _, err = _run(trained, "train", "seg", "--arch", "amagi_tiny", "--data",

@@ -530,8 +530,9 @@ def test_the_crop_peak_loss_reads_the_largest_3x3_margin_per_crop() -> None:
     got = seg_loss([torch.zeros_like(logits), logits], target, aux_weights=(0.0, 1.0),
                    peak_weight=0.5)
     torch.testing.assert_close(got, ce + 0.5 * want)
-    with pytest.raises(ValueError, match="peak_weight"):
-        seg_loss([logits, logits], target, peak_weight=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="peak_weight"):
+            seg_loss([logits, logits], target, peak_weight=bad)
 
 
 def test_the_crop_peak_loss_weighs_a_small_source_as_a_large_pool() -> None:

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -304,8 +305,8 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     records, fold = _fold_filter(records, args)
     if not 0.0 <= args.hard_pixels < 1.0:
         raise InputError(f"--hard-pixels must lie in [0, 1), got {args.hard_pixels}")
-    if not args.peak_loss >= 0.0:
-        raise InputError(f"--peak-loss must be at least 0, got {args.peak_loss}")
+    if not 0.0 <= args.peak_loss < math.inf:
+        raise InputError(f"--peak-loss must be a finite number, at least 0, got {args.peak_loss}")
     cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights,
                          hard_pixels=args.hard_pixels, peak_loss=args.peak_loss,
                          peak_negatives=args.peak_negatives,
