@@ -536,8 +536,8 @@ def test_the_crop_peak_loss_reads_the_largest_3x3_margin_per_crop() -> None:
 
 
 def test_the_crop_peak_loss_weighs_a_small_source_as_a_large_pool() -> None:
-    """The per-pixel mean weighs a missed 4-pixel source a hundredth of a missed 400-pixel
-    pool; the peak loss weighs both crops alike (one crop, one peak)."""
+    """The per-pixel mean weighs a missed 4-pixel source far less than a missed 400-pixel
+    pool (over 20× less here); the peak loss weighs both crops alike (one crop, one peak)."""
     logits = torch.zeros(2, 2, 32, 32)
     logits[:, 1] = -3.0  # both crops say "no bleeding" everywhere
     target = torch.zeros(2, 32, 32, dtype=torch.long)

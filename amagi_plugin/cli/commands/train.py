@@ -294,6 +294,10 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
         raise InputError(f"--peak-negatives must lie in [0, 1), got {args.peak_negatives}")
     if args.mine_every < 1:
         raise InputError(f"--mine-every must be at least 1, got {args.mine_every}")
+    if not 0.0 <= args.hard_pixels < 1.0:
+        raise InputError(f"--hard-pixels must lie in [0, 1), got {args.hard_pixels}")
+    if not 0.0 <= args.peak_loss < math.inf:
+        raise InputError(f"--peak-loss must be a finite number, at least 0, got {args.peak_loss}")
     if args.moving_negatives and mcfg.seg_frames == 1:
         raise InputError(f"--moving-negatives needs a temporal segmenter; {arch}'s sees one "
                          "frame, in which nothing moves")
@@ -303,10 +307,6 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     except TrainingDataError as e:
         raise InputError(str(e)) from None
     records, fold = _fold_filter(records, args)
-    if not 0.0 <= args.hard_pixels < 1.0:
-        raise InputError(f"--hard-pixels must lie in [0, 1), got {args.hard_pixels}")
-    if not 0.0 <= args.peak_loss < math.inf:
-        raise InputError(f"--peak-loss must be a finite number, at least 0, got {args.peak_loss}")
     cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights,
                          hard_pixels=args.hard_pixels, peak_loss=args.peak_loss,
                          peak_negatives=args.peak_negatives,
