@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import evt
+from pynetdicom.dimse_messages import N_EVENT_REPORT_RSP
+from pynetdicom.pdu import P_DATA_TF
 
 from dicom_io.errors import NetworkError
 from dicom_io.net.checks import check_uid
@@ -33,6 +36,7 @@ STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # well-known SOP instanc
 _REQUEST_COMMITMENT = 1
 _EVENT_SUCCESS, _EVENT_FAILURES = 1, 2
 _IDLE_MARGIN_S = 10.0  # idle time allowed beyond the report wait before pynetdicom aborts
+_RESPONSE_SEND_S = 5.0  # for the response to a report acknowledged as the wait ended
 
 
 @dataclass(frozen=True)
@@ -155,19 +159,82 @@ def _request_dataset(transaction_uid: str, instances: Sequence[tuple[str, str]])
     return ds
 
 
-def _on_report(event: Any, transaction_uid: str, reports: queue.Queue[tuple[int, Dataset]]
-               ) -> tuple[int, None]:
-    """EVT_N_EVENT_REPORT on our association: queue the report of our transaction."""
-    try:
-        info = event.event_information
-        if str(info.get("TransactionUID", "")) == transaction_uid:
-            reports.put((int(event.request.EventTypeID), info))
-        else:
-            logger.warning("storage commitment report for an unknown transaction ignored")
-    except Exception:
-        logger.exception("unreadable storage commitment report")
-        return 0x0110, None
-    return 0x0000, None
+class _ReportOnOurAssociation:
+    """Takes our transaction's N-EVENT-REPORT on the requesting association and hands it
+    to the waiting request only once our N-EVENT-REPORT-RSP is on the wire.
+
+    pynetdicom serves an incoming N-EVENT-REPORT in a thread of its own and sends the
+    response after the handler returns. Releasing as soon as the handler has run could put
+    our A-RELEASE-RQ ahead of that response: pynetdicom then refuses to send it (Evt9 in
+    Sta7, PS3.8 9.2), its DUL thread dies, the release waits out the ACSE timeout and the
+    peer never hears that its report arrived. So the report is handed over from the
+    notification that the response's P-DATA-TF PDU was sent (``EVT_PDU_SENT``, after
+    ``EVT_DIMSE_SENT`` of the N-EVENT-REPORT-RSP).
+    """
+
+    def __init__(self, transaction_uid: str) -> None:
+        self.transaction_uid = transaction_uid
+        self.reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._answered: tuple[int, Dataset] | None = None  # acknowledged, response not sent
+        self._response_queued = False
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_N_EVENT_REPORT, self.on_report),
+                (evt.EVT_DIMSE_SENT, self.on_dimse_sent), (evt.EVT_PDU_SENT, self.on_pdu_sent)]
+
+    def on_report(self, event: Any) -> tuple[int, None]:
+        """EVT_N_EVENT_REPORT: acknowledge the report of our transaction."""
+        try:
+            info = event.event_information
+            if str(info.get("TransactionUID", "")) != self.transaction_uid:
+                logger.warning("storage commitment report for an unknown transaction ignored")
+                return 0x0000, None
+            with self._lock:
+                self._answered = (int(event.request.EventTypeID), info)
+        except Exception:
+            logger.exception("unreadable storage commitment report")
+            return _PROCESSING_FAILURE, None
+        return 0x0000, None
+
+    def late(self, wait: float) -> tuple[int, Dataset | None]:
+        """A report acknowledged just as the wait ended: its response goes out within
+        ``wait`` seconds, then it is taken, not lost to the release. ``(0, None)`` if none."""
+        with self._lock:
+            answering = self._answered is not None
+        if answering:
+            try:
+                return self.reports.get(timeout=wait)
+            except queue.Empty:
+                pass
+        return 0, None
+
+    def on_dimse_sent(self, event: Any) -> None:
+        """EVT_DIMSE_SENT: our N-EVENT-REPORT-RSP is being encoded and queued."""
+        if isinstance(event.message, N_EVENT_REPORT_RSP):
+            with self._lock:
+                self._response_queued = self._answered is not None
+
+    def on_pdu_sent(self, event: Any) -> None:
+        """EVT_PDU_SENT: the response's P-DATA-TF has left; the request may now release."""
+        if not isinstance(event.pdu, P_DATA_TF):
+            return
+        with self._lock:
+            if self._response_queued and self._answered is not None:
+                self.reports.put(self._answered)
+                self._answered, self._response_queued = None, False
+
+
+def _end(assoc: Any, peer: str) -> None:
+    """Release ``assoc``; abort it if its DUL thread has died (a release would then wait
+    for an answer that cannot come)."""
+    if not assoc.is_established:
+        return
+    if assoc.dul.is_alive():
+        assoc.release()
+    else:
+        logger.warning("the association to %s lost its network thread; aborting it", peer)
+        assoc.abort()
 
 
 def request_storage_commitment(
@@ -224,7 +291,7 @@ def request_storage_commitment(
             if not ok:
                 raise ValueError(why)
     transaction_uid = transaction_uid or generate_uid()
-    reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+    on_ours = _ReportOnOurAssociation(transaction_uid)
     ae = _make_ae(calling_ae_title, timeout, DEFAULT_MAX_PDU)
     # The association idles while the report is awaited. pynetdicom's idle timer would
     # abort it just as the wait ends, racing the release below (its reactor thread then
@@ -233,8 +300,7 @@ def request_storage_commitment(
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL)
     peer = peer_name(ae_title, host, port)
     assoc = _associate(ae, ae_title, host, port, DEFAULT_MAX_PDU, tls, tls_server_hostname,
-                       evt_handlers=[(evt.EVT_N_EVENT_REPORT, _on_report,
-                                      [transaction_uid, reports])])
+                       evt_handlers=on_ours.handlers())
     try:
         if not assoc.is_established:
             raise NetworkError(f"{peer} does not support Storage Commitment Push Model")
@@ -246,19 +312,22 @@ def request_storage_commitment(
         if int(status.Status) != 0:
             raise NetworkError(f"{peer} refused the commitment request "
                                f"(status 0x{int(status.Status):04X})")
+        wait = timeout if report_wait is None else min(report_wait, timeout)
+        event_type: int
+        info: Dataset | None
         try:
-            event_type, info = reports.get(timeout=timeout if report_wait is None
-                                           else min(report_wait, timeout))
+            event_type, info = on_ours.reports.get(timeout=wait)
         except queue.Empty:
+            event_type, info = on_ours.late(_RESPONSE_SEND_S)
+        if info is None:
             if report_wait is not None:
                 logger.info("storage commitment %s requested from %s; its report will come "
                             "on a new association", transaction_uid, peer)
                 return None
             raise NetworkError(f"no storage commitment report from {peer} within "
-                               f"{timeout} s (transaction {transaction_uid})") from None
+                               f"{timeout} s (transaction {transaction_uid})")
     finally:
-        if assoc.is_established:
-            assoc.release()
+        _end(assoc, peer)
     committed = {str(i.ReferencedSOPInstanceUID)
                  for i in info.get("ReferencedSOPSequence", [])}
     failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0x0110))

@@ -213,8 +213,9 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise AssertionError(f"nothing listens on port {port}")
 
 
-def send_commitment_report(assoc: Any, request: Dataset, known: set[str]) -> None:
-    """As a Storage Commitment SCP: report ``known`` instances committed, others failed."""
+def send_commitment_report(assoc: Any, request: Dataset, known: set[str]) -> int | None:
+    """As a Storage Commitment SCP: report ``known`` instances committed, others failed;
+    the status the requestor answered with (None: no answer)."""
     time.sleep(0.1)  # after the N-ACTION response, as a PACS would
     info = Dataset()
     info.TransactionUID = request.TransactionUID
@@ -232,5 +233,7 @@ def send_commitment_report(assoc: Any, request: Dataset, known: set[str]) -> Non
         info.ReferencedSOPSequence = ok
     if failed:
         info.FailedSOPSequence = failed
-    assoc.send_n_event_report(info, 2 if failed else 1, STORAGE_COMMITMENT_PUSH_MODEL,
-                              STORAGE_COMMITMENT_INSTANCE)
+    status, _ = assoc.send_n_event_report(info, 2 if failed else 1,
+                                          STORAGE_COMMITMENT_PUSH_MODEL,
+                                          STORAGE_COMMITMENT_INSTANCE)
+    return int(status.Status) if "Status" in status else None

@@ -29,19 +29,23 @@ from tests.dicom_io._net_fixtures import Recorder, running_listener, send_commit
 def commitment_scp() -> Iterator[tuple[int, set[str], dict[str, Any]]]:
     """A Storage Commitment SCP committing the instances in ``known``.
 
-    ``behaviour["silent"] = True`` makes it answer the N-ACTION but never report.
+    ``behaviour["silent"] = True`` makes it answer the N-ACTION but never report;
+    ``behaviour["answers"]`` lists the status our side answered each report with.
     """
     known: set[str] = set()
-    behaviour: dict[str, Any] = {"silent": False, "ended": []}
+    behaviour: dict[str, Any] = {"silent": False, "ended": [], "answers": []}
+
+    def report(assoc: Any, request: Dataset) -> None:
+        behaviour["answers"].append(send_commitment_report(assoc, request, known))
 
     def on_action(event: Any) -> tuple[int, None]:
         request = event.action_information
         if not behaviour["silent"]:
-            threading.Thread(target=send_commitment_report, args=(event.assoc, request, known),
-                             daemon=True).start()
+            threading.Thread(target=report, args=(event.assoc, request), daemon=True).start()
         return 0x0000, None
 
     ae = AE("COMMITSCP")
+    ae.dimse_timeout = 5  # for our answer to its report
     ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL)
     server = ae.start_server(("127.0.0.1", 0), block=False,
                              evt_handlers=[(evt.EVT_N_ACTION, on_action),
@@ -64,6 +68,41 @@ def test_commitment_success_and_failure(commitment_scp: tuple[int, set[str], dic
     assert [(r.sop_instance_uid, r.committed, r.failure_reason) for r in results] == [
         (a, True, None), (b, False, 0x0112)]
     assert results[1].sop_class_uid == SEGMENTATION
+
+
+@pytest.mark.parametrize("report_wait", [None, 0.3])
+def test_report_is_answered_before_the_association_is_released(
+        commitment_scp: tuple[int, set[str], dict], monkeypatch: pytest.MonkeyPatch,
+        report_wait: float | None) -> None:
+    """pynetdicom answers an N-EVENT-REPORT from a thread of its own, after our handler has
+    run. On a busy machine that thread can be late; releasing as soon as the report was
+    handled then put our A-RELEASE-RQ ahead of the answer (pynetdicom: Evt9 in Sta7), the
+    association's network thread died and the peer never got its answer. Here the answer
+    is made 0.5 s late every time; with a 0.3 s ``report_wait`` the report (sent after
+    0.1 s) was acknowledged before the wait ended, so it is still taken, not dropped."""
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.dimse_primitives import N_EVENT_REPORT
+
+    send_msg = DIMSEServiceProvider.send_msg
+
+    def late_answer(self: Any, primitive: Any, context_id: int) -> None:
+        if isinstance(primitive, N_EVENT_REPORT) and primitive.MessageIDBeingRespondedTo:
+            time.sleep(0.5)
+        send_msg(self, primitive, context_id)
+
+    monkeypatch.setattr(DIMSEServiceProvider, "send_msg", late_answer)
+    port, known, behaviour = commitment_scp
+    uid = generate_uid()
+    known.add(uid)
+    start = time.monotonic()
+    (result,) = request_storage_commitment([(SEGMENTATION, uid)], "COMMITSCP", "127.0.0.1",
+                                           port, timeout=5, report_wait=report_wait)
+    assert result.committed and time.monotonic() - start < 3
+    deadline = time.monotonic() + 3
+    while not behaviour["ended"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert behaviour["answers"] == [0x0000]  # the peer heard that its report arrived
+    assert behaviour["ended"] == ["released"]
 
 
 def test_commitment_timeout_raises(commitment_scp: tuple[int, set[str], dict]) -> None:
