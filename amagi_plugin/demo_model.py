@@ -147,16 +147,16 @@ class DemoConfig:
 
     def quick(self) -> DemoConfig:
         """This recipe at minute scale: every stage runs (for trying it, not for use)."""
-        small = {"train_cases": 4, "train_duration_s": 12.0, "eval_cases": 3,
+        small = {"train_cases": 4, "train_duration_s": 12.0, "eval_cases": 2,
                  "eval_duration_s": 8.0, "seg_epochs": 1, "clip_epochs": 1, "clip_stride": 45}
         if self.seg_peak_negatives:  # mining starts before the second epoch
             small.update(seg_epochs=2)
         if self.static_cases:
             small.update(static_cases=1, static_duration_s=8.0)
         if self.shifted_cases:
-            small.update(shifted_cases=3, shifted_duration_s=8.0)
+            small.update(shifted_cases=1, shifted_duration_s=8.0)
         if self.val_cases:
-            small.update(val_cases=2, val_duration_s=12.0)
+            small.update(val_cases=2, val_duration_s=8.0)
         if self.val_static_cases:
             small.update(val_static_cases=1, val_static_duration_s=8.0)
         if self.refiner_sets:  # the first set of each domain: 2 videos, 1 bleeding-free
@@ -165,7 +165,7 @@ class DemoConfig:
                 first.setdefault(domain, seed)
             small.update(refiner_sets=tuple((d, seed, 1 if d.endswith("static") else 2)
                                             for d, seed in first.items()),
-                         refiner_duration_s=12.0, refiner_steps=5)
+                         refiner_duration_s=8.0, refiner_steps=5)
         return dataclasses.replace(self, **small)
 
 

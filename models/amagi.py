@@ -9,7 +9,9 @@ layout) and ``AmagiHead`` the fusion head with the semantics of the authors' ``A
   *temporal* segmenter (``seg_model.cfg.in_frames`` = K > 1: :class:`models.flowseg.FlowSeg`
   in this project's demo models, not the authors' design) sees the K clip frames centred on
   it instead, stacked on the channel axis (:meth:`Amagi.segmentation_input`), and so marks
-  blood that flows, not all blood;
+  blood that flows, not all blood; with ``seg_scale`` > 1 (not the authors' design either)
+  the segmenter sees those frames upsampled that many times (bilinear), so a source of a few
+  pixels covers more of its receptive field, and its maps are that much larger;
 - the head sums the two raw logit maps, reduces them with ``Conv2d(2, 2, k, stride=k)`` to
   the pathways' spatial grid and applies a per-channel sigmoid;
 - each pathway goes through a 1x1x1 conv with temporal stride ``time_rate``, is re-weighted
@@ -60,6 +62,9 @@ class Amagi(SlowFast):
         (``requires_grad=False``).
     resample_rate, speed_ratio : int
         τ and α.
+    seg_scale : int
+        The segmentation net sees its input upsampled this many times (bilinear), and its
+        maps are that many times larger (1: the clip's own scale, as the authors').
     seg_train_mode : bool
         If False (default) the segmentation net stays in eval mode when the model is put in
         training mode, so its BatchNorm statistics do not drift. The authors' code left it
@@ -69,9 +74,12 @@ class Amagi(SlowFast):
 
     def __init__(self, slow_path: ResNet3dPathway, fast_path: ResNet3dPathway,
                  seg_model: HRNetOCR | FlowSeg, resample_rate: int, speed_ratio: int,
-                 seg_train_mode: bool = False) -> None:
+                 seg_train_mode: bool = False, seg_scale: int = 1) -> None:
         super().__init__(slow_path, fast_path, resample_rate, speed_ratio)
+        if int(seg_scale) != seg_scale or seg_scale < 1:
+            raise ModelConfigError(f"seg_scale must be a whole number ≥ 1, got {seg_scale}")
         self.seg_model = seg_model
+        self.seg_scale = int(seg_scale)
         self.seg_train_mode = seg_train_mode
         for p in self.seg_model.parameters():
             p.requires_grad_(False)
@@ -83,7 +91,11 @@ class Amagi(SlowFast):
         return self
 
     def segment(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """Run the segmentation net on normalised frames (N, 3, H, W) -> [aux, main] logits."""
+        """Run the segmentation net on normalised frames (N, 3·K, H, W) -> [aux, main]
+        logits at ``seg_scale / 4`` of the frames' size (upsampled first if ``seg_scale`` > 1)."""
+        if self.seg_scale > 1:
+            frames = F.interpolate(frames, scale_factor=self.seg_scale, mode="bilinear",
+                                   align_corners=False)
         return self.seg_model(frames)
 
     @property
@@ -111,7 +123,7 @@ class Amagi(SlowFast):
         """
         if x.dim() != 5:
             raise InputShapeError(f"AMAGI expects (N, C, T, H, W), got shape {tuple(x.shape)}")
-        aux, main = self.seg_model(self.segmentation_input(x))
+        aux, main = self.segment(self.segmentation_input(x))
         if main.shape[-2:] != aux.shape[-2:]:  # a full-resolution map (FlowSeg ``fine``)
             main = cell_peak(main, main.shape[-1] // aux.shape[-1])
         return super().forward(x), [aux, main]

@@ -71,8 +71,14 @@ class ModelCfg:
     class_names: tuple[str, ...] = ()
     has_segmentation: bool = False
     seg_frames: int = 1
+    seg_scale: int = 1
     params_m: float = 0.0
     gflops: float = 0.0
+
+    @property
+    def seg_input_size(self) -> int:
+        """The side of the frames the segmentation net itself sees (and is trained on)."""
+        return self.input_size * self.seg_scale
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
@@ -155,13 +161,14 @@ class Recognizer(nn.Module):
 
         Returns
         -------
-        Tensor (N, 2, H/4, W/4)
-            Logits; channel 1 is bleeding (softmax or argmax over dim 1 for a mask).
+        Tensor (N, 2, H·s/4, W·s/4)
+            Logits (s: ``default_cfg.seg_scale``); channel 1 is bleeding (softmax or argmax
+            over dim 1 for a mask).
         """
-        seg = getattr(self.backbone, "seg_model", None)
-        if seg is None:
+        segment = getattr(self.backbone, "segment", None)
+        if segment is None:
             raise ModelError(f"{self.default_cfg.name} has no segmentation model")
         c = 3 * self.default_cfg.seg_frames
         if frames.dim() != 4 or frames.shape[1] != c:
             raise InputShapeError(f"frames must be (N, {c}, H, W), got shape {tuple(frames.shape)}")
-        return seg(frames)[1]
+        return segment(frames)[1]

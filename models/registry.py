@@ -100,6 +100,7 @@ class SlowFastSpec:
     std: tuple[float, float, float] = AMAGI_STD
     class_names: tuple[str, ...] = BLEEDING_CLASSES
     map_evidence: bool = False  # AMAGI head: the map's peak and area reach the classifier
+    seg_scale: int = 1  # AMAGI: the segmenter sees the centre frames upsampled this many times
     pathway_dropout: float = 0.0  # with map_evidence: training samples decided by it alone
     params_m: float = 0.0
     gflops: float = 0.0
@@ -127,6 +128,10 @@ _VARIANTS: dict[str, SlowFastSpec] = {
 }
 # amagi_tiny_tge with the aligned segmenter: nothing else differs (the same parameters).
 _VARIANTS["amagi_tiny_tgea"] = replace(_VARIANTS["amagi_tiny_tge"], seg=FLOWSEG_TINY_ALIGNED)
+# amagi_tiny_tge whose segmenter sees the centre frames at twice the clip's scale (256 for a
+# 128 clip): sources of a few pixels cover four times the area; its head's reduction grows.
+_VARIANTS["amagi_tiny_tge2"] = replace(_VARIANTS["amagi_tiny_tge"], seg_scale=2,
+                                       params_m=2.34, gflops=4.34)
 # amagi_tiny_tge whose segmenter has a full-resolution head.
 _VARIANTS["amagi_tiny_tgef"] = replace(_VARIANTS["amagi_tiny_tge"], seg=FLOWSEG_TINY_FINE,
                                        params_m=2.34, gflops=1.85)
@@ -156,7 +161,9 @@ def _cfg(name: str, s: SlowFastSpec) -> ModelCfg:
                     clip_len=s.clip_len, frame_interval=s.frame_interval,
                     num_classes=s.num_classes, class_names=s.class_names,
                     has_segmentation=s.seg is not None,
-                    seg_frames=s.seg.in_frames if s.seg is not None else 1, params_m=s.params_m, gflops=s.gflops)
+                    seg_frames=s.seg.in_frames if s.seg is not None else 1,
+                    seg_scale=s.seg_scale if s.seg is not None else 1,
+                    params_m=s.params_m, gflops=s.gflops)
 
 
 def _build(name: str, s: SlowFastSpec) -> Recognizer:
@@ -183,10 +190,11 @@ def _build(name: str, s: SlowFastSpec) -> Recognizer:
         seg_cfg = replace(s.seg, num_classes=2)
         segmenter = (FlowSeg(seg_cfg) if isinstance(seg_cfg, FlowSegConfig)
                      else HRNetOCR(seg_cfg))
-        backbone = Amagi(slow, fast, segmenter, s.resample_rate, s.speed_ratio)
+        backbone = Amagi(slow, fast, segmenter, s.resample_rate, s.speed_ratio,
+                         seg_scale=s.seg_scale)
         head: SlowFastHead | AmagiHead = AmagiHead(
             slow.out_channels, fast.out_channels, slow_frames, fast_frames,
-            feature_size=s.input_size // 32, seg_size=s.input_size // 4,
+            feature_size=s.input_size // 32, seg_size=s.input_size * s.seg_scale // 4,
             num_classes=s.num_classes, time_rate=s.time_rate, dropout=s.dropout,
             map_evidence=s.map_evidence, pathway_dropout=s.pathway_dropout)
     elif s.head == "slowfast":

@@ -94,6 +94,7 @@ class SegTrainConfig(_Common):
     # epoch 2 and every ``mine_every`` epochs after (0: off; see models.training.mining).
     peak_negatives: float = 0.0
     mine_every: int = 1
+    input_size: int = 0  # frames' short side as the net saw them (0: not recorded)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,23 @@ def trained(tmp_path_factory) -> Path:
     return tmp
 
 
+def test_a_segmenter_that_sees_frames_at_twice_the_scale_trains_at_that_scale(
+        trained: Path) -> None:
+    """``amagi_tiny_tge2``'s segmenter sees a 128-pixel clip's frames upsampled to 256:
+    ``amagi train seg`` trains it on frames of 256 unless told otherwise, and AMAGI takes
+    the trained weights as they are."""
+    code, _, err = _run(trained, "train", "seg", "--data", "train", "-od", "seg2", "--arch",
+                        "amagi_tiny_tge2", "--epochs", "1", "--crop", "32", "--batch-size", "4",
+                        "--no-progress")
+    assert code == 0, err
+    seg = read_checkpoint(trained / "seg2" / "latest.pth")
+    assert seg["meta"]["config"]["input_size"] == 256
+    model = build_model("amagi_tiny_tge2")
+    model.backbone.seg_model.load_state_dict(seg["state_dict"])
+    with torch.inference_mode():
+        assert model.segment(torch.zeros(1, 15, 128, 128)).shape == (1, 2, 64, 64)
+
+
 def test_checkpoints_have_the_authors_layout(trained: Path) -> None:
     ck = read_checkpoint(trained / "amagi" / "latest.pth")
     assert set(ck) == {"meta", "state_dict", "optimizer"}
@@ -71,6 +88,7 @@ def test_checkpoints_have_the_authors_layout(trained: Path) -> None:
     assert seg_ck["meta"]["config"]["peak_negatives"] == 0.3
     assert seg_ck["meta"]["config"]["peak_loss"] == 0.5
     assert seg_ck["meta"]["config"]["mine_every"] == 1
+    assert seg_ck["meta"]["config"]["input_size"] == 64  # --input-size
     assert "mining_seconds" in seg_ck["meta"]["history"][1]  # mined before epoch 2
     assert len(seg_ck["meta"]["false_peaks"]) > 0
     seg = seg_ck["state_dict"]

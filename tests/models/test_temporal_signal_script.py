@@ -57,7 +57,7 @@ def test_sustained_bleeding_changes_more_than_saturating_after_encoding(tmp_path
     def measure(sustained: bool) -> tuple[float, float]:
         root = tmp_path / str(sustained)
         generate_dataset(root, n_cases=3, seed=11, width=160, height=128, fps=30.0,
-                         duration_s=20.0,
+                         duration_s=12.0,
                          ranges=dataclasses.replace(DOMAINS["heldout"], sustained=sustained),
                          options=OutputOptions(formats=("dicom",), mask_every=4))
         ratios = [inside / max(ring, 1e-4)

@@ -21,14 +21,14 @@ from models import (
 from tests.models._reference import manifest
 
 TINY = ["amagi_tiny", "amagi_tiny_tg", "amagi_tiny_tge", "amagi_tiny_tgea", "amagi_tiny_tgef",
-        "slowfast_tiny"]
+        "amagi_tiny_tge2", "slowfast_tiny"]
 
 
 def test_public_names():
     assert set(list_models()) == {"amagi_sf50", "amagi_sf152", "slowfast_r50",
                                   "slowfast_r50_amagi", "amagi_tiny", "amagi_tiny_tg",
                                   "amagi_tiny_tge", "amagi_tiny_tgea", "amagi_tiny_tgef",
-                                  "slowfast_tiny"}
+                                  "amagi_tiny_tge2", "slowfast_tiny"}
     with pytest.raises(UnknownModelError, match=r"unknown model 'amagi_sf51'; known: amagi_sf152"):
         build_model("amagi_sf51")
 

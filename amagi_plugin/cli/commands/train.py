@@ -124,7 +124,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     s.add_argument("--mine-every", type=int, default=1, metavar="N",
                    help="with --peak-negatives: mine the false peaks again every N epochs")
     s.add_argument("--input-size", type=int, default=None,
-                   help="scale frames so the short side is this (default: the model's)")
+                   help="scale frames so the short side is this (default: what the model's "
+                   "segmenter sees, its input size times its seg_scale)")
     _common(s, epochs=10, lr=0.01)
     s.set_defaults(handler=run_seg)
     c = tsub.add_parser("clip", parents=parents, help="train AMAGI or the SlowFast baseline",
@@ -307,11 +308,12 @@ def _run_seg(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     except TrainingDataError as e:
         raise InputError(str(e)) from None
     records, fold = _fold_filter(records, args)
+    size = args.input_size or mcfg.seg_input_size
     cfg = SegTrainConfig(**_common_cfg(args, ctx, device), class_weights=args.class_weights,
                          hard_pixels=args.hard_pixels, peak_loss=args.peak_loss,
                          peak_negatives=args.peak_negatives,
-                         mine_every=args.mine_every)
-    ds = SegDataset(records, args.input_size or mcfg.input_size, mcfg.mean, mcfg.std,
+                         mine_every=args.mine_every, input_size=size)
+    ds = SegDataset(records, size, mcfg.mean, mcfg.std,
                     train=True, seed=args.seed, crop=args.crop, pos_fraction=args.pos_fraction,
                     look_jitter=args.look_jitter, moving_negatives=args.moving_negatives,
                     peak_negatives=args.peak_negatives)
