@@ -156,7 +156,7 @@ class DemoConfig:
         if self.shifted_cases:
             small.update(shifted_cases=1, shifted_duration_s=8.0)
         if self.val_cases:
-            small.update(val_cases=2, val_duration_s=8.0)
+            small.update(val_cases=2, val_duration_s=12.0)
         if self.val_static_cases:
             small.update(val_static_cases=1, val_static_duration_s=8.0)
         if self.refiner_sets:  # the first set of each domain: 2 videos, 1 bleeding-free

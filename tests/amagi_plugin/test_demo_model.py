@@ -103,7 +103,7 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     validation = tmp_path / "work" / "data" / "validation"
     assert calibration["data"]["sets"] == [
         {"name": "validation", "seed": cfg.val_seed, "domain": "randomised", "cases": 2,
-         "duration_s": 8.0},
+         "duration_s": 12.0},
         {"name": "validation-static", "seed": cfg.val_static_seed,
          "domain": "randomised-static", "cases": 1, "duration_s": 8.0}]
     assert len(list(validation.glob("*/labels.json"))) == 2
