@@ -100,12 +100,18 @@ def parse_report(event_type: int, info: Dataset, calling_ae: str = "") -> Commit
     transaction = str(info.get("TransactionUID", "") or "")
     if not transaction:
         raise ValueError("storage commitment report without a Transaction UID")
-    committed, failed = [], {}
-    for item in info.get("ReferencedSOPSequence", []):
-        committed.append(str(item.ReferencedSOPInstanceUID))
-    for item in info.get("FailedSOPSequence", []):
-        failed[str(item.ReferencedSOPInstanceUID)] = int(item.get("FailureReason", 0x0110))
-    return CommitmentReport(transaction, calling_ae, int(event_type), tuple(committed), failed)
+    committed, failed = _outcomes(info)
+    return CommitmentReport(transaction, calling_ae, int(event_type), committed, failed)
+
+
+def _outcomes(info: Dataset) -> tuple[tuple[str, ...], dict[str, int]]:
+    """SOP Instance UIDs of the Referenced SOP Sequence, and Failure Reason by SOP Instance
+    UID of the Failed SOP Sequence (0x0110 where an item has none)."""
+    committed = tuple(str(i.ReferencedSOPInstanceUID)
+                      for i in info.get("ReferencedSOPSequence", []))
+    failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0x0110))
+              for i in info.get("FailedSOPSequence", [])}
+    return committed, failed
 
 
 #: N-EVENT-REPORT statuses (PS3.7 Annex C, PS3.4 J.3.3.2 via N-EVENT-REPORT).
@@ -197,9 +203,9 @@ class _ReportOnOurAssociation:
             return _PROCESSING_FAILURE, None
         return 0x0000, None
 
-    def late(self, wait: float) -> tuple[int, Dataset | None]:
+    def late(self, wait: float) -> tuple[int, Dataset] | None:
         """A report acknowledged just as the wait ended: its response goes out within
-        ``wait`` seconds, then it is taken, not lost to the release. ``(0, None)`` if none."""
+        ``wait`` seconds, then it is taken, not lost to the release. ``None`` if none."""
         with self._lock:
             answering = self._answered is not None
         if answering:
@@ -207,7 +213,7 @@ class _ReportOnOurAssociation:
                 return self.reports.get(timeout=wait)
             except queue.Empty:
                 pass
-        return 0, None
+        return None
 
     def on_dimse_sent(self, event: Any) -> None:
         """EVT_DIMSE_SENT: our N-EVENT-REPORT-RSP is being encoded and queued."""
@@ -313,13 +319,12 @@ def request_storage_commitment(
             raise NetworkError(f"{peer} refused the commitment request "
                                f"(status 0x{int(status.Status):04X})")
         wait = timeout if report_wait is None else min(report_wait, timeout)
-        event_type: int
-        info: Dataset | None
+        got: tuple[int, Dataset] | None
         try:
-            event_type, info = on_ours.reports.get(timeout=wait)
+            got = on_ours.reports.get(timeout=wait)
         except queue.Empty:
-            event_type, info = on_ours.late(_RESPONSE_SEND_S)
-        if info is None:
+            got = on_ours.late(_RESPONSE_SEND_S)
+        if got is None:
             if report_wait is not None:
                 logger.info("storage commitment %s requested from %s; its report will come "
                             "on a new association", transaction_uid, peer)
@@ -328,11 +333,10 @@ def request_storage_commitment(
                                f"{timeout} s (transaction {transaction_uid})")
     finally:
         _end(assoc, peer)
-    committed = {str(i.ReferencedSOPInstanceUID)
-                 for i in info.get("ReferencedSOPSequence", [])}
-    failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0x0110))
-              for i in info.get("FailedSOPSequence", [])}
+    event_type, info = got
+    committed, failed = _outcomes(info)
     logger.info("storage commitment %s from %s: event type %d, %d committed, %d failed",
                 transaction_uid, peer, event_type, len(committed), len(failed))
-    return [CommitmentResult(c, i, i in committed and i not in failed, failed.get(i))
+    listed = set(committed)
+    return [CommitmentResult(c, i, i in listed and i not in failed, failed.get(i))
             for c, i in instances]
