@@ -45,10 +45,15 @@ PEER_FIXTURES = frozenset({"pg_server", "storescp", "dciodvfy_errors"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``integration`` every test that uses a peer fixture (directly or through another)."""
+    """Mark ``integration`` every test that uses a peer fixture (directly or through another);
+    run the files that hold a ``slow`` test first, so that on several workers (pytest-xdist,
+    one file per worker at a time) the long ones do not start last and leave a worker idle.
+    Files stay whole and in their order otherwise."""
     for item in items:
         if PEER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 def _program(args: object) -> str:

@@ -55,11 +55,16 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
                 records.append(write_case(spec, root, options))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            pool = ProcessPoolExecutor(max_workers=jobs)
+            try:
                 futures = [pool.submit(write_case, spec, root, options) for spec in specs]
                 for fut in as_completed(futures):
                     records.append(fut.result())
                     bar.update()
+            finally:
+                # On a failed case or an interrupt the cases not yet started are dropped, not
+                # rendered before the error is reported (a plain ``with`` waits for all of them).
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     settings = {"n_cases": n_cases, "width": width, "height": height, "fps": fps,

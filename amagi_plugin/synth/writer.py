@@ -177,16 +177,35 @@ class _Pass:
 
 def write_case(spec: CaseSpec, root: str | os.PathLike[str], options: OutputOptions,
                ) -> dict[str, Any]:
-    """Render and write one case under ``root/<case_id>``; returns its ``cases.json`` record."""
+    """Render and write one case under ``root/<case_id>``; returns its ``cases.json`` record.
+
+    The case is written into a staging directory (``root/.<case_id>.partial``) and moved into
+    place only when complete, so a failed or killed case leaves no half-written case behind
+    (a stale staging directory from a killed run is removed first); with ``overwrite`` an
+    existing case is replaced only then.
+    """
+    root = Path(root)
+    final = root / spec.case_id
+    if final.exists() and not options.overwrite:
+        raise OutputExistsError(f"{final} already exists (use --overwrite to replace it)")
+    staging = root / f".{spec.case_id}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        record = _write_case(spec, staging, options)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def _write_case(spec: CaseSpec, case_dir: Path, options: OutputOptions) -> dict[str, Any]:
     from dicom_io.encode import VideoMetadata, encode_video, write_video_dicom
 
     t0 = time.perf_counter()
-    root = Path(root)
-    case_dir = root / spec.case_id
-    if case_dir.exists():
-        if not options.overwrite:
-            raise OutputExistsError(f"{case_dir} already exists (use --overwrite to replace it)")
-        shutil.rmtree(case_dir)
     scene = spec.scene
     renderer = Renderer(scene)
     (case_dir / "masks").mkdir(parents=True)
