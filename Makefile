@@ -61,8 +61,9 @@ clean:
 # with the map's peak and area read by the head and look jitter (amagi_tiny_tge),
 # RECIPE=evidence-peaks that with the segmenter trained on its own false peaks, read at the
 # authors' operating point (about 2 h on 2 cores),
-# RECIPE=evidence-refined that with a temporal refiner and bleeding-free validation
-# (see models/weights/demo/heldout-looks/README.md).
+# RECIPE=evidence-refined that with a temporal refiner and bleeding-free validation,
+# RECIPE=randomised-gpu / evidence-peaks-gpu evidence-refined / evidence-peaks with a GPU's
+# budget (see models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
 RECIPE ?= shipped
 demo-model: venv

@@ -208,6 +208,11 @@ _REFINED: dict[str, Any] = {
     **_EVIDENCE, "version": "7.0", "val_static_cases": 4,
     "refiner_sets": (("randomised", 160001, 30), ("randomised", 160004, 40),
                      ("randomised-static", 160002, 10), ("randomised-static", 160005, 12))}
+#: The budget of one lent GPU machine (see ``randomised-gpu`` above), shared by the GPU recipes.
+#: ``evidence-peaks-gpu`` is ``evidence-peaks`` (the best held-out-look candidate of the CPU
+#: builds, sessions 19-24) at that budget, without the refiner stage.
+_GPU_BUDGET: dict[str, Any] = {"train_cases": 96, "seg_epochs": 20, "clip_epochs": 20,
+                               "batch_size": 32, "clip_lr": 0.008, "threads": 2, "workers": 7}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": {},
     "randomised": _RANDOMISED,
@@ -215,8 +220,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence": _EVIDENCE,
     "evidence-peaks": _PEAKS,
     "evidence-refined": _REFINED,
-    "randomised-gpu": {**_REFINED, "train_cases": 96, "seg_epochs": 20, "clip_epochs": 20,
-                       "batch_size": 32, "clip_lr": 0.008, "threads": 2, "workers": 7},
+    "randomised-gpu": {**_REFINED, **_GPU_BUDGET},
+    "evidence-peaks-gpu": {**_PEAKS, **_GPU_BUDGET},
 }
 
 #: The recipes in a sentence, for ``--recipe``'s help (``amagi train demo`` and this module).
@@ -225,7 +230,8 @@ RECIPE_HELP = ("shipped: the bundled model's recipe; randomised: domain-randomis
                "evidence: temporal, the map's peak and area read by the head, look jitter "
                "(amagi_tiny_tge); evidence-peaks: evidence, the segmenter trained on its own "
                "false peaks; evidence-refined: evidence with a temporal refiner and "
-               "bleeding-free validation; randomised-gpu: evidence-refined with a GPU's budget")
+               "bleeding-free validation; randomised-gpu: evidence-refined with a GPU's budget; "
+               "evidence-peaks-gpu: evidence-peaks with a GPU's budget")
 
 
 def _cli(argv: list[str]) -> None:

@@ -155,7 +155,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert randomised.val_seed not in (randomised.train_seed, randomised.eval_seed,
                                        randomised.static_seed)
     assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal", "evidence",
-                            "evidence-peaks", "evidence-refined"}
+                            "evidence-peaks", "evidence-refined", "evidence-peaks-gpu"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -185,6 +185,12 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert (gpu.arch, gpu.clip_look_jitter) == (evidence.arch, evidence.clip_look_jitter)
     assert (gpu.refiner_sets, gpu.refiner_offset, gpu.val_static_cases) == (
         refined.refiner_sets, refined.refiner_offset, refined.val_static_cases)
+    peaks_gpu = DemoConfig.recipe("evidence-peaks-gpu")  # evidence-peaks at gpu's budget
+    budget = ("train_cases", "seg_epochs", "clip_epochs", "batch_size", "clip_lr", "threads",
+              "workers")
+    assert dataclasses.replace(peaks_gpu, **{k: getattr(peaks, k) for k in budget}) == peaks
+    assert {k: getattr(peaks_gpu, k) for k in budget} == {k: getattr(gpu, k) for k in budget}
+    assert peaks_gpu.train_cases > peaks.train_cases and not peaks_gpu.refiner_sets
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
         DemoConfig.recipe("gpu")
 
