@@ -1,0 +1,85 @@
+"""PatchNet: does a small neighbourhood show bleeding that flows, over 1.4 s?
+
+This project's network, not the authors' (session 25 of
+models/weights/demo/heldout-looks/README.md; a research probe, not yet part of any analysis).
+The demo clip networks miss small sources: every missed development event was a source of
+at most 4.3 px radius in a 160 × 128 frame, which a 128-pixel clip network with stride-16
+features averages away. PatchNet looks instead at a ``crop`` × ``crop`` neighbourhood at
+the frame's own resolution over ``frames`` frames ``step_s`` apart, so a source of a few
+pixels fills a good part of its view and its growth from frame to frame is what it sees.
+
+Input: ``(N, frames, 3, crop, crop)`` RGB on the 0-255 scale (no normalisation constants:
+the net centres and scales it itself). As in :mod:`models.flowseg`, the change between
+neighbouring frames is given explicitly (scaled by ``diff_gain``), beside the frames, all on
+the channel axis of a 2-D network: six 3 × 3 convolutions (two at stride 2), global
+average pooling, one logit. ``forward`` returns ``(N,)`` logits for "active bleeding in this
+neighbourhood".
+
+:meth:`PatchNet.dense` runs the same network fully convolutionally over a whole frame stack
+``(frames, 3, H, W)``: the pooled window of each position is that of a ``crop`` crop at
+that position (seen with the frame's context instead of zero padding at its border), so one
+pass scores every ``crop`` × ``crop`` window at stride 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PatchNetConfig:
+    """The probe's geometry: what one sample is."""
+
+    frames: int = 8
+    step_s: float = 0.2  # seconds between the frames (the clips' 10 Hz grid, every other)
+    crop: int = 32
+    width: int = 32
+    diff_gain: float = 4.0
+
+
+class PatchNet(nn.Module):
+    """Small temporal classifier of a neighbourhood (see the module docstring)."""
+
+    #: stride of :meth:`dense`'s score map in input pixels
+    STRIDE = 4
+
+    def __init__(self, cfg: PatchNetConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or PatchNetConfig()
+        if cfg.crop % self.STRIDE:
+            raise ValueError(f"crop must be a multiple of {self.STRIDE}, got {cfg.crop}")
+        w = cfg.width
+
+        def block(i: int, o: int, s: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o),
+                                 nn.ReLU(inplace=True))
+
+        channels = 3 * cfg.frames + 3 * (cfg.frames - 1)  # frames and their differences
+        self.body = nn.Sequential(block(channels, w, 1), block(w, w, 1),
+                                  block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
+                                  block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 1))
+        self.fc = nn.Linear(4 * w, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, frames, 3, H, W)`` on 0-255 → body features ``(N, 4·width, H/4, W/4)``."""
+        if x.dim() != 5 or x.shape[1:3] != (self.cfg.frames, 3):
+            raise ValueError(f"expected (N, {self.cfg.frames}, 3, H, W), got {tuple(x.shape)}")
+        x = (x - 128.0) / 64.0
+        d = x[:, 1:] - x[:, :-1]
+        return self.body(torch.cat([x.flatten(1, 2), self.cfg.diff_gain * d.flatten(1, 2)], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, frames, 3, crop, crop)`` → ``(N,)`` logits."""
+        return self.fc(self.features(x).mean((2, 3)))[:, 0]
+
+    def dense(self, stack: torch.Tensor) -> torch.Tensor:
+        """``(frames, 3, H, W)`` (H, W ≥ crop) → logits ``(H', W')`` of every ``crop``
+        window at stride 4: entry ``(i, j)`` is the window whose top-left pixel is
+        ``(4i, 4j)``."""
+        z = self.features(stack[None])
+        z = F.avg_pool2d(z, self.cfg.crop // self.STRIDE, 1)
+        return torch.einsum("nchw,c->nhw", z, self.fc.weight[0])[0] + self.fc.bias[0]
