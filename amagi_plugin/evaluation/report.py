@@ -38,7 +38,8 @@ from amagi_plugin.evaluation.metrics import (
     prf,
 )
 
-__all__ = ["IOUS", "SIZE_BINS", "markdown_report", "plot_fold", "size_bin", "summarize"]
+__all__ = ["IOUS", "SIZE_BINS", "auroc_by_size", "markdown_report", "plot_fold", "size_bin",
+           "summarize"]
 
 IOUS = (0.1, 0.25, 0.5)
 #: Bleeding instants by the share of the frame their visible active bleeding covers
@@ -91,6 +92,20 @@ def size_bin(fraction: np.ndarray) -> np.ndarray:
     return np.where(fraction <= 0, 0, 1 + np.searchsorted(uppers, fraction, side="right"))
 
 
+def auroc_by_size(labels: np.ndarray, scores: np.ndarray, fraction: np.ndarray
+                  ) -> dict[str, float | None]:
+    """Per :data:`SIZE_BINS` bin: the AUROC of its bleeding instants (``labels`` 1, their
+    visible share ``fraction`` in the bin) against every non-bleeding instant; ``None`` for
+    a bin without bleeding instants or a set without non-bleeding ones."""
+    bins = size_bin(fraction)
+    neg = labels == 0
+    out = {}
+    for i, (name, _) in enumerate(SIZE_BINS):
+        both = ((labels == 1) & (bins == i)) | neg
+        out[name] = auroc(labels[both], scores[both])
+    return out
+
+
 def _by_size(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
              labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray,
              areas: np.ndarray | None) -> dict[str, dict[str, Any]]:
@@ -101,12 +116,12 @@ def _by_size(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
                                for p in preds])
     bins = size_bin(fraction)
     neg = labels == 0
+    aurocs = auroc_by_size(labels, scores, fraction)
     out = {}
     for i, (name, _) in enumerate(SIZE_BINS):
         pos = (labels == 1) & (bins == i)
         both = pos | neg
-        row: dict[str, Any] = {"instants": int(pos.sum()),
-                               "auroc": _r(auroc(labels[both], scores[both])),
+        row: dict[str, Any] = {"instants": int(pos.sum()), "auroc": _r(aurocs[name]),
                                "recall": _r(decisions[pos].mean()) if pos.any() else None}
         if areas is not None:
             ok = both & ~np.isnan(areas)

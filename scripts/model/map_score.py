@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from amagi_plugin.evaluation.cases import load_cases
 from amagi_plugin.evaluation.metrics import auroc, average_precision
-from amagi_plugin.evaluation.report import SIZE_BINS, size_bin
+from amagi_plugin.evaluation.report import auroc_by_size
 from amagi_plugin.inferers import MaskInferer
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
 from dicom_io.video import open_video
@@ -87,13 +87,7 @@ def summary(rows: list[tuple[str, int, float, float, float]]) -> dict[str, Any]:
                    mean_area_bleeding=float(area[y == 1].mean()),
                    mean_area_normal=float(area[y == 0].mean()))
         if not np.isnan(vis).any():
-            bins = size_bin(vis)
-            by_size: dict[str, float | None] = {}
-            for i, (name, _) in enumerate(SIZE_BINS):
-                pos = (y == 1) & (bins == i)
-                both = pos | (y == 0)
-                by_size[name] = auroc(y[both], peak[both]) if pos.any() else None
-            out["by_size_auroc_peak"] = by_size
+            out["by_size_auroc_peak"] = auroc_by_size(y, peak, vis)
         cases = sorted({r[0] for r in rows})
         out["per_case_auroc_peak"] = {
             c: auroc(y[sel], peak[sel]) for c in cases

@@ -46,10 +46,11 @@ from PIL import Image
 
 from amagi_plugin.evaluation.cases import load_cases
 from amagi_plugin.evaluation.metrics import auroc, average_precision
-from amagi_plugin.evaluation.report import SIZE_BINS, size_bin
+from amagi_plugin.evaluation.report import auroc_by_size
 from amagi_plugin.inferers import MaskInferer
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
 from amagi_plugin.schedule import ClipSchedule
+from amagi_plugin.transforms import FrameToTensor
 from dicom_io.video import open_video
 from models import build_model, load_checkpoint
 from models.patchnet import PatchNet, PatchNetConfig
@@ -148,9 +149,9 @@ def extract(segmenter: Segmenter, root: Path, out: Path, cfg: PatchNetConfig,
                 my, mx = np.nonzero(mask)
                 near = F.max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None],
                                     2 * NEAR + 1, 1, NEAR)[0, 0].numpy() > 0
-                j = int(np.argmin((my - my.mean()) ** 2 + (mx - mx.mean()) ** 2))
-                chosen += [(int(my[j]), int(mx[j]), 1)]
-                chosen += [(int(my[j]), int(mx[j]), 1) for j in rng.integers(0, len(my), extra_pos)]
+                centre = int(np.argmin((my - my.mean()) ** 2 + (mx - mx.mean()) ** 2))
+                picks = [centre, *rng.integers(0, len(my), extra_pos)]
+                chosen += [(int(my[j]), int(mx[j]), 1) for j in picks]
             for y, x, _ in places:
                 on = bool(mask[max(0, y - 2):y + 3, max(0, x - 2):x + 3].any())
                 if on or not near[y, x]:
@@ -222,13 +223,14 @@ def frame_scores(net: PatchNet, root: Path, every: int, segmenter: Segmenter | N
                  candidates: int = 8) -> dict[str, np.ndarray]:
     """Per scored frame: case, label, visible share and the probe's score, the highest
     probability over the segmenter's ``candidates`` map peaks, or with no segmenter over
-    every window of the frame (dense); with a segmenter also the map peak's own value."""
+    every window of the frame (dense); with a segmenter also the map peak's own value; and
+    the set's frame rate (its last case's)."""
     cases, labels, visible, scores, peaks = [], [], [], [], []
-    side = net.cfg.crop
+    side, to_tensor, fps = net.cfg.crop, FrameToTensor(), 30.0
     with torch.inference_mode():
         for case in load_cases(root):
             video = open_video(case.video, fallback_fps=case.fps)
-            n = video.frame_count
+            n, fps = video.frame_count, video.fps
             pixels = {i: rgb for i, _t, rgb in video.frames(0, n)}
             centres = list(range(0, n, every))
             places = (segmenter.peaks(pixels, centres, n, video.fps, candidates)
@@ -236,8 +238,7 @@ def frame_scores(net: PatchNet, root: Path, every: int, segmenter: Segmenter | N
             for k, i in enumerate(centres):
                 frames = frame_indices(i, n, video.fps, net.cfg)
                 if places is None:
-                    stack = torch.stack([torch.as_tensor(pixels[f]).permute(2, 0, 1).float()
-                                         for f in frames])
+                    stack = torch.stack([to_tensor(pixels[f]) for f in frames])
                     scores.append(float(torch.sigmoid(net.dense(stack).max())))
                 else:
                     found = places[k]
@@ -251,7 +252,7 @@ def frame_scores(net: PatchNet, root: Path, every: int, segmenter: Segmenter | N
                 visible.append(float(case.active_fraction[i])
                                if case.active_fraction is not None else float("nan"))
     out = {"case": np.array(cases), "y": np.array(labels, int), "visible": np.array(visible),
-           "score": np.array(scores)}
+           "score": np.array(scores), "fps": np.array(fps)}
     if segmenter is not None:
         out["map_peak"] = np.array(peaks)
     return out
@@ -277,10 +278,7 @@ def summary(d: dict[str, np.ndarray], score: np.ndarray) -> dict[str, Any]:
     if y.any() and not y.all():
         out.update(auroc=auroc(y, score), ap=average_precision(y, score))
         if not np.isnan(d["visible"]).any():
-            bins = size_bin(d["visible"])
-            out["by_size_auroc"] = {
-                name: auroc(y[pos | (y == 0)], score[pos | (y == 0)]) if pos.any() else None
-                for i, (name, _) in enumerate(SIZE_BINS) for pos in [(y == 1) & (bins == i)]}
+            out["by_size_auroc"] = auroc_by_size(y, score, d["visible"])
     return out
 
 
@@ -297,8 +295,7 @@ def score(net_path: Path, sets: dict[str, Path], every: int = 6, smooth_s: float
                               "where": "dense" if segmenter is None else f"{candidates} map peaks"}
     smoothed = {}
     for name, d in raw.items():
-        fps = load_cases(sets[name])[0].fps if len(d["y"]) else 30.0
-        width = max(1, round(smooth_s * fps / every))
+        width = max(1, round(smooth_s * float(d["fps"]) / every))
         smoothed[name] = moving_mean(d["score"], d["case"], width)
         report[name] = {"raw": summary(d, d["score"]), "smoothed": summary(d, smoothed[name])}
         if "map_peak" in d:
