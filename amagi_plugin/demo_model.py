@@ -9,7 +9,10 @@ work directory records the configuration and a changed one is refused rather tha
 2. ``amagi train seg``-equivalent: the bleeding segmenter (HRNet-W8-OCR) on the mask PNGs;
 3. AMAGI (``amagi_tiny``) with that segmenter frozen inside, and the plain SlowFast
    baseline (``slowfast_tiny``) with the same data, epochs, batch and schedule;
-4. with ``refiner_sets`` (other seeds of the training looks, with and without bleeding),
+4. with ``probe_epochs``, a neighbourhood probe (:mod:`amagi_plugin.probing`) trained on
+   the training set where the segmenter's map peaks (``amagi train probe``) and named in
+   ``model.json`` with its weight against the clip network;
+   with ``refiner_sets`` (other seeds of the training looks, with and without bleeding),
    the main model runs over them and a temporal refiner (:mod:`models.refiner`) is trained
    on its predictions (``amagi train refiner``) and named in ``model.json``;
 5. with validation cases (``val_cases``: other seeds and patients of the training domain,
@@ -95,6 +98,13 @@ class DemoConfig:
     refiner_width: int = 8
     refiner_layers: int = 8
     refiner_offset: float = 1.0
+    # the neighbourhood probe at the segmenter's map peaks (amagi_plugin.probing), trained on
+    # the training set; 0 epochs = no probe
+    probe_epochs: int = 0
+    probe_candidates: int = 8
+    probe_look_jitter: float = 1.0
+    probe_weight: float = 0.75  # against the clip network's probability (1: the probe alone)
+    probe_smooth_s: float = 1.0
     # held-out evaluation data (other seeds and scene ranges)
     eval_seed: int = 9001
     eval_cases: int = 9
@@ -134,6 +144,12 @@ class DemoConfig:
     prediction_hz: float = 10.0
     version: str = "3.0"
 
+    def __post_init__(self) -> None:
+        if self.probe_epochs and self.refiner_sets:
+            # the refiner's videos are read by the clip network alone: it would learn
+            # probabilities that the probe's fusion changes
+            raise ConfigError("a demo recipe takes a probe or a refiner, not both")
+
     def to_json(self) -> dict[str, Any]:
         """The configuration as recorded in ``training.json`` (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -159,6 +175,8 @@ class DemoConfig:
             small.update(val_cases=2, val_duration_s=12.0)
         if self.val_static_cases:
             small.update(val_static_cases=1, val_static_duration_s=8.0)
+        if self.probe_epochs:
+            small.update(probe_epochs=1)
         if self.refiner_sets:  # the first set of each domain: 2 videos, 1 bleeding-free
             first: dict[str, int] = {}
             for domain, seed, _ in self.refiner_sets:
@@ -208,6 +226,13 @@ _REFINED: dict[str, Any] = {
     **_EVIDENCE, "version": "7.0", "val_static_cases": 4,
     "refiner_sets": (("randomised", 160001, 30), ("randomised", 160004, 40),
                      ("randomised-static", 160002, 10), ("randomised-static", 160005, 12))}
+#: ``evidence-probe`` is ``evidence-peaks`` with the neighbourhood probe at the segmenter's
+#: 8 map peaks, weighed 0.75 against the clip network, and its operating point chosen on
+#: training-look validation with bleeding-free cases (session 26 in
+#: models/weights/demo/heldout-looks/README.md: on the development sets the probe ranked
+#: held-out-look bleeding at AUROC 0.72 against the clip network's 0.65).
+_PROBE: dict[str, Any] = {**_PEAKS, "probe_epochs": 8, "val_cases": 4, "val_static_cases": 3,
+                          "version": "9.0"}
 #: The budget of one lent GPU machine (see ``randomised-gpu`` above), shared by the GPU recipes.
 #: ``evidence-peaks-gpu`` is ``evidence-peaks`` (the best held-out-look candidate of the CPU
 #: builds, sessions 19-24) at that budget, without the refiner stage.
@@ -220,6 +245,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence": _EVIDENCE,
     "evidence-peaks": _PEAKS,
     "evidence-refined": _REFINED,
+    "evidence-probe": _PROBE,
     "randomised-gpu": {**_REFINED, **_GPU_BUDGET},
     "evidence-peaks-gpu": {**_PEAKS, **_GPU_BUDGET},
 }
@@ -229,7 +255,8 @@ RECIPE_HELP = ("shipped: the bundled model's recipe; randomised: domain-randomis
                "held-out looks; temporal: randomised with temporal guidance (amagi_tiny_tg); "
                "evidence: temporal, the map's peak and area read by the head, look jitter "
                "(amagi_tiny_tge); evidence-peaks: evidence, the segmenter trained on its own "
-               "false peaks; evidence-refined: evidence with a temporal refiner and "
+               "false peaks; evidence-probe: evidence-peaks with the neighbourhood probe at the "
+               "map's peaks; evidence-refined: evidence with a temporal refiner and "
                "bleeding-free validation; randomised-gpu: evidence-refined with a GPU's budget; "
                "evidence-peaks-gpu: evidence-peaks with a GPU's budget")
 
@@ -406,6 +433,13 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         "trained": _dt.date.today().isoformat(),
     }
     newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
+    if cfg.probe_epochs:
+        t0 = time.perf_counter()
+        ran = _probe(work, seg_dir, train_root, stage, cfg, device)
+        timings.record("probe", t0, ran)
+        manifest["probe"] = {"file": PROBE_FILE, "weight": cfg.probe_weight,
+                             "smooth_s": cfg.probe_smooth_s}
+        newest = max(newest, (work / PROBE_FILE).stat().st_mtime)
     if cfg.refiner_sets:
         t0 = time.perf_counter()
         ran = _refiner(work, stage / main_ckpt, cfg, device, gpu, newest)
@@ -483,6 +517,24 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
 
 #: The refiner's file name in the model folder.
 REFINER_FILE = "refiner_demo.pth"
+#: The probe's file name in the model folder.
+PROBE_FILE = "probe_demo.pth"
+
+
+def _probe(work: Path, seg_dir: Path, train_root: Path, stage: Path, cfg: DemoConfig,
+           device: str) -> bool:
+    """``amagi train probe`` on the training set at the segmenter's map peaks into
+    ``<stage>/probe_demo.pth`` (redone when the segmenter is newer). Returns whether it ran."""
+    record = work / PROBE_FILE  # the stage's own copy: the stage folder is rewritten
+    ran = not record.is_file() or record.stat().st_mtime < (seg_dir / "latest.pth").stat().st_mtime
+    if ran:
+        _cli(["train", "probe", "--data", str(train_root), "--arch", cfg.arch,
+              "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
+              "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
+              "--look-jitter", str(cfg.probe_look_jitter), "--seed", str(cfg.train_seed_model),
+              "--threads", str(cfg.threads), "--device", device, "--no-progress"])
+    shutil.copyfile(record, stage / PROBE_FILE)
+    return ran
 
 
 def _refiner(work: Path, main_ckpt: Path, cfg: DemoConfig, device: str, gpu: bool,
@@ -618,6 +670,15 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
            "which the map's evidence decides alone; in analysis they weigh "
            f"{1 - dropped:.0%}"] if dropped is not None else []),
+        *([f"- neighbourhood probe `{manifest['probe']['file']}` (PatchNet: 8 frames 0.2 s "
+           "apart of a 32-pixel neighbourhood, the frame-to-frame changes given explicitly), "
+           f"{cfg['probe_epochs']} epochs on the training set's masked frames at the bleeding "
+           f"and at the segmenter's {cfg['probe_candidates']} highest map peaks (its false "
+           "peaks the negatives), look jitter "
+           f"{cfg['probe_look_jitter']:g}; in analysis it looks where the map of each "
+           "prediction's frame peaks, and its score, averaged over "
+           f"{manifest['probe']['smooth_s']:g} s, weighs {manifest['probe']['weight']:g} "
+           "against the clip network's probability"] if manifest.get("probe") else []),
         *([f"- temporal refiner `{manifest['refiner']}` ({cfg['refiner_layers']} dilated "
            f"layers of {cfg['refiner_width']} channels, {cfg['refiner_steps']} steps): "
            "re-reads the main model's probabilities over the whole video, each video's "

@@ -166,10 +166,10 @@ def check_model(cfg: Config) -> Check:
     try:
         from amagi_plugin.modelspec import load_model
 
-        load_model(spec)  # as analyses build it: the demo manifest's build overrides included
+        model = load_model(spec)  # as analyses build it: the manifest's build overrides included
     except Exception as e:
         return Check("model", Status.FAIL, f"{spec.checkpoint} does not load into {spec.arch}: {e}")
-    refined = ""
+    extra = ""
     if spec.refiner is not None:
         from models.refiner import load_refiner
 
@@ -177,9 +177,19 @@ def check_model(cfg: Config) -> Check:
             load_refiner(spec.refiner)
         except Exception as e:
             return Check("model", Status.FAIL, f"refiner {spec.refiner} does not load: {e}")
-        refined = f", refined by {spec.refiner.name}"
+        extra += f", refined by {spec.refiner.name}"
+    if spec.probe is not None:
+        from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+        from models.patchnet import load_patchnet
+
+        try:
+            BleedingAnalyzer.for_model(model, AnalysisOptions(), probe=load_patchnet(spec.probe),
+                                       probe_use=spec.probe_use)
+        except Exception as e:
+            return Check("model", Status.FAIL, f"probe {spec.probe} does not fit: {e}")
+        extra += f", probed by {spec.probe.name}"
     return Check("model", Status.OK,
-                 f"{spec.label}: {spec.checkpoint} loads into {spec.arch}{refined}")
+                 f"{spec.label}: {spec.checkpoint} loads into {spec.arch}{extra}")
 
 
 def check_tools() -> Iterator[Check]:

@@ -16,6 +16,7 @@ from typing import Any
 from amagi_plugin.analysis import OperatingPoint
 from amagi_plugin.config import ModelConfig
 from amagi_plugin.errors import InputError
+from amagi_plugin.probing import ProbeUse
 from dicom_io.results import DEMO_DISCLAIMER, WeightsKind
 
 DEMO_NAME = "demo"
@@ -39,6 +40,9 @@ class ModelSpec:
     :class:`~models.refiner.TemporalRefiner` file that re-reads the model's probabilities
     over the whole video before that post-processing (a ``model.json`` entry's
     ``refiner``); ``None``: the probabilities are read as the network gives them.
+    ``probe`` is the :class:`~models.patchnet.PatchNet` file run where the segmentation map
+    peaks, its scores combined with the clip network's as ``probe_use`` says
+    (:mod:`amagi_plugin.probing`; a ``model.json`` entry's ``probe``); ``None``: no probe.
     """
 
     name: str
@@ -50,6 +54,8 @@ class ModelSpec:
     build: Mapping[str, Any] = field(default_factory=dict, hash=False)
     operating_point: OperatingPoint | None = None
     refiner: Path | None = None
+    probe: Path | None = None
+    probe_use: ProbeUse | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", WeightsKind.coerce(self.weights))
@@ -91,6 +97,24 @@ def manifest_refiner(entry: Mapping[str, Any], directory: Path) -> Path | None:
     return path
 
 
+def manifest_probe(entry: Mapping[str, Any], directory: Path
+                   ) -> tuple[Path | None, ProbeUse | None]:
+    """The ``probe`` file and its use of one model entry of ``directory/model.json``
+    (``(None, None)`` if absent); a malformed entry or a missing file is an
+    :class:`InputError`."""
+    if entry.get("probe") is None:
+        return None, None
+    where = directory / "model.json"
+    try:
+        name, use = ProbeUse.from_json(entry["probe"])
+    except ValueError as e:
+        raise InputError(f"{where}: probe: {e}") from None
+    path = directory / name
+    if not path.is_file():
+        raise InputError(f"{where}: probe file not found: {path}")
+    return path, use
+
+
 def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
     """Turn ``[model]`` configuration into a :class:`ModelSpec` (checks files exist)."""
     if cfg.checkpoint:
@@ -108,13 +132,15 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
     ckpt = demo_dir / manifest["checkpoint"]
     if not ckpt.is_file():
         raise InputError(f"the bundled demo checkpoint is missing: {ckpt}")
+    probe, probe_use = manifest_probe(manifest, demo_dir)
     return ModelSpec(f"amagi-demo-{manifest['arch']}", manifest["arch"], ckpt,
                      WeightsKind.DEMO_SYNTHETIC,
                      manifest.get("version", "0"), manifest.get("description", DEMO_DISCLAIMER),
                      build=dict(manifest.get("build", {})),
                      operating_point=manifest_operating_point(manifest,
                                                               demo_dir / "model.json"),
-                     refiner=manifest_refiner(manifest, demo_dir))
+                     refiner=manifest_refiner(manifest, demo_dir), probe=probe,
+                     probe_use=probe_use)
 
 
 def model_dir_specs(d: Path) -> tuple[list[ModelSpec], bool]:
@@ -133,8 +159,10 @@ def model_dir_specs(d: Path) -> tuple[list[ModelSpec], bool]:
             spec = (ModelSpec("", entry["arch"], ckpt, WeightsKind.DEMO_SYNTHETIC,
                               str(m.get("version", "0")), build=build) if demo
                     else checkpoint_spec("", entry["arch"], ckpt, build))
+            probe, probe_use = manifest_probe(entry, d)
             out.append(replace(spec, operating_point=manifest_operating_point(entry, path),
-                               refiner=manifest_refiner(entry, d)))
+                               refiner=manifest_refiner(entry, d), probe=probe,
+                               probe_use=probe_use))
     return out, demo
 
 

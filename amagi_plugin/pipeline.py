@@ -23,14 +23,21 @@ import torch
 from amagi_plugin.analysis import Timeline, find_events, smooth_decisions
 from amagi_plugin.fastpath import FastPath
 from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer
+from amagi_plugin.probing import MapGeometry, NeighbourhoodProbe, ProbeUse, fuse
 from amagi_plugin.schedule import (
     ClipSchedule,
     naive_clip_probabilities,
     shared_clip_probabilities,
 )
-from amagi_plugin.transforms import clip_frame_transform, native_frame_transform
+from amagi_plugin.transforms import (
+    AUTHORS_MEAN,
+    AUTHORS_STD,
+    clip_frame_transform,
+    native_frame_transform,
+)
 from dicom_io.results import BleedingEvent, CaseIndex
 from models.hrnet_ocr import main_logits
+from models.patchnet import PatchNet
 from models.refiner import TemporalRefiner
 
 log = logging.getLogger(__name__)
@@ -81,6 +88,10 @@ class AnalysisResult:
     masks: dict[int, np.ndarray] = field(default_factory=dict)  # 1-based → bool (H, W)
     timings: dict[str, float] = field(default_factory=dict)  # stage → seconds
     clips_computed: int = 0
+    #: the clip network's bleeding probability per prediction before any probe or refiner
+    clip_probabilities: np.ndarray | None = None
+    #: the neighbourhood probe's score per prediction (a model with a probe), before fusion
+    probe_scores: np.ndarray | None = None
 
 
 class _End:
@@ -188,12 +199,18 @@ class BleedingAnalyzer:
         A :class:`~models.refiner.TemporalRefiner` that re-reads the whole video's bleeding
         probabilities before the post-processing (the model's ``model.json`` names it);
         ``None``: the probabilities as the network gives them.
+    probe, probe_use
+        A :class:`~models.patchnet.PatchNet` run at each prediction where the model's
+        segmentation map peaks (:mod:`amagi_plugin.probing`), its scores fused with the
+        clip probabilities as ``probe_use`` says, before the refiner; needs a model with
+        segmentation. ``None``: no probe.
     """
 
     def __init__(self, model: torch.nn.Module, options: AnalysisOptions, input_size: int = 224,
                  clip_len: int = 8, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None,
-                 refiner: TemporalRefiner | None = None) -> None:
+                 refiner: TemporalRefiner | None = None, probe: PatchNet | None = None,
+                 probe_use: ProbeUse | None = None) -> None:
         self.model = model.eval().to(options.device)
         self.refiner = None if refiner is None else refiner.eval().to(options.device)
         # The speed switch: bf16 where native, channels-last, preprocessing on the device.
@@ -206,7 +223,9 @@ class BleedingAnalyzer:
         self.clip_len = clip_len
         #: frames the segmentation net sees around the one it segments (1, or K stacked)
         self.seg_frames = int(getattr(getattr(model, "default_cfg", None), "seg_frames", 1))
-        norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+        self.mean = tuple(AUTHORS_MEAN if mean is None else mean)
+        self.std = tuple(AUTHORS_STD if std is None else std)
+        norm = {"mean": self.mean, "std": self.std}
         self.transform = clip_frame_transform(input_size, **norm)
         self.native_transform = native_frame_transform(**norm)
         # What the clips are made of: the MONAI transforms on CPU, or the same on the device.
@@ -214,14 +233,28 @@ class BleedingAnalyzer:
                                self.fast.frame_transform(input_size, **norm))
         self.inferer = ClipProbabilityInferer(options.device, options.bf16,
                                               channels_last=self.fast is not None)
+        self.probe_use = probe_use or ProbeUse()
+        self.probe = None if probe is None else self._probe_stage(probe)
+
+    def _probe_stage(self, net: PatchNet) -> NeighbourhoodProbe:
+        network = self._segmentation_network()
+        if network is None:
+            raise ValueError("a neighbourhood probe looks where the segmentation map peaks: "
+                             "it needs a model with a segmentation net (AMAGI)")
+        inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
+        return NeighbourhoodProbe(net, lambda x: inferer(x, network),
+                                  MapGeometry(self.input_size, self.mean, self.std),
+                                  self.options.device)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, options: AnalysisOptions,
-                  refiner: TemporalRefiner | None = None) -> BleedingAnalyzer:
+                  refiner: TemporalRefiner | None = None, probe: PatchNet | None = None,
+                  probe_use: ProbeUse | None = None) -> BleedingAnalyzer:
         """An analyzer using the preprocessing constants stored with ``model.default_cfg``."""
         cfg = model.default_cfg
         return cls(model, options, input_size=cfg.input_size, clip_len=cfg.clip_len,
-                   mean=cfg.mean, std=cfg.std, refiner=refiner)
+                   mean=cfg.mean, std=cfg.std, refiner=refiner, probe=probe,
+                   probe_use=probe_use)
 
     def schedule_for(self, video: VideoLike) -> ClipSchedule:
         return ClipSchedule(video.frame_count, video.fps, clip_len=self.clip_len,
@@ -364,14 +397,37 @@ class BleedingAnalyzer:
         timings: dict[str, float] = defaultdict(float)
         t_start = time.perf_counter()
         schedule = self.schedule_for(video)
-        probs, computed = self.clip_probabilities(video, schedule, progress, timings)
         points = list(schedule.prediction_points())
+        clip_progress, probe_progress = progress, None
+        if progress is not None and self.probe is not None:  # one count over both passes
+            n_clips = len(schedule.clip_starts())
+
+            def clip_progress(done: int, total: int) -> None:
+                progress(done, total + len(points))
+
+            def probe_progress(done: int, total: int) -> None:
+                progress(n_clips + done, n_clips + total)
+
+        probs, computed = self.clip_probabilities(video, schedule, clip_progress, timings)
         frames = np.array([schedule.grid_frame(g) for g in points])
         timeline = Timeline(times_s=frames / video.fps, frames=frames,
                             rate_hz=1.0 / (schedule.prediction_step * schedule.grid_s),
                             duration_s=schedule.duration_s)
+        clip = bleeding = probs[:, 1]
+        probe_scores = None
+        if self.probe is not None:
+            t0 = time.perf_counter()
+            probe_scores = self.probe.score_video(
+                video, frames.tolist(), lambda i: schedule.window(i, self.seg_frames),
+                probe_progress)
+            missing = int(np.isnan(probe_scores).sum())
+            if missing:
+                log.warning("probe: %d of %d predictions lack frames the decoder did not "
+                            "deliver; the clip network's probability stands there", missing,
+                            len(points))
+            bleeding = fuse(clip, probe_scores, timeline.rate_hz, self.probe_use)
+            timings["probe"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        bleeding = probs[:, 1]
         if self.refiner is not None:  # the whole video's probabilities, re-read over time
             bleeding = self.refiner.refine(bleeding, timeline.rate_hz)
         decisions = smooth_decisions(bleeding, timeline.rate_hz, opts.threshold, opts.smoothing,
@@ -380,7 +436,8 @@ class BleedingAnalyzer:
         index = CaseIndex.from_events(events, schedule.duration_s)
         timings["post_processing"] = time.perf_counter() - t0
         result = AnalysisResult(schedule, timeline, bleeding, decisions, events, index,
-                                clips_computed=computed)
+                                clips_computed=computed, clip_probabilities=clip,
+                                probe_scores=probe_scores)
         if events:
             t0 = time.perf_counter()
             result.key_frames = read_frames(video, [e.key_frame for e in events])

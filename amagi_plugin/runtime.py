@@ -48,15 +48,25 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
 
 
 def load_analyzer(spec: ModelSpec, options: AnalysisOptions) -> BleedingAnalyzer:
-    """``spec``'s model and its refiner, loaded on ``options.device`` and wrapped in a
-    :class:`BleedingAnalyzer`: every analysis (commands, service, evaluation) builds it here."""
+    """``spec``'s model, its refiner and its probe, loaded on ``options.device`` and wrapped
+    in a :class:`BleedingAnalyzer`: every analysis (commands, service, evaluation) builds it
+    here."""
+    from amagi_plugin.errors import InputError
     from amagi_plugin.modelspec import load_model
     from amagi_plugin.pipeline import BleedingAnalyzer
+    from models.patchnet import load_patchnet
     from models.refiner import load_refiner
 
     refiner = None if spec.refiner is None else load_refiner(spec.refiner, options.device)
-    return BleedingAnalyzer.for_model(load_model(spec, options.device), options,
-                                      refiner=refiner)
+    probe = None if spec.probe is None else load_patchnet(spec.probe, options.device)
+    model = load_model(spec, options.device)
+    if probe is None:
+        return BleedingAnalyzer.for_model(model, options, refiner=refiner)
+    try:
+        return BleedingAnalyzer.for_model(model, options, refiner=refiner, probe=probe,
+                                          probe_use=spec.probe_use)
+    except ValueError as e:  # the probe does not fit this model
+        raise InputError(f"{spec.name or spec.arch}: probe {spec.probe}: {e}") from None
 
 
 def configured_post_processing(cfg: Config) -> frozenset[str]:

@@ -1,7 +1,8 @@
 """PatchNet: does a small neighbourhood show bleeding that flows, over 1.4 s?
 
-This project's network, not the authors' (session 25 of
-models/weights/demo/heldout-looks/README.md; a research probe, not yet part of any analysis).
+This project's network, not the authors' (sessions 25-26 of
+models/weights/demo/heldout-looks/README.md). In analysis it is the second stage of
+:mod:`amagi_plugin.probing`, which chooses where it looks (the segmentation map's peaks).
 The demo clip networks miss small sources: every missed development event was a source of
 at most 4.3 px radius in a 160 × 128 frame, which a 128-pixel clip network with stride-16
 features averages away. PatchNet looks instead at a ``crop`` × ``crop`` neighbourhood at
@@ -19,26 +20,52 @@ neighbourhood".
 ``(frames, 3, H, W)``: the pooled window of each position is that of a ``crop`` crop at
 that position (seen with the frame's context instead of zero padding at its border), so one
 pass scores every ``crop`` × ``crop`` window at stride 4.
+
+:func:`save_patchnet` / :func:`load_patchnet` write and read a probe with its configuration,
+which also records where it was trained to look (``candidates`` map peaks of frames whose
+short side is ``short_side`` pixels).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.checkpoint import read_checkpoint, save_checkpoint
+from models.errors import CheckpointError, ModelConfigError
+
+__all__ = ["PatchNet", "PatchNetConfig", "load_patchnet", "save_patchnet"]
+
+ARCH = "patchnet"
+
 
 @dataclass(frozen=True)
 class PatchNetConfig:
-    """The probe's geometry: what one sample is."""
+    """The probe's geometry: what one sample is, and where it was trained to look."""
 
     frames: int = 8
     step_s: float = 0.2  # seconds between the frames (the clips' 10 Hz grid, every other)
     crop: int = 32
     width: int = 32
     diff_gain: float = 4.0
+    #: the segmentation map's highest local maxima it is run at (training and analysis)
+    candidates: int = 8
+    #: the scale of its frames: resized so their shorter side has this many pixels
+    short_side: int = 128
+
+    def __post_init__(self) -> None:
+        if self.frames < 2 or self.crop < 4 or self.width < 1 or self.candidates < 1:
+            raise ModelConfigError(f"PatchNet needs frames >= 2, crop >= 4, width >= 1 and "
+                                   f"candidates >= 1, got {self}")
+        if not (self.step_s > 0 and self.short_side >= self.crop):
+            raise ModelConfigError(f"PatchNet needs step_s > 0 and short_side >= crop, got "
+                                   f"{self}")
 
 
 class PatchNet(nn.Module):
@@ -51,7 +78,7 @@ class PatchNet(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or PatchNetConfig()
         if cfg.crop % self.STRIDE:
-            raise ValueError(f"crop must be a multiple of {self.STRIDE}, got {cfg.crop}")
+            raise ModelConfigError(f"crop must be a multiple of {self.STRIDE}, got {cfg.crop}")
         w = cfg.width
 
         def block(i: int, o: int, s: int) -> nn.Sequential:
@@ -83,3 +110,31 @@ class PatchNet(nn.Module):
         z = self.features(stack[None])
         z = F.avg_pool2d(z, self.cfg.crop // self.STRIDE, 1)
         return torch.einsum("nchw,c->nhw", z, self.fc.weight[0])[0] + self.fc.bias[0]
+
+
+def save_patchnet(net: PatchNet, path: str | os.PathLike[str],
+                  meta: dict[str, Any] | None = None) -> Path:
+    """Write a probe checkpoint: its weights, its :class:`PatchNetConfig` and ``meta``."""
+    return save_checkpoint(net, path, meta={**(meta or {}), "arch": ARCH,
+                                            "patchnet": asdict(net.cfg)})
+
+
+def load_patchnet(path: str | os.PathLike[str], device: str = "cpu") -> PatchNet:
+    """A probe from :func:`save_patchnet`'s file, in eval mode; a file that is not one is a
+    :class:`~models.errors.CheckpointError`."""
+    obj = read_checkpoint(path)
+    meta = obj.get("meta", {}) if isinstance(obj, dict) else {}
+    if meta.get("arch") != ARCH or not isinstance(meta.get("patchnet"), dict):
+        raise CheckpointError(f"{path}: not a PatchNet probe checkpoint (meta.arch is "
+                              f"{meta.get('arch')!r})")
+    known = {f.name for f in fields(PatchNetConfig)}
+    unknown = sorted(set(meta["patchnet"]) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: probe configuration has keys this version does not "
+                              f"know: {unknown}")
+    try:
+        net = PatchNet(PatchNetConfig(**meta["patchnet"]))
+        net.load_state_dict(obj["state_dict"])
+    except (TypeError, RuntimeError, KeyError, ModelConfigError) as e:
+        raise CheckpointError(f"{path}: probe checkpoint does not fit: {e}") from None
+    return net.eval().to(device)

@@ -143,6 +143,38 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
 
 
+@pytest.mark.slow
+def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path: Path) -> None:
+    """``make demo-model RECIPE=evidence-probe`` at minute scale: the probe is trained at the
+    segmenter's map peaks, named in model.json with its weight, calibrated and evaluated
+    with (the operating point is the fused probability's), described in the README; a
+    rerun redoes nothing."""
+    from amagi_plugin.demo_model import PROBE_FILE, DemoConfig, build_demo
+    from models import build_model
+    from models.checkpoint import read_checkpoint
+    from models.patchnet import load_patchnet
+
+    cfg = DemoConfig.recipe("evidence-probe").quick()
+    assert cfg.probe_epochs == 1
+    dest = tmp_path / "dest"
+    training = build_demo(tmp_path / "work", cfg, dest)
+    manifest = json.loads((dest / "model.json").read_text())
+    assert manifest["probe"] == {"file": PROBE_FILE, "weight": 0.75, "smooth_s": 1.0}
+    probe = load_patchnet(dest / PROBE_FILE)
+    assert probe.cfg.short_side == build_model(manifest["arch"]).default_cfg.input_size
+    meta = read_checkpoint(dest / PROBE_FILE)["meta"]
+    assert meta["seg_checkpoint"] == str(tmp_path / "work" / "seg" / "latest.pth")
+    assert meta["extraction"]["cases"] == cfg.train_cases and meta["epochs"] == 1
+    assert training["seconds"]["probe"] is not None
+    assert "operating_point" in manifest and "calibration" in training
+    readme = (dest / "README.md").read_text()
+    assert f"neighbourhood probe `{PROBE_FILE}`" in readme and "weighs 0.75" in readme
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    again = build_demo(tmp_path / "work", cfg, dest)
+    assert again["seconds"] == training["seconds"]
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
 def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     from amagi_plugin.demo_model import RECIPES, DemoConfig
 
@@ -155,7 +187,8 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert randomised.val_seed not in (randomised.train_seed, randomised.eval_seed,
                                        randomised.static_seed)
     assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal", "evidence",
-                            "evidence-peaks", "evidence-refined", "evidence-peaks-gpu"}
+                            "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
+                            "evidence-probe"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -193,6 +226,13 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert peaks_gpu.train_cases > peaks.train_cases and not peaks_gpu.refiner_sets
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
         DemoConfig.recipe("gpu")
+    probe = DemoConfig.recipe("evidence-probe")  # evidence-peaks, a probe, its own point
+    assert (probe.probe_epochs, probe.probe_candidates, probe.probe_weight) == (8, 8, 0.75)
+    assert probe.val_cases and probe.val_static_cases and not peaks.probe_epochs
+    assert dataclasses.replace(probe, probe_epochs=0, val_cases=0, val_static_cases=0,
+                               version=peaks.version) == peaks
+    with pytest.raises(ConfigError, match="a probe or a refiner, not both"):
+        dataclasses.replace(probe, refiner_sets=refined.refiner_sets)
 
 
 def test_a_work_directory_of_another_build_is_refused_with_one_line(tmp_path, capsys) -> None:

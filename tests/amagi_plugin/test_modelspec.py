@@ -78,3 +78,49 @@ def test_a_demo_refiner_reaches_the_analyzer_and_the_doctor(tmp_path: Path,
     (demo / "r.pth").unlink()
     with pytest.raises(InputError, match="refiner file not found"):
         resolve_model(cfg.model, demo_dir=demo)
+
+
+def test_a_demo_probe_reaches_the_analyzer_and_the_doctor(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """The bundled manifest's ``probe`` (file, weight, smoothing) is resolved into the spec,
+    loaded by runtime.load_analyzer and checked by the doctor, which also catches a probe
+    trained at another scale than the model's maps; a malformed entry is a clear error."""
+    import pytest
+    import torch
+
+    import amagi_plugin.modelspec as modelspec
+    from amagi_plugin.doctor import Status, check_model
+    from amagi_plugin.errors import InputError
+    from amagi_plugin.probing import ProbeUse
+    from amagi_plugin.runtime import analyzer_from_config
+    from models.patchnet import PatchNet, PatchNetConfig, save_patchnet
+
+    demo = _demo_with_build(tmp_path, {})
+    manifest = json.loads((demo / "model.json").read_text())
+    size = load_model(resolve_model(load_config(environ={}, cwd=tmp_path).model,
+                                    demo_dir=demo)).default_cfg.input_size
+    torch.manual_seed(0)
+    save_patchnet(PatchNet(PatchNetConfig(width=4, short_side=size)), demo / "p.pth")
+    (demo / "model.json").write_text(json.dumps(
+        {**manifest, "probe": {"file": "p.pth", "weight": 0.25, "smooth_s": 2}}))
+    cfg = load_config(environ={}, cwd=tmp_path, overrides={"model.device": "cpu"})
+    spec = resolve_model(cfg.model, demo_dir=demo)
+    assert (spec.probe, spec.probe_use) == (demo / "p.pth", ProbeUse(0.25, 2.0))
+    monkeypatch.setattr(modelspec.resolve_model, "__defaults__", (demo,))
+    analyzer, _ = analyzer_from_config(cfg)
+    assert analyzer.probe is not None and analyzer.probe.cfg.width == 4
+    assert analyzer.probe_use == ProbeUse(0.25, 2.0)
+    check = check_model(cfg)
+    assert check.status is Status.OK and "probed by p.pth" in check.detail
+    save_patchnet(PatchNet(PatchNetConfig(width=4, short_side=size + 32)), demo / "p.pth")
+    check = check_model(cfg)
+    assert check.status is Status.FAIL and f"short side {size + 32} px" in check.detail
+    with pytest.raises(InputError, match=f"short side {size + 32} px"):
+        analyzer_from_config(cfg)
+    (demo / "model.json").write_text(json.dumps({**manifest, "probe": {"file": "p.pth",
+                                                                        "weight": -1}}))
+    with pytest.raises(InputError, match=r"model.json: probe: probe weight must lie in"):
+        resolve_model(cfg.model, demo_dir=demo)
+    (demo / "model.json").write_text(json.dumps({**manifest, "probe": "gone.pth"}))
+    with pytest.raises(InputError, match="probe file not found"):
+        resolve_model(cfg.model, demo_dir=demo)

@@ -448,3 +448,90 @@ def test_calibrate_pools_folders_and_bounds_alarms_on_bleeding_free_ones(trained
     code, _, err = _run(trained, "calibrate", "--data", "heldout", "heldout", "--model-dir",
                         "pooled", "-od", "cal-twice")
     assert code == ExitCode.BAD_INPUT and "share case names" in err
+
+
+def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: Path) -> None:
+    """``amagi train probe`` fits a neighbourhood probe where the segmenter's map peaks;
+    named in model.json, 'amagi evaluate' (and so process and serve) reads the clip
+    network's probabilities fused with it: the same as fusing, by hand, the evaluation
+    without the probe with the probe's scores computed on the decoded video."""
+    from amagi_plugin.evaluation.cases import load_cases
+    from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+    from amagi_plugin.probing import ProbeUse, fuse
+    from dicom_io.video import open_video
+    from models.patchnet import load_patchnet
+
+    code, out, err = _run(trained, "train", "probe", "--data", "train", "--arch", "amagi_tiny",
+                          "--input-size", "64", "--seg-checkpoint", "seg/latest.pth",
+                          "-o", "pr/probe.pth", "--epochs", "1", "--candidates", "4",
+                          "--rand-neg", "1")
+    assert code == 0, err
+    assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
+    assert "extract: 2/2 cases" in err and "train: epoch 1/1" in err
+    probe = load_patchnet(trained / "pr" / "probe.pth")
+    assert (probe.cfg.candidates, probe.cfg.short_side) == (4, 64)
+    meta = read_checkpoint(trained / "pr" / "probe.pth")["meta"]
+    assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
+        meta["extraction"]["neighbourhoods"]
+
+    d = trained / "probed"
+    d.mkdir()
+    manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
+                "build": {"input_size": 64},
+                "probe": {"file": "../pr/probe.pth", "weight": 0.6, "smooth_s": 0.5}}
+    (d / "model.json").write_text(json.dumps(manifest))
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "probed",
+                        "--folds", "1", "-od", "probed-eval", "--no-progress")
+    assert code == 0, err
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--checkpoint",
+                        "AMAGI=amagi/latest.pth", "--folds", "1", "-od", "plain-eval",
+                        "--no-progress")
+    assert code == 0, err
+    probed = json.loads((trained / "probed-eval" / "predictions.json").read_text())
+    plain = {e["case_id"]: e for e in
+             json.loads((trained / "plain-eval" / "predictions.json").read_text())}
+    model = build_model("amagi_tiny", input_size=64)
+    load_checkpoint(model, trained / "amagi" / "latest.pth")
+    stage = BleedingAnalyzer.for_model(model, AnalysisOptions(), probe=probe).probe
+    cases = {c.case_id: c for c in load_cases(trained / "heldout")}
+    assert probed
+    for entry in probed:
+        video = open_video(cases[entry["case_id"]].video)
+        scores = stage.score_video(video, entry["frames"], lambda i: [i])
+        assert np.isfinite(scores).all()
+        want = fuse(np.array(plain[entry["case_id"]]["probabilities"]), scores, 10.0,
+                    ProbeUse(0.6, 0.5))
+        np.testing.assert_allclose(entry["probabilities"], want, atol=2e-6)
+    # a model.json naming a probe that is not there, or one that is not a probe file, or a
+    # probe trained at another scale: one line each, before any model runs
+    for probe_entry, message in (("../pr/missing.pth", "probe file not found"),
+                                 ({"file": "../pr/probe.pth", "weight": 3}, "must lie in"),
+                                 ("../amagi/latest.pth", "not a PatchNet probe checkpoint")):
+        manifest["probe"] = probe_entry
+        (d / "model.json").write_text(json.dumps(manifest))
+        code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "probed",
+                            "--folds", "1", "-od", "x", "--no-progress")
+        assert code == ExitCode.BAD_INPUT and message in err, err
+        assert len(err.strip().splitlines()) == 1
+    manifest.update(probe="../pr/probe.pth", build={"input_size": 96})
+    (d / "model.json").write_text(json.dumps(manifest))
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "probed",
+                        "--folds", "1", "-od", "x", "--no-progress")
+    assert code == ExitCode.BAD_INPUT, err
+    assert "trained on frames of short side 64 px, this model's maps are 96" in err
+
+
+def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
+    code, _, err = _run(trained, "train", "probe", "--data", "heldout", "--arch", "amagi_tiny",
+                        "--input-size", "64", "--seg-checkpoint", "seg/latest.pth", "-o", "p.pth")
+    assert code == ExitCode.BAD_INPUT and "no rawframes/" in err
+    code, _, err = _run(trained, "train", "probe", "--data", "train", "--arch", "slowfast_tiny",
+                        "--seg-checkpoint", "seg/latest.pth", "-o", "p.pth")
+    assert code == ExitCode.BAD_INPUT and "has no segmentation net" in err
+    code, _, err = _run(trained, "train", "probe", "--data", "nowhere", "--arch", "amagi_tiny",
+                        "--seg-checkpoint", "seg/latest.pth", "-o", "p.pth")
+    assert code == ExitCode.BAD_INPUT and "no such folder" in err
+    code, _, err = _run(trained, "train", "probe", "--data", "train", "--arch", "amagi_tiny",
+                        "--seg-checkpoint", "nothing.pth", "-o", "p.pth")
+    assert code == ExitCode.BAD_INPUT and "not found" in err
+    assert not (trained / "p.pth").exists()

@@ -1,5 +1,5 @@
-"""scripts/model/patch_stage.py: the neighbourhood probe's extraction, training and scoring
-run on real synthetic output; its geometry checked against hand-made frames."""
+"""scripts/model/patch_stage.py: a probe's research scores on real synthetic video, dense and
+at a segmenter's map peaks."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from models import build_model
 from models.checkpoint import save_checkpoint
-from models.patchnet import PatchNetConfig
+from models.patchnet import PatchNet, PatchNetConfig, save_patchnet
 from tests.models._scripts import load_script
 
 SCRIPT = "scripts/model/patch_stage.py"
@@ -28,33 +27,14 @@ def data(tmp_path_factory) -> dict[str, Path]:
     from amagi_plugin.synth import OutputOptions, generate_dataset
 
     root = tmp_path_factory.mktemp("patchstage")
-    generate_dataset(root / "train", n_cases=2, seed=11, width=96, height=80, fps=10.0,
-                     duration_s=8.0, ranges="randomised",
-                     options=OutputOptions(formats=("rawframes",)))
     for name, seed, ranges in (("looks", 12, "heldout"), ("still", 13, "static")):
         generate_dataset(root / name, n_cases=1, seed=seed, width=96, height=80, fps=10.0,
                          duration_s=6.0, ranges=ranges, options=OutputOptions(formats=("mp4",)))
     ckpt = root / "seg.pth"
-    save_checkpoint(build_model("amagi_tiny_tge").backbone.seg_model, ckpt)
-    return {"root": root, "seg": ckpt}
-
-
-def test_frames_are_step_apart_around_the_centre_and_clamped(script) -> None:
-    cfg = PatchNetConfig(frames=8, step_s=0.2)
-    assert script.frame_indices(100, 900, 30.0, cfg) == [76, 82, 88, 94, 100, 106, 112, 118]
-    assert script.frame_indices(2, 10, 10.0, cfg) == [0, 0, 0, 0, 2, 4, 6, 8]
-    assert script.frame_indices(9, 10, 10.0, cfg)[-3:] == [9, 9, 9]
-
-
-def test_a_neighbourhood_is_the_frame_around_the_point_zero_outside(script) -> None:
-    rng = np.random.default_rng(0)
-    pixels = {f: rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for f in range(3)}
-    n = script.neighbourhood(pixels, [0, 2], 10, 15, 6)
-    assert n.shape == (2, 6, 6, 3)
-    assert np.array_equal(n[1], pixels[2][7:13, 12:18])
-    corner = script.neighbourhood(pixels, [1], 0, 0, 6)[0]
-    assert not corner[:3].any() and not corner[:, :3].any()
-    assert np.array_equal(corner[3:, 3:], pixels[1][:3, :3])
+    save_checkpoint(build_model("amagi_tiny_tge", input_size=64).backbone.seg_model, ckpt)
+    probe = save_patchnet(PatchNet(PatchNetConfig(width=8, candidates=2, short_side=64)),
+                          root / "probe.pth")
+    return {"root": root, "seg": ckpt, "probe": probe}
 
 
 def test_moving_mean_stays_inside_each_case(script) -> None:
@@ -64,27 +44,9 @@ def test_moving_mean_stays_inside_each_case(script) -> None:
     assert np.allclose(out, [1 / 3, 1.0, 5 / 3, 10.0, 10.0])
 
 
-def test_extract_train_score_end_to_end(script, data, tmp_path, capsys) -> None:
+def test_score_dense_and_at_the_map_peaks(script, data, capsys) -> None:
     root = data["root"]
-    npz, net = tmp_path / "n.npz", tmp_path / "net.pt"
-    assert script.main(["extract", "amagi_tiny_tge", str(data["seg"]), str(root / "train"),
-                        str(npz), "--candidates", "3", "--rand-neg", "2"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    d = np.load(npz)
-    assert d["x"].shape == (info["neighbourhoods"], 8, 36, 36, 3) and d["x"].dtype == np.uint8
-    # at least the one positive at each bleeding mask's centre, plus 2 more there
-    bleeding_masks = sum(
-        1 for case in (root / "train").glob("*/labels.json")
-        for m in json.loads(case.read_text())["masks"]
-        if (np.asarray(Image.open(case.parent / m["mask"])) > 0).any())
-    assert bleeding_masks > 0
-    assert info["positive"] >= 3 * bleeding_masks and info["positive"] == int(d["y"].sum())
-    assert info["neighbourhoods"] > info["positive"]
-
-    assert script.main(["train", str(npz), str(net), "--epochs", "1"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["losses"]) == 1
-
-    assert script.main(["score", str(net), f"looks={root / 'looks'}",
+    assert script.main(["score", str(data["probe"]), f"looks={root / 'looks'}",
                         f"still={root / 'still'}", "--every", "5", "--still", "still"]) == 0
     report = json.loads(capsys.readouterr().out)
     labels = json.loads(next((root / "looks").glob("*/labels.json")).read_text())
@@ -96,32 +58,15 @@ def test_extract_train_score_end_to_end(script, data, tmp_path, capsys) -> None:
     assert report["where"] == "dense" and "map_peak" not in report["looks"]
 
     # at the segmenter's map peaks: the same frames, and the map's own peak scored beside
-    assert script.main(["score", str(net), f"looks={root / 'looks'}", "--every", "5",
-                        "--seg", "amagi_tiny_tge", str(data["seg"]), "--candidates", "2"]) == 0
+    assert script.main(["score", str(data["probe"]), f"looks={root / 'looks'}", "--every", "5",
+                        "--seg", "amagi_tiny_tge", str(data["seg"])]) == 0
     peaks = json.loads(capsys.readouterr().out)
     assert peaks["where"] == "2 map peaks"
     assert peaks["looks"]["raw"]["frames"] == report["looks"]["raw"]["frames"]
     assert peaks["looks"]["map_peak"]["frames"] == report["looks"]["raw"]["frames"]
 
 
-def test_map_peaks_are_local_maxima_highest_first(script) -> None:
-    import torch
-
-    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
-
-    def bump(y: int, x: int, height: float) -> torch.Tensor:
-        return height * torch.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0)
-
-    # the third bump lies inside the second's 9 x 9 neighbourhood, below it: not a peak
-    p = torch.maximum(torch.maximum(bump(5, 5, 0.5), bump(30, 10, 0.9)), bump(33, 12, 0.3))
-    found = script.map_peaks(p, 5)
-    assert [(y, x) for y, x, _ in found] == [(30, 10), (5, 5)]
-    assert found[0][2] > found[1][2] > 0
-    assert script.map_peaks(p, 1) == found[:1]
-    assert script.map_peaks(torch.zeros(8, 8), 3) == []
-
-
-def test_a_set_without_rawframes_is_refused(script, data, tmp_path) -> None:
-    with pytest.raises(SystemExit, match="no rawframes"):
-        script.main(["extract", "amagi_tiny_tge", str(data["seg"]), str(data["root"] / "looks"),
-                     str(tmp_path / "n.npz")])
+def test_an_unknown_still_set_is_refused(script, data) -> None:
+    with pytest.raises(SystemExit, match="not one of the sets"):
+        script.main(["score", str(data["probe"]), f"looks={data['root'] / 'looks'}",
+                     "--still", "nope"])

@@ -71,3 +71,35 @@ def test_it_learns_growth_not_colour() -> None:
         grow = torch.sigmoid(net(torch.stack([_spot(True, g) for _ in range(16)])))
         still = torch.sigmoid(net(torch.stack([_spot(False, g) for _ in range(16)])))
     assert grow.min() > still.max(), (grow, still)
+
+
+def test_a_saved_probe_loads_with_its_configuration_and_other_files_are_refused(
+        tmp_path) -> None:
+    from models.checkpoint import save_checkpoint
+    from models.errors import CheckpointError
+    from models.patchnet import load_patchnet, save_patchnet
+
+    torch.manual_seed(0)
+    cfg = PatchNetConfig(frames=6, width=8, candidates=5, short_side=96)
+    net = PatchNet(cfg).eval()
+    path = save_patchnet(net, tmp_path / "p.pth", meta={"note": "x"})
+    back = load_patchnet(path)
+    assert back.cfg == cfg and not back.training
+    x = torch.rand(2, 6, 3, 32, 32) * 255
+    with torch.inference_mode():
+        assert torch.equal(back(x), net(x))
+    save_checkpoint(PatchNet(), tmp_path / "plain.pth")  # weights without the probe's meta
+    with pytest.raises(CheckpointError, match="not a PatchNet probe checkpoint"):
+        load_patchnet(tmp_path / "plain.pth")
+    obj = torch.load(path)
+    obj["meta"]["patchnet"]["colour"] = "red"
+    torch.save(obj, tmp_path / "future.pth")
+    with pytest.raises(CheckpointError, match="does not know: \\['colour'\\]"):
+        load_patchnet(tmp_path / "future.pth")
+    obj["meta"]["patchnet"] = {**obj["meta"]["patchnet"], "width": 16}
+    del obj["meta"]["patchnet"]["colour"]
+    torch.save(obj, tmp_path / "wide.pth")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_patchnet(tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match="short_side >= crop"):
+        PatchNetConfig(short_side=16)

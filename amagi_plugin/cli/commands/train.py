@@ -1,9 +1,11 @@
-"""``amagi train seg|clip|refiner|demo``: train the bleeding models with the authors' recipe.
+"""``amagi train seg|clip|refiner|probe|demo``: train the bleeding models with the authors' recipe.
 
 ``seg`` trains the segmentation net (HRNet-OCR) on frame/mask PNG pairs; ``clip`` trains
 AMAGI (with that segmentation net frozen inside) or the plain SlowFast baseline on the
 authors' rawframe layout (``folder total_frames label`` lists); ``refiner`` trains a
 temporal refiner (:mod:`models.refiner`) on a clip model's predictions of whole videos;
+``probe`` trains a neighbourhood probe (:mod:`amagi_plugin.probing`) where a segmentation
+net's map peaks on ``amagi synth`` rawframes;
 ``demo`` builds the bundled demo model end to end (what ``make demo-model`` runs).
 Checkpoints are written after every epoch in the authors' layout; ``--resume`` continues an
 interrupted run.
@@ -89,9 +91,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 
     # No parents here: this level only dispatches, and the shared flags would make
     # argparse's prefix matching see '--data' as ambiguous (--database-url ...).
-    p = sub.add_parser("train", help="train bleeding models (seg, clip, refiner, demo)",
+    p = sub.add_parser("train", help="train bleeding models (seg, clip, refiner, probe, demo)",
                        description=__doc__.splitlines()[0], allow_abbrev=False)
-    tsub = p.add_subparsers(dest="train_command", metavar="{seg,clip,refiner,demo}")
+    tsub = p.add_subparsers(dest="train_command", metavar="{seg,clip,refiner,probe,demo}")
     tsub.required = True
     s = tsub.add_parser("seg", parents=parents, help="train the bleeding segmentation net",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -175,6 +177,35 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    "(default 1)")
     r.add_argument("--seed", type=int, default=0, help="window order and draws (default 0)")
     r.set_defaults(handler=run_refiner)
+    q = tsub.add_parser(
+        "probe", parents=parents, help="train a neighbourhood probe at a segmenter's map peaks",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a neighbourhood probe (PatchNet: 8 frames 0.2 s apart of a 32-pixel "
+        "neighbourhood) on an 'amagi synth --formats rawframes' set: at each masked frame, "
+        "neighbourhoods at the bleeding and at the segmenter's highest map peaks (the map's "
+        "false peaks are its negatives). Name the written file as the model's 'probe' in its "
+        "model.json to use it in analysis.")
+    q.add_argument("--data", required=True, metavar="DIR", help="amagi synth rawframes set")
+    q.add_argument("--arch", required=True, help="the model whose segmentation net chooses "
+                   "the places (an AMAGI architecture)")
+    q.add_argument("--seg-checkpoint", required=True, metavar="PATH",
+                   help="its segmentation net ('amagi train seg' latest.pth)")
+    q.add_argument("--input-size", type=int, default=None,
+                   help="the model's input size, if its build overrides the variant's")
+    q.add_argument("-o", "--output", required=True, metavar="FILE", help="probe .pth")
+    q.add_argument("--epochs", type=int, default=8)
+    q.add_argument("--candidates", type=int, default=8, help="map peaks looked at per frame")
+    q.add_argument("--rand-neg", type=int, default=0,
+                   help="random negatives away from bleeding per masked frame")
+    q.add_argument("--extra-pos", type=int, default=0,
+                   help="positives at random mask pixels per masked frame (besides its centre)")
+    q.add_argument("--look-jitter", type=float, default=1.0, metavar="S",
+                   help="strength (0-2) of a random change of look per neighbourhood")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    q.add_argument("--device", default="cpu", help="where the segmenter runs (cpu, cuda)")
+    q.add_argument("--no-progress", action="store_true", help="no progress lines")
+    q.set_defaults(handler=run_probe)
     d = tsub.add_parser("demo", parents=parents, help="build the bundled demo model",
                         description="Synthesise data, train seg, AMAGI and SlowFast, evaluate "
                         "and write models/weights/demo/ (what 'make demo-model' runs).")
@@ -429,6 +460,29 @@ def run_refiner(args: argparse.Namespace, ctx) -> int:
               f"({100 * result.positive_share:.0f} % of instants bleeding, "
               f"{meta['rate_hz']:g} predictions a second): {out} (loss "
               f"{result.losses[0]:.3f} -> {result.losses[-1]:.3f}, {result.seconds:.0f} s)")
+    return 0
+
+
+def run_probe(args: argparse.Namespace, ctx) -> int:
+    from amagi_plugin.modelspec import resolve_device
+    from amagi_plugin.probe_training import fit_probe
+    from models.patchnet import save_patchnet
+
+    def said(line: str) -> None:
+        print(line, file=ctx.stderr, flush=True)
+
+    net, meta = fit_probe(ctx.cwd / args.data, args.arch, ctx.cwd / args.seg_checkpoint,
+                          epochs=args.epochs, candidates=args.candidates, rand_neg=args.rand_neg,
+                          extra_pos=args.extra_pos, look_jitter=args.look_jitter, seed=args.seed,
+                          threads=args.threads, device=resolve_device(args.device),
+                          input_size=args.input_size,
+                          progress=None if args.no_progress else said)
+    out = save_patchnet(net, ctx.cwd / args.output, meta=meta)
+    ex = meta["extraction"]
+    ctx.print(f"probe trained on {ex['neighbourhoods']} neighbourhoods ({ex['positive']} "
+              f"positive) of {ex['cases']} cases at {net.cfg.candidates} map peaks of "
+              f"{args.arch}: {out} (loss {meta['losses'][0]:.3f} -> {meta['losses'][-1]:.3f}, "
+              f"{meta['seconds']:.0f} s)")
     return 0
 
 

@@ -1,0 +1,208 @@
+"""A neighbourhood probe fitted to a model's segmentation map (``amagi train probe`` and the
+demo build's probe stage).
+
+The data are an ``amagi synth`` rawframes set (``--formats rawframes``: JPEG frames,
+``labels.json`` with a bleeding mask every ``--mask-every`` frames). At each masked frame
+(:func:`extract_neighbourhoods`):
+
+- positive: a neighbourhood at the centre of the bleeding mask, and ``extra_pos`` at random
+  mask pixels;
+- the segmenter's ``candidates`` highest map peaks, found exactly as analysis finds them
+  (:class:`~amagi_plugin.probing.NeighbourhoodProbe`): positive when active bleeding lies
+  within 2 px, else negative (the map's own false peaks: still blood, red tissue, gauze,
+  hard negatives); peaks within ``NEAR`` px of bleeding but not on it are left out;
+- ``rand_neg`` random places away from any bleeding (negative).
+
+Each is the probe's frames around the masked frame at the model's scale, ``crop + MARGIN``
+pixels square (training draws a random ``crop`` square of it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from amagi_plugin.errors import InputError
+from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+from amagi_plugin.probing import neighbourhoods, probe_frames
+from amagi_plugin.schedule import ClipSchedule
+from models.patchnet import PatchNet, PatchNetConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MARGIN", "NEAR", "extract_neighbourhoods", "probe_analyzer"]
+
+MARGIN = 4  # extracted side = crop + MARGIN (room for the random crop)
+NEAR = 8  # px: map peaks this close to bleeding but not on it are left out
+
+
+def probe_analyzer(model: torch.nn.Module, probe: PatchNet,
+                   device: str = "cpu") -> BleedingAnalyzer:
+    """An analyzer of ``model`` with ``probe`` (untrained, for extraction: only its
+    geometry counts): what finds the map's peaks as analysis does."""
+    try:
+        return BleedingAnalyzer.for_model(model, AnalysisOptions(device=device), probe=probe)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _case_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    cases = sorted(d for d in root.iterdir() if (d / "labels.json").is_file())
+    if not cases:
+        raise InputError(f"{root}: no amagi synth case (folders with labels.json)")
+    return cases
+
+
+def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: int = 0,
+                           extra_pos: int = 0, seed: int = 0,
+                           progress: Callable[[int, int, int, int], None] | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The training neighbourhoods of the rawframes set ``root`` (module docstring):
+    ``uint8 (N, frames, side, side, 3)``, labels ``uint8 (N,)`` and a summary;
+    ``progress(cases done, cases, neighbourhoods, positives)`` after each case."""
+    probe = analyzer.probe
+    if probe is None:
+        raise ValueError("the analyzer has no probe (use probe_analyzer)")
+    cfg = probe.cfg
+    rng = np.random.default_rng(seed)
+    side = cfg.crop + MARGIN
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    cases = _case_dirs(root)
+    t0 = time.perf_counter()
+    for k, case in enumerate(cases):
+        labels = json.loads((case / "labels.json").read_text())
+        n, fps = int(labels["n_frames"]), float(labels["fps"])
+        if not (case / "rawframes").is_dir():
+            raise InputError(f"{case}: no rawframes/ (amagi synth --formats rawframes)")
+        masked = labels.get("masks") or []
+        schedule = ClipSchedule(n, fps, clip_len=analyzer.clip_len, prediction_hz=10.0)
+
+        def window(i: int, schedule: ClipSchedule = schedule) -> list[int]:
+            return schedule.window(i, analyzer.seg_frames)
+
+        needed = sorted({f for m in masked
+                         for f in (*probe_frames(m["frame"], n, fps, cfg), *window(m["frame"]))})
+        frames = {}
+        for i in needed:
+            path = case / "rawframes" / f"img_{i + 1:05d}.jpg"
+            if not path.is_file():
+                raise InputError(f"{path}: missing (the set's labels.json says {n} frames)")
+            frames[i] = probe.geometry.frame(np.asarray(Image.open(path).convert("RGB")))
+        found = probe.places(frames, [m["frame"] for m in masked], window)
+        for m, places in zip(masked, found, strict=True):
+            stack = torch.stack([frames[f] for f in probe_frames(m["frame"], n, fps, cfg)])
+            h, w = stack.shape[-2:]
+            mask = _mask_at_scale(case / m["mask"], (h, w))
+            near = np.zeros_like(mask)
+            chosen: list[tuple[int, int, int]] = []  # (y, x, label)
+            if mask.any():
+                my, mx = np.nonzero(mask)
+                near = F.max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None],
+                                    2 * NEAR + 1, 1, NEAR)[0, 0].numpy() > 0
+                centre = int(np.argmin((my - my.mean()) ** 2 + (mx - mx.mean()) ** 2))
+                picks = [centre, *rng.integers(0, len(my), extra_pos)]
+                chosen += [(int(my[j]), int(mx[j]), 1) for j in picks]
+            for y, x, _v in places:
+                on = bool(mask[max(0, y - 2):y + 3, max(0, x - 2):x + 3].any())
+                if on or not near[y, x]:
+                    chosen.append((y, x, int(on)))
+            for _ in range(rand_neg):
+                y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+                if not near[y, x]:
+                    chosen.append((y, x, 0))
+            if chosen:
+                crops = neighbourhoods(stack, [(y, x) for y, x, _ in chosen], side)
+                xs.append(crops.round().clamp(0, 255).to(torch.uint8)
+                          .permute(0, 1, 3, 4, 2).numpy())
+                ys += [label for _, _, label in chosen]
+        if progress:
+            progress(k + 1, len(cases), len(ys), int(sum(ys)))
+    if not ys:
+        raise InputError(f"{root}: no masked frame to extract neighbourhoods from")
+    summary = {"data": str(root), "cases": len(cases), "neighbourhoods": len(ys),
+               "positive": int(sum(ys)), "candidates": cfg.candidates, "rand_neg": rand_neg,
+               "extra_pos": extra_pos, "seed": seed,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    log.info("extracted %d neighbourhoods (%d positive) from %d cases", len(ys), sum(ys),
+             len(cases))
+    return np.concatenate(xs), np.array(ys, np.uint8), summary
+
+
+def _mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A saved bleeding mask, resized (nearest) to the frames' scale ``shape``."""
+    if not path.is_file():
+        raise InputError(f"{path}: mask file missing")
+    img = Image.open(path)
+    if img.size != (shape[1], shape[0]):
+        img = img.resize((shape[1], shape[0]), Image.NEAREST)
+    return np.asarray(img) > 0
+
+
+def fit_probe(data: Path, arch: str, seg_checkpoint: Path, *, epochs: int | None = None,
+              candidates: int | None = None, rand_neg: int = 0, extra_pos: int = 0,
+              look_jitter: float | None = None, seed: int = 0, threads: int | None = None,
+              device: str = "cpu", input_size: int | None = None,
+              progress: Callable[[str], None] | None = None) -> tuple[PatchNet, dict[str, Any]]:
+    """A probe trained on the rawframes set ``data`` at the map peaks of ``arch``'s
+    segmentation net loaded from ``seg_checkpoint`` (an ``amagi train seg`` file; the model
+    built at ``input_size`` when given, as its ``model.json`` build says), and the
+    record to keep with it (``meta`` of its file). A setting left ``None`` is
+    :class:`~models.training.patchnet.PatchTrainConfig`'s or :class:`PatchNetConfig`'s
+    default."""
+    from models import build_model, list_models, load_checkpoint
+    from models.errors import CheckpointError, ModelError
+    from models.training.patchnet import PatchTrainConfig, train_patchnet
+
+    if arch not in list_models():
+        raise InputError(f"unknown architecture {arch!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    build = {} if input_size is None else {"input_size": input_size}
+    model = build_model(arch, **build)
+    if not model.default_cfg.has_segmentation:
+        raise InputError(f"{arch} has no segmentation net: a probe looks where its map peaks")
+    try:
+        load_checkpoint(model, seg_checkpoint, kind="segmentation")
+    except CheckpointError as e:
+        raise InputError(str(e)) from None
+    cfg = PatchNetConfig(short_side=model.default_cfg.input_size,
+                         **({} if candidates is None else {"candidates": candidates}))
+    analyzer = probe_analyzer(model, PatchNet(cfg), device)
+
+    def said(done: int, total: int, n: int, pos: int) -> None:
+        if progress:
+            progress(f"extract: {done}/{total} cases, {n} neighbourhoods, {pos} positive")
+
+    x, y, summary = extract_neighbourhoods(analyzer, data, rand_neg=rand_neg,
+                                           extra_pos=extra_pos, seed=seed, progress=said)
+    given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))
+             if v is not None}
+    tcfg = PatchTrainConfig(seed=seed, architecture=cfg, **given)
+
+    def epoch_said(epoch: int, total: int, loss: float) -> None:
+        if progress:
+            progress(f"train: epoch {epoch}/{total}, loss {loss:.4f}")
+
+    try:
+        result = train_patchnet(x, y, tcfg, epoch_said)
+    except ModelError as e:
+        raise InputError(f"{data}: {e}") from None
+    meta = {"seg_arch": arch, "build": build, "seg_checkpoint": str(seg_checkpoint),
+            "extraction": summary,
+            "epochs": tcfg.epochs, "look_jitter": tcfg.look_jitter, "lr": tcfg.lr,
+            "batch": tcfg.batch, "seed": seed,
+            "losses": [round(v, 4) for v in result.losses],
+            "seconds": round(summary["seconds"] + result.seconds, 1)}
+    return result.net, meta

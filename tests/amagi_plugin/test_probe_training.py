@@ -1,0 +1,95 @@
+"""amagi_plugin.probe_training and models.training.patchnet: the probe's training
+neighbourhoods from a real rawframes set (where, how labelled, what they hold), and its
+training loop's refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from amagi_plugin.errors import InputError
+from amagi_plugin.probe_training import MARGIN, extract_neighbourhoods, probe_analyzer
+from models import build_model
+from models.errors import ModelError
+from models.patchnet import PatchNet, PatchNetConfig
+from models.training.patchnet import PatchTrainConfig, train_patchnet
+
+CFG = PatchNetConfig(width=8, candidates=3, short_side=64)
+
+
+@pytest.fixture(scope="module")
+def rawframes(tmp_path_factory) -> Path:
+    from amagi_plugin.synth import OutputOptions, generate_dataset
+
+    root = tmp_path_factory.mktemp("probetrain")
+    generate_dataset(root / "train", n_cases=2, seed=11, width=80, height=64, fps=10.0,
+                     duration_s=8.0, ranges="randomised",
+                     options=OutputOptions(formats=("rawframes",)))
+    return root / "train"
+
+
+def _analyzer():
+    import torch
+
+    torch.manual_seed(0)  # the same (untrained) segmenter each time
+    return probe_analyzer(build_model("amagi_tiny_tge", input_size=64), PatchNet(CFG))
+
+
+def test_neighbourhoods_sit_on_the_bleeding_and_the_map_peaks(rawframes: Path) -> None:
+    x, y, info = extract_neighbourhoods(_analyzer(), rawframes, rand_neg=2, extra_pos=2)
+    side = CFG.crop + MARGIN
+    assert x.dtype == np.uint8 and x.shape == (len(y), CFG.frames, side, side, 3)
+    assert info["neighbourhoods"] == len(y) and info["positive"] == int(y.sum())
+    masks = [(labels.parent, m) for labels in sorted(rawframes.glob("*/labels.json"))
+             for m in json.loads(labels.read_text())["masks"]]
+    bleeding = [(c, m) for c, m in masks if (np.asarray(Image.open(c / m["mask"])) > 0).any()]
+    assert bleeding
+    # the mask centre and 2 more mask pixels of every bleeding mask are positives
+    assert info["positive"] >= 3 * len(bleeding)
+    # up to 3 map peaks and 2 random places per masked frame besides
+    assert info["neighbourhoods"] <= 3 * len(bleeding) + 5 * len(masks)
+    assert info["neighbourhoods"] > info["positive"]
+    # the first positive is the first bleeding mask's centre: the centre pixel of its middle
+    # frame is the colour of a pixel that mask marks in that frame
+    case, m = bleeding[0]
+    img = np.asarray(Image.open(case / "rawframes" / f"img_{m['frame'] + 1:05d}.jpg")
+                     .convert("RGB"))
+    marked = img[np.asarray(Image.open(case / m["mask"])) > 0]
+    centre = x[int(np.argmax(y)), CFG.frames // 2, side // 2, side // 2]
+    assert (marked == centre).all(axis=1).any()
+    # the same seed draws the same neighbourhoods
+    x2, y2, _ = extract_neighbourhoods(_analyzer(), rawframes, rand_neg=2, extra_pos=2)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+
+
+def test_extraction_refuses_sets_it_cannot_read(tmp_path: Path, rawframes: Path) -> None:
+    with pytest.raises(InputError, match="no such folder"):
+        extract_neighbourhoods(_analyzer(), tmp_path / "nowhere")
+    with pytest.raises(InputError, match="no amagi synth case"):
+        extract_neighbourhoods(_analyzer(), tmp_path)
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(rawframes, broken)
+    victim = sorted((broken).glob("*/rawframes/img_00003.jpg"))[0]
+    victim.unlink()
+    with pytest.raises(InputError, match=r"img_00003\.jpg: missing"):
+        extract_neighbourhoods(_analyzer(), broken)
+
+
+def test_training_refuses_one_class_and_wrong_shapes() -> None:
+    x = np.zeros((4, CFG.frames, 36, 36, 3), np.uint8)
+    cfg = PatchTrainConfig(epochs=1, batch=2, architecture=CFG)
+    with pytest.raises(ModelError, match="positive and negative"):
+        train_patchnet(x, np.zeros(4), cfg)
+    with pytest.raises(ModelError, match="cannot give 32 px squares"):
+        train_patchnet(x[..., :30, :30, :], np.array([0, 1, 0, 1]), cfg)
+    with pytest.raises(ModelError, match=r"expected neighbourhoods \(N, 8"):
+        train_patchnet(x[:, :5], np.array([0, 1, 0, 1]), cfg)
+    result = train_patchnet(x, np.array([0, 1, 0, 1]), cfg)
+    assert len(result.losses) == 1 and np.isfinite(result.losses[0])
+    assert result.samples == 4 and result.positive_share == 0.5

@@ -1,0 +1,222 @@
+"""amagi_plugin.probing: the neighbourhood probe as a second stage of analysis. Its geometry
+against hand-made frames and the clip transform; its one-pass scores against a direct
+computation on the whole video in memory; bounded memory; a truncated video; the fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amagi_plugin.inferers import MaskInferer
+from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+from amagi_plugin.probing import (
+    MapGeometry,
+    ProbeUse,
+    fuse,
+    map_peaks,
+    neighbourhoods,
+    probe_frames,
+)
+from amagi_plugin.transforms import clip_frame_transform
+from models.patchnet import PatchNet, PatchNetConfig
+from tests.amagi_plugin.test_pipeline import ArrayVideo, RednessNet
+
+SIZE = (40, 56)  # frames (H, W); the model's scale is 32: resized to 32 x 45
+CFG = PatchNetConfig(frames=4, step_s=0.2, crop=8, width=4, candidates=3, short_side=32)
+
+
+def video_frames(n: int, seed: int = 0) -> np.ndarray:
+    """Textured frames with two red spots, one growing (so the map has several peaks)."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(60, 120, (n, *SIZE, 3)).astype(np.uint8)
+    frames[:, 8:14, 6:12] = (220, 30, 30)
+    for i in range(n):
+        r = 2 + i % 6
+        frames[i, 25 - r:25 + r, 40 - r:40 + r] = (240, 20, 20)
+    return frames
+
+
+def analyzer(net: PatchNet | None = None, use: ProbeUse | None = None) -> BleedingAnalyzer:
+    torch.manual_seed(0)
+    return BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=32, clip_len=8,
+                            probe=net or PatchNet(CFG).eval(), probe_use=use)
+
+
+def test_frames_are_step_apart_around_the_instant_and_clamped() -> None:
+    cfg = PatchNetConfig(frames=8, step_s=0.2)
+    assert probe_frames(100, 900, 30.0, cfg) == [76, 82, 88, 94, 100, 106, 112, 118]
+    assert probe_frames(2, 10, 10.0, cfg) == [0, 0, 0, 0, 2, 4, 6, 8]
+    assert probe_frames(9, 10, 10.0, cfg)[-3:] == [9, 9, 9]
+    assert probe_frames(5, 10, 2.0, cfg)[3:6] == [4, 5, 6]  # at least a frame apart
+
+
+def test_a_neighbourhood_is_the_frame_around_the_point_zero_outside() -> None:
+    stack = torch.rand(2, 3, 20, 30)
+    n = neighbourhoods(stack, [(10, 15), (0, 0), (100, 100)], 6)
+    assert n.shape == (3, 2, 3, 6, 6)
+    assert torch.equal(n[0], stack[:, :, 7:13, 12:18])
+    assert not n[1, :, :, :3].any() and not n[1, :, :, :, :3].any()
+    assert torch.equal(n[1, :, :, 3:, 3:], stack[:, :, :3, :3])
+    assert not n[2].any()  # wholly outside: zeros
+
+
+def test_map_peaks_are_local_maxima_highest_first() -> None:
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+
+    def bump(y: int, x: int, height: float) -> torch.Tensor:
+        return height * torch.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0)
+
+    # the third bump lies inside the second's 9 x 9 neighbourhood, below it: not a peak
+    p = torch.maximum(torch.maximum(bump(5, 5, 0.5), bump(30, 10, 0.9)), bump(33, 12, 0.3))
+    found = map_peaks(p, 5)
+    assert [(y, x) for y, x, _ in found] == [(30, 10), (5, 5)]
+    assert found[0][2] > found[1][2] > 0
+    assert map_peaks(p, 1) == found[:1]
+    assert map_peaks(torch.zeros(8, 8), 3) == []
+
+
+def test_the_geometry_is_the_clip_transform_split_in_two() -> None:
+    """Resize (uncropped) then crop-and-normalise gives exactly what the clip transform gives,
+    and a map pixel goes back to the frame pixel it was cropped from."""
+    rgb = video_frames(1)[0]
+    mean, std = (100.0, 80.0, 70.0), (50.0, 40.0, 45.0)
+    g = MapGeometry(32, mean, std)
+    frame = g.frame(rgb)
+    assert frame.shape == (3, 32, 45)
+    want = clip_frame_transform(32, mean, std)(rgb)
+    torch.testing.assert_close(g.map_input(frame), torch.as_tensor(want).as_subclass(torch.Tensor))
+    oy, ox = g.offset(frame.shape)
+    assert (oy, ox) == (0, 6)
+    crop = g.map_input(frame) * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    y, x = g.to_frame(5, 7, frame.shape)
+    torch.testing.assert_close(frame[:, y, x], crop[:, 5, 7])
+
+
+def _direct_scores(a: BleedingAnalyzer, frames: np.ndarray, fps: float, targets: list[int]
+                   ) -> np.ndarray:
+    """The probe's scores computed the plain way: every frame in memory, the clip transform
+    for the map, peaks shifted back by the crop offset by hand, numpy slicing."""
+    transform = clip_frame_transform(a.input_size, a.mean, a.std)
+    network = a._segmentation_network()
+    inferer = MaskInferer(a.input_size)
+    net, cfg = a.probe.net, a.probe.cfg
+    big = torch.stack([MapGeometry(a.input_size, a.mean, a.std).frame(f) for f in frames])
+    h, w = big.shape[-2:]
+    oy, ox = h // 2 - a.input_size // 2, w // 2 - a.input_size // 2
+    out = []
+    for i in targets:
+        x = torch.as_tensor(transform(frames[i])).as_subclass(torch.Tensor)[None]
+        p = inferer(x, network)[0]
+        places = [(y + oy, x_ + ox) for y, x_, _ in map_peaks(p, cfg.candidates)]
+        step = round(cfg.step_s * fps)
+        idx = [min(len(frames) - 1, max(0, i + step * (t - cfg.frames // 2)))
+               for t in range(cfg.frames)]
+        padded = torch.zeros(cfg.frames, 3, h + 2 * cfg.crop, w + 2 * cfg.crop)
+        padded[:, :, cfg.crop:cfg.crop + h, cfg.crop:cfg.crop + w] = big[idx]
+        crops = torch.stack([padded[:, :, y + cfg.crop - cfg.crop // 2:y + cfg.crop // 2 + cfg.crop,
+                                    x_ + cfg.crop - cfg.crop // 2:x_ + cfg.crop // 2 + cfg.crop]
+                             for y, x_ in places])
+        with torch.inference_mode():
+            out.append(float(torch.sigmoid(net(crops)).max()) if places else 0.0)
+    return np.array(out)
+
+
+def test_one_pass_scores_equal_a_direct_computation_and_memory_stays_bounded() -> None:
+    fps, n = 10.0, 60
+    frames = video_frames(n)
+    a = analyzer()
+    targets = list(range(0, n, 3))
+    held_most = 0
+    original = a.probe.scores
+
+    def spy(held, *args, **kwargs):
+        nonlocal held_most
+        held_most = max(held_most, len(held))
+        return original(held, *args, **kwargs)
+
+    a.probe.scores = spy
+    a.probe.batch_size = 4
+    got = a.probe.score_video(ArrayVideo(frames, fps), targets, lambda i: [i])
+    want = _direct_scores(a, frames, fps, targets)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert (got > 0).all()
+    # a batch of 4 instants 3 frames apart and the probe's span (3 steps of 2 frames)
+    assert held_most <= 4 * 3 + 3 * 2 + 1 < n
+
+
+def test_a_truncated_video_leaves_the_missing_instants_to_the_clip_network() -> None:
+    class Truncated(ArrayVideo):
+        def frames(self, *args, **kwargs):
+            for item in super().frames(*args, **kwargs):
+                if item[0] >= 40:  # the stream ends early
+                    return
+                yield item
+
+    fps, n = 10.0, 60
+    a = analyzer(use=ProbeUse(weight=0.5, smooth_s=0.0))
+    targets = list(range(0, n, 3))
+    s = a.probe.score_video(Truncated(video_frames(n), fps), targets, lambda i: [i])
+    need_late = [probe_frames(i, n, fps, CFG)[-1] >= 40 for i in targets]
+    assert np.isnan(s[need_late]).all() and not np.isnan(s[~np.array(need_late)]).any()
+    clip = np.full(len(targets), 0.3)
+    fused = fuse(clip, s, 10.0, a.probe_use)
+    np.testing.assert_allclose(fused[need_late], 0.3)
+    np.testing.assert_allclose(fused[~np.array(need_late)], 0.15 + 0.5 * s[~np.array(need_late)])
+
+
+def test_fuse_averages_the_probe_over_time_then_weighs_it() -> None:
+    clip = np.array([0.2, 0.2, 0.2, 0.2])
+    probe = np.array([1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_allclose(fuse(clip, probe, 1.0, ProbeUse(1.0, 0.0)), probe)
+    np.testing.assert_allclose(fuse(clip, probe, 1.0, ProbeUse(0.0, 0.0)), clip)
+    # 2 s at 1 Hz: a centred moving mean of width 2, edges repeated
+    np.testing.assert_allclose(fuse(clip, probe, 1.0, ProbeUse(0.5, 2.0)),
+                               0.1 + 0.5 * np.array([1.0, 0.5, 0.5, 0.5]))
+    with pytest.raises(ValueError, match="differ"):
+        fuse(clip, probe[:3], 1.0, ProbeUse())
+
+
+def test_probe_use_from_a_model_json_entry() -> None:
+    assert ProbeUse.from_json("p.pth") == ("p.pth", ProbeUse())
+    assert ProbeUse.from_json({"file": "p.pth", "weight": 1, "smooth_s": 2}) == (
+        "p.pth", ProbeUse(1.0, 2.0))
+    for bad, message in (({"weight": 0.5}, "expected a file name"), (3, "expected a file name"),
+                         ({"file": "p", "wieght": 1}, "unknown keys"),
+                         ({"file": "p", "weight": 2}, r"must lie in \[0, 1\]"),
+                         ({"file": "p", "weight": "x"}, "could not convert"),
+                         ({"file": "p", "smooth_s": -1}, "smooth_s must be")):
+        with pytest.raises(ValueError, match=message):
+            ProbeUse.from_json(bad)
+
+
+def test_the_analysis_fuses_the_probe_before_its_post_processing() -> None:
+    fps, n = 10.0, 40
+    frames = video_frames(n)
+    use = ProbeUse(weight=0.75, smooth_s=0.5)
+    a = analyzer(use=use)
+    seen: list[tuple[int, int]] = []
+    result = a.analyze(ArrayVideo(frames, fps), progress=lambda d, t: seen.append((d, t)))
+    assert result.probe_scores is not None and result.clip_probabilities is not None
+    assert len(result.probe_scores) == len(result.probabilities) == len(result.timeline.frames)
+    np.testing.assert_allclose(result.probabilities,
+                               fuse(result.clip_probabilities, result.probe_scores,
+                                    result.timeline.rate_hz, use))
+    plain = BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=32).analyze(
+        ArrayVideo(frames, fps))
+    np.testing.assert_allclose(result.clip_probabilities, plain.probabilities, atol=1e-6)
+    assert "probe" in result.timings
+    # one progress count over the clips and then the probe's instants, ending at its total
+    totals = {t for _, t in seen}
+    assert len(totals) == 1 and seen[-1][0] == seen[-1][1]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_probe_needs_a_model_with_segmentation_at_its_scale() -> None:
+    class NoSeg(RednessNet):
+        segment = None  # type: ignore[assignment]
+
+    with pytest.raises(ValueError, match="needs a model with a segmentation net"):
+        BleedingAnalyzer(NoSeg(), AnalysisOptions(), input_size=32, probe=PatchNet(CFG))
+    with pytest.raises(ValueError, match="short side 32 px, this model's maps are 48"):
+        BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=48, probe=PatchNet(CFG))
