@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +150,13 @@ def _mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img) > 0
 
 
-def fit_probe(data: Path, arch: str, seg_checkpoint: Path, *, epochs: int | None = None,
+def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
+              epochs: int | None = None,
               candidates: int | None = None, rand_neg: int = 0, extra_pos: int = 0,
               look_jitter: float | None = None, seed: int = 0, threads: int | None = None,
               device: str = "cpu", input_size: int | None = None,
               progress: Callable[[str], None] | None = None) -> tuple[PatchNet, dict[str, Any]]:
-    """A probe trained on the rawframes set ``data`` at the map peaks of ``arch``'s
+    """A probe trained on the rawframes sets ``data`` (pooled) at the map peaks of ``arch``'s
     segmentation net loaded from ``seg_checkpoint`` (an ``amagi train seg`` file; the model
     built at ``input_size`` when given, as its ``model.json`` build says), and the
     record to keep with it (``meta`` of its file). A setting left ``None`` is
@@ -181,12 +182,24 @@ def fit_probe(data: Path, arch: str, seg_checkpoint: Path, *, epochs: int | None
                          **({} if candidates is None else {"candidates": candidates}))
     analyzer = probe_analyzer(model, PatchNet(cfg), device)
 
-    def said(done: int, total: int, n: int, pos: int) -> None:
-        if progress:
-            progress(f"extract: {done}/{total} cases, {n} neighbourhoods, {pos} positive")
+    xs, ys, summaries = [], [], []
+    for k, root in enumerate(data):
+        def said(done: int, total: int, n: int, pos: int, root: Path = root) -> None:
+            if progress:
+                progress(f"extract {root.name}: {done}/{total} cases, {n} neighbourhoods, "
+                         f"{pos} positive")
 
-    x, y, summary = extract_neighbourhoods(analyzer, data, rand_neg=rand_neg,
-                                           extra_pos=extra_pos, seed=seed, progress=said)
+        x, y, summary = extract_neighbourhoods(analyzer, root, rand_neg=rand_neg,
+                                               extra_pos=extra_pos, seed=seed + k,
+                                               progress=said)
+        xs.append(x)
+        ys.append(y)
+        summaries.append(summary)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    summary = {"data": [str(p) for p in data], "sets": summaries,
+               "cases": sum(s["cases"] for s in summaries), "neighbourhoods": len(y),
+               "positive": int(y.sum()),
+               "seconds": round(sum(s["seconds"] for s in summaries), 1)}
     given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))
              if v is not None}
     tcfg = PatchTrainConfig(seed=seed, architecture=cfg, **given)
@@ -198,7 +211,7 @@ def fit_probe(data: Path, arch: str, seg_checkpoint: Path, *, epochs: int | None
     try:
         result = train_patchnet(x, y, tcfg, epoch_said)
     except ModelError as e:
-        raise InputError(f"{data}: {e}") from None
+        raise InputError(f"{', '.join(map(str, data))}: {e}") from None
     meta = {"seg_arch": arch, "build": build, "seg_checkpoint": str(seg_checkpoint),
             "extraction": summary,
             "epochs": tcfg.epochs, "look_jitter": tcfg.look_jitter, "lr": tcfg.lr,

@@ -93,3 +93,26 @@ def test_training_refuses_one_class_and_wrong_shapes() -> None:
     result = train_patchnet(x, np.array([0, 1, 0, 1]), cfg)
     assert len(result.losses) == 1 and np.isfinite(result.losses[0])
     assert result.samples == 4 and result.positive_share == 0.5
+
+
+def test_fit_probe_pools_several_sets(rawframes: Path, tmp_path: Path) -> None:
+    import torch
+
+    from amagi_plugin.probe_training import fit_probe
+    from models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    seg = tmp_path / "seg.pth"
+    save_checkpoint(build_model("amagi_tiny_tge", input_size=64).backbone.seg_model, seg)
+    lines: list[str] = []
+    net, meta = fit_probe([rawframes, rawframes], "amagi_tiny_tge", seg, epochs=1,
+                          candidates=3, input_size=64, progress=lines.append)
+    one, two = meta["extraction"]["sets"]
+    assert meta["extraction"]["cases"] == 4 == one["cases"] + two["cases"]
+    assert meta["extraction"]["neighbourhoods"] == one["neighbourhoods"] + two["neighbourhoods"]
+    assert (one["seed"], two["seed"]) == (0, 1)  # each set its own draws
+    assert net.cfg.short_side == 64 and meta["build"] == {"input_size": 64}
+    assert sum(line.startswith("extract train: ") for line in lines) == 4
+    assert lines[-1].startswith("train: epoch 1/1")
+    with pytest.raises(InputError, match="unknown architecture"):
+        fit_probe([rawframes], "amagi_huge", seg)

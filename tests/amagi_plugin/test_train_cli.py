@@ -467,7 +467,7 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                           "--rand-neg", "1")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
-    assert "extract: 2/2 cases" in err and "train: epoch 1/1" in err
+    assert "extract train: 2/2 cases" in err and "train: epoch 1/1" in err
     probe = load_patchnet(trained / "pr" / "probe.pth")
     assert (probe.cfg.candidates, probe.cfg.short_side) == (4, 64)
     meta = read_checkpoint(trained / "pr" / "probe.pth")["meta"]

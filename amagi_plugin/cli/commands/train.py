@@ -185,7 +185,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "neighbourhoods at the bleeding and at the segmenter's highest map peaks (the map's "
         "false peaks are its negatives). Name the written file as the model's 'probe' in its "
         "model.json to use it in analysis.")
-    q.add_argument("--data", required=True, metavar="DIR", help="amagi synth rawframes set")
+    q.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                   help="amagi synth rawframes sets (several are pooled; bleeding-free ones, "
+                   "'--domain randomised-static', add still-blood negatives)")
     q.add_argument("--arch", required=True, help="the model whose segmentation net chooses "
                    "the places (an AMAGI architecture)")
     q.add_argument("--seg-checkpoint", required=True, metavar="PATH",
@@ -471,7 +473,7 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
     def said(line: str) -> None:
         print(line, file=ctx.stderr, flush=True)
 
-    net, meta = fit_probe(ctx.cwd / args.data, args.arch, ctx.cwd / args.seg_checkpoint,
+    net, meta = fit_probe([ctx.cwd / d for d in args.data], args.arch, ctx.cwd / args.seg_checkpoint,
                           epochs=args.epochs, candidates=args.candidates, rand_neg=args.rand_neg,
                           extra_pos=args.extra_pos, look_jitter=args.look_jitter, seed=args.seed,
                           threads=args.threads, device=resolve_device(args.device),
