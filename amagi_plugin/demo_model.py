@@ -105,6 +105,12 @@ class DemoConfig:
     probe_look_jitter: float = 1.0
     probe_weight: float = 0.75  # against the clip network's probability (1: the probe alone)
     probe_smooth_s: float = 1.0
+    # more rawframes cases for the probe alone (its data are cheap, its network small):
+    # training-domain cases and bleeding-free ones full of still blood (other seeds)
+    probe_seed: int = 180001
+    probe_extra_cases: int = 0
+    probe_static_seed: int = 180002
+    probe_static_cases: int = 0
     # held-out evaluation data (other seeds and scene ranges)
     eval_seed: int = 9001
     eval_cases: int = 9
@@ -176,7 +182,8 @@ class DemoConfig:
         if self.val_static_cases:
             small.update(val_static_cases=1, val_static_duration_s=8.0)
         if self.probe_epochs:
-            small.update(probe_epochs=1)
+            small.update(probe_epochs=1, probe_extra_cases=min(self.probe_extra_cases, 1),
+                         probe_static_cases=min(self.probe_static_cases, 1))
         if self.refiner_sets:  # the first set of each domain: 2 videos, 1 bleeding-free
             first: dict[str, int] = {}
             for domain, seed, _ in self.refiner_sets:
@@ -367,6 +374,15 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     for i, (domain, seed, cases) in enumerate(cfg.refiner_sets):
         ran |= _synth(work / "data" / f"refiner-{i}", cases, seed, cfg.refiner_duration_s,
                       cfg, domain, "dicom", 1, jobs)
+    probe_sets = [train_root]
+    for name, seed, cases, domain in (
+            ("probe-extra", cfg.probe_seed, cfg.probe_extra_cases, cfg.train_domain),
+            ("probe-static", cfg.probe_static_seed, cfg.probe_static_cases,
+             "randomised-static")):
+        if cfg.probe_epochs and cases:
+            probe_sets.append(work / "data" / name)
+            ran |= _synth(probe_sets[-1], cases, seed, cfg.train_duration_s, cfg, domain,
+                          "rawframes", cfg.train_cases_per_patient, jobs)
     timings.record("synth", t0, ran)
 
     common = ["--threads", str(cfg.threads), "--device", device,
@@ -435,7 +451,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
     if cfg.probe_epochs:
         t0 = time.perf_counter()
-        ran = _probe(work, seg_dir, train_root, stage, cfg, device)
+        ran = _probe(work, seg_dir, probe_sets, stage, cfg, device)
         timings.record("probe", t0, ran)
         manifest["probe"] = {"file": PROBE_FILE, "weight": cfg.probe_weight,
                              "smooth_s": cfg.probe_smooth_s}
@@ -521,14 +537,15 @@ REFINER_FILE = "refiner_demo.pth"
 PROBE_FILE = "probe_demo.pth"
 
 
-def _probe(work: Path, seg_dir: Path, train_root: Path, stage: Path, cfg: DemoConfig,
+def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoConfig,
            device: str) -> bool:
-    """``amagi train probe`` on the training set at the segmenter's map peaks into
+    """``amagi train probe`` on the rawframes sets ``data`` (the training set first) at the
+    segmenter's map peaks into
     ``<stage>/probe_demo.pth`` (redone when the segmenter is newer). Returns whether it ran."""
     record = work / PROBE_FILE  # the stage's own copy: the stage folder is rewritten
     ran = not record.is_file() or record.stat().st_mtime < (seg_dir / "latest.pth").stat().st_mtime
     if ran:
-        _cli(["train", "probe", "--data", str(train_root), "--arch", cfg.arch,
+        _cli(["train", "probe", "--data", *map(str, data), "--arch", cfg.arch,
               "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
               "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
               "--look-jitter", str(cfg.probe_look_jitter), "--seed", str(cfg.train_seed_model),
@@ -672,9 +689,14 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            f"{1 - dropped:.0%}"] if dropped is not None else []),
         *([f"- neighbourhood probe `{manifest['probe']['file']}` (PatchNet: 8 frames 0.2 s "
            "apart of a 32-pixel neighbourhood, the frame-to-frame changes given explicitly), "
-           f"{cfg['probe_epochs']} epochs on the training set's masked frames at the bleeding "
-           f"and at the segmenter's {cfg['probe_candidates']} highest map peaks (its false "
-           "peaks the negatives), look jitter "
+           f"{cfg['probe_epochs']} epochs on the masked frames of the training set"
+           + (f" and {cfg['probe_extra_cases']} more cases of its domain (`--seed "
+              f"{cfg['probe_seed']}`)" if cfg.get("probe_extra_cases") else "")
+           + (f" and {cfg['probe_static_cases']} bleeding-free ones full of still blood "
+              f"(`--domain randomised-static --seed {cfg['probe_static_seed']}`)"
+              if cfg.get("probe_static_cases") else "")
+           + f", at the bleeding and at the segmenter's {cfg['probe_candidates']} highest "
+           "map peaks (its false peaks the negatives), look jitter "
            f"{cfg['probe_look_jitter']:g}; in analysis it looks where the map of each "
            "prediction's frame peaks, and its score, averaged over "
            f"{manifest['probe']['smooth_s']:g} s, weighs {manifest['probe']['weight']:g} "

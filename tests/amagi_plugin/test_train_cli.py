@@ -503,7 +503,7 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                     ProbeUse(0.6, 0.5))
         np.testing.assert_allclose(entry["probabilities"], want, atol=2e-6)
     # a model.json naming a probe that is not there, or one that is not a probe file, or a
-    # probe trained at another scale: one line each, before any model runs
+    # probe trained at another scale: one error line each, before any case is analysed
     for probe_entry, message in (("../pr/missing.pth", "probe file not found"),
                                  ({"file": "../pr/probe.pth", "weight": 3}, "must lie in"),
                                  ("../amagi/latest.pth", "not a PatchNet probe checkpoint")):
@@ -512,7 +512,9 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
         code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "probed",
                             "--folds", "1", "-od", "x", "--no-progress")
         assert code == ExitCode.BAD_INPUT and message in err, err
-        assert len(err.strip().splitlines()) == 1
+        assert [line for line in err.splitlines() if "error" in line] == \
+            err.strip().splitlines()[-1:]
+        assert not (trained / "x" / "metrics.json").exists()
     manifest.update(probe="../pr/probe.pth", build={"input_size": 96})
     (d / "model.json").write_text(json.dumps(manifest))
     code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "probed",
