@@ -27,9 +27,9 @@ still needs are held: memory is bounded by the probe's span (1.4 s) and a batch 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,19 +39,13 @@ from amagi_plugin.transforms import FrameToTensor
 from models.patchnet import PatchNet, PatchNetConfig
 from models.training.augment import resize_short
 
+if TYPE_CHECKING:  # the pipeline imports this module
+    from amagi_plugin.pipeline import VideoLike
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeUse", "fuse", "map_peaks",
            "neighbourhoods", "probe_frames"]
-
-
-class _Video(Protocol):
-    frame_count: int
-    fps: float
-
-    def frames(self, start: int = 0, stop: int | None = None, step: int = 1, *,
-               workers: int = 1, wanted: Collection[int] | None = None
-               ) -> Iterator[tuple[int, float, np.ndarray]]: ...
 
 
 @dataclass(frozen=True)
@@ -221,7 +215,7 @@ class NeighbourhoodProbe:
             np.maximum.at(out, np.array(owner), p.numpy())
         return out
 
-    def score_video(self, video: _Video, targets: Sequence[int], window: WindowFn,
+    def score_video(self, video: VideoLike, targets: Sequence[int], window: WindowFn,
                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """The probe score at each of ``targets`` (0-based frame indices, ascending), read
         in one pass over the video; ``nan`` where a needed frame was not delivered."""

@@ -348,6 +348,25 @@ def _predictions_file(path: Path, videos: int = 6, n: int = 120) -> None:
     path.write_text(json.dumps(entries))
 
 
+def _with_and_without(trained: Path, name: str, manifest: dict) -> tuple[list, dict]:
+    """'amagi evaluate' on the held-out cases through ``name/model.json`` (``manifest``) and
+    through the bare clip network: the first's predictions and the second's by case."""
+    d = trained / name
+    d.mkdir()
+    (d / "model.json").write_text(json.dumps(manifest))
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", name,
+                        "--folds", "1", "-od", f"{name}-eval", "--no-progress")
+    assert code == 0, err
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--checkpoint",
+                        "AMAGI=amagi/latest.pth", "--folds", "1", "-od", f"{name}-raw-eval",
+                        "--no-progress")
+    assert code == 0, err
+    staged = json.loads((trained / f"{name}-eval" / "predictions.json").read_text())
+    raw = {e["case_id"]: e for e in
+           json.loads((trained / f"{name}-raw-eval" / "predictions.json").read_text())}
+    return staged, raw
+
+
 def test_a_refiner_trained_on_predictions_re_reads_every_analysis(trained: Path) -> None:
     """``amagi train refiner`` fits a refiner to predictions; named in model.json, it
     re-reads the model's probabilities in 'amagi evaluate' (and so in process and serve,
@@ -362,21 +381,10 @@ def test_a_refiner_trained_on_predictions_re_reads_every_analysis(trained: Path)
     assert "refiner trained on 6 videos of AMAGI (25 % of instants bleeding, 10 " in out
     refiner = load_refiner(trained / "ref" / "refiner.pth")
     assert refiner.cfg.rate_hz == 10.0 and refiner.cfg.layers == 4
-    d = trained / "refined"
-    d.mkdir()
     manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
                 "build": {"input_size": 64}, "refiner": "../ref/refiner.pth"}
-    (d / "model.json").write_text(json.dumps(manifest))
-    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "refined",
-                        "--folds", "1", "-od", "refined-eval", "--no-progress")
-    assert code == 0, err
-    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--checkpoint",
-                        "AMAGI=amagi/latest.pth", "--folds", "1", "-od", "raw-eval",
-                        "--no-progress")
-    assert code == 0, err
-    refined = json.loads((trained / "refined-eval" / "predictions.json").read_text())
-    raw = {d["case_id"]: d for d in
-           json.loads((trained / "raw-eval" / "predictions.json").read_text())}
+    refined, raw = _with_and_without(trained, "refined", manifest)
+    d = trained / "refined"
     assert refined
     for entry in refined:
         want = refiner.refine(np.array(raw[entry["case_id"]]["probabilities"]), 10.0)
@@ -474,22 +482,11 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
         meta["extraction"]["neighbourhoods"]
 
-    d = trained / "probed"
-    d.mkdir()
     manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
                 "build": {"input_size": 64},
                 "probe": {"file": "../pr/probe.pth", "weight": 0.6, "smooth_s": 0.5}}
-    (d / "model.json").write_text(json.dumps(manifest))
-    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "probed",
-                        "--folds", "1", "-od", "probed-eval", "--no-progress")
-    assert code == 0, err
-    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--checkpoint",
-                        "AMAGI=amagi/latest.pth", "--folds", "1", "-od", "plain-eval",
-                        "--no-progress")
-    assert code == 0, err
-    probed = json.loads((trained / "probed-eval" / "predictions.json").read_text())
-    plain = {e["case_id"]: e for e in
-             json.loads((trained / "plain-eval" / "predictions.json").read_text())}
+    probed, plain = _with_and_without(trained, "probed", manifest)
+    d = trained / "probed"
     model = build_model("amagi_tiny", input_size=64)
     load_checkpoint(model, trained / "amagi" / "latest.pth")
     stage = BleedingAnalyzer.for_model(model, AnalysisOptions(), probe=probe).probe
