@@ -155,7 +155,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     from models.patchnet import load_patchnet
 
     cfg = DemoConfig.recipe("evidence-probe").quick()
-    assert cfg.probe_epochs == 1
+    assert (cfg.probe_epochs, cfg.probe_extra_cases) == (1, 1)
     dest = tmp_path / "dest"
     training = build_demo(tmp_path / "work", cfg, dest)
     manifest = json.loads((dest / "model.json").read_text())
@@ -164,11 +164,14 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert probe.cfg.short_side == build_model(manifest["arch"]).default_cfg.input_size
     meta = read_checkpoint(dest / PROBE_FILE)["meta"]
     assert meta["seg_checkpoint"] == str(tmp_path / "work" / "seg" / "latest.pth")
-    assert meta["extraction"]["cases"] == cfg.train_cases and meta["epochs"] == 1
+    # the training set and the probe's own extra case
+    assert meta["extraction"]["cases"] == cfg.train_cases + 1 and meta["epochs"] == 1
+    assert [Path(d).name for d in meta["extraction"]["data"]] == ["train", "probe-extra"]
     assert training["seconds"]["probe"] is not None
     assert "operating_point" in manifest and "calibration" in training
     readme = (dest / "README.md").read_text()
     assert f"neighbourhood probe `{PROBE_FILE}`" in readme and "weighs 0.75" in readme
+    assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     again = build_demo(tmp_path / "work", cfg, dest)
     assert again["seconds"] == training["seconds"]
@@ -228,9 +231,12 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
         DemoConfig.recipe("gpu")
     probe = DemoConfig.recipe("evidence-probe")  # evidence-peaks, a probe, its own point
     assert (probe.probe_epochs, probe.probe_candidates, probe.probe_weight) == (8, 8, 0.75)
+    assert probe.probe_extra_cases == 96 and not probe.probe_static_cases
     assert probe.val_cases and probe.val_static_cases and not peaks.probe_epochs
-    assert dataclasses.replace(probe, probe_epochs=0, val_cases=0, val_static_cases=0,
-                               version=peaks.version) == peaks
+    assert probe.probe_seed not in (probe.train_seed, probe.val_seed, probe.eval_seed,
+                                    probe.static_seed, probe.val_static_seed)
+    assert dataclasses.replace(probe, probe_epochs=0, probe_extra_cases=0, val_cases=0,
+                               val_static_cases=0, version=peaks.version) == peaks
     with pytest.raises(ConfigError, match="a probe or a refiner, not both"):
         dataclasses.replace(probe, refiner_sets=refined.refiner_sets)
 
