@@ -27,6 +27,7 @@ still needs are held: memory is bounded by the probe's span (1.4 s) and a batch 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -226,7 +227,7 @@ class NeighbourhoodProbe:
         out = np.full(len(targets), np.nan)
         if not wanted:
             return out
-        pending = list(enumerate(targets))
+        pending = deque(enumerate(targets))
         held: dict[int, torch.Tensor] = {}
         ready: list[tuple[int, int]] = []
         done = 0
@@ -244,7 +245,7 @@ class NeighbourhoodProbe:
         for index, _t, rgb in video.frames(min(wanted), max(wanted) + 1, wanted=wanted):
             held[index] = self.geometry.frame(rgb)
             while pending and needs[pending[0][1]][-1] <= index:
-                ready.append(pending.pop(0))
+                ready.append(pending.popleft())
             if len(ready) >= self.batch_size:
                 flush()
             if not ready:  # drop what no pending instant needs
