@@ -521,16 +521,14 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
 
 
 def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
-    code, _, err = _run(trained, "train", "probe", "--data", "heldout", "--arch", "amagi_tiny",
-                        "--input-size", "64", "--seg-checkpoint", "seg/latest.pth", "-o", "p.pth")
-    assert code == ExitCode.BAD_INPUT and "no rawframes/" in err
-    code, _, err = _run(trained, "train", "probe", "--data", "train", "--arch", "slowfast_tiny",
-                        "--seg-checkpoint", "seg/latest.pth", "-o", "p.pth")
-    assert code == ExitCode.BAD_INPUT and "has no segmentation net" in err
-    code, _, err = _run(trained, "train", "probe", "--data", "nowhere", "--arch", "amagi_tiny",
-                        "--seg-checkpoint", "seg/latest.pth", "-o", "p.pth")
-    assert code == ExitCode.BAD_INPUT and "no such folder" in err
-    code, _, err = _run(trained, "train", "probe", "--data", "train", "--arch", "amagi_tiny",
-                        "--seg-checkpoint", "nothing.pth", "-o", "p.pth")
-    assert code == ExitCode.BAD_INPUT and "not found" in err
+    seg = ["--seg-checkpoint", "seg/latest.pth"]
+    for argv, says in (
+            (["--data", "heldout", "--arch", "amagi_tiny", "--input-size", "64", *seg],
+             "no rawframes/"),
+            (["--data", "train", "--arch", "slowfast_tiny", *seg], "has no segmentation net"),
+            (["--data", "nowhere", "--arch", "amagi_tiny", *seg], "no such folder"),
+            (["--data", "train", "--arch", "amagi_tiny", "--seg-checkpoint", "nothing.pth"],
+             "not found")):
+        code, _, err = _run(trained, "train", "probe", *argv, "-o", "p.pth")
+        assert code == ExitCode.BAD_INPUT and says in err, err
     assert not (trained / "p.pth").exists()
