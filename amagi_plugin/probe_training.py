@@ -82,11 +82,20 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
     cases = _case_dirs(root)
     t0 = time.perf_counter()
     for k, case in enumerate(cases):
-        labels = json.loads((case / "labels.json").read_text())
-        n, fps = int(labels["n_frames"]), float(labels["fps"])
+        try:
+            labels = json.loads((case / "labels.json").read_text())
+            n, fps = int(labels["n_frames"]), float(labels["fps"])
+            masked = [{"frame": int(m["frame"]), "mask": str(m["mask"])}
+                      for m in labels.get("masks") or []]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{case / 'labels.json'}: not an amagi synth labels file "
+                             f"({type(e).__name__}: {e})") from None
+        outside = [m["frame"] for m in masked if not 0 <= m["frame"] < n]
+        if outside:
+            raise InputError(f"{case / 'labels.json'}: masks at frames {outside[:3]} outside "
+                             f"its {n} frames")
         if not (case / "rawframes").is_dir():
             raise InputError(f"{case}: no rawframes/ (amagi synth --formats rawframes)")
-        masked = labels.get("masks") or []
         schedule = ClipSchedule(n, fps, clip_len=analyzer.clip_len, prediction_hz=10.0)
 
         def window(i: int, schedule: ClipSchedule = schedule) -> list[int]:

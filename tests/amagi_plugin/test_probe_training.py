@@ -79,6 +79,18 @@ def test_extraction_refuses_sets_it_cannot_read(tmp_path: Path, rawframes: Path)
     victim.unlink()
     with pytest.raises(InputError, match=r"img_00003\.jpg: missing"):
         extract_neighbourhoods(_analyzer(), broken)
+    for text in ("{", '{"n_frames": 10}', '{"n_frames": 10, "fps": 10, "masks": [{"frame": 1}]}',
+                 "[]"):
+        lying = tmp_path / "lying"
+        shutil.rmtree(lying, ignore_errors=True)
+        shutil.copytree(rawframes, lying)
+        sorted(lying.glob("*/labels.json"))[0].write_text(text)
+        with pytest.raises(InputError, match="not an amagi synth labels file"):
+            extract_neighbourhoods(_analyzer(), lying)
+    sorted(lying.glob("*/labels.json"))[0].write_text(
+        '{"n_frames": 10, "fps": 10, "masks": [{"frame": 99, "mask": "m.png"}]}')
+    with pytest.raises(InputError, match=r"masks at frames \[99\] outside its 10 frames"):
+        extract_neighbourhoods(_analyzer(), lying)
 
 
 def test_training_refuses_one_class_and_wrong_shapes() -> None:
