@@ -62,6 +62,8 @@ clean:
 # RECIPE=evidence-peaks that with the segmenter trained on its own false peaks, read at the
 # authors' operating point (about 2 h on 2 cores),
 # RECIPE=evidence-refined that with a temporal refiner and bleeding-free validation,
+# RECIPE=evidence-probe evidence-peaks with the neighbourhood probe at the map's peaks and
+# its operating point chosen on bleeding-free validation (not yet built; over 2 h on 2 cores),
 # RECIPE=randomised-gpu / evidence-peaks-gpu evidence-refined / evidence-peaks with a GPU's
 # budget (see models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
