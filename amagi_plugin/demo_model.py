@@ -10,8 +10,9 @@ work directory records the configuration and a changed one is refused rather tha
 3. AMAGI (``amagi_tiny``) with that segmenter frozen inside, and the plain SlowFast
    baseline (``slowfast_tiny``) with the same data, epochs, batch and schedule;
 4. with ``probe_epochs``, a neighbourhood probe (:mod:`amagi_plugin.probing`) trained on
-   the training set where the segmenter's map peaks (``amagi train probe``) and named in
-   ``model.json`` with its weight against the clip network;
+   the training set (and ``probe_extra_cases`` more) where the segmenter's map peaks
+   (``amagi train probe``) and named in ``model.json`` with its weight against the clip
+   network;
    with ``refiner_sets`` (other seeds of the training looks, with and without bleeding),
    the main model runs over them and a temporal refiner (:mod:`models.refiner`) is trained
    on its predictions (``amagi train refiner``) and named in ``model.json``;
@@ -99,7 +100,7 @@ class DemoConfig:
     refiner_layers: int = 8
     refiner_offset: float = 1.0
     # the neighbourhood probe at the segmenter's map peaks (amagi_plugin.probing), trained on
-    # the training set; 0 epochs = no probe
+    # the training set and the sets below; 0 epochs = no probe
     probe_epochs: int = 0
     probe_candidates: int = 8
     probe_look_jitter: float = 1.0
@@ -541,8 +542,8 @@ PROBE_FILE = "probe_demo.pth"
 def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoConfig,
            device: str) -> bool:
     """``amagi train probe`` on the rawframes sets ``data`` (the training set first) at the
-    segmenter's map peaks into
-    ``<stage>/probe_demo.pth`` (redone when the segmenter is newer). Returns whether it ran."""
+    segmenter's map peaks into ``<stage>/probe_demo.pth`` (redone when the segmenter is
+    newer). Returns whether it ran."""
     record = work / PROBE_FILE  # the stage's own copy: the stage folder is rewritten
     ran = not record.is_file() or record.stat().st_mtime < (seg_dir / "latest.pth").stat().st_mtime
     if ran:
