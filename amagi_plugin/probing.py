@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the pipeline imports this module
 log = logging.getLogger(__name__)
 
 __all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeUse", "fuse", "map_peaks",
-           "neighbourhoods", "probe_frames"]
+           "moving_mean", "neighbourhoods", "probe_frames"]
 
 
 @dataclass(frozen=True)
@@ -198,11 +198,18 @@ class NeighbourhoodProbe:
                         for y, x_, v in map_peaks(p, self.cfg.candidates)])
         return out
 
-    @torch.inference_mode()
     def scores(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
                window: WindowFn, frame_count: int, fps: float) -> np.ndarray:
         """The probe score of each target frame (0 where the map has no peak)."""
-        found = self.places(frames, targets, window)
+        return self.scores_at(frames, targets, self.places(frames, targets, window),
+                              frame_count, fps)
+
+    @torch.inference_mode()
+    def scores_at(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
+                  found: Sequence[Sequence[tuple[int, int, float]]], frame_count: int,
+                  fps: float) -> np.ndarray:
+        """The probe score of each target frame at its places ``found`` (:meth:`places`;
+        0 where there are none)."""
         out = np.zeros(len(targets))
         crops, owner = [], []
         for k, (i, places) in enumerate(zip(targets, found, strict=True)):
@@ -267,9 +274,14 @@ def fuse(clip: np.ndarray, probe: np.ndarray, rate_hz: float, use: ProbeUse) -> 
     if clip.shape != probe.shape:
         raise ValueError(f"clip {clip.shape} and probe {probe.shape} differ")
     known = ~np.isnan(probe)
-    filled = np.where(known, probe, clip)
-    width = max(1, round(use.smooth_s * rate_hz))
-    if width > 1 and filled.size:
-        padded = np.pad(filled, (width // 2, width - 1 - width // 2), mode="edge")
-        filled = np.convolve(padded, np.ones(width) / width, "valid")
+    filled = moving_mean(np.where(known, probe, clip), max(1, round(use.smooth_s * rate_hz)))
     return np.where(known, (1 - use.weight) * clip + use.weight * filled, clip)
+
+
+def moving_mean(x: np.ndarray, width: int) -> np.ndarray:
+    """``x`` averaged over ``width`` consecutive samples, centred, edges repeated."""
+    x = np.asarray(x, dtype=np.float64)
+    if width <= 1 or x.size == 0:
+        return x.copy()
+    padded = np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
+    return np.convolve(padded, np.ones(width) / width, "valid")

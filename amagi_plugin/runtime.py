@@ -60,12 +60,13 @@ def load_analyzer(spec: ModelSpec, options: AnalysisOptions) -> BleedingAnalyzer
     refiner = None if spec.refiner is None else load_refiner(spec.refiner, options.device)
     probe = None if spec.probe is None else load_patchnet(spec.probe, options.device)
     model = load_model(spec, options.device)
-    if probe is None:
-        return BleedingAnalyzer.for_model(model, options, refiner=refiner)
     try:
         return BleedingAnalyzer.for_model(model, options, refiner=refiner, probe=probe,
                                           probe_use=spec.probe_use)
-    except ValueError as e:  # the probe does not fit this model
+    except ValueError as e:
+        if probe is None:
+            raise
+        # the probe does not fit this model
         raise InputError(f"{spec.name or spec.arch}: probe {spec.probe}: {e}") from None
 
 

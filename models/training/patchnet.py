@@ -34,7 +34,6 @@ class PatchTrainConfig:
     weight_decay: float = 1e-4
     look_jitter: float = 1.0
     seed: int = 0
-    threads: int | None = None  # torch threads (None: leave as set)
     architecture: PatchNetConfig = field(default_factory=PatchNetConfig)
 
 
@@ -69,8 +68,6 @@ def train_patchnet(x: np.ndarray, y: np.ndarray, cfg: PatchTrainConfig | None = 
                          f"{arch.crop} px squares")
     if not 0.0 < float(y.mean()) < 1.0:
         raise ModelError("the probe needs positive and negative neighbourhoods")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = PatchNet(arch)

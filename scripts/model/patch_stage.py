@@ -36,6 +36,7 @@ from amagi_plugin.evaluation.report import auroc_by_size
 from amagi_plugin.pipeline import BleedingAnalyzer
 from amagi_plugin.probe_training import probe_analyzer
 from amagi_plugin.probing import MapGeometry, probe_frames
+from amagi_plugin.probing import moving_mean as moving_mean_1d
 from amagi_plugin.schedule import ClipSchedule
 from dicom_io.video import open_video
 from models import build_model, load_checkpoint
@@ -71,8 +72,9 @@ def frame_scores(net: PatchNet, root: Path, every: int,
                 def window(i: int, s: ClipSchedule = schedule) -> list[int]:
                     return s.window(i, analyzer.seg_frames)
 
-                scores += list(stage.scores(frames, centres, window, n, fps))
-                peaks += [p[0][2] if p else 0.0 for p in stage.places(frames, centres, window)]
+                found = stage.places(frames, centres, window)  # the map once per frame
+                scores += list(stage.scores_at(frames, centres, found, n, fps))
+                peaks += [p[0][2] if p else 0.0 for p in found]
             else:
                 for i in centres:
                     stack = torch.stack([frames[f] for f in probe_frames(i, n, fps, net.cfg)])
@@ -91,12 +93,9 @@ def frame_scores(net: PatchNet, root: Path, every: int,
 def moving_mean(scores: np.ndarray, cases: np.ndarray, width: int) -> np.ndarray:
     """Each case's scores averaged over ``width`` consecutive frames (edges repeated)."""
     out = scores.astype(float).copy()
-    if width <= 1:
-        return out
     for c in np.unique(cases):
         sel = cases == c
-        padded = np.pad(scores[sel], (width // 2, width - 1 - width // 2), mode="edge")
-        out[sel] = np.convolve(padded, np.ones(width) / width, "valid")
+        out[sel] = moving_mean_1d(scores[sel], width)
     return out
 
 
