@@ -162,7 +162,8 @@ def _mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
 def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               epochs: int | None = None,
               candidates: int | None = None, rand_neg: int = 0, extra_pos: int = 0,
-              look_jitter: float | None = None, seed: int = 0, threads: int | None = None,
+              look_jitter: float | None = None, reversed_negatives: float = 0.0,
+              sliding_negatives: float = 0.0, seed: int = 0, threads: int | None = None,
               device: str = "cpu", input_size: int | None = None,
               progress: Callable[[str], None] | None = None) -> tuple[PatchNet, dict[str, Any]]:
     """A probe trained on the rawframes sets ``data`` (pooled) at the map peaks of ``arch``'s
@@ -189,6 +190,13 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
         raise InputError(str(e)) from None
     cfg = PatchNetConfig(short_side=model.default_cfg.input_size,
                          **({} if candidates is None else {"candidates": candidates}))
+    given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))
+             if v is not None}
+    try:  # the settings before the data: a typo costs no reading
+        tcfg = PatchTrainConfig(seed=seed, architecture=cfg, reversed_negatives=reversed_negatives,
+                                sliding_negatives=sliding_negatives, **given)
+    except ModelError as e:
+        raise InputError(str(e)) from None
     analyzer = probe_analyzer(model, PatchNet(cfg), device)
 
     xs, ys, summaries = [], [], []
@@ -209,9 +217,6 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
                "cases": sum(s["cases"] for s in summaries), "neighbourhoods": len(y),
                "positive": int(y.sum()),
                "seconds": round(sum(s["seconds"] for s in summaries), 1)}
-    given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))
-             if v is not None}
-    tcfg = PatchTrainConfig(seed=seed, architecture=cfg, **given)
 
     def epoch_said(epoch: int, total: int, loss: float) -> None:
         if progress:
@@ -224,6 +229,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
     meta = {"seg_arch": arch, "build": build, "seg_checkpoint": str(seg_checkpoint),
             "extraction": summary,
             "epochs": tcfg.epochs, "look_jitter": tcfg.look_jitter, "lr": tcfg.lr,
+            "reversed_negatives": tcfg.reversed_negatives,
+            "sliding_negatives": tcfg.sliding_negatives,
             "batch": tcfg.batch, "seed": seed,
             "losses": [round(v, 4) for v in result.losses],
             "seconds": round(summary["seconds"] + result.seconds, 1)}

@@ -166,12 +166,15 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert meta["seg_checkpoint"] == str(tmp_path / "work" / "seg" / "latest.pth")
     # the training set and the probe's own extra case
     assert meta["extraction"]["cases"] == cfg.train_cases + 1 and meta["epochs"] == 1
+    assert meta["sliding_negatives"] == 1.0 and meta["reversed_negatives"] == 0.0
     assert [Path(d).name for d in meta["extraction"]["data"]] == ["train", "probe-extra"]
     assert training["seconds"]["probe"] is not None
     assert "operating_point" in manifest and "calibration" in training
     readme = (dest / "README.md").read_text()
     assert f"neighbourhood probe `{PROBE_FILE}`" in readme and "weighs 0.75" in readme
     assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
+    assert "one frame of each positive slid rigidly across the frames as a negative " \
+        "(weight 1)" in readme
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     again = build_demo(tmp_path / "work", cfg, dest)
     assert again["seconds"] == training["seconds"]
@@ -232,11 +235,13 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     probe = DemoConfig.recipe("evidence-probe")  # evidence-peaks, a probe, its own point
     assert (probe.probe_epochs, probe.probe_candidates, probe.probe_weight) == (8, 8, 0.75)
     assert probe.probe_extra_cases == 96 and not probe.probe_static_cases
+    assert probe.probe_sliding_negatives == 1.0 and not peaks.probe_sliding_negatives
     assert probe.val_cases and probe.val_static_cases and not peaks.probe_epochs
     assert probe.probe_seed not in (probe.train_seed, probe.val_seed, probe.eval_seed,
                                     probe.static_seed, probe.val_static_seed)
     assert dataclasses.replace(probe, probe_epochs=0, probe_extra_cases=0, val_cases=0,
-                               val_static_cases=0, version=peaks.version) == peaks
+                               val_static_cases=0, probe_sliding_negatives=0.0,
+                               version=peaks.version) == peaks
     with pytest.raises(ConfigError, match="a probe or a refiner, not both"):
         dataclasses.replace(probe, refiner_sets=refined.refiner_sets)
 

@@ -472,7 +472,8 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     code, out, err = _run(trained, "train", "probe", "--data", "train", "--arch", "amagi_tiny",
                           "--input-size", "64", "--seg-checkpoint", "seg/latest.pth",
                           "-o", "pr/probe.pth", "--epochs", "1", "--candidates", "4",
-                          "--rand-neg", "1")
+                          "--rand-neg", "1", "--reversed-negatives", "0.5",
+                          "--sliding-negatives", "0.25")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
     assert "extract train: 2/2 cases" in err and "train: epoch 1/1" in err
@@ -481,6 +482,7 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     meta = read_checkpoint(trained / "pr" / "probe.pth")["meta"]
     assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
         meta["extraction"]["neighbourhoods"]
+    assert (meta["reversed_negatives"], meta["sliding_negatives"]) == (0.5, 0.25)
 
     manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
                 "build": {"input_size": 64},
@@ -528,7 +530,9 @@ def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
             (["--data", "train", "--arch", "slowfast_tiny", *seg], "has no segmentation net"),
             (["--data", "nowhere", "--arch", "amagi_tiny", *seg], "no such folder"),
             (["--data", "train", "--arch", "amagi_tiny", "--seg-checkpoint", "nothing.pth"],
-             "not found")):
+             "not found"),
+            (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
+              "--reversed-negatives", "-1"], "reversed and sliding negatives must be >= 0")):
         code, _, err = _run(trained, "train", "probe", *argv, "-o", "p.pth")
         assert code == ExitCode.BAD_INPUT and says in err, err
     assert not (trained / "p.pth").exists()

@@ -1,10 +1,14 @@
 """models/patchnet.py: the neighbourhood probe's shapes, its dense form, and its premise
-(a growing red spot and a still one of the same colour are told apart by change alone)."""
+(a growing red spot and a still one of the same colour are told apart by change alone);
+models/training/patchnet.py's negatives made from positives (played backwards, slid)
+teach it the direction of change."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.patchnet import PatchNet, PatchNetConfig
 
@@ -103,3 +107,87 @@ def test_a_saved_probe_loads_with_its_configuration_and_other_files_are_refused(
         load_patchnet(tmp_path / "wide.pth")
     with pytest.raises(ValueError, match="short_side >= crop"):
         PatchNetConfig(short_side=16)
+
+
+def _moving_spot(generator: torch.Generator) -> torch.Tensor:
+    """8 frames of the same tissue and red as :func:`_spot` with a still-sized spot that
+    moves 2 px a frame in a random direction: red that changes but does not grow."""
+    tissue = torch.tensor([190.0, 120.0, 110.0])[None, :, None, None]
+    x = (tissue + 12.0 * torch.randn(1, 3, 32, 32, generator=generator)).repeat(8, 1, 1, 1)
+    cy, cx = (int(v) for v in torch.randint(12, 20, (2,), generator=generator))
+    a = float(torch.rand(1, generator=generator)) * 2 * torch.pi
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    for t in range(8):
+        y = cy + 2.0 * (t - 4) * torch.sin(torch.tensor(a))
+        x_ = cx + 2.0 * (t - 4) * torch.cos(torch.tensor(a))
+        x[t, :, (yy - y) ** 2 + (xx - x_) ** 2 <= 25.0] = torch.tensor([140.0, 20.0, 25.0])[:, None]
+    return (x + 3.0 * torch.randn(x.shape, generator=generator)).clamp(0, 255)
+
+
+def _as_neighbourhoods(x: torch.Tensor) -> np.ndarray:
+    """``(N, 8, 3, 32, 32)`` → the training data's ``uint8 (N, 8, 36, 36, 3)`` (edges
+    repeated: the 4 px margin random crops draw from)."""
+    n = len(x)
+    big = F.pad(x.flatten(0, 1), (2, 2, 2, 2), mode="replicate").view(n, 8, 3, 36, 36)
+    return big.permute(0, 1, 3, 4, 2).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0) -> PatchNet:
+    """A small probe trained by ``train_patchnet`` on growing (1) and still (0) spots only."""
+    from models.training.patchnet import PatchTrainConfig, train_patchnet
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 2, (256,), generator=g)
+    x = _as_neighbourhoods(torch.stack([_spot(bool(v), g) for v in y]))
+    cfg = PatchTrainConfig(epochs=4, batch=32, look_jitter=0.0, architecture=PatchNetConfig(
+        width=16), reversed_negatives=reversed_negatives, sliding_negatives=sliding_negatives)
+    return train_patchnet(x, y.numpy(), cfg).net
+
+
+def _scores(net: PatchNet, make) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        return torch.sigmoid(net(torch.stack([make(g) for _ in range(16)])))
+
+
+def test_played_backwards_positives_teach_the_direction_of_change() -> None:
+    """Trained on growing against still spots, the probe also scores a shrinking spot (a
+    growing one played backwards: a pool under suction) as bleeding: it learned change.
+    With each positive played backwards as a negative, shrinking scores below every
+    growing spot."""
+    grow = lambda g: _spot(True, g)  # noqa: E731
+    shrink = lambda g: _spot(True, g).flip(0)  # noqa: E731
+    plain = _trained()
+    assert _scores(plain, shrink).mean() > 0.5
+    taught = _trained(reversed_negatives=1.0)
+    assert _scores(taught, shrink).max() < min(0.5, float(_scores(taught, grow).min()))
+
+
+def test_slid_positives_teach_that_moving_red_is_not_growing_red() -> None:
+    """A still-sized spot moving across the neighbourhood (drawn here, not slid by the
+    trainer): with slid frames of the positives as negatives it scores below every growing
+    spot and under 0.5; without them, higher."""
+    grow = lambda g: _spot(True, g)  # noqa: E731
+    plain = _scores(_trained(), _moving_spot)
+    taught = _trained(sliding_negatives=1.0)
+    moving = _scores(taught, _moving_spot)
+    assert moving.max() < min(0.5, float(_scores(taught, grow).min()))
+    assert moving.mean() < plain.mean()
+
+
+def test_slide_moves_one_frame_rigidly_with_mirrored_edges() -> None:
+    from models.training.patchnet import slide
+
+    frame = torch.zeros(3, 16, 16)
+    frame[0, 8, 5] = 1.0
+    out = slide(frame, 5, (1.0, -2.0))  # down 1, left 2 px a step; step 2 is the frame
+    assert out.shape == (5, 3, 16, 16)
+    assert torch.equal(out[2], frame)
+    for t in range(5):
+        assert (out[t, 0] == 1).nonzero().tolist() == [[8 + (t - 2), 5 - 2 * (t - 2)]]
+    ramp = slide(torch.arange(16.0).repeat(3, 16, 1), 3, (0.0, 2.0))  # 2 px right a step
+    assert ramp[1, 0, 0].tolist() == list(range(16))
+    assert ramp[0, 0, 0].tolist() == [*range(2, 16), 14, 13]  # edges mirrored, not zeros
+    assert ramp[2, 0, 0].tolist() == [2, 1, *range(14)]
+    with pytest.raises(ValueError, match="needs more than 16 px"):
+        slide(frame, 8, (5.0, 0.0))

@@ -203,6 +203,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="positives at random mask pixels per masked frame (besides its centre)")
     q.add_argument("--look-jitter", type=float, default=1.0, metavar="S",
                    help="strength (0-2) of a random change of look per neighbourhood")
+    q.add_argument("--reversed-negatives", type=float, default=0.0, metavar="W",
+                   help="each positive played backwards (spreading blood becomes shrinking "
+                   "blood) as a negative of this weight relative to a positive (0: none)")
+    q.add_argument("--sliding-negatives", type=float, default=0.0, metavar="W",
+                   help="one frame of each positive slid rigidly across the frames (red that "
+                   "moves without growing) as a negative of this weight (0: none)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     q.add_argument("--device", default="cpu", help="where the segmenter runs (cpu, cuda)")
@@ -475,7 +481,9 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
 
     net, meta = fit_probe([ctx.cwd / d for d in args.data], args.arch, ctx.cwd / args.seg_checkpoint,
                           epochs=args.epochs, candidates=args.candidates, rand_neg=args.rand_neg,
-                          extra_pos=args.extra_pos, look_jitter=args.look_jitter, seed=args.seed,
+                          extra_pos=args.extra_pos, look_jitter=args.look_jitter,
+                          reversed_negatives=args.reversed_negatives,
+                          sliding_negatives=args.sliding_negatives, seed=args.seed,
                           threads=args.threads, device=resolve_device(args.device),
                           input_size=args.input_size,
                           progress=None if args.no_progress else said)
