@@ -18,7 +18,10 @@ the probe must not read as flow is red that changes without spreading:
   random direction, 1-3 px a frame, edges mirrored): red that moves without growing, as a
   stained instrument or a pool carried by the camera.
 
-Each is weighted relative to a positive (0: none made).
+Each is weighted relative to a positive (0: none made). Measured on held-out looks
+(models/weights/demo/heldout-looks/README.md, session 27): sliding negatives made the point
+chosen on training-look validation find more held-out bleeding; reversed ones lowered the
+probe's transfer, since in its view labelled bleeding shrinks almost as often as it grows.
 """
 
 from __future__ import annotations
@@ -50,12 +53,12 @@ class PatchTrainConfig:
     reversed_negatives: float = 0.0
     #: weight (relative to a positive) of one frame of each positive slid rigidly, a negative
     sliding_negatives: float = 0.0
+    architecture: PatchNetConfig = field(default_factory=PatchNetConfig)
 
     def __post_init__(self) -> None:
         if self.reversed_negatives < 0 or self.sliding_negatives < 0:
             raise ModelError(f"the weights of reversed and sliding negatives must be >= 0, "
                              f"got {self.reversed_negatives} and {self.sliding_negatives}")
-    architecture: PatchNetConfig = field(default_factory=PatchNetConfig)
 
 
 @dataclass
