@@ -161,7 +161,8 @@ def _mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               epochs: int | None = None,
-              candidates: int | None = None, rand_neg: int = 0, extra_pos: int = 0,
+              candidates: int | None = None, step_s: float | None = None,
+              rand_neg: int = 0, extra_pos: int = 0,
               look_jitter: float | None = None, reversed_negatives: float = 0.0,
               sliding_negatives: float = 0.0, seed: int = 0, threads: int | None = None,
               device: str = "cpu", input_size: int | None = None,
@@ -173,7 +174,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
     :class:`~models.training.patchnet.PatchTrainConfig`'s or :class:`PatchNetConfig`'s
     default."""
     from models import build_model, list_models, load_checkpoint
-    from models.errors import CheckpointError, ModelError
+    from models.errors import CheckpointError, ModelConfigError, ModelError
     from models.training.patchnet import PatchTrainConfig, train_patchnet
 
     if arch not in list_models():
@@ -188,8 +189,11 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
         load_checkpoint(model, seg_checkpoint, kind="segmentation")
     except CheckpointError as e:
         raise InputError(str(e)) from None
-    cfg = PatchNetConfig(short_side=model.default_cfg.input_size,
-                         **({} if candidates is None else {"candidates": candidates}))
+    shape = {k: v for k, v in (("candidates", candidates), ("step_s", step_s)) if v is not None}
+    try:
+        cfg = PatchNetConfig(short_side=model.default_cfg.input_size, **shape)
+    except ModelConfigError as e:
+        raise InputError(str(e)) from None
     given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))
              if v is not None}
     try:  # the settings before the data: a typo costs no reading

@@ -118,12 +118,13 @@ def test_fit_probe_pools_several_sets(rawframes: Path, tmp_path: Path) -> None:
     save_checkpoint(build_model("amagi_tiny_tge", input_size=64).backbone.seg_model, seg)
     lines: list[str] = []
     net, meta = fit_probe([rawframes, rawframes], "amagi_tiny_tge", seg, epochs=1,
-                          candidates=3, input_size=64, progress=lines.append)
+                          candidates=3, step_s=0.3, input_size=64, progress=lines.append)
     one, two = meta["extraction"]["sets"]
     assert meta["extraction"]["cases"] == 4 == one["cases"] + two["cases"]
     assert meta["extraction"]["neighbourhoods"] == one["neighbourhoods"] + two["neighbourhoods"]
     assert (one["seed"], two["seed"]) == (0, 1)  # each set its own draws
     assert net.cfg.short_side == 64 and meta["build"] == {"input_size": 64}
+    assert (net.cfg.candidates, net.cfg.step_s) == (3, 0.3)
     assert sum(line.startswith("extract train: ") for line in lines) == 4
     assert lines[-1].startswith("train: epoch 1/1")
     with pytest.raises(InputError, match="unknown architecture"):

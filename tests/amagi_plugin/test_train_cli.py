@@ -532,7 +532,9 @@ def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
             (["--data", "train", "--arch", "amagi_tiny", "--seg-checkpoint", "nothing.pth"],
              "not found"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
-              "--reversed-negatives", "-1"], "reversed and sliding negatives must be >= 0")):
+              "--reversed-negatives", "-1"], "reversed and sliding negatives must be >= 0"),
+            (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
+              "--step-s", "0"], "PatchNet needs step_s > 0")):
         code, _, err = _run(trained, "train", "probe", *argv, "-o", "p.pth")
         assert code == ExitCode.BAD_INPUT and says in err, err
     assert not (trained / "p.pth").exists()
