@@ -103,6 +103,7 @@ class DemoConfig:
     # the training set and the sets below; 0 epochs = no probe
     probe_epochs: int = 0
     probe_candidates: int = 8
+    probe_step_s: float = 0.2  # seconds between the probe's 8 frames (amagi train probe --step-s)
     probe_look_jitter: float = 1.0
     # one frame of each positive slid rigidly across the frames, as a negative of this weight
     # (amagi train probe --sliding-negatives; 0 = none)
@@ -246,11 +247,12 @@ _REFINED: dict[str, Any] = {
 #: negative (red that moves without growing, as the stained instrument tips that fool the
 #: probe on training-look still blood): at the point ``amagi calibrate`` chooses on
 #: validation it raised event F1@0.5 on held-out looks in 8 of 9 probe-weight pairs measured
-#: (144 cases at weight 0.75: 0.14 to 0.33), with no false alarm on held-out still blood
-#: (session 27).
+#: (144 cases at weight 0.75: 0.14 to 0.33), with no false alarm on held-out still blood; with
+#: the probe's frames 0.3 s apart (a 2.1 s span) as well, two seeds of 48 cases found 7 and 12
+#: of 24 events there (F1@0.5 0.42 and 0.46; 0 and 1 alarm) (session 27).
 _PROBE: dict[str, Any] = {**_PEAKS, "probe_epochs": 8, "probe_extra_cases": 96,
-                          "probe_sliding_negatives": 1.0, "val_cases": 4, "val_static_cases": 3,
-                          "version": "9.1"}
+                          "probe_sliding_negatives": 1.0, "probe_step_s": 0.3, "val_cases": 4,
+                          "val_static_cases": 3, "version": "9.1"}
 #: The budget of one lent GPU machine (see ``randomised-gpu`` above), shared by the GPU recipes.
 #: ``evidence-peaks-gpu`` is ``evidence-peaks`` (the best held-out-look candidate of the CPU
 #: builds, sessions 19-24) at that budget, without the refiner stage.
@@ -559,6 +561,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
         _cli(["train", "probe", "--data", *map(str, data), "--arch", cfg.arch,
               "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
               "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
+              "--step-s", str(cfg.probe_step_s),
               "--look-jitter", str(cfg.probe_look_jitter),
               "--sliding-negatives", str(cfg.probe_sliding_negatives),
               "--seed", str(cfg.train_seed_model),
@@ -700,8 +703,9 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
            "which the map's evidence decides alone; in analysis they weigh "
            f"{1 - dropped:.0%}"] if dropped is not None else []),
-        *([f"- neighbourhood probe `{manifest['probe']['file']}` (PatchNet: 8 frames 0.2 s "
-           "apart of a 32-pixel neighbourhood, the frame-to-frame changes given explicitly), "
+        *([f"- neighbourhood probe `{manifest['probe']['file']}` (PatchNet: 8 frames "
+           f"{cfg['probe_step_s']:g} s apart of a 32-pixel neighbourhood, the "
+           "frame-to-frame changes given explicitly), "
            f"{cfg['probe_epochs']} epochs on the masked frames of the training set"
            + (f" and {cfg['probe_extra_cases']} more "
               f"{'case' if cfg['probe_extra_cases'] == 1 else 'cases'} of its domain (`--seed "

@@ -162,6 +162,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert manifest["probe"] == {"file": PROBE_FILE, "weight": 0.75, "smooth_s": 1.0}
     probe = load_patchnet(dest / PROBE_FILE)
     assert probe.cfg.short_side == build_model(manifest["arch"]).default_cfg.input_size
+    assert probe.cfg.step_s == cfg.probe_step_s == 0.3
     meta = read_checkpoint(dest / PROBE_FILE)["meta"]
     assert meta["seg_checkpoint"] == str(tmp_path / "work" / "seg" / "latest.pth")
     # the training set and the probe's own extra case
@@ -172,6 +173,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert "operating_point" in manifest and "calibration" in training
     readme = (dest / "README.md").read_text()
     assert f"neighbourhood probe `{PROBE_FILE}`" in readme and "weighs 0.75" in readme
+    assert "(PatchNet: 8 frames 0.3 s apart of a 32-pixel neighbourhood" in readme
     assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
     assert "one frame of each positive slid rigidly across the frames as a negative " \
         "(weight 1)" in readme
@@ -236,12 +238,13 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert (probe.probe_epochs, probe.probe_candidates, probe.probe_weight) == (8, 8, 0.75)
     assert probe.probe_extra_cases == 96 and not probe.probe_static_cases
     assert probe.probe_sliding_negatives == 1.0 and not peaks.probe_sliding_negatives
+    assert (probe.probe_step_s, peaks.probe_step_s) == (0.3, 0.2)
     assert probe.val_cases and probe.val_static_cases and not peaks.probe_epochs
     assert probe.probe_seed not in (probe.train_seed, probe.val_seed, probe.eval_seed,
                                     probe.static_seed, probe.val_static_seed)
     assert dataclasses.replace(probe, probe_epochs=0, probe_extra_cases=0, val_cases=0,
                                val_static_cases=0, probe_sliding_negatives=0.0,
-                               version=peaks.version) == peaks
+                               probe_step_s=0.2, version=peaks.version) == peaks
     with pytest.raises(ConfigError, match="a probe or a refiner, not both"):
         dataclasses.replace(probe, refiner_sets=refined.refiner_sets)
 
