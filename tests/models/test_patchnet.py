@@ -5,6 +5,8 @@ teach it the direction of change."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -132,8 +134,10 @@ def _as_neighbourhoods(x: torch.Tensor) -> np.ndarray:
     return big.permute(0, 1, 3, 4, 2).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+@functools.cache
 def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0) -> PatchNet:
-    """A small probe trained by ``train_patchnet`` on growing (1) and still (0) spots only."""
+    """A small probe trained by ``train_patchnet`` on growing (1) and still (0) spots only
+    (each kind once per session: the tests only read it)."""
     from models.training.patchnet import PatchTrainConfig, train_patchnet
 
     g = torch.Generator().manual_seed(1)
