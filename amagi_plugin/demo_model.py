@@ -248,8 +248,8 @@ _REFINED: dict[str, Any] = {
 #: probe on training-look still blood): at the point ``amagi calibrate`` chooses on
 #: validation it raised event F1@0.5 on held-out looks in 8 of 9 probe-weight pairs measured
 #: (144 cases at weight 0.75: 0.14 to 0.33), with no false alarm on held-out still blood; with
-#: the probe's frames 0.3 s apart (a 2.1 s span) as well, two seeds of 48 cases found 7 and 12
-#: of 24 events there (F1@0.5 0.42 and 0.46; 0 and 1 alarm) (session 27).
+#: the probe's frames 0.3 s apart (a 2.1 s span) as well, three seeds of 48 cases found 7-12
+#: of 24 events there (F1@0.5 0.39-0.46; at most 1 alarm; the plain probe 3-7) (session 27).
 _PROBE: dict[str, Any] = {**_PEAKS, "probe_epochs": 8, "probe_extra_cases": 96,
                           "probe_sliding_negatives": 1.0, "probe_step_s": 0.3, "val_cases": 4,
                           "val_static_cases": 3, "version": "9.1"}
