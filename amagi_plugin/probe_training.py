@@ -162,7 +162,7 @@ def _mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
 def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               epochs: int | None = None,
               candidates: int | None = None, step_s: float | None = None,
-              rand_neg: int = 0, extra_pos: int = 0,
+              align: bool = False, rand_neg: int = 0, extra_pos: int = 0,
               look_jitter: float | None = None, reversed_negatives: float = 0.0,
               sliding_negatives: float = 0.0, seed: int = 0, threads: int | None = None,
               device: str = "cpu", input_size: int | None = None,
@@ -191,7 +191,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
         raise InputError(str(e)) from None
     shape = {k: v for k, v in (("candidates", candidates), ("step_s", step_s)) if v is not None}
     try:
-        cfg = PatchNetConfig(short_side=model.default_cfg.input_size, **shape)
+        cfg = PatchNetConfig(short_side=model.default_cfg.input_size, align=align, **shape)
     except ModelConfigError as e:
         raise InputError(str(e)) from None
     given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))

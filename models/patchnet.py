@@ -39,6 +39,7 @@ from torch import nn
 
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.errors import CheckpointError, ModelConfigError
+from models.flowseg import align_to
 
 __all__ = ["PatchNet", "PatchNetConfig", "load_patchnet", "save_patchnet"]
 
@@ -58,14 +59,19 @@ class PatchNetConfig:
     candidates: int = 8
     #: the scale of its frames: resized so their shorter side has this many pixels
     short_side: int = 128
+    #: motion compensation: each frame is first shifted onto the middle one by the
+    #: neighbourhood's own translation (:func:`models.flowseg.align_to`), at most
+    #: ``max_shift`` px on each axis
+    align: bool = False
+    max_shift: float = 8.0
 
     def __post_init__(self) -> None:
         if self.frames < 2 or self.crop < 4 or self.width < 1 or self.candidates < 1:
             raise ModelConfigError(f"PatchNet needs frames >= 2, crop >= 4, width >= 1 and "
                                    f"candidates >= 1, got {self}")
-        if not (self.step_s > 0 and self.short_side >= self.crop):
-            raise ModelConfigError(f"PatchNet needs step_s > 0 and short_side >= crop, got "
-                                   f"{self}")
+        if not (self.step_s > 0 and self.short_side >= self.crop and self.max_shift > 0):
+            raise ModelConfigError(f"PatchNet needs step_s > 0, short_side >= crop and "
+                                   f"max_shift > 0, got {self}")
 
 
 class PatchNet(nn.Module):
@@ -96,8 +102,26 @@ class PatchNet(nn.Module):
         if x.dim() != 5 or x.shape[1:3] != (self.cfg.frames, 3):
             raise ValueError(f"expected (N, {self.cfg.frames}, 3, H, W), got {tuple(x.shape)}")
         x = (x - 128.0) / 64.0
-        d = x[:, 1:] - x[:, :-1]
+        if self.cfg.align:
+            x, covered = self.aligned(x)
+            d = (x[:, 1:] - x[:, :-1]) * covered[:, 1:] * covered[:, :-1]
+        else:
+            d = x[:, 1:] - x[:, :-1]
         return self.body(torch.cat([x.flatten(1, 2), self.cfg.diff_gain * d.flatten(1, 2)], 1))
+
+    def aligned(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, T, 3, H, W)`` → the frames each shifted onto the middle one (the middle one
+        as it is) and ``(N, T, 1, H, W)``: 1 where a shifted frame has data."""
+        n, t, c, h, w = x.shape
+        mid = t // 2
+        others = torch.cat([x[:, :mid], x[:, mid + 1:]], 1).reshape(n * (t - 1), c, h, w)
+        moved, covered = align_to(x[:, mid].repeat_interleave(t - 1, 0), others,
+                                  self.cfg.max_shift)
+        moved = moved.reshape(n, t - 1, c, h, w)
+        covered = covered.reshape(n, t - 1, 1, h, w)
+        one = torch.ones_like(covered[:, :1])
+        return (torch.cat([moved[:, :mid], x[:, mid:mid + 1], moved[:, mid:]], 1),
+                torch.cat([covered[:, :mid], one, covered[:, mid:]], 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, frames, 3, crop, crop)`` → ``(N,)`` logits."""
@@ -107,6 +131,9 @@ class PatchNet(nn.Module):
         """``(frames, 3, H, W)`` (H, W ≥ crop) → logits ``(H', W')`` of every ``crop``
         window at stride 4: entry ``(i, j)`` is the window whose top-left pixel is
         ``(4i, 4j)``."""
+        if self.cfg.align:
+            raise ModelConfigError("an aligning probe shifts each window by its own motion: "
+                                   "it scores windows one at a time, not densely")
         z = self.features(stack[None])
         z = F.avg_pool2d(z, self.cfg.crop // self.STRIDE, 1)
         return torch.einsum("nchw,c->nhw", z, self.fc.weight[0])[0] + self.fc.bias[0]

@@ -1,7 +1,8 @@
 """models/patchnet.py: the neighbourhood probe's shapes, its dense form, and its premise
 (a growing red spot and a still one of the same colour are told apart by change alone);
 models/training/patchnet.py's negatives made from positives (played backwards, slid)
-teach it the direction of change."""
+teach it the direction of change; with ``align`` it does not read the view's own motion as
+change."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def _as_neighbourhoods(x: torch.Tensor) -> np.ndarray:
 
 
 @functools.cache
-def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0) -> PatchNet:
+def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0,
+             align: bool = False) -> PatchNet:
     """A small probe trained by ``train_patchnet`` on growing (1) and still (0) spots only
     (each kind once per session: the tests only read it)."""
     from models.training.patchnet import PatchTrainConfig, train_patchnet
@@ -144,7 +146,7 @@ def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0) ->
     y = torch.randint(0, 2, (256,), generator=g)
     x = _as_neighbourhoods(torch.stack([_spot(bool(v), g) for v in y]))
     cfg = PatchTrainConfig(epochs=4, batch=32, look_jitter=0.0, architecture=PatchNetConfig(
-        width=16), reversed_negatives=reversed_negatives, sliding_negatives=sliding_negatives)
+        width=16, align=align), reversed_negatives=reversed_negatives, sliding_negatives=sliding_negatives)
     return train_patchnet(x, y.numpy(), cfg).net
 
 
@@ -195,3 +197,69 @@ def test_slide_moves_one_frame_rigidly_with_mirrored_edges() -> None:
     assert ramp[2, 0, 0].tolist() == [2, 1, *range(14)]
     with pytest.raises(ValueError, match="needs more than 16 px"):
         slide(frame, 8, (5.0, 0.0))
+
+
+def _carried_spot(generator: torch.Generator, noise: float = 3.0) -> torch.Tensor:
+    """A still spot on textured tissue (as :func:`_spot`'s) carried by the view: the whole
+    neighbourhood moves 2 px a frame in one of four directions (the camera's motion), with
+    sensor noise of ``noise`` grey levels."""
+    tissue = torch.tensor([190.0, 120.0, 110.0])[:, None, None]
+    scene = tissue + 12.0 * torch.randn(3, 64, 64, generator=generator)
+    cy, cx = (int(v) for v in torch.randint(26, 38, (2,), generator=generator))
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    scene[:, (yy - cy) ** 2 + (xx - cx) ** 2 <= 25.0] = torch.tensor([140.0, 20.0, 25.0])[:, None]
+    vy, vx = [(0, 2), (0, -2), (2, 0), (-2, 0)][int(torch.randint(0, 4, (1,),
+                                                                  generator=generator))]
+    x = torch.stack([scene[:, 16 + vy * (t - 4):48 + vy * (t - 4),
+                           16 + vx * (t - 4):48 + vx * (t - 4)] for t in range(8)])
+    return (x + noise * torch.randn(x.shape, generator=generator)).clamp(0, 255)
+
+
+def test_alignment_removes_the_views_own_motion_and_marks_what_it_cannot_see() -> None:
+    """A textured neighbourhood carried 2 px a frame: after alignment every frame matches
+    the middle one (differences 100× smaller), and the pixels a shifted frame has no data
+    for (its leading edge, ≈ 2 px a frame from the middle) are marked uncovered."""
+    g = torch.Generator().manual_seed(3)
+    x = (_carried_spot(g, noise=0.0)[None] - 128.0) / 64.0
+    net = PatchNet(PatchNetConfig(align=True))
+    moved, covered = net.aligned(x)
+    before = (x[:, 1:] - x[:, :-1]).abs().mean()
+    after = ((moved - moved[:, 4:5]).abs() * covered).mean()
+    assert after < before / 100, (before, after)
+    assert torch.equal(moved[:, 4], x[:, 4]) and bool((covered[:, 4] == 1).all())
+    assert covered.shape == (1, 8, 1, 32, 32)
+    uncovered = [int((covered[0, t] == 0).sum()) for t in range(8)]
+    for t in range(8):  # 2 px a frame away from the middle: about 2·|t-4| lines of 32 px
+        assert abs(uncovered[t] - 2 * abs(t - 4) * 32) <= 32, uncovered
+
+
+def test_an_aligning_probe_does_not_read_the_views_motion_as_growth() -> None:
+    """Trained only on growing against still spots (nothing that moves), the plain probe
+    scores a still spot carried by the camera as bleeding more than the aligning one does;
+    the aligning one scores it below every growing spot and under 0.5. Both still tell
+    growing from still spots."""
+    grow = lambda g: _spot(True, g)  # noqa: E731
+    still = lambda g: _spot(False, g)  # noqa: E731
+    plain, aligning = _trained(), _trained(align=True)
+    carried = _scores(aligning, _carried_spot)
+    assert carried.max() < min(0.5, float(_scores(aligning, grow).min()))
+    assert _scores(plain, _carried_spot).mean() > carried.mean() + 0.2
+    for net in (plain, aligning):
+        assert _scores(net, grow).min() > _scores(net, still).max()
+
+
+def test_an_aligning_probe_scores_windows_one_at_a_time_and_keeps_its_setting(
+        tmp_path) -> None:
+    from models.errors import ModelConfigError
+    from models.patchnet import load_patchnet, save_patchnet
+
+    net = PatchNet(PatchNetConfig(width=8, align=True, max_shift=4.0)).eval()
+    with pytest.raises(ModelConfigError, match="not densely"):
+        net.dense(torch.rand(8, 3, 48, 48) * 255)
+    back = load_patchnet(save_patchnet(net, tmp_path / "a.pth"))
+    assert back.cfg.align and back.cfg.max_shift == 4.0
+    x = torch.rand(2, 8, 3, 32, 32) * 255
+    with torch.inference_mode():
+        assert torch.equal(back(x), net(x))
+    with pytest.raises(ModelConfigError, match="max_shift > 0"):
+        PatchNetConfig(max_shift=0.0)

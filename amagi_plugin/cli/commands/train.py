@@ -199,6 +199,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     q.add_argument("--candidates", type=int, default=8, help="map peaks looked at per frame")
     q.add_argument("--step-s", type=float, default=0.2, metavar="S",
                    help="seconds between the probe's 8 frames (its span is 7 steps)")
+    q.add_argument("--align", action="store_true",
+                   help="the probe first shifts each frame of a neighbourhood onto the middle "
+                   "one (the neighbourhood's own motion, found by phase correlation), so that "
+                   "what moves with the view shows no change")
     q.add_argument("--rand-neg", type=int, default=0,
                    help="random negatives away from bleeding per masked frame")
     q.add_argument("--extra-pos", type=int, default=0,
@@ -483,7 +487,7 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
 
     net, meta = fit_probe([ctx.cwd / d for d in args.data], args.arch, ctx.cwd / args.seg_checkpoint,
                           epochs=args.epochs, candidates=args.candidates, step_s=args.step_s,
-                          rand_neg=args.rand_neg,
+                          align=args.align, rand_neg=args.rand_neg,
                           extra_pos=args.extra_pos, look_jitter=args.look_jitter,
                           reversed_negatives=args.reversed_negatives,
                           sliding_negatives=args.sliding_negatives, seed=args.seed,
