@@ -459,8 +459,8 @@ def test_calibrate_pools_folders_and_bounds_alarms_on_bleeding_free_ones(trained
 
 
 def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: Path) -> None:
-    """``amagi train probe`` fits a neighbourhood probe where the segmenter's map peaks;
-    named in model.json, 'amagi evaluate' (and so process and serve) reads the clip
+    """``amagi train probe`` fits a neighbourhood probe where the segmenter's map peaks (here
+    one that aligns each neighbourhood's frames first); named in model.json, 'amagi evaluate' (and so process and serve) reads the clip
     network's probabilities fused with it: the same as fusing, by hand, the evaluation
     without the probe with the probe's scores computed on the decoded video."""
     from amagi_plugin.evaluation.cases import load_cases
@@ -473,12 +473,12 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                           "--input-size", "64", "--seg-checkpoint", "seg/latest.pth",
                           "-o", "pr/probe.pth", "--epochs", "1", "--candidates", "4",
                           "--rand-neg", "1", "--reversed-negatives", "0.5",
-                          "--sliding-negatives", "0.25")
+                          "--sliding-negatives", "0.25", "--align")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
     assert "extract train: 2/2 cases" in err and "train: epoch 1/1" in err
     probe = load_patchnet(trained / "pr" / "probe.pth")
-    assert (probe.cfg.candidates, probe.cfg.short_side) == (4, 64)
+    assert (probe.cfg.candidates, probe.cfg.short_side, probe.cfg.align) == (4, 64, True)
     meta = read_checkpoint(trained / "pr" / "probe.pth")["meta"]
     assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
         meta["extraction"]["neighbourhoods"]
