@@ -16,6 +16,12 @@ the channel axis of a 2-D network: six 3 × 3 convolutions (two at stride 2), gl
 average pooling, one logit. ``forward`` returns ``(N,)`` logits for "active bleeding in this
 neighbourhood".
 
+With ``align``, each frame is first shifted onto the middle one by the neighbourhood's own
+translation (:func:`models.flowseg.align_to`, as FlowSeg's ``align``), so that red carried by
+the view or an instrument shows no change; pixels a shifted frame has no data for give no
+difference. Measured (session 28 of the README above): surer of the bleeding it sees, less
+strict on held-out still blood; off by default.
+
 :meth:`PatchNet.dense` runs the same network fully convolutionally over a whole frame stack
 ``(frames, 3, H, W)``: the pooled window of each position is that of a ``crop`` crop at
 that position (seen with the frame's context instead of zero padding at its border), so one
