@@ -460,9 +460,10 @@ def test_calibrate_pools_folders_and_bounds_alarms_on_bleeding_free_ones(trained
 
 def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: Path) -> None:
     """``amagi train probe`` fits a neighbourhood probe where the segmenter's map peaks (here
-    one that aligns each neighbourhood's frames first); named in model.json, 'amagi evaluate' (and so process and serve) reads the clip
-    network's probabilities fused with it: the same as fusing, by hand, the evaluation
-    without the probe with the probe's scores computed on the decoded video."""
+    one that aligns each neighbourhood's frames first); named in model.json, 'amagi
+    evaluate' (and so process and serve) reads the clip network's probabilities fused with
+    it: the same as fusing, by hand, the evaluation without the probe with the probe's
+    scores computed on the decoded video."""
     from amagi_plugin.evaluation.cases import load_cases
     from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
     from amagi_plugin.probing import ProbeUse, fuse

@@ -146,7 +146,8 @@ def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0,
     y = torch.randint(0, 2, (256,), generator=g)
     x = _as_neighbourhoods(torch.stack([_spot(bool(v), g) for v in y]))
     cfg = PatchTrainConfig(epochs=4, batch=32, look_jitter=0.0, architecture=PatchNetConfig(
-        width=16, align=align), reversed_negatives=reversed_negatives, sliding_negatives=sliding_negatives)
+        width=16, align=align), reversed_negatives=reversed_negatives,
+        sliding_negatives=sliding_negatives)
     return train_patchnet(x, y.numpy(), cfg).net
 
 
