@@ -52,20 +52,23 @@ bench: venv
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
 
-# The bundled demo model (synthetic data, not for clinical use): synthesise, train seg,
-# AMAGI and the SlowFast baseline, evaluate 3-fold on held-out cases, write
-# models/weights/demo/. Resumable (intermediate files in var/demo-model[-RECIPE]); <= 60 min
-# on 2 cores. DEVICE=cuda trains and evaluates on the GPU and synthesises with every core;
+# The bundled demo model (synthetic data, not for clinical use): synthesise, train the
+# segmenter, AMAGI, the SlowFast baseline and the neighbourhood probe, choose the operating
+# point on validation cases, evaluate on held-out looks and bleeding-free video, write
+# models/weights/demo/. Resumable (intermediate files in var/demo-model[-RECIPE]).
+# RECIPE=shipped (the default) is the bundled 9.1, the evidence-probe recipe: about 1.6 h on
+# 2 CPU cores (models/weights/demo/README.md). RECIPE=v3 the model bundled before it (<= 60 min on 2 cores). DEVICE=cuda
+# trains and evaluates on the GPU and synthesises with every core.
 # RECIPE=randomised (or randomised-gpu, a GPU budget) trains on domain-randomised looks,
 # RECIPE=temporal the same with temporal guidance (amagi_tiny_tg), RECIPE=evidence temporal
 # with the map's peak and area read by the head and look jitter (amagi_tiny_tge),
 # RECIPE=evidence-peaks that with the segmenter trained on its own false peaks, read at the
 # authors' operating point (about 2 h on 2 cores),
 # RECIPE=evidence-refined that with a temporal refiner and bleeding-free validation,
-# RECIPE=evidence-probe evidence-peaks with the neighbourhood probe at the map's peaks and
-# its operating point chosen on bleeding-free validation (not yet built; over 2 h on 2 cores),
+# RECIPE=evidence-probe (= shipped) evidence-peaks with the neighbourhood probe at the map's
+# peaks and its operating point chosen on bleeding-free validation,
 # RECIPE=randomised-gpu / evidence-peaks-gpu evidence-refined / evidence-peaks with a GPU's
-# budget (see models/weights/demo/heldout-looks/README.md).
+# budget (see models/weights/demo/README.md and models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
 RECIPE ?= shipped
 demo-model: venv

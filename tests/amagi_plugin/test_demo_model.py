@@ -12,6 +12,7 @@ import pytest
 from amagi_plugin.demo_model import StageTimes
 from amagi_plugin.errors import ConfigError
 from amagi_plugin.evaluation.calibrate import LENGTHS_S, THRESHOLDS
+from amagi_plugin.modelspec import DEMO_DIR
 
 
 def test_resumed_build_keeps_the_recorded_stage_times(tmp_path: Path) -> None:
@@ -186,7 +187,11 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
 def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     from amagi_plugin.demo_model import RECIPES, DemoConfig
 
-    assert DemoConfig.recipe("shipped") == DemoConfig()
+    # the bundled model's recipe (9.1, session 29); the dataclass defaults are v3's
+    assert DemoConfig.recipe("shipped") == DemoConfig.recipe("evidence-probe")
+    assert DemoConfig.recipe("shipped").version == json.loads(
+        (DEMO_DIR / "model.json").read_text())["version"]
+    assert DemoConfig.recipe("v3") == DemoConfig()
     randomised = DemoConfig.recipe("randomised")
     assert (randomised.train_domain, randomised.eval_domain) == ("randomised", "heldout")
     assert randomised.still_negatives > 0 and randomised.eval_duration_s >= 180
@@ -194,7 +199,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert randomised.val_cases > 0 and DemoConfig().val_cases == 0
     assert randomised.val_seed not in (randomised.train_seed, randomised.eval_seed,
                                        randomised.static_seed)
-    assert set(RECIPES) == {"shipped", "randomised", "randomised-gpu", "temporal", "evidence",
+    assert set(RECIPES) == {"shipped", "v3", "randomised", "randomised-gpu", "temporal", "evidence",
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
                             "evidence-probe"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance

@@ -69,4 +69,4 @@ def test_make_demo_model_configuration_is_the_committed_one() -> None:
     from amagi_plugin.demo_model import DemoConfig
 
     training = json.loads((DEMO_DIR / _manifest()["training"]).read_text())
-    assert DemoConfig().to_json() == training["config"]
+    assert DemoConfig.recipe("shipped").to_json() == training["config"]

@@ -39,7 +39,8 @@ def test_a_cuda_index_the_host_lacks_is_refused(monkeypatch) -> None:
 
 
 def _demo_copy(tmp_path, point: dict | None):
-    """The bundled demo's model.json (its checkpoints linked) with ``operating_point``."""
+    """The bundled demo's model.json (its checkpoints and probe linked) with
+    ``operating_point``."""
     import json
 
     from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
@@ -47,8 +48,8 @@ def _demo_copy(tmp_path, point: dict | None):
     d = tmp_path / "demo"
     d.mkdir()
     manifest = demo_manifest(DEMO_DIR)
-    for entry in (manifest, manifest["baseline"]):
-        (d / entry["checkpoint"]).symlink_to(DEMO_DIR / entry["checkpoint"])
+    for path in DEMO_DIR.glob("*.pth"):
+        (d / path.name).symlink_to(path)
     manifest["operating_point"] = point
     (d / "model.json").write_text(json.dumps(manifest))
     return d
