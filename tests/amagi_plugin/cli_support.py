@@ -1,11 +1,13 @@
 """What several tests of the CLI and the bundled demo model share: ``amagi synth`` in a fresh
-process, the bundled files' digest, and the check that a recorded evaluation reproduces."""
+process, the bundled files' digest, the check that a recorded evaluation reproduces, and how a
+bundled model measured to miss a test's bounds is held to exactly that miss."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,15 @@ def bundled_digest(folder: Path = DEMO_DIR) -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def expect_bounds(failures: list[str], measured: Mapping[str, list[str]], what: str,
+                  digest: str | None = None) -> None:
+    """The bundled model (``digest``, default :func:`bundled_digest`) meets a test's bounds
+    (``failures`` empty), or, where ``measured`` records what it was measured to miss, misses
+    exactly that (no worse and no better) and the test is an expected failure."""
+    known = measured.get(digest or bundled_digest())
+    if known is not None:
+        assert failures == known
+        pytest.xfail(f"the bundled model was measured to miss {what}: " + "; ".join(known))
+    assert failures == []
