@@ -233,13 +233,18 @@ def _ceiling(model, batch: int, device: str, bf16: bool, min_time: float) -> dic
 def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None,
              share: bool, threads: int, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",),
              batch_size: int = 8, ceiling_s: float | None = None,
-             decode_workers: int = 1) -> list[dict]:
-    """One timed analysis per precision (each after a warm-up on CUDA), then its ceiling."""
+             decode_workers: int = 1, probe: tuple[str, float, float] | None = None
+             ) -> list[dict]:
+    """One timed analysis per precision (each after a warm-up on CUDA), then its ceiling.
+    ``probe``: a neighbourhood probe's file, weight and smoothing (the demo model's), analysed
+    as ``amagi process`` does."""
     import torch
 
     from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+    from amagi_plugin.probing import ProbeUse
     from dicom_io.video import open_video
     from models import build_model, load_checkpoint
+    from models.patchnet import load_patchnet
 
     torch.set_num_threads(threads)
     model = build_model(arch)
@@ -256,7 +261,9 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
         opts = AnalysisOptions(share_clips=share, device=device, bf16=precision == "bf16",
                                batch_size=batch_size, fast=fast,
                                decode_workers=decode_workers if fast else 1)
-        analyzer = BleedingAnalyzer.for_model(model, opts)
+        analyzer = BleedingAnalyzer.for_model(
+            model, opts, probe=None if probe is None else load_patchnet(probe[0], device),
+            probe_use=None if probe is None else ProbeUse(probe[1], probe[2]))
         if cuda:
             analyzer.analyze(_Prefix(source, int(min(WARMUP_S, video.frame_count / video.fps)
                                                  * source.fps)))
@@ -423,11 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     made_s = time.perf_counter() - t_start
     print(f"   {video} ({video.stat().st_size / 1e6:.0f} MB) after {made_s:.1f} s", flush=True)
 
-    from amagi_plugin.modelspec import DEMO_DIR, demo_manifest
+    from amagi_plugin.modelspec import DEMO_DIR, demo_manifest, manifest_probe
 
+    demo_probe = None  # the bundled demo's neighbourhood probe, if it has one
     try:
         manifest = demo_manifest()
         demo = (manifest["arch"], str(DEMO_DIR / manifest["checkpoint"]), "demo model")
+        probe_path, probe_use = manifest_probe(manifest, DEMO_DIR)
+        if probe_path is not None:
+            demo_probe = (str(probe_path), probe_use.weight, probe_use.smooth_s)
+            demo = (*demo[:2], "demo model (with its probe)")
     except Exception:  # no bundled demo yet: the same architecture with synthetic weights
         demo = ("amagi_tiny", None, "amagi_tiny (synthetic weights; no demo model bundled)")
 
@@ -471,12 +483,13 @@ def main(argv: list[str] | None = None) -> int:
              "speedup_col": f"{floor['wall'] / floor_n['wall']:.2f}×"})
 
     def analyse(label: str, arch: str, checkpoint: str | None, seconds: float | None,
-                share: bool, precs: tuple[str, ...], ceiling: bool = True) -> list[dict] | None:
+                share: bool, precs: tuple[str, ...], ceiling: bool = True,
+                probe: tuple[str, float, float] | None = None) -> list[dict] | None:
         t0 = time.perf_counter()
         try:
             results = _run(_analyse, str(video), arch, checkpoint, seconds, share, args.threads,
                            device, precs, args.batch_size, ceiling_s if ceiling else None,
-                           args.decode_workers)
+                           args.decode_workers, probe)
         except Exception as e:  # keep going: one failing model should not hide the others
             report["errors"].append({"case": label, "error": f"{type(e).__name__}: {e}"})
             print(f"{label}: FAILED {type(e).__name__}: {e}", flush=True)
@@ -499,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         if secs > 0:
             sf[arch] = analyse(f"{arch} (synthetic), {min(secs, args.seconds):g} s, pipeline",
                                arch, None, segment(secs), True, precisions)
-    full = analyse(f"{demo[2]}, whole pipeline", demo[0], demo[1], None, True, precisions)
+    full = analyse(f"{demo[2]}, whole pipeline", demo[0], demo[1], None, True, precisions,
+                   probe=demo_probe)
     seg_naive = seg_shared = None
     if args.naive_seconds > 0:
         seg_naive = analyse(f"{demo[0]}, {args.naive_seconds:g} s, naive 3 clips/pred", demo[0],
@@ -528,8 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += _agreement_lines(name, results or [])
     if full:
         t = full[0]["timings"]
-        stages = ["decode", "transforms", "video_network", "segmentation", "post_processing",
-                  "total"]
+        stages = ["decode", "transforms", "video_network", "probe", "segmentation",
+                  "post_processing", "total"]
         lines.append(f"\nstage breakdown (s), full video, demo model [{full[0]['precision']}]:")
         lines.append("  " + "  ".join(f"{s}={t.get(s, 0.0):.2f}" for s in stages))
         lines.append(f"  decode+transforms run in a thread overlapping the network; floor = "

@@ -132,3 +132,47 @@ def test_decoder_errors_reach_the_caller() -> None:
     video = Broken(synthetic_frames(90, 30.0, (0, 0)), 30.0)
     with pytest.raises(OSError, match="damaged at frame 10"):
         BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=32).analyze(video)
+
+
+class CountingVideo(ArrayVideo):
+    """An :class:`ArrayVideo` that counts its ``frames()`` calls (each one a seek)."""
+
+    def __init__(self, frames: np.ndarray, fps: float) -> None:
+        super().__init__(frames, fps)
+        self.seeks = 0
+
+    def frames(self, *args, **kwargs):
+        self.seeks += 1
+        return super().frames(*args, **kwargs)
+
+
+def test_read_frames_reads_near_frames_in_one_pass() -> None:
+    from amagi_plugin.pipeline import READ_GAP_S, read_frames
+
+    frames = np.random.default_rng(0).integers(0, 255, (400, 4, 4, 3), dtype=np.uint8)
+    video = CountingVideo(frames, 30.0)
+    gap = round(READ_GAP_S * 30)
+    numbers = [10, 3, 3, 3 + gap, 3 + gap + gap + 1, 400]  # 1-based; 401 is past the end
+    got = read_frames(video, numbers)
+    assert sorted(got) == [3, 10, 3 + gap, 3 + 2 * gap + 1, 400]
+    assert all(np.array_equal(got[n], frames[n - 1]) for n in got)
+    assert video.seeks == 3  # {3, 10, 3 + gap}, {3 + 2 gap + 1}, {400}
+    assert video.converted == len(got)  # only the wanted frames are converted
+    assert read_frames(video, []) == {}
+
+
+def test_key_frames_and_their_segmenter_window_are_read_together() -> None:
+    """One event: its key frame and a temporal segmenter's neighbours come from one seek."""
+    from tests.amagi_plugin.test_pipeline_temporal_seg import FlowNet, still_and_flowing
+
+    video = CountingVideo(still_and_flowing(90), 30.0)
+    analyzer = BleedingAnalyzer(FlowNet(seg_frames=3), AnalysisOptions(), input_size=32)
+    schedule = analyzer.schedule_for(video)
+    assert analyzer.mask_frames(video, [45]) == [42, 45, 48]  # 1-based, the grid 3 frames
+    assert analyzer.mask_frames(video, [1]) == sorted({1, *(i + 1 for i in schedule.window(0, 3))})
+    result = analyzer.analyze(video)
+    assert result.events and set(result.masks) == set(result.key_frames)
+    assert video.seeks == 2  # the clips' pass, then the key frame with its neighbours
+    video.seeks = 0
+    assert analyzer.segment_frames(result.key_frames, video).keys() == result.masks.keys()
+    assert video.seeks == 1  # on its own it reads the neighbours (one pass: they are near)
