@@ -20,6 +20,9 @@ import numpy as np
 from dicom_io.results import BleedingEvent
 
 SMOOTHING_METHODS = ("morphology", "median", "none")
+#: Where the key-frame masks are computed (``analysis.mask_scale``,
+#: :meth:`~amagi_plugin.pipeline.BleedingAnalyzer.segment_frames`).
+MASK_SCALES = ("model", "native")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 import tomllib
 
-from amagi_plugin.analysis import SMOOTHING_METHODS
+from amagi_plugin.analysis import MASK_SCALES, SMOOTHING_METHODS
 from amagi_plugin.errors import ConfigError
 
 ENV_PREFIX = "AMAGI_"
@@ -333,6 +333,11 @@ class AnalysisConfig:
                               "operating point if it has one", _check_non_negative)
     threshold: float = _opt(0.5, "Probability above which a prediction is bleeding; unset: the "
                             "model's operating point if it has one", _check_probability)
+    mask_scale: str = _opt("model", "Scale of the key-frame bleeding masks (SEG): model (the "
+                           "frame resized as the segmentation net sees a clip's frames, the "
+                           "whole frame, the map brought back to the frame's pixels) or native "
+                           "(the frame's own pixels, in windows of the net's input size)",
+                           _choice(*MASK_SCALES))
 
 
 @dataclass(frozen=True)

@@ -136,10 +136,13 @@ class MapGeometry:
 
     def map_input(self, frame: torch.Tensor) -> torch.Tensor:
         oy, ox = self.offset(frame.shape)
-        crop = frame[:, oy:oy + self.size, ox:ox + self.size]
-        mean = torch.tensor(self.mean, dtype=crop.dtype).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=crop.dtype).view(3, 1, 1)
-        return (crop - mean) / std
+        return self.normalise(frame[:, oy:oy + self.size, ox:ox + self.size])
+
+    def normalise(self, frame: torch.Tensor) -> torch.Tensor:
+        """A frame at the model's scale (0-255), normalised as the clips are, uncropped."""
+        mean = torch.tensor(self.mean, dtype=frame.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=frame.dtype).view(3, 1, 1)
+        return (frame - mean) / std
 
     def to_frame(self, y: int, x: int, shape: Sequence[int]) -> tuple[int, int]:
         oy, ox = self.offset(shape)

@@ -37,7 +37,7 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
         prediction_hz=cfg.model.prediction_hz, batch_size=batch_size, device=device,
         bf16=cfg.model.bf16, fast=cfg.model.fast, threshold=cfg.analysis.threshold,
         smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
-        decode_workers=cfg.model.decode_workers)
+        decode_workers=cfg.model.decode_workers, mask_scale=cfg.analysis.mask_scale)
     configured = configured_post_processing(cfg)
     options = at_operating_point(options, spec.operating_point, configured)
     if spec.operating_point is not None:

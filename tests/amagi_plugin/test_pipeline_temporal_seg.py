@@ -58,7 +58,7 @@ def test_key_frame_masks_see_the_neighbours_and_mark_only_what_changes() -> None
     fps = 30.0
     video = ArrayVideo(still_and_flowing(90), fps)
     net = FlowNet(seg_frames=3)
-    analyzer = BleedingAnalyzer(net, AnalysisOptions(), input_size=32)
+    analyzer = BleedingAnalyzer(net, AnalysisOptions(mask_scale="native"), input_size=32)
     key = {45: video._frames[44]}  # 1-based frame number -> its pixels
     masks = analyzer.segment_frames(key, video)
     assert set(masks) == {45} and masks[45].shape == SIZE
@@ -72,6 +72,23 @@ def test_key_frame_masks_see_the_neighbours_and_mark_only_what_changes() -> None
                for dy in range(SIZE[0] - h + 1) for dx in range(SIZE[1] - w + 1))
     with pytest.raises(ValueError, match="needs the video"):
         analyzer.segment_frames(key)
+
+
+def test_key_frame_masks_at_the_models_scale() -> None:
+    """The default: the whole frame resized as the clips are (short side 32 here), the map
+    brought back to the frame's pixels; the same patches marked and left."""
+    video = ArrayVideo(still_and_flowing(90), 30.0)
+    net = FlowNet(seg_frames=3)
+    analyzer = BleedingAnalyzer(net, AnalysisOptions(), input_size=32)
+    masks = analyzer.segment_frames({45: video._frames[44]}, video)
+    assert set(masks) == {45} and masks[45].shape == SIZE and masks[45].dtype == bool
+    assert masks[45][14:26, 44:52].all()  # the rising patch, inside its blurred edge
+    assert not masks[45][:, :24].any()  # the still one
+    # the net saw the three frames at the model's scale: 32 x 43, in windows of 32
+    assert net.inputs and all(x.shape[0] == 9 and x.shape[-2:] == (32, 32)
+                              for x in (t[0] for t in net.inputs))
+    with pytest.raises(ValueError, match="mask_scale must be one of model, native"):
+        AnalysisOptions(mask_scale="full")
 
 
 def test_guidance_areas_of_a_temporal_segmenter() -> None:
