@@ -254,7 +254,7 @@ class BleedingAnalyzer:
         inferer = MaskInferer(self.input_size, self.options.device, bf16=False)
         return NeighbourhoodProbe(net, lambda x: inferer(x, network),
                                   MapGeometry(self.input_size, self.mean, self.std),
-                                  self.options.device)
+                                  self.options.device, bf16=self.options.bf16)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, options: AnalysisOptions,

@@ -30,6 +30,9 @@ from tests.amagi_plugin.test_pipeline import ArrayVideo
 
 #: Largest |Δp| allowed between the fast and the exact path (README, "Speed switch").
 FAST_TOLERANCE = 0.02
+#: Largest |Δ| of a probe score under the switch at the same places (the probe in bf16;
+#: measured 0.0037 on random neighbourhoods); a moved place changed one by 0.044.
+PROBE_BF16_TOLERANCE = 0.01
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))]
@@ -95,8 +98,8 @@ def test_fast_path_matches_exact_within_tolerance(case, role: str, device: str) 
     assert dp.max() <= FAST_TOLERANCE, dp.max()
     if not fast.options.bf16:  # fp32 either way: only the order of the sums differs
         assert dp.max() <= 1e-4
-    if ref.probe_scores is not None:  # the probe's places come from an fp32 map either way
-        assert np.abs(got.probe_scores - ref.probe_scores).max() <= 1e-3
+    if ref.probe_scores is not None:  # the same places (an fp32 map), the probe in bf16
+        assert np.abs(got.probe_scores - ref.probe_scores).max() <= PROBE_BF16_TOLERANCE
     # Only a prediction within the tolerance of the threshold may change sides.
     near = np.abs(ref.probabilities - 0.5) <= FAST_TOLERANCE
     flipped = (got.probabilities >= 0.5) != (ref.probabilities >= 0.5)
@@ -126,7 +129,7 @@ def test_the_probe_looks_at_the_same_places_under_the_switch() -> None:
     video = ArrayVideo(np.stack([f.rgb for f in Renderer(scene).frames()]), 15.0)
     ref = _demo_analyzer("main", AnalysisOptions()).analyze(video)
     got = _demo_analyzer("main", AnalysisOptions(fast=True)).analyze(video)
-    assert np.abs(got.probe_scores - ref.probe_scores).max() <= 1e-3
+    assert np.abs(got.probe_scores - ref.probe_scores).max() <= PROBE_BF16_TOLERANCE
 
 
 # -- a real encoded video, larger than the network's input -----------------------------------------
