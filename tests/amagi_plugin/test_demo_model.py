@@ -201,6 +201,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
                                        randomised.static_seed)
     assert set(RECIPES) == {"shipped", "v3", "randomised", "randomised-gpu", "temporal", "evidence",
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
+                            "evidence-probe-gpu",
                             "evidence-probe"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
@@ -237,6 +238,10 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert dataclasses.replace(peaks_gpu, **{k: getattr(peaks, k) for k in budget}) == peaks
     assert {k: getattr(peaks_gpu, k) for k in budget} == {k: getattr(gpu, k) for k in budget}
     assert peaks_gpu.train_cases > peaks.train_cases and not peaks_gpu.refiner_sets
+    probe_gpu = DemoConfig.recipe("evidence-probe-gpu")  # the shipped recipe at gpu's budget
+    shipped = DemoConfig.recipe("shipped")
+    assert dataclasses.replace(probe_gpu, **{k: getattr(shipped, k) for k in budget}) == shipped
+    assert {k: getattr(probe_gpu, k) for k in budget} == {k: getattr(gpu, k) for k in budget}
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
         DemoConfig.recipe("gpu")
     probe = DemoConfig.recipe("evidence-probe")  # evidence-peaks, a probe, its own point
