@@ -68,7 +68,8 @@ clean:
 # RECIPE=evidence-probe (= shipped) evidence-peaks with the neighbourhood probe at the map's
 # peaks and its operating point chosen on bleeding-free validation,
 # RECIPE=randomised-gpu / evidence-peaks-gpu / evidence-probe-gpu evidence-refined /
-# evidence-peaks / the shipped recipe with a GPU's budget (see models/weights/demo/README.md and models/weights/demo/heldout-looks/README.md).
+# evidence-peaks / the shipped recipe with a GPU's budget (see models/weights/demo/README.md
+# and models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
 RECIPE ?= shipped
 demo-model: venv
