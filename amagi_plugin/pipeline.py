@@ -235,6 +235,8 @@ class BleedingAnalyzer:
         norm = {"mean": self.mean, "std": self.std}
         self.transform = clip_frame_transform(input_size, **norm)
         self.native_transform = native_frame_transform(**norm)
+        # the clip preprocessing split at the crop: the probe's frames, key-frame masks
+        self.map_geometry = MapGeometry(input_size, self.mean, self.std)
         # What the clips are made of: the MONAI transforms on CPU, or the same on the device.
         self.clip_transform = (self.transform if self.fast is None else
                                self.fast.frame_transform(input_size, **norm))
@@ -252,8 +254,7 @@ class BleedingAnalyzer:
         # bf16 rounding that reorders two close peaks moves it to another place, changing its
         # score by far more than the switch's tolerance (seen: 0.044 on a 5 s demo case).
         inferer = MaskInferer(self.input_size, self.options.device, bf16=False)
-        return NeighbourhoodProbe(net, lambda x: inferer(x, network),
-                                  MapGeometry(self.input_size, self.mean, self.std),
+        return NeighbourhoodProbe(net, lambda x: inferer(x, network), self.map_geometry,
                                   self.options.device, bf16=self.options.bf16)
 
     @classmethod
@@ -358,11 +359,11 @@ class BleedingAnalyzer:
             windows = {n: schedule.window(n - 1, self.seg_frames) for n in frames}
             given = neighbours or {}
             pixels.update({n - 1: rgb for n, rgb in given.items()})
-            extra = {i + 1 for w in windows.values() for i in w} - set(frames) - set(given)
+            extra = set(self.mask_frames(video, list(frames))) - set(frames) - set(given)
             pixels.update({n - 1: rgb for n, rgb in read_frames(video, sorted(extra)).items()})
         inferer = MaskInferer(self.input_size, self.options.device, self.options.bf16)
         at_model_scale = self.options.mask_scale == "model"
-        geometry = MapGeometry(self.input_size, self.mean, self.std)
+        geometry = self.map_geometry
         masks = {}
         for number, window in windows.items():
             if any(i not in pixels for i in window):
@@ -372,7 +373,7 @@ class BleedingAnalyzer:
                 x = self._seg_input(window, pixels, self.native_transform)[None]
                 masks[number] = (inferer(x, network)[0] >= 0.5).numpy()
                 continue
-            x = torch.cat([geometry.normalise(geometry.frame(pixels[i])) for i in window])
+            x = self._seg_input(window, pixels, lambda rgb: geometry.normalise(geometry.frame(rgb)))
             p = inferer(x[None], network)[0].float()
             p = F.interpolate(p[None, None], size=pixels[number - 1].shape[:2], mode="bilinear",
                               align_corners=False)[0, 0]

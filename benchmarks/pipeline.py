@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -233,15 +234,13 @@ def _ceiling(model, batch: int, device: str, bf16: bool, min_time: float) -> dic
 def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None,
              share: bool, threads: int, device: str = "cpu", precisions: tuple[str, ...] = ("fp32",),
              batch_size: int = 8, ceiling_s: float | None = None,
-             decode_workers: int = 1, probe: tuple[str, float, float] | None = None
-             ) -> list[dict]:
+             decode_workers: int = 1, probe: tuple[str, Any] | None = None) -> list[dict]:
     """One timed analysis per precision (each after a warm-up on CUDA), then its ceiling.
-    ``probe``: a neighbourhood probe's file, weight and smoothing (the demo model's), analysed
+    ``probe``: a neighbourhood probe's file and its ``ProbeUse`` (the demo model's), analysed
     as ``amagi process`` does."""
     import torch
 
     from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
-    from amagi_plugin.probing import ProbeUse
     from dicom_io.video import open_video
     from models import build_model, load_checkpoint
     from models.patchnet import load_patchnet
@@ -263,7 +262,7 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
                                decode_workers=decode_workers if fast else 1)
         analyzer = BleedingAnalyzer.for_model(
             model, opts, probe=None if probe is None else load_patchnet(probe[0], device),
-            probe_use=None if probe is None else ProbeUse(probe[1], probe[2]))
+            probe_use=None if probe is None else probe[1])
         if cuda:
             analyzer.analyze(_Prefix(source, int(min(WARMUP_S, video.frame_count / video.fps)
                                                  * source.fps)))
@@ -438,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         demo = (manifest["arch"], str(DEMO_DIR / manifest["checkpoint"]), "demo model")
         probe_path, probe_use = manifest_probe(manifest, DEMO_DIR)
         if probe_path is not None:
-            demo_probe = (str(probe_path), probe_use.weight, probe_use.smooth_s)
+            demo_probe = (str(probe_path), probe_use)
             demo = (*demo[:2], "demo model (with its probe)")
     except Exception:  # no bundled demo yet: the same architecture with synthetic weights
         demo = ("amagi_tiny", None, "amagi_tiny (synthetic weights; no demo model bundled)")
@@ -484,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def analyse(label: str, arch: str, checkpoint: str | None, seconds: float | None,
                 share: bool, precs: tuple[str, ...], ceiling: bool = True,
-                probe: tuple[str, float, float] | None = None) -> list[dict] | None:
+                probe: tuple[str, Any] | None = None) -> list[dict] | None:
         t0 = time.perf_counter()
         try:
             results = _run(_analyse, str(video), arch, checkpoint, seconds, share, args.threads,

@@ -50,6 +50,10 @@ def bundled_digest(folder: Path = DEMO_DIR) -> str:
     return h.hexdigest()
 
 
+#: The bundled demo model 9.1 (session 29): :func:`bundled_digest` of its files.
+DEMO_9_1 = "2c86b2b3e3b19e489e7fc8c4dc530804bdec70b45e67309ed28d5549a8fc9e31"
+
+
 def expect_bounds(failures: list[str], measured: Mapping[str, list[str]], what: str,
                   digest: str | None = None) -> None:
     """The bundled model (``digest``, default :func:`bundled_digest`) meets a test's bounds

@@ -17,8 +17,9 @@ from amagi_plugin.analysis import find_events, smooth_decisions
 from amagi_plugin.config import ConfigError, load_config
 from amagi_plugin.errors import InputError
 from amagi_plugin.fastpath import bf16_native, check_devices_available
-from amagi_plugin.modelspec import DEMO_DIR, demo_manifest, manifest_probe
+from amagi_plugin.modelspec import DEMO_DIR, demo_manifest, model_dir_specs
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+from amagi_plugin.runtime import load_analyzer
 from amagi_plugin.transforms import (
     AUTHORS_STD,
     ResizeShortSide,
@@ -60,14 +61,10 @@ def _demo(role: str) -> torch.nn.Module:
 
 
 def _demo_analyzer(role: str, options: AnalysisOptions) -> BleedingAnalyzer:
-    """An analyzer of :func:`_demo`, the main model with its neighbourhood probe when it has
-    one (as ``amagi process`` runs it)."""
-    from models.patchnet import load_patchnet
-
-    manifest = demo_manifest()
-    probe, use = manifest_probe(manifest if role == "main" else manifest["baseline"], DEMO_DIR)
-    return BleedingAnalyzer.for_model(_demo(role), options, probe_use=use,
-                                      probe=None if probe is None else load_patchnet(probe))
+    """An analyzer of the bundled demo's main model (with its neighbourhood probe when it
+    has one) or of its baseline, wired as every analysis is (``runtime.load_analyzer``)."""
+    baseline, main = model_dir_specs(DEMO_DIR)[0]
+    return load_analyzer(main if role == "main" else baseline, options)
 
 
 def clear_threshold(p: np.ndarray, runs: int) -> tuple[float, float]:
