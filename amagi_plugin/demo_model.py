@@ -110,6 +110,8 @@ class DemoConfig:
     probe_sliding_negatives: float = 0.0
     probe_weight: float = 0.75  # against the clip network's probability (1: the probe alone)
     probe_smooth_s: float = 1.0
+    # how long the probe looks again where it found bleeding (amagi_plugin.probing); 0 = never
+    probe_memory_s: float = 0.0
     # more rawframes cases for the probe alone (its data are cheap, its network small):
     # training-domain cases and bleeding-free ones full of still blood (other seeds)
     probe_seed: int = 180001
@@ -475,8 +477,10 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         ran = _probe(work, seg_dir, probe_sets, stage, cfg, device)
         timings.record("probe", t0, ran)
         manifest["probe"] = {"file": PROBE_FILE, "weight": cfg.probe_weight,
-                             "smooth_s": cfg.probe_smooth_s}
-        newest = max(newest, (work / PROBE_FILE).stat().st_mtime)
+                             "smooth_s": cfg.probe_smooth_s, "memory_s": cfg.probe_memory_s}
+        # how the probe is used decides the predictions too: its change redoes what follows
+        use = _touch_if_changed(work / "probe_use.json", manifest["probe"])
+        newest = max(newest, (work / PROBE_FILE).stat().st_mtime, use)
     if cfg.refiner_sets:
         t0 = time.perf_counter()
         ran = _refiner(work, stage / main_ckpt, cfg, device, gpu, newest)
@@ -556,6 +560,14 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
 REFINER_FILE = "refiner_demo.pth"
 #: The probe's file name in the model folder.
 PROBE_FILE = "probe_demo.pth"
+
+
+def _touch_if_changed(path: Path, record: Any) -> float:
+    """Write ``record`` as JSON to ``path`` unless it holds it already; its mtime."""
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path.stat().st_mtime
 
 
 def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoConfig,

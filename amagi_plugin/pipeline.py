@@ -457,7 +457,8 @@ class BleedingAnalyzer:
             t0 = time.perf_counter()
             probe_scores = self.probe.score_video(
                 video, frames.tolist(), lambda i: schedule.window(i, self.seg_frames),
-                probe_progress)
+                probe_progress, memory_s=self.probe_use.memory_s,
+                workers=opts.decode_workers)
             missing = int(np.isnan(probe_scores).sum())
             if missing:
                 log.warning("probe: %d of %d predictions lack frames the decoder did not "

@@ -16,12 +16,23 @@ but also still blood. So at each prediction instant:
    frame beyond it; outside the frame it sees zeros, as in training);
 4. the instant's probe score is the highest probability over its places.
 
+With a memory (``memory_s`` > 0) the probe also looks again where it found bleeding shortly
+before: the best place of each earlier instant within ``memory_s`` that scored at least
+:data:`CARRY_SCORE` joins the instant's places (unless a place lies within
+:data:`SAME_PLACE_PX` of it). The map loses a small source at some instants that it finds at
+others (session 30: one of its 8 peaks lies on the bleeding at 62 % of bleeding instants,
+one of the last second's at 75 %), while a source stays where it is. Only an instant's own
+places are carried, never carried ones, so the scores do not depend on how instants are
+batched.
+
 :func:`fuse` combines the probe's scores with the clip network's probabilities (a moving
 mean of the probe over ``smooth_s``, then a weighted mean; :class:`ProbeUse` holds these
 two numbers, from a model's ``model.json`` entry ``probe`` beside the probe's file).
 
-Frames are decoded once more for this stage, in order, and only those some pending instant
-still needs are held: memory is bounded by the probe's span (1.4 s) and a batch of instants.
+Frames are decoded once more for this stage, in order (by the analysis's decoding threads,
+ahead of the probe), and only those some pending instant still needs are held: memory is
+bounded by the probe's span (``frames`` × ``step_s``), a batch of instants and the decoder's
+buffer.
 """
 
 from __future__ import annotations
@@ -51,33 +62,37 @@ __all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeUse", "fuse", "map_peaks",
 
 @dataclass(frozen=True)
 class ProbeUse:
-    """How an analysis combines a probe's scores with the clip network's probabilities
-    (:func:`fuse`): the moving mean applied to the probe's scores (seconds) and the probe's
-    weight (1: the probe alone, 0: the clip network alone)."""
+    """How an analysis uses a probe: the moving mean applied to its scores (seconds) and its
+    weight (1: the probe alone, 0: the clip network alone) when :func:`fuse` combines them
+    with the clip network's probabilities, and how long it remembers where it found bleeding
+    (``memory_s``, module docstring; 0: it looks only at each instant's map peaks)."""
 
     weight: float = 0.5
     smooth_s: float = 1.0
+    memory_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"probe weight must lie in [0, 1], got {self.weight}")
-        if not self.smooth_s >= 0.0:
-            raise ValueError(f"probe smooth_s must be >= 0, got {self.smooth_s}")
+        for name in ("smooth_s", "memory_s"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"probe {name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_json(cls, entry: Any) -> tuple[str, ProbeUse]:
         """A ``model.json`` entry ``probe``: ``"file.pth"`` or ``{"file": ..., "weight": w,
-        "smooth_s": s}`` → the file's name and its use."""
+        "smooth_s": s, "memory_s": m}`` → the file's name and its use."""
         if isinstance(entry, str):
             entry = {"file": entry}
         if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
             raise ValueError("expected a file name or {\"file\": ..., \"weight\": ..., "
-                             f"\"smooth_s\": ...}}, got {entry!r}")
-        unknown = sorted(set(entry) - {"file", "weight", "smooth_s"})
+                             f"\"smooth_s\": ..., \"memory_s\": ...}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"file", "weight", "smooth_s", "memory_s"})
         if unknown:
             raise ValueError(f"unknown keys {unknown}")
         try:
-            use = cls(float(entry.get("weight", 0.5)), float(entry.get("smooth_s", 1.0)))
+            use = cls(float(entry.get("weight", 0.5)), float(entry.get("smooth_s", 1.0)),
+                      float(entry.get("memory_s", 0.0)))
         except (TypeError, ValueError) as e:
             raise ValueError(str(e)) from None
         return entry["file"], use
@@ -213,31 +228,42 @@ class NeighbourhoodProbe:
         return self.scores_at(frames, targets, self.places(frames, targets, window),
                               frame_count, fps)
 
-    @torch.inference_mode()
     def scores_at(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
                   found: Sequence[Sequence[tuple[int, int, float]]], frame_count: int,
                   fps: float) -> np.ndarray:
         """The probe score of each target frame at its places ``found`` (:meth:`places`;
         0 where there are none)."""
-        out = np.zeros(len(targets))
-        crops, owner = [], []
-        for k, (i, places) in enumerate(zip(targets, found, strict=True)):
-            if not places:
-                continue
-            stack = torch.stack([frames[f] for f in probe_frames(i, frame_count, fps, self.cfg)])
-            crops.append(neighbourhoods(stack, [(y, x) for y, x, _ in places], self.cfg.crop))
-            owner += [k] * len(places)
-        if crops:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.net(torch.cat(crops).to(self.device))
-            p = torch.sigmoid(logits.float()).double().cpu()
-            np.maximum.at(out, np.array(owner), p.numpy())
-        return out
+        return np.array([p.max(initial=0.0) for p in
+                         self.place_scores(frames, targets, found, frame_count, fps)])
+
+    @torch.inference_mode()
+    def place_scores(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
+                     found: Sequence[Sequence[tuple[int, ...]]], frame_count: int,
+                     fps: float) -> list[np.ndarray]:
+        """The probe's probability at each place ``(y, x, ...)`` of each target frame."""
+        crops, sizes = [], []
+        for i, places in zip(targets, found, strict=True):
+            sizes.append(len(places))
+            if places:
+                stack = torch.stack([frames[f] for f in probe_frames(i, frame_count, fps,
+                                                                     self.cfg)])
+                crops.append(neighbourhoods(stack, [(y, x) for y, x, *_ in places],
+                                            self.cfg.crop))
+        if not crops:
+            return [np.zeros(0) for _ in targets]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.net(torch.cat(crops).to(self.device))
+        p = torch.sigmoid(logits.float()).double().cpu().numpy()
+        return np.split(p, np.cumsum(sizes)[:-1])
 
     def score_video(self, video: VideoLike, targets: Sequence[int], window: WindowFn,
-                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                    progress: Callable[[int, int], None] | None = None,
+                    memory_s: float = 0.0, workers: int = 1) -> np.ndarray:
         """The probe score at each of ``targets`` (0-based frame indices, ascending), read
-        in one pass over the video; ``nan`` where a needed frame was not delivered."""
+        in one pass over the video; ``nan`` where a needed frame was not delivered.
+        ``memory_s``: how long places where the probe found bleeding are looked at again
+        (module docstring); ``workers``: decoding threads (``VideoLike.frames``), which
+        decode ahead while the probe runs."""
         n, fps = video.frame_count, video.fps
         needs = {i: sorted({*probe_frames(i, n, fps, self.cfg), *window(i)})
                  for i in targets}
@@ -245,6 +271,7 @@ class NeighbourhoodProbe:
         out = np.full(len(targets), np.nan)
         if not wanted:
             return out
+        memory = _PlaceMemory(round(memory_s * fps)) if memory_s > 0 else None
         pending = deque(enumerate(targets))
         held: dict[int, torch.Tensor] = {}
         ready: list[tuple[int, int]] = []
@@ -254,13 +281,19 @@ class NeighbourhoodProbe:
             nonlocal done
             keep = [(k, i) for k, i in ready if all(f in held for f in needs[i])]
             if keep:
-                out[[k for k, _ in keep]] = self.scores(held, [i for _, i in keep], window, n, fps)
+                ids = [i for _, i in keep]
+                if memory is None:
+                    scores = self.scores(held, ids, window, n, fps)
+                else:
+                    scores = self._scores_with_memory(held, ids, window, n, fps, memory)
+                out[[k for k, _ in keep]] = scores
             done += len(ready)
             ready.clear()
             if progress:
                 progress(done, len(targets))
 
-        for index, _t, rgb in video.frames(min(wanted), max(wanted) + 1, wanted=wanted):
+        for index, _t, rgb in video.frames(min(wanted), max(wanted) + 1, workers=workers,
+                                           wanted=wanted):
             held[index] = self.geometry.frame(rgb)
             while pending and needs[pending[0][1]][-1] <= index:
                 ready.append(pending.popleft())
@@ -273,6 +306,61 @@ class NeighbourhoodProbe:
         ready += pending  # the video ended early: their missing frames make them nan
         if ready:
             flush()
+        return out
+
+    def _scores_with_memory(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
+                            window: WindowFn, frame_count: int, fps: float,
+                            memory: _PlaceMemory) -> np.ndarray:
+        """Each target's score at its own places, then at the places ``memory`` carries to
+        it (earlier targets' best places, this batch's included); the higher of the two."""
+        found = self.places(frames, targets, window)
+        own = self.place_scores(frames, targets, found, frame_count, fps)
+        carried = []
+        for i, places, p in zip(targets, found, own, strict=True):
+            carried.append(memory.recall(i, places))
+            if p.size and p.max() >= CARRY_SCORE:
+                memory.remember(i, found_place(places, p))
+        again = self.place_scores(frames, targets, carried, frame_count, fps)
+        return np.array([max(a.max(initial=0.0), b.max(initial=0.0))
+                         for a, b in zip(own, again, strict=True)])
+
+
+#: The probe's probability at which a place is remembered (memory, module docstring).
+CARRY_SCORE = 0.5
+#: A remembered place this close (pixels at the model's scale, either axis) to a place already
+#: looked at is not looked at again; map peaks are at least 5 px apart (9 × 9 maxima).
+SAME_PLACE_PX = 4
+
+
+def found_place(places: Sequence[tuple[int, int, float]], p: np.ndarray) -> tuple[int, int]:
+    """The place where the probe's probability ``p`` is highest."""
+    y, x, *_ = places[int(np.argmax(p))]
+    return y, x
+
+
+class _PlaceMemory:
+    """Best places of recent instants (frame, (y, x)), kept ``frames`` frames."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = max(1, frames)
+        self.seen: deque[tuple[int, tuple[int, int]]] = deque()
+
+    def remember(self, frame: int, place: tuple[int, int]) -> None:
+        self.seen.append((frame, place))
+
+    def recall(self, frame: int, places: Sequence[tuple[int, ...]]) -> list[tuple[int, int]]:
+        """The remembered places of the ``frames`` frames before ``frame`` (newest first),
+        none within :data:`SAME_PLACE_PX` of ``places`` or of each other."""
+        while self.seen and self.seen[0][0] < frame - self.frames:
+            self.seen.popleft()
+        taken = [(y, x) for y, x, *_ in places]
+        out: list[tuple[int, int]] = []
+        for f, (y, x) in reversed(self.seen):
+            if f >= frame:
+                continue
+            if all(max(abs(y - ty), abs(x - tx)) > SAME_PLACE_PX for ty, tx in taken):
+                taken.append((y, x))
+                out.append((y, x))
         return out
 
 

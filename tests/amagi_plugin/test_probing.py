@@ -12,6 +12,7 @@ from amagi_plugin.inferers import MaskInferer
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
 from amagi_plugin.probing import (
     MapGeometry,
+    NeighbourhoodProbe,
     ProbeUse,
     fuse,
     map_peaks,
@@ -181,11 +182,14 @@ def test_probe_use_from_a_model_json_entry() -> None:
     assert ProbeUse.from_json("p.pth") == ("p.pth", ProbeUse())
     assert ProbeUse.from_json({"file": "p.pth", "weight": 1, "smooth_s": 2}) == (
         "p.pth", ProbeUse(1.0, 2.0))
+    assert ProbeUse.from_json({"file": "p.pth", "memory_s": 0.5}) == (
+        "p.pth", ProbeUse(memory_s=0.5))
     for bad, message in (({"weight": 0.5}, "expected a file name"), (3, "expected a file name"),
                          ({"file": "p", "wieght": 1}, "unknown keys"),
                          ({"file": "p", "weight": 2}, r"must lie in \[0, 1\]"),
                          ({"file": "p", "weight": "x"}, "could not convert"),
-                         ({"file": "p", "smooth_s": -1}, "smooth_s must be")):
+                         ({"file": "p", "smooth_s": -1}, "smooth_s must be"),
+                         ({"file": "p", "memory_s": -0.5}, "memory_s must be")):
         with pytest.raises(ValueError, match=message):
             ProbeUse.from_json(bad)
 
@@ -212,6 +216,31 @@ def test_the_analysis_fuses_the_probe_before_its_post_processing() -> None:
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+def test_the_analysis_gives_the_probe_its_memory_and_decoding_threads() -> None:
+    workers_asked: list[int] = []
+
+    class Recording(ArrayVideo):
+        def frames(self, *args, workers=1, **kwargs):
+            workers_asked.append(workers)
+            return super().frames(*args, workers=workers, **kwargs)
+
+    torch.manual_seed(0)
+    a = BleedingAnalyzer(RednessNet(), AnalysisOptions(decode_workers=2), input_size=32,
+                         clip_len=8, probe=PatchNet(CFG).eval(),
+                         probe_use=ProbeUse(memory_s=0.5))
+    asked: list[float] = []
+    original = a.probe.score_video
+
+    def spy(*args, memory_s=0.0, **kwargs):
+        asked.append(memory_s)
+        return original(*args, memory_s=memory_s, **kwargs)
+
+    a.probe.score_video = spy
+    video = Recording(video_frames(40), 10.0)
+    a.analyze(video)
+    assert asked == [0.5] and workers_asked[:2] == [2, 2]  # the clips, then the probe
+
+
 def test_a_probe_needs_a_model_with_segmentation_at_its_scale() -> None:
     class NoSeg(RednessNet):
         segment = None  # type: ignore[assignment]
@@ -220,3 +249,67 @@ def test_a_probe_needs_a_model_with_segmentation_at_its_scale() -> None:
         BleedingAnalyzer(NoSeg(), AnalysisOptions(), input_size=32, probe=PatchNet(CFG))
     with pytest.raises(ValueError, match="short side 32 px, this model's maps are 48"):
         BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=48, probe=PatchNet(CFG))
+
+
+class RedCropNet(PatchNet):
+    """A probe that says "bleeding" where a neighbourhood is red (R - G > 100) over its
+    frames: p = sigmoid(50 · (red share - 0.02))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = (x[:, :, 0] - x[:, :, 1] > 100).float().mean(dim=(1, 2, 3))
+        return 50 * (red - 0.02)
+
+
+def blinking_spot(n: int) -> np.ndarray:
+    """32 × 32 grey frames with a white patch (bright on the map, not red) and a red spot
+    that is gone from every second instant's frame (instants every 3 frames), so the map of
+    those instants misses it while the probe's frames around them mostly hold it."""
+    frames = np.full((n, 32, 32, 3), 100, np.uint8)
+    frames[:, 24:27, 24:27] = 255
+    for i in range(n):
+        if i % 6 != 3:
+            frames[i, 9:12, 9:12] = (255, 0, 0)
+    return frames
+
+
+def test_a_memory_looks_again_where_the_probe_found_bleeding() -> None:
+    cfg = PatchNetConfig(frames=4, step_s=0.2, crop=8, width=4, candidates=3, short_side=32)
+    probe = NeighbourhoodProbe(RedCropNet(cfg), lambda x: x[:, 0] / 255.0,
+                               MapGeometry(32, (0, 0, 0), (1, 1, 1)))
+    fps, n = 10.0, 36
+    video = ArrayVideo(blinking_spot(n), fps)
+    targets = list(range(0, n, 3))
+    lost = np.array([i % 6 == 3 for i in targets])
+    plain = probe.score_video(video, targets, lambda i: [i])
+    assert (plain[~lost] > 0.99).all() and (plain[lost] < 0.5).all()  # only the white patch
+    remembered = probe.score_video(video, targets, lambda i: [i], memory_s=0.5)
+    assert (remembered[lost] > 0.95).all()  # the spot in 3 of its 4 frames
+    np.testing.assert_array_equal(remembered[~lost], plain[~lost])
+    # 0.2 s is shorter than the 0.3 s between instants: nothing to remember
+    np.testing.assert_array_equal(probe.score_video(video, targets, lambda i: [i],
+                                                    memory_s=0.2), plain)
+    for batch in (1, 2, 5):  # carried from earlier batches as from the same one
+        probe.batch_size = batch
+        np.testing.assert_array_equal(
+            probe.score_video(video, targets, lambda i: [i], memory_s=0.5), remembered)
+
+
+def test_a_memory_carries_only_places_the_probe_called_bleeding() -> None:
+    cfg = PatchNetConfig(frames=4, step_s=0.2, crop=8, width=4, candidates=3, short_side=32)
+    frames = blinking_spot(36)
+    frames[:, 9:12, 9:12] = 100  # no red spot at all: only the white patch, never bleeding
+    frames[::6, 9:12, 9:12] = 200  # a grey flash the map peaks at now and then
+    probe = NeighbourhoodProbe(RedCropNet(cfg), lambda x: x[:, 0] / 255.0,
+                               MapGeometry(32, (0, 0, 0), (1, 1, 1)))
+    looked: list[int] = []
+    original = probe.place_scores
+
+    def spy(frames, targets, found, *args):
+        looked.append(sum(len(f) for f in found))
+        return original(frames, targets, found, *args)
+
+    probe.place_scores = spy
+    video = ArrayVideo(frames, 10.0)
+    s = probe.score_video(video, list(range(0, 36, 3)), lambda i: [i], memory_s=1.0)
+    assert (s < 0.5).all()
+    assert looked[1::2] == [0]  # one batch: own places, then no carried place
