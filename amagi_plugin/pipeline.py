@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from amagi_plugin.analysis import MASK_SCALES, Timeline, find_events, smooth_decisions
 from amagi_plugin.fastpath import FastPath
 from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer
-from amagi_plugin.probing import MapGeometry, NeighbourhoodProbe, ProbeUse, fuse
+from amagi_plugin.probing import MapGeometry, NeighbourhoodProbe, ProbeStream, ProbeUse, fuse
 from amagi_plugin.schedule import (
     ClipSchedule,
     naive_clip_probabilities,
@@ -115,15 +115,26 @@ class FramePrefetcher:
     to RGB (``wanted``). ``get(index)`` returns the preprocessed frame ``index`` once
     decoded; frames before ``release_before(index)`` are dropped. The queue bound keeps
     memory constant.
+
+    ``side``: a second consumer's frames and its own preprocessing (the probe's, which reads
+    the same decoded frames). They come out, in order, from :meth:`take_side` (what the
+    consumer's ``get`` calls have pulled so far) and :meth:`drain_side` (the rest, once the
+    first consumer is done).
     """
 
     def __init__(self, video: VideoLike, needed: Sequence[int], transform: Callable[[np.ndarray], Any],
-                 capacity: int, timings: dict[str, float], decode_workers: int = 1) -> None:
+                 capacity: int, timings: dict[str, float], decode_workers: int = 1,
+                 side: tuple[Collection[int], Callable[[np.ndarray], Any]] | None = None
+                 ) -> None:
         self._video = video
         self._workers = decode_workers
         self._needed = sorted(set(needed))
         self._transform = transform
-        self._queue: queue.Queue[tuple[int, torch.Tensor] | _End] = queue.Queue(maxsize=capacity)
+        self._side_wanted = frozenset(side[0]) if side else frozenset()
+        self._side_transform = side[1] if side else None
+        self._side: list[tuple[int, torch.Tensor]] = []
+        self._queue: queue.Queue[tuple[int, torch.Tensor | None, Any] | _End] = queue.Queue(
+            maxsize=capacity)
         self._cache: dict[int, torch.Tensor] = {}
         self._done = False
         self._stop = threading.Event()
@@ -132,19 +143,23 @@ class FramePrefetcher:
         self._thread.start()
 
     def _run(self) -> None:
-        last = self._needed[-1] if self._needed else -1
+        needed = frozenset(self._needed)
+        wanted = needed | self._side_wanted
+        last = max(wanted, default=-1)
         decode_s = transform_s = 0.0
         try:
             t0 = time.perf_counter()
             for index, _t, rgb in self._video.frames(0, last + 1, workers=self._workers,
-                                                     wanted=frozenset(self._needed)):
+                                                     wanted=wanted):
                 decode_s += time.perf_counter() - t0
                 t1 = time.perf_counter()
-                tensor = torch.as_tensor(self._transform(rgb))
+                tensor = torch.as_tensor(self._transform(rgb)) if index in needed else None
+                extra = (self._side_transform(rgb) if self._side_transform is not None
+                         and index in self._side_wanted else None)
                 transform_s += time.perf_counter() - t1
                 while not self._stop.is_set():
                     try:
-                        self._queue.put((index, tensor), timeout=0.2)
+                        self._queue.put((index, tensor, extra), timeout=0.2)
                         break
                     except queue.Full:
                         continue
@@ -171,14 +186,35 @@ class FramePrefetcher:
             if self._done:
                 raise RuntimeError(f"frame {index} was never decoded (video shorter than its "
                                    "header says?)")
-            item = self._queue.get()
-            if isinstance(item, _End):
-                self._done = True
-                if item.error is not None:
-                    raise item.error
-                continue
-            self._cache[item[0]] = item[1]
+            self._pull()
         return self._cache[index]
+
+    def _pull(self) -> None:
+        item = self._queue.get()
+        if isinstance(item, _End):
+            self._done = True
+            if item.error is not None:
+                raise item.error
+            return
+        index, tensor, extra = item
+        if tensor is not None:
+            self._cache[index] = tensor
+        if extra is not None:
+            self._side.append((index, extra))
+
+    def take_side(self) -> list[tuple[int, Any]]:
+        """The side consumer's frames pulled so far and not yet taken, in order."""
+        out, self._side = self._side, []
+        return out
+
+    def drain_side(self) -> Iterator[tuple[int, Any]]:
+        """The side consumer's remaining frames, in order, to the end of decoding (a decoding
+        error is raised here)."""
+        while True:
+            yield from self.take_side()
+            if self._done:
+                return
+            self._pull()
 
     def release_before(self, index: int) -> None:
         for k in [k for k in self._cache if k < index]:
@@ -273,15 +309,29 @@ class BleedingAnalyzer:
 
     def clip_probabilities(self, video: VideoLike, schedule: ClipSchedule,
                            progress: ProgressFn | None = None,
-                           timings: dict[str, float] | None = None) -> tuple[np.ndarray, int]:
-        """Per-prediction class probabilities ``(P, C)`` and the number of clips computed."""
+                           timings: dict[str, float] | None = None,
+                           probe: ProbeStream | None = None) -> tuple[np.ndarray, int]:
+        """Per-prediction class probabilities ``(P, C)`` and the number of clips computed.
+        ``probe``: a probe's pass fed from the same decoding (its frames at the model's
+        scale, between the network's batches and after the last); :meth:`ProbeStream.finish
+        <amagi_plugin.probing.ProbeStream.finish>` is left to the caller."""
         timings = timings if timings is not None else {}
         starts = schedule.clip_starts()
         needed = {f for s in starts for f in schedule.clip_frames(s)}
         prefetch = FramePrefetcher(video, sorted(needed), self.clip_transform,
                                    self.options.decode_ahead, timings,
-                                   self.options.decode_workers)
+                                   self.options.decode_workers,
+                                   side=None if probe is None else (probe.wanted,
+                                                                    self.map_geometry.frame))
         computed = 0
+
+        def feed(frames: Iterable[tuple[int, torch.Tensor]]) -> None:
+            if probe is None:
+                return
+            t0 = time.perf_counter()
+            for index, frame in frames:
+                probe.feed(index, frame)
+            timings["probe"] = timings.get("probe", 0.0) + time.perf_counter() - t0
 
         def probs(batch: Sequence[int]) -> np.ndarray:
             nonlocal computed
@@ -296,6 +346,7 @@ class BleedingAnalyzer:
             computed += len(batch)
             if progress:
                 progress(computed, len(starts))
+            feed(prefetch.take_side())
             return out
 
         try:
@@ -303,6 +354,7 @@ class BleedingAnalyzer:
                 result = shared_clip_probabilities(schedule, probs, self.options.batch_size)
             else:
                 result = naive_clip_probabilities(schedule, probs)
+            feed(prefetch.drain_side())
         finally:
             prefetch.close()
         return result, computed
@@ -436,36 +488,40 @@ class BleedingAnalyzer:
         t_start = time.perf_counter()
         schedule = self.schedule_for(video)
         points = list(schedule.prediction_points())
-        clip_progress, probe_progress = progress, None
-        if progress is not None and self.probe is not None:  # one count over both passes
-            n_clips = len(schedule.clip_starts())
-
-            def clip_progress(done: int, total: int) -> None:
-                progress(done, total + len(points))
-
-            def probe_progress(done: int, total: int) -> None:
-                progress(n_clips + done, n_clips + total)
-
-        probs, computed = self.clip_probabilities(video, schedule, clip_progress, timings)
         frames = np.array([schedule.grid_frame(g) for g in points])
+        clip_progress, probe_progress = progress, None
+        if progress is not None and self.probe is not None:  # one count over both
+            done = {"clips": 0, "probe": 0}
+            total = len(schedule.clip_starts()) + len(points)
+
+            def count(part: str) -> ProgressFn:
+                def report(n: int, _of: int) -> None:
+                    done[part] = n
+                    progress(done["clips"] + done["probe"], total)
+                return report
+
+            clip_progress, probe_progress = count("clips"), count("probe")
+        # the probe reads the frames the clips' decoding reads (one pass over the video)
+        stream = None if self.probe is None else self.probe.stream(
+            frames.tolist(), lambda i: schedule.window(i, self.seg_frames), video.frame_count,
+            video.fps, probe_progress, memory_s=self.probe_use.memory_s)
+        probs, computed = self.clip_probabilities(video, schedule, clip_progress, timings,
+                                                  probe=stream)
         timeline = Timeline(times_s=frames / video.fps, frames=frames,
                             rate_hz=1.0 / (schedule.prediction_step * schedule.grid_s),
                             duration_s=schedule.duration_s)
         clip = bleeding = probs[:, 1]
         probe_scores = None
-        if self.probe is not None:
+        if stream is not None:
             t0 = time.perf_counter()
-            probe_scores = self.probe.score_video(
-                video, frames.tolist(), lambda i: schedule.window(i, self.seg_frames),
-                probe_progress, memory_s=self.probe_use.memory_s,
-                workers=opts.decode_workers)
+            probe_scores = stream.finish()
+            timings["probe"] += time.perf_counter() - t0
             missing = int(np.isnan(probe_scores).sum())
             if missing:
                 log.warning("probe: %d of %d predictions lack frames the decoder did not "
                             "deliver; the clip network's probability stands there", missing,
                             len(points))
             bleeding = fuse(clip, probe_scores, timeline.rate_hz, self.probe_use)
-            timings["probe"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self.refiner is not None:  # the whole video's probabilities, re-read over time
             bleeding = self.refiner.refine(bleeding, timeline.rate_hz)

@@ -29,8 +29,9 @@ batched.
 mean of the probe over ``smooth_s``, then a weighted mean; :class:`ProbeUse` holds these
 two numbers, from a model's ``model.json`` entry ``probe`` beside the probe's file).
 
-Frames are decoded once more for this stage, in order (by the analysis's decoding threads,
-ahead of the probe), and only those some pending instant still needs are held: memory is
+The analysis reads the probe's frames in its one decoding pass over the video, beside the
+clips' (:class:`ProbeStream` is fed from it); :meth:`NeighbourhoodProbe.score_video` is the
+same pass on its own. Only the frames some pending instant still needs are held: memory is
 bounded by the probe's span (``frames`` × ``step_s``), a batch of instants and the decoder's
 buffer.
 """
@@ -56,8 +57,8 @@ if TYPE_CHECKING:  # the pipeline imports this module
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeUse", "fuse", "map_peaks",
-           "moving_mean", "neighbourhoods", "probe_frames"]
+__all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeStream", "ProbeUse", "fuse",
+           "map_peaks", "moving_mean", "neighbourhoods", "probe_frames"]
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,12 @@ class NeighbourhoodProbe:
         p = torch.sigmoid(logits.float()).double().cpu().numpy()
         return np.split(p, np.cumsum(sizes)[:-1])
 
+    def stream(self, targets: Sequence[int], window: WindowFn, frame_count: int, fps: float,
+               progress: Callable[[int, int], None] | None = None, memory_s: float = 0.0
+               ) -> ProbeStream:
+        """A :class:`ProbeStream` scoring ``targets`` from frames fed to it in order."""
+        return ProbeStream(self, targets, window, frame_count, fps, progress, memory_s)
+
     def score_video(self, video: VideoLike, targets: Sequence[int], window: WindowFn,
                     progress: Callable[[int, int], None] | None = None,
                     memory_s: float = 0.0, workers: int = 1) -> np.ndarray:
@@ -263,50 +270,14 @@ class NeighbourhoodProbe:
         in one pass over the video; ``nan`` where a needed frame was not delivered.
         ``memory_s``: how long places where the probe found bleeding are looked at again
         (module docstring); ``workers``: decoding threads (``VideoLike.frames``), which
-        decode ahead while the probe runs."""
-        n, fps = video.frame_count, video.fps
-        needs = {i: sorted({*probe_frames(i, n, fps, self.cfg), *window(i)})
-                 for i in targets}
-        wanted = {f for fs in needs.values() for f in fs}
-        out = np.full(len(targets), np.nan)
-        if not wanted:
-            return out
-        memory = _PlaceMemory(round(memory_s * fps)) if memory_s > 0 else None
-        pending = deque(enumerate(targets))
-        held: dict[int, torch.Tensor] = {}
-        ready: list[tuple[int, int]] = []
-        done = 0
-
-        def flush() -> None:
-            nonlocal done
-            keep = [(k, i) for k, i in ready if all(f in held for f in needs[i])]
-            if keep:
-                ids = [i for _, i in keep]
-                if memory is None:
-                    scores = self.scores(held, ids, window, n, fps)
-                else:
-                    scores = self._scores_with_memory(held, ids, window, n, fps, memory)
-                out[[k for k, _ in keep]] = scores
-            done += len(ready)
-            ready.clear()
-            if progress:
-                progress(done, len(targets))
-
-        for index, _t, rgb in video.frames(min(wanted), max(wanted) + 1, workers=workers,
-                                           wanted=wanted):
-            held[index] = self.geometry.frame(rgb)
-            while pending and needs[pending[0][1]][-1] <= index:
-                ready.append(pending.popleft())
-            if len(ready) >= self.batch_size:
-                flush()
-            if not ready:  # drop what no pending instant needs
-                first = needs[pending[0][1]][0] if pending else index + 1
-                for f in [f for f in held if f < first]:
-                    del held[f]
-        ready += pending  # the video ended early: their missing frames make them nan
-        if ready:
-            flush()
-        return out
+        decode ahead while the probe runs. The analysis feeds its :meth:`stream` from the
+        clips' own decoding instead."""
+        stream = self.stream(targets, window, video.frame_count, video.fps, progress, memory_s)
+        if stream.wanted:
+            for index, _t, rgb in video.frames(min(stream.wanted), max(stream.wanted) + 1,
+                                               workers=workers, wanted=stream.wanted):
+                stream.feed(index, self.geometry.frame(rgb))
+        return stream.finish()
 
     def _scores_with_memory(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
                             window: WindowFn, frame_count: int, fps: float,
@@ -323,6 +294,72 @@ class NeighbourhoodProbe:
         again = self.place_scores(frames, targets, carried, frame_count, fps)
         return np.array([max(a.max(initial=0.0), b.max(initial=0.0))
                          for a, b in zip(own, again, strict=True)])
+
+
+class ProbeStream:
+    """One pass of a :class:`NeighbourhoodProbe` over a video: frames at the model's scale
+    (:meth:`MapGeometry.frame`) are fed in ascending order, whichever decoder reads them;
+    only those some pending instant still needs are held, and instants are scored in
+    batches as soon as their frames are in. :meth:`finish` returns each target's score
+    (``nan`` where a needed frame was never fed)."""
+
+    def __init__(self, probe: NeighbourhoodProbe, targets: Sequence[int], window: WindowFn,
+                 frame_count: int, fps: float,
+                 progress: Callable[[int, int], None] | None = None,
+                 memory_s: float = 0.0) -> None:
+        self.probe, self.window = probe, window
+        self.frame_count, self.fps, self.progress = frame_count, fps, progress
+        self.targets = list(targets)
+        self.needs = {i: sorted({*probe_frames(i, frame_count, fps, probe.cfg), *window(i)})
+                      for i in self.targets}
+        #: the frames (0-based) the probe reads
+        self.wanted = frozenset(f for fs in self.needs.values() for f in fs)
+        self.memory = _PlaceMemory(round(memory_s * fps)) if memory_s > 0 else None
+        self.out = np.full(len(self.targets), np.nan)
+        self._pending = deque(enumerate(self.targets))
+        self._held: dict[int, torch.Tensor] = {}
+        self._ready: list[tuple[int, int]] = []
+        self._done = 0
+
+    def feed(self, index: int, frame: torch.Tensor) -> None:
+        """Frame ``index`` at the model's scale; frames the probe does not read are ignored."""
+        if index not in self.wanted:
+            return
+        self._held[index] = frame
+        pending, needs = self._pending, self.needs
+        while pending and needs[pending[0][1]][-1] <= index:
+            self._ready.append(pending.popleft())
+        if len(self._ready) >= self.probe.batch_size:
+            self._flush()
+        if not self._ready:  # drop what no pending instant needs
+            first = needs[pending[0][1]][0] if pending else index + 1
+            for f in [f for f in self._held if f < first]:
+                del self._held[f]
+
+    def finish(self) -> np.ndarray:
+        """Every target's score; those whose frames never came (the video ended early) are
+        ``nan``."""
+        self._ready += self._pending
+        self._pending.clear()
+        if self._ready:
+            self._flush()
+        return self.out
+
+    def _flush(self) -> None:
+        held, probe = self._held, self.probe
+        keep = [(k, i) for k, i in self._ready if all(f in held for f in self.needs[i])]
+        if keep:
+            ids = [i for _, i in keep]
+            if self.memory is None:
+                scores = probe.scores(held, ids, self.window, self.frame_count, self.fps)
+            else:
+                scores = probe._scores_with_memory(held, ids, self.window, self.frame_count,
+                                                   self.fps, self.memory)
+            self.out[[k for k, _ in keep]] = scores
+        self._done += len(self._ready)
+        self._ready.clear()
+        if self.progress:
+            self.progress(self._done, len(self.targets))
 
 
 #: The probe's probability at which a place is remembered (memory, module docstring).

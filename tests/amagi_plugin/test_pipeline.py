@@ -134,6 +134,52 @@ def test_decoder_errors_reach_the_caller() -> None:
         BleedingAnalyzer(RednessNet(), AnalysisOptions(), input_size=32).analyze(video)
 
 
+def test_the_prefetcher_hands_a_side_consumer_its_frames_in_order_once() -> None:
+    from amagi_plugin.pipeline import FramePrefetcher
+
+    frames = synthetic_frames(40, 10.0, (0, 0))
+    video = ArrayVideo(frames, 10.0)
+    side = [1, 2, 7, 20, 33, 39]  # 33 and 39 lie past the last frame the first consumer needs
+    p = FramePrefetcher(video, [2, 5, 9, 20], lambda rgb: torch.from_numpy(rgb.copy()),
+                        capacity=3, timings={}, side=(side, lambda rgb: rgb[0, 0, 0] + 0))
+    taken = []
+    try:
+        for f in (2, 5, 9):
+            assert torch.equal(p.get(f), torch.from_numpy(frames[f]))
+            taken += p.take_side()
+        assert [i for i, _ in taken] == [1, 2, 7]  # pulled by get(), no further
+        assert torch.equal(p.get(20), torch.from_numpy(frames[20]))
+        taken += list(p.drain_side())
+    finally:
+        p.close()
+    assert [i for i, _ in taken] == side and video.converted == 8  # each frame converted once
+    assert [v for _, v in taken] == [frames[i][0, 0, 0] for i in side]
+    with pytest.raises(RuntimeError, match="frame 33 was never decoded"):
+        p.get(33)  # a side frame only: not kept for the first consumer
+
+
+def test_a_decoder_error_after_the_clips_reaches_the_side_consumer() -> None:
+    from amagi_plugin.pipeline import FramePrefetcher
+
+    class Broken(ArrayVideo):
+        def frames(self, start=0, stop=None, step=1, workers=1, wanted=None):
+            yield from super().frames(start, 12, step, wanted=wanted)
+            raise OSError("stream damaged at frame 12")
+
+    p = FramePrefetcher(Broken(synthetic_frames(30, 10.0, (0, 0)), 10.0), [3, 6],
+                        torch.from_numpy, capacity=4, timings={},
+                        side=([4, 11, 25], torch.from_numpy))
+    try:
+        p.get(6)
+        got = []
+        with pytest.raises(OSError, match="damaged at frame 12"):
+            for index, _ in p.drain_side():
+                got.append(index)
+        assert got == [4, 11]
+    finally:
+        p.close()
+
+
 class CountingVideo(ArrayVideo):
     """An :class:`ArrayVideo` that counts its ``frames()`` calls (each one a seek)."""
 

@@ -216,29 +216,31 @@ def test_the_analysis_fuses_the_probe_before_its_post_processing() -> None:
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
-def test_the_analysis_gives_the_probe_its_memory_and_decoding_threads() -> None:
-    workers_asked: list[int] = []
+@pytest.mark.parametrize("memory_s", [0.0, 0.5])
+def test_the_probe_reads_the_clips_decoding_and_scores_as_its_own_pass(memory_s: float
+                                                                       ) -> None:
+    calls: list[tuple[int, int, int]] = []
 
     class Recording(ArrayVideo):
-        def frames(self, *args, workers=1, **kwargs):
-            workers_asked.append(workers)
-            return super().frames(*args, workers=workers, **kwargs)
+        def frames(self, start=0, stop=None, step=1, workers=1, wanted=None):
+            calls.append((start, stop, workers))
+            return super().frames(start, stop, step, workers, wanted)
 
     torch.manual_seed(0)
-    a = BleedingAnalyzer(RednessNet(), AnalysisOptions(decode_workers=2), input_size=32,
-                         clip_len=8, probe=PatchNet(CFG).eval(),
-                         probe_use=ProbeUse(memory_s=0.5))
-    asked: list[float] = []
-    original = a.probe.score_video
-
-    def spy(*args, memory_s=0.0, **kwargs):
-        asked.append(memory_s)
-        return original(*args, memory_s=memory_s, **kwargs)
-
-    a.probe.score_video = spy
-    video = Recording(video_frames(40), 10.0)
-    a.analyze(video)
-    assert asked == [0.5] and workers_asked[:2] == [2, 2]  # the clips, then the probe
+    a = BleedingAnalyzer(RednessNet(), AnalysisOptions(decode_workers=2, threshold=2.0),
+                         input_size=32, clip_len=8, probe=PatchNet(CFG).eval(),
+                         probe_use=ProbeUse(memory_s=memory_s))
+    a.probe.batch_size = 3  # several flushes while the clips are computed
+    n, fps = 60, 10.0
+    video = Recording(video_frames(n), fps)
+    result = a.analyze(video)
+    assert not result.events  # (threshold 2: no key frames to read)
+    assert calls == [(0, n, 2)]  # one pass, with the analysis's decoding threads
+    schedule = a.schedule_for(video)
+    alone = a.probe.score_video(ArrayVideo(video_frames(n), fps), result.timeline.frames.tolist(),
+                                lambda i: schedule.window(i, a.seg_frames), memory_s=memory_s)
+    np.testing.assert_array_equal(result.probe_scores, alone)
+    assert not np.isnan(alone).any()
 
 
 def test_a_probe_needs_a_model_with_segmentation_at_its_scale() -> None:
