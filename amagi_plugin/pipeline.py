@@ -108,6 +108,18 @@ class _End:
         self.error = error
 
 
+@dataclass(frozen=True)
+class SideFrames:
+    """A second consumer of a :class:`FramePrefetcher`'s decoding: the frames it reads, their
+    preprocessing for it, and optionally how the first consumer's preprocessing of the same
+    frame follows from that result (``derive``; it must give exactly what the first
+    consumer's ``transform`` gives, and saves computing the shared part twice)."""
+
+    wanted: Collection[int]
+    transform: Callable[[np.ndarray], Any]
+    derive: Callable[[Any], torch.Tensor] | None = None
+
+
 class FramePrefetcher:
     """Decodes and preprocesses the needed frames in a thread, ahead of the consumer.
 
@@ -116,22 +128,22 @@ class FramePrefetcher:
     decoded; frames before ``release_before(index)`` are dropped. The queue bound keeps
     memory constant.
 
-    ``side``: a second consumer's frames and its own preprocessing (the probe's, which reads
-    the same decoded frames). They come out, in order, from :meth:`take_side` (what the
-    consumer's ``get`` calls have pulled so far) and :meth:`drain_side` (the rest, once the
-    first consumer is done).
+    ``side``: a second consumer's frames and its own preprocessing (:class:`SideFrames`: the
+    probe's, which reads the same decoded frames). They come out, in order, from
+    :meth:`take_side` (what the consumer's ``get`` calls have pulled so far) and
+    :meth:`drain_side` (the rest, once the first consumer is done).
     """
 
     def __init__(self, video: VideoLike, needed: Sequence[int], transform: Callable[[np.ndarray], Any],
                  capacity: int, timings: dict[str, float], decode_workers: int = 1,
-                 side: tuple[Collection[int], Callable[[np.ndarray], Any]] | None = None
-                 ) -> None:
+                 side: SideFrames | None = None) -> None:
         self._video = video
         self._workers = decode_workers
         self._needed = sorted(set(needed))
         self._transform = transform
-        self._side_wanted = frozenset(side[0]) if side else frozenset()
-        self._side_transform = side[1] if side else None
+        self._side_wanted = frozenset(side.wanted) if side else frozenset()
+        self._side_transform = side.transform if side else None
+        self._derive = side.derive if side else None
         self._side: list[tuple[int, torch.Tensor]] = []
         self._queue: queue.Queue[tuple[int, torch.Tensor | None, Any] | _End] = queue.Queue(
             maxsize=capacity)
@@ -153,9 +165,12 @@ class FramePrefetcher:
                                                      wanted=wanted):
                 decode_s += time.perf_counter() - t0
                 t1 = time.perf_counter()
-                tensor = torch.as_tensor(self._transform(rgb)) if index in needed else None
                 extra = (self._side_transform(rgb) if self._side_transform is not None
                          and index in self._side_wanted else None)
+                tensor = None
+                if index in needed:
+                    tensor = torch.as_tensor(self._transform(rgb) if extra is None
+                                             or self._derive is None else self._derive(extra))
                 transform_s += time.perf_counter() - t1
                 while not self._stop.is_set():
                     try:
@@ -321,8 +336,12 @@ class BleedingAnalyzer:
         prefetch = FramePrefetcher(video, sorted(needed), self.clip_transform,
                                    self.options.decode_ahead, timings,
                                    self.options.decode_workers,
-                                   side=None if probe is None else (probe.wanted,
-                                                                    self.map_geometry.frame))
+                                   side=None if probe is None else SideFrames(
+                                       probe.wanted, self.map_geometry.frame,
+                                       # the clip transform is the probe's, then the crop
+                                       # (bit for bit; not the switch's own on-device one)
+                                       self.map_geometry.map_input if self.fast is None
+                                       else None))
         computed = 0
 
         def feed(frames: Iterable[tuple[int, torch.Tensor]]) -> None:

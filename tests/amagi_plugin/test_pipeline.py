@@ -135,13 +135,14 @@ def test_decoder_errors_reach_the_caller() -> None:
 
 
 def test_the_prefetcher_hands_a_side_consumer_its_frames_in_order_once() -> None:
-    from amagi_plugin.pipeline import FramePrefetcher
+    from amagi_plugin.pipeline import FramePrefetcher, SideFrames
 
     frames = synthetic_frames(40, 10.0, (0, 0))
     video = ArrayVideo(frames, 10.0)
     side = [1, 2, 7, 20, 33, 39]  # 33 and 39 lie past the last frame the first consumer needs
     p = FramePrefetcher(video, [2, 5, 9, 20], lambda rgb: torch.from_numpy(rgb.copy()),
-                        capacity=3, timings={}, side=(side, lambda rgb: rgb[0, 0, 0] + 0))
+                        capacity=3, timings={},
+                        side=SideFrames(side, lambda rgb: rgb[0, 0, 0] + 0))
     taken = []
     try:
         for f in (2, 5, 9):
@@ -158,8 +159,34 @@ def test_the_prefetcher_hands_a_side_consumer_its_frames_in_order_once() -> None
         p.get(33)  # a side frame only: not kept for the first consumer
 
 
+def test_a_frame_both_consumers_read_is_preprocessed_once_when_derivable() -> None:
+    from amagi_plugin.pipeline import FramePrefetcher, SideFrames
+
+    frames = synthetic_frames(12, 10.0, (0, 0))
+    calls = {"first": 0, "side": 0}
+
+    def first(rgb):
+        calls["first"] += 1
+        return torch.from_numpy(rgb.astype(np.float32))
+
+    def side(rgb):
+        calls["side"] += 1
+        return torch.from_numpy(rgb.astype(np.float32))
+
+    p = FramePrefetcher(ArrayVideo(frames, 10.0), [1, 4, 8], first, capacity=4, timings={},
+                        side=SideFrames([4, 8, 10], side, derive=lambda t: t + 0))
+    try:
+        got = [p.get(f) for f in (1, 4, 8)]
+        rest = list(p.drain_side())
+    finally:
+        p.close()
+    for f, t in zip((1, 4, 8), got, strict=True):
+        assert torch.equal(t, torch.from_numpy(frames[f].astype(np.float32)))
+    assert [i for i, _ in rest] == [4, 8, 10] and calls == {"first": 1, "side": 3}
+
+
 def test_a_decoder_error_after_the_clips_reaches_the_side_consumer() -> None:
-    from amagi_plugin.pipeline import FramePrefetcher
+    from amagi_plugin.pipeline import FramePrefetcher, SideFrames
 
     class Broken(ArrayVideo):
         def frames(self, start=0, stop=None, step=1, workers=1, wanted=None):
@@ -168,7 +195,7 @@ def test_a_decoder_error_after_the_clips_reaches_the_side_consumer() -> None:
 
     p = FramePrefetcher(Broken(synthetic_frames(30, 10.0, (0, 0)), 10.0), [3, 6],
                         torch.from_numpy, capacity=4, timings={},
-                        side=([4, 11, 25], torch.from_numpy))
+                        side=SideFrames([4, 11, 25], torch.from_numpy))
     try:
         p.get(6)
         got = []
