@@ -478,9 +478,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         timings.record("probe", t0, ran)
         manifest["probe"] = {"file": PROBE_FILE, "weight": cfg.probe_weight,
                              "smooth_s": cfg.probe_smooth_s, "memory_s": cfg.probe_memory_s}
-        # how the probe is used decides the predictions too: its change redoes what follows
-        use = _touch_if_changed(work / "probe_use.json", manifest["probe"])
-        newest = max(newest, (work / PROBE_FILE).stat().st_mtime, use)
+        newest = max(newest, (work / PROBE_FILE).stat().st_mtime)
     if cfg.refiner_sets:
         t0 = time.perf_counter()
         ran = _refiner(work, stage / main_ckpt, cfg, device, gpu, newest)
@@ -560,14 +558,6 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
 REFINER_FILE = "refiner_demo.pth"
 #: The probe's file name in the model folder.
 PROBE_FILE = "probe_demo.pth"
-
-
-def _touch_if_changed(path: Path, record: Any) -> float:
-    """Write ``record`` as JSON to ``path`` unless it holds it already; its mtime."""
-    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
-    return path.stat().st_mtime
 
 
 def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoConfig,
