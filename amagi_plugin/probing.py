@@ -265,36 +265,18 @@ class NeighbourhoodProbe:
 
     def score_video(self, video: VideoLike, targets: Sequence[int], window: WindowFn,
                     progress: Callable[[int, int], None] | None = None,
-                    memory_s: float = 0.0, workers: int = 1) -> np.ndarray:
+                    memory_s: float = 0.0) -> np.ndarray:
         """The probe score at each of ``targets`` (0-based frame indices, ascending), read
         in one pass over the video; ``nan`` where a needed frame was not delivered.
         ``memory_s``: how long places where the probe found bleeding are looked at again
-        (module docstring); ``workers``: decoding threads (``VideoLike.frames``), which
-        decode ahead while the probe runs. The analysis feeds its :meth:`stream` from the
-        clips' own decoding instead."""
+        (module docstring). The analysis feeds its :meth:`stream` from the clips' own
+        decoding instead."""
         stream = self.stream(targets, window, video.frame_count, video.fps, progress, memory_s)
         if stream.wanted:
             for index, _t, rgb in video.frames(min(stream.wanted), max(stream.wanted) + 1,
-                                               workers=workers, wanted=stream.wanted):
+                                               wanted=stream.wanted):
                 stream.feed(index, self.geometry.frame(rgb))
         return stream.finish()
-
-    def _scores_with_memory(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
-                            window: WindowFn, frame_count: int, fps: float,
-                            memory: _PlaceMemory) -> np.ndarray:
-        """Each target's score at its own places, then at the places ``memory`` carries to
-        it (earlier targets' best places, this batch's included); the higher of the two."""
-        found = self.places(frames, targets, window)
-        own = self.place_scores(frames, targets, found, frame_count, fps)
-        carried = []
-        for i, places, p in zip(targets, found, own, strict=True):
-            carried.append(memory.recall(i, places))
-            if p.size and p.max() >= CARRY_SCORE:
-                memory.remember(i, found_place(places, p))
-        again = self.place_scores(frames, targets, carried, frame_count, fps)
-        return np.array([max(a.max(initial=0.0), b.max(initial=0.0))
-                         for a, b in zip(own, again, strict=True)])
-
 
 class ProbeStream:
     """One pass of a :class:`NeighbourhoodProbe` over a video: frames at the model's scale
@@ -350,16 +332,28 @@ class ProbeStream:
         keep = [(k, i) for k, i in self._ready if all(f in held for f in self.needs[i])]
         if keep:
             ids = [i for _, i in keep]
-            if self.memory is None:
-                scores = probe.scores(held, ids, self.window, self.frame_count, self.fps)
-            else:
-                scores = probe._scores_with_memory(held, ids, self.window, self.frame_count,
-                                                   self.fps, self.memory)
-            self.out[[k for k, _ in keep]] = scores
+            self.out[[k for k, _ in keep]] = (
+                probe.scores(held, ids, self.window, self.frame_count, self.fps)
+                if self.memory is None else self._scores_with_memory(ids, self.memory))
         self._done += len(self._ready)
         self._ready.clear()
         if self.progress:
             self.progress(self._done, len(self.targets))
+
+    def _scores_with_memory(self, targets: Sequence[int], memory: _PlaceMemory) -> np.ndarray:
+        """Each target's score at its own places, then at the places ``memory`` carries to
+        it (earlier targets' best places, this batch's included); the higher of the two."""
+        probe, frames, n, fps = self.probe, self._held, self.frame_count, self.fps
+        found = probe.places(frames, targets, self.window)
+        own = probe.place_scores(frames, targets, found, n, fps)
+        carried = []
+        for i, places, p in zip(targets, found, own, strict=True):
+            carried.append(memory.recall(i, places))  # before i is remembered: earlier ones
+            if p.size and p.max() >= CARRY_SCORE:
+                memory.remember(i, places[int(np.argmax(p))][:2])
+        again = probe.place_scores(frames, targets, carried, n, fps)
+        return np.array([max(a.max(initial=0.0), b.max(initial=0.0))
+                         for a, b in zip(own, again, strict=True)])
 
 
 #: The probe's probability at which a place is remembered (memory, module docstring).
@@ -367,12 +361,6 @@ CARRY_SCORE = 0.5
 #: A remembered place this close (pixels at the model's scale, either axis) to a place already
 #: looked at is not looked at again; map peaks are at least 5 px apart (9 × 9 maxima).
 SAME_PLACE_PX = 4
-
-
-def found_place(places: Sequence[tuple[int, int, float]], p: np.ndarray) -> tuple[int, int]:
-    """The place where the probe's probability ``p`` is highest."""
-    y, x, *_ = places[int(np.argmax(p))]
-    return y, x
 
 
 class _PlaceMemory:
@@ -386,15 +374,14 @@ class _PlaceMemory:
         self.seen.append((frame, place))
 
     def recall(self, frame: int, places: Sequence[tuple[int, ...]]) -> list[tuple[int, int]]:
-        """The remembered places of the ``frames`` frames before ``frame`` (newest first),
-        none within :data:`SAME_PLACE_PX` of ``places`` or of each other."""
+        """The remembered places of the ``frames`` frames before ``frame`` (newest first;
+        frames are recalled in ascending order, each before it is remembered), none within
+        :data:`SAME_PLACE_PX` of ``places`` or of each other."""
         while self.seen and self.seen[0][0] < frame - self.frames:
             self.seen.popleft()
         taken = [(y, x) for y, x, *_ in places]
         out: list[tuple[int, int]] = []
-        for f, (y, x) in reversed(self.seen):
-            if f >= frame:
-                continue
+        for _f, (y, x) in reversed(self.seen):
             if all(max(abs(y - ty), abs(x - tx)) > SAME_PLACE_PX for ty, tx in taken):
                 taken.append((y, x))
                 out.append((y, x))

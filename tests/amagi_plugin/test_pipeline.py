@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer, FramePrefetcher, SideFrames
 from amagi_plugin.schedule import naive_clip_probabilities
 
 
@@ -135,8 +135,6 @@ def test_decoder_errors_reach_the_caller() -> None:
 
 
 def test_the_prefetcher_hands_a_side_consumer_its_frames_in_order_once() -> None:
-    from amagi_plugin.pipeline import FramePrefetcher, SideFrames
-
     frames = synthetic_frames(40, 10.0, (0, 0))
     video = ArrayVideo(frames, 10.0)
     side = [1, 2, 7, 20, 33, 39]  # 33 and 39 lie past the last frame the first consumer needs
@@ -160,8 +158,6 @@ def test_the_prefetcher_hands_a_side_consumer_its_frames_in_order_once() -> None
 
 
 def test_a_frame_both_consumers_read_is_preprocessed_once_when_derivable() -> None:
-    from amagi_plugin.pipeline import FramePrefetcher, SideFrames
-
     frames = synthetic_frames(12, 10.0, (0, 0))
     calls = {"first": 0, "side": 0}
 
@@ -186,8 +182,6 @@ def test_a_frame_both_consumers_read_is_preprocessed_once_when_derivable() -> No
 
 
 def test_a_decoder_error_after_the_clips_reaches_the_side_consumer() -> None:
-    from amagi_plugin.pipeline import FramePrefetcher, SideFrames
-
     class Broken(ArrayVideo):
         def frames(self, start=0, stop=None, step=1, workers=1, wanted=None):
             yield from super().frames(start, 12, step, wanted=wanted)

@@ -264,6 +264,13 @@ class RedCropNet(PatchNet):
         return 50 * (red - 0.02)
 
 
+def red_probe() -> NeighbourhoodProbe:
+    """:class:`RedCropNet` at the peaks of a map of the frames' red channel (32 × 32 frames,
+    no resize, no normalisation)."""
+    return NeighbourhoodProbe(RedCropNet(CFG), lambda x: x[:, 0] / 255.0,
+                              MapGeometry(32, (0, 0, 0), (1, 1, 1)))
+
+
 def blinking_spot(n: int) -> np.ndarray:
     """32 × 32 grey frames with a white patch (bright on the map, not red) and a red spot
     that is gone from every second instant's frame (instants every 3 frames), so the map of
@@ -277,9 +284,7 @@ def blinking_spot(n: int) -> np.ndarray:
 
 
 def test_a_memory_looks_again_where_the_probe_found_bleeding() -> None:
-    cfg = PatchNetConfig(frames=4, step_s=0.2, crop=8, width=4, candidates=3, short_side=32)
-    probe = NeighbourhoodProbe(RedCropNet(cfg), lambda x: x[:, 0] / 255.0,
-                               MapGeometry(32, (0, 0, 0), (1, 1, 1)))
+    probe = red_probe()
     fps, n = 10.0, 36
     video = ArrayVideo(blinking_spot(n), fps)
     targets = list(range(0, n, 3))
@@ -299,12 +304,10 @@ def test_a_memory_looks_again_where_the_probe_found_bleeding() -> None:
 
 
 def test_a_memory_carries_only_places_the_probe_called_bleeding() -> None:
-    cfg = PatchNetConfig(frames=4, step_s=0.2, crop=8, width=4, candidates=3, short_side=32)
     frames = blinking_spot(36)
     frames[:, 9:12, 9:12] = 100  # no red spot at all: only the white patch, never bleeding
     frames[::6, 9:12, 9:12] = 200  # a grey flash the map peaks at now and then
-    probe = NeighbourhoodProbe(RedCropNet(cfg), lambda x: x[:, 0] / 255.0,
-                               MapGeometry(32, (0, 0, 0), (1, 1, 1)))
+    probe = red_probe()
     looked: list[int] = []
     original = probe.place_scores
 
