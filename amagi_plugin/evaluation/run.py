@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,8 +50,29 @@ def _init_worker(specs: Sequence[ModelSpec], options: Any, threads: int) -> None
     its torch thread count is its own: nothing else runs torch there)."""
     import torch
 
+    _stop_with_parent()
     torch.set_num_threads(threads)
     _WORKER.update({s.name: build_analyzer(s, _options_of(options, s.name)) for s in specs})
+
+
+def _stop_with_parent() -> None:
+    """End this worker process as soon as the process that started it is gone (killed
+    before it could close its pool): a worker would otherwise finish its case for nobody,
+    holding its cores. The parent's sentinel is the documented signal
+    (:func:`multiprocessing.parent_process`)."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        log.warning("the evaluating process is gone: worker %d stops", os.getpid())
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _work(case: TruthCase, label: str) -> CasePrediction:
