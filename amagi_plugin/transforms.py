@@ -20,13 +20,25 @@ AUTHORS_MEAN = (117.1168392375, 75.27494787, 67.376296503)
 AUTHORS_STD = (60.241352388, 51.261253263, 49.192591569)
 
 
+def frame_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """An RGB frame ``(H, W, 3)`` as a tensor, sharing a writable array's memory; a read-only
+    array (a memory map's, a decoder's buffer) is copied first, as torch does not wrap one
+    without a warning (the transforms only read it)."""
+    if isinstance(frame, np.ndarray):
+        frame = np.ascontiguousarray(frame)
+        t = torch.from_numpy(frame if frame.flags.writeable else frame.copy())
+    else:
+        t = torch.as_tensor(frame)
+    if t.ndim != 3 or t.shape[-1] != 3:
+        raise ValueError(f"expected an RGB frame of shape (H, W, 3), got {tuple(t.shape)}")
+    return t
+
+
 class FrameToTensor(Transform):
     """``uint8 (H, W, 3)`` RGB → ``float32 (3, H, W)`` on the 0-255 scale."""
 
     def __call__(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(np.ascontiguousarray(frame) if isinstance(frame, np.ndarray) else frame)
-        if t.ndim != 3 or t.shape[-1] != 3:
-            raise ValueError(f"expected an RGB frame of shape (H, W, 3), got {tuple(t.shape)}")
+        t = frame_tensor(frame)
         return t.permute(2, 0, 1).float()
 
 
@@ -82,9 +94,7 @@ class DeviceFrameTransform:
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1)
 
     def __call__(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(np.ascontiguousarray(frame) if isinstance(frame, np.ndarray) else frame)
-        if t.ndim != 3 or t.shape[-1] != 3:
-            raise ValueError(f"expected an RGB frame of shape (H, W, 3), got {tuple(t.shape)}")
+        t = frame_tensor(frame)
         if self.pin and t.device.type == "cpu":
             t = t.pin_memory()
         t = t.to(self.device, non_blocking=True).permute(2, 0, 1)
