@@ -112,6 +112,9 @@ class DemoConfig:
     probe_smooth_s: float = 1.0
     # how long the probe looks again where it found bleeding (amagi_plugin.probing); 0 = never
     probe_memory_s: float = 0.0
+    # probes trained alike but for their seeds (train_seed_model, +1, ...), read as one in
+    # analysis: the mean of their probabilities (models.patchnet.ProbeEnsemble)
+    probe_seeds: int = 1
     # more rawframes cases for the probe alone (its data are cheap, its network small):
     # training-domain cases and bleeding-free ones full of still blood (other seeds)
     probe_seed: int = 180001
@@ -158,6 +161,8 @@ class DemoConfig:
     version: str = "3.0"
 
     def __post_init__(self) -> None:
+        if self.probe_seeds < 1:
+            raise ConfigError(f"probe_seeds must be at least 1, got {self.probe_seeds}")
         if self.probe_epochs and self.refiner_sets:
             # the refiner's videos are read by the clip network alone: it would learn
             # probabilities that the probe's fusion changes
@@ -190,7 +195,8 @@ class DemoConfig:
             small.update(val_static_cases=1, val_static_duration_s=8.0)
         if self.probe_epochs:
             small.update(probe_epochs=1, probe_extra_cases=min(self.probe_extra_cases, 1),
-                         probe_static_cases=min(self.probe_static_cases, 1))
+                         probe_static_cases=min(self.probe_static_cases, 1),
+                         probe_seeds=min(self.probe_seeds, 2))
         if self.refiner_sets:  # the first set of each domain: 2 videos, 1 bleeding-free
             first: dict[str, int] = {}
             for domain, seed, _ in self.refiner_sets:
@@ -476,9 +482,11 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         t0 = time.perf_counter()
         ran = _probe(work, seg_dir, probe_sets, stage, cfg, device)
         timings.record("probe", t0, ran)
-        manifest["probe"] = {"file": PROBE_FILE, "weight": cfg.probe_weight,
-                             "smooth_s": cfg.probe_smooth_s, "memory_s": cfg.probe_memory_s}
-        newest = max(newest, (work / PROBE_FILE).stat().st_mtime)
+        files = probe_files(cfg)
+        manifest["probe"] = {"file": files[0] if len(files) == 1 else files,
+                             "weight": cfg.probe_weight, "smooth_s": cfg.probe_smooth_s,
+                             "memory_s": cfg.probe_memory_s}
+        newest = max(newest, *((work / f).stat().st_mtime for f in files))
     if cfg.refiner_sets:
         t0 = time.perf_counter()
         ran = _refiner(work, stage / main_ckpt, cfg, device, gpu, newest)
@@ -556,27 +564,36 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
 
 #: The refiner's file name in the model folder.
 REFINER_FILE = "refiner_demo.pth"
-#: The probe's file name in the model folder.
+#: The probe's file name in the model folder (the first seed's, when there are several).
 PROBE_FILE = "probe_demo.pth"
+
+
+def probe_files(cfg: DemoConfig) -> list[str]:
+    """The probes' file names in the model folder: :data:`PROBE_FILE` for the first seed
+    (``train_seed_model``), ``probe_demo_seed<S>.pth`` for the others."""
+    return [PROBE_FILE] + [f"probe_demo_seed{cfg.train_seed_model + k}.pth"
+                           for k in range(1, cfg.probe_seeds)]
 
 
 def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoConfig,
            device: str) -> bool:
     """``amagi train probe`` on the rawframes sets ``data`` (the training set first) at the
-    segmenter's map peaks into ``<stage>/probe_demo.pth`` (redone when the segmenter is
-    newer). Returns whether it ran."""
-    record = work / PROBE_FILE  # the stage's own copy: the stage folder is rewritten
-    ran = not record.is_file() or record.stat().st_mtime < (seg_dir / "latest.pth").stat().st_mtime
-    if ran:
-        _cli(["train", "probe", "--data", *map(str, data), "--arch", cfg.arch,
-              "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
-              "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
-              "--step-s", str(cfg.probe_step_s),
-              "--look-jitter", str(cfg.probe_look_jitter),
-              "--sliding-negatives", str(cfg.probe_sliding_negatives),
-              "--seed", str(cfg.train_seed_model),
-              "--threads", str(cfg.threads), "--device", device, "--no-progress"])
-    shutil.copyfile(record, stage / PROBE_FILE)
+    segmenter's map peaks into ``<stage>/``:func:`probe_files`, one a seed (each redone when
+    the segmenter is newer). Returns whether any ran."""
+    ran = False
+    for k, name in enumerate(probe_files(cfg)):
+        record = work / name  # the stage's own copy: the stage folder is rewritten
+        if not record.is_file() or record.stat().st_mtime < (seg_dir / "latest.pth").stat().st_mtime:
+            ran = True
+            _cli(["train", "probe", "--data", *map(str, data), "--arch", cfg.arch,
+                  "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
+                  "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
+                  "--step-s", str(cfg.probe_step_s),
+                  "--look-jitter", str(cfg.probe_look_jitter),
+                  "--sliding-negatives", str(cfg.probe_sliding_negatives),
+                  "--seed", str(cfg.train_seed_model + k),
+                  "--threads", str(cfg.threads), "--device", device, "--no-progress"])
+        shutil.copyfile(record, stage / name)
     return ran
 
 
@@ -655,6 +672,14 @@ def _pathway_dropout(arch: str) -> float | None:
     return spec.pathway_dropout if spec.map_evidence else None
 
 
+def _probe_names(files: str | list[str]) -> str:
+    """The README's name of a model.json probe entry's ``file`` (one name or several)."""
+    if isinstance(files, str):
+        return f"`{files}`"
+    return (f"of {len(files)} networks trained alike but for their seeds ("
+            + ", ".join(f"`{f}`" for f in files) + "; it reads the mean of their probabilities)")
+
+
 def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            others: dict[str, str] | None = None) -> str:
     """The demo folder's README: what the model is, how it was made, what it scores.
@@ -713,7 +738,7 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
            "which the map's evidence decides alone; in analysis they weigh "
            f"{1 - dropped:.0%}"] if dropped is not None else []),
-        *([f"- neighbourhood probe `{manifest['probe']['file']}` (PatchNet: 8 frames "
+        *([f"- neighbourhood probe {_probe_names(manifest['probe']['file'])} (PatchNet: 8 frames "
            f"{cfg['probe_step_s']:g} s apart of a 32-pixel neighbourhood, the "
            "frame-to-frame changes given explicitly), "
            f"{cfg['probe_epochs']} epochs on the masked frames of the training set"

@@ -178,16 +178,17 @@ def check_model(cfg: Config) -> Check:
         except Exception as e:
             return Check("model", Status.FAIL, f"refiner {spec.refiner} does not load: {e}")
         extra += f", refined by {spec.refiner.name}"
-    if spec.probe is not None:
+    if spec.probe:
         from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
-        from models.patchnet import load_patchnet
+        from models.patchnet import load_probe
 
+        named = ", ".join(map(str, spec.probe))
         try:
-            BleedingAnalyzer.for_model(model, AnalysisOptions(), probe=load_patchnet(spec.probe),
+            BleedingAnalyzer.for_model(model, AnalysisOptions(), probe=load_probe(list(spec.probe)),
                                        probe_use=spec.probe_use)
         except Exception as e:
-            return Check("model", Status.FAIL, f"probe {spec.probe} does not fit: {e}")
-        extra += f", probed by {spec.probe.name}"
+            return Check("model", Status.FAIL, f"probe {named} does not fit: {e}")
+        extra += f", probed by {' + '.join(p.name for p in spec.probe)}"
     return Check("model", Status.OK,
                  f"{spec.label}: {spec.checkpoint} loads into {spec.arch}{extra}")
 

@@ -40,9 +40,10 @@ class ModelSpec:
     :class:`~models.refiner.TemporalRefiner` file that re-reads the model's probabilities
     over the whole video before that post-processing (a ``model.json`` entry's
     ``refiner``); ``None``: the probabilities are read as the network gives them.
-    ``probe`` is the :class:`~models.patchnet.PatchNet` file run where the segmentation map
-    peaks, its scores combined with the clip network's as ``probe_use`` says
-    (:mod:`amagi_plugin.probing`; a ``model.json`` entry's ``probe``); ``None``: no probe.
+    ``probe`` holds the :class:`~models.patchnet.PatchNet` files run where the segmentation
+    map peaks (several: the mean of their probabilities), their scores combined with the clip
+    network's as ``probe_use`` says (:mod:`amagi_plugin.probing`; a ``model.json`` entry's
+    ``probe``); empty: no probe.
     """
 
     name: str
@@ -54,7 +55,7 @@ class ModelSpec:
     build: Mapping[str, Any] = field(default_factory=dict, hash=False)
     operating_point: OperatingPoint | None = None
     refiner: Path | None = None
-    probe: Path | None = None
+    probe: tuple[Path, ...] = ()
     probe_use: ProbeUse | None = None
 
     def __post_init__(self) -> None:
@@ -98,21 +99,22 @@ def manifest_refiner(entry: Mapping[str, Any], directory: Path) -> Path | None:
 
 
 def manifest_probe(entry: Mapping[str, Any], directory: Path
-                   ) -> tuple[Path | None, ProbeUse | None]:
-    """The ``probe`` file and its use of one model entry of ``directory/model.json``
-    (``(None, None)`` if absent); a malformed entry or a missing file is an
-    :class:`InputError`."""
+                   ) -> tuple[tuple[Path, ...], ProbeUse | None]:
+    """The ``probe`` files (one, or several read as one: their mean probability) and their
+    use of one model entry of ``directory/model.json`` (``((), None)`` if absent); a
+    malformed entry or a missing file is an :class:`InputError`."""
     if entry.get("probe") is None:
-        return None, None
+        return (), None
     where = directory / "model.json"
     try:
-        name, use = ProbeUse.from_json(entry["probe"])
+        names, use = ProbeUse.from_json(entry["probe"])
     except ValueError as e:
         raise InputError(f"{where}: probe: {e}") from None
-    path = directory / name
-    if not path.is_file():
-        raise InputError(f"{where}: probe file not found: {path}")
-    return path, use
+    paths = tuple(directory / name for name in names)
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{where}: probe file not found: {path}")
+    return paths, use
 
 
 def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:

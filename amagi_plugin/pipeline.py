@@ -38,7 +38,7 @@ from amagi_plugin.transforms import (
 )
 from dicom_io.results import BleedingEvent, CaseIndex
 from models.hrnet_ocr import main_logits
-from models.patchnet import PatchNet
+from models.patchnet import ProbeNet
 from models.refiner import TemporalRefiner
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,8 @@ class BleedingAnalyzer:
         probabilities before the post-processing (the model's ``model.json`` names it);
         ``None``: the probabilities as the network gives them.
     probe, probe_use
-        A :class:`~models.patchnet.PatchNet` run at each prediction where the model's
+        A :class:`~models.patchnet.PatchNet` (or several as a
+        :class:`~models.patchnet.ProbeEnsemble`) run at each prediction where the model's
         segmentation map peaks (:mod:`amagi_plugin.probing`), its scores fused with the
         clip probabilities as ``probe_use`` says, before the refiner; needs a model with
         segmentation. ``None``: no probe.
@@ -267,7 +268,7 @@ class BleedingAnalyzer:
     def __init__(self, model: torch.nn.Module, options: AnalysisOptions, input_size: int = 224,
                  clip_len: int = 8, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None,
-                 refiner: TemporalRefiner | None = None, probe: PatchNet | None = None,
+                 refiner: TemporalRefiner | None = None, probe: ProbeNet | None = None,
                  probe_use: ProbeUse | None = None) -> None:
         self.model = model.eval().to(options.device)
         self.refiner = None if refiner is None else refiner.eval().to(options.device)
@@ -296,7 +297,7 @@ class BleedingAnalyzer:
         self.probe_use = probe_use or ProbeUse()
         self.probe = None if probe is None else self._probe_stage(probe)
 
-    def _probe_stage(self, net: PatchNet) -> NeighbourhoodProbe:
+    def _probe_stage(self, net: ProbeNet) -> NeighbourhoodProbe:
         network = self._segmentation_network()
         if network is None:
             raise ValueError("a neighbourhood probe looks where the segmentation map peaks: "
@@ -310,7 +311,7 @@ class BleedingAnalyzer:
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, options: AnalysisOptions,
-                  refiner: TemporalRefiner | None = None, probe: PatchNet | None = None,
+                  refiner: TemporalRefiner | None = None, probe: ProbeNet | None = None,
                   probe_use: ProbeUse | None = None) -> BleedingAnalyzer:
         """An analyzer using the preprocessing constants stored with ``model.default_cfg``."""
         cfg = model.default_cfg

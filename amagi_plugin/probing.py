@@ -13,7 +13,9 @@ but also still blood. So at each prediction instant:
 3. at each place a :class:`~models.patchnet.PatchNet` looks at a ``crop`` × ``crop``
    neighbourhood of ``frames`` frames ``step_s`` apart around the instant, on the frame
    resized as in step 1 but not cropped (so a neighbourhood at the crop's edge sees the
-   frame beyond it; outside the frame it sees zeros, as in training);
+   frame beyond it; outside the frame it sees zeros, as in training); a probe of several
+   networks (:class:`~models.patchnet.ProbeEnsemble`) gives the mean of their probabilities
+   at each place;
 4. the instant's probe score is the highest probability over its places.
 
 With a memory (``memory_s`` > 0) the probe also looks again where it found bleeding shortly
@@ -49,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from amagi_plugin.transforms import FrameToTensor
-from models.patchnet import PatchNet, PatchNetConfig
+from models.patchnet import PatchNetConfig, ProbeNet
 from models.training.augment import resize_short
 
 if TYPE_CHECKING:  # the pipeline imports this module
@@ -80,14 +82,22 @@ class ProbeUse:
                 raise ValueError(f"probe {name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
-    def from_json(cls, entry: Any) -> tuple[str, ProbeUse]:
+    def from_json(cls, entry: Any) -> tuple[tuple[str, ...], ProbeUse]:
         """A ``model.json`` entry ``probe``: ``"file.pth"`` or ``{"file": ..., "weight": w,
-        "smooth_s": s, "memory_s": m}`` → the file's name and its use."""
+        "smooth_s": s, "memory_s": m}`` → the files' names and their use. ``file`` may list
+        several probes of one configuration: the analysis reads the mean of their
+        probabilities (:class:`~models.patchnet.ProbeEnsemble`)."""
         if isinstance(entry, str):
             entry = {"file": entry}
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
-            raise ValueError("expected a file name or {\"file\": ..., \"weight\": ..., "
-                             f"\"smooth_s\": ..., \"memory_s\": ...}}, got {entry!r}")
+        files = entry.get("file") if isinstance(entry, Mapping) else None
+        if isinstance(files, str):
+            files = [files]
+        if (not isinstance(files, list) or not files
+                or not all(isinstance(f, str) and f for f in files)):
+            raise ValueError("expected a file name or {\"file\": name or [names], \"weight\": "
+                             f"..., \"smooth_s\": ..., \"memory_s\": ...}}, got {entry!r}")
+        if len(set(files)) < len(files):
+            raise ValueError(f"a probe file is listed twice: {files}")
         unknown = sorted(set(entry) - {"file", "weight", "smooth_s", "memory_s"})
         if unknown:
             raise ValueError(f"unknown keys {unknown}")
@@ -96,7 +106,7 @@ class ProbeUse:
                       float(entry.get("memory_s", 0.0)))
         except (TypeError, ValueError) as e:
             raise ValueError(str(e)) from None
-        return entry["file"], use
+        return tuple(files), use
 
 
 def probe_frames(frame: int, frame_count: int, fps: float, cfg: PatchNetConfig) -> list[int]:
@@ -192,7 +202,7 @@ class NeighbourhoodProbe:
     for a single-frame segmenter).
     """
 
-    def __init__(self, net: PatchNet, segment: SegmentationFn, geometry: MapGeometry,
+    def __init__(self, net: ProbeNet, segment: SegmentationFn, geometry: MapGeometry,
                  device: str = "cpu", batch_size: int = 32, bf16: bool = False) -> None:
         if geometry.size != net.cfg.short_side:
             raise ValueError(f"the probe was trained on frames of short side "

@@ -54,11 +54,11 @@ def load_analyzer(spec: ModelSpec, options: AnalysisOptions) -> BleedingAnalyzer
     from amagi_plugin.errors import InputError
     from amagi_plugin.modelspec import load_model
     from amagi_plugin.pipeline import BleedingAnalyzer
-    from models.patchnet import load_patchnet
+    from models.patchnet import load_probe
     from models.refiner import load_refiner
 
     refiner = None if spec.refiner is None else load_refiner(spec.refiner, options.device)
-    probe = None if spec.probe is None else load_patchnet(spec.probe, options.device)
+    probe = load_probe(list(spec.probe), options.device) if spec.probe else None
     model = load_model(spec, options.device)
     try:
         return BleedingAnalyzer.for_model(model, options, refiner=refiner, probe=probe,
@@ -67,7 +67,8 @@ def load_analyzer(spec: ModelSpec, options: AnalysisOptions) -> BleedingAnalyzer
         if probe is None:
             raise
         # the probe does not fit this model
-        raise InputError(f"{spec.name or spec.arch}: probe {spec.probe}: {e}") from None
+        raise InputError(f"{spec.name or spec.arch}: probe "
+                         f"{', '.join(map(str, spec.probe))}: {e}") from None
 
 
 def configured_post_processing(cfg: Config) -> frozenset[str]:

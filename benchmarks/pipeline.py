@@ -243,7 +243,7 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
     from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
     from dicom_io.video import open_video
     from models import build_model, load_checkpoint
-    from models.patchnet import load_patchnet
+    from models.patchnet import load_probe
 
     torch.set_num_threads(threads)
     model = build_model(arch)
@@ -261,7 +261,7 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
                                batch_size=batch_size, fast=fast,
                                decode_workers=decode_workers if fast else 1)
         analyzer = BleedingAnalyzer.for_model(
-            model, opts, probe=None if probe is None else load_patchnet(probe[0], device),
+            model, opts, probe=None if probe is None else load_probe(probe[0], device),
             probe_use=None if probe is None else probe[1])
         if cuda:
             analyzer.analyze(_Prefix(source, int(min(WARMUP_S, video.frame_count / video.fps)
@@ -435,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = demo_manifest()
         demo = (manifest["arch"], str(DEMO_DIR / manifest["checkpoint"]), "demo model")
-        probe_path, probe_use = manifest_probe(manifest, DEMO_DIR)
-        if probe_path is not None:
-            demo_probe = (str(probe_path), probe_use)
+        probe_paths, probe_use = manifest_probe(manifest, DEMO_DIR)
+        if probe_paths:
+            demo_probe = (list(probe_paths), probe_use)
             demo = (*demo[:2], "demo model (with its probe)")
     except Exception:  # no bundled demo yet: the same architecture with synthetic weights
         demo = ("amagi_tiny", None, "amagi_tiny (synthetic weights; no demo model bundled)")

@@ -146,26 +146,31 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path: Path) -> None:
-    """``make demo-model RECIPE=evidence-probe`` at minute scale: the probe is trained at the
-    segmenter's map peaks, named in model.json with its weight, calibrated and evaluated
-    with (the operating point is the fused probability's), described in the README; a
-    rerun redoes nothing."""
+    """``make demo-model RECIPE=evidence-probe`` at minute scale, with two probe seeds: the
+    probes are trained at the segmenter's map peaks with their own seeds, named in
+    model.json with their weight, read as one (their mean probability), calibrated and
+    evaluated with (the operating point is the fused probability's), described in the
+    README; a rerun redoes nothing."""
     from amagi_plugin.demo_model import PROBE_FILE, DemoConfig, build_demo
     from models import build_model
     from models.checkpoint import read_checkpoint
-    from models.patchnet import load_patchnet
+    from models.patchnet import ProbeEnsemble, load_probe
 
-    cfg = DemoConfig.recipe("evidence-probe").quick()
-    assert (cfg.probe_epochs, cfg.probe_extra_cases) == (1, 1)
+    cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3).quick()
+    assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
     dest = tmp_path / "dest"
     training = build_demo(tmp_path / "work", cfg, dest)
     manifest = json.loads((dest / "model.json").read_text())
-    assert manifest["probe"] == {"file": PROBE_FILE, "weight": 0.75, "smooth_s": 1.0,
-                                 "memory_s": cfg.probe_memory_s}
-    probe = load_patchnet(dest / PROBE_FILE)
+    second = f"probe_demo_seed{cfg.train_seed_model + 1}.pth"
+    assert manifest["probe"] == {"file": [PROBE_FILE, second], "weight": 0.75,
+                                 "smooth_s": 1.0, "memory_s": cfg.probe_memory_s}
+    probe = load_probe([dest / PROBE_FILE, dest / second])
+    assert isinstance(probe, ProbeEnsemble)
     assert probe.cfg.short_side == build_model(manifest["arch"]).default_cfg.input_size
     assert probe.cfg.step_s == cfg.probe_step_s == 0.3
+    assert read_checkpoint(dest / second)["meta"]["seed"] == cfg.train_seed_model + 1
     meta = read_checkpoint(dest / PROBE_FILE)["meta"]
+    assert meta["seed"] == cfg.train_seed_model
     assert meta["seg_checkpoint"] == str(tmp_path / "work" / "seg" / "latest.pth")
     # the training set and the probe's own extra case
     assert meta["extraction"]["cases"] == cfg.train_cases + 1 and meta["epochs"] == 1
@@ -174,7 +179,9 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert training["seconds"]["probe"] is not None
     assert "operating_point" in manifest and "calibration" in training
     readme = (dest / "README.md").read_text()
-    assert f"neighbourhood probe `{PROBE_FILE}`" in readme and "weighs 0.75" in readme
+    assert (f"neighbourhood probe of 2 networks trained alike but for their seeds "
+            f"(`{PROBE_FILE}`, `{second}`; it reads the mean of their probabilities)") in readme
+    assert "weighs 0.75" in readme
     assert "(PatchNet: 8 frames 0.3 s apart of a 32-pixel neighbourhood" in readme
     assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
     assert "one frame of each positive slid rigidly across the frames as a negative " \

@@ -96,6 +96,7 @@ def test_a_demo_probe_reaches_the_analyzer_and_the_doctor(tmp_path: Path,
     from amagi_plugin.errors import InputError
     from amagi_plugin.probing import ProbeUse
     from amagi_plugin.runtime import analyzer_from_config
+    from models.errors import CheckpointError
     from models.patchnet import PatchNet, PatchNetConfig, save_patchnet
 
     demo = _demo_with_build(tmp_path, {})
@@ -108,7 +109,7 @@ def test_a_demo_probe_reaches_the_analyzer_and_the_doctor(tmp_path: Path,
         {**manifest, "probe": {"file": "p.pth", "weight": 0.25, "smooth_s": 2}}))
     cfg = load_config(environ={}, cwd=tmp_path, overrides={"model.device": "cpu"})
     spec = resolve_model(cfg.model, demo_dir=demo)
-    assert (spec.probe, spec.probe_use) == (demo / "p.pth", ProbeUse(0.25, 2.0))
+    assert (spec.probe, spec.probe_use) == ((demo / "p.pth",), ProbeUse(0.25, 2.0))
     monkeypatch.setattr(modelspec.resolve_model, "__defaults__", (demo,))
     analyzer, _ = analyzer_from_config(cfg)
     assert analyzer.probe is not None and analyzer.probe.cfg.width == 4
@@ -127,3 +128,23 @@ def test_a_demo_probe_reaches_the_analyzer_and_the_doctor(tmp_path: Path,
     (demo / "model.json").write_text(json.dumps({**manifest, "probe": "gone.pth"}))
     with pytest.raises(InputError, match="probe file not found"):
         resolve_model(cfg.model, demo_dir=demo)
+    # several probes are read as one (their mean probability); each must exist and agree
+    save_patchnet(PatchNet(PatchNetConfig(width=4, short_side=size)), demo / "p.pth")
+    save_patchnet(PatchNet(PatchNetConfig(width=4, short_side=size)), demo / "q.pth")
+    (demo / "model.json").write_text(json.dumps(
+        {**manifest, "probe": {"file": ["p.pth", "q.pth"], "weight": 0.25}}))
+    analyzer, _ = analyzer_from_config(cfg)
+    assert len(analyzer.probe.net.members) == 2
+    check = check_model(cfg)
+    assert check.status is Status.OK and "probed by p.pth + q.pth" in check.detail
+    (demo / "model.json").write_text(json.dumps(
+        {**manifest, "probe": {"file": ["p.pth", "gone.pth"]}}))
+    with pytest.raises(InputError, match=r"probe file not found: .*gone\.pth"):
+        resolve_model(cfg.model, demo_dir=demo)
+    save_patchnet(PatchNet(PatchNetConfig(width=4, short_side=size, step_s=0.3)), demo / "q.pth")
+    (demo / "model.json").write_text(json.dumps(
+        {**manifest, "probe": {"file": ["p.pth", "q.pth"]}}))
+    check = check_model(cfg)
+    assert check.status is Status.FAIL and "q.pth: a probe of an ensemble" in check.detail
+    with pytest.raises(CheckpointError, match=r"q\.pth: a probe of an ensemble .* differ: step_s"):
+        analyzer_from_config(cfg)  # a model error: the CLI's bad-input exit

@@ -94,10 +94,11 @@ def test_the_geometry_is_the_clip_transform_split_in_two() -> None:
     torch.testing.assert_close(frame[:, y, x], crop[:, 5, 7])
 
 
-def _direct_scores(a: BleedingAnalyzer, frames: np.ndarray, fps: float, targets: list[int]
-                   ) -> np.ndarray:
+def _direct_scores(a: BleedingAnalyzer, frames: np.ndarray, fps: float, targets: list[int],
+                   nets: list[PatchNet] | None = None) -> np.ndarray:
     """The probe's scores computed the plain way: every frame in memory, the clip transform
-    for the map, peaks shifted back by the crop offset by hand, numpy slicing."""
+    for the map, peaks shifted back by the crop offset by hand, numpy slicing; with
+    ``nets``, each place's mean probability over these networks."""
     transform = clip_frame_transform(a.input_size, a.mean, a.std)
     network = a._segmentation_network()
     inferer = MaskInferer(a.input_size)
@@ -119,7 +120,9 @@ def _direct_scores(a: BleedingAnalyzer, frames: np.ndarray, fps: float, targets:
                                     x_ + cfg.crop - cfg.crop // 2:x_ + cfg.crop // 2 + cfg.crop]
                              for y, x_ in places])
         with torch.inference_mode():
-            out.append(float(torch.sigmoid(net(crops)).max()) if places else 0.0)
+            p = torch.stack([torch.sigmoid(m(crops)) for m in nets or [net]]).mean(0) \
+                if places else torch.zeros(1)
+        out.append(float(p.max()))
     return np.array(out)
 
 
@@ -144,6 +147,26 @@ def test_one_pass_scores_equal_a_direct_computation_and_memory_stays_bounded() -
     assert (got > 0).all()
     # a batch of 4 instants 3 frames apart and the probe's span (3 steps of 2 frames)
     assert held_most <= 4 * 3 + 3 * 2 + 1 < n
+
+
+def test_several_probes_score_each_place_by_their_mean_probability() -> None:
+    """A model.json probe listing several files: at every place the mean of the members'
+    probabilities (computed here member by member), the instant's highest as before."""
+    from models.patchnet import ProbeEnsemble
+
+    fps, n = 10.0, 30
+    frames = video_frames(n)
+    torch.manual_seed(1)
+    members = [PatchNet(CFG).eval() for _ in range(2)]
+    with torch.no_grad():  # the members disagree: one scores high, the other low
+        members[0].fc.bias.add_(2.0)
+        members[1].fc.bias.sub_(2.0)
+    a = analyzer(ProbeEnsemble(members))
+    targets = list(range(0, n, 3))
+    got = a.probe.score_video(ArrayVideo(frames, fps), targets, lambda i: [i])
+    np.testing.assert_allclose(got, _direct_scores(a, frames, fps, targets, members), atol=1e-6)
+    each = [_direct_scores(analyzer(m), frames, fps, targets) for m in members]
+    assert (each[1] < got).all() and (got < each[0]).all()
 
 
 def test_a_truncated_video_leaves_the_missing_instants_to_the_clip_network() -> None:
@@ -179,12 +202,18 @@ def test_fuse_averages_the_probe_over_time_then_weighs_it() -> None:
 
 
 def test_probe_use_from_a_model_json_entry() -> None:
-    assert ProbeUse.from_json("p.pth") == ("p.pth", ProbeUse())
+    assert ProbeUse.from_json("p.pth") == (("p.pth",), ProbeUse())
     assert ProbeUse.from_json({"file": "p.pth", "weight": 1, "smooth_s": 2}) == (
-        "p.pth", ProbeUse(1.0, 2.0))
+        ("p.pth",), ProbeUse(1.0, 2.0))
     assert ProbeUse.from_json({"file": "p.pth", "memory_s": 0.5}) == (
-        "p.pth", ProbeUse(memory_s=0.5))
+        ("p.pth",), ProbeUse(memory_s=0.5))
+    assert ProbeUse.from_json({"file": ["a.pth", "b.pth"], "weight": 0.75}) == (
+        ("a.pth", "b.pth"), ProbeUse(0.75))
     for bad, message in (({"weight": 0.5}, "expected a file name"), (3, "expected a file name"),
+                         ({"file": []}, "expected a file name"),
+                         ({"file": ["a.pth", 3]}, "expected a file name"),
+                         ({"file": ["a.pth", ""]}, "expected a file name"),
+                         ({"file": ["a.pth", "a.pth"]}, "listed twice"),
                          ({"file": "p", "wieght": 1}, "unknown keys"),
                          ({"file": "p", "weight": 2}, r"must lie in \[0, 1\]"),
                          ({"file": "p", "weight": "x"}, "could not convert"),

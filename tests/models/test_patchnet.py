@@ -112,6 +112,41 @@ def test_a_saved_probe_loads_with_its_configuration_and_other_files_are_refused(
         PatchNetConfig(short_side=16)
 
 
+def test_an_ensemble_reads_the_mean_probability_of_its_probes(tmp_path) -> None:
+    from models.errors import CheckpointError, ModelConfigError
+    from models.patchnet import ProbeEnsemble, load_patchnet, load_probe, save_patchnet
+
+    torch.manual_seed(0)
+    cfg = PatchNetConfig(width=4, short_side=64)
+    nets = [PatchNet(cfg).eval() for _ in range(3)]
+    with torch.no_grad():  # one member certain: its probability is 1.0 in float32
+        nets[2].fc.bias.fill_(60.0)
+    ensemble = ProbeEnsemble(nets).eval()
+    assert ensemble.cfg == cfg
+    x = torch.rand(5, 8, 3, 32, 32) * 255
+    stack = torch.rand(8, 3, 40, 48) * 255
+    with torch.inference_mode():
+        for got, each in ((ensemble(x), [n(x) for n in nets]),
+                          (ensemble.dense(stack), [n.dense(stack) for n in nets])):
+            mean = torch.stack([torch.sigmoid(z.double()) for z in each]).mean(0)
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(torch.sigmoid(got.double()), mean, rtol=0, atol=1e-6)
+    with pytest.raises(ModelConfigError, match="share one configuration"):
+        ProbeEnsemble([nets[0], PatchNet(PatchNetConfig(width=4, short_side=96))])
+    paths = [save_patchnet(n, tmp_path / f"p{i}.pth") for i, n in enumerate(nets)]
+    one = load_probe(paths[0])
+    assert type(one) is PatchNet and torch.equal(one(x), load_patchnet(paths[0])(x))
+    both = load_probe(paths[:2])
+    assert isinstance(both, ProbeEnsemble) and not both.training
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.sigmoid(both(x)),
+                                   (torch.sigmoid(nets[0](x)) + torch.sigmoid(nets[1](x))) / 2)
+    save_patchnet(PatchNet(PatchNetConfig(width=4, short_side=64, step_s=0.3)),
+                  tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth: .* these differ: step_s"):
+        load_probe([paths[0], tmp_path / "other.pth"])
+
+
 def _moving_spot(generator: torch.Generator) -> torch.Tensor:
     """8 frames of the same tissue and red as :func:`_spot` with a still-sized spot that
     moves 2 px a frame in a random direction: red that changes but does not grow."""
