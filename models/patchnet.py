@@ -33,9 +33,10 @@ short side is ``short_side`` pixels).
 
 :class:`ProbeEnsemble` is several probes of one configuration read as one: its logit is that
 of the mean of their probabilities (:func:`load_probe` reads one file as a PatchNet, several
-as an ensemble). Probes trained with different seeds disagree most where they are unsure
-(session 28: the mean of three 48-case probes found more held-out events at a
-validation-chosen point than any one of them).
+as an ensemble). Measured (models/weights/demo/heldout-looks/README.md): the mean of three
+48-case probes found more held-out events at a validation-chosen point than any one of them
+(session 28); that of three 144-case probes, whose seeds lie closer together, did not
+(session 31).
 """
 
 from __future__ import annotations
@@ -180,6 +181,11 @@ def load_patchnet(path: str | os.PathLike[str], device: str = "cpu") -> PatchNet
     return net.eval().to(device)
 
 
+def _differing(a: PatchNetConfig, b: PatchNetConfig) -> list[str]:
+    """The fields in which two probe configurations differ."""
+    return [f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+
+
 class ProbeEnsemble(nn.Module):
     """Probes of one :class:`PatchNetConfig` as one: ``forward`` and ``dense`` return the
     logit of the mean of the members' probabilities, so a sigmoid of it is that mean
@@ -190,11 +196,11 @@ class ProbeEnsemble(nn.Module):
         super().__init__()
         if not members:
             raise ModelConfigError("a probe ensemble needs at least one probe")
-        different = [i for i, m in enumerate(members) if m.cfg != members[0].cfg]
-        if different:
-            raise ModelConfigError(
-                f"the probes of an ensemble must share one configuration; probe {different[0]} "
-                f"has {members[different[0]].cfg}, probe 0 {members[0].cfg}")
+        for i, m in enumerate(members):
+            if differ := _differing(members[0].cfg, m.cfg):
+                raise ModelConfigError(f"the probes of an ensemble must share one "
+                                       f"configuration; probe {i}'s differs from probe 0's in "
+                                       f"{', '.join(differ)}")
         self.members = nn.ModuleList(members)
 
     @property
@@ -228,10 +234,8 @@ def load_probe(paths: str | os.PathLike[str] | list[Path], device: str = "cpu"
     members = [load_patchnet(p, device) for p in paths]
     if len(members) == 1:
         return members[0]
-    first = members[0].cfg
     for path, m in zip(paths, members, strict=True):
-        differ = [f.name for f in fields(first) if getattr(m.cfg, f.name) != getattr(first, f.name)]
-        if differ:
+        if differ := _differing(members[0].cfg, m.cfg):
             raise CheckpointError(f"{path}: a probe of an ensemble must share {paths[0]}'s "
                                   f"configuration; these differ: {', '.join(differ)}")
     return ProbeEnsemble(members).eval().to(device)
