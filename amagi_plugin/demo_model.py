@@ -558,6 +558,13 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(stage.iterdir()):
         shutil.copyfile(f, dest / f.name)
+    written = {f.name for f in stage.iterdir()}
+    # an earlier build's weights that this one does not name (a probe seed, a refiner): only
+    # the names a build writes, never another file of the folder
+    for f in sorted({*dest.glob("*_demo.pth"), *dest.glob("probe_demo_seed*.pth")}):
+        if f.name not in written:
+            log.info("removing %s: weights of an earlier build that this one does not name", f)
+            f.unlink()
     log.info("demo model written to %s; stage times (s): %s", dest, training["seconds"])
     return training
 

@@ -150,7 +150,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     probes are trained at the segmenter's map peaks with their own seeds, named in
     model.json with their weight, read as one (their mean probability), calibrated and
     evaluated with (the operating point is the fused probability's), described in the
-    README; a rerun redoes nothing."""
+    README; an earlier build's weights that it does not name are removed from the folder;
+    a rerun redoes nothing."""
     from amagi_plugin.demo_model import PROBE_FILE, DemoConfig, build_demo
     from models import build_model
     from models.checkpoint import read_checkpoint
@@ -159,7 +160,12 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3).quick()
     assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
     dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "probe_demo_seed99.pth").write_bytes(b"an earlier build's probe")
+    (dest / "mine.pth").write_bytes(b"a user's own file")
     training = build_demo(tmp_path / "work", cfg, dest)
+    assert not (dest / "probe_demo_seed99.pth").exists()  # gone: nothing names it
+    assert (dest / "mine.pth").read_bytes() == b"a user's own file"  # not a build's name
     manifest = json.loads((dest / "model.json").read_text())
     second = f"probe_demo_seed{cfg.train_seed_model + 1}.pth"
     assert manifest["probe"] == {"file": [PROBE_FILE, second], "weight": 0.75,
