@@ -7,6 +7,12 @@ post-processing is a morphological opening then closing, each 1 s long, at thres
 median filter is an option. A model whose probabilities sit on another scale carries its own
 :class:`OperatingPoint` (chosen on validation cases by
 :func:`amagi_plugin.evaluation.calibrate.choose_operating_point`).
+
+A hold threshold (hysteresis, this project's, not the authors') lets an event that began at the
+threshold last while the probability stays above a lower level: a strict threshold keeps
+alarms off still blood but cuts a bleeding's event short where its probability dips
+(heldout-looks/README.md, session 32). No event can begin at the hold threshold, so holding
+never adds an event; it lengthens events and may join two.
 """
 
 from __future__ import annotations
@@ -28,18 +34,21 @@ MASK_SCALES = ("model", "native")
 @dataclass(frozen=True)
 class OperatingPoint:
     """The post-processing a model's probabilities are read with: the threshold, the filter
-    (:data:`SMOOTHING_METHODS`) and its length. The defaults are the authors'."""
+    (:data:`SMOOTHING_METHODS`) and its length, and the hold threshold (None: none; module
+    docstring). The defaults are the authors'."""
 
     threshold: float = 0.5
     smoothing: str = "morphology"
     smoothing_s: float = 1.0
+    hold_threshold: float | None = None
 
     #: The names of the knobs, as ``[analysis]`` configuration keys and AnalysisOptions fields.
-    KEYS = ("threshold", "smoothing", "smoothing_s")
+    KEYS = ("threshold", "smoothing", "smoothing_s", "hold_threshold")
 
     def __post_init__(self) -> None:
         if not (isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0):
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold!r}")
+        check_hold(self.threshold, self.hold_threshold)
         if self.smoothing not in SMOOTHING_METHODS:
             raise ValueError(f"smoothing must be one of {', '.join(SMOOTHING_METHODS)}, got "
                              f"{self.smoothing!r}")
@@ -56,13 +65,38 @@ class OperatingPoint:
             raise ValueError(f"unknown operating-point key(s): {', '.join(unknown)}")
         return cls(**{k: data[k] for k in cls.KEYS if k in data})
 
+    @classmethod
+    def of(cls, options: Any) -> OperatingPoint:
+        """The point that ``options`` (anything with the :attr:`KEYS` attributes) reads at."""
+        return cls(**{k: getattr(options, k) for k in cls.KEYS})
+
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.KEYS}
+        """The knobs (a point without a hold threshold leaves it out)."""
+        return {k: getattr(self, k) for k in self.KEYS
+                if not (k == "hold_threshold" and self.hold_threshold is None)}
 
     def decide(self, probabilities: np.ndarray, rate_hz: float) -> np.ndarray:
         """The binary decisions of ``probabilities`` read at this operating point."""
         return smooth_decisions(probabilities, rate_hz, self.threshold, self.smoothing,
-                                self.smoothing_s)
+                                self.smoothing_s, self.hold_threshold)
+
+    def describe(self) -> str:
+        """In words, as reports and logs give it: ``threshold 0.8 (held to 0.5), morphology
+        1 s``."""
+        held = "" if self.hold_threshold is None else f" (held to {self.hold_threshold:g})"
+        return f"threshold {self.threshold:g}{held}, {self.smoothing} {self.smoothing_s:g} s"
+
+
+def check_hold(threshold: float, hold: float | None) -> None:
+    """A hold threshold lies in (0, ``threshold``] (equal: no hold); ``ValueError`` if not."""
+    if hold is None:
+        return
+    if isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0.0 < hold < 1.0:
+        raise ValueError(f"hold_threshold must lie in (0, 1), got {hold!r}")
+    if hold > threshold:
+        raise ValueError(f"hold_threshold {hold:g} lies above the threshold {threshold:g}: "
+                         "an event is held while the probability stays above it, so it must "
+                         "not exceed the threshold at which events begin")
 
 
 _Options = TypeVar("_Options")
@@ -72,11 +106,15 @@ def at_operating_point(options: _Options, point: OperatingPoint | None,
                        configured: Collection[str] = ()) -> _Options:
     """``options`` (a dataclass with the :attr:`OperatingPoint.KEYS` fields) read at
     ``point``, except the knobs named in ``configured``: what the user set explicitly wins
-    over what the model carries. ``point`` None: ``options`` unchanged."""
+    over what the model carries. The model's hold threshold was chosen with its threshold:
+    with the threshold configured and the hold not, there is none. ``point`` None:
+    ``options`` unchanged."""
     if point is None:
         return options
-    return replace(options, **{k: getattr(point, k) for k in OperatingPoint.KEYS  # type: ignore[type-var]
-                               if k not in configured})
+    taken = {k: getattr(point, k) for k in OperatingPoint.KEYS if k not in configured}
+    if "threshold" in configured and "hold_threshold" not in configured:
+        taken["hold_threshold"] = None
+    return replace(options, **taken)  # type: ignore[type-var]
 
 
 def samples_for(seconds: float, rate_hz: float) -> int:
@@ -119,7 +157,8 @@ def median_filter(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def smooth_decisions(probabilities: np.ndarray, rate_hz: float, threshold: float = 0.5,
-                     method: str = "morphology", length_s: float = 1.0) -> np.ndarray:
+                     method: str = "morphology", length_s: float = 1.0,
+                     hold_threshold: float | None = None) -> np.ndarray:
     """Binary bleeding decision per prediction after post-processing.
 
     Parameters
@@ -133,8 +172,27 @@ def smooth_decisions(probabilities: np.ndarray, rate_hz: float, threshold: float
         probabilities, then threshold) or ``none``.
     length_s
         Length of each filter in seconds.
+    hold_threshold
+        Hysteresis (module docstring): a positive stretch is every run of the decisions read
+        the same way at ``hold_threshold`` that holds a decision at ``threshold``. None (or
+        equal to ``threshold``): the decisions at ``threshold``.
     """
     p = np.asarray(probabilities, dtype=np.float64)
+    check_hold(threshold, hold_threshold)
+    begin = _decisions(p, rate_hz, threshold, method, length_s)
+    if hold_threshold is None or hold_threshold >= threshold:
+        return begin
+    # the filters are increasing, so the decisions at the threshold lie inside these runs
+    held = _decisions(p, rate_hz, hold_threshold, method, length_s)
+    out = np.zeros_like(held)
+    for a, b in runs(held):
+        if begin[a:b].any():
+            out[a:b] = True
+    return out
+
+
+def _decisions(p: np.ndarray, rate_hz: float, threshold: float, method: str, length_s: float
+               ) -> np.ndarray:
     size = samples_for(length_s, rate_hz)
     if method == "median":
         return median_filter(p, size) >= threshold

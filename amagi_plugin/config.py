@@ -333,6 +333,11 @@ class AnalysisConfig:
                               "operating point if it has one", _check_non_negative)
     threshold: float = _opt(0.5, "Probability above which a prediction is bleeding; unset: the "
                             "model's operating point if it has one", _check_probability)
+    hold_threshold: float | None = _opt(None, "Hysteresis: an event that began above the "
+                                        "threshold lasts while the probability stays above "
+                                        "this (at most the threshold); unset: the model's "
+                                        "operating point if it has one, else none",
+                                        _check_probability)
     mask_scale: str = _opt("model", "Scale of the key-frame bleeding masks (SEG): model (the "
                            "frame resized as the segmentation net sees a clip's frames, the "
                            "whole frame, the map brought back to the frame's pixels) or native "

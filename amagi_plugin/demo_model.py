@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amagi_plugin.analysis import OperatingPoint
 from amagi_plugin.errors import AmagiError, ConfigError, ExitCode, exit_code_for
 from amagi_plugin.logsetup import setup_logging
 from amagi_plugin.modelspec import DEMO_DIR
@@ -260,11 +261,13 @@ _REFINED: dict[str, Any] = {
 #: (144 cases at weight 0.75: 0.14 to 0.33), with no false alarm on held-out still blood; with
 #: the probe's frames 0.3 s apart (a 2.1 s span) as well, three seeds of 48 cases found 7-12
 #: of 24 events there (F1@0.5 0.39-0.46; at most 1 alarm; the plain probe 3-7) (session 27).
+#: Version 9.2 (session 32) is 9.1 whose calibration also tries hold thresholds
+#: (:mod:`amagi_plugin.evaluation.calibrate`); the bundled 9.2 is 9.1's networks at that point.
 _PROBE: dict[str, Any] = {**_PEAKS, "probe_epochs": 8, "probe_extra_cases": 96,
                           "probe_sliding_negatives": 1.0, "probe_step_s": 0.3, "val_cases": 4,
-                          "val_static_cases": 3, "version": "9.1"}
+                          "val_static_cases": 3, "version": "9.2"}
 #: The budget of one lent GPU machine (see ``randomised-gpu`` above), shared by the GPU recipes.
-#: ``evidence-probe-gpu`` is the bundled model's recipe (``evidence-probe``, 9.1) at that
+#: ``evidence-probe-gpu`` is the bundled model's recipe (``evidence-probe``, 9.2) at that
 #: budget (session 29; never run: its time on the lent machine is unmeasured).
 #: ``evidence-peaks-gpu`` is ``evidence-peaks`` (the best held-out-look candidate of the CPU
 #: builds, sessions 19-24) at that budget, without the refiner stage.
@@ -772,8 +775,8 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            + ", ".join(f"`amagi synth --seed {seed} --domain {d}` ({n} × "
                        f"{cfg['refiner_duration_s']:g} s)" for d, seed, n in cfg["refiner_sets"])
            ] if manifest.get("refiner") else []),
-        *[f"- {who} operating point: threshold {op['threshold']:g}, {op['smoothing']} "
-          f"{op['smoothing_s']:g} s, chosen on validation cases ({op['chosen_on']}); "
+        *[f"- {who} operating point: {OperatingPoint.from_json(op).describe()}, chosen on "
+          f"validation cases ({op['chosen_on']}); "
           "`amagi process`, `amagi serve` and `amagi evaluate` read its probabilities there "
           "unless `[analysis]` is set"
           for who, op in (("main model's", manifest.get("operating_point")),

@@ -69,7 +69,7 @@ def write_predictions_csv(path: Path, result: AnalysisResult) -> None:
 
 
 def timeline_figure(result: AnalysisResult, spec: ModelSpec, title: str = "",
-                    threshold: float = 0.5) -> Figure:
+                    threshold: float = 0.5, hold_threshold: float | None = None) -> Figure:
     """Bleeding probability over time with the detected events shaded and numbered.
 
     The headline (count, total, ``title``), the model line (with the demo notice for a
@@ -90,16 +90,17 @@ def timeline_figure(result: AnalysisResult, spec: ModelSpec, title: str = "",
     ax = fig.add_axes((0.055, 0.15, 0.935, 0.65))
     draw_timeline(ax, result.timeline.times_s, result.probabilities,
                   sorted(result.events, key=lambda e: e.start_s), result.schedule.duration_s,
-                  threshold)
+                  threshold, hold_threshold=hold_threshold)
     # the legend goes below the plot, right-aligned with the time-axis label's line
     fig.legend(*ax.get_legend_handles_labels(), loc="lower right", bbox_to_anchor=(0.99, 0.0),
-               ncol=2, fontsize=8, frameon=False)
+               ncol=3, fontsize=8, frameon=False)
     return fig
 
 
 def write_timeline_png(path: Path, result: AnalysisResult, spec: ModelSpec, title: str = "",
-                       threshold: float = 0.5) -> None:
+                       threshold: float = 0.5, hold_threshold: float | None = None) -> None:
     """Write :func:`timeline_figure` as a PNG (1200 x 360 pixels), atomically."""
     buffer = io.BytesIO()
-    timeline_figure(result, spec, title, threshold).savefig(buffer, format="png")
+    timeline_figure(result, spec, title, threshold, hold_threshold).savefig(buffer,
+                                                                             format="png")
     atomic_write(path, buffer.getvalue())

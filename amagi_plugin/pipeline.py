@@ -69,6 +69,7 @@ class AnalysisOptions:
     threshold: float = 0.5
     smoothing: str = "morphology"
     smoothing_s: float = 1.0
+    hold_threshold: float | None = None  # hysteresis (amagi_plugin.analysis); None: none
     decode_ahead: int = 64  # frames buffered between the decoder and the network
     decode_workers: int = 1  # decoding threads (segments key frame to key frame); 1 = serial
     key_frame_masks: bool = True
@@ -546,7 +547,7 @@ class BleedingAnalyzer:
         if self.refiner is not None:  # the whole video's probabilities, re-read over time
             bleeding = self.refiner.refine(bleeding, timeline.rate_hz)
         decisions = smooth_decisions(bleeding, timeline.rate_hz, opts.threshold, opts.smoothing,
-                                     opts.smoothing_s)
+                                     opts.smoothing_s, opts.hold_threshold)
         events = find_events(bleeding, decisions, timeline)
         index = CaseIndex.from_events(events, schedule.duration_s)
         timings["post_processing"] = time.perf_counter() - t0

@@ -132,8 +132,10 @@ def process_video(
     algo = algorithm_info(spec)
     lines = header_lines(video.header, video.sop_instance_uid or Path(str(source)).name,
                          result.schedule.duration_s, video.fps)
-    content = ReportContent.from_result(result, algo, analyzer.options.threshold, lines,
-                                        _previews(video, result))
+    opts = analyzer.options
+    content = ReportContent.from_result(result, algo, opts.threshold, lines,
+                                        _previews(video, result),
+                                        hold_threshold=opts.hold_threshold)
     pdf = render_report_pdf(content)
     # Results reference frames of one instance; a series of single-frame images gets the
     # files below only (its frames are separate instances).
@@ -143,7 +145,7 @@ def process_video(
     atomic_write(outcome.html_path, render_report_html(content).encode("utf-8"))
     write_predictions_csv(outcome.predictions_path, result)
     write_timeline_png(outcome.timeline_path, result, spec, title=video.sop_instance_uid or "",
-                       threshold=analyzer.options.threshold)
+                       threshold=opts.threshold, hold_threshold=opts.hold_threshold)
     write_summary(outcome.summary_path, doc)  # last: its presence means the run completed
     return outcome
 

@@ -69,6 +69,8 @@ class ReportContent:
         Duration of the video in seconds (> 0).
     threshold : float
         Decision threshold drawn on the timeline, in [0, 1].
+    hold_threshold : float or None
+        The hold threshold (hysteresis, :mod:`amagi_plugin.analysis`) drawn beside it, if any.
     algorithm : AlgorithmInfo
         The model (name, version, weights kind, Device UID).
     key_frames : mapping int -> ndarray
@@ -93,6 +95,7 @@ class ReportContent:
     masks: Mapping[int, np.ndarray] = field(default_factory=dict)
     header: Sequence[tuple[str, str]] = ()
     previews: Mapping[int, Sequence[np.ndarray]] = field(default_factory=dict)
+    hold_threshold: float | None = None
 
     def __post_init__(self) -> None:
         times = np.asarray(self.times_s, float)
@@ -113,6 +116,11 @@ class ReportContent:
             raise ReportError(f"duration_s must be a number > 0, got {self.duration_s!r}")
         if not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1):
             raise ReportError(f"threshold must be in [0, 1], got {self.threshold!r}")
+        if self.hold_threshold is not None and not (
+                isinstance(self.hold_threshold, (int, float))
+                and 0 <= self.hold_threshold <= self.threshold):
+            raise ReportError(f"hold_threshold must be in [0, threshold], got "
+                              f"{self.hold_threshold!r}")
         put = object.__setattr__
         put(self, "times_s", times)
         put(self, "probabilities", probs)
@@ -122,14 +130,14 @@ class ReportContent:
     @classmethod
     def from_result(cls, result: AnalysisResult, algorithm: AlgorithmInfo, threshold: float,
                     header: Sequence[tuple[str, str]] = (),
-                    previews: Mapping[int, Sequence[np.ndarray]] | None = None,
-                    ) -> ReportContent:
+                    previews: Mapping[int, Sequence[np.ndarray]] | None = None, *,
+                    hold_threshold: float | None = None) -> ReportContent:
         """The content of the report of one analysis."""
         return cls(times_s=result.timeline.times_s, probabilities=result.probabilities,
                    events=result.events, index=result.index,
                    duration_s=float(result.schedule.duration_s), threshold=threshold,
                    algorithm=algorithm, key_frames=result.key_frames, masks=result.masks,
-                   header=header, previews=previews or {})
+                   header=header, previews=previews or {}, hold_threshold=hold_threshold)
 
 
 def preview_frame_numbers(event: BleedingEvent, count: int = 6) -> list[int]:
@@ -188,9 +196,10 @@ def summary_line(index: CaseIndex) -> str:
 
 def draw_timeline(ax: Axes, times_s: np.ndarray, probabilities: np.ndarray,
                   events: Sequence[BleedingEvent], duration_s: float, threshold: float,
-                  fontsize: float = 8) -> None:
+                  fontsize: float = 8, hold_threshold: float | None = None) -> None:
     """Bleeding probability over time, events shaded and numbered 1..N (in given order;
-    every k-th only when there are more than :data:`MAX_TIMELINE_LABELS`).
+    every k-th only when there are more than :data:`MAX_TIMELINE_LABELS`), the threshold
+    dashed and the hold threshold, if any, dotted.
 
     The time axis is in seconds, or in minutes for videos of 3 minutes or more.
     """
@@ -207,6 +216,9 @@ def draw_timeline(ax: Axes, times_s: np.ndarray, probabilities: np.ndarray,
     ax.plot(np.asarray(times_s) / scale, probabilities, color=CURVE_COLOUR, lw=0.9,
             label="bleeding probability")
     ax.axhline(threshold, color="grey", ls="--", lw=0.8, label=f"threshold {threshold:g}")
+    if hold_threshold is not None and hold_threshold < threshold:
+        ax.axhline(hold_threshold, color="grey", ls=":", lw=0.8,
+                   label=f"events held down to {hold_threshold:g}")
     ax.set_xlim(0, duration_s / scale)
     ax.set_ylim(-0.02, 1.12)  # room above 1 for the event numbers
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
@@ -294,8 +306,9 @@ def _first_page(fig: Figure, content: ReportContent, rows: Sequence[BleedingEven
              va="top")
     ax = fig.add_axes((0.10, 0.555, 0.85, 0.17))
     draw_timeline(ax, content.times_s, content.probabilities, content.events,
-                  content.duration_s, content.threshold)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 1.22), ncol=2, fontsize=7.5,
+                  content.duration_s, content.threshold,
+                  hold_threshold=content.hold_threshold)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 1.22), ncol=3, fontsize=7.5,
               frameon=False)
     ax.set_title("Timeline", loc="left", fontsize=10, weight="bold", pad=14)
     top = 0.49

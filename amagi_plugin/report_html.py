@@ -157,6 +157,12 @@ def _timeline_svg(content: ReportContent) -> str:
     ty = y(content.threshold)
     parts.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + width}" y1="{ty:.1f}" y2="{ty:.1f}" '
                  f'stroke="grey" stroke-dasharray="5,4"/>')
+    hold = content.hold_threshold
+    held = hold is not None and hold < content.threshold
+    if held:
+        hy = y(hold)
+        parts.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + width}" y1="{hy:.1f}" '
+                     f'y2="{hy:.1f}" stroke="grey" stroke-dasharray="1,3"/>')
     parts.append(f'<rect x="{_PAD_L}" y="{_PAD_T}" width="{width}" height="{height}" '
                  f'fill="none" stroke="#444"/>')
     for p in (0.0, 0.5, 1.0):
@@ -168,7 +174,8 @@ def _timeline_svg(content: ReportContent) -> str:
                      f'y="{_SVG_H - _PAD_B + 16}" text-anchor="middle">{t:g}</text>')
     parts.append(f'<text class="axis" x="{_PAD_L + width / 2:.1f}" y="{_SVG_H - 4}" '
                  f'text-anchor="middle">time ({"min" if minutes else "s"}); dashed: threshold '
-                 f'{content.threshold:g}</text>')
+                 f'{content.threshold:g}'
+                 + (f'; dotted: events held down to {hold:g}' if held else '') + '</text>')
     for n, e in enumerate(content.events, 1):  # last: on top, so a click always finds them
         x0, x1 = x(e.start_s), x(e.end_s)
         parts.append(f'<a class="event" href="#event-{n}" data-event="{n}">'

@@ -23,7 +23,6 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
 
     ``device``: where this analyzer runs (a ``worker.devices`` entry); default ``model.device``.
     """
-    from amagi_plugin.analysis import at_operating_point
     from amagi_plugin.fastpath import device_batch_size
     from amagi_plugin.modelspec import resolve_device, resolve_model
     from amagi_plugin.pipeline import AnalysisOptions
@@ -37,14 +36,30 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
         prediction_hz=cfg.model.prediction_hz, batch_size=batch_size, device=device,
         bf16=cfg.model.bf16, fast=cfg.model.fast, threshold=cfg.analysis.threshold,
         smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
+        hold_threshold=cfg.analysis.hold_threshold,
         decode_workers=cfg.model.decode_workers, mask_scale=cfg.analysis.mask_scale)
+    return load_analyzer(spec, at_model_point(options, spec, cfg)), spec
+
+
+def at_model_point(options: AnalysisOptions, spec: ModelSpec, cfg: Config) -> AnalysisOptions:
+    """``options`` read at ``spec``'s operating point, except the post-processing knobs that
+    ``cfg`` sets explicitly (:func:`~amagi_plugin.analysis.at_operating_point`). A hold
+    threshold above the threshold they end with is a :class:`ConfigError`."""
+    from amagi_plugin.analysis import OperatingPoint, at_operating_point, check_hold
+    from amagi_plugin.errors import ConfigError
+
     configured = configured_post_processing(cfg)
-    options = at_operating_point(options, spec.operating_point, configured)
+    out = at_operating_point(options, spec.operating_point, configured)
+    try:
+        check_hold(out.threshold, out.hold_threshold)
+    except ValueError as e:
+        raise ConfigError(f"{spec.name or spec.arch}: {e} (analysis.threshold, "
+                          "analysis.hold_threshold)") from None
     if spec.operating_point is not None:
-        log.info("post-processing: threshold %g, %s %g s (%s's operating point%s)",
-                 options.threshold, options.smoothing, options.smoothing_s, spec.name,
+        log.info("post-processing: %s (%s's operating point%s)",
+                 OperatingPoint.of(out).describe(), spec.name,
                  f"; configured: {', '.join(sorted(configured))}" if configured else "")
-    return load_analyzer(spec, options), spec
+    return out
 
 
 def load_analyzer(spec: ModelSpec, options: AnalysisOptions) -> BleedingAnalyzer:

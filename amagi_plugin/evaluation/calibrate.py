@@ -32,7 +32,7 @@ from amagi_plugin.analysis import OperatingPoint, Timeline, find_events
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase
 from amagi_plugin.evaluation.metrics import EventCounts, event_counts, index_errors
 
-__all__ = ["LENGTHS_S", "MAX_FALSE_ALARMS_PER_HOUR", "METHODS", "RULE", "THRESHOLDS",
+__all__ = ["HOLDS", "LENGTHS_S", "MAX_FALSE_ALARMS_PER_HOUR", "METHODS", "RULE", "THRESHOLDS",
            "Candidate", "calibration_record", "choose_operating_point",
            "score_operating_points"]
 
@@ -47,6 +47,11 @@ THRESHOLDS = tuple(round(0.05 + 0.05 * i, 2) for i in range(19))
 METHODS = ("morphology",)
 #: Lengths (s) tried: of the opening and of the closing, or of the median filter.
 LENGTHS_S = (0.5, 1.0, 2.0, 3.0)
+#: Hold thresholds tried with each threshold (:class:`~amagi_plugin.analysis.OperatingPoint`):
+#: none, and every one of :data:`THRESHOLDS` below it. A strict threshold keeps alarms off
+#: bleeding-free video; holding lengthens the events it starts (heldout-looks/README.md,
+#: session 32).
+HOLDS: tuple[float | None, ...] = (None, *THRESHOLDS)
 #: The IoU at which events are matched for the choice.
 IOU = 0.5
 #: False alarms an hour allowed on the bleeding-free validation cases.
@@ -54,8 +59,8 @@ MAX_FALSE_ALARMS_PER_HOUR = 1.0
 #: The rule, in words (recorded with every choice).
 RULE = ("highest pooled event F1 at IoU 0.5 among the points with at most "
         f"{MAX_FALSE_ALARMS_PER_HOUR:g} false alarm an hour on the bleeding-free validation "
-        "cases (if none, the fewest); ties: lower count error, then the point nearest the "
-        "authors' (0.5, morphology 1 s)")
+        "cases (if none, the fewest); ties: lower count error, then no hold threshold, then "
+        "the point nearest the authors' (0.5, morphology 1 s), then the highest hold")
 
 
 @dataclass(frozen=True)
@@ -107,14 +112,17 @@ def _reread(pred: CasePrediction, case: TruthCase, point: OperatingPoint, rate_h
 def score_operating_points(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase],
                            rate_hz: float, thresholds: Sequence[float] = THRESHOLDS,
                            lengths_s: Sequence[float] = LENGTHS_S,
-                           methods: Sequence[str] = METHODS) -> list[Candidate]:
-    """Every (threshold, filter, length) candidate scored on ``preds`` (one model's
-    predictions)."""
+                           methods: Sequence[str] = METHODS,
+                           holds: Sequence[float | None] = HOLDS) -> list[Candidate]:
+    """Every (threshold, filter, length, hold) candidate scored on ``preds`` (one model's
+    predictions); a hold is tried only below its threshold."""
     if not preds:
         raise ValueError("no validation prediction to choose an operating point on")
     out = []
-    for threshold, method, length in product(thresholds, methods, lengths_s):
-        point = OperatingPoint(threshold, method, length)
+    for threshold, method, length, hold in product(thresholds, methods, lengths_s, holds):
+        if hold is not None and hold >= threshold:
+            continue
+        point = OperatingPoint(threshold, method, length, hold)
         total, count_error, n_true = EventCounts(0, 0, 0), 0, 0
         alarms, free_s = 0, 0.0
         for p in preds:
@@ -132,16 +140,18 @@ def score_operating_points(preds: Sequence[CasePrediction], truth: Mapping[str, 
 def choose_operating_point(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase],
                            rate_hz: float, thresholds: Sequence[float] = THRESHOLDS,
                            lengths_s: Sequence[float] = LENGTHS_S,
-                           methods: Sequence[str] = METHODS
+                           methods: Sequence[str] = METHODS,
+                           holds: Sequence[float | None] = HOLDS
                            ) -> tuple[OperatingPoint, list[Candidate]]:
     """The best candidate's point (see the module docstring) and every candidate's score."""
-    best, scored = _choose(preds, truth, rate_hz, thresholds, lengths_s, methods)
+    best, scored = _choose(preds, truth, rate_hz, thresholds, lengths_s, methods, holds)
     return best.point, scored
 
 
 def _choose(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase], rate_hz: float,
             *grid: Sequence[Any]) -> tuple[Candidate, list[Candidate]]:
-    """The best candidate and every candidate (``grid``: thresholds, lengths, methods)."""
+    """The best candidate and every candidate (``grid``: thresholds, lengths, methods,
+    holds)."""
     if preds and not any(truth[p.case_id].events for p in preds):
         raise ValueError("the validation cases hold no bleeding event: no operating point "
                          "can be chosen on them")
@@ -150,9 +160,11 @@ def _choose(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase], rat
 
     def rank(c: Candidate) -> tuple[float, ...]:
         over = 0 if c.admissible else c.false_alarms
-        return (over, -c.f1, c.count_error, c.point.smoothing != authors.smoothing,
+        hold = c.point.hold_threshold
+        return (over, -c.f1, c.count_error, hold is not None,
+                c.point.smoothing != authors.smoothing,
                 abs(c.point.threshold - authors.threshold),
-                abs(c.point.smoothing_s - authors.smoothing_s))
+                abs(c.point.smoothing_s - authors.smoothing_s), -(hold or 0.0))
 
     return min(scored, key=rank), scored
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from amagi_plugin.analysis import OperatingPoint
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase
 from amagi_plugin.evaluation.metrics import (
     CaseIndexError,
@@ -263,8 +264,8 @@ def _post_processing_line(post: dict[str, Any]) -> str:
     """How the probabilities were read: one point for every model, or each model's own."""
     if "by_model" not in post:
         return f"Post-processing (same for every model): {post}"
-    own = "; ".join(f"{name}: threshold {p['threshold']:g}, {p['smoothing']} "
-                    f"{p['smoothing_s']:g} s" for name, p in post["by_model"].items())
+    own = "; ".join(f"{name}: {OperatingPoint.from_json(p).describe()}"
+                    for name, p in post["by_model"].items())
     return (f"Post-processing at each model's operating point (chosen on validation "
             f"cases, in its model.json): {own}; {post['prediction_hz']:g} predictions/s")
 

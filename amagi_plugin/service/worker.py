@@ -281,6 +281,7 @@ class Worker(threading.Thread):
                 index=result.index,
                 parameters={"prediction_hz": opts.prediction_hz, "threshold": opts.threshold,
                             "smoothing": opts.smoothing, "smoothing_s": opts.smoothing_s,
+                            "hold_threshold": opts.hold_threshold,
                             "arch": self.spec.arch, "bf16": opts.bf16, "fast": opts.fast},
                 timings={k: round(v, 3) for k, v in result.timings.items()},
                 started_at=started, finished_at=datetime.now(timezone.utc))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,72 @@ def test_a_configured_knob_wins_over_the_models_operating_point() -> None:
         0.35, "morphology", 2.0, 5)
     got = at_operating_point(base, point, configured={"threshold", "smoothing_s"})
     assert (got.threshold, got.smoothing, got.smoothing_s) == (0.5, "morphology", 3.0)
+
+
+def test_a_hold_threshold_lengthens_the_events_it_begins_and_begins_none() -> None:
+    from amagi_plugin.analysis import OperatingPoint
+
+    # at 0.8 one event of 2 samples begins; held at 0.5 it lasts while p >= 0.5 around it
+    # (samples 2-7); the stretch at 0.6 (samples 10-12) reaches 0.5 but never 0.8: no event
+    p = np.array([0.1, 0.4, 0.5, 0.6, 0.9, 0.85, 0.7, 0.55, 0.3, 0.2, 0.6, 0.7, 0.6, 0.1])
+    assert s(smooth_decisions(p, 1.0, 0.8, "none", 0.0)) == "00001100000000"
+    assert s(smooth_decisions(p, 1.0, 0.8, "none", 0.0, 0.5)) == "00111111000000"
+    assert s(smooth_decisions(p, 1.0, 0.8, "none", 0.0, 0.8)) == "00001100000000"  # = none
+    # read with the same filter at both levels: a 2-sample opening removes lone samples
+    q = np.array([0.9, 0.1, 0.6, 0.6, 0.9, 0.9, 0.6, 0.1, 0.6, 0.1, 0.9, 0.9])
+    assert s(smooth_decisions(q, 1.0, 0.8, "morphology", 2.0)) == "000011000011"
+    assert s(smooth_decisions(q, 1.0, 0.8, "morphology", 2.0, 0.5)) == "001111100011"
+    # holding never begins an event, nor adds one: over random walks, each held event holds
+    # an event of the threshold, and the held decisions contain the threshold's
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        r = np.clip(np.cumsum(rng.normal(0, 0.15, 300)) % 2.0, 0, 1)
+        r = np.where(r > 1, 2 - r, r)
+        thr, hold = sorted(rng.uniform(0.05, 0.95, 2))[::-1]
+        for method, length in (("morphology", 1.0), ("median", 0.5), ("none", 0.0)):
+            begin = smooth_decisions(r, 10.0, thr, method, length)
+            held = OperatingPoint(thr, method, length, hold).decide(r, 10.0)
+            assert not (begin & ~held).any()
+            assert all(begin[a:z].any() for a, z in runs(held))
+            assert len(runs(held)) <= len(runs(begin))
+    with pytest.raises(ValueError, match=r"lies above the threshold 0\.5"):
+        smooth_decisions(p, 1.0, 0.5, "none", 0.0, 0.6)
+
+
+def test_an_operating_point_with_a_hold_reads_and_writes_model_json() -> None:
+    from amagi_plugin.analysis import OperatingPoint
+
+    point = OperatingPoint.from_json({"threshold": 0.8, "hold_threshold": 0.45,
+                                      "chosen_on": "validation cases"})
+    assert point == OperatingPoint(0.8, "morphology", 1.0, 0.45)
+    assert point.to_json() == {"threshold": 0.8, "smoothing": "morphology", "smoothing_s": 1.0,
+                               "hold_threshold": 0.45}
+    assert OperatingPoint.from_json(point.to_json()) == point
+    assert "hold_threshold" not in OperatingPoint(0.8).to_json()  # a model.json as before
+    assert point.describe() == "threshold 0.8 (held to 0.45), morphology 1 s"
+    assert OperatingPoint(0.8).describe() == "threshold 0.8, morphology 1 s"
+    for bad, message in (({"threshold": 0.5, "hold_threshold": 0.6}, "lies above the threshold"),
+                         ({"hold_threshold": 0.0}, "hold_threshold must lie in"),
+                         ({"hold_threshold": True}, "hold_threshold must lie in"),
+                         ({"hold_threshold": "0.3"}, "hold_threshold must lie in")):
+        with pytest.raises(ValueError, match=message):
+            OperatingPoint.from_json(bad)
+
+
+def test_the_models_hold_belongs_to_its_threshold() -> None:
+    from amagi_plugin.analysis import OperatingPoint, at_operating_point
+    from amagi_plugin.pipeline import AnalysisOptions
+
+    base = AnalysisOptions(threshold=0.5)
+    point = OperatingPoint(0.8, "morphology", 1.0, 0.45)
+    assert at_operating_point(base, point).hold_threshold == 0.45
+    # a configured threshold drops the model's hold (chosen with the model's threshold) ...
+    got = at_operating_point(base, point, configured={"threshold"})
+    assert (got.threshold, got.hold_threshold) == (0.5, None)
+    # ... unless the hold is configured too; a configured hold applies to the model's threshold
+    got = at_operating_point(replace(base, hold_threshold=0.3), point,
+                             configured={"threshold", "hold_threshold"})
+    assert (got.threshold, got.hold_threshold) == (0.5, 0.3)
+    got = at_operating_point(replace(base, hold_threshold=0.6), point,
+                             configured={"hold_threshold"})
+    assert (got.threshold, got.hold_threshold) == (0.8, 0.6)

@@ -39,7 +39,8 @@ def test_a_model_that_dips_inside_its_events_gets_a_longer_closing() -> None:
     truth = {"c0": _case([(10.0, 20.0), (30.0, 40.0)])}
     point, scored = choose_operating_point([_pred(p)], truth, RATE)
     assert point == OperatingPoint(0.5, "morphology", 2.0)
-    by_point = {(c.point.threshold, c.point.smoothing_s): c for c in scored}
+    by_point = {(c.point.threshold, c.point.smoothing_s): c for c in scored
+                if c.point.hold_threshold is None}
     assert len(by_point) == len(THRESHOLDS) * len(LENGTHS_S)
     authors = by_point[(0.5, 1.0)]
     assert (authors.f1, authors.events.n_pred, authors.count_error) == (0.0, 6, 4)
@@ -79,7 +80,8 @@ def test_bleeding_free_validation_cases_bound_the_false_alarms() -> None:
     preds, truth = _event_and_wavering_still(0.42, 0.62, 0.52)
     point, scored = choose_operating_point(preds, truth, RATE)
     assert point == OperatingPoint(0.55, "morphology", 1.0)
-    by_point = {(c.point.threshold, c.point.smoothing_s): c for c in scored}
+    by_point = {(c.point.threshold, c.point.smoothing_s): c for c in scored
+                if c.point.hold_threshold is None}
     authors = by_point[(0.5, 1.0)]
     assert (authors.false_alarms, authors.bleeding_free_s) == (3, 60.0)
     assert authors.false_alarms_per_hour == 180.0 and not authors.admissible
@@ -92,6 +94,29 @@ def test_bleeding_free_validation_cases_bound_the_false_alarms() -> None:
     assert alone == OperatingPoint()
 
 
+def test_a_strict_threshold_held_lower_times_the_events() -> None:
+    # A true event at 10-20 s where the model rises to 0.9 for its first 2 s and stays at 0.6
+    # after; still blood at 0.6 for 4 s three times in a bleeding-free case, 0.3 elsewhere.
+    # Any threshold that is quiet on the still blood (above 0.6) sees only the 2 s rise
+    # (IoU 0.2, no match at 0.5); held at 0.6 or lower, that event lasts its 10 s (the
+    # still blood never rises to begin one), so a held point wins, and the highest hold among
+    # those that score alike (0.6, at the threshold nearest the authors', 0.65).
+    p = np.full(N, 0.3)
+    p[100:200] = 0.6
+    p[100:120] = 0.9
+    still = np.full(N, 0.3)
+    for start in (100, 300, 500):
+        still[start:start + 40] = 0.6
+    truth = {"c0": _case([(10.0, 20.0)]), "free": _case([], "free")}
+    point, scored = choose_operating_point([_pred(p), _pred(still, "free")], truth, RATE)
+    assert point == OperatingPoint(0.65, "morphology", 1.0, 0.6)
+    chosen = next(c for c in scored if c.point == point)
+    assert chosen.f1 == 1.0 and chosen.false_alarms == 0
+    plain = [c for c in scored if c.point.hold_threshold is None and c.admissible]
+    assert plain and max(c.f1 for c in plain) == 0.0
+    assert point.decide(p, RATE)[100:200].all() and not point.decide(p, RATE)[200:].any()
+
+
 def test_the_bound_may_be_met_above_0_7() -> None:
     # A refined model: 0.95 inside the true event, still blood that wavers at 0.72 for 4 s
     # three times. Every threshold up to 0.70 raises those 3 alarms; 0.75 is quiet there and
@@ -100,7 +125,8 @@ def test_the_bound_may_be_met_above_0_7() -> None:
     preds, truth = _event_and_wavering_still(0.1, 0.95, 0.72)
     point, scored = choose_operating_point(preds, truth, RATE)
     assert point == OperatingPoint(0.75, "morphology", 1.0)
-    assert all(c.false_alarms == 3 for c in scored if 0.1 < c.point.threshold <= 0.7)
+    assert all(c.false_alarms == 3 for c in scored
+               if 0.1 < c.point.threshold <= 0.7 and c.point.hold_threshold is None)
     assert max(THRESHOLDS) >= 0.95 and min(THRESHOLDS) <= 0.05
 
 
@@ -160,7 +186,9 @@ def test_other_filters_can_be_candidates() -> None:
     assert all(c.f1 == 0.0 for c in scored)
     point, scored = choose_operating_point([_pred(p)], truth, RATE,
                                            methods=("median", "morphology"))
-    assert len(scored) == len(THRESHOLDS) * 2 * len(LENGTHS_S)
+    # every threshold, alone and held at each lower one, with each filter and length
+    assert len(scored) == sum(1 + sum(h < t for h in THRESHOLDS)
+                              for t in THRESHOLDS) * 2 * len(LENGTHS_S)
     assert point == OperatingPoint(0.5, "median", 1.0)
-    assert all(c.f1 == 1.0 for c in scored
-               if c.point.smoothing == "median" and 0.2 < c.point.threshold <= 0.7)
+    assert all(c.f1 == 1.0 for c in scored if c.point.smoothing == "median"
+               and 0.2 < c.point.threshold <= 0.7 and c.point.hold_threshold is None)

@@ -121,7 +121,7 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert len(raw) == 2 and refiner.cfg.rate_hz == cfg.prediction_hz
     assert "temporal refiner `refiner_demo.pth`" in readme
     post = heldout["post_processing"]
-    used = post.get("by_model") or {m: {k: post[k] for k in OperatingPoint.KEYS}
+    used = post.get("by_model") or {m: {k: post[k] for k in OperatingPoint.KEYS if k in post}
                                     for m in heldout["models"]}
     for entry, label in ((manifest, "AMAGI"), (manifest["baseline"], "SlowFast")):
         # model.json's operating points are calibrate's choices, as it recorded them
@@ -130,68 +130,17 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
         assert used[label] == point.to_json()
         record = calibration["models"][entry["checkpoint"]]
         assert record["label"] == entry["arch"]
-        assert len(record["candidates"]) == len(THRESHOLDS) * len(LENGTHS_S)
+        # each threshold alone and held at each lower one, at each length
+        assert len(record["candidates"]) == len(LENGTHS_S) * sum(
+            1 + sum(h < t for h in THRESHOLDS) for t in THRESHOLDS)
         assert record["chosen"] == entry["operating_point"]
         admissible = [c for c in record["candidates"]
                       if c["bleeding_free_false_alarms"] == 0] or record["candidates"]
         best = max(c["event_f1"] for c in admissible)
         assert next(c for c in record["candidates"]
-                    if {k: c[k] for k in OperatingPoint.KEYS} == point.to_json())["event_f1"] == best
+                    if {k: c[k] for k in OperatingPoint.KEYS if k in c} == point.to_json()
+                    )["event_f1"] == best
     assert "main model's operating point: threshold" in readme
-    before = {p.name: p.read_bytes() for p in dest.iterdir()}
-    again = build_demo(tmp_path / "work", cfg, dest)
-    assert again["seconds"] == training["seconds"]
-    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
-
-
-@pytest.mark.slow
-def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path: Path) -> None:
-    """``make demo-model RECIPE=evidence-probe`` at minute scale, with two probe seeds: the
-    probes are trained at the segmenter's map peaks with their own seeds, named in
-    model.json with their weight, read as one (their mean probability), calibrated and
-    evaluated with (the operating point is the fused probability's), described in the
-    README; an earlier build's weights that it does not name are removed from the folder;
-    a rerun redoes nothing."""
-    from amagi_plugin.demo_model import PROBE_FILE, DemoConfig, build_demo
-    from models import build_model
-    from models.checkpoint import read_checkpoint
-    from models.patchnet import ProbeEnsemble, load_probe
-
-    cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3).quick()
-    assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "probe_demo_seed99.pth").write_bytes(b"an earlier build's probe")
-    (dest / "mine.pth").write_bytes(b"a user's own file")
-    training = build_demo(tmp_path / "work", cfg, dest)
-    assert not (dest / "probe_demo_seed99.pth").exists()  # gone: nothing names it
-    assert (dest / "mine.pth").read_bytes() == b"a user's own file"  # not a build's name
-    manifest = json.loads((dest / "model.json").read_text())
-    second = f"probe_demo_seed{cfg.train_seed_model + 1}.pth"
-    assert manifest["probe"] == {"file": [PROBE_FILE, second], "weight": 0.75,
-                                 "smooth_s": 1.0, "memory_s": cfg.probe_memory_s}
-    probe = load_probe([dest / PROBE_FILE, dest / second])
-    assert isinstance(probe, ProbeEnsemble)
-    assert probe.cfg.short_side == build_model(manifest["arch"]).default_cfg.input_size
-    assert probe.cfg.step_s == cfg.probe_step_s == 0.3
-    assert read_checkpoint(dest / second)["meta"]["seed"] == cfg.train_seed_model + 1
-    meta = read_checkpoint(dest / PROBE_FILE)["meta"]
-    assert meta["seed"] == cfg.train_seed_model
-    assert meta["seg_checkpoint"] == str(tmp_path / "work" / "seg" / "latest.pth")
-    # the training set and the probe's own extra case
-    assert meta["extraction"]["cases"] == cfg.train_cases + 1 and meta["epochs"] == 1
-    assert meta["sliding_negatives"] == 1.0 and meta["reversed_negatives"] == 0.0
-    assert [Path(d).name for d in meta["extraction"]["data"]] == ["train", "probe-extra"]
-    assert training["seconds"]["probe"] is not None
-    assert "operating_point" in manifest and "calibration" in training
-    readme = (dest / "README.md").read_text()
-    assert (f"neighbourhood probe of 2 networks trained alike but for their seeds "
-            f"(`{PROBE_FILE}`, `{second}`; it reads the mean of their probabilities)") in readme
-    assert "weighs 0.75" in readme
-    assert "(PatchNet: 8 frames 0.3 s apart of a 32-pixel neighbourhood" in readme
-    assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
-    assert "one frame of each positive slid rigidly across the frames as a negative " \
-        "(weight 1)" in readme
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     again = build_demo(tmp_path / "work", cfg, dest)
     assert again["seconds"] == training["seconds"]
@@ -201,7 +150,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
 def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     from amagi_plugin.demo_model import RECIPES, DemoConfig
 
-    # the bundled model's recipe (9.1, session 29); the dataclass defaults are v3's
+    # the bundled model's recipe (9.2, session 32); the dataclass defaults are v3's
     assert DemoConfig.recipe("shipped") == DemoConfig.recipe("evidence-probe")
     assert DemoConfig.recipe("shipped").version == json.loads(
         (DEMO_DIR / "model.json").read_text())["version"]

@@ -170,17 +170,22 @@ def test_report_content_is_checked():
     with pytest.raises(ReportError, match="threshold must be in"):
         ReportContent(result.timeline.times_s, result.probabilities, result.events,
                       result.index, SECONDS, 2.0, DEMO)
+    with pytest.raises(ReportError, match=r"hold_threshold must be in \[0, threshold\]"):
+        ReportContent(result.timeline.times_s, result.probabilities, result.events,
+                      result.index, SECONDS, 0.5, DEMO, hold_threshold=0.6)
 
 
 def _overlap(a, b) -> bool:
     return not (a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0)
 
 
-@pytest.mark.parametrize("weights", ["demo-synthetic", "user"])
-def test_timeline_headline_notice_legend_and_plot_do_not_overlap(tmp_path, weights):
+@pytest.mark.parametrize(("weights", "hold"), [("demo-synthetic", 0.3), ("user", None)])
+def test_timeline_headline_notice_legend_and_plot_do_not_overlap(tmp_path, weights, hold):
     spec = ModelSpec("amagi-demo-amagi_tiny", "amagi_tiny", None, weights, "3")
     long_title = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678901"
-    fig = timeline_figure(_result(3), spec, title=long_title)
+    fig = timeline_figure(_result(3), spec, title=long_title, hold_threshold=hold)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert ("events held down to 0.3" in legend) == (hold is not None)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)

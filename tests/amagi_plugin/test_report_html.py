@@ -5,6 +5,7 @@ and real mouse clicks on an event (timeline or table) seek to its key frame."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -221,6 +222,10 @@ def test_html_report_is_self_contained_and_escapes_text():
                             content.index, content.duration_s, 0.5, content.algorithm,
                             header=[("Patient", "<script>alert(1)</script>")])
     assert "<script>alert(1)</script>" not in render_report_html(hostile)
+    # a hold threshold is drawn dotted below the dashed threshold, and said so
+    assert "dotted" not in page
+    held = render_report_html(dataclasses.replace(content, hold_threshold=0.3))
+    assert 'stroke-dasharray="1,3"' in held and "dotted: events held down to 0.3" in held
 
 
 def test_mask_outline_and_preview_frames():

@@ -12,11 +12,13 @@ def test_every_analysis_key_reaches_the_analyzer(tmp_path) -> None:
     cfg = load_config(environ={}, cwd=tmp_path, overrides={
         "model.device": "cpu", "model.prediction_hz": "5", "model.batch_size": "3",
         "model.decode_workers": "2", "analysis.threshold": "0.7",
-        "analysis.smoothing": "median", "analysis.smoothing_s": "2"})
+        "analysis.smoothing": "median", "analysis.smoothing_s": "2",
+        "analysis.hold_threshold": "0.4"})
     analyzer, spec = analyzer_from_config(cfg)
     o = analyzer.options
     assert (o.device, o.prediction_hz, o.batch_size, o.decode_workers) == ("cpu", 5.0, 3, 2)
     assert (o.threshold, o.smoothing, o.smoothing_s, o.fast) == (0.7, "median", 2.0, False)
+    assert o.hold_threshold == 0.4
     assert spec.weights == "demo-synthetic" and "not for clinical use" in spec.label
 
 
@@ -72,6 +74,30 @@ def test_the_models_operating_point_is_used_unless_a_knob_is_set(tmp_path, monke
                       overrides={"model.device": "cpu"})
     o = analyzer_from_config(env)[0].options
     assert (o.threshold, o.smoothing, o.smoothing_s) == (0.6, "none", 0.0)
+
+
+def test_the_models_hold_is_read_with_its_threshold(tmp_path, monkeypatch) -> None:
+    import amagi_plugin.modelspec as modelspec
+
+    d = _demo_copy(tmp_path, {"threshold": 0.8, "smoothing": "morphology", "smoothing_s": 1.0,
+                              "hold_threshold": 0.65, "chosen_on": "validation cases"})
+    original = modelspec.resolve_model
+    monkeypatch.setattr(modelspec, "resolve_model", lambda cfg: original(cfg, d))
+
+    def options(**overrides):
+        cfg = load_config(environ={}, cwd=tmp_path,
+                          overrides={"model.device": "cpu", **overrides})
+        return analyzer_from_config(cfg)[0].options
+
+    o = options()
+    assert (o.threshold, o.hold_threshold) == (0.8, 0.65)
+    o = options(**{"analysis.threshold": "0.5"})  # the model's hold went with its threshold
+    assert (o.threshold, o.hold_threshold) == (0.5, None)
+    o = options(**{"analysis.hold_threshold": "0.3"})
+    assert (o.threshold, o.hold_threshold) == (0.8, 0.3)
+    with pytest.raises(ConfigError, match=r"hold_threshold 0\.9 lies above the threshold 0\.8:"
+                       r".*\(analysis\.threshold, analysis\.hold_threshold\)"):
+        options(**{"analysis.hold_threshold": "0.9"})
 
 
 def test_a_malformed_operating_point_is_named_with_its_file(tmp_path) -> None:

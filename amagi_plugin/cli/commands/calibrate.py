@@ -20,10 +20,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Run the models of --model-dir (its model.json: the main model and its "
         "baseline) over the annotated validation cases of --data (as 'amagi synth' writes "
-        "them; never the held-out cases you report on), and choose for each the threshold "
-        "and smoothing length that give the best event F1 at IoU 0.5 among those with at "
-        "most 1 false alarm an hour on the bleeding-free cases (ties: the lower count "
-        "error, then the point nearest the authors' 0.5 and 1 s). Prints each choice, writes "
+        "them; never the held-out cases you report on), and choose for each the threshold, "
+        "smoothing length and hold threshold (hysteresis: an event that began at the "
+        "threshold lasts while the probability stays above the hold; none is tried too) that "
+        "give the best event F1 at IoU 0.5 among those with at most 1 false alarm an hour "
+        "on the bleeding-free cases (ties: the lower count error, then no hold, then the "
+        "point nearest the authors' 0.5 and 1 s). Prints each choice, writes "
         "every candidate's score to OUTPUT/calibration.json, and with --write stores each "
         "point in model.json, where 'amagi process', 'serve' and 'evaluate' read it (an "
         "[analysis] key that is set still wins).")
@@ -73,6 +75,7 @@ def _data_record(data: Path, n_cases: int) -> tuple[dict[str, Any], str]:
 
 
 def _run(args: argparse.Namespace, ctx) -> int:
+    from amagi_plugin.analysis import OperatingPoint
     from amagi_plugin.evaluation.calibrate import calibration_record
     from amagi_plugin.evaluation.cases import load_cases
     from amagi_plugin.evaluation.run import evaluate_models
@@ -119,8 +122,9 @@ def _run(args: argparse.Namespace, ctx) -> int:
         raise InputError(f"cannot write {target}: {e.strerror or e}") from None
     for checkpoint, m in record["models"].items():
         c, a = m["chosen_score"], m["authors_score"]
-        ctx.print(f"{m['label']} ({checkpoint}): threshold {c['threshold']:g}, "
-                  f"{c['smoothing']} {c['smoothing_s']:g} s: event F1@0.5 {c['event_f1']:.3f}, "
+        point = OperatingPoint.from_json({k: c[k] for k in OperatingPoint.KEYS if k in c})
+        ctx.print(f"{m['label']} ({checkpoint}): {point.describe()}: event F1@0.5 "
+                  f"{c['event_f1']:.3f}, "
                   f"{c['pred_events']} events for {c['true_events']}"
                   + (f" (the authors' point: {a['event_f1']:.3f}, {a['pred_events']} events)"
                      if a else ""))

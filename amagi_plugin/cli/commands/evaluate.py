@@ -93,12 +93,12 @@ def run(args: argparse.Namespace, ctx) -> int:
 
 
 def _run(args: argparse.Namespace, ctx) -> int:
-    from amagi_plugin.analysis import OperatingPoint, at_operating_point
+    from amagi_plugin.analysis import OperatingPoint
     from amagi_plugin.evaluation.cases import load_cases, synth_index
     from amagi_plugin.evaluation.run import evaluate_models, write_outputs
     from amagi_plugin.modelspec import DEMO_DIR, load_model, model_dir_specs, resolve_device
     from amagi_plugin.pipeline import AnalysisOptions
-    from amagi_plugin.runtime import configured_post_processing
+    from amagi_plugin.runtime import at_model_point
     from dicom_io.results import DEMO_DISCLAIMER
     from models import CheckpointError
 
@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
         batch_size=args.batch_size or cfg.model.batch_size, device=device,
         bf16=cfg.model.bf16, threshold=cfg.analysis.threshold,
         smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
-        key_frame_masks=False)
+        hold_threshold=cfg.analysis.hold_threshold, key_frame_masks=False)
     models: list[ModelSpec] = []
     info: dict[str, Any] = {}
     for spec in specs:
@@ -143,11 +143,8 @@ def _run(args: argparse.Namespace, ctx) -> int:
         raise InputError(f"{len({c.patient_id for c in cases})} patient(s) cannot make "
                          f"{args.folds} folds (use --folds 1)")
     check_run_arguments(args)
-    configured = configured_post_processing(cfg)
-    per_model = {m.name: at_operating_point(options, m.operating_point, configured)
-                 for m in models}
-    points = {name: {k: getattr(o, k) for k in OperatingPoint.KEYS}
-              for name, o in per_model.items()}
+    per_model = {m.name: at_model_point(options, m, cfg) for m in models}
+    points = {name: OperatingPoint.of(o).to_json() for name, o in per_model.items()}
     first = next(iter(points.values()))
     shared = first if all(v == first for v in points.values()) else None
     doc, preds = evaluate_models(models, per_model, cases, folds=args.folds,
