@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom import Dataset
 
+from amagi_plugin.analysis import check_hold
 from dicom_io.results import MANUFACTURER, AlgorithmInfo, BleedingEvent, CaseIndex
 
 if TYPE_CHECKING:
@@ -116,11 +117,11 @@ class ReportContent:
             raise ReportError(f"duration_s must be a number > 0, got {self.duration_s!r}")
         if not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1):
             raise ReportError(f"threshold must be in [0, 1], got {self.threshold!r}")
-        if self.hold_threshold is not None and not (
-                isinstance(self.hold_threshold, (int, float))
-                and 0 <= self.hold_threshold <= self.threshold):
+        try:  # the analysis's own check: in (0, 1), not above the threshold
+            check_hold(self.threshold, self.hold_threshold)
+        except ValueError:
             raise ReportError(f"hold_threshold must be in [0, threshold], got "
-                              f"{self.hold_threshold!r}")
+                              f"{self.hold_threshold!r}") from None
         put = object.__setattr__
         put(self, "times_s", times)
         put(self, "probabilities", probs)

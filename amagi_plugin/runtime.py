@@ -45,19 +45,18 @@ def at_model_point(options: AnalysisOptions, spec: ModelSpec, cfg: Config) -> An
     """``options`` read at ``spec``'s operating point, except the post-processing knobs that
     ``cfg`` sets explicitly (:func:`~amagi_plugin.analysis.at_operating_point`). A hold
     threshold above the threshold they end with is a :class:`ConfigError`."""
-    from amagi_plugin.analysis import OperatingPoint, at_operating_point, check_hold
+    from amagi_plugin.analysis import OperatingPoint, at_operating_point
     from amagi_plugin.errors import ConfigError
 
     configured = configured_post_processing(cfg)
     out = at_operating_point(options, spec.operating_point, configured)
-    try:
-        check_hold(out.threshold, out.hold_threshold)
+    try:  # the point they end with checks itself (a hold above its threshold)
+        point = OperatingPoint.of(out)
     except ValueError as e:
         raise ConfigError(f"{spec.name or spec.arch}: {e} (analysis.threshold, "
                           "analysis.hold_threshold)") from None
     if spec.operating_point is not None:
-        log.info("post-processing: %s (%s's operating point%s)",
-                 OperatingPoint.of(out).describe(), spec.name,
+        log.info("post-processing: %s (%s's operating point%s)", point.describe(), spec.name,
                  f"; configured: {', '.join(sorted(configured))}" if configured else "")
     return out
 

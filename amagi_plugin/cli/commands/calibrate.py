@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
         raise InputError(f"cannot write {target}: {e.strerror or e}") from None
     for checkpoint, m in record["models"].items():
         c, a = m["chosen_score"], m["authors_score"]
-        point = OperatingPoint.from_json({k: c[k] for k in OperatingPoint.KEYS if k in c})
+        point = OperatingPoint.from_json(m["chosen"])
         ctx.print(f"{m['label']} ({checkpoint}): {point.describe()}: event F1@0.5 "
                   f"{c['event_f1']:.3f}, "
                   f"{c['pred_events']} events for {c['true_events']}"
