@@ -109,6 +109,9 @@ class DemoConfig:
     # one frame of each positive slid rigidly across the frames, as a negative of this weight
     # (amagi train probe --sliding-negatives; 0 = none)
     probe_sliding_negatives: float = 0.0
+    # the frames these seconds after each bleeding's end read too, every map peak there a
+    # negative: the blood it left (amagi train probe --after-end-negatives; () = none)
+    probe_after_end_s: tuple[float, ...] = ()
     probe_weight: float = 0.75  # against the clip network's probability (1: the probe alone)
     probe_smooth_s: float = 1.0
     # how long the probe looks again where it found bleeding (amagi_plugin.probing); 0 = never
@@ -601,6 +604,8 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                   "--step-s", str(cfg.probe_step_s),
                   "--look-jitter", str(cfg.probe_look_jitter),
                   "--sliding-negatives", str(cfg.probe_sliding_negatives),
+                  *(["--after-end-negatives", ",".join(map(str, cfg.probe_after_end_s))]
+                    if cfg.probe_after_end_s else []),
                   "--seed", str(cfg.train_seed_model + k),
                   "--threads", str(cfg.threads), "--device", device, "--no-progress"])
         shutil.copyfile(record, stage / name)
@@ -764,6 +769,10 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            + (f", and one frame of each positive slid rigidly across the frames as a "
               f"negative (weight {cfg['probe_sliding_negatives']:g})"
               if cfg.get("probe_sliding_negatives") else "")
+           + (", and every map peak of the frames "
+              + ", ".join(f"{v:g}" for v in cfg["probe_after_end_s"])
+              + " s after each bleeding's end (where none is active) as a negative: the "
+              "blood it left" if cfg.get("probe_after_end_s") else "")
            + f", look jitter {cfg['probe_look_jitter']:g}; in analysis it looks where the map of each "
            "prediction's frame peaks, and its score, averaged over "
            f"{manifest['probe']['smooth_s']:g} s, weighs {manifest['probe']['weight']:g} "

@@ -13,6 +13,11 @@ The data are an ``amagi synth`` rawframes set (``--formats rawframes``: JPEG fra
   hard negatives); peaks within ``NEAR`` px of bleeding but not on it are left out;
 - ``rand_neg`` random places away from any bleeding (negative).
 
+With ``after_end_s``, frames at those seconds after each event's end where no bleeding is
+active (its frame label 0) are read as masked frames with an empty mask: every map peak
+there is a negative, most often the blood the bleeding left, which keeps its fresh look for
+seconds but neither grows nor flows (:mod:`amagi_plugin.synth.events`).
+
 Each is the probe's frames around the masked frame at the model's scale, ``crop + MARGIN``
 pixels square (training draws a random ``crop`` square of it).
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,7 +45,7 @@ from models.patchnet import PatchNet, PatchNetConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MARGIN", "NEAR", "extract_neighbourhoods", "probe_analyzer"]
+__all__ = ["MARGIN", "NEAR", "after_end_frames", "extract_neighbourhoods", "probe_analyzer"]
 
 MARGIN = 4  # extracted side = crop + MARGIN (room for the random crop)
 NEAR = 8  # px: map peaks this close to bleeding but not on it are left out
@@ -64,8 +70,25 @@ def _case_dirs(root: Path) -> list[Path]:
     return cases
 
 
+def after_end_frames(events: Sequence[dict[str, Any]], frame_labels: Sequence[int],
+                     fps: float, after_end_s: Sequence[float]) -> list[int]:
+    """The frames ``after_end_s`` seconds after each event's ``end_frame`` (exclusive) that
+    lie in the video and where no bleeding is active (``frame_labels`` 0), sorted, once."""
+    n = len(frame_labels)
+    frames = {int(ev["end_frame"]) - 1 + max(1, round(s * fps))
+              for ev in events for s in after_end_s}
+    return sorted(f for f in frames if 0 <= f < n and not frame_labels[f])
+
+
+def _check_after_end(after_end_s: Sequence[float]) -> None:
+    if any(not 0 < s < math.inf for s in after_end_s):
+        raise ValueError("seconds after an event's end must be finite and > 0, got "
+                         f"{list(after_end_s)}")
+
+
 def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: int = 0,
-                           extra_pos: int = 0, seed: int = 0,
+                           extra_pos: int = 0, after_end_s: Sequence[float] = (),
+                           seed: int = 0,
                            progress: Callable[[int, int, int, int], None] | None = None
                            ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The training neighbourhoods of the rawframes set ``root`` (module docstring):
@@ -77,8 +100,10 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
     cfg = probe.cfg
     rng = np.random.default_rng(seed)
     side = cfg.crop + MARGIN
+    _check_after_end(after_end_s)
     xs: list[np.ndarray] = []
     ys: list[int] = []
+    after = 0
     cases = _case_dirs(root)
     t0 = time.perf_counter()
     for k, case in enumerate(cases):
@@ -87,6 +112,15 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
             n, fps = int(labels["n_frames"]), float(labels["fps"])
             masked = [{"frame": int(m["frame"]), "mask": str(m["mask"])}
                       for m in labels.get("masks") or []]
+            if after_end_s:
+                seen = {m["frame"] for m in masked}
+                flags = [int(v) for v in labels["frame_labels"]]
+                if len(flags) != n:
+                    raise ValueError(f"{len(flags)} frame labels for {n} frames")
+                extra = [f for f in after_end_frames(labels["events"], flags, fps, after_end_s)
+                         if f not in seen]
+                masked += [{"frame": f, "mask": None} for f in extra]
+                after += len(extra)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{case / 'labels.json'}: not an amagi synth labels file "
                              f"({type(e).__name__}: {e})") from None
@@ -113,7 +147,8 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
         for m, places in zip(masked, found, strict=True):
             stack = torch.stack([frames[f] for f in probe_frames(m["frame"], n, fps, cfg)])
             h, w = stack.shape[-2:]
-            mask = _mask_at_scale(case / m["mask"], (h, w))
+            mask = (np.zeros((h, w), bool) if m["mask"] is None  # no bleeding active there
+                    else _mask_at_scale(case / m["mask"], (h, w)))
             near = np.zeros_like(mask)
             chosen: list[tuple[int, int, int]] = []  # (y, x, label)
             if mask.any():
@@ -142,7 +177,8 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
         raise InputError(f"{root}: no masked frame to extract neighbourhoods from")
     summary = {"data": str(root), "cases": len(cases), "neighbourhoods": len(ys),
                "positive": int(sum(ys)), "candidates": cfg.candidates, "rand_neg": rand_neg,
-               "extra_pos": extra_pos, "seed": seed,
+               "extra_pos": extra_pos, "after_end_s": list(after_end_s),
+               "after_end_frames": after, "seed": seed,
                "seconds": round(time.perf_counter() - t0, 1)}
     log.info("extracted %d neighbourhoods (%d positive) from %d cases", len(ys), sum(ys),
              len(cases))
@@ -163,7 +199,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               epochs: int | None = None,
               candidates: int | None = None, step_s: float | None = None,
               align: bool = False, rand_neg: int = 0, extra_pos: int = 0,
-              look_jitter: float | None = None, reversed_negatives: float = 0.0,
+              after_end_s: Sequence[float] = (), look_jitter: float | None = None,
+              reversed_negatives: float = 0.0,
               sliding_negatives: float = 0.0, seed: int = 0, threads: int | None = None,
               device: str = "cpu", input_size: int | None = None,
               progress: Callable[[str], None] | None = None) -> tuple[PatchNet, dict[str, Any]]:
@@ -179,6 +216,10 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
 
     if arch not in list_models():
         raise InputError(f"unknown architecture {arch!r}")
+    try:
+        _check_after_end(after_end_s)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if threads:
         torch.set_num_threads(threads)
     build = {} if input_size is None else {"input_size": input_size}
@@ -211,8 +252,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
                          f"{pos} positive")
 
         x, y, summary = extract_neighbourhoods(analyzer, root, rand_neg=rand_neg,
-                                               extra_pos=extra_pos, seed=seed + k,
-                                               progress=said)
+                                               extra_pos=extra_pos, after_end_s=after_end_s,
+                                               seed=seed + k, progress=said)
         xs.append(x)
         ys.append(y)
         summaries.append(summary)
@@ -235,6 +276,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
             "epochs": tcfg.epochs, "look_jitter": tcfg.look_jitter, "lr": tcfg.lr,
             "reversed_negatives": tcfg.reversed_negatives,
             "sliding_negatives": tcfg.sliding_negatives,
+            "after_end_s": list(after_end_s),
             "batch": tcfg.batch, "seed": seed,
             "losses": [round(v, 4) for v in result.losses],
             "seconds": round(summary["seconds"] + result.seconds, 1)}

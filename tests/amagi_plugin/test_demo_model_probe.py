@@ -14,7 +14,8 @@ import pytest
 @pytest.mark.slow
 def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path: Path) -> None:
     """``make demo-model RECIPE=evidence-probe`` at minute scale, with two probe seeds: the
-    probes are trained at the segmenter's map peaks with their own seeds, named in
+    probes are trained at the segmenter's map peaks (and at every peak of the frames after
+    each bleeding's end, as negatives) with their own seeds, named in
     model.json with their weight, read as one (their mean probability), calibrated and
     evaluated with (the operating point is the fused probability's), described in the
     README; an earlier build's weights that it does not name are removed from the folder;
@@ -24,7 +25,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     from models.checkpoint import read_checkpoint
     from models.patchnet import ProbeEnsemble, load_probe
 
-    cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3).quick()
+    cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3,
+                              probe_after_end_s=(0.5, 1.0)).quick()
     assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -48,6 +50,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     # the training set and the probe's own extra case
     assert meta["extraction"]["cases"] == cfg.train_cases + 1 and meta["epochs"] == 1
     assert meta["sliding_negatives"] == 1.0 and meta["reversed_negatives"] == 0.0
+    assert meta["after_end_s"] == [0.5, 1.0] == training["config"]["probe_after_end_s"]
     assert [Path(d).name for d in meta["extraction"]["data"]] == ["train", "probe-extra"]
     assert training["seconds"]["probe"] is not None
     assert "operating_point" in manifest and "calibration" in training
@@ -59,6 +62,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
     assert "one frame of each positive slid rigidly across the frames as a negative " \
         "(weight 1)" in readme
+    assert "and every map peak of the frames 0.5, 1 s after each bleeding's end (where none " \
+        "is active) as a negative: the blood it left" in readme
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     again = build_demo(tmp_path / "work", cfg, dest)
     assert again["seconds"] == training["seconds"]

@@ -12,7 +12,12 @@ import pytest
 from PIL import Image
 
 from amagi_plugin.errors import InputError
-from amagi_plugin.probe_training import MARGIN, extract_neighbourhoods, probe_analyzer
+from amagi_plugin.probe_training import (
+    MARGIN,
+    after_end_frames,
+    extract_neighbourhoods,
+    probe_analyzer,
+)
 from models import build_model
 from models.errors import ModelError
 from models.patchnet import PatchNet, PatchNetConfig
@@ -64,6 +69,59 @@ def test_neighbourhoods_sit_on_the_bleeding_and_the_map_peaks(rawframes: Path) -
     # the same seed draws the same neighbourhoods
     x2, y2, _ = extract_neighbourhoods(_analyzer(), rawframes, rand_neg=2, extra_pos=2)
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
+
+
+def test_after_end_frames_are_the_still_frames_after_each_end() -> None:
+    # two events at 10 fps: frames 5-9 and 20-24 active (end exclusive), 30 frames
+    labels = [0] * 30
+    for k in (*range(5, 10), *range(20, 25)):
+        labels[k] = 1
+    events = [{"end_frame": 10}, {"end_frame": 25}]
+    # 0.5 s after the last active frame 9 is frame 14; 1.1 s is frame 20, where the second
+    # event is active (left out); after the second: 29, and 35 lies outside the video
+    assert after_end_frames(events, labels, 10.0, (0.5, 1.1)) == [14, 29]
+    # a frame named twice is read once; a tiny offset still lands after the end
+    assert after_end_frames(events, labels, 10.0, (0.5, 0.5, 0.01)) == [10, 14, 25, 29]
+    assert after_end_frames([], labels, 10.0, (0.5,)) == []
+
+
+def test_after_end_frames_add_negatives_only(rawframes: Path, tmp_path: Path) -> None:
+    """The frames after each end are read as masked frames with no bleeding: every map peak
+    and random place there is a negative, and the positives are those of the masks alone."""
+    _, plain_y, plain = extract_neighbourhoods(_analyzer(), rawframes, rand_neg=1)
+    assert plain["after_end_frames"] == 0 and plain["after_end_s"] == []
+    _, y, info = extract_neighbourhoods(_analyzer(), rawframes, rand_neg=1,
+                                        after_end_s=(0.5, 1.5))
+    expected = 0
+    for path in sorted(rawframes.glob("*/labels.json")):
+        labels = json.loads(path.read_text())
+        masked = {m["frame"] for m in labels["masks"]}
+        for f in {ev["end_frame"] + d for ev in labels["events"] for d in (4, 14)}:
+            expected += (f < labels["n_frames"] and not labels["frame_labels"][f]
+                         and f not in masked)
+    assert expected > 0 and info["after_end_frames"] == expected
+    assert info["after_end_s"] == [0.5, 1.5]
+    assert int(y.sum()) == int(plain_y.sum())  # no positive added
+    added = len(y) - len(plain_y)
+    assert expected <= added <= expected * (CFG.candidates + 1)
+    with pytest.raises(ValueError, match="finite and > 0"):
+        extract_neighbourhoods(_analyzer(), rawframes, after_end_s=(0.5, 0.0))
+    from amagi_plugin.probe_training import fit_probe
+
+    with pytest.raises(InputError, match="finite and > 0"):
+        fit_probe([rawframes], "amagi_tiny_tge", tmp_path / "never-read.pth",
+                  after_end_s=(float("inf"),), input_size=64)
+    lying = tmp_path / "lying"
+    import shutil
+
+    shutil.copytree(rawframes, lying)
+    path = sorted(lying.glob("*/labels.json"))[0]
+    labels = json.loads(path.read_text())
+    labels["frame_labels"] = labels["frame_labels"][:-1]
+    path.write_text(json.dumps(labels))
+    extract_neighbourhoods(_analyzer(), lying)  # frame labels are read only when needed
+    with pytest.raises(InputError, match="frame labels for"):
+        extract_neighbourhoods(_analyzer(), lying, after_end_s=(0.5,))
 
 
 def test_extraction_refuses_sets_it_cannot_read(tmp_path: Path, rawframes: Path) -> None:

@@ -474,7 +474,8 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                           "--input-size", "64", "--seg-checkpoint", "seg/latest.pth",
                           "-o", "pr/probe.pth", "--epochs", "1", "--candidates", "4",
                           "--rand-neg", "1", "--reversed-negatives", "0.5",
-                          "--sliding-negatives", "0.25", "--align")
+                          "--sliding-negatives", "0.25", "--after-end-negatives", "0.5,1",
+                          "--align")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
     assert "extract train: 2/2 cases" in err and "train: epoch 1/1" in err
@@ -484,6 +485,7 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
         meta["extraction"]["neighbourhoods"]
     assert (meta["reversed_negatives"], meta["sliding_negatives"]) == (0.5, 0.25)
+    assert meta["after_end_s"] == meta["extraction"]["sets"][0]["after_end_s"] == [0.5, 1.0]
 
     manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
                 "build": {"input_size": 64},
@@ -535,7 +537,12 @@ def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
               "--reversed-negatives", "-1"], "reversed and sliding negatives must be >= 0"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
-              "--step-s", "0"], "PatchNet needs step_s > 0")):
+              "--step-s", "0"], "PatchNet needs step_s > 0"),
+            (["--data", "nowhere", "--arch", "amagi_tiny", "--seg-checkpoint", "nothing.pth",
+              "--after-end-negatives", "1,-2"], "finite and > 0, got [1.0, -2.0]")):
         code, _, err = _run(trained, "train", "probe", *argv, "-o", "p.pth")
         assert code == ExitCode.BAD_INPUT and says in err, err
+    code, _, err = _run(trained, "train", "probe", "--data", "train", "--arch", "amagi_tiny",
+                        *seg, "--after-end-negatives", "1,x", "-o", "p.pth")
+    assert code == ExitCode.USAGE and "expected comma-separated numbers" in err, err
     assert not (trained / "p.pth").exists()

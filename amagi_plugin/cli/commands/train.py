@@ -215,6 +215,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     q.add_argument("--sliding-negatives", type=float, default=0.0, metavar="W",
                    help="one frame of each positive slid rigidly across the frames (red that "
                    "moves without growing) as a negative of this weight (0: none)")
+    q.add_argument("--after-end-negatives", type=_floats, default=(), metavar="S,...",
+                   help="also read the frames these seconds after each bleeding's end (where "
+                   "none is active): every map peak there is a negative, most often the "
+                   "blood the bleeding left (e.g. 0.5,1,2,3)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     q.add_argument("--device", default="cpu", help="where the segmenter runs (cpu, cuda)")
@@ -490,7 +494,8 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
                           align=args.align, rand_neg=args.rand_neg,
                           extra_pos=args.extra_pos, look_jitter=args.look_jitter,
                           reversed_negatives=args.reversed_negatives,
-                          sliding_negatives=args.sliding_negatives, seed=args.seed,
+                          sliding_negatives=args.sliding_negatives,
+                          after_end_s=args.after_end_negatives, seed=args.seed,
                           threads=args.threads, device=resolve_device(args.device),
                           input_size=args.input_size,
                           progress=None if args.no_progress else said)
