@@ -119,7 +119,6 @@ def test_after_end_frames_add_negatives_only(rawframes: Path, tmp_path: Path) ->
     labels = json.loads(path.read_text())
     labels["frame_labels"] = labels["frame_labels"][:-1]
     path.write_text(json.dumps(labels))
-    extract_neighbourhoods(_analyzer(), lying)  # frame labels are read only when needed
     with pytest.raises(InputError, match="frame labels for"):
         extract_neighbourhoods(_analyzer(), lying, after_end_s=(0.5,))
 
