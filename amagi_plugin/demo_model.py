@@ -104,7 +104,8 @@ class DemoConfig:
     # the training set and the sets below; 0 epochs = no probe
     probe_epochs: int = 0
     probe_candidates: int = 8
-    probe_step_s: float = 0.2  # seconds between the probe's 8 frames (amagi train probe --step-s)
+    probe_step_s: float = 0.2  # seconds between the probe's frames (amagi train probe --step-s)
+    probe_frames: int = 8  # frames it reads around each instant (amagi train probe --frames)
     probe_look_jitter: float = 1.0
     # one frame of each positive slid rigidly across the frames, as a negative of this weight
     # (amagi train probe --sliding-negatives; 0 = none)
@@ -601,7 +602,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
             _cli(["train", "probe", "--data", *map(str, data), "--arch", cfg.arch,
                   "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
                   "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
-                  "--step-s", str(cfg.probe_step_s),
+                  "--step-s", str(cfg.probe_step_s), "--frames", str(cfg.probe_frames),
                   "--look-jitter", str(cfg.probe_look_jitter),
                   "--sliding-negatives", str(cfg.probe_sliding_negatives),
                   *(["--after-end-negatives", ",".join(map(str, cfg.probe_after_end_s))]
@@ -753,8 +754,8 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            f"); in training the pathway logits are left out of {dropped:.0%} of the samples, "
            "which the map's evidence decides alone; in analysis they weigh "
            f"{1 - dropped:.0%}"] if dropped is not None else []),
-        *([f"- neighbourhood probe {_probe_names(manifest['probe']['file'])} (PatchNet: 8 frames "
-           f"{cfg['probe_step_s']:g} s apart of a 32-pixel neighbourhood, the "
+        *([f"- neighbourhood probe {_probe_names(manifest['probe']['file'])} (PatchNet: "
+           f"{cfg.get('probe_frames', 8)} frames {cfg['probe_step_s']:g} s apart of a 32-pixel neighbourhood, the "
            "frame-to-frame changes given explicitly), "
            f"{cfg['probe_epochs']} epochs on the masked frames of the training set"
            + (f" and {cfg['probe_extra_cases']} more "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,11 +22,15 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
                      width: int = 224, height: int = 224, fps: float = 10.0,
                      duration_s: float = 60.0, ranges: SceneRanges | str = "train",
                      cases_per_patient: int = 1, options: OutputOptions | None = None,
+                     only: Sequence[int] | None = None,
                      jobs: int = 1, progress: TextIO | None = None) -> Path:
     """Write ``n_cases`` cases and the dataset index under ``root``; returns ``cases.json``.
 
     Parameters
     ----------
+    only
+        0-based indices of the cases to write, each exactly as the whole set writes it (its
+        seed, ids and dates depend only on ``seed`` and its index); ``None`` writes them all.
     jobs
         Worker processes (1 = in this process).
     progress
@@ -34,6 +39,11 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
     options = options or OutputOptions()
     if jobs < 1:
         raise SynthError(f"jobs must be >= 1, got {jobs}")
+    if only is not None:
+        wrong = sorted({i for i in only if not 0 <= i < n_cases})
+        if wrong or not only:
+            raise SynthError(f"the cases to write must be indices 0-{n_cases - 1} of the "
+                             f"{n_cases}, got {sorted(only) if only else 'none'}")
     root = Path(root)
     if (root / "cases.json").exists() and not options.overwrite:
         raise OutputExistsError(f"{root / 'cases.json'} already exists "
@@ -41,6 +51,8 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
     root.mkdir(parents=True, exist_ok=True)
     specs = plan_cases(n_cases, seed, width=width, height=height, fps=fps,
                        duration_s=duration_s, ranges=ranges, cases_per_patient=cases_per_patient)
+    if only is not None:
+        specs = [s for s in specs if s.index in set(only)]
     if not options.overwrite:
         clash = [s.case_id for s in specs if (root / s.case_id).exists()]
         if clash:
@@ -69,6 +81,8 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
         bar.close()
     settings = {"n_cases": n_cases, "width": width, "height": height, "fps": fps,
                 "duration_s": duration_s, "cases_per_patient": cases_per_patient}
+    if only is not None:
+        settings["only"] = sorted(set(only))
     plan = ranges if isinstance(ranges, SceneRanges) else None
     if plan is not None and plan.video_format is not None:
         settings["per_case_format"] = ("width, height and fps are base values; each case "

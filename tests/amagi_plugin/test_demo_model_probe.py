@@ -26,7 +26,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     from models.patchnet import ProbeEnsemble, load_probe
 
     cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3,
-                              probe_after_end_s=(0.5, 1.0)).quick()
+                              probe_after_end_s=(0.5, 1.0), probe_frames=6).quick()
     assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -43,6 +43,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert isinstance(probe, ProbeEnsemble)
     assert probe.cfg.short_side == build_model(manifest["arch"]).default_cfg.input_size
     assert probe.cfg.step_s == cfg.probe_step_s == 0.3
+    assert probe.cfg.frames == 6 == training["config"]["probe_frames"]
     assert read_checkpoint(dest / second)["meta"]["seed"] == cfg.train_seed_model + 1
     meta = read_checkpoint(dest / PROBE_FILE)["meta"]
     assert meta["seed"] == cfg.train_seed_model
@@ -58,7 +59,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert (f"neighbourhood probe of 2 networks trained alike but for their seeds "
             f"(`{PROBE_FILE}`, `{second}`; it reads the mean of their probabilities)") in readme
     assert "weighs 0.75" in readme
-    assert "(PatchNet: 8 frames 0.3 s apart of a 32-pixel neighbourhood" in readme
+    assert "(PatchNet: 6 frames 0.3 s apart of a 32-pixel neighbourhood" in readme
     assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
     assert "one frame of each positive slid rigidly across the frames as a negative " \
         "(weight 1)" in readme

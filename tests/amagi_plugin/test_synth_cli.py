@@ -232,3 +232,42 @@ def test_vary_format_gives_each_case_its_own_rate_and_size(tmp_path):
     assert code == ExitCode.BAD_INPUT and "frame-rates" in err
     code, _, err = _run(tmp_path, "-od", "bad", *argv[:-5], "--frame-rates", "500")
     assert code == ExitCode.USAGE and "frame_rates" in err
+
+
+def test_only_writes_those_cases_exactly_as_the_whole_set(dataset, tmp_path):
+    """``--only I,...`` writes those cases of the set and no other: each byte for byte as the
+    whole set writes it (labels, video, masks, rawframes; the DICOM video but its creation
+    time), with the same record in
+    ``cases.json`` (but its writing time), which says which were written."""
+    code, out, err = _run(tmp_path, "-od", "one", *ARGS, "--only", "1")
+    assert code == 0, err
+    assert "wrote 1 synthetic case(s)" in out
+    index, whole = _index(tmp_path / "one"), _index(dataset)
+    assert index["settings"]["only"] == [1] and index["settings"]["n_cases"] == 2
+    def record(r: dict) -> dict:  # what the case is, not how long it took to write
+        return {k: v for k, v in r.items() if k != "seconds"}
+    assert [record(r) for r in index["cases"]] == [record(r) for r in whole["cases"][1:]]
+    assert index["patients"] == ["SYN3-0001"]
+    assert not (tmp_path / "one" / "s3_c0000").exists()
+    mine = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one" / "s3_c0001").rglob("*")
+                  if p.is_file())
+    theirs = sorted(p.relative_to(dataset) for p in (dataset / "s3_c0001").rglob("*") if p.is_file())
+    assert mine == theirs and len(mine) > 10
+    for rel in mine:
+        if rel.suffix == ".dcm":  # the same instance, written at another time
+            a, b = pydicom.dcmread(tmp_path / "one" / rel), pydicom.dcmread(dataset / rel)
+            for ds in (a, b):
+                del ds.InstanceCreationDate, ds.InstanceCreationTime
+            assert a == b and a.file_meta == b.file_meta and a.PixelData == b.PixelData, rel
+        else:
+            assert (tmp_path / "one" / rel).read_bytes() == (dataset / rel).read_bytes(), rel
+    assert (tmp_path / "one" / "annotations.txt").read_text() == "".join(
+        line for line in (dataset / "annotations.txt").read_text().splitlines(keepends=True)
+        if line.startswith("s3_c0001"))
+    # indices outside the set, or not integers: one line, nothing written
+    for only, exit_code, says in (("2", ExitCode.USAGE, "indices 0-1 of the 2, got [2]"),
+                                  ("-1,0", ExitCode.USAGE, "got [-1, 0]"),
+                                  ("1.5", ExitCode.USAGE, "expected comma-separated integers")):
+        code, _, err = _run(tmp_path, "-od", "bad", *ARGS, f"--only={only}")
+        assert code == exit_code and says in err, err
+        assert not (tmp_path / "bad").exists()

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import time
 
+from amagi_plugin.cli.commands import comma_numbers
 from amagi_plugin.errors import InputError
 
 
@@ -48,6 +49,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     g.add_argument("--cases", type=int, default=1, metavar="N", help="number of cases")
     g.add_argument("--seed", type=int, default=0, help="dataset seed (case i uses a seed derived "
                    "from (seed, i))")
+    g.add_argument("--only", type=comma_numbers(int), default=None, metavar="I,...",
+                   help="write only these cases of the N (0-based indices), each exactly as "
+                   "the whole set writes it (e.g. to reproduce one case of a set)")
     g.add_argument("--cases-per-patient", type=int, default=1, metavar="N",
                    help="cases sharing one synthetic patient id (for patient-level splits)")
     g.add_argument("--formats", default="dicom,mp4,rawframes",
@@ -144,8 +148,9 @@ def run(args: argparse.Namespace, ctx) -> int:
     index = generate_dataset(root, args.cases, args.seed, width=width, height=height,
                              fps=args.fps, duration_s=args.duration_s, ranges=_ranges(args),
                              cases_per_patient=args.cases_per_patient, options=options,
-                             jobs=args.jobs, progress=None if args.no_progress else ctx.stderr)
+                             only=args.only, jobs=args.jobs, progress=None if args.no_progress else ctx.stderr)
     elapsed = time.perf_counter() - t0
-    ctx.print(f"wrote {args.cases} synthetic case(s) to {root} in {elapsed:.1f} s; "
+    written = args.cases if args.only is None else len(set(args.only))
+    ctx.print(f"wrote {written} synthetic case(s) to {root} in {elapsed:.1f} s; "
               f"index: {index}")
     return 0

@@ -27,6 +27,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+from amagi_plugin.cli.commands import comma_numbers
 from amagi_plugin.errors import InputError
 
 #: ``--arch`` shorthands: small variants on the CPU, the authors' sizes on a GPU.
@@ -34,11 +35,7 @@ ARCH_ALIASES = {"amagi": ("amagi_tiny", "amagi_sf50"),
                 "slowfast": ("slowfast_tiny", "slowfast_r50_amagi")}
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+_floats = comma_numbers(float)
 
 
 def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
@@ -180,7 +177,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     q = tsub.add_parser(
         "probe", parents=parents, help="train a neighbourhood probe at a segmenter's map peaks",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a neighbourhood probe (PatchNet: 8 frames 0.2 s apart of a 32-pixel "
+        description="Train a neighbourhood probe (PatchNet: 8 frames (--frames) 0.2 s apart of a 32-pixel "
         "neighbourhood) on an 'amagi synth --formats rawframes' set: at each masked frame, "
         "neighbourhoods at the bleeding and at the segmenter's highest map peaks (the map's "
         "false peaks are its negatives). Name the written file as the model's 'probe' in its "
@@ -198,7 +195,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     q.add_argument("--epochs", type=int, default=8)
     q.add_argument("--candidates", type=int, default=8, help="map peaks looked at per frame")
     q.add_argument("--step-s", type=float, default=0.2, metavar="S",
-                   help="seconds between the probe's 8 frames (its span is 7 steps)")
+                   help="seconds between the probe's frames (its span is frames - 1 steps)")
+    q.add_argument("--frames", type=int, default=8, metavar="N",
+                   help="frames the probe reads around each instant (at least 2)")
     q.add_argument("--align", action="store_true",
                    help="the probe first shifts each frame of a neighbourhood onto the middle "
                    "one (the neighbourhood's own motion, found by phase correlation), so that "
@@ -491,7 +490,7 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
 
     net, meta = fit_probe([ctx.cwd / d for d in args.data], args.arch, ctx.cwd / args.seg_checkpoint,
                           epochs=args.epochs, candidates=args.candidates, step_s=args.step_s,
-                          align=args.align, rand_neg=args.rand_neg,
+                          frames=args.frames, align=args.align, rand_neg=args.rand_neg,
                           extra_pos=args.extra_pos, look_jitter=args.look_jitter,
                           reversed_negatives=args.reversed_negatives,
                           sliding_negatives=args.sliding_negatives,
