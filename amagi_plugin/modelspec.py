@@ -11,13 +11,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amagi_plugin.analysis import OperatingPoint
 from amagi_plugin.config import ModelConfig
 from amagi_plugin.errors import InputError
-from amagi_plugin.probing import ProbeUse
 from dicom_io.results import DEMO_DISCLAIMER, WeightsKind
+
+if TYPE_CHECKING:  # imported where it is used: it brings torch, which no CLI start needs
+    from amagi_plugin.probing import ProbeUse
 
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "weights" / "demo"
@@ -105,6 +107,8 @@ def manifest_probe(entry: Mapping[str, Any], directory: Path
     malformed entry or a missing file is an :class:`InputError`."""
     if entry.get("probe") is None:
         return (), None
+    from amagi_plugin.probing import ProbeUse
+
     where = directory / "model.json"
     try:
         names, use = ProbeUse.from_json(entry["probe"])
