@@ -44,6 +44,7 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
         if wrong or not only:
             raise SynthError(f"the cases to write must be indices 0-{n_cases - 1} of the "
                              f"{n_cases}, got {sorted(only) if only else 'none'}")
+        only = sorted(set(only))
     root = Path(root)
     if (root / "cases.json").exists() and not options.overwrite:
         raise OutputExistsError(f"{root / 'cases.json'} already exists "
@@ -52,7 +53,7 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
     specs = plan_cases(n_cases, seed, width=width, height=height, fps=fps,
                        duration_s=duration_s, ranges=ranges, cases_per_patient=cases_per_patient)
     if only is not None:
-        specs = [s for s in specs if s.index in set(only)]
+        specs = [s for s in specs if s.index in only]
     if not options.overwrite:
         clash = [s.case_id for s in specs if (root / s.case_id).exists()]
         if clash:
@@ -82,7 +83,7 @@ def generate_dataset(root: str | os.PathLike[str], n_cases: int, seed: int, *,
     settings = {"n_cases": n_cases, "width": width, "height": height, "fps": fps,
                 "duration_s": duration_s, "cases_per_patient": cases_per_patient}
     if only is not None:
-        settings["only"] = sorted(set(only))
+        settings["only"] = only
     plan = ranges if isinstance(ranges, SceneRanges) else None
     if plan is not None and plan.video_format is not None:
         settings["per_case_format"] = ("width, height and fps are base values; each case "
