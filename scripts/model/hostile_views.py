@@ -14,7 +14,8 @@ the view changes:
   backwards, so blood recedes instead of spreading.
 
 Each video (H.264, the case's frame rate and size) goes through ``amagi process`` as a
-user runs it, and the table gives the events it reports and their total duration. Nothing
+user runs it, and the table gives the events it reports, their total duration and the
+highest probability (``predictions.csv``). Nothing
 in the first four flows, so every event there is a false alarm.
 
 Run: ``python scripts/model/hostile_views.py DATA_DIR OUT_DIR [--seconds 30]
@@ -24,22 +25,23 @@ Run: ``python scripts/model/hostile_views.py DATA_DIR OUT_DIR [--seconds 30]
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
+from dicom_io.encode import encode_video
 from dicom_io.video import open_video
 
 KINDS = ("still", "pan", "zoom", "flicker")
 
 
-def source_frame(case: Path) -> tuple[np.ndarray, float, list[np.ndarray] | None]:
+def source_frame(case: Path) -> tuple[np.ndarray, float, list[np.ndarray]]:
     """The frame at the end of the case's largest event, the frame rate, and every frame
     (for ``reverse``)."""
     labels = json.loads((case / "labels.json").read_text())
@@ -71,25 +73,13 @@ def view(frame: np.ndarray, kind: str, t: float, rng: np.random.Generator) -> np
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def encode(frames, path: Path, fps: float) -> None:
-    frames = iter(frames)
-    first = next(frames)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=round(fps))
-        stream.height, stream.width = first.shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast"}
-        for rgb in (first, *frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
-def process(video: Path, out: Path, extra: list[str]) -> dict:
+def process(video: Path, out: Path, extra: list[str]) -> tuple[dict, float]:
+    """``amagi process``'s summary of ``video`` and its highest (fused) probability."""
     subprocess.run([sys.executable, "-m", "amagi_plugin", "process", str(video), "-od",
                     str(out), "--no-progress", *extra], check=True)
-    return json.loads((out / "summary.json").read_text())
+    with open(out / "predictions.csv", newline="") as fh:
+        highest = max(float(row["bleeding_probability"]) for row in csv.DictReader(fh))
+    return json.loads((out / "summary.json").read_text()), highest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cases = sorted(p.parent for p in args.data.glob("*/labels.json"))
     cases = cases[:args.cases] if args.cases else cases
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in cases:
         frame, fps, frames = source_frame(case)
@@ -109,25 +100,22 @@ def main(argv: list[str] | None = None) -> int:
         n = round(args.seconds * fps)
         for kind in (*KINDS, "reverse"):
             path = args.out / f"{case.name}_{kind}.mp4"
-            args.out.mkdir(parents=True, exist_ok=True)
-            if kind == "reverse":
-                encode(reversed(frames), path, fps)
-            else:
-                encode((view(frame, kind, k / fps, rng) for k in range(n)), path, fps)
-            doc = process(path, args.out / f"{case.name}_{kind}", args.extra)
+            encode_video(reversed(frames) if kind == "reverse" else
+                         (view(frame, kind, k / fps, rng) for k in range(n)), path, fps, crf=20)
+            doc, highest = process(path, args.out / f"{case.name}_{kind}", args.extra)
             rows.append((case.name, kind, doc["duration_s"], doc["event_count"],
-                         doc["total_bleeding_s"],
-                         max((e["peak_probability"] for e in doc["events"]), default=None)))
+                         doc["total_bleeding_s"], highest))
             print(*rows[-1], sep="\t", flush=True)
-    print("\n| case | view | video s | events | bleeding s | highest peak |")
+    print("\n| case | view | video s | events | bleeding s | highest probability |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print("| " + " | ".join("-" if v is None else f"{v:.2f}" if isinstance(v, float)
-                                else str(v) for v in r) + " |")
+        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r)
+              + " |")
     alarms = sum(r[3] for r in rows if r[1] in KINDS)
     hours = sum(r[2] for r in rows if r[1] in KINDS) / 3600
-    print(f"\nfalse alarms in the bleeding-free views: {alarms} in {hours * 60:.1f} min "
-          f"({alarms / hours:.1f} per hour)" if hours else "")
+    if hours:
+        print(f"\nfalse alarms in the bleeding-free views: {alarms} in {hours * 60:.1f} min "
+              f"({alarms / hours:.1f} per hour)")
     return 0
 
 
