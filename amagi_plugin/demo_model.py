@@ -110,6 +110,9 @@ class DemoConfig:
     # one frame of each positive slid rigidly across the frames, as a negative of this weight
     # (amagi train probe --sliding-negatives; 0 = none)
     probe_sliding_negatives: float = 0.0
+    # one frame of each positive held under a zooming view and drifting light, as a negative
+    # of this weight (amagi train probe --view-negatives; 0 = none)
+    probe_view_negatives: float = 0.0
     # the frames these seconds after each bleeding's end read too, every map peak there a
     # negative: the blood it left (amagi train probe --after-end-negatives; () = none)
     probe_after_end_s: tuple[float, ...] = ()
@@ -605,6 +608,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                   "--step-s", str(cfg.probe_step_s), "--frames", str(cfg.probe_frames),
                   "--look-jitter", str(cfg.probe_look_jitter),
                   "--sliding-negatives", str(cfg.probe_sliding_negatives),
+                  "--view-negatives", str(cfg.probe_view_negatives),
                   *(["--after-end-negatives", ",".join(map(str, cfg.probe_after_end_s))]
                     if cfg.probe_after_end_s else []),
                   "--seed", str(cfg.train_seed_model + k),
@@ -770,6 +774,9 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            + (f", and one frame of each positive slid rigidly across the frames as a "
               f"negative (weight {cfg['probe_sliding_negatives']:g})"
               if cfg.get("probe_sliding_negatives") else "")
+           + (", and one frame of each positive held while the view zooms (up to ×1.35) and "
+              f"the light drifts (up to ×1.3) as a negative (weight "
+              f"{cfg['probe_view_negatives']:g})" if cfg.get("probe_view_negatives") else "")
            + (", and every map peak of the frames "
               + ", ".join(f"{v:g}" for v in cfg["probe_after_end_s"])
               + " s after each bleeding's end (where none is active) as a negative: the "

@@ -201,7 +201,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               frames: int | None = None, align: bool = False, rand_neg: int = 0, extra_pos: int = 0,
               after_end_s: Sequence[float] = (), look_jitter: float | None = None,
               reversed_negatives: float = 0.0,
-              sliding_negatives: float = 0.0, seed: int = 0, threads: int | None = None,
+              sliding_negatives: float = 0.0, view_negatives: float = 0.0, seed: int = 0,
+              threads: int | None = None,
               device: str = "cpu", input_size: int | None = None,
               progress: Callable[[str], None] | None = None) -> tuple[PatchNet, dict[str, Any]]:
     """A probe trained on the rawframes sets ``data`` (pooled) at the map peaks of ``arch``'s
@@ -240,7 +241,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
              if v is not None}
     try:  # the settings before the data: a typo costs no reading
         tcfg = PatchTrainConfig(seed=seed, architecture=cfg, reversed_negatives=reversed_negatives,
-                                sliding_negatives=sliding_negatives, **given)
+                                sliding_negatives=sliding_negatives,
+                                view_negatives=view_negatives, **given)
     except ModelError as e:
         raise InputError(str(e)) from None
     analyzer = probe_analyzer(model, PatchNet(cfg), device)
@@ -277,6 +279,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
             "epochs": tcfg.epochs, "look_jitter": tcfg.look_jitter, "lr": tcfg.lr,
             "reversed_negatives": tcfg.reversed_negatives,
             "sliding_negatives": tcfg.sliding_negatives,
+            "view_negatives": tcfg.view_negatives,
             "after_end_s": list(after_end_s),
             "batch": tcfg.batch, "seed": seed,
             "losses": [round(v, 4) for v in result.losses],

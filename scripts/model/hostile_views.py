@@ -82,14 +82,23 @@ def process(video: Path, out: Path, extra: list[str]) -> tuple[dict, float]:
     return json.loads((out / "summary.json").read_text()), highest
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The script's own arguments, and everything after ``--`` as ``extra`` (handed to
+    ``amagi process`` unread: argparse alone would refuse its options)."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="after --: more amagi process arguments")
     ap.add_argument("data", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--cases", type=int, default=0, help="first N cases (0: all)")
-    ap.add_argument("extra", nargs="*", help="after --: more amagi process arguments")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     cases = sorted(p.parent for p in args.data.glob("*/labels.json"))
     cases = cases[:args.cases] if args.cases else cases
     args.out.mkdir(parents=True, exist_ok=True)

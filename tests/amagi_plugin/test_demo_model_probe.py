@@ -19,14 +19,17 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     model.json with their weight, read as one (their mean probability), calibrated and
     evaluated with (the operating point is the fused probability's), described in the
     README; an earlier build's weights that it does not name are removed from the folder;
-    a rerun redoes nothing."""
+    a rerun redoes nothing. Only the first held-out set is evaluated: the bleeding-free and
+    shifted sets are the plain build's test's (they cost this test a minute)."""
     from amagi_plugin.demo_model import PROBE_FILE, DemoConfig, build_demo
     from models import build_model
     from models.checkpoint import read_checkpoint
     from models.patchnet import ProbeEnsemble, load_probe
 
     cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3,
-                              probe_after_end_s=(0.5, 1.0), probe_frames=6).quick()
+                              probe_view_negatives=0.5,
+                              probe_after_end_s=(0.5, 1.0), probe_frames=6,
+                              static_cases=0, shifted_cases=0).quick()
     assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -50,10 +53,11 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert meta["seg_checkpoint"] == str(tmp_path / "work" / "seg" / "latest.pth")
     # the training set and the probe's own extra case
     assert meta["extraction"]["cases"] == cfg.train_cases + 1 and meta["epochs"] == 1
-    assert meta["sliding_negatives"] == 1.0 and meta["reversed_negatives"] == 0.0
+    assert (meta["sliding_negatives"], meta["reversed_negatives"], meta["view_negatives"]) \
+        == (1.0, 0.0, 0.5)
     assert meta["after_end_s"] == [0.5, 1.0] == training["config"]["probe_after_end_s"]
     assert [Path(d).name for d in meta["extraction"]["data"]] == ["train", "probe-extra"]
-    assert training["seconds"]["probe"] is not None
+    assert training["seconds"]["probe"] is not None and not training["other_eval_data"]
     assert "operating_point" in manifest and "calibration" in training
     readme = (dest / "README.md").read_text()
     assert (f"neighbourhood probe of 2 networks trained alike but for their seeds "
@@ -63,6 +67,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
     assert "one frame of each positive slid rigidly across the frames as a negative " \
         "(weight 1)" in readme
+    assert "and one frame of each positive held while the view zooms (up to ×1.35) and the " \
+        "light drifts (up to ×1.3) as a negative (weight 0.5)" in readme
     assert "and every map peak of the frames 0.5, 1 s after each bleeding's end (where none " \
         "is active) as a negative: the blood it left" in readme
     before = {p.name: p.read_bytes() for p in dest.iterdir()}

@@ -474,7 +474,8 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                           "--input-size", "64", "--seg-checkpoint", "seg/latest.pth",
                           "-o", "pr/probe.pth", "--epochs", "1", "--candidates", "4",
                           "--rand-neg", "1", "--reversed-negatives", "0.5",
-                          "--sliding-negatives", "0.25", "--after-end-negatives", "0.5,1",
+                          "--sliding-negatives", "0.25", "--view-negatives", "0.75",
+                          "--after-end-negatives", "0.5,1",
                           "--frames", "6", "--align")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
@@ -485,7 +486,8 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     meta = read_checkpoint(trained / "pr" / "probe.pth")["meta"]
     assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
         meta["extraction"]["neighbourhoods"]
-    assert (meta["reversed_negatives"], meta["sliding_negatives"]) == (0.5, 0.25)
+    assert (meta["reversed_negatives"], meta["sliding_negatives"], meta["view_negatives"]) \
+        == (0.5, 0.25, 0.75)
     assert meta["after_end_s"] == meta["extraction"]["sets"][0]["after_end_s"] == [0.5, 1.0]
 
     manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",

@@ -41,3 +41,12 @@ def test_views_change_only_what_they_name() -> None:
     bright, dark = (hv.view(frame, "flicker", t, rng) for t in (0.25, 0.75))
     assert bright[0, 0].mean() > 145 and dark[0, 0].mean() < 95
 
+
+
+def test_arguments_after_the_double_dash_go_to_amagi_process() -> None:
+    """As the docstring says to run it: ``-- --model-dir DIR`` is handed on, not refused."""
+    hv = load_script(SCRIPT)
+    args = hv.parse(["data", "out", "--cases", "4", "--", "--model-dir", "m", "--threads", "1"])
+    assert (str(args.data), str(args.out), args.cases) == ("data", "out", 4)
+    assert args.extra == ["--model-dir", "m", "--threads", "1"]
+    assert hv.parse(["data", "out"]).extra == []

@@ -214,6 +214,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     q.add_argument("--sliding-negatives", type=float, default=0.0, metavar="W",
                    help="one frame of each positive slid rigidly across the frames (red that "
                    "moves without growing) as a negative of this weight (0: none)")
+    q.add_argument("--view-negatives", type=float, default=0.0, metavar="W",
+                   help="one frame of each positive held while the view zooms (up to x1.35) "
+                   "and the light drifts (up to x1.3) across the frames (red that grows only "
+                   "because the camera comes closer) as a negative of this weight (0: none)")
     q.add_argument("--after-end-negatives", type=_floats, default=(), metavar="S,...",
                    help="also read the frames these seconds after each bleeding's end (where "
                    "none is active): every map peak there is a negative, most often the "
@@ -494,6 +498,7 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
                           extra_pos=args.extra_pos, look_jitter=args.look_jitter,
                           reversed_negatives=args.reversed_negatives,
                           sliding_negatives=args.sliding_negatives,
+                          view_negatives=args.view_negatives,
                           after_end_s=args.after_end_negatives, seed=args.seed,
                           threads=args.threads, device=resolve_device(args.device),
                           input_size=args.input_size,
