@@ -117,9 +117,8 @@ def view(frame: torch.Tensor, steps: int, zoom: float, gain: float,
     (bilinear, edges mirrored, clipped to 0-255)."""
     if zoom <= 0 or gain <= 0:
         raise ValueError(f"zoom and gain must be > 0, got {zoom} and {gain}")
-    u = torch.linspace(-0.5, 0.5, steps, dtype=torch.float64) if steps > 1 \
-        else torch.zeros(1, dtype=torch.float64)
-    u = u - u[steps // 2]  # the middle step sees the frame as it is
+    u = torch.linspace(-0.5, 0.5, steps, dtype=torch.float64)
+    u = u - u[steps // 2]  # the middle step sees the frame as it is (one step: u = 0)
     scale = torch.as_tensor(zoom, dtype=torch.float64) ** u
     cy, cx = centre
     theta = torch.zeros(steps, 2, 3, dtype=torch.float64)
