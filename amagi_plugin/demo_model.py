@@ -106,6 +106,7 @@ class DemoConfig:
     probe_candidates: int = 8
     probe_step_s: float = 0.2  # seconds between the probe's frames (amagi train probe --step-s)
     probe_frames: int = 8  # frames it reads around each instant (amagi train probe --frames)
+    probe_pool: str = "avg"  # how it pools its feature map (amagi train probe --pool)
     probe_look_jitter: float = 1.0
     # one frame of each positive slid rigidly across the frames, as a negative of this weight
     # (amagi train probe --sliding-negatives; 0 = none)
@@ -606,6 +607,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                   "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
                   "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
                   "--step-s", str(cfg.probe_step_s), "--frames", str(cfg.probe_frames),
+                  "--pool", cfg.probe_pool,
                   "--look-jitter", str(cfg.probe_look_jitter),
                   "--sliding-negatives", str(cfg.probe_sliding_negatives),
                   "--view-negatives", str(cfg.probe_view_negatives),
@@ -692,6 +694,11 @@ def _pathway_dropout(arch: str) -> float | None:
     return spec.pathway_dropout if spec.map_evidence else None
 
 
+#: the build README's words for a probe's pooling (models.patchnet.PatchNetConfig.pool)
+_POOL_WORDS = {"avg": "its mean", "max": "its largest value per channel",
+               "avgmax": "its mean and its largest value per channel side by side"}
+
+
 def _probe_names(files: str | list[str]) -> str:
     """The README's name of a model.json probe entry's ``file`` (one name or several)."""
     if isinstance(files, str):
@@ -760,7 +767,9 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            f"{1 - dropped:.0%}"] if dropped is not None else []),
         *([f"- neighbourhood probe {_probe_names(manifest['probe']['file'])} (PatchNet: "
            f"{cfg.get('probe_frames', 8)} frames {cfg['probe_step_s']:g} s apart of a 32-pixel neighbourhood, the "
-           "frame-to-frame changes given explicitly), "
+           "frame-to-frame changes given explicitly"
+           + (f", its feature map pooled by {_POOL_WORDS[cfg['probe_pool']]}"
+              if cfg.get("probe_pool", "avg") != "avg" else "") + "), "
            f"{cfg['probe_epochs']} epochs on the masked frames of the training set"
            + (f" and {cfg['probe_extra_cases']} more "
               f"{'case' if cfg['probe_extra_cases'] == 1 else 'cases'} of its domain (`--seed "

@@ -198,7 +198,8 @@ def _mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
 def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               epochs: int | None = None,
               candidates: int | None = None, step_s: float | None = None,
-              frames: int | None = None, align: bool = False, rand_neg: int = 0, extra_pos: int = 0,
+              frames: int | None = None, align: bool = False, pool: str = "avg",
+              rand_neg: int = 0, extra_pos: int = 0,
               after_end_s: Sequence[float] = (), look_jitter: float | None = None,
               reversed_negatives: float = 0.0,
               sliding_negatives: float = 0.0, view_negatives: float = 0.0, seed: int = 0,
@@ -234,7 +235,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
     shape = {k: v for k, v in (("candidates", candidates), ("step_s", step_s), ("frames", frames))
              if v is not None}
     try:
-        cfg = PatchNetConfig(short_side=model.default_cfg.input_size, align=align, **shape)
+        cfg = PatchNetConfig(short_side=model.default_cfg.input_size, align=align, pool=pool,
+                             **shape)
     except ModelConfigError as e:
         raise InputError(str(e)) from None
     given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))

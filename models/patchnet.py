@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ __all__ = ["PatchNet", "PatchNetConfig", "ProbeEnsemble", "ProbeNet", "load_patc
            "save_patchnet"]
 
 ARCH = "patchnet"
+#: PatchNetConfig.pool's choices
+POOLS = ("avg", "max", "avgmax")
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,15 @@ class PatchNetConfig:
     #: ``max_shift`` px on each axis
     align: bool = False
     max_shift: float = 8.0
+    #: how the body's feature map becomes one vector (:data:`POOLS`): ``avg`` its mean;
+    #: ``max`` its largest value per channel; ``avgmax`` both side by side, so a source of
+    #: a few pixels that fills one or two of its cells is not averaged away (session 37)
+    pool: str = "avg"
 
     def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ModelConfigError(f"PatchNet pool must be one of {', '.join(POOLS)}, "
+                                   f"got {self.pool!r}")
         if self.frames < 2 or self.crop < 4 or self.width < 1 or self.candidates < 1:
             raise ModelConfigError(f"PatchNet needs frames >= 2, crop >= 4, width >= 1 and "
                                    f"candidates >= 1, got {self}")
@@ -109,7 +119,7 @@ class PatchNet(nn.Module):
         self.body = nn.Sequential(block(channels, w, 1), block(w, w, 1),
                                   block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
                                   block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 1))
-        self.fc = nn.Linear(4 * w, 1)
+        self.fc = nn.Linear(4 * w * (2 if cfg.pool == "avgmax" else 1), 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, frames, 3, H, W)`` on 0-255 → body features ``(N, 4·width, H/4, W/4)``."""
@@ -139,7 +149,18 @@ class PatchNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, frames, 3, crop, crop)`` → ``(N,)`` logits."""
-        return self.fc(self.features(x).mean((2, 3)))[:, 0]
+        z = self.features(x)
+        return self.fc(self._pooled(F.adaptive_avg_pool2d, F.adaptive_max_pool2d, z, 1)
+                       .flatten(1))[:, 0]
+
+    def _pooled(self, avg, mx, z: torch.Tensor, size: int) -> torch.Tensor:
+        """``z`` pooled as :attr:`PatchNetConfig.pool` says with ``avg(z, size)`` /
+        ``mx(z, size)`` (channels of both side by side for ``avgmax``)."""
+        if self.cfg.pool == "avg":
+            return avg(z, size)
+        if self.cfg.pool == "max":
+            return mx(z, size)
+        return torch.cat([avg(z, size), mx(z, size)], 1)
 
     def dense(self, stack: torch.Tensor) -> torch.Tensor:
         """``(frames, 3, H, W)`` (H, W ≥ crop) → logits ``(H', W')`` of every ``crop``
@@ -149,7 +170,8 @@ class PatchNet(nn.Module):
             raise ModelConfigError("an aligning probe shifts each window by its own motion: "
                                    "it scores windows one at a time, not densely")
         z = self.features(stack[None])
-        z = F.avg_pool2d(z, self.cfg.crop // self.STRIDE, 1)
+        z = self._pooled(partial(F.avg_pool2d, stride=1), partial(F.max_pool2d, stride=1), z,
+                         self.cfg.crop // self.STRIDE)
         return torch.einsum("nchw,c->nhw", z, self.fc.weight[0])[0] + self.fc.bias[0]
 
 

@@ -29,6 +29,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3,
                               probe_view_negatives=0.5,
                               probe_after_end_s=(0.5, 1.0), probe_frames=6,
+                              probe_pool="avgmax",
                               static_cases=0, shifted_cases=0).quick()
     assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
     dest = tmp_path / "dest"
@@ -47,6 +48,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert probe.cfg.short_side == build_model(manifest["arch"]).default_cfg.input_size
     assert probe.cfg.step_s == cfg.probe_step_s == 0.3
     assert probe.cfg.frames == 6 == training["config"]["probe_frames"]
+    assert probe.cfg.pool == "avgmax" == training["config"]["probe_pool"]
     assert read_checkpoint(dest / second)["meta"]["seed"] == cfg.train_seed_model + 1
     meta = read_checkpoint(dest / PROBE_FILE)["meta"]
     assert meta["seed"] == cfg.train_seed_model
@@ -64,6 +66,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
             f"(`{PROBE_FILE}`, `{second}`; it reads the mean of their probabilities)") in readme
     assert "weighs 0.75" in readme
     assert "(PatchNet: 6 frames 0.3 s apart of a 32-pixel neighbourhood" in readme
+    assert "given explicitly, its feature map pooled by its mean and its largest value per " \
+        "channel side by side), 1 epochs" in readme
     assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
     assert "one frame of each positive slid rigidly across the frames as a negative " \
         "(weight 1)" in readme

@@ -460,8 +460,8 @@ def test_calibrate_pools_folders_and_bounds_alarms_on_bleeding_free_ones(trained
 
 def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: Path) -> None:
     """``amagi train probe`` fits a neighbourhood probe where the segmenter's map peaks (here
-    one that aligns each neighbourhood's 6 frames first); named in model.json, 'amagi
-    evaluate' (and so process and serve) reads the clip network's probabilities fused with
+    one that aligns each neighbourhood's 6 frames first and max-pools its features); named in
+    model.json, 'amagi evaluate' (and so process and serve) reads the clip network's probabilities fused with
     it: the same as fusing, by hand, the evaluation without the probe with the probe's
     scores computed on the decoded video."""
     from amagi_plugin.evaluation.cases import load_cases
@@ -476,13 +476,13 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                           "--rand-neg", "1", "--reversed-negatives", "0.5",
                           "--sliding-negatives", "0.25", "--view-negatives", "0.75",
                           "--after-end-negatives", "0.5,1",
-                          "--frames", "6", "--align")
+                          "--frames", "6", "--align", "--pool", "max")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
     assert "extract train: 2/2 cases" in err and "train: epoch 1/1" in err
     probe = load_patchnet(trained / "pr" / "probe.pth")
-    assert (probe.cfg.candidates, probe.cfg.short_side, probe.cfg.align, probe.cfg.frames) == \
-        (4, 64, True, 6)
+    assert (probe.cfg.candidates, probe.cfg.short_side, probe.cfg.align, probe.cfg.frames,
+            probe.cfg.pool) == (4, 64, True, 6, "max")
     meta = read_checkpoint(trained / "pr" / "probe.pth")["meta"]
     assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
         meta["extraction"]["neighbourhoods"]
@@ -545,6 +545,8 @@ def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
               "--step-s", "0"], "PatchNet needs step_s > 0"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
               "--frames", "1"], "PatchNet needs frames >= 2"),
+            (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
+              "--pool", "sum"], "pool must be one of avg, max, avgmax, got 'sum'"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--seg-checkpoint", "nothing.pth",
               "--after-end-negatives", "1,-2"], "finite and > 0, got [1.0, -2.0]")):
         code, _, err = _run(trained, "train", "probe", *argv, "-o", "p.pth")

@@ -202,6 +202,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="the probe first shifts each frame of a neighbourhood onto the middle "
                    "one (the neighbourhood's own motion, found by phase correlation), so that "
                    "what moves with the view shows no change")
+    q.add_argument("--pool", default="avg", metavar="{avg,max,avgmax}",
+                   help="how the probe pools its feature map: avg (its mean), max (its largest "
+                   "value), or avgmax (both), so that a source of a few pixels is not averaged "
+                   "away")
     q.add_argument("--rand-neg", type=int, default=0,
                    help="random negatives away from bleeding per masked frame")
     q.add_argument("--extra-pos", type=int, default=0,
@@ -494,7 +498,8 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
 
     net, meta = fit_probe([ctx.cwd / d for d in args.data], args.arch, ctx.cwd / args.seg_checkpoint,
                           epochs=args.epochs, candidates=args.candidates, step_s=args.step_s,
-                          frames=args.frames, align=args.align, rand_neg=args.rand_neg,
+                          frames=args.frames, align=args.align, pool=args.pool,
+                          rand_neg=args.rand_neg,
                           extra_pos=args.extra_pos, look_jitter=args.look_jitter,
                           reversed_negatives=args.reversed_negatives,
                           sliding_negatives=args.sliding_negatives,
