@@ -1,0 +1,159 @@
+"""Is a model's neighbourhood probe limited by where it looks, or by what it sees there?
+
+For each masked frame with active bleeding of ``amagi synth`` sets (case folders with
+``labels.json``, ``masks/`` and ``video.dcm``), binned by the bleeding's visible size in
+pixels at the model's scale:
+
+- ``hit``: the share of frames where one of the segmentation map's ``candidates`` highest
+  peaks (the places analysis gives the probe) lies within 3 px of the bleeding;
+- ``at places``: the probe's highest probability over those places, as analysis reads it
+  (raw, before the 1 s mean and the fusion);
+- ``at source``: its probability centred on the bleeding itself (the mask pixel nearest the
+  mask's centroid): what it would read if it always looked in the right place.
+
+A last row gives ``at places`` on the masked frames where no bleeding is active: the level
+the bleeding has to rise above.
+
+Where ``at source`` is high and ``hit`` low, better places would help; where ``at source``
+is low, the probe does not recognise that bleeding even when pointed at it. Session 37
+(``models/weights/demo/heldout-looks/README.md``) measured the second for sources under
+11 px.
+
+Run: ``python scripts/model/probe_at_source.py DATA [DATA ...] [--model-dir DIR]`` (the
+bundled demo model by default; a ``model.json`` folder whose model has a probe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
+from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+from amagi_plugin.probing import probe_frames
+from amagi_plugin.runtime import load_analyzer
+from dicom_io.video import open_video
+
+#: visible-size bins (pixels at the model's scale), lower bounds inclusive
+BINS = ((1, 10), (11, 30), (31, 100), (101, None))
+NEAR_PX = 3
+
+
+def source_point(mask: np.ndarray) -> tuple[int, int]:
+    """The mask pixel nearest the mask's centroid (on the bleeding even when it is a ring
+    or a bent stream)."""
+    ys, xs = np.nonzero(mask)
+    j = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+    return int(ys[j]), int(xs[j])
+
+
+def near(mask: np.ndarray, places: Iterable[tuple[int, int]], px: int = NEAR_PX) -> bool:
+    """Whether any ``(y, x)`` lies within ``px`` pixels (Chebyshev) of the mask."""
+    h, w = mask.shape
+    return any(mask[max(0, y - px):min(h, y + px + 1), max(0, x - px):min(w, x + px + 1)].any()
+               for y, x in places)
+
+
+def size_bin(px: int) -> str:
+    for lo, hi in BINS:
+        if px >= lo and (hi is None or px <= hi):
+            return f"{lo}-{hi} px" if hi is not None else f">= {lo} px"
+    raise ValueError(f"no bin for {px} px")
+
+
+def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
+    """One row per masked frame of ``case`` (``px`` 0 where no bleeding is active; then
+    ``hit`` and ``at_source`` are ``None``)."""
+    probe, geo = analyzer.probe, analyzer.map_geometry
+    labels = json.loads((case / "labels.json").read_text())
+    masked = list(labels.get("masks") or [])
+    if not masked:
+        return []
+    video = open_video(case / "video.dcm")
+    schedule = analyzer.schedule_for(video)
+    n, fps = video.frame_count, video.fps
+
+    def window(i: int) -> list[int]:
+        return schedule.window(i, analyzer.seg_frames)
+
+    targets = [int(m["frame"]) for m in masked]
+    wanted = sorted({f for t in targets for f in (*window(t), *probe_frames(t, n, fps,
+                                                                           probe.cfg))})
+    frames = {i: geo.frame(rgb) for i, _t, rgb in video.frames(wanted[0], wanted[-1] + 1,
+                                                                 wanted=wanted)}
+    found = probe.places(frames, targets, window)
+    shape = frames[targets[0]].shape[-2:]
+    rows = []
+    for m, t, places in zip(masked, targets, found, strict=True):
+        img = Image.open(case / m["mask"])
+        if img.size != (shape[1], shape[0]):
+            img = img.resize((shape[1], shape[0]), Image.NEAREST)
+        mask = np.asarray(img) > 0
+        at_places = probe.scores_at(frames, [t], [places], n, fps)[0]
+        if not mask.any():
+            rows.append({"case": case.name, "frame": t, "px": 0, "hit": None,
+                         "at_places": float(at_places), "at_source": None})
+            continue
+        at_source = probe.scores_at(frames, [t], [[(*source_point(mask), 1.0)]], n, fps)[0]
+        rows.append({"case": case.name, "frame": t, "px": int(mask.sum()),
+                     "hit": near(mask, [(y, x) for y, x, _v in places]),
+                     "at_places": float(at_places), "at_source": float(at_source)})
+    return rows
+
+
+def table(rows: Sequence[dict]) -> str:
+    """The rows pooled by :data:`BINS`, in all, and where no bleeding is active, as a
+    Markdown table."""
+    out = ["| visible size | frames | hit | at places (mean) | at source (mean) | "
+           "at source (median) |", "|---|---|---|---|---|---|"]
+    active = [r for r in rows if r["px"] > 0]
+    groups = [(size_bin(lo), [r for r in active if size_bin(r["px"]) == size_bin(lo)])
+              for lo, _hi in BINS] + [("all active", active)]
+    for name, sel in groups:
+        if not sel:
+            continue
+        src = np.array([r["at_source"] for r in sel])
+        out.append(f"| {name} | {len(sel)} | {np.mean([r['hit'] for r in sel]):.2f} | "
+                   f"{np.mean([r['at_places'] for r in sel]):.2f} | {src.mean():.2f} | "
+                   f"{np.median(src):.2f} |")
+    idle = [r["at_places"] for r in rows if r["px"] == 0]
+    if idle:
+        out.append(f"| none active | {len(idle)} | | {np.mean(idle):.2f} | | |")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", nargs="+", type=Path, help="amagi synth sets (labels, masks, video)")
+    ap.add_argument("--model-dir", type=Path, default=DEMO_DIR,
+                    help="a model.json folder whose model has a probe (default: the bundled)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = [s for s in model_dir_specs(args.model_dir)[0] if s.probe]
+    if not specs:
+        print(f"error: {args.model_dir}/model.json names no probe", file=sys.stderr)
+        return 2
+    analyzer = load_analyzer(specs[-1], AnalysisOptions())
+    rows = []
+    for root in args.data:
+        for case in sorted(p.parent for p in root.glob("*/labels.json")):
+            rows += measure(analyzer, case)
+    if not any(r["px"] for r in rows):
+        print("error: no masked frame with active bleeding in " + ", ".join(map(str, args.data)),
+              file=sys.stderr)
+        return 2
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
