@@ -311,6 +311,10 @@ class ModelConfig:
     name: str = _opt("demo", "Model: 'demo' (bundled, synthetic-data demo) or a named architecture")
     checkpoint: Path | None = _opt(None, "Checkpoint file (.pth) for the model; empty: the "
                                    "bundled demo weights")
+    folder: Path | None = _opt(None, "A model folder to run instead of the bundled demo: its "
+                            "model.json names the checkpoint, operating point and probe (a "
+                            "'make demo-model DEST=...' build, or one written as the bundled "
+                            "one is); empty: the bundled demo")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     prediction_hz: float = _opt(10.0, "Predictions per second of video (the authors: 10)",
                                 _check_positive)

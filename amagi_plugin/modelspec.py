@@ -123,6 +123,9 @@ def manifest_probe(entry: Mapping[str, Any], directory: Path
 
 def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
     """Turn ``[model]`` configuration into a :class:`ModelSpec` (checks files exist)."""
+    if cfg.folder and cfg.checkpoint:
+        raise InputError("model.folder and model.checkpoint are both set: a model folder's "
+                         "model.json names its own checkpoint; set one of them")
     if cfg.checkpoint:
         path = Path(cfg.checkpoint).expanduser()
         if not path.is_file():
@@ -133,7 +136,11 @@ def resolve_model(cfg: ModelConfig, demo_dir: Path = DEMO_DIR) -> ModelSpec:
         return checkpoint_spec(cfg.name, cfg.name, path)
     if cfg.name != DEMO_NAME:
         raise InputError(f"model.name is {cfg.name!r} but no model.checkpoint is configured; "
-                         "weights are never downloaded: point model.checkpoint at a .pth file")
+                         "weights are never downloaded: point model.checkpoint at a .pth file"
+                         + (" (model.folder names the architecture itself: leave model.name "
+                            "unset)" if cfg.folder else ""))
+    if cfg.folder:
+        return folder_spec(Path(cfg.folder).expanduser())
     manifest = demo_manifest(demo_dir)
     ckpt = demo_dir / manifest["checkpoint"]
     if not ckpt.is_file():
@@ -170,6 +177,26 @@ def model_dir_specs(d: Path) -> tuple[list[ModelSpec], bool]:
                                refiner=manifest_refiner(entry, d), probe=probe,
                                probe_use=probe_use))
     return out, demo
+
+
+def folder_spec(d: Path) -> ModelSpec:
+    """The main model of a model folder's ``model.json`` (``model.folder``), run as the bundled
+    demo is: its operating point, refiner and probe; labelled a demo model when the folder
+    is the bundled one or its description says synthetic (:func:`model_dir_specs`)."""
+    if not d.is_dir():
+        raise InputError(f"model folder not found: {d}")
+    try:
+        specs, demo = model_dir_specs(d)
+        manifest = json.loads((d / "model.json").read_text())
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"{d / 'model.json'}: not a model description "
+                         f"({type(e).__name__}: {e})") from None
+    spec = specs[-1]
+    if spec.checkpoint is None or not spec.checkpoint.is_file():
+        raise InputError(f"{d / 'model.json'}: checkpoint not found: {spec.checkpoint}")
+    return replace(spec, name=f"amagi-demo-{spec.arch}" if demo else spec.arch,
+                   description=str(manifest.get("description",
+                                                DEMO_DISCLAIMER if demo else "")))
 
 
 def checkpoint_spec(name: str, arch: str, path: Path,

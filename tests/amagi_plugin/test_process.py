@@ -113,3 +113,58 @@ def test_process_without_weights_says_what_to_do(run_cli, tmp_path, video) -> No
     r = run_cli("process", str(video), "--model", "amagi_sf50", "--no-progress")
     assert r.code == 3
     assert "no model.checkpoint is configured" in r.stderr and "never downloaded" in r.stderr
+
+
+def _model_folder(root: Path, ckpt: Path, description: str) -> Path:
+    """A model folder as a demo build writes one: model.json naming the checkpoint beside
+    it and the operating point it was calibrated for (a threshold near 0: all bleeding)."""
+    d = root / "model"
+    d.mkdir()
+    (d / "weights.pth").symlink_to(ckpt)
+    (d / "model.json").write_text(json.dumps({
+        "arch": "amagi_tiny", "checkpoint": "weights.pth", "version": "1.2",
+        "description": description,
+        "operating_point": {"threshold": 1e-6, "smoothing": "none", "smoothing_s": 0.0,
+                            "chosen_on": "test"}}))
+    return d
+
+
+@pytest.mark.parametrize("description, model", [
+    ("trained on synthetic data only", {"name": "amagi-demo-amagi_tiny", "version": "1.2",
+                                        "weights": "demo-synthetic"}),
+    ("our own", {"name": "amagi_tiny", "version": "weights", "weights": "user"})])
+def test_process_runs_a_model_folder(run_cli, tmp_path, video, tiny_checkpoint, description,
+                                     model) -> None:
+    """``--model-dir`` (``model.folder``) runs a model.json folder instead of the bundled demo:
+    its checkpoint and its operating point; labelled a demo model when it says synthetic."""
+    d = _model_folder(tmp_path, tiny_checkpoint, description)
+    out = tmp_path / "out"
+    r = run_cli("process", str(video), "-od", str(out), "--model-dir", str(d), "--no-progress")
+    assert r.code == 0, r.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["model"] == model
+    with (out / "predictions.csv").open() as fh:  # the folder's threshold, not 0.5
+        assert all(row["bleeding"] == "1" for row in csv.DictReader(fh))
+
+
+def test_a_model_folder_that_cannot_be_run_is_one_clear_line(run_cli, tmp_path, video,
+                                                             tiny_checkpoint) -> None:
+    d = _model_folder(tmp_path, tiny_checkpoint, "synthetic")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text('{"arch": "amagi_tiny", ')
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "model.json").write_text('{"arch": "amagi_tiny", "checkpoint": "nothing.pth"}')
+    for extra, says in (
+            (["--model-dir", str(d), "--checkpoint", str(tiny_checkpoint)],
+             "model.folder and model.checkpoint are both set"),
+            (["--model-dir", str(tmp_path / "nowhere")], "model folder not found"),
+            (["--model-dir", str(tmp_path)], f"no model.json in {tmp_path}"),
+            (["--model-dir", str(broken)], "model.json: not a model description (JSONDecodeError"),
+            (["--model-dir", str(gone)], "checkpoint not found"),
+            (["--model-dir", str(d), "--model", "amagi_sf50"], "leave model.name unset")):
+        r = run_cli("process", str(video), "-od", str(tmp_path / "o"), "--no-progress", *extra)
+        assert r.code == 3 and says in r.stderr, (extra, r.stderr)
+        assert len([ln for ln in r.stderr.splitlines() if ln.startswith("amagi:")]) == 1
+        assert not (tmp_path / "o").exists()

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     m = p.add_argument_group("model")
     config_flag(m, "--model", key="model.name", metavar="NAME")
     config_flag(m, "--checkpoint", key="model.checkpoint", metavar="PATH")
+    config_flag(m, "--model-dir", key="model.folder", metavar="DIR")
     config_flag(m, "--device", key="model.device", metavar="DEVICE")
     p.set_defaults(handler=run)
 

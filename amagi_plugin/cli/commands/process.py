@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     m = p.add_argument_group("model")
     config_flag(m, "--model", key="model.name", metavar="NAME")
     config_flag(m, "--checkpoint", key="model.checkpoint", metavar="PATH")
+    config_flag(m, "--model-dir", key="model.folder", metavar="DIR")
     config_flag(m, "--device", key="model.device", metavar="DEVICE")
     config_flag(m, "--prediction-hz", key="model.prediction_hz", metavar="HZ")
     config_flag(m, "--batch-size", key="model.batch_size", metavar="N")
