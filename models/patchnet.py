@@ -13,7 +13,7 @@ Input: ``(N, frames, 3, crop, crop)`` RGB on the 0-255 scale (no normalisation c
 the net centres and scales it itself). As in :mod:`models.flowseg`, the change between
 neighbouring frames is given explicitly (scaled by ``diff_gain``), beside the frames, all on
 the channel axis of a 2-D network: six 3 × 3 convolutions (two at stride 2), global
-average pooling, one logit. ``forward`` returns ``(N,)`` logits for "active bleeding in this
+pooling (the mean by default; ``pool`` adds or takes the maximum, session 37), one logit. ``forward`` returns ``(N,)`` logits for "active bleeding in this
 neighbourhood".
 
 With ``align``, each frame is first shifted onto the middle one by the neighbourhood's own
