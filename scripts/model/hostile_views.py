@@ -19,7 +19,8 @@ highest probability (``predictions.csv``). Nothing
 in the first four flows, so every event there is a false alarm.
 
 Run: ``python scripts/model/hostile_views.py DATA_DIR OUT_DIR [--seconds 30]
-[--cases N] [-- extra amagi process arguments]``.
+[--cases N] [-- extra amagi process arguments]`` (e.g. ``-- --model-dir DIR`` for a
+candidate model folder instead of the bundled demo).
 """
 
 from __future__ import annotations
