@@ -30,6 +30,7 @@ from db.deliveries import (
     record_commitment,
     renew_claims,
 )
+from db.schema import utcnow
 from dicom_io.net.scu import SendResult
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class DeliveryLoop(threading.Thread):
             self._failed(present, f"{type(e).__name__}: {e}", held)
             return
         sent = []
+        now = utcnow()  # one time for the batch: what failed together is retried together
         with held.settling(present), self.database.session(write=True) as s:
             for d, r in zip(present, outcomes, strict=True):
                 if r.ok:
@@ -176,7 +178,7 @@ class DeliveryLoop(threading.Thread):
                     self._count("amagi_deliveries_total", result="rejected")
                 else:
                     mark_failed(s, d.delivery_id, r.error or "not stored by the destination",
-                                initial_s=self.retry_initial_s, max_s=self.retry_max_s)
+                                initial_s=self.retry_initial_s, max_s=self.retry_max_s, now=now)
                     self._count("amagi_deliveries_total", result="retry")
         if sent and self.commit is not None and not dest.is_web:  # DICOMweb has no commitment
             self._request_commitment(dest, sent)
@@ -209,10 +211,11 @@ class DeliveryLoop(threading.Thread):
                  sum(1 for c, _ in answers if c), len(sent))
 
     def _failed(self, items: list[DueDelivery], error: str, held: _HeldClaims) -> None:
+        now = utcnow()  # one time for the batch: what failed together is retried together
         with held.settling(items), self.database.session(write=True) as s:
             for d in items:
                 mark_failed(s, d.delivery_id, error, initial_s=self.retry_initial_s,
-                            max_s=self.retry_max_s)
+                            max_s=self.retry_max_s, now=now)
                 self._count("amagi_deliveries_total", result="retry")
 
     def _count(self, name: str, **labels: str) -> None:

@@ -90,3 +90,28 @@ def test_a_failure_keeps_its_retry_time(database: Database, tmp_path) -> None:  
         assert "peer unreachable" in row.last_error
         next_at = row.next_attempt_at.replace(tzinfo=None)
         assert next_at >= before.replace(tzinfo=None) + timedelta(seconds=50), next_at
+
+
+@pytest.mark.parametrize("how", ["raised", "refused one by one"])
+def test_what_failed_together_is_retried_together(database: Database, tmp_path,  # noqa: F811
+                                                  how: str) -> None:
+    """Objects sent in one request that failed share one retry time, so the next round sends
+    them again in one request, not split by the microseconds between their bookkeeping."""
+    owed = _owe(database, tmp_path, 5)
+    calls: list[int] = []
+
+    def failing_send(paths: list[Path], dest: Destination) -> list[SendResult]:
+        calls.append(len(paths))
+        if how == "raised":
+            raise ConnectionError("peer unreachable")
+        return [SendResult(p, None, 0xA700, False, "HTTP 503: archive busy") for p in paths]
+
+    loop = _loop(database, failing_send, claim_s=30.0, retry=1.0)
+    assert loop.run_once() is True
+    with database.session() as s:
+        rows = [s.get(Delivery, i) for i in owed]
+        assert all(r.state == DeliveryState.PENDING and r.attempts == 1 for r in rows)
+        assert len({r.next_attempt_at for r in rows}) == 1, [r.next_attempt_at for r in rows]
+    time.sleep(1.1)
+    assert loop.run_once() is True
+    assert calls == [5, 5]
