@@ -72,4 +72,16 @@ class MaskInferer(Inferer):
         x = inputs.to(self.device)
         with torch.inference_mode(), _autocast(self.device, self.bf16):
             logits = self.window(x, full_res)
-        return torch.softmax(torch.as_tensor(logits).float(), dim=1)[:, 1].cpu()
+        return bleeding_probability(torch.as_tensor(logits)).cpu()
+
+
+def bleeding_probability(logits: torch.Tensor, size: tuple[int, int] | None = None
+                         ) -> torch.Tensor:
+    """Segmentation logits ``(N, 2, h, w)`` → bleeding probability ``(N, H, W)``: softmax
+    over the classes, channel 1, in float32; upsampled first (bilinear) to ``size`` when
+    given, as :class:`MaskInferer` reads one window (where its blending of a single window
+    divides its own weight out again, to within rounding)."""
+    logits = logits.float()
+    if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return torch.softmax(logits, dim=1)[:, 1]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from amagi_plugin.analysis import MASK_SCALES, Timeline, find_events, smooth_decisions
 from amagi_plugin.fastpath import FastPath
-from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer
+from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer, bleeding_probability
 from amagi_plugin.probing import MapGeometry, NeighbourhoodProbe, ProbeStream, ProbeUse, fuse
 from amagi_plugin.schedule import (
     ClipSchedule,
@@ -354,6 +354,24 @@ class BleedingAnalyzer:
                 probe.feed(index, frame)
             timings["probe"] = timings.get("probe", 0.0) + time.perf_counter() - t0
 
+        # the probe's map of an instant is its centred clip's, already computed (exact path)
+        centred = {} if probe is None else self.probe_maps_from_clips(schedule)
+        maps: list[torch.Tensor] = []
+        seg_model = getattr(getattr(self.model, "backbone", None), "seg_model", None)
+        hook = None if not centred or seg_model is None else seg_model.register_forward_hook(
+            lambda _m, _x, out: maps.append(main_logits(out)))
+
+        def give_maps(batch: Sequence[int]) -> None:
+            rows = [(j, centred[s]) for j, s in enumerate(batch) if s in centred]
+            if probe is None or not maps or not rows:
+                return
+            t0 = time.perf_counter()
+            p = bleeding_probability(maps[-1][[j for j, _ in rows]],
+                                     (self.input_size, self.input_size))
+            for (_, target), m in zip(rows, p, strict=True):
+                probe.give_map(target, m)
+            timings["probe"] = timings.get("probe", 0.0) + time.perf_counter() - t0
+
         def probs(batch: Sequence[int]) -> np.ndarray:
             nonlocal computed
             clips = torch.stack([
@@ -362,11 +380,13 @@ class BleedingAnalyzer:
             # Later requests never start before this batch's first clip (both schedules).
             prefetch.release_before(schedule.grid_frame(min(batch)))
             t0 = time.perf_counter()
+            maps.clear()
             out = self.inferer(clips.as_subclass(torch.Tensor), self.model).numpy()
             timings["video_network"] = timings.get("video_network", 0.0) + time.perf_counter() - t0
             computed += len(batch)
             if progress:
                 progress(computed, len(starts))
+            give_maps(batch)
             feed(prefetch.take_side())
             return out
 
@@ -378,7 +398,30 @@ class BleedingAnalyzer:
             feed(prefetch.drain_side())
         finally:
             prefetch.close()
+            if hook is not None:
+                hook.remove()
         return result, computed
+
+    def probe_maps_from_clips(self, schedule: ClipSchedule) -> dict[int, int]:
+        """Clip start → the probe instant (frame index) whose segmentation map that clip's
+        network computes: the centred clip of a prediction, when its segmenter's frames are
+        the probe's window (:meth:`ClipSchedule.window`; they differ only where rounding the
+        grid to frames does). Empty where the clip's map is not the probe's: under bf16 or
+        the speed switch (its clips are preprocessed and mapped differently; the probe's
+        places come from an fp32 map, :meth:`_probe_stage`), or without a probe or a
+        segmentation net the probe can read from the model."""
+        seg_model = getattr(getattr(self.model, "backbone", None), "seg_model", None)
+        if (self.probe is None or self.fast is not None or self.options.bf16
+                or seg_model is None):
+            return {}
+        half, k = self.clip_len // 2, self.seg_frames
+        out = {}
+        for g in schedule.prediction_points():
+            frame = schedule.grid_frame(g)
+            seg = schedule.clip_frames(g - half)[half - k // 2:half - k // 2 + k]
+            if seg == schedule.window(frame, k):
+                out[g - half] = frame
+        return out
 
     def _segmentation_network(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The model's main segmentation logits as a function, or None without segmentation."""
@@ -525,7 +568,8 @@ class BleedingAnalyzer:
         # the probe reads the frames the clips' decoding reads (one pass over the video)
         stream = None if self.probe is None else self.probe.stream(
             frames.tolist(), lambda i: schedule.window(i, self.seg_frames), video.frame_count,
-            video.fps, probe_progress, memory_s=self.probe_use.memory_s)
+            video.fps, probe_progress, memory_s=self.probe_use.memory_s,
+            maps_given=list(self.probe_maps_from_clips(schedule).values()))
         probs, computed = self.clip_probabilities(video, schedule, clip_progress, timings,
                                                   probe=stream)
         timeline = Timeline(times_s=frames / video.fps, frames=frames,

@@ -219,24 +219,31 @@ class NeighbourhoodProbe:
         return self.net.cfg
 
     def places(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
-               window: WindowFn) -> list[list[tuple[int, int, float]]]:
+               window: WindowFn, maps: Mapping[int, torch.Tensor] | None = None
+               ) -> list[list[tuple[int, int, float]]]:
         """Each target frame's map peaks in frame coordinates ``(y, x, value)``; ``frames``
-        holds each target's segmenter window at the model's scale."""
+        holds each target's segmenter window at the model's scale. ``maps``: targets whose
+        map is already known (``(S, S)`` probabilities, as :attr:`segment` gives them: the
+        clip network's own map of the same input); the others are segmented here."""
         if not targets:
             return []
-        x = torch.stack([torch.cat([self.geometry.map_input(frames[f]) for f in window(i)])
-                         for i in targets])
+        maps = maps or {}
+        todo = [i for i in targets if i not in maps]
+        if todo:
+            x = torch.stack([torch.cat([self.geometry.map_input(frames[f]) for f in window(i)])
+                             for i in todo])
+            maps = {**maps, **dict(zip(todo, self.segment(x.to(self.device)).cpu(),
+                                       strict=True))}
         shape = frames[targets[0]].shape
-        out = []
-        for p in self.segment(x.to(self.device)).cpu():
-            out.append([(*self.geometry.to_frame(y, x_, shape), v)
-                        for y, x_, v in map_peaks(p, self.cfg.candidates)])
-        return out
+        return [[(*self.geometry.to_frame(y, x_, shape), v)
+                 for y, x_, v in map_peaks(maps[i], self.cfg.candidates)] for i in targets]
 
     def scores(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
-               window: WindowFn, frame_count: int, fps: float) -> np.ndarray:
-        """The probe score of each target frame (0 where the map has no peak)."""
-        return self.scores_at(frames, targets, self.places(frames, targets, window),
+               window: WindowFn, frame_count: int, fps: float,
+               maps: Mapping[int, torch.Tensor] | None = None) -> np.ndarray:
+        """The probe score of each target frame (0 where the map has no peak); ``maps`` as in
+        :meth:`places`."""
+        return self.scores_at(frames, targets, self.places(frames, targets, window, maps),
                               frame_count, fps)
 
     def scores_at(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
@@ -268,10 +275,12 @@ class NeighbourhoodProbe:
         return np.split(p, np.cumsum(sizes)[:-1])
 
     def stream(self, targets: Sequence[int], window: WindowFn, frame_count: int, fps: float,
-               progress: Callable[[int, int], None] | None = None, memory_s: float = 0.0
-               ) -> ProbeStream:
-        """A :class:`ProbeStream` scoring ``targets`` from frames fed to it in order."""
-        return ProbeStream(self, targets, window, frame_count, fps, progress, memory_s)
+               progress: Callable[[int, int], None] | None = None, memory_s: float = 0.0,
+               maps_given: Sequence[int] = ()) -> ProbeStream:
+        """A :class:`ProbeStream` scoring ``targets`` from frames fed to it in order (and the
+        maps of ``maps_given`` handed to it, :meth:`ProbeStream.give_map`)."""
+        return ProbeStream(self, targets, window, frame_count, fps, progress, memory_s,
+                           maps_given)
 
     def score_video(self, video: VideoLike, targets: Sequence[int], window: WindowFn,
                     progress: Callable[[int, int], None] | None = None,
@@ -293,12 +302,17 @@ class ProbeStream:
     (:meth:`MapGeometry.frame`) are fed in ascending order, whichever decoder reads them;
     only those some pending instant still needs are held, and instants are scored in
     batches as soon as their frames are in. :meth:`finish` returns each target's score
-    (``nan`` where a needed frame was never fed)."""
+    (``nan`` where a needed frame was never fed).
+
+    ``maps_given``: targets whose segmentation map the caller hands over
+    (:meth:`give_map`: the clip network's map of its centred clip, the same input), so the
+    probe does not map them again; such a target waits for its map as for its frames, and
+    one whose map never comes is mapped here when the stream finishes."""
 
     def __init__(self, probe: NeighbourhoodProbe, targets: Sequence[int], window: WindowFn,
                  frame_count: int, fps: float,
                  progress: Callable[[int, int], None] | None = None,
-                 memory_s: float = 0.0) -> None:
+                 memory_s: float = 0.0, maps_given: Sequence[int] = ()) -> None:
         self.probe, self.window = probe, window
         self.frame_count, self.fps, self.progress = frame_count, fps, progress
         self.targets = list(targets)
@@ -308,9 +322,13 @@ class ProbeStream:
         self.wanted = frozenset(f for fs in self.needs.values() for f in fs)
         self.memory = _PlaceMemory(round(memory_s * fps)) if memory_s > 0 else None
         self.out = np.full(len(self.targets), np.nan)
+        self.maps_given = frozenset(maps_given) & frozenset(self.targets)
+        self._maps: dict[int, torch.Tensor] = {}  # given, not yet used
+        self._mapped: set[int] = set()  # every target given so far
         self._pending = deque(enumerate(self.targets))
         self._held: dict[int, torch.Tensor] = {}
         self._ready: list[tuple[int, int]] = []
+        self._fed = -1  # the last frame fed
         self._done = 0
 
     def feed(self, index: int, frame: torch.Tensor) -> None:
@@ -318,13 +336,26 @@ class ProbeStream:
         if index not in self.wanted:
             return
         self._held[index] = frame
-        pending, needs = self._pending, self.needs
-        while pending and needs[pending[0][1]][-1] <= index:
+        self._fed = index
+        self._advance()
+
+    def give_map(self, target: int, p: torch.Tensor) -> None:
+        """Target ``target``'s segmentation map ``(S, S)`` (probabilities, as the probe's
+        ``segment`` gives them); ignored for a target not in ``maps_given``."""
+        if target in self.maps_given and target not in self._mapped:  # the first one only
+            self._mapped.add(target)
+            self._maps[target] = p
+            self._advance()
+
+    def _advance(self) -> None:
+        pending, needs, maps = self._pending, self.needs, self._maps
+        while pending and needs[pending[0][1]][-1] <= self._fed and (
+                pending[0][1] not in self.maps_given or pending[0][1] in maps):
             self._ready.append(pending.popleft())
         if len(self._ready) >= self.probe.batch_size:
             self._flush()
         if not self._ready:  # drop what no pending instant needs
-            first = needs[pending[0][1]][0] if pending else index + 1
+            first = needs[pending[0][1]][0] if pending else self._fed + 1
             for f in [f for f in self._held if f < first]:
                 del self._held[f]
 
@@ -342,19 +373,23 @@ class ProbeStream:
         keep = [(k, i) for k, i in self._ready if all(f in held for f in self.needs[i])]
         if keep:
             ids = [i for _, i in keep]
+            maps = {i: self._maps[i] for i in ids if i in self._maps}
             self.out[[k for k, _ in keep]] = (
-                probe.scores(held, ids, self.window, self.frame_count, self.fps)
-                if self.memory is None else self._scores_with_memory(ids, self.memory))
+                probe.scores(held, ids, self.window, self.frame_count, self.fps, maps)
+                if self.memory is None else self._scores_with_memory(ids, self.memory, maps))
+        for _, i in self._ready:
+            self._maps.pop(i, None)
         self._done += len(self._ready)
         self._ready.clear()
         if self.progress:
             self.progress(self._done, len(self.targets))
 
-    def _scores_with_memory(self, targets: Sequence[int], memory: _PlaceMemory) -> np.ndarray:
+    def _scores_with_memory(self, targets: Sequence[int], memory: _PlaceMemory,
+                            maps: Mapping[int, torch.Tensor]) -> np.ndarray:
         """Each target's score at its own places, then at the places ``memory`` carries to
         it (earlier targets' best places, this batch's included); the higher of the two."""
         probe, frames, n, fps = self.probe, self._held, self.frame_count, self.fps
-        found = probe.places(frames, targets, self.window)
+        found = probe.places(frames, targets, self.window, maps)
         own = probe.place_scores(frames, targets, found, n, fps)
         carried = []
         for i, places, p in zip(targets, found, own, strict=True):

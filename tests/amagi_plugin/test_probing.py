@@ -349,3 +349,42 @@ def test_a_memory_carries_only_places_the_probe_called_bleeding() -> None:
     s = probe.score_video(video, list(range(0, 36, 3)), lambda i: [i], memory_s=1.0)
     assert (s < 0.5).all()
     assert looked[1::2] == [0]  # one batch: own places, then no carried place
+
+
+@pytest.mark.parametrize("fps", [30.0, 25.0])
+def test_the_probe_reads_its_maps_from_the_clip_network(fps: float) -> None:
+    """On the exact path an instant's map is its centred clip's (the same frames, the same
+    segmenter): the probe maps again only the instants whose segmenter window the clip lays
+    out otherwise (25 fps: the 0.1 s grid is 2.5 frames), and scores as if it mapped all."""
+    from models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("amagi_tiny_tge").eval()
+    size = model.default_cfg.input_size
+    cfg = PatchNetConfig(frames=4, step_s=0.2, crop=16, width=4, candidates=4, short_side=size)
+    rng = np.random.default_rng(1)
+    frames = rng.integers(40, 200, (int(3 * fps), size + 16, size + 40, 3)).astype(np.uint8)
+
+    def run(reuse: bool) -> tuple[np.ndarray, int, dict[int, int]]:
+        torch.manual_seed(0)
+        a = BleedingAnalyzer(model, AnalysisOptions(threshold=2.0), input_size=size,
+                             clip_len=8, probe=PatchNet(cfg).eval())
+        given = a.probe_maps_from_clips(a.schedule_for(ArrayVideo(frames, fps)))
+        if not reuse:
+            a.probe_maps_from_clips = lambda _schedule: {}  # type: ignore[method-assign]
+        mapped, segment = [0], a.probe.segment
+
+        def counting(x: torch.Tensor) -> torch.Tensor:
+            mapped[0] += len(x)
+            return segment(x)
+
+        a.probe.segment = counting
+        return a.analyze(ArrayVideo(frames, fps)).probe_scores, mapped[0], given
+
+    scores, mapped, given = run(reuse=True)
+    alone, mapped_alone, _ = run(reuse=False)
+    assert mapped_alone == len(alone) == 30
+    assert mapped == mapped_alone - len(given)
+    assert (len(given) == 30) if fps == 30.0 else (0 < len(given) < 30), len(given)
+    np.testing.assert_allclose(scores, alone, rtol=0, atol=1e-5)
+    assert not np.isnan(scores).any()
