@@ -358,8 +358,14 @@ class BleedingAnalyzer:
         centred = {} if probe is None else self.probe_maps_from_clips(schedule)
         maps: list[torch.Tensor] = []
         seg_model = getattr(getattr(self.model, "backbone", None), "seg_model", None)
-        hook = None if not centred or seg_model is None else seg_model.register_forward_hook(
-            lambda _m, _x, out: maps.append(main_logits(out)))
+        owner = threading.get_ident()  # workers may share the model: only this thread's maps
+
+        def keep(_m: torch.nn.Module, _x: Any, out: Any) -> None:
+            if threading.get_ident() == owner:
+                maps.append(main_logits(out))
+
+        hook = (None if not centred or seg_model is None
+                else seg_model.register_forward_hook(keep))
 
         def give_maps(batch: Sequence[int]) -> None:
             rows = [(j, centred[s]) for j, s in enumerate(batch) if s in centred]

@@ -388,3 +388,38 @@ def test_the_probe_reads_its_maps_from_the_clip_network(fps: float) -> None:
     assert (len(given) == 30) if fps == 30.0 else (0 < len(given) < 30), len(given)
     np.testing.assert_allclose(scores, alone, rtol=0, atol=1e-5)
     assert not np.isnan(scores).any()
+
+
+def test_workers_sharing_an_analyzer_each_read_their_own_maps() -> None:
+    """``amagi serve``'s workers share one analyzer: each analysis takes only the maps its
+    own clip batches computed, so two videos analysed at once score as each alone."""
+    import threading
+
+    from models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("amagi_tiny_tge").eval()
+    size = model.default_cfg.input_size
+    cfg = PatchNetConfig(frames=4, step_s=0.2, crop=16, width=4, candidates=4, short_side=size)
+    a = BleedingAnalyzer(model, AnalysisOptions(threshold=2.0), input_size=size, clip_len=8,
+                         probe=PatchNet(cfg).eval())
+    videos = [np.random.default_rng(seed).integers(20 + 90 * seed, 110 + 90 * seed,
+                                                   (60, size, size + 24, 3)).astype(np.uint8)
+              for seed in (0, 1)]
+    alone = [a.analyze(ArrayVideo(v, 30.0)).probe_scores for v in videos]
+    together: dict[int, np.ndarray] = {}
+    start = threading.Barrier(2)
+
+    def work(k: int) -> None:
+        start.wait()
+        together[k] = a.analyze(ArrayVideo(videos[k], 30.0)).probe_scores
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(together) == [0, 1]
+    assert not np.allclose(alone[0], alone[1])  # the two videos' maps differ
+    for k in (0, 1):
+        np.testing.assert_allclose(together[k], alone[k], rtol=0, atol=1e-5)
