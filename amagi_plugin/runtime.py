@@ -23,7 +23,7 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
 
     ``device``: where this analyzer runs (a ``worker.devices`` entry); default ``model.device``.
     """
-    from amagi_plugin.fastpath import device_batch_size
+    from amagi_plugin.fastpath import checked_bf16, device_batch_size
     from amagi_plugin.modelspec import resolve_device, resolve_model
     from amagi_plugin.pipeline import AnalysisOptions
 
@@ -34,7 +34,8 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
         batch_size = device_batch_size(device, batch_size)
     options = AnalysisOptions(
         prediction_hz=cfg.model.prediction_hz, batch_size=batch_size, device=device,
-        bf16=cfg.model.bf16, fast=cfg.model.fast, threshold=cfg.analysis.threshold,
+        bf16=checked_bf16(cfg.model.bf16, device), fast=cfg.model.fast,
+        threshold=cfg.analysis.threshold,
         smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
         hold_threshold=cfg.analysis.hold_threshold,
         decode_workers=cfg.model.decode_workers, mask_scale=cfg.analysis.mask_scale)

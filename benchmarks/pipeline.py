@@ -415,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     ceiling_s = None if args.ceiling_seconds < 0 else args.ceiling_seconds
     precisions = {"both": ("fp32", "bf16"), "all": ("fp32", "bf16", "fast")}.get(
         args.precision, (args.precision,))
+    from amagi_plugin.fastpath import bf16_native
+    if "bf16" in precisions and not bf16_native(device):  # emulated: 60x slower (session 38)
+        print(f"no bf16 rows: {device} does not compute bfloat16 natively (amagi refuses "
+              "model.bf16 there; the fast rows stay fp32)")
+        precisions = tuple(p for p in precisions if p != "bf16") or ("fp32",)
     if args.decode_workers is None:
         args.decode_workers = 4 if cuda else 2
     width, height = frame_size(args.height)

@@ -79,6 +79,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.evaluation.calibrate import calibration_record
     from amagi_plugin.evaluation.cases import load_cases
     from amagi_plugin.evaluation.run import evaluate_models
+    from amagi_plugin.fastpath import checked_bf16
     from amagi_plugin.modelspec import model_dir_specs, resolve_device
     from amagi_plugin.pipeline import AnalysisOptions
 
@@ -106,10 +107,11 @@ def _run(args: argparse.Namespace, ctx) -> int:
     specs = [replace(s, name=label) for s, label in zip(specs, names, strict=True)]
     hz = args.prediction_hz or cfg.model.prediction_hz
     # The probabilities do not depend on the post-processing: one run serves every candidate.
+    device = resolve_device(args.device or cfg.model.device)
     options = AnalysisOptions(prediction_hz=hz,
                               batch_size=args.batch_size or cfg.model.batch_size,
-                              device=resolve_device(args.device or cfg.model.device),
-                              bf16=cfg.model.bf16, key_frame_masks=False)
+                              device=device, bf16=checked_bf16(cfg.model.bf16, device),
+                              key_frame_masks=False)
     _, preds = evaluate_models(specs, options, cases, folds=1, jobs=args.jobs,
                                threads=args.threads,
                                progress=None if args.no_progress else ctx.stderr)

@@ -96,6 +96,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.analysis import OperatingPoint
     from amagi_plugin.evaluation.cases import load_cases, synth_index
     from amagi_plugin.evaluation.run import evaluate_models, write_outputs
+    from amagi_plugin.fastpath import checked_bf16
     from amagi_plugin.modelspec import DEMO_DIR, load_model, model_dir_specs, resolve_device
     from amagi_plugin.pipeline import AnalysisOptions
     from amagi_plugin.runtime import at_model_point
@@ -115,7 +116,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     options = AnalysisOptions(
         prediction_hz=args.prediction_hz or cfg.model.prediction_hz,
         batch_size=args.batch_size or cfg.model.batch_size, device=device,
-        bf16=cfg.model.bf16, threshold=cfg.analysis.threshold,
+        bf16=checked_bf16(cfg.model.bf16, device), threshold=cfg.analysis.threshold,
         smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
         hold_threshold=cfg.analysis.hold_threshold, key_frame_masks=False)
     models: list[ModelSpec] = []
