@@ -327,11 +327,14 @@ class BleedingAnalyzer:
     def clip_probabilities(self, video: VideoLike, schedule: ClipSchedule,
                            progress: ProgressFn | None = None,
                            timings: dict[str, float] | None = None,
-                           probe: ProbeStream | None = None) -> tuple[np.ndarray, int]:
+                           probe: ProbeStream | None = None,
+                           probe_maps: Mapping[int, int] | None = None
+                           ) -> tuple[np.ndarray, int]:
         """Per-prediction class probabilities ``(P, C)`` and the number of clips computed.
         ``probe``: a probe's pass fed from the same decoding (its frames at the model's
         scale, between the network's batches and after the last); :meth:`ProbeStream.finish
-        <amagi_plugin.probing.ProbeStream.finish>` is left to the caller."""
+        <amagi_plugin.probing.ProbeStream.finish>` is left to the caller. ``probe_maps``
+        (:meth:`probe_maps_from_clips`): the clips whose segmentation map is handed to it."""
         timings = timings if timings is not None else {}
         starts = schedule.clip_starts()
         needed = {f for s in starts for f in schedule.clip_frames(s)}
@@ -355,9 +358,9 @@ class BleedingAnalyzer:
             timings["probe"] = timings.get("probe", 0.0) + time.perf_counter() - t0
 
         # the probe's map of an instant is its centred clip's, already computed (exact path)
-        centred = {} if probe is None else self.probe_maps_from_clips(schedule)
+        centred = {} if probe is None else dict(probe_maps or {})
         maps: list[torch.Tensor] = []
-        seg_model = getattr(getattr(self.model, "backbone", None), "seg_model", None)
+        seg_model = self._segmenter_module()
         owner = threading.get_ident()  # workers may share the model: only this thread's maps
 
         def keep(_m: torch.nn.Module, _x: Any, out: Any) -> None:
@@ -369,7 +372,7 @@ class BleedingAnalyzer:
 
         def give_maps(batch: Sequence[int]) -> None:
             rows = [(j, centred[s]) for j, s in enumerate(batch) if s in centred]
-            if probe is None or not maps or not rows:
+            if not maps or not rows:
                 return
             t0 = time.perf_counter()
             p = bleeding_probability(maps[-1][[j for j, _ in rows]],
@@ -416,9 +419,8 @@ class BleedingAnalyzer:
         the speed switch (its clips are preprocessed and mapped differently; the probe's
         places come from an fp32 map, :meth:`_probe_stage`), or without a probe or a
         segmentation net the probe can read from the model."""
-        seg_model = getattr(getattr(self.model, "backbone", None), "seg_model", None)
         if (self.probe is None or self.fast is not None or self.options.bf16
-                or seg_model is None):
+                or self._segmenter_module() is None):
             return {}
         half, k = self.clip_len // 2, self.seg_frames
         out = {}
@@ -428,6 +430,11 @@ class BleedingAnalyzer:
             if seg == schedule.window(frame, k):
                 out[g - half] = frame
         return out
+
+    def _segmenter_module(self) -> torch.nn.Module | None:
+        """The AMAGI backbone's segmentation net as a module (its forward hooks see the
+        clip network's maps), or None."""
+        return getattr(getattr(self.model, "backbone", None), "seg_model", None)
 
     def _segmentation_network(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The model's main segmentation logits as a function, or None without segmentation."""
@@ -571,13 +578,15 @@ class BleedingAnalyzer:
                 return report
 
             clip_progress, probe_progress = count("clips"), count("probe")
-        # the probe reads the frames the clips' decoding reads (one pass over the video)
+        # the probe reads the frames the clips' decoding reads (one pass over the video) and,
+        # where it can, the maps their network computes
+        probe_maps = self.probe_maps_from_clips(schedule)
         stream = None if self.probe is None else self.probe.stream(
             frames.tolist(), lambda i: schedule.window(i, self.seg_frames), video.frame_count,
             video.fps, probe_progress, memory_s=self.probe_use.memory_s,
-            maps_given=list(self.probe_maps_from_clips(schedule).values()))
+            maps_given=list(probe_maps.values()))
         probs, computed = self.clip_probabilities(video, schedule, clip_progress, timings,
-                                                  probe=stream)
+                                                  probe=stream, probe_maps=probe_maps)
         timeline = Timeline(times_s=frames / video.fps, frames=frames,
                             rate_hz=1.0 / (schedule.prediction_step * schedule.grid_s),
                             duration_s=schedule.duration_s)
