@@ -423,3 +423,24 @@ def test_workers_sharing_an_analyzer_each_read_their_own_maps() -> None:
     assert not np.allclose(alone[0], alone[1])  # the two videos' maps differ
     for k in (0, 1):
         np.testing.assert_allclose(together[k], alone[k], rtol=0, atol=1e-5)
+
+
+def test_an_instant_whose_map_never_comes_is_mapped_by_the_probe_itself() -> None:
+    """A target promised a map (``maps_given``) waits for it, holding its frames; if the map
+    never comes (its clip batch never ran), finishing maps it here: no instant is lost and
+    each scores as in a pass that maps everything."""
+    fps, n = 10.0, 40
+    frames = video_frames(n)
+    a = analyzer()
+    probe, geometry = a.probe, a.map_geometry
+    targets = list(range(0, n, 4))
+    window = (lambda i: [i])
+    alone = probe.score_video(ArrayVideo(frames, fps), targets, window)
+    stream = probe.stream(targets, window, n, fps, maps_given=targets[::2])
+    for i in range(n):
+        stream.feed(i, geometry.frame(frames[i]))
+    assert np.isnan(stream.out).all()  # the promised maps hold the instants back
+    first = targets[0]  # one promised map comes, the others never
+    own = probe.segment(geometry.map_input(geometry.frame(frames[first]))[None])[0]
+    stream.give_map(first, own)
+    np.testing.assert_allclose(stream.finish(), alone, rtol=0, atol=1e-6)
