@@ -434,7 +434,10 @@ def test_an_instant_whose_map_never_comes_is_mapped_by_the_probe_itself() -> Non
     a = analyzer()
     probe, geometry = a.probe, a.map_geometry
     targets = list(range(0, n, 4))
-    window = (lambda i: [i])
+
+    def window(i: int) -> list[int]:
+        return [i]
+
     alone = probe.score_video(ArrayVideo(frames, fps), targets, window)
     stream = probe.stream(targets, window, n, fps, maps_given=targets[::2])
     for i in range(n):
