@@ -175,5 +175,5 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
         root.addHandler(h)
     root.setLevel(level.upper())
     # Third-party chatter stays at warning unless we debug.
-    for noisy in ("pynetdicom", "PIL", "matplotlib", "alembic", "highdicom"):
+    for noisy in ("pynetdicom", "PIL", "matplotlib", "fontTools", "alembic", "highdicom"):
         logging.getLogger(noisy).setLevel("DEBUG" if level == "debug" else "WARNING")

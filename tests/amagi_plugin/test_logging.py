@@ -69,3 +69,20 @@ def test_a_scope_is_bounded() -> None:
         phi.register("AAA111", "BBB222", "CCC333", "DDD444", "EEE555")
         assert len(phi) == 4
         assert f.scrub("AAA111 EEE555") == f"AAA111 {REDACTED}"
+
+
+def test_a_pdf_report_adds_no_font_chatter_at_info(stream) -> None:
+    """Writing report.pdf subsets its TrueType font with fontTools, which logs a hundred
+    lines at info; a user's ``amagi process`` shows our lines, not those."""
+    import matplotlib
+    from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.figure import Figure
+
+    setup_logging("info", "text", stream)
+    fig = Figure()
+    fig.text(0.1, 0.5, "Bleeding events: 0")
+    with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(io.BytesIO()) as pdf:
+        pdf.savefig(fig)
+    assert "fontTools" not in stream.getvalue()
+    logging.getLogger("amagi_plugin.test").info("ours")
+    assert "ours" in stream.getvalue()
