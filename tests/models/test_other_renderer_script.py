@@ -1,0 +1,113 @@
+"""scripts/model/other_renderer.py: a second renderer whose still blood and active bleeding
+look alike in one frame and differ over time, drawn the same for a seed, scored as the
+evaluation scores events."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from tests.models._scripts import load_script
+
+SCRIPT = "scripts/model/other_renderer.py"
+
+
+@pytest.fixture(scope="module")
+def r():
+    return load_script(SCRIPT)
+
+
+def _grid(b, reach: float = 60.0):
+    ys, xs = torch.meshgrid(torch.arange(b.cy - reach, b.cy + reach),
+                            torch.arange(b.cx - reach, b.cx + reach), indexing="ij")
+    return ys, xs
+
+
+def test_a_seed_draws_the_same_video_and_another_seed_another(r) -> None:
+    def first_frames(seed: int) -> list[np.ndarray]:
+        case = r.make_case("c", seed, 30.0, (160, 128), True)
+        return list(itertools.islice(r.render(case), 3))
+
+    a, b, c = first_frames(5), first_frames(5), first_frames(6)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == (128, 160, 3) and a[0].dtype == np.uint8
+
+
+@pytest.mark.parametrize("seconds", [20.0, 60.0, 180.0])
+def test_the_schedule_keeps_events_apart_inside_the_video(r, seconds: float) -> None:
+    for seed in range(20):
+        events = r._schedule(np.random.default_rng(seed), seconds)
+        assert 3 <= len(events) <= 4 if seconds >= 60 else 1 <= len(events) <= 2
+        assert events[0][0] >= 3.0 and events[-1][1] <= seconds
+        assert all(4.0 <= e - s <= 10.0 for s, e in events)
+        for (_s, e), (s2, _e2) in itertools.pairwise(events):
+            assert s2 - e >= 5.0
+
+
+@pytest.mark.parametrize("form", ["ooze", "stream", "spurt", "tiny"])
+def test_active_blood_grows_and_flows_then_stays_still(r, form: str) -> None:
+    """The premise: while active, the blood's area grows and its texture moves; after its
+    end neither changes (what a bleeding leaves is the still look-alike)."""
+    case = r.make_case("c", 11, 30.0, (640, 512), True)
+    b = case.bleeds[0]
+    b.form = form
+    ys, xs = _grid(b)
+    mid = (b.start + b.end) / 2
+    area = [b.alpha_and_shade(ys, xs, t)[0].sum().item() for t in (b.start + 0.5, mid, b.end)]
+    assert area[0] < area[1] < area[2]
+    a1, s1 = b.alpha_and_shade(ys, xs, mid)
+    a2, s2 = b.alpha_and_shade(ys, xs, mid + 0.2)
+    inside = (a1 > 0.99) & (a2 > 0.99)
+    assert inside.sum() > 0
+    assert (s1 - s2)[inside].abs().mean() > 0.02  # the texture moves with the blood
+    after = [b.alpha_and_shade(ys, xs, t) for t in (b.end + 1.0, b.end + 7.3)]
+    assert torch.equal(after[0][0], after[1][0]) and torch.equal(after[0][1], after[1][1])
+
+
+def test_still_and_active_blood_share_one_frame_look(r) -> None:
+    """In one frame a still pool and an active bleed have the same colour statistics:
+    same colour, the same shading model, to within what the texture draws."""
+    case = r.make_case("c", 3, 30.0, (640, 512), True)
+    b = case.bleeds[0]
+    ys, xs = _grid(b)
+    alpha, shade = b.alpha_and_shade(ys, xs, (b.start + b.end) / 2)
+    active = (case.blood[:, None, None] * shade)[:, alpha > 0.99]
+    still_alpha, still_shade = b.alpha_and_shade(ys, xs, b.end + 5)
+    still = (case.blood[:, None, None] * still_shade)[:, still_alpha > 0.99]
+    assert torch.allclose(active.mean(1), still.mean(1), atol=0.04)
+    assert abs(active.std(1).mean() - still.std(1).mean()) < 0.04
+
+
+def test_a_video_too_short_for_any_bleeding_is_refused(r) -> None:
+    with pytest.raises(ValueError, match="fits in 8"):
+        r._schedule(np.random.default_rng(0), 8.0)
+
+
+def test_score_matches_events_as_counted_by_hand(r) -> None:
+    truth = {"a": [(10.0, 20.0), (30.0, 34.0)], "b": [(5.0, 9.0)], "s": []}
+    pred = {"a": [(11.0, 19.0), (31.5, 40.0), (50.0, 52.0)], "b": [], "s": [(1.0, 3.0)]}
+    out = r.score(truth, pred, {"a": 60.0, "b": 60.0, "s": 60.0})
+    # a: (11, 19) IoU 0.8, (31.5, 40) IoU 2.5/10 = 0.25, (50, 52) overlaps nothing
+    assert (out["found_iou_0.1"], out["found_iou_0.5"], out["true_events"]) == (2, 1, 3)
+    assert out["predicted_events"] == 4 and out["f1_iou_0.5"] == pytest.approx(2 / 7)
+    # count error: a |3-2|/2, b |0-1|/1; duration error: a |18.5-14|/14, b 4/4
+    assert out["count_error"] == pytest.approx((0.5 + 1.0) / 2)
+    assert out["duration_error"] == pytest.approx((4.5 / 14 + 1.0) / 2)
+    assert out["false_alarms"] == 2 and out["bleeding_free_alarms"] == 1
+    assert out["bleeding_free_minutes"] == 1.0
+
+
+def test_arguments_after_the_double_dash_go_to_amagi_process(r) -> None:
+    args = r.parse(["out", "--cases", "2", "--size", "320x256", "--", "--model-dir", "m"])
+    assert (args.cases, args.size, args.extra) == (2, (320, 256), ["--model-dir", "m"])
+
+
+def test_frame_auroc_labels_each_instant_by_the_true_events(r) -> None:
+    truth = {"a": [(1.0, 2.0)], "s": []}
+    traces = {"a": [(0.5, 0.2), (1.0, 0.9), (1.5, 0.32), (2.0, 0.3)], "s": [(0.0, 0.35)]}
+    # positives 0.9, 0.32; negatives 0.2, 0.3 (t = 2 is past the half-open end), 0.35
+    assert r.frame_auroc(truth, traces) == pytest.approx(5 / 6)
