@@ -134,9 +134,8 @@ class Bleed:
         jy = (sy * 0.5 + th / 2).long() % th
         jx = (sx * 0.5 + th / 2).long() % th
         flow = self.texture.flip(0)[jy, jx]
-        shade = 1 + 0.16 * flow + (0.5 * (flow > 1.9)) * (t < self.end)  # moving glints
-        if t >= self.end:  # still blood: the texture stops, glints fixed
-            shade = 1 + 0.16 * flow + 0.5 * (flow > 1.9)
+        # glints where the texture peaks: they move with it, and stop when ``tau`` does
+        shade = 1 + 0.16 * flow + 0.5 * (flow > 1.9)
         return alpha, shade
 
 
@@ -158,7 +157,7 @@ class Case:
     rng_seed: int
 
     def truth(self) -> list[tuple[float, float]]:
-        return [(b.start, b.end) for b in self.bleeds if b.end > 0]
+        return [(b.start, b.end) for b in self.bleeds]
 
 
 def _schedule(rng: np.random.Generator, seconds: float) -> list[tuple[float, float]]:
