@@ -276,7 +276,10 @@ _PROBE: dict[str, Any] = {**_PEAKS, "probe_epochs": 8, "probe_extra_cases": 96,
                           "val_static_cases": 3, "version": "9.2"}
 #: The budget of one lent GPU machine (see ``randomised-gpu`` above), shared by the GPU recipes.
 #: ``evidence-probe-gpu`` is the bundled model's recipe (``evidence-probe``, 9.2) at that
-#: budget (session 29; never run: its time on the lent machine is unmeasured).
+#: budget (session 29). Run once on the lent H200 (session 40): synthesis 138 s, segmenter
+#: 212 s, clip networks 34 s an epoch (their loading, since made faster): its training needs
+#: two calls; ``--stop-after trained`` leaves calibration and evaluation to the CPU
+#: (scripts/device/README.md, "First GPU run").
 #: ``evidence-peaks-gpu`` is ``evidence-peaks`` (the best held-out-look candidate of the CPU
 #: builds, sessions 19-24) at that budget, without the refiner stage.
 _GPU_BUDGET: dict[str, Any] = {"train_cases": 96, "seg_epochs": 20, "clip_epochs": 20,
@@ -375,13 +378,21 @@ def _check_work_dir(work: Path, cfg: DemoConfig) -> None:
 
 
 def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
-               device: str = "cpu") -> dict[str, Any]:
+               device: str = "cpu", stop_after: str | None = None) -> dict[str, Any]:
     """Run every stage; returns the ``training.json`` document.
 
     ``device`` (``cpu``, ``cuda``, ``cuda:N``) is where the networks train and evaluate. On
     the CPU everything uses ``cfg.threads`` cores; on a GPU the synthesis uses every core of
     the host. The configuration, and so the recipe, is the same on both.
+
+    ``stop_after="trained"`` ends the build once every network is trained, before the
+    validation and evaluation sets are made (a lent GPU's minutes go to training; the same
+    work directory, resumed anywhere, calibrates and evaluates). Nothing is written to
+    ``dest`` then, and the returned document holds only ``stopped_after`` and ``seconds``.
+    A resumed build whose networks are all trained does not make their training data again.
     """
+    if stop_after not in (None, "trained"):
+        raise ConfigError(f"stop_after must be 'trained' or None, got {stop_after!r}")
     import os
 
     work, dest = work.resolve(), dest.resolve()
@@ -398,38 +409,35 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     }
     eval_sets = {k: v for k, v in eval_sets.items() if k == "heldout" or v[1] > 0}
 
+    seg_dir, amagi_dir, sf_dir = work / "seg", work / "amagi", work / "slowfast"
+    probe_sets = [train_root]
+    extra_sets = [(work / "data" / name, seed, cases, domain) for name, seed, cases, domain in (
+        ("probe-extra", cfg.probe_seed, cfg.probe_extra_cases, cfg.train_domain),
+        ("probe-static", cfg.probe_static_seed, cfg.probe_static_cases, "randomised-static"))
+        if cfg.probe_epochs and cases]
+    probe_sets += [root for root, *_ in extra_sets]
+    # the training data, unless every network that reads them is trained already
+    trained = (all((d / "done").is_file() for d in (seg_dir, amagi_dir, sf_dir))
+               and not (cfg.probe_epochs and _probe_pending(work, seg_dir, cfg)))
     t0 = time.perf_counter()
-    ran = _synth(train_root, cfg.train_cases, cfg.train_seed, cfg.train_duration_s, cfg,
-                 cfg.train_domain, "rawframes", cfg.train_cases_per_patient, jobs)
-    for name, (seed, cases, duration, domain) in eval_sets.items():
-        ran |= _synth(work / "data" / name, cases, seed, duration, cfg, domain, "dicom", 1,
-                      jobs)
-    if cfg.val_cases:
-        ran |= _synth(work / "data" / "validation", cfg.val_cases, cfg.val_seed,
-                      cfg.val_duration_s, cfg, cfg.train_domain, "dicom", 1, jobs)
-    if cfg.val_static_cases:
-        ran |= _synth(work / "data" / "validation-static", cfg.val_static_cases,
-                      cfg.val_static_seed, cfg.val_static_duration_s, cfg,
-                      "randomised-static", "dicom", 1, jobs)
+    ran = False
+    if trained:
+        log.info("every network is trained: their training data are not made again")
+    else:
+        ran |= _synth(train_root, cfg.train_cases, cfg.train_seed, cfg.train_duration_s, cfg,
+                      cfg.train_domain, "rawframes", cfg.train_cases_per_patient, jobs)
+        for root, seed, cases, domain in extra_sets:
+            ran |= _synth(root, cases, seed, cfg.train_duration_s, cfg, domain, "rawframes",
+                          cfg.train_cases_per_patient, jobs)
     for i, (domain, seed, cases) in enumerate(cfg.refiner_sets):
         ran |= _synth(work / "data" / f"refiner-{i}", cases, seed, cfg.refiner_duration_s,
                       cfg, domain, "dicom", 1, jobs)
-    probe_sets = [train_root]
-    for name, seed, cases, domain in (
-            ("probe-extra", cfg.probe_seed, cfg.probe_extra_cases, cfg.train_domain),
-            ("probe-static", cfg.probe_static_seed, cfg.probe_static_cases,
-             "randomised-static")):
-        if cfg.probe_epochs and cases:
-            probe_sets.append(work / "data" / name)
-            ran |= _synth(probe_sets[-1], cases, seed, cfg.train_duration_s, cfg, domain,
-                          "rawframes", cfg.train_cases_per_patient, jobs)
     timings.record("synth", t0, ran)
 
     common = ["--threads", str(cfg.threads), "--device", device,
               "--batch-size", str(cfg.batch_size),
               "--warmup-epochs", str(cfg.warmup_epochs), "--seed", str(cfg.train_seed_model),
               "--workers", str(cfg.workers), "--resume", "--no-progress"]
-    seg_dir, amagi_dir, sf_dir = work / "seg", work / "amagi", work / "slowfast"
     t0 = time.perf_counter()
     ran = not (seg_dir / "done").is_file()
     if ran:
@@ -447,14 +455,14 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
                  "--look-jitter", str(cfg.clip_look_jitter), *common]
     if cfg.clip_min_visible_px:
         clip_args += ["--min-visible-px", str(cfg.clip_min_visible_px)]
-    jobs = [("amagi", cfg.arch, amagi_dir, ["--seg-checkpoint", str(seg_dir / "latest.pth")]),
+    nets = [("amagi", cfg.arch, amagi_dir, ["--seg-checkpoint", str(seg_dir / "latest.pth")]),
             ("slowfast", cfg.baseline_arch, sf_dir, [])]
     # AMAGI and the baseline train side by side, the threads split between them (one each
     # on 2 cores; all of them for the one left when the other is done): same data, epochs,
     # batch, schedule and seed, so the same budget.
     t0 = time.perf_counter()
     procs = []
-    todo = [job for job in jobs if not (job[2] / "done").is_file()]
+    todo = [net for net in nets if not (net[2] / "done").is_file()]
     for name, arch, out, extra in todo:
         out.mkdir(parents=True, exist_ok=True)
         argv = ["train", "clip", "--arch", arch, "-od", str(out), *clip_args, *extra,
@@ -504,6 +512,25 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         timings.record("refiner", t0, ran)
         manifest["refiner"] = REFINER_FILE
         newest = max(newest, (work / REFINER_FILE).stat().st_mtime)  # the stage's own copy
+    if stop_after == "trained":
+        log.info("every network is trained; stopping before validation and evaluation "
+                 "(resume the work directory %s to finish the build)", work)
+        return {"stopped_after": "trained", "seconds": timings.report()}
+
+    # the validation and held-out sets, made once the networks are trained
+    t0 = time.perf_counter()
+    ran = False
+    for name, (seed, cases, duration, domain) in eval_sets.items():
+        ran |= _synth(work / "data" / name, cases, seed, duration, cfg, domain, "dicom", 1,
+                      jobs)
+    if cfg.val_cases:
+        ran |= _synth(work / "data" / "validation", cfg.val_cases, cfg.val_seed,
+                      cfg.val_duration_s, cfg, cfg.train_domain, "dicom", 1, jobs)
+    if cfg.val_static_cases:
+        ran |= _synth(work / "data" / "validation-static", cfg.val_static_cases,
+                      cfg.val_static_seed, cfg.val_static_duration_s, cfg,
+                      "randomised-static", "dicom", 1, jobs)
+    timings.record("synth_eval", t0, ran)
     calibration = None
     if cfg.val_cases:
         t0 = time.perf_counter()
@@ -593,6 +620,17 @@ def probe_files(cfg: DemoConfig) -> list[str]:
                            for k in range(1, cfg.probe_seeds)]
 
 
+def _probe_stale(record: Path, seg_dir: Path) -> bool:
+    """Whether a probe's stage copy is missing or older than the segmenter it reads."""
+    return (not record.is_file()
+            or record.stat().st_mtime < (seg_dir / "latest.pth").stat().st_mtime)
+
+
+def _probe_pending(work: Path, seg_dir: Path, cfg: DemoConfig) -> bool:
+    """Whether :func:`_probe` would train a probe (the segmenter is trained)."""
+    return any(_probe_stale(work / name, seg_dir) for name in probe_files(cfg))
+
+
 def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoConfig,
            device: str) -> bool:
     """``amagi train probe`` on the rawframes sets ``data`` (the training set first) at the
@@ -601,7 +639,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
     ran = False
     for k, name in enumerate(probe_files(cfg)):
         record = work / name  # the stage's own copy: the stage folder is rewritten
-        if not record.is_file() or record.stat().st_mtime < (seg_dir / "latest.pth").stat().st_mtime:
+        if _probe_stale(record, seg_dir):
             ran = True
             _cli(["train", "probe", "--data", *map(str, data), "--arch", cfg.arch,
                   "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
@@ -833,12 +871,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="shipped", choices=sorted(RECIPES),
                    help=RECIPE_HELP)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (train and evaluate)")
+    p.add_argument("--stop-after", choices=["trained"], default=None,
+                   help="trained: stop once every network is trained, before the validation "
+                   "and held-out sets (resume the work directory to finish)")
     args = p.parse_args(argv)
     setup_logging("info", "text")  # the program's one logging setup
     try:
         cfg = DemoConfig.recipe(args.recipe)
         work = args.work_dir or default_work_dir(args.recipe, args.quick)
-        training = build_demo(work, cfg.quick() if args.quick else cfg, args.dest, args.device)
+        training = build_demo(work, cfg.quick() if args.quick else cfg, args.dest, args.device,
+                              args.stop_after)
     except Exception as e:  # the CLI's one table of exit codes; bugs keep their traceback
         code = exit_code_for(e)
         if code == ExitCode.INTERNAL:

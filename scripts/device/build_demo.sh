@@ -12,6 +12,8 @@
 #                      metrics*.json/md, *.png
 #   *.pth              each weights file of the demo folder (amagi_tiny_demo.pth, ...)
 #   work-logs.tar.gz   the work directory's logs and json (training stdout, timings, config)
+#   trained-amagi.tar, trained-rest.tar   when the build did not finish: its trained
+#                      networks as a resumable work directory without data (pack_trained)
 # (--dest is not $OUT/demo: the demo folder holds more than the tool's 8 files.)
 #
 # Environment (defaults are for the device; scripts/device/dryrun_cpu.sh overrides them):
@@ -64,12 +66,49 @@ EOF
     return "$rc"
 }
 
+# The build did not finish (stopped by --stop-after trained, a timeout or an error): the
+# trained networks come back as a resumable work directory without its data, in two tars of
+# at most 16 MiB each (the tool's limit per file): trained-amagi.tar (the main network) and
+# trained-rest.tar (segmenter, baseline, probes, config.json, timings.json, done markers).
+# Training checkpoints lose their optimizer state (export_weights keeps the meta and its
+# loss history); every file keeps its modification time, which the build's resume reads.
+# Unpack both into an empty folder and run the same build there (see README.md).
+pack_trained() {
+    local kit=/tmp/trained-kit
+    rm -rf "$kit" && mkdir -p "$kit"
+    PYTHONPATH=$SITE:$PWD "$PYTHON" - "$WORK_DIR" "$kit" <<'EOF'
+import os, shutil, sys
+from pathlib import Path
+from models.training.loops import export_weights
+work, kit = Path(sys.argv[1]), Path(sys.argv[2])
+for f in sorted(work.iterdir()):
+    if f.is_file() and (f.suffix == ".pth" or f.name in ("config.json", "timings.json")):
+        shutil.copy2(f, kit / f.name)
+for net in ("seg", "amagi", "slowfast"):
+    if not (work / net / "done").is_file():
+        continue  # unfinished training is not resumable from here: it needs its data
+    (kit / net).mkdir()
+    shutil.copy2(work / net / "done", kit / net / "done")
+    src, dst = work / net / "latest.pth", kit / net / "latest.pth"
+    export_weights(src, dst)
+    st = src.stat()
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    print(f"  {net}: {dst.stat().st_size} bytes")
+EOF
+    (cd "$kit" && { if [[ -d amagi ]]; then tar -cf "$OUT/trained-amagi.tar" amagi; fi
+     find . -path ./amagi -prune -o -type f -printf '%P\n' | sort \
+        | tar -cf "$OUT/trained-rest.tar" -T -; })
+}
+
 pack() {
     echo "== packing into $OUT"
     if [[ -d $DEST_DIR ]]; then
         (cd "$DEST_DIR" && find . -maxdepth 1 -type f ! -name '*.pth' -printf '%P\n' \
             | sort | tar -czf "$OUT/demo-small.tar.gz" -T -)
         find "$DEST_DIR" -maxdepth 1 -type f -name '*.pth' -exec cp {} "$OUT"/ \;
+    fi
+    if [[ ! -f $DEST_DIR/model.json && -f $WORK_DIR/config.json ]]; then
+        pack_trained
     fi
     if [[ -d $WORK_DIR ]]; then
         (cd "$WORK_DIR" && find . -path ./data -prune -o -type f \

@@ -263,3 +263,11 @@ def test_amagi_train_demo_uses_the_recipes_work_directory(run_cli, tmp_path: Pat
                 "--dest", str(tmp_path / "dest"))
     assert r.code != 0 and f"{work} is not empty and records no configuration" in r.stderr
     assert not (tmp_path / "dest").exists()
+
+
+def test_a_build_stops_only_after_training(tmp_path: Path) -> None:
+    from amagi_plugin.demo_model import DemoConfig, build_demo
+
+    with pytest.raises(ConfigError, match="stop_after must be 'trained'"):
+        build_demo(tmp_path / "work", DemoConfig(), tmp_path / "dest", stop_after="evaluated")
+    assert not (tmp_path / "work").exists()  # refused before anything was made

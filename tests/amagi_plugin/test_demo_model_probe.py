@@ -20,7 +20,14 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     evaluated with (the operating point is the fused probability's), described in the
     README; an earlier build's weights that it does not name are removed from the folder;
     a rerun redoes nothing. Only the first held-out set is evaluated: the bleeding-free and
-    shifted sets are the plain build's test's (they cost this test a minute)."""
+    shifted sets are the plain build's test's (they cost this test a minute).
+
+    The build first stops once its networks are trained (``--stop-after trained``, as on a
+    lent GPU), and its work directory moves without its data (as ``trained-*.tar`` bring it
+    back from the GPU); resumed there, it trains nothing and makes no training data again,
+    but makes the validation and held-out sets and finishes."""
+    import shutil
+
     from amagi_plugin.demo_model import PROBE_FILE, DemoConfig, build_demo
     from models import build_model
     from models.checkpoint import read_checkpoint
@@ -36,7 +43,21 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     dest.mkdir()
     (dest / "probe_demo_seed99.pth").write_bytes(b"an earlier build's probe")
     (dest / "mine.pth").write_bytes(b"a user's own file")
-    training = build_demo(tmp_path / "work", cfg, dest)
+    stopped = build_demo(tmp_path / "work", cfg, dest, stop_after="trained")
+    assert stopped["stopped_after"] == "trained"
+    assert set(stopped["seconds"]) == {"synth", "train_seg", "train_clip_models", "probe",
+                                       "total"}
+    assert {p.name for p in dest.iterdir()} == {"probe_demo_seed99.pth", "mine.pth"}
+    assert sorted(p.name for p in (tmp_path / "work" / "data").iterdir()) == [
+        "probe-extra", "train"]  # no validation or held-out set made yet
+    work = tmp_path / "moved"  # file times kept (copy2): the resume reads them
+    shutil.copytree(tmp_path / "work", work, ignore=shutil.ignore_patterns("data"))
+    training = build_demo(work, cfg, dest)
+    assert sorted(p.name for p in (work / "data").iterdir()) == ["heldout", "validation",
+                                                                 "validation-static"]
+    assert {k: training["seconds"][k] for k in stopped["seconds"] if k != "total"} == {
+        k: v for k, v in stopped["seconds"].items() if k != "total"}  # trained there, not here
+    assert training["seconds"]["synth_eval"] > 0 and training["seconds"]["evaluate"] > 0
     assert not (dest / "probe_demo_seed99.pth").exists()  # gone: nothing names it
     assert (dest / "mine.pth").read_bytes() == b"a user's own file"  # not a build's name
     manifest = json.loads((dest / "model.json").read_text())
@@ -76,6 +97,6 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert "and every map peak of the frames 0.5, 1 s after each bleeding's end (where none " \
         "is active) as a negative: the blood it left" in readme
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
-    again = build_demo(tmp_path / "work", cfg, dest)
+    again = build_demo(work, cfg, dest)
     assert again["seconds"] == training["seconds"]
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
