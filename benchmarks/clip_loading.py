@@ -46,30 +46,9 @@ from models.training.data import ClipDataset, ClipRecord, FrameCache
 class _BaselineLook(LookJitter):
     """Session 39's look jitter: the noise drawn by numpy in float64."""
 
-    def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        from monai.transforms import GaussianSmooth
-
-        s = self.strength
-        if s == 0.0:
-            return x
-
-        def log_u(half_width: float) -> float:
-            return math.exp(rng.uniform(-half_width * s, half_width * s))
-
-        gains = torch.tensor([log_u(0.22) for _ in range(3)]) * log_u(0.3)
-        gamma, saturation = log_u(0.35), log_u(0.4)
-        blur = rng.uniform(0.2, 1.5) * s if rng.random() < 0.5 else 0.0
-        noise = rng.uniform(0.0, 3.0 * s)
-        y = (x / 255.0 * gains[None, :, None, None]).clamp(0.0, 1.0) ** gamma
-        grey = y.mean(dim=1, keepdim=True)
-        y = grey + (y - grey) * saturation
-        if blur > 0.0:
-            planes = GaussianSmooth(sigma=blur)(y.reshape(-1, *y.shape[2:]))
-            y = torch.as_tensor(planes).as_subclass(torch.Tensor).reshape(y.shape)
-        y = y * 255.0
-        if noise > 0.0:
-            y = y + torch.as_tensor(rng.normal(0.0, noise, tuple(y.shape)), dtype=y.dtype)
-        return y.clamp(0.0, 255.0)
+    @staticmethod
+    def noise(shape, sigma: float, rng: np.random.Generator) -> torch.Tensor:
+        return torch.as_tensor(rng.normal(0.0, sigma, tuple(shape)), dtype=torch.float32)
 
 
 class _BaselineAugment(ClipAugment):

@@ -159,10 +159,17 @@ class LookJitter:
             planes = GaussianSmooth(sigma=blur)(y.reshape(-1, *y.shape[2:]))
             y = torch.as_tensor(planes).as_subclass(torch.Tensor).reshape(y.shape)
         y = y * 255.0
-        if noise > 0.0:  # torch's generator, seeded from rng: 2.5x faster than numpy's float64
-            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            y = y + torch.randn(y.shape, generator=gen, dtype=y.dtype) * noise
+        if noise > 0.0:
+            y = y + self.noise(y.shape, noise, rng).to(y.dtype)
         return y.clamp(0.0, 255.0)
+
+    @staticmethod
+    def noise(shape: tuple[int, ...] | torch.Size, sigma: float, rng: np.random.Generator
+              ) -> torch.Tensor:
+        """Gaussian sensor noise of standard deviation ``sigma``, float32, drawn by torch from
+        a seed ``rng`` gives (2.5 times faster than numpy's float64 draws)."""
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return torch.randn(tuple(shape), generator=gen) * sigma
 
 
 def resize_short_side(img: torch.Tensor, size: int) -> torch.Tensor:
