@@ -121,6 +121,8 @@ class DemoConfig:
     probe_smooth_s: float = 1.0
     # how long the probe looks again where it found bleeding (amagi_plugin.probing); 0 = never
     probe_memory_s: float = 0.0
+    # the probe's scores over probe_smooth_s read by their mean (None) or this quantile
+    probe_smooth_q: float | None = None
     # probes trained alike but for their seeds (train_seed_model, +1, ...), read as one in
     # analysis: the mean of their probabilities (models.patchnet.ProbeEnsemble)
     probe_seeds: int = 1
@@ -504,7 +506,9 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         files = probe_files(cfg)
         manifest["probe"] = {"file": files[0] if len(files) == 1 else files,
                              "weight": cfg.probe_weight, "smooth_s": cfg.probe_smooth_s,
-                             "memory_s": cfg.probe_memory_s}
+                             "memory_s": cfg.probe_memory_s,
+                             **({} if cfg.probe_smooth_q is None
+                                else {"smooth_q": cfg.probe_smooth_q})}
         newest = max(newest, *((work / f).stat().st_mtime for f in files))
     if cfg.refiner_sets:
         t0 = time.perf_counter()
@@ -829,9 +833,12 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
               + " s after each bleeding's end (where none is active) as a negative: the "
               "blood it left" if cfg.get("probe_after_end_s") else "")
            + f", look jitter {cfg['probe_look_jitter']:g}; in analysis it looks where the map of each "
-           "prediction's frame peaks, and its score, averaged over "
-           f"{manifest['probe']['smooth_s']:g} s, weighs {manifest['probe']['weight']:g} "
-           "against the clip network's probability"] if manifest.get("probe") else []),
+           "prediction's frame peaks, and its score, "
+           + ("averaged" if manifest["probe"].get("smooth_q") is None
+              else f"its {manifest['probe']['smooth_q']:g}-quantile")
+           + f" over {manifest['probe']['smooth_s']:g} s, weighs "
+           f"{manifest['probe']['weight']:g} against the clip network's probability"]
+          if manifest.get("probe") else []),
         *([f"- temporal refiner `{manifest['refiner']}` ({cfg['refiner_layers']} dilated "
            f"layers of {cfg['refiner_width']} channels, {cfg['refiner_steps']} steps): "
            "re-reads the main model's probabilities over the whole video, each video's "

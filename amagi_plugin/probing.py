@@ -28,8 +28,11 @@ places are carried, never carried ones, so the scores do not depend on how insta
 batched.
 
 :func:`fuse` combines the probe's scores with the clip network's probabilities (a moving
-mean of the probe over ``smooth_s``, then a weighted mean; :class:`ProbeUse` holds these
-two numbers, from a model's ``model.json`` entry ``probe`` beside the probe's file).
+mean of the probe over ``smooth_s``, or with ``smooth_q`` its moving q-quantile, then a
+weighted mean; :class:`ProbeUse` holds these numbers, from a model's ``model.json`` entry
+``probe`` beside the probe's file). The probe flickers: inside a bleeding it scores high at
+some instants and low at others, as the map's peaks move between places (session 39), and a
+mean over a second dilutes its highs where an upper quantile keeps them.
 
 The analysis reads the probe's frames in its one decoding pass over the video, beside the
 clips' (:class:`ProbeStream` is fed from it); :meth:`NeighbourhoodProbe.score_video` is the
@@ -60,7 +63,7 @@ if TYPE_CHECKING:  # the pipeline imports this module
 log = logging.getLogger(__name__)
 
 __all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeStream", "ProbeUse", "fuse",
-           "map_peaks", "moving_mean", "neighbourhoods", "probe_frames"]
+           "map_peaks", "moving_mean", "moving_quantile", "neighbourhoods", "probe_frames"]
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,14 @@ class ProbeUse:
     """How an analysis uses a probe: the moving mean applied to its scores (seconds) and its
     weight (1: the probe alone, 0: the clip network alone) when :func:`fuse` combines them
     with the clip network's probabilities, and how long it remembers where it found bleeding
-    (``memory_s``, module docstring; 0: it looks only at each instant's map peaks)."""
+    (``memory_s``, module docstring; 0: it looks only at each instant's map peaks).
+    ``smooth_q``: None, the scores' mean over ``smooth_s``; a number in (0, 1], their
+    q-quantile there instead (1: the highest)."""
 
     weight: float = 0.5
     smooth_s: float = 1.0
     memory_s: float = 0.0
+    smooth_q: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight <= 1.0:
@@ -80,11 +86,14 @@ class ProbeUse:
         for name in ("smooth_s", "memory_s"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"probe {name} must be >= 0, got {getattr(self, name)}")
+        if self.smooth_q is not None and not 0.0 < self.smooth_q <= 1.0:
+            raise ValueError(f"probe smooth_q must lie in (0, 1] or be null, got {self.smooth_q}")
 
     @classmethod
     def from_json(cls, entry: Any) -> tuple[tuple[str, ...], ProbeUse]:
         """A ``model.json`` entry ``probe``: ``"file.pth"`` or ``{"file": ..., "weight": w,
-        "smooth_s": s, "memory_s": m}`` → the files' names and their use. ``file`` may list
+        "smooth_s": s, "memory_s": m, "smooth_q": q}`` (each but ``file`` optional) → the
+        files' names and their use. ``file`` may list
         several probes of one configuration: the analysis reads the mean of their
         probabilities (:class:`~models.patchnet.ProbeEnsemble`)."""
         if isinstance(entry, str):
@@ -95,15 +104,17 @@ class ProbeUse:
         if (not isinstance(files, list) or not files
                 or not all(isinstance(f, str) and f for f in files)):
             raise ValueError("expected a file name or {\"file\": name or [names], \"weight\": "
-                             f"..., \"smooth_s\": ..., \"memory_s\": ...}}, got {entry!r}")
+                             f"..., \"smooth_s\": ..., \"memory_s\": ..., \"smooth_q\": ...}}, "
+                             f"got {entry!r}")
         if len(set(files)) < len(files):
             raise ValueError(f"a probe file is listed twice: {files}")
-        unknown = sorted(set(entry) - {"file", "weight", "smooth_s", "memory_s"})
+        unknown = sorted(set(entry) - {"file", "weight", "smooth_s", "memory_s", "smooth_q"})
         if unknown:
             raise ValueError(f"unknown keys {unknown}")
         try:
+            q = entry.get("smooth_q")
             use = cls(float(entry.get("weight", 0.5)), float(entry.get("smooth_s", 1.0)),
-                      float(entry.get("memory_s", 0.0)))
+                      float(entry.get("memory_s", 0.0)), None if q is None else float(q))
         except (TypeError, ValueError) as e:
             raise ValueError(str(e)) from None
         return tuple(files), use
@@ -435,14 +446,18 @@ class _PlaceMemory:
 
 def fuse(clip: np.ndarray, probe: np.ndarray, rate_hz: float, use: ProbeUse) -> np.ndarray:
     """``(1 - w) · clip + w · probe`` per instant, the probe's scores first averaged over
-    ``use.smooth_s`` seconds (a centred moving mean, edges repeated); where the probe has no
-    score (``nan``), the clip network's probability stands."""
+    ``use.smooth_s`` seconds (a centred moving mean, edges repeated; with ``use.smooth_q``,
+    their moving q-quantile); where the probe has no score (``nan``), the clip network's
+    probability stands."""
     clip = np.asarray(clip, dtype=np.float64)
     probe = np.asarray(probe, dtype=np.float64)
     if clip.shape != probe.shape:
         raise ValueError(f"clip {clip.shape} and probe {probe.shape} differ")
     known = ~np.isnan(probe)
-    filled = moving_mean(np.where(known, probe, clip), max(1, round(use.smooth_s * rate_hz)))
+    width = max(1, round(use.smooth_s * rate_hz))
+    scores = np.where(known, probe, clip)
+    filled = (moving_mean(scores, width) if use.smooth_q is None
+              else moving_quantile(scores, width, use.smooth_q))
     return np.where(known, (1 - use.weight) * clip + use.weight * filled, clip)
 
 
@@ -453,3 +468,13 @@ def moving_mean(x: np.ndarray, width: int) -> np.ndarray:
         return x.copy()
     padded = np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
     return np.convolve(padded, np.ones(width) / width, "valid")
+
+
+def moving_quantile(x: np.ndarray, width: int, q: float) -> np.ndarray:
+    """The ``q``-quantile (linear interpolation; 1: the highest) of ``width`` consecutive
+    samples of ``x``, centred, edges repeated: the windows of :func:`moving_mean`."""
+    x = np.asarray(x, dtype=np.float64)
+    if width <= 1 or x.size == 0:
+        return x.copy()
+    padded = np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
+    return np.quantile(np.lib.stride_tricks.sliding_window_view(padded, width), q, axis=1)

@@ -36,7 +36,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3,
                               probe_view_negatives=0.5,
                               probe_after_end_s=(0.5, 1.0), probe_frames=6,
-                              probe_pool="avgmax",
+                              probe_pool="avgmax", probe_smooth_q=0.9,
                               static_cases=0, shifted_cases=0).quick()
     assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
     dest = tmp_path / "dest"
@@ -63,7 +63,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     manifest = json.loads((dest / "model.json").read_text())
     second = f"probe_demo_seed{cfg.train_seed_model + 1}.pth"
     assert manifest["probe"] == {"file": [PROBE_FILE, second], "weight": 0.75,
-                                 "smooth_s": 1.0, "memory_s": cfg.probe_memory_s}
+                                 "smooth_s": 1.0, "memory_s": cfg.probe_memory_s,
+                                 "smooth_q": 0.9}
     probe = load_probe([dest / PROBE_FILE, dest / second])
     assert isinstance(probe, ProbeEnsemble)
     assert probe.cfg.short_side == build_model(manifest["arch"]).default_cfg.input_size
@@ -85,7 +86,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     readme = (dest / "README.md").read_text()
     assert (f"neighbourhood probe of 2 networks trained alike but for their seeds "
             f"(`{PROBE_FILE}`, `{second}`; it reads the mean of their probabilities)") in readme
-    assert "weighs 0.75" in readme
+    assert "and its score, its 0.9-quantile over 1 s, weighs 0.75" in readme
     assert "(PatchNet: 6 frames 0.3 s apart of a 32-pixel neighbourhood" in readme
     assert "given explicitly, its feature map pooled by its mean and its largest value per " \
         "channel side by side), 1 epochs" in readme

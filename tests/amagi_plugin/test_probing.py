@@ -201,6 +201,27 @@ def test_fuse_averages_the_probe_over_time_then_weighs_it() -> None:
         fuse(clip, probe[:3], 1.0, ProbeUse())
 
 
+def test_fuse_can_read_an_upper_quantile_of_a_flickering_probe() -> None:
+    """A probe that scores 0.9 at one instant in three inside a bleeding (its map's peaks
+    moving between places) and 0.1 elsewhere: a mean over 3 instants dilutes it to 0.37, its
+    highest keeps 0.9; windows centred, edges repeated, as the mean's."""
+    clip = np.full(9, 0.2)
+    probe = np.array([0.1, 0.1, 0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1])
+    mean = fuse(clip, probe, 1.0, ProbeUse(1.0, 3.0))
+    highest = fuse(clip, probe, 1.0, ProbeUse(1.0, 3.0, smooth_q=1.0))
+    np.testing.assert_allclose(mean[1:4], (0.1 + 0.1 + 0.9) / 3)
+    np.testing.assert_allclose(highest, [0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1])
+    # the median of each window of 3 (by hand: sorted middle values)
+    np.testing.assert_allclose(fuse(clip, probe, 1.0, ProbeUse(1.0, 3.0, smooth_q=0.5)),
+                               np.full(9, 0.1))
+    # the 0.75-quantile of (0.1, 0.1, 0.9): linear between the 2nd and 3rd, 0.1 + 0.5 * 0.8
+    np.testing.assert_allclose(fuse(clip, probe, 1.0, ProbeUse(1.0, 3.0, smooth_q=0.75))[1], 0.5)
+    # where the probe has no score the clip network's probability stands, as with the mean
+    gap = probe.copy()
+    gap[4] = np.nan
+    assert fuse(clip, gap, 1.0, ProbeUse(0.5, 3.0, smooth_q=1.0))[4] == 0.2
+
+
 def test_probe_use_from_a_model_json_entry() -> None:
     assert ProbeUse.from_json("p.pth") == (("p.pth",), ProbeUse())
     assert ProbeUse.from_json({"file": "p.pth", "weight": 1, "smooth_s": 2}) == (
@@ -209,6 +230,9 @@ def test_probe_use_from_a_model_json_entry() -> None:
         ("p.pth",), ProbeUse(memory_s=0.5))
     assert ProbeUse.from_json({"file": ["a.pth", "b.pth"], "weight": 0.75}) == (
         ("a.pth", "b.pth"), ProbeUse(0.75))
+    assert ProbeUse.from_json({"file": "p.pth", "smooth_q": 0.9}) == (
+        ("p.pth",), ProbeUse(smooth_q=0.9))
+    assert ProbeUse.from_json({"file": "p.pth", "smooth_q": None}) == (("p.pth",), ProbeUse())
     for bad, message in (({"weight": 0.5}, "expected a file name"), (3, "expected a file name"),
                          ({"file": []}, "expected a file name"),
                          ({"file": ["a.pth", 3]}, "expected a file name"),
@@ -218,7 +242,10 @@ def test_probe_use_from_a_model_json_entry() -> None:
                          ({"file": "p", "weight": 2}, r"must lie in \[0, 1\]"),
                          ({"file": "p", "weight": "x"}, "could not convert"),
                          ({"file": "p", "smooth_s": -1}, "smooth_s must be"),
-                         ({"file": "p", "memory_s": -0.5}, "memory_s must be")):
+                         ({"file": "p", "memory_s": -0.5}, "memory_s must be"),
+                         ({"file": "p", "smooth_q": 0}, r"smooth_q must lie in \(0, 1\]"),
+                         ({"file": "p", "smooth_q": 1.5}, "smooth_q must lie in"),
+                         ({"file": "p", "smooth_q": "high"}, "could not convert")):
         with pytest.raises(ValueError, match=message):
             ProbeUse.from_json(bad)
 
