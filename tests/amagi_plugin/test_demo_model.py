@@ -196,8 +196,8 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert (gpu.refiner_sets, gpu.refiner_offset, gpu.val_static_cases) == (
         refined.refiner_sets, refined.refiner_offset, refined.val_static_cases)
     peaks_gpu = DemoConfig.recipe("evidence-peaks-gpu")  # evidence-peaks at gpu's budget
-    budget = ("train_cases", "seg_epochs", "clip_epochs", "batch_size", "clip_lr", "threads",
-              "workers")
+    budget = ("train_cases", "seg_epochs", "seg_mine_every", "clip_epochs", "batch_size",
+              "clip_lr", "threads", "workers")
     assert dataclasses.replace(peaks_gpu, **{k: getattr(peaks, k) for k in budget}) == peaks
     assert {k: getattr(peaks_gpu, k) for k in budget} == {k: getattr(gpu, k) for k in budget}
     assert peaks_gpu.train_cases > peaks.train_cases and not peaks_gpu.refiner_sets
