@@ -273,7 +273,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
             progress(f"train: epoch {epoch}/{total}, loss {loss:.4f}")
 
     try:
-        result = train_patchnet(x, y, tcfg, epoch_said)
+        result = train_patchnet(x, y, tcfg, epoch_said, device=device)
     except ModelError as e:
         raise InputError(f"{', '.join(map(str, data))}: {e}") from None
     meta = {"seg_arch": arch, "build": build, "seg_checkpoint": str(seg_checkpoint),
@@ -283,7 +283,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
             "sliding_negatives": tcfg.sliding_negatives,
             "view_negatives": tcfg.view_negatives,
             "after_end_s": list(after_end_s),
-            "batch": tcfg.batch, "seed": seed,
+            "batch": tcfg.batch, "seed": seed, "device": str(device),
             "losses": [round(v, 4) for v in result.losses],
             "seconds": round(summary["seconds"] + result.seconds, 1)}
     return result.net, meta

@@ -162,10 +162,12 @@ def _made_negatives(xb: torch.Tensor, yb: torch.Tensor, cfg: PatchTrainConfig,
 
 
 def train_patchnet(x: np.ndarray, y: np.ndarray, cfg: PatchTrainConfig | None = None,
-                   progress: Callable[[int, int, float], None] | None = None
-                   ) -> PatchTrainResult:
+                   progress: Callable[[int, int, float], None] | None = None,
+                   device: str | torch.device = "cpu") -> PatchTrainResult:
     """Train a probe on neighbourhoods ``x`` (module docstring) with labels ``y`` (0/1);
-    ``progress(epoch, epochs, loss)`` after each epoch."""
+    ``progress(epoch, epochs, loss)`` after each epoch. The network trains on ``device``
+    (each batch is drawn and jittered on the CPU with the same random numbers whatever the
+    device); the trained network comes back on the CPU."""
     cfg = cfg or PatchTrainConfig()
     arch = cfg.architecture
     y = np.asarray(y, dtype=np.float32)
@@ -180,7 +182,7 @@ def train_patchnet(x: np.ndarray, y: np.ndarray, cfg: PatchTrainConfig | None = 
         raise ModelError("the probe needs positive and negative neighbourhoods")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    net = PatchNet(arch)
+    net = PatchNet(arch).to(device)
     opt = torch.optim.AdamW(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(y) // cfg.batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps)
@@ -207,8 +209,9 @@ def train_patchnet(x: np.ndarray, y: np.ndarray, cfg: PatchTrainConfig | None = 
                 xb = torch.cat([xb, m])
                 yb = torch.cat([yb, torch.zeros(len(m))])
                 weight = torch.cat([weight, torch.full((len(m),), w * float(pos_weight))])
-            loss = (F.binary_cross_entropy_with_logits(net(xb), yb, reduction="none")
-                    * weight).sum() / len(idx)
+            loss = (F.binary_cross_entropy_with_logits(net(xb.to(device)), yb.to(device),
+                                                       reduction="none")
+                    * weight.to(device)).sum() / len(idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -217,5 +220,5 @@ def train_patchnet(x: np.ndarray, y: np.ndarray, cfg: PatchTrainConfig | None = 
         losses.append(total / steps)
         if progress:
             progress(epoch + 1, cfg.epochs, losses[-1])
-    return PatchTrainResult(net.eval(), losses, len(y), float(y.mean()),
+    return PatchTrainResult(net.cpu().eval(), losses, len(y), float(y.mean()),
                             time.perf_counter() - t0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from amagi_plugin.errors import InputError
@@ -186,3 +187,32 @@ def test_fit_probe_pools_several_sets(rawframes: Path, tmp_path: Path) -> None:
     assert lines[-1].startswith("train: epoch 1/1")
     with pytest.raises(InputError, match="unknown architecture"):
         fit_probe([rawframes], "amagi_huge", seg)
+
+
+def _two_kinds(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbourhoods of two kinds: bright (1) and dark (0), with noise."""
+    rng = np.random.default_rng(3)
+    y = np.arange(n) % 2
+    x = rng.integers(0, 60, (n, CFG.frames, 36, 36, 3)) + 150 * y[:, None, None, None, None]
+    return x.astype(np.uint8), y
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_the_probe_trains_on_a_device_and_comes_back_on_the_cpu(device: str) -> None:
+    """The network trains where it is told (the demo's GPU build: session 40 found the probe
+    training on the CPU of the lent machine); each batch is drawn with the same random
+    numbers, so on the CPU the weights are those of the default call, and on a GPU the losses
+    follow the CPU's to rounding."""
+    x, y = _two_kinds()
+    cfg = PatchTrainConfig(epochs=2, batch=4, architecture=CFG)
+    base = train_patchnet(x, y, cfg)
+    here = train_patchnet(x, y, cfg, device=device)
+    assert all(p.device.type == "cpu" for p in here.net.parameters())
+    assert not here.net.training
+    if device == "cpu":
+        assert all(torch.equal(a, b) for a, b in zip(base.net.state_dict().values(),
+                                                     here.net.state_dict().values(), strict=True))
+        assert here.losses == base.losses
+    else:
+        np.testing.assert_allclose(here.losses, base.losses, rtol=1e-3, atol=1e-4)
