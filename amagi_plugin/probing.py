@@ -461,12 +461,20 @@ def fuse(clip: np.ndarray, probe: np.ndarray, rate_hz: float, use: ProbeUse) -> 
     return np.where(known, (1 - use.weight) * clip + use.weight * filled, clip)
 
 
+def _edge_padded(x: np.ndarray, width: int) -> np.ndarray | None:
+    """``x`` (float64) padded so each sample has a centred window of ``width``, edges
+    repeated; None when there is nothing to smooth (``width`` <= 1 or no sample)."""
+    if width <= 1 or x.size == 0:
+        return None
+    return np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
+
+
 def moving_mean(x: np.ndarray, width: int) -> np.ndarray:
     """``x`` averaged over ``width`` consecutive samples, centred, edges repeated."""
     x = np.asarray(x, dtype=np.float64)
-    if width <= 1 or x.size == 0:
+    padded = _edge_padded(x, width)
+    if padded is None:
         return x.copy()
-    padded = np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
     return np.convolve(padded, np.ones(width) / width, "valid")
 
 
@@ -474,7 +482,7 @@ def moving_quantile(x: np.ndarray, width: int, q: float) -> np.ndarray:
     """The ``q``-quantile (linear interpolation; 1: the highest) of ``width`` consecutive
     samples of ``x``, centred, edges repeated: the windows of :func:`moving_mean`."""
     x = np.asarray(x, dtype=np.float64)
-    if width <= 1 or x.size == 0:
+    padded = _edge_padded(x, width)
+    if padded is None:
         return x.copy()
-    padded = np.pad(x, (width // 2, width - 1 - width // 2), mode="edge")
     return np.quantile(np.lib.stride_tricks.sliding_window_view(padded, width), q, axis=1)

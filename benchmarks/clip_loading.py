@@ -58,17 +58,15 @@ class _BaselineAugment(ClipAugment):
         super().__init__(size, mean, std, train=train, look_jitter=look_jitter)
         self.look = _BaselineLook(look_jitter)
 
-    def __call__(self, frames: np.ndarray, seed: int = 0) -> torch.Tensor:
+    def _random_crop(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
+        """With MONAI's metadata tracking on."""
+        self.random.set_random_state(seed=int(seed) % (2**32))
+        return torch.as_tensor(self.random(flat)).as_subclass(torch.Tensor)
+
+    def _normalised(self, flat: torch.Tensor, t: int) -> torch.Tensor:
+        """MONAI's channel-wise normalisation over the 3·T channels."""
         from monai.transforms import NormalizeIntensity
 
-        t = frames.shape[0]
-        x = torch.as_tensor(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()
-        flat = x.reshape(3 * t, *x.shape[2:])
-        self.random.set_random_state(seed=int(seed) % (2**32))
-        flat = torch.as_tensor(self.random(flat)).as_subclass(torch.Tensor)
-        if self.look.strength:
-            frames_first = flat.reshape(3, t, *flat.shape[1:]).transpose(0, 1)
-            flat = self.look.for_sample(frames_first, seed).transpose(0, 1).reshape(flat.shape)
         mean, std = self.mean.flatten().numpy(), self.std.flatten().numpy()
         norm = NormalizeIntensity(subtrahend=np.repeat(mean, t), divisor=np.repeat(std, t),
                                   channel_wise=True)

@@ -237,15 +237,23 @@ class ClipAugment:
         x = torch.as_tensor(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()  # 3,T,H,W
         flat = x.reshape(3 * t, *x.shape[2:])
         if self.train:
-            self.random.set_random_state(seed=int(seed) % (2**32))
-            with untracked():
-                flat = torch.as_tensor(self.random(flat)).as_subclass(torch.Tensor)
+            flat = self._random_crop(flat, seed)
             if self.look.strength:
                 frames_first = flat.reshape(3, t, *flat.shape[1:]).transpose(0, 1)
                 flat = self.look.for_sample(frames_first, seed).transpose(0, 1).reshape(
                     flat.shape)
         else:
             flat = resize_short_centre_crop(flat, self.size)
+        return self._normalised(flat, t)
+
+    def _random_crop(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
+        """The seeded random resized crop and flip of a ``(3·T, H, W)`` clip."""
+        self.random.set_random_state(seed=int(seed) % (2**32))
+        with untracked():
+            return torch.as_tensor(self.random(flat)).as_subclass(torch.Tensor)
+
+    def _normalised(self, flat: torch.Tensor, t: int) -> torch.Tensor:
+        """``(3·T, S, S)`` on the 0-255 scale → ``(3, T, S, S)`` normalised per RGB channel."""
         out = torch.as_tensor(flat).as_subclass(torch.Tensor).reshape(3, t, self.size, self.size)
         return ((out - self.mean) / self.std).contiguous()
 
