@@ -282,7 +282,10 @@ _PROBE: dict[str, Any] = {**_PEAKS, "probe_epochs": 8, "probe_extra_cases": 96,
 #: budget (session 29). Run once on the lent H200 (session 40): synthesis 138 s, segmenter
 #: 212 s, clip networks 34 s an epoch (their loading, since made faster): its training needs
 #: two calls; ``--stop-after trained`` leaves calibration and evaluation to the CPU
-#: (scripts/device/README.md, "First GPU run").
+#: (scripts/device/README.md, "First GPU run"). Trained there in session 41 at the budget
+#: below (synthesis 121 s, segmenter 89 s, clip networks 21.5 s an epoch) but for the probe,
+#: which the session's time did not reach: ``--stop-after clip`` leaves it to the CPU too
+#: ("Second GPU run").
 #: ``evidence-peaks-gpu`` is ``evidence-peaks`` (the best held-out-look candidate of the CPU
 #: builds, sessions 19-24) at that budget, without the refiner stage.
 #: Cut in session 40 from the first run's measurements to fit a lent session's ~14 minutes
@@ -386,6 +389,11 @@ def _check_work_dir(work: Path, cfg: DemoConfig) -> None:
     record.write_text(json.dumps(wanted, indent=1) + "\n")
 
 
+#: Where ``build_demo(stop_after=)`` may stop: after every network, or after the segmenter and
+#: the clip networks (before the probe's training cases are made).
+STOP_AFTER = ("trained", "clip")
+
+
 def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
                device: str = "cpu", stop_after: str | None = None) -> dict[str, Any]:
     """Run every stage; returns the ``training.json`` document.
@@ -396,12 +404,16 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
 
     ``stop_after="trained"`` ends the build once every network is trained, before the
     validation and evaluation sets are made (a lent GPU's minutes go to training; the same
-    work directory, resumed anywhere, calibrates and evaluates). Nothing is written to
-    ``dest`` then, and the returned document holds only ``stopped_after`` and ``seconds``.
-    A resumed build whose networks are all trained does not make their training data again.
+    work directory, resumed anywhere, calibrates and evaluates). ``stop_after="clip"`` ends
+    it sooner, once the segmenter and the clip networks are trained: the probe's own
+    training cases are not made, and the probe and the refiner are left to the resumed build
+    too. Nothing is written to ``dest`` then, and the returned document holds only
+    ``stopped_after`` and ``seconds``. A resumed build whose networks are all trained does
+    not make their training data again.
     """
-    if stop_after not in (None, "trained"):
-        raise ConfigError(f"stop_after must be 'trained' or None, got {stop_after!r}")
+    if stop_after is not None and stop_after not in STOP_AFTER:
+        raise ConfigError(f"stop_after must be one of {', '.join(map(repr, STOP_AFTER))} "
+                          f"or None, got {stop_after!r}")
     import os
 
     work, dest = work.resolve(), dest.resolve()
@@ -425,20 +437,22 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         ("probe-static", cfg.probe_static_seed, cfg.probe_static_cases, "randomised-static"))
         if cfg.probe_epochs and cases]
     probe_sets += [root for root, *_ in extra_sets]
-    # the training data, unless every network that reads them is trained already
-    trained = (all((d / "done").is_file() for d in (seg_dir, amagi_dir, sf_dir))
-               and not (cfg.probe_epochs and _probe_pending(work, seg_dir, cfg)))
+    # the training data, unless every network that reads them is trained already (or, when
+    # the build stops after the clip networks, every one of those)
+    clip_trained = all((d / "done").is_file() for d in (seg_dir, amagi_dir, sf_dir))
+    trained = clip_trained and not (cfg.probe_epochs and _probe_pending(work, seg_dir, cfg))
+    before_probe = stop_after == "clip"
     t0 = time.perf_counter()
     ran = False
-    if trained:
+    if trained or (before_probe and clip_trained):
         log.info("every network is trained: their training data are not made again")
     else:
         ran |= _synth(train_root, cfg.train_cases, cfg.train_seed, cfg.train_duration_s, cfg,
                       cfg.train_domain, "rawframes", cfg.train_cases_per_patient, jobs)
-        for root, seed, cases, domain in extra_sets:
-            ran |= _synth(root, cases, seed, cfg.train_duration_s, cfg, domain, "rawframes",
-                          cfg.train_cases_per_patient, jobs)
-    for i, (domain, seed, cases) in enumerate(cfg.refiner_sets):
+    for root, seed, cases, domain in [] if trained or before_probe else extra_sets:
+        ran |= _synth(root, cases, seed, cfg.train_duration_s, cfg, domain, "rawframes",
+                      cfg.train_cases_per_patient, jobs)
+    for i, (domain, seed, cases) in enumerate([] if before_probe else cfg.refiner_sets):
         ran |= _synth(work / "data" / f"refiner-{i}", cases, seed, cfg.refiner_duration_s,
                       cfg, domain, "dicom", 1, jobs)
     timings.record("synth", t0, ran)
@@ -487,6 +501,11 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
             raise DemoBuildError(f"training {name} failed (exit {code}); see {out}/stdout.log")
         (out / "done").write_text("ok\n")
     timings.record("train_clip_models", t0, bool(procs))
+    if before_probe:
+        log.info("the segmenter and the clip networks are trained; stopping before the probe, "
+                 "validation and evaluation (resume the work directory %s to finish the "
+                 "build)", work)
+        return {"stopped_after": "clip", "seconds": timings.report()}
 
     from models.training.loops import export_weights
 
@@ -885,9 +904,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="shipped", choices=sorted(RECIPES),
                    help=RECIPE_HELP)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (train and evaluate)")
-    p.add_argument("--stop-after", choices=["trained"], default=None,
+    p.add_argument("--stop-after", choices=STOP_AFTER, default=None,
                    help="trained: stop once every network is trained, before the validation "
-                   "and held-out sets (resume the work directory to finish)")
+                   "and held-out sets; clip: once the segmenter and the clip networks are, "
+                   "before the probe's own cases (resume the work directory to finish)")
     args = p.parse_args(argv)
     setup_logging("info", "text")  # the program's one logging setup
     try:

@@ -6,9 +6,12 @@
 #
 # FILES_DIR holds trained-amagi.tar and trained-rest.tar (the device tool's files_at). They
 # are unpacked into an empty work directory WORK (default var/demo-model-$RECIPE-device), and
-# the same build is resumed there on this machine: it trains nothing and makes no training
-# data, but makes the validation and held-out sets, calibrates and evaluates (about 30
-# minutes on 2 cores for evidence-probe-gpu), and writes the demo folder to DEST (default
+# the same build is resumed there on this machine: it retrains none of the networks that
+# came back, makes the validation and held-out sets, calibrates and evaluates (about 30
+# minutes on 2 cores for evidence-probe-gpu). A probe the device did not train (lease.sh's
+# default --stop-after clip) is trained here first, on its training cases made again here
+# from the same seeds (session 41: about 35 minutes more for
+# evidence-probe-gpu's 192 cases). It writes the demo folder to DEST (default
 # var/demo-$RECIPE-device: a candidate, not the bundled model; models/weights/demo/ takes
 # it only through the gate, tests/amagi_plugin/test_demo_gate.py).
 #

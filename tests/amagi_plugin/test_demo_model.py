@@ -268,6 +268,6 @@ def test_amagi_train_demo_uses_the_recipes_work_directory(run_cli, tmp_path: Pat
 def test_a_build_stops_only_after_training(tmp_path: Path) -> None:
     from amagi_plugin.demo_model import DemoConfig, build_demo
 
-    with pytest.raises(ConfigError, match="stop_after must be 'trained'"):
+    with pytest.raises(ConfigError, match="stop_after must be one of 'trained', 'clip'"):
         build_demo(tmp_path / "work", DemoConfig(), tmp_path / "dest", stop_after="evaluated")
     assert not (tmp_path / "work").exists()  # refused before anything was made

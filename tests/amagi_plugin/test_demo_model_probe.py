@@ -22,10 +22,11 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     a rerun redoes nothing. Only the first held-out set is evaluated: the bleeding-free and
     shifted sets are the plain build's test's (they cost this test a minute).
 
-    The build first stops once its networks are trained (``--stop-after trained``, as on a
-    lent GPU), and its work directory moves without its data (as ``trained-*.tar`` bring it
-    back from the GPU); resumed there, it trains nothing and makes no training data again,
-    but makes the validation and held-out sets and finishes."""
+    The build first stops once its segmenter and clip networks are trained (``--stop-after
+    clip``, as on a lent GPU: no probe cases made), is resumed until its probes are trained
+    too (``--stop-after trained``), and its work directory moves without its data (as
+    ``trained-*.tar`` bring it back from the GPU); resumed there, it trains nothing and makes
+    no training data again, but makes the validation and held-out sets and finishes."""
     import shutil
 
     from amagi_plugin.demo_model import PROBE_FILE, DemoConfig, build_demo
@@ -43,7 +44,15 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     dest.mkdir()
     (dest / "probe_demo_seed99.pth").write_bytes(b"an earlier build's probe")
     (dest / "mine.pth").write_bytes(b"a user's own file")
+    clip = build_demo(tmp_path / "work", cfg, dest, stop_after="clip")
+    assert clip["stopped_after"] == "clip"
+    assert set(clip["seconds"]) == {"synth", "train_seg", "train_clip_models", "total"}
+    assert [p.name for p in (tmp_path / "work" / "data").iterdir()] == ["train"]
+    assert not list((tmp_path / "work").glob("*.pth"))  # no probe trained
+    assert {p.name for p in dest.iterdir()} == {"probe_demo_seed99.pth", "mine.pth"}
     stopped = build_demo(tmp_path / "work", cfg, dest, stop_after="trained")
+    assert {k: stopped["seconds"][k] for k in ("train_seg", "train_clip_models")} == {
+        k: clip["seconds"][k] for k in ("train_seg", "train_clip_models")}  # not trained again
     assert stopped["stopped_after"] == "trained"
     assert set(stopped["seconds"]) == {"synth", "train_seg", "train_clip_models", "probe",
                                        "total"}
