@@ -10,8 +10,8 @@
 # came back, makes the validation and held-out sets, calibrates and evaluates (about 30
 # minutes on 2 cores for evidence-probe-gpu). A probe the device did not train (lease.sh's
 # default --stop-after clip) is trained here first, on its training cases made again here
-# from the same seeds (session 41: about 35 minutes more for
-# evidence-probe-gpu's 192 cases). It writes the demo folder to DEST (default
+# from the same seeds (session 41, evidence-probe-gpu: its 192 cases 16 min, the probe 80 min
+# on 2 cores shared with a test run). It writes the demo folder to DEST (default
 # var/demo-$RECIPE-device: a candidate, not the bundled model; models/weights/demo/ takes
 # it only through the gate, tests/amagi_plugin/test_demo_gate.py).
 #
