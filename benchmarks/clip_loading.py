@@ -14,7 +14,9 @@ builds it for the demo (``amagi_tiny_tge``: 8 frames 3 apart, 128 pixels; look j
 still negatives 0.35), one process, one torch thread (as a loading worker), on JPEG
 rawframes written here (160x128, smooth textured frames). Rows: cold (every frame decoded;
 a worker's first epoch, and every epoch as the loaders are made again each epoch) and warm
-(frames cached), with and without look jitter.
+(frames cached), with and without look jitter; then with the look left to the training
+device (``look_on_device``, what ``amagi train clip`` does on a GPU), against the baseline
+with look jitter, and that finishing's cost per clip on this CPU.
 
 The baseline is the same dataset with session 39's preprocessing, kept here: MONAI's
 ``NormalizeIntensity(channel_wise=True)`` over the clip's 3·T channels, MONAI's metadata
@@ -87,10 +89,11 @@ def _write_case(folder: Path, frames: int, seed: int) -> None:
             folder / f"img_{k + 1:05d}.jpg", quality=90)
 
 
-def _dataset(records, cfg, baseline: bool, look: float) -> ClipDataset:
+def _dataset(records, cfg, baseline: bool, look: float, on_device: bool = False
+             ) -> ClipDataset:
     ds = ClipDataset(records, cfg.input_size, cfg.mean, cfg.std, cfg.clip_len,
                      cfg.frame_interval, train=True, seed=7, still_negatives=0.35,
-                     look_jitter=look, cache=FrameCache())
+                     look_jitter=look, cache=FrameCache(), look_on_device=on_device)
     if baseline:
         ds.augment = _BaselineAugment(cfg.input_size, cfg.mean, cfg.std, train=True,
                                       look_jitter=look)
@@ -143,7 +146,26 @@ def main(argv: list[str] | None = None) -> int:
                 now = _ms_per_clip(_dataset(records, cfg, False, look), items, cold, rounds)
                 name = f"look jitter {look:g}, {'cold (JPEG decoded)' if cold else 'warm'}"
                 print(f"{name:<34}{base:>12.1f}{now:>9.1f}{1e3 / now:>13.0f}{base / now:>9.2f}×")
+        # the look left to the training device (``look_on_device``, a GPU build's loaders)
+        deferred = _dataset(records, cfg, False, 1.0, on_device=True)
+        for cold in (True, False):
+            base = _ms_per_clip(_dataset(records, cfg, True, 1.0), items, cold, rounds)
+            now = _ms_per_clip(deferred, items, cold, rounds)
+            name = f"look on the device, {'cold' if cold else 'warm'}"
+            print(f"{name:<34}{base:>12.1f}{now:>9.1f}{1e3 / now:>13.0f}{base / now:>9.2f}×")
+        batch = [deferred[i] for i in items[:32]]
+        x, seeds = torch.stack([b[0] for b in batch]), torch.tensor([b[2] for b in batch])
+        best = min(_timed(lambda: deferred.finish_batch(x, seeds)) for _ in range(rounds))
+        print(f"the look finished on this CPU instead, a batch of {len(batch)}: "
+              f"{best / len(batch) * 1e3:.1f} ms a clip (why CPU training keeps it in the "
+              f"loaders)")
     return 0
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from monai.transforms import (
 )
 
 __all__ = [
+    "LOOK_FIELDS",
     "ClipAugment",
     "LookJitter",
     "SegAugment",
@@ -101,6 +102,9 @@ def freeze_clip(frame: np.ndarray, length: int, rng: np.random.Generator,
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
+#: Length of one sample's look as :meth:`LookJitter.draw` gives it.
+LOOK_FIELDS = 7
+
 #: Second word of the look jitter's seed: its own random stream, apart from the one a
 #: dataset draws the same sample's frame offsets from with the same seed.
 _LOOK_STREAM = 0x100C
@@ -139,11 +143,16 @@ class LookJitter:
         return self(x, np.random.default_rng([int(seed), _LOOK_STREAM]))
 
     def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        s = self.strength
-        if s == 0.0:
+        if self.strength == 0.0:
             return x
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected (frames, 3, H, W), got shape {tuple(x.shape)}")
+        return self.apply(x, self.draw(rng), rng)
+
+    def draw(self, rng: np.random.Generator) -> torch.Tensor:
+        """One sample's look, ``float64 (LOOK_FIELDS,)``: the RGB gains (white balance times
+        exposure, each exactly a float32), gamma, saturation, blur σ (0: none) and noise σ."""
+        s = self.strength
 
         def log_u(half_width: float) -> float:
             return math.exp(rng.uniform(-half_width * s, half_width * s))
@@ -152,16 +161,58 @@ class LookJitter:
         gamma, saturation = log_u(0.35), log_u(0.4)
         blur = rng.uniform(0.2, 1.5) * s if rng.random() < 0.5 else 0.0
         noise = rng.uniform(0.0, 3.0 * s)
+        return torch.cat([gains.double(), torch.tensor([gamma, saturation, blur, noise],
+                                                      dtype=torch.float64)])
+
+    def apply(self, x: torch.Tensor, look: torch.Tensor, rng: np.random.Generator | None
+              ) -> torch.Tensor:
+        """``look`` (from :meth:`draw`) on the frames ``x (K, 3, H, W)``, its sensor noise
+        drawn from ``rng`` (``None`` only for a look without noise)."""
+        g0, g1, g2, gamma, saturation, blur, noise = look.tolist()
+        gains = torch.tensor([g0, g1, g2], dtype=torch.float32)
         y = (x / 255.0 * gains[None, :, None, None]).clamp(0.0, 1.0) ** gamma
         grey = y.mean(dim=1, keepdim=True)
         y = grey + (y - grey) * saturation
-        if blur > 0.0:  # each of the 3·K planes on its own (MONAI: channel-first, 2-D)
-            planes = GaussianSmooth(sigma=blur)(y.reshape(-1, *y.shape[2:]))
-            y = torch.as_tensor(planes).as_subclass(torch.Tensor).reshape(y.shape)
+        if blur > 0.0:
+            y = self._blurred(y, blur)
         y = y * 255.0
         if noise > 0.0:
+            if rng is None:
+                raise ValueError("a look with sensor noise needs a random generator")
             y = y + self.noise(y.shape, noise, rng).to(y.dtype)
         return y.clamp(0.0, 255.0)
+
+    @staticmethod
+    def _blurred(y: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Every ``(H, W)`` plane of ``y`` on its own (MONAI: channel-first, 2-D)."""
+        planes = GaussianSmooth(sigma=sigma)(y.reshape(-1, *y.shape[-2:]))
+        return torch.as_tensor(planes).as_subclass(torch.Tensor).reshape(y.shape)
+
+    @staticmethod
+    def apply_batch(x: torch.Tensor, looks: torch.Tensor, generator: torch.Generator
+                    ) -> torch.Tensor:
+        """Each sample's look on a batch of clips ``x (B, 3, T, H, W)``, on ``x``'s device:
+        ``looks (B, LOOK_FIELDS)`` from :meth:`draw`, the sensor noise drawn by
+        ``generator`` (on that device). The arithmetic of :meth:`apply` broadcast over the
+        batch (within float32 rounding of it; the blur per sample), so a GPU does the work
+        a loading process would otherwise do per clip."""
+        if x.dim() != 5 or x.shape[1] != 3 or looks.shape != (x.shape[0], LOOK_FIELDS):
+            raise ValueError(f"expected clips (B, 3, T, H, W) and looks (B, {LOOK_FIELDS}), "
+                             f"got {tuple(x.shape)} and {tuple(looks.shape)}")
+        per = looks.to(device=x.device, dtype=torch.float32)
+
+        def each(k: int) -> torch.Tensor:
+            return per[:, k].view(-1, 1, 1, 1, 1)
+
+        y = (x / 255.0 * per[:, :3].view(-1, 3, 1, 1, 1)).clamp(0.0, 1.0) ** each(3)
+        grey = y.mean(dim=1, keepdim=True)
+        y = grey + (y - grey) * each(4)
+        for i, sigma in enumerate(looks[:, 5].tolist()):
+            if sigma > 0.0:
+                y[i] = LookJitter._blurred(y[i], sigma)
+        y = y * 255.0
+        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return (y + noise * each(6)).clamp(0.0, 255.0)
 
     @staticmethod
     def noise(shape: tuple[int, ...] | torch.Size, sigma: float, rng: np.random.Generator
@@ -234,17 +285,46 @@ class ClipAugment:
 
     def __call__(self, frames: np.ndarray, seed: int = 0) -> torch.Tensor:
         t = frames.shape[0]
+        flat = self._cropped(frames, seed)
+        if self.train and self.look.strength:
+            frames_first = flat.reshape(3, t, *flat.shape[1:]).transpose(0, 1)
+            flat = self.look.for_sample(frames_first, seed).transpose(0, 1).reshape(flat.shape)
+        return self._normalised(flat, t)
+
+    def deferred(self, frames: np.ndarray, seed: int = 0) -> torch.Tensor:
+        """Training: the clip cropped, resized and flipped as :meth:`__call__` does, on the
+        0-255 scale, ``(3, T, S, S)``: its look and normalisation are left to
+        :meth:`finish_batch` on the training device."""
+        if not self.train:
+            raise ValueError("only training clips defer their look (validation has none)")
+        t = frames.shape[0]
+        return torch.as_tensor(self._cropped(frames, seed)).reshape(
+            3, t, self.size, self.size).contiguous()
+
+    def finish_batch(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """:meth:`deferred` clips ``x (B, 3, T, S, S)`` of items ``seeds`` → what
+        :meth:`__call__` gives them: each item's look (the one :meth:`__call__` draws from
+        the same seed; its sensor noise drawn on ``x``'s device from one stream per batch)
+        and the normalisation, on ``x``'s device."""
+        items = [int(k) for k in seeds.tolist()]
+        if self.look.strength:
+            looks = torch.stack([self.look.draw(np.random.default_rng([k, _LOOK_STREAM]))
+                                 for k in items])
+            state = int(np.random.SeedSequence(items).generate_state(1)[0])
+            gen = torch.Generator(device=x.device).manual_seed(state)
+            x = LookJitter.apply_batch(x, looks, gen)
+        mean, std = (v.to(x.device).view(1, 3, 1, 1, 1) for v in (self.mean, self.std))
+        return ((x - mean) / std).contiguous()
+
+    def _cropped(self, frames: np.ndarray, seed: int) -> torch.Tensor:
+        """``(3·T, S, S)`` on the 0-255 scale: the random crop and flip (training) or the
+        centre crop."""
+        t = frames.shape[0]
         x = torch.as_tensor(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()  # 3,T,H,W
         flat = x.reshape(3 * t, *x.shape[2:])
         if self.train:
-            flat = self._random_crop(flat, seed)
-            if self.look.strength:
-                frames_first = flat.reshape(3, t, *flat.shape[1:]).transpose(0, 1)
-                flat = self.look.for_sample(frames_first, seed).transpose(0, 1).reshape(
-                    flat.shape)
-        else:
-            flat = resize_short_centre_crop(flat, self.size)
-        return self._normalised(flat, t)
+            return self._random_crop(flat, seed)
+        return resize_short_centre_crop(flat, self.size)
 
     def _random_crop(self, flat: torch.Tensor, seed: int) -> torch.Tensor:
         """The seeded random resized crop and flip of a ``(3·T, H, W)`` clip."""

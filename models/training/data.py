@@ -307,13 +307,18 @@ class ClipDataset(Dataset):
     look_jitter
         Training only: strength of the per-clip look change
         (:class:`~models.training.augment.LookJitter`; 0 = off, the authors' recipe).
+    look_on_device
+        Training with look jitter only: items are ``(clip on the 0-255 scale, label, item
+        seed)``, the look and normalisation left to :meth:`finish_batch` on the training
+        device (a GPU's, where the loading processes would otherwise bound the epoch). The
+        same looks as without; the sensor noise drawn there, per batch.
     """
 
     def __init__(self, records: Sequence[ClipRecord], size: int, mean: Sequence[float],
                  std: Sequence[float], clip_len: int = 8, frame_interval: int = 3,
                  train: bool = True, seed: int = 0, cache: FrameCache | None = None,
                  filename_tmpl: str = "img_{:05d}.jpg", still_negatives: float = 0.0,
-                 look_jitter: float = 0.0) -> None:
+                 look_jitter: float = 0.0, look_on_device: bool = False) -> None:
         if not 0.0 <= still_negatives < 1.0:
             raise ValueError(f"still_negatives must lie in [0, 1), got {still_negatives}")
         self.still_negatives = still_negatives
@@ -323,9 +328,15 @@ class ClipDataset(Dataset):
         self.cache = cache or FrameCache()
         self.tmpl = filename_tmpl
         self.augment = ClipAugment(size, mean, std, train=train, look_jitter=look_jitter)
+        self.look_on_device = bool(look_on_device and train and look_jitter > 0)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def finish_batch(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """A batch of ``look_on_device`` items' clips (on the training device) and seeds →
+        the normalised clips with their looks (:meth:`ClipAugment.finish_batch`)."""
+        return self.augment.finish_batch(x, seeds)
 
     @property
     def labels(self) -> list[int]:
@@ -353,9 +364,15 @@ class ClipDataset(Dataset):
         if (rng is not None and r.label == 1 and self.still_negatives
                 and rng.random() < self.still_negatives):
             centre = self.cache.load(r.folder / self.tmpl.format(indices[len(indices) // 2]))
-            return self.augment(freeze_clip(centre, len(indices), rng), seed), 0
+            return self._item(freeze_clip(centre, len(indices), rng), seed, 0)
         frames = np.stack([self.cache.load(r.folder / self.tmpl.format(k)) for k in indices])
-        return self.augment(frames, seed), r.label
+        return self._item(frames, seed, r.label)
+
+    def _item(self, frames: np.ndarray, seed: int, label: int
+              ) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
+        if self.look_on_device:
+            return self.augment.deferred(frames, seed), label, seed
+        return self.augment(frames, seed), label
 
 
 def _read_rgb(path: Path) -> np.ndarray:

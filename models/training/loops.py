@@ -132,7 +132,8 @@ def _loader(ds: Dataset, cfg: _Common, epoch: int,
     torch.manual_seed(seed)  # dropout of this epoch, so a resumed run matches
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
-                      drop_last=len(ds) > cfg.batch_size, num_workers=cfg.workers)
+                      drop_last=len(ds) > cfg.batch_size, num_workers=cfg.workers,
+                      pin_memory=_pinned(cfg))
 
 
 def _shard_loader(ds: Dataset, cfg: _Common, epoch: int, rank: int, world: int
@@ -144,7 +145,13 @@ def _shard_loader(ds: Dataset, cfg: _Common, epoch: int, rank: int, world: int
                                  seed=cfg.seed, drop_last=False)
     sampler.set_epoch(epoch)
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler,
-                      drop_last=len(sampler) > cfg.batch_size, num_workers=cfg.workers)
+                      drop_last=len(sampler) > cfg.batch_size, num_workers=cfg.workers,
+                      pin_memory=_pinned(cfg))
+
+
+def _pinned(cfg: _Common) -> bool:
+    """Batches in page-locked memory when they go to a GPU (copied while it computes)."""
+    return cfg.device.startswith("cuda")
 
 
 def _read_latest(path: Path) -> Any:
@@ -263,8 +270,10 @@ def _train(model: nn.Module, train_ds: Dataset, cfg: _Common, kind: str, loss_fn
         bar = tqdm(loader, desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    file=progress, disable=progress is None or not main, leave=False)
         losses, correct, seen, t0 = [], 0, 0, time.perf_counter()
-        for x, y in bar:
-            x, y = x.to(device), y.to(device)
+        for batch in bar:
+            x, y = (t.to(device, non_blocking=True) for t in batch[:2])
+            if len(batch) > 2:  # the dataset left the rest of each item to this device
+                x = train_ds.finish_batch(x, *batch[2:])
             loss, n_ok = loss_fn(net, x, y)
             if not math.isfinite(float(loss.detach())):
                 raise ModelError(f"{kind} training diverged at epoch {epoch + 1} (loss {loss})")

@@ -99,6 +99,7 @@ def test_checkpoints_have_the_authors_layout(trained: Path) -> None:
     assert meta["still_negatives"] == 0.0
     sf_meta = read_checkpoint(trained / "slowfast" / "latest.pth")["meta"]
     assert sf_meta["still_negatives"] == 0.3 and sf_meta["look_jitter"] == 0.5
+    assert sf_meta["look_on_device"] is False  # on the CPU the loaders apply it
     assert meta["look_jitter"] == 0.0
 
 

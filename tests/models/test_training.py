@@ -246,6 +246,73 @@ def test_data_loading_processes_do_not_change_training(tmp_path: Path) -> None:
         assert torch.allclose(v.float(), two[k].float(), atol=1e-6), k
 
 
+def test_look_on_device_draws_each_clip_the_look_of_its_seed() -> None:
+    from models.training.augment import ClipAugment, LookJitter
+
+    aug = ClipAugment(24, MEAN, STD, train=True, look_jitter=1.0)
+    rng = np.random.default_rng(3)
+    # mid-grey texture: no value near 0 or 255 before the look, so little clipping after
+    frames = rng.integers(90, 160, (6, 30, 36, 3)).astype(np.uint8)
+    seeds = [5, 17, 29, 41, 53, 65, 77, 89]
+    ref = torch.stack([aug(frames, k) for k in seeds])
+    raw = torch.stack([aug.deferred(frames, k) for k in seeds])
+    assert raw.shape == ref.shape == (8, 3, 6, 24, 24) and raw.min() >= 0 and raw.max() > 100
+    got = aug.finish_batch(raw, torch.tensor(seeds))
+    assert got.shape == ref.shape
+    # without the sensor noise the two paths agree to float32 rounding, blur included
+    looks = torch.stack([aug.look.draw(np.random.default_rng([k, 0x100C])) for k in seeds])
+    assert (looks[:, 5] > 0).any() and (looks[:, 5] == 0).any()  # blurred and sharp samples
+    quiet = looks.clone()
+    quiet[:, 6] = 0.0
+    per = torch.stack([aug.look.apply(c.transpose(0, 1), q, None).transpose(0, 1)
+                       for c, q in zip(raw, quiet, strict=True)])
+    assert torch.allclose(LookJitter.apply_batch(raw, quiet, torch.Generator()), per,
+                          atol=1e-3)
+    # with it, each clip differs from its per-item twin by two independent draws of its
+    # own noise level: the residual's deviation is sqrt(2) times that sample's sigma
+    resid = ((got - ref) * torch.tensor(STD).view(1, 3, 1, 1, 1)).flatten(1)
+    expected = looks[:, 6].float() * math.sqrt(2.0)
+    assert torch.allclose(resid.std(dim=1), expected, rtol=0.12, atol=0.05), (
+        resid.std(dim=1), expected)
+    assert resid.mean(dim=1).abs().max() < 0.15
+    with pytest.raises(ValueError, match="B, 3, T, H, W"):
+        LookJitter.apply_batch(raw[0], looks[:1], torch.Generator())
+    with pytest.raises(ValueError, match="only training clips"):
+        ClipAugment(24, MEAN, STD, train=False).deferred(frames)
+
+
+def test_clip_training_with_the_look_on_the_device(tmp_path: Path) -> None:
+    """The loop finishes deferred items on its device; as with the looks in the loaders, the
+    loading processes do not change what it trains, and neither does a resumed run."""
+    records = read_annotation_list(_write_dataset(tmp_path / "data"))
+
+    def run(out: Path, workers: int, look_on_device: bool = True
+            ) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        torch.manual_seed(0)
+        model = build_model("slowfast_tiny", input_size=32)
+        ds = ClipDataset(records, 32, MEAN, STD, seed=5, look_jitter=1.0,
+                         look_on_device=look_on_device)
+        assert ds.look_on_device is look_on_device
+        item = ds[0]
+        assert len(item) == (3 if look_on_device else 2)
+        res = train_clip_model(model, ds, _clip_cfg(out, 2, workers=workers), meta={})
+        return model.state_dict(), res.history
+
+    inline, hist = run(tmp_path / "w0", 0)
+    two, hist2 = run(tmp_path / "w2", 2)
+    assert all(math.isfinite(h["loss"]) for h in hist) and len(hist) == 2
+    assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in hist2], rel=1e-5)
+    for k, v in inline.items():
+        assert torch.allclose(v.float(), two[k].float(), atol=1e-6), k
+    in_loaders, _ = run(tmp_path / "loaders", 0, look_on_device=False)
+    assert any(not torch.allclose(v.float(), in_loaders[k].float()) for k, v in inline.items()
+               if v.is_floating_point())  # other noise draws: not the same run
+    # without look jitter, or for validation, nothing is deferred
+    assert not ClipDataset(records, 32, MEAN, STD, look_on_device=True).look_on_device
+    assert not ClipDataset(records, 32, MEAN, STD, train=False, look_jitter=1.0,
+                           look_on_device=True).look_on_device
+
+
 def test_seg_training_then_frozen_inside_amagi(tmp_path: Path) -> None:
     root = tmp_path / "data"
     ann = _write_dataset(root)

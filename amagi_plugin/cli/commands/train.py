@@ -53,7 +53,8 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--seed", type=int, default=0, help="data order and augmentation seed")
     g.add_argument("--look-jitter", type=float, default=0.0, metavar="S",
                    help="strength (0-2) of a random change of look per training sample: white "
-                   "balance, exposure, gamma, saturation, blur, noise (0 = the authors' recipe)")
+                   "balance, exposure, gamma, saturation, blur, noise (0 = the authors' recipe); "
+                   "for clips on a GPU it is applied there per batch, not in the loaders")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under "
                    "torchrun: cuda means cuda:LOCAL_RANK)")
     g.add_argument("--dist-backend", default="auto", choices=("auto", "nccl", "gloo"),
@@ -449,9 +450,11 @@ def _run_clip(args: argparse.Namespace, ctx, device: str, main: bool) -> int:
     cfg = ClipTrainConfig(**_common_cfg(args, ctx, device), class_weights=tuple(weights))
     ds = ClipDataset(records, mcfg.input_size, mcfg.mean, mcfg.std, mcfg.clip_len,
                      mcfg.frame_interval, train=True, seed=args.seed,
-                     still_negatives=args.still_negatives, look_jitter=args.look_jitter)
+                     still_negatives=args.still_negatives, look_jitter=args.look_jitter,
+                     look_on_device=not device.startswith("cpu"))
     meta = {"arch": arch, "build": overrides, "class_weights": list(weights),
             "still_negatives": args.still_negatives, "look_jitter": args.look_jitter,
+            "look_on_device": ds.look_on_device,
             "min_visible_px": args.min_visible_px, "unseen_bleeding_left_out": unseen,
             "seg_checkpoint": seg_source, "clips": len(ds),
             "positives": int(sum(labels)), **fold}
