@@ -80,6 +80,9 @@ class DemoConfig:
     train_cases: int = 48
     train_duration_s: float = 30.0
     train_cases_per_patient: int = 2
+    # the training sets' frames: rendered, or decoded from each case's H.264 video (what an
+    # analysis reads; amagi synth --frames-from)
+    train_frames_from: str = "render"
     size: tuple[int, int] = (160, 128)
     fps: float = 30.0
     clip_stride: int = 12
@@ -172,6 +175,11 @@ class DemoConfig:
     version: str = "3.0"
 
     def __post_init__(self) -> None:
+        from amagi_plugin.synth.writer import FRAME_SOURCES
+
+        if self.train_frames_from not in FRAME_SOURCES:
+            raise ConfigError(f"train_frames_from must be one of {', '.join(FRAME_SOURCES)}, "
+                              f"got {self.train_frames_from!r}")
         if self.probe_seeds < 1:
             raise ConfigError(f"probe_seeds must be at least 1, got {self.probe_seeds}")
         if self.probe_epochs and self.refiner_sets:
@@ -308,6 +316,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "randomised-gpu": {**_REFINED, **_GPU_BUDGET},
     "evidence-peaks-gpu": {**_PEAKS, **_GPU_BUDGET},
     "evidence-probe-gpu": {**_PROBE, **_GPU_BUDGET},
+    "evidence-probe-gpu-decoded": {**_PROBE, **_GPU_BUDGET, "train_frames_from": "video",
+                                   "version": "9.3"},
 }
 
 #: The recipes in a sentence, for ``--recipe``'s help (``amagi train demo`` and this module).
@@ -320,7 +330,8 @@ RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe); v3: the mo
                "map's peaks; evidence-refined: evidence with a temporal refiner and "
                "bleeding-free validation; randomised-gpu: evidence-refined with a GPU's budget; "
                "evidence-peaks-gpu: evidence-peaks with a GPU's budget; evidence-probe-gpu: "
-               "the shipped recipe with a GPU's budget")
+               "the shipped recipe with a GPU's budget; evidence-probe-gpu-decoded: that, "
+               "trained on frames decoded from each case's H.264 video")
 
 
 def _cli(argv: list[str]) -> None:
@@ -331,7 +342,7 @@ def _cli(argv: list[str]) -> None:
 
 
 def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, domain: str,
-           formats: str, per_patient: int, jobs: int) -> bool:
+           formats: str, per_patient: int, jobs: int, frames_from: str = "render") -> bool:
     """Generate a data set unless it is already there; True if it was generated now."""
     if (root / "cases.json").is_file():
         log.info("reusing %s", root)
@@ -340,7 +351,7 @@ def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, 
           "--duration-s", str(duration), "--size", f"{cfg.size[0]}x{cfg.size[1]}",
           "--fps", str(cfg.fps), "--formats", formats, "--clip-stride", str(cfg.clip_stride),
           "--domain", domain, "--cases-per-patient", str(per_patient), "--overwrite",
-          "--jobs", str(jobs), "--no-progress"])
+          "--jobs", str(jobs), "--no-progress", "--frames-from", frames_from])
     return True
 
 
@@ -448,10 +459,11 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         log.info("every network is trained: their training data are not made again")
     else:
         ran |= _synth(train_root, cfg.train_cases, cfg.train_seed, cfg.train_duration_s, cfg,
-                      cfg.train_domain, "rawframes", cfg.train_cases_per_patient, jobs)
+                      cfg.train_domain, "rawframes", cfg.train_cases_per_patient, jobs,
+                      cfg.train_frames_from)
     for root, seed, cases, domain in [] if trained or before_probe else extra_sets:
         ran |= _synth(root, cases, seed, cfg.train_duration_s, cfg, domain, "rawframes",
-                      cfg.train_cases_per_patient, jobs)
+                      cfg.train_cases_per_patient, jobs, cfg.train_frames_from)
     for i, (domain, seed, cases) in enumerate([] if before_probe else cfg.refiner_sets):
         ran |= _synth(work / "data" / f"refiner-{i}", cases, seed, cfg.refiner_duration_s,
                       cfg, domain, "dicom", 1, jobs)
@@ -799,7 +811,10 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         "## Data", "",
         f"- training: `amagi synth --seed {tr['seed']} --domain {tr['domain']}`, "
         f"{tr['cases']} cases × {tr['duration_s']:g} s ({cfg['train_cases_per_patient']} per "
-        f"synthetic patient), {cfg['size'][0]}x{cfg['size'][1]} at {cfg['fps']:g} fps",
+        f"synthetic patient), {cfg['size'][0]}x{cfg['size'][1]} at {cfg['fps']:g} fps"
+        + ("; every network trained on the frames decoded from each case's H.264 video "
+           "(`--frames-from video`: the encoder's I/P/B frame quality, as in analysis)"
+           if cfg.get("train_frames_from", "render") == "video" else ""),
         f"- held-out evaluation: `amagi synth --seed {ev['seed']} --domain {ev['domain']}`, "
         f"{ev['cases']} cases × {ev['duration_s']:g} s: "
         + _HELDOUT_TEXT.get(ev["domain"], "other seeds and scene ranges")

@@ -23,11 +23,19 @@ from amagi_plugin.synth.dataset import generate_dataset
 from amagi_plugin.synth.errors import OutputExistsError, SynthError
 from amagi_plugin.synth.render import RenderedFrame, Renderer
 from amagi_plugin.synth.scene import DOMAINS, SceneParams, SceneRanges, sample_scene
-from amagi_plugin.synth.writer import FORMATS, OutputOptions, case_seed, plan_cases, write_case
+from amagi_plugin.synth.writer import (
+    FORMATS,
+    FRAME_SOURCES,
+    OutputOptions,
+    case_seed,
+    plan_cases,
+    write_case,
+)
 
 __all__ = [
     "DOMAINS",
     "FORMATS",
+    "FRAME_SOURCES",
     "OutputExistsError",
     "OutputOptions",
     "RenderedFrame",

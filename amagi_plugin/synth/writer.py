@@ -51,6 +51,12 @@ from amagi_plugin.synth.scene import FORMAT_VERSION, SceneParams, SceneRanges, s
 log = logging.getLogger(__name__)
 
 FORMATS = ("dicom", "mp4", "rawframes")
+#: Where rawframes and mask frames come from: the renderer's frames, or the frames decoded
+#: from the case's own encoded video (what an analysis sees: H.264's I/P/B frame quality).
+FRAME_SOURCES = ("render", "video")
+#: Decoded frames' JPEG: the video's compression, not the JPEG's (no second chroma
+#: subsampling; within ~1 grey level of the decoded frame on average)
+_DECODED_JPEG = {"quality": 95, "subsampling": 0}
 GENERATOR_NAME = "amagi_plugin.synth"
 _KEEP_BYTES = 256 * 2**20
 
@@ -70,7 +76,14 @@ class OutputOptions:
     clip_stride
         Frames between the first frames of consecutive clip folders.
     jpeg_quality
-        Quality (1–95) of the rawframe JPEGs.
+        Quality (1–95) of the rawframe JPEGs (rendered frames).
+    frames_from
+        One of :data:`FRAME_SOURCES`. ``"render"``: rawframes and mask frames are the
+        rendered frames (JPEG at ``jpeg_quality`` or the look's). ``"video"``: they are the
+        frames decoded from the case's H.264 video (encoded at the look's CRF; written
+        whether or not ``"mp4"`` is asked, and removed if not), saved at JPEG quality 95
+        without chroma subsampling, so training sees the encoder's frame types as analysis does. Masks are the
+        renderer's either way (the decoder moves no pixel).
     overwrite
         Replace existing case folders instead of refusing.
     """
@@ -81,6 +94,7 @@ class OutputOptions:
     frame_interval: int = 3
     clip_stride: int = 3
     jpeg_quality: int = 90
+    frames_from: str = "render"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -94,6 +108,9 @@ class OutputOptions:
                 raise SynthError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.jpeg_quality <= 95:
             raise SynthError(f"jpeg_quality must be 1-95, got {self.jpeg_quality}")
+        if self.frames_from not in FRAME_SOURCES:
+            raise SynthError(f"frames_from must be one of {', '.join(FRAME_SOURCES)}, got "
+                             f"{self.frames_from!r}")
 
     @property
     def clip_span(self) -> int:
@@ -223,17 +240,25 @@ def _write_case(spec: CaseSpec, case_dir: Path, options: OutputOptions) -> dict[
     keep: list[np.ndarray] | None = (
         [] if both and scene.n_frames * scene.width * scene.height * 3 <= _KEEP_BYTES else None)
 
+    decoded = options.frames_from == "video"
+
+    def save_frame(index: int, rgb: np.ndarray, jpeg: dict[str, int]) -> None:
+        """Frame ``index``'s rawframe and, on a mask frame, its PNG beside the mask."""
+        if rawframes:
+            Image.fromarray(rgb).save(case_dir / "rawframes" / _frame_name(index, ".jpg"),
+                                      **jpeg)
+        if index in chosen:
+            Image.fromarray(rgb).save(case_dir / "frames" / _frame_name(index, ".png"))
+
     def first_pass() -> Iterator[np.ndarray]:
         for fr in renderer.frames():
             side.active_pixels.append(int(fr.active.sum()))
             side.negative_pixels.append(int(fr.negative.sum()))
-            if rawframes:
-                Image.fromarray(fr.rgb).save(case_dir / "rawframes" / _frame_name(fr.index, ".jpg"),
-                                             quality=quality)
+            if not decoded:
+                save_frame(fr.index, fr.rgb, {"quality": quality})
             if fr.index in chosen:
                 name = _frame_name(fr.index, ".png")
                 Image.fromarray(fr.active.astype(np.uint8) * 255).save(case_dir / "masks" / name)
-                Image.fromarray(fr.rgb).save(case_dir / "frames" / name)
                 side.masks.append({"frame": fr.index, "mask": f"masks/{name}",
                                    "image": f"frames/{name}",
                                    "active_pixels": int(fr.active.sum())})
@@ -252,9 +277,14 @@ def _write_case(spec: CaseSpec, case_dir: Path, options: OutputOptions) -> dict[
     )
     files: dict[str, str] = {"labels": "labels.json"}
     mp4, dcm = case_dir / "video.mp4", case_dir / "video.dcm"
-    if "mp4" in options.formats:
+    if "mp4" in options.formats or decoded:
         encode_video(first_pass(), mp4, scene.fps, **encode_kw)
-        files["mp4"] = "video.mp4"
+        if decoded:
+            _save_decoded(mp4, scene.n_frames, save_frame)
+        if "mp4" in options.formats:
+            files["mp4"] = "video.mp4"
+        else:
+            mp4.unlink()
     elif "dicom" in options.formats:
         write_video_dicom(first_pass(), dcm, fps=scene.fps, meta=meta, **encode_kw)
     else:
@@ -294,7 +324,8 @@ def _write_case(spec: CaseSpec, case_dir: Path, options: OutputOptions) -> dict[
         "clips": {"clip_len": options.clip_len, "frame_interval": options.frame_interval,
                   "stride": options.clip_stride, "folder_frames": options.clip_span,
                   "label_offset": options.centre_offset, "count": len(lines)},
-        "tags": scene.tags(), "files": files, "scene": scene.to_dict(),
+        "tags": scene.tags(), "files": files, "frames_from": options.frames_from,
+        "scene": scene.to_dict(),
     }
     (case_dir / "labels.json").write_text(json.dumps(doc, indent=1))
     elapsed = time.perf_counter() - t0
@@ -309,6 +340,21 @@ def _write_case(spec: CaseSpec, case_dir: Path, options: OutputOptions) -> dict[
             "palette": scene.palette.name, "domain": scene.domain, "tags": scene.tags(),
             "files": {k: f"{spec.case_id}/{v}" for k, v in files.items()},
             "annotation_lines": lines, "seconds": round(elapsed, 3)}
+
+
+def _save_decoded(video: Path, n_frames: int, save_frame) -> None:
+    """``save_frame(index, rgb, jpeg options)`` for every frame decoded from ``video``, which must
+    hold exactly ``n_frames`` (the rendered ones)."""
+    from dicom_io.video import open_video
+
+    count = 0
+    for index, _, rgb in open_video(video).frames():
+        if index != count:
+            raise SynthError(f"{video}: decoded frame {index} where {count} was expected")
+        save_frame(index, rgb, _DECODED_JPEG)
+        count += 1
+    if count != n_frames:
+        raise SynthError(f"{video}: decoded {count} frames of the {n_frames} rendered")
 
 
 def _write_clips(case_dir: Path, case_id: str, labels: np.ndarray,
@@ -348,7 +394,7 @@ def write_index(root: str | os.PathLike[str], records: list[dict[str, Any]], *,
         "format_version": FORMAT_VERSION, "generator": GENERATOR_NAME, "version": __version__,
         "note": "Synthetic data: not patient data, not for clinical use.",
         "seed": seed, "ranges": ranges_doc, "settings": settings,
-        "formats": list(options.formats),
+        "formats": list(options.formats), "frames_from": options.frames_from,
         "clip_rule": {"clip_len": options.clip_len, "frame_interval": options.frame_interval,
                       "stride": options.clip_stride, "folder_frames": options.clip_span,
                       "label": f"label of frame first + {options.centre_offset}"},

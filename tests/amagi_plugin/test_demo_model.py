@@ -164,7 +164,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
                                        randomised.static_seed)
     assert set(RECIPES) == {"shipped", "v3", "randomised", "randomised-gpu", "temporal", "evidence",
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
-                            "evidence-probe-gpu",
+                            "evidence-probe-gpu", "evidence-probe-gpu-decoded",
                             "evidence-probe"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
@@ -205,6 +205,14 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     shipped = DemoConfig.recipe("shipped")
     assert dataclasses.replace(probe_gpu, **{k: getattr(shipped, k) for k in budget}) == shipped
     assert {k: getattr(probe_gpu, k) for k in budget} == {k: getattr(gpu, k) for k in budget}
+    decoded = DemoConfig.recipe("evidence-probe-gpu-decoded")  # that, on decoded frames
+    assert (decoded.train_frames_from, probe_gpu.train_frames_from) == ("video", "render")
+    assert dataclasses.replace(decoded, train_frames_from="render",
+                               version=probe_gpu.version) == probe_gpu
+    assert all(RECIPES[r].get("train_frames_from", "render") == "render"
+               for r in RECIPES if r != "evidence-probe-gpu-decoded")
+    with pytest.raises(ConfigError, match="train_frames_from must be one of render, video"):
+        DemoConfig(train_frames_from="decoded")
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
         DemoConfig.recipe("gpu")
     probe = DemoConfig.recipe("evidence-probe")  # evidence-peaks, a probe, its own point

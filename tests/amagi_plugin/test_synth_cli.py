@@ -169,6 +169,20 @@ def test_refuses_to_overwrite_and_rejects_bad_options(dataset, tmp_path):
     assert code == ExitCode.USAGE and "palettes" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--domain", "nowhere")
     assert code == ExitCode.BAD_INPUT and "domain" in err
+    code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--frames-from", "decoded")
+    assert code == ExitCode.USAGE and "frames_from must be one of render, video" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_frames_from_video_reaches_the_cases(tmp_path):
+    code, _, err = _run(tmp_path, "-od", "dec", *ARGS, "--formats", "rawframes",
+                        "--frames-from", "video")
+    assert code == 0, err
+    assert _index(tmp_path / "dec")["frames_from"] == "video"
+    for case in sorted((tmp_path / "dec").glob("s3_c*")):
+        doc = json.loads((case / "labels.json").read_text())
+        assert doc["frames_from"] == "video" and not (case / "video.mp4").exists()
+        assert len(list((case / "rawframes").glob("*.jpg"))) == doc["n_frames"]
 
 
 def test_scene_range_flags_reach_the_scenes(tmp_path):

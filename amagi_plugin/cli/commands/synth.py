@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     v.add_argument("--clip-stride", type=int, default=3, metavar="FRAMES",
                    help="frames between the starts of consecutive clip folders")
     v.add_argument("--jpeg-quality", type=int, default=90, help="rawframe JPEG quality")
+    v.add_argument("--frames-from", default="render", metavar="SOURCE",
+                   help="rawframes and mask frames: render (the rendered frames, the default) "
+                   "or video (decoded from the case's H.264 video, what an analysis sees; the "
+                   "video is encoded even without --formats mp4)")
     s = p.add_argument_group("scene ranges (override the domain preset)")
     s.add_argument("--domain", default="train",
                    help="preset of scene ranges: train, randomised (domain-randomised looks, "
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace, ctx) -> int:
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     options = OutputOptions(formats=formats, mask_every=args.mask_every,
                             clip_stride=args.clip_stride, jpeg_quality=args.jpeg_quality,
-                            overwrite=args.overwrite)
+                            frames_from=args.frames_from, overwrite=args.overwrite)
     root = ctx.cwd / args.output_directory
     width, height = args.size
     t0 = time.perf_counter()
