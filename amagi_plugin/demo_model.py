@@ -453,10 +453,13 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     clip_trained = all((d / "done").is_file() for d in (seg_dir, amagi_dir, sf_dir))
     trained = clip_trained and not (cfg.probe_epochs and _probe_pending(work, seg_dir, cfg))
     before_probe = stop_after == "clip"
+    # nothing this build still trains reads the training data
+    needless = trained or (before_probe and clip_trained)
     t0 = time.perf_counter()
     ran = False
-    if trained or (before_probe and clip_trained):
-        log.info("every network is trained: their training data are not made again")
+    if needless:
+        log.info("%s trained: their training data are not made again",
+                 "every network is" if trained else "the segmenter and the clip networks are")
     else:
         ran |= _synth(train_root, cfg.train_cases, cfg.train_seed, cfg.train_duration_s, cfg,
                       cfg.train_domain, "rawframes", cfg.train_cases_per_patient, jobs,
