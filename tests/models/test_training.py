@@ -246,7 +246,10 @@ def test_data_loading_processes_do_not_change_training(tmp_path: Path) -> None:
         assert torch.allclose(v.float(), two[k].float(), atol=1e-6), k
 
 
-def test_look_on_device_draws_each_clip_the_look_of_its_seed() -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_look_on_device_draws_each_clip_the_look_of_its_seed(device: str) -> None:
+    """What a GPU build's loop does to a batch (``finish_batch`` on the batch's device)."""
     from models.training.augment import ClipAugment, LookJitter
 
     aug = ClipAugment(24, MEAN, STD, train=True, look_jitter=1.0)
@@ -257,8 +260,9 @@ def test_look_on_device_draws_each_clip_the_look_of_its_seed() -> None:
     ref = torch.stack([aug(frames, k) for k in seeds])
     raw = torch.stack([aug.deferred(frames, k) for k in seeds])
     assert raw.shape == ref.shape == (8, 3, 6, 24, 24) and raw.min() >= 0 and raw.max() > 100
-    got = aug.finish_batch(raw, torch.tensor(seeds))
-    assert got.shape == ref.shape
+    got = aug.finish_batch(raw.to(device), torch.tensor(seeds))
+    assert got.device.type == device and got.shape == ref.shape
+    got = got.cpu()
     # without the sensor noise the two paths agree to float32 rounding, blur included
     looks = torch.stack([aug.look.draw(np.random.default_rng([k, 0x100C])) for k in seeds])
     assert (looks[:, 5] > 0).any() and (looks[:, 5] == 0).any()  # blurred and sharp samples
@@ -266,8 +270,9 @@ def test_look_on_device_draws_each_clip_the_look_of_its_seed() -> None:
     quiet[:, 6] = 0.0
     per = torch.stack([aug.look.apply(c.transpose(0, 1), q, None).transpose(0, 1)
                        for c, q in zip(raw, quiet, strict=True)])
-    assert torch.allclose(LookJitter.apply_batch(raw, quiet, torch.Generator()), per,
-                          atol=1e-3)
+    batched = LookJitter.apply_batch(raw.to(device), quiet,
+                                     torch.Generator(device=device)).cpu()
+    assert torch.allclose(batched, per, atol=1e-3)
     # with it, each clip differs from its per-item twin by two independent draws of its
     # own noise level: the residual's deviation is sqrt(2) times that sample's sigma
     resid = ((got - ref) * torch.tensor(STD).view(1, 3, 1, 1, 1)).flatten(1)
