@@ -56,19 +56,22 @@ clean:
 # segmenter, AMAGI, the SlowFast baseline and the neighbourhood probe, choose the operating
 # point on validation cases, evaluate on held-out looks and bleeding-free video, write
 # models/weights/demo/. Resumable (intermediate files in var/demo-model[-RECIPE]).
-# RECIPE=shipped (the default) is the bundled 9.1, the evidence-probe recipe: about 1.6 h on
-# 2 CPU cores (models/weights/demo/README.md). RECIPE=v3 the model bundled before it (<= 60 min on 2 cores). DEVICE=cuda
-# trains and evaluates on the GPU and synthesises with every core.
+# RECIPE=shipped (the default) is the bundled 9.3, the evidence-probe-gpu recipe: meant for
+# DEVICE=cuda (its networks were trained on an H200; on 2 CPU cores it would take many hours),
+# which trains and evaluates on the GPU and synthesises with every core. On 2 CPU cores
+# RECIPE=evidence-probe builds 9.2, the same recipe at the CPU's budget (about 1.6 h of work;
+# models/weights/demo/README.md); RECIPE=v3 the model bundled before 9.1 (<= 60 min).
 # RECIPE=randomised (or randomised-gpu, a GPU budget) trains on domain-randomised looks,
 # RECIPE=temporal the same with temporal guidance (amagi_tiny_tg), RECIPE=evidence temporal
 # with the map's peak and area read by the head and look jitter (amagi_tiny_tge),
 # RECIPE=evidence-peaks that with the segmenter trained on its own false peaks, read at the
 # authors' operating point (about 2 h on 2 cores),
 # RECIPE=evidence-refined that with a temporal refiner and bleeding-free validation,
-# RECIPE=evidence-probe (= shipped) evidence-peaks with the neighbourhood probe at the map's
+# RECIPE=evidence-probe (9.2) evidence-peaks with the neighbourhood probe at the map's
 # peaks and its operating point chosen on bleeding-free validation,
-# RECIPE=randomised-gpu / evidence-peaks-gpu / evidence-probe-gpu evidence-refined /
-# evidence-peaks / the shipped recipe with a GPU's budget (see models/weights/demo/README.md
+# RECIPE=randomised-gpu / evidence-peaks-gpu / evidence-probe-gpu (= shipped) evidence-refined /
+# evidence-peaks / evidence-probe with a GPU's budget, RECIPE=evidence-probe-gpu-decoded that
+# trained on frames decoded from each case's H.264 video (see models/weights/demo/README.md
 # and models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
 RECIPE ?= shipped

@@ -150,8 +150,9 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
 def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     from amagi_plugin.demo_model import RECIPES, DemoConfig
 
-    # the bundled model's recipe (9.2, session 32); the dataclass defaults are v3's
-    assert DemoConfig.recipe("shipped") == DemoConfig.recipe("evidence-probe")
+    # the bundled model's recipe (9.3, session 42: evidence-probe at a GPU's budget); the
+    # dataclass defaults are v3's
+    assert DemoConfig.recipe("shipped") == DemoConfig.recipe("evidence-probe-gpu")
     assert DemoConfig.recipe("shipped").version == json.loads(
         (DEMO_DIR / "model.json").read_text())["version"]
     assert DemoConfig.recipe("v3") == DemoConfig()
@@ -203,12 +204,15 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert peaks_gpu.train_cases > peaks.train_cases and not peaks_gpu.refiner_sets
     probe_gpu = DemoConfig.recipe("evidence-probe-gpu")  # the shipped recipe at gpu's budget
     shipped = DemoConfig.recipe("shipped")
-    assert dataclasses.replace(probe_gpu, **{k: getattr(shipped, k) for k in budget}) == shipped
+    assert probe_gpu == shipped and probe_gpu.version == "9.3"
+    cpu_probe = DemoConfig.recipe("evidence-probe")  # 9.2: the same at the CPU's budget
+    assert dataclasses.replace(probe_gpu, **{k: getattr(cpu_probe, k) for k in budget},
+                               version="9.2") == cpu_probe
     assert {k: getattr(probe_gpu, k) for k in budget} == {k: getattr(gpu, k) for k in budget}
     decoded = DemoConfig.recipe("evidence-probe-gpu-decoded")  # that, on decoded frames
     assert (decoded.train_frames_from, probe_gpu.train_frames_from) == ("video", "render")
     assert dataclasses.replace(decoded, train_frames_from="render",
-                               version=probe_gpu.version) == probe_gpu
+                               version=probe_gpu.version) == probe_gpu and decoded.version == "9.4"
     assert all(RECIPES[r].get("train_frames_from", "render") == "render"
                for r in RECIPES if r != "evidence-probe-gpu-decoded")
     with pytest.raises(ConfigError, match="train_frames_from must be one of render, video"):
