@@ -75,3 +75,27 @@ def test_the_video_is_encoded_for_its_frames_and_not_kept_unless_asked(tmp_path:
 def test_an_unknown_frame_source_is_refused() -> None:
     with pytest.raises(SynthError, match="frames_from must be one of render, video"):
         OutputOptions(frames_from="decoded")
+
+
+def test_a_video_that_decodes_short_leaves_no_case(tmp_path: Path, monkeypatch) -> None:
+    """A decoder that loses frames (a broken encode) must not pass as a shorter case."""
+    import dicom_io.video
+
+    real = dicom_io.video.open_video
+
+    class Short:
+        def __init__(self, path):
+            self.video = real(path)
+
+        def frames(self):
+            for i, item in enumerate(self.video.frames()):
+                if i == 30:
+                    return
+                yield item
+
+    monkeypatch.setattr(dicom_io.video, "open_video", Short)
+    with pytest.raises(SynthError, match="decoded 30 frames of the 60 rendered"):
+        generate_dataset(tmp_path / "s", 1, 7, ranges="randomised",
+                         options=OutputOptions(formats=("rawframes",), frames_from="video"),
+                         **SMALL)
+    assert not [p for p in (tmp_path / "s").glob("*") if p.is_dir()]
