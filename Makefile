@@ -56,11 +56,11 @@ clean:
 # segmenter, AMAGI, the SlowFast baseline and the neighbourhood probe, choose the operating
 # point on validation cases, evaluate on held-out looks and bleeding-free video, write
 # models/weights/demo/. Resumable (intermediate files in var/demo-model[-RECIPE]).
-# RECIPE=shipped (the default) is the bundled 9.3, the evidence-probe-gpu recipe: meant for
-# DEVICE=cuda (its networks were trained on an H200; on 2 CPU cores it would take many hours),
-# which trains and evaluates on the GPU and synthesises with every core. On 2 CPU cores
-# RECIPE=evidence-probe builds 9.2, the same recipe at the CPU's budget (about 1.6 h of work;
-# models/weights/demo/README.md); RECIPE=v3 the model bundled before 9.1 (<= 60 min).
+# RECIPE=shipped (the default with DEVICE=cuda) is the bundled 9.3, the evidence-probe-gpu
+# recipe (its networks were trained on an H200; on 2 CPU cores it would take many hours);
+# DEVICE=cuda trains and evaluates on the GPU and synthesises with every core. On the CPU the
+# default is RECIPE=evidence-probe: 9.2, the same recipe at the CPU's budget (about 1.6 h of
+# work; models/weights/demo/README.md); RECIPE=v3 the model bundled before 9.1 (<= 60 min).
 # RECIPE=randomised (or randomised-gpu, a GPU budget) trains on domain-randomised looks,
 # RECIPE=temporal the same with temporal guidance (amagi_tiny_tg), RECIPE=evidence temporal
 # with the map's peak and area read by the head and look jitter (amagi_tiny_tge),
@@ -74,6 +74,11 @@ clean:
 # trained on frames decoded from each case's H.264 video (see models/weights/demo/README.md
 # and models/weights/demo/heldout-looks/README.md).
 DEVICE ?= cpu
+# the bundled recipe where it was trained (a GPU); its CPU-sized twin on the CPU
+ifneq ($(findstring cuda,$(DEVICE)),)
 RECIPE ?= shipped
+else
+RECIPE ?= evidence-probe
+endif
 demo-model: venv
 	$(BIN)/python -m amagi_plugin.demo_model --device $(DEVICE) --recipe $(RECIPE)

@@ -323,6 +323,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence-probe-gpu-decoded": {**_PROBE_GPU, "train_frames_from": "video", "version": "9.4"},
 }
 
+#: The recipes sized for a GPU (the whole of :data:`_GPU_BUDGET`): on 2 CPU cores they take
+#: many hours, so a CPU build of one is warned about.
+GPU_RECIPES = frozenset(name for name, r in RECIPES.items()
+                        if all(r.get(k) == v for k, v in _GPU_BUDGET.items()))
+
 #: The recipes in a sentence, for ``--recipe``'s help (``amagi train demo`` and this module).
 RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe-gpu, 9.3: meant for "
                "a GPU; on 2 CPU cores evidence-probe, 9.2, is the smaller build); v3: an "
@@ -934,6 +939,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("info", "text")  # the program's one logging setup
     try:
         cfg = DemoConfig.recipe(args.recipe)
+        if args.recipe in GPU_RECIPES and not args.quick and args.device == "cpu":
+            log.warning("recipe %s is sized for a GPU (%d training cases, %d clip epochs at "
+                        "batch %d): on a few CPU cores it takes many hours; --device cuda, "
+                        "or --recipe evidence-probe for the CPU's budget", args.recipe,
+                        cfg.train_cases, cfg.clip_epochs, cfg.batch_size)
         work = args.work_dir or default_work_dir(args.recipe, args.quick)
         training = build_demo(work, cfg.quick() if args.quick else cfg, args.dest, args.device,
                               args.stop_after)

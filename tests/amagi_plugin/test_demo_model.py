@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from amagi_plugin.demo_model import StageTimes
-from amagi_plugin.errors import ConfigError
+from amagi_plugin.errors import ConfigError, ExitCode
 from amagi_plugin.evaluation.calibrate import LENGTHS_S, THRESHOLDS
 from amagi_plugin.modelspec import DEMO_DIR
 
@@ -145,6 +145,22 @@ def test_quick_demo_build_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     again = build_demo(tmp_path / "work", cfg, dest)
     assert again["seconds"] == training["seconds"]
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
+def test_a_gpu_sized_recipe_on_the_cpu_is_warned_about(tmp_path: Path, capfd) -> None:
+    from amagi_plugin.demo_model import GPU_RECIPES, main
+
+    assert set(GPU_RECIPES) == {"shipped", "randomised-gpu", "evidence-peaks-gpu",
+                                "evidence-probe-gpu", "evidence-probe-gpu-decoded"}
+    busy = tmp_path / "work"
+    busy.mkdir()
+    (busy / "stray").write_text("x")  # refused at once: nothing is built
+    for recipe, device, warned in (("shipped", "cpu", True), ("shipped", "cuda", False),
+                                   ("evidence-probe", "cpu", False)):
+        code = main(["--recipe", recipe, "--device", device, "--work-dir", str(busy)])
+        err = capfd.readouterr().err
+        assert code == ExitCode.FAILURE and "records no configuration" in err, err
+        assert ("sized for a GPU" in err) is warned, (recipe, device, err)
 
 
 def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
