@@ -65,7 +65,8 @@ def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path) -> None:
 
 
 def test_make_demo_model_configuration_is_the_committed_one() -> None:
-    """``make demo-model`` rebuilds what is committed: its defaults equal the recorded config."""
+    """``make demo-model DEVICE=cuda`` (the shipped recipe) rebuilds what is committed: its
+    configuration equals the recorded one."""
     from amagi_plugin.demo_model import DemoConfig
 
     training = json.loads((DEMO_DIR / _manifest()["training"]).read_text())
