@@ -82,8 +82,8 @@ class OutputOptions:
         rendered frames (JPEG at ``jpeg_quality`` or the look's). ``"video"``: they are the
         frames decoded from the case's H.264 video (encoded at the look's CRF; written
         whether or not ``"mp4"`` is asked, and removed if not), saved at JPEG quality 95
-        without chroma subsampling, so training sees the encoder's frame types as analysis does. Masks are the
-        renderer's either way (the decoder moves no pixel).
+        without chroma subsampling, so training sees the encoder's frame types as analysis
+        does. Masks are the renderer's either way (the decoder moves no pixel).
     overwrite
         Replace existing case folders instead of refusing.
     """

@@ -170,9 +170,7 @@ class LookJitter:
         drawn from ``rng`` (``None`` only for a look without noise)."""
         g0, g1, g2, gamma, saturation, blur, noise = look.tolist()
         gains = torch.tensor([g0, g1, g2], dtype=torch.float32)
-        y = (x / 255.0 * gains[None, :, None, None]).clamp(0.0, 1.0) ** gamma
-        grey = y.mean(dim=1, keepdim=True)
-        y = grey + (y - grey) * saturation
+        y = self._toned(x, gains[None, :, None, None], gamma, saturation)
         if blur > 0.0:
             y = self._blurred(y, blur)
         y = y * 255.0
@@ -181,6 +179,15 @@ class LookJitter:
                 raise ValueError("a look with sensor noise needs a random generator")
             y = y + self.noise(y.shape, noise, rng).to(y.dtype)
         return y.clamp(0.0, 255.0)
+
+    @staticmethod
+    def _toned(x: torch.Tensor, gains: torch.Tensor, gamma: float | torch.Tensor,
+               saturation: float | torch.Tensor) -> torch.Tensor:
+        """White balance and exposure (``gains``, broadcast over ``x``'s RGB axis 1), tone
+        curve and saturation, on the 0-1 scale (``x`` on 0-255)."""
+        y = (x / 255.0 * gains).clamp(0.0, 1.0) ** gamma
+        grey = y.mean(dim=1, keepdim=True)
+        return grey + (y - grey) * saturation
 
     @staticmethod
     def _blurred(y: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -204,9 +211,7 @@ class LookJitter:
         def each(k: int) -> torch.Tensor:
             return per[:, k].view(-1, 1, 1, 1, 1)
 
-        y = (x / 255.0 * per[:, :3].view(-1, 3, 1, 1, 1)).clamp(0.0, 1.0) ** each(3)
-        grey = y.mean(dim=1, keepdim=True)
-        y = grey + (y - grey) * each(4)
+        y = LookJitter._toned(x, per[:, :3].view(-1, 3, 1, 1, 1), each(3), each(4))
         for i, sigma in enumerate(looks[:, 5].tolist()):
             if sigma > 0.0:
                 y[i] = LookJitter._blurred(y[i], sigma)
