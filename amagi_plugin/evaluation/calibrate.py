@@ -24,16 +24,20 @@ bound, the one with the fewest false alarms wins (then by F1).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 from typing import Any
+
+import numpy as np
 
 from amagi_plugin.analysis import OperatingPoint, Timeline, find_events
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase
 from amagi_plugin.evaluation.metrics import EventCounts, event_counts, index_errors
+from amagi_plugin.probing import ProbeUse, fuse
 
-__all__ = ["HOLDS", "LENGTHS_S", "MAX_FALSE_ALARMS_PER_HOUR", "METHODS", "RULE", "THRESHOLDS",
-           "Candidate", "calibration_record", "choose_operating_point",
+__all__ = ["HOLDS", "LENGTHS_S", "MAX_FALSE_ALARMS_PER_HOUR", "METHODS", "PROBE_SMOOTH_S",
+           "PROBE_WEIGHTS", "RULE", "THRESHOLDS", "Candidate", "FusionChoice",
+           "calibration_record", "choose_operating_point", "choose_probe_fusion", "refused",
            "score_operating_points"]
 
 #: Thresholds tried: 0.05, 0.10, ..., 0.95, the whole range. Until session 15 they ran from
@@ -54,6 +58,16 @@ LENGTHS_S = (0.5, 1.0, 2.0, 3.0)
 HOLDS: tuple[float | None, ...] = (None, *THRESHOLDS)
 #: The IoU at which events are matched for the choice.
 IOU = 0.5
+#: With ``amagi calibrate --probe-fusion``, the probe's weights against the clip network
+#: (:class:`~amagi_plugin.probing.ProbeUse`) tried, and the lengths (s) of the moving mean
+#: of its scores: every pair with every operating point above; among equals, the pair nearest
+#: the recorded one. The demo's 0.75 and 1 s were measured on session 27-29's networks
+#: (heldout-looks/README.md); a build's own validation may prefer another pair.
+PROBE_WEIGHTS = (0.5, 0.625, 0.75, 0.875, 1.0)
+PROBE_SMOOTH_S = (0.5, 1.0, 2.0)
+#: How far re-fusing a recorded prediction with its own use may land from the probabilities
+#: it recorded (they are rounded to 6 decimals in ``predictions.json``).
+REFUSE_TOLERANCE = 1e-5
 #: False alarms an hour allowed on the bleeding-free validation cases.
 MAX_FALSE_ALARMS_PER_HOUR = 1.0
 #: The rule, in words (recorded with every choice).
@@ -156,29 +170,97 @@ def _choose(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase], rat
         raise ValueError("the validation cases hold no bleeding event: no operating point "
                          "can be chosen on them")
     scored = score_operating_points(preds, truth, rate_hz, *grid)
+    return min(scored, key=_rank), scored
+
+
+def _rank(c: Candidate) -> tuple[float, ...]:
+    """Lower is better (:data:`RULE`)."""
     authors = OperatingPoint()
+    over = 0 if c.admissible else c.false_alarms
+    hold = c.point.hold_threshold
+    return (over, -c.f1, c.count_error, hold is not None,
+            c.point.smoothing != authors.smoothing,
+            abs(c.point.threshold - authors.threshold),
+            abs(c.point.smoothing_s - authors.smoothing_s), -(hold or 0.0))
 
-    def rank(c: Candidate) -> tuple[float, ...]:
-        over = 0 if c.admissible else c.false_alarms
-        hold = c.point.hold_threshold
-        return (over, -c.f1, c.count_error, hold is not None,
-                c.point.smoothing != authors.smoothing,
-                abs(c.point.threshold - authors.threshold),
-                abs(c.point.smoothing_s - authors.smoothing_s), -(hold or 0.0))
 
-    return min(scored, key=rank), scored
+def refused(pred: CasePrediction, use: ProbeUse, rate_hz: float) -> CasePrediction:
+    """``pred`` with its probabilities fused again from its recorded clip and probe
+    components as ``use`` says (:func:`~amagi_plugin.probing.fuse`, as the analysis fuses);
+    a prediction that records none is a ``ValueError``."""
+    if pred.clip is None or pred.probe is None:
+        raise ValueError(f"{pred.case_id}: the prediction records no clip and probe "
+                         "components (a model without a probe, or a predictions.json "
+                         "written before they were recorded)")
+    return replace(pred, probabilities=fuse(pred.clip, pred.probe, rate_hz, use))
+
+
+@dataclass(frozen=True)
+class FusionChoice:
+    """:func:`choose_probe_fusion`'s answer: the probe's use and operating point chosen
+    together, the chosen use's every candidate and each use's best."""
+
+    use: ProbeUse
+    best: Candidate
+    scored: list[Candidate]
+    per_use: list[tuple[ProbeUse, Candidate]]
+
+
+def choose_probe_fusion(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase],
+                        rate_hz: float, recorded: ProbeUse,
+                        weights: Sequence[float] = PROBE_WEIGHTS,
+                        smooth_s: Sequence[float] = PROBE_SMOOTH_S) -> FusionChoice:
+    """The probe's weight and smoothing length chosen with the operating point by one rule
+    (:data:`RULE`; among equals the pair nearest the ``recorded`` use, which the model was
+    read with: its weight first) on
+    ``preds``, fused again from their components for each pair of ``weights`` ×
+    ``smooth_s`` (the rest of ``recorded`` kept). First the recorded use must give back the
+    probabilities the analysis gave (within :data:`REFUSE_TOLERANCE`): a model whose
+    probabilities are more than that fusion (a refiner after it) is a ``ValueError``."""
+    for p in preds:
+        again = refused(p, recorded, rate_hz).probabilities
+        gap = float(np.max(np.abs(again - p.probabilities), initial=0.0))
+        if gap > REFUSE_TOLERANCE:
+            raise ValueError(f"{p.case_id}: its probabilities are not the probe's fusion with "
+                             f"the clip network's (max |Δ| {gap:.3g} after fusing again with "
+                             f"the model's own use): is a refiner reading them?")
+    uses = [recorded] + [u for w, s in product(weights, smooth_s)
+                         if (u := replace(recorded, weight=w, smooth_s=s)) != recorded]
+    tried = []
+    for use in uses:
+        best, scored = _choose([refused(p, use, rate_hz) for p in preds], truth, rate_hz,
+                               THRESHOLDS, LENGTHS_S, METHODS, HOLDS)
+        tried.append((use, best, scored))
+    def rank(t: tuple[ProbeUse, Candidate, list[Candidate]]) -> tuple[float, ...]:
+        use, (alarms, f1, count_error, *rest) = t[0], _rank(t[1])
+        return (alarms, f1, count_error, abs(use.weight - recorded.weight),
+                abs(use.smooth_s - recorded.smooth_s), *rest)
+
+    use, best, scored = min(tried, key=rank)
+    return FusionChoice(use, best, scored, [(u, b) for u, b, _ in tried])
 
 
 def calibration_record(preds: Sequence[CasePrediction], truth: Mapping[str, TruthCase],
                        rate_hz: float, checkpoints: Mapping[str, str], data: Mapping[str, Any],
-                       chosen_on: str) -> dict[str, Any]:
+                       chosen_on: str, fusion: Mapping[str, ProbeUse] | None = None
+                       ) -> dict[str, Any]:
     """Each model's choice on ``preds`` (every model's validation predictions), as
     ``calibration.json`` records it: ``models`` maps each checkpoint file name (from
     ``checkpoints``: model label → file name) to its label, its chosen point (the
-    ``operating_point`` entry of a ``model.json``, with ``chosen_on``) and every candidate."""
+    ``operating_point`` entry of a ``model.json``, with ``chosen_on``) and every candidate.
+    For the labels of ``fusion`` (label → the probe use the model was read with) the probe's
+    weight and smoothing are chosen too (:func:`choose_probe_fusion`): ``probe`` holds the
+    chosen pair, ``probe_candidates`` each pair's best point, ``candidates`` the chosen
+    pair's."""
     models = {}
     for label, checkpoint in checkpoints.items():
-        best, scored = _choose([p for p in preds if p.model == label], truth, rate_hz)
+        mine = [p for p in preds if p.model == label]
+        choice = None
+        if fusion and label in fusion:
+            choice = choose_probe_fusion(mine, truth, rate_hz, fusion[label])
+            best, scored = choice.best, choice.scored
+        else:
+            best, scored = _choose(mine, truth, rate_hz)
         authors = next((c for c in scored if c.point == OperatingPoint()), None)
         models[checkpoint] = {
             "label": label,
@@ -187,4 +269,10 @@ def calibration_record(preds: Sequence[CasePrediction], truth: Mapping[str, Trut
             "chosen_score": best.to_json(),
             "authors_score": None if authors is None else authors.to_json(),
             "candidates": [c.to_json() for c in scored]}
+        if choice is not None:
+            models[checkpoint]["probe"] = {"weight": choice.use.weight,
+                                           "smooth_s": choice.use.smooth_s}
+            models[checkpoint]["probe_candidates"] = [
+                {"weight": u.weight, "smooth_s": u.smooth_s, **c.to_json()}
+                for u, c in choice.per_use]
     return {"data": dict(data), "rule": RULE, "prediction_hz": rate_hz, "models": models}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +73,16 @@ class CasePrediction:
     seconds: float
     # Bleeding area of the segmentation net's map on each prediction's frame (AMAGI only).
     guidance: np.ndarray | None = None
+    # A model with a probe: what its probabilities were fused from at each prediction
+    # (amagi_plugin.probing.fuse): the clip network's probability and the probe's score
+    # (nan where it has none), so a fusion can be re-read without running the networks
+    clip: np.ndarray | None = None
+    probe: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        extra = ({} if self.guidance is None
-                 else {"guidance": [None if np.isnan(g) else round(float(g), 6)
-                                    for g in self.guidance]})
+        extra = {name: _rounded(values) for name, values in
+                 (("guidance", self.guidance), ("clip", self.clip), ("probe", self.probe))
+                 if values is not None}
         return {"case_id": self.case_id, "model": self.model,
                 "frames": self.frames.tolist(),
                 "times_s": [round(float(t), 6) for t in self.times_s],
@@ -98,14 +103,29 @@ class CasePrediction:
             times = frames / float(fps)
         else:
             raise ValueError("this prediction records no times_s: pass the video's fps")
-        guidance = d.get("guidance")
-        return cls(str(d["case_id"]), str(d["model"]), times, frames,
+        pred = cls(str(d["case_id"]), str(d["model"]), times, frames,
                    np.asarray(d["labels"], dtype=np.uint8),
                    np.asarray(d["probabilities"], dtype=np.float64),
                    np.asarray(d["decisions"], dtype=bool),
                    [(float(a), float(b)) for a, b in d["events"]], float(d["seconds"]),
-                   None if guidance is None else np.asarray(
-                       [np.nan if g is None else g for g in guidance], dtype=np.float64))
+                   *(_unrounded(d.get(name)) for name in ("guidance", "clip", "probe")))
+        for name in ("clip", "probe"):
+            values = getattr(pred, name)
+            if values is not None and values.shape != pred.probabilities.shape:
+                raise ValueError(f"{pred.case_id}: {len(values)} {name} values for "
+                                 f"{len(pred.probabilities)} predictions")
+        return pred
+
+
+def _rounded(values: np.ndarray) -> list[float | None]:
+    """Per-prediction values as ``predictions.json`` records them (nan as null)."""
+    return [None if np.isnan(v) else round(float(v), 6) for v in values]
+
+
+def _unrounded(values: Sequence[float | None] | None) -> np.ndarray | None:
+    """Back from :func:`_rounded` (``None``: not recorded)."""
+    return None if values is None else np.asarray(
+        [np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def read_predictions(path: Path, model: str | None = None) -> tuple[list[CasePrediction], str]:
@@ -229,6 +249,9 @@ def predict_case(analyzer, case: TruthCase, model_name: str,
     log.info("%s on %s: %d predictions, %d events (truth %d) in %.1f s", model_name,
              case.case_id, len(frames), len(events), len(case.events), seconds)
     guidance = analyzer.guidance_areas(video, frames)
+    probed = result.probe_scores is not None
     return CasePrediction(case.case_id, model_name, np.asarray(result.timeline.times_s), frames,
                           labels, np.asarray(result.probabilities), np.asarray(result.decisions),
-                          events, seconds, guidance)
+                          events, seconds, guidance,
+                          np.asarray(result.clip_probabilities) if probed else None,
+                          np.asarray(result.probe_scores) if probed else None)

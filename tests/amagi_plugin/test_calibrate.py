@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from amagi_plugin.analysis import OperatingPoint
-from amagi_plugin.evaluation.calibrate import LENGTHS_S, THRESHOLDS, choose_operating_point
+from amagi_plugin.evaluation.calibrate import (
+    LENGTHS_S,
+    PROBE_SMOOTH_S,
+    PROBE_WEIGHTS,
+    REFUSE_TOLERANCE,
+    THRESHOLDS,
+    choose_operating_point,
+    choose_probe_fusion,
+    refused,
+)
 from amagi_plugin.evaluation.cases import CasePrediction, TruthCase
+from amagi_plugin.probing import ProbeUse, fuse
 
 RATE, FPS, N = 10.0, 30.0, 600  # 60 s of predictions at 10 Hz on a 30 fps video
 
@@ -192,3 +204,87 @@ def test_other_filters_can_be_candidates() -> None:
     assert point == OperatingPoint(0.5, "median", 1.0)
     assert all(c.f1 == 1.0 for c in scored if c.point.smoothing == "median"
                and 0.2 < c.point.threshold <= 0.7 and c.point.hold_threshold is None)
+
+
+def _fused_pred(clip: np.ndarray, probe: np.ndarray, use: ProbeUse) -> CasePrediction:
+    """A prediction whose probabilities are ``use``'s fusion of its components, as the
+    analysis records it."""
+    pred = _pred(fuse(clip, probe, RATE, use))
+    pred.clip, pred.probe = clip, probe
+    return pred
+
+
+def test_the_probe_fusion_is_chosen_with_the_point() -> None:
+    # One true event 10-20 s. The clip network says 0.9 over 30-40 s (red it takes for
+    # bleeding), 0.1 inside the event and 0.3 elsewhere; the probe scores 0.9 inside the
+    # event, 0.1 elsewhere, and has no score for the first second (nan: the clip network's
+    # stands there). Read half and half, the event and the false one are both 0.5, so no
+    # point keeps the one without the other; any weight above a half separates them.
+    clip, probe = np.full(N, 0.3), np.full(N, 0.1)
+    clip[300:400], clip[100:200], probe[100:200], probe[:10] = 0.9, 0.1, 0.9, np.nan
+    recorded = ProbeUse(0.5, 1.0)
+    pred = _fused_pred(clip, probe, recorded)
+    truth = {"c0": _case([(10.0, 20.0)])}
+    _, plain = choose_operating_point([pred], truth, RATE)
+    assert max(c.f1 for c in plain) < 1.0
+    choice = choose_probe_fusion([pred], truth, RATE, recorded)
+    # every pair of the grid was tried, the recorded one first (here one of the grid); each
+    # above a half finds the event alone: the one nearest the recorded pair is chosen
+    assert [u for u, _ in choice.per_use] == [recorded] + [
+        ProbeUse(w, s) for w in PROBE_WEIGHTS for s in PROBE_SMOOTH_S if (w, s) != (0.5, 1.0)]
+    assert {u.weight for u, c in choice.per_use if c.f1 == 1.0} == {0.625, 0.75, 0.875, 1.0}
+    assert choice.use == ProbeUse(0.625, 1.0) and choice.best.f1 == 1.0
+    # the chosen pair's candidates are those of its fusion, read as choose_operating_point
+    again = refused(pred, choice.use, RATE)
+    assert choose_operating_point([again], truth, RATE)[0] == choice.best.point
+    assert [c.point for c in choice.scored] == [c.point for c in plain]
+    # the rest of the recorded use is kept
+    memory = ProbeUse(0.5, 1.0, memory_s=2.0, smooth_q=0.75)
+    kept = choose_probe_fusion([_fused_pred(clip, probe, memory)], truth, RATE, memory)
+    assert (kept.use.memory_s, kept.use.smooth_q) == (2.0, 0.75)
+
+
+def test_among_equal_fusions_the_recorded_one_stays() -> None:
+    # both components are sure: every pair finds the event at the same best point
+    clip, probe = np.full(N, 0.01), np.full(N, 0.01)
+    clip[100:200], probe[100:200] = 0.99, 0.99
+    recorded = ProbeUse(0.6, 0.5)  # not a pair of the grid
+    choice = choose_probe_fusion([_fused_pred(clip, probe, recorded)],
+                                 {"c0": _case([(10.0, 20.0)])}, RATE, recorded)
+    assert choice.use == recorded and choice.best.point == OperatingPoint()
+    assert all(c.f1 == 1.0 for _, c in choice.per_use)
+
+
+def test_a_fusion_cannot_be_chosen_without_its_components_or_after_a_refiner() -> None:
+    truth = {"c0": _case([(10.0, 20.0)])}
+    with pytest.raises(ValueError, match="records no clip and probe components"):
+        choose_probe_fusion([_pred(np.full(N, 0.5))], truth, RATE, ProbeUse())
+    clip, probe = np.full(N, 0.2), np.full(N, 0.3)
+    pred = _fused_pred(clip, probe, ProbeUse(0.75, 1.0))
+    pred.probabilities = pred.probabilities ** 2  # read again after the fusion
+    with pytest.raises(ValueError, match="not the probe's fusion"):
+        choose_probe_fusion([pred], truth, RATE, ProbeUse(0.75, 1.0))
+    # fused with another use than the one it names: the same refusal
+    with pytest.raises(ValueError, match=re.escape("max |Δ| 0.025")):
+        choose_probe_fusion([_fused_pred(clip, probe, ProbeUse(0.5, 1.0))], truth, RATE,
+                            ProbeUse(0.75, 1.0))
+
+
+def test_fusion_components_come_back_from_their_json() -> None:
+    clip, probe = np.linspace(0, 1, N), np.linspace(1, 0, N)
+    probe[::9] = np.nan
+    pred = _fused_pred(clip, probe, ProbeUse(0.75, 1.0))
+    doc = pred.to_dict()
+    assert doc["probe"][0] is None and doc["probe"][1] == pytest.approx(probe[1], abs=1e-6)
+    back = CasePrediction.from_dict(doc)
+    np.testing.assert_allclose(back.clip, clip, atol=1e-6)
+    np.testing.assert_array_equal(np.isnan(back.probe), np.isnan(probe))
+    np.testing.assert_allclose(back.probe[1:9], probe[1:9], atol=1e-6)
+    # rounded to 6 decimals, the re-fusion stays within the tolerance its check allows
+    assert np.abs(refused(back, ProbeUse(0.75, 1.0), RATE).probabilities
+                  - back.probabilities).max() <= REFUSE_TOLERANCE
+    plain = _pred(clip).to_dict()
+    assert "clip" not in plain and "probe" not in plain
+    assert CasePrediction.from_dict(plain).clip is None
+    with pytest.raises(ValueError, match=f"{N - 1} probe values for {N} predictions"):
+        CasePrediction.from_dict({**doc, "probe": doc["probe"][1:]})

@@ -529,6 +529,87 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     assert "trained on frames of short side 64 px, this model's maps are 96" in err
 
 
+def test_calibrate_chooses_the_probes_fusion_and_evaluate_agrees(trained: Path) -> None:
+    """``amagi evaluate`` records what a probed model's probabilities were fused from;
+    ``amagi calibrate --probe-fusion --write`` chooses the probe's weight and smoothing with
+    the point from those records alone, and stores them in model.json's ``probe`` entry;
+    ``amagi evaluate`` then runs the networks again with that fusion and scores what the
+    calibration's re-reading said. The baseline (no probe) is calibrated as before; a folder
+    whose models have no probe is refused in one line."""
+    from amagi_plugin.evaluation.calibrate import PROBE_SMOOTH_S, PROBE_WEIGHTS
+    from amagi_plugin.evaluation.cases import CasePrediction
+    from amagi_plugin.probing import ProbeUse, fuse
+
+    code, _, err = _run(trained, "train", "probe", "--data", "train", "--arch", "amagi_tiny",
+                        "--input-size", "64", "--seg-checkpoint", "seg/latest.pth",
+                        "-o", "fusion-probe/probe.pth", "--epochs", "1", "--candidates", "4",
+                        "--frames", "4", "--no-progress")
+    assert code == 0, err
+    d = trained / "fusion"
+    d.mkdir()
+    manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
+                "build": {"input_size": 64},
+                "probe": {"file": "../fusion-probe/probe.pth", "weight": 0.6, "smooth_s": 0.5},
+                "baseline": {"arch": "slowfast_tiny", "checkpoint": "../slowfast/latest.pth"}}
+    (d / "model.json").write_text(json.dumps(manifest))
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "fusion",
+                        "--folds", "1", "-od", "fusion-eval", "--no-progress")
+    assert code == 0, err
+    entries = json.loads((trained / "fusion-eval" / "predictions.json").read_text())
+    for entry in entries:
+        pred = CasePrediction.from_dict(entry)
+        if entry["model"] == "SlowFast":
+            assert pred.clip is None and pred.probe is None
+            continue
+        assert np.isfinite(pred.probe).any()
+        np.testing.assert_allclose(fuse(pred.clip, pred.probe, 10.0, ProbeUse(0.6, 0.5)),
+                                   pred.probabilities, atol=2e-6)
+
+    code, out, err = _run(trained, "calibrate", "--data", "heldout", "--model-dir", "fusion",
+                          "-od", "fusion-cal", "--write", "--probe-fusion", "--no-progress")
+    assert code == 0, err
+    record = json.loads((trained / "fusion-cal" / "calibration.json").read_text())
+    mine, base = record["models"]["../amagi/latest.pth"], record["models"][
+        "../slowfast/latest.pth"]
+    assert "probe" not in base and "probe_candidates" not in base
+    pairs = [(c["weight"], c["smooth_s"]) for c in mine["probe_candidates"]]
+    assert pairs == [(0.6, 0.5)] + [(w, s) for w in PROBE_WEIGHTS for s in PROBE_SMOOTH_S]
+    chosen = (mine["probe"]["weight"], mine["probe"]["smooth_s"])
+    assert chosen in pairs
+    assert mine["chosen_score"]["event_f1"] == max(c["event_f1"]
+                                                   for c in mine["probe_candidates"])
+    assert (f"amagi_tiny: probe weight {chosen[0]:g}, its scores' moving mean {chosen[1]:g} s "
+            f"(of {len(pairs)} pairs tried)") in out
+    written = json.loads((d / "model.json").read_text())
+    assert written["probe"] == {"file": "../fusion-probe/probe.pth", "weight": chosen[0],
+                                "smooth_s": chosen[1]}
+    assert written["operating_point"] == mine["chosen"]
+    assert "probe" not in written["baseline"]
+    code, _, err = _run(trained, "evaluate", "--data", "heldout", "--model-dir", "fusion",
+                        "--folds", "1", "-od", "fusion-eval2", "--no-progress")
+    assert code == 0, err
+    doc = json.loads((trained / "fusion-eval2" / "metrics.json").read_text())
+    got = doc["pooled"]["AMAGI"]["events"]["iou_0.5"]
+    assert got["f1"] == pytest.approx(mine["chosen_score"]["event_f1"], abs=1e-4)
+    assert got["n_pred"] == mine["chosen_score"]["pred_events"]
+    for entry in json.loads((trained / "fusion-eval2" / "predictions.json").read_text()):
+        if entry["model"] == "AMAGI":
+            pred = CasePrediction.from_dict(entry)
+            np.testing.assert_allclose(fuse(pred.clip, pred.probe, 10.0, ProbeUse(*chosen)),
+                                       pred.probabilities, atol=2e-6)
+
+    plain = trained / "fusion-plain"
+    plain.mkdir()
+    (plain / "model.json").write_text(json.dumps(
+        {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth"}))
+    code, _, err = _run(trained, "calibrate", "--data", "heldout", "--model-dir",
+                        "fusion-plain", "-od", "fusion-cal2", "--probe-fusion",
+                        "--no-progress")
+    assert code == ExitCode.BAD_INPUT and "--probe-fusion: no model of" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (trained / "fusion-cal2" / "calibration.json").exists()
+
+
 def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
     seg = ["--seg-checkpoint", "seg/latest.pth"]
     for argv, says in (

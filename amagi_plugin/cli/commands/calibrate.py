@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("-od", "--output-directory", required=True, metavar="DIR")
     p.add_argument("--write", action="store_true",
                    help="store each model's point in model.json (replaced atomically)")
+    p.add_argument("--probe-fusion", action="store_true",
+                   help="for a model with a neighbourhood probe, choose the probe's weight "
+                   "against the clip network (0.5-1) and the length of its scores' moving "
+                   "mean (0.5, 1, 2 s) together with the point, by the same rule (among "
+                   "equals the model.json's own); with --write they are stored in its "
+                   "'probe' entry")
     add_run_arguments(p)
     p.set_defaults(handler=run)
 
@@ -105,6 +111,11 @@ def _run(args: argparse.Namespace, ctx) -> int:
         label = spec.arch if spec.arch not in names else f"{spec.arch} (main)"
         names[label] = _entry_name(spec.checkpoint, model_dir)  # type: ignore[arg-type]
     specs = [replace(s, name=label) for s, label in zip(specs, names, strict=True)]
+    fusion = {s.name: s.probe_use for s in specs
+              if s.probe and s.probe_use is not None and s.refiner is None}
+    if args.probe_fusion and not fusion:
+        raise InputError(f"--probe-fusion: no model of {model_dir / 'model.json'} has a probe "
+                         "(without a refiner) whose fusion could be chosen")
     hz = args.prediction_hz or cfg.model.prediction_hz
     # The probabilities do not depend on the post-processing: one run serves every candidate.
     device = resolve_device(args.device or cfg.model.device)
@@ -116,8 +127,12 @@ def _run(args: argparse.Namespace, ctx) -> int:
                                threads=args.threads,
                                progress=None if args.no_progress else ctx.stderr)
     record_data, chosen_on = _data_records([(d, len(found)) for d, found in per_folder])
-    record = calibration_record(preds, {c.case_id: c for c in cases}, hz, names, record_data,
-                                chosen_on)
+    try:
+        record = calibration_record(preds, {c.case_id: c for c in cases}, hz, names,
+                                    record_data, chosen_on,
+                                    fusion if args.probe_fusion else None)
+    except ValueError as e:
+        raise InputError(f"cannot calibrate: {e}") from None
     try:
         target.write_text(json.dumps(record, indent=1) + "\n")
     except OSError as e:
@@ -130,6 +145,10 @@ def _run(args: argparse.Namespace, ctx) -> int:
                   f"{c['pred_events']} events for {c['true_events']}"
                   + (f" (the authors' point: {a['event_f1']:.3f}, {a['pred_events']} events)"
                      if a else ""))
+        if "probe" in m:
+            ctx.print(f"{m['label']}: probe weight {m['probe']['weight']:g}, its scores' "
+                      f"moving mean {m['probe']['smooth_s']:g} s (of "
+                      f"{len(m['probe_candidates'])} pairs tried)")
     if args.write:
         _write_points(model_dir / "model.json", record["models"])
         ctx.print(f"wrote each model's operating point to {model_dir / 'model.json'}")
@@ -150,6 +169,10 @@ def _write_points(path: Path, models: dict[str, Any]) -> None:
         name = entry and _entry_name(entry["checkpoint"], path.parent)
         if name in models:
             entry["operating_point"] = models[name]["chosen"]
+            if "probe" in models[name]:
+                probe = entry["probe"]
+                entry["probe"] = {**({"file": probe} if isinstance(probe, str) else probe),
+                                  **models[name]["probe"]}
     try:
         fd, tmp = tempfile.mkstemp(prefix=".model.json.", dir=path.parent)
     except OSError as e:
