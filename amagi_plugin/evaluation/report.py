@@ -82,6 +82,10 @@ def summarize(preds: Sequence[CasePrediction], truth: dict[str, TruthCase],
              if all(p.guidance is not None for p in preds) else None)
     if areas is not None:
         out["guidance"] = _guidance(labels, areas)
+    if all(p.clip is not None and p.probe is not None for p in preds):
+        out["components"] = _components(
+            labels, scores, np.concatenate([p.clip for p in preds]),  # type: ignore[misc]
+            np.concatenate([p.probe for p in preds]))  # type: ignore[misc]
     if all(truth[p.case_id].active_fraction is not None for p in preds):
         out["by_size"] = _by_size(preds, truth, labels, scores, decisions, areas)
     return out
@@ -197,6 +201,18 @@ def _guidance(labels: np.ndarray, areas: np.ndarray) -> dict[str, Any]:
             "frames": int(ok.sum())}
 
 
+def _components(labels: np.ndarray, fused: np.ndarray, clip: np.ndarray, probe: np.ndarray
+                ) -> dict[str, Any]:
+    """A probed model's parts ranked alone against the frame labels: the clip network's
+    probability, the probe's score (at the instants it has one) and their fusion (the
+    model's probability), each by AUROC."""
+    known = ~np.isnan(probe)
+    return {"clip_auroc": _r(auroc(labels, clip)),
+            "probe_auroc": _r(auroc(labels[known], probe[known])),
+            "fused_auroc": _r(auroc(labels, fused)),
+            "probe_known": _r(known.mean()) if known.size else None}
+
+
 def _fmt(x: Any, pct: bool = False, pct_digits: int = 1) -> str:
     if x is None:
         return "–"
@@ -294,6 +310,7 @@ def markdown_report(doc: dict[str, Any], title: str = "Evaluation") -> str:
     lines += ["", *_alarm_header()]
     lines += [_alarm_row(m, doc["pooled"][m]) for m in models]
     lines += _guidance_lines(doc)
+    lines += _component_lines(doc)
     lines += _size_lines(doc)
     folds = {str(int(k) + 1): v for k, v in
              sorted(doc["per_fold"].items(), key=lambda kv: int(kv[0]))}
@@ -355,6 +372,24 @@ def _guidance_lines(doc: dict[str, Any]) -> list[str]:
         g = doc["pooled"][m]["guidance"]
         lines.append(f"| {m} | {frames[m]} | {_fmt(g['auroc'])} | {_fmt(g['ap'])} | "
                      f"{_fmt(g['area_bleeding'], True, 2)} | {_fmt(g['area_normal'], True, 2)} |")
+    return lines
+
+
+def _component_lines(doc: dict[str, Any]) -> list[str]:
+    probed = [m for m in doc["models"] if "components" in doc["pooled"][m]]
+    if not probed:
+        return []
+    lines = ["", "## The probe and the clip network", "",
+             "A model with a neighbourhood probe fuses, at each instant, the clip network's "
+             "probability with the probe's score at the segmentation map's peaks (their moving "
+             "mean). Each part ranked alone against the frame labels (AUROC; the probe's at "
+             "the instants it scored), beside the fusion the model reports:", "",
+             "| model | clip network alone | probe alone | fused | instants the probe scored |",
+             "|---|---|---|---|---|"]
+    for m in probed:
+        c = doc["pooled"][m]["components"]
+        lines.append(f"| {m} | {_fmt(c['clip_auroc'])} | {_fmt(c['probe_auroc'])} | "
+                     f"{_fmt(c['fused_auroc'])} | {_fmt(c['probe_known'], True)} |")
     return lines
 
 

@@ -529,6 +529,13 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     assert "trained on frames of short side 64 px, this model's maps are 96" in err
 
 
+def _mann_whitney(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC as the share of (bleeding, not bleeding) pairs ranked right, ties half."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum())
+                 / (pos.size * neg.size))
+
+
 def test_calibrate_chooses_the_probes_fusion_and_evaluate_agrees(trained: Path) -> None:
     """``amagi evaluate`` records what a probed model's probabilities were fused from;
     ``amagi calibrate --probe-fusion --write`` chooses the probe's weight and smoothing with
@@ -564,6 +571,27 @@ def test_calibrate_chooses_the_probes_fusion_and_evaluate_agrees(trained: Path) 
         assert np.isfinite(pred.probe).any()
         np.testing.assert_allclose(fuse(pred.clip, pred.probe, 10.0, ProbeUse(0.6, 0.5)),
                                    pred.probabilities, atol=2e-6)
+    # metrics.json ranks each part alone: the Mann-Whitney statistic over the recorded parts
+    # (rounded to 6 decimals there: this barely trained clip network's probabilities differ
+    # by less at some instants, so ties the metrics did not see shift it a little)
+    doc = json.loads((trained / "fusion-eval" / "metrics.json").read_text())
+    assert "components" not in doc["pooled"]["SlowFast"]
+    parts = doc["pooled"]["AMAGI"]["components"]
+    mine_only = [e for e in entries if e["model"] == "AMAGI"]
+    labels = np.concatenate([e["labels"] for e in mine_only])
+    for key, name in (("clip_auroc", "clip"), ("fused_auroc", "probabilities")):
+        values = np.concatenate([e[name] for e in mine_only]).astype(float)
+        assert parts[key] == pytest.approx(_mann_whitney(labels, values), abs=5e-3)
+    assert parts["fused_auroc"] == doc["pooled"]["AMAGI"]["frame"]["auroc"]
+    probe = np.concatenate([[np.nan if v is None else v for v in e["probe"]]
+                            for e in mine_only])
+    known = ~np.isnan(probe)
+    assert parts["probe_auroc"] == pytest.approx(_mann_whitney(labels[known], probe[known]),
+                                                 abs=5e-3)
+    assert parts["probe_known"] == pytest.approx(known.mean(), abs=1e-4)
+    md = (trained / "fusion-eval" / "metrics.md").read_text()
+    assert "## The probe and the clip network" in md
+    assert f"| AMAGI | {parts['clip_auroc']:.3f} | {parts['probe_auroc']:.3f} | " in md
 
     code, out, err = _run(trained, "calibrate", "--data", "heldout", "--model-dir", "fusion",
                           "-od", "fusion-cal", "--write", "--probe-fusion", "--no-progress")
