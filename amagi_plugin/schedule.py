@@ -99,8 +99,17 @@ class ClipSchedule:
     def window(self, frame: int, frames: int) -> list[int]:
         """Frame indices ``grid_s`` apart centred on frame index ``frame`` (``frames`` odd),
         clamped to the video: what a temporal segmenter sees around the frame it segments,
-        as a clip lays its frames out."""
-        return centred_window(frame, frames, self.grid_s * self.fps, self.frame_count)
+        as a clip lays its frames out. Where ``frame`` is a grid point's, they are the
+        frames of the grid points around it, exactly as the clip centred there holds them,
+        so that its segmenter's map is the one the probe and the key frames' masks read;
+        elsewhere :func:`~models.recognizer.centred_window`. The two differ only where a grid
+        step is not a whole number of frames (25 fps: 2.5), by one frame (issue #15)."""
+        step = self.grid_s * self.fps
+        near = round(frame / step)
+        for g in (near, near - 1, near + 1):
+            if 0 <= g < self.grid_count and self.grid_frame(g) == frame:
+                return [self.grid_frame(g + j - frames // 2) for j in range(frames)]
+        return centred_window(frame, frames, step, self.frame_count)
 
     def prediction_points(self) -> range:
         return range(0, self.grid_count, self.prediction_step)

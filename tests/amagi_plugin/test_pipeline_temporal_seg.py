@@ -49,7 +49,16 @@ def test_window_is_a_clips_layout_clamped_to_the_video() -> None:
     s30 = ClipSchedule(300, 30.0)
     assert s30.window(100, 5) == [94, 97, 100, 103, 106]  # grid 0.1 s = 3 frames at 30 fps
     assert s30.window(1, 5) == [0, 0, 1, 4, 7] and s30.window(299, 3) == [296, 299, 299]
-    assert ClipSchedule(250, 25.0).window(100, 3) == [98, 100, 102]  # 2.5 rounds to even
+    s25 = ClipSchedule(250, 25.0)
+    # points 39-41, as their clip holds them (41 · 0.1 · 25 is 102.50000000000001 in floats)
+    assert s25.window(100, 3) == [98, 100, 103] == [s25.grid_frame(g) for g in (39, 40, 41)]
+    # grid point 3 shows frame 8 (7.5 rounds to even): its neighbours are those of points 2
+    # and 4, as the clip centred there holds them, not 8 ± 2.5 rounded (6 and 10)
+    assert s25.window(8, 3) == [5, 8, 10] and s25.window(8, 5) == [2, 5, 8, 10, 12]
+    assert s25.window(9, 3) == [6, 9, 12]  # no grid point's frame: 9 ± 2.5, rounded to even
+    assert s25.window(2, 3) == [0, 2, 5]  # point 1 (2.5 rounds to 2); centred: 0, 2, 4
+    assert s25.window(248, 3) == [245, 248, 249]  # the last point, clamped as its clip is
+    assert s25.window(3, 3) == [0, 3, 6] and s25.window(249, 3) == [246, 249, 249]
     assert ClipSchedule(600, 60.0).window(100, 3) == [94, 100, 106]
     assert s30.window(50, 1) == [50]
 
