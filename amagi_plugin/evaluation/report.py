@@ -360,37 +360,43 @@ def _guidance_lines(doc: dict[str, Any]) -> list[str]:
         what = ("draws for the clip's centre frame. A temporal segmenter sees the clip frames "
                 "around it too (0.1 s apart; column 'frames seen'), so its map can show "
                 "whether blood is still flowing; one frame cannot.")
-    lines = ["", "## Segmentation guidance", "",
-             "AMAGI re-weights its clip features with the bleeding map that its frozen "
-             f"segmentation net {what} This table scores the map on its own: the "
-             "fraction of the frame it marks as bleeding, at each prediction instant, against "
-             "the frame labels (AUROC 0.5 = chance). The guidance can only add what this map "
-             "tells apart.", "",
-             "| model | frames seen | AUROC | AP | mean area, bleeding | mean area, normal |",
-             "|---|---|---|---|---|---|"]
+    rows = []
     for m in guided:
         g = doc["pooled"][m]["guidance"]
-        lines.append(f"| {m} | {frames[m]} | {_fmt(g['auroc'])} | {_fmt(g['ap'])} | "
-                     f"{_fmt(g['area_bleeding'], True, 2)} | {_fmt(g['area_normal'], True, 2)} |")
-    return lines
+        rows.append([m, str(frames[m]), _fmt(g["auroc"]), _fmt(g["ap"]),
+                     _fmt(g["area_bleeding"], True, 2), _fmt(g["area_normal"], True, 2)])
+    return _section(
+        "Segmentation guidance",
+        "AMAGI re-weights its clip features with the bleeding map that its frozen "
+        f"segmentation net {what} This table scores the map on its own: the "
+        "fraction of the frame it marks as bleeding, at each prediction instant, against "
+        "the frame labels (AUROC 0.5 = chance). The guidance can only add what this map "
+        "tells apart.",
+        ["model", "frames seen", "AUROC", "AP", "mean area, bleeding", "mean area, normal"],
+        rows)
+
+
+def _section(title: str, text: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled section of ``metrics.md``: a paragraph, then a table."""
+    return ["", f"## {title}", "", text, "", "| " + " | ".join(columns) + " |",
+            "|" + "---|" * len(columns), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _component_lines(doc: dict[str, Any]) -> list[str]:
     probed = [m for m in doc["models"] if "components" in doc["pooled"][m]]
     if not probed:
         return []
-    lines = ["", "## The probe and the clip network", "",
-             "A model with a neighbourhood probe fuses, at each instant, the clip network's "
-             "probability with the probe's score at the segmentation map's peaks (their moving "
-             "mean). Each part ranked alone against the frame labels (AUROC; the probe's at "
-             "the instants it scored), beside the fusion the model reports:", "",
-             "| model | clip network alone | probe alone | fused | instants the probe scored |",
-             "|---|---|---|---|---|"]
-    for m in probed:
-        c = doc["pooled"][m]["components"]
-        lines.append(f"| {m} | {_fmt(c['clip_auroc'])} | {_fmt(c['probe_auroc'])} | "
-                     f"{_fmt(c['fused_auroc'])} | {_fmt(c['probe_known'], True)} |")
-    return lines
+    rows = [[m, *(_fmt(c[k]) for k in ("clip_auroc", "probe_auroc", "fused_auroc")),
+             _fmt(c["probe_known"], True)]
+            for m in probed for c in (doc["pooled"][m]["components"],)]
+    return _section(
+        "The probe and the clip network",
+        "A model with a neighbourhood probe fuses, at each instant, the clip network's "
+        "probability with the probe's score at the segmentation map's peaks (their moving "
+        "mean). Each part ranked alone against the frame labels (AUROC; the probe's at the "
+        "instants it scored), beside the fusion the model reports:",
+        ["model", "clip network alone", "probe alone", "fused", "instants the probe scored"],
+        rows)
 
 
 def _size_lines(doc: dict[str, Any]) -> list[str]:

@@ -15,13 +15,13 @@
 # var/demo-$RECIPE-device: a candidate, not the bundled model; models/weights/demo/ takes
 # it only through the gate, tests/amagi_plugin/test_demo_gate.py).
 #
-# Environment: RECIPE=evidence-probe-gpu-decoded  WORK  DEST  PYTHON=.venv/bin/python
+# Environment: RECIPE=evidence-probe-gpu  WORK  DEST  PYTHON=.venv/bin/python
 set -euo pipefail
 
 FILES=${1:?usage: finish_build.sh FILES_DIR [demo_model args ...]}
 shift
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-RECIPE=${RECIPE:-evidence-probe-gpu-decoded}
+RECIPE=${RECIPE:-evidence-probe-gpu}
 WORK=${WORK:-$REPO/var/demo-model-$RECIPE-device}
 DEST=${DEST:-$REPO/var/demo-$RECIPE-device}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}

@@ -15,7 +15,7 @@
 # for scripts/device/finish_build.sh here), and bench.log + pipeline.json when the benchmark
 # ran: at most 6 files. Exit code: the build's (124: stopped by its deadline).
 #
-# Environment: RECIPE=evidence-probe-gpu-decoded  STOP_AFTER=clip (or trained)  WORK_DIR=var/gpu-work
+# Environment: RECIPE=evidence-probe-gpu  STOP_AFTER=clip (or trained)  WORK_DIR=var/gpu-work
 #   CALL_S=590  BUILD_S=580  BENCH_MIN_S=150  BENCH_ARGS="" (more arguments for
 #   benchmarks/pipeline.py) (the device call's timeout_s must exceed CALL_S), and
 #   build_demo.sh's and bench_pipeline.sh's.
@@ -24,7 +24,7 @@
 set -uo pipefail
 
 : "${OUT:?OUT is not set (the device tool sets it)}"
-RECIPE=${RECIPE:-evidence-probe-gpu-decoded}
+RECIPE=${RECIPE:-evidence-probe-gpu}
 STOP_AFTER=${STOP_AFTER:-clip}
 CALL_S=${CALL_S:-590}
 BUILD_S=${BUILD_S:-580}
