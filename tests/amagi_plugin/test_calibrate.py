@@ -10,6 +10,7 @@ import pytest
 from amagi_plugin.analysis import OperatingPoint
 from amagi_plugin.evaluation.calibrate import (
     LENGTHS_S,
+    PROBE_FUSION_MARGIN,
     PROBE_SMOOTH_S,
     PROBE_WEIGHTS,
     REFUSE_TOLERANCE,
@@ -253,6 +254,33 @@ def test_among_equal_fusions_the_recorded_one_stays() -> None:
                                  {"c0": _case([(10.0, 20.0)])}, RATE, recorded)
     assert choice.use == recorded and choice.best.point == OperatingPoint()
     assert all(c.f1 == 1.0 for _, c in choice.per_use)
+
+
+def test_a_fusion_barely_better_on_validation_does_not_replace_the_recorded_one() -> None:
+    # 20 cases, one true event each (10-20 s) where both parts say 0.9, but in case c1 only
+    # the probe sees it (the clip network 0.1), and in case c0 the clip network takes 30-40 s
+    # for bleeding (0.9) where the probe does not (0.1). Half and half the two are both 0.5:
+    # the best point misses one or raises one (F1 0.976); any higher weight finds all 20
+    # alone (F1 1.0), less than PROBE_FUSION_MARGIN better: the recorded use stays.
+    preds, truth = [], {}
+    recorded = ProbeUse(0.5, 1.0)
+    for k in range(20):
+        clip, probe = np.full(N, 0.1), np.full(N, 0.1)
+        clip[100:200] = 0.1 if k == 1 else 0.9
+        probe[100:200] = 0.9
+        if k == 0:
+            clip[300:400] = 0.9
+        pred = _fused_pred(clip, probe, recorded)
+        pred.case_id = f"c{k}"
+        preds.append(pred)
+        truth[pred.case_id] = _case([(10.0, 20.0)], pred.case_id)
+    choice = choose_probe_fusion(preds, truth, RATE, recorded, weights=(0.5, 1.0),
+                                 smooth_s=(1.0,))
+    best = dict(choice.per_use)
+    assert best[recorded].f1 == pytest.approx(40 / 41)
+    assert best[ProbeUse(1.0, 1.0)].f1 == 1.0 > best[recorded].f1 + 0.02
+    assert 1.0 - best[recorded].f1 < PROBE_FUSION_MARGIN
+    assert choice.use == recorded and choice.best == best[recorded]
 
 
 def test_a_fusion_cannot_be_chosen_without_its_components_or_after_a_refiner() -> None:

@@ -543,7 +543,11 @@ def test_calibrate_chooses_the_probes_fusion_and_evaluate_agrees(trained: Path) 
     ``amagi evaluate`` then runs the networks again with that fusion and scores what the
     calibration's re-reading said. The baseline (no probe) is calibrated as before; a folder
     whose models have no probe is refused in one line."""
-    from amagi_plugin.evaluation.calibrate import PROBE_SMOOTH_S, PROBE_WEIGHTS
+    from amagi_plugin.evaluation.calibrate import (
+        PROBE_FUSION_MARGIN,
+        PROBE_SMOOTH_S,
+        PROBE_WEIGHTS,
+    )
     from amagi_plugin.evaluation.cases import CasePrediction
     from amagi_plugin.probing import ProbeUse, fuse
 
@@ -604,8 +608,11 @@ def test_calibrate_chooses_the_probes_fusion_and_evaluate_agrees(trained: Path) 
     assert pairs == [(0.6, 0.5)] + [(w, s) for w in PROBE_WEIGHTS for s in PROBE_SMOOTH_S]
     chosen = (mine["probe"]["weight"], mine["probe"]["smooth_s"])
     assert chosen in pairs
-    assert mine["chosen_score"]["event_f1"] == max(c["event_f1"]
-                                                   for c in mine["probe_candidates"])
+    top = max(c["event_f1"] for c in mine["probe_candidates"])
+    if chosen == (0.6, 0.5):  # kept: no pair beats it by the margin
+        assert mine["chosen_score"]["event_f1"] > top - PROBE_FUSION_MARGIN
+    else:
+        assert mine["chosen_score"]["event_f1"] == top
     assert (f"amagi_tiny: probe weight {chosen[0]:g}, its scores' moving mean {chosen[1]:g} s "
             f"(of {len(pairs)} pairs tried)") in out
     written = json.loads((d / "model.json").read_text())

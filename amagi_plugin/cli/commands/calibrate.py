@@ -41,9 +41,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("--probe-fusion", action="store_true",
                    help="for a model with a neighbourhood probe, choose the probe's weight "
                    "against the clip network (0.5-1) and the length of its scores' moving "
-                   "mean (0.5, 1, 2 s) together with the point, by the same rule (among "
-                   "equals the model.json's own); with --write they are stored in its "
-                   "'probe' entry")
+                   "mean (0.5, 1, 2 s) together with the point, by the same rule; the "
+                   "model.json's own pair stays unless another beats its event F1 by 0.05 "
+                   "(validation's noise); with --write they are stored in its 'probe' entry")
     add_run_arguments(p)
     p.set_defaults(handler=run)
 
