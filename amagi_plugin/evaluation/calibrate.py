@@ -238,6 +238,7 @@ def choose_probe_fusion(preds: Sequence[CasePrediction], truth: Mapping[str, Tru
         best, scored = _choose([refused(p, use, rate_hz) for p in preds], truth, rate_hz,
                                THRESHOLDS, LENGTHS_S, METHODS, HOLDS)
         tried.append((use, best, scored))
+
     def rank(t: tuple[ProbeUse, Candidate, list[Candidate]]) -> tuple[float, ...]:
         use, (alarms, f1, count_error, *rest) = t[0], _rank(t[1])
         return (alarms, f1, count_error, abs(use.weight - recorded.weight),
