@@ -224,19 +224,19 @@ def choose_probe_fusion(preds: Sequence[CasePrediction], truth: Mapping[str, Tru
     ``smooth_s`` (the rest of ``recorded`` kept). First the recorded use must give back the
     probabilities the analysis gave (within :data:`REFUSE_TOLERANCE`): a model whose
     probabilities are more than that fusion (a refiner after it) is a ``ValueError``."""
-    for p in preds:
-        again = refused(p, recorded, rate_hz).probabilities
-        gap = float(np.max(np.abs(again - p.probabilities), initial=0.0))
+    own = [refused(p, recorded, rate_hz) for p in preds]
+    for p, again in zip(preds, own, strict=True):
+        gap = float(np.max(np.abs(again.probabilities - p.probabilities), initial=0.0))
         if gap > REFUSE_TOLERANCE:
             raise ValueError(f"{p.case_id}: its probabilities are not the probe's fusion with "
                              f"the clip network's (max |Δ| {gap:.3g} after fusing again with "
                              f"the model's own use): is a refiner reading them?")
-    uses = [recorded] + [u for w, s in product(weights, smooth_s)
-                         if (u := replace(recorded, weight=w, smooth_s=s)) != recorded]
+    others = [u for w, s in product(weights, smooth_s)
+              if (u := replace(recorded, weight=w, smooth_s=s)) != recorded]
     tried = []
-    for use in uses:
-        best, scored = _choose([refused(p, use, rate_hz) for p in preds], truth, rate_hz,
-                               THRESHOLDS, LENGTHS_S, METHODS, HOLDS)
+    for use in [recorded, *others]:
+        again = own if use is recorded else [refused(p, use, rate_hz) for p in preds]
+        best, scored = _choose(again, truth, rate_hz, THRESHOLDS, LENGTHS_S, METHODS, HOLDS)
         tried.append((use, best, scored))
 
     def rank(t: tuple[ProbeUse, Candidate, list[Candidate]]) -> tuple[float, ...]:
