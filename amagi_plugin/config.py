@@ -325,6 +325,10 @@ class ModelConfig:
     decode_workers: int = _opt(1, "Decoding threads, each a stretch of the video from one key "
                                "frame to the next (frames and times identical to 1, serial)",
                                _check_positive)
+    backend: str = _opt("torch", "What runs the clip network: torch, or openvino (the CPU only, "
+                        "fp32, logits within the reference tolerance; needs "
+                        "amagi-plugin[openvino]; compiled once per analyzer)",
+                        _choice("torch", "openvino"))
 
 
 @dataclass(frozen=True)

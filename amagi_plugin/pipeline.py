@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from amagi_plugin.analysis import MASK_SCALES, Timeline, find_events, smooth_decisions
+from amagi_plugin.backends import CompiledClipNetwork, check_backend
 from amagi_plugin.fastpath import FastPath
 from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer, bleeding_probability
 from amagi_plugin.probing import MapGeometry, NeighbourhoodProbe, ProbeStream, ProbeUse, fuse
@@ -66,6 +67,7 @@ class AnalysisOptions:
     device: str = "cpu"
     bf16: bool = False
     fast: bool = False  # the speed switch (amagi_plugin.fastpath); False: exact fp32
+    backend: str = "torch"  # what runs the clip network (amagi_plugin.backends)
     threshold: float = 0.5
     smoothing: str = "morphology"
     smoothing_s: float = 1.0
@@ -271,6 +273,7 @@ class BleedingAnalyzer:
                  std: Sequence[float] | None = None,
                  refiner: TemporalRefiner | None = None, probe: ProbeNet | None = None,
                  probe_use: ProbeUse | None = None) -> None:
+        check_backend(options.backend, options.device)
         self.model = model.eval().to(options.device)
         self.refiner = None if refiner is None else refiner.eval().to(options.device)
         # The speed switch: bf16 where native, channels-last, preprocessing on the device.
@@ -295,6 +298,9 @@ class BleedingAnalyzer:
                                self.fast.frame_transform(input_size, **norm))
         self.inferer = ClipProbabilityInferer(options.device, options.bf16,
                                               channels_last=self.fast is not None)
+        # the clip network itself (torch), or compiled for another backend
+        self.compiled = (None if options.backend == "torch" else CompiledClipNetwork(
+            self.model, (3, clip_len, input_size, input_size), self._segmenter_module()))
         self.probe_use = probe_use or ProbeUse()
         self.probe = None if probe is None else self._probe_stage(probe)
 
@@ -367,8 +373,9 @@ class BleedingAnalyzer:
             if threading.get_ident() == owner:
                 maps.append(main_logits(out))
 
-        hook = (None if not centred or seg_model is None
+        hook = (None if not centred or seg_model is None or self.compiled is not None
                 else seg_model.register_forward_hook(keep))
+        network = self.model if self.compiled is None else self.compiled
 
         def give_maps(batch: Sequence[int]) -> None:
             rows = [(j, centred[s]) for j, s in enumerate(batch) if s in centred]
@@ -390,7 +397,9 @@ class BleedingAnalyzer:
             prefetch.release_before(schedule.grid_frame(min(batch)))
             t0 = time.perf_counter()
             maps.clear()
-            out = self.inferer(clips.as_subclass(torch.Tensor), self.model).numpy()
+            out = self.inferer(clips.as_subclass(torch.Tensor), network).numpy()
+            if centred and self.compiled is not None and self.compiled.last_maps is not None:
+                maps.append(self.compiled.last_maps)  # the compiled network's own map
             timings["video_network"] = timings.get("video_network", 0.0) + time.perf_counter() - t0
             computed += len(batch)
             if progress:

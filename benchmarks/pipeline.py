@@ -199,13 +199,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _ceiling(model, batch: int, device: str, bf16: bool, min_time: float) -> dict:
-    """The network alone on random clips on ``device``: clips per second, ms per batch."""
+def _ceiling(model, batch: int, device: str, bf16: bool, min_time: float,
+             compiled=None) -> dict:
+    """The network alone on random clips on ``device``: clips per second, ms per batch.
+    ``compiled``: the analyzer's compiled clip network (another backend) runs instead."""
     import contextlib
 
     import torch
 
     x = torch.randn(batch, *model.default_cfg.clip_shape, device=device)
+    model = model if compiled is None else compiled
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
                 if bf16 else contextlib.nullcontext())
 
@@ -257,12 +260,16 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
     out = []
     for precision in precisions:
         fast = precision == "fast"  # the speed switch, with parallel decoding
+        # openvino: the exact path with its clip network compiled by OpenVINO (model.backend)
         opts = AnalysisOptions(share_clips=share, device=device, bf16=precision == "bf16",
                                batch_size=batch_size, fast=fast,
-                               decode_workers=decode_workers if fast else 1)
+                               decode_workers=decode_workers if fast else 1,
+                               backend="openvino" if precision == "openvino" else "torch")
+        c0 = time.perf_counter()
         analyzer = BleedingAnalyzer.for_model(
             model, opts, probe=None if probe is None else load_probe(probe[0], device),
             probe_use=None if probe is None else probe[1])
+        setup_s = time.perf_counter() - c0  # OpenVINO's conversion and compilation
         if cuda:
             analyzer.analyze(_Prefix(source, int(min(WARMUP_S, video.frame_count / video.fps)
                                                  * source.fps)))
@@ -273,7 +280,7 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
             result = analyzer.analyze(video)
             wall = time.perf_counter() - t0
             cpu = 100 * (_cpu_s() - c0) / wall
-        r = {"precision": precision, "batch": batch_size, "wall": wall,
+        r = {"precision": precision, "batch": batch_size, "wall": wall, "setup_s": setup_s,
              "video_s": video.frame_count / video.fps, "rss": _rss_mb(), "cpu_pct": cpu,
              "gpu_util": gpu.util, "gpu_mem_mb": gpu.mem_mb,
              "torch_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
@@ -282,7 +289,7 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
              "event_frames": [(e.start_frame, e.end_frame) for e in result.events]}
         if ceiling_s is not None:
             r["ceiling"] = _ceiling(analyzer.model, batch_size, device,
-                                    analyzer.options.bf16, ceiling_s)
+                                    analyzer.options.bf16, ceiling_s, analyzer.compiled)
             r["ceiling"]["clips_per_video_s"] = r["clips"] / r["video_s"]
             r["ceiling"]["x_real_time"] = r["ceiling"]["clips_per_s"] / r["ceiling"]["clips_per_video_s"]
         out.append(r)
@@ -378,12 +385,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="segment for amagi_sf50 (default 6 on a CPU, 60 on CUDA; 0 skips)")
     ap.add_argument("--sf152-seconds", type=float, default=None,
                     help="segment for amagi_sf152 (default 0 = skip on a CPU, 60 on CUDA)")
-    ap.add_argument("--precision", choices=("fp32", "bf16", "fast", "both", "all"),
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fast", "openvino", "both", "all"),
                     default="fp32",
                     help="analysis precision (bf16: autocast, as [model] bf16; fast: the speed "
-                         "switch, model.fast, with --decode-workers); both: fp32 then bf16 in "
-                         "the same process; all: fp32, bf16, fast (the naive comparison uses "
-                         "the first)")
+                         "switch, model.fast, with --decode-workers; openvino: fp32 with the "
+                         "clip network on OpenVINO, model.backend); both: fp32 then bf16 in "
+                         "the same process; all: fp32, bf16, fast and, on a CPU, openvino "
+                         "(the naive comparison uses the first)")
     ap.add_argument("--decode-workers", type=int, default=None,
                     help="decoding threads for the second floor row and the fast rows "
                          "(default: 2 on a CPU, 4 on CUDA)")
@@ -413,8 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ceiling_seconds is None:
         args.ceiling_seconds = 2.0 if cuda else 3.0
     ceiling_s = None if args.ceiling_seconds < 0 else args.ceiling_seconds
-    precisions = {"both": ("fp32", "bf16"), "all": ("fp32", "bf16", "fast")}.get(
+    precisions = {"both": ("fp32", "bf16"),
+                  "all": ("fp32", "bf16", "fast") + (() if cuda else ("openvino",))}.get(
         args.precision, (args.precision,))
+    if precisions[0] == "openvino":  # the agreement lines compare with an fp32 run first
+        precisions = ("fp32", "openvino")
     from amagi_plugin.fastpath import bf16_native
     if "bf16" in precisions and not bf16_native(device):  # emulated: 60x slower (session 38)
         print(f"no bf16 rows: {device} does not compute bfloat16 natively (amagi refuses "

@@ -39,10 +39,12 @@ def test_demo_model_loads_and_is_labelled_synthetic() -> None:
 
 
 @pytest.mark.slow
-def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path, backend: str) -> None:
     """Regenerate case 0 of the shortest recorded evaluation set from its recorded seed and
-    scene ranges, evaluate both demo models with 'amagi evaluate', and compare with the
-    recorded per-case results."""
+    scene ranges, evaluate both demo models with 'amagi evaluate' (their clip networks on
+    torch, and compiled by OpenVINO: ``--backend``), and compare with the recorded per-case
+    results."""
     m = _manifest()
     training = json.loads((DEMO_DIR / m["training"]).read_text())
     ev = training["eval_data"]
@@ -58,7 +60,8 @@ def test_recorded_metrics_reproduce_on_a_recorded_case(tmp_path: Path) -> None:
                            "--formats", "dicom")
     code = main(["evaluate", "--data", "cases", "-od", "eval", "--model-dir", str(DEMO_DIR),
                  "--folds", "1", "--prediction-hz",
-                 str(recorded["post_processing"]["prediction_hz"]), "--no-progress"], ctx=ctx)
+                 str(recorded["post_processing"]["prediction_hz"]), "--no-progress",
+                 "--backend", backend], ctx=ctx)
     assert code == 0, ctx.stderr.getvalue()
     assert_first_case_reproduces(json.loads((tmp_path / "eval" / "metrics.json").read_text()),
                                  recorded)

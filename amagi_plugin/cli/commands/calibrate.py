@@ -10,7 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from amagi_plugin.cli.commands.evaluate import add_run_arguments, check_run_arguments
+from amagi_plugin.cli.commands.evaluate import (
+    add_run_arguments,
+    check_run_arguments,
+    run_backend,
+)
 from amagi_plugin.errors import InputError
 
 
@@ -122,7 +126,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     options = AnalysisOptions(prediction_hz=hz,
                               batch_size=args.batch_size or cfg.model.batch_size,
                               device=device, bf16=checked_bf16(cfg.model.bf16, device),
-                              key_frame_masks=False)
+                              key_frame_masks=False, backend=run_backend(args, cfg, device))
     _, preds = evaluate_models(specs, options, cases, folds=1, jobs=args.jobs,
                                threads=args.threads,
                                progress=None if args.no_progress else ctx.stderr)

@@ -47,10 +47,22 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="predictions per second (default: model.prediction_hz)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None, help="auto, cpu, cuda (default: model.device)")
+    p.add_argument("--backend", default=None, choices=("torch", "openvino"),
+                   help="what runs the clip networks (default: model.backend)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (in all)")
     p.add_argument("-j", "--jobs", type=int, default=1,
                    help="worker processes (cases and models are spread over them)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def run_backend(args: argparse.Namespace, cfg, device: str) -> str:
+    """The backend a run's clip networks use (``--backend``, else ``model.backend``),
+    checked against ``device``."""
+    from amagi_plugin.backends import check_backend
+
+    backend = args.backend or cfg.model.backend
+    check_backend(backend, device)
+    return backend
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:
@@ -118,7 +130,8 @@ def _run(args: argparse.Namespace, ctx) -> int:
         batch_size=args.batch_size or cfg.model.batch_size, device=device,
         bf16=checked_bf16(cfg.model.bf16, device), threshold=cfg.analysis.threshold,
         smoothing=cfg.analysis.smoothing, smoothing_s=cfg.analysis.smoothing_s,
-        hold_threshold=cfg.analysis.hold_threshold, key_frame_masks=False)
+        hold_threshold=cfg.analysis.hold_threshold, key_frame_masks=False,
+        backend=run_backend(args, cfg, device))
     models: list[ModelSpec] = []
     info: dict[str, Any] = {}
     for spec in specs:

@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     config_flag(m, "--bf16", key="model.bf16", action="store_const", const="true")
     config_flag(m, "--decode-workers", key="model.decode_workers", metavar="N")
     config_flag(m, "--fast", key="model.fast", action="store_const", const="true")
+    config_flag(m, "--backend", key="model.backend", metavar="torch|openvino")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_web_options(p)
     p.set_defaults(handler=run)

@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     config_flag(p, "--workers", key="worker.count", metavar="N")
     config_flag(p, "--devices", key="worker.devices", metavar="DEVICE,...")
     config_flag(p, "--fast", key="model.fast", action="store_const", const="true")
+    config_flag(p, "--backend", key="model.backend", metavar="torch|openvino")
     p.set_defaults(handler=run)
 
 
