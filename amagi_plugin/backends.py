@@ -1,12 +1,15 @@
-"""Where the clip network runs: torch (the default) or OpenVINO on the CPU (``model.backend``).
+"""What runs an analysis's networks: torch (the default) or OpenVINO on the CPU
+(``model.backend``).
 
 ``openvino`` compiles the clip network once, when the analyzer is built, with OpenVINO's
 PyTorch front end (traced on one batch of the model's clip shape, the batch size left free)
 and runs every batch through it on the CPU in fp32 (precision hint ``f32``, whatever
 ``model.bf16`` or the speed switch say). Measured on a 2-core AVX2 CPU (README, "Speed
-switch"; ``benchmarks/networks.py --backends torch openvino``): AMAGI-SF50 and the demo's
-clip network 1.7-2.2x faster than torch's fp32, their logits within the reference tolerance
-of ``tests/models``. The probe, the key-frame masks and training stay in torch.
+switch and devices"; ``benchmarks/pipeline.py --precision openvino``): AMAGI-SF50 and the
+demo's clip network 1.7-2.2x faster than torch's fp32, their logits within the reference
+tolerance of ``tests/models``. A neighbourhood probe's network is compiled too (:func:`compiled_probe`);
+the segmenter's own maps (the probe's where the clips give none, the key-frame masks) and
+training stay in torch.
 
 OpenVINO's model converter sends usage telemetry unless the user has declined it once
 (a consent file in their home directory). A plugin next to a PACS must not phone home, so
@@ -19,7 +22,7 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 import torch
@@ -106,6 +109,16 @@ class OpenVinoNetwork:
         result = request.infer([array])
         # the request reuses its output buffers: copy before the next call
         return tuple(torch.from_numpy(result[i].copy()) for i in range(self.outputs))
+
+
+def compiled_probe(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A neighbourhood probe's network (:class:`~models.patchnet.PatchNet` or an ensemble)
+    compiled by OpenVINO: neighbourhoods ``(N, frames, 3, crop, crop)`` → logits ``(N,)``."""
+    cfg = net.cfg
+    example = torch.randn(1, cfg.frames, 3, cfg.crop, cfg.crop,
+                          generator=torch.Generator().manual_seed(0))
+    compiled = OpenVinoNetwork(net, example)
+    return lambda x: compiled(x)[0]
 
 
 class CompiledClipNetwork:

@@ -193,6 +193,21 @@ def check_model(cfg: Config) -> Check:
                  f"{spec.label}: {spec.checkpoint} loads into {spec.arch}{extra}")
 
 
+def check_backend(cfg: Config) -> Check:
+    """What runs the networks (``model.backend``): present, and able to on ``model.device``."""
+    from amagi_plugin.backends import check_backend as refuse, import_openvino
+    from amagi_plugin.modelspec import resolve_device
+
+    try:
+        refuse(cfg.model.backend, resolve_device(cfg.model.device))
+        if cfg.model.backend == "torch":
+            return Check("backend", Status.OK, "torch")
+        version = import_openvino().__version__.split("-")[0]
+    except Exception as e:
+        return Check("backend", Status.FAIL, _one_line(e))
+    return Check("backend", Status.OK, f"openvino {version}, on the CPU")
+
+
 def check_tools() -> Iterator[Check]:
     for tool, what in (("dciodvfy", "dicom3tools, validates written objects"),
                        ("storescu", "DCMTK, used by integration tests"),
@@ -385,6 +400,7 @@ def run_checks(cfg: Config, progress: Callable[[str], None] | None = None,
         ("database", lambda: check_database(cfg)),
         ("spool", lambda: check_spool(cfg)),
         ("model", lambda: check_model(cfg)),
+        ("backend", lambda: check_backend(cfg)),
         ("DICOM tools", check_tools),
         ("peers", lambda: check_peers(cfg, environ, peer_timeout)),
     ]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from amagi_plugin.analysis import MASK_SCALES, Timeline, find_events, smooth_decisions
-from amagi_plugin.backends import CompiledClipNetwork, check_backend
+from amagi_plugin.backends import CompiledClipNetwork, check_backend, compiled_probe
 from amagi_plugin.fastpath import FastPath
 from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer, bleeding_probability
 from amagi_plugin.probing import MapGeometry, NeighbourhoodProbe, ProbeStream, ProbeUse, fuse
@@ -314,7 +314,9 @@ class BleedingAnalyzer:
         # score by far more than the switch's tolerance (seen: 0.044 on a 5 s demo case).
         inferer = MaskInferer(self.input_size, self.options.device, bf16=False)
         return NeighbourhoodProbe(net, lambda x: inferer(x, network), self.map_geometry,
-                                  self.options.device, bf16=self.options.bf16)
+                                  self.options.device, bf16=self.options.bf16,
+                                  run=None if self.options.backend == "torch"
+                                  else compiled_probe(net))
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, options: AnalysisOptions,

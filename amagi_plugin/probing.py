@@ -208,13 +208,17 @@ class NeighbourhoodProbe:
         The probe's network under bfloat16 autocast (the speed switch; its scores stay within
         0.004 of fp32 on the demo's probe, 2.8 times faster on an AMX CPU, session 29). The
         places come from ``segment``, which the analyzer keeps in fp32.
+    run
+        What computes ``net``'s logits of a batch of neighbourhoods instead of ``net`` itself
+        (its compiled form on another backend, :mod:`amagi_plugin.backends`); None: ``net``.
 
     Each method takes ``window``: the frames the segmenter sees around a frame (``[frame]``
     for a single-frame segmenter).
     """
 
     def __init__(self, net: ProbeNet, segment: SegmentationFn, geometry: MapGeometry,
-                 device: str = "cpu", batch_size: int = 32, bf16: bool = False) -> None:
+                 device: str = "cpu", batch_size: int = 32, bf16: bool = False,
+                 run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if geometry.size != net.cfg.short_side:
             raise ValueError(f"the probe was trained on frames of short side "
                              f"{net.cfg.short_side} px, this model's maps are {geometry.size}")
@@ -224,6 +228,7 @@ class NeighbourhoodProbe:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.bf16 = bf16
+        self.run = self.net if run is None else run
 
     @property
     def cfg(self) -> PatchNetConfig:
@@ -281,7 +286,7 @@ class NeighbourhoodProbe:
         if not crops:
             return [np.zeros(0) for _ in targets]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.net(torch.cat(crops).to(self.device))
+            logits = self.run(torch.cat(crops).to(self.device))
         p = torch.sigmoid(logits.float()).double().cpu().numpy()
         return np.split(p, np.cumsum(sizes)[:-1])
 

@@ -92,6 +92,37 @@ def test_threads_sharing_a_compiled_network_each_get_their_own_outputs(tiny) -> 
             reference_close(seg_map, want[k][1])
 
 
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_compiled_probe_gives_torchs_logits(members: int) -> None:
+    """The demo's neighbourhood probe (alone, or in an ensemble with a perturbed copy, read
+    as one) compiled by OpenVINO."""
+    from amagi_plugin.backends import compiled_probe
+    from amagi_plugin.modelspec import DEMO_DIR, demo_manifest, manifest_probe
+    from models.patchnet import ProbeEnsemble, load_probe
+
+    paths = list(manifest_probe(demo_manifest(), DEMO_DIR)[0])
+    net = load_probe(paths)
+    if members == 2:
+        other = load_probe(paths)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for w in other.parameters():
+                w.add_(0.05 * torch.randn_like(w))
+        net = ProbeEnsemble([net, other])
+    net.eval()
+    cfg = net.cfg
+    run = compiled_probe(net)
+    for n in (1, 5, 40):
+        x = torch.randn(n, cfg.frames, 3, cfg.crop, cfg.crop,
+                        generator=torch.Generator().manual_seed(n))
+        with torch.inference_mode():
+            want = net(x)
+        got = run(x)
+        assert got.shape == want.shape == (n,)
+        reference_close(got, want)
+    assert np.ptp(want.numpy()) > 1e-2  # not a constant network
+
+
 @pytest.mark.slow
 def test_amagi_sf50_on_openvino_gives_the_authors_logits() -> None:
     """Full size: AMAGI-SF50 with the reference's synthetic weights, compiled by OpenVINO,
@@ -111,8 +142,9 @@ def test_amagi_sf50_on_openvino_gives_the_authors_logits() -> None:
 
 def test_the_demo_on_openvino_matches_torch_and_its_probe_reads_the_compiled_maps() -> None:
     """The bundled demo (AMAGI with its probe) over 4 s of a generated case with a bleeding:
-    the clip probabilities, the probe's scores (its maps taken from the compiled network's
-    second output, no instant mapped again) and the events as on torch."""
+    the clip probabilities, the probe's scores (its network compiled too, its maps taken
+    from the compiled clip network's second output, no instant mapped again) and the events
+    as on torch."""
     from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
     from amagi_plugin.runtime import load_analyzer
     from amagi_plugin.synth.render import Renderer
@@ -125,6 +157,7 @@ def test_the_demo_on_openvino_matches_torch_and_its_probe_reads_the_compiled_map
     for backend in ("torch", "openvino"):
         a = load_analyzer(main, AnalysisOptions(backend=backend))
         assert (a.compiled is None) == (backend == "torch")
+        assert (a.probe.run is a.probe.net) == (backend == "torch")
         assert len(a.probe_maps_from_clips(a.schedule_for(video))) == 40
         mapped, segment = [0], a.probe.segment
 

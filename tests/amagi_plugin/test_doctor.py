@@ -53,6 +53,22 @@ def test_doctor_fails_on_missing_checkpoint(doctor, tmp_path: Path) -> None:
     assert checks["model"]["status"] == "FAIL" and "not found" in checks["model"]["detail"]
 
 
+def test_doctor_checks_the_configured_backend(doctor, monkeypatch) -> None:
+    _, checks = doctor()
+    assert checks["backend"]["status"] == "ok" and checks["backend"]["detail"] == "torch"
+    _, checks = doctor("--model-backend", "openvino")
+    assert checks["backend"]["status"] == "ok"
+    assert checks["backend"]["detail"].startswith("openvino 20")
+    import sys
+
+    for name in [m for m in sys.modules if m == "openvino" or m.startswith("openvino.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    r, checks = doctor("--model-backend", "openvino")
+    assert r.code == 1 and checks["backend"]["status"] == "FAIL"
+    assert "pip install 'amagi-plugin[openvino]'" in checks["backend"]["detail"]
+
+
 def test_doctor_fails_on_unwritable_spool(doctor, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
