@@ -195,7 +195,8 @@ def check_model(cfg: Config) -> Check:
 
 def check_backend(cfg: Config) -> Check:
     """What runs the networks (``model.backend``): present, and able to on ``model.device``."""
-    from amagi_plugin.backends import check_backend as refuse, import_openvino
+    from amagi_plugin.backends import check_backend as refuse
+    from amagi_plugin.backends import import_openvino
     from amagi_plugin.modelspec import resolve_device
 
     try:
