@@ -79,6 +79,8 @@ ifneq ($(findstring cuda,$(DEVICE)),)
 RECIPE ?= shipped
 else
 RECIPE ?= evidence-probe
+# its validation and held-out analyses through OpenVINO (README, "Speed switch and devices")
+demo-model: export AMAGI_MODEL_BACKEND ?= openvino
 endif
 demo-model: venv
 	$(BIN)/python -m amagi_plugin.demo_model --device $(DEVICE) --recipe $(RECIPE)
