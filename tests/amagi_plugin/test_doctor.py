@@ -59,11 +59,9 @@ def test_doctor_checks_the_configured_backend(doctor, monkeypatch) -> None:
     _, checks = doctor("--model-backend", "openvino")
     assert checks["backend"]["status"] == "ok"
     assert checks["backend"]["detail"].startswith("openvino 20")
-    import sys
+    from tests.amagi_plugin.test_backends import hide_openvino
 
-    for name in [m for m in sys.modules if m == "openvino" or m.startswith("openvino.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    hide_openvino(monkeypatch)
     r, checks = doctor("--model-backend", "openvino")
     assert r.code == 1 and checks["backend"]["status"] == "FAIL"
     assert "pip install 'amagi-plugin[openvino]'" in checks["backend"]["detail"]
