@@ -28,10 +28,10 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from amagi_plugin.config import BACKENDS
 from amagi_plugin.errors import ConfigError
 from models.hrnet_ocr import main_logits
 
-BACKENDS = ("torch", "openvino")
 INSTALL_HINT = "pip install 'amagi-plugin[openvino]'"
 
 

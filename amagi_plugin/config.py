@@ -29,6 +29,8 @@ from amagi_plugin.analysis import MASK_SCALES, SMOOTHING_METHODS
 from amagi_plugin.errors import ConfigError
 
 ENV_PREFIX = "AMAGI_"
+#: What can run an analysis's networks (``model.backend``; :mod:`amagi_plugin.backends`).
+BACKENDS = ("torch", "openvino")
 CONFIG_ENV = "AMAGI_CONFIG"
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 §6.2: AE VR, no backslash
@@ -328,7 +330,7 @@ class ModelConfig:
     backend: str = _opt("torch", "What runs the clip network: torch, or openvino (the CPU only, "
                         "fp32, logits within the reference tolerance; needs "
                         "amagi-plugin[openvino]; compiled once per analyzer)",
-                        _choice("torch", "openvino"))
+                        _choice(*BACKENDS))
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ class AnalysisOptions:
     device: str = "cpu"
     bf16: bool = False
     fast: bool = False  # the speed switch (amagi_plugin.fastpath); False: exact fp32
-    backend: str = "torch"  # what runs the clip network (amagi_plugin.backends)
+    backend: str = "torch"  # what runs the clip network and probe (amagi_plugin.backends)
     threshold: float = 0.5
     smoothing: str = "morphology"
     smoothing_s: float = 1.0

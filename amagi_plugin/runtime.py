@@ -23,14 +23,12 @@ def analyzer_from_config(cfg: Config, device: str | None = None,
 
     ``device``: where this analyzer runs (a ``worker.devices`` entry); default ``model.device``.
     """
-    from amagi_plugin.backends import check_backend
     from amagi_plugin.fastpath import checked_bf16, device_batch_size
     from amagi_plugin.modelspec import resolve_device, resolve_model
     from amagi_plugin.pipeline import AnalysisOptions
 
     spec = resolve_model(cfg.model)
     device = resolve_device(device or cfg.model.device)
-    check_backend(cfg.model.backend, device)
     batch_size = cfg.model.batch_size
     if cfg.model.fast and cfg.sources.get("model.batch_size", "default") == "default":
         batch_size = device_batch_size(device, batch_size)

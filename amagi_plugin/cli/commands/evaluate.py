@@ -47,7 +47,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="predictions per second (default: model.prediction_hz)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None, help="auto, cpu, cuda (default: model.device)")
-    p.add_argument("--backend", default=None, choices=("torch", "openvino"),
+    from amagi_plugin.config import BACKENDS
+
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="what runs the clip networks (default: model.backend)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (in all)")
     p.add_argument("-j", "--jobs", type=int, default=1,
