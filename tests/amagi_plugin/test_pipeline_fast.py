@@ -109,9 +109,19 @@ def test_fast_path_matches_exact_within_tolerance(case, role: str, device: str) 
     events = []
     for r in (ref, got):
         decisions = smooth_decisions(r.probabilities, r.timeline.rate_hz, threshold, "none", 0)
-        events.append([(e.start_frame, e.end_frame, e.key_frame)
-                       for e in find_events(r.probabilities, decisions, r.timeline)])
-    assert events[0] and events[1] == events[0]
+        events.append(find_events(r.probabilities, decisions, r.timeline))
+    assert events[0]
+    assert [(e.start_frame, e.end_frame) for e in events[1]] == [
+        (e.start_frame, e.end_frame) for e in events[0]]
+    # The key frame (the event's highest probability) may move only to an instant whose
+    # reference probability ties the reference peak within the measured |Δp| (bf16 on a CPU
+    # with AVX512-BF16 moved one from frame 55 to 53, both near 1).
+    instant = {int(f) + 1: i for i, f in enumerate(ref.timeline.frames)}
+    for e_ref, e_got in zip(events[0], events[1], strict=True):
+        tie = ref.probabilities[instant[e_ref.key_frame]] - ref.probabilities[
+            instant[e_got.key_frame]]
+        assert e_got.key_frame == e_ref.key_frame or 0 <= tie <= 2 * dp.max(), (
+            e_ref.key_frame, e_got.key_frame, tie, dp.max())
 
 
 def test_the_probe_looks_at_the_same_places_under_the_switch() -> None:
