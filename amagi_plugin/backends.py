@@ -3,11 +3,14 @@
 
 ``openvino`` compiles the clip network once, when the analyzer is built, with OpenVINO's
 PyTorch front end (traced on one batch of the model's clip shape, the batch size left free)
-and runs every batch through it on the CPU in fp32 (precision hint ``f32``, whatever
-``model.bf16`` or the speed switch say). Measured on a 2-core AVX2 CPU (README, "Speed
-switch and devices"; ``benchmarks/pipeline.py --precision openvino``): AMAGI-SF50 and the
-demo's clip network 1.7-2.2x faster than torch's fp32, their logits within the reference
-tolerance of ``tests/models``. A neighbourhood probe's network is compiled too (:func:`compiled_probe`);
+and runs every batch through it on the CPU in fp32 (precision hint ``f32``), or in bfloat16
+(hint ``bf16``) where the analysis takes bf16: under the speed switch on a CPU that computes
+it natively (AVX512-BF16 or AMX; :func:`~amagi_plugin.fastpath.bf16_native`), within the
+switch's tolerance. Measured on 2-core CPUs (README, "Speed switch and devices";
+``benchmarks/pipeline.py --precision openvino``): in fp32, AMAGI-SF50 and the demo's clip
+network 1.7-2.2x faster than torch's fp32 on an AVX2 CPU, their logits within the reference
+tolerance of ``tests/models``; in bf16 on an AVX512-BF16 CPU, AMAGI-SF50's network 1.9x
+faster again. A neighbourhood probe's network is compiled too (:func:`compiled_probe`);
 the segmenter's own maps (the probe's where the clips give none, the key-frame masks) and
 training stay in torch.
 
@@ -30,6 +33,7 @@ from torch import nn
 
 from amagi_plugin.config import BACKENDS
 from amagi_plugin.errors import ConfigError
+from amagi_plugin.fastpath import bf16_native
 from models.hrnet_ocr import main_logits
 
 INSTALL_HINT = "pip install 'amagi-plugin[openvino]'"
@@ -82,11 +86,14 @@ class OpenVinoNetwork:
     """``module`` compiled by OpenVINO for the CPU, called like it on a batch of any size
     (inputs of ``example``'s shape but the first dimension). Returns its outputs as torch
     tensors (always a tuple). Safe to call from several threads: each has its own
-    inference request."""
+    inference request. ``bf16``: OpenVINO computes in bfloat16 (precision hint ``bf16``)
+    where this CPU does natively, else in fp32."""
 
     def __init__(self, module: nn.Module, example: torch.Tensor,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, bf16: bool = False) -> None:
         ov = import_openvino()
+        #: whether it computes in bfloat16: asked for, and native to this CPU (never emulated)
+        self.bf16 = bf16 and bf16_native("cpu")
         shape = ov.PartialShape([-1, *example.shape[1:]])
         # the networks' shape checks become constants of the trace, as they should: quiet
         with torch.no_grad(), warnings.catch_warnings():
@@ -97,7 +104,7 @@ class OpenVinoNetwork:
                                          input=[shape])
         self._compiled = ov.Core().compile_model(converted, "CPU", {
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-            "INFERENCE_PRECISION_HINT": "f32"})
+            "INFERENCE_PRECISION_HINT": "bf16" if self.bf16 else "f32"})
         self.outputs = len(self._compiled.outputs)
         self._local = threading.local()
 
@@ -111,27 +118,29 @@ class OpenVinoNetwork:
         return tuple(torch.from_numpy(result[i].copy()) for i in range(self.outputs))
 
 
-def compiled_probe(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def compiled_probe(net: nn.Module, bf16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """A neighbourhood probe's network (:class:`~models.patchnet.PatchNet` or an ensemble)
-    compiled by OpenVINO: neighbourhoods ``(N, frames, 3, crop, crop)`` → logits ``(N,)``."""
+    compiled by OpenVINO: neighbourhoods ``(N, frames, 3, crop, crop)`` → logits ``(N,)``
+    (``bf16``: computed in bfloat16)."""
     cfg = net.cfg
     example = torch.randn(1, cfg.frames, 3, cfg.crop, cfg.crop,
                           generator=torch.Generator().manual_seed(0))
-    compiled = OpenVinoNetwork(net, example)
+    compiled = OpenVinoNetwork(net, example, bf16=bf16)
     return lambda x: compiled(x)[0]
 
 
 class CompiledClipNetwork:
     """A clip network on the OpenVINO backend: ``network(clips)`` gives its logits, and its
     segmentation net's main maps of the batch (or None for a model without one) in
-    :attr:`last_maps` of the calling thread."""
+    :attr:`last_maps` of the calling thread. ``bf16``: computed in bfloat16."""
 
     def __init__(self, model: nn.Module, clip_shape: Sequence[int],
-                 segmenter: nn.Module | None) -> None:
+                 segmenter: nn.Module | None, bf16: bool = False) -> None:
         module = model if segmenter is None else _WithMap(model, segmenter)
         # traced on noise: only shapes steer the networks' Python (their checks)
         example = torch.randn(1, *clip_shape, generator=torch.Generator().manual_seed(0))
-        self._net = OpenVinoNetwork(module, example)
+        self._net = OpenVinoNetwork(module, example, bf16=bf16)
+        self.bf16 = self._net.bf16  # computed in bfloat16 (asked for, native here)
         self._local = threading.local()
 
     @property

@@ -327,8 +327,9 @@ class ModelConfig:
     decode_workers: int = _opt(1, "Decoding threads, each a stretch of the video from one key "
                                "frame to the next (frames and times identical to 1, serial)",
                                _check_positive)
-    backend: str = _opt("torch", "What runs the clip network: torch, or openvino (the CPU only, "
-                        "fp32, logits within the reference tolerance; needs "
+    backend: str = _opt("torch", "What runs the clip network: torch, or openvino (the CPU only; "
+                        "fp32, logits within the reference tolerance, or bf16 under "
+                        "model.fast where the CPU computes it natively; needs "
                         "amagi-plugin[openvino]; compiled once per analyzer)",
                         _choice(*BACKENDS))
 

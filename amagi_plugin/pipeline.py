@@ -300,7 +300,8 @@ class BleedingAnalyzer:
                                               channels_last=self.fast is not None)
         # the clip network itself (torch), or compiled for another backend
         self.compiled = (None if options.backend == "torch" else CompiledClipNetwork(
-            self.model, (3, clip_len, input_size, input_size), self._segmenter_module()))
+            self.model, (3, clip_len, input_size, input_size), self._segmenter_module(),
+            bf16=options.bf16))
         self.probe_use = probe_use or ProbeUse()
         self.probe = None if probe is None else self._probe_stage(probe)
 
@@ -316,7 +317,7 @@ class BleedingAnalyzer:
         return NeighbourhoodProbe(net, lambda x: inferer(x, network), self.map_geometry,
                                   self.options.device, bf16=self.options.bf16,
                                   run=None if self.options.backend == "torch"
-                                  else compiled_probe(net))
+                                  else compiled_probe(net, bf16=self.options.bf16))
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, options: AnalysisOptions,

@@ -259,12 +259,14 @@ def _analyse(path: str, arch: str, checkpoint: str | None, seconds: float | None
     cuda = device.startswith("cuda")
     out = []
     for precision in precisions:
-        fast = precision == "fast"  # the speed switch, with parallel decoding
+        # the speed switch, with parallel decoding (openvino-fast: on OpenVINO)
+        fast = precision in ("fast", "openvino-fast")
         # openvino: the exact path with its clip network compiled by OpenVINO (model.backend)
         opts = AnalysisOptions(share_clips=share, device=device, bf16=precision == "bf16",
                                batch_size=batch_size, fast=fast,
                                decode_workers=decode_workers if fast else 1,
-                               backend="openvino" if precision == "openvino" else "torch")
+                               backend="openvino" if precision.startswith("openvino")
+                               else "torch")
         c0 = time.perf_counter()
         analyzer = BleedingAnalyzer.for_model(
             model, opts, probe=None if probe is None else load_probe(probe[0], device),
@@ -385,13 +387,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="segment for amagi_sf50 (default 6 on a CPU, 60 on CUDA; 0 skips)")
     ap.add_argument("--sf152-seconds", type=float, default=None,
                     help="segment for amagi_sf152 (default 0 = skip on a CPU, 60 on CUDA)")
-    ap.add_argument("--precision", choices=("fp32", "bf16", "fast", "openvino", "both", "all"),
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fast", "openvino", "openvino-fast",
+                                            "both", "all"),
                     default="fp32",
                     help="analysis precision (bf16: autocast, as [model] bf16; fast: the speed "
                          "switch, model.fast, with --decode-workers; openvino: fp32 with the "
-                         "clip network on OpenVINO, model.backend); both: fp32 then bf16 in "
-                         "the same process; all: fp32, bf16, fast and, on a CPU, openvino "
-                         "(the naive comparison uses the first)")
+                         "clip network on OpenVINO, model.backend; openvino-fast: the speed "
+                         "switch on OpenVINO); both: fp32 then bf16 in the same process; all: "
+                         "fp32, bf16, fast and, on a CPU, openvino and openvino-fast (the naive "
+                         "comparison uses the first)")
     ap.add_argument("--decode-workers", type=int, default=None,
                     help="decoding threads for the second floor row and the fast rows "
                          "(default: 2 on a CPU, 4 on CUDA)")
@@ -422,10 +426,10 @@ def main(argv: list[str] | None = None) -> int:
         args.ceiling_seconds = 2.0 if cuda else 3.0
     ceiling_s = None if args.ceiling_seconds < 0 else args.ceiling_seconds
     precisions = {"both": ("fp32", "bf16"),
-                  "all": ("fp32", "bf16", "fast") + (() if cuda else ("openvino",))}.get(
-        args.precision, (args.precision,))
-    if precisions[0] == "openvino":  # the agreement lines compare with an fp32 run first
-        precisions = ("fp32", "openvino")
+                  "all": ("fp32", "bf16", "fast") + (() if cuda else ("openvino", "openvino-fast"))
+                  }.get(args.precision, (args.precision,))
+    if precisions[0].startswith("openvino"):  # the agreement lines compare with fp32 first
+        precisions = ("fp32", *precisions)
     from amagi_plugin.fastpath import bf16_native
     if "bf16" in precisions and not bf16_native(device):  # emulated: 60x slower (session 38)
         print(f"no bf16 rows: {device} does not compute bfloat16 natively (amagi refuses "

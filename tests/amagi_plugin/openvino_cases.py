@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 import torch
 
+from amagi_plugin.analysis import find_events, smooth_decisions
 from amagi_plugin.backends import CompiledClipNetwork
+from amagi_plugin.fastpath import bf16_native
+from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
 from amagi_plugin.pipeline import AnalysisOptions
+from amagi_plugin.runtime import load_analyzer
 from models import build_model
 from models.hrnet_ocr import main_logits
 from tests.amagi_plugin.test_pipeline import ArrayVideo
+from tests.amagi_plugin.test_pipeline_fast import (
+    FAST_TOLERANCE,
+    PROBE_BF16_TOLERANCE,
+    clear_threshold,
+)
 
 
 def reference_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
@@ -133,19 +142,22 @@ def test_amagi_sf50_on_openvino_gives_the_authors_logits() -> None:
     reference_close(logits, torch.tensor(ref["per_clip_logits"]))
 
 
-def test_the_demo_on_openvino_matches_torch_and_its_probe_reads_the_compiled_maps() -> None:
-    """The bundled demo (AMAGI with its probe) over 4 s of a generated case with a bleeding:
-    the clip probabilities, the probe's scores (its network compiled too, its maps taken
-    from the compiled clip network's second output, no instant mapped again) and the events
-    as on torch."""
-    from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
-    from amagi_plugin.runtime import load_analyzer
+def _demo_case():
+    """4 s of a generated case with a bleeding, and the bundled demo's main model."""
     from amagi_plugin.synth.render import Renderer
     from amagi_plugin.synth.scene import sample_scene
 
     scene = sample_scene(3, width=160, height=128, fps=30, duration_s=4, ranges="train")
     video = ArrayVideo(np.stack([f.rgb for f in Renderer(scene).frames()]), 30.0)
-    main = model_dir_specs(DEMO_DIR)[0][-1]
+    return video, model_dir_specs(DEMO_DIR)[0][-1]
+
+
+def test_the_demo_on_openvino_matches_torch_and_its_probe_reads_the_compiled_maps() -> None:
+    """The bundled demo (AMAGI with its probe) over 4 s of a generated case with a bleeding:
+    the clip probabilities, the probe's scores (its network compiled too, its maps taken
+    from the compiled clip network's second output, no instant mapped again) and the events
+    as on torch."""
+    video, main = _demo_case()
     results = {}
     for backend in ("torch", "openvino"):
         a = load_analyzer(main, AnalysisOptions(backend=backend))
@@ -168,6 +180,29 @@ def test_the_demo_on_openvino_matches_torch_and_its_probe_reads_the_compiled_map
     np.testing.assert_allclose(o.probabilities, t.probabilities, rtol=0, atol=1e-5)
     assert [(e.start_frame, e.end_frame) for e in o.events] == \
         [(e.start_frame, e.end_frame) for e in t.events]
+
+
+def test_the_speed_switch_on_openvino_computes_in_bf16_where_native_within_its_tolerance(
+        ) -> None:
+    """The speed switch on OpenVINO: bf16 (both networks) where this CPU computes it natively,
+    fp32 elsewhere; the demo's probabilities within the switch's tolerance of the exact torch
+    path, its probe's scores within the probe's bf16 tolerance, the same events at a
+    threshold no probability lies near (``test_pipeline_fast``'s criteria)."""
+    video, main = _demo_case()
+    exact = load_analyzer(main, AnalysisOptions())
+    fast = load_analyzer(main, AnalysisOptions(backend="openvino", fast=True))
+    native = bf16_native("cpu")
+    assert fast.options.bf16 is native and fast.compiled.bf16 is native
+    ref, got = exact.analyze(video), fast.analyze(video)
+    dp = np.abs(got.probabilities - ref.probabilities)
+    assert dp.max() <= (FAST_TOLERANCE if native else 1e-4), dp.max()
+    assert np.abs(got.probe_scores - ref.probe_scores).max() <= PROBE_BF16_TOLERANCE
+    threshold, margin = clear_threshold(ref.probabilities, runs=10)
+    assert margin > dp.max(), (threshold, margin, dp.max())
+    spans = [[(e.start_frame, e.end_frame) for e in find_events(
+        r.probabilities, smooth_decisions(r.probabilities, r.timeline.rate_hz, threshold,
+                                          "none", 0), r.timeline)] for r in (ref, got)]
+    assert spans[0] and spans[1] == spans[0]
 
 
 def test_the_configured_backend_reaches_the_analyzer(tmp_path) -> None:
