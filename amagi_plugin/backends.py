@@ -33,7 +33,7 @@ from torch import nn
 
 from amagi_plugin.config import BACKENDS
 from amagi_plugin.errors import ConfigError
-from amagi_plugin.fastpath import bf16_native
+from amagi_plugin.modelspec import bf16_native
 from models.hrnet_ocr import main_logits
 
 INSTALL_HINT = "pip install 'amagi-plugin[openvino]'"

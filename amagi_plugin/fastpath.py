@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from amagi_plugin.errors import ConfigError
-from amagi_plugin.modelspec import cuda_devices_lacking
+from amagi_plugin.modelspec import bf16_native, cuda_devices_lacking
 from amagi_plugin.transforms import (
     AUTHORS_MEAN,
     AUTHORS_STD,
@@ -46,21 +46,6 @@ def check_devices_available(devices: Sequence[str], key: str = "worker.devices")
         if count is not None:
             raise ConfigError(f"configured device {name} is not available: this host has "
                               f"{count} CUDA device{'' if count == 1 else 's'} ({key})")
-
-
-def bf16_native(device: torch.device | str) -> bool:
-    """Whether ``device`` computes bfloat16 natively (not emulated through fp32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-            try:
-                if getattr(torch.cpu, probe)():
-                    return True
-            except (AttributeError, RuntimeError):
-                continue
-    return False
 
 
 def checked_bf16(requested: bool, device: torch.device | str) -> bool:

@@ -19,6 +19,8 @@ from amagi_plugin.errors import InputError
 from dicom_io.results import DEMO_DISCLAIMER, WeightsKind
 
 if TYPE_CHECKING:  # imported where it is used: it brings torch, which no CLI start needs
+    import torch
+
     from amagi_plugin.probing import ProbeUse
 
 DEMO_NAME = "demo"
@@ -223,6 +225,23 @@ def cuda_devices_lacking(name: str) -> int | None:
         return None
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return count if count == 0 or (device.index or 0) >= count else None
+
+
+def bf16_native(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively (not emulated through fp32)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+            try:
+                if getattr(torch.cpu, probe)():
+                    return True
+            except (AttributeError, RuntimeError):
+                continue
+    return False
 
 
 def resolve_device(name: str) -> str:
