@@ -194,19 +194,27 @@ def check_model(cfg: Config) -> Check:
 
 
 def check_backend(cfg: Config) -> Check:
-    """What runs the networks (``model.backend``): present, and able to on ``model.device``."""
+    """What runs the networks (``model.backend``): present, and able to on ``model.device``;
+    and the precision the analysis computes in there (bf16 only where ``model.fast`` or
+    ``model.bf16`` asks for it and the device computes it natively)."""
     from amagi_plugin.backends import check_backend as refuse
     from amagi_plugin.backends import import_openvino
-    from amagi_plugin.modelspec import resolve_device
+    from amagi_plugin.modelspec import bf16_native, resolve_device
 
     try:
-        refuse(cfg.model.backend, resolve_device(cfg.model.device))
-        if cfg.model.backend == "torch":
-            return Check("backend", Status.OK, "torch")
-        version = import_openvino().__version__.split("-")[0]
+        device = resolve_device(cfg.model.device)
+        refuse(cfg.model.backend, device)
+        name = "torch"
+        if cfg.model.backend == "openvino":
+            name = f"openvino {import_openvino().__version__.split('-')[0]}, on the CPU"
     except Exception as e:
         return Check("backend", Status.FAIL, _one_line(e))
-    return Check("backend", Status.OK, f"openvino {version}, on the CPU")
+    native = bf16_native(device)
+    if cfg.model.fast and not native:
+        precision = f"fp32 (model.fast: {device} computes no bf16 natively)"
+    else:
+        precision = "bf16" if (cfg.model.fast or cfg.model.bf16) and native else "fp32"
+    return Check("backend", Status.OK, f"{name}, {precision}")
 
 
 def check_tools() -> Iterator[Check]:

@@ -55,10 +55,20 @@ def test_doctor_fails_on_missing_checkpoint(doctor, tmp_path: Path) -> None:
 
 def test_doctor_checks_the_configured_backend(doctor, monkeypatch) -> None:
     _, checks = doctor()
-    assert checks["backend"]["status"] == "ok" and checks["backend"]["detail"] == "torch"
+    assert checks["backend"]["status"] == "ok" and checks["backend"]["detail"] == "torch, fp32"
     _, checks = doctor("--model-backend", "openvino")
     assert checks["backend"]["status"] == "ok"
     assert checks["backend"]["detail"].startswith("openvino 20")
+    assert checks["backend"]["detail"].endswith(", on the CPU, fp32")
+    # the precision under the speed switch: bf16 where the CPU computes it natively
+    from amagi_plugin import modelspec
+
+    for native, expected in ((True, "bf16"), (False, "fp32 (model.fast: cpu computes no bf16 "
+                                              "natively)")):
+        monkeypatch.setattr(modelspec, "bf16_native", lambda _device, n=native: n)
+        _, checks = doctor("--model-backend", "openvino", "--set", "model.fast=true")
+        assert checks["backend"]["detail"].endswith(f", on the CPU, {expected}")
+    monkeypatch.undo()
     from tests.amagi_plugin.test_backends import hide_openvino
 
     hide_openvino(monkeypatch)
