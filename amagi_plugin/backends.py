@@ -10,9 +10,7 @@ switch's tolerance. Measured on 2-core CPUs (README, "Speed switch and devices";
 ``benchmarks/pipeline.py --precision openvino``): in fp32, AMAGI-SF50 and the demo's clip
 network 1.7-2.2x faster than torch's fp32 on an AVX2 CPU, their logits within the reference
 tolerance of ``tests/models``; in bf16 on an AVX512-BF16 CPU, AMAGI-SF50's network 1.9x
-faster again. For a model with a neighbourhood probe, the segmentation net that maps the
-probe's instants (those no clip's map gives, every one under the speed switch) is compiled
-too, in fp32 (:func:`compiled_segmenter`). A neighbourhood probe's network is compiled too (:func:`compiled_probe`);
+faster again. A neighbourhood probe's network is compiled too (:func:`compiled_probe`);
 the segmenter's own maps (the probe's where the clips give none, the key-frame masks) and
 training stay in torch.
 
@@ -128,27 +126,6 @@ def compiled_probe(net: nn.Module, bf16: bool = False) -> Callable[[torch.Tensor
     example = torch.randn(1, cfg.frames, 3, cfg.crop, cfg.crop,
                           generator=torch.Generator().manual_seed(0))
     compiled = OpenVinoNetwork(net, example, bf16=bf16)
-    return lambda x: compiled(x)[0]
-
-
-class _Segment(nn.Module):
-    """A model's segmentation: normalised frames ``(N, 3·K, H, W)`` → its main logits."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return main_logits(self.model.segment(x))
-
-
-def compiled_segmenter(model: nn.Module, frame_shape: Sequence[int]
-                       ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A model's segmentation (``model.segment``'s main logits) compiled by OpenVINO for
-    inputs ``(N, *frame_shape)``, always in fp32: the neighbourhood probe finds its places
-    on these maps, where a bf16 rounding could reorder two close peaks."""
-    example = torch.randn(1, *frame_shape, generator=torch.Generator().manual_seed(0))
-    compiled = OpenVinoNetwork(_Segment(model), example)
     return lambda x: compiled(x)[0]
 
 

@@ -22,12 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from amagi_plugin.analysis import MASK_SCALES, Timeline, find_events, smooth_decisions
-from amagi_plugin.backends import (
-    CompiledClipNetwork,
-    check_backend,
-    compiled_probe,
-    compiled_segmenter,
-)
+from amagi_plugin.backends import CompiledClipNetwork, check_backend, compiled_probe
 from amagi_plugin.fastpath import FastPath
 from amagi_plugin.inferers import ClipProbabilityInferer, MaskInferer, bleeding_probability
 from amagi_plugin.probing import MapGeometry, NeighbourhoodProbe, ProbeStream, ProbeUse, fuse
@@ -319,9 +314,6 @@ class BleedingAnalyzer:
         # bf16 rounding that reorders two close peaks moves it to another place, changing its
         # score by far more than the switch's tolerance (seen: 0.044 on a 5 s demo case).
         inferer = MaskInferer(self.input_size, self.options.device, bf16=False)
-        if self.options.backend != "torch":  # its windows: (N, 3·K, input size²)
-            network = compiled_segmenter(
-                self.model, (3 * self.seg_frames, self.input_size, self.input_size))
         return NeighbourhoodProbe(net, lambda x: inferer(x, network), self.map_geometry,
                                   self.options.device, bf16=self.options.bf16,
                                   run=None if self.options.backend == "torch"

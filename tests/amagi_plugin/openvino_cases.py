@@ -184,29 +184,6 @@ def test_the_demo_on_openvino_matches_torch_and_its_probe_reads_the_compiled_map
         [(e.start_frame, e.end_frame) for e in t.events]
 
 
-def test_the_probes_own_maps_come_from_a_compiled_segmenter(monkeypatch) -> None:
-    """On OpenVINO the segmentation net that maps the probe's instants (those no clip gives)
-    is compiled too, in fp32: the same probabilities as torch's, frames wider than a window
-    included (MONAI's sliding windows), with torch's segmentation net never called."""
-    from amagi_plugin.inferers import MaskInferer
-
-    video, main = _demo_case()
-    a = load_analyzer(main, AnalysisOptions(backend="openvino", fast=True))
-    schedule, geometry = a.schedule_for(video), a.map_geometry
-    pixels = dict(enumerate(video._frames))
-    # the probe's input: frames at the map's scale, 160 x 128 here (wider than a window)
-    x = torch.stack([a._seg_input(schedule.window(i, a.seg_frames), pixels,
-                                  lambda rgb: geometry.normalise(geometry.frame(rgb)))
-                     for i in (30, 75, 110)])
-    expected = MaskInferer(a.input_size)(x, a._segmentation_network())
-    monkeypatch.setattr(a.model.backbone.seg_model, "forward",
-                        lambda *_: pytest.fail("torch's segmentation net ran"))
-    got = a.probe.segment(x)
-    assert got.shape == expected.shape == (3, 128, 160) and a.input_size == 128
-    assert float(expected.max() - expected.min()) > 0.1  # not a constant map
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
-
-
 @functools.cache
 def _exact_demo():
     """The demo case analysed on torch's exact path (the reference of the switch)."""
