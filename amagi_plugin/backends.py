@@ -5,7 +5,7 @@
 PyTorch front end (traced on one batch of the model's clip shape, the batch size left free)
 and runs every batch through it on the CPU in fp32 (precision hint ``f32``), or in bfloat16
 (hint ``bf16``) where the analysis takes bf16: under the speed switch on a CPU that computes
-it natively (AVX512-BF16 or AMX; :func:`~amagi_plugin.fastpath.bf16_native`), within the
+it natively (AVX512-BF16 or AMX; :func:`~amagi_plugin.modelspec.bf16_native`), within the
 switch's tolerance. Measured on 2-core CPUs (README, "Speed switch and devices";
 ``benchmarks/pipeline.py --precision openvino``): in fp32, AMAGI-SF50 and the demo's clip
 network 1.7-2.2x faster than torch's fp32 on an AVX2 CPU, their logits within the reference
