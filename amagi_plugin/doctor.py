@@ -196,14 +196,17 @@ def check_model(cfg: Config) -> Check:
 def check_backend(cfg: Config) -> Check:
     """What runs the networks (``model.backend``): present, and able to on ``model.device``;
     and the precision the analysis computes in there (bf16 only where ``model.fast`` or
-    ``model.bf16`` asks for it and the device computes it natively)."""
+    ``model.bf16`` asks for it and the device computes it natively; ``model.bf16`` where the
+    analysis would refuse it, emulated, fails here too)."""
     from amagi_plugin.backends import check_backend as refuse
     from amagi_plugin.backends import import_openvino
+    from amagi_plugin.fastpath import checked_bf16
     from amagi_plugin.modelspec import bf16_native, resolve_device
 
     try:
         device = resolve_device(cfg.model.device)
         refuse(cfg.model.backend, device)
+        bf16 = checked_bf16(cfg.model.bf16, device)  # as the analysis: refused if emulated
         name = "torch"
         if cfg.model.backend == "openvino":
             name = f"openvino {import_openvino().__version__.split('-')[0]}, on the CPU"
@@ -213,7 +216,7 @@ def check_backend(cfg: Config) -> Check:
     if cfg.model.fast and not native:
         precision = f"fp32 (model.fast: {device} computes no bf16 natively)"
     else:
-        precision = "bf16" if (cfg.model.fast or cfg.model.bf16) and native else "fp32"
+        precision = "bf16" if bf16 or cfg.model.fast else "fp32"
     return Check("backend", Status.OK, f"{name}, {precision}")
 
 

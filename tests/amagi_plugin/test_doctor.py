@@ -77,6 +77,15 @@ def test_doctor_checks_the_configured_backend(doctor, monkeypatch) -> None:
     assert "pip install 'amagi-plugin[openvino]'" in checks["backend"]["detail"]
 
 
+def test_doctor_fails_where_the_analysis_would_refuse_bf16(doctor, monkeypatch) -> None:
+    from amagi_plugin import fastpath
+
+    monkeypatch.setattr(fastpath, "bf16_native", lambda _device: False)
+    r, checks = doctor("--set", "model.bf16=true")
+    assert r.code == 1 and checks["backend"]["status"] == "FAIL"
+    assert "does not compute bfloat16 natively" in checks["backend"]["detail"]
+
+
 def test_doctor_fails_on_unwritable_spool(doctor, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
