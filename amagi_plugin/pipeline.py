@@ -351,10 +351,12 @@ class BleedingAnalyzer:
                                    self.options.decode_ahead, timings,
                                    self.options.decode_workers,
                                    side=None if probe is None else SideFrames(
-                                       probe.wanted, self.map_geometry.frame,
+                                       probe.wanted, probe.probe.geometry.frame,
                                        # the clip transform is the probe's, then the crop
-                                       # (bit for bit; not the switch's own on-device one)
-                                       self.map_geometry.map_input if self.fast is None
+                                       # (bit for bit; not the switch's own on-device one,
+                                       # nor from a probe's finer frames)
+                                       probe.probe.geometry.map_input
+                                       if self.fast is None and probe.probe.geometry.scale == 1
                                        else None))
         computed = 0
 

@@ -18,8 +18,10 @@ active (its frame label 0) are read as masked frames with an empty mask: every m
 there is a negative, most often the blood the bleeding left, which keeps its fresh look for
 seconds but neither grows nor flows (:mod:`amagi_plugin.synth.events`).
 
-Each is the probe's frames around the masked frame at the model's scale, ``crop + MARGIN``
-pixels square (training draws a random ``crop`` square of it).
+Each is the probe's frames around the masked frame at the probe's scale (the model's, or a
+whole multiple of it: ``amagi train probe --scale``), ``crop + MARGIN`` pixels square
+(training draws a random ``crop`` square of it). The distances above are at the model's scale
+(map pixels) and grow with the probe's.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
     cfg = probe.cfg
     rng = np.random.default_rng(seed)
     side = cfg.crop + MARGIN
+    scale = probe.geometry.scale  # the probe's frame pixels a map pixel spans
+    on_px, near_px = 2 * scale, NEAR * scale
     _check_after_end(after_end_s)
     xs: list[np.ndarray] = []
     ys: list[int] = []
@@ -154,12 +158,12 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
             if mask.any():
                 my, mx = np.nonzero(mask)
                 near = F.max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None],
-                                    2 * NEAR + 1, 1, NEAR)[0, 0].numpy() > 0
+                                    2 * near_px + 1, 1, near_px)[0, 0].numpy() > 0
                 centre = int(np.argmin((my - my.mean()) ** 2 + (mx - mx.mean()) ** 2))
                 picks = [centre, *rng.integers(0, len(my), extra_pos)]
                 chosen += [(int(my[j]), int(mx[j]), 1) for j in picks]
             for y, x, _v in places:
-                on = bool(mask[max(0, y - 2):y + 3, max(0, x - 2):x + 3].any())
+                on = bool(mask[max(0, y - on_px):y + on_px + 1, max(0, x - on_px):x + on_px + 1].any())
                 if on or not near[y, x]:
                     chosen.append((y, x, int(on)))
             for _ in range(rand_neg):
@@ -204,12 +208,12 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               reversed_negatives: float = 0.0,
               sliding_negatives: float = 0.0, view_negatives: float = 0.0, seed: int = 0,
               threads: int | None = None,
-              device: str = "cpu", input_size: int | None = None,
+              device: str = "cpu", input_size: int | None = None, scale: int = 1,
               progress: Callable[[str], None] | None = None) -> tuple[PatchNet, dict[str, Any]]:
     """A probe trained on the rawframes sets ``data`` (pooled) at the map peaks of ``arch``'s
     segmentation net loaded from ``seg_checkpoint`` (an ``amagi train seg`` file; the model
-    built at ``input_size`` when given, as its ``model.json`` build says), and the
-    record to keep with it (``meta`` of its file). A setting left ``None`` is
+    built at ``input_size`` when given, as its ``model.json`` build says), reading its
+    neighbourhoods at ``scale`` times the model's scale, and the record to keep with it (``meta`` of its file). A setting left ``None`` is
     :class:`~models.training.patchnet.PatchTrainConfig`'s or :class:`PatchNetConfig`'s
     default."""
     from models import build_model, list_models, load_checkpoint
@@ -234,9 +238,11 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
         raise InputError(str(e)) from None
     shape = {k: v for k, v in (("candidates", candidates), ("step_s", step_s), ("frames", frames))
              if v is not None}
+    if not (isinstance(scale, int) and scale >= 1):
+        raise InputError(f"the probe's scale must be a whole number >= 1, got {scale!r}")
     try:
-        cfg = PatchNetConfig(short_side=model.default_cfg.input_size, align=align, pool=pool,
-                             **shape)
+        cfg = PatchNetConfig(short_side=model.default_cfg.input_size * scale, align=align,
+                             pool=pool, **shape)
     except ModelConfigError as e:
         raise InputError(str(e)) from None
     given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))

@@ -13,7 +13,9 @@ but also still blood. So at each prediction instant:
 3. at each place a :class:`~models.patchnet.PatchNet` looks at a ``crop`` × ``crop``
    neighbourhood of ``frames`` frames ``step_s`` apart around the instant, on the frame
    resized as in step 1 but not cropped (so a neighbourhood at the crop's edge sees the
-   frame beyond it; outside the frame it sees zeros, as in training); a probe of several
+   frame beyond it; outside the frame it sees zeros, as in training), or resized to a whole
+   multiple of that scale for a probe trained finer than the map (its ``short_side``: a
+   source of a few map pixels then fills more of its view); a probe of several
    networks (:class:`~models.patchnet.ProbeEnsemble`) gives the mean of their probabilities
    at each place;
 4. the instant's probe score is the highest probability over its places.
@@ -46,7 +48,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,7 +57,7 @@ import torch.nn.functional as F
 
 from amagi_plugin.transforms import FrameToTensor
 from models.patchnet import PatchNetConfig, ProbeNet
-from models.training.augment import resize_short
+from models.training.augment import resize_short, short_side_shape
 
 if TYPE_CHECKING:  # the pipeline imports this module
     from amagi_plugin.pipeline import VideoLike
@@ -157,21 +159,45 @@ class MapGeometry:
     """The clip preprocessing split in two: :meth:`frame` (RGB → the frame at the model's
     scale, uncropped, 0-255) and :meth:`map_input` (that frame → the normalised centre
     crop the segmentation net sees); :meth:`to_frame` takes a map pixel back to the frame.
-    Together they are :func:`~amagi_plugin.transforms.clip_frame_transform`."""
+    Together they are :func:`~amagi_plugin.transforms.clip_frame_transform`.
+
+    ``frame_size``: the short side of the frames :meth:`frame` makes when they are finer than
+    the map (a probe that reads its neighbourhoods at a multiple of the model's scale,
+    :attr:`~models.patchnet.PatchNetConfig.short_side`); :meth:`map_input` first scales such
+    a frame down to ``size`` and :meth:`to_frame` scales a map pixel up to it. None: ``size``.
+    """
 
     size: int
     mean: Sequence[float]
     std: Sequence[float]
+    frame_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.side % self.size:
+            raise ValueError(f"frames of short side {self.side} px are not a whole multiple "
+                             f"of the map's {self.size} px")
+
+    @property
+    def side(self) -> int:
+        """The short side of :meth:`frame`'s frames."""
+        return self.size if self.frame_size is None else self.frame_size
+
+    @property
+    def scale(self) -> int:
+        """How many frame pixels a map pixel spans on each axis."""
+        return self.side // self.size
 
     def frame(self, rgb: np.ndarray) -> torch.Tensor:
-        return resize_short(FrameToTensor()(rgb), self.size)
+        return resize_short(FrameToTensor()(rgb), self.side)
 
     def offset(self, shape: Sequence[int]) -> tuple[int, int]:
-        """Top-left of the centre crop in a frame of ``shape (..., H, W)`` (MONAI's
-        ``CenterSpatialCrop``)."""
+        """Top-left of the centre crop in a frame of ``shape (..., H, W)`` at the map's
+        scale (MONAI's ``CenterSpatialCrop``)."""
         return shape[-2] // 2 - self.size // 2, shape[-1] // 2 - self.size // 2
 
     def map_input(self, frame: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1:
+            frame = resize_short(frame, self.size)
         oy, ox = self.offset(frame.shape)
         return self.normalise(frame[:, oy:oy + self.size, ox:ox + self.size])
 
@@ -182,8 +208,15 @@ class MapGeometry:
         return (frame - mean) / std
 
     def to_frame(self, y: int, x: int, shape: Sequence[int]) -> tuple[int, int]:
-        oy, ox = self.offset(shape)
-        return min(shape[-2] - 1, y + oy), min(shape[-1] - 1, x + ox)
+        """Map pixel ``(y, x)`` → the pixel of a :meth:`frame` of ``shape`` at its centre."""
+        h, w = shape[-2], shape[-1]
+        if self.scale == 1:
+            oy, ox = self.offset(shape)
+            return min(h - 1, y + oy), min(w - 1, x + ox)
+        mh, mw = short_side_shape(h, w, self.size)  # the frame at the map's scale
+        oy, ox = self.offset((mh, mw))
+        return (min(h - 1, int((y + oy + 0.5) * h / mh)),
+                min(w - 1, int((x + ox + 0.5) * w / mw)))
 
 
 SegmentationFn = Callable[[torch.Tensor], torch.Tensor]  # (N, 3K, S, S) → map (N, S, S)
@@ -201,8 +234,10 @@ class NeighbourhoodProbe:
         The segmentation map of a batch of normalised map inputs (``(N, 3·K, S, S)`` →
         probabilities ``(N, S, S)``).
     geometry
-        The model's clip preprocessing (:class:`MapGeometry`); its ``size`` must be the
-        probe's ``short_side``.
+        The model's clip preprocessing (:class:`MapGeometry`). The probe's frames are at its
+        ``short_side``: the map's scale or a whole multiple of it (a probe that sees small
+        sources at a finer scale than the map; :attr:`geometry` is then this one with that
+        ``frame_size``, and the frames fed to the probe are at that scale).
 
     bf16
         The probe's network under bfloat16 autocast (the speed switch; its scores stay within
@@ -219,9 +254,14 @@ class NeighbourhoodProbe:
     def __init__(self, net: ProbeNet, segment: SegmentationFn, geometry: MapGeometry,
                  device: str = "cpu", batch_size: int = 32, bf16: bool = False,
                  run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        if geometry.size != net.cfg.short_side:
-            raise ValueError(f"the probe was trained on frames of short side "
-                             f"{net.cfg.short_side} px, this model's maps are {geometry.size}")
+        if geometry.side != net.cfg.short_side:
+            try:  # a probe finer than the map reads its own frames (MapGeometry.frame_size)
+                geometry = replace(geometry, frame_size=net.cfg.short_side)
+            except ValueError:
+                raise ValueError(f"the probe was trained on frames of short side "
+                                 f"{net.cfg.short_side} px, this model's maps are "
+                                 f"{geometry.size} (a probe reads frames at a whole multiple "
+                                 f"of the map's scale)") from None
         self.net = net.eval().to(device)
         self.segment = segment
         self.geometry = geometry
@@ -238,7 +278,8 @@ class NeighbourhoodProbe:
                window: WindowFn, maps: Mapping[int, torch.Tensor] | None = None
                ) -> list[list[tuple[int, int, float]]]:
         """Each target frame's map peaks in frame coordinates ``(y, x, value)``; ``frames``
-        holds each target's segmenter window at the model's scale. ``maps``: targets whose
+        holds each target's segmenter window at the probe's scale (:meth:`MapGeometry.frame`
+        of :attr:`geometry`). ``maps``: targets whose
         map is already known (``(S, S)`` probabilities, as :attr:`segment` gives them: the
         clip network's own map of the same input); the others are segmented here."""
         if not targets:
@@ -314,10 +355,10 @@ class NeighbourhoodProbe:
         return stream.finish()
 
 class ProbeStream:
-    """One pass of a :class:`NeighbourhoodProbe` over a video: frames at the model's scale
-    (:meth:`MapGeometry.frame`) are fed in ascending order, whichever decoder reads them;
-    only those some pending instant still needs are held, and instants are scored in
-    batches as soon as their frames are in. :meth:`finish` returns each target's score
+    """One pass of a :class:`NeighbourhoodProbe` over a video: frames at the probe's scale
+    (:meth:`MapGeometry.frame` of its ``geometry``) are fed in ascending order, whichever
+    decoder reads them; only those some pending instant still needs are held, and instants
+    are scored in batches as soon as their frames are in. :meth:`finish` returns each target's score
     (``nan`` where a needed frame was never fed).
 
     ``maps_given``: targets whose segmentation map the caller hands over
@@ -336,7 +377,8 @@ class ProbeStream:
                       for i in self.targets}
         #: the frames (0-based) the probe reads
         self.wanted = frozenset(f for fs in self.needs.values() for f in fs)
-        self.memory = _PlaceMemory(round(memory_s * fps)) if memory_s > 0 else None
+        self.memory = (_PlaceMemory(round(memory_s * fps), SAME_PLACE_PX * probe.geometry.scale)
+                       if memory_s > 0 else None)
         self.out = np.full(len(self.targets), np.nan)
         self.maps_given = frozenset(maps_given) & frozenset(self.targets)
         self._maps: dict[int, torch.Tensor] = {}  # given, not yet used
@@ -348,7 +390,7 @@ class ProbeStream:
         self._done = 0
 
     def feed(self, index: int, frame: torch.Tensor) -> None:
-        """Frame ``index`` at the model's scale; frames the probe does not read are ignored."""
+        """Frame ``index`` at the probe's scale; frames the probe does not read are ignored."""
         if index not in self.wanted:
             return
         self._held[index] = frame
@@ -419,16 +461,18 @@ class ProbeStream:
 
 #: The probe's probability at which a place is remembered (memory, module docstring).
 CARRY_SCORE = 0.5
-#: A remembered place this close (pixels at the model's scale, either axis) to a place already
+#: A remembered place this close (pixels at the map's scale, either axis) to a place already
 #: looked at is not looked at again; map peaks are at least 5 px apart (9 × 9 maxima).
 SAME_PLACE_PX = 4
 
 
 class _PlaceMemory:
-    """Best places of recent instants (frame, (y, x)), kept ``frames`` frames."""
+    """Best places of recent instants (frame, (y, x)), kept ``frames`` frames; places within
+    ``same_px`` of each other (the probe's frame pixels) are one."""
 
-    def __init__(self, frames: int) -> None:
+    def __init__(self, frames: int, same_px: int = SAME_PLACE_PX) -> None:
         self.frames = max(1, frames)
+        self.same_px = same_px
         self.seen: deque[tuple[int, tuple[int, int]]] = deque()
 
     def remember(self, frame: int, place: tuple[int, int]) -> None:
@@ -437,13 +481,13 @@ class _PlaceMemory:
     def recall(self, frame: int, places: Sequence[tuple[int, ...]]) -> list[tuple[int, int]]:
         """The remembered places of the ``frames`` frames before ``frame`` (newest first;
         frames are recalled in ascending order, each before it is remembered), none within
-        :data:`SAME_PLACE_PX` of ``places`` or of each other."""
+        ``same_px`` of ``places`` or of each other."""
         while self.seen and self.seen[0][0] < frame - self.frames:
             self.seen.popleft()
         taken = [(y, x) for y, x, *_ in places]
         out: list[tuple[int, int]] = []
         for _f, (y, x) in reversed(self.seen):
-            if all(max(abs(y - ty), abs(x - tx)) > SAME_PLACE_PX for ty, tx in taken):
+            if all(max(abs(y - ty), abs(x - tx)) > self.same_px for ty, tx in taken):
                 taken.append((y, x))
                 out.append((y, x))
         return out

@@ -247,7 +247,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike[str] | Mapping[s
         If True (default) every model key must be present with the right shape and no
         checkpoint key may be left over; otherwise nothing is loaded and
         :class:`CheckpointError` names the offending keys. For a segmentation checkpoint
-        only the segmentation net's keys count. If False, every tensor whose name and shape
+        only the segmentation net's keys count (from a whole model's checkpoint, its
+        ``backbone.seg_model.*`` keys; the rest is reported as ignored). If False, every tensor whose name and shape
         match is loaded and the rest is reported (and logged as a warning): use this for a
         Kinetics initialisation.
     kind : CheckpointKind or str
@@ -281,7 +282,11 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike[str] | Mapping[s
         if not has_seg:
             raise CheckpointError(f"{label}: a segmentation checkpoint needs a model with a "
                                   f"segmentation net")
-        sd, ignored = map_seg_checkpoint_keys(sd)
+        if any(k.startswith(SEG_PREFIX) for k in sd):  # a whole model's: its segmenter
+            ignored = [k for k in sd if not k.startswith(SEG_PREFIX)]
+            sd = {k: v for k, v in sd.items() if k.startswith(SEG_PREFIX)}
+        else:
+            sd, ignored = map_seg_checkpoint_keys(sd)
         model_sd = {k: v for k, v in model_sd.items() if k.startswith(SEG_PREFIX)}
     report = compare_state_dicts(model_sd, sd)
     report.kind, report.source, report.ignored = kind, label, ignored

@@ -42,6 +42,7 @@ __all__ = [
     "resize_short",
     "resize_short_centre_crop",
     "resize_short_side",
+    "short_side_shape",
     "untracked",
 ]
 
@@ -228,6 +229,12 @@ class LookJitter:
         return torch.randn(tuple(shape), generator=gen) * sigma
 
 
+def short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """The ``(H, W)`` that :func:`resize_short_side` gives an ``h`` × ``w`` image."""
+    scale = size / min(h, w)
+    return max(size, round(h * scale)), max(size, round(w * scale))
+
+
 def resize_short_side(img: torch.Tensor, size: int) -> torch.Tensor:
     """``(C, H, W)`` resized so the shorter side is ``size`` pixels (bilinear, antialiased),
     in its own dtype; ``img`` itself when it has that size already.
@@ -237,8 +244,7 @@ def resize_short_side(img: torch.Tensor, size: int) -> torch.Tensor:
     (a 720p frame's 2.8 M values are never made float), within a grey level of it.
     """
     h, w = img.shape[-2:]
-    scale = size / min(h, w)
-    new = (max(size, round(h * scale)), max(size, round(w * scale)))
+    new = short_side_shape(h, w, size)
     if new == (h, w):
         return img
     return F.interpolate(img[None], size=new, mode="bilinear", align_corners=False,

@@ -5,7 +5,8 @@ For each masked frame with active bleeding of ``amagi synth`` sets (case folders
 pixels at the model's scale:
 
 - ``hit``: the share of frames where one of the segmentation map's ``candidates`` highest
-  peaks (the places analysis gives the probe) lies within 3 px of the bleeding;
+  peaks (the places analysis gives the probe) lies within 3 px (at the model's scale) of the
+  bleeding;
 - ``at places``: the probe's highest probability over those places, as analysis reads it
   (raw, before the 1 s mean and the fusion);
 - ``at source``: its probability centred on the bleeding itself (the mask pixel nearest the
@@ -40,6 +41,7 @@ from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
 from amagi_plugin.probing import probe_frames
 from amagi_plugin.runtime import load_analyzer
 from dicom_io.video import open_video
+from models.training.augment import short_side_shape
 
 #: visible-size bins (pixels at the model's scale), lower bounds inclusive
 BINS = ((1, 10), (11, 30), (31, 100), (101, None))
@@ -61,6 +63,14 @@ def near(mask: np.ndarray, places: Iterable[tuple[int, int]], px: int = NEAR_PX)
                for y, x in places)
 
 
+def mask_at(path: Path, shape: Sequence[int]) -> np.ndarray:
+    """A saved mask resized (nearest) to ``shape (H, W)``."""
+    img = Image.open(path)
+    if img.size != (shape[1], shape[0]):
+        img = img.resize((shape[1], shape[0]), Image.NEAREST)
+    return np.asarray(img) > 0
+
+
 def size_bin(px: int) -> str:
     for lo, hi in BINS:
         if px >= lo and (hi is None or px <= hi):
@@ -71,7 +81,8 @@ def size_bin(px: int) -> str:
 def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
     """One row per masked frame of ``case`` (``px`` 0 where no bleeding is active; then
     ``hit`` and ``at_source`` are ``None``)."""
-    probe, geo = analyzer.probe, analyzer.map_geometry
+    probe = analyzer.probe
+    geo = probe.geometry  # the probe's frames (finer than the map for a --scale probe)
     labels = json.loads((case / "labels.json").read_text())
     masked = list(labels.get("masks") or [])
     if not masked:
@@ -90,20 +101,19 @@ def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
                                                                  wanted=wanted)}
     found = probe.places(frames, targets, window)
     shape = frames[targets[0]].shape[-2:]
+    model_shape = short_side_shape(*shape, geo.size)
     rows = []
     for m, t, places in zip(masked, targets, found, strict=True):
-        img = Image.open(case / m["mask"])
-        if img.size != (shape[1], shape[0]):
-            img = img.resize((shape[1], shape[0]), Image.NEAREST)
-        mask = np.asarray(img) > 0
+        mask = mask_at(case / m["mask"], shape)
         at_places = probe.scores_at(frames, [t], [places], n, fps)[0]
         if not mask.any():
             rows.append({"case": case.name, "frame": t, "px": 0, "hit": None,
                          "at_places": float(at_places), "at_source": None})
             continue
         at_source = probe.scores_at(frames, [t], [[(*source_point(mask), 1.0)]], n, fps)[0]
-        rows.append({"case": case.name, "frame": t, "px": int(mask.sum()),
-                     "hit": near(mask, [(y, x) for y, x, _v in places]),
+        px = int(mask_at(case / m["mask"], model_shape).sum())  # binned at the map's scale
+        rows.append({"case": case.name, "frame": t, "px": px,
+                     "hit": near(mask, [(y, x) for y, x, _v in places], NEAR_PX * geo.scale),
                      "at_places": float(at_places), "at_source": float(at_source)})
     return rows
 

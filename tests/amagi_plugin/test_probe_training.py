@@ -72,6 +72,32 @@ def test_neighbourhoods_sit_on_the_bleeding_and_the_map_peaks(rawframes: Path) -
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
 
 
+def test_a_probe_finer_than_the_map_reads_its_neighbourhoods_at_its_own_scale(
+        rawframes: Path) -> None:
+    """A probe at twice the map's scale (``amagi train probe --scale 2``): the segmenter maps
+    the frames at 32 px, the neighbourhoods come from the 64-px frames (here the rendered
+    ones, unresampled), and each positive still sits on the bleeding."""
+    torch.manual_seed(0)
+    a = probe_analyzer(build_model("amagi_tiny_tge", input_size=32), PatchNet(CFG))
+    assert a.probe.geometry.scale == 2 and a.probe.geometry.size == 32
+    x, y, info = extract_neighbourhoods(a, rawframes, extra_pos=2)
+    side = CFG.crop + MARGIN
+    assert x.shape == (len(y), CFG.frames, side, side, 3)
+    masks = [(labels.parent, m) for labels in sorted(rawframes.glob("*/labels.json"))
+             for m in json.loads(labels.read_text())["masks"]]
+    bleeding = [(c, m) for c, m in masks if (np.asarray(Image.open(c / m["mask"])) > 0).any()]
+    assert info["positive"] >= 3 * len(bleeding)
+    case, m = bleeding[0]
+    img = np.asarray(Image.open(case / "rawframes" / f"img_{m['frame'] + 1:05d}.jpg")
+                     .convert("RGB"))
+    marked = img[np.asarray(Image.open(case / m["mask"])) > 0]
+    centre = x[int(np.argmax(y)), CFG.frames // 2, side // 2, side // 2]
+    assert (marked == centre).all(axis=1).any()
+    # a probe coarser than the map, or at no whole multiple of it, is refused
+    with pytest.raises(InputError, match="whole multiple"):
+        probe_analyzer(build_model("amagi_tiny_tge", input_size=96), PatchNet(CFG))
+
+
 def test_after_end_frames_are_the_still_frames_after_each_end() -> None:
     # two events at 10 fps: frames 5-9 and 20-24 active (end exclusive), 30 frames
     labels = [0] * 30
@@ -187,6 +213,16 @@ def test_fit_probe_pools_several_sets(rawframes: Path, tmp_path: Path) -> None:
     assert lines[-1].startswith("train: epoch 1/1")
     with pytest.raises(InputError, match="unknown architecture"):
         fit_probe([rawframes], "amagi_huge", seg)
+    # at twice the model's scale, from a whole model's checkpoint (its segmenter is taken)
+    whole = tmp_path / "whole.pth"
+    save_checkpoint(build_model("amagi_tiny_tge", input_size=32), whole)
+    net, meta = fit_probe([rawframes], "amagi_tiny_tge", whole, epochs=1, candidates=3,
+                          input_size=32, scale=2)
+    assert net.cfg.short_side == 64 and meta["build"] == {"input_size": 32}
+    assert meta["extraction"]["positive"] > 0
+    for bad in (0, 1.5):
+        with pytest.raises(InputError, match="whole number >= 1"):
+            fit_probe([rawframes], "amagi_tiny_tge", whole, input_size=32, scale=bad)
 
 
 def _two_kinds(n: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,8 @@ computation on the whole video in memory; bounded memory; a truncated video; the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,50 @@ def test_the_geometry_is_the_clip_transform_split_in_two() -> None:
     crop = g.map_input(frame) * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
     y, x = g.to_frame(5, 7, frame.shape)
     torch.testing.assert_close(frame[:, y, x], crop[:, 5, 7])
+
+
+def test_a_finer_probes_geometry_maps_at_the_models_scale_and_reads_at_its_own() -> None:
+    """Frames at twice the map's scale (a probe trained with ``--scale 2``): scaled down they
+    are what the clip transform gives the map (within a grey level: two resizes, not one),
+    and a map pixel goes back to the centre of the frame pixels it was made from."""
+    yy, xx = np.meshgrid(np.arange(SIZE[0]), np.arange(SIZE[1]), indexing="ij")
+    rgb = np.stack([40 + 3 * yy, 30 + 2 * xx, 200 - 2 * yy], -1).astype(np.uint8)  # a ramp
+    mean, std = (100.0, 80.0, 70.0), (50.0, 40.0, 45.0)
+    g = MapGeometry(32, mean, std, frame_size=64)
+    assert (g.side, g.scale) == (64, 2)
+    fine = g.frame(rgb)
+    assert fine.shape == (3, 64, 90)
+    want = torch.as_tensor(clip_frame_transform(32, mean, std)(rgb)).as_subclass(torch.Tensor)
+    got = g.map_input(fine)
+    assert got.shape == want.shape == (3, 32, 32)
+    inner = (slice(None), slice(2, -2), slice(2, -2))  # the ramp's edges are clamped
+    torch.testing.assert_close(got[inner], want[inner], atol=1.0 / 40, rtol=0)
+    crop = got * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    for my, mx in ((5, 7), (20, 3), (31, 31)):
+        y, x = g.to_frame(my, mx, fine.shape)
+        # the 2 x 2 frame pixels around (y, x) average to the map pixel (a linear ramp)
+        box = fine[:, y - 1:y + 1, x - 1:x + 1].mean(dim=(1, 2)) if y and x else fine[:, y, x]
+        torch.testing.assert_close(box, crop[:, my, mx], atol=1.5, rtol=0)
+    assert g.to_frame(5, 7, fine.shape) == (11, 27)  # map (5, 7 + 6 of crop) x 2, centred
+    with pytest.raises(ValueError, match="whole multiple"):
+        MapGeometry(32, mean, std, frame_size=48)
+
+
+def test_a_finer_probe_looks_at_small_red_where_the_coarse_map_peaks() -> None:
+    """The map at 32 px finds a red spot of 1.5 map pixels; the probe at 64 px reads it there
+    as 3 × 3 frame pixels."""
+    cfg = PatchNetConfig(frames=4, step_s=0.2, crop=8, width=4, candidates=2, short_side=64)
+    probe = NeighbourhoodProbe(RedCropNet(cfg), lambda x: x[:, 0] / 255.0,
+                               MapGeometry(32, (0, 0, 0), (1, 1, 1)))
+    assert probe.geometry.scale == 2
+    frames = np.full((10, 64, 64, 3), 100, np.uint8)
+    frames[:, 41:44, 20:23] = (255, 0, 0)
+    held = {i: probe.geometry.frame(f) for i, f in enumerate(frames)}
+    assert held[0].shape == (3, 64, 64)
+    (places,) = probe.places(held, [5], lambda i: [i])
+    y, x, _v = places[0]
+    assert 40 <= y <= 44 and 19 <= x <= 23  # on the spot, in frame pixels
+    assert probe.scores(held, [5], lambda i: [i], 10, 10.0)[0] > 0.99
 
 
 def _direct_scores(a: BleedingAnalyzer, frames: np.ndarray, fps: float, targets: list[int],
@@ -274,8 +320,9 @@ def test_the_analysis_fuses_the_probe_before_its_post_processing() -> None:
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
-@pytest.mark.parametrize("memory_s", [0.0, 0.5])
-def test_the_probe_reads_the_clips_decoding_and_scores_as_its_own_pass(memory_s: float
+@pytest.mark.parametrize("memory_s,short_side", [(0.0, 32), (0.5, 32), (0.5, 64)])
+def test_the_probe_reads_the_clips_decoding_and_scores_as_its_own_pass(memory_s: float,
+                                                                       short_side: int
                                                                        ) -> None:
     calls: list[tuple[int, int, int]] = []
 
@@ -286,8 +333,10 @@ def test_the_probe_reads_the_clips_decoding_and_scores_as_its_own_pass(memory_s:
 
     torch.manual_seed(0)
     a = BleedingAnalyzer(RednessNet(), AnalysisOptions(decode_workers=2, threshold=2.0),
-                         input_size=32, clip_len=8, probe=PatchNet(CFG).eval(),
+                         input_size=32, clip_len=8,
+                         probe=PatchNet(replace(CFG, short_side=short_side)).eval(),
                          probe_use=ProbeUse(memory_s=memory_s))
+    assert a.probe.geometry.scale == short_side // 32  # 64: frames twice the map's scale
     a.probe.batch_size = 3  # several flushes while the clips are computed
     n, fps = 60, 10.0
     video = Recording(video_frames(n), fps)

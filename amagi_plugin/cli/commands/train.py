@@ -207,6 +207,11 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="how the probe pools its feature map: avg (its mean), max (its largest "
                    "value), or avgmax (both), so that a source of a few pixels is not averaged "
                    "away")
+    q.add_argument("--scale", type=int, default=1, metavar="K",
+                   help="the probe reads its neighbourhoods on frames K times the model's scale "
+                   "(a 32-pixel neighbourhood then covers 32/K map pixels, and a source of a few "
+                   "map pixels fills K² times more of it); the data should be drawn at least "
+                   "that fine (amagi synth --size)")
     q.add_argument("--rand-neg", type=int, default=0,
                    help="random negatives away from bleeding per masked frame")
     q.add_argument("--extra-pos", type=int, default=0,
@@ -509,7 +514,7 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
                           view_negatives=args.view_negatives,
                           after_end_s=args.after_end_negatives, seed=args.seed,
                           threads=args.threads, device=resolve_device(args.device),
-                          input_size=args.input_size,
+                          input_size=args.input_size, scale=args.scale,
                           progress=None if args.no_progress else said)
     out = save_patchnet(net, ctx.cwd / args.output, meta=meta)
     ex = meta["extraction"]
