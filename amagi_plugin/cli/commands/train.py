@@ -189,7 +189,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     q.add_argument("--arch", required=True, help="the model whose segmentation net chooses "
                    "the places (an AMAGI architecture)")
     q.add_argument("--seg-checkpoint", required=True, metavar="PATH",
-                   help="its segmentation net ('amagi train seg' latest.pth)")
+                   help="its segmentation net ('amagi train seg' latest.pth, or a whole "
+                   "model's checkpoint: its segmenter is read)")
     q.add_argument("--input-size", type=int, default=None,
                    help="the model's input size, if its build overrides the variant's")
     q.add_argument("-o", "--output", required=True, metavar="FILE", help="probe .pth")
