@@ -45,28 +45,40 @@ def _analyzer():
     return probe_analyzer(build_model("amagi_tiny_tge", input_size=64), PatchNet(CFG))
 
 
-def test_neighbourhoods_sit_on_the_bleeding_and_the_map_peaks(rawframes: Path) -> None:
-    x, y, info = extract_neighbourhoods(_analyzer(), rawframes, rand_neg=2, extra_pos=2)
-    side = CFG.crop + MARGIN
-    assert x.dtype == np.uint8 and x.shape == (len(y), CFG.frames, side, side, 3)
-    assert info["neighbourhoods"] == len(y) and info["positive"] == int(y.sum())
+def _masks(rawframes: Path) -> tuple[list, list]:
+    """Every masked frame of the set as (case folder, mask entry), and those with bleeding."""
     masks = [(labels.parent, m) for labels in sorted(rawframes.glob("*/labels.json"))
              for m in json.loads(labels.read_text())["masks"]]
     bleeding = [(c, m) for c, m in masks if (np.asarray(Image.open(c / m["mask"])) > 0).any()]
     assert bleeding
-    # the mask centre and 2 more mask pixels of every bleeding mask are positives
-    assert info["positive"] >= 3 * len(bleeding)
-    # up to 3 map peaks and 2 random places per masked frame besides
-    assert info["neighbourhoods"] <= 3 * len(bleeding) + 5 * len(masks)
-    assert info["neighbourhoods"] > info["positive"]
-    # the first positive is the first bleeding mask's centre: the centre pixel of its middle
-    # frame is the colour of a pixel that mask marks in that frame
+    return masks, bleeding
+
+
+def _first_positive_is_on_the_first_bleeding(x: np.ndarray, y: np.ndarray, bleeding: list
+                                             ) -> None:
+    """The first positive is the first bleeding mask's centre: the centre pixel of its middle
+    frame is the colour of a pixel that mask marks in that frame."""
+    side = CFG.crop + MARGIN
     case, m = bleeding[0]
     img = np.asarray(Image.open(case / "rawframes" / f"img_{m['frame'] + 1:05d}.jpg")
                      .convert("RGB"))
     marked = img[np.asarray(Image.open(case / m["mask"])) > 0]
     centre = x[int(np.argmax(y)), CFG.frames // 2, side // 2, side // 2]
     assert (marked == centre).all(axis=1).any()
+
+
+def test_neighbourhoods_sit_on_the_bleeding_and_the_map_peaks(rawframes: Path) -> None:
+    x, y, info = extract_neighbourhoods(_analyzer(), rawframes, rand_neg=2, extra_pos=2)
+    side = CFG.crop + MARGIN
+    assert x.dtype == np.uint8 and x.shape == (len(y), CFG.frames, side, side, 3)
+    assert info["neighbourhoods"] == len(y) and info["positive"] == int(y.sum())
+    masks, bleeding = _masks(rawframes)
+    # the mask centre and 2 more mask pixels of every bleeding mask are positives
+    assert info["positive"] >= 3 * len(bleeding)
+    # up to 3 map peaks and 2 random places per masked frame besides
+    assert info["neighbourhoods"] <= 3 * len(bleeding) + 5 * len(masks)
+    assert info["neighbourhoods"] > info["positive"]
+    _first_positive_is_on_the_first_bleeding(x, y, bleeding)
     # the same seed draws the same neighbourhoods
     x2, y2, _ = extract_neighbourhoods(_analyzer(), rawframes, rand_neg=2, extra_pos=2)
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
@@ -83,16 +95,9 @@ def test_a_probe_finer_than_the_map_reads_its_neighbourhoods_at_its_own_scale(
     x, y, info = extract_neighbourhoods(a, rawframes, extra_pos=2)
     side = CFG.crop + MARGIN
     assert x.shape == (len(y), CFG.frames, side, side, 3)
-    masks = [(labels.parent, m) for labels in sorted(rawframes.glob("*/labels.json"))
-             for m in json.loads(labels.read_text())["masks"]]
-    bleeding = [(c, m) for c, m in masks if (np.asarray(Image.open(c / m["mask"])) > 0).any()]
+    _, bleeding = _masks(rawframes)
     assert info["positive"] >= 3 * len(bleeding)
-    case, m = bleeding[0]
-    img = np.asarray(Image.open(case / "rawframes" / f"img_{m['frame'] + 1:05d}.jpg")
-                     .convert("RGB"))
-    marked = img[np.asarray(Image.open(case / m["mask"])) > 0]
-    centre = x[int(np.argmax(y)), CFG.frames // 2, side // 2, side // 2]
-    assert (marked == centre).all(axis=1).any()
+    _first_positive_is_on_the_first_bleeding(x, y, bleeding)
     # a probe coarser than the map, or at no whole multiple of it, is refused
     with pytest.raises(InputError, match="whole multiple"):
         probe_analyzer(build_model("amagi_tiny_tge", input_size=96), PatchNet(CFG))
