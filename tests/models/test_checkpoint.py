@@ -154,6 +154,24 @@ def test_per_fold_segmentation_file_loads_into_seg_model_only(tmp_path):
         load_checkpoint(build_model("slowfast_tiny"), path)
 
 
+def test_a_whole_models_checkpoint_read_as_a_segmentation_one_gives_its_segmenter_only(
+        tmp_path):
+    """``kind="segmentation"`` on a whole model's file (``amagi train probe --seg-checkpoint
+    models/weights/demo/...``): its ``backbone.seg_model.*`` keys load, the rest is reported
+    as ignored and left untouched."""
+    src = _randomised("amagi_tiny", 8)
+    path = tmp_path / "whole.pth"
+    torch.save({"state_dict": src.state_dict()}, path)
+    dst = _randomised("amagi_tiny", 9)
+    report = load_checkpoint(dst, path, kind="segmentation")
+    assert report.kind is CheckpointKind.SEGMENTATION and report.ok
+    seg = [k for k in src.state_dict() if k.startswith("backbone.seg_model.")]
+    assert sorted(report.loaded) == sorted(seg)
+    assert report.ignored and not any(k.startswith("backbone.seg_model.") for k in report.ignored)
+    assert _same(src, dst, "backbone.seg_model.")
+    assert not _same(src, dst, "backbone.slow_path.")
+
+
 def test_kinetics_checkpoint_initialises_amagi_and_reports_the_misfits():
     k400 = _randomised("slowfast_r50", 10)
     amagi = build_model("amagi_sf50")
