@@ -135,6 +135,10 @@ class DemoConfig:
     probe_extra_cases: int = 0
     probe_static_seed: int = 180002
     probe_static_cases: int = 0
+    # the probe reads its neighbourhoods on frames this many times the model's scale (amagi
+    # train probe --scale); above 1 every set is drawn at size x probe_scale, which the
+    # segmenter and clip networks read scaled down to their own scale, as they read video
+    probe_scale: int = 1
     # held-out evaluation data (other seeds and scene ranges)
     eval_seed: int = 9001
     eval_cases: int = 9
@@ -182,10 +186,17 @@ class DemoConfig:
                               f"got {self.train_frames_from!r}")
         if self.probe_seeds < 1:
             raise ConfigError(f"probe_seeds must be at least 1, got {self.probe_seeds}")
+        if not (isinstance(self.probe_scale, int) and self.probe_scale >= 1):
+            raise ConfigError(f"probe_scale must be a whole number >= 1, got {self.probe_scale!r}")
         if self.probe_epochs and self.refiner_sets:
             # the refiner's videos are read by the clip network alone: it would learn
             # probabilities that the probe's fusion changes
             raise ConfigError("a demo recipe takes a probe or a refiner, not both")
+
+    @property
+    def render_size(self) -> tuple[int, int]:
+        """The frame size every set is drawn at: ``size``, times ``probe_scale``."""
+        return self.size[0] * self.probe_scale, self.size[1] * self.probe_scale
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as recorded in ``training.json`` (tuples become lists)."""
@@ -308,6 +319,11 @@ _GPU_BUDGET: dict[str, Any] = {"train_cases": 96, "seg_epochs": 20, "seg_mine_ev
 #: ``evidence-probe`` at a GPU's budget: the bundled 9.3 (session 42; its networks trained on
 #: the lent H200 in session 41, its probe on the CPU).
 _PROBE_GPU: dict[str, Any] = {**_PROBE, **_GPU_BUDGET, "version": "9.3"}
+#: ``evidence-probe-gpu`` with the probe reading frames at twice the model's scale (every
+#: set drawn at 320 x 256). Measured on 2 CPU cores with 64 probe cases (session 46,
+#: models/weights/demo/heldout-looks/README.md): against a probe of the same data at the
+#: model's scale, higher at sources of 11-100 map pixels, not at the smallest.
+_PROBE_GPU_X2: dict[str, Any] = {**_PROBE_GPU, "probe_scale": 2, "version": "9.5"}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": _PROBE_GPU,
     "v3": {},
@@ -321,6 +337,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence-peaks-gpu": {**_PEAKS, **_GPU_BUDGET},
     "evidence-probe-gpu": _PROBE_GPU,
     "evidence-probe-gpu-decoded": {**_PROBE_GPU, "train_frames_from": "video", "version": "9.4"},
+    "evidence-probe-gpu-x2": _PROBE_GPU_X2,
 }
 
 #: The recipes sized for a GPU (the whole of :data:`_GPU_BUDGET`): on 2 CPU cores they take
@@ -340,7 +357,8 @@ RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe-gpu, 9.3: me
                "bleeding-free validation; randomised-gpu: evidence-refined with a GPU's budget; "
                "evidence-peaks-gpu: evidence-peaks with a GPU's budget; evidence-probe-gpu: "
                "evidence-probe with a GPU's budget; evidence-probe-gpu-decoded: that, "
-               "trained on frames decoded from each case's H.264 video")
+               "trained on frames decoded from each case's H.264 video; evidence-probe-gpu-x2: "
+               "evidence-probe-gpu with the probe at twice the model's scale")
 
 
 def _cli(argv: list[str]) -> None:
@@ -357,7 +375,7 @@ def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, 
         log.info("reusing %s", root)
         return False
     _cli(["synth", "-od", str(root), "--cases", str(cases), "--seed", str(seed),
-          "--duration-s", str(duration), "--size", f"{cfg.size[0]}x{cfg.size[1]}",
+          "--duration-s", str(duration), "--size", "x".join(map(str, cfg.render_size)),
           "--fps", str(cfg.fps), "--formats", formats, "--clip-stride", str(cfg.clip_stride),
           "--domain", domain, "--cases-per-patient", str(per_patient), "--overwrite",
           "--jobs", str(jobs), "--no-progress", "--frames-from", frames_from])
@@ -624,7 +642,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
                        "duration_s": cfg.train_duration_s},
         "eval_data": {"generator": "amagi synth", "seed": cfg.eval_seed,
                       "domain": cfg.eval_domain, "cases": cfg.eval_cases,
-                      "duration_s": cfg.eval_duration_s, "size": list(cfg.size),
+                      "duration_s": cfg.eval_duration_s, "size": list(cfg.render_size),
                       "fps": cfg.fps, "folds": cfg.folds, "fold_seed": cfg.fold_seed},
         "other_eval_data": {
             name: {"generator": "amagi synth", "seed": seed, "domain": domain, "cases": cases,
@@ -699,7 +717,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                   "--seg-checkpoint", str(seg_dir / "latest.pth"), "-o", str(record),
                   "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
                   "--step-s", str(cfg.probe_step_s), "--frames", str(cfg.probe_frames),
-                  "--pool", cfg.probe_pool,
+                  "--pool", cfg.probe_pool, "--scale", str(cfg.probe_scale),
                   "--look-jitter", str(cfg.probe_look_jitter),
                   "--sliding-negatives", str(cfg.probe_sliding_negatives),
                   "--view-negatives", str(cfg.probe_view_negatives),
@@ -791,6 +809,15 @@ _POOL_WORDS = {"avg": "its mean", "max": "its largest value per channel",
                "avgmax": "its mean and its largest value per channel side by side"}
 
 
+def _drawn_size(cfg: dict[str, Any]) -> str:
+    """``WxH`` of a recorded configuration's sets (``probe_scale`` times ``size``), and the
+    networks' scale when that differs."""
+    k = cfg.get("probe_scale", 1)
+    w, h = cfg["size"]
+    return (f"{w}x{h}" if k == 1 else
+            f"{w * k}x{h * k} (the networks read them at {w}x{h}, the probe at full size)")
+
+
 def _probe_names(files: str | list[str]) -> str:
     """The README's name of a model.json probe entry's ``file`` (one name or several)."""
     if isinstance(files, str):
@@ -823,7 +850,7 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         "## Data", "",
         f"- training: `amagi synth --seed {tr['seed']} --domain {tr['domain']}`, "
         f"{tr['cases']} cases × {tr['duration_s']:g} s ({cfg['train_cases_per_patient']} per "
-        f"synthetic patient), {cfg['size'][0]}x{cfg['size'][1]} at {cfg['fps']:g} fps"
+        f"synthetic patient), {_drawn_size(cfg)} at {cfg['fps']:g} fps"
         + ("; every network trained on the frames decoded from each case's H.264 video "
            "(`--frames-from video`: the encoder's I/P/B frame quality, as in analysis)"
            if cfg.get("train_frames_from", "render") == "video" else ""),
@@ -861,7 +888,9 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            "which the map's evidence decides alone; in analysis they weigh "
            f"{1 - dropped:.0%}"] if dropped is not None else []),
         *([f"- neighbourhood probe {_probe_names(manifest['probe']['file'])} (PatchNet: "
-           f"{cfg.get('probe_frames', 8)} frames {cfg['probe_step_s']:g} s apart of a 32-pixel neighbourhood, the "
+           f"{cfg.get('probe_frames', 8)} frames {cfg['probe_step_s']:g} s apart of a 32-pixel neighbourhood"
+           + (f" on frames {cfg['probe_scale']}× the model's scale"
+              if cfg.get("probe_scale", 1) > 1 else "") + ", the "
            "frame-to-frame changes given explicitly"
            + (f", its feature map pooled by {_POOL_WORDS[cfg['probe_pool']]}"
               if cfg.get("probe_pool", "avg") != "avg" else "") + "), "

@@ -182,7 +182,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert set(RECIPES) == {"shipped", "v3", "randomised", "randomised-gpu", "temporal", "evidence",
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
                             "evidence-probe-gpu", "evidence-probe-gpu-decoded",
-                            "evidence-probe"}
+                            "evidence-probe", "evidence-probe-gpu-x2"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -231,6 +231,14 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
                                version=probe_gpu.version) == probe_gpu and decoded.version == "9.4"
     assert all(RECIPES[r].get("train_frames_from", "render") == "render"
                for r in RECIPES if r != "evidence-probe-gpu-decoded")
+    x2 = DemoConfig.recipe("evidence-probe-gpu-x2")  # that, the probe at twice the scale
+    assert (x2.probe_scale, x2.render_size, probe_gpu.render_size) == (2, (320, 256), (160, 128))
+    assert dataclasses.replace(x2, probe_scale=1, version=probe_gpu.version) == probe_gpu
+    assert all(RECIPES[r].get("probe_scale", 1) == 1 for r in RECIPES
+               if r != "evidence-probe-gpu-x2")
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match="probe_scale must be a whole number"):
+            DemoConfig(probe_scale=bad)
     with pytest.raises(ConfigError, match="train_frames_from must be one of render, video"):
         DemoConfig(train_frames_from="decoded")
     with pytest.raises(ConfigError, match="unknown demo recipe 'gpu'"):
@@ -299,3 +307,30 @@ def test_a_build_stops_only_after_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="stop_after must be one of 'trained', 'clip'"):
         build_demo(tmp_path / "work", DemoConfig(), tmp_path / "dest", stop_after="evaluated")
     assert not (tmp_path / "work").exists()  # refused before anything was made
+
+
+def test_a_finer_probe_draws_every_set_at_its_scale_and_trains_at_it(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """``probe_scale`` 2: ``amagi synth`` draws at twice ``size`` and ``amagi train probe``
+    gets ``--scale 2`` (the commands the build runs, recorded instead of run)."""
+    from amagi_plugin import demo_model
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo_model, "_cli", calls.append)
+    cfg = demo_model.DemoConfig.recipe("evidence-probe-gpu-x2")
+    assert demo_model._synth(tmp_path / "set", 2, 5, 8.0, cfg, "randomised", "rawframes", 1, 1)
+    argv = calls.pop()
+    assert argv[argv.index("--size") + 1] == "320x256"
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    (seg / "latest.pth").write_bytes(b"")
+    (tmp_path / "stage").mkdir()
+
+    def trained(argv: list[str]) -> None:
+        calls.append(argv)
+        Path(argv[argv.index("-o") + 1]).write_bytes(b"probe")
+
+    monkeypatch.setattr(demo_model, "_cli", trained)
+    assert demo_model._probe(tmp_path, seg, [tmp_path / "set"], tmp_path / "stage", cfg, "cpu")
+    (argv,) = calls
+    assert argv[:2] == ["train", "probe"] and argv[argv.index("--scale") + 1] == "2"
