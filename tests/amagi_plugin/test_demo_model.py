@@ -151,7 +151,8 @@ def test_a_gpu_sized_recipe_on_the_cpu_is_warned_about(tmp_path: Path, capfd) ->
     from amagi_plugin.demo_model import GPU_RECIPES, main
 
     assert set(GPU_RECIPES) == {"shipped", "randomised-gpu", "evidence-peaks-gpu",
-                                "evidence-probe-gpu", "evidence-probe-gpu-decoded"}
+                                "evidence-probe-gpu", "evidence-probe-gpu-decoded",
+                                "evidence-probe-gpu-x2"}
     busy = tmp_path / "work"
     busy.mkdir()
     (busy / "stray").write_text("x")  # refused at once: nothing is built
