@@ -347,17 +347,17 @@ class BleedingAnalyzer:
         timings = timings if timings is not None else {}
         starts = schedule.clip_starts()
         needed = {f for s in starts for f in schedule.clip_frames(s)}
+        geometry = None if probe is None else probe.probe.geometry  # the probe's frames
         prefetch = FramePrefetcher(video, sorted(needed), self.clip_transform,
                                    self.options.decode_ahead, timings,
                                    self.options.decode_workers,
                                    side=None if probe is None else SideFrames(
-                                       probe.wanted, probe.probe.geometry.frame,
+                                       probe.wanted, geometry.frame,
                                        # the clip transform is the probe's, then the crop
                                        # (bit for bit; not the switch's own on-device one,
                                        # nor from a probe's finer frames)
-                                       probe.probe.geometry.map_input
-                                       if self.fast is None and probe.probe.geometry.scale == 1
-                                       else None))
+                                       geometry.map_input
+                                       if self.fast is None and geometry.scale == 1 else None))
         computed = 0
 
         def feed(frames: Iterable[tuple[int, torch.Tensor]]) -> None:

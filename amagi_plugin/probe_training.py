@@ -47,7 +47,8 @@ from models.patchnet import PatchNet, PatchNetConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MARGIN", "NEAR", "after_end_frames", "extract_neighbourhoods", "probe_analyzer"]
+__all__ = ["MARGIN", "NEAR", "after_end_frames", "extract_neighbourhoods", "mask_at_scale",
+           "probe_analyzer"]
 
 MARGIN = 4  # extracted side = crop + MARGIN (room for the random crop)
 NEAR = 8  # px: map peaks this close to bleeding but not on it are left out
@@ -152,7 +153,7 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
             stack = torch.stack([frames[f] for f in probe_frames(m["frame"], n, fps, cfg)])
             h, w = stack.shape[-2:]
             mask = (np.zeros((h, w), bool) if m["mask"] is None  # no bleeding active there
-                    else _mask_at_scale(case / m["mask"], (h, w)))
+                    else mask_at_scale(case / m["mask"], (h, w)))
             near = np.zeros_like(mask)
             chosen: list[tuple[int, int, int]] = []  # (y, x, label)
             if mask.any():
@@ -189,7 +190,7 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
     return np.concatenate(xs), np.array(ys, np.uint8), summary
 
 
-def _mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
+def mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A saved bleeding mask, resized (nearest) to the frames' scale ``shape``."""
     if not path.is_file():
         raise InputError(f"{path}: mask file missing")
@@ -213,7 +214,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
     """A probe trained on the rawframes sets ``data`` (pooled) at the map peaks of ``arch``'s
     segmentation net loaded from ``seg_checkpoint`` (an ``amagi train seg`` file; the model
     built at ``input_size`` when given, as its ``model.json`` build says), reading its
-    neighbourhoods at ``scale`` times the model's scale, and the record to keep with it (``meta`` of its file). A setting left ``None`` is
+    neighbourhoods at ``scale`` times the model's scale, and the record to keep with it
+    (``meta`` of its file). A setting left ``None`` is
     :class:`~models.training.patchnet.PatchTrainConfig`'s or :class:`PatchNetConfig`'s
     default."""
     from models import build_model, list_models, load_checkpoint

@@ -196,8 +196,7 @@ class MapGeometry:
         return shape[-2] // 2 - self.size // 2, shape[-1] // 2 - self.size // 2
 
     def map_input(self, frame: torch.Tensor) -> torch.Tensor:
-        if self.scale != 1:
-            frame = resize_short(frame, self.size)
+        frame = resize_short(frame, self.size)  # itself when already at the map's scale
         oy, ox = self.offset(frame.shape)
         return self.normalise(frame[:, oy:oy + self.size, ox:ox + self.size])
 
@@ -210,9 +209,6 @@ class MapGeometry:
     def to_frame(self, y: int, x: int, shape: Sequence[int]) -> tuple[int, int]:
         """Map pixel ``(y, x)`` → the pixel of a :meth:`frame` of ``shape`` at its centre."""
         h, w = shape[-2], shape[-1]
-        if self.scale == 1:
-            oy, ox = self.offset(shape)
-            return min(h - 1, y + oy), min(w - 1, x + ox)
         mh, mw = short_side_shape(h, w, self.size)  # the frame at the map's scale
         oy, ox = self.offset((mh, mw))
         return (min(h - 1, int((y + oy + 0.5) * h / mh)),
@@ -358,8 +354,8 @@ class ProbeStream:
     """One pass of a :class:`NeighbourhoodProbe` over a video: frames at the probe's scale
     (:meth:`MapGeometry.frame` of its ``geometry``) are fed in ascending order, whichever
     decoder reads them; only those some pending instant still needs are held, and instants
-    are scored in batches as soon as their frames are in. :meth:`finish` returns each target's score
-    (``nan`` where a needed frame was never fed).
+    are scored in batches as soon as their frames are in. :meth:`finish` returns each
+    target's score (``nan`` where a needed frame was never fed).
 
     ``maps_given``: targets whose segmentation map the caller hands over
     (:meth:`give_map`: the clip network's map of its centred clip, the same input), so the

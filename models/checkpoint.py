@@ -248,8 +248,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike[str] | Mapping[s
         checkpoint key may be left over; otherwise nothing is loaded and
         :class:`CheckpointError` names the offending keys. For a segmentation checkpoint
         only the segmentation net's keys count (from a whole model's checkpoint, its
-        ``backbone.seg_model.*`` keys; the rest is reported as ignored). If False, every tensor whose name and shape
-        match is loaded and the rest is reported (and logged as a warning): use this for a
+        ``backbone.seg_model.*`` keys; the rest is reported as ignored). If False, every
+        tensor whose name and shape match is loaded and the rest is reported (and logged as a warning): use this for a
         Kinetics initialisation.
     kind : CheckpointKind or str
         ``'auto'`` (default), ``'full'`` or ``'segmentation'``.

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
+from amagi_plugin.probe_training import mask_at_scale
 from amagi_plugin.probing import probe_frames
 from amagi_plugin.runtime import load_analyzer
 from dicom_io.video import open_video
@@ -61,14 +61,6 @@ def near(mask: np.ndarray, places: Iterable[tuple[int, int]], px: int = NEAR_PX)
     h, w = mask.shape
     return any(mask[max(0, y - px):min(h, y + px + 1), max(0, x - px):min(w, x + px + 1)].any()
                for y, x in places)
-
-
-def mask_at(path: Path, shape: Sequence[int]) -> np.ndarray:
-    """A saved mask resized (nearest) to ``shape (H, W)``."""
-    img = Image.open(path)
-    if img.size != (shape[1], shape[0]):
-        img = img.resize((shape[1], shape[0]), Image.NEAREST)
-    return np.asarray(img) > 0
 
 
 def size_bin(px: int) -> str:
@@ -104,14 +96,14 @@ def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
     model_shape = short_side_shape(*shape, geo.size)
     rows = []
     for m, t, places in zip(masked, targets, found, strict=True):
-        mask = mask_at(case / m["mask"], shape)
+        mask = mask_at_scale(case / m["mask"], shape)
         at_places = probe.scores_at(frames, [t], [places], n, fps)[0]
         if not mask.any():
             rows.append({"case": case.name, "frame": t, "px": 0, "hit": None,
                          "at_places": float(at_places), "at_source": None})
             continue
         at_source = probe.scores_at(frames, [t], [[(*source_point(mask), 1.0)]], n, fps)[0]
-        px = int(mask_at(case / m["mask"], model_shape).sum())  # binned at the map's scale
+        px = int(mask_at_scale(case / m["mask"], model_shape).sum())  # binned at the map's scale
         rows.append({"case": case.name, "frame": t, "px": px,
                      "hit": near(mask, [(y, x) for y, x, _v in places], NEAR_PX * geo.scale),
                      "at_places": float(at_places), "at_source": float(at_source)})
