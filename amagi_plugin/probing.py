@@ -173,7 +173,7 @@ class MapGeometry:
     frame_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.side % self.size:
+        if self.side < self.size or self.side % self.size:
             raise ValueError(f"frames of short side {self.side} px are not a whole multiple "
                              f"of the map's {self.size} px")
 

@@ -119,8 +119,9 @@ def test_a_finer_probes_geometry_maps_at_the_models_scale_and_reads_at_its_own()
         box = fine[:, y - 1:y + 1, x - 1:x + 1].mean(dim=(1, 2)) if y and x else fine[:, y, x]
         torch.testing.assert_close(box, crop[:, my, mx], atol=1.5, rtol=0)
     assert g.to_frame(5, 7, fine.shape) == (11, 27)  # map (5, 7 + 6 of crop) x 2, centred
-    with pytest.raises(ValueError, match="whole multiple"):
-        MapGeometry(32, mean, std, frame_size=48)
+    for bad in (48, 16, 0):  # no multiple, coarser than the map, none at all
+        with pytest.raises(ValueError, match="whole multiple"):
+            MapGeometry(32, mean, std, frame_size=bad)
 
 
 def test_a_finer_probe_looks_at_small_red_where_the_coarse_map_peaks() -> None:
