@@ -322,7 +322,10 @@ _PROBE_GPU: dict[str, Any] = {**_PROBE, **_GPU_BUDGET, "version": "9.3"}
 #: ``evidence-probe-gpu`` with the probe reading frames at twice the model's scale (every
 #: set drawn at 320 x 256). Measured on 2 CPU cores with 64 probe cases (session 46,
 #: models/weights/demo/heldout-looks/README.md): against a probe of the same data at the
-#: model's scale, higher at sources of 11-100 map pixels, not at the smallest.
+#: model's scale, higher at sources of 11-100 map pixels, not at the smallest. At 9.3's
+#: probe budget (192 cases, session 47) even with the bundled probe on held-out looks and
+#: worse on another renderer (frame AUROC 0.66 against 0.77, still blood up to 0.83): kept
+#: for measuring on real video, not recommended for the demo.
 _PROBE_GPU_X2: dict[str, Any] = {**_PROBE_GPU, "probe_scale": 2, "version": "9.5"}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": _PROBE_GPU,
@@ -358,7 +361,7 @@ RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe-gpu, 9.3: me
                "evidence-peaks-gpu: evidence-peaks with a GPU's budget; evidence-probe-gpu: "
                "evidence-probe with a GPU's budget; evidence-probe-gpu-decoded: that, "
                "trained on frames decoded from each case's H.264 video; evidence-probe-gpu-x2: "
-               "evidence-probe-gpu with the probe at twice the model's scale")
+               "evidence-probe-gpu with the probe at twice the model's scale (measured no better)")
 
 
 def _cli(argv: list[str]) -> None:
