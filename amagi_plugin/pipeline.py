@@ -347,17 +347,17 @@ class BleedingAnalyzer:
         timings = timings if timings is not None else {}
         starts = schedule.clip_starts()
         needed = {f for s in starts for f in schedule.clip_frames(s)}
-        geometry = None if probe is None else probe.probe.geometry  # the probe's frames
+        side = None
+        if probe is not None:  # the probe's frames from the same decoding
+            geometry = probe.probe.geometry
+            # the clip transform is the probe's, then the crop (bit for bit; not the switch's
+            # own on-device one, nor from a probe's finer frames)
+            side = SideFrames(probe.wanted, geometry.frame,
+                              geometry.map_input
+                              if self.fast is None and geometry.scale == 1 else None)
         prefetch = FramePrefetcher(video, sorted(needed), self.clip_transform,
                                    self.options.decode_ahead, timings,
-                                   self.options.decode_workers,
-                                   side=None if probe is None else SideFrames(
-                                       probe.wanted, geometry.frame,
-                                       # the clip transform is the probe's, then the crop
-                                       # (bit for bit; not the switch's own on-device one,
-                                       # nor from a probe's finer frames)
-                                       geometry.map_input
-                                       if self.fast is None and geometry.scale == 1 else None))
+                                   self.options.decode_workers, side=side)
         computed = 0
 
         def feed(frames: Iterable[tuple[int, torch.Tensor]]) -> None:

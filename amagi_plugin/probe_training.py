@@ -215,9 +215,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
     segmentation net loaded from ``seg_checkpoint`` (an ``amagi train seg`` file; the model
     built at ``input_size`` when given, as its ``model.json`` build says), reading its
     neighbourhoods at ``scale`` times the model's scale, and the record to keep with it
-    (``meta`` of its file). A setting left ``None`` is
-    :class:`~models.training.patchnet.PatchTrainConfig`'s or :class:`PatchNetConfig`'s
-    default."""
+    (``meta`` of its file). A setting left ``None`` takes its default from
+    :class:`~models.training.patchnet.PatchTrainConfig` or :class:`PatchNetConfig`."""
     from models import build_model, list_models, load_checkpoint
     from models.errors import CheckpointError, ModelConfigError, ModelError
     from models.training.patchnet import PatchTrainConfig, train_patchnet

@@ -249,8 +249,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike[str] | Mapping[s
         :class:`CheckpointError` names the offending keys. For a segmentation checkpoint
         only the segmentation net's keys count (from a whole model's checkpoint, its
         ``backbone.seg_model.*`` keys; the rest is reported as ignored). If False, every
-        tensor whose name and shape match is loaded and the rest is reported (and logged as a warning): use this for a
-        Kinetics initialisation.
+        tensor whose name and shape match is loaded and the rest is reported (and logged as
+        a warning): use this for a Kinetics initialisation.
     kind : CheckpointKind or str
         ``'auto'`` (default), ``'full'`` or ``'segmentation'``.
 
