@@ -6,9 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
-# Debian packages the tests use as real peers and validators.
+# Debian packages the tests use as real peers and validators. DCMTK is probed by dsrdump:
+# pynetdicom installs a storescu of its own into the venv, which may come first on PATH.
 APT_PACKAGES := dcmtk dicom3tools postgresql orthanc orthanc-dicomweb poppler-utils chromium
-APT_PROBES := storescu dciodvfy Orthanc pdftotext chromium
+APT_PROBES := dsrdump dciodvfy Orthanc pdftotext chromium
 # Orthanc's DICOMweb plugin (orthanc-dicomweb) is a library, probed by its path.
 ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -225,11 +225,31 @@ def check_tools() -> Iterator[Check]:
                        ("storescu", "DCMTK, used by integration tests"),
                        ("dsrdump", "DCMTK, renders SR trees"),
                        ("Orthanc", "Orthanc, the PACS of integration tests")):
+        if what.startswith("DCMTK"):
+            yield _dcmtk_check(tool, what)
+            continue
         path = shutil.which(tool)
         if path:
             yield Check(tool, Status.OK, f"{path} ({what})", required=False)
         else:
             yield Check(tool, Status.WARN, f"not found ({what}; optional)", required=False)
+
+
+def _dcmtk_check(tool: str, what: str) -> Check:
+    """DCMTK's ``tool``, and a warning when pynetdicom's program of that name comes first on
+    PATH (its ``storescu`` in an activated environment, which takes other options)."""
+    from dicom_io.tools import DcmtkNotFoundError, dcmtk_program, shadowing
+
+    try:
+        path = dcmtk_program(tool)
+    except DcmtkNotFoundError as e:
+        return Check(tool, Status.WARN, f"{e} ({what}; optional)", required=False)
+    first = shadowing(tool)
+    if first:
+        return Check(tool, Status.WARN, f"`{tool}` runs {first[0]}, pynetdicom's program of "
+                     f"that name (other options), not DCMTK's: call {path} ({what})",
+                     required=False)
+    return Check(tool, Status.OK, f"{path} ({what})", required=False)
 
 
 def _one_line(e: BaseException) -> str:

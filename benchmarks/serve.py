@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dicom_io.tools import dcmtk_program
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -53,8 +55,8 @@ def _free_port() -> int:
 
 def _push(port: int, path: Path, aec: str) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(["storescu", "-xn", "-R", "-aec", aec, "127.0.0.1", str(port), str(path)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([dcmtk_program("storescu"), "-xn", "-R", "-aec", aec, "127.0.0.1",
+                        str(port), str(path)], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"storescu failed: {r.stderr.strip()}")
     return time.perf_counter() - t0
@@ -79,8 +81,8 @@ def receive_benchmark(path: Path, repeat: int) -> tuple[float, float]:
 
     work = Path(tempfile.mkdtemp(prefix="amagi-bench-"))
     port_d = _free_port()
-    dcmtk = subprocess.Popen(["storescp", "+xa", "-od", str(work / "dcmtk"), str(port_d)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dcmtk = subprocess.Popen([dcmtk_program("storescp"), "+xa", "-od", str(work / "dcmtk"),
+                              str(port_d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (work / "dcmtk").mkdir()
     database = open_database(f"sqlite:///{work / 'amagi.db'}")
 
@@ -145,7 +147,7 @@ def latency_benchmark(seconds: float) -> dict:
         label = "amagi_tiny (synthetic weights)"
     dest_port = _free_port()
     (work / "pacs").mkdir()
-    pacs = subprocess.Popen(["storescp", "+xa", "-od", str(work / "pacs"), str(dest_port)],
+    pacs = subprocess.Popen([dcmtk_program("storescp"), "+xa", "-od", str(work / "pacs"), str(dest_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     overrides["delivery.destinations"] = f"PACS@127.0.0.1:{dest_port}"
     cfg = load_config(environ={}, overrides=overrides, cwd=work)

@@ -20,6 +20,7 @@ from amagi_plugin.runtime import analyzer_from_config
 from amagi_plugin.service.app import Service
 from db.queries import service_status
 from dicom_io.encode import VideoMetadata, write_video_dicom
+from dicom_io.tools import dcmtk_program
 
 
 def free_port() -> int:
@@ -54,7 +55,7 @@ def storescu(port: int, *files: Path, aec: str = "AMAGI", aet: str = "STORESCU",
              extra: tuple[str, ...] = ("-xn",), timeout: float = 120
              ) -> subprocess.CompletedProcess[str]:
     """DCMTK storescu: ``-xn`` proposes H.264 HP@L4.1, ``-R`` only the needed contexts."""
-    cmd = ["storescu", *extra, "-R", "-aet", aet, "-aec", aec, "127.0.0.1", str(port),
+    cmd = [dcmtk_program("storescu"), *extra, "-R", "-aet", aet, "-aec", aec, "127.0.0.1", str(port),
            *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -71,7 +72,7 @@ class StoreSCP:
     def start(self) -> StoreSCP:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["storescp", "+xa", "-aet", self.ae_title, "-od", str(self.directory), str(self.port)],
+            [dcmtk_program("storescp"), "+xa", "-aet", self.ae_title, "-od", str(self.directory), str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._listening, 10, what="storescp to listen")
         return self

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from amagi_plugin.doctor import check_peers
 from amagi_plugin.errors import ExitCode
 from tests.amagi_plugin.serve_support import Orthanc, running
 from tests.dicom_io._net_fixtures import Recorder, running_listener
+from tests.dicom_io.test_tools import lookalike
 
 PACS_ENV = "AMAGI_TEST_DOCTOR_PACS_PASSWORD"
 ARCHIVE_ENV = "AMAGI_TEST_DOCTOR_ARCHIVE_PASSWORD"
@@ -45,6 +47,26 @@ def test_doctor_reports_real_environment(doctor) -> None:
     assert checks["database"]["status"] == "ok"
     assert checks["cuda"]["required"] is False
     assert checks["peers"]["status"] == "ok" and "none configured" in checks["peers"]["detail"]
+
+
+@pytest.mark.integration  # needs DCMTK installed (not run)
+def test_doctor_names_pynetdicoms_storescu_ahead_of_dcmtks(doctor, monkeypatch,
+                                                          tmp_path: Path) -> None:
+    """In an activated venv `storescu` is pynetdicom's (other options): the doctor says so and
+    names DCMTK's, where it used to report the venv's as DCMTK's."""
+    fake = lookalike(tmp_path / "venv-bin")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(fake.parent), "/usr/bin", "/usr/sbin",
+                                                "/bin"]))
+    r, checks = doctor()
+    assert checks["storescu"]["status"] == "warn" and checks["storescu"]["required"] is False
+    assert checks["storescu"]["detail"].startswith(
+        f"`storescu` runs {fake}, pynetdicom's program of that name (other options), not "
+        "DCMTK's: call /usr/bin/storescu (DCMTK")
+    assert r.code == 0  # optional: a warning, not a failure
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/usr/sbin", "/bin"]))
+    _, checks = doctor()
+    assert checks["storescu"]["status"] == "ok"
+    assert checks["storescu"]["detail"].startswith("/usr/bin/storescu (DCMTK")
 
 
 def test_doctor_fails_on_missing_checkpoint(doctor, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 from amagi_plugin.service import HEALTH_FILE
 from db.schema import Job
 from dicom_io.encode import VideoMetadata, write_video_dicom
+from dicom_io.tools import dcmtk_program
 from tests.amagi_plugin import test_serve
 from tests.amagi_plugin.serve_support import (
     free_port,
@@ -230,7 +231,7 @@ def test_killed_upload_leaves_no_partial_file(service, tmp_path) -> None:
 
     big = _big_dicom(tmp_path / "big.dcm", 256)
     for _ in range(2):
-        proc = subprocess.Popen(["storescu", "-xn", "-R", "-aec", "AMAGI", "127.0.0.1",
+        proc = subprocess.Popen([dcmtk_program("storescu"), "-xn", "-R", "-aec", "AMAGI", "127.0.0.1",
                                  str(svc.port), str(big)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:

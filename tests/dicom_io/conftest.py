@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from dicom_io.encode import VideoMetadata, encode_video, wrap_video_as_dicom
+from dicom_io.tools import dcmtk_program
 from tests.dicom_io._net_fixtures import free_port, wait_port
 
 
@@ -136,7 +137,7 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     out = tmp_path / "storescp"
     out.mkdir()
     port = free_port()
-    proc = subprocess.Popen(["storescp", "+xa", "+B", "-aet", "STORESCP", "-od", str(out),
+    proc = subprocess.Popen([dcmtk_program("storescp"), "+xa", "+B", "-aet", "STORESCP", "-od", str(out),
                              "-fe", ".dcm", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -18,6 +18,7 @@ from dicom_io.errors import AssociationRejectedError
 from dicom_io.net import status
 from dicom_io.net.scu import echo, send_instances
 from dicom_io.sopclasses import COMPREHENSIVE_SR, VIDEO_ENDOSCOPIC
+from dicom_io.tools import dcmtk_program
 from tests.dicom_io._net_fixtures import (
     PATIENT_ID,
     PATIENT_NAME,
@@ -38,7 +39,7 @@ pytestmark = [pytest.mark.usefixtures("pynetdicom_config")]
 
 
 def _storescu(port: int, *args: str | Path) -> None:
-    r = run(["storescu", "-aec", "AMAGI", *map(str, args[:-1]), "127.0.0.1", str(port),
+    r = run([dcmtk_program("storescu"), "-aec", "AMAGI", *map(str, args[:-1]), "127.0.0.1", str(port),
              str(args[-1])])
     assert r.returncode == 0, r.stderr
 
@@ -95,7 +96,7 @@ def test_dcmtk_storescu_uncompressed_and_sr_in_one_association(tmp_path: Path) -
     sr = make_sr(tmp_path / "sr.dcm")
     rec = Recorder()
     with running_listener(tmp_path / "spool", rec) as listener:
-        r = run(["storescu", "-R", "-aec", "AMAGI", "127.0.0.1", str(listener.port),
+        r = run([dcmtk_program("storescu"), "-R", "-aec", "AMAGI", "127.0.0.1", str(listener.port),
                  str(native), str(sr)])
         assert r.returncode == 0, r.stderr
         [summary] = rec.wait_released(1)
@@ -110,7 +111,7 @@ def test_dcmtk_storescu_uncompressed_and_sr_in_one_association(tmp_path: Path) -
 def test_echoscu_and_echo(tmp_path: Path) -> None:
     rec = Recorder()
     with running_listener(tmp_path / "spool", rec) as listener:
-        r = run(["echoscu", "-aec", "AMAGI", "127.0.0.1", str(listener.port)])
+        r = run([dcmtk_program("echoscu"), "-aec", "AMAGI", "127.0.0.1", str(listener.port)])
         assert r.returncode == 0, r.stderr
         echo("AMAGI", "127.0.0.1", listener.port)  # returns: Success
         summaries = rec.wait_released(2)
@@ -122,7 +123,7 @@ def test_unknown_sop_class_and_syntax_refused_in_negotiation(tmp_path: Path) -> 
     ct = make_ct(tmp_path / "ct.dcm")
     rec = Recorder()
     with running_listener(tmp_path / "spool", rec) as listener:
-        r = run(["storescu", "-R", "-aec", "AMAGI", "127.0.0.1", str(listener.port), str(ct)])
+        r = run([dcmtk_program("storescu"), "-R", "-aec", "AMAGI", "127.0.0.1", str(listener.port), str(ct)])
         assert r.returncode != 0
         assert "no presentation context" in r.stderr.lower() or "no acceptable" in r.stderr.lower()
         [res] = send_instances([ct], "AMAGI", "127.0.0.1", listener.port)
@@ -147,7 +148,7 @@ def test_calling_ae_allow_list(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     video = make_video(tmp_path / "v.dcm")
     rec = Recorder()
     with running_listener(tmp_path / "spool", rec, allowed_calling_aes=["PACS"]) as listener:
-        r = run(["echoscu", "-aet", "INTRUDER", "-aec", "AMAGI", "127.0.0.1",
+        r = run([dcmtk_program("echoscu"), "-aet", "INTRUDER", "-aec", "AMAGI", "127.0.0.1",
                  str(listener.port)])
         assert r.returncode != 0
         with pytest.raises(AssociationRejectedError, match="rejected the association"):

@@ -17,6 +17,7 @@ import pytest
 from dicom_io.errors import NetworkError
 from dicom_io.net.scu import echo, send_instances
 from dicom_io.net.tls import TLSConfigError, client_context, server_context
+from dicom_io.tools import dcmtk_program
 from tests.dicom_io._net_fixtures import (
     Recorder,
     dataset_part,
@@ -89,14 +90,14 @@ def test_tls_association_and_plaintext_refused(tmp_path: Path, certs: Certs,
     with running_listener(tmp_path / "spool", rec, tls=tls) as listener:
         with pytest.raises(NetworkError, match="no association"):
             send_instances([video], "AMAGI", "127.0.0.1", listener.port, timeout=5)
-        r = run(["echoscu", "-aec", "AMAGI", "-to", "5", "127.0.0.1", str(listener.port)])
+        r = run([dcmtk_program("echoscu"), "-aec", "AMAGI", "-to", "5", "127.0.0.1", str(listener.port)])
         assert r.returncode != 0
         assert rec.stored == []
         # the listener survived both plaintext attempts
         [res] = send_instances([video], "AMAGI", "127.0.0.1", listener.port, tls=client)
         assert res.ok
         echo("AMAGI", "127.0.0.1", listener.port, tls=client)  # returns: Success
-        r = run(["echoscu", "-aec", "AMAGI", "+tls", str(certs.client_key),
+        r = run([dcmtk_program("echoscu"), "-aec", "AMAGI", "+tls", str(certs.client_key),
                  str(certs.client_cert), "+cf", str(certs.ca), "127.0.0.1",
                  str(listener.port)])
         assert r.returncode == 0, r.stderr  # DCMTK interoperates over TLS
