@@ -16,7 +16,7 @@ import os
 from dicom_io.errors import DicomIOError
 
 __all__ = ["PYNETDICOM_APPS", "DcmtkNotFoundError", "dcmtk_program", "is_pynetdicom_script",
-           "shadowing"]
+           "locate", "shadowing"]
 
 #: the programs ``pynetdicom`` installs under the names of DCMTK's (its ``apps``)
 PYNETDICOM_APPS = frozenset({"echoscp", "echoscu", "findscu", "getscu", "movescu", "qrscp",
@@ -50,14 +50,23 @@ def is_pynetdicom_script(path: str | os.PathLike[str]) -> bool:
     return head.startswith(b"#!") and b"pynetdicom" in head
 
 
+def locate(name: str, path: str | None = None) -> tuple[list[str], str | None]:
+    """pynetdicom's programs called ``name`` that come on ``path`` (PATH by default) before
+    DCMTK's, and DCMTK's (``None`` when missing): one walk of PATH, each file read once."""
+    found = _candidates(name, path)
+    for i, p in enumerate(found):
+        if not is_pynetdicom_script(p):
+            return found[:i], p
+    return found, None
+
+
 def dcmtk_program(name: str, path: str | None = None) -> str:
     """The path of DCMTK's ``name``: the first executable of that name on ``path`` (PATH by
     default) that is not pynetdicom's. :class:`DcmtkNotFoundError` says what was found."""
-    found = _candidates(name, path)
-    for p in found:
-        if not is_pynetdicom_script(p):
-            return p
-    others = f" (only pynetdicom's {', '.join(found)}, which takes other options)" if found else ""
+    before, program = locate(name, path)
+    if program is not None:
+        return program
+    others = f" (only pynetdicom's {', '.join(before)}, which takes other options)" if before else ""
     raise DcmtkNotFoundError(f"DCMTK's {name} is not on PATH{others}: install dcmtk "
                              "(Debian: apt-get install dcmtk)")
 
@@ -65,8 +74,4 @@ def dcmtk_program(name: str, path: str | None = None) -> str:
 def shadowing(name: str, path: str | None = None) -> list[str]:
     """pynetdicom's programs called ``name`` that come on PATH before DCMTK's (all of them
     when DCMTK's is missing): what a shell runs instead of DCMTK's."""
-    found = _candidates(name, path)
-    for i, p in enumerate(found):
-        if not is_pynetdicom_script(p):
-            return found[:i]
-    return found
+    return locate(name, path)[0]
