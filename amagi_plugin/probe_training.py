@@ -204,7 +204,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               epochs: int | None = None,
               candidates: int | None = None, step_s: float | None = None,
               frames: int | None = None, align: bool = False, pool: str = "avg",
-              rand_neg: int = 0, extra_pos: int = 0,
+              norm: str = "fixed", rand_neg: int = 0, extra_pos: int = 0,
               after_end_s: Sequence[float] = (), look_jitter: float | None = None,
               reversed_negatives: float = 0.0,
               sliding_negatives: float = 0.0, view_negatives: float = 0.0, seed: int = 0,
@@ -243,7 +243,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
         raise InputError(f"the probe's scale must be a whole number >= 1, got {scale!r}")
     try:
         cfg = PatchNetConfig(short_side=model.default_cfg.input_size * scale, align=align,
-                             pool=pool, **shape)
+                             pool=pool, norm=norm, **shape)
     except ModelConfigError as e:
         raise InputError(str(e)) from None
     given = {k: v for k, v in (("epochs", epochs), ("look_jitter", look_jitter))

@@ -10,7 +10,9 @@ the frame's own resolution over ``frames`` frames ``step_s`` apart, so a source 
 pixels fills a good part of its view and its growth from frame to frame is what it sees.
 
 Input: ``(N, frames, 3, crop, crop)`` RGB on the 0-255 scale (no normalisation constants:
-the net centres and scales it itself). As in :mod:`models.flowseg`, the change between
+the net centres and scales it itself, by fixed constants or, with ``norm='sample'``, by each
+neighbourhood's own per-channel statistics, so that a channel's gain and offset, white
+balance and exposure, do not reach it). As in :mod:`models.flowseg`, the change between
 neighbouring frames is given explicitly (scaled by ``diff_gain``), beside the frames, all on
 the channel axis of a 2-D network: six 3 × 3 convolutions (two at stride 2), global
 pooling (the mean by default; ``pool`` adds or takes the maximum, session 37), one logit. ``forward`` returns ``(N,)`` logits for "active bleeding in this
@@ -61,6 +63,11 @@ __all__ = ["PatchNet", "PatchNetConfig", "ProbeEnsemble", "ProbeNet", "load_patc
 ARCH = "patchnet"
 #: PatchNetConfig.pool's choices
 POOLS = ("avg", "max", "avgmax")
+#: PatchNetConfig.norm's choices
+NORMS = ("fixed", "sample")
+#: PatchNetConfig.norm ``sample``: the least standard deviation (0-255 scale) a channel of a
+#: neighbourhood is divided by, so that a flat patch's noise is not blown up
+NORM_MIN_STD = 8.0
 
 
 @dataclass(frozen=True)
@@ -85,11 +92,21 @@ class PatchNetConfig:
     #: ``max`` its largest value per channel; ``avgmax`` both side by side, so a source of
     #: a few pixels that fills one or two of its cells is not averaged away (session 37)
     pool: str = "avg"
+    #: how a neighbourhood is put on the network's scale (:data:`NORMS`): ``fixed`` the same
+    #: constants for all, ``(x − 128) / 64``; ``sample`` each colour channel by the
+    #: neighbourhood's own mean and standard deviation over its frames (at least
+    #: :data:`NORM_MIN_STD`), so that white balance, exposure and contrast, any gain and
+    #: offset of a channel, do not reach the network: only the neighbourhood's pattern and
+    #: its change do (session 49)
+    norm: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
             raise ModelConfigError(f"PatchNet pool must be one of {', '.join(POOLS)}, "
                                    f"got {self.pool!r}")
+        if self.norm not in NORMS:
+            raise ModelConfigError(f"PatchNet norm must be one of {', '.join(NORMS)}, "
+                                   f"got {self.norm!r}")
         if self.frames < 2 or self.crop < 4 or self.width < 1 or self.candidates < 1:
             raise ModelConfigError(f"PatchNet needs frames >= 2, crop >= 4, width >= 1 and "
                                    f"candidates >= 1, got {self}")
@@ -125,13 +142,21 @@ class PatchNet(nn.Module):
         """``(N, frames, 3, H, W)`` on 0-255 → body features ``(N, 4·width, H/4, W/4)``."""
         if x.dim() != 5 or x.shape[1:3] != (self.cfg.frames, 3):
             raise ValueError(f"expected (N, {self.cfg.frames}, 3, H, W), got {tuple(x.shape)}")
-        x = (x - 128.0) / 64.0
+        x = self.normalised(x)
         if self.cfg.align:
             x, covered = self.aligned(x)
             d = (x[:, 1:] - x[:, :-1]) * covered[:, 1:] * covered[:, :-1]
         else:
             d = x[:, 1:] - x[:, :-1]
         return self.body(torch.cat([x.flatten(1, 2), self.cfg.diff_gain * d.flatten(1, 2)], 1))
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, T, 3, H, W)`` on 0-255 → on the network's scale, as ``cfg.norm`` says."""
+        if self.cfg.norm == "fixed":
+            return (x - 128.0) / 64.0
+        mean = x.mean((1, 3, 4), keepdim=True)
+        std = x.std((1, 3, 4), keepdim=True).clamp_min(NORM_MIN_STD)
+        return (x - mean) / std
 
     def aligned(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, T, 3, H, W)`` → the frames each shifted onto the middle one (the middle one
@@ -169,6 +194,9 @@ class PatchNet(nn.Module):
         if self.cfg.align:
             raise ModelConfigError("an aligning probe shifts each window by its own motion: "
                                    "it scores windows one at a time, not densely")
+        if self.cfg.norm != "fixed":
+            raise ModelConfigError("a probe that normalises each neighbourhood by its own "
+                                   "statistics scores windows one at a time, not densely")
         z = self.features(stack[None])
         z = self._pooled(partial(F.avg_pool2d, stride=1), partial(F.max_pool2d, stride=1), z,
                          self.cfg.crop // self.STRIDE)

@@ -664,6 +664,8 @@ def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
               "--frames", "1"], "PatchNet needs frames >= 2"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
               "--pool", "sum"], "pool must be one of avg, max, avgmax, got 'sum'"),
+            (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
+              "--norm", "batch"], "norm must be one of fixed, sample, got 'batch'"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--seg-checkpoint", "nothing.pth",
               "--after-end-negatives", "1,-2"], "finite and > 0, got [1.0, -2.0]")):
         code, _, err = _run(trained, "train", "probe", *argv, "-o", "p.pth")

@@ -208,6 +208,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="how the probe pools its feature map: avg (its mean), max (its largest "
                    "value), or avgmax (both), so that a source of a few pixels is not averaged "
                    "away")
+    q.add_argument("--norm", default="fixed", metavar="{fixed,sample}",
+                   help="how the probe scales a neighbourhood: fixed (the same constants for "
+                   "all) or sample (each colour channel by the neighbourhood's own mean and "
+                   "spread, so that white balance, exposure and contrast do not reach it)")
     q.add_argument("--scale", type=int, default=1, metavar="K",
                    help="the probe reads its neighbourhoods on frames K times the model's scale "
                    "(a 32-pixel neighbourhood then covers 32/K map pixels, and a source of a few "
@@ -508,7 +512,7 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
     net, meta = fit_probe([ctx.cwd / d for d in args.data], args.arch, ctx.cwd / args.seg_checkpoint,
                           epochs=args.epochs, candidates=args.candidates, step_s=args.step_s,
                           frames=args.frames, align=args.align, pool=args.pool,
-                          rand_neg=args.rand_neg,
+                          norm=args.norm, rand_neg=args.rand_neg,
                           extra_pos=args.extra_pos, look_jitter=args.look_jitter,
                           reversed_negatives=args.reversed_negatives,
                           sliding_negatives=args.sliding_negatives,
