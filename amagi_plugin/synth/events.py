@@ -94,6 +94,38 @@ def world_extent(ev: SynthBleed) -> tuple[float, float, float, float]:
             max(sx + pool, sx + ex + pool), max(sy + pool, sy + ey + pool))
 
 
+#: plane waves summed by the ``"advected"`` flow texture
+_ADVECTED_WAVES = 6
+
+
+def _advected(ev: SynthBleed, rho: np.ndarray, theta: np.ndarray, u: np.ndarray,
+              v: np.ndarray, on_streak: np.ndarray, t: float, ripple_noise: np.ndarray
+              ) -> np.ndarray:
+    """The ``"advected"`` flow texture in [0, 1]: a sum of plane waves of random directions,
+    wavelengths (0.5-2 × ``ripple_wavelength``) and phases (from ``ev.texture_seed``), read
+    where the blood was ``t`` seconds ago: carried outwards from the source in the pool
+    (radius minus 0.6 × ``ripple_speed`` × t; the angle through its cosine and sine, so the
+    texture has no seam) and along the stream (``u`` minus ``ripple_speed`` × t). Irregular:
+    no period a frame or a clip can show."""
+    rng = np.random.default_rng([ev.texture_seed, 23])
+    lam = ev.ripple_wavelength
+    k = 2.0 * math.pi / (lam * np.exp(rng.uniform(math.log(0.5), math.log(2.0),
+                                                  _ADVECTED_WAVES)))
+    direction = rng.uniform(0.0, 2.0 * math.pi, _ADVECTED_WAVES)
+    phase = rng.uniform(0.0, 2.0 * math.pi, _ADVECTED_WAVES)
+    arc = 1.5 * lam  # the angular coordinate's length scale
+    radial = rho - 0.6 * ev.ripple_speed * t
+    along = u - ev.ripple_speed * t
+    total = np.zeros_like(rho)
+    for kk, d, p in zip(k, direction, phase, strict=True):
+        c, s = math.cos(d), math.sin(d)
+        pool = kk * (c * radial + s * arc * np.cos(theta)) + arc * kk * 0.5 * s * np.sin(theta)
+        streak = kk * (c * along + s * v)
+        total += np.sin(np.where(on_streak, streak, pool) + p)
+    total = total / math.sqrt(_ADVECTED_WAVES / 2.0) + 0.5 * ripple_noise
+    return (0.5 + 0.5 * np.tanh(1.2 * total)).astype(np.float32)
+
+
 def render_event(ev: SynthBleed, st: EventState, wx: np.ndarray, wy: np.ndarray,
                  irregular: np.ndarray, ripple_noise: np.ndarray, zoom: float,
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +170,9 @@ def render_event(ev: SynthBleed, st: EventState, wx: np.ndarray, wy: np.ndarray,
     phase_pool = 2.0 * math.pi * (rho - 0.6 * ev.ripple_speed * t) / lam + 2.5 * ripple_noise
     on_streak = a_streak > a_pool
     sustained = ev.dynamics == "sustained"
-    if sustained:  # a second, slower and longer wave: the texture never repeats within a clip
+    if ev.flow_texture == "advected":
+        ripple = _advected(ev, rho, np.arctan2(dy, dx), u, v, on_streak, t, ripple_noise)
+    elif sustained:  # a second, slower and longer wave: the texture never repeats within a clip
         lam2, v2 = 1.7 * lam, 0.55 * ev.ripple_speed * t
         phase2 = np.where(on_streak, 2.0 * math.pi * (u - v2) / lam2,
                           2.0 * math.pi * (rho - 0.6 * v2) / lam2) - 1.9 * ripple_noise

@@ -147,6 +147,8 @@ class SynthBleed:
     size_class: str  # "small" or "large"
     form: str = "ooze"  # one of BLEEDING_FORMS
     dynamics: str = "saturating"  # one of BLEEDING_DYNAMICS
+    flow_texture: str = "waves"  # one of FLOW_TEXTURES
+    texture_seed: int = 0  # its "advected" texture's own plane waves
 
 
 #: How active bleeding looks over time (see :mod:`amagi_plugin.synth.events`): a pool spreading
@@ -159,6 +161,14 @@ BLEEDING_FORMS = ("ooze", "spurt", "stream", "tiny", "occluded")
 #: quickly and then mostly holds still while still labelled active; ``"sustained"`` keeps
 #: welling and flowing until it ends, with flow texture that a clip's frames can resolve.
 BLEEDING_DYNAMICS = ("saturating", "sustained")
+
+#: What the blood's surface texture is (see :func:`amagi_plugin.synth.events.render_event`):
+#: ``"waves"`` (the first presets) sinusoidal ripples travelling with the flow, rings from a
+#: pool's source, with glints at their crests; ``"advected"`` an irregular texture (a sum of
+#: plane waves of random directions and wavelengths, no period a frame can show) carried
+#: outwards from the source and along a stream, as another renderer draws it (session 49).
+#: One kind per case, for every blood of the case alike (active, still look-alikes, stains).
+FLOW_TEXTURES = ("waves", "advected")
 
 #: Hard negatives drawn with the active-blood model itself (same colours, texture and glints in
 #: a single frame): frozen fresh-looking blood, and blood being sucked away (shrinking).
@@ -438,6 +448,7 @@ class SceneRanges:
     distractors: tuple[int, int] = (0, 0)  # gauze, stained tips, irrigation, lens blood
     distractor_kinds: tuple[str, ...] = ("gauze",)
     sustained: bool = False  # active bleeding keeps welling and flowing (BLEEDING_DYNAMICS)
+    flow_textures: tuple[str, ...] = ("waves",)  # each case's blood texture (FLOW_TEXTURES)
     # Opt-in per-case frame rate and size (the requested ones are the base values).
     video_format: VideoFormatRanges | None = None
 
@@ -459,7 +470,8 @@ class SceneRanges:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SynthError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         for name, allowed in (("forms", BLEEDING_FORMS), ("still_kinds", STILL_KINDS),
-                              ("distractor_kinds", DISTRACTOR_KINDS)):
+                              ("distractor_kinds", DISTRACTOR_KINDS),
+                              ("flow_textures", FLOW_TEXTURES)):
             values = getattr(self, name)
             bad = [v for v in values if v not in allowed]
             if not values or bad:
@@ -669,10 +681,34 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
         noise_std=s.u(0.004, 0.018), camera=camera, instruments=tuple(instruments),
         smoke=tuple(smoke), events=tuple(events), pools=tuple(pools),
         red_patches=tuple(patches))
-    if all(getattr(ranges, f.name) == f.default for f in _RANDOMISATION):
+    if any(getattr(ranges, f.name) != f.default for f in _RANDOMISATION):
+        s2 = _Sampler(np.random.default_rng([seed, 7]), width, height, fps, n_frames, ranges)
+        scene = _randomise(s2, scene, world_at, screen_of)
+    return _textured(scene, ranges.flow_textures)
+
+
+def _textured(scene: SceneParams, kinds: tuple[str, ...]) -> SceneParams:
+    """``scene`` with one flow texture of ``kinds`` drawn for the case, for every blood in it
+    alike (events, still look-alikes, stains), each with its own texture seed. Its own
+    stream: with the default ``("waves",)`` nothing is drawn and the scene is unchanged."""
+    if kinds == ("waves",):
         return scene
-    s2 = _Sampler(np.random.default_rng([seed, 7]), width, height, fps, n_frames, ranges)
-    return _randomise(s2, scene, world_at, screen_of)
+    rng = np.random.default_rng([scene.seed, 17])
+    kind = kinds[int(rng.integers(len(kinds)))]
+
+    def bleed(ev: SynthBleed) -> SynthBleed:
+        return dataclasses.replace(ev, flow_texture=kind,
+                                   texture_seed=int(rng.integers(2**31)))
+
+    def still(x: StillBlood | None) -> StillBlood | None:
+        return None if x is None else dataclasses.replace(x, blood=bleed(x.blood))
+
+    return dataclasses.replace(
+        scene, events=tuple(bleed(ev) for ev in scene.events),
+        still=tuple(still(x) for x in scene.still),
+        instruments=tuple(dataclasses.replace(i, stain=still(i.stain))
+                          for i in scene.instruments),
+        gauze=tuple(dataclasses.replace(g, stain=still(g.stain)) for g in scene.gauze))
 
 
 def _sample_events(s: _Sampler, world_at, screen_of, zoom: float) -> list[SynthBleed]:

@@ -31,7 +31,9 @@ event) and the highest fused probability on the bleeding-free cases.
 Run: ``python scripts/model/other_renderer.py OUT [--cases 6] [--still-cases 3]
 [--seconds 60] [--seed 0] [--size 640x512] [-- extra amagi process arguments]``
 (e.g. ``-- --model-dir DIR`` for a candidate model folder). ``--render-only`` writes the
-videos and ``truth.json`` without analysing them.
+videos and ``truth.json`` without analysing them; ``--masks DIR`` also writes each case as
+an ``amagi synth``-like folder (its video, active-bleeding masks once a second,
+``labels.json``) for ``scripts/model/probe_at_source.py DIR``.
 """
 
 from __future__ import annotations
@@ -239,58 +241,139 @@ def make_case(name: str, seed: int, seconds: float, size: tuple[int, int],
                 float(rng.uniform(0.48, 0.62)), tools, motion, seed)
 
 
+def _view_grid(case: Case, t: float) -> torch.Tensor:
+    """Where each pixel of the view at time ``t`` reads the canvas (``F.grid_sample``'s grid,
+    ``(1, h, w, 2)``): the camera's drift, slow turn and zoom, inside the canvas."""
+    w, h = case.size
+    ax, px, ay, py, zoom, turn = case.motion
+    s = (1 / MARGIN) * (1 - zoom * (0.5 + 0.5 * math.sin(2 * math.pi * t / 11.0)))
+    rot = turn * math.sin(2 * math.pi * t / 13.0)
+    ox = ax * math.sin(2 * math.pi * t / px) + 0.5 * ax * math.sin(2 * math.pi * t / 2.7)
+    oy = ay * math.sin(2 * math.pi * t / py + 1.0)
+    theta = torch.tensor([[[s * math.cos(rot), -s * math.sin(rot) * h / w, ox],
+                           [s * math.sin(rot) * w / h, s * math.cos(rot), oy]]])
+    return F.affine_grid(theta, [1, 3, h, w], align_corners=False)
+
+
+def _view_axes(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The view's coordinates in [-1, 1] (``yy``, ``xx``) and each pixel's distance ``r``
+    from the centre in units of the half height (the field stop and the light fall off
+    with it)."""
+    w, h = case.size
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    return yy, xx, torch.sqrt((xx * w / h) ** 2 + yy ** 2)
+
+
+def _tools_at(case: Case, t: float, yy: torch.Tensor, xx: torch.Tensor
+              ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each instrument's coverage in the view at time ``t`` and its metal's brightness."""
+    h = case.size[1]
+    out = []
+    for ang, depth, phase, width in case.tools:  # metal shafts from the edge
+        d = depth + 0.12 * math.sin(2 * math.pi * (t + phase) / 7.0)
+        a = ang + 0.15 * math.sin(2 * math.pi * (t + phase) / 9.0)
+        ux, uy = math.cos(a), math.sin(a)
+        along = -(xx * ux + yy * uy) + 1.4  # from the edge at angle a inwards
+        across = (-xx * uy + yy * ux).abs()
+        body = ((width - across) * h / 2).clamp(0, 1) * ((d * 2 - along) * h / 2).clamp(0, 1)
+        out.append((body, 0.55 + 0.3 * (1 - across / width).clamp(0, 1)))
+    return out
+
+
+def _field_stop(case: Case, r: torch.Tensor) -> torch.Tensor:
+    """The round, soft-edged field stop's transmission in the view."""
+    return ((case.stop * 2 - r) * case.size[1] / 3).clamp(0, 1)
+
+
+def _bleed_patch(b: Bleed, t: float, ch: int, cw: int
+                 ) -> tuple[tuple[int, int, int, int], torch.Tensor, torch.Tensor]:
+    """The canvas window ``(y0, y1, x0, x1)`` that bleed ``b`` can cover, and its coverage
+    and shade there at time ``t``."""
+    reach = b.radius * 1.3 + (b.length if b.form == "stream" else 0) + 4
+    y0, y1 = max(0, int(b.cy - reach)), min(ch, int(b.cy + reach) + 1)
+    x0, x1 = max(0, int(b.cx - reach)), min(cw, int(b.cx + reach) + 1)
+    ys, xs = torch.meshgrid(torch.arange(y0, y1).float(), torch.arange(x0, x1).float(),
+                            indexing="ij")
+    alpha, shade = b.alpha_and_shade(ys, xs, t)
+    return (y0, y1, x0, x1), alpha, shade
+
+
 def render(case: Case) -> Iterator[np.ndarray]:
     """The case's frames, uint8 RGB ``(h, w, 3)``, in order."""
     w, h = case.size
     cw, ch = case.canvas.shape[2], case.canvas.shape[1]
     rng = np.random.default_rng(case.rng_seed + 1)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    r = torch.sqrt((xx * w / h) ** 2 + yy ** 2)
-    field_stop = ((case.stop * 2 - r) * h / 3).clamp(0, 1)  # round, soft-edged
+    yy, xx, r = _view_axes(case)
+    field_stop = _field_stop(case, r)
     canvas = case.canvas.clone()
     settled: set[int] = set()
-    ax, px, ay, py, zoom, turn = case.motion
     for k in range(round(case.seconds * FPS)):
         t = k / FPS
         frame = canvas.clone()
         for i, b in enumerate(case.bleeds):
             if t < b.start:
                 continue
-            reach = b.radius * 1.3 + (b.length if b.form == "stream" else 0) + 4
-            y0, y1 = max(0, int(b.cy - reach)), min(ch, int(b.cy + reach) + 1)
-            x0, x1 = max(0, int(b.cx - reach)), min(cw, int(b.cx + reach) + 1)
-            ys, xs = torch.meshgrid(torch.arange(y0, y1).float(), torch.arange(x0, x1).float(),
-                                    indexing="ij")
-            alpha, shade = b.alpha_and_shade(ys, xs, t)
+            (y0, y1, x0, x1), alpha, shade = _bleed_patch(b, t, ch, cw)
             patch = frame[:, y0:y1, x0:x1]
             patch = patch * (1 - alpha) + (case.blood[:, None, None] * shade) * alpha
             if t >= b.end and i not in settled:  # what it leaves stays, still
                 canvas[:, y0:y1, x0:x1] = patch
                 settled.add(i)
             frame[:, y0:y1, x0:x1] = patch
-        # the camera: drift, a slow turn and zoom, inside the canvas
-        s = (1 / MARGIN) * (1 - zoom * (0.5 + 0.5 * math.sin(2 * math.pi * t / 11.0)))
-        rot = turn * math.sin(2 * math.pi * t / 13.0)
-        ox = ax * math.sin(2 * math.pi * t / px) + 0.5 * ax * math.sin(2 * math.pi * t / 2.7)
-        oy = ay * math.sin(2 * math.pi * t / py + 1.0)
-        theta = torch.tensor([[[s * math.cos(rot), -s * math.sin(rot) * h / w, ox],
-                               [s * math.sin(rot) * w / h, s * math.cos(rot), oy]]])
-        grid = F.affine_grid(theta, [1, 3, h, w], align_corners=False)
-        view = F.grid_sample(frame[None], grid, mode="bilinear", padding_mode="border",
-                             align_corners=False)[0]
-        for ang, depth, phase, width in case.tools:  # metal shafts from the edge
-            d = depth + 0.12 * math.sin(2 * math.pi * (t + phase) / 7.0)
-            a = ang + 0.15 * math.sin(2 * math.pi * (t + phase) / 9.0)
-            ux, uy = math.cos(a), math.sin(a)
-            along = -(xx * ux + yy * uy) + 1.4  # from the edge at angle a inwards
-            across = (-xx * uy + yy * ux).abs()
-            body = ((width - across) * h / 2).clamp(0, 1) * ((d * 2 - along) * h / 2).clamp(0, 1)
-            metal = 0.55 + 0.3 * (1 - across / width).clamp(0, 1)
+        view = F.grid_sample(frame[None], _view_grid(case, t), mode="bilinear",
+                             padding_mode="border", align_corners=False)[0]
+        for body, metal in _tools_at(case, t, yy, xx):
             view = view * (1 - body) + metal * body
         light = 1 - 0.45 * r ** 2
         out = view * case.gains[:, None, None] * light * field_stop
         out = out * 255 + torch.from_numpy(rng.normal(0, case.sigma, (3, h, w))).float()
         yield out.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def active_mask(case: Case, k: int) -> np.ndarray:
+    """Where frame ``k`` shows active bleeding: ``bool (h, w)``, the coverage (over 0.5) of
+    every bleeding under way at its time, seen through the same camera, field stop and
+    instruments as :func:`render` draws it (the blood a bleeding left is not active)."""
+    w, h = case.size
+    cw, ch = case.canvas.shape[2], case.canvas.shape[1]
+    t = k / FPS
+    cover = torch.zeros(1, ch, cw)
+    for b in case.bleeds:
+        if b.start <= t < b.end:
+            (y0, y1, x0, x1), alpha, _shade = _bleed_patch(b, t, ch, cw)
+            cover[0, y0:y1, x0:x1] = torch.maximum(cover[0, y0:y1, x0:x1], alpha)
+    if not cover.any():
+        return np.zeros((h, w), bool)
+    yy, xx, r = _view_axes(case)
+    view = F.grid_sample(cover[None], _view_grid(case, t), mode="bilinear",
+                         padding_mode="border", align_corners=False)[0, 0]
+    for body, _metal in _tools_at(case, t, yy, xx):
+        view = view * (1 - body)
+    return (view * _field_stop(case, r) > 0.5).numpy()
+
+
+def write_case_set(case: Case, video: Path, root: Path, every_s: float = 1.0) -> Path:
+    """``root/NAME``: ``case``'s video (a link to ``video``), its active-bleeding masks every
+    ``every_s`` seconds as PNG and a ``labels.json`` listing them, laid out as ``amagi
+    synth``'s cases are for ``scripts/model/probe_at_source.py``."""
+    from PIL import Image
+
+    folder = root / case.name
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    link = folder / "video.mp4"
+    if not link.exists():
+        link.symlink_to(video.resolve())
+    step = max(1, round(every_s * FPS))
+    masks = []
+    for k in range(0, round(case.seconds * FPS), step):
+        name = f"masks/{k:06d}.png"
+        Image.fromarray(active_mask(case, k).astype(np.uint8) * 255).save(folder / name)
+        masks.append({"frame": k, "mask": name})
+    (folder / "labels.json").write_text(json.dumps({
+        "renderer": "scripts/model/other_renderer.py", "seed": case.rng_seed,
+        "events": [{"start_s": b.start, "end_s": b.end, "form": b.form} for b in case.bleeds],
+        "masks": masks}, indent=1))
+    return folder
 
 
 def process(video: Path, out: Path, extra: list[str], reuse: bool = False
@@ -361,6 +444,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", default="640x512", help="WIDTHxHEIGHT")
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--masks", type=Path, metavar="DIR",
+                    help="also write each case as an amagi synth-like folder under DIR: its "
+                    "video, active-bleeding masks once a second and labels.json (for "
+                    "scripts/model/probe_at_source.py DIR)")
     ap.add_argument("--reuse", action="store_true",
                     help="read analyses already in OUT again instead of rerunning them")
     args = ap.parse_args(argv[:cut])
@@ -382,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         if not video.exists():
             encode_video(render(case), video.with_suffix(".part.mp4"), FPS, crf=23)
             video.with_suffix(".part.mp4").rename(video)
+        if args.masks:
+            write_case_set(case, video, args.masks)
         truth[name], seconds[name] = case.truth(), args.seconds
         forms[name] = [b.form for b in case.bleeds]
         (args.out / "truth.json").write_text(json.dumps({"truth": truth, "forms": forms},

@@ -1,7 +1,8 @@
 """Is a model's neighbourhood probe limited by where it looks, or by what it sees there?
 
 For each masked frame with active bleeding of ``amagi synth`` sets (case folders with
-``labels.json``, ``masks/`` and ``video.dcm``), binned by the bleeding's visible size in
+``labels.json``, ``masks/`` and ``video.dcm``; or ``video.mp4``, as
+``scripts/model/other_renderer.py --masks`` writes another renderer's cases), binned by the bleeding's visible size in
 pixels at the model's scale:
 
 - ``hit``: the share of frames where one of the segmentation map's ``candidates`` highest
@@ -79,7 +80,8 @@ def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
     masked = list(labels.get("masks") or [])
     if not masked:
         return []
-    video = open_video(case / "video.dcm")
+    video = open_video(case / "video.dcm" if (case / "video.dcm").exists() else
+                       case / "video.mp4")
     schedule = analyzer.schedule_for(video)
     n, fps = video.frame_count, video.fps
 

@@ -167,6 +167,8 @@ def test_refuses_to_overwrite_and_rejects_bad_options(dataset, tmp_path):
     assert code == ExitCode.USAGE and "avi" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--palettes", "blue")
     assert code == ExitCode.USAGE and "palettes" in err
+    code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--flow-textures", "waves,marbled")
+    assert code == ExitCode.USAGE and "flow_textures must be among waves, advected" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--domain", "nowhere")
     assert code == ExitCode.BAD_INPUT and "domain" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--frames-from", "decoded")

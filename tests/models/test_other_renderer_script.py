@@ -1,6 +1,7 @@
 """scripts/model/other_renderer.py: a second renderer whose still blood and active bleeding
 look alike in one frame and differ over time, drawn the same for a seed, scored as the
-evaluation scores events."""
+evaluation scores events; its active-bleeding masks lie where the bleeding is drawn, and
+its cases written as a set are read by scripts/model/probe_at_source.py."""
 
 from __future__ import annotations
 
@@ -80,6 +81,76 @@ def test_still_and_active_blood_share_one_frame_look(r) -> None:
     still = (case.blood[:, None, None] * still_shade)[:, still_alpha > 0.99]
     assert torch.allclose(active.mean(1), still.mean(1), atol=0.04)
     assert abs(active.std(1).mean() - still.std(1).mean()) < 0.04
+
+
+def test_the_active_mask_lies_where_the_bleeding_is_drawn(r) -> None:
+    """Checked against the pixels themselves: the same case (its canvas made one pale
+    colour, so that no still pool hides blood drawn over it) drawn without its bleeding
+    differs from it exactly around the mask (the same camera, instruments and noise).
+    Every strongly changed pixel lies within 1 px of the mask, and every mask pixel within
+    1 px of a changed one; outside the bleeding's time the mask is empty."""
+    import dataclasses
+
+    def binary_dilation(m: np.ndarray) -> np.ndarray:  # by one pixel, 8-connected
+        t = torch.from_numpy(m).float()[None, None]
+        return torch.nn.functional.max_pool2d(t, 3, 1, 1)[0, 0].bool().numpy()
+
+    case = r.make_case("c", 0, 20.0, (160, 128), True)
+    pale = torch.tensor([0.85, 0.8, 0.65])[:, None, None].expand_as(case.canvas).clone()
+    case = dataclasses.replace(case, canvas=pale)
+    b = case.bleeds[0]
+    frames = [round(t * r.FPS) for t in (b.start + 1.0, (b.start + b.end) / 2, b.end - 0.1)]
+    drawn = list(itertools.islice(r.render(case), frames[-1] + 1))
+    plain = list(itertools.islice(r.render(dataclasses.replace(case, bleeds=[])),
+                                  frames[-1] + 1))
+    for k in frames:
+        mask = r.active_mask(case, k)
+        changed = np.abs(drawn[k].astype(int) - plain[k].astype(int)).max(2) > 40
+        assert mask.sum() >= 5 and changed.sum() >= 5
+        assert not (changed & ~binary_dilation(mask)).any(), k
+        assert not (mask & ~binary_dilation(changed)).any(), k
+    assert not r.active_mask(case, round((b.start - 0.5) * r.FPS)).any()
+    assert not r.active_mask(case, round((b.end + 0.5) * r.FPS)).any()
+    grown = [r.active_mask(case, k).sum() for k in frames]
+    assert grown[0] < grown[1] < grown[2]  # it grows while active
+
+
+def test_a_case_set_lists_one_mask_a_second_and_links_the_video(r, tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    case = r.make_case("bleed00", 0, 20.0, (160, 128), True)
+    video = tmp_path / "bleed00.mp4"
+    video.write_bytes(b"not decoded here")
+    folder = r.write_case_set(case, video, tmp_path / "set")
+    labels = json.loads((folder / "labels.json").read_text())
+    assert [m["frame"] for m in labels["masks"]] == list(range(0, 600, 30))
+    assert (folder / "video.mp4").resolve() == video.resolve()
+    assert [(e["start_s"], e["end_s"]) for e in labels["events"]] == case.truth()
+    for m in labels["masks"]:
+        saved = np.asarray(Image.open(folder / m["mask"])) > 0
+        assert np.array_equal(saved, r.active_mask(case, m["frame"]))
+    assert sum(bool(np.asarray(Image.open(folder / m["mask"])).any())
+               for m in labels["masks"]) >= 3
+
+
+@pytest.mark.slow
+def test_probe_at_source_reads_another_renderers_cases(r, tmp_path, capsys) -> None:
+    """``--masks``: the cases written beside the videos are what
+    ``scripts/model/probe_at_source.py`` reads (its video an MP4, not DICOM)."""
+    from tests.models._scripts import load_script
+
+    assert r.main([str(tmp_path / "out"), "--cases", "1", "--still-cases", "0",
+                   "--seconds", "20", "--size", "160x128", "--render-only",
+                   "--masks", str(tmp_path / "set")]) == 0
+    capsys.readouterr()
+    source = load_script("scripts/model/probe_at_source.py")
+    assert source.main([str(tmp_path / "set"), "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    active = sum(bool(r.active_mask(r.make_case("bleed00", 0, 20.0, (160, 128), True),
+                                    k).any()) for k in range(0, 600, 30))
+    assert any(line.startswith(f"| all active | {active} |") for line in lines), lines
 
 
 def test_a_video_too_short_for_any_bleeding_is_refused(r) -> None:

@@ -95,6 +95,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="chance that a static pool looks like fresh blood (the hardest "
                    "negative: only its stillness tells it from active bleeding)")
     s.add_argument("--smoke-per-minute", type=_range, metavar="LOW,HIGH")
+    s.add_argument("--flow-textures", metavar="NAMES",
+                   help="comma-separated blood textures each case draws one of: waves "
+                   "(sinusoidal ripples, the presets' own) or advected (an irregular texture "
+                   "carried with the flow); every blood of a case alike")
     f = p.add_argument_group(
         "per-case video format (opt-in: --size and --fps become base values)")
     f.add_argument("--vary-format", action="store_true",
@@ -119,8 +123,10 @@ def _ranges(args: argparse.Namespace):
                  ("event_size", "event_duration_s", "events_per_minute", "camera_speed",
                   "instruments", "pools", "smoke_per_minute", "fresh_looking_pool_probability")
                  if getattr(args, name) is not None}
-    if args.palettes:
-        overrides["palettes"] = tuple(x.strip() for x in args.palettes.split(",") if x.strip())
+    for name in ("palettes", "flow_textures"):
+        if getattr(args, name):
+            overrides[name] = tuple(x.strip() for x in getattr(args, name).split(",")
+                                    if x.strip())
     fmt = {}
     if args.frame_rates:
         try:
