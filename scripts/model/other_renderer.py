@@ -371,7 +371,8 @@ def write_case_set(case: Case, video: Path, root: Path, every_s: float = 1.0) ->
         masks.append({"frame": k, "mask": name})
     (folder / "labels.json").write_text(json.dumps({
         "renderer": "scripts/model/other_renderer.py", "seed": case.rng_seed,
-        "events": [{"start_s": b.start, "end_s": b.end, "form": b.form} for b in case.bleeds],
+        "events": [{"start_s": b.start, "end_s": b.end, "start_frame": math.ceil(b.start * FPS),
+                    "end_frame": math.ceil(b.end * FPS), "form": b.form} for b in case.bleeds],
         "masks": masks}, indent=1))
     return folder
 

@@ -14,7 +14,8 @@ pixels at the model's scale:
   mask's centroid): what it would read if it always looked in the right place.
 
 A last row gives ``at places`` on the masked frames where no bleeding is active: the level
-the bleeding has to rise above.
+the bleeding has to rise above. A second table pools the active frames by the form of the
+bleeding under way (``labels.json``'s events).
 
 Where ``at source`` is high and ``hit`` low, better places would help; where ``at source``
 is low, the probe does not recognise that bleeding even when pointed at it. Session 37
@@ -88,6 +89,12 @@ def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
     def window(i: int) -> list[int]:
         return schedule.window(i, analyzer.seg_frames)
 
+    events = labels.get("events") or []
+
+    def form_at(frame: int) -> str | None:
+        return next((e.get("form") for e in events
+                     if e["start_frame"] <= frame < e["end_frame"]), None)
+
     targets = [int(m["frame"]) for m in masked]
     wanted = sorted({f for t in targets for f in (*window(t), *probe_frames(t, n, fps,
                                                                            probe.cfg))})
@@ -106,10 +113,17 @@ def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
             continue
         at_source = probe.scores_at(frames, [t], [[(*source_point(mask), 1.0)]], n, fps)[0]
         px = int(mask_at_scale(case / m["mask"], model_shape).sum())  # binned at the map's scale
-        rows.append({"case": case.name, "frame": t, "px": px,
+        rows.append({"case": case.name, "frame": t, "px": px, "form": form_at(t),
                      "hit": near(mask, [(y, x) for y, x, _v in places], NEAR_PX * geo.scale),
                      "at_places": float(at_places), "at_source": float(at_source)})
     return rows
+
+
+def _row(name: str, sel: Sequence[dict]) -> str:
+    src = np.array([r["at_source"] for r in sel])
+    return (f"| {name} | {len(sel)} | {np.mean([r['hit'] for r in sel]):.2f} | "
+            f"{np.mean([r['at_places'] for r in sel]):.2f} | {src.mean():.2f} | "
+            f"{np.median(src):.2f} |")
 
 
 def table(rows: Sequence[dict]) -> str:
@@ -120,16 +134,21 @@ def table(rows: Sequence[dict]) -> str:
     active = [r for r in rows if r["px"] > 0]
     groups = [(size_bin(lo), [r for r in active if size_bin(r["px"]) == size_bin(lo)])
               for lo, _hi in BINS] + [("all active", active)]
-    for name, sel in groups:
-        if not sel:
-            continue
-        src = np.array([r["at_source"] for r in sel])
-        out.append(f"| {name} | {len(sel)} | {np.mean([r['hit'] for r in sel]):.2f} | "
-                   f"{np.mean([r['at_places'] for r in sel]):.2f} | {src.mean():.2f} | "
-                   f"{np.median(src):.2f} |")
+    out += [_row(name, sel) for name, sel in groups if sel]
     idle = [r["at_places"] for r in rows if r["px"] == 0]
     if idle:
         out.append(f"| none active | {len(idle)} | | {np.mean(idle):.2f} | | |")
+    return "\n".join(out)
+
+
+def form_table(rows: Sequence[dict]) -> str:
+    """The active rows pooled by the form of the bleeding under way (``labels.json``'s
+    events; "unknown" where none records one), as a Markdown table."""
+    active = [r for r in rows if r["px"] > 0]
+    forms = sorted({r.get("form") or "unknown" for r in active})
+    out = ["| bleeding form | frames | hit | at places (mean) | at source (mean) | "
+           "at source (median) |", "|---|---|---|---|---|---|"]
+    out += [_row(f, [r for r in active if (r.get("form") or "unknown") == f]) for f in forms]
     return "\n".join(out)
 
 
@@ -156,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     print(table(rows))
+    print()
+    print(form_table(rows))
     return 0
 
 

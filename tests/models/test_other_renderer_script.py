@@ -128,6 +128,9 @@ def test_a_case_set_lists_one_mask_a_second_and_links_the_video(r, tmp_path) -> 
     assert [m["frame"] for m in labels["masks"]] == list(range(0, 600, 30))
     assert (folder / "video.mp4").resolve() == video.resolve()
     assert [(e["start_s"], e["end_s"]) for e in labels["events"]] == case.truth()
+    for e in labels["events"]:  # the frames whose time lies in [start, end)
+        inside = [k for k in range(600) if e["start_s"] <= k / r.FPS < e["end_s"]]
+        assert (e["start_frame"], e["end_frame"]) == (inside[0], inside[-1] + 1)
     for m in labels["masks"]:
         saved = np.asarray(Image.open(folder / m["mask"])) > 0
         assert np.array_equal(saved, r.active_mask(case, m["frame"]))
@@ -151,6 +154,9 @@ def test_probe_at_source_reads_another_renderers_cases(r, tmp_path, capsys) -> N
     active = sum(bool(r.active_mask(r.make_case("bleed00", 0, 20.0, (160, 128), True),
                                     k).any()) for k in range(0, 600, 30))
     assert any(line.startswith(f"| all active | {active} |") for line in lines), lines
+    forms = {b.form for b in r.make_case("bleed00", 0, 20.0, (160, 128), True).bleeds}
+    assert any(line.startswith("|") and line.split("|")[1].strip() in forms
+               for line in lines), lines
 
 
 def test_a_video_too_short_for_any_bleeding_is_refused(r) -> None:

@@ -44,6 +44,19 @@ def test_the_table_pools_by_size_and_gives_the_level_of_frames_without_bleeding(
     assert not any(line.startswith(("| 11-30", "| 31-100")) for line in lines)
 
 
+def test_the_form_table_pools_the_active_frames_by_the_bleeding_under_way() -> None:
+    pas = load_script(SCRIPT)
+    rows = [{"px": 4, "form": "ooze", "hit": False, "at_places": 0.6, "at_source": 0.1},
+            {"px": 8, "form": "ooze", "hit": True, "at_places": 0.8, "at_source": 0.3},
+            {"px": 500, "form": "spurt", "hit": True, "at_places": 0.9, "at_source": 0.9},
+            {"px": 50, "form": None, "hit": True, "at_places": 0.4, "at_source": 0.4},
+            {"px": 0, "form": None, "hit": None, "at_places": 0.5, "at_source": None}]
+    lines = pas.form_table(rows).splitlines()
+    assert lines[2:] == ["| ooze | 2 | 0.50 | 0.70 | 0.20 | 0.20 |",
+                         "| spurt | 1 | 1.00 | 0.90 | 0.90 | 0.90 |",
+                         "| unknown | 1 | 1.00 | 0.40 | 0.40 | 0.40 |"]
+
+
 @pytest.fixture(scope="module")
 def looks(tmp_path_factory) -> Path:
     from amagi_plugin.synth import OutputOptions, generate_dataset
@@ -67,6 +80,10 @@ def test_every_masked_frame_is_read_through_the_bundled_probe(looks: Path, capsy
     assert int(cells[1]) == active and 0.0 <= float(cells[2]) <= 1.0
     assert all(0.0 <= float(v) <= 1.0 for v in cells[3:])
     assert any(line.startswith(f"| none active | {idle} |") for line in lines)
+    forms = {e["form"] for e in labels["events"]}
+    by_form = [line for line in lines if line.startswith("|")
+               and line.split("|")[1].strip() in forms]
+    assert by_form and sum(int(line.split("|")[2]) for line in by_form) == active
 
 
 def test_a_model_without_a_probe_or_data_without_bleeding_is_one_error_line(
