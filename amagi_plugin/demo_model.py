@@ -83,6 +83,9 @@ class DemoConfig:
     # the training sets' frames: rendered, or decoded from each case's H.264 video (what an
     # analysis reads; amagi synth --frames-from)
     train_frames_from: str = "render"
+    # the blood textures the training-look sets (training, the probe's, validation and the
+    # refiner's) draw each case's from (amagi synth --flow-textures); () = the preset's own
+    train_flow_textures: tuple[str, ...] = ()
     size: tuple[int, int] = (160, 128)
     fps: float = 30.0
     clip_stride: int = 12
@@ -184,6 +187,11 @@ class DemoConfig:
         if self.train_frames_from not in FRAME_SOURCES:
             raise ConfigError(f"train_frames_from must be one of {', '.join(FRAME_SOURCES)}, "
                               f"got {self.train_frames_from!r}")
+        from amagi_plugin.synth.scene import FLOW_TEXTURES
+
+        if unknown := [t for t in self.train_flow_textures if t not in FLOW_TEXTURES]:
+            raise ConfigError(f"train_flow_textures must be among {', '.join(FLOW_TEXTURES)}, "
+                              f"got {', '.join(unknown)}")
         if self.probe_seeds < 1:
             raise ConfigError(f"probe_seeds must be at least 1, got {self.probe_seeds}")
         if not (isinstance(self.probe_scale, int) and self.probe_scale >= 1):
@@ -327,6 +335,14 @@ _PROBE_GPU: dict[str, Any] = {**_PROBE, **_GPU_BUDGET, "version": "9.3"}
 #: worse on another renderer (frame AUROC 0.66 against 0.77, still blood up to 0.83): kept
 #: for measuring on real video, not recommended for the demo.
 _PROBE_GPU_X2: dict[str, Any] = {**_PROBE_GPU, "probe_scale": 2, "version": "9.5"}
+#: ``evidence-probe-gpu`` whose training-look sets draw each case's blood texture from the
+#: presets' sinusoidal waves and an irregular texture carried with the flow (``amagi synth
+#: --flow-textures waves,advected``). Session 49 (models/weights/demo/heldout-looks/README.md)
+#: found the bundled probe blind to another renderer's welling blood, whose texture has no
+#: period, while it finds the places; every network of this recipe learns from both
+#: textures. For the next GPU build.
+_PROBE_GPU_FLOW: dict[str, Any] = {**_PROBE_GPU, "train_flow_textures": ("waves", "advected"),
+                                   "version": "9.6"}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": _PROBE_GPU,
     "v3": {},
@@ -341,6 +357,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence-probe-gpu": _PROBE_GPU,
     "evidence-probe-gpu-decoded": {**_PROBE_GPU, "train_frames_from": "video", "version": "9.4"},
     "evidence-probe-gpu-x2": _PROBE_GPU_X2,
+    "evidence-probe-gpu-flow": _PROBE_GPU_FLOW,
 }
 
 #: The recipes sized for a GPU (the whole of :data:`_GPU_BUDGET`): on 2 CPU cores they take
@@ -361,7 +378,9 @@ RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe-gpu, 9.3: me
                "evidence-peaks-gpu: evidence-peaks with a GPU's budget; evidence-probe-gpu: "
                "evidence-probe with a GPU's budget; evidence-probe-gpu-decoded: that, "
                "trained on frames decoded from each case's H.264 video; evidence-probe-gpu-x2: "
-               "evidence-probe-gpu with the probe at twice the model's scale (measured no better)")
+               "evidence-probe-gpu with the probe at twice the model's scale (measured no "
+               "better); evidence-probe-gpu-flow: evidence-probe-gpu whose training looks draw "
+               "two blood textures (waves, advected)")
 
 
 def _cli(argv: list[str]) -> None:
@@ -373,15 +392,20 @@ def _cli(argv: list[str]) -> None:
 
 def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, domain: str,
            formats: str, per_patient: int, jobs: int, frames_from: str = "render") -> bool:
-    """Generate a data set unless it is already there; True if it was generated now."""
+    """Generate a data set unless it is already there; True if it was generated now. A set
+    of the training looks (``cfg.train_domain`` or ``randomised-static``) draws its blood
+    textures from ``cfg.train_flow_textures`` when given; a held-out set never does."""
     if (root / "cases.json").is_file():
         log.info("reusing %s", root)
         return False
+    textures = (["--flow-textures", ",".join(cfg.train_flow_textures)]
+                if cfg.train_flow_textures and domain in (cfg.train_domain, "randomised-static")
+                else [])
     _cli(["synth", "-od", str(root), "--cases", str(cases), "--seed", str(seed),
           "--duration-s", str(duration), "--size", "x".join(map(str, cfg.render_size)),
           "--fps", str(cfg.fps), "--formats", formats, "--clip-stride", str(cfg.clip_stride),
           "--domain", domain, "--cases-per-patient", str(per_patient), "--overwrite",
-          "--jobs", str(jobs), "--no-progress", "--frames-from", frames_from])
+          "--jobs", str(jobs), "--no-progress", "--frames-from", frames_from, *textures])
     return True
 
 
@@ -856,7 +880,11 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         f"synthetic patient), {_drawn_size(cfg)} at {cfg['fps']:g} fps"
         + ("; every network trained on the frames decoded from each case's H.264 video "
            "(`--frames-from video`: the encoder's I/P/B frame quality, as in analysis)"
-           if cfg.get("train_frames_from", "render") == "video" else ""),
+           if cfg.get("train_frames_from", "render") == "video" else "")
+        + (f"; each case's blood texture drawn from "
+           f"{', '.join(cfg['train_flow_textures'])} "
+           f"(`--flow-textures {','.join(cfg['train_flow_textures'])}`, as every set of the "
+           "training looks)" if cfg.get("train_flow_textures") else ""),
         f"- held-out evaluation: `amagi synth --seed {ev['seed']} --domain {ev['domain']}`, "
         f"{ev['cases']} cases × {ev['duration_s']:g} s: "
         + _HELDOUT_TEXT.get(ev["domain"], "other seeds and scene ranges")

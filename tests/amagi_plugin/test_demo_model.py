@@ -152,7 +152,7 @@ def test_a_gpu_sized_recipe_on_the_cpu_is_warned_about(tmp_path: Path, capfd) ->
 
     assert set(GPU_RECIPES) == {"shipped", "randomised-gpu", "evidence-peaks-gpu",
                                 "evidence-probe-gpu", "evidence-probe-gpu-decoded",
-                                "evidence-probe-gpu-x2"}
+                                "evidence-probe-gpu-x2", "evidence-probe-gpu-flow"}
     busy = tmp_path / "work"
     busy.mkdir()
     (busy / "stray").write_text("x")  # refused at once: nothing is built
@@ -183,7 +183,8 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert set(RECIPES) == {"shipped", "v3", "randomised", "randomised-gpu", "temporal", "evidence",
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
                             "evidence-probe-gpu", "evidence-probe-gpu-decoded",
-                            "evidence-probe", "evidence-probe-gpu-x2"}
+                            "evidence-probe", "evidence-probe-gpu-x2",
+                            "evidence-probe-gpu-flow"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -237,6 +238,16 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert dataclasses.replace(x2, probe_scale=1, version=probe_gpu.version) == probe_gpu
     assert all(RECIPES[r].get("probe_scale", 1) == 1 for r in RECIPES
                if r != "evidence-probe-gpu-x2")
+    flow = DemoConfig.recipe("evidence-probe-gpu-flow")  # that, two blood textures
+    assert (flow.train_flow_textures, probe_gpu.train_flow_textures) == (("waves", "advected"),
+                                                                         ())
+    assert dataclasses.replace(flow, train_flow_textures=(), version=probe_gpu.version) == \
+        probe_gpu and flow.version == "9.6"
+    assert all(not RECIPES[r].get("train_flow_textures") for r in RECIPES
+               if r != "evidence-probe-gpu-flow")
+    with pytest.raises(ConfigError, match="train_flow_textures must be among waves, advected, "
+                                          "got marbled"):
+        DemoConfig(train_flow_textures=("waves", "marbled"))
     for bad in (0, 1.5):
         with pytest.raises(ConfigError, match="probe_scale must be a whole number"):
             DemoConfig(probe_scale=bad)
@@ -308,6 +319,36 @@ def test_a_build_stops_only_after_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="stop_after must be one of 'trained', 'clip'"):
         build_demo(tmp_path / "work", DemoConfig(), tmp_path / "dest", stop_after="evaluated")
     assert not (tmp_path / "work").exists()  # refused before anything was made
+
+
+def test_the_training_looks_draw_both_blood_textures_and_held_out_sets_never(
+        tmp_path: Path, monkeypatch) -> None:
+    """``train_flow_textures``: every set of the training looks (training, the probe's,
+    validation, bleeding-free validation) gets ``--flow-textures``; the held-out, still-blood
+    and shifted sets keep their preset (the commands the build runs, recorded instead of
+    run); the demo README says so."""
+    import json
+
+    from amagi_plugin import demo_model
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo_model, "_cli", calls.append)
+    flow = demo_model.DemoConfig.recipe("evidence-probe-gpu-flow")
+    for i, domain in enumerate(("randomised", "randomised-static", "heldout", "static",
+                                "shifted")):
+        for cfg in (flow, demo_model.DemoConfig.recipe("shipped")):
+            assert demo_model._synth(tmp_path / f"{i}", 2, 5, 8.0, cfg, domain, "rawframes", 1, 1)
+            argv = calls.pop()
+            given = argv[argv.index("--flow-textures") + 1] if "--flow-textures" in argv else None
+            training_looks = domain in ("randomised", "randomised-static") and cfg is flow
+            assert given == ("waves,advected" if training_looks else None), (domain, cfg.version)
+    training = json.loads((demo_model.DEMO_DIR / "training.json").read_text())
+    manifest = json.loads((demo_model.DEMO_DIR / "model.json").read_text())
+    plain = demo_model.readme(manifest, training, "")
+    training["config"]["train_flow_textures"] = ["waves", "advected"]
+    text = demo_model.readme(manifest, training, "")
+    assert "--flow-textures" not in plain
+    assert "blood texture drawn from waves, advected (`--flow-textures waves,advected`" in text
 
 
 def test_a_finer_probe_draws_every_set_at_its_scale_and_trains_at_it(tmp_path: Path,
