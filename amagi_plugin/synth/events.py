@@ -116,10 +116,11 @@ def _advected(ev: SynthBleed, rho: np.ndarray, theta: np.ndarray, u: np.ndarray,
     arc = 1.5 * lam  # the angular coordinate's length scale
     radial = rho - 0.6 * ev.ripple_speed * t
     along = u - ev.ripple_speed * t
+    cos_t, sin_t = arc * np.cos(theta), 0.5 * arc * np.sin(theta)  # once, not once a wave
     total = np.zeros_like(rho)
     for kk, d, p in zip(k, direction, phase, strict=True):
         c, s = math.cos(d), math.sin(d)
-        pool = kk * (c * radial + s * arc * np.cos(theta)) + arc * kk * 0.5 * s * np.sin(theta)
+        pool = kk * (c * radial + s * cos_t) + kk * s * sin_t
         streak = kk * (c * along + s * v)
         total += np.sin(np.where(on_streak, streak, pool) + p)
     total = total / math.sqrt(_ADVECTED_WAVES / 2.0) + 0.5 * ripple_noise
@@ -166,20 +167,21 @@ def render_event(ev: SynthBleed, st: EventState, wx: np.ndarray, wy: np.ndarray,
 
     lam = ev.ripple_wavelength
     t = st.elapsed_s
-    phase_streak = 2.0 * math.pi * (u - ev.ripple_speed * t) / lam + 2.5 * ripple_noise
-    phase_pool = 2.0 * math.pi * (rho - 0.6 * ev.ripple_speed * t) / lam + 2.5 * ripple_noise
     on_streak = a_streak > a_pool
     sustained = ev.dynamics == "sustained"
     if ev.flow_texture == "advected":
         ripple = _advected(ev, rho, np.arctan2(dy, dx), u, v, on_streak, t, ripple_noise)
-    elif sustained:  # a second, slower and longer wave: the texture never repeats within a clip
-        lam2, v2 = 1.7 * lam, 0.55 * ev.ripple_speed * t
-        phase2 = np.where(on_streak, 2.0 * math.pi * (u - v2) / lam2,
-                          2.0 * math.pi * (rho - 0.6 * v2) / lam2) - 1.9 * ripple_noise
-        ripple = (0.5 + 0.25 * np.sin(np.where(on_streak, phase_streak, phase_pool))
-                  + 0.25 * np.sin(phase2))
-    else:
-        ripple = 0.5 + 0.5 * np.sin(np.where(on_streak, phase_streak, phase_pool))
+    else:  # waves: computed only here, not for the advected texture
+        phase_streak = 2.0 * math.pi * (u - ev.ripple_speed * t) / lam + 2.5 * ripple_noise
+        phase_pool = 2.0 * math.pi * (rho - 0.6 * ev.ripple_speed * t) / lam + 2.5 * ripple_noise
+        wave = np.sin(np.where(on_streak, phase_streak, phase_pool))
+        if sustained:  # a second, slower and longer wave: the texture never repeats in a clip
+            lam2, v2 = 1.7 * lam, 0.55 * ev.ripple_speed * t
+            phase2 = np.where(on_streak, 2.0 * math.pi * (u - v2) / lam2,
+                              2.0 * math.pi * (rho - 0.6 * v2) / lam2) - 1.9 * ripple_noise
+            ripple = 0.5 + 0.25 * wave + 0.25 * np.sin(phase2)
+        else:
+            ripple = 0.5 + 0.5 * wave
     fresh = np.asarray(ev.colour, np.float32)
     if st.active:
         near = np.exp(-rho / max(0.5 * st.radius, 1.0))
