@@ -449,6 +449,7 @@ class SceneRanges:
     distractor_kinds: tuple[str, ...] = ("gauze",)
     sustained: bool = False  # active bleeding keeps welling and flowing (BLEEDING_DYNAMICS)
     flow_textures: tuple[str, ...] = ("waves",)  # each case's blood texture (FLOW_TEXTURES)
+    pulse_free_probability: float = 0.0  # chance a blood but a spurt has no heartbeat
     # Opt-in per-case frame rate and size (the requested ones are the base values).
     video_format: VideoFormatRanges | None = None
 
@@ -466,7 +467,8 @@ class SceneRanges:
             raise SynthError(f"event_size must lie in (0, 0.5], got {self.event_size}")
         if self.event_duration_s[0] <= 0:
             raise SynthError("event_duration_s must be positive")
-        for name in ("fresh_looking_pool_probability", "bleeding_free_probability"):
+        for name in ("fresh_looking_pool_probability", "bleeding_free_probability",
+                     "pulse_free_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SynthError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         for name, allowed in (("forms", BLEEDING_FORMS), ("still_kinds", STILL_KINDS),
@@ -684,7 +686,7 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
     if any(getattr(ranges, f.name) != f.default for f in _RANDOMISATION):
         s2 = _Sampler(np.random.default_rng([seed, 7]), width, height, fps, n_frames, ranges)
         scene = _randomise(s2, scene, world_at, screen_of)
-    return _textured(scene, ranges.flow_textures)
+    return _pulse_free(_textured(scene, ranges.flow_textures), ranges.pulse_free_probability)
 
 
 def _textured(scene: SceneParams, kinds: tuple[str, ...]) -> SceneParams:
@@ -700,6 +702,13 @@ def _textured(scene: SceneParams, kinds: tuple[str, ...]) -> SceneParams:
         return dataclasses.replace(ev, flow_texture=kind,
                                    texture_seed=int(rng.integers(2**31)))
 
+    return _each_blood(scene, bleed)
+
+
+def _each_blood(scene: SceneParams, bleed) -> SceneParams:
+    """``scene`` with ``bleed`` applied to every blood in it, in a fixed order: the events,
+    then the still look-alikes, the instruments' and the gauze's stains."""
+
     def still(x: StillBlood | None) -> StillBlood | None:
         return None if x is None else dataclasses.replace(x, blood=bleed(x.blood))
 
@@ -709,6 +718,22 @@ def _textured(scene: SceneParams, kinds: tuple[str, ...]) -> SceneParams:
         instruments=tuple(dataclasses.replace(i, stain=still(i.stain))
                           for i in scene.instruments),
         gauze=tuple(dataclasses.replace(g, stain=still(g.stain)) for g in scene.gauze))
+
+
+def _pulse_free(scene: SceneParams, p: float) -> SceneParams:
+    """``scene`` where each blood but a spurt (events, still look-alikes, stains alike) has
+    no heartbeat with chance ``p``: its pool neither swells nor brightens with the pulse, as
+    venous ooze and a running stream do not; a spurt keeps its beat, which makes it one. Its
+    own stream: with ``p`` 0 nothing is drawn and the scene is unchanged."""
+    if not p:
+        return scene
+    rng = np.random.default_rng([scene.seed, 19])
+
+    def bleed(ev: SynthBleed) -> SynthBleed:
+        calm = rng.random() < p  # drawn for every blood, so one's draw never moves another's
+        return ev if ev.form == "spurt" or not calm else dataclasses.replace(ev, pulse_depth=0.0)
+
+    return _each_blood(scene, bleed)
 
 
 def _sample_events(s: _Sampler, world_at, screen_of, zoom: float) -> list[SynthBleed]:

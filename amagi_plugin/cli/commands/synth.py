@@ -99,6 +99,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="comma-separated blood textures each case draws one of: waves "
                    "(sinusoidal ripples, the presets' own) or advected (an irregular texture "
                    "carried with the flow); every blood of a case alike")
+    s.add_argument("--pulse-free", type=float, metavar="P", dest="pulse_free_probability",
+                   help="chance that a blood other than a spurt has no heartbeat (its pool "
+                   "neither swells nor brightens with the pulse), active and still alike")
     f = p.add_argument_group(
         "per-case video format (opt-in: --size and --fps become base values)")
     f.add_argument("--vary-format", action="store_true",
@@ -121,7 +124,8 @@ def _ranges(args: argparse.Namespace):
         raise InputError(f"unknown --domain {args.domain!r}; choose one of {', '.join(DOMAINS)}")
     overrides = {name: getattr(args, name) for name in
                  ("event_size", "event_duration_s", "events_per_minute", "camera_speed",
-                  "instruments", "pools", "smoke_per_minute", "fresh_looking_pool_probability")
+                  "instruments", "pools", "smoke_per_minute", "fresh_looking_pool_probability",
+                  "pulse_free_probability")
                  if getattr(args, name) is not None}
     for name in ("palettes", "flow_textures"):
         if getattr(args, name):
