@@ -182,6 +182,8 @@ def render_event(ev: SynthBleed, st: EventState, wx: np.ndarray, wy: np.ndarray,
             ripple = 0.5 + 0.25 * wave + 0.25 * np.sin(phase2)
         else:
             ripple = 0.5 + 0.5 * wave
+    if ev.texture_depth != 1.0:  # a fainter (or bolder) texture about the same mean
+        ripple = 0.5 + ev.texture_depth * (ripple - 0.5)
     fresh = np.asarray(ev.colour, np.float32)
     if st.active:
         near = np.exp(-rho / max(0.5 * st.radius, 1.0))

@@ -149,6 +149,8 @@ class SynthBleed:
     dynamics: str = "saturating"  # one of BLEEDING_DYNAMICS
     flow_texture: str = "waves"  # one of FLOW_TEXTURES
     texture_seed: int = 0  # its "advected" texture's own plane waves
+    #: the flow texture's contrast about its mean (1: the presets'; below 0.5 no glints)
+    texture_depth: float = 1.0
 
 
 #: How active bleeding looks over time (see :mod:`amagi_plugin.synth.events`): a pool spreading
@@ -449,7 +451,12 @@ class SceneRanges:
     distractor_kinds: tuple[str, ...] = ("gauze",)
     sustained: bool = False  # active bleeding keeps welling and flowing (BLEEDING_DYNAMICS)
     flow_textures: tuple[str, ...] = ("waves",)  # each case's blood texture (FLOW_TEXTURES)
-    pulse_free_probability: float = 0.0  # chance a blood but a spurt has no heartbeat
+    # Cue dropout, per blood (active and still alike): without a heartbeat (spurts keep
+    # theirs), with a texture that does not travel, with a fainter texture; what is left of
+    # active bleeding then is its growth and spread.
+    pulse_free_probability: float = 0.0
+    still_texture_probability: float = 0.0
+    texture_depth: tuple[float, float] = (1.0, 1.0)
     # Opt-in per-case frame rate and size (the requested ones are the base values).
     video_format: VideoFormatRanges | None = None
 
@@ -468,7 +475,7 @@ class SceneRanges:
         if self.event_duration_s[0] <= 0:
             raise SynthError("event_duration_s must be positive")
         for name in ("fresh_looking_pool_probability", "bleeding_free_probability",
-                     "pulse_free_probability"):
+                     "pulse_free_probability", "still_texture_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SynthError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         for name, allowed in (("forms", BLEEDING_FORMS), ("still_kinds", STILL_KINDS),
@@ -483,6 +490,10 @@ class SceneRanges:
             lo, hi = getattr(self, name)
             if lo < 0 or hi < lo:
                 raise SynthError(f"{name} must be a range 0 <= low <= high, got ({lo}, {hi})")
+        lo, hi = self.texture_depth
+        if not 0.0 <= lo <= hi <= 2.0:
+            raise SynthError(f"texture_depth must be a range 0 <= low <= high <= 2, "
+                             f"got ({lo}, {hi})")
         if not 0.0 <= self.palette_jitter <= 0.3 or self.saturation_scale[0] <= 0:
             raise SynthError("palette_jitter must lie in [0, 0.3] and saturation_scale be "
                              "positive")
@@ -686,7 +697,7 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
     if any(getattr(ranges, f.name) != f.default for f in _RANDOMISATION):
         s2 = _Sampler(np.random.default_rng([seed, 7]), width, height, fps, n_frames, ranges)
         scene = _randomise(s2, scene, world_at, screen_of)
-    return _pulse_free(_textured(scene, ranges.flow_textures), ranges.pulse_free_probability)
+    return _cue_dropout(_textured(scene, ranges.flow_textures), ranges)
 
 
 def _textured(scene: SceneParams, kinds: tuple[str, ...]) -> SceneParams:
@@ -720,18 +731,31 @@ def _each_blood(scene: SceneParams, bleed) -> SceneParams:
         gauze=tuple(dataclasses.replace(g, stain=still(g.stain)) for g in scene.gauze))
 
 
-def _pulse_free(scene: SceneParams, p: float) -> SceneParams:
-    """``scene`` where each blood but a spurt (events, still look-alikes, stains alike) has
-    no heartbeat with chance ``p``: its pool neither swells nor brightens with the pulse, as
-    venous ooze and a running stream do not; a spurt keeps its beat, which makes it one. Its
-    own stream: with ``p`` 0 nothing is drawn and the scene is unchanged."""
-    if not p:
+def _cue_dropout(scene: SceneParams, r: SceneRanges) -> SceneParams:
+    """``scene`` with some of each blood's temporal cues taken away, per blood and for active
+    and still blood alike (so one frame still does not tell them apart): with chance
+    ``r.pulse_free_probability`` no heartbeat (its pool neither swells nor brightens with the
+    pulse, as venous ooze and a running stream; a spurt keeps its beat, which makes it one),
+    with chance ``r.still_texture_probability`` a texture that does not travel (no ripples
+    or glints moving out of the source or down the stream), and a texture contrast drawn from
+    ``r.texture_depth``. What always stays of active bleeding is its growth and spread. Its
+    own stream: with the defaults nothing is drawn and the scene is unchanged."""
+    if (not r.pulse_free_probability and not r.still_texture_probability
+            and r.texture_depth == (1.0, 1.0)):
         return scene
     rng = np.random.default_rng([scene.seed, 19])
 
     def bleed(ev: SynthBleed) -> SynthBleed:
-        calm = rng.random() < p  # drawn for every blood, so one's draw never moves another's
-        return ev if ev.form == "spurt" or not calm else dataclasses.replace(ev, pulse_depth=0.0)
+        # all three drawn for every blood, so one's draws never move another's
+        calm, still, depth = rng.random(), rng.random(), rng.uniform(*r.texture_depth)
+        changes: dict[str, float] = {}
+        if calm < r.pulse_free_probability and ev.form != "spurt":
+            changes["pulse_depth"] = 0.0
+        if still < r.still_texture_probability:
+            changes["ripple_speed"] = 0.0
+        if r.texture_depth != (1.0, 1.0):
+            changes["texture_depth"] = round(float(depth), 4)
+        return dataclasses.replace(ev, **changes) if changes else ev
 
     return _each_blood(scene, bleed)
 

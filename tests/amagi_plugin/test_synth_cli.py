@@ -171,6 +171,8 @@ def test_refuses_to_overwrite_and_rejects_bad_options(dataset, tmp_path):
     assert code == ExitCode.USAGE and "flow_textures must be among waves, advected" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--pulse-free", "1.5")
     assert code == ExitCode.USAGE and "pulse_free_probability must lie in [0, 1]" in err
+    code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--texture-depth", "0.5,0.2")
+    assert code == ExitCode.USAGE and "texture_depth must be a range" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--domain", "nowhere")
     assert code == ExitCode.BAD_INPUT and "domain" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--frames-from", "decoded")

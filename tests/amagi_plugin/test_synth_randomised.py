@@ -128,15 +128,20 @@ def check_premise(pairs) -> None:
     """The premise on ``(renderer, frame)`` pairs of :func:`_twins`: at that frame the active
     blood and its look-alike show the same colour statistics pooled over the pairs (means
     within 6 of 255, spreads within 15 %), and over 0.7 s only the active one changes."""
-    active_px, still_px = [], []
+    pairs = list(pairs)
+    same_colour_statistics([r.render(k) for r, k in pairs])
     for r, k in pairs:
-        f = r.render(k)
-        assert f.active.sum() > 100 and f.negative.sum() > 100
-        active_px.append(f.rgb[f.active].astype(float))
-        still_px.append(f.rgb[f.negative].astype(float))
         d_active, d_still = _clip_change(r, k)
         assert d_active > 3 * d_still and d_active > 5.0
-    a_rgb, s_rgb = np.concatenate(active_px), np.concatenate(still_px)
+
+
+def same_colour_statistics(frames) -> None:
+    """Active blood and its look-alikes pooled over rendered ``frames``: means within 6 of
+    255, spreads within 15 %."""
+    for f in frames:
+        assert f.active.sum() > 100 and f.negative.sum() > 100
+    a_rgb = np.concatenate([f.rgb[f.active].astype(float) for f in frames])
+    s_rgb = np.concatenate([f.rgb[f.negative].astype(float) for f in frames])
     assert np.abs(a_rgb.mean(0) - s_rgb.mean(0)).max() < 6.0
     assert (np.abs(a_rgb.std(0) - s_rgb.std(0)) < 0.15 * a_rgb.std(0)).all()
 

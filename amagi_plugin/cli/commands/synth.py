@@ -102,6 +102,13 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     s.add_argument("--pulse-free", type=float, metavar="P", dest="pulse_free_probability",
                    help="chance that a blood other than a spurt has no heartbeat (its pool "
                    "neither swells nor brightens with the pulse), active and still alike")
+    s.add_argument("--still-texture", type=float, metavar="P",
+                   dest="still_texture_probability",
+                   help="chance that a blood's surface texture does not travel with the flow "
+                   "(ripples and glints stay put), active and still alike")
+    s.add_argument("--texture-depth", type=_range, metavar="LOW,HIGH",
+                   help="range of each blood's texture contrast (1: the presets'; below 0.5 "
+                   "no glints), active and still alike")
     f = p.add_argument_group(
         "per-case video format (opt-in: --size and --fps become base values)")
     f.add_argument("--vary-format", action="store_true",
@@ -125,7 +132,7 @@ def _ranges(args: argparse.Namespace):
     overrides = {name: getattr(args, name) for name in
                  ("event_size", "event_duration_s", "events_per_minute", "camera_speed",
                   "instruments", "pools", "smoke_per_minute", "fresh_looking_pool_probability",
-                  "pulse_free_probability")
+                  "pulse_free_probability", "still_texture_probability", "texture_depth")
                  if getattr(args, name) is not None}
     for name in ("palettes", "flow_textures"):
         if getattr(args, name):
