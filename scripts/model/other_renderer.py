@@ -33,13 +33,16 @@ Run: ``python scripts/model/other_renderer.py OUT [--cases 6] [--still-cases 3]
 (e.g. ``-- --model-dir DIR`` for a candidate model folder). ``--render-only`` writes the
 videos and ``truth.json`` without analysing them; ``--masks DIR`` also writes each case as
 an ``amagi synth``-like folder (its video, active-bleeding masks once a second,
-``labels.json``) for ``scripts/model/probe_at_source.py DIR``.
+``labels.json``) for ``scripts/model/probe_at_source.py DIR``. ``--drawing NAME=VALUE,...``
+moves one factor of the blood's drawing towards ``amagi synth``'s (:class:`Drawing`), for an
+ablation of what a model misses here.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -83,6 +86,54 @@ def hsv(h: float, s: float, v: float) -> torch.Tensor:
     return torch.tensor([r + v - c, g + v - c, b + v - c])
 
 
+@dataclass(frozen=True)
+class Drawing:
+    """How this renderer draws its blood, active and still alike; the defaults are its own.
+    Each field moves one factor towards ``amagi synth``'s blood, so that an ablation can ask
+    which difference makes a model miss this renderer's bleeding (``--drawing
+    NAME=VALUE,...``; ``models/weights/demo/heldout-looks/README.md``, session 50)."""
+
+    growth: str = "sqrt"  # the pool's radius over its active period: sqrt (area ∝ time) or linear
+    rim: str = "hard"  # the pool's edge: hard (1.5 px) or soft (a fifth of its radius)
+    texture_gain: float = 0.16  # the texture's brightness per unit of its noise (std 1)
+    glints: bool = True  # hard-edged glints where the texture peaks
+    texture_speed: float = 1.0  # the texture's travel, a multiple of each bleed's own speed
+    pulse: str = "spurt"  # which bleeding beats with the heart: spurts only, or all forms
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("growth", ("sqrt", "linear")), ("rim", ("hard", "soft")),
+                              ("pulse", ("spurt", "all"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"drawing {name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.texture_gain < 0 or self.texture_speed < 0:
+            raise ValueError("drawing texture_gain and texture_speed must be >= 0")
+
+    @classmethod
+    def parse(cls, text: str) -> Drawing:
+        """``NAME=VALUE,...`` (e.g. ``pulse=all,texture_speed=0``)."""
+        values: dict[str, object] = {}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for item in filter(None, (x.strip() for x in text.split(","))):
+            name, eq, value = item.partition("=")
+            if not eq or name not in types:
+                raise ValueError(f"drawing: expected NAME=VALUE with NAME one of "
+                                 f"{', '.join(types)}, got {item!r}")
+            kind = types[name]
+            if kind == "bool":
+                if value not in ("0", "1", "true", "false"):
+                    raise ValueError(f"drawing {name} must be 0 or 1, got {value!r}")
+                values[name] = value in ("1", "true")
+            elif kind == "float":
+                try:
+                    values[name] = float(value)
+                except ValueError as e:
+                    raise ValueError(f"drawing {name} must be a number, got {value!r}") from e
+            else:
+                values[name] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+
 @dataclass
 class Bleed:
     """One active bleeding on the canvas: where, how, when (seconds)."""
@@ -99,25 +150,34 @@ class Bleed:
     speed: float  # texture travel, pixels a second
     pulse_hz: float
     texture: torch.Tensor = field(repr=False)  # its own noise, for boundary and flow
+    drawing: Drawing = field(default_factory=Drawing)
 
     def alpha_and_shade(self, ys: torch.Tensor, xs: torch.Tensor, t: float
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Coverage in [0, 1] and a brightness factor at canvas points ``(ys, xs)`` at time
         ``t`` (frozen at ``end`` afterwards: what a bleeding leaves is still)."""
+        d = self.drawing
         tau = min(max(t - self.start, 0.0), self.end - self.start)
         frac = (tau + 0.3) / (self.end - self.start + 0.3)
         dx, dy = xs - self.cx, ys - self.cy
         th = self.texture.shape[0]
         pulse = 1.0
+        beating = self.start <= t < self.end and d.pulse == "all" and self.form != "spurt"
         if self.form == "spurt":
             pulse = 1 + 0.18 * math.sin(2 * math.pi * self.pulse_hz * tau)
-        radius = self.radius * math.sqrt(frac) * pulse
+        elif beating:  # a gentler beat, as amagi synth's ooze: the pool swells a little
+            pulse = 1 + 0.06 * math.sin(2 * math.pi * self.pulse_hz * tau)
+        radius = self.radius * (math.sqrt(frac) if d.growth == "sqrt" else frac) * pulse
         # the boundary wobbles with the bleed's own noise, fixed to the canvas
         iy = ((ys - self.cy) * 0.5 + th / 2).long().clamp(0, th - 1)
         ix = ((xs - self.cx) * 0.5 + th / 2).long().clamp(0, th - 1)
         wobble = 0.22 * self.texture[iy, ix]
         rho = torch.sqrt(dx * dx + dy * dy)
-        pool = ((1 + wobble) - rho / max(radius, 0.5)).mul(radius / 1.5).clamp(0, 1)
+        if d.rim == "hard":
+            pool = ((1 + wobble) - rho / max(radius, 0.5)).mul(radius / 1.5).clamp(0, 1)
+        else:  # a translucent rim a fifth of the radius wide
+            soft = max(1.5, 0.2 * radius)
+            pool = (((1 + wobble) * radius - rho) / soft + 0.5).clamp(0, 1)
         alpha = pool
         ux, uy = math.cos(self.angle), math.sin(self.angle)
         along, across = dx * ux + dy * uy, -dx * uy + dy * ux
@@ -129,15 +189,22 @@ class Bleed:
             body = body * (along > -2)
             alpha = torch.maximum(alpha, body)
         # flowing texture: sampled where the blood was `tau` seconds ago
+        speed = self.speed * d.texture_speed
         if self.form == "stream":
-            sx, sy = along - self.speed * tau, across
+            sx, sy = along - speed * tau, across
         else:  # welling: rings of texture travel outwards from the source
-            sx, sy = torch.atan2(dy, dx) * (th / (2 * math.pi)) * 2, rho - self.speed * tau
+            sx, sy = torch.atan2(dy, dx) * (th / (2 * math.pi)) * 2, rho - speed * tau
         jy = (sy * 0.5 + th / 2).long() % th
         jx = (sx * 0.5 + th / 2).long() % th
         flow = self.texture.flip(0)[jy, jx]
         # glints where the texture peaks: they move with it, and stop when ``tau`` does
-        shade = 1 + 0.16 * flow + 0.5 * (flow > 1.9)
+        shade = 1 + d.texture_gain * flow
+        if d.glints:
+            shade = shade + 0.5 * (flow > 1.9)
+        if beating:  # and brightens near its source with each beat
+            near = torch.exp(-rho / max(0.5 * radius, 1.0))
+            shade = shade * (1 + 0.15 * (1 + math.sin(2 * math.pi * self.pulse_hz * tau))
+                             * near)
         return alpha, shade
 
 
@@ -183,8 +250,9 @@ def _schedule(rng: np.random.Generator, seconds: float) -> list[tuple[float, flo
 
 
 def make_case(name: str, seed: int, seconds: float, size: tuple[int, int],
-              bleeding: bool) -> Case:
-    """Draw one case's scene from ``seed`` (deterministic)."""
+              bleeding: bool, drawing: Drawing = Drawing()) -> Case:
+    """Draw one case's scene from ``seed`` (deterministic); its blood drawn as ``drawing``
+    says (the scene itself does not depend on it)."""
     rng = np.random.default_rng(seed)
     w, h = size
     cw, ch = int(w * MARGIN), int(h * MARGIN)
@@ -218,7 +286,7 @@ def make_case(name: str, seed: int, seconds: float, size: tuple[int, int],
                      float(rng.uniform(0.3, 0.7) * ch), radius, float(rng.uniform(0, 2 * math.pi)),
                      float(rng.uniform(12, 35) * scale), float(rng.uniform(1.0, 2.5) * scale),
                      float(rng.uniform(6, 16) * scale), float(rng.uniform(1.0, 1.6)),
-                     noise(rng, 256, 256, (8, 16, 32, 64), 0.7))
+                     noise(rng, 256, 256, (8, 16, 32, 64), 0.7), drawing)
 
     pools = int(rng.integers(1, 4)) + (0 if bleeding else 2)
     for _ in range(pools):  # still pools: a bleed's look, frozen from the start
@@ -433,6 +501,13 @@ def score(truth: dict[str, list[tuple[float, float]]], pred: dict[str, list[tupl
             "bleeding_free_minutes": round(free_h * 60, 2)}
 
 
+def _drawing(text: str) -> Drawing:
+    try:
+        return Drawing.parse(text)
+    except ValueError as e:  # argparse shows this message, not its own
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """The script's own arguments, and everything after ``--`` as ``extra``."""
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -449,6 +524,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="also write each case as an amagi synth-like folder under DIR: its "
                     "video, active-bleeding masks once a second and labels.json (for "
                     "scripts/model/probe_at_source.py DIR)")
+    ap.add_argument("--drawing", type=_drawing, default=Drawing(), metavar="NAME=VALUE,...",
+                    help="draw the blood with one factor moved towards amagi synth's, for an "
+                    "ablation: growth=linear, rim=soft, texture_gain=0.35, glints=0, "
+                    "texture_speed=0, pulse=all (defaults: this renderer's own)")
     ap.add_argument("--reuse", action="store_true",
                     help="read analyses already in OUT again instead of rerunning them")
     args = ap.parse_args(argv[:cut])
@@ -465,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
              + [(f"still{k:02d}", False) for k in range(args.still_cases)])
     truth, pred, seconds, highest, forms, traces = {}, {}, {}, {}, {}, {}
     for k, (name, bleeding) in enumerate(names):
-        case = make_case(name, args.seed * 1000 + k, args.seconds, args.size, bleeding)
+        case = make_case(name, args.seed * 1000 + k, args.seconds, args.size, bleeding,
+                         args.drawing)
         video = args.out / f"{name}.mp4"
         if not video.exists():
             encode_video(render(case), video.with_suffix(".part.mp4"), FPS, crf=23)

@@ -5,6 +5,7 @@ its cases written as a set are read by scripts/model/probe_at_source.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -157,6 +158,63 @@ def test_probe_at_source_reads_another_renderers_cases(r, tmp_path, capsys) -> N
     forms = {b.form for b in r.make_case("bleed00", 0, 20.0, (160, 128), True).bleeds}
     assert any(line.startswith("|") and line.split("|")[1].strip() in forms
                for line in lines), lines
+
+
+def _ooze(r, drawing):
+    case = r.make_case("c", 11, 30.0, (640, 512), True, drawing)
+    b = case.bleeds[0]
+    b.form, b.radius = "ooze", 60.0  # 15 px at the model's scale
+    return b
+
+
+def test_each_drawing_factor_does_what_it_names_and_the_default_is_the_renderers_own(r
+                                                                                    ) -> None:
+    """``--drawing``: every factor changes the blood in its own way, the scene (places,
+    times, sizes) stays the one the seed draws, and the default draws as before (the same
+    coverage and shade as a Drawing built field by field from the defaults)."""
+    D = r.Drawing
+    base = _ooze(r, D())
+    ys, xs = _grid(base, 90.0)
+    mid = (base.start + base.end) / 2
+    times = [base.start + 0.3 * i for i in range(int((base.end - base.start) / 0.3))]
+
+    other = _ooze(r, D(pulse="all"))
+    assert other.drawing == D(pulse="all") and torch.equal(other.texture, base.texture)
+    assert dataclasses.replace(other, drawing=D(), texture=None) == dataclasses.replace(
+        base, texture=None)
+
+    def draw(drawing, t):
+        return dataclasses.replace(base, drawing=drawing).alpha_and_shade(ys, xs, t)
+
+    a0, s0 = draw(D(), mid)
+    a1, s1 = draw(D.parse("growth=sqrt,rim=hard,texture_gain=0.16,glints=1,texture_speed=1,"
+                          "pulse=spurt"), mid)
+    assert torch.equal(a0, a1) and torch.equal(s0, s1)
+    # a soft rim: many more partly covered pixels
+    soft, _ = draw(D(rim="soft"), mid)
+    part = ((a0 > 0.05) & (a0 < 0.95)).sum(), ((soft > 0.05) & (soft < 0.95)).sum()
+    assert part[1] > 3 * part[0]
+    # linear growth: smaller early, the same at the end
+    early = base.start + 0.2 * (base.end - base.start)
+    assert draw(D(growth="linear"), early)[0].sum() < 0.7 * draw(D(), early)[0].sum()
+    assert torch.allclose(draw(D(growth="linear"), base.end)[0], draw(D(), base.end)[0])
+    # a still texture: the shade inside the pool stays put while it grows
+    _, still_a = draw(D(texture_speed=0.0), mid)
+    cover, still_b = draw(D(texture_speed=0.0), mid + 0.2)
+    inside = (cover > 0.99) & (draw(D(texture_speed=0.0), mid)[0] > 0.99)
+    assert torch.equal(still_a[inside], still_b[inside])
+    # gain and glints: the shade's spread, and its peaks
+    assert s0[a0 > 0.99].std() < 0.6 * draw(D(texture_gain=0.35), mid)[1][a0 > 0.99].std()
+    flat = draw(D(glints=False), mid)[1]
+    assert s0.max() > 1.45 and flat.max() < 1 + 0.16 * 3.5
+    # pulse=all: the ooze's area swells and falls back about its growth while active
+    ratio = [draw(D(pulse="all"), t)[0].sum() / draw(D(), t)[0].sum() for t in times]
+    assert max(ratio) - min(ratio) > 0.05
+    after = draw(D(pulse="all"), base.end + 1.0), draw(D(), base.end + 1.0)
+    assert torch.equal(after[0][0], after[1][0]) and torch.equal(after[0][1], after[1][1])
+    for bad in ("pulse=some", "rim", "colour=blue", "texture_gain=x", "glints=2"):
+        with pytest.raises(ValueError, match="drawing"):
+            D.parse(bad)
 
 
 def test_a_video_too_short_for_any_bleeding_is_refused(r) -> None:
