@@ -86,10 +86,6 @@ class DemoConfig:
     # the blood textures the training-look sets (training, the probe's, validation and the
     # refiner's) draw each case's from (amagi synth --flow-textures); () = the preset's own
     train_flow_textures: tuple[str, ...] = ()
-    # cue dropout in the training-look sets: the chance each blood loses its heartbeat and,
-    # apart, its texture's travel, its texture's contrast then drawn from 0.2-1 (amagi synth
-    # --pulse-free P --still-texture P --texture-depth 0.2,1); 0 = every blood beats and flows
-    train_cue_dropout: float = 0.0
     size: tuple[int, int] = (160, 128)
     fps: float = 30.0
     clip_stride: int = 12
@@ -196,9 +192,6 @@ class DemoConfig:
         if unknown := [t for t in self.train_flow_textures if t not in FLOW_TEXTURES]:
             raise ConfigError(f"train_flow_textures must be among {', '.join(FLOW_TEXTURES)}, "
                               f"got {', '.join(unknown)}")
-        if not 0.0 <= self.train_cue_dropout <= 1.0:
-            raise ConfigError(f"train_cue_dropout must lie in [0, 1], got "
-                              f"{self.train_cue_dropout}")
         if self.probe_seeds < 1:
             raise ConfigError(f"probe_seeds must be at least 1, got {self.probe_seeds}")
         if not (isinstance(self.probe_scale, int) and self.probe_scale >= 1):
@@ -350,14 +343,6 @@ _PROBE_GPU_X2: dict[str, Any] = {**_PROBE_GPU, "probe_scale": 2, "version": "9.5
 #: textures. For the next GPU build.
 _PROBE_GPU_FLOW: dict[str, Any] = {**_PROBE_GPU, "train_flow_textures": ("waves", "advected"),
                                    "version": "9.6"}
-#: ``evidence-probe-gpu-flow`` with cue dropout in the training looks: half of the blood
-#: (active and still alike) has no heartbeat, half a texture that does not travel, all a
-#: texture contrast of 0.2-1, so that growth and spread alone must tell active bleeding
-#: (``amagi synth --pulse-free 0.5 --still-texture 0.5 --texture-depth 0.2,1``). Session 50
-#: (models/weights/demo/heldout-looks/README.md) found the bundled probe recognising
-#: pulsing or strongly textured flowing blood, not a pool that grows. For the next GPU build.
-_PROBE_GPU_CUES: dict[str, Any] = {**_PROBE_GPU_FLOW, "train_cue_dropout": 0.5,
-                                   "version": "9.7"}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": _PROBE_GPU,
     "v3": {},
@@ -373,7 +358,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence-probe-gpu-decoded": {**_PROBE_GPU, "train_frames_from": "video", "version": "9.4"},
     "evidence-probe-gpu-x2": _PROBE_GPU_X2,
     "evidence-probe-gpu-flow": _PROBE_GPU_FLOW,
-    "evidence-probe-gpu-cues": _PROBE_GPU_CUES,
 }
 
 #: The recipes sized for a GPU (the whole of :data:`_GPU_BUDGET`): on 2 CPU cores they take
@@ -396,8 +380,7 @@ RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe-gpu, 9.3: me
                "trained on frames decoded from each case's H.264 video; evidence-probe-gpu-x2: "
                "evidence-probe-gpu with the probe at twice the model's scale (measured no "
                "better); evidence-probe-gpu-flow: evidence-probe-gpu whose training looks draw "
-               "two blood textures (waves, advected); evidence-probe-gpu-cues: that, with cue "
-               "dropout (blood without heartbeat or travelling texture, fainter texture)")
+               "two blood textures (waves, advected)")
 
 
 def _cli(argv: list[str]) -> None:
@@ -411,17 +394,13 @@ def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, 
            formats: str, per_patient: int, jobs: int, frames_from: str = "render") -> bool:
     """Generate a data set unless it is already there; True if it was generated now. A set
     of the training looks (``cfg.train_domain`` or ``randomised-static``) draws its blood
-    textures from ``cfg.train_flow_textures`` and drops cues with ``cfg.train_cue_dropout``
-    when given; a held-out set never does."""
+    textures from ``cfg.train_flow_textures`` when given; a held-out set never does."""
     if (root / "cases.json").is_file():
         log.info("reusing %s", root)
         return False
-    looks = domain in (cfg.train_domain, "randomised-static")
     textures = (["--flow-textures", ",".join(cfg.train_flow_textures)]
-                if cfg.train_flow_textures and looks else [])
-    if cfg.train_cue_dropout and looks:
-        p = f"{cfg.train_cue_dropout:g}"
-        textures += ["--pulse-free", p, "--still-texture", p, "--texture-depth", "0.2,1"]
+                if cfg.train_flow_textures and domain in (cfg.train_domain, "randomised-static")
+                else [])
     _cli(["synth", "-od", str(root), "--cases", str(cases), "--seed", str(seed),
           "--duration-s", str(duration), "--size", "x".join(map(str, cfg.render_size)),
           "--fps", str(cfg.fps), "--formats", formats, "--clip-stride", str(cfg.clip_stride),
@@ -905,11 +884,7 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         + (f"; each case's blood texture drawn from "
            f"{', '.join(cfg['train_flow_textures'])} "
            f"(`--flow-textures {','.join(cfg['train_flow_textures'])}`, as every set of the "
-           "training looks)" if cfg.get("train_flow_textures") else "")
-        + (f"; cue dropout {cfg['train_cue_dropout']:g} (`--pulse-free "
-           f"{cfg['train_cue_dropout']:g} --still-texture {cfg['train_cue_dropout']:g} "
-           "--texture-depth 0.2,1`: blood without a heartbeat, with a texture that does not "
-           "travel, fainter, active and still alike)" if cfg.get("train_cue_dropout") else ""),
+           "training looks)" if cfg.get("train_flow_textures") else ""),
         f"- held-out evaluation: `amagi synth --seed {ev['seed']} --domain {ev['domain']}`, "
         f"{ev['cases']} cases × {ev['duration_s']:g} s: "
         + _HELDOUT_TEXT.get(ev["domain"], "other seeds and scene ranges")

@@ -152,8 +152,7 @@ def test_a_gpu_sized_recipe_on_the_cpu_is_warned_about(tmp_path: Path, capfd) ->
 
     assert set(GPU_RECIPES) == {"shipped", "randomised-gpu", "evidence-peaks-gpu",
                                 "evidence-probe-gpu", "evidence-probe-gpu-decoded",
-                                "evidence-probe-gpu-x2", "evidence-probe-gpu-flow",
-                                "evidence-probe-gpu-cues"}
+                                "evidence-probe-gpu-x2", "evidence-probe-gpu-flow"}
     busy = tmp_path / "work"
     busy.mkdir()
     (busy / "stray").write_text("x")  # refused at once: nothing is built
@@ -185,7 +184,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
                             "evidence-probe-gpu", "evidence-probe-gpu-decoded",
                             "evidence-probe", "evidence-probe-gpu-x2",
-                            "evidence-probe-gpu-flow", "evidence-probe-gpu-cues"}
+                            "evidence-probe-gpu-flow"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -245,16 +244,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
     assert dataclasses.replace(flow, train_flow_textures=(), version=probe_gpu.version) == \
         probe_gpu and flow.version == "9.6"
     assert all(not RECIPES[r].get("train_flow_textures") for r in RECIPES
-               if r not in ("evidence-probe-gpu-flow", "evidence-probe-gpu-cues"))
-    cues = DemoConfig.recipe("evidence-probe-gpu-cues")  # that, with cue dropout
-    assert (cues.train_cue_dropout, flow.train_cue_dropout) == (0.5, 0.0)
-    assert dataclasses.replace(cues, train_cue_dropout=0.0, version=flow.version) == flow \
-        and cues.version == "9.7"
-    assert all(not RECIPES[r].get("train_cue_dropout") for r in RECIPES
-               if r != "evidence-probe-gpu-cues")
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ConfigError, match="train_cue_dropout must lie in"):
-            DemoConfig(train_cue_dropout=bad)
+               if r != "evidence-probe-gpu-flow")
     with pytest.raises(ConfigError, match="train_flow_textures must be among waves, advected, "
                                           "got marbled"):
         DemoConfig(train_flow_textures=("waves", "marbled"))
@@ -331,12 +321,12 @@ def test_a_build_stops_only_after_training(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()  # refused before anything was made
 
 
-def test_the_training_looks_draw_both_blood_textures_and_drop_cues_held_out_sets_never(
+def test_the_training_looks_draw_both_blood_textures_and_held_out_sets_never(
         tmp_path: Path, monkeypatch) -> None:
-    """``train_flow_textures`` and ``train_cue_dropout``: every set of the training looks
-    (training, the probe's, validation, bleeding-free validation) gets ``--flow-textures``
-    and the cue-dropout options; the held-out, still-blood and shifted sets keep their
-    preset (the commands the build runs, recorded instead of run); the demo README says so."""
+    """``train_flow_textures``: every set of the training looks (training, the probe's,
+    validation, bleeding-free validation) gets ``--flow-textures``; the held-out, still-blood
+    and shifted sets keep their preset (the commands the build runs, recorded instead of
+    run); the demo README says so."""
     import json
 
     from amagi_plugin import demo_model
@@ -344,24 +334,14 @@ def test_the_training_looks_draw_both_blood_textures_and_drop_cues_held_out_sets
     calls: list[list[str]] = []
     monkeypatch.setattr(demo_model, "_cli", calls.append)
     flow = demo_model.DemoConfig.recipe("evidence-probe-gpu-flow")
-    cues = demo_model.DemoConfig.recipe("evidence-probe-gpu-cues")
-
-    def option(argv: list[str], name: str) -> str | None:
-        return argv[argv.index(name) + 1] if name in argv else None
-
     for i, domain in enumerate(("randomised", "randomised-static", "heldout", "static",
                                 "shifted")):
-        for j, cfg in enumerate((flow, cues, demo_model.DemoConfig.recipe("shipped"))):
-            assert demo_model._synth(tmp_path / f"{i}{j}", 2, 5, 8.0, cfg, domain, "rawframes",
-                                     1, 1)
+        for cfg in (flow, demo_model.DemoConfig.recipe("shipped")):
+            assert demo_model._synth(tmp_path / f"{i}", 2, 5, 8.0, cfg, domain, "rawframes", 1, 1)
             argv = calls.pop()
-            training_looks = domain in ("randomised", "randomised-static")
-            assert option(argv, "--flow-textures") == (
-                "waves,advected" if training_looks and cfg in (flow, cues) else None), domain
-            dropped = training_looks and cfg is cues
-            assert [option(argv, o) for o in ("--pulse-free", "--still-texture",
-                                              "--texture-depth")] == (
-                ["0.5", "0.5", "0.2,1"] if dropped else [None] * 3), (domain, cfg.version)
+            given = argv[argv.index("--flow-textures") + 1] if "--flow-textures" in argv else None
+            training_looks = domain in ("randomised", "randomised-static") and cfg is flow
+            assert given == ("waves,advected" if training_looks else None), (domain, cfg.version)
     training = json.loads((demo_model.DEMO_DIR / "training.json").read_text())
     manifest = json.loads((demo_model.DEMO_DIR / "model.json").read_text())
     plain = demo_model.readme(manifest, training, "")
@@ -369,10 +349,6 @@ def test_the_training_looks_draw_both_blood_textures_and_drop_cues_held_out_sets
     text = demo_model.readme(manifest, training, "")
     assert "--flow-textures" not in plain
     assert "blood texture drawn from waves, advected (`--flow-textures waves,advected`" in text
-    assert "cue dropout" not in plain and "cue dropout" not in text
-    training["config"]["train_cue_dropout"] = 0.5
-    assert "cue dropout 0.5 (`--pulse-free 0.5 --still-texture 0.5 --texture-depth 0.2,1`" \
-        in demo_model.readme(manifest, training, "")
 
 
 def test_a_finer_probe_draws_every_set_at_its_scale_and_trains_at_it(tmp_path: Path,
