@@ -162,11 +162,12 @@ class Bleed:
         dx, dy = xs - self.cx, ys - self.cy
         th = self.texture.shape[0]
         pulse = 1.0
+        beat = math.sin(2 * math.pi * self.pulse_hz * tau)
         beating = self.start <= t < self.end and d.pulse == "all" and self.form != "spurt"
         if self.form == "spurt":
-            pulse = 1 + 0.18 * math.sin(2 * math.pi * self.pulse_hz * tau)
+            pulse = 1 + 0.18 * beat
         elif beating:  # a gentler beat, as amagi synth's ooze: the pool swells a little
-            pulse = 1 + 0.06 * math.sin(2 * math.pi * self.pulse_hz * tau)
+            pulse = 1 + 0.06 * beat
         radius = self.radius * (math.sqrt(frac) if d.growth == "sqrt" else frac) * pulse
         # the boundary wobbles with the bleed's own noise, fixed to the canvas
         iy = ((ys - self.cy) * 0.5 + th / 2).long().clamp(0, th - 1)
@@ -203,8 +204,7 @@ class Bleed:
             shade = shade + 0.5 * (flow > 1.9)
         if beating:  # and brightens near its source with each beat
             near = torch.exp(-rho / max(0.5 * radius, 1.0))
-            shade = shade * (1 + 0.15 * (1 + math.sin(2 * math.pi * self.pulse_hz * tau))
-                             * near)
+            shade = shade * (1 + 0.15 * (1 + beat) * near)
         return alpha, shade
 
 

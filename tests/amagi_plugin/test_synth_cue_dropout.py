@@ -24,7 +24,7 @@ from tests.amagi_plugin.test_synth_randomised import SIZE, _twins, same_colour_s
 HELDOUT = DOMAINS["heldout"]  # the one preset with spurts
 
 
-def _calm(p: float, still: float = 0.0, depth: tuple[float, float] = (1.0, 1.0)
+def _dropout(p: float, still: float = 0.0, depth: tuple[float, float] = (1.0, 1.0)
           ) -> SceneRanges:
     return dataclasses.replace(HELDOUT, pulse_free_probability=p,
                                still_texture_probability=still, texture_depth=depth)
@@ -44,9 +44,9 @@ def test_off_by_default_and_full_dropout_touches_only_the_cues() -> None:
     spurts = 0
     for seed in range(6):
         plain = sample_scene(seed, duration_s=30.0, ranges="heldout", **SIZE)
-        assert dataclasses.replace(sample_scene(seed, duration_s=30.0, ranges=_calm(0.0),
+        assert dataclasses.replace(sample_scene(seed, duration_s=30.0, ranges=_dropout(0.0),
                                                 **SIZE), domain="heldout") == plain
-        bare = sample_scene(seed, duration_s=30.0, ranges=_calm(1.0, 1.0, (0.3, 0.3)), **SIZE)
+        bare = sample_scene(seed, duration_s=30.0, ranges=_dropout(1.0, 1.0, (0.3, 0.3)), **SIZE)
         for a, b in zip(_bleeds(plain), _bleeds(bare), strict=True):
             assert a.pulse_depth > 0 and a.ripple_speed > 0 and a.texture_depth == 1.0
             spurts += a.form == "spurt"
@@ -62,7 +62,7 @@ def test_off_by_default_and_full_dropout_touches_only_the_cues() -> None:
 def test_drawn_per_blood_both_ways_and_back_from_json() -> None:
     draws = []
     for seed in range(8):
-        scene = sample_scene(seed, duration_s=30.0, ranges=_calm(0.5, 0.5, (0.2, 0.9)),
+        scene = sample_scene(seed, duration_s=30.0, ranges=_dropout(0.5, 0.5, (0.2, 0.9)),
                              **SIZE)
         draws += [(b.pulse_depth == 0.0, b.ripple_speed == 0.0, b.texture_depth)
                   for b in _bleeds(scene) if b.form != "spurt"]
