@@ -88,8 +88,10 @@ def claim_due(session: Session, claim_s: float, *, now: datetime | None = None,
         raise ValueError(f"claim_s must be greater than 0, got {claim_s!r}")
     if session.in_transaction():
         raise RuntimeError("claim_due needs a session without an open transaction")
-    now = now or utcnow()
     session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+    # The time is read once the write lock is held: a transaction that owed deliveries and
+    # committed while this one waited for the lock has them all due, none left for later.
+    now = now or utcnow()
     try:
         ids = list(session.scalars(
             sa.select(Delivery.id)

@@ -30,6 +30,7 @@ from db import Database, LeaseLostError
 from db.deliveries import schedule_delivery
 from db.queue import ClaimedJob, claim_next, complete, fail, heartbeat
 from db.records import latest_report, record_object, record_run
+from db.schema import utcnow
 from dicom_io.results import InstanceRef
 from dicom_io.sopclasses import (
     COMPREHENSIVE_3D_SR,
@@ -285,13 +286,14 @@ class Worker(threading.Thread):
                             "arch": self.spec.arch, "bf16": opts.bf16, "fast": opts.fast},
                 timings={k: round(v, 3) for k, v in result.timings.items()},
                 started_at=started, finished_at=datetime.now(timezone.utc))
+            owed_at = utcnow()  # one time for all: a sender takes the run's objects together
             for ref in outcome.dicom_objects:
                 obj = record_object(s, run.id, kind=_KINDS[ref.sop_class_uid],
                                     sop_class_uid=ref.sop_class_uid,
                                     sop_instance_uid=ref.sop_instance_uid, path=str(ref.path),
                                     series_instance_uid=ref.series_instance_uid)
                 for dest in self.destinations:
-                    schedule_delivery(s, obj.id, dest)
+                    schedule_delivery(s, obj.id, dest, now=owed_at)
             complete(s, job.job_id, self.ident_name)
 
     def _count(self, name: str, value: float = 1.0, **labels: str) -> None:

@@ -205,6 +205,10 @@ def test_orthanc_commitment_report_on_a_new_association_is_recorded(service, tmp
             what="Orthanc's commitment report recorded")
         assert {c for c, _ in commitments()} == {"committed"}
         assert len({tx for _, tx in commitments()}) == 1  # one request for the five
+        with svc.database.session() as s:  # owed at one time: one sender's claim takes all
+            from db.schema import Delivery
+
+            assert len({d.created_at for d in s.query(Delivery)}) == 1
         # The report came on Orthanc's own association (here even before the request had
         # stopped waiting for it on ours).
         wait_until(lambda: any("awaiting its report on a new association" in r.getMessage()

@@ -112,3 +112,31 @@ def test_two_processes_never_send_the_same_delivery(database, db_url):
     with database.session() as s:
         rows = s.query(db.schema.Delivery).all()
         assert {(r.state, r.attempts) for r in rows} == {(db.DeliveryState.SENT, 1)}
+
+
+def test_a_claim_that_waited_for_the_write_lock_takes_what_was_owed_meanwhile(tmp_path):
+    """SQLite: a sender whose claim waits while a worker records a run's objects (the worker
+    holds the write lock) takes all of them once the worker commits, not only those owed
+    before the claim began waiting (the run's objects would go in two associations)."""
+    import threading
+
+    database = db.open_database(f"sqlite:///{tmp_path / 'amagi.db'}")
+    ids = build_cohort(database)
+    claimed: list[deliveries.DueDelivery] = []
+    with database.session(write=True) as s:  # the worker's transaction: the lock is held
+        run_id = s.query(AnalysisRun).filter_by(job_id=ids["A"]).one().id
+        def send() -> None:
+            with database.raw_session() as own:
+                claimed.extend(deliveries.claim_due(own, 30))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(0.5)  # the sender is waiting for the lock
+        for i in range(3):  # owed now, after the sender began to wait
+            obj = records.record_object(s, run_id, kind="sr", sop_class_uid="1.2.3",
+                                        sop_instance_uid=f"2.25.{i + 1}", path=f"/r/{i}.dcm")
+            deliveries.schedule_delivery(s, obj.id, DEST)
+    sender.join(30)
+    assert not sender.is_alive()
+    assert [d.sop_instance_uid for d in claimed] == ["2.25.1", "2.25.2", "2.25.3"]
+    database.dispose()
