@@ -31,6 +31,11 @@ class CameraMotion:
         ``θ(t)`` in radians.
     shake_amplitude, shake_hz
         Small fast hand tremor in world pixels, frequency in Hz.
+    wobble_amplitude, wobble_hz, wobble_angle, wobble_ratio, wobble_phase
+        Breathing (and the heartbeat carried by tissue): the view sways back and forth along
+        direction ``wobble_angle`` (radians) by ``wobble_amplitude`` world pixels at
+        ``wobble_hz``, and across it by ``wobble_ratio`` times that a quarter period later
+        (an ellipse). None by default: still blood then sways as well as the camera pans.
     """
 
     pan_amplitude: tuple[float, float] = (0.0, 0.0)
@@ -45,6 +50,11 @@ class CameraMotion:
     rotation_phase: float = 0.0
     shake_amplitude: float = 0.0
     shake_hz: float = 1.3
+    wobble_amplitude: float = 0.0
+    wobble_hz: float = 0.3
+    wobble_angle: float = 0.0
+    wobble_ratio: float = 0.0
+    wobble_phase: float = 0.0
 
     def pose(self, t: float, centre: tuple[float, float]) -> tuple[float, float, float, float]:
         """World centre ``(cx, cy)``, zoom and rotation (radians) at time ``t`` seconds."""
@@ -58,6 +68,12 @@ class CameraMotion:
         if s:
             cx += s * math.sin(self.shake_hz * tau + p[1] * 3.1)
             cy += s * math.sin(self.shake_hz * 1.37 * tau + p[3] * 2.3)
+        if self.wobble_amplitude:
+            a = self.wobble_hz * tau + self.wobble_phase
+            along, across = math.sin(a), self.wobble_ratio * math.cos(a)
+            ca, sa = math.cos(self.wobble_angle), math.sin(self.wobble_angle)
+            cx += self.wobble_amplitude * (ca * along - sa * across)
+            cy += self.wobble_amplitude * (sa * along + ca * across)
         zoom = self.zoom_base * math.exp(self.zoom_amplitude
                                          * math.sin(self.zoom_hz * tau + self.zoom_phase))
         theta = self.rotation_amplitude * math.sin(self.rotation_hz * tau + self.rotation_phase)
@@ -67,8 +83,9 @@ class CameraMotion:
         """Half-size (x, y) in world pixels of the canvas region any view can see."""
         zmax = self.zoom_base * math.exp(abs(self.zoom_amplitude))
         half_diag = 0.5 * math.hypot(width, height)
-        hx = abs(self.pan_amplitude[0]) + self.shake_amplitude + zmax * half_diag
-        hy = abs(self.pan_amplitude[1]) + self.shake_amplitude + zmax * half_diag
+        sway = abs(self.wobble_amplitude) * math.hypot(1.0, self.wobble_ratio)
+        hx = abs(self.pan_amplitude[0]) + self.shake_amplitude + sway + zmax * half_diag
+        hy = abs(self.pan_amplitude[1]) + self.shake_amplitude + sway + zmax * half_diag
         return hx, hy
 
 

@@ -457,6 +457,9 @@ class SceneRanges:
     pulse_free_probability: float = 0.0
     still_texture_probability: float = 0.0
     texture_depth: tuple[float, float] = (1.0, 1.0)
+    # Breathing: each case's view sways back and forth by a share of its short side drawn
+    # from this range (none: (0, 0)), at 0.15-1.2 Hz (CameraMotion.wobble_*).
+    wobble: tuple[float, float] = (0.0, 0.0)
     # Opt-in per-case frame rate and size (the requested ones are the base values).
     video_format: VideoFormatRanges | None = None
 
@@ -494,6 +497,10 @@ class SceneRanges:
         if not 0.0 <= lo <= hi <= 2.0:
             raise SynthError(f"texture_depth must be a range 0 <= low <= high <= 2, "
                              f"got ({lo}, {hi})")
+        lo, hi = self.wobble
+        if not 0.0 <= lo <= hi <= 0.1:
+            raise SynthError(f"wobble must be a range 0 <= low <= high <= 0.1 (a share of the "
+                             f"short side), got ({lo}, {hi})")
         if not 0.0 <= self.palette_jitter <= 0.3 or self.saturation_scale[0] <= 0:
             raise SynthError("palette_jitter must lie in [0, 0.3] and saturation_scale be "
                              "positive")
@@ -630,6 +637,7 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
         rotation_phase=s.u(0, 2 * math.pi),
         shake_amplitude=speed * s.u(0.0, 0.006) * s.side, shake_hz=s.u(0.8, 2.0),
     )
+    camera = _wobbling(camera, ranges.wobble, seed, s.side)
     hx, hy = camera.max_extent(width, height)
     margin = 8
     canvas = (math.ceil(2 * hx) + 2 * margin, math.ceil(2 * hy) + 2 * margin)
@@ -698,6 +706,25 @@ def sample_scene(seed: int, *, width: int = 224, height: int = 224, fps: float =
         s2 = _Sampler(np.random.default_rng([seed, 7]), width, height, fps, n_frames, ranges)
         scene = _randomise(s2, scene, world_at, screen_of)
     return _cue_dropout(_textured(scene, ranges.flow_textures), ranges)
+
+
+def _wobbling(camera: CameraMotion, wobble: tuple[float, float], seed: int, side: int
+              ) -> CameraMotion:
+    """``camera`` swaying as with breathing (:class:`~amagi_plugin.synth.camera.CameraMotion`'s
+    ``wobble_*``): an amplitude of ``wobble`` × ``side`` pixels at 0.15-1.2 Hz (breathing up
+    to a heartbeat carried by tissue), along a random direction, across it by up to half that.
+    The world and everything in it sway alike: blood that does not flow still does not grow.
+    Its own stream: with ``(0, 0)`` nothing is drawn and the camera is unchanged."""
+    if wobble == (0.0, 0.0):
+        return camera
+    rng = np.random.default_rng([seed, 23])
+    amp, hz, angle, ratio, phase = (rng.uniform(*wobble), rng.uniform(0.15, 1.2),
+                                    rng.uniform(0, math.pi), rng.uniform(0.0, 0.5),
+                                    rng.uniform(0, 2 * math.pi))
+    return dataclasses.replace(
+        camera, wobble_amplitude=round(float(amp) * side, 4), wobble_hz=round(float(hz), 4),
+        wobble_angle=round(float(angle), 4), wobble_ratio=round(float(ratio), 4),
+        wobble_phase=round(float(phase), 4))
 
 
 def _textured(scene: SceneParams, kinds: tuple[str, ...]) -> SceneParams:

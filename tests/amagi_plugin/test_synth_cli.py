@@ -173,6 +173,9 @@ def test_refuses_to_overwrite_and_rejects_bad_options(dataset, tmp_path):
     assert code == ExitCode.USAGE and "pulse_free_probability must lie in [0, 1]" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--texture-depth", "0.5,0.2")
     assert code == ExitCode.USAGE and "texture_depth must be a range" in err
+    for bad in ("0.03,0.01", "0.05,0.2"):
+        code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--wobble", bad)
+        assert code == ExitCode.USAGE and "wobble must be a range" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--domain", "nowhere")
     assert code == ExitCode.BAD_INPUT and "domain" in err
     code, _, err = _run(tmp_path, "-od", "x", *ARGS, "--frames-from", "decoded")

@@ -109,6 +109,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     s.add_argument("--texture-depth", type=_range, metavar="LOW,HIGH",
                    help="range of each blood's texture contrast (1: the presets'; below 0.5 "
                    "no glints), active and still alike")
+    s.add_argument("--wobble", type=_range, metavar="LOW,HIGH",
+                   help="range of each case's breathing sway, a share of the short side "
+                   "(0.02: 2.6 px at 128): the view swings back and forth at 0.15-1.2 Hz, "
+                   "still blood with it (default: none)")
     f = p.add_argument_group(
         "per-case video format (opt-in: --size and --fps become base values)")
     f.add_argument("--vary-format", action="store_true",
@@ -132,7 +136,8 @@ def _ranges(args: argparse.Namespace):
     overrides = {name: getattr(args, name) for name in
                  ("event_size", "event_duration_s", "events_per_minute", "camera_speed",
                   "instruments", "pools", "smoke_per_minute", "fresh_looking_pool_probability",
-                  "pulse_free_probability", "still_texture_probability", "texture_depth")
+                  "pulse_free_probability", "still_texture_probability", "texture_depth",
+                  "wobble")
                  if getattr(args, name) is not None}
     for name in ("palettes", "flow_textures"):
         if getattr(args, name):

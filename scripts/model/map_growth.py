@@ -1,0 +1,190 @@
+"""Does the segmentation map itself grow where blood flows, whoever drew the video?
+
+The bundled probe reads pixels and has learned mainly the flicker of ``amagi synth``'s active
+blood (a heartbeat, a travelling ripple; session 50 of
+``models/weights/demo/heldout-looks/README.md``); another renderer's welling blood, which
+does not flicker, it hardly recognises. Growth, blood covering more tissue from one moment to
+the next, is the cue no renderer can leave out. This measures it as the model already sees
+it: at each masked frame ``t`` of ``amagi synth`` sets (or ``scripts/model/other_renderer.py
+--masks`` sets), the model's segmentation net maps each of ``--frames`` frames ``--step-s``
+apart around ``t`` (as analysis maps an instant), and in a ``--side`` × ``--side`` square
+(map pixels) the map's mass is compared early and late in that span:
+
+- ``net``: the late frames' mass minus the early frames' (map pixels; a third of the frames
+  each), blood gained in the square;
+- ``rel``: ``net`` over the square's largest mass in the span (+1), growth as a share;
+- ``new``: the mass that appears (the late mean above the early mean, summed), blood
+  arriving whatever leaves.
+
+Each is read at the bleeding's source (the mask pixel nearest its centroid) on frames with
+active bleeding, and at the map's ``candidates`` highest peaks at ``t`` (the places the
+probe is given; an instant's score is the highest over its places) on every masked frame.
+Printed per set: the frames, the share whose source lies inside the map (the centre crop),
+the mean at the source, and the frame AUROC of each statistic at the places (active frames
+against frames where nothing is active, within the set and, with ``--negatives``, against
+those sets' frames too), and at the source against the places of frames with nothing active.
+
+Run: ``python scripts/model/map_growth.py NAME=DIR [NAME=DIR ...] [--negatives NAME ...]
+[--model-dir DIR] [--frames 8] [--step-s 0.2] [--side 16] [--threads 1] [--json OUT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amagi_plugin.evaluation.metrics import auroc
+from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
+from amagi_plugin.pipeline import AnalysisOptions
+from amagi_plugin.probe_training import mask_at_scale
+from amagi_plugin.probing import map_peaks, probe_frames
+from amagi_plugin.runtime import load_analyzer
+from dicom_io.video import open_video
+from models.patchnet import PatchNetConfig
+from models.training.augment import short_side_shape
+
+STATS = ("net", "rel", "new")
+
+
+def growth(maps: torch.Tensor, y: int, x: int, side: int) -> dict[str, float]:
+    """The statistics of the module docstring for maps ``(T, S, S)`` in the ``side`` square
+    centred on map pixel ``(y, x)`` (clipped to the map)."""
+    t, h, w = maps.shape
+    ya, xa = max(0, y - side // 2), max(0, x - side // 2)
+    sq = maps[:, ya:min(h, ya + side), xa:min(w, xa + side)].double()
+    third = max(1, t // 3)
+    early, late = sq[:third].mean(0), sq[-third:].mean(0)
+    net = float(late.sum() - early.sum())
+    return {"net": net, "rel": net / (float(sq.sum((1, 2)).max()) + 1.0),
+            "new": float((late - early).clamp(min=0).sum())}
+
+
+def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int) -> list[dict]:
+    """One row per masked frame of ``case``: ``active`` (any bleeding in its mask), the
+    statistics at the source (active frames whose source lies in the map) and their highest
+    over the map's peaks at the frame."""
+    probe = analyzer.probe
+    geo = probe.geometry
+    labels = json.loads((case / "labels.json").read_text())
+    masked = list(labels.get("masks") or [])
+    if not masked:
+        return []
+    video = open_video(case / "video.dcm" if (case / "video.dcm").exists() else
+                       case / "video.mp4")
+    schedule = analyzer.schedule_for(video)
+    n, fps = video.frame_count, video.fps
+
+    def window(i: int) -> list[int]:
+        return schedule.window(i, analyzer.seg_frames)
+
+    targets = [int(m["frame"]) for m in masked]
+    spans = {t: probe_frames(t, n, fps, cfg) for t in targets}
+    mapped = sorted({f for s in spans.values() for f in s})
+    wanted = sorted({w for f in mapped for w in window(f)})
+    frames = {i: geo.frame(rgb) for i, _t, rgb in video.frames(wanted[0], wanted[-1] + 1,
+                                                                 wanted=wanted)}
+    maps: dict[int, torch.Tensor] = {}
+    with torch.inference_mode():
+        for k in range(0, len(mapped), 32):
+            batch = mapped[k:k + 32]
+            x = torch.stack([torch.cat([geo.map_input(frames[w]) for w in window(f)])
+                             for f in batch])
+            maps.update(zip(batch, probe.segment(x.to(probe.device)).cpu(), strict=True))
+    shape = frames[targets[0]].shape[-2:]
+    model_shape = short_side_shape(*shape, geo.size)
+    oy, ox = geo.offset(model_shape)
+    rows = []
+    for m, t in zip(masked, targets, strict=True):
+        stack = torch.stack([maps[f] for f in spans[t]])
+        peaks = map_peaks(maps[t], probe.cfg.candidates)
+        at_places = [growth(stack, y, x, side) for y, x, _v in peaks]
+        row = {"case": case.name, "frame": t,
+               "places": {s: max((g[s] for g in at_places), default=0.0) for s in STATS}}
+        mask = mask_at_scale(case / m["mask"], model_shape)
+        row["active"] = bool(mask.any())
+        if mask.any():
+            ys, xs = np.nonzero(mask)
+            j = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+            sy, sx = int(ys[j]) - oy, int(xs[j]) - ox
+            if 0 <= sy < geo.size and 0 <= sx < geo.size:
+                row["source"] = growth(stack, sy, sx, side)
+        rows.append(row)
+    return rows
+
+
+def summary(rows: Sequence[dict], negatives: Sequence[dict]) -> dict:
+    """The per-set figures of the module docstring."""
+    active = [r for r in rows if r["active"]]
+    idle = [r for r in rows if not r["active"]] + list(negatives)
+    at_source = [r for r in active if "source" in r]
+    out: dict = {"active": len(active), "idle": len(idle),
+                 "in_map": round(len(at_source) / len(active), 3) if active else None}
+    for s in STATS:
+        neg = [r["places"][s] for r in idle]
+        pos_p = [r["places"][s] for r in active]
+        pos_s = [r["source"][s] for r in at_source]
+        out[s] = {"source_mean": round(float(np.mean(pos_s)), 3) if pos_s else None,
+                  "idle_places_mean": round(float(np.mean(neg)), 3) if neg else None,
+                  "auroc_places": _auc(pos_p, neg), "auroc_source": _auc(pos_s, neg)}
+    return out
+
+
+def _auc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
+    if not pos or not neg:
+        return None
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    a = auroc(y.astype(int).tolist(), np.r_[pos, neg].tolist())
+    return None if a is None else round(float(a), 3)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sets", nargs="+", help="NAME=DIR: amagi synth sets (labels, masks, video)")
+    ap.add_argument("--negatives", nargs="*", default=[],
+                    help="names of sets whose frames join every set's idle frames")
+    ap.add_argument("--model-dir", type=Path, default=DEMO_DIR)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--step-s", type=float, default=0.2)
+    ap.add_argument("--side", type=int, default=16, help="square side, map pixels")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows and figures")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sets = dict(s.split("=", 1) for s in args.sets)
+    if unknown := set(args.negatives) - set(sets):
+        ap.error(f"--negatives names no set: {sorted(unknown)}")
+    specs = [s for s in model_dir_specs(args.model_dir)[0] if s.probe]
+    if not specs:
+        print(f"error: {args.model_dir}/model.json names no probe", file=sys.stderr)
+        return 2
+    analyzer = load_analyzer(specs[-1], AnalysisOptions())
+    cfg = PatchNetConfig(frames=args.frames, step_s=args.step_s)
+    rows = {name: [r for case in sorted(p.parent for p in Path(d).glob("*/labels.json"))
+                   for r in measure(analyzer, case, cfg, args.side)]
+            for name, d in sets.items()}
+    neg = [r for name in args.negatives for r in rows[name]]
+    figures = {name: summary(rs, [] if name in args.negatives else neg)
+               for name, rs in rows.items()}
+    print(f"| set | active | idle | in map | stat | at source | idle at places | "
+          f"AUROC places | AUROC source |\n|---|---|---|---|---|---|---|---|---|")
+    for name, f in figures.items():
+        for s in STATS:
+            print(f"| {name} | {f['active']} | {f['idle']} | {f['in_map']} | {s} | "
+                  f"{f[s]['source_mean']} | {f[s]['idle_places_mean']} | "
+                  f"{f[s]['auroc_places']} | {f[s]['auroc_source']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json),
+                                                                 "model_dir": str(args.model_dir)},
+                                         "figures": figures, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
