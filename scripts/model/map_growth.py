@@ -172,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     neg = [r for name in args.negatives for r in rows[name]]
     figures = {name: summary(rs, [] if name in args.negatives else neg)
                for name, rs in rows.items()}
-    print(f"| set | active | idle | in map | stat | at source | idle at places | "
-          f"AUROC places | AUROC source |\n|---|---|---|---|---|---|---|---|---|")
+    print("| set | active | idle | in map | stat | at source | idle at places | "
+          "AUROC places | AUROC source |\n|---|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
         for s in STATS:
             print(f"| {name} | {f['active']} | {f['idle']} | {f['in_map']} | {s} | "
