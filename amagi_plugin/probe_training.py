@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ from models.patchnet import PatchNet, PatchNetConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MARGIN", "NEAR", "after_end_frames", "extract_neighbourhoods", "mask_at_scale",
-           "probe_analyzer"]
+__all__ = ["MARGIN", "NEAR", "MaskedCase", "after_end_frames", "extract_neighbourhoods",
+           "mask_at_scale", "probe_analyzer", "source_point"]
 
 MARGIN = 4  # extracted side = crop + MARGIN (room for the random crop)
 NEAR = 8  # px: map peaks this close to bleeding but not on it are left out
@@ -188,6 +189,44 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
     log.info("extracted %d neighbourhoods (%d positive) from %d cases", len(ys), sum(ys),
              len(cases))
     return np.concatenate(xs), np.array(ys, np.uint8), summary
+
+
+@dataclass(frozen=True)
+class MaskedCase:
+    """A case folder's masked frames opened for analysis by ``analyzer``: its ``labels.json``
+    (``masks``: the masked frames), its video (``video.dcm``, or ``video.mp4`` as
+    ``scripts/model/other_renderer.py --masks`` writes it) and the segmenter's frames around
+    a frame (:meth:`window`)."""
+
+    labels: dict[str, Any]
+    masked: list[dict[str, Any]]
+    video: Any
+    schedule: ClipSchedule
+    seg_frames: int
+
+    @classmethod
+    def open(cls, analyzer: BleedingAnalyzer, case: Path) -> MaskedCase | None:
+        """``case`` opened, or None when it has no masked frame."""
+        from dicom_io.video import open_video
+
+        labels = json.loads((case / "labels.json").read_text())
+        masked = list(labels.get("masks") or [])
+        if not masked:
+            return None
+        video = open_video(case / "video.dcm" if (case / "video.dcm").exists() else
+                           case / "video.mp4")
+        return cls(labels, masked, video, analyzer.schedule_for(video), analyzer.seg_frames)
+
+    def window(self, i: int) -> list[int]:
+        return self.schedule.window(i, self.seg_frames)
+
+
+def source_point(mask: np.ndarray) -> tuple[int, int]:
+    """The mask pixel nearest the mask's centroid (on the bleeding even when it is a ring
+    or a bent stream)."""
+    ys, xs = np.nonzero(mask)
+    j = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+    return int(ys[j]), int(xs[j])
 
 
 def mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -42,10 +42,9 @@ import torch
 from amagi_plugin.evaluation.metrics import auroc
 from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
 from amagi_plugin.pipeline import AnalysisOptions
-from amagi_plugin.probe_training import mask_at_scale
+from amagi_plugin.probe_training import MaskedCase, mask_at_scale, source_point
 from amagi_plugin.probing import map_peaks, probe_frames
 from amagi_plugin.runtime import load_analyzer
-from dicom_io.video import open_video
 from models.patchnet import PatchNetConfig
 from models.training.augment import short_side_shape
 
@@ -71,18 +70,11 @@ def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int) -> list[dict]:
     over the map's peaks at the frame."""
     probe = analyzer.probe
     geo = probe.geometry
-    labels = json.loads((case / "labels.json").read_text())
-    masked = list(labels.get("masks") or [])
-    if not masked:
+    opened = MaskedCase.open(analyzer, case)
+    if opened is None:
         return []
-    video = open_video(case / "video.dcm" if (case / "video.dcm").exists() else
-                       case / "video.mp4")
-    schedule = analyzer.schedule_for(video)
+    masked, video, window = opened.masked, opened.video, opened.window
     n, fps = video.frame_count, video.fps
-
-    def window(i: int) -> list[int]:
-        return schedule.window(i, analyzer.seg_frames)
-
     targets = [int(m["frame"]) for m in masked]
     spans = {t: probe_frames(t, n, fps, cfg) for t in targets}
     mapped = sorted({f for s in spans.values() for f in s})
@@ -109,9 +101,8 @@ def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int) -> list[dict]:
         mask = mask_at_scale(case / m["mask"], model_shape)
         row["active"] = bool(mask.any())
         if mask.any():
-            ys, xs = np.nonzero(mask)
-            j = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-            sy, sx = int(ys[j]) - oy, int(xs[j]) - ox
+            y, x = source_point(mask)
+            sy, sx = y - oy, x - ox
             if 0 <= sy < geo.size and 0 <= sx < geo.size:
                 row["source"] = growth(stack, sy, sx, side)
         rows.append(row)

@@ -29,7 +29,6 @@ bundled demo model by default; a ``model.json`` folder whose model has a probe).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,23 +38,14 @@ import torch
 
 from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
-from amagi_plugin.probe_training import mask_at_scale
+from amagi_plugin.probe_training import MaskedCase, mask_at_scale, source_point
 from amagi_plugin.probing import probe_frames
 from amagi_plugin.runtime import load_analyzer
-from dicom_io.video import open_video
 from models.training.augment import short_side_shape
 
 #: visible-size bins (pixels at the model's scale), lower bounds inclusive
 BINS = ((1, 10), (11, 30), (31, 100), (101, None))
 NEAR_PX = 3
-
-
-def source_point(mask: np.ndarray) -> tuple[int, int]:
-    """The mask pixel nearest the mask's centroid (on the bleeding even when it is a ring
-    or a bent stream)."""
-    ys, xs = np.nonzero(mask)
-    j = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-    return int(ys[j]), int(xs[j])
 
 
 def near(mask: np.ndarray, places: Iterable[tuple[int, int]], px: int = NEAR_PX) -> bool:
@@ -77,18 +67,11 @@ def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
     ``hit`` and ``at_source`` are ``None``)."""
     probe = analyzer.probe
     geo = probe.geometry  # the probe's frames (finer than the map for a --scale probe)
-    labels = json.loads((case / "labels.json").read_text())
-    masked = list(labels.get("masks") or [])
-    if not masked:
+    opened = MaskedCase.open(analyzer, case)
+    if opened is None:
         return []
-    video = open_video(case / "video.dcm" if (case / "video.dcm").exists() else
-                       case / "video.mp4")
-    schedule = analyzer.schedule_for(video)
+    labels, masked, video, window = opened.labels, opened.masked, opened.video, opened.window
     n, fps = video.frame_count, video.fps
-
-    def window(i: int) -> list[int]:
-        return schedule.window(i, analyzer.seg_frames)
-
     events = labels.get("events") or []
 
     def form_at(frame: int) -> str | None:

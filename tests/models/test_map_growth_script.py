@@ -49,17 +49,6 @@ def test_summary_ranks_active_frames_against_idle_ones_and_the_negative_sets() -
     assert mg.summary([row(False, 1.0)], [])["net"]["auroc_places"] is None
 
 
-@pytest.fixture(scope="module")
-def looks(tmp_path_factory) -> Path:
-    from amagi_plugin.synth import OutputOptions, generate_dataset
-
-    root = tmp_path_factory.mktemp("map_growth") / "looks"
-    generate_dataset(root, n_cases=1, seed=5, width=160, height=128, fps=10.0,
-                     duration_s=8.0, ranges="heldout", options=OutputOptions(
-                         formats=("dicom",), mask_every=5))
-    return root
-
-
 def test_every_masked_frame_is_read_through_the_bundled_model(looks: Path, tmp_path,
                                                               capsys) -> None:
     labels = json.loads(next(looks.glob("*/labels.json")).read_text())

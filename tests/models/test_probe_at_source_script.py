@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.models._scripts import load_script
 
@@ -55,17 +54,6 @@ def test_the_form_table_pools_the_active_frames_by_the_bleeding_under_way() -> N
     assert lines[2:] == ["| ooze | 2 | 0.50 | 0.70 | 0.20 | 0.20 |",
                          "| spurt | 1 | 1.00 | 0.90 | 0.90 | 0.90 |",
                          "| unknown | 1 | 1.00 | 0.40 | 0.40 | 0.40 |"]
-
-
-@pytest.fixture(scope="module")
-def looks(tmp_path_factory) -> Path:
-    from amagi_plugin.synth import OutputOptions, generate_dataset
-
-    root = tmp_path_factory.mktemp("probe_at_source") / "looks"
-    generate_dataset(root, n_cases=1, seed=5, width=160, height=128, fps=10.0,
-                     duration_s=8.0, ranges="heldout", options=OutputOptions(
-                         formats=("dicom",), mask_every=5))
-    return root
 
 
 def test_every_masked_frame_is_read_through_the_bundled_probe(looks: Path, capsys) -> None:
