@@ -86,9 +86,6 @@ class DemoConfig:
     # the blood textures the training-look sets (training, the probe's, validation and the
     # refiner's) draw each case's from (amagi synth --flow-textures); () = the preset's own
     train_flow_textures: tuple[str, ...] = ()
-    # the breathing sway of the training-look sets' views, a share of the short side (amagi
-    # synth --wobble); (0, 0) = none, the preset's own
-    train_wobble: tuple[float, float] = (0.0, 0.0)
     size: tuple[int, int] = (160, 128)
     fps: float = 30.0
     clip_stride: int = 12
@@ -195,10 +192,6 @@ class DemoConfig:
         if unknown := [t for t in self.train_flow_textures if t not in FLOW_TEXTURES]:
             raise ConfigError(f"train_flow_textures must be among {', '.join(FLOW_TEXTURES)}, "
                               f"got {', '.join(unknown)}")
-        lo, hi = self.train_wobble
-        if not 0.0 <= lo <= hi <= 0.1:
-            raise ConfigError(f"train_wobble must be a range 0 <= low <= high <= 0.1, got "
-                              f"{self.train_wobble}")
         if self.probe_seeds < 1:
             raise ConfigError(f"probe_seeds must be at least 1, got {self.probe_seeds}")
         if not (isinstance(self.probe_scale, int) and self.probe_scale >= 1):
@@ -350,15 +343,6 @@ _PROBE_GPU_X2: dict[str, Any] = {**_PROBE_GPU, "probe_scale": 2, "version": "9.5
 #: textures. For the next GPU build.
 _PROBE_GPU_FLOW: dict[str, Any] = {**_PROBE_GPU, "train_flow_textures": ("waves", "advected"),
                                    "version": "9.6"}
-#: ``evidence-probe-gpu`` whose training-look sets sway as with breathing (``amagi synth
-#: --wobble 0.005,0.03``: 0.6-3.8 pixels at 0.15-1.2 Hz at the demo's scale). Session 51
-#: (models/weights/demo/heldout-looks/README.md): the bundled 9.3 marks still blood that
-#: sways with the view as bleeding (on the held-out looks drawn again with that sway, frame
-#: precision 0.77 -> 0.44, duration error 76 % -> 111 %, an alarm in 3 minutes of still
-#: blood); a probe trained with half its cases swaying took part of that back (precision
-#: 0.60, duration error 45 %, no alarm). Every network of this recipe learns from swaying
-#: views. For the next GPU build.
-_PROBE_GPU_SWAY: dict[str, Any] = {**_PROBE_GPU, "train_wobble": (0.005, 0.03), "version": "9.7"}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": _PROBE_GPU,
     "v3": {},
@@ -374,7 +358,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence-probe-gpu-decoded": {**_PROBE_GPU, "train_frames_from": "video", "version": "9.4"},
     "evidence-probe-gpu-x2": _PROBE_GPU_X2,
     "evidence-probe-gpu-flow": _PROBE_GPU_FLOW,
-    "evidence-probe-gpu-sway": _PROBE_GPU_SWAY,
 }
 
 #: The recipes sized for a GPU (the whole of :data:`_GPU_BUDGET`): on 2 CPU cores they take
@@ -397,8 +380,7 @@ RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe-gpu, 9.3: me
                "trained on frames decoded from each case's H.264 video; evidence-probe-gpu-x2: "
                "evidence-probe-gpu with the probe at twice the model's scale (measured no "
                "better); evidence-probe-gpu-flow: evidence-probe-gpu whose training looks draw "
-               "two blood textures (waves, advected); evidence-probe-gpu-sway: "
-               "evidence-probe-gpu whose training looks sway as with breathing")
+               "two blood textures (waves, advected)")
 
 
 def _cli(argv: list[str]) -> None:
@@ -412,16 +394,13 @@ def _synth(root: Path, cases: int, seed: int, duration: float, cfg: DemoConfig, 
            formats: str, per_patient: int, jobs: int, frames_from: str = "render") -> bool:
     """Generate a data set unless it is already there; True if it was generated now. A set
     of the training looks (``cfg.train_domain`` or ``randomised-static``) draws its blood
-    textures from ``cfg.train_flow_textures`` and sways by ``cfg.train_wobble`` when given; a
-    held-out set never does."""
+    textures from ``cfg.train_flow_textures`` when given; a held-out set never does."""
     if (root / "cases.json").is_file():
         log.info("reusing %s", root)
         return False
-    training_look = domain in (cfg.train_domain, "randomised-static")
     textures = (["--flow-textures", ",".join(cfg.train_flow_textures)]
-                if cfg.train_flow_textures and training_look else [])
-    if any(cfg.train_wobble) and training_look:
-        textures += ["--wobble", ",".join(f"{v:g}" for v in cfg.train_wobble)]
+                if cfg.train_flow_textures and domain in (cfg.train_domain, "randomised-static")
+                else [])
     _cli(["synth", "-od", str(root), "--cases", str(cases), "--seed", str(seed),
           "--duration-s", str(duration), "--size", "x".join(map(str, cfg.render_size)),
           "--fps", str(cfg.fps), "--formats", formats, "--clip-stride", str(cfg.clip_stride),
@@ -905,11 +884,7 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         + (f"; each case's blood texture drawn from "
            f"{', '.join(cfg['train_flow_textures'])} "
            f"(`--flow-textures {','.join(cfg['train_flow_textures'])}`, as every set of the "
-           "training looks)" if cfg.get("train_flow_textures") else "")
-        + (f"; each case's view swaying as with breathing by "
-           f"{cfg['train_wobble'][0]:g}-{cfg['train_wobble'][1]:g} of its short side "
-           f"(`--wobble {','.join(f'{v:g}' for v in cfg['train_wobble'])}`, as every set of "
-           "the training looks)" if any(cfg.get("train_wobble") or ()) else ""),
+           "training looks)" if cfg.get("train_flow_textures") else ""),
         f"- held-out evaluation: `amagi synth --seed {ev['seed']} --domain {ev['domain']}`, "
         f"{ev['cases']} cases × {ev['duration_s']:g} s: "
         + _HELDOUT_TEXT.get(ev["domain"], "other seeds and scene ranges")

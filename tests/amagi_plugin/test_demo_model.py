@@ -152,8 +152,7 @@ def test_a_gpu_sized_recipe_on_the_cpu_is_warned_about(tmp_path: Path, capfd) ->
 
     assert set(GPU_RECIPES) == {"shipped", "randomised-gpu", "evidence-peaks-gpu",
                                 "evidence-probe-gpu", "evidence-probe-gpu-decoded",
-                                "evidence-probe-gpu-x2", "evidence-probe-gpu-flow",
-                                "evidence-probe-gpu-sway"}
+                                "evidence-probe-gpu-x2", "evidence-probe-gpu-flow"}
     busy = tmp_path / "work"
     busy.mkdir()
     (busy / "stray").write_text("x")  # refused at once: nothing is built
@@ -185,7 +184,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
                             "evidence-probe-gpu", "evidence-probe-gpu-decoded",
                             "evidence-probe", "evidence-probe-gpu-x2",
-                            "evidence-probe-gpu-flow", "evidence-probe-gpu-sway"}
+                            "evidence-probe-gpu-flow"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -246,12 +245,6 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
         probe_gpu and flow.version == "9.6"
     assert all(not RECIPES[r].get("train_flow_textures") for r in RECIPES
                if r != "evidence-probe-gpu-flow")
-    sway = DemoConfig.recipe("evidence-probe-gpu-sway")  # that, views swaying
-    assert (sway.train_wobble, probe_gpu.train_wobble) == ((0.005, 0.03), (0.0, 0.0))
-    assert dataclasses.replace(sway, train_wobble=(0.0, 0.0), version=probe_gpu.version) == \
-        probe_gpu and sway.version == "9.7"
-    assert all(not any(RECIPES[r].get("train_wobble", ())) for r in RECIPES
-               if r != "evidence-probe-gpu-sway")
     with pytest.raises(ConfigError, match="train_flow_textures must be among waves, advected, "
                                           "got marbled"):
         DemoConfig(train_flow_textures=("waves", "marbled"))
@@ -356,36 +349,6 @@ def test_the_training_looks_draw_both_blood_textures_and_held_out_sets_never(
     text = demo_model.readme(manifest, training, "")
     assert "--flow-textures" not in plain
     assert "blood texture drawn from waves, advected (`--flow-textures waves,advected`" in text
-
-
-def test_the_training_looks_sway_and_held_out_sets_never(tmp_path: Path, monkeypatch) -> None:
-    """``train_wobble``: every set of the training looks gets ``--wobble``; the held-out,
-    still-blood and shifted sets keep their preset (the commands the build runs, recorded
-    instead of run); the demo README says so; a range out of bounds is refused."""
-    import json
-
-    from amagi_plugin import demo_model
-
-    calls: list[list[str]] = []
-    monkeypatch.setattr(demo_model, "_cli", calls.append)
-    swaying = demo_model.DemoConfig.recipe("evidence-probe-gpu-sway")
-    for i, domain in enumerate(("randomised", "randomised-static", "heldout", "static",
-                                "shifted")):
-        assert demo_model._synth(tmp_path / f"{i}", 2, 5, 8.0, swaying, domain, "rawframes", 1,
-                                 1)
-        argv = calls.pop()
-        given = argv[argv.index("--wobble") + 1] if "--wobble" in argv else None
-        assert given == ("0.005,0.03" if domain in ("randomised", "randomised-static")
-                         else None), domain
-    training = json.loads((demo_model.DEMO_DIR / "training.json").read_text())
-    manifest = json.loads((demo_model.DEMO_DIR / "model.json").read_text())
-    assert "--wobble" not in demo_model.readme(manifest, training, "")
-    training["config"]["train_wobble"] = [0.005, 0.03]
-    assert ("view swaying as with breathing by 0.005-0.03 of its short side (`--wobble "
-            "0.005,0.03`" in demo_model.readme(manifest, training, ""))
-    for bad in ((0.03, 0.01), (0.0, 0.5)):
-        with pytest.raises(ConfigError, match="train_wobble must be a range"):
-            demo_model.DemoConfig(train_wobble=bad)
 
 
 def test_a_finer_probe_draws_every_set_at_its_scale_and_trains_at_it(tmp_path: Path,
