@@ -49,7 +49,7 @@ from models.patchnet import PatchNet, PatchNetConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["MARGIN", "NEAR", "MaskedCase", "after_end_frames", "extract_neighbourhoods",
-           "mask_at_scale", "probe_analyzer", "source_point"]
+           "load_probe_analyzer", "mask_at_scale", "probe_analyzer", "source_point"]
 
 MARGIN = 4  # extracted side = crop + MARGIN (room for the random crop)
 NEAR = 8  # px: map peaks this close to bleeding but not on it are left out
@@ -219,6 +219,19 @@ class MaskedCase:
 
     def window(self, i: int) -> list[int]:
         return self.schedule.window(i, self.seg_frames)
+
+
+def load_probe_analyzer(model_dir: Path, threads: int | None = None
+                        ) -> BleedingAnalyzer | None:
+    """The analyzer of the last model in ``model_dir``'s ``model.json`` that has a probe, at
+    the default options, torch on ``threads`` threads when given; None when none has one."""
+    from amagi_plugin.modelspec import model_dir_specs
+    from amagi_plugin.runtime import load_analyzer
+
+    if threads:
+        torch.set_num_threads(threads)
+    specs = [s for s in model_dir_specs(model_dir)[0] if s.probe]
+    return load_analyzer(specs[-1], AnalysisOptions()) if specs else None
 
 
 def source_point(mask: np.ndarray) -> tuple[int, int]:

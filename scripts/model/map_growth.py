@@ -40,11 +40,9 @@ import numpy as np
 import torch
 
 from amagi_plugin.evaluation.metrics import auroc
-from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
-from amagi_plugin.pipeline import AnalysisOptions
-from amagi_plugin.probe_training import MaskedCase, mask_at_scale, source_point
+from amagi_plugin.modelspec import DEMO_DIR
+from amagi_plugin.probe_training import MaskedCase, load_probe_analyzer, mask_at_scale, source_point
 from amagi_plugin.probing import map_peaks, probe_frames
-from amagi_plugin.runtime import load_analyzer
 from models.patchnet import PatchNetConfig
 from models.training.augment import short_side_shape
 
@@ -146,16 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows and figures")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     sets = dict(s.split("=", 1) for s in args.sets)
     if unknown := set(args.negatives) - set(sets):
         ap.error(f"--negatives names no set: {sorted(unknown)}")
-    specs = [s for s in model_dir_specs(args.model_dir)[0] if s.probe]
-    if not specs:
+    analyzer = load_probe_analyzer(args.model_dir, args.threads)
+    if analyzer is None:
         print(f"error: {args.model_dir}/model.json names no probe", file=sys.stderr)
         return 2
-    analyzer = load_analyzer(specs[-1], AnalysisOptions())
     cfg = PatchNetConfig(frames=args.frames, step_s=args.step_s)
     rows = {name: [r for case in sorted(p.parent for p in Path(d).glob("*/labels.json"))
                    for r in measure(analyzer, case, cfg, args.side)]

@@ -34,13 +34,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
-from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
-from amagi_plugin.probe_training import MaskedCase, mask_at_scale, source_point
+from amagi_plugin.modelspec import DEMO_DIR
+from amagi_plugin.pipeline import BleedingAnalyzer
+from amagi_plugin.probe_training import MaskedCase, load_probe_analyzer, mask_at_scale, source_point
 from amagi_plugin.probing import probe_frames
-from amagi_plugin.runtime import load_analyzer
 from models.training.augment import short_side_shape
 
 #: visible-size bins (pixels at the model's scale), lower bounds inclusive
@@ -142,13 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="a model.json folder whose model has a probe (default: the bundled)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    specs = [s for s in model_dir_specs(args.model_dir)[0] if s.probe]
-    if not specs:
+    analyzer = load_probe_analyzer(args.model_dir, args.threads)
+    if analyzer is None:
         print(f"error: {args.model_dir}/model.json names no probe", file=sys.stderr)
         return 2
-    analyzer = load_analyzer(specs[-1], AnalysisOptions())
     rows = []
     for root in args.data:
         for case in sorted(p.parent for p in root.glob("*/labels.json")):

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from amagi_plugin.modelspec import DEMO_DIR, model_dir_specs
-from amagi_plugin.pipeline import AnalysisOptions
+from amagi_plugin.modelspec import DEMO_DIR
+from amagi_plugin.probe_training import load_probe_analyzer
 from amagi_plugin.probing import neighbourhoods, probe_frames
-from amagi_plugin.runtime import load_analyzer
 from dicom_io.video import open_video
 
 APART_S = 3.0
@@ -97,13 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.top < 0 or not args.hz > 0:
         ap.error("--top must be >= 0 and --hz > 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    specs = [s for s in model_dir_specs(args.model_dir)[0] if s.probe]
-    if not specs:
+    analyzer = load_probe_analyzer(args.model_dir, args.threads)
+    if analyzer is None:
         print(f"error: {args.model_dir}/model.json names no probe", file=sys.stderr)
         return 2
-    analyzer = load_analyzer(specs[-1], AnalysisOptions())
     args.out.mkdir(parents=True, exist_ok=True)
     print("| video | instants | mean | q90 | max | share > 0.5 |\n|---|---|---|---|---|---|")
     for path in args.videos:
