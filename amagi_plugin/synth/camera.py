@@ -35,7 +35,7 @@ class CameraMotion:
         Breathing (and the heartbeat carried by tissue): the view sways back and forth along
         direction ``wobble_angle`` (radians) by ``wobble_amplitude`` world pixels at
         ``wobble_hz``, and across it by ``wobble_ratio`` times that a quarter period later
-        (an ellipse). None by default: still blood then sways as well as the camera pans.
+        (an ellipse). None by default: the view then moves only as it pans, zooms, turns and shakes.
     """
 
     pan_amplitude: tuple[float, float] = (0.0, 0.0)

@@ -493,14 +493,11 @@ class SceneRanges:
             lo, hi = getattr(self, name)
             if lo < 0 or hi < lo:
                 raise SynthError(f"{name} must be a range 0 <= low <= high, got ({lo}, {hi})")
-        lo, hi = self.texture_depth
-        if not 0.0 <= lo <= hi <= 2.0:
-            raise SynthError(f"texture_depth must be a range 0 <= low <= high <= 2, "
-                             f"got ({lo}, {hi})")
-        lo, hi = self.wobble
-        if not 0.0 <= lo <= hi <= 0.1:
-            raise SynthError(f"wobble must be a range 0 <= low <= high <= 0.1 (a share of the "
-                             f"short side), got ({lo}, {hi})")
+        for name, top in (("texture_depth", 2.0), ("wobble", 0.1)):  # bounded ranges
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo <= hi <= top:
+                raise SynthError(f"{name} must be a range 0 <= low <= high <= {top:g}, "
+                                 f"got ({lo}, {hi})")
         if not 0.0 <= self.palette_jitter <= 0.3 or self.saturation_scale[0] <= 0:
             raise SynthError("palette_jitter must lie in [0, 0.3] and saturation_scale be "
                              "positive")

@@ -25,7 +25,7 @@ HELDOUT = DOMAINS["heldout"]  # the one preset with spurts
 
 
 def _dropout(p: float, still: float = 0.0, depth: tuple[float, float] = (1.0, 1.0)
-          ) -> SceneRanges:
+             ) -> SceneRanges:
     return dataclasses.replace(HELDOUT, pulse_free_probability=p,
                                still_texture_probability=still, texture_depth=depth)
 
