@@ -42,7 +42,7 @@ from PIL import Image
 
 from amagi_plugin.errors import InputError
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
-from amagi_plugin.probing import neighbourhoods, probe_frames
+from amagi_plugin.probing import probe_frames, probe_neighbourhoods
 from amagi_plugin.schedule import ClipSchedule
 from models.patchnet import PatchNet, PatchNetConfig
 
@@ -151,8 +151,7 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
             frames[i] = probe.geometry.frame(np.asarray(Image.open(path).convert("RGB")))
         found = probe.places(frames, [m["frame"] for m in masked], window)
         for m, places in zip(masked, found, strict=True):
-            stack = torch.stack([frames[f] for f in probe_frames(m["frame"], n, fps, cfg)])
-            h, w = stack.shape[-2:]
+            h, w = frames[m["frame"]].shape[-2:]
             mask = (np.zeros((h, w), bool) if m["mask"] is None  # no bleeding active there
                     else mask_at_scale(case / m["mask"], (h, w)))
             near = np.zeros_like(mask)
@@ -173,7 +172,8 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
                 if not near[y, x]:
                     chosen.append((y, x, 0))
             if chosen:
-                crops = neighbourhoods(stack, [(y, x) for y, x, _ in chosen], side)
+                crops = probe_neighbourhoods(frames, m["frame"], n, fps, cfg,
+                                             [(y, x) for y, x, _ in chosen], side)
                 xs.append(crops.round().clamp(0, 255).to(torch.uint8)
                           .permute(0, 1, 3, 4, 2).numpy())
                 ys += [label for _, _, label in chosen]
@@ -255,7 +255,8 @@ def mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
 def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               epochs: int | None = None,
               candidates: int | None = None, step_s: float | None = None,
-              frames: int | None = None, align: bool = False, pool: str = "avg",
+              frames: int | None = None, align: bool = False, stabilise: bool = False,
+              pool: str = "avg",
               norm: str = "fixed", rand_neg: int = 0, extra_pos: int = 0,
               after_end_s: Sequence[float] = (), look_jitter: float | None = None,
               reversed_negatives: float = 0.0,
@@ -295,6 +296,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
         raise InputError(f"the probe's scale must be a whole number >= 1, got {scale!r}")
     try:
         cfg = PatchNetConfig(short_side=model.default_cfg.input_size * scale, align=align,
+                             stabilise=stabilise,
                              pool=pool, norm=norm, **shape)
     except ModelConfigError as e:
         raise InputError(str(e)) from None

@@ -15,7 +15,9 @@ but also still blood. So at each prediction instant:
    resized as in step 1 but not cropped (so a neighbourhood at the crop's edge sees the
    frame beyond it; outside the frame it sees zeros, as in training), or resized to a whole
    multiple of that scale for a probe trained finer than the map (its ``short_side``: a
-   source of a few map pixels then fills more of its view); a probe of several
+   source of a few map pixels then fills more of its view); a probe trained with
+   ``stabilise`` takes each frame's neighbourhood where the view's motion carried the place
+   (:func:`probe_neighbourhoods`); a probe of several
    networks (:class:`~models.patchnet.ProbeEnsemble`) gives the mean of their probabilities
    at each place;
 4. the instant's probe score is the highest probability over its places.
@@ -56,7 +58,8 @@ import torch
 import torch.nn.functional as F
 
 from amagi_plugin.transforms import FrameToTensor
-from models.patchnet import PatchNetConfig, ProbeNet
+from models.flowseg import translation
+from models.patchnet import STABILISE_SHARE, PatchNetConfig, ProbeNet
 from models.training.augment import resize_short, short_side_shape
 
 if TYPE_CHECKING:  # the pipeline imports this module
@@ -64,8 +67,13 @@ if TYPE_CHECKING:  # the pipeline imports this module
 
 log = logging.getLogger(__name__)
 
+#: :func:`view_shifts` finds the view's motion on the frames scaled down to about this short
+#: side (pixels; by a whole factor, never below it)
+VIEW_SHIFT_SIDE = 64
+
 __all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeStream", "ProbeUse", "fuse",
-           "map_peaks", "moving_mean", "moving_quantile", "neighbourhoods", "probe_frames"]
+           "map_peaks", "moving_mean", "moving_quantile", "neighbourhoods", "probe_frames",
+           "probe_neighbourhoods", "view_shifts"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,38 @@ def probe_frames(frame: int, frame_count: int, fps: float, cfg: PatchNetConfig) 
             for t in range(cfg.frames)]
 
 
+def view_shifts(stack: torch.Tensor, ref: int, max_shift: float) -> torch.Tensor:
+    """The view's translation ``(T, 2)`` (y, x; pixels) of each frame of ``stack`` ``(T, C,
+    H, W)`` against frame ``ref``: ``stack[t](p) ≈ stack[ref](p - d[t])``
+    (:func:`models.flowseg.translation` on the frames' channel mean, scaled down by a whole
+    factor to a short side of :data:`VIEW_SHIFT_SIDE` px or more: a seventh of the cost at
+    128 px); 0 for a frame that is ``ref`` itself; at most ``max_shift`` on each axis."""
+    same = (stack == stack[ref]).flatten(1).all(dim=1)
+    d = stack.new_zeros((stack.shape[0], 2))
+    moved = torch.nonzero(~same).flatten()
+    if len(moved):
+        k = max(1, min(stack.shape[-2:]) // VIEW_SHIFT_SIDE)
+        grey = stack.float().mean(dim=1, keepdim=True)
+        grey = (F.avg_pool2d(grey, k) if k > 1 else grey)[:, 0]
+        d[moved] = k * translation(grey[ref].expand(len(moved), *grey.shape[1:]),
+                                   grey[moved], max_shift / k).to(d.dtype)
+    return d
+
+
+def probe_neighbourhoods(frames: Mapping[int, torch.Tensor], frame: int, frame_count: int,
+                         fps: float, cfg: PatchNetConfig, places: Sequence[tuple[int, int]],
+                         side: int | None = None) -> torch.Tensor:
+    """The probe's ``side`` × ``side`` neighbourhoods (its ``crop`` by default) of each place
+    ``(y, x)`` over its frames around ``frame`` (:func:`probe_frames`), ``(len(places), T, C,
+    side, side)``; with ``cfg.stabilise`` each frame's neighbourhood taken where the view
+    carried the place to (:func:`view_shifts`, at most :data:`STABILISE_SHARE` of the frames'
+    short side), so that what the view carries as it sways or pans stands still in it."""
+    stack = torch.stack([frames[f] for f in probe_frames(frame, frame_count, fps, cfg)])
+    shifts = (view_shifts(stack, cfg.frames // 2, STABILISE_SHARE * min(stack.shape[-2:]))
+              if cfg.stabilise else None)
+    return neighbourhoods(stack, places, side or cfg.crop, shifts)
+
+
 def map_peaks(p: torch.Tensor, k: int) -> list[tuple[int, int, float]]:
     """The ``k`` highest local maxima (9 × 9) of a probability map's 3 × 3 mean, as
     ``(y, x, value)``, highest first (none where the map is flat at zero)."""
@@ -140,11 +180,33 @@ def map_peaks(p: torch.Tensor, k: int) -> list[tuple[int, int, float]]:
     return [(int(ys[o]), int(xs[o]), float(pp[ys[o], xs[o]])) for o in order]
 
 
-def neighbourhoods(stack: torch.Tensor, places: Sequence[tuple[int, int]], side: int
-                   ) -> torch.Tensor:
+def neighbourhoods(stack: torch.Tensor, places: Sequence[tuple[int, int]], side: int,
+                   shifts: torch.Tensor | None = None) -> torch.Tensor:
     """``(T, C, H, W)`` frames → ``(len(places), T, C, side, side)`` squares centred on each
-    ``(y, x)``, zero outside the frames."""
+    ``(y, x)``, zero outside the frames. ``shifts`` ``(T, 2)``: frame ``t``'s squares are
+    centred on ``(y, x) + shifts[t]`` instead (bicubic, exact where a shift is whole)."""
     t, c, h, w = stack.shape
+    if shifts is not None and len(places):
+        whole = (shifts == shifts.round()).all(dim=1)
+        if whole.all():  # plain slices, each frame's places moved by whole pixels
+            return torch.stack([neighbourhoods(stack[k:k + 1], [
+                (y + int(shifts[k, 0]), x + int(shifts[k, 1])) for y, x in places], side)[:, 0]
+                for k in range(t)], dim=1)
+        centres = torch.tensor(places, dtype=stack.dtype).view(-1, 1, 1, 2)  # (N, 1, 1, yx)
+        offs = torch.arange(side, dtype=stack.dtype) - side // 2
+        grid_y = centres[..., 0] + offs.view(1, side, 1)  # (N, side, 1)
+        grid_x = centres[..., 1] + offs.view(1, 1, side)  # (N, 1, side)
+        at = shifts.to(stack.dtype)
+        gy = (grid_y[None] + at[:, 0].view(t, 1, 1, 1)).expand(t, -1, side, side)
+        gx = (grid_x[None] + at[:, 1].view(t, 1, 1, 1)).expand(t, -1, side, side)
+        grid = torch.stack([(2 * gx + 1) / w - 1, (2 * gy + 1) / h - 1], dim=-1)
+        out = F.grid_sample(stack, grid.reshape(t, -1, side, 2), mode="bicubic",
+                            padding_mode="zeros", align_corners=False)
+        out = out.reshape(t, c, len(places), side, side).permute(2, 0, 1, 3, 4)
+        if whole.any():  # exactly the pixels a whole shift names
+            exact = neighbourhoods(stack[whole], places, side, shifts[whole])
+            out[:, whole] = exact
+        return out
     out = stack.new_zeros((len(places), t, c, side, side))
     for n, (y, x) in enumerate(places):
         y0, x0 = y - side // 2, x - side // 2
@@ -316,10 +378,8 @@ class NeighbourhoodProbe:
         for i, places in zip(targets, found, strict=True):
             sizes.append(len(places))
             if places:
-                stack = torch.stack([frames[f] for f in probe_frames(i, frame_count, fps,
-                                                                     self.cfg)])
-                crops.append(neighbourhoods(stack, [(y, x) for y, x, *_ in places],
-                                            self.cfg.crop))
+                crops.append(probe_neighbourhoods(frames, i, frame_count, fps, self.cfg,
+                                                  [(y, x) for y, x, *_ in places]))
         if not crops:
             return [np.zeros(0) for _ in targets]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):

@@ -68,6 +68,9 @@ NORMS = ("fixed", "sample")
 #: PatchNetConfig.norm ``sample``: the least standard deviation (0-255 scale) a channel of a
 #: neighbourhood is divided by, so that a flat patch's noise is not blown up
 NORM_MIN_STD = 8.0
+#: PatchNetConfig.stabilise: the largest translation of the view it looks for, as a share of
+#: the frames' short side (16 px at 128)
+STABILISE_SHARE = 0.125
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,11 @@ class PatchNetConfig:
     #: ``max_shift`` px on each axis
     align: bool = False
     max_shift: float = 8.0
+    #: view stabilisation: each of a place's frames is first shifted onto the instant's own
+    #: frame by the whole frame's translation (:func:`models.flowseg.translation`, at most
+    #: :data:`STABILISE_SHARE` of ``short_side`` on each axis), so that blood carried by the
+    #: view as it sways or pans stands still in the probe's neighbourhood (session 52)
+    stabilise: bool = False
     #: how the body's feature map becomes one vector (:data:`POOLS`): ``avg`` its mean;
     #: ``max`` its largest value per channel; ``avgmax`` both side by side, so a source of
     #: a few pixels that fills one or two of its cells is not averaged away (session 37)

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from amagi_plugin.modelspec import DEMO_DIR
 from amagi_plugin.probe_training import load_probe_analyzer
-from amagi_plugin.probing import neighbourhoods, probe_frames
+from amagi_plugin.probing import probe_frames, probe_neighbourhoods
 from dicom_io.video import open_video
 
 APART_S = 3.0
@@ -36,13 +36,14 @@ def _rgb(frame: torch.Tensor) -> Image.Image:
     return Image.fromarray(frame.permute(1, 2, 0).clamp(0, 255).round().byte().numpy())
 
 
-def picture(stack: torch.Tensor, y: int, x: int, crop: int) -> Image.Image:
-    """The middle frame of ``stack`` ``(T, 3, H, W)`` (0-255) twice enlarged with the
-    ``crop`` square at ``(y, x)`` marked, beside the square's crop of every frame (4×)."""
-    crops = neighbourhoods(stack, [(y, x)], crop)[0]
+def picture(frame: torch.Tensor, y: int, x: int, crops: torch.Tensor) -> Image.Image:
+    """``frame`` ``(3, H, W)`` (0-255) twice enlarged with the square of ``crops`` ``(T, 3,
+    crop, crop)`` (what the probe read of it over its frames) at ``(y, x)`` marked, beside
+    those crops (4×)."""
+    crop = crops.shape[-1]
     strip = _rgb(torch.cat(list(crops), dim=2))
     strip = strip.resize((strip.width * 4, strip.height * 4), Image.NEAREST)
-    full = _rgb(stack[len(stack) // 2])
+    full = _rgb(frame)
     ImageDraw.Draw(full).rectangle([x - crop // 2, y - crop // 2, x + crop // 2,
                                     y + crop // 2], outline=(0, 255, 0))
     full = full.resize((full.width * 2, full.height * 2), Image.NEAREST)
@@ -54,8 +55,9 @@ def picture(stack: torch.Tensor, y: int, x: int, crop: int) -> Image.Image:
 
 def scan(analyzer, path: Path, hz: float) -> tuple[dict, list]:
     """The probe's scores at ``hz`` instants of the video at ``path``: their summary and
-    ``(score, frame, place, stack)`` of each instant, highest first (``stack()``: its
-    frames at the probe's scale)."""
+    ``(score, frame, place, seen)`` of each instant, highest first (``seen()``: the
+    instant's frame at the probe's scale and the probe's neighbourhoods of the place, as
+    :func:`~amagi_plugin.probing.probe_neighbourhoods` gives them to it)."""
     probe, geo = analyzer.probe, analyzer.probe.geometry
     video = open_video(path)
     n, fps = video.frame_count, video.fps
@@ -81,8 +83,8 @@ def scan(analyzer, path: Path, hz: float) -> tuple[dict, list]:
     summary = {"mean": float(best.mean()), "q90": float(np.quantile(best, 0.9)),
                "max": float(best.max()), "above_half": float((best > 0.5).mean()),
                "fps": fps, "instants": len(targets)}
-    return summary, [(s, t, yx, lambda t=t: torch.stack(
-        [frames[f] for f in probe_frames(t, n, fps, probe.cfg)])) for s, t, yx in ranked]
+    return summary, [(s, t, yx, lambda t=t, yx=yx: (frames[t], probe_neighbourhoods(
+        frames, t, n, fps, probe.cfg, [yx])[0])) for s, t, yx in ranked]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,13 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {name} | {summary['instants']} | {summary['mean']:.3f} | "
               f"{summary['q90']:.3f} | {summary['max']:.3f} | {summary['above_half']:.3f} |")
         shown: list[int] = []
-        for score, t, (y, x), stack in ranked:
+        for score, t, (y, x), seen in ranked:
             if len(shown) == args.top:
                 break
             if any(abs(t - u) < APART_S * summary["fps"] for u in shown):
                 continue
             shown.append(t)
-            picture(stack(), y, x, analyzer.probe.cfg.crop).save(
+            frame, crops = seen()
+            picture(frame, y, x, crops).save(
                 args.out / f"{name}_t{t / summary['fps']:05.1f}_p{score:.2f}.png")
     return 0
 

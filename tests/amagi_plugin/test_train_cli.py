@@ -477,13 +477,13 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                           "--rand-neg", "1", "--reversed-negatives", "0.5",
                           "--sliding-negatives", "0.25", "--view-negatives", "0.75",
                           "--after-end-negatives", "0.5,1",
-                          "--frames", "6", "--align", "--pool", "max")
+                          "--frames", "6", "--align", "--stabilise", "--pool", "max")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
     assert "extract train: 2/2 cases" in err and "train: epoch 1/1" in err
     probe = load_patchnet(trained / "pr" / "probe.pth")
-    assert (probe.cfg.candidates, probe.cfg.short_side, probe.cfg.align, probe.cfg.frames,
-            probe.cfg.pool) == (4, 64, True, 6, "max")
+    assert (probe.cfg.candidates, probe.cfg.short_side, probe.cfg.align, probe.cfg.stabilise,
+            probe.cfg.frames, probe.cfg.pool) == (4, 64, True, True, 6, "max")
     meta = read_checkpoint(trained / "pr" / "probe.pth")["meta"]
     assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
         meta["extraction"]["neighbourhoods"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from amagi_plugin.probing import neighbourhoods
 from tests.models._scripts import load_script
 
 SCRIPT = "scripts/model/where_probe_fires.py"
@@ -20,7 +21,8 @@ def test_the_picture_shows_the_marked_frame_beside_every_crop_of_the_square() ->
     stack = torch.zeros(8, 3, 64, 80)
     for k in range(8):
         stack[k, 0, 30:34, 40 + k] = 255  # a red dot moving right, one pixel a frame
-    pic = np.asarray(wpf.picture(stack, 32, 40, 16))
+    crops = neighbourhoods(stack, [(32, 40)], 16)[0]
+    pic = np.asarray(wpf.picture(stack[4], 32, 40, crops))
     assert pic.shape == (128, 2 * 80 + 8 * 16 * 4, 3)
     assert (pic[2 * (32 - 8), 2 * 40, 1] == 255)  # the square's top edge, marked green
     for k in range(8):  # each crop, 4x, holds the dot where it was in its frame

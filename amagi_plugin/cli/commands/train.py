@@ -204,6 +204,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="the probe first shifts each frame of a neighbourhood onto the middle "
                    "one (the neighbourhood's own motion, found by phase correlation), so that "
                    "what moves with the view shows no change")
+    q.add_argument("--stabilise", action="store_true",
+                   help="the probe first shifts each of its frames onto the instant's own by "
+                   "the whole view's motion (phase correlation over the frame), so that blood "
+                   "the view carries as it sways or pans stands still where it looks")
     q.add_argument("--pool", default="avg", metavar="{avg,max,avgmax}",
                    help="how the probe pools its feature map: avg (its mean), max (its largest "
                    "value), or avgmax (both), so that a source of a few pixels is not averaged "
@@ -511,8 +515,8 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
 
     net, meta = fit_probe([ctx.cwd / d for d in args.data], args.arch, ctx.cwd / args.seg_checkpoint,
                           epochs=args.epochs, candidates=args.candidates, step_s=args.step_s,
-                          frames=args.frames, align=args.align, pool=args.pool,
-                          norm=args.norm, rand_neg=args.rand_neg,
+                          frames=args.frames, align=args.align, stabilise=args.stabilise,
+                          pool=args.pool, norm=args.norm, rand_neg=args.rand_neg,
                           extra_pos=args.extra_pos, look_jitter=args.look_jitter,
                           reversed_negatives=args.reversed_negatives,
                           sliding_negatives=args.sliding_negatives,
