@@ -113,6 +113,9 @@ class DemoConfig:
     probe_step_s: float = 0.2  # seconds between the probe's frames (amagi train probe --step-s)
     probe_frames: int = 8  # frames it reads around each instant (amagi train probe --frames)
     probe_pool: str = "avg"  # how it pools its feature map (amagi train probe --pool)
+    # each frame's neighbourhood taken where the view's motion carried the place (amagi
+    # train probe --stabilise)
+    probe_stabilise: bool = False
     probe_look_jitter: float = 1.0
     # one frame of each positive slid rigidly across the frames, as a negative of this weight
     # (amagi train probe --sliding-negatives; 0 = none)
@@ -745,6 +748,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                   "--epochs", str(cfg.probe_epochs), "--candidates", str(cfg.probe_candidates),
                   "--step-s", str(cfg.probe_step_s), "--frames", str(cfg.probe_frames),
                   "--pool", cfg.probe_pool, "--scale", str(cfg.probe_scale),
+                  *(["--stabilise"] if cfg.probe_stabilise else []),
                   "--look-jitter", str(cfg.probe_look_jitter),
                   "--sliding-negatives", str(cfg.probe_sliding_negatives),
                   "--view-negatives", str(cfg.probe_view_negatives),
@@ -924,7 +928,9 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
               if cfg.get("probe_scale", 1) > 1 else "") + ", the "
            "frame-to-frame changes given explicitly"
            + (f", its feature map pooled by {_POOL_WORDS[cfg['probe_pool']]}"
-              if cfg.get("probe_pool", "avg") != "avg" else "") + "), "
+              if cfg.get("probe_pool", "avg") != "avg" else "")
+           + (", each frame's neighbourhood where the view's motion carried it"
+              if cfg.get("probe_stabilise") else "") + "), "
            f"{cfg['probe_epochs']} epochs on the masked frames of the training set"
            + (f" and {cfg['probe_extra_cases']} more "
               f"{'case' if cfg['probe_extra_cases'] == 1 else 'cases'} of its domain (`--seed "

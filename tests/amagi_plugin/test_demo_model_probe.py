@@ -37,7 +37,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3,
                               probe_view_negatives=0.5,
                               probe_after_end_s=(0.5, 1.0), probe_frames=6,
-                              probe_pool="avgmax", probe_smooth_q=0.9,
+                              probe_pool="avgmax", probe_stabilise=True, probe_smooth_q=0.9,
                               static_cases=0, shifted_cases=0).quick()
     assert (cfg.probe_epochs, cfg.probe_extra_cases, cfg.probe_seeds) == (1, 1, 2)
     dest = tmp_path / "dest"
@@ -80,6 +80,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert probe.cfg.step_s == cfg.probe_step_s == 0.3
     assert probe.cfg.frames == 6 == training["config"]["probe_frames"]
     assert probe.cfg.pool == "avgmax" == training["config"]["probe_pool"]
+    assert probe.cfg.stabilise is True is training["config"]["probe_stabilise"]
     assert read_checkpoint(dest / second)["meta"]["seed"] == cfg.train_seed_model + 1
     meta = read_checkpoint(dest / PROBE_FILE)["meta"]
     assert meta["seed"] == cfg.train_seed_model
@@ -98,7 +99,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert "and its score, its 0.9-quantile over 1 s, weighs 0.75" in readme
     assert "(PatchNet: 6 frames 0.3 s apart of a 32-pixel neighbourhood" in readme
     assert "given explicitly, its feature map pooled by its mean and its largest value per " \
-        "channel side by side), 1 epochs" in readme
+        "channel side by side, each frame's neighbourhood where the view's motion carried " \
+        "it), 1 epochs" in readme
     assert f"and 1 more case of its domain (`--seed {cfg.probe_seed}`)" in readme
     assert "one frame of each positive slid rigidly across the frames as a negative " \
         "(weight 1)" in readme
