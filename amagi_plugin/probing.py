@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 #: :func:`view_shifts` finds the view's motion on the frames scaled down to about this short
 #: side (pixels; by a whole factor, never below it)
 VIEW_SHIFT_SIDE = 64
+#: :func:`view_shifts` takes the median of the motions it finds in these rows × columns of
+#: tiles of the frame
+VIEW_SHIFT_TILES = (2, 3)
 
 __all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeStream", "ProbeUse", "fuse",
            "map_peaks", "moving_mean", "moving_quantile", "neighbourhoods", "probe_frames",
@@ -142,8 +145,10 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float) -> torch.Tensor
     """The view's translation ``(T, 2)`` (y, x; pixels) of each frame of ``stack`` ``(T, C,
     H, W)`` against frame ``ref``: ``stack[t](p) ≈ stack[ref](p - d[t])``
     (:func:`models.flowseg.translation` on the frames' channel mean, scaled down by a whole
-    factor to a short side of :data:`VIEW_SHIFT_SIDE` px or more: a seventh of the cost at
-    128 px); 0 for a frame that is ``ref`` itself; at most ``max_shift`` on each axis."""
+    factor to a short side of :data:`VIEW_SHIFT_SIDE` px or more), the median of those of
+    :data:`VIEW_SHIFT_TILES` tiles, so that an instrument that crosses part of the view does
+    not carry the estimate with it (session 52: on a whole frame it did); 0 for a frame that
+    is ``ref`` itself; at most ``max_shift`` on each axis."""
     same = (stack == stack[ref]).flatten(1).all(dim=1)
     d = stack.new_zeros((stack.shape[0], 2))
     moved = torch.nonzero(~same).flatten()
@@ -151,8 +156,13 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float) -> torch.Tensor
         k = max(1, min(stack.shape[-2:]) // VIEW_SHIFT_SIDE)
         grey = stack.float().mean(dim=1, keepdim=True)
         grey = (F.avg_pool2d(grey, k) if k > 1 else grey)[:, 0]
-        d[moved] = k * translation(grey[ref].expand(len(moved), *grey.shape[1:]),
-                                   grey[moved], max_shift / k).to(d.dtype)
+        rows, cols = VIEW_SHIFT_TILES
+        th, tw = grey.shape[-2] // rows, grey.shape[-1] // cols
+        tiles = [grey[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw]
+                 for r in range(rows) for c in range(cols)]
+        each = torch.stack([translation(t[ref].expand(len(moved), *t.shape[1:]), t[moved],
+                                        max_shift / k) for t in tiles])
+        d[moved] = k * torch.quantile(each, 0.5, dim=0).to(d.dtype)
     return d
 
 

@@ -69,6 +69,24 @@ def test_a_view_that_moves_stands_still_once_stabilised() -> None:
         assert (before[moved] > 8 * err[moved].clamp(min=0.1)).all()
 
 
+def test_an_instrument_crossing_the_view_does_not_carry_the_estimate() -> None:
+    """The view moves by known offsets while a bright shaft (an instrument, a tenth of the
+    frame's width, high contrast) moves across it on its own, 2 px a frame, within one
+    column of the tiles: the view's shifts are still the view's (within 0.3 px). (A shaft
+    across half the tiles or more does carry it.)"""
+    scene = _scene(2)
+    offsets = [(t - 4, 2 * (t - 4)) for t in range(8)]
+    stack = []
+    for t, (dy, dx) in enumerate(offsets):
+        frame = scene[:, 40 + dy:168 + dy, 40 + dx:200 + dx].clone()
+        frame[:, :, 60 + 2 * t:76 + 2 * t] = 230.0  # the shaft, its own motion
+        stack.append(frame)
+    stack = torch.stack(stack)
+    want = torch.tensor([[offsets[4][0] - dy, offsets[4][1] - dx] for dy, dx in offsets],
+                        dtype=torch.float32)
+    torch.testing.assert_close(view_shifts(stack, 4, 16.0), want, atol=0.3, rtol=0)
+
+
 def test_frames_clamped_at_the_videos_start_are_the_instants_own() -> None:
     """At the first frame, the probe's earlier frames are that frame repeated
     (:func:`probe_frames` clamps them): their shift is none and their neighbourhoods exactly
