@@ -158,10 +158,11 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float) -> torch.Tensor
         grey = (F.avg_pool2d(grey, k) if k > 1 else grey)[:, 0]
         rows, cols = VIEW_SHIFT_TILES
         th, tw = grey.shape[-2] // rows, grey.shape[-1] // cols
-        tiles = [grey[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw]
-                 for r in range(rows) for c in range(cols)]
-        each = torch.stack([translation(t[ref].expand(len(moved), *t.shape[1:]), t[moved],
-                                        max_shift / k) for t in tiles])
+        tiles = torch.stack([grey[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw]
+                             for r in range(rows) for c in range(cols)])  # (tiles, T, h, w)
+        ref_tiles = tiles[:, ref:ref + 1].expand(-1, len(moved), -1, -1)
+        each = translation(ref_tiles.reshape(-1, th, tw), tiles[:, moved].reshape(-1, th, tw),
+                           max_shift / k).view(rows * cols, len(moved), 2)
         d[moved] = k * torch.quantile(each, 0.5, dim=0).to(d.dtype)
     return d
 
