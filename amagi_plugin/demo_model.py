@@ -346,6 +346,12 @@ _PROBE_GPU_X2: dict[str, Any] = {**_PROBE_GPU, "probe_scale": 2, "version": "9.5
 #: textures. For the next GPU build.
 _PROBE_GPU_FLOW: dict[str, Any] = {**_PROBE_GPU, "train_flow_textures": ("waves", "advected"),
                                    "version": "9.6"}
+#: ``evidence-probe-gpu`` whose probe takes each frame's neighbourhood where the view's
+#: motion carried the place (``amagi train probe --stabilise``). Session 52
+#: (models/weights/demo/heldout-looks/README.md): the bundled 9.3 probe read that way, not
+#: retrained, found more held-out events on ``amagi synth``'s looks, still and swaying, and
+#: on another renderer, with no more alarms on still blood. For the next build.
+_PROBE_GPU_STAB: dict[str, Any] = {**_PROBE_GPU, "probe_stabilise": True, "version": "9.8"}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": _PROBE_GPU,
     "v3": {},
@@ -361,6 +367,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence-probe-gpu-decoded": {**_PROBE_GPU, "train_frames_from": "video", "version": "9.4"},
     "evidence-probe-gpu-x2": _PROBE_GPU_X2,
     "evidence-probe-gpu-flow": _PROBE_GPU_FLOW,
+    "evidence-probe-gpu-stab": _PROBE_GPU_STAB,
 }
 
 #: The recipes sized for a GPU (the whole of :data:`_GPU_BUDGET`): on 2 CPU cores they take
@@ -383,7 +390,8 @@ RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe-gpu, 9.3: me
                "trained on frames decoded from each case's H.264 video; evidence-probe-gpu-x2: "
                "evidence-probe-gpu with the probe at twice the model's scale (measured no "
                "better); evidence-probe-gpu-flow: evidence-probe-gpu whose training looks draw "
-               "two blood textures (waves, advected)")
+               "two blood textures (waves, advected); evidence-probe-gpu-stab: "
+               "evidence-probe-gpu with the probe stabilised against the view's motion")
 
 
 def _cli(argv: list[str]) -> None:

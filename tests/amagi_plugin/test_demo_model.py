@@ -152,7 +152,8 @@ def test_a_gpu_sized_recipe_on_the_cpu_is_warned_about(tmp_path: Path, capfd) ->
 
     assert set(GPU_RECIPES) == {"shipped", "randomised-gpu", "evidence-peaks-gpu",
                                 "evidence-probe-gpu", "evidence-probe-gpu-decoded",
-                                "evidence-probe-gpu-x2", "evidence-probe-gpu-flow"}
+                                "evidence-probe-gpu-x2", "evidence-probe-gpu-flow",
+                                "evidence-probe-gpu-stab"}
     busy = tmp_path / "work"
     busy.mkdir()
     (busy / "stray").write_text("x")  # refused at once: nothing is built
@@ -184,7 +185,7 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
                             "evidence-probe-gpu", "evidence-probe-gpu-decoded",
                             "evidence-probe", "evidence-probe-gpu-x2",
-                            "evidence-probe-gpu-flow"}
+                            "evidence-probe-gpu-flow", "evidence-probe-gpu-stab"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -245,6 +246,12 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
         probe_gpu and flow.version == "9.6"
     assert all(not RECIPES[r].get("train_flow_textures") for r in RECIPES
                if r != "evidence-probe-gpu-flow")
+    stab = DemoConfig.recipe("evidence-probe-gpu-stab")  # that, the probe stabilised
+    assert (stab.probe_stabilise, probe_gpu.probe_stabilise) == (True, False)
+    assert dataclasses.replace(stab, probe_stabilise=False, version=probe_gpu.version) == \
+        probe_gpu and stab.version == "9.8"
+    assert all(not RECIPES[r].get("probe_stabilise") for r in RECIPES
+               if r != "evidence-probe-gpu-stab")
     with pytest.raises(ConfigError, match="train_flow_textures must be among waves, advected, "
                                           "got marbled"):
         DemoConfig(train_flow_textures=("waves", "marbled"))
