@@ -169,15 +169,23 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float) -> torch.Tensor
 
 def probe_neighbourhoods(frames: Mapping[int, torch.Tensor], frame: int, frame_count: int,
                          fps: float, cfg: PatchNetConfig, places: Sequence[tuple[int, int]],
-                         side: int | None = None) -> torch.Tensor:
+                         side: int | None = None,
+                         known: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """The probe's ``side`` × ``side`` neighbourhoods (its ``crop`` by default) of each place
     ``(y, x)`` over its frames around ``frame`` (:func:`probe_frames`), ``(len(places), T, C,
     side, side)``; with ``cfg.stabilise`` each frame's neighbourhood taken where the view
     carried the place to (:func:`view_shifts`, at most :data:`STABILISE_SHARE` of the frames'
-    short side), so that what the view carries as it sways or pans stands still in it."""
+    short side), so that what the view carries as it sways or pans stands still in it.
+    ``known``: the view's shifts already found around instants of these frames, by instant;
+    this instant's are read from it or added to it."""
     stack = torch.stack([frames[f] for f in probe_frames(frame, frame_count, fps, cfg)])
-    shifts = (view_shifts(stack, cfg.frames // 2, STABILISE_SHARE * min(stack.shape[-2:]))
-              if cfg.stabilise else None)
+    shifts = None
+    if cfg.stabilise:
+        shifts = known.get(frame) if known is not None else None
+        if shifts is None:
+            shifts = view_shifts(stack, cfg.frames // 2, STABILISE_SHARE * min(stack.shape[-2:]))
+            if known is not None:
+                known[frame] = shifts
     return neighbourhoods(stack, places, side or cfg.crop, shifts)
 
 
@@ -383,14 +391,18 @@ class NeighbourhoodProbe:
     @torch.inference_mode()
     def place_scores(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
                      found: Sequence[Sequence[tuple[int, ...]]], frame_count: int,
-                     fps: float) -> list[np.ndarray]:
-        """The probe's probability at each place ``(y, x, ...)`` of each target frame."""
+                     fps: float, shifts: dict[int, torch.Tensor] | None = None
+                     ) -> list[np.ndarray]:
+        """The probe's probability at each place ``(y, x, ...)`` of each target frame;
+        ``shifts``: the view's shifts around the targets, kept between calls on the same
+        frames (:func:`probe_neighbourhoods`' ``known``)."""
         crops, sizes = [], []
         for i, places in zip(targets, found, strict=True):
             sizes.append(len(places))
             if places:
                 crops.append(probe_neighbourhoods(frames, i, frame_count, fps, self.cfg,
-                                                  [(y, x) for y, x, *_ in places]))
+                                                  [(y, x) for y, x, *_ in places],
+                                                  known=shifts))
         if not crops:
             return [np.zeros(0) for _ in targets]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -515,13 +527,14 @@ class ProbeStream:
         it (earlier targets' best places, this batch's included); the higher of the two."""
         probe, frames, n, fps = self.probe, self._held, self.frame_count, self.fps
         found = probe.places(frames, targets, self.window, maps)
-        own = probe.place_scores(frames, targets, found, n, fps)
+        shifts: dict[int, torch.Tensor] = {}  # a stabilising probe's, found once an instant
+        own = probe.place_scores(frames, targets, found, n, fps, shifts)
         carried = []
         for i, places, p in zip(targets, found, own, strict=True):
             carried.append(memory.recall(i, places))  # before i is remembered: earlier ones
             if p.size and p.max() >= CARRY_SCORE:
                 memory.remember(i, places[int(np.argmax(p))][:2])
-        again = probe.place_scores(frames, targets, carried, n, fps)
+        again = probe.place_scores(frames, targets, carried, n, fps, shifts)
         return np.array([max(a.max(initial=0.0), b.max(initial=0.0))
                          for a, b in zip(own, again, strict=True)])
 

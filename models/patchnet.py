@@ -91,9 +91,10 @@ class PatchNetConfig:
     #: ``max_shift`` px on each axis
     align: bool = False
     max_shift: float = 8.0
-    #: view stabilisation: each of a place's frames is first shifted onto the instant's own
-    #: frame by the whole frame's translation (:func:`models.flowseg.translation`, at most
-    #: :data:`STABILISE_SHARE` of ``short_side`` on each axis), so that blood carried by the
+    #: view stabilisation: each of a place's frames is read where the view's translation
+    #: from the instant's own frame carried the place (the median over tiles of the frame of
+    #: :func:`models.flowseg.translation`, at most :data:`STABILISE_SHARE` of ``short_side``
+    #: on each axis; :func:`amagi_plugin.probing.view_shifts`), so that blood carried by the
     #: view as it sways or pans stands still in the probe's neighbourhood (session 52)
     stabilise: bool = False
     #: how the body's feature map becomes one vector (:data:`POOLS`): ``avg`` its mean;

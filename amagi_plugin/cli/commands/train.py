@@ -206,7 +206,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    "what moves with the view shows no change")
     q.add_argument("--stabilise", action="store_true",
                    help="the probe first shifts each of its frames onto the instant's own by "
-                   "the whole view's motion (phase correlation over the frame), so that blood "
+                   "the whole view's motion (phase correlation over tiles of the frame), so that blood "
                    "the view carries as it sways or pans stands still where it looks")
     q.add_argument("--pool", default="avg", metavar="{avg,max,avgmax}",
                    help="how the probe pools its feature map: avg (its mean), max (its largest "
