@@ -53,17 +53,19 @@ def test_a_send_longer_than_the_claim_keeps_it(database: Database, tmp_path) -> 
         assert release.wait(30)
         return [SendResult(p, None, 0, True, None) for p in paths]
 
-    first = _loop(database, slow_send, claim_s=0.4)
+    # a claim of 1.5 s renewed every 0.375 s: a loaded machine may stall a renewal a few
+    # tenths of a second without the claim running out
+    first = _loop(database, slow_send, claim_s=1.5)
     sender = threading.Thread(target=first.run_once)
     sender.start()
     deadline = time.monotonic() + 10
     while not calls and time.monotonic() < deadline:
         time.sleep(0.02)
     assert calls, "the first loop never sent"
-    other = _loop(database, lambda p, d: pytest.fail("sent twice"), claim_s=0.4)
-    for _ in range(15):  # 1.5 s, almost 4 claims long: still held by the first loop
+    other = _loop(database, lambda p, d: pytest.fail("sent twice"), claim_s=1.5)
+    for _ in range(30):  # 4.5 s, 3 claims long: still held by the first loop
         assert other.run_once() is False
-        time.sleep(0.1)
+        time.sleep(0.15)
     release.set()
     sender.join(30)
     assert len(calls) == 1 and len(calls[0]) == 3
