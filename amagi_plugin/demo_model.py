@@ -116,6 +116,9 @@ class DemoConfig:
     # each frame's neighbourhood taken where the view's motion carried the place (amagi
     # train probe --stabilise)
     probe_stabilise: bool = False
+    # the probe read so all the same, however it was trained: its model-folder copy records
+    # it (session 52: the 9.3 probe, trained unstabilised, read so found more held-out events)
+    probe_read_stabilise: bool = False
     probe_look_jitter: float = 1.0
     # one frame of each positive slid rigidly across the frames, as a negative of this weight
     # (amagi train probe --sliding-negatives; 0 = none)
@@ -352,6 +355,12 @@ _PROBE_GPU_FLOW: dict[str, Any] = {**_PROBE_GPU, "train_flow_textures": ("waves"
 #: retrained, found more held-out events on ``amagi synth``'s looks, still and swaying, and
 #: on another renderer, with no more alarms on still blood. For the next build.
 _PROBE_GPU_STAB: dict[str, Any] = {**_PROBE_GPU, "probe_stabilise": True, "version": "9.8"}
+#: ``evidence-probe-gpu`` whose probe, trained as there, is read stabilised (its model-folder
+#: copy says so): the bundled 9.3 probe read that way (session 52). Built from the bundled
+#: 9.3's networks, not trained again (``--networks-from models/weights/demo``): calibrated
+#: and evaluated on the CPU in about an hour.
+_PROBE_GPU_READ_STAB: dict[str, Any] = {**_PROBE_GPU, "probe_read_stabilise": True,
+                                        "version": "9.7"}
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": _PROBE_GPU,
     "v3": {},
@@ -368,6 +377,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "evidence-probe-gpu-x2": _PROBE_GPU_X2,
     "evidence-probe-gpu-flow": _PROBE_GPU_FLOW,
     "evidence-probe-gpu-stab": _PROBE_GPU_STAB,
+    "evidence-probe-gpu-read-stab": _PROBE_GPU_READ_STAB,
 }
 
 #: The recipes sized for a GPU (the whole of :data:`_GPU_BUDGET`): on 2 CPU cores they take
@@ -391,7 +401,9 @@ RECIPE_HELP = ("shipped: the bundled model's recipe (evidence-probe-gpu, 9.3: me
                "evidence-probe-gpu with the probe at twice the model's scale (measured no "
                "better); evidence-probe-gpu-flow: evidence-probe-gpu whose training looks draw "
                "two blood textures (waves, advected); evidence-probe-gpu-stab: "
-               "evidence-probe-gpu with the probe stabilised against the view's motion")
+               "evidence-probe-gpu with the probe stabilised against the view's motion; "
+               "evidence-probe-gpu-read-stab: evidence-probe-gpu's probe read so (with "
+               "--networks-from models/weights/demo: 9.3's networks, not trained again)")
 
 
 def _cli(argv: list[str]) -> None:
@@ -448,10 +460,13 @@ class StageTimes:
         return out
 
 
-def _check_work_dir(work: Path, cfg: DemoConfig) -> None:
-    """Resume only a build of the same configuration: stages reuse whatever they find."""
+def _check_work_dir(work: Path, cfg: DemoConfig, networks_from: Path | None = None) -> None:
+    """Resume only a build of the same configuration (and the same networks given it):
+    stages reuse whatever they find."""
     record = work / "config.json"
     wanted = cfg.to_json()
+    if networks_from is not None:
+        wanted["networks_from"] = str(networks_from)
     if record.is_file():
         found = json.loads(record.read_text())
         if found != wanted:
@@ -465,47 +480,124 @@ def _check_work_dir(work: Path, cfg: DemoConfig) -> None:
     record.write_text(json.dumps(wanted, indent=1) + "\n")
 
 
+#: The :class:`DemoConfig` fields that change how the trained networks are read and measured,
+#: not their weights: a build given another folder's networks (``build_demo(networks_from=)``)
+#: may differ from that folder's configuration in these alone.
+READ_FIELDS = frozenset({
+    "version", "probe_read_stabilise", "probe_weight", "probe_smooth_s", "probe_memory_s",
+    "probe_smooth_q", "val_seed", "val_cases", "val_duration_s", "val_static_seed",
+    "val_static_cases", "val_static_duration_s", "eval_seed", "eval_cases", "eval_duration_s",
+    "eval_domain", "static_seed", "static_cases", "static_duration_s", "shifted_seed",
+    "shifted_cases", "shifted_duration_s", "folds", "fold_seed"})
+#: What a build given another folder's networks keeps of it, in ``<work>/`` this file.
+NETWORKS_RECORD = "networks.json"
+#: What ``training.json`` records of the networks' own build (``networks_from``).
+ADOPTED_KEYS = ("from", "version", "trained", "device", "seconds")
+
+
+def _weights_files(cfg: DemoConfig) -> list[str]:
+    """Every network file a build of ``cfg`` writes into its model folder."""
+    return [f"{cfg.arch}_demo.pth", f"{cfg.baseline_arch}_demo.pth",
+            *(probe_files(cfg) if cfg.probe_epochs else []),
+            *([REFINER_FILE] if cfg.refiner_sets else [])]
+
+
+def _adoptable(source: Path, cfg: DemoConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``model.json`` and ``training.json`` of the model folder ``source``, if a build of
+    ``cfg`` may take its networks (:data:`READ_FIELDS`); a :class:`DemoBuildError` naming
+    what differs otherwise."""
+    docs = []
+    for name in ("model.json", "training.json"):
+        try:
+            doc = json.loads((source / name).read_text())
+        except (OSError, ValueError) as e:
+            raise DemoBuildError(f"{source} is not a demo model folder: cannot read {name} "
+                                 f"({e})") from None
+        if not isinstance(doc, dict):
+            raise DemoBuildError(f"{source}/{name} is not a JSON object")
+        docs.append(doc)
+    manifest, training = docs
+    theirs, ours = training.get("config"), cfg.to_json()
+    if not isinstance(theirs, dict):
+        raise DemoBuildError(f"{source}/training.json records no build configuration")
+    if unknown := sorted(set(theirs) - set(ours)):
+        raise DemoBuildError(f"{source} was built with settings this version does not know: "
+                             f"{', '.join(unknown)}")
+    # a field the folder's build did not know yet had the default, which changes nothing
+    theirs = {**DemoConfig().to_json(), **theirs}
+    if differ := [k for k in ours if k not in READ_FIELDS and theirs[k] != ours[k]]:
+        raise DemoBuildError(
+            f"{source} holds networks trained otherwise than this recipe says: "
+            + "; ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in differ)
+            + " (a build may take another's networks only where the two differ in how they "
+            "are read or measured)")
+    if missing := [f for f in _weights_files(cfg) if not (source / f).is_file()]:
+        raise DemoBuildError(f"{source} lacks {', '.join(missing)}")
+    return manifest, training
+
+
+def _adopt(source: Path, work: Path, stage: Path, cfg: DemoConfig
+           ) -> tuple[float, dict[str, Any]]:
+    """The networks of the model folder ``source`` copied into ``<work>/networks/`` (once:
+    a resumed build reads its copies, whatever the folder holds since) and from there into
+    ``stage``, the probe as :func:`_stage_probe` says. Returns the time of the copy and its
+    record (:data:`NETWORKS_RECORD`)."""
+    record = work / NETWORKS_RECORD
+    copies = work / "networks"
+    if not record.is_file():
+        manifest, training = _adoptable(source, cfg)
+        copies.mkdir(exist_ok=True)
+        for f in _weights_files(cfg):
+            shutil.copyfile(source / f, copies / f)
+        shown = source.relative_to(REPO) if source.is_relative_to(REPO) else source
+        doc = {"from": str(shown), "version": manifest.get("version"),
+               "trained": manifest.get("trained"), "device": training.get("device"),
+               "seconds": training.get("seconds"), "history": training.get("history", {}),
+               "files": _weights_files(cfg)}
+        record.write_text(json.dumps(doc, indent=1) + "\n")  # written last: the copy is done
+        log.info("took the trained networks of %s (version %s): nothing is trained",
+                 source, doc["version"])
+    adopted = json.loads(record.read_text())
+    probes = set(probe_files(cfg)) if cfg.probe_epochs else set()
+    for f in adopted["files"]:
+        if f in probes:
+            _stage_probe(copies / f, stage / f, cfg)
+        else:
+            shutil.copyfile(copies / f, stage / f)
+    return record.stat().st_mtime, adopted
+
+
+def _stage_probe(record: Path, target: Path, cfg: DemoConfig) -> None:
+    """A probe's model-folder copy: the trained file, or, when ``cfg.probe_read_stabilise``
+    and the probe was trained without, its weights re-saved stabilised (what it was trained
+    on kept in its meta as ``trained_stabilised``)."""
+    if cfg.probe_read_stabilise:
+        from models.checkpoint import read_checkpoint
+        from models.patchnet import load_patchnet, save_patchnet
+
+        net = load_patchnet(record)
+        if not net.cfg.stabilise:
+            meta = {k: v for k, v in read_checkpoint(record)["meta"].items()
+                    if k not in ("arch", "patchnet")}
+            net.cfg = dataclasses.replace(net.cfg, stabilise=True)
+            save_patchnet(net, target, meta={**meta, "trained_stabilised": False})
+            return
+    shutil.copyfile(record, target)
+
+
 #: Where ``build_demo(stop_after=)`` may stop: after every network, or after the segmenter and
 #: the clip networks (before the probe's training cases are made).
 STOP_AFTER = ("trained", "clip")
 
 
-def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
-               device: str = "cpu", stop_after: str | None = None) -> dict[str, Any]:
-    """Run every stage; returns the ``training.json`` document.
-
-    ``device`` (``cpu``, ``cuda``, ``cuda:N``) is where the networks train and evaluate. On
-    the CPU everything uses ``cfg.threads`` cores; on a GPU the synthesis uses every core of
-    the host. The configuration, and so the recipe, is the same on both.
-
-    ``stop_after="trained"`` ends the build once every network is trained, before the
-    validation and evaluation sets are made (a lent GPU's minutes go to training; the same
-    work directory, resumed anywhere, calibrates and evaluates). ``stop_after="clip"`` ends
-    it sooner, once the segmenter and the clip networks are trained: the probe's own
-    training cases are not made, and the probe and the refiner are left to the resumed build
-    too. Nothing is written to ``dest`` then, and the returned document holds only
-    ``stopped_after`` and ``seconds``. A resumed build whose networks are all trained does
-    not make their training data again.
-    """
-    if stop_after is not None and stop_after not in STOP_AFTER:
-        raise ConfigError(f"stop_after must be one of {', '.join(map(repr, STOP_AFTER))} "
-                          f"or None, got {stop_after!r}")
-    import os
-
-    work, dest = work.resolve(), dest.resolve()
+def _train_networks(work: Path, stage: Path, cfg: DemoConfig, device: str,
+                    stop_after: str | None, timings: StageTimes, jobs: int) -> float | None:
+    """The build's training stages (each skipped when done): its training data, the
+    segmenter, the clip networks, the probe or the refiner, their weights exported into
+    ``stage``. Returns the time of the newest network, or ``None`` where ``stop_after`` ended
+    the build."""
     gpu = device != "cpu"
-    jobs = (os.cpu_count() or cfg.threads) if gpu else cfg.threads
-    work.mkdir(parents=True, exist_ok=True)
-    _check_work_dir(work, cfg)
-    timings = StageTimes(work / "timings.json")
     train_root = work / "data" / "train"
-    eval_sets = {  # name -> (seed, cases, duration, domain); the main set first
-        "heldout": (cfg.eval_seed, cfg.eval_cases, cfg.eval_duration_s, cfg.eval_domain),
-        "static": (cfg.static_seed, cfg.static_cases, cfg.static_duration_s, "static"),
-        "shifted": (cfg.shifted_seed, cfg.shifted_cases, cfg.shifted_duration_s, "shifted"),
-    }
-    eval_sets = {k: v for k, v in eval_sets.items() if k == "heldout" or v[1] > 0}
-
     seg_dir, amagi_dir, sf_dir = work / "seg", work / "amagi", work / "slowfast"
     probe_sets = [train_root]
     extra_sets = [(work / "data" / name, seed, cases, domain) for name, seed, cases, domain in (
@@ -585,16 +677,92 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         log.info("the segmenter and the clip networks are trained; stopping before the probe, "
                  "validation and evaluation (resume the work directory %s to finish the "
                  "build)", work)
-        return {"stopped_after": "clip", "seconds": timings.report()}
+        return None
 
     from models.training.loops import export_weights
 
-    stage = work / "export"
-    stage.mkdir(exist_ok=True)
     main_ckpt, base_ckpt = f"{cfg.arch}_demo.pth", f"{cfg.baseline_arch}_demo.pth"
     note = {"notice": DEMO_DISCLAIMER, "version": cfg.version}
     export_weights(amagi_dir / "latest.pth", stage / main_ckpt, meta=note)
     export_weights(sf_dir / "latest.pth", stage / base_ckpt, meta=note)
+    newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
+    if cfg.probe_epochs:
+        t0 = time.perf_counter()
+        ran = _probe(work, seg_dir, probe_sets, stage, cfg, device)
+        timings.record("probe", t0, ran)
+        newest = max(newest, *((work / f).stat().st_mtime for f in probe_files(cfg)))
+    if cfg.refiner_sets:
+        t0 = time.perf_counter()
+        ran = _refiner(work, stage / main_ckpt, cfg, device, gpu, newest)
+        timings.record("refiner", t0, ran)
+        newest = max(newest, (work / REFINER_FILE).stat().st_mtime)  # the stage's own copy
+    if stop_after == "trained":
+        log.info("every network is trained; stopping before validation and evaluation "
+                 "(resume the work directory %s to finish the build)", work)
+        return None
+    return newest
+
+
+def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
+               device: str = "cpu", stop_after: str | None = None,
+               networks_from: Path | None = None) -> dict[str, Any]:
+    """Run every stage; returns the ``training.json`` document.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``) is where the networks train and evaluate. On
+    the CPU everything uses ``cfg.threads`` cores; on a GPU the synthesis uses every core of
+    the host. The configuration, and so the recipe, is the same on both.
+
+    ``stop_after="trained"`` ends the build once every network is trained, before the
+    validation and evaluation sets are made (a lent GPU's minutes go to training; the same
+    work directory, resumed anywhere, calibrates and evaluates). ``stop_after="clip"`` ends
+    it sooner, once the segmenter and the clip networks are trained: the probe's own
+    training cases are not made, and the probe and the refiner are left to the resumed build
+    too. Nothing is written to ``dest`` then, and the returned document holds only
+    ``stopped_after`` and ``seconds``. A resumed build whose networks are all trained does
+    not make their training data again.
+
+    ``networks_from`` (a model folder this module wrote, the bundled one for instance) gives
+    the build its trained networks instead: no training data are made and nothing is
+    trained; their copies are read as ``cfg`` says (``probe_read_stabilise``, the probe's
+    weight and smoothing), calibrated on the validation cases and evaluated, as any build.
+    Its configuration must be ``cfg``'s in every field that shapes a network's weights
+    (all but :data:`READ_FIELDS`); ``training.json`` records where they came from.
+    """
+    if networks_from is not None and stop_after is not None:
+        raise ConfigError("a build given its networks (networks_from) trains nothing: it "
+                          "cannot stop after training")
+    if stop_after is not None and stop_after not in STOP_AFTER:
+        raise ConfigError(f"stop_after must be one of {', '.join(map(repr, STOP_AFTER))} "
+                          f"or None, got {stop_after!r}")
+    import os
+
+    work, dest = work.resolve(), dest.resolve()
+    gpu = device != "cpu"
+    jobs = (os.cpu_count() or cfg.threads) if gpu else cfg.threads
+    if networks_from is not None:
+        networks_from = networks_from.resolve()
+        _adoptable(networks_from, cfg)  # refused before the work directory is made
+    work.mkdir(parents=True, exist_ok=True)
+    _check_work_dir(work, cfg, networks_from)
+    timings = StageTimes(work / "timings.json")
+    eval_sets = {  # name -> (seed, cases, duration, domain); the main set first
+        "heldout": (cfg.eval_seed, cfg.eval_cases, cfg.eval_duration_s, cfg.eval_domain),
+        "static": (cfg.static_seed, cfg.static_cases, cfg.static_duration_s, "static"),
+        "shifted": (cfg.shifted_seed, cfg.shifted_cases, cfg.shifted_duration_s, "shifted"),
+    }
+    eval_sets = {k: v for k, v in eval_sets.items() if k == "heldout" or v[1] > 0}
+
+    stage = work / "export"
+    stage.mkdir(exist_ok=True)
+    if networks_from is None:
+        newest = _train_networks(work, stage, cfg, device, stop_after, timings, jobs)
+        if newest is None:
+            return {"stopped_after": stop_after, "seconds": timings.report()}
+        adopted, trained_on = None, _dt.date.today().isoformat()
+    else:
+        newest, adopted = _adopt(networks_from, work, stage, cfg)
+        trained_on = adopted["trained"]
+    main_ckpt, base_ckpt = f"{cfg.arch}_demo.pth", f"{cfg.baseline_arch}_demo.pth"
     manifest = {
         "arch": cfg.arch, "checkpoint": main_ckpt, "version": cfg.version,
         "description": f"AMAGI demo model ({cfg.arch}) trained on synthetic data generated by "
@@ -602,30 +770,17 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
         "build": {},
         "baseline": {"arch": cfg.baseline_arch, "checkpoint": base_ckpt, "build": {}},
         "training": "training.json", "metrics": "metrics.json",
-        "trained": _dt.date.today().isoformat(),
+        "trained": trained_on,
     }
-    newest = max((d / "latest.pth").stat().st_mtime for d in (amagi_dir, sf_dir))
     if cfg.probe_epochs:
-        t0 = time.perf_counter()
-        ran = _probe(work, seg_dir, probe_sets, stage, cfg, device)
-        timings.record("probe", t0, ran)
         files = probe_files(cfg)
         manifest["probe"] = {"file": files[0] if len(files) == 1 else files,
                              "weight": cfg.probe_weight, "smooth_s": cfg.probe_smooth_s,
                              "memory_s": cfg.probe_memory_s,
                              **({} if cfg.probe_smooth_q is None
                                 else {"smooth_q": cfg.probe_smooth_q})}
-        newest = max(newest, *((work / f).stat().st_mtime for f in files))
     if cfg.refiner_sets:
-        t0 = time.perf_counter()
-        ran = _refiner(work, stage / main_ckpt, cfg, device, gpu, newest)
-        timings.record("refiner", t0, ran)
         manifest["refiner"] = REFINER_FILE
-        newest = max(newest, (work / REFINER_FILE).stat().st_mtime)  # the stage's own copy
-    if stop_after == "trained":
-        log.info("every network is trained; stopping before validation and evaluation "
-                 "(resume the work directory %s to finish the build)", work)
-        return {"stopped_after": "trained", "seconds": timings.report()}
 
     # the validation and held-out sets, made once the networks are trained
     t0 = time.perf_counter()
@@ -666,11 +821,13 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
               "--device", device, "--no-progress"])
     timings.record("evaluate", t0, ran)
 
-    histories = {}
-    for name, d in (("seg", seg_dir), ("amagi", amagi_dir), ("slowfast", sf_dir)):
+    if adopted is None:
         from models.checkpoint import read_checkpoint
 
-        histories[name] = read_checkpoint(d / "latest.pth")["meta"].get("history", [])
+        histories = {name: read_checkpoint(work / name / "latest.pth")["meta"].get("history", [])
+                     for name in ("seg", "amagi", "slowfast")}
+    else:
+        histories = adopted["history"]
     training = {
         "notice": DEMO_DISCLAIMER,
         "command": "make demo-model  (python -m amagi_plugin.demo_model)",
@@ -687,6 +844,7 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
                    "duration_s": duration, "metrics": f"metrics_{name}.json"}
             for name, (seed, cases, duration, domain) in eval_sets.items() if name != "heldout"},
         "history": histories,
+        **({"networks_from": {k: adopted[k] for k in ADOPTED_KEYS}} if adopted else {}),
         **({"calibration": calibration} if calibration else {}),
         "device": device,
         "seconds": timings.report(),
@@ -764,7 +922,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                     if cfg.probe_after_end_s else []),
                   "--seed", str(cfg.train_seed_model + k),
                   "--threads", str(cfg.threads), "--device", device, "--no-progress"])
-        shutil.copyfile(record, stage / name)
+        _stage_probe(record, stage / name, cfg)
     return ran
 
 
@@ -885,7 +1043,13 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
         f"`{manifest['baseline']['checkpoint']}`",
         "- built by `make demo-model` (`python -m amagi_plugin.demo_model`); configuration, "
         "seeds and loss curves in `training.json`, metrics in `metrics.json`/`metrics.md`, "
-        "per-fold plots `fold*.png`", "",
+        "per-fold plots `fold*.png`",
+        *([f"- networks: those of version {nf['version']} (`{nf['from']}`, trained "
+           f"{nf['trained']} on {nf['device']}), not trained again: this build reads them as "
+           "described below, chose the operating point and evaluated them; their training "
+           "wall time (s): " + ", ".join(f"{k} {'not timed' if v is None else f'{v:.0f}'}"
+                                         for k, v in (nf.get("seconds") or {}).items())]
+          if (nf := training.get("networks_from")) else []), "",
         "## Data", "",
         f"- training: `amagi synth --seed {tr['seed']} --domain {tr['domain']}`, "
         f"{tr['cases']} cases × {tr['duration_s']:g} s ({cfg['train_cases_per_patient']} per "
@@ -938,7 +1102,10 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            + (f", its feature map pooled by {_POOL_WORDS[cfg['probe_pool']]}"
               if cfg.get("probe_pool", "avg") != "avg" else "")
            + (", each frame's neighbourhood where the view's motion carried it"
-              if cfg.get("probe_stabilise") else "") + "), "
+              if cfg.get("probe_stabilise") or cfg.get("probe_read_stabilise") else "")
+           + (" (so read in analysis only: trained on each frame's neighbourhood at the "
+              "same place)" if cfg.get("probe_read_stabilise")
+              and not cfg.get("probe_stabilise") else "") + "), "
            f"{cfg['probe_epochs']} epochs on the masked frames of the training set"
            + (f" and {cfg['probe_extra_cases']} more "
               f"{'case' if cfg['probe_extra_cases'] == 1 else 'cases'} of its domain (`--seed "
@@ -1009,18 +1176,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained: stop once every network is trained, before the validation "
                    "and held-out sets; clip: once the segmenter and the clip networks are, "
                    "before the probe's own cases (resume the work directory to finish)")
+    p.add_argument("--networks-from", type=Path, default=None, metavar="DIR",
+                   help="take the trained networks of this model folder (e.g. "
+                   "models/weights/demo) instead of training: the recipe must match its "
+                   "build in every setting but how they are read and measured")
     args = p.parse_args(argv)
     setup_logging("info", "text")  # the program's one logging setup
     try:
         cfg = DemoConfig.recipe(args.recipe)
-        if args.recipe in GPU_RECIPES and not args.quick and args.device == "cpu":
+        if (args.recipe in GPU_RECIPES and not args.quick and args.device == "cpu"
+                and args.networks_from is None):
             log.warning("recipe %s is sized for a GPU (%d training cases, %d clip epochs at "
                         "batch %d): on a few CPU cores it takes many hours; --device cuda, "
                         "or --recipe evidence-probe for the CPU's budget", args.recipe,
                         cfg.train_cases, cfg.clip_epochs, cfg.batch_size)
         work = args.work_dir or default_work_dir(args.recipe, args.quick)
         training = build_demo(work, cfg.quick() if args.quick else cfg, args.dest, args.device,
-                              args.stop_after)
+                              args.stop_after, args.networks_from)
     except Exception as e:  # the CLI's one table of exit codes; bugs keep their traceback
         code = exit_code_for(e)
         if code == ExitCode.INTERNAL:

@@ -153,7 +153,7 @@ def test_a_gpu_sized_recipe_on_the_cpu_is_warned_about(tmp_path: Path, capfd) ->
     assert set(GPU_RECIPES) == {"shipped", "randomised-gpu", "evidence-peaks-gpu",
                                 "evidence-probe-gpu", "evidence-probe-gpu-decoded",
                                 "evidence-probe-gpu-x2", "evidence-probe-gpu-flow",
-                                "evidence-probe-gpu-stab"}
+                                "evidence-probe-gpu-stab", "evidence-probe-gpu-read-stab"}
     busy = tmp_path / "work"
     busy.mkdir()
     (busy / "stray").write_text("x")  # refused at once: nothing is built
@@ -163,6 +163,12 @@ def test_a_gpu_sized_recipe_on_the_cpu_is_warned_about(tmp_path: Path, capfd) ->
         err = capfd.readouterr().err
         assert code == ExitCode.FAILURE and "records no configuration" in err, err
         assert ("sized for a GPU" in err) is warned, (recipe, device, err)
+    # given trained networks, a GPU-sized recipe trains nothing: no warning
+    code = main(["--recipe", "evidence-probe-gpu-read-stab", "--networks-from", str(DEMO_DIR),
+                 "--work-dir", str(busy)])
+    err = capfd.readouterr().err
+    assert code == ExitCode.FAILURE and "records no configuration" in err
+    assert "sized for a GPU" not in err
 
 
 def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
@@ -185,7 +191,8 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
                             "evidence-peaks", "evidence-refined", "evidence-peaks-gpu",
                             "evidence-probe-gpu", "evidence-probe-gpu-decoded",
                             "evidence-probe", "evidence-probe-gpu-x2",
-                            "evidence-probe-gpu-flow", "evidence-probe-gpu-stab"}
+                            "evidence-probe-gpu-flow", "evidence-probe-gpu-stab",
+                            "evidence-probe-gpu-read-stab"}
     temporal = DemoConfig.recipe("temporal")  # the randomised recipe, temporal guidance
     assert temporal.arch == "amagi_tiny_tg" and temporal.baseline_arch == randomised.baseline_arch
     assert dataclasses.replace(temporal, arch=randomised.arch, version=randomised.version) == (
@@ -252,6 +259,13 @@ def test_recipes_are_named_and_the_shipped_one_is_the_default() -> None:
         probe_gpu and stab.version == "9.8"
     assert all(not RECIPES[r].get("probe_stabilise") for r in RECIPES
                if r != "evidence-probe-gpu-stab")
+    read_stab = DemoConfig.recipe("evidence-probe-gpu-read-stab")  # 9.3's probe read so
+    assert (read_stab.probe_read_stabilise, read_stab.probe_stabilise) == (True, False)
+    assert dataclasses.replace(read_stab, probe_read_stabilise=False,
+                               version=probe_gpu.version) == probe_gpu
+    assert read_stab.version == "9.7"
+    assert all(not RECIPES[r].get("probe_read_stabilise") for r in RECIPES
+               if r != "evidence-probe-gpu-read-stab")
     with pytest.raises(ConfigError, match="train_flow_textures must be among waves, advected, "
                                           "got marbled"):
         DemoConfig(train_flow_textures=("waves", "marbled"))
@@ -320,6 +334,19 @@ def test_amagi_train_demo_uses_the_recipes_work_directory(run_cli, tmp_path: Pat
     assert not (tmp_path / "dest").exists()
 
 
+def test_amagi_train_demo_takes_networks_from_a_folder(run_cli, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """``amagi train demo --networks-from DIR`` hands the folder to the build, which refuses
+    one trained otherwise than the recipe says before its work directory is made."""
+    from amagi_plugin import demo_model
+
+    monkeypatch.setattr(demo_model, "DEFAULT_WORK", tmp_path / "demo-model")
+    r = run_cli("train", "demo", "--recipe", "evidence-probe-gpu-stab", "--networks-from",
+                str(DEMO_DIR), "--dest", str(tmp_path / "dest"))
+    assert r.code != 0 and "probe_stabilise False there, True here" in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_build_stops_only_after_training(tmp_path: Path) -> None:
     from amagi_plugin.demo_model import DemoConfig, build_demo
 
@@ -383,3 +410,86 @@ def test_a_finer_probe_draws_every_set_at_its_scale_and_trains_at_it(tmp_path: P
     assert demo_model._probe(tmp_path, seg, [tmp_path / "set"], tmp_path / "stage", cfg, "cpu")
     (argv,) = calls
     assert argv[:2] == ["train", "probe"] and argv[argv.index("--scale") + 1] == "2"
+
+
+def test_a_build_takes_networks_only_from_a_folder_trained_alike(tmp_path: Path,
+                                                                   capsys) -> None:
+    """``--networks-from``: the bundled folder's networks may be read by a recipe that
+    differs from its build only in how they are read (``evidence-probe-gpu-read-stab``);
+    a recipe that would have trained them otherwise, a folder that is not a build's, one
+    whose record names settings this version does not know or that lacks a network, and a
+    stop after training are refused with one line before any work directory is made."""
+    import shutil
+
+    from amagi_plugin.demo_model import (
+        READ_FIELDS,
+        DemoBuildError,
+        DemoConfig,
+        _adoptable,
+        build_demo,
+        main,
+    )
+
+    read_stab = DemoConfig.recipe("evidence-probe-gpu-read-stab")
+    manifest, training = _adoptable(DEMO_DIR, read_stab)
+    assert manifest["version"] == training["config"]["version"] == "9.3"
+    assert set(read_stab.to_json()) > READ_FIELDS  # every name a field
+    work, dest = tmp_path / "work", tmp_path / "dest"
+    for recipe, what in (("evidence-probe-gpu-stab", "probe_stabilise False there, True here"),
+                         ("evidence-probe", "clip_epochs 16 there, 10 here")):
+        code = main(["--recipe", recipe, "--networks-from", str(DEMO_DIR), "--work-dir",
+                     str(work), "--dest", str(dest)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and err[-1].startswith("demo-model: error: ") and what in err[-1]
+        assert "holds networks trained otherwise than this recipe says" in err[-1]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(DemoBuildError, match=r"not a demo model folder: cannot read model\.json"):
+        build_demo(work, read_stab, dest, networks_from=folder)
+    for f in ("model.json", "training.json"):
+        shutil.copyfile(DEMO_DIR / f, folder / f)
+    with pytest.raises(DemoBuildError, match=r"lacks amagi_tiny_tge_demo\.pth, "
+                                             r"slowfast_tiny_demo\.pth, probe_demo\.pth"):
+        build_demo(work, read_stab, dest, networks_from=folder)
+    doc = json.loads((folder / "training.json").read_text())
+    doc["config"]["probe_colour"] = "green"
+    (folder / "training.json").write_text(json.dumps(doc))
+    with pytest.raises(DemoBuildError, match="settings this version does not know: "
+                                             "probe_colour"):
+        build_demo(work, read_stab, dest, networks_from=folder)
+    # a field the folder's build did not know yet reads as its default
+    del doc["config"]["probe_colour"], doc["config"]["probe_read_stabilise"]
+    (folder / "training.json").write_text(json.dumps(doc))
+    with pytest.raises(DemoBuildError, match="lacks"):  # the configuration passed
+        build_demo(work, read_stab, dest, networks_from=folder)
+    with pytest.raises(ConfigError, match="trains nothing: it cannot stop after training"):
+        build_demo(work, read_stab, dest, stop_after="trained", networks_from=DEMO_DIR)
+    assert not work.exists() and not dest.exists()
+
+
+def test_a_probe_read_stabilised_is_saved_so_with_its_weights(tmp_path: Path) -> None:
+    """The model-folder copy of a probe trained unstabilised, for a recipe that reads it
+    stabilised: the same weights and record, the option on, what it was trained on noted;
+    for any other recipe, or a probe trained stabilised, the file itself."""
+    import torch
+
+    from amagi_plugin.demo_model import DemoConfig, _stage_probe
+    from models.checkpoint import read_checkpoint
+    from models.patchnet import PatchNet, PatchNetConfig, load_patchnet, save_patchnet
+
+    torch.manual_seed(0)
+    trained = save_patchnet(PatchNet(PatchNetConfig(frames=4)), tmp_path / "p.pth",
+                            meta={"seed": 7, "epochs": 8})
+    read_stab = DemoConfig.recipe("evidence-probe-gpu-read-stab")
+    _stage_probe(trained, tmp_path / "read.pth", read_stab)
+    before, after = load_patchnet(trained), load_patchnet(tmp_path / "read.pth")
+    assert (before.cfg.stabilise, after.cfg.stabilise) == (False, True)
+    assert dataclasses.replace(after.cfg, stabilise=False) == before.cfg
+    a, b = before.state_dict(), after.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = read_checkpoint(tmp_path / "read.pth")["meta"]
+    assert (meta["seed"], meta["epochs"], meta["trained_stabilised"]) == (7, 8, False)
+    _stage_probe(trained, tmp_path / "plain.pth", DemoConfig.recipe("shipped"))
+    assert (tmp_path / "plain.pth").read_bytes() == trained.read_bytes()
+    _stage_probe(tmp_path / "read.pth", tmp_path / "again.pth", read_stab)  # already on
+    assert (tmp_path / "again.pth").read_bytes() == (tmp_path / "read.pth").read_bytes()

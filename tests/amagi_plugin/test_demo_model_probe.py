@@ -19,7 +19,9 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     model.json with their weight, read as one (their mean probability), calibrated and
     evaluated with (the operating point is the fused probability's), described in the
     README; an earlier build's weights that it does not name are removed from the folder;
-    a rerun redoes nothing. Only the first held-out set is evaluated: the bleeding-free and
+    a rerun redoes nothing. A second build given the folder's networks (``networks_from``)
+    trains nothing, reads them at its own probe weight, calibrates and evaluates again, and
+    records where they came from. Only the first held-out set is evaluated: the bleeding-free and
     shifted sets are the plain build's test's (they cost this test a minute).
 
     The build first stops once its segmenter and clip networks are trained (``--stop-after
@@ -29,7 +31,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     no training data again, but makes the validation and held-out sets and finishes."""
     import shutil
 
-    from amagi_plugin.demo_model import PROBE_FILE, DemoConfig, build_demo
+    from amagi_plugin.demo_model import PROBE_FILE, DemoBuildError, DemoConfig, build_demo
     from models import build_model
     from models.checkpoint import read_checkpoint
     from models.patchnet import ProbeEnsemble, load_probe
@@ -112,3 +114,35 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     again = build_demo(work, cfg, dest)
     assert again["seconds"] == training["seconds"]
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+    # the folder's networks taken by a build that reads them otherwise (its probes' weight,
+    # and read stabilised, which they are already): nothing trained, no training data made,
+    # calibrated and evaluated again; where they came from recorded; a rerun redoes nothing
+    reread = dataclasses.replace(cfg, probe_weight=0.5, probe_read_stabilise=True,
+                                 version="9.9")
+    with pytest.raises(DemoBuildError, match="another configuration"):
+        build_demo(work, reread, dest)  # not in the first build's work directory
+    work2, dest2 = tmp_path / "work2", tmp_path / "dest2"
+    taken = build_demo(work2, reread, dest2, networks_from=dest)
+    assert set(taken["seconds"]) == {"synth_eval", "calibrate", "evaluate", "total"}
+    assert sorted(p.name for p in (work2 / "data").iterdir()) == [
+        "heldout", "validation", "validation-static"]
+    assert not any((work2 / d).exists() for d in ("seg", "amagi", "slowfast"))
+    for f in (PROBE_FILE, second, manifest["checkpoint"], manifest["baseline"]["checkpoint"]):
+        assert (dest2 / f).read_bytes() == before[f], f
+    manifest2 = json.loads((dest2 / "model.json").read_text())
+    assert (manifest2["version"], manifest2["probe"]["weight"]) == ("9.9", 0.5)
+    assert manifest2["trained"] == manifest["trained"] and "operating_point" in manifest2
+    assert taken["networks_from"] == {
+        "from": str(dest), "version": cfg.version, "trained": manifest["trained"],
+        "device": "cpu", "seconds": training["seconds"]}
+    assert taken["history"] == training["history"] and taken["config"]["probe_weight"] == 0.5
+    readme2 = (dest2 / "README.md").read_text()
+    assert (f"- networks: those of version {cfg.version} (`{dest}`, trained "
+            f"{manifest['trained']} on cpu), not trained again") in readme2
+    assert "weighs 0.5 against the clip network's probability" in readme2
+    assert json.loads((dest2 / "metrics.json").read_text()) != json.loads(
+        before["metrics.json"])  # measured again, at another weight
+    assert build_demo(work2, reread, dest2, networks_from=dest)["seconds"] == taken["seconds"]
+    with pytest.raises(DemoBuildError, match=r"another configuration .*networks_from"):
+        build_demo(work2, reread, dest2)  # nor trained where they were taken

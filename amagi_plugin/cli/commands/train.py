@@ -256,6 +256,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     d.add_argument("--device", dest="demo_device", default="cpu",
                    help="cpu, cuda, cuda:N or auto: where the networks train and evaluate")
     d.add_argument("--quick", action="store_true", help="a minutes-long run of every stage")
+    d.add_argument("--networks-from", metavar="DIR",
+                   help="take the trained networks of this model folder (e.g. "
+                   "models/weights/demo) instead of training: the recipe must match its "
+                   "build in every setting but how they are read and measured")
     d.set_defaults(handler=run_demo)
 
 
@@ -547,6 +551,7 @@ def run_demo(args: argparse.Namespace, ctx) -> int:
     work = (ctx.cwd / args.work_dir if args.work_dir
             else default_work_dir(args.recipe, args.quick))  # as make demo-model
     dest = ctx.cwd / args.dest if args.dest else DEMO_DIR
-    training = build_demo(work, cfg, dest, _device(args.demo_device))
+    networks = ctx.cwd / args.networks_from if args.networks_from else None
+    training = build_demo(work, cfg, dest, _device(args.demo_device), networks_from=networks)
     ctx.print(f"demo model written to {dest} ({json.dumps(training['seconds'])})")
     return 0
