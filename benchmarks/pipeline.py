@@ -358,6 +358,8 @@ def _jsonable(obj):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -404,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ceiling-seconds", type=float, default=None,
                     help="time spent per model-only ceiling (default 2 on CUDA, 3 on a CPU; "
                          "at least one batch); negative skips the ceilings")
+    ap.add_argument("--demo-dir", type=Path, action="append", default=None, metavar="DIR",
+                    help="a demo model folder to analyse (default: the bundled one); given "
+                    "more than once, each runs on the same video and its rows give its speed "
+                    "against the first's")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto",
                     help="cpu, cuda, or auto (default: cuda when torch sees one)")
@@ -451,16 +457,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from amagi_plugin.modelspec import DEMO_DIR, demo_manifest, manifest_probe
 
-    demo_probe = None  # the bundled demo's neighbourhood probe, if it has one
-    try:
-        manifest = demo_manifest()
-        demo = (manifest["arch"], str(DEMO_DIR / manifest["checkpoint"]), "demo model")
-        probe_paths, probe_use = manifest_probe(manifest, DEMO_DIR)
-        if probe_paths:
-            demo_probe = (list(probe_paths), probe_use)
-            demo = (*demo[:2], "demo model (with its probe)")
-    except Exception:  # no bundled demo yet: the same architecture with synthetic weights
-        demo = ("amagi_tiny", None, "amagi_tiny (synthetic weights; no demo model bundled)")
+    # (arch, checkpoint, label, probe) of each demo model folder: the bundled one by default
+    demos: list[tuple[str, str | None, str, tuple[list, Any] | None]] = []
+    for folder in args.demo_dir or [DEMO_DIR]:
+        try:
+            manifest = demo_manifest(folder)
+        except Exception:  # no bundled demo yet: the same architecture with synthetic weights
+            if args.demo_dir:
+                raise
+            demos.append(("amagi_tiny", None,
+                          "amagi_tiny (synthetic weights; no demo model bundled)", None))
+            continue
+        label = ("demo model" if not args.demo_dir
+                 else f"demo {manifest.get('version', '?')} ({folder.name})")
+        probe_paths, probe_use = manifest_probe(manifest, folder)
+        demos.append((manifest["arch"], str(folder / manifest["checkpoint"]),
+                      f"{label} (with its probe)" if probe_paths else label,
+                      (list(probe_paths), probe_use) if probe_paths else None))
+    demo = demos[0]
 
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "info": _device_info(device), "video": {"path": str(video), "width": width,
@@ -532,7 +546,16 @@ def main(argv: list[str] | None = None) -> int:
             sf[arch] = analyse(f"{arch} (synthetic), {min(secs, args.seconds):g} s, pipeline",
                                arch, None, segment(secs), True, precisions)
     full = analyse(f"{demo[2]}, whole pipeline", demo[0], demo[1], None, True, precisions,
-                   probe=demo_probe)
+                   probe=demo[3])
+    others = {}  # further demo folders, on the same video: their speed against the first's
+    for other in demos[1:]:
+        start = len(rows)
+        others[other[2]] = analyse(f"{other[2]}, whole pipeline", other[0], other[1], None,
+                                   True, precisions, probe=other[3])
+        mine = [r for r in rows[start:] if r["kind"] == "pipeline"]  # one per precision
+        for row, theirs in zip(mine, full or [], strict=False):
+            row["speedup_col"] = f"{theirs['wall'] / row['wall']:.2f}× 1st"
+        save()
     seg_naive = seg_shared = None
     if args.naive_seconds > 0:
         seg_naive = analyse(f"{demo[0]}, {args.naive_seconds:g} s, naive 3 clips/pred", demo[0],
@@ -557,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     if diff is not None:
         lines.append(f"\nshared vs naive: max |Δ probability| = {diff:.2e} "
                      "(identical within float32)")
-    for name, results in [*sf.items(), ("demo model", full)]:
+    for name, results in [*sf.items(), ("demo model", full), *others.items()]:
         lines += _agreement_lines(name, results or [])
     if full:
         t = full[0]["timings"]

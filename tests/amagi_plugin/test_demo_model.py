@@ -489,7 +489,7 @@ def test_a_probe_read_stabilised_is_saved_so_with_its_weights(tmp_path: Path) ->
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     meta = read_checkpoint(tmp_path / "read.pth")["meta"]
     assert (meta["seed"], meta["epochs"], meta["trained_stabilised"]) == (7, 8, False)
-    _stage_probe(trained, tmp_path / "plain.pth", DemoConfig.recipe("shipped"))
+    _stage_probe(trained, tmp_path / "plain.pth", DemoConfig.recipe("evidence-probe-gpu"))
     assert (tmp_path / "plain.pth").read_bytes() == trained.read_bytes()
     _stage_probe(tmp_path / "read.pth", tmp_path / "again.pth", read_stab)  # already on
     assert (tmp_path / "again.pth").read_bytes() == (tmp_path / "read.pth").read_bytes()

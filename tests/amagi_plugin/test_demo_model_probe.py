@@ -138,8 +138,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
         "device": "cpu", "seconds": training["seconds"]}
     assert taken["history"] == training["history"] and taken["config"]["probe_weight"] == 0.5
     readme2 = (dest2 / "README.md").read_text()
-    assert (f"- networks: those of version {cfg.version} (`{dest}`, trained "
-            f"{manifest['trained']} on cpu), not trained again") in readme2
+    assert (f"- networks: version {cfg.version}'s (`{dest}`, built {manifest['trained']}), "
+            "not trained again") in readme2
     assert "weighs 0.5 against the clip network's probability" in readme2
     assert json.loads((dest2 / "metrics.json").read_text()) != json.loads(
         before["metrics.json"])  # measured again, at another weight
