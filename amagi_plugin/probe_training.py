@@ -42,7 +42,7 @@ from PIL import Image
 
 from amagi_plugin.errors import InputError
 from amagi_plugin.pipeline import AnalysisOptions, BleedingAnalyzer
-from amagi_plugin.probing import probe_frames, probe_neighbourhoods
+from amagi_plugin.probing import PairShifts, probe_frames, probe_neighbourhoods
 from amagi_plugin.schedule import ClipSchedule
 from models.patchnet import PatchNet, PatchNetConfig
 
@@ -150,6 +150,7 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
                 raise InputError(f"{path}: missing (the set's labels.json says {n} frames)")
             frames[i] = probe.geometry.frame(np.asarray(Image.open(path).convert("RGB")))
         found = probe.places(frames, [m["frame"] for m in masked], window)
+        pairs: PairShifts = {}  # a stabilising probe's view shifts, found once a case
         for m, places in zip(masked, found, strict=True):
             h, w = frames[m["frame"]].shape[-2:]
             mask = (np.zeros((h, w), bool) if m["mask"] is None  # no bleeding active there
@@ -173,7 +174,7 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
                     chosen.append((y, x, 0))
             if chosen:
                 crops = probe_neighbourhoods(frames, m["frame"], n, fps, cfg,
-                                             [(y, x) for y, x, _ in chosen], side)
+                                             [(y, x) for y, x, _ in chosen], side, pairs)
                 xs.append(crops.round().clamp(0, 255).to(torch.uint8)
                           .permute(0, 1, 3, 4, 2).numpy())
                 ys += [label for _, _, label in chosen]

@@ -74,9 +74,9 @@ VIEW_SHIFT_SIDE = 64
 #: tiles of the frame
 VIEW_SHIFT_TILES = (2, 3)
 
-__all__ = ["MapGeometry", "NeighbourhoodProbe", "ProbeStream", "ProbeUse", "fuse",
-           "map_peaks", "moving_mean", "moving_quantile", "neighbourhoods", "probe_frames",
-           "probe_neighbourhoods", "view_shifts"]
+__all__ = ["MapGeometry", "NeighbourhoodProbe", "PairShifts", "ProbeStream", "ProbeUse",
+           "fuse", "map_peaks", "moving_mean", "moving_quantile", "neighbourhoods",
+           "probe_frames", "probe_neighbourhoods", "view_shifts"]
 
 
 @dataclass(frozen=True)
@@ -141,51 +141,78 @@ def probe_frames(frame: int, frame_count: int, fps: float, cfg: PatchNetConfig) 
             for t in range(cfg.frames)]
 
 
-def view_shifts(stack: torch.Tensor, ref: int, max_shift: float) -> torch.Tensor:
+#: The view's shift (pixels, ``(y, x)``) of frame ``b`` against frame ``a`` by their numbers
+#: ``(a, b)``: :func:`view_shifts`' pairs of consecutive frames, kept by a caller that reads
+#: the same frames around several instants
+PairShifts = dict[tuple[int, int], torch.Tensor]
+
+
+def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
+                numbers: Sequence[int] | None = None,
+                pairs: PairShifts | None = None) -> torch.Tensor:
     """The view's translation ``(T, 2)`` (y, x; pixels) of each frame of ``stack`` ``(T, C,
-    H, W)`` against frame ``ref``: ``stack[t](p) ≈ stack[ref](p - d[t])``
-    (:func:`models.flowseg.translation` on the frames' channel mean, scaled down by a whole
-    factor to a short side of :data:`VIEW_SHIFT_SIDE` px or more), the median of those of
-    :data:`VIEW_SHIFT_TILES` tiles, so that an instrument that crosses part of the view does
-    not carry the estimate with it (session 52: on a whole frame it did); 0 for a frame that
-    is ``ref`` itself; at most ``max_shift`` on each axis."""
-    same = (stack == stack[ref]).flatten(1).all(dim=1)
-    d = stack.new_zeros((stack.shape[0], 2))
-    moved = torch.nonzero(~same).flatten()
-    if len(moved):
+    H, W)`` against frame ``ref``: ``stack[t](p) ≈ stack[ref](p - d[t])``, chained from each
+    pair of consecutive frames' translation (:func:`models.flowseg.translation` on the frames'
+    channel mean, scaled down by a whole factor to a short side of :data:`VIEW_SHIFT_SIDE` px
+    or more; the median of those of :data:`VIEW_SHIFT_TILES` tiles, so that an instrument
+    that crosses part of the view does not carry the estimate with it (session 52: on a
+    whole frame it did). A pair is 0 between a frame and itself or an identical one; the
+    result at most ``max_shift`` on each axis.
+
+    ``numbers``: the frames' numbers in the video (default ``0 .. T-1``); ``pairs``: the
+    pairs found so far by those numbers (:data:`PairShifts`), read and added to, so that a
+    pair read around several instants is found once (session 53: seven pairs an instant
+    otherwise, the probe's most costly step)."""
+    t_len = stack.shape[0]
+    numbers = list(range(t_len)) if numbers is None else list(numbers)
+    pairs = {} if pairs is None else pairs
+    keys = [(numbers[t], numbers[t + 1]) for t in range(t_len - 1)]
+    todo = [t for t, key in enumerate(keys) if key not in pairs]
+    found = stack.new_zeros((len(todo), 2))
+    moved = [j for j, t in enumerate(todo)
+             if keys[t][0] != keys[t][1] and not torch.equal(stack[t], stack[t + 1])]
+    if moved:
         k = max(1, min(stack.shape[-2:]) // VIEW_SHIFT_SIDE)
-        grey = stack.float().mean(dim=1, keepdim=True)
+        used = sorted({u for j in moved for u in (todo[j], todo[j] + 1)})
+        at = {u: n for n, u in enumerate(used)}
+        grey = stack[used].float().mean(dim=1, keepdim=True)
         grey = (F.avg_pool2d(grey, k) if k > 1 else grey)[:, 0]
         rows, cols = VIEW_SHIFT_TILES
         th, tw = grey.shape[-2] // rows, grey.shape[-1] // cols
         tiles = torch.stack([grey[:, r * th:(r + 1) * th, c * tw:(c + 1) * tw]
-                             for r in range(rows) for c in range(cols)])  # (tiles, T, h, w)
-        ref_tiles = tiles[:, ref:ref + 1].expand(-1, len(moved), -1, -1)
-        each = translation(ref_tiles.reshape(-1, th, tw), tiles[:, moved].reshape(-1, th, tw),
+                             for r in range(rows) for c in range(cols)])  # (tiles, U, h, w)
+        first = tiles[:, [at[todo[j]] for j in moved]]
+        second = tiles[:, [at[todo[j] + 1] for j in moved]]
+        each = translation(first.reshape(-1, th, tw), second.reshape(-1, th, tw),
                            max_shift / k).view(rows * cols, len(moved), 2)
-        d[moved] = k * torch.quantile(each, 0.5, dim=0).to(d.dtype)
-    return d
+        found[moved] = k * torch.quantile(each, 0.5, dim=0).to(found.dtype)
+    for j, t in enumerate(todo):
+        pairs[keys[t]] = found[j]
+    d = stack.new_zeros((t_len, 2))
+    for t in range(ref + 1, t_len):
+        d[t] = d[t - 1] + pairs[keys[t - 1]]
+    for t in range(ref - 1, -1, -1):
+        d[t] = d[t + 1] - pairs[keys[t]]
+    return d.clamp(-max_shift, max_shift)
 
 
 def probe_neighbourhoods(frames: Mapping[int, torch.Tensor], frame: int, frame_count: int,
                          fps: float, cfg: PatchNetConfig, places: Sequence[tuple[int, int]],
                          side: int | None = None,
-                         known: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+                         known: PairShifts | None = None) -> torch.Tensor:
     """The probe's ``side`` × ``side`` neighbourhoods (its ``crop`` by default) of each place
     ``(y, x)`` over its frames around ``frame`` (:func:`probe_frames`), ``(len(places), T, C,
     side, side)``; with ``cfg.stabilise`` each frame's neighbourhood taken where the view
     carried the place to (:func:`view_shifts`, at most :data:`STABILISE_SHARE` of the frames'
     short side), so that what the view carries as it sways or pans stands still in it.
-    ``known``: the view's shifts already found around instants of these frames, by instant;
-    this instant's are read from it or added to it."""
-    stack = torch.stack([frames[f] for f in probe_frames(frame, frame_count, fps, cfg)])
+    ``known``: the view's shifts between frames already found (:data:`PairShifts`), read and
+    added to."""
+    numbers = probe_frames(frame, frame_count, fps, cfg)
+    stack = torch.stack([frames[f] for f in numbers])
     shifts = None
     if cfg.stabilise:
-        shifts = known.get(frame) if known is not None else None
-        if shifts is None:
-            shifts = view_shifts(stack, cfg.frames // 2, STABILISE_SHARE * min(stack.shape[-2:]))
-            if known is not None:
-                known[frame] = shifts
+        shifts = view_shifts(stack, cfg.frames // 2, STABILISE_SHARE * min(stack.shape[-2:]),
+                             numbers, known)
     return neighbourhoods(stack, places, side or cfg.crop, shifts)
 
 
@@ -374,28 +401,29 @@ class NeighbourhoodProbe:
 
     def scores(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
                window: WindowFn, frame_count: int, fps: float,
-               maps: Mapping[int, torch.Tensor] | None = None) -> np.ndarray:
+               maps: Mapping[int, torch.Tensor] | None = None,
+               shifts: PairShifts | None = None) -> np.ndarray:
         """The probe score of each target frame (0 where the map has no peak); ``maps`` as in
-        :meth:`places`."""
+        :meth:`places`, ``shifts`` as in :meth:`place_scores`."""
         return self.scores_at(frames, targets, self.places(frames, targets, window, maps),
-                              frame_count, fps)
+                              frame_count, fps, shifts)
 
     def scores_at(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
                   found: Sequence[Sequence[tuple[int, int, float]]], frame_count: int,
-                  fps: float) -> np.ndarray:
+                  fps: float, shifts: PairShifts | None = None) -> np.ndarray:
         """The probe score of each target frame at its places ``found`` (:meth:`places`;
         0 where there are none)."""
         return np.array([p.max(initial=0.0) for p in
-                         self.place_scores(frames, targets, found, frame_count, fps)])
+                         self.place_scores(frames, targets, found, frame_count, fps, shifts)])
 
     @torch.inference_mode()
     def place_scores(self, frames: Mapping[int, torch.Tensor], targets: Sequence[int],
                      found: Sequence[Sequence[tuple[int, ...]]], frame_count: int,
-                     fps: float, shifts: dict[int, torch.Tensor] | None = None
+                     fps: float, shifts: PairShifts | None = None
                      ) -> list[np.ndarray]:
         """The probe's probability at each place ``(y, x, ...)`` of each target frame;
-        ``shifts``: the view's shifts around the targets, kept between calls on the same
-        frames (:func:`probe_neighbourhoods`' ``known``)."""
+        ``shifts``: the view's shifts between frames, kept between calls on the same frames
+        (:func:`probe_neighbourhoods`' ``known``)."""
         crops, sizes = [], []
         for i, places in zip(targets, found, strict=True):
             sizes.append(len(places))
@@ -464,6 +492,7 @@ class ProbeStream:
         self._mapped: set[int] = set()  # every target given so far
         self._pending = deque(enumerate(self.targets))
         self._held: dict[int, torch.Tensor] = {}
+        self._pairs: PairShifts = {}  # a stabilising probe's, between the frames held
         self._ready: list[tuple[int, int]] = []
         self._fed = -1  # the last frame fed
         self._done = 0
@@ -495,6 +524,8 @@ class ProbeStream:
             first = needs[pending[0][1]][0] if pending else self._fed + 1
             for f in [f for f in self._held if f < first]:
                 del self._held[f]
+            for key in [key for key in self._pairs if key[0] < first]:
+                del self._pairs[key]
 
     def finish(self) -> np.ndarray:
         """Every target's score; those whose frames never came (the video ended early) are
@@ -512,7 +543,8 @@ class ProbeStream:
             ids = [i for _, i in keep]
             maps = {i: self._maps[i] for i in ids if i in self._maps}
             self.out[[k for k, _ in keep]] = (
-                probe.scores(held, ids, self.window, self.frame_count, self.fps, maps)
+                probe.scores(held, ids, self.window, self.frame_count, self.fps, maps,
+                             self._pairs)
                 if self.memory is None else self._scores_with_memory(ids, self.memory, maps))
         for _, i in self._ready:
             self._maps.pop(i, None)
@@ -527,7 +559,7 @@ class ProbeStream:
         it (earlier targets' best places, this batch's included); the higher of the two."""
         probe, frames, n, fps = self.probe, self._held, self.frame_count, self.fps
         found = probe.places(frames, targets, self.window, maps)
-        shifts: dict[int, torch.Tensor] = {}  # a stabilising probe's, found once an instant
+        shifts = self._pairs
         own = probe.place_scores(frames, targets, found, n, fps, shifts)
         carried = []
         for i, places, p in zip(targets, found, own, strict=True):

@@ -156,3 +156,88 @@ def test_swaying_still_blood_stands_still_and_active_blood_still_grows(seed: int
     active_st = change(SWAY_CFG, active)
     assert still_st < 0.35 * still_plain
     assert active_st > 1.5 * still_st
+
+
+def _counting(monkeypatch) -> list[int]:
+    """Patches the translation :func:`view_shifts` uses to count the tiles it aligns."""
+    from amagi_plugin import probing
+
+    counts: list[int] = []
+    original = probing.translation
+
+    def counted(ref, mov, max_shift, *args, **kwargs):
+        counts.append(ref.shape[0])
+        return original(ref, mov, max_shift, *args, **kwargs)
+
+    monkeypatch.setattr(probing, "translation", counted)
+    return counts
+
+
+def test_each_pair_of_frames_is_found_once_however_many_instants_read_it(monkeypatch) -> None:
+    """Instants whose frames overlap share the view's shift between each pair of consecutive
+    frames (``known``): 12 pairs for 6 instants of 8 frames instead of 42, and the same
+    shifts and neighbourhoods as each instant found alone."""
+    from amagi_plugin.probing import VIEW_SHIFT_TILES
+
+    scene = _scene()
+    offsets = [(round(3 * torch.sin(torch.tensor(t / 2.0)).item()), t - 6) for t in range(14)]
+    frames = {t: scene[:, 40 + dy:168 + dy, 40 + dx:200 + dx] for t, (dy, dx) in
+              enumerate(offsets)}
+    places = [(40, 50), (64, 80), (90, 120)]
+    tiles = VIEW_SHIFT_TILES[0] * VIEW_SHIFT_TILES[1]
+    counts = _counting(monkeypatch)
+    alone = [probe_neighbourhoods(frames, t, 14, 10.0, CFG, places) for t in range(4, 10)]
+    assert sum(counts) == 6 * 7 * tiles
+    counts.clear()
+    known: dict = {}
+    shared = [probe_neighbourhoods(frames, t, 14, 10.0, CFG, places, known=known)
+              for t in range(4, 10)]
+    assert sum(counts) == 12 * tiles and len(known) == 12  # frames 0..12: 12 pairs
+    for a, b in zip(alone, shared, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+    for t in range(4, 10):  # the chained shifts are the views' offsets (whole pixels here)
+        which = probe_frames(t, 14, 10.0, CFG)
+        stack = torch.stack([frames[f] for f in which])
+        want = torch.tensor([[offsets[t][0] - offsets[f][0], offsets[t][1] - offsets[f][1]]
+                             for f in which], dtype=torch.float32)
+        torch.testing.assert_close(view_shifts(stack, CFG.frames // 2, 16.0, which, known),
+                                   want, atol=0.15, rtol=0)
+    assert sum(counts) == 12 * tiles  # read, not found again
+
+
+def test_a_probes_pass_over_a_video_finds_each_pair_once_and_scores_as_alone(
+        monkeypatch) -> None:
+    """A stabilising probe's pass over a panning video (:class:`ProbeStream`, batches of
+    instants) scores each instant as the probe does with every frame in memory and nothing
+    kept between instants, finds each pair of frames' shift once, and keeps only the pairs
+    of frames it still holds."""
+    import numpy as np
+
+    from amagi_plugin.probing import MapGeometry, NeighbourhoodProbe
+    from tests.amagi_plugin.test_probing import CFG as RED_CFG
+    from tests.amagi_plugin.test_probing import RedCropNet
+
+    probe = NeighbourhoodProbe(RedCropNet(replace(RED_CFG, stabilise=True, step_s=0.1)),
+                               lambda x: x[:, 0] / 255.0, MapGeometry(32, (0, 0, 0), (1, 1, 1)))
+    scene = _scene(3)[:, :80, :100].clone()
+    scene[:, 30:36, 34:40] = torch.tensor([250.0, 10.0, 10.0])[:, None, None]  # a red spot
+    n, fps = 40, 10.0
+    video = np.stack([scene[:, 20 + (t % 7):52 + (t % 7), 10 + t:42 + t].permute(1, 2, 0)
+                      .round().byte().numpy() for t in range(n)])
+    targets = list(range(2, n - 2))  # every frame: each pair read by 3 instants
+    counts = _counting(monkeypatch)
+    held = {i: probe.geometry.frame(f) for i, f in enumerate(video)}
+    alone = np.concatenate([probe.scores(held, [i], lambda i: [i], n, fps) for i in targets])
+    assert sum(counts) == len(targets) * 3 * 6  # 4 frames: 3 pairs of 6 tiles an instant
+    counts.clear()
+    probe.batch_size = 2
+    stream = probe.stream(targets, lambda i: [i], n, fps)
+    for i, f in enumerate(video):
+        stream.feed(i, probe.geometry.frame(f))
+        assert all(a in stream._held and b in stream._held for a, b in stream._pairs)
+    passed = stream.finish()
+    np.testing.assert_allclose(passed, alone, atol=1e-5)
+    assert (alone > 0.5).any()  # the spot is read
+    pairs = {(a, b) for i in targets
+             for a, b in itertools.pairwise(probe_frames(i, n, fps, probe.cfg)) if a != b}
+    assert sum(counts) <= len(pairs) * 6 < len(targets) * 3 * 6  # each once
