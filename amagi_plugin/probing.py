@@ -152,12 +152,12 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
                 pairs: PairShifts | None = None) -> torch.Tensor:
     """The view's translation ``(T, 2)`` (y, x; pixels) of each frame of ``stack`` ``(T, C,
     H, W)`` against frame ``ref``: ``stack[t](p) ≈ stack[ref](p - d[t])``, chained from each
-    pair of consecutive frames' translation (:func:`models.flowseg.translation` on the frames'
-    channel mean, scaled down by a whole factor to a short side of :data:`VIEW_SHIFT_SIDE` px
-    or more; the median of those of :data:`VIEW_SHIFT_TILES` tiles, so that an instrument
-    that crosses part of the view does not carry the estimate with it (session 52: on a
-    whole frame it did). A pair is 0 between a frame and itself or an identical one; the
-    result at most ``max_shift`` on each axis.
+    pair of consecutive frames' translation: :func:`models.flowseg.translation` on the
+    frames' channel mean, scaled down by a whole factor to a short side of
+    :data:`VIEW_SHIFT_SIDE` px or more, the median of those of :data:`VIEW_SHIFT_TILES`
+    tiles, so that an instrument that crosses part of the view does not carry the estimate
+    with it (session 52: on a whole frame it did). A pair is 0 between a frame and itself or
+    an identical one; the result at most ``max_shift`` on each axis.
 
     ``numbers``: the frames' numbers in the video (default ``0 .. T-1``); ``pairs``: the
     pairs found so far by those numbers (:data:`PairShifts`), read and added to, so that a
