@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                       (list(probe_paths), probe_use) if probe_paths else None))
     demo = demos[0]
 
-    report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    report = {"args": dict(vars(args)),  # paths written as text (_jsonable)
               "info": _device_info(device), "video": {"path": str(video), "width": width,
                                                       "height": height, "make_s": made_s},
               "rows": [], "errors": []}
