@@ -646,26 +646,17 @@ class BleedingAnalyzer:
         return result
 
 
-#: Frames read in one pass when they lie at most this many seconds apart: decoding forward
-#: through 2 s costs less than a seek, which decodes from the last key frame (up to a group of
-#: pictures; on 720p H.264 four seeks to a key frame's neighbours took 2.4 s, session 29).
-READ_GAP_S = 2.0
+#: Decoding threads for frames read after the analysis (key frames, previews): the
+#: segments holding them are decoded side by side, each from its key frame.
+READ_WORKERS = 2
 
 
 def read_frames(video: VideoLike, numbers: Sequence[int]) -> dict[int, np.ndarray]:
-    """RGB frames by 1-based frame number: frames at most :data:`READ_GAP_S` apart are read
-    in one seek and decode, each farther group with its own."""
-    out: dict[int, np.ndarray] = {}
-    gap = max(1, round(READ_GAP_S * video.fps)) if video.fps > 0 else 1
-    groups: list[list[int]] = []
-    for number in sorted(set(numbers)):
-        if groups and number - groups[-1][-1] <= gap:
-            groups[-1].append(number)
-        else:
-            groups.append([number])
-    for group in groups:
-        wanted = {n - 1 for n in group}
-        for index, _t, rgb in video.frames(group[0] - 1, group[-1], wanted=wanted):
-            if index in wanted:
-                out[index + 1] = rgb
-    return out
+    """RGB frames by 1-based frame number, read in one pass that decodes only the stream's
+    segments holding them, each from its key frame up to the last frame wanted there
+    (:mod:`dicom_io.parallel`, "Sparse reads")."""
+    wanted = {n - 1 for n in numbers}
+    if not wanted:
+        return {}
+    return {index + 1: rgb for index, _t, rgb in video.frames(
+        min(wanted), max(wanted) + 1, workers=READ_WORKERS, wanted=wanted)}

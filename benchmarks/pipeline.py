@@ -55,8 +55,9 @@ def frame_size(height: int) -> tuple[int, int]:
 
 
 def make_video(path: Path, seconds: float, width: int = 1280, height: int = 720,
-               fps: float = 30.0) -> Path:
-    """A moving textured scene with a red blob, H.264 in DICOM (cached)."""
+               fps: float = 30.0, gop: int | None = None) -> Path:
+    """A moving textured scene with a red blob, H.264 in DICOM (cached); ``gop``: frames
+    between key frames (x264's default, 250, when ``None``)."""
     if path.exists():
         return path
     from dicom_io.encode import write_video_dicom
@@ -82,7 +83,8 @@ def make_video(path: Path, seconds: float, width: int = 1280, height: int = 720,
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
-    write_video_dicom(frames(), tmp, fps=fps, codec="h264", crf=23, preset="ultrafast")
+    write_video_dicom(frames(), tmp, fps=fps, codec="h264", crf=23, preset="ultrafast",
+                      gop=gop)
     tmp.rename(path)
     return path
 

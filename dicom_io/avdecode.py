@@ -201,17 +201,37 @@ class AVDecoder:
                     raise VideoDecodeError(f"{self.path}: cannot demux the stream ({e})") from e
         return count
 
-    def demux(self) -> Iterator[av.Packet]:
+    def demux(self, from_s: float | None = None) -> Iterator[av.Packet]:
         """The video packets in decode order (flush packets left out), without decoding.
 
-        The bit stream stays open while the iterator runs; close it (or exhaust it) to
-        release the file. Demuxer errors (:class:`av.error.FFmpegError`, :class:`OSError`)
-        propagate unchanged, so that a caller can raise them where a decode would.
+        ``from_s``: first seek the container to the last position it knows before that
+        stream time (s after the first frame); where it lands is the demuxer's guess (for
+        MPEG-TS, a packet near it, not necessarily a key frame). The bit stream stays open
+        while the iterator runs; close it (or exhaust it) to release the file. Demuxer
+        errors (:class:`av.error.FFmpegError`, :class:`OSError`) propagate unchanged, so
+        that a caller can raise them where a decode would; a failed seek among them
+        (:class:`ValueError` for a stream without timestamps).
         """
         with self._open() as (container, vs):
+            if from_s is not None:
+                if self._start_pts is None or self._time_base is None:
+                    raise ValueError(f"{self.path}: the stream has no timestamps to seek by")
+                container.seek(self._start_pts + int(from_s / self._time_base),
+                               backward=True, stream=vs)
             for packet in container.demux(vs):
                 if packet.size:
                     yield packet
+
+    def time_of(self, index: int) -> float:
+        """Stream time (s after the first frame) of frame ``index``; ``nan`` when unknown."""
+        return self._target_time(index)
+
+    def index_at(self, pts: int | None) -> int | None:
+        """The index a frame at timestamp ``pts`` has (as a seek maps it); ``None`` without
+        timestamps."""
+        if pts is None or self._start_pts is None or self._time_base is None:
+            return None
+        return self._index_of(float((pts - self._start_pts) * self._time_base))
 
     # -- index <-> stream time -------------------------------------------------------
     def _uniform(self) -> bool:

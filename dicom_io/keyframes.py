@@ -12,6 +12,15 @@ Index of a key frame
     frame: they are decoded by the previous segment, which also gets the key frame and
     its leading pictures (and only those) after its own packets.
 
+Starting near a frame
+    With ``seek``, the planner does not demux from the start of the stream up to the first
+    frame wanted: it seeks the demuxer to before it and begins at the first key frame it
+    reads there, if that key frame is at or before the frame and its timestamp gives its
+    index (:meth:`AVDecoder.agrees`, as for any split); from there it counts as from the
+    start. Landing after the frame, it seeks further back (:data:`SEEK_BACK_S`); failing
+    that, it demuxes from the start. A few frames far into a long video then cost a seek
+    and their segments, not a demux of everything before them.
+
 Where the stream is not split
     A key frame is a split point only if its timestamp gives that same index and agrees
     with the DICOM timing within half a frame (:meth:`AVDecoder.agrees`). At the first key
@@ -23,6 +32,8 @@ Where the stream is not split
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,9 +44,16 @@ import av.error
 if TYPE_CHECKING:
     from dicom_io.avdecode import AVDecoder
 
+logger = logging.getLogger(__name__)
+
 #: Packets (frames) a segment holds at least: every split costs a fresh decoder and decodes
 #: the next key frame twice, which only pays for itself over several frames.
 MIN_SEGMENT_FRAMES = 16
+
+#: How far before a frame's time (s) successive seeks of a planner that starts near it land.
+SEEK_BACK_S = (0.0, 2.0, 8.0, 30.0)
+#: Frames closer to the start than this (s) are planned from the start, without a seek.
+MIN_SEEK_S = 1.0
 
 #: Compressed bytes one segment may hold; past this the rest is a :class:`SerialTail`
 #: (a stream with so few key frames gains little from segments, and memory stays bounded).
@@ -89,8 +107,8 @@ class SerialTail:
 
 
 def plan_segments(decoder: AVDecoder, start: int = 0, stop: int | None = None, *,
-                  min_frames: int = MIN_SEGMENT_FRAMES, max_bytes: int = MAX_SEGMENT_BYTES
-                  ) -> Iterator[Segment | SerialTail]:
+                  min_frames: int = MIN_SEGMENT_FRAMES, max_bytes: int = MAX_SEGMENT_BYTES,
+                  seek: bool = False) -> Iterator[Segment | SerialTail]:
     """Cut the stream into the segments holding frames ``start`` to ``stop - 1``, in order.
 
     Demuxes lazily: a segment is yielded once its next key frame's leading pictures are
@@ -108,6 +126,9 @@ def plan_segments(decoder: AVDecoder, start: int = 0, stop: int | None = None, *
         Packets a segment holds at least: a key frame closer to the last split is not one.
     max_bytes : int
         Compressed bytes one segment may hold before the rest becomes a serial tail.
+    seek : bool
+        Start from a seek near ``start`` rather than from the start of the stream (module
+        docstring); the segments are cut at the key frames from there on.
     """
     end = float("inf") if stop is None else stop
     current: list[av.Packet] = []  # the open segment's packets, from its key frame
@@ -116,7 +137,11 @@ def plan_segments(decoder: AVDecoder, start: int = 0, stop: int | None = None, *
     before_key, leading = 0, []  # packets before it (decode order); its leading pictures
     count = 0  # packets read
     errors: list[BaseException] = []
-    packets = decoder.demux()
+    landed = _seek_near(decoder, start) if seek else None
+    if landed is None:
+        packets, key_index = decoder.demux(), None
+    else:  # the key frame at or before start: its index from its timestamp
+        packets, key, key_index = landed
     try:
         for packet in _then_none(packets, errors):
             if key is not None and packet is not None and packet.pts is not None \
@@ -126,6 +151,9 @@ def plan_segments(decoder: AVDecoder, start: int = 0, stop: int | None = None, *
                 continue
             if key is not None:  # the key frame's leading pictures are all read
                 index, split = before_key + len(leading), [key, *leading]
+                if key_index is not None:  # reached by a seek: packets counted from here
+                    index, key_index = key_index, None
+                    count = index + 1
                 if not decoder.agrees(index, key.pts):
                     yield SerialTail(first)
                     return
@@ -157,6 +185,36 @@ def plan_segments(decoder: AVDecoder, start: int = 0, stop: int | None = None, *
         packets.close()
 
 
+def _seek_near(decoder: AVDecoder, start: int
+               ) -> tuple[Iterator[av.Packet], av.Packet, int] | None:
+    """Packets demuxed from a seek, positioned after the last key frame at or before frame
+    ``start`` that the seek reached; with that key frame and its index. ``None`` where
+    the stream is planned from its start instead (module docstring)."""
+    target = decoder.time_of(start)
+    if not (math.isfinite(target) and target >= MIN_SEEK_S):
+        return None
+    for back in SEEK_BACK_S:
+        packets = decoder.demux(max(0.0, target - back))
+        try:
+            for packet in packets:
+                if packet.is_keyframe and packet.pts is not None:
+                    break
+            else:
+                packets.close()
+                continue
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            logger.debug("%s: seek towards frame %d failed (%s)", decoder.path, start, e)
+            packets.close()
+            return None
+        index = decoder.index_at(packet.pts)
+        if index is not None and index <= start and decoder.agrees(index, packet.pts):
+            return packets, packet, index
+        packets.close()
+        if index is None or index <= start:  # a key frame that disagrees with the timing
+            return None
+    return None
+
+
 def _then_none(packets: Iterator[av.Packet], errors: list[BaseException]
                ) -> Iterator[av.Packet | None]:
     """``packets``, then ``None`` for the end of the stream; a demuxer error ends it early
@@ -168,10 +226,11 @@ def _then_none(packets: Iterator[av.Packet], errors: list[BaseException]
     yield None
 
 
-def key_frames(decoder: AVDecoder) -> list[int]:
-    """Indices (0-based) of the key frames the stream is split at, found by demuxing only.
+def key_frames(decoder: AVDecoder, min_frames: int = MIN_SEGMENT_FRAMES) -> list[int]:
+    """Indices (0-based) of the key frames the stream is split at, found by demuxing only
+    (``min_frames`` as in :func:`plan_segments`; 1: every key frame).
 
     The first item is always 0 (the start of the stream, key frame or not); it is the only
     one when the stream cannot be split (see :func:`plan_segments`).
     """
-    return [s.first for s in plan_segments(decoder)]
+    return [s.first for s in plan_segments(decoder, min_frames=min_frames)]

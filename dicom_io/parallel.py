@@ -13,6 +13,16 @@ How
     Multi-frame instances and single-frame series need no cut: every frame decodes alone,
     so runs of :data:`CHUNK_FRAMES` frames are read by the workers through the serial path.
 
+Sparse reads
+    With ``wanted``, a segment (or run of frames) holding none of the wanted frames is not
+    decoded, and a segment is decoded only up to its last wanted frame: a few frames spread
+    over a video (an event's key frame and its neighbours) cost their segments' decoding
+    from their key frames, not a decode of everything between them. Runs of wanted frames
+    more than :data:`PLAN_GAP_S` apart are each planned from a seek near them, so what lies
+    between is not even demuxed. Damage in what is not decoded goes unseen. Where the
+    stream cannot be cut (a :class:`~dicom_io.keyframes.SerialTail`), the wanted frames
+    farther apart than :data:`SEEK_GAP_S` are reached by a seek each.
+
 Memory
     At most ``workers`` segments are in flight; each passes its frames to the caller
     through a queue of ``max_frames // workers - 1`` frames, so no more than ``max_frames``
@@ -30,11 +40,12 @@ Errors
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Collection, Container, Iterator
+from collections.abc import Callable, Collection, Container, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -54,6 +65,13 @@ DEFAULT_BUFFER_BYTES = 512 << 20
 CHUNK_FRAMES = 8
 #: Seconds a blocked worker waits before checking whether the caller has gone.
 _POLL_S = 0.1
+#: Where the stream cannot be cut, wanted frames at most this many seconds apart are read in
+#: one decode: decoding forward through 2 s costs less than a seek, which decodes from the
+#: last key frame (up to a group of pictures; on 720p H.264 four seeks took 2.4 s).
+SEEK_GAP_S = 2.0
+#: Runs of wanted frames farther apart than this (s) are planned each from a seek near it
+#: (:func:`dicom_io.keyframes.plan_segments`): demuxing everything between them costs more.
+PLAN_GAP_S = 10.0
 
 _Frame = tuple[int, np.ndarray]
 _Job = Callable[[], Iterator[_Frame]]
@@ -112,8 +130,9 @@ def parallel_frames(source: VideoSource, start: int = 0, stop: int | None = None
         return
     pipe = _Pipeline(int(workers), int(max_frames) // int(workers) - 1, on_held)
     decoder = source.decoder
-    items = (_video(decoder, frames, pipe, wanted) if decoder is not None
-             else pipe.run(_chunks(source, frames, wanted)))
+    sparse = None if wanted is None else _Wanted(wanted, frames, source.fps)
+    items = (_video(decoder, frames, pipe, wanted, sparse) if decoder is not None
+             else pipe.run(_chunks(source, frames, wanted, sparse)))
     times = source.frame_times
     for index, rgb in items:
         yield index, float(times[index]), rgb
@@ -126,40 +145,110 @@ def _check_count(name: str, value: object, least: int) -> None:
         raise ValueError(f"{name} must be >= {least}, got {value}")
 
 
-def _video(decoder: AVDecoder, frames: range, pipe: _Pipeline,
-           wanted: Container[int] | None) -> Iterator[_Frame]:
-    """Frames of an MPEG-2/H.264/HEVC stream, segment by segment."""
-    start, stop, step = frames.start, frames.stop, frames.step
-    plan = plan_segments(decoder, start, stop)
+class _Wanted:
+    """The wanted indices of a range of frames, in order, to find the last in a run."""
 
-    def job(item: Segment | SerialTail) -> _Job:
-        if isinstance(item, Segment):
-            return lambda: decoder.decode_segment(item, start, stop, step, wanted=wanted)
+    def __init__(self, wanted: Collection[int], frames: range, fps: float) -> None:
+        self._order: Sequence[int] = sorted(i for i in wanted if i in frames)
+        self._fps = fps
+
+    def last(self, lo: int, hi: int) -> int | None:
+        """The last wanted index in ``[lo, hi)``; ``None`` when there is none."""
+        k = bisect.bisect_left(self._order, hi) - 1
+        return self._order[k] if k >= 0 and self._order[k] >= lo else None
+
+    def groups(self, lo: int, hi: int, gap_s: float) -> Iterator[tuple[int, int]]:
+        """``(first, last)`` of the runs of wanted indices in ``[lo, hi)`` whose neighbours
+        are at most ``gap_s`` seconds apart."""
+        gap = max(1, round(gap_s * self._fps)) if self._fps > 0 else 1
+        run: list[int] = []
+        for index in self._order[bisect.bisect_left(self._order, lo):
+                                 bisect.bisect_left(self._order, hi)]:
+            if run and index - run[-1] > gap:
+                yield run[0], run[-1]
+                run = []
+            run.append(index)
+        if run:
+            yield run[0], run[-1]
+
+
+def _through(frames: Iterator[_Frame], last: int) -> Iterator[_Frame]:
+    """``frames`` up to index ``last``; the decoding stops there (closed)."""
+    try:
+        for item in frames:
+            yield item
+            if item[0] >= last:
+                return
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
+def _video(decoder: AVDecoder, frames: range, pipe: _Pipeline,
+           wanted: Container[int] | None, sparse: _Wanted | None) -> Iterator[_Frame]:
+    """Frames of an MPEG-2/H.264/HEVC stream, segment by segment (sparse reads: module
+    docstring)."""
+    start, stop, step = frames.start, frames.stop, frames.step
+    plans: list[Iterator[Segment | SerialTail]] = []  # the one being read is the last
+
+    def segment_job(item: Segment, hi: int) -> _Job | None:
+        def job() -> Iterator[_Frame]:
+            return decoder.decode_segment(item, start, hi, step, wanted=wanted)
+        if sparse is None:
+            return job
+        end = hi if item.next_first is None else min(hi, item.next_first)
+        last = sparse.last(max(start, item.first), end)
+        return None if last is None else (lambda: _through(job(), last))
+
+    def tail_jobs(item: SerialTail, hi: int) -> Iterator[_Job]:
         first = max(start, item.first)
         first += -(first - start) % step  # the first index of the range from there
-        return lambda: decoder.iter_frames(first, stop, step, wanted=wanted)
+        if sparse is None:
+            yield lambda: decoder.iter_frames(first, hi, step, wanted=wanted)
+            return
+        for lo, last in sparse.groups(first, hi, SEEK_GAP_S):
+            yield lambda lo=lo, last=last: _through(
+                decoder.iter_frames(lo, hi, step, wanted=wanted), last)
+
+    def jobs() -> Iterator[_Job]:
+        # sparse: each run of wanted frames far from the others planned from a seek near it
+        spans = ([(start, stop, False)] if sparse is None else
+                 [(lo, last + 1, True) for lo, last in sparse.groups(start, stop, PLAN_GAP_S)])
+        for lo, hi, seek in spans:
+            plans.append(plan_segments(decoder, lo, hi, seek=seek))
+            for item in plans[-1]:
+                if isinstance(item, SerialTail):
+                    yield from tail_jobs(item, hi)
+                elif (job := segment_job(item, hi)) is not None:
+                    yield job
 
     resume = start
     try:
-        for index, rgb in pipe.run(job(item) for item in plan):
+        for index, rgb in pipe.run(jobs()):
             resume = index + 1
             yield index, rgb
     except SegmentMismatchError as e:
         logger.info("%s: %s; decoding frames %d-%d serially", decoder.path, e, resume,
                     stop - 1)
-        plan.close()
+        for plan in plans:
+            plan.close()
         for index, rgb in decoder.iter_frames(start, stop, step, wanted=wanted):
             if index >= resume:
                 yield index, rgb
     finally:
-        plan.close()
+        for plan in plans:
+            plan.close()
 
 
-def _chunks(source: VideoSource, frames: range, wanted: Container[int] | None
-            ) -> Iterator[_Job]:
-    """Jobs reading runs of :data:`CHUNK_FRAMES` frames through the serial path."""
+def _chunks(source: VideoSource, frames: range, wanted: Container[int] | None,
+            sparse: _Wanted | None) -> Iterator[_Job]:
+    """Jobs reading runs of :data:`CHUNK_FRAMES` frames through the serial path (a run
+    holding no wanted frame is not read)."""
     for k in range(0, len(frames), CHUNK_FRAMES):
         run = frames[k:k + CHUNK_FRAMES]
+        if sparse is not None and sparse.last(run.start, run[-1] + 1) is None:
+            continue
         yield lambda run=run: ((i, rgb) for i, _t, rgb in source.frames(
             run.start, run.stop, run.step, wanted=wanted))
 

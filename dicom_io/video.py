@@ -342,8 +342,11 @@ class VideoSource:
             (:func:`dicom_io.parallel.parallel_frames`).
         wanted : collection of int, optional
             The indices the caller uses: only these frames of the range are converted to
-            RGB and yielded, each exactly as without ``wanted`` (a video stream is still
-            decoded frame by frame, and damage is raised where it would be). ``None``, the
+            RGB and yielded, each exactly as without ``wanted``. With ``workers=1`` a video
+            stream is still decoded frame by frame, and damage is raised where it would be;
+            with more, only the stream's segments holding a wanted frame are decoded, each
+            up to its last wanted frame (damage elsewhere goes unseen: a few frames spread
+            over a long video cost their segments, :mod:`dicom_io.parallel`). ``None``, the
             default: every frame of the range.
 
         Yields

@@ -213,19 +213,23 @@ class CountingVideo(ArrayVideo):
         return super().frames(*args, **kwargs)
 
 
-def test_read_frames_reads_near_frames_in_one_pass() -> None:
-    from amagi_plugin.pipeline import READ_GAP_S, read_frames
+def test_read_frames_reads_them_in_one_pass() -> None:
+    """One sparse read (the decoder skips what lies between: dicom_io's sparse reads)."""
+    from amagi_plugin.pipeline import READ_WORKERS, read_frames
 
     frames = np.random.default_rng(0).integers(0, 255, (400, 4, 4, 3), dtype=np.uint8)
     video = CountingVideo(frames, 30.0)
-    gap = round(READ_GAP_S * 30)
-    numbers = [10, 3, 3, 3 + gap, 3 + gap + gap + 1, 400]  # 1-based; 401 is past the end
+    calls: list[dict] = []
+    real = video.frames
+    video.frames = lambda *a, **kw: calls.append(kw) or real(*a, **kw)  # type: ignore
+    numbers = [10, 3, 3, 200, 400, 401]  # 1-based; 401 is past the end
     got = read_frames(video, numbers)
-    assert sorted(got) == [3, 10, 3 + gap, 3 + 2 * gap + 1, 400]
+    assert sorted(got) == [3, 10, 200, 400]
     assert all(np.array_equal(got[n], frames[n - 1]) for n in got)
-    assert video.seeks == 3  # {3, 10, 3 + gap}, {3 + 2 gap + 1}, {400}
+    assert video.seeks == 1 and calls[0]["workers"] == READ_WORKERS >= 2
+    assert calls[0]["wanted"] == {2, 9, 199, 399, 400}
     assert video.converted == len(got)  # only the wanted frames are converted
-    assert read_frames(video, []) == {}
+    assert read_frames(video, []) == {} and video.seeks == 1
 
 
 def test_key_frames_and_their_segmenter_window_are_read_together() -> None:

@@ -53,10 +53,12 @@ def _same(got: Frames, want: Frames, concealed: frozenset[int] = frozenset()) ->
         assert i in concealed or np.array_equal(a, b), f"frame {i} differs"
 
 
-def _concealed(records) -> frozenset[int]:
+def _concealed(records, gop: int = 1) -> frozenset[int]:
     """The frames whose pixels some decode reported as error-concealed: ``frame N decoded
     with concealed errors``, and the frames repeated in the place of missing ones after it
-    (``frame(s) A-B missing ...; frame N repeated``), from the decoder's log ``records``."""
+    (``frame(s) A-B missing ...; frame N repeated``), from the decoder's log ``records``;
+    with ``gop``, also the frames after each up to the next key frame (every ``gop``
+    frames): they are predicted from its pixels, which differ from one decode to another."""
     out: set[int] = set()
     for r in records:
         text = r.getMessage()
@@ -65,7 +67,7 @@ def _concealed(records) -> frozenset[int]:
         elif m := re.search(r"frame\(s\) (\d+)-(\d+) missing from the stream; frame (\d+) "
                             r"repeated", text):
             out.update(range(int(m[1]), int(m[2]) + 1))
-    return frozenset(out)
+    return frozenset(j for i in out for j in range(i, i + gop - i % gop if gop > 1 else i + 1))
 
 
 def _same_damage(got: Frames, error: str | None, decoded: int | None, want: Frames,
@@ -200,7 +202,7 @@ def test_damaged_stream_same_frames_and_error(make_video, tmp_path, caplog, name
     for workers in (2, 3):
         got, error, decoded = _run(parallel_frames(src, workers=workers))
         _same_damage(got, error, decoded, want, want_error, want_decoded,
-                     _concealed(caplog.records))
+                     _concealed(caplog.records, GOP))
 
 
 def test_truncated_error_matches_on_a_sub_range(make_video, tmp_path):
@@ -231,8 +233,8 @@ def _miscount_second_segment(monkeypatch) -> None:
     """Make the planner's second segment miss its next key frame by one frame."""
     real = parallel.plan_segments
 
-    def off_by_one(decoder, start, stop):
-        for k, item in enumerate(real(decoder, start, stop)):
+    def off_by_one(decoder, start, stop, **kw):
+        for k, item in enumerate(real(decoder, start, stop, **kw)):
             if k == 1 and isinstance(item, Segment):
                 item = dataclasses.replace(item, next_first=item.next_first + 1)
             yield item
@@ -374,6 +376,149 @@ def test_wanted_after_a_miscounted_segment(make_video, monkeypatch):
     wanted = set(range(2, N, 5))
     _same(list(parallel_frames(src, workers=2, wanted=wanted)),
           _restricted(list(src.frames()), wanted))
+
+
+@pytest.fixture
+def segment_decodes(monkeypatch) -> list[list[int]]:
+    """Per segment decoded (by its first frame's index), the frames its decoder gave."""
+    seen: dict[int, list[int]] = {}
+    real = avdecode.AVDecoder._segment_frames
+
+    def counting(self, segment):
+        out = seen.setdefault(segment.first, [])
+        for frame in real(self, segment):
+            out.append(1)
+            yield frame
+
+    monkeypatch.setattr(avdecode.AVDecoder, "_segment_frames", counting)
+    return seen  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("name", ["h264", "hevc", "mpeg2", "h264-mp4-frag"])
+def test_sparse_wanted_decodes_only_their_segments(make_video, segment_decodes, name):
+    """A few wanted frames cost their segments, from each key frame up to the last wanted
+    frame there; the frames are the serial decode's."""
+    src = _video(make_video, name)
+    firsts = key_frames(src.decoder)
+    assert len(firsts) >= 3, firsts
+    want = list(src.frames())
+    a, b = firsts[1] + 2, firsts[-1] + 1  # in the second and the last segment
+    for wanted in ({a}, {a, b}, {a, a + 1, b}):
+        segment_decodes.clear()
+        got = list(src.frames(workers=2, wanted=wanted))
+        _same(got, _restricted(want, wanted))
+        assert sorted(segment_decodes) == sorted({firsts[1], firsts[-1]} if b in wanted
+                                                 else {firsts[1]})
+        # up to the last wanted frame, with the decoder's reordering delay (B-frames)
+        assert len(segment_decodes[firsts[1]]) <= max(wanted & {a, a + 1}) - firsts[1] + 1 + 4
+    segment_decodes.clear()
+    assert list(src.frames(workers=2, wanted=set())) == [] and not segment_decodes
+    # without wanted, every segment is decoded to its end
+    list(src.frames(workers=2))
+    assert sorted(segment_decodes) == firsts
+    assert sum(map(len, segment_decodes.values())) >= N
+
+
+@pytest.mark.parametrize("name", ["h264", "hevc", "mpeg2", "h264-mp4-frag", "h264-plain"])
+def test_a_planner_from_a_seek_starts_near_its_frame(make_video, monkeypatch, name):
+    """Planned from a seek near frame ``k``: it starts at a key frame at or before ``k``
+    (not at the start of the stream, nor demuxing from there), it cuts at key frames, and
+    its segments decode to the serial frames."""
+    n = 150  # 5 s: seeks back 2 s, then 8 s (keyframes.SEEK_BACK_S)
+    src = open_video(make_video(n=n, gop=GOP, **VIDEOS[name]).path)
+    keys = key_frames(src.decoder, min_frames=1)  # every key frame
+    assert len(keys) > 3, keys
+    demuxed: list[int] = []
+    real = avdecode.AVDecoder.demux
+
+    def counting(self, from_s=None):
+        demuxed.append(0)
+        for packet in real(self, from_s):
+            demuxed[-1] += 1
+            yield packet
+
+    monkeypatch.setattr(avdecode.AVDecoder, "demux", counting)
+    want = list(src.frames())
+    for k in (100, 120, n - 1):
+        demuxed.clear()
+        plan = list(plan_segments(src.decoder, k, n, seek=True))
+        assert plan and all(isinstance(s, Segment) for s in plan)
+        assert 0 < plan[0].first <= k and {s.first for s in plan} <= set(keys)
+        assert sum(demuxed) < n  # what lies before its key frame was not read
+        got = [f for item in plan for f in src.decoder.decode_segment(item, k, n, 1)]
+        assert [i for i, _ in got] == list(range(k, n))
+        assert all(np.array_equal(rgb, want[i][2]) for i, rgb in got)
+    # near the start there is no seek
+    demuxed.clear()
+    assert list(plan_segments(src.decoder, 10, n, seek=True))[0].first == 0
+    assert len(demuxed) == 1
+
+
+def test_far_runs_of_wanted_frames_are_planned_apart(make_video, monkeypatch):
+    src = _video(make_video, "h264")
+    calls: list[tuple[int, int | None, bool]] = []
+    real = parallel.plan_segments
+
+    def recording(decoder, start, stop, **kw):
+        calls.append((start, stop, kw.get("seek", False)))
+        return real(decoder, start, stop, **kw)
+
+    monkeypatch.setattr(parallel, "plan_segments", recording)
+    monkeypatch.setattr(parallel, "PLAN_GAP_S", 0.5)  # 15 frames at 30 frames/s
+    want = list(src.frames())
+    wanted = {3, 5, 40, 52, 58}
+    _same(list(src.frames(workers=2, wanted=wanted)), _restricted(want, wanted))
+    assert calls == [(3, 6, True), (40, 59, True)]
+    calls.clear()
+    _same(list(src.frames(workers=2)), want)
+    assert calls == [(0, N, False)]
+
+
+def test_sparse_wanted_where_the_stream_cannot_be_cut(make_video, tmp_path, monkeypatch):
+    """No split point (DICOM timing disagrees with the stream): wanted frames farther apart
+    than the seek gap are each reached by a seek, and are the serial decode's frames."""
+    vid = make_video(n=N, gop=GOP, **VIDEOS["h264"])
+    path = tmp_path / "25fps.dcm"
+    wrap_video_as_dicom(vid.stream, path, None, None, fps=25.0)
+    src = open_video(path)
+    assert list(plan_segments(src.decoder)) == [SerialTail(0)]
+    monkeypatch.setattr(parallel, "SEEK_GAP_S", 0.2)  # 5 frames at 25 frames/s
+    starts: list[tuple[int, int | None]] = []
+    real = avdecode.AVDecoder.iter_frames
+
+    def recording(self, start=0, stop=None, step=1, **kw):
+        starts.append((start, stop))
+        return real(self, start, stop, step, **kw)
+
+    want = list(src.frames())
+    monkeypatch.setattr(avdecode.AVDecoder, "iter_frames", recording)
+    wanted = {2, 4, 40, 44, 58}
+    got = list(src.frames(workers=2, wanted=wanted))
+    _same(got, _restricted(want, wanted))
+    assert [s for s, _ in starts] == [2, 40, 58]
+    starts.clear()
+    got = list(src.frames(1, None, 3, workers=2, wanted=wanted))  # 4, 40, 58 on the grid
+    _same(got, _restricted(want, {4, 40, 58}))
+    assert [s for s, _ in starts] == [4, 40, 58]
+
+
+def test_sparse_wanted_skips_runs_of_a_multiframe_instance(tmp_path, monkeypatch):
+    path = tmp_path / "mf.dcm"
+    write_multiframe_dicom(synthetic_frames(40), path, fps=25.0, transfer_syntax=RLELossless)
+    src = open_video(path)
+    want = list(src.frames())
+    reads: list[int] = []
+    real = VideoSource.frames
+
+    def recording(self, start=0, stop=None, step=1, **kw):
+        if kw.get("workers", 1) == 1:
+            reads.append(start)
+        return real(self, start, stop, step, **kw)
+
+    monkeypatch.setattr(VideoSource, "frames", recording)
+    got = list(src.frames(workers=2, wanted={3, 35}))
+    _same(got, _restricted(want, {3, 35}))
+    assert reads == [0, 4 * parallel.CHUNK_FRAMES]  # the runs holding 3 and 35 only
 
 
 @pytest.mark.parametrize("workers", [1, 2])
