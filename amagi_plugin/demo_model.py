@@ -184,6 +184,9 @@ class DemoConfig:
     train_seed_model: int = 7
     threads: int = 2
     workers: int = 0  # data-loading processes per training run
+    #: the segmenter's and clip networks' training arithmetic (``amagi train --precision``:
+    #: fp32, or bf16 autocast where the device computes it natively)
+    train_precision: str = "fp32"
     prediction_hz: float = 10.0
     version: str = "3.0"
 
@@ -198,6 +201,11 @@ class DemoConfig:
         if unknown := [t for t in self.train_flow_textures if t not in FLOW_TEXTURES]:
             raise ConfigError(f"train_flow_textures must be among {', '.join(FLOW_TEXTURES)}, "
                               f"got {', '.join(unknown)}")
+        from models.training.loops import PRECISIONS
+
+        if self.train_precision not in PRECISIONS:
+            raise ConfigError(f"train_precision must be one of {', '.join(PRECISIONS)}, got "
+                              f"{self.train_precision!r}")
         if self.probe_seeds < 1:
             raise ConfigError(f"probe_seeds must be at least 1, got {self.probe_seeds}")
         if not (isinstance(self.probe_scale, int) and self.probe_scale >= 1):
@@ -217,11 +225,13 @@ class DemoConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def recipe(cls, name: str) -> DemoConfig:
-        """A named recipe of :data:`RECIPES`."""
+    def recipe(cls, name: str, precision: str | None = None) -> DemoConfig:
+        """A named recipe of :data:`RECIPES`; ``precision``: its networks' training
+        arithmetic instead of the recipe's (``train_precision``)."""
         if name not in RECIPES:
             raise ConfigError(f"unknown demo recipe {name!r}; choose one of {', '.join(RECIPES)}")
-        return cls(**RECIPES[name])
+        extra = {} if precision is None else {"train_precision": precision}
+        return cls(**{**RECIPES[name], **extra})
 
     def quick(self) -> DemoConfig:
         """This recipe at minute scale: every stage runs (for trying it, not for use)."""
@@ -642,7 +652,8 @@ def _train_networks(work: Path, stage: Path, cfg: DemoConfig, device: str,
     common = ["--threads", str(cfg.threads), "--device", device,
               "--batch-size", str(cfg.batch_size),
               "--warmup-epochs", str(cfg.warmup_epochs), "--seed", str(cfg.train_seed_model),
-              "--workers", str(cfg.workers), "--resume", "--no-progress"]
+              "--workers", str(cfg.workers), "--precision", cfg.train_precision,
+              "--resume", "--no-progress"]
     t0 = time.perf_counter()
     ran = not (seg_dir / "done").is_file()
     if ran:
@@ -744,6 +755,12 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     if stop_after is not None and stop_after not in STOP_AFTER:
         raise ConfigError(f"stop_after must be one of {', '.join(map(repr, STOP_AFTER))} "
                           f"or None, got {stop_after!r}")
+    from amagi_plugin.modelspec import bf16_native
+
+    if cfg.train_precision == "bf16" and networks_from is None and not bf16_native(device):
+        raise ConfigError(f"train_precision bf16: {device} does not compute bfloat16 "
+                          "natively (a CPU needs AMX or AVX512-BF16, CUDA compute capability "
+                          "8.0): train in fp32 there")
     import os
 
     work, dest = work.resolve(), dest.resolve()
@@ -1188,6 +1205,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained: stop once every network is trained, before the validation "
                    "and held-out sets; clip: once the segmenter and the clip networks are, "
                    "before the probe's own cases (resume the work directory to finish)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="the networks' training arithmetic instead of the recipe's (fp32): "
+                   "bf16 autocast where the device computes it natively (a GPU, a CPU with "
+                   "AMX: about 1.7x faster training steps on 2 AMX cores)")
     p.add_argument("--networks-from", type=Path, default=None, metavar="DIR",
                    help="take the trained networks of this model folder (e.g. "
                    "models/weights/demo) instead of training: the recipe must match its "
@@ -1195,7 +1216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging("info", "text")  # the program's one logging setup
     try:
-        cfg = DemoConfig.recipe(args.recipe)
+        cfg = DemoConfig.recipe(args.recipe, precision=args.precision)
         if (args.recipe in GPU_RECIPES and not args.quick and args.device == "cpu"
                 and args.networks_from is None):
             log.warning("recipe %s is sized for a GPU (%d training cases, %d clip epochs at "

@@ -347,6 +347,56 @@ def test_amagi_train_demo_takes_networks_from_a_folder(run_cli, tmp_path: Path,
     assert not any(tmp_path.iterdir())
 
 
+def test_bf16_training_is_a_choice_refused_where_the_device_would_emulate_it(
+        run_cli, tmp_path: Path, monkeypatch) -> None:
+    """``--precision bf16`` (``make demo-model PRECISION=bf16``, ``amagi train demo``) sets
+    the build's ``train_precision``, which every network's training is given; on a device
+    without native bf16 the build is refused before its work directory is made."""
+    from amagi_plugin import demo_model, modelspec
+    from amagi_plugin.demo_model import RECIPES, DemoConfig, build_demo
+
+    assert all(DemoConfig.recipe(r).train_precision == "fp32" for r in RECIPES)
+    cfg = DemoConfig.recipe("evidence-probe", precision="bf16")
+    assert cfg == dataclasses.replace(DemoConfig.recipe("evidence-probe"),
+                                      train_precision="bf16")
+    with pytest.raises(ConfigError, match="train_precision must be one of fp32, bf16"):
+        dataclasses.replace(cfg, train_precision="fp16")
+    monkeypatch.setattr(modelspec, "bf16_native", lambda device: False)
+    with pytest.raises(ConfigError, match="train_precision bf16: cpu does not compute"):
+        build_demo(tmp_path / "work", cfg.quick(), tmp_path / "dest")
+    monkeypatch.setattr(demo_model, "DEFAULT_WORK", tmp_path / "demo-model")
+    r = run_cli("train", "demo", "--recipe", "evidence-probe", "--quick", "--precision",
+                "bf16", "--dest", str(tmp_path / "dest"))
+    assert r.code != 0 and "train_precision bf16: cpu does not compute" in r.stderr
+    assert demo_model.main(["--recipe", "evidence-probe", "--quick", "--precision", "bf16",
+                            "--work-dir", str(tmp_path / "work"),
+                            "--dest", str(tmp_path / "dest")]) != 0
+    assert not any(tmp_path.iterdir())
+    # where it runs, each training is given the precision
+    seen: list[list[str]] = []
+
+    class Failed:  # a training process that ends at once, unsuccessfully
+        def __init__(self, argv, **_kw) -> None:
+            seen.append(list(argv))
+
+        def wait(self) -> int:
+            return 1
+
+    monkeypatch.setattr(modelspec, "bf16_native", lambda device: True)
+    def made(argv: list[str]) -> None:  # a stage that writes only its output folder
+        seen.append(argv)
+        if "-od" in argv:
+            Path(argv[argv.index("-od") + 1]).mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(demo_model, "_cli", made)
+    monkeypatch.setattr(demo_model.subprocess, "Popen", Failed)
+    with pytest.raises(demo_model.DemoBuildError, match="training amagi failed"):
+        build_demo(tmp_path / "work", cfg.quick(), tmp_path / "dest")
+    train = [a[a.index("train"):] for a in seen if "train" in a]
+    assert [a[:2] for a in train] == [["train", "seg"], ["train", "clip"], ["train", "clip"]]
+    assert all(a[a.index("--precision") + 1] == "bf16" for a in train)
+
+
 def test_a_build_stops_only_after_training(tmp_path: Path) -> None:
     from amagi_plugin.demo_model import DemoConfig, build_demo
 

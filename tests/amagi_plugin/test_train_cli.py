@@ -211,6 +211,32 @@ def test_user_errors_are_one_line(trained: Path) -> None:
         assert code == ExitCode.BAD_INPUT and says in err
 
 
+def test_bf16_training_only_where_the_device_computes_it(trained: Path, monkeypatch) -> None:
+    """``--precision bf16`` trains under autocast and says so in the checkpoint; where the
+    device would emulate bf16 it is refused in one line, before anything is read or
+    written (whatever this machine's CPU: the check is replaced both ways)."""
+    from amagi_plugin import modelspec
+
+    clip = ["train", "clip", "--arch", "slowfast", "--annotations", "train/annotations.txt",
+            "--epochs", "1", "--input-size", "64", "--batch-size", "4", "--no-progress",
+            "--precision", "bf16"]
+    monkeypatch.setattr(modelspec, "bf16_native", lambda device: False)
+    for cmd in (clip, ["train", "seg", "--arch", "amagi_tiny", "--data", "train",
+                       "--precision", "bf16"]):
+        code, _, err = _run(trained, *cmd, "-od", "bf16-refused")
+        assert code == ExitCode.BAD_INPUT, err
+        assert "--precision bf16: cpu does not compute bfloat16 natively" in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (trained / "bf16-refused").exists()
+    monkeypatch.setattr(modelspec, "bf16_native", lambda device: True)
+    code, _, err = _run(trained, *clip, "-od", "bf16")
+    assert code == 0, err
+    assert read_checkpoint(trained / "bf16" / "latest.pth")["meta"]["config"]["precision"] \
+        == "bf16"
+    assert read_checkpoint(trained / "slowfast" / "latest.pth")["meta"]["config"][
+        "precision"] == "fp32"
+
+
 def test_evaluate_in_worker_processes_gives_the_same_predictions(trained: Path) -> None:
     args = ["evaluate", "--data", "heldout", "--checkpoint", "amagi=amagi/latest.pth",
             "--folds", "1", "--no-progress"]
