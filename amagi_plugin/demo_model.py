@@ -1191,6 +1191,8 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from models.training.loops import PRECISIONS
+
     p = argparse.ArgumentParser(prog="python -m amagi_plugin.demo_model",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--work-dir", type=Path, default=None,
@@ -1205,7 +1207,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained: stop once every network is trained, before the validation "
                    "and held-out sets; clip: once the segmenter and the clip networks are, "
                    "before the probe's own cases (resume the work directory to finish)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the networks' training arithmetic instead of the recipe's (fp32): "
                    "bf16 autocast where the device computes it natively (a GPU, a CPU with "
                    "AMX: about 1.7x faster training steps on 2 AMX cores)")

@@ -228,6 +228,8 @@ def test_bf16_training_only_where_the_device_computes_it(trained: Path, monkeypa
         assert "--precision bf16: cpu does not compute bfloat16 natively" in err
         assert len(err.strip().splitlines()) == 1
     assert not (trained / "bf16-refused").exists()
+    code, _, err = _run(trained, *clip[:-1], "fp16", "-od", "bf16-refused")
+    assert code == ExitCode.BAD_INPUT and "--precision must be one of fp32, bf16" in err
     monkeypatch.setattr(modelspec, "bf16_native", lambda device: True)
     code, _, err = _run(trained, *clip, "-od", "bf16")
     assert code == 0, err

@@ -61,7 +61,7 @@ def _common(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
                    help="process-group backend under torchrun (auto: nccl on CUDA, gloo on "
                    "the CPU); ignored without torchrun")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+    g.add_argument("--precision", default="fp32", metavar="{fp32,bf16}",
                    help="bf16: forward pass and loss under bfloat16 autocast (weights, "
                    "gradients and optimiser stay fp32), where the device computes bf16 "
                    "natively (CUDA compute capability 8.0, a CPU with AMX: about 1.7x "
@@ -261,7 +261,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     d.add_argument("--device", dest="demo_device", default="cpu",
                    help="cpu, cuda, cuda:N or auto: where the networks train and evaluate")
     d.add_argument("--quick", action="store_true", help="a minutes-long run of every stage")
-    d.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+    d.add_argument("--precision", default=None, metavar="{fp32,bf16}",
                    help="the networks' training arithmetic instead of the recipe's (fp32; "
                    "bf16 only where the device computes it natively, as 'amagi train clip')")
     d.add_argument("--networks-from", metavar="DIR",
@@ -350,9 +350,14 @@ def _log_to(out: Path) -> Iterator[None]:
 
 
 def _check_precision(args: argparse.Namespace, device: str) -> None:
-    """``--precision bf16`` only where ``device`` computes bf16 natively."""
+    """``--precision``: one of the training precisions, bf16 only where ``device`` computes
+    it natively."""
     from amagi_plugin.modelspec import bf16_native
+    from models.training.loops import PRECISIONS
 
+    if args.precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
+                         f"{args.precision!r}")
     if args.precision == "bf16" and not bf16_native(device):
         raise InputError(f"--precision bf16: {device} does not compute bfloat16 natively (a "
                          "CPU needs AMX or AVX512-BF16, CUDA compute capability 8.0), so "
