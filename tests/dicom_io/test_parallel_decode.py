@@ -186,19 +186,24 @@ def _garble(src: Path, dst: Path, at: float, length: int, zero: bool = False) ->
 DAMAGE = [("cut", 0.6), ("cut", 0.85), ("garble", 0.5), ("zero", 0.4)]
 
 
+def _damaged(src: Path, tmp_path: Path, damage: str, at: float) -> VideoSource:
+    """``src`` cut or garbled (:data:`DAMAGE`), opened; skipped where opening refuses it."""
+    path = tmp_path / "damaged.dcm"
+    if damage == "cut":
+        _cut(src, path, at)
+    else:
+        _garble(src, path, at, 3000 if damage == "zero" else 1500, zero=damage == "zero")
+    try:
+        return open_video(path)
+    except DicomIOError:
+        pytest.skip("this damage is refused when the file is opened")
+
+
 @pytest.mark.parametrize("name", ["h264", "mpeg2", "hevc"])
 @pytest.mark.parametrize(("damage", "at"), DAMAGE, ids=[f"{d}{a}" for d, a in DAMAGE])
 def test_damaged_stream_same_frames_and_error(make_video, tmp_path, caplog, name, damage, at):
     vid = make_video(n=N, gop=GOP, **VIDEOS[name])
-    path = tmp_path / "damaged.dcm"
-    if damage == "cut":
-        _cut(vid.path, path, at)
-    else:
-        _garble(vid.path, path, at, 3000 if damage == "zero" else 1500, zero=damage == "zero")
-    try:
-        src = open_video(path)
-    except DicomIOError:
-        pytest.skip("this damage is refused when the file is opened")
+    src = _damaged(vid.path, tmp_path, damage, at)
     want, want_error, want_decoded = _run(src.frames())
     if damage == "cut":
         assert want_error is not None and "truncated" in want_error
@@ -488,15 +493,7 @@ def test_sparse_reads_of_a_damaged_stream(make_video, tmp_path, caplog, monkeypa
     in a segment not read goes unseen: a frame beyond it may come where serially none does)."""
     n = 150
     vid = make_video(n=n, gop=GOP, **VIDEOS[name])
-    path = tmp_path / "damaged.dcm"
-    if damage == "cut":
-        _cut(vid.path, path, at)
-    else:
-        _garble(vid.path, path, at, 3000 if damage == "zero" else 1500, zero=damage == "zero")
-    try:
-        src = open_video(path)
-    except DicomIOError:
-        pytest.skip("this damage is refused when the file is opened")
+    src = _damaged(vid.path, tmp_path, damage, at)
     monkeypatch.setattr(parallel, "PLAN_GAP_S", 0.5)
     serial, _, _ = _run(src.frames())
     # the serial decode's pixels are the reference up to its first concealed frame (after
