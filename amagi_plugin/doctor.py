@@ -88,6 +88,19 @@ def check_torch() -> Iterator[Check]:
         yield Check("cuda", Status.OK, names, required=False)
     else:
         yield Check("cuda", Status.WARN, "not available: inference runs on the CPU", required=False)
+    yield _training_precision("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _training_precision(device: str) -> Check:
+    """Whether ``amagi train --precision bf16`` can run on ``device`` (it is refused where
+    bf16 would be emulated)."""
+    from amagi_plugin.modelspec import bf16_native
+
+    if bf16_native(device):
+        return Check("training precision", Status.OK, f"fp32 or bf16 ({device} computes "
+                     "bfloat16 natively: amagi train --precision bf16)", required=False)
+    return Check("training precision", Status.OK, f"fp32 ({device} computes no bfloat16 "
+                 "natively: amagi train --precision bf16 is refused)", required=False)
 
 
 def check_pyav() -> Iterator[Check]:

@@ -108,6 +108,20 @@ def test_doctor_fails_where_the_analysis_would_refuse_bf16(doctor, monkeypatch) 
     assert "does not compute bfloat16 natively" in checks["backend"]["detail"]
 
 
+def test_doctor_says_whether_training_can_run_in_bf16(doctor, monkeypatch) -> None:
+    from amagi_plugin import modelspec
+
+    for native, says in ((True, "fp32 or bf16 (cpu computes bfloat16 natively: amagi train "
+                                "--precision bf16)"),
+                         (False, "fp32 (cpu computes no bfloat16 natively: amagi train "
+                                 "--precision bf16 is refused)")):
+        monkeypatch.setattr(modelspec, "bf16_native", lambda _device, n=native: n)
+        r, checks = doctor()
+        check = checks["training precision"]
+        assert (check["status"], check["detail"], check["required"]) == ("ok", says, False)
+        assert r.code == 0, r.stdout
+
+
 def test_doctor_fails_on_unwritable_spool(doctor, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
