@@ -184,8 +184,8 @@ class DemoConfig:
     train_seed_model: int = 7
     threads: int = 2
     workers: int = 0  # data-loading processes per training run
-    #: the segmenter's and clip networks' training arithmetic (``amagi train --precision``:
-    #: fp32, or bf16 autocast where the device computes it natively)
+    #: the networks' training arithmetic (``amagi train seg|clip|probe --precision``: fp32,
+    #: or bf16 autocast where the device computes it natively)
     train_precision: str = "fp32"
     prediction_hz: float = 10.0
     version: str = "3.0"
@@ -949,7 +949,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                   "--view-negatives", str(cfg.probe_view_negatives),
                   *(["--after-end-negatives", ",".join(map(str, cfg.probe_after_end_s))]
                     if cfg.probe_after_end_s else []),
-                  "--seed", str(cfg.train_seed_model + k),
+                  "--seed", str(cfg.train_seed_model + k), "--precision", cfg.train_precision,
                   "--threads", str(cfg.threads), "--device", device, "--no-progress"])
         _stage_probe(record, stage / name, cfg)
     return ran

@@ -264,6 +264,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               sliding_negatives: float = 0.0, view_negatives: float = 0.0, seed: int = 0,
               threads: int | None = None,
               device: str = "cpu", input_size: int | None = None, scale: int = 1,
+              precision: str = "fp32",
               progress: Callable[[str], None] | None = None) -> tuple[PatchNet, dict[str, Any]]:
     """A probe trained on the rawframes sets ``data`` (pooled) at the map peaks of ``arch``'s
     segmentation net loaded from ``seg_checkpoint`` (an ``amagi train seg`` file; the model
@@ -306,7 +307,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
     try:  # the settings before the data: a typo costs no reading
         tcfg = PatchTrainConfig(seed=seed, architecture=cfg, reversed_negatives=reversed_negatives,
                                 sliding_negatives=sliding_negatives,
-                                view_negatives=view_negatives, **given)
+                                view_negatives=view_negatives, precision=precision, **given)
     except ModelError as e:
         raise InputError(str(e)) from None
     analyzer = probe_analyzer(model, PatchNet(cfg), device)
@@ -346,6 +347,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
             "view_negatives": tcfg.view_negatives,
             "after_end_s": list(after_end_s),
             "batch": tcfg.batch, "seed": seed, "device": str(device),
+            "precision": tcfg.precision,
             "losses": [round(v, 4) for v in result.losses],
             "seconds": round(summary["seconds"] + result.seconds, 1)}
     return result.net, meta

@@ -65,8 +65,16 @@ class PatchTrainConfig:
     #: weight of one frame of each positive held under a zooming view and drifting light
     view_negatives: float = 0.0
     architecture: PatchNetConfig = field(default_factory=PatchNetConfig)
+    #: the network's forward pass in ``"bf16"`` autocast or ``"fp32"``
+    #: (:data:`models.training.loops.PRECISIONS`; weights and optimiser stay fp32)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        from models.training.loops import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.precision!r}")
         made = {"reversed": self.reversed_negatives, "sliding": self.sliding_negatives,
                 "view": self.view_negatives}
         if any(not w >= 0 for w in made.values()):
@@ -209,7 +217,10 @@ def train_patchnet(x: np.ndarray, y: np.ndarray, cfg: PatchTrainConfig | None = 
                 xb = torch.cat([xb, m])
                 yb = torch.cat([yb, torch.zeros(len(m))])
                 weight = torch.cat([weight, torch.full((len(m),), w * float(pos_weight))])
-            loss = (F.binary_cross_entropy_with_logits(net(xb.to(device)), yb.to(device),
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                enabled=cfg.precision == "bf16"):
+                logits = net(xb.to(device))
+            loss = (F.binary_cross_entropy_with_logits(logits.float(), yb.to(device),
                                                        reduction="none")
                     * weight.to(device)).sum() / len(idx)
             opt.zero_grad()

@@ -227,6 +227,10 @@ def test_bf16_training_only_where_the_device_computes_it(trained: Path, monkeypa
         assert code == ExitCode.BAD_INPUT, err
         assert "--precision bf16: cpu does not compute bfloat16 natively" in err
         assert len(err.strip().splitlines()) == 1
+    code, _, err = _run(trained, "train", "probe", "--data", "train", "--arch", "amagi_tiny",
+                        "--seg-checkpoint", "seg/latest.pth", "-o", "bf16-refused/probe.pth",
+                        "--precision", "bf16", "--no-progress")
+    assert code == ExitCode.BAD_INPUT and "--precision bf16: cpu does not compute" in err
     assert not (trained / "bf16-refused").exists()
     code, _, err = _run(trained, *clip[:-1], "fp16", "-od", "bf16-refused")
     assert code == ExitCode.BAD_INPUT and "--precision must be one of fp32, bf16" in err

@@ -225,7 +225,8 @@ def _as_neighbourhoods(x: torch.Tensor) -> np.ndarray:
 
 @functools.cache
 def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0,
-             align: bool = False, view_negatives: float = 0.0) -> PatchNet:
+             align: bool = False, view_negatives: float = 0.0,
+             precision: str = "fp32") -> PatchNet:
     """A small probe trained by ``train_patchnet`` on growing (1) and still (0) spots only
     (each kind once per session: the tests only read it)."""
     from models.training.patchnet import PatchTrainConfig, train_patchnet
@@ -235,7 +236,8 @@ def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0,
     x = _as_neighbourhoods(torch.stack([_spot(bool(v), g) for v in y]))
     cfg = PatchTrainConfig(epochs=4, batch=32, look_jitter=0.0, architecture=PatchNetConfig(
         width=16, align=align), reversed_negatives=reversed_negatives,
-        sliding_negatives=sliding_negatives, view_negatives=view_negatives)
+        sliding_negatives=sliding_negatives, view_negatives=view_negatives,
+        precision=precision)
     return train_patchnet(x, y.numpy(), cfg).net
 
 
@@ -271,6 +273,33 @@ def _scores(net: PatchNet, make) -> torch.Tensor:
     g = torch.Generator().manual_seed(2)
     with torch.inference_mode():
         return torch.sigmoid(net(torch.stack([make(g) for _ in range(16)])))
+
+
+def test_a_probe_trained_in_bf16_learns_growth_as_in_fp32(monkeypatch) -> None:
+    """``precision="bf16"``: its convolutions run in bfloat16 (autocast) while its weights
+    stay fp32, and it tells growing spots from still ones on new samples as the fp32 probe
+    does; an unknown precision is refused."""
+    from models.errors import ModelError
+    from models.training.patchnet import PatchTrainConfig
+
+    seen: set[torch.dtype] = set()
+    real = torch.nn.Conv2d.forward
+
+    def recording(self, x):
+        out = real(self, x)
+        seen.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording)
+    net = _trained.__wrapped__(precision="bf16")  # not the cached fp32 probe
+    monkeypatch.undo()
+    assert seen == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    grow = _scores(net, lambda g: _spot(True, g))
+    still = _scores(net, lambda g: _spot(False, g))
+    assert grow.min() > still.max(), (grow, still)
+    with pytest.raises(ModelError, match="precision must be one of fp32, bf16"):
+        PatchTrainConfig(precision="fp16")
 
 
 def test_played_backwards_positives_teach_the_direction_of_change() -> None:

@@ -248,6 +248,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    "blood the bleeding left (e.g. 0.5,1,2,3)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    q.add_argument("--precision", default="fp32", metavar="{fp32,bf16}",
+                   help="bf16: the probe's forward pass under bfloat16 autocast, where the "
+                   "device computes it natively (epochs about 1.45x faster on 2 AMX cores), "
+                   "as 'amagi train clip --precision'")
     q.add_argument("--device", default="cpu", help="where the segmenter runs (cpu, cuda)")
     q.add_argument("--no-progress", action="store_true", help="no progress lines")
     q.set_defaults(handler=run_probe)
@@ -539,6 +543,9 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
     from amagi_plugin.probe_training import fit_probe
     from models.patchnet import save_patchnet
 
+    device = resolve_device(args.device)
+    _check_precision(args, device)
+
     def said(line: str) -> None:
         print(line, file=ctx.stderr, flush=True)
 
@@ -551,8 +558,9 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
                           sliding_negatives=args.sliding_negatives,
                           view_negatives=args.view_negatives,
                           after_end_s=args.after_end_negatives, seed=args.seed,
-                          threads=args.threads, device=resolve_device(args.device),
+                          threads=args.threads, device=device,
                           input_size=args.input_size, scale=args.scale,
+                          precision=args.precision,
                           progress=None if args.no_progress else said)
     out = save_patchnet(net, ctx.cwd / args.output, meta=meta)
     ex = meta["extraction"]
