@@ -755,12 +755,11 @@ def build_demo(work: Path, cfg: DemoConfig, dest: Path = DEMO_DIR,
     if stop_after is not None and stop_after not in STOP_AFTER:
         raise ConfigError(f"stop_after must be one of {', '.join(map(repr, STOP_AFTER))} "
                           f"or None, got {stop_after!r}")
-    from amagi_plugin.modelspec import bf16_native
+    from amagi_plugin.modelspec import emulated_bf16
 
-    if cfg.train_precision == "bf16" and networks_from is None and not bf16_native(device):
-        raise ConfigError(f"train_precision bf16: {device} does not compute bfloat16 "
-                          "natively (a CPU needs AMX or AVX512-BF16, CUDA compute capability "
-                          "8.0): train in fp32 there")
+    if cfg.train_precision == "bf16" and networks_from is None and (
+            why := emulated_bf16(device)):
+        raise ConfigError(f"train_precision bf16: {why}: train in fp32 there")
     import os
 
     work, dest = work.resolve(), dest.resolve()

@@ -244,6 +244,15 @@ def bf16_native(device: torch.device | str) -> bool:
     return False
 
 
+def emulated_bf16(device: torch.device | str) -> str | None:
+    """Why bfloat16 on ``device`` would be emulated (a sentence's clause), or ``None`` where
+    it computes it natively (:func:`bf16_native`)."""
+    if bf16_native(device):
+        return None
+    return (f"{device} does not compute bfloat16 natively (a CPU needs AMX or AVX512-BF16, "
+            "CUDA compute capability 8.0)")
+
+
 def resolve_device(name: str) -> str:
     """``auto`` → ``cuda`` when a GPU is present, else ``cpu``; anything else is checked."""
     import torch

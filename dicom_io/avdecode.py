@@ -229,9 +229,8 @@ class AVDecoder:
     def index_at(self, pts: int | None) -> int | None:
         """The index a frame at timestamp ``pts`` has (as a seek maps it); ``None`` without
         timestamps."""
-        if pts is None or self._start_pts is None or self._time_base is None:
-            return None
-        return self._index_of(float((pts - self._start_pts) * self._time_base))
+        t = self._pts_time(pts)
+        return None if t is None else self._index_of(t)
 
     # -- index <-> stream time -------------------------------------------------------
     def _uniform(self) -> bool:
@@ -264,6 +263,13 @@ class AVDecoder:
             return float(self.times[index])
         return math.nan
 
+    def _pts_time(self, pts: int | None) -> float | None:
+        """Seconds after the stream's first frame of timestamp ``pts``; ``None`` without
+        timestamps."""
+        if pts is None or self._start_pts is None or self._time_base is None:
+            return None
+        return float((pts - self._start_pts) * self._time_base)
+
     def _stream_time(self, frame: av.VideoFrame, origin: int) -> float | None:
         if frame.pts is None or self._time_base is None:
             return None
@@ -276,10 +282,8 @@ class AVDecoder:
         half a frame of the expected time, so that decoding from there counts frames
         exactly as decoding from the start does.
         """
-        if pts is None or self._start_pts is None or self._time_base is None:
-            return False
-        t = float((pts - self._start_pts) * self._time_base)
-        if self._index_of(t) != index:
+        t = self._pts_time(pts)
+        if t is None or self._index_of(t) != index:
             return False
         if self.times is not None and index < len(self.times):
             return abs(t - float(self.times[index])) <= 0.5 * self._frame_interval()

@@ -197,6 +197,7 @@ def train_patchnet(x: np.ndarray, y: np.ndarray, cfg: PatchTrainConfig | None = 
     pos_weight = torch.tensor((1 - y.mean()) / y.mean())
     look = LookJitter(cfg.look_jitter)
     losses: list[float] = []
+    device_type, bf16 = torch.device(device).type, cfg.precision == "bf16"
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(y))
@@ -217,8 +218,7 @@ def train_patchnet(x: np.ndarray, y: np.ndarray, cfg: PatchTrainConfig | None = 
                 xb = torch.cat([xb, m])
                 yb = torch.cat([yb, torch.zeros(len(m))])
                 weight = torch.cat([weight, torch.full((len(m),), w * float(pos_weight))])
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                                enabled=cfg.precision == "bf16"):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 logits = net(xb.to(device))
             loss = (F.binary_cross_entropy_with_logits(logits.float(), yb.to(device),
                                                        reduction="none")

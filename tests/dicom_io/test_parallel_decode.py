@@ -387,7 +387,7 @@ def test_wanted_after_a_miscounted_segment(make_video, monkeypatch):
 
 
 @pytest.fixture
-def segment_decodes(monkeypatch) -> list[list[int]]:
+def segment_decodes(monkeypatch) -> dict[int, list[int]]:
     """Per segment decoded (by its first frame's index), the frames its decoder gave."""
     seen: dict[int, list[int]] = {}
     real = avdecode.AVDecoder._segment_frames
@@ -399,7 +399,7 @@ def segment_decodes(monkeypatch) -> list[list[int]]:
             yield frame
 
     monkeypatch.setattr(avdecode.AVDecoder, "_segment_frames", counting)
-    return seen  # type: ignore[return-value]
+    return seen
 
 
 @pytest.mark.parametrize("name", ["h264", "hevc", "mpeg2", "h264-mp4-frag"])

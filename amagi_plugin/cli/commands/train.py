@@ -356,16 +356,15 @@ def _log_to(out: Path) -> Iterator[None]:
 def _check_precision(args: argparse.Namespace, device: str) -> None:
     """``--precision``: one of the training precisions, bf16 only where ``device`` computes
     it natively."""
-    from amagi_plugin.modelspec import bf16_native
+    from amagi_plugin.modelspec import emulated_bf16
     from models.training.loops import PRECISIONS
 
     if args.precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                          f"{args.precision!r}")
-    if args.precision == "bf16" and not bf16_native(device):
-        raise InputError(f"--precision bf16: {device} does not compute bfloat16 natively (a "
-                         "CPU needs AMX or AVX512-BF16, CUDA compute capability 8.0), so "
-                         "autocast would emulate it, many times slower than fp32")
+    if args.precision == "bf16" and (why := emulated_bf16(device)):
+        raise InputError(f"--precision bf16: {why}, so autocast would emulate it, many "
+                         "times slower than fp32")
 
 
 def _common_cfg(args: argparse.Namespace, ctx, device: str) -> dict:
