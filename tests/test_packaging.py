@@ -32,6 +32,10 @@ def test_console_script_runs() -> None:
     exe = Path(sys.executable).with_name("amagi")
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip().startswith("amagi 0.")
+    # through exit_with, which ends a process that trained under torchrun without teardown
+    from importlib.metadata import entry_points
+    (script,) = entry_points(group="console_scripts", name="amagi")
+    assert script.value == "amagi_plugin.cli:entry"
 
 
 # What scripts/device/prepare.sh leaves out of the GPU machine's wheels: only `amagi serve`,

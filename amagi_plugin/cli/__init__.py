@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from amagi_plugin import __version__
 from amagi_plugin.config import Config, keys, load_config, parse_set_option
@@ -136,5 +136,16 @@ def main(argv: Sequence[str] | None = None, ctx: Context | None = None) -> int:
         return code
 
 
-def entry() -> None:  # pragma: no cover - the console script
-    sys.exit(main())
+def exit_with(code: int) -> NoReturn:
+    """End the ``amagi`` process with ``code``: the console script's and ``python -m``'s last
+    step. A process that trained under torchrun leaves without the interpreter's teardown
+    (:func:`models.training.distributed.leave`: torch's process-group threads may abort it
+    there, after the work is done)."""
+    distributed = sys.modules.get("models.training.distributed")  # imported only if used
+    if distributed is not None and distributed.ran_group():
+        distributed.leave(code)
+    sys.exit(code)
+
+
+def entry() -> NoReturn:  # the console script
+    exit_with(main())

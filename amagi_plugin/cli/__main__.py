@@ -2,6 +2,6 @@
 
 import sys
 
-from amagi_plugin.cli import main
+from amagi_plugin.cli import exit_with, main
 
-sys.exit(main(sys.argv[1:]))
+exit_with(main(sys.argv[1:]))

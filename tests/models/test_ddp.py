@@ -7,6 +7,7 @@ subprocess. The launch errors are checked in-process, before any process group e
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import io
 import json
@@ -37,6 +38,7 @@ from models.training.distributed import (
     DistributedError,
     LaunchInfo,
     launch_info,
+    leave,
     process_device,
     process_group,
 )
@@ -67,7 +69,18 @@ PHASES = (("full", "full", None, False), ("first", "split", 1, False),
 
 
 def _train_rank(rank: int, port: int, ann: str, tmp: str) -> None:
-    """One process of a 2-rank run: AMAGI (frozen segmentation net inside) on 8 clips."""
+    """One process of a 2-rank run: AMAGI (frozen segmentation net inside) on 8 clips.
+
+    It ends as ``amagi``'s processes do after a process group (``distributed.leave``); a
+    crash on the way leaves its Python stacks in ``faults-rank*.txt`` for the fixture.
+    """
+    faults = open(Path(tmp, f"faults-rank{rank}.txt"), "w")  # noqa: SIM115 - kept to the end
+    faulthandler.enable(faults, all_threads=True)
+    _work(rank, port, ann, tmp)
+    leave(0)
+
+
+def _work(rank: int, port: int, ann: str, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     with process_group(LaunchInfo(rank, WORLD, rank), "cpu", "gloo"):
@@ -109,7 +122,12 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(data: Path, tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
     tmp = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_train_rank, args=(_free_port(), str(data), str(tmp)), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(_train_rank, args=(_free_port(), str(data), str(tmp)), nprocs=WORLD,
+                 join=True)
+    except mp.ProcessExitedException as e:  # a rank died: show where, if Python knew
+        dumps = {p.name: p.read_text()[-2000:] for p in sorted(tmp.glob("faults-rank*.txt"))}
+        raise AssertionError(f"{e}; {dumps}") from e
     return tmp, {name: [json.loads((tmp / f"{name}-rank{r}.json").read_text())
                         for r in range(WORLD)] for name, *_ in PHASES}
 
@@ -231,3 +249,30 @@ def test_the_demo_build_refuses_torchrun(tmp_path: Path) -> None:
     assert main(["train", "demo", "--work-dir", "w", "--dest", "d"], ctx=ctx) == ExitCode.BAD_INPUT
     assert "runs in one process" in ctx.stderr.getvalue()
     assert not (tmp_path / "w").exists()
+
+
+_EXIT_AFTER = """
+import atexit, os, sys
+from amagi_plugin.cli import exit_with
+atexit.register(lambda: print("teardown ran"))
+if sys.argv[1] == "group":
+    from models.training.distributed import LaunchInfo, process_group
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+    with process_group(LaunchInfo(0, 1, 0), "cpu", "gloo"):
+        pass
+print("unterminated line, flushed", end="")
+exit_with(3)
+"""
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_a_process_that_ran_a_group_ends_without_teardown(group: bool) -> None:
+    """After a process group, ``amagi`` leaves by os._exit (torch's threads may abort the
+    interpreter's teardown): its exit code and last output survive, atexit hooks do not
+    run; without a group it exits normally."""
+    r = subprocess.run([sys.executable, "-c", _EXIT_AFTER, "group" if group else "none",
+                        str(_free_port())], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert r.stdout.startswith("unterminated line, flushed")
+    assert ("teardown ran" in r.stdout) is not group
