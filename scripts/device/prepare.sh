@@ -87,9 +87,12 @@ python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:
     -d "$DEST" "${pins[@]}"
 
 # Every non-extra requirement must be one of our wheels or on the GPU image.
-if [[ -r $KINDS ]]; then
-    have=$(grep -m1 '^nvidia-h200: their image' "$KINDS" | sed 's/.*Packages: //' \
-           | tr -d ' .' | tr ',' '\n')
+# KINDS.md's line "<kinds>: their image, ... Packages: a, b, c." (the kinds' names before
+# the colon have changed over time: nvidia-h200 alone, then with nvidia-h100-x1).
+listed=""
+[[ -r $KINDS ]] && listed=$(grep -m1 'their image.*Packages: ' "$KINDS" || true)
+if [[ -n $listed ]]; then
+    have=$(sed 's/.*Packages: //' <<<"$listed" | tr -d ' .' | tr ',' '\n')
     have+=$'\n'$(printf '%s\n' "${PACKAGES[@]}")
     missing=0
     for whl in "$DEST"/*.whl; do
@@ -105,7 +108,7 @@ if [[ -r $KINDS ]]; then
     done
     ((missing == 0)) || exit 1
 else
-    echo "note: $KINDS not readable; requirements not checked against the GPU image"
+    echo "note: no package list of the GPU image in $KINDS; requirements not checked"
 fi
 
 if [[ $REPACK_LZMA == 1 ]]; then
