@@ -41,7 +41,7 @@ def test_console_script_runs() -> None:
 # What scripts/device/prepare.sh leaves out of the GPU machine's wheels: only `amagi serve`,
 # `process` and `db` may need them. The demo build's stages run as `amagi` commands, and
 # the command line builds every command's parser at start.
-SERVE_ONLY = ("alembic", "pynetdicom", "highdicom", "psycopg")
+SERVE_ONLY = ("alembic", "pynetdicom", "highdicom", "psycopg", "sqlalchemy")
 
 _WITHOUT_SERVE_PACKAGES = f"""
 import sys

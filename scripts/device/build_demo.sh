@@ -46,10 +46,10 @@ build() {
 
     echo "== imports"
     "$PYTHON" - <<'EOF'
-import sys, torch, numpy, PIL, matplotlib, tqdm, monai, pydicom, sqlalchemy, av
+import sys, torch, numpy, PIL, matplotlib, tqdm, monai, pydicom, av
 print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
-for m in (numpy, PIL, matplotlib, tqdm, monai, pydicom, sqlalchemy, av):
+for m in (numpy, PIL, matplotlib, tqdm, monai, pydicom, av):
     print(f"  {m.__name__} {getattr(m, '__version__', '?')}  {m.__file__}")
 import amagi_plugin.demo_model, amagi_plugin.cli  # noqa: E401  (the demo's own imports)
 EOF

@@ -12,14 +12,14 @@
 #
 # What the demo imports (read off amagi_plugin, dicom_io, models, db, synth, evaluation,
 # and checked by importing every module its stages load): torch, numpy, pillow, matplotlib,
-# tqdm (all on the GPU image) and monai, pydicom, sqlalchemy (db; kept though the demo's
-# commands no longer import it), av (the synthetic DICOM videos are encoded and decoded with
-# PyAV). tests/test_packaging.py runs the demo's commands with the packages below blocked.
-# highdicom, pynetdicom, alembic, psycopg and pyjpegls are only used by `amagi serve` /
+# tqdm (all on the GPU image) and monai, pydicom, av (the synthetic DICOM videos are encoded
+# and decoded with PyAV). tests/test_packaging.py runs the demo's commands with the packages
+# below blocked. sqlalchemy (the case index, 4.5 MiB), highdicom, pynetdicom, alembic,
+# psycopg and pyjpegls are only used by `amagi serve` /
 # `amagi process` / `amagi db` (pydicom merely probes for jpeg_ls), so they stay behind:
 # the working tree (~21 MB, mostly the bundled .pth files) plus these wheels is already
 # close to the device tool's 64 MiB limit.
-# Their own requirements (monai: torch, numpy; sqlalchemy: typing-extensions) are on the
+# Their own requirements (monai: torch, numpy) are on the
 # GPU image; this script checks that against KINDS.md when it can read it.
 # Never add torch or any nvidia/CUDA package here: the GPU image has its own.
 #
@@ -33,7 +33,7 @@ PYVER=${1:-3.12}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 DEST=${2:-$REPO/.whl}
 REPACK_LZMA=${REPACK_LZMA:-auto}
-PACKAGES=(monai pydicom SQLAlchemy av)
+PACKAGES=(monai pydicom av)
 MIB=1048576
 MAX_WHEELS=$((50 * MIB))
 MAX_TRAVEL=$((64 * MIB))
@@ -67,7 +67,7 @@ EOF
     done
 }
 
-# name==version as installed in .venv (pip freeze spelling: SQLAlchemy, av, ...)
+# name==version as installed in .venv (pip freeze spelling)
 freeze=$(.venv/bin/python -m pip freeze --disable-pip-version-check)
 pins=()
 for pkg in "${PACKAGES[@]}"; do
