@@ -10,10 +10,11 @@ the logged loss and accuracy over the ranks and write checkpoints on rank 0 only
 a process group none of this is used.
 
 A process that ran a group leaves through :func:`leave` (``os._exit`` once its streams are
-flushed) rather than through the interpreter's teardown: with torch 2.13's gloo backend about
-one two-rank run in twenty (2 CPU cores, loaded) aborted there (SIGABRT, "terminate called
-without an active exception", no Python frame), after the group was destroyed and every file
-written. torchrun then reported a failed run whose training had finished.
+flushed) rather than through the interpreter's teardown: with torch 2.13's gloo backend a rank
+now and then aborted there (SIGABRT, "terminate called without an active exception", no
+Python frame) after the group was destroyed and every file written: once in a CI run of the
+test suite, once in 131 bare two-rank runs on 2 loaded cores. torchrun then reports a failed
+run whose training had finished.
 """
 
 from __future__ import annotations
