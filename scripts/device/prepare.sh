@@ -17,7 +17,7 @@
 # below blocked. sqlalchemy (the case index, 4.5 MiB), highdicom, pynetdicom, alembic,
 # psycopg and pyjpegls are only used by `amagi serve` /
 # `amagi process` / `amagi db` (pydicom merely probes for jpeg_ls), so they stay behind:
-# the working tree (~21 MB, mostly the bundled .pth files) plus these wheels is already
+# the working tree (27 MiB in session 55, mostly the bundled .pth files) plus these wheels is
 # close to the device tool's 64 MiB limit.
 # Their own requirements (monai: torch, numpy) are on the
 # GPU image; this script checks that against KINDS.md when it can read it.
