@@ -67,12 +67,16 @@ class RenderedFrame:
         ``bool (H, W)`` active-bleeding mask.
     negative
         ``bool (H, W)`` hard-negative blood mask (static pools, residual blood).
+    hidden
+        ``bool (H, W)``: where the scene is not seen (instruments, lens blood, outside the
+        field stop); neither mask is set there.
     """
 
     index: int
     rgb: np.ndarray
     active: np.ndarray
     negative: np.ndarray
+    hidden: np.ndarray | None = None
 
 
 class Renderer:
@@ -204,7 +208,7 @@ class Renderer:
             visible &= self._scope[..., 0] >= MASK_THRESHOLD
         active = (active_alpha >= MASK_THRESHOLD) & visible
         negative = (negative_alpha >= MASK_THRESHOLD) & visible & ~active
-        return RenderedFrame(k, out, active, negative)
+        return RenderedFrame(k, out, active, negative, ~visible)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -42,7 +42,13 @@ import torch
 from amagi_plugin.evaluation.metrics import auroc
 from amagi_plugin.modelspec import DEMO_DIR
 from amagi_plugin.probe_training import MaskedCase, load_probe_analyzer, mask_at_scale, source_point
-from amagi_plugin.probing import map_peaks, probe_frames
+from amagi_plugin.probing import (
+    STABILISE_SHARE,
+    map_peaks,
+    neighbourhoods,
+    probe_frames,
+    view_shifts,
+)
 from models.patchnet import PatchNetConfig
 from models.training.augment import short_side_shape
 
@@ -52,9 +58,18 @@ STATS = ("net", "rel", "new")
 def growth(maps: torch.Tensor, y: int, x: int, side: int) -> dict[str, float]:
     """The statistics of the module docstring for maps ``(T, S, S)`` in the ``side`` square
     centred on map pixel ``(y, x)`` (clipped to the map)."""
-    t, h, w = maps.shape
+    _, h, w = maps.shape
     ya, xa = max(0, y - side // 2), max(0, x - side // 2)
-    sq = maps[:, ya:min(h, ya + side), xa:min(w, xa + side)].double()
+    return growth_of(maps[:, ya:min(h, ya + side), xa:min(w, xa + side)])
+
+
+def growth_of(sq: torch.Tensor, seen: torch.Tensor | None = None) -> dict[str, float]:
+    """The statistics of the module docstring for one square's maps ``(T, h, w)``;
+    ``seen`` ``(h, w)``: only these pixels count (nothing covered them in the span)."""
+    sq = sq.double()
+    if seen is not None:
+        sq = sq * seen.double()
+    t = sq.shape[0]
     third = max(1, t // 3)
     early, late = sq[:third].mean(0), sq[-third:].mean(0)
     net = float(late.sum() - early.sum())
@@ -62,10 +77,16 @@ def growth(maps: torch.Tensor, y: int, x: int, side: int) -> dict[str, float]:
             "new": float((late - early).clamp(min=0).sum())}
 
 
-def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int) -> list[dict]:
+def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int,
+            blood: torch.nn.Module | None = None, stabilise: bool = False) -> list[dict]:
     """One row per masked frame of ``case``: ``active`` (any bleeding in its mask), the
     statistics at the source (active frames whose source lies in the map) and their highest
-    over the map's peaks at the frame."""
+    over the map's peaks at the frame. ``blood``: the statistics are read on this all-blood
+    net's single-frame maps of the whole frame (``scripts/model/blood_map.py``), the places
+    still the segmenter's peaks; ``stabilise``: each frame's square where the view carried
+    the place (:func:`~amagi_plugin.probing.view_shifts`, as the stabilised probe)."""
+    if blood is not None:
+        return _measure_blood(analyzer, case, cfg, side, blood, stabilise)
     probe = analyzer.probe
     geo = probe.geometry
     opened = MaskedCase.open(analyzer, case)
@@ -107,6 +128,61 @@ def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int) -> list[dict]:
     return rows
 
 
+def _measure_blood(analyzer, case: Path, cfg: PatchNetConfig, side: int,
+                   blood: torch.nn.Module, stabilise: bool) -> list[dict]:
+    probe = analyzer.probe
+    geo = probe.geometry
+    opened = MaskedCase.open(analyzer, case)
+    if opened is None:
+        return []
+    masked, video, window = opened.masked, opened.video, opened.window
+    n, fps = video.frame_count, video.fps
+    targets = [int(m["frame"]) for m in masked]
+    spans = {t: probe_frames(t, n, fps, cfg) for t in targets}
+    mapped = sorted({f for s in spans.values() for f in s})
+    wanted = sorted({w for t in targets for w in window(t)} | set(mapped))
+    frames = {i: geo.frame(rgb) for i, _t, rgb in video.frames(wanted[0], wanted[-1] + 1,
+                                                                 wanted=wanted)}
+    seg: dict[int, torch.Tensor] = {}
+    bmaps: dict[int, torch.Tensor] = {}
+    with torch.inference_mode():
+        for k in range(0, len(targets), 32):
+            batch = targets[k:k + 32]
+            x = torch.stack([torch.cat([geo.map_input(frames[w]) for w in window(f)])
+                             for f in batch])
+            seg.update(zip(batch, probe.segment(x.to(probe.device)).cpu(), strict=True))
+        for k in range(0, len(mapped), 32):
+            batch = mapped[k:k + 32]
+            x = torch.stack([geo.normalise(frames[f]) for f in batch])
+            bmaps.update(zip(batch, torch.sigmoid(blood(x)), strict=True))
+    shape = frames[targets[0]].shape[-2:]
+    oy, ox = geo.offset(shape)
+    rows = []
+    for m, t in zip(masked, targets, strict=True):
+        span = spans[t]
+        stack = torch.stack([bmaps[f] for f in span])  # (T, outputs, H, W)
+        shifts = None
+        if stabilise:
+            shifts = view_shifts(torch.stack([frames[f] for f in span]), len(span) // 2,
+                                 STABILISE_SHARE * min(shape))
+        places = [(y + oy, x + ox) for y, x, _v in map_peaks(seg[t], probe.cfg.candidates)]
+        mask = mask_at_scale(case / m["mask"], shape)
+        row = {"case": case.name, "frame": t, "active": bool(mask.any())}
+        if mask.any():
+            places.append(source_point(mask))
+        squares = neighbourhoods(stack, places, side, shifts) if places else []
+        # a pixel counts where no frame of the span hid it (a two-output net's second map)
+        at = [growth_of(sq[:, 0], (sq[:, 1] < 0.5).all(0) if sq.shape[1] > 1 else None)
+              for sq in squares]
+        if mask.any():
+            row["source"] = at.pop()
+            now = bmaps[t][0] >= 0.5
+            row["blood_recall"] = round(float(now[torch.from_numpy(mask)].float().mean()), 3)
+        row["places"] = {s: max((g[s] for g in at), default=0.0) for s in STATS}
+        rows.append(row)
+    return rows
+
+
 def summary(rows: Sequence[dict], negatives: Sequence[dict]) -> dict:
     """The per-set figures of the module docstring."""
     active = [r for r in rows if r["active"]]
@@ -114,6 +190,9 @@ def summary(rows: Sequence[dict], negatives: Sequence[dict]) -> dict:
     at_source = [r for r in active if "source" in r]
     out: dict = {"active": len(active), "idle": len(idle),
                  "in_map": round(len(at_source) / len(active), 3) if active else None}
+    recall = [r["blood_recall"] for r in active if "blood_recall" in r]
+    if recall:
+        out["blood_recall"] = round(float(np.mean(recall)), 3)
     for s in STATS:
         neg = [r["places"][s] for r in idle]
         pos_p = [r["places"][s] for r in active]
@@ -142,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--step-s", type=float, default=0.2)
     ap.add_argument("--side", type=int, default=16, help="square side, map pixels")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--blood-net", type=Path, default=None,
+                    help="read an all-blood net's maps (scripts/model/blood_map.py)")
+    ap.add_argument("--stabilise", action="store_true",
+                    help="with --blood-net: squares follow the view's motion")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows and figures")
     args = ap.parse_args(argv)
     sets = dict(s.split("=", 1) for s in args.sets)
@@ -152,8 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.model_dir}/model.json names no probe", file=sys.stderr)
         return 2
     cfg = PatchNetConfig(frames=args.frames, step_s=args.step_s)
+    blood = None
+    if args.blood_net is not None:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from blood_map import load_blood_net
+        blood = load_blood_net(args.blood_net)[0]
     rows = {name: [r for case in sorted(p.parent for p in Path(d).glob("*/labels.json"))
-                   for r in measure(analyzer, case, cfg, args.side)]
+                   for r in measure(analyzer, case, cfg, args.side, blood, args.stabilise)]
             for name, d in sets.items()}
     neg = [r for name in args.negatives for r in rows[name]]
     figures = {name: summary(rs, [] if name in args.negatives else neg)
@@ -161,13 +249,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| set | active | idle | in map | stat | at source | idle at places | "
           "AUROC places | AUROC source |\n|---|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
+        if "blood_recall" in f:
+            print(f"| {name} | all-blood map's recall of active bleeding: {f['blood_recall']} |")
         for s in STATS:
             print(f"| {name} | {f['active']} | {f['idle']} | {f['in_map']} | {s} | "
                   f"{f[s]['source_mean']} | {f[s]['idle_places_mean']} | "
                   f"{f[s]['auroc_places']} | {f[s]['auroc_source']} |")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json),
-                                                                 "model_dir": str(args.model_dir)},
+                                                                 "model_dir": str(args.model_dir),
+                                                                 "blood_net": str(args.blood_net)},
                                          "figures": figures, "rows": rows}, indent=1))
     return 0
 

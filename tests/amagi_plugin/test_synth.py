@@ -94,6 +94,22 @@ def test_labels_masks_and_pixels_agree(seed):
     assert red / total > 0.9  # the rest: moving glints on the blood surface
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_hidden_is_where_an_instrument_covers_the_scene(seed):
+    """``RenderedFrame.hidden`` (what an all-blood map learns to leave out when it reads
+    growth): the grey instrument's pixels, moving with it, and never under a blood mask."""
+    bare = Renderer(_scene(seed, instruments=(0, 0)))
+    assert not any(bare.render(k).hidden.any() for k in (0, 20, 39))
+    renderer = Renderer(_scene(seed, instruments=(1, 1)))
+    frames = [renderer.render(k) for k in (0, 20, 39)]
+    for fr in frames:
+        assert fr.hidden.mean() > 0.02
+        assert not (fr.hidden & (fr.active | fr.negative)).any()
+        grey = fr.rgb.astype(int).std(axis=-1)  # the instrument's metal: channels alike
+        assert grey[fr.hidden].mean() < 0.3 * grey[~fr.hidden].mean()
+    assert not np.array_equal(frames[0].hidden, frames[-1].hidden)
+
+
 def test_active_bleeding_changes_while_pools_and_residuals_stay_still():
     """Static camera, no instruments, smoke, flicker or noise: only active blood may change."""
     base = _scene(8, duration_s=12.0, pools=(2, 2), event_duration_s=(3.0, 4.0),

@@ -66,3 +66,43 @@ def test_every_masked_frame_is_read_through_the_bundled_model(looks: Path, tmp_p
     assert all(np.isfinite(v) for r in rows for v in r["places"].values())
     with pytest.raises(SystemExit):
         load_script(SCRIPT).main([f"looks={looks}", "--negatives", "elsewhere"])
+
+
+def test_growth_reads_only_pixels_that_nothing_covered() -> None:
+    """An instrument leaving a still pool uncovers blood: the square's mass rises although no
+    blood spread; counted only where no frame hid the tissue, the pool has not grown."""
+    mg = load_script(SCRIPT)
+    pool = _discs([6] * 6, [(20, 20)] * 6)
+    covered = torch.zeros_like(pool, dtype=torch.bool)
+    for k in range(6):  # a shaft over the pool's left half, sliding off it
+        covered[k, :, : max(0, 20 - 3 * k)] = True
+    seen_maps = pool * ~covered
+    fooled = mg.growth(seen_maps, 20, 20, 16)
+    assert fooled["net"] > 25  # the uncovered half reads as blood gained
+    seen = ~covered.any(0)
+    honest = mg.growth_of(seen_maps[:, 12:28, 12:28], seen[12:28, 12:28])
+    assert honest == {"net": 0.0, "rel": 0.0, "new": 0.0}
+    spreads = mg.growth_of(_discs([2, 3, 4, 5, 6, 7], [(20, 20)] * 6)[:, 12:28, 12:28],
+                           seen[12:28, 12:28])
+    assert spreads["net"] > 20  # blood spreading on tissue seen throughout still counts
+
+
+def test_growth_on_an_all_blood_nets_maps(looks: Path, tmp_path, capsys) -> None:
+    """``--blood-net``: the statistics read on ``scripts/model/blood_map.py``'s maps (a tiny
+    net trained here on rendered frames), stabilised, with its recall of active blood."""
+    net = tmp_path / "blood.pth"
+    assert load_script("scripts/model/blood_map.py").main(
+        [str(net), "--cases", "2", "--frames-per-case", "4", "--epochs", "1", "--batch", "4",
+         "--features", "4", "4", "8", "8", "8", "4", "--threads", "1"]) == 0
+    meta = json.loads(torch.load(net, weights_only=True)["_meta"])
+    assert meta["outputs"] == ["blood", "hidden"] and meta["size"] == 128
+    capsys.readouterr()
+    out = tmp_path / "g.json"
+    assert load_script(SCRIPT).main([f"looks={looks}", "--blood-net", str(net), "--stabilise",
+                                     "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "all-blood map's recall of active bleeding" in printed
+    rows = json.loads(out.read_text())["rows"]["looks"]
+    active = [r for r in rows if r["active"]]
+    assert active and all(0.0 <= r["blood_recall"] <= 1.0 for r in active)
+    assert all(np.isfinite(v) for r in rows for v in r["places"].values())
