@@ -73,9 +73,14 @@ VIEW_SHIFT_SIDE = 64
 #: :func:`view_shifts` takes the median of the motions it finds in these rows × columns of
 #: tiles of the frame
 VIEW_SHIFT_TILES = (2, 3)
+#: :func:`lit_box`: a pixel darker than this (0-255) in every frame is outside the field stop
+DARK_LEVEL = 16.0
+#: :func:`lit_box`: the steps it shrinks by and its smallest size (shares of the frame's)
+LIT_BOX_STEP = 0.05
+LIT_BOX_MIN = 0.4
 
 __all__ = ["MapGeometry", "NeighbourhoodProbe", "PairShifts", "ProbeStream", "ProbeUse",
-           "fuse", "map_peaks", "moving_mean", "moving_quantile", "neighbourhoods",
+           "fuse", "lit_box", "map_peaks", "moving_mean", "moving_quantile", "neighbourhoods",
            "probe_frames", "probe_neighbourhoods", "view_shifts"]
 
 
@@ -147,6 +152,27 @@ def probe_frames(frame: int, frame_count: int, fps: float, cfg: PatchNetConfig) 
 PairShifts = dict[tuple[int, int], torch.Tensor]
 
 
+def lit_box(grey: torch.Tensor) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the largest box centred on frames ``grey`` ``(U, H, W)`` (0-255)
+    with their aspect, in steps of :data:`LIT_BOX_STEP` of their size down to
+    :data:`LIT_BOX_MIN`, that is lit throughout (above :data:`DARK_LEVEL` in some frame, a
+    dark speck among lit pixels lit): inside an endoscope's field stop. The stop stands still
+    while the view moves behind it, and on the whole frame even a corner of it holds
+    :func:`view_shifts`' estimate near zero (session 56: a round stop took about two thirds
+    of the view's motion away). The whole frame where no such box is lit."""
+    h, w = grey.shape[-2:]
+    lit = (grey > DARK_LEVEL).any(0).float()[None, None]
+    lit = (torch.maximum(lit, (F.avg_pool2d(lit, 5, 1, 2, count_include_pad=False) > 0.5)
+                         .float()))[0, 0] > 0
+    n = round(1 / LIT_BOX_STEP)
+    for m in range(n, round(LIT_BOX_MIN * n) - 1, -1):
+        bh, bw = max(1, round(h * m / n)), max(1, round(w * m / n))
+        y0, x0 = (h - bh) // 2, (w - bw) // 2
+        if lit[y0:y0 + bh, x0:x0 + bw].all():
+            return y0, y0 + bh, x0, x0 + bw
+    return 0, h, 0, w
+
+
 def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
                 numbers: Sequence[int] | None = None,
                 pairs: PairShifts | None = None) -> torch.Tensor:
@@ -154,8 +180,8 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
     H, W)`` against frame ``ref``: ``stack[t](p) ≈ stack[ref](p - d[t])``, chained from each
     pair of consecutive frames' translation: :func:`models.flowseg.translation` on the
     frames' channel mean, scaled down by a whole factor to a short side of
-    :data:`VIEW_SHIFT_SIDE` px or more, the median of those of :data:`VIEW_SHIFT_TILES`
-    tiles, so that an instrument that crosses part of the view does not carry the estimate
+    :data:`VIEW_SHIFT_SIDE` px or more, inside the field stop (:func:`lit_box`), the median
+    of those of :data:`VIEW_SHIFT_TILES` tiles, so that an instrument that crosses part of the view does not carry the estimate
     with it (session 52: on a whole frame it did). A pair is 0 between a frame and itself or
     an identical one; the result at most ``max_shift`` on each axis.
 
@@ -172,10 +198,12 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
     moved = [j for j, t in enumerate(todo)
              if keys[t][0] != keys[t][1] and not torch.equal(stack[t], stack[t + 1])]
     if moved:
-        k = max(1, min(stack.shape[-2:]) // VIEW_SHIFT_SIDE)
         used = sorted({u for j in moved for u in (todo[j], todo[j] + 1)})
         at = {u: n for n, u in enumerate(used)}
         grey = stack[used].float().mean(dim=1, keepdim=True)
+        y0, y1, x0, x1 = lit_box(grey[:, 0])
+        grey = grey[..., y0:y1, x0:x1]
+        k = max(1, min(grey.shape[-2:]) // VIEW_SHIFT_SIDE)
         grey = (F.avg_pool2d(grey, k) if k > 1 else grey)[:, 0]
         rows, cols = VIEW_SHIFT_TILES
         th, tw = grey.shape[-2] // rows, grey.shape[-1] // cols

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from amagi_plugin.evaluation.metrics import auroc
 from amagi_plugin.modelspec import DEMO_DIR
@@ -78,7 +79,8 @@ def growth_of(sq: torch.Tensor, seen: torch.Tensor | None = None) -> dict[str, f
 
 
 def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int,
-            blood: torch.nn.Module | None = None, stabilise: bool = False) -> list[dict]:
+            blood: torch.nn.Module | None = None, stabilise: bool = False,
+            hidden_below: float = 0.5, grow_hidden: int = 0) -> list[dict]:
     """One row per masked frame of ``case``: ``active`` (any bleeding in its mask), the
     statistics at the source (active frames whose source lies in the map) and their highest
     over the map's peaks at the frame. ``blood``: the statistics are read on this all-blood
@@ -86,7 +88,8 @@ def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int,
     still the segmenter's peaks; ``stabilise``: each frame's square where the view carried
     the place (:func:`~amagi_plugin.probing.view_shifts`, as the stabilised probe)."""
     if blood is not None:
-        return _measure_blood(analyzer, case, cfg, side, blood, stabilise)
+        return _measure_blood(analyzer, case, cfg, side, blood, stabilise, hidden_below,
+                              grow_hidden)
     probe = analyzer.probe
     geo = probe.geometry
     opened = MaskedCase.open(analyzer, case)
@@ -129,7 +132,8 @@ def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int,
 
 
 def _measure_blood(analyzer, case: Path, cfg: PatchNetConfig, side: int,
-                   blood: torch.nn.Module, stabilise: bool) -> list[dict]:
+                   blood: torch.nn.Module, stabilise: bool, hidden_below: float = 0.5,
+                   grow_hidden: int = 0) -> list[dict]:
     probe = analyzer.probe
     geo = probe.geometry
     opened = MaskedCase.open(analyzer, case)
@@ -172,8 +176,8 @@ def _measure_blood(analyzer, case: Path, cfg: PatchNetConfig, side: int,
             places.append(source_point(mask))
         squares = neighbourhoods(stack, places, side, shifts) if places else []
         # a pixel counts where no frame of the span hid it (a two-output net's second map)
-        at = [growth_of(sq[:, 0], (sq[:, 1] < 0.5).all(0) if sq.shape[1] > 1 else None)
-              for sq in squares]
+        at = [growth_of(sq[:, 0], _seen(sq[:, 1], hidden_below, grow_hidden)
+                        if sq.shape[1] > 1 else None) for sq in squares]
         if mask.any():
             row["source"] = at.pop()
             now = bmaps[t][0] >= 0.5
@@ -181,6 +185,15 @@ def _measure_blood(analyzer, case: Path, cfg: PatchNetConfig, side: int,
         row["places"] = {s: max((g[s] for g in at), default=0.0) for s in STATS}
         rows.append(row)
     return rows
+
+
+def _seen(hidden: torch.Tensor, below: float, grow: int) -> torch.Tensor:
+    """Pixels of a square that no frame hid: ``hidden`` ``(T, h, w)`` under ``below`` in
+    every frame, the hidden pixels grown by ``grow`` first."""
+    covered = (hidden >= below).any(0).float()[None, None]
+    if grow:
+        covered = F.max_pool2d(covered, 2 * grow + 1, 1, grow)
+    return covered[0, 0] < 0.5
 
 
 def summary(rows: Sequence[dict], negatives: Sequence[dict]) -> dict:
@@ -225,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="read an all-blood net's maps (scripts/model/blood_map.py)")
     ap.add_argument("--stabilise", action="store_true",
                     help="with --blood-net: squares follow the view's motion")
+    ap.add_argument("--hidden-below", type=float, default=0.5,
+                    help="with a two-output --blood-net: a pixel counts where its hidden "
+                    "probability stays under this in every frame")
+    ap.add_argument("--grow-hidden", type=int, default=0,
+                    help="grow the hidden pixels by this many pixels first")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows and figures")
     args = ap.parse_args(argv)
     sets = dict(s.split("=", 1) for s in args.sets)
@@ -241,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from blood_map import load_blood_net
         blood = load_blood_net(args.blood_net)[0]
     rows = {name: [r for case in sorted(p.parent for p in Path(d).glob("*/labels.json"))
-                   for r in measure(analyzer, case, cfg, args.side, blood, args.stabilise)]
+                   for r in measure(analyzer, case, cfg, args.side, blood, args.stabilise,
+                                     args.hidden_below, args.grow_hidden)]
             for name, d in sets.items()}
     neg = [r for name in args.negatives for r in rows[name]]
     figures = {name: summary(rs, [] if name in args.negatives else neg)

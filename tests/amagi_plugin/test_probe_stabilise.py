@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from amagi_plugin.probing import (
+    lit_box,
     neighbourhoods,
     probe_frames,
     probe_neighbourhoods,
@@ -81,6 +82,29 @@ def test_an_instrument_crossing_the_view_does_not_carry_the_estimate() -> None:
     want = torch.tensor([[offsets[4][0] - dy, offsets[4][1] - dx] for dy, dx in offsets],
                         dtype=torch.float32)
     torch.testing.assert_close(view_shifts(stack, 4, 16.0), want, atol=0.3, rtol=0)
+
+
+@pytest.mark.parametrize("stop", ["round", "octagon"])
+def test_a_field_stop_that_stands_still_does_not_hold_the_estimate(stop: str) -> None:
+    """An endoscope's field stop: the view moves behind a black round (or octagonal) stop
+    that stands still, its edge the frame's strongest feature. The view's shifts are still
+    the view's (within 0.3 px); read on the whole frame, the stop held them to about a third
+    (session 56, on another renderer's video). :func:`lit_box` is the box inside the stop."""
+    scene = _scene(3)
+    yy, xx = torch.meshgrid(torch.arange(128.0) - 63.5, torch.arange(160.0) - 79.5,
+                            indexing="ij")
+    inside = ((yy ** 2 + xx ** 2 <= 64 ** 2) if stop == "round"
+              else (yy.abs() <= 64) & (xx.abs() <= 64) & (yy.abs() + xx.abs() <= 88))
+    offsets = [(t - 4, 2 * (t - 4)) for t in range(8)]
+    stack = torch.stack([scene[:, 40 + dy:168 + dy, 40 + dx:200 + dx] * inside
+                         for dy, dx in offsets])
+    want = torch.tensor([[offsets[4][0] - dy, offsets[4][1] - dx] for dy, dx in offsets],
+                        dtype=torch.float32)
+    torch.testing.assert_close(view_shifts(stack, 4, 16.0), want, atol=0.3, rtol=0)
+    y0, y1, x0, x1 = lit_box(stack.mean(1))
+    assert inside[y0:y1, x0:x1].all() and (y1 - y0) * (x1 - x0) > 0.3 * 128 * 160
+    assert lit_box(stack.mean(1) * 0) == (0, 128, 0, 160)  # nothing lit: the whole frame
+    assert lit_box(scene[None, :, :128, :160].mean(1)) == (0, 128, 0, 160)  # no stop
 
 
 def test_frames_clamped_at_the_videos_start_are_the_instants_own() -> None:
