@@ -92,24 +92,11 @@ def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int,
                               grow_hidden)
     probe = analyzer.probe
     geo = probe.geometry
-    opened = MaskedCase.open(analyzer, case)
+    opened = _open(analyzer, case, cfg, segmented="span")
     if opened is None:
         return []
-    masked, video, window = opened.masked, opened.video, opened.window
-    n, fps = video.frame_count, video.fps
-    targets = [int(m["frame"]) for m in masked]
-    spans = {t: probe_frames(t, n, fps, cfg) for t in targets}
-    mapped = sorted({f for s in spans.values() for f in s})
-    wanted = sorted({w for f in mapped for w in window(f)})
-    frames = {i: geo.frame(rgb) for i, _t, rgb in video.frames(wanted[0], wanted[-1] + 1,
-                                                                 wanted=wanted)}
-    maps: dict[int, torch.Tensor] = {}
-    with torch.inference_mode():
-        for k in range(0, len(mapped), 32):
-            batch = mapped[k:k + 32]
-            x = torch.stack([torch.cat([geo.map_input(frames[w]) for w in window(f)])
-                             for f in batch])
-            maps.update(zip(batch, probe.segment(x.to(probe.device)).cpu(), strict=True))
+    masked, targets, spans, frames, window = opened
+    maps = _segment(probe, frames, window, sorted({f for s in spans.values() for f in s}))
     shape = frames[targets[0]].shape[-2:]
     model_shape = short_side_shape(*shape, geo.size)
     oy, ox = geo.offset(model_shape)
@@ -131,30 +118,52 @@ def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int,
     return rows
 
 
+def _open(analyzer, case: Path, cfg: PatchNetConfig, segmented: str):
+    """``case``'s masked rows, their frames, each one's probe span, the frames read (at the
+    model's scale) and the segmenter's window: the frames of every span, and the segmenter's
+    windows around each span frame (``segmented="span"``) or around each masked frame only
+    (``"targets"``); None for a case without masks."""
+    geo = analyzer.probe.geometry
+    opened = MaskedCase.open(analyzer, case)
+    if opened is None:
+        return None
+    masked, video, window = opened.masked, opened.video, opened.window
+    targets = [int(m["frame"]) for m in masked]
+    spans = {t: probe_frames(t, video.frame_count, video.fps, cfg) for t in targets}
+    mapped = {f for s in spans.values() for f in s}
+    around = mapped if segmented == "span" else targets
+    wanted = sorted({w for f in around for w in window(f)} | mapped)
+    frames = {i: geo.frame(rgb) for i, _t, rgb in video.frames(wanted[0], wanted[-1] + 1,
+                                                                 wanted=wanted)}
+    return masked, targets, spans, frames, window
+
+
+def _segment(probe, frames: dict, window, which: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The segmenter's map of each frame of ``which`` (batches of 32)."""
+    geo = probe.geometry
+    maps: dict[int, torch.Tensor] = {}
+    with torch.inference_mode():
+        for k in range(0, len(which), 32):
+            batch = which[k:k + 32]
+            x = torch.stack([torch.cat([geo.map_input(frames[w]) for w in window(f)])
+                             for f in batch])
+            maps.update(zip(batch, probe.segment(x.to(probe.device)).cpu(), strict=True))
+    return maps
+
+
 def _measure_blood(analyzer, case: Path, cfg: PatchNetConfig, side: int,
                    blood: torch.nn.Module, stabilise: bool, hidden_below: float = 0.5,
                    grow_hidden: int = 0) -> list[dict]:
     probe = analyzer.probe
     geo = probe.geometry
-    opened = MaskedCase.open(analyzer, case)
+    opened = _open(analyzer, case, cfg, segmented="targets")
     if opened is None:
         return []
-    masked, video, window = opened.masked, opened.video, opened.window
-    n, fps = video.frame_count, video.fps
-    targets = [int(m["frame"]) for m in masked]
-    spans = {t: probe_frames(t, n, fps, cfg) for t in targets}
+    masked, targets, spans, frames, window = opened
     mapped = sorted({f for s in spans.values() for f in s})
-    wanted = sorted({w for t in targets for w in window(t)} | set(mapped))
-    frames = {i: geo.frame(rgb) for i, _t, rgb in video.frames(wanted[0], wanted[-1] + 1,
-                                                                 wanted=wanted)}
-    seg: dict[int, torch.Tensor] = {}
+    seg = _segment(probe, frames, window, targets)
     bmaps: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
-        for k in range(0, len(targets), 32):
-            batch = targets[k:k + 32]
-            x = torch.stack([torch.cat([geo.map_input(frames[w]) for w in window(f)])
-                             for f in batch])
-            seg.update(zip(batch, probe.segment(x.to(probe.device)).cpu(), strict=True))
         for k in range(0, len(mapped), 32):
             batch = mapped[k:k + 32]
             x = torch.stack([geo.normalise(frames[f]) for f in batch])
