@@ -87,14 +87,14 @@ def measure(analyzer, case: Path, cfg: PatchNetConfig, side: int,
     net's single-frame maps of the whole frame (``scripts/model/blood_map.py``), the places
     still the segmenter's peaks; ``stabilise``: each frame's square where the view carried
     the place (:func:`~amagi_plugin.probing.view_shifts`, as the stabilised probe)."""
+    opened = _open(analyzer, case, cfg, segmented="span" if blood is None else "targets")
+    if opened is None:
+        return []
     if blood is not None:
-        return _measure_blood(analyzer, case, cfg, side, blood, stabilise, hidden_below,
+        return _measure_blood(analyzer, case, opened, side, blood, stabilise, hidden_below,
                               grow_hidden)
     probe = analyzer.probe
     geo = probe.geometry
-    opened = _open(analyzer, case, cfg, segmented="span")
-    if opened is None:
-        return []
     masked, targets, spans, frames, window = opened
     maps = _segment(probe, frames, window, sorted({f for s in spans.values() for f in s}))
     shape = frames[targets[0]].shape[-2:]
@@ -151,14 +151,11 @@ def _segment(probe, frames: dict, window, which: Sequence[int]) -> dict[int, tor
     return maps
 
 
-def _measure_blood(analyzer, case: Path, cfg: PatchNetConfig, side: int,
-                   blood: torch.nn.Module, stabilise: bool, hidden_below: float = 0.5,
-                   grow_hidden: int = 0) -> list[dict]:
+def _measure_blood(analyzer, case: Path, opened: tuple, side: int, blood: torch.nn.Module,
+                   stabilise: bool, hidden_below: float, grow_hidden: int) -> list[dict]:
+    """:func:`measure` on the all-blood net's maps, ``opened`` by :func:`_open`."""
     probe = analyzer.probe
     geo = probe.geometry
-    opened = _open(analyzer, case, cfg, segmented="targets")
-    if opened is None:
-        return []
     masked, targets, spans, frames, window = opened
     mapped = sorted({f for s in spans.values() for f in s})
     seg = _segment(probe, frames, window, targets)
