@@ -161,9 +161,8 @@ def lit_box(grey: torch.Tensor) -> tuple[int, int, int, int]:
     :func:`view_shifts`' estimate near zero (session 56: a round stop took about two thirds
     of the view's motion away). The whole frame where no such box is lit."""
     h, w = grey.shape[-2:]
-    lit = (grey > DARK_LEVEL).any(0).float()[None, None]
-    lit = (torch.maximum(lit, (F.avg_pool2d(lit, 5, 1, 2, count_include_pad=False) > 0.5)
-                         .float()))[0, 0] > 0
+    lit = (grey > DARK_LEVEL).any(0)
+    lit |= F.avg_pool2d(lit.float()[None, None], 5, 1, 2, count_include_pad=False)[0, 0] > 0.5
     n = round(1 / LIT_BOX_STEP)
     for m in range(n, round(LIT_BOX_MIN * n) - 1, -1):
         bh, bw = max(1, round(h * m / n)), max(1, round(w * m / n))
@@ -181,8 +180,8 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
     pair of consecutive frames' translation: :func:`models.flowseg.translation` on the
     frames' channel mean, scaled down by a whole factor to a short side of
     :data:`VIEW_SHIFT_SIDE` px or more, inside the field stop (:func:`lit_box`), the median
-    of those of :data:`VIEW_SHIFT_TILES` tiles, so that an instrument that crosses part of the view does not carry the estimate
-    with it (session 52: on a whole frame it did). A pair is 0 between a frame and itself or
+    of those of :data:`VIEW_SHIFT_TILES` tiles, so that an instrument that crosses part of
+    the view does not carry the estimate with it (session 52: on a whole frame it did). A pair is 0 between a frame and itself or
     an identical one; the result at most ``max_shift`` on each axis.
 
     ``numbers``: the frames' numbers in the video (default ``0 .. T-1``); ``pairs``: the

@@ -76,7 +76,7 @@ class RenderedFrame:
     rgb: np.ndarray
     active: np.ndarray
     negative: np.ndarray
-    hidden: np.ndarray | None = None
+    hidden: np.ndarray
 
 
 class Renderer:

@@ -37,6 +37,7 @@ from amagi_plugin.modelspec import DEMO_DIR
 from amagi_plugin.probe_training import load_probe_analyzer
 from amagi_plugin.synth.render import Renderer
 from amagi_plugin.synth.writer import plan_cases
+from models.training.augment import resize_short
 
 #: Render sizes (width, height); each case draws one, so that the map sees blood brought down
 #: from finer video as well as at its own scale.
@@ -74,15 +75,11 @@ def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
 def to_map_scale(rgb: np.ndarray, masks: Sequence[np.ndarray], size: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(3, h, w)`` 0-255 frame and ``(len(masks), h, w)`` masks with the short side brought
-    to ``size``."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()[None]
+    to ``size`` as analysis brings frames to the map's scale (:func:`resize_short`)."""
+    x = resize_short(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1), size)
     m = torch.from_numpy(np.stack(masks).astype(np.float32))[None]
-    h, w = x.shape[-2:]
-    s = size / min(h, w)
-    shape = (max(size, round(h * s)), max(size, round(w * s)))
-    x = F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=True)
-    m = F.interpolate(m, size=shape, mode="area")
-    return x[0].clamp(0, 255), (m[0] >= 0.5).float()
+    m = F.interpolate(m, size=x.shape[-2:], mode="area")
+    return x.clamp(0, 255), (m[0] >= 0.5).float()
 
 
 def render_samples(n_cases: int, per_case: int, seed: int, domain: str, size: int,
