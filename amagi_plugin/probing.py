@@ -70,9 +70,12 @@ log = logging.getLogger(__name__)
 #: :func:`view_shifts` finds the view's motion on the frames scaled down to about this short
 #: side (pixels; by a whole factor, never below it)
 VIEW_SHIFT_SIDE = 64
-#: :func:`view_shifts` takes the median of the motions it finds in these rows × columns of
-#: tiles of the frame
-VIEW_SHIFT_TILES = (2, 3)
+#: :func:`view_shifts` finds a motion in each of these rows × columns of tiles of the frame
+#: and takes the one most tiles agree on (:func:`tiles_consensus`)
+VIEW_SHIFT_TILES = (4, 5)
+#: :func:`tiles_consensus`: two tiles' motions agree within this many pixels on each axis
+#: (at the scale :func:`view_shifts` estimates on)
+VIEW_SHIFT_AGREE = 0.75
 #: :func:`lit_box`: a pixel darker than this (0-255) in every frame is outside the field stop
 DARK_LEVEL = 16.0
 #: :func:`lit_box`: the steps it shrinks by and its smallest size (shares of the frame's)
@@ -172,6 +175,20 @@ def lit_box(grey: torch.Tensor) -> tuple[int, int, int, int]:
     return 0, h, 0, w
 
 
+def tiles_consensus(each: torch.Tensor, agree: float) -> torch.Tensor:
+    """The motion ``(P, 2)`` most tiles agree on, from each tile's ``each`` ``(tiles, P,
+    2)``: the median of the largest group of tiles whose motions lie within ``agree`` (on
+    each axis) of one tile's, of equal groups the one about the smallest motion (a view that moves
+    less adds less false motion when it is wrong). Where instruments cross most of the view
+    each moves its own way, while the tissue's tiles move together: the largest group is the
+    view's, where a median of all tiles would be pulled along (session 57)."""
+    close = ((each[:, None] - each[None]).abs() <= agree).all(-1)  # (tiles, tiles, P)
+    support = close.sum(1).to(each.dtype) - 1e-3 * each.norm(dim=-1)  # (tiles, P)
+    best = support.argmax(0)  # (P,)
+    members = close[best, :, torch.arange(each.shape[1])]  # (P, tiles)
+    return torch.nanmedian(torch.where(members.T[..., None], each, torch.nan), dim=0).values
+
+
 def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
                 numbers: Sequence[int] | None = None,
                 pairs: PairShifts | None = None) -> torch.Tensor:
@@ -179,10 +196,12 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
     H, W)`` against frame ``ref``: ``stack[t](p) ≈ stack[ref](p - d[t])``, chained from each
     pair of consecutive frames' translation: :func:`models.flowseg.translation` on the
     frames' channel mean, scaled down by a whole factor to a short side of
-    :data:`VIEW_SHIFT_SIDE` px or more, inside the field stop (:func:`lit_box`), the median
-    of those of :data:`VIEW_SHIFT_TILES` tiles, so that an instrument that crosses part of
-    the view does not carry the estimate with it (session 52: on a whole frame it did). A pair is 0 between a frame and itself or
-    an identical one; the result at most ``max_shift`` on each axis.
+    :data:`VIEW_SHIFT_SIDE` px or more, inside the field stop (:func:`lit_box`), in each of
+    :data:`VIEW_SHIFT_TILES` tiles, the one most tiles agree on (:func:`tiles_consensus`),
+    so that instruments that cross the view do not carry the estimate with them (session
+    52: on a whole frame one did; session 57: two large ones in a still view took the median
+    of 2 × 3 tiles three times as far as the view moved). A pair is 0 between a frame and
+    itself or an identical one; the result at most ``max_shift`` on each axis.
 
     ``numbers``: the frames' numbers in the video (default ``0 .. T-1``); ``pairs``: the
     pairs found so far by those numbers (:data:`PairShifts`), read and added to, so that a
@@ -212,7 +231,7 @@ def view_shifts(stack: torch.Tensor, ref: int, max_shift: float,
         second = tiles[:, [at[todo[j] + 1] for j in moved]]
         each = translation(first.reshape(-1, th, tw), second.reshape(-1, th, tw),
                            max_shift / k).view(rows * cols, len(moved), 2)
-        found[moved] = k * torch.quantile(each, 0.5, dim=0).to(found.dtype)
+        found[moved] = k * tiles_consensus(each, VIEW_SHIFT_AGREE).to(found.dtype)
     for j, t in enumerate(todo):
         pairs[keys[t]] = found[j]
     d = stack.new_zeros((t_len, 2))

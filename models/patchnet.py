@@ -92,9 +92,10 @@ class PatchNetConfig:
     align: bool = False
     max_shift: float = 8.0
     #: view stabilisation: each of a place's frames is read where the view's translation
-    #: from the instant's own frame carried the place (the median over tiles of the frame of
-    #: :func:`models.flowseg.translation`, at most :data:`STABILISE_SHARE` of ``short_side``
-    #: on each axis; :func:`amagi_plugin.probing.view_shifts`), so that blood carried by the
+    #: from the instant's own frame carried the place (the motion most tiles of the frame
+    #: agree on, each tile's by :func:`models.flowseg.translation`, at most
+    #: :data:`STABILISE_SHARE` of ``short_side`` on each axis;
+    #: :func:`amagi_plugin.probing.view_shifts`), so that blood carried by the
     #: view as it sways or pans stands still in the probe's neighbourhood (session 52)
     stabilise: bool = False
     #: how the body's feature map becomes one vector (:data:`POOLS`): ``avg`` its mean;

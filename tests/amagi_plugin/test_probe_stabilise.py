@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from amagi_plugin.probing import (
+    VIEW_SHIFT_TILES,
     lit_box,
     neighbourhoods,
     probe_frames,
     probe_neighbourhoods,
+    tiles_consensus,
     view_shifts,
 )
 from amagi_plugin.synth import Renderer
@@ -69,8 +71,7 @@ def test_a_view_that_moves_stands_still_once_stabilised() -> None:
 def test_an_instrument_crossing_the_view_does_not_carry_the_estimate() -> None:
     """The view moves by known offsets while a bright shaft (an instrument, a tenth of the
     frame's width, high contrast) moves across it on its own, 2 px a frame, within one
-    column of the tiles: the view's shifts are still the view's (within 0.3 px). (A shaft
-    across half the tiles or more does carry it.)"""
+    column of the tiles: the view's shifts are still the view's (within 0.3 px)."""
     scene = _scene(2)
     offsets = [(t - 4, 2 * (t - 4)) for t in range(8)]
     stack = []
@@ -82,6 +83,38 @@ def test_an_instrument_crossing_the_view_does_not_carry_the_estimate() -> None:
     want = torch.tensor([[offsets[4][0] - dy, offsets[4][1] - dx] for dy, dx in offsets],
                         dtype=torch.float32)
     torch.testing.assert_close(view_shifts(stack, 4, 16.0), want, atol=0.3, rtol=0)
+
+
+@pytest.mark.parametrize("view", ["still", "slow"])
+def test_two_instruments_across_half_the_view_do_not_carry_the_estimate(view: str) -> None:
+    """Two shafts from the bottom edge (a bright one and a dark one, 16 px wide, 3 px a
+    frame in opposite directions) over a view that stands still or moves slowly: the view's
+    shifts are the view's (within 0.1 px). The median of 2 × 3 tiles, half of them crossed
+    by a shaft, was about 2 px off here; on `amagi synth`'s still-blood video whose camera
+    hardly moves it put 2-4 px of false motion into the stabilised probe's squares (session
+    57), the most tiles' agreement (:func:`tiles_consensus`) 0.3 px."""
+    scene = _scene(4)
+    offsets = [(0, 0)] * 8 if view == "still" else [((t - 4) // 2, t - 4) for t in range(8)]
+    stack = []
+    for t, (dy, dx) in enumerate(offsets):
+        frame = scene[:, 40 + dy:168 + dy, 40 + dx:200 + dx].clone()
+        frame[:, 50:, 30 + 3 * t:46 + 3 * t] = 220.0
+        frame[:, 60:, 120 - 3 * t:136 - 3 * t] = 30.0
+        stack.append(frame)
+    want = torch.tensor([[offsets[4][0] - dy, offsets[4][1] - dx] for dy, dx in offsets],
+                        dtype=torch.float32)
+    torch.testing.assert_close(view_shifts(torch.stack(stack), 4, 16.0), want, atol=0.1,
+                               rtol=0)
+
+
+def test_the_tiles_consensus_is_the_largest_agreeing_group() -> None:
+    """Five tiles: three agree near (1, 0), two on instruments elsewhere; a tie of two
+    groups of equal size goes to the smaller motion."""
+    each = torch.tensor([[[1.0, 0.0]], [[1.2, 0.1]], [[0.9, -0.1]], [[4.0, 3.0]],
+                         [[-3.0, 2.0]]])
+    torch.testing.assert_close(tiles_consensus(each, 0.75), torch.tensor([[1.0, 0.0]]))
+    tie = torch.tensor([[[2.0, 2.0]], [[2.1, 2.0]], [[0.1, 0.0]], [[0.0, 0.1]]])
+    assert tiles_consensus(tie, 0.75).abs().max() <= 0.1
 
 
 @pytest.mark.parametrize("stop", ["round", "octagon"])
@@ -201,8 +234,6 @@ def test_each_pair_of_frames_is_found_once_however_many_instants_read_it(monkeyp
     """Instants whose frames overlap share the view's shift between each pair of consecutive
     frames (``known``): 12 pairs for 6 instants of 8 frames instead of 42, and the same
     shifts and neighbourhoods as each instant found alone."""
-    from amagi_plugin.probing import VIEW_SHIFT_TILES
-
     scene = _scene()
     offsets = [(round(3 * torch.sin(torch.tensor(t / 2.0)).item()), t - 6) for t in range(14)]
     frames = {t: scene[:, 40 + dy:168 + dy, 40 + dx:200 + dx] for t, (dy, dx) in
@@ -252,7 +283,8 @@ def test_a_probes_pass_over_a_video_finds_each_pair_once_and_scores_as_alone(
     counts = _counting(monkeypatch)
     held = {i: probe.geometry.frame(f) for i, f in enumerate(video)}
     alone = np.concatenate([probe.scores(held, [i], lambda i: [i], n, fps) for i in targets])
-    assert sum(counts) == len(targets) * 3 * 6  # 4 frames: 3 pairs of 6 tiles an instant
+    tiles = VIEW_SHIFT_TILES[0] * VIEW_SHIFT_TILES[1]
+    assert sum(counts) == len(targets) * 3 * tiles  # 4 frames: 3 pairs of tiles an instant
     counts.clear()
     probe.batch_size = 2
     stream = probe.stream(targets, lambda i: [i], n, fps)
@@ -264,4 +296,4 @@ def test_a_probes_pass_over_a_video_finds_each_pair_once_and_scores_as_alone(
     assert (alone > 0.5).any()  # the spot is read
     pairs = {(a, b) for i in targets
              for a, b in itertools.pairwise(probe_frames(i, n, fps, probe.cfg)) if a != b}
-    assert sum(counts) <= len(pairs) * 6 < len(targets) * 3 * 6  # each once
+    assert sum(counts) <= len(pairs) * tiles < len(targets) * 3 * tiles  # each once
