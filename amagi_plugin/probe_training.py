@@ -49,7 +49,8 @@ from models.patchnet import PatchNet, PatchNetConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["MARGIN", "NEAR", "MaskedCase", "after_end_frames", "extract_neighbourhoods",
-           "load_probe_analyzer", "mask_at_scale", "probe_analyzer", "source_point"]
+           "load_probe_analyzer", "mask_at_scale", "near_bleeding", "place_label",
+           "probe_analyzer", "source_point"]
 
 MARGIN = 4  # extracted side = crop + MARGIN (room for the random crop)
 NEAR = 8  # px: map peaks this close to bleeding but not on it are left out
@@ -155,19 +156,17 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
             h, w = frames[m["frame"]].shape[-2:]
             mask = (np.zeros((h, w), bool) if m["mask"] is None  # no bleeding active there
                     else mask_at_scale(case / m["mask"], (h, w)))
-            near = np.zeros_like(mask)
+            near = near_bleeding(mask, near_px)
             chosen: list[tuple[int, int, int]] = []  # (y, x, label)
             if mask.any():
                 my, mx = np.nonzero(mask)
-                near = F.max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None],
-                                    2 * near_px + 1, 1, near_px)[0, 0].numpy() > 0
                 centre = int(np.argmin((my - my.mean()) ** 2 + (mx - mx.mean()) ** 2))
                 picks = [centre, *rng.integers(0, len(my), extra_pos)]
                 chosen += [(int(my[j]), int(mx[j]), 1) for j in picks]
             for y, x, _v in places:
-                on = bool(mask[max(0, y - on_px):y + on_px + 1, max(0, x - on_px):x + on_px + 1].any())
-                if on or not near[y, x]:
-                    chosen.append((y, x, int(on)))
+                label = place_label(mask, near, y, x, on_px)
+                if label is not None:
+                    chosen.append((y, x, label))
             for _ in range(rand_neg):
                 y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
                 if not near[y, x]:
@@ -190,6 +189,21 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
     log.info("extracted %d neighbourhoods (%d positive) from %d cases", len(ys), sum(ys),
              len(cases))
     return np.concatenate(xs), np.array(ys, np.uint8), summary
+
+
+def near_bleeding(mask: np.ndarray, near_px: int) -> np.ndarray:
+    """The pixels within ``near_px`` (a square) of the bleeding ``mask``."""
+    if not mask.any():
+        return np.zeros_like(mask)
+    return F.max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None],
+                        2 * near_px + 1, 1, near_px)[0, 0].numpy() > 0
+
+
+def place_label(mask: np.ndarray, near: np.ndarray, y: int, x: int, on_px: int) -> int | None:
+    """A map peak's training label (module docstring): 1 with bleeding within ``on_px``, 0
+    away from it, None (left out) ``near`` it but not on it."""
+    on = bool(mask[max(0, y - on_px):y + on_px + 1, max(0, x - on_px):x + on_px + 1].any())
+    return int(on) if on or not near[y, x] else None
 
 
 @dataclass(frozen=True)

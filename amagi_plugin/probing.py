@@ -178,10 +178,10 @@ def lit_box(grey: torch.Tensor) -> tuple[int, int, int, int]:
 def tiles_consensus(each: torch.Tensor, agree: float) -> torch.Tensor:
     """The motion ``(P, 2)`` most tiles agree on, from each tile's ``each`` ``(tiles, P,
     2)``: the median of the largest group of tiles whose motions lie within ``agree`` (on
-    each axis) of one tile's, of equal groups the one about the smallest motion (a view that moves
-    less adds less false motion when it is wrong). Where instruments cross most of the view
-    each moves its own way, while the tissue's tiles move together: the largest group is the
-    view's, where a median of all tiles would be pulled along (session 57)."""
+    each axis) of one tile's, of equal groups the one about the smallest motion (a view
+    that moves less adds less false motion when it is wrong). Where instruments cross most
+    of the view each moves its own way, while the tissue's tiles move together: the largest
+    group is the view's, where a median of all tiles would be pulled along (session 57)."""
     close = ((each[:, None] - each[None]).abs() <= agree).all(-1)  # (tiles, tiles, P)
     support = close.sum(1).to(each.dtype) - 1e-3 * each.norm(dim=-1)  # (tiles, P)
     best = support.argmax(0)  # (P,)

@@ -66,6 +66,19 @@ def load_blood_net(path: Path) -> tuple[torch.nn.Module, dict]:
     return net.eval(), meta
 
 
+def blood_maps(net: torch.nn.Module, geometry, frames: dict[int, torch.Tensor],
+               which: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The net's probabilities ``(outputs, H, W)`` of each frame of ``which`` (frames at
+    the map's scale, :meth:`~amagi_plugin.probing.MapGeometry.frame`), in batches of 32."""
+    out: dict[int, torch.Tensor] = {}
+    with torch.inference_mode():
+        for k in range(0, len(which), 32):
+            batch = which[k:k + 32]
+            x = torch.stack([geometry.normalise(frames[f]) for f in batch])
+            out.update(zip(batch, torch.sigmoid(net(x)), strict=True))
+    return out
+
+
 def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality))

@@ -53,6 +53,9 @@ from amagi_plugin.probing import (
 from models.patchnet import PatchNetConfig
 from models.training.augment import short_side_shape
 
+sys.path.insert(0, str(Path(__file__).parent))
+from blood_map import blood_maps, load_blood_net
+
 STATS = ("net", "rel", "new")
 
 
@@ -159,12 +162,7 @@ def _measure_blood(analyzer, case: Path, opened: tuple, side: int, blood: torch.
     masked, targets, spans, frames, window = opened
     mapped = sorted({f for s in spans.values() for f in s})
     seg = _segment(probe, frames, window, targets)
-    bmaps: dict[int, torch.Tensor] = {}
-    with torch.inference_mode():
-        for k in range(0, len(mapped), 32):
-            batch = mapped[k:k + 32]
-            x = torch.stack([geo.normalise(frames[f]) for f in batch])
-            bmaps.update(zip(batch, torch.sigmoid(blood(x)), strict=True))
+    bmaps = blood_maps(blood, geo, frames, mapped)
     shape = frames[targets[0]].shape[-2:]
     oy, ox = geo.offset(shape)
     rows = []
@@ -261,8 +259,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = PatchNetConfig(frames=args.frames, step_s=args.step_s)
     blood = None
     if args.blood_net is not None:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from blood_map import load_blood_net
         blood = load_blood_net(args.blood_net)[0]
     rows = {name: [r for case in sorted(p.parent for p in Path(d).glob("*/labels.json"))
                    for r in measure(analyzer, case, cfg, args.side, blood, args.stabilise,

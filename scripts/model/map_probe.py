@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from amagi_plugin.modelspec import DEMO_DIR
 from amagi_plugin.probe_training import (
@@ -45,6 +44,8 @@ from amagi_plugin.probe_training import (
     MaskedCase,
     load_probe_analyzer,
     mask_at_scale,
+    near_bleeding,
+    place_label,
     source_point,
 )
 from amagi_plugin.probing import (
@@ -58,7 +59,7 @@ from models.patchnet import PatchNet, PatchNetConfig, load_patchnet, save_patchn
 from models.training.patchnet import PatchTrainConfig, train_patchnet
 
 sys.path.insert(0, str(Path(__file__).parent))
-from blood_map import load_blood_net
+from blood_map import blood_maps, load_blood_net
 from map_growth import _auc
 
 MARGIN = 4
@@ -90,13 +91,7 @@ def extract_case(analyzer, blood: torch.nn.Module, case: Path, cfg: PatchNetConf
     frames = {i: geo.frame(rgb) for i, _t, rgb in video.frames(wanted[0], wanted[-1] + 1,
                                                                  wanted=wanted)}
     found = probe.places(frames, targets, opened.window)
-    order = sorted(span_frames)
-    maps: dict[int, torch.Tensor] = {}
-    with torch.inference_mode():
-        for k in range(0, len(order), 32):
-            batch = order[k:k + 32]
-            p = torch.sigmoid(blood(torch.stack([geo.normalise(frames[f]) for f in batch])))
-            maps.update(zip(batch, p, strict=True))
+    maps = blood_maps(blood, geo, frames, sorted(span_frames))
     scale = geo.scale
     on_px, near_px = 2 * scale, NEAR * scale
     side = cfg.crop + MARGIN
@@ -104,15 +99,13 @@ def extract_case(analyzer, blood: torch.nn.Module, case: Path, cfg: PatchNetConf
     for m, t, places in zip(opened.masked, targets, found, strict=True):
         shape = frames[t].shape[-2:]
         mask = mask_at_scale(case / m["mask"], tuple(shape))
-        near = np.zeros_like(mask)
+        near = near_bleeding(mask, near_px)
         chosen: list[tuple[int, int, int, bool]] = []
         if mask.any():
-            near = F.max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None],
-                                2 * near_px + 1, 1, near_px)[0, 0].numpy() > 0
             chosen.append((*source_point(mask), 1, True))
         for y, x, _v in places:
-            on = bool(mask[max(0, y - on_px):y + on_px + 1, max(0, x - on_px):x + on_px + 1].any())
-            chosen.append((y, x, int(on) if on or not near[y, x] else -1, False))
+            label = place_label(mask, near, y, x, on_px)
+            chosen.append((y, x, -1 if label is None else label, False))
         if not chosen:
             continue
         rgb = torch.stack([frames[f] for f in spans[t]])
