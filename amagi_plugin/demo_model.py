@@ -126,6 +126,9 @@ class DemoConfig:
     # one frame of each positive held under a zooming view and drifting light, as a negative
     # of this weight (amagi train probe --view-negatives; 0 = none)
     probe_view_negatives: float = 0.0
+    # one frame of each positive cut in two, its halves turning like an instrument's jaws, as
+    # a negative of this weight (amagi train probe --hinged-negatives; 0 = none)
+    probe_hinged_negatives: float = 0.0
     # the frames these seconds after each bleeding's end read too, every map peak there a
     # negative: the blood it left (amagi train probe --after-end-negatives; () = none)
     probe_after_end_s: tuple[float, ...] = ()
@@ -946,6 +949,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                   "--look-jitter", str(cfg.probe_look_jitter),
                   "--sliding-negatives", str(cfg.probe_sliding_negatives),
                   "--view-negatives", str(cfg.probe_view_negatives),
+                  "--hinged-negatives", str(cfg.probe_hinged_negatives),
                   *(["--after-end-negatives", ",".join(map(str, cfg.probe_after_end_s))]
                     if cfg.probe_after_end_s else []),
                   "--seed", str(cfg.train_seed_model + k), "--precision", cfg.train_precision,
@@ -1058,6 +1062,8 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
     ``metrics_md`` is the main held-out report; ``others`` maps the name of each further
     evaluation set (``static``, ``shifted``) to its report.
     """
+    from models.training.patchnet import HINGE_DEG
+
     cfg = training["config"]
     tr, ev = training["train_data"], training["eval_data"]
     secs = training["seconds"]
@@ -1150,6 +1156,10 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
            + (", and one frame of each positive held while the view zooms (up to ×1.35) and "
               f"the light drifts (up to ×1.3) as a negative (weight "
               f"{cfg['probe_view_negatives']:g})" if cfg.get("probe_view_negatives") else "")
+           + (", and one frame of each positive cut in two, its halves turning about a pivot "
+              f"and back like an instrument's jaws (up to {HINGE_DEG:g}° each way), as a "
+              f"negative (weight {cfg['probe_hinged_negatives']:g})"
+              if cfg.get("probe_hinged_negatives") else "")
            + (", and every map peak of the frames "
               + ", ".join(f"{v:g}" for v in cfg["probe_after_end_s"])
               + " s after each bleeding's end (where none is active) as a negative: the "

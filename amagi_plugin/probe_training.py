@@ -275,7 +275,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               norm: str = "fixed", rand_neg: int = 0, extra_pos: int = 0,
               after_end_s: Sequence[float] = (), look_jitter: float | None = None,
               reversed_negatives: float = 0.0,
-              sliding_negatives: float = 0.0, view_negatives: float = 0.0, seed: int = 0,
+              sliding_negatives: float = 0.0, view_negatives: float = 0.0,
+              hinged_negatives: float = 0.0, seed: int = 0,
               threads: int | None = None,
               device: str = "cpu", input_size: int | None = None, scale: int = 1,
               precision: str = "fp32",
@@ -321,7 +322,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
     try:  # the settings before the data: a typo costs no reading
         tcfg = PatchTrainConfig(seed=seed, architecture=cfg, reversed_negatives=reversed_negatives,
                                 sliding_negatives=sliding_negatives,
-                                view_negatives=view_negatives, precision=precision, **given)
+                                view_negatives=view_negatives,
+                                hinged_negatives=hinged_negatives, precision=precision, **given)
     except ModelError as e:
         raise InputError(str(e)) from None
     analyzer = probe_analyzer(model, PatchNet(cfg), device)
@@ -359,6 +361,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
             "reversed_negatives": tcfg.reversed_negatives,
             "sliding_negatives": tcfg.sliding_negatives,
             "view_negatives": tcfg.view_negatives,
+            "hinged_negatives": tcfg.hinged_negatives,
             "after_end_s": list(after_end_s),
             "batch": tcfg.batch, "seed": seed, "device": str(device),
             "precision": tcfg.precision,

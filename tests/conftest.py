@@ -48,7 +48,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``integration`` every test that uses a peer fixture (directly or through another);
     run the files that hold a ``slow`` test first, so that on several workers (pytest-xdist,
     one file per worker at a time) the long ones do not start last and leave a worker idle.
-    Files stay whole and in their order otherwise."""
+    Files stay whole and in their order otherwise. pytest-xdist keeps this order only with
+    ``--no-loadscope-reorder`` (setup.cfg): by default it hands out the files with the most
+    tests first, which put the one-test demo builds (minutes each) at the end."""
     for item in items:
         if PEER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)

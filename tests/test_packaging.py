@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,6 +28,18 @@ def test_readme_commands_are_what_ci_runs() -> None:
     assert first_block, "README starts with a code block of the two commands"
     assert first_block.group(1).split("\n")[:2] == ["make run", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_suites_long_files_are_handed_out_first(request: pytest.FixtureRequest) -> None:
+    """The files holding a ``slow`` test come first in the collection (tests/conftest.py), and
+    pytest-xdist hands the files out in that order, whole: with its default reordering (most
+    tests first) the one-test demo builds started last and left the other worker idle."""
+    addopts = " ".join(request.config.getini("addopts"))
+    assert "--dist loadfile" in addopts and request.config.option.loadscopereorder is False
+    files = list(dict.fromkeys(item.path for item in request.session.items))
+    slow = {item.path for item in request.session.items if item.get_closest_marker("slow")}
+    first_fast = next((i for i, f in enumerate(files) if f not in slow), len(files))
+    assert all(f not in slow for f in files[first_fast:]), "a slow file after a fast one"
 
 
 def test_console_script_runs() -> None:

@@ -23,6 +23,12 @@ because what the probe must not read as flow is red that changes without spreadi
   whose gain drifts by up to :data:`VIEW_GAIN` (a changing exposure or a light source
   moving). The generator's camera zooms by at most about 8 % a second; session 35 found
   faster zooms and flicker lifting still blood's score towards the alarm threshold.
+- ``hinged_negatives``: one frame of the positive cut in two along a line through a pivot,
+  the two halves turning about it in opposite directions and back (up to :data:`HINGE_DEG`
+  each way), the whole carried 0-2 px a frame (session 58): red carried by an instrument's
+  opening and closing jaws. A stain on moving jaws changes shape without growing; a rigid
+  slide does not show that, and the probe read a stained tip in held-out looks as bleeding
+  (heldout-looks/README.md, session 57).
 
 Each is weighted relative to a positive (0: none made). Measured on held-out looks
 (models/weights/demo/heldout-looks/README.md, session 27): sliding negatives made the point
@@ -64,6 +70,8 @@ class PatchTrainConfig:
     sliding_negatives: float = 0.0
     #: weight of one frame of each positive held under a zooming view and drifting light
     view_negatives: float = 0.0
+    #: weight of one frame of each positive cut in two, its halves turning like jaws
+    hinged_negatives: float = 0.0
     architecture: PatchNetConfig = field(default_factory=PatchNetConfig)
     #: the network's forward pass in ``"bf16"`` autocast or ``"fp32"``
     #: (:data:`models.training.loops.PRECISIONS`; weights and optimiser stay fp32)
@@ -76,7 +84,7 @@ class PatchTrainConfig:
             raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                              f"{self.precision!r}")
         made = {"reversed": self.reversed_negatives, "sliding": self.sliding_negatives,
-                "view": self.view_negatives}
+                "view": self.view_negatives, "hinged": self.hinged_negatives}
         if any(not w >= 0 for w in made.values()):
             raise ModelError(f"the weights of made negatives must be >= 0, got {made}")
 
@@ -140,6 +148,39 @@ def view(frame: torch.Tensor, steps: int, zoom: float, gain: float,
     return (out * light.view(steps, 1, 1, 1)).clamp(0, 255)
 
 
+#: Largest turn (degrees) of each half of a hinged negative away from the frame as it is
+HINGE_DEG = 25.0
+
+
+def hinge(frame: torch.Tensor, steps: int, angles_deg: np.ndarray, pivot: tuple[float, float],
+          line_deg: float, velocity: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    """``(3, S, S)`` → ``(steps, 3, S, S)``: the frame cut in two by the line through
+    ``pivot`` (``(y, x)`` in -1..1, the square's own coordinates) at ``line_deg``; at step
+    ``t`` one half is turned about the pivot by ``angles_deg[t]`` and the other by minus that
+    (jaws opening by twice the angle), and the whole is carried by ``velocity`` (y, x) pixels
+    a step from the middle step (bilinear, edges mirrored)."""
+    if len(angles_deg) != steps:
+        raise ValueError(f"{steps} steps need {steps} angles, got {len(angles_deg)}")
+    s = frame.shape[-1]
+    lin = (torch.arange(s, dtype=torch.float64) + 0.5) * 2 / s - 1  # pixel centres, -1..1
+    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
+    py, px = pivot
+    a = np.deg2rad(line_deg)
+    side = torch.where((gx - px) * np.sin(a) - (gy - py) * np.cos(a) >= 0, 1.0, -1.0)
+    grids = []
+    for t in range(steps):
+        th = side * np.deg2rad(float(angles_deg[t]))  # the output pixel's half's turn
+        dy, dx = ((v * (t - steps // 2)) * 2 / s for v in velocity)
+        qy, qx = gy - py - dy, gx - px - dx
+        # where the turned half's pixel came from: the inverse turn about the pivot
+        sx = px + qx * torch.cos(th) + qy * torch.sin(th)
+        sy = py - qx * torch.sin(th) + qy * torch.cos(th)
+        grids.append(torch.stack([sx, sy], -1))
+    grid = torch.stack(grids).to(frame.dtype)
+    return F.grid_sample(frame.expand(steps, *frame.shape), grid, mode="bilinear",
+                         padding_mode="reflection", align_corners=False)
+
+
 def _made_negatives(xb: torch.Tensor, yb: torch.Tensor, cfg: PatchTrainConfig,
                     rng: np.random.Generator) -> list[tuple[torch.Tensor, float]]:
     """The batch's positives played backwards, slid and viewed (module docstring), as asked,
@@ -166,6 +207,21 @@ def _made_negatives(xb: torch.Tensor, yb: torch.Tensor, cfg: PatchTrainConfig,
                                  for p, k, z, g, c in zip(pos, ks, zooms, gains, centres,
                                                           strict=True)]),
                     cfg.view_negatives))
+    if cfg.hinged_negatives and len(pos):
+        t = pos.shape[1]
+        ks = rng.integers(0, t, len(pos))
+        made = []
+        for p, k in zip(pos, ks, strict=True):
+            # open and close 0.3-1 times over the frames, from the frame as it is (turn 0)
+            cycles, phase = rng.uniform(0.3, 1.0), rng.uniform(0, 2 * np.pi)
+            u = np.arange(t) / max(1, t - 1)
+            wave = np.sin(2 * np.pi * cycles * u + phase)
+            angles = rng.uniform(0.3, 1.0) * HINGE_DEG * (wave - wave[k]) / 2
+            angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 2.0)
+            made.append(hinge(p[k], t, angles, tuple(rng.uniform(-0.5, 0.5, 2)),
+                              rng.uniform(0, 180), (speed * np.sin(angle),
+                                                    speed * np.cos(angle))))
+        out.append((torch.stack(made), cfg.hinged_negatives))
     return out
 
 

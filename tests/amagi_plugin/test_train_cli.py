@@ -508,7 +508,7 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                           "-o", "pr/probe.pth", "--epochs", "1", "--candidates", "4",
                           "--rand-neg", "1", "--reversed-negatives", "0.5",
                           "--sliding-negatives", "0.25", "--view-negatives", "0.75",
-                          "--after-end-negatives", "0.5,1",
+                          "--hinged-negatives", "0.4", "--after-end-negatives", "0.5,1",
                           "--frames", "6", "--align", "--stabilise", "--pool", "max")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
@@ -519,8 +519,8 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     meta = read_checkpoint(trained / "pr" / "probe.pth")["meta"]
     assert meta["extraction"]["cases"] == 2 and 0 < meta["extraction"]["positive"] < \
         meta["extraction"]["neighbourhoods"]
-    assert (meta["reversed_negatives"], meta["sliding_negatives"], meta["view_negatives"]) \
-        == (0.5, 0.25, 0.75)
+    assert (meta["reversed_negatives"], meta["sliding_negatives"], meta["view_negatives"],
+            meta["hinged_negatives"]) == (0.5, 0.25, 0.75, 0.4)
     assert meta["after_end_s"] == meta["extraction"]["sets"][0]["after_end_s"] == [0.5, 1.0]
 
     manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
@@ -699,7 +699,9 @@ def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
               "--reversed-negatives", "-1"], "made negatives must be >= 0, got {'reversed': -1.0"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
-              "--view-negatives", "nan"], "'view': nan}"),
+              "--view-negatives", "nan"], "'view': nan,"),
+            (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
+              "--hinged-negatives", "-0.5"], "'hinged': -0.5}"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
               "--step-s", "0"], "PatchNet needs step_s > 0"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,

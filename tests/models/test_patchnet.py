@@ -7,6 +7,7 @@ change; with ``norm='sample'`` a look's channel gains and offsets do not reach i
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -226,7 +227,7 @@ def _as_neighbourhoods(x: torch.Tensor) -> np.ndarray:
 @functools.cache
 def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0,
              align: bool = False, view_negatives: float = 0.0,
-             precision: str = "fp32") -> PatchNet:
+             precision: str = "fp32", hinged_negatives: float = 0.0) -> PatchNet:
     """A small probe trained by ``train_patchnet`` on growing (1) and still (0) spots only
     (each kind once per session: the tests only read it)."""
     from models.training.patchnet import PatchTrainConfig, train_patchnet
@@ -237,7 +238,7 @@ def _trained(reversed_negatives: float = 0.0, sliding_negatives: float = 0.0,
     cfg = PatchTrainConfig(epochs=4, batch=32, look_jitter=0.0, architecture=PatchNetConfig(
         width=16, align=align), reversed_negatives=reversed_negatives,
         sliding_negatives=sliding_negatives, view_negatives=view_negatives,
-        precision=precision)
+        hinged_negatives=hinged_negatives, precision=precision)
     return train_patchnet(x, y.numpy(), cfg).net
 
 
@@ -387,6 +388,66 @@ def test_view_zooms_about_its_centre_and_drifts_the_light() -> None:
     assert view(torch.full((3, 4, 4), 250.0), 3, 1.0, 1.3)[2].max() == 255.0  # clipped
     with pytest.raises(ValueError, match="must be > 0"):
         view(ramp, 3, 0.0, 1.0)
+
+
+def _jaws_spot(generator: torch.Generator) -> torch.Tensor:
+    """8 frames of :func:`_spot`'s tissue under a still-sized red stain carried by jaws
+    (drawn here, not by the trainer): the stain's two halves, cut along a random line
+    through its centre, turn about a pivot on its rim in opposite directions, up to 25°
+    each and back (the jaws opening and closing), while the tissue stays still."""
+    tissue = torch.tensor([190.0, 120.0, 110.0])[None, :, None, None]
+    x = (tissue + 12.0 * torch.randn(1, 3, 32, 32, generator=generator)).repeat(8, 1, 1, 1)
+    cy, cx = (float(v) for v in torch.randint(12, 20, (2,), generator=generator))
+    a = float(torch.rand(1, generator=generator)) * torch.pi  # the cut's direction
+    ny, nx = math.cos(a), -math.sin(a)  # its normal
+    py, px = cy - 5.0 * math.sin(a), cx - 5.0 * math.cos(a)  # the pivot, on the rim
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    for t in range(8):
+        stain = torch.zeros(32, 32, dtype=torch.bool)
+        for side in (1.0, -1.0):
+            th = side * math.radians(25.0) * math.sin(math.pi * t / 7)
+            # the pixel turned back by the half's turn: inside that half of the still stain?
+            qy, qx = yy - py, xx - px
+            sy = py - qx * math.sin(-th) + qy * math.cos(-th)
+            sx = px + qx * math.cos(-th) + qy * math.sin(-th)
+            inside = (sy - cy) ** 2 + (sx - cx) ** 2 <= 25.0
+            stain |= inside & (side * ((sy - cy) * ny + (sx - cx) * nx) >= 0)
+        x[t, :, stain] = torch.tensor([140.0, 20.0, 25.0])[:, None]
+    return (x + 3.0 * torch.randn(x.shape, generator=generator)).clamp(0, 255)
+
+
+def test_hinged_positives_teach_that_a_stain_on_moving_jaws_is_not_growing_red() -> None:
+    """A still-sized stain whose two halves open and close like jaws over still tissue
+    (drawn here): without hinged negatives it scores about 0.5 (0.41-0.68 measured); with one
+    frame of each positive cut in two and hinged as negatives, under 0.4 and below every
+    growing spot (0.89 or more)."""
+    grow = lambda g: _spot(True, g)  # noqa: E731
+    plain = _scores(_trained(), _jaws_spot)
+    taught = _trained(hinged_negatives=1.0)
+    jaws = _scores(taught, _jaws_spot)
+    assert plain.mean() > 0.45
+    assert jaws.max() < min(0.45, float(_scores(taught, grow).min()))
+    assert jaws.mean() < plain.mean() - 0.1
+
+
+def test_hinge_turns_the_two_halves_apart_about_the_pivot() -> None:
+    from models.training.patchnet import hinge
+
+    frame = torch.rand(3, 32, 32) * 255
+    assert torch.equal(hinge(frame, 4, np.zeros(4), (0.1, -0.2), 30.0), frame.expand(4, -1, -1, -1))
+    carried = hinge(frame, 3, np.zeros(3), (0.0, 0.0), 0.0, (0.0, 1.0))  # 1 px right a step
+    assert torch.equal(carried[2, :, :, 2:], frame[:, :, 1:-1])
+    bars = torch.zeros(3, 32, 32)
+    bars[:, 6:9, 8:28] = bars[:, 23:26, 8:28] = 1.0  # one above and one below the cut
+    turned = hinge(bars, 1, np.array([20.0]), (0.0, 0.0), 0.0)[0, 0]  # a horizontal cut
+    slopes = []
+    for half in (turned[:16], turned[16:]):
+        ys, xs = np.nonzero(half.numpy() > 0.5)
+        slopes.append(np.polyfit(xs, ys, 1)[0])
+    assert slopes == pytest.approx([math.tan(math.radians(20)), -math.tan(math.radians(20))],
+                                   abs=0.03)  # turned apart by 20° each
+    with pytest.raises(ValueError, match="3 steps need 3 angles"):
+        hinge(frame, 3, np.zeros(2), (0.0, 0.0), 0.0)
 
 
 def _carried_spot(generator: torch.Generator, noise: float = 3.0) -> torch.Tensor:

@@ -242,6 +242,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="one frame of each positive held while the view zooms (up to x1.35) "
                    "and the light drifts (up to x1.3) across the frames (red that grows only "
                    "because the camera comes closer) as a negative of this weight (0: none)")
+    q.add_argument("--hinged-negatives", type=float, default=0.0, metavar="W",
+                   help="one frame of each positive cut in two, its halves turning about a "
+                   "pivot and back like an instrument's jaws (red that changes shape without "
+                   "growing) as a negative of this weight (0: none)")
     q.add_argument("--after-end-negatives", type=_floats, default=(), metavar="S,...",
                    help="also read the frames these seconds after each bleeding's end (where "
                    "none is active): every map peak there is a negative, most often the "
@@ -556,6 +560,7 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
                           reversed_negatives=args.reversed_negatives,
                           sliding_negatives=args.sliding_negatives,
                           view_negatives=args.view_negatives,
+                          hinged_negatives=args.hinged_negatives,
                           after_end_s=args.after_end_negatives, seed=args.seed,
                           threads=args.threads, device=device,
                           input_size=args.input_size, scale=args.scale,
