@@ -8,7 +8,7 @@ only the neighbourhood's change over time survives every look. Positives are wei
 balance the classes (so the probe's probabilities are not calibrated: an operating point
 is chosen with it in analysis). AdamW with a one-cycle schedule (session 25's recipe).
 
-Three kinds of negatives can be made from each batch's positives (sessions 27 and 36),
+Four kinds of negatives can be made from each batch's positives (sessions 27, 36 and 58),
 because what the probe must not read as flow is red that changes without spreading:
 
 - ``reversed_negatives``: the positive played backwards. Bleeding that spreads, reversed, is
@@ -183,8 +183,8 @@ def hinge(frame: torch.Tensor, steps: int, angles_deg: np.ndarray, pivot: tuple[
 
 def _made_negatives(xb: torch.Tensor, yb: torch.Tensor, cfg: PatchTrainConfig,
                     rng: np.random.Generator) -> list[tuple[torch.Tensor, float]]:
-    """The batch's positives played backwards, slid and viewed (module docstring), as asked,
-    each with its weight relative to a positive."""
+    """The batch's positives played backwards, slid, viewed and hinged (module docstring),
+    as asked, each with its weight relative to a positive."""
     pos = xb[yb > 0.5]
     out = []
     if cfg.reversed_negatives and len(pos):

@@ -89,7 +89,8 @@ def to_map_scale(rgb: np.ndarray, masks: Sequence[np.ndarray], size: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(3, h, w)`` 0-255 frame and ``(len(masks), h, w)`` masks with the short side brought
     to ``size`` as analysis brings frames to the map's scale (:func:`resize_short`)."""
-    x = resize_short(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1), size)
+    # a copy: a decoded frame may be read-only, which torch would only warn about
+    x = resize_short(torch.from_numpy(np.array(rgb)).permute(2, 0, 1), size)
     m = torch.from_numpy(np.stack(masks).astype(np.float32))[None]
     m = F.interpolate(m, size=x.shape[-2:], mode="area")
     return x.clamp(0, 255), (m[0] >= 0.5).float()
