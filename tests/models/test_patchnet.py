@@ -276,6 +276,14 @@ def _scores(net: PatchNet, make) -> torch.Tensor:
         return torch.sigmoid(net(torch.stack([make(g) for _ in range(16)])))
 
 
+def _without_and_with(make, **negatives: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``make``'s samples scored by the plain probe and by one trained with the made
+    ``negatives``, and the lowest score of a growing spot by the latter."""
+    taught = _trained(**negatives)
+    return (_scores(_trained(), make), _scores(taught, make),
+            float(_scores(taught, lambda g: _spot(True, g)).min()))
+
+
 def test_a_probe_trained_in_bf16_learns_growth_as_in_fp32(monkeypatch) -> None:
     """``precision="bf16"``: its convolutions run in bfloat16 (autocast) while its weights
     stay fp32, and it tells growing spots from still ones on new samples as the fp32 probe
@@ -320,11 +328,8 @@ def test_slid_positives_teach_that_moving_red_is_not_growing_red() -> None:
     """A still-sized spot moving across the neighbourhood (drawn here, not slid by the
     trainer): with slid frames of the positives as negatives it scores below every growing
     spot and under 0.5; without them, higher."""
-    grow = lambda g: _spot(True, g)  # noqa: E731
-    plain = _scores(_trained(), _moving_spot)
-    taught = _trained(sliding_negatives=1.0)
-    moving = _scores(taught, _moving_spot)
-    assert moving.max() < min(0.5, float(_scores(taught, grow).min()))
+    plain, moving, growing = _without_and_with(_moving_spot, sliding_negatives=1.0)
+    assert moving.max() < min(0.5, growing)
     assert moving.mean() < plain.mean()
 
 
@@ -362,12 +367,9 @@ def test_viewed_positives_teach_that_red_grown_by_the_view_is_not_bleeding() -> 
     """Without view negatives a still spot that a zooming, brightening view enlarges scores
     near 0.5 (up to 0.64 measured); with one frame of each positive held under such views as
     negatives it scores under 0.3, below every growing spot."""
-    grow = lambda g: _spot(True, g)  # noqa: E731
-    plain = _scores(_trained(), _viewed_spot)
-    taught = _trained(view_negatives=1.0)
-    viewed = _scores(taught, _viewed_spot)
+    plain, viewed, growing = _without_and_with(_viewed_spot, view_negatives=1.0)
     assert plain.mean() > 0.4
-    assert viewed.max() < min(0.3, float(_scores(taught, grow).min()))
+    assert viewed.max() < min(0.3, growing)
 
 
 def test_view_zooms_about_its_centre_and_drifts_the_light() -> None:
@@ -421,12 +423,9 @@ def test_hinged_positives_teach_that_a_stain_on_moving_jaws_is_not_growing_red()
     (drawn here): without hinged negatives it scores about 0.5 (0.41-0.68 measured); with one
     frame of each positive cut in two and hinged as negatives, under 0.4 and below every
     growing spot (0.89 or more)."""
-    grow = lambda g: _spot(True, g)  # noqa: E731
-    plain = _scores(_trained(), _jaws_spot)
-    taught = _trained(hinged_negatives=1.0)
-    jaws = _scores(taught, _jaws_spot)
+    plain, jaws, growing = _without_and_with(_jaws_spot, hinged_negatives=1.0)
     assert plain.mean() > 0.45
-    assert jaws.max() < min(0.45, float(_scores(taught, grow).min()))
+    assert jaws.max() < min(0.45, growing)
     assert jaws.mean() < plain.mean() - 0.1
 
 
