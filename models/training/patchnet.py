@@ -167,16 +167,15 @@ def hinge(frame: torch.Tensor, steps: int, angles_deg: np.ndarray, pivot: tuple[
     py, px = pivot
     a = np.deg2rad(line_deg)
     side = torch.where((gx - px) * np.sin(a) - (gy - py) * np.cos(a) >= 0, 1.0, -1.0)
-    grids = []
-    for t in range(steps):
-        th = side * np.deg2rad(float(angles_deg[t]))  # the output pixel's half's turn
-        dy, dx = ((v * (t - steps // 2)) * 2 / s for v in velocity)
-        qy, qx = gy - py - dy, gx - px - dx
-        # where the turned half's pixel came from: the inverse turn about the pivot
-        sx = px + qx * torch.cos(th) + qy * torch.sin(th)
-        sy = py - qx * torch.sin(th) + qy * torch.cos(th)
-        grids.append(torch.stack([sx, sy], -1))
-    grid = torch.stack(grids).to(frame.dtype)
+    # every step at once, (steps, S, S): each output pixel's half's turn, the carried offset
+    turn = torch.as_tensor(np.deg2rad(np.asarray(angles_deg, float)), dtype=side.dtype)
+    th = side * turn[:, None, None]
+    u = (torch.arange(steps, dtype=torch.float64) - steps // 2)[:, None, None]
+    qy, qx = gy - py - velocity[0] * u * 2 / s, gx - px - velocity[1] * u * 2 / s
+    # where the turned half's pixel came from: the inverse turn about the pivot
+    sx = px + qx * torch.cos(th) + qy * torch.sin(th)
+    sy = py - qx * torch.sin(th) + qy * torch.cos(th)
+    grid = torch.stack([sx, sy], -1).to(frame.dtype)
     return F.grid_sample(frame.expand(steps, *frame.shape), grid, mode="bilinear",
                          padding_mode="reflection", align_corners=False)
 
