@@ -129,6 +129,10 @@ class DemoConfig:
     # one frame of each positive cut in two, its halves turning like an instrument's jaws, as
     # a negative of this weight (amagi train probe --hinged-negatives; 0 = none)
     probe_hinged_negatives: float = 0.0
+    # per masked frame, this many negatives on blood that is not bleeding (still pools,
+    # stained jaws, lens blood), from the renderer's look-alike masks, whether or not the
+    # segmenter peaks there (amagi train probe --lookalike-negatives; 0 = none)
+    probe_lookalike_neg: int = 0
     # the frames these seconds after each bleeding's end read too, every map peak there a
     # negative: the blood it left (amagi train probe --after-end-negatives; () = none)
     probe_after_end_s: tuple[float, ...] = ()
@@ -950,6 +954,7 @@ def _probe(work: Path, seg_dir: Path, data: list[Path], stage: Path, cfg: DemoCo
                   "--sliding-negatives", str(cfg.probe_sliding_negatives),
                   "--view-negatives", str(cfg.probe_view_negatives),
                   "--hinged-negatives", str(cfg.probe_hinged_negatives),
+                  "--lookalike-negatives", str(cfg.probe_lookalike_neg),
                   *(["--after-end-negatives", ",".join(map(str, cfg.probe_after_end_s))]
                     if cfg.probe_after_end_s else []),
                   "--seed", str(cfg.train_seed_model + k), "--precision", cfg.train_precision,
@@ -1160,6 +1165,10 @@ def readme(manifest: dict[str, Any], training: dict[str, Any], metrics_md: str,
               f"and back like an instrument's jaws (up to {HINGE_DEG:g}° each way), as a "
               f"negative (weight {cfg['probe_hinged_negatives']:g})"
               if cfg.get("probe_hinged_negatives") else "")
+           + (", and negatives on blood that is not bleeding (still pools, stained instrument "
+              "jaws, blood on the lens: the renderer's look-alike masks), up to "
+              f"{cfg['probe_lookalike_neg']} a masked frame" if cfg.get("probe_lookalike_neg")
+              else "")
            + (", and every map peak of the frames "
               + ", ".join(f"{v:g}" for v in cfg["probe_after_end_s"])
               + " s after each bleeding's end (where none is active) as a negative: the "

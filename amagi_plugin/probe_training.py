@@ -11,7 +11,13 @@ The data are an ``amagi synth`` rawframes set (``--formats rawframes``: JPEG fra
   (:class:`~amagi_plugin.probing.NeighbourhoodProbe`): positive when active bleeding lies
   within 2 px, else negative (the map's own false peaks: still blood, red tissue, gauze,
   hard negatives); peaks within ``NEAR`` px of bleeding but not on it are left out;
-- ``rand_neg`` random places away from any bleeding (negative).
+- ``rand_neg`` random places away from any bleeding (negative);
+- ``lookalike_neg`` places on blood that is not active bleeding (negative): the set's
+  look-alike masks (``lookalikes/``: still pools, stained instrument jaws, lens blood), one
+  place in each of that many cells of a grid chosen at random among those the look-alikes
+  reach, so that a small stain is drawn about as often as a large pool
+  (:func:`lookalike_places`). The map need not peak there: the probe learns such blood
+  whether or not this segmenter mistakes it in training.
 
 With ``after_end_s``, frames at those seconds after each event's end where no bleeding is
 active (its frame label 0) are read as masked frames with an empty mask: every map peak
@@ -49,8 +55,8 @@ from models.patchnet import PatchNet, PatchNetConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["MARGIN", "NEAR", "MaskedCase", "after_end_frames", "extract_neighbourhoods",
-           "load_probe_analyzer", "mask_at_scale", "near_bleeding", "place_label",
-           "probe_analyzer", "source_point"]
+           "load_probe_analyzer", "lookalike_places", "mask_at_scale", "near_bleeding",
+           "place_label", "probe_analyzer", "source_point"]
 
 MARGIN = 4  # extracted side = crop + MARGIN (room for the random crop)
 NEAR = 8  # px: map peaks this close to bleeding but not on it are left out
@@ -91,9 +97,14 @@ def _check_after_end(after_end_s: Sequence[float]) -> None:
                          f"{list(after_end_s)}")
 
 
+def _check_lookalike(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"look-alike negatives a frame must be a whole number >= 0, got {k!r}")
+
+
 def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: int = 0,
                            extra_pos: int = 0, after_end_s: Sequence[float] = (),
-                           seed: int = 0,
+                           lookalike_neg: int = 0, seed: int = 0,
                            progress: Callable[[int, int, int, int], None] | None = None
                            ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The training neighbourhoods of the rawframes set ``root`` (module docstring):
@@ -108,17 +119,18 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
     scale = probe.geometry.scale  # the probe's frame pixels a map pixel spans
     on_px, near_px = 2 * scale, NEAR * scale
     _check_after_end(after_end_s)
+    _check_lookalike(lookalike_neg)
     xs: list[np.ndarray] = []
     ys: list[int] = []
-    after = 0
+    after = alikes = 0
     cases = _case_dirs(root)
     t0 = time.perf_counter()
     for k, case in enumerate(cases):
         try:
             labels = json.loads((case / "labels.json").read_text())
             n, fps = int(labels["n_frames"]), float(labels["fps"])
-            masked = [{"frame": int(m["frame"]), "mask": str(m["mask"])}
-                      for m in labels.get("masks") or []]
+            masked = [{"frame": int(m["frame"]), "mask": str(m["mask"]),
+                       "lookalike": m.get("lookalike")} for m in labels.get("masks") or []]
             if after_end_s:
                 seen = {m["frame"] for m in masked}
                 flags = [int(v) for v in labels["frame_labels"]]
@@ -126,11 +138,15 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
                     raise ValueError(f"{len(flags)} frame labels for {n} frames")
                 extra = [f for f in after_end_frames(labels["events"], flags, fps, after_end_s)
                          if f not in seen]
-                masked += [{"frame": f, "mask": None} for f in extra]
+                masked += [{"frame": f, "mask": None, "lookalike": None} for f in extra]
                 after += len(extra)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{case / 'labels.json'}: not an amagi synth labels file "
                              f"({type(e).__name__}: {e})") from None
+        if lookalike_neg and any(m["mask"] is not None and not m["lookalike"] for m in masked):
+            raise InputError(f"{case / 'labels.json'}: no look-alike masks (lookalikes/); the "
+                             "set was made by an amagi synth before they were written: make "
+                             "it again for look-alike negatives")
         outside = [m["frame"] for m in masked if not 0 <= m["frame"] < n]
         if outside:
             raise InputError(f"{case / 'labels.json'}: masks at frames {outside[:3]} outside "
@@ -171,6 +187,11 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
                 y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
                 if not near[y, x]:
                     chosen.append((y, x, 0))
+            if lookalike_neg and m["lookalike"]:
+                alike = mask_at_scale(case / m["lookalike"], (h, w)) & ~near
+                picked = lookalike_places(alike, lookalike_neg, rng)
+                chosen += [(y, x, 0) for y, x in picked]
+                alikes += len(picked)
             if chosen:
                 crops = probe_neighbourhoods(frames, m["frame"], n, fps, cfg,
                                              [(y, x) for y, x, _ in chosen], side, pairs)
@@ -184,11 +205,31 @@ def extract_neighbourhoods(analyzer: BleedingAnalyzer, root: Path, *, rand_neg: 
     summary = {"data": str(root), "cases": len(cases), "neighbourhoods": len(ys),
                "positive": int(sum(ys)), "candidates": cfg.candidates, "rand_neg": rand_neg,
                "extra_pos": extra_pos, "after_end_s": list(after_end_s),
-               "after_end_frames": after, "seed": seed,
+               "after_end_frames": after, "lookalike_neg": lookalike_neg,
+               "lookalike_negatives": alikes, "seed": seed,
                "seconds": round(time.perf_counter() - t0, 1)}
     log.info("extracted %d neighbourhoods (%d positive) from %d cases", len(ys), sum(ys),
              len(cases))
     return np.concatenate(xs), np.array(ys, np.uint8), summary
+
+
+def lookalike_places(mask: np.ndarray, k: int, rng: np.random.Generator,
+                     ) -> list[tuple[int, int]]:
+    """Up to ``k`` places on ``mask``: the frame cut into a grid of cells (an eighth of its
+    short side, at least 8 px), ``k`` cells drawn without replacement among those the mask
+    reaches, one of the mask's pixels drawn in each. A stain of a few cells is drawn about as
+    often as a pool of many."""
+    if k <= 0 or not mask.any():
+        return []
+    cell = max(8, min(mask.shape) // 8)
+    ys, xs = np.nonzero(mask)
+    cells = (ys // cell) * (mask.shape[1] // cell + 1) + xs // cell
+    occupied = np.unique(cells)
+    out = []
+    for c in rng.choice(occupied, size=min(k, len(occupied)), replace=False):
+        j = rng.choice(np.flatnonzero(cells == c))
+        out.append((int(ys[j]), int(xs[j])))
+    return out
 
 
 def near_bleeding(mask: np.ndarray, near_px: int) -> np.ndarray:
@@ -273,8 +314,8 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
               frames: int | None = None, align: bool = False, stabilise: bool = False,
               pool: str = "avg",
               norm: str = "fixed", rand_neg: int = 0, extra_pos: int = 0,
-              after_end_s: Sequence[float] = (), look_jitter: float | None = None,
-              reversed_negatives: float = 0.0,
+              after_end_s: Sequence[float] = (), lookalike_neg: int = 0,
+              look_jitter: float | None = None, reversed_negatives: float = 0.0,
               sliding_negatives: float = 0.0, view_negatives: float = 0.0,
               hinged_negatives: float = 0.0, seed: int = 0,
               threads: int | None = None,
@@ -295,6 +336,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
         raise InputError(f"unknown architecture {arch!r}")
     try:
         _check_after_end(after_end_s)
+        _check_lookalike(lookalike_neg)
     except ValueError as e:
         raise InputError(str(e)) from None
     if threads:
@@ -335,9 +377,13 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
                 progress(f"extract {root.name}: {done}/{total} cases, {n} neighbourhoods, "
                          f"{pos} positive")
 
-        x, y, summary = extract_neighbourhoods(analyzer, root, rand_neg=rand_neg,
-                                               extra_pos=extra_pos, after_end_s=after_end_s,
-                                               seed=seed + k, progress=said)
+        try:
+            x, y, summary = extract_neighbourhoods(
+                analyzer, root, rand_neg=rand_neg, extra_pos=extra_pos,
+                after_end_s=after_end_s, lookalike_neg=lookalike_neg, seed=seed + k,
+                progress=said)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         xs.append(x)
         ys.append(y)
         summaries.append(summary)
@@ -362,7 +408,7 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
             "sliding_negatives": tcfg.sliding_negatives,
             "view_negatives": tcfg.view_negatives,
             "hinged_negatives": tcfg.hinged_negatives,
-            "after_end_s": list(after_end_s),
+            "after_end_s": list(after_end_s), "lookalike_neg": lookalike_neg,
             "batch": tcfg.batch, "seed": seed, "device": str(device),
             "precision": tcfg.precision,
             "losses": [round(v, 4) for v in result.losses],

@@ -19,8 +19,13 @@ Masks (per frame, ``bool (H, W)``):
   look-alikes of active blood or the stain of soaked gauze (opacity ≥ 0.5), not active and
   not under an instrument or lens blood: the hard negatives. Stained instrument jaws,
   irrigation fluid and lens blood are in neither mask.
+- ``lookalike``: everything drawn with blood's look that is not active bleeding: the
+  ``negative`` mask, the stain on instrument jaws where it is seen (opacity ≥ 0.5, not under
+  another instrument or lens blood) and the blood on the lens (opacity ≥ 0.5). Where a
+  probe is taught what looks like blood but neither grows nor flows
+  (:mod:`amagi_plugin.probe_training`, ``lookalike_neg``).
 
-Both masks are empty outside the field stop.
+All masks are empty outside the field stop.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ class RenderedFrame:
     hidden
         ``bool (H, W)``: where the scene is not seen (instruments, lens blood, outside the
         field stop); neither mask is set there.
+    lookalike
+        ``bool (H, W)``: all blood that is not active (``negative``, stained jaws, lens
+        blood; the module docstring).
     """
 
     index: int
@@ -77,6 +85,7 @@ class RenderedFrame:
     active: np.ndarray
     negative: np.ndarray
     hidden: np.ndarray
+    lookalike: np.ndarray
 
 
 class Renderer:
@@ -171,8 +180,9 @@ class Renderer:
             self._draw_irrigation(rgb, ir, k, pose, wx, wy, ripple)
 
         occluder = np.zeros((h, w), np.float32)
+        stain = np.zeros((h, w), np.float32)  # seen stain on instrument jaws
         for inst in sc.instruments:
-            self._draw_instrument(rgb, occluder, inst, k)
+            self._draw_instrument(rgb, occluder, stain, inst, k)
 
         for ep in sc.smoke:
             if ep.start_frame <= k < ep.end_frame and self._smoke is not None:
@@ -184,10 +194,12 @@ class Renderer:
 
         if self._warp is not None:  # one remap of the frame and of every opacity
             stack = self._remap(np.concatenate(
-                (rgb, active_alpha[..., None], negative_alpha[..., None], occluder[..., None]),
-                axis=-1))
+                (rgb, active_alpha[..., None], negative_alpha[..., None], occluder[..., None],
+                 stain[..., None]), axis=-1))
             rgb = np.ascontiguousarray(stack[..., 0:3])
-            active_alpha, negative_alpha, occluder = stack[..., 3], stack[..., 4], stack[..., 5]
+            active_alpha, negative_alpha, occluder, stain = (stack[..., 3], stack[..., 4],
+                                                             stack[..., 5], stack[..., 6])
+        lens_alpha = None
         if self._lens is not None:
             lens_alpha, lens_rgb = self._lens
             rgb *= 1.0 - lens_alpha[..., None]
@@ -204,11 +216,15 @@ class Renderer:
         out = rgb.astype(np.uint8)
 
         visible = occluder < MASK_THRESHOLD
-        if self._scope is not None:
-            visible &= self._scope[..., 0] >= MASK_THRESHOLD
+        in_scope = (self._scope[..., 0] >= MASK_THRESHOLD if self._scope is not None
+                    else np.ones((h, w), bool))
+        visible &= in_scope
         active = (active_alpha >= MASK_THRESHOLD) & visible
         negative = (negative_alpha >= MASK_THRESHOLD) & visible & ~active
-        return RenderedFrame(k, out, active, negative, ~visible)
+        lens = (lens_alpha >= MASK_THRESHOLD if lens_alpha is not None
+                else np.zeros((h, w), bool))
+        lookalike = negative | (((stain >= MASK_THRESHOLD) & ~lens | lens) & in_scope)
+        return RenderedFrame(k, out, active, negative, ~visible, lookalike)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -306,10 +322,11 @@ class Renderer:
             return None
         return r0, r1, c0, c1
 
-    def _draw_instrument(self, rgb: np.ndarray, occluder: np.ndarray, inst: Instrument,
-                         k: int) -> None:
+    def _draw_instrument(self, rgb: np.ndarray, occluder: np.ndarray, stain: np.ndarray,
+                         inst: Instrument, k: int) -> None:
         """Composite one instrument (shadow, shaft, jaws, stain) into ``rgb``; update
-        ``occluder``."""
+        ``occluder`` and the seen ``stain``'s opacity (the instrument covers the stains of
+        those drawn before it)."""
         sc, side = self.scene, self._side
         t = k / sc.fps
         tau = 2.0 * math.pi * t
@@ -367,6 +384,7 @@ class Renderer:
         grey = base * cyl + spec * np.where(metal, np.float32(0.55), np.float32(0.3))
         colour = grey[..., None] * np.asarray((0.98, 1.0, 1.04), np.float32)
         sub += (colour - sub) * alpha[..., None]
+        stain[win] *= 1.0 - alpha
         state = still_state(inst.stain, k, sc.fps) if inst.stain is not None else None
         if state is not None:
             # In the instrument's own frame (forward of the tip, across the shaft), with the
@@ -378,6 +396,8 @@ class Renderer:
                                     noise[..., CH_RIPPLE], 1.0)
             a_s *= alpha[near]
             sub[near] += (c_s - sub[near]) * a_s[..., None]
+            seen = stain[win]
+            seen[near] = np.maximum(seen[near], a_s)
         np.maximum(occluder[win], alpha, out=occluder[win])
 
 

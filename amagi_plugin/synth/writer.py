@@ -9,6 +9,8 @@ JSON; file names are 1-based like mmaction2 rawframes, so ``img_00001`` holds fr
     ROOT/<case>/video.mp4                 H.264 MP4                      (format "mp4")
     ROOT/<case>/video.dcm                 DICOM Video Endoscopic, H.264  (format "dicom")
     ROOT/<case>/masks/img_XXXXX.png       active-bleeding mask, 0/255 (selected frames)
+    ROOT/<case>/lookalikes/img_XXXXX.png  all blood that is not active (still pools, stained
+                                          jaws, lens blood: ``RenderedFrame.lookalike``)
     ROOT/<case>/frames/img_XXXXX.png      the same frames, lossless RGB
     ROOT/<case>/rawframes/img_XXXXX.jpg   every frame              (format "rawframes")
     ROOT/<case>/clips/<case>_fKKKKKK/     one folder per clip: frames K..K+23 as
@@ -24,7 +26,7 @@ the one AMAGI's segmentation branch sees (``x[:, :, T // 2]``). Folder paths in 
 relative to ``ROOT`` (mmaction2's ``data_prefix``).
 
 Masks are written every ``mask_every`` frames (default: one per second) and at each event's
-middle frame; residual and pooled blood are never in a mask.
+middle frame; residual and pooled blood are never in a mask (they are in the look-alikes').
 """
 
 from __future__ import annotations
@@ -226,6 +228,7 @@ def _write_case(spec: CaseSpec, case_dir: Path, options: OutputOptions) -> dict[
     scene = spec.scene
     renderer = Renderer(scene)
     (case_dir / "masks").mkdir(parents=True)
+    (case_dir / "lookalikes").mkdir()
     (case_dir / "frames").mkdir()
     rawframes = "rawframes" in options.formats
     if rawframes:
@@ -259,9 +262,13 @@ def _write_case(spec: CaseSpec, case_dir: Path, options: OutputOptions) -> dict[
             if fr.index in chosen:
                 name = _frame_name(fr.index, ".png")
                 Image.fromarray(fr.active.astype(np.uint8) * 255).save(case_dir / "masks" / name)
+                Image.fromarray(fr.lookalike.astype(np.uint8) * 255).save(
+                    case_dir / "lookalikes" / name)
                 side.masks.append({"frame": fr.index, "mask": f"masks/{name}",
+                                   "lookalike": f"lookalikes/{name}",
                                    "image": f"frames/{name}",
-                                   "active_pixels": int(fr.active.sum())})
+                                   "active_pixels": int(fr.active.sum()),
+                                   "lookalike_pixels": int(fr.lookalike.sum())})
             if keep is not None:
                 keep.append(fr.rgb)
             yield fr.rgb

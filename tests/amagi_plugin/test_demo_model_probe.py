@@ -38,6 +38,7 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
 
     cfg = dataclasses.replace(DemoConfig.recipe("evidence-probe"), probe_seeds=3,
                               probe_view_negatives=0.5, probe_hinged_negatives=0.25,
+                              probe_lookalike_neg=1,
                               probe_after_end_s=(0.5, 1.0), probe_frames=6,
                               probe_pool="avgmax", probe_stabilise=True, probe_smooth_q=0.9,
                               static_cases=0, shifted_cases=0).quick()
@@ -92,6 +93,8 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
     assert (meta["sliding_negatives"], meta["reversed_negatives"], meta["view_negatives"],
             meta["hinged_negatives"]) == (1.0, 0.0, 0.5, 0.25)
     assert meta["after_end_s"] == [0.5, 1.0] == training["config"]["probe_after_end_s"]
+    assert meta["lookalike_neg"] == 1 == training["config"]["probe_lookalike_neg"]
+    assert all(s["lookalike_negatives"] > 0 for s in meta["extraction"]["sets"])
     assert [Path(d).name for d in meta["extraction"]["data"]] == ["train", "probe-extra"]
     assert training["seconds"]["probe"] is not None and not training["other_eval_data"]
     assert "operating_point" in manifest and "calibration" in training
@@ -110,6 +113,9 @@ def test_quick_probe_build_trains_the_probe_and_every_analysis_reads_it(tmp_path
         "light drifts (up to ×1.3) as a negative (weight 0.5)" in readme
     assert "and one frame of each positive cut in two, its halves turning about a pivot and " \
         "back like an instrument's jaws (up to 25° each way), as a negative (weight 0.25)" \
+        in readme
+    assert "and negatives on blood that is not bleeding (still pools, stained instrument " \
+        "jaws, blood on the lens: the renderer's look-alike masks), up to 1 a masked frame" \
         in readme
     assert "and every map peak of the frames 0.5, 1 s after each bleeding's end (where none " \
         "is active) as a negative: the blood it left" in readme

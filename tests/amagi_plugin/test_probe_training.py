@@ -17,6 +17,7 @@ from amagi_plugin.probe_training import (
     MARGIN,
     after_end_frames,
     extract_neighbourhoods,
+    lookalike_places,
     probe_analyzer,
 )
 from models import build_model
@@ -153,6 +154,64 @@ def test_after_end_frames_add_negatives_only(rawframes: Path, tmp_path: Path) ->
     path.write_text(json.dumps(labels))
     with pytest.raises(InputError, match="frame labels for"):
         extract_neighbourhoods(_analyzer(), lying, after_end_s=(0.5,))
+
+
+def test_lookalike_places_draw_a_small_stain_about_as_often_as_a_large_pool() -> None:
+    mask = np.zeros((128, 160), bool)
+    mask[20:60, 20:60] = True  # a pool of 1600 px over 9 cells of 16 px
+    mask[100:104, 130:134] = True  # a stain of 16 px in one cell
+    rng = np.random.default_rng(0)
+    draws = [lookalike_places(mask, 1, rng)[0] for _ in range(2000)]
+    assert all(mask[y, x] for y, x in draws)
+    on_stain = np.mean([y >= 100 for y, _ in draws])
+    # 1 cell in 10; drawn by pixel, the stain would be 1 place in 100
+    assert 0.07 < on_stain < 0.13, on_stain
+    # several places a frame fall in distinct cells; never more than the cells reached
+    many = lookalike_places(mask, 50, rng)
+    assert len(many) == 10 and len({(y // 16, x // 16) for y, x in many}) == 10
+    assert lookalike_places(np.zeros_like(mask), 3, rng) == []
+    assert lookalike_places(mask, 0, rng) == []
+
+
+def test_lookalike_negatives_sit_on_blood_that_is_not_bleeding(rawframes: Path,
+                                                               tmp_path: Path) -> None:
+    """Each look-alike negative is centred on a pixel of its frame's look-alike mask (the
+    renderer's, independent of the segmenter); the rest of the extraction is unchanged."""
+    plain_x, plain_y, plain = extract_neighbourhoods(_analyzer(), rawframes)
+    assert plain["lookalike_negatives"] == 0
+    x, y, info = extract_neighbourhoods(_analyzer(), rawframes, lookalike_neg=2)
+    masks, _ = _masks(rawframes)
+    assert len(masks) < info["lookalike_negatives"] <= 2 * len(masks)  # most frames have two
+    assert len(y) == len(plain_y) + info["lookalike_negatives"]
+    assert int(y.sum()) == int(plain_y.sum())
+    side = CFG.crop + MARGIN
+    known = {row.tobytes() for row in plain_x}
+    added = [row for row in x if row.tobytes() not in known]
+    assert len(added) >= info["lookalike_negatives"] - 2  # two may repeat a map peak's
+    alike_colours = set()
+    for case, m in masks:
+        img = np.asarray(Image.open(case / "rawframes" / f"img_{m['frame'] + 1:05d}.jpg")
+                         .convert("RGB"))
+        alike = np.asarray(Image.open(case / m["lookalike"])) > 0
+        alike_colours |= {tuple(c) for c in img[alike]}
+    centres = [tuple(row[CFG.frames // 2, side // 2, side // 2]) for row in added]
+    assert all(c in alike_colours for c in centres)
+    # a set made before the look-alike masks were written is refused, by name
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(rawframes, old)
+    path = sorted(old.glob("*/labels.json"))[0]
+    labels = json.loads(path.read_text())
+    for m in labels["masks"]:
+        del m["lookalike"]
+    path.write_text(json.dumps(labels))
+    with pytest.raises(InputError, match="no look-alike masks"):
+        extract_neighbourhoods(_analyzer(), old, lookalike_neg=1)
+    extract_neighbourhoods(_analyzer(), old)  # without them it reads as before
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="whole number >= 0"):
+            extract_neighbourhoods(_analyzer(), rawframes, lookalike_neg=bad)
 
 
 def test_extraction_refuses_sets_it_cannot_read(tmp_path: Path, rawframes: Path) -> None:

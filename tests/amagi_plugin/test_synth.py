@@ -83,6 +83,8 @@ def test_labels_masks_and_pixels_agree(seed):
             assert not fr.active.any(), f"active pixels outside events at frame {fr.index}"
             continue
         assert not (fr.active & fr.negative).any()
+        # all blood that is not bleeding: the still pools and more, never the bleeding
+        assert not (fr.active & fr.lookalike).any() and fr.lookalike[fr.negative].all()
         if fr.active.sum() == 0:
             continue
         with_blood += 1

@@ -75,6 +75,9 @@ def test_labels_json_matches_the_scene_and_the_files(dataset):
             rgb = np.asarray(Image.open(case / m["image"]))
             fr = renderer.render(m["frame"])
             assert np.array_equal(mask, fr.active)
+            alike = np.asarray(Image.open(case / m["lookalike"])) > 0
+            assert np.array_equal(alike, fr.lookalike)
+            assert m["lookalike_pixels"] == int(alike.sum())
             assert np.array_equal(rgb, fr.rgb)
             assert mask.any() == bool(labels[m["frame"]] and m["active_pixels"])
             if not labels[m["frame"]]:

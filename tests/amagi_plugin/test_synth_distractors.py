@@ -207,6 +207,14 @@ def test_premise_stained_jaws_look_like_blood_and_change_only_with_the_instrumen
     stained = _erode(np.abs(f.rgb.astype(int) - plain.rgb.astype(int)).sum(-1) > 250, 1)
     assert stained.sum() > 30
     assert not (f.active & stained).any() and not (f.negative & stained).any()
+    # ... but in the look-alike mask, which reaches no further than the stain's drawing
+    assert f.lookalike[stained].all() and not (f.lookalike & f.active).any()
+    drawn = np.abs(f.rgb.astype(int) - plain.rgb.astype(int)).sum(-1) > 0
+    assert not (f.lookalike & ~drawn & ~f.negative).any()
+    # a second, clean instrument drawn over the stained jaws takes the stain off the mask
+    cover = dataclasses.replace(clean, width_frac=0.6, jaw_length_frac=0.5)
+    covered = Renderer(dataclasses.replace(scene, instruments=(still_inst, cover))).render(mid)
+    assert not covered.lookalike[stained].any()
     active = _erode(f.active)
     a_mean, s_mean = f.rgb[active].mean(0), f.rgb[stained].mean(0)
     assert np.abs(a_mean - s_mean).max() < 15.0, (a_mean, s_mean)
@@ -280,6 +288,7 @@ def test_lens_blood_is_fixed_in_screen_space_and_hides_active_blood() -> None:
     for k in range(ev.start_frame, ev.end_frame, 3):
         a, b = r.render(k), bare.render(k)
         assert not (a.active & (alpha >= 0.5)).any() and not (a.negative & (alpha >= 0.5)).any()
+        assert np.array_equal(a.lookalike, a.negative | (alpha >= 0.5))  # the smear is blood
         assert np.array_equal(a.active, b.active & (alpha < 0.5))
 
 

@@ -509,7 +509,7 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
                           "--rand-neg", "1", "--reversed-negatives", "0.5",
                           "--sliding-negatives", "0.25", "--view-negatives", "0.75",
                           "--hinged-negatives", "0.4", "--after-end-negatives", "0.5,1",
-                          "--frames", "6", "--align", "--stabilise", "--pool", "max")
+                          "--lookalike-negatives", "2", "--frames", "6", "--align", "--stabilise", "--pool", "max")
     assert code == 0, err
     assert "probe trained on" in out and "at 4 map peaks of amagi_tiny" in out
     assert "extract train: 2/2 cases" in err and "train: epoch 1/1" in err
@@ -522,6 +522,8 @@ def test_a_probe_trained_at_the_map_peaks_is_fused_into_every_analysis(trained: 
     assert (meta["reversed_negatives"], meta["sliding_negatives"], meta["view_negatives"],
             meta["hinged_negatives"]) == (0.5, 0.25, 0.75, 0.4)
     assert meta["after_end_s"] == meta["extraction"]["sets"][0]["after_end_s"] == [0.5, 1.0]
+    assert meta["lookalike_neg"] == meta["extraction"]["sets"][0]["lookalike_neg"] == 2
+    assert meta["extraction"]["sets"][0]["lookalike_negatives"] > 0
 
     manifest = {"arch": "amagi_tiny", "checkpoint": "../amagi/latest.pth",
                 "build": {"input_size": 64},
@@ -702,6 +704,9 @@ def test_train_probe_refuses_what_it_cannot_learn_from(trained: Path) -> None:
               "--view-negatives", "nan"], "'view': nan,"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
               "--hinged-negatives", "-0.5"], "'hinged': -0.5}"),
+            (["--data", "nowhere", "--arch", "amagi_tiny", "--seg-checkpoint", "nothing.pth",
+              "--lookalike-negatives", "-1"], "look-alike negatives a frame must be a whole "
+             "number >= 0, got -1"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,
               "--step-s", "0"], "PatchNet needs step_s > 0"),
             (["--data", "nowhere", "--arch", "amagi_tiny", "--input-size", "64", *seg,

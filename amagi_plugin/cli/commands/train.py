@@ -246,6 +246,11 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="one frame of each positive cut in two, its halves turning about a "
                    "pivot and back like an instrument's jaws (red that changes shape without "
                    "growing) as a negative of this weight (0: none)")
+    q.add_argument("--lookalike-negatives", type=int, default=0, metavar="K",
+                   help="per masked frame, K negatives on blood that is not bleeding (still "
+                   "pools, stained instrument jaws, blood on the lens), drawn from the set's "
+                   "look-alike masks (amagi synth's lookalikes/) whether or not the segmenter "
+                   "peaks there, a small stain as often as a large pool (0: none)")
     q.add_argument("--after-end-negatives", type=_floats, default=(), metavar="S,...",
                    help="also read the frames these seconds after each bleeding's end (where "
                    "none is active): every map peak there is a negative, most often the "
@@ -561,7 +566,8 @@ def run_probe(args: argparse.Namespace, ctx) -> int:
                           sliding_negatives=args.sliding_negatives,
                           view_negatives=args.view_negatives,
                           hinged_negatives=args.hinged_negatives,
-                          after_end_s=args.after_end_negatives, seed=args.seed,
+                          after_end_s=args.after_end_negatives,
+                          lookalike_neg=args.lookalike_negatives, seed=args.seed,
                           threads=args.threads, device=device,
                           input_size=args.input_size, scale=args.scale,
                           precision=args.precision,
