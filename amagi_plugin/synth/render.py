@@ -74,7 +74,8 @@ class RenderedFrame:
         ``bool (H, W)`` hard-negative blood mask (static pools, residual blood).
     hidden
         ``bool (H, W)``: where the scene is not seen (instruments, lens blood, outside the
-        field stop); neither mask is set there.
+        field stop); neither ``active`` nor ``negative`` is set there (``lookalike`` is, on
+        stained jaws and lens blood).
     lookalike
         ``bool (H, W)``: all blood that is not active (``negative``, stained jaws, lens
         blood; the module docstring).
