@@ -15,7 +15,13 @@ pixels at the model's scale:
 
 A last row gives ``at places`` on the masked frames where no bleeding is active: the level
 the bleeding has to rise above. A second table pools the active frames by the form of the
-bleeding under way (``labels.json``'s events).
+bleeding under way (``labels.json``'s events). Where the set has look-alike masks (``amagi
+synth``'s ``lookalikes/``: still pools, stained instrument jaws, lens blood), a third gives
+``on look-alikes``: the probe's highest probability over one place in each grid cell that
+blood which is not bleeding reaches (away from any bleeding;
+:func:`~amagi_plugin.probe_training.lookalike_places`), wherever the map peaks. That is how
+far such blood comes towards an alarm if the map points the probe at it (session 59: the
+stained tip).
 
 Where ``at source`` is high and ``hit`` low, better places would help; where ``at source``
 is low, the probe does not recognise that bleeding even when pointed at it. Session 37
@@ -37,7 +43,15 @@ import numpy as np
 
 from amagi_plugin.modelspec import DEMO_DIR
 from amagi_plugin.pipeline import BleedingAnalyzer
-from amagi_plugin.probe_training import MaskedCase, load_probe_analyzer, mask_at_scale, source_point
+from amagi_plugin.probe_training import (
+    NEAR,
+    MaskedCase,
+    load_probe_analyzer,
+    lookalike_places,
+    mask_at_scale,
+    near_bleeding,
+    source_point,
+)
 from amagi_plugin.probing import probe_frames
 from models.training.augment import short_side_shape
 
@@ -62,7 +76,8 @@ def size_bin(px: int) -> str:
 
 def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
     """One row per masked frame of ``case`` (``px`` 0 where no bleeding is active; then
-    ``hit`` and ``at_source`` are ``None``)."""
+    ``hit`` and ``at_source`` are ``None``; ``on_lookalike`` ``None`` where the frame has no
+    look-alike mask or its look-alike blood all lies near the bleeding)."""
     probe = analyzer.probe
     geo = probe.geometry  # the probe's frames (finer than the map for a --scale probe)
     opened = MaskedCase.open(analyzer, case)
@@ -88,15 +103,25 @@ def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
     for m, t, places in zip(masked, targets, found, strict=True):
         mask = mask_at_scale(case / m["mask"], shape)
         at_places = probe.scores_at(frames, [t], [places], n, fps)[0]
+        on_lookalike = None
+        if m.get("lookalike"):
+            alike = mask_at_scale(case / m["lookalike"], shape) & ~near_bleeding(
+                mask, NEAR * geo.scale)
+            spots = lookalike_places(alike, alike.size, np.random.default_rng(t))
+            if spots:
+                on_lookalike = float(probe.scores_at(
+                    frames, [t], [[(y, x, 1.0) for y, x in spots]], n, fps)[0])
         if not mask.any():
             rows.append({"case": case.name, "frame": t, "px": 0, "hit": None,
-                         "at_places": float(at_places), "at_source": None})
+                         "at_places": float(at_places), "at_source": None,
+                         "on_lookalike": on_lookalike})
             continue
         at_source = probe.scores_at(frames, [t], [[(*source_point(mask), 1.0)]], n, fps)[0]
         px = int(mask_at_scale(case / m["mask"], model_shape).sum())  # binned at the map's scale
         rows.append({"case": case.name, "frame": t, "px": px, "form": form_at(t),
                      "hit": near(mask, [(y, x) for y, x, _v in places], NEAR_PX * geo.scale),
-                     "at_places": float(at_places), "at_source": float(at_source)})
+                     "at_places": float(at_places), "at_source": float(at_source),
+                     "on_lookalike": on_lookalike})
     return rows
 
 
@@ -133,6 +158,23 @@ def form_table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
+def lookalike_table(rows: Sequence[dict]) -> str | None:
+    """``on_lookalike`` pooled over the frames with and without active bleeding and in all
+    (its mean and the share of frames above 0.9, the level that makes alarms), as a Markdown
+    table; ``None`` where no row has it."""
+    read = [r for r in rows if r.get("on_lookalike") is not None]
+    if not read:
+        return None
+    out = ["| look-alike blood (not bleeding) | frames | on look-alikes (mean) | "
+           "on look-alikes > 0.9 (share) |", "|---|---|---|---|"]
+    for name, sel in (("beside active bleeding", [r for r in read if r["px"] > 0]),
+                      ("none active", [r for r in read if r["px"] == 0]), ("all", read)):
+        if sel:
+            v = np.array([r["on_lookalike"] for r in sel])
+            out.append(f"| {name} | {len(sel)} | {v.mean():.2f} | {np.mean(v > 0.9):.2f} |")
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", nargs="+", type=Path, help="amagi synth sets (labels, masks, video)")
@@ -155,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     print()
     print(form_table(rows))
+    alike = lookalike_table(rows)
+    if alike:
+        print()
+        print(alike)
     return 0
 
 

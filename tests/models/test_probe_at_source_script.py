@@ -56,6 +56,17 @@ def test_the_form_table_pools_the_active_frames_by_the_bleeding_under_way() -> N
                          "| unknown | 1 | 1.00 | 0.40 | 0.40 | 0.40 |"]
 
 
+def test_the_lookalike_table_gives_the_level_blood_that_does_not_bleed_reaches() -> None:
+    pas = load_script(SCRIPT)
+    rows = [{"px": 4, "on_lookalike": 0.95}, {"px": 0, "on_lookalike": 0.2},
+            {"px": 0, "on_lookalike": 0.92}, {"px": 0, "on_lookalike": None},
+            {"px": 9}]  # a set made before look-alike masks
+    lines = pas.lookalike_table(rows).splitlines()
+    assert lines[2:] == ["| beside active bleeding | 1 | 0.95 | 1.00 |",
+                         "| none active | 2 | 0.56 | 0.50 |", "| all | 3 | 0.69 | 0.67 |"]
+    assert pas.lookalike_table([{"px": 0, "on_lookalike": None}, {"px": 3}]) is None
+
+
 def test_every_masked_frame_is_read_through_the_bundled_probe(looks: Path, capsys) -> None:
     labels = json.loads(next(looks.glob("*/labels.json")).read_text())
     active = sum(1 for m in labels["masks"] if m["active_pixels"] > 0)
@@ -72,6 +83,14 @@ def test_every_masked_frame_is_read_through_the_bundled_probe(looks: Path, capsy
     by_form = [line for line in lines if line.startswith("|")
                and line.split("|")[1].strip() in forms]
     assert by_form and sum(int(line.split("|")[2]) for line in by_form) == active
+    # every masked frame of this set has look-alike blood (its still pools) away from the
+    # bleeding: each is read there too
+    alike = sum(1 for m in labels["masks"] if m["lookalike_pixels"] > 0)
+    assert alike > 0
+    total = next(line for line in lines if line.startswith("| all |"))
+    cells = [c.strip() for c in total.strip("|").split("|")]
+    assert 0 < int(cells[1]) <= alike and 0.0 <= float(cells[2]) <= 1.0
+    assert 0.0 <= float(cells[3]) <= 1.0
 
 
 def test_a_model_without_a_probe_or_data_without_bleeding_is_one_error_line(
