@@ -377,13 +377,9 @@ def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,
                 progress(f"extract {root.name}: {done}/{total} cases, {n} neighbourhoods, "
                          f"{pos} positive")
 
-        try:
-            x, y, summary = extract_neighbourhoods(
-                analyzer, root, rand_neg=rand_neg, extra_pos=extra_pos,
-                after_end_s=after_end_s, lookalike_neg=lookalike_neg, seed=seed + k,
-                progress=said)
-        except ValueError as e:
-            raise InputError(str(e)) from None
+        x, y, summary = extract_neighbourhoods(
+            analyzer, root, rand_neg=rand_neg, extra_pos=extra_pos, after_end_s=after_end_s,
+            lookalike_neg=lookalike_neg, seed=seed + k, progress=said)
         xs.append(x)
         ys.append(y)
         summaries.append(summary)

@@ -111,17 +111,15 @@ def measure(analyzer: BleedingAnalyzer, case: Path) -> list[dict]:
             if spots:
                 on_lookalike = float(probe.scores_at(
                     frames, [t], [[(y, x, 1.0) for y, x in spots]], n, fps)[0])
-        if not mask.any():
-            rows.append({"case": case.name, "frame": t, "px": 0, "hit": None,
-                         "at_places": float(at_places), "at_source": None,
-                         "on_lookalike": on_lookalike})
-            continue
-        at_source = probe.scores_at(frames, [t], [[(*source_point(mask), 1.0)]], n, fps)[0]
-        px = int(mask_at_scale(case / m["mask"], model_shape).sum())  # binned at the map's scale
-        rows.append({"case": case.name, "frame": t, "px": px, "form": form_at(t),
-                     "hit": near(mask, [(y, x) for y, x, _v in places], NEAR_PX * geo.scale),
-                     "at_places": float(at_places), "at_source": float(at_source),
-                     "on_lookalike": on_lookalike})
+        row = {"case": case.name, "frame": t, "px": 0, "hit": None,
+               "at_places": float(at_places), "at_source": None, "on_lookalike": on_lookalike}
+        if mask.any():
+            at_source = probe.scores_at(frames, [t], [[(*source_point(mask), 1.0)]], n, fps)[0]
+            row.update(px=int(mask_at_scale(case / m["mask"], model_shape).sum()),  # map scale
+                       form=form_at(t),
+                       hit=near(mask, [(y, x) for y, x, _v in places], NEAR_PX * geo.scale),
+                       at_source=float(at_source))
+        rows.append(row)
     return rows
 
 
