@@ -302,10 +302,13 @@ def mask_at_scale(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A saved bleeding mask, resized (nearest) to the frames' scale ``shape``."""
     if not path.is_file():
         raise InputError(f"{path}: mask file missing")
-    img = Image.open(path)
-    if img.size != (shape[1], shape[0]):
-        img = img.resize((shape[1], shape[0]), Image.NEAREST)
-    return np.asarray(img) > 0
+    try:
+        img = Image.open(path)
+        if img.size != (shape[1], shape[0]):
+            img = img.resize((shape[1], shape[0]), Image.NEAREST)
+        return np.asarray(img) > 0
+    except OSError as e:  # PIL's unreadable or truncated image
+        raise InputError(f"{path}: not a readable mask image ({e})") from None
 
 
 def fit_probe(data: Sequence[Path], arch: str, seg_checkpoint: Path, *,

@@ -208,6 +208,15 @@ def test_lookalike_negatives_sit_on_blood_that_is_not_bleeding(rawframes: Path,
     path.write_text(json.dumps(labels))
     with pytest.raises(InputError, match="no look-alike masks"):
         extract_neighbourhoods(_analyzer(), old, lookalike_neg=1)
+    # a truncated mask, look-alike or bleeding, is named, not a crash
+    for kind in ("lookalike", "mask"):
+        bad = tmp_path / f"truncated-{kind}"
+        shutil.copytree(rawframes, bad)
+        case = sorted(bad.glob("*/labels.json"))[0].parent
+        png = case / json.loads((case / "labels.json").read_text())["masks"][0][kind]
+        png.write_bytes(png.read_bytes()[:40])
+        with pytest.raises(InputError, match=rf"{png.name}: not a readable mask image"):
+            extract_neighbourhoods(_analyzer(), bad, lookalike_neg=1)
     extract_neighbourhoods(_analyzer(), old)  # without them it reads as before
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="whole number >= 0"):
